@@ -1,0 +1,109 @@
+//! Broker configuration: `config/dduomq.toml` (embedded) is the single source of
+//! defaults; a user file overrides any subset of it; flags and environment
+//! variables override both (applied by the binary).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::store::StoreConfig;
+
+/// The embedded default configuration file.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/dduomq.toml");
+
+/// Everything the broker reads from its configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub store: StoreConfig,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {source}")]
+    Parse {
+        origin: String,
+        source: toml::de::Error,
+    },
+}
+
+impl BrokerConfig {
+    /// The defaults, overlaid with `file` when given.
+    pub fn load(file: Option<&Path>) -> Result<BrokerConfig, ConfigError> {
+        let parse = |text: &str, origin: &str| {
+            text.parse::<toml::Table>().map_err(|source| ConfigError::Parse {
+                origin: origin.to_string(),
+                source,
+            })
+        };
+        let mut table = parse(DEFAULT_CONFIG, "defaults")?;
+        if let Some(path) = file {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: origin.clone(),
+                source,
+            })?;
+            merge(&mut table, parse(&text, &origin)?);
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|source| ConfigError::Parse {
+                origin: file.map_or("defaults".into(), |p| p.display().to_string()),
+                source,
+            })
+    }
+}
+
+/// Deep-merges `over` into `base`: tables merge, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FlushMode;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let cfg = BrokerConfig::load(None).unwrap();
+        cfg.store.validate().unwrap();
+        assert_eq!(cfg.store.segment_size_bytes, 1 << 30);
+        assert_eq!(cfg.store.max_record_size_bytes, 4 << 20);
+        assert_eq!(cfg.store.flush, FlushMode::Async);
+        assert_eq!(cfg.store.retention.as_secs(), 72 * 3600);
+    }
+
+    #[test]
+    fn a_file_overrides_a_subset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "[store]\nflush = \"sync\"\nsegment_size_bytes = 65536\n").unwrap();
+        let cfg = BrokerConfig::load(Some(&path)).unwrap();
+        assert_eq!(cfg.store.flush, FlushMode::Sync);
+        assert_eq!(cfg.store.segment_size_bytes, 65536);
+        assert_eq!(cfg.store.retention.as_secs(), 72 * 3600);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "[store]\nflsh = \"sync\"\n").unwrap();
+        let err = BrokerConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("flsh"), "{err}");
+    }
+}

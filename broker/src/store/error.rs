@@ -1,0 +1,95 @@
+//! Store errors. Every variant has a stable code (see [`StoreError::code`]) that the
+//! gRPC layer turns into a documented reason, so clients can match on it.
+
+use std::io;
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything the storage engine can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The encoded record is larger than `max_record_size`; nothing was written.
+    #[error("record of {size} bytes exceeds the maximum record size of {max} bytes")]
+    RecordTooLarge { size: usize, max: usize },
+
+    /// A topic name, key, tag or property breaks the naming rules; nothing was written.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument { what: &'static str, reason: String },
+
+    /// A read asked for an offset that is not (or no longer) stored.
+    #[error(
+        "offset {offset} is out of range for {topic}/{queue_id}: valid offsets are {min}..={max} ({max} means 'next')"
+    )]
+    OffsetOutOfRange {
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+        min: u64,
+        max: u64,
+    },
+
+    /// The volume has no room for the next segment or index file; nothing was written.
+    #[error("disk full while allocating {path}: {source}")]
+    DiskFull { path: String, source: io::Error },
+
+    /// A record failed validation (bad magic, length or CRC32C). Never returned as data.
+    #[error("corrupt record at physical offset {offset}: {reason}")]
+    Corrupt { offset: u64, reason: String },
+
+    /// The message id is malformed, or names another broker.
+    #[error("invalid message id {id:?}: {reason}")]
+    InvalidMessageId { id: String, reason: String },
+
+    /// The message id is well-formed but no longer (or never) stored here.
+    #[error("message {0} not found")]
+    MessageNotFound(String),
+
+    /// The configuration failed [`crate::store::StoreConfig::validate`].
+    #[error("invalid store configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The store is shutting down and takes no more appends.
+    #[error("store is closed")]
+    Closed,
+
+    /// Any other I/O failure, with what the store was doing.
+    #[error("I/O error while {context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+impl StoreError {
+    /// A stable machine-readable code; documented in `docs/errors.md`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::RecordTooLarge { .. } => "MESSAGE_TOO_LARGE",
+            StoreError::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            StoreError::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
+            StoreError::DiskFull { .. } => "DISK_FULL",
+            StoreError::Corrupt { .. } => "CORRUPT_RECORD",
+            StoreError::InvalidMessageId { .. } => "INVALID_MESSAGE_ID",
+            StoreError::MessageNotFound(_) => "MESSAGE_NOT_FOUND",
+            StoreError::InvalidConfig(_) => "INVALID_CONFIG",
+            StoreError::Closed => "STORE_CLOSED",
+            StoreError::Io { .. } => "IO_ERROR",
+        }
+    }
+
+    /// Wraps an I/O error with context, mapping `ENOSPC` to [`StoreError::DiskFull`].
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        let context = context.into();
+        if is_disk_full(&source) {
+            StoreError::DiskFull {
+                path: context,
+                source,
+            }
+        } else {
+            StoreError::Io { context, source }
+        }
+    }
+}
+
+fn is_disk_full(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || err.kind() == io::ErrorKind::StorageFull
+}

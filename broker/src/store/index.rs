@@ -1,0 +1,368 @@
+//! The key index: hash-index files that map `(topic, key)` to commit-log positions,
+//! so that every message carrying a key can be found, optionally within a time range.
+//!
+//! ```text
+//!  index/<20-digit sequence number>
+//!
+//!  +------------------------------- header (64 bytes) -------------------------------+
+//!  | magic u32 | version u32 | slot_count u32 | entry_capacity u32 | entry_count u32 |
+//!  | reserved u32 | begin_ts i64 | end_ts i64 | begin_phys u64 | end_phys u64 | pad  |
+//!  +------------------------------ slots (slot_count × u32) -------------------------+
+//!  | newest entry number in the slot's chain (1-based; 0 = empty)                    |
+//!  +---------------------------- entries (entry_capacity × 32) ----------------------+
+//!  | key_hash u64 | physical_offset u64 | store_timestamp i64 | prev u32 | size u32   |
+//!  +---------------------------------------------------------------------------------+
+//! ```
+//!
+//! Entries are appended in commit-log order; each slot heads a singly linked chain
+//! through `prev`. Hash collisions are resolved by the caller, which reads the
+//! record and compares the real topic and key.
+
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::Xxh3;
+
+use super::error::{Result, StoreError};
+use super::mapped_file::{self, MappedFile};
+
+const MAGIC: u32 = 0xDD0A_1DE5;
+const VERSION: u32 = 1;
+const HEADER_SIZE: usize = 64;
+const ENTRY_SIZE: usize = 32;
+
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = 4;
+const H_SLOTS: usize = 8;
+const H_CAPACITY: usize = 12;
+const H_COUNT: usize = 16;
+const H_BEGIN_TS: usize = 24;
+const H_END_TS: usize = 32;
+const H_BEGIN_PHYS: usize = 40;
+const H_END_PHYS: usize = 48;
+
+/// The stable 64-bit hash of a message key within a topic.
+pub fn key_hash(topic: &str, key: &str) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(topic.as_bytes());
+    h.update(&[0]);
+    h.update(key.as_bytes());
+    h.digest()
+}
+
+/// A position the index found for a key hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexHit {
+    pub physical_offset: u64,
+    pub size: u32,
+    pub store_timestamp: i64,
+}
+
+#[derive(Debug)]
+struct IndexFile {
+    file: MappedFile,
+    slots: u32,
+    capacity: u32,
+}
+
+impl IndexFile {
+    fn bytes(&self, pos: usize, len: usize) -> &[u8] {
+        // SAFETY: the index is only touched under the `Index` mutex.
+        unsafe { self.file.slice(pos, len) }
+    }
+    fn put_bytes(&self, pos: usize, data: &[u8]) {
+        // SAFETY: the index is only touched under the `Index` mutex.
+        unsafe { self.file.write(pos, data) }
+    }
+    fn u32_at(&self, pos: usize) -> u32 {
+        u32::from_le_bytes(self.bytes(pos, 4).try_into().expect("4 bytes"))
+    }
+    fn u64_at(&self, pos: usize) -> u64 {
+        u64::from_le_bytes(self.bytes(pos, 8).try_into().expect("8 bytes"))
+    }
+    fn count(&self) -> u32 {
+        self.u32_at(H_COUNT)
+    }
+    fn begin_ts(&self) -> i64 {
+        self.u64_at(H_BEGIN_TS) as i64
+    }
+    fn end_ts(&self) -> i64 {
+        self.u64_at(H_END_TS) as i64
+    }
+    fn end_phys(&self) -> u64 {
+        self.u64_at(H_END_PHYS)
+    }
+    fn slot_pos(&self, hash: u64) -> usize {
+        HEADER_SIZE + (hash % self.slots as u64) as usize * 4
+    }
+    fn entry_pos(&self, number: u32) -> usize {
+        HEADER_SIZE + self.slots as usize * 4 + (number as usize - 1) * ENTRY_SIZE
+    }
+    fn entry(&self, number: u32) -> (u64, IndexHit, u32) {
+        let p = self.entry_pos(number);
+        let hit = IndexHit {
+            physical_offset: self.u64_at(p + 8),
+            store_timestamp: self.u64_at(p + 16) as i64,
+            size: self.u32_at(p + 28),
+        };
+        (self.u64_at(p), hit, self.u32_at(p + 24))
+    }
+
+    fn create(dir: &Path, seq: u64, slots: u32, capacity: u32) -> Result<IndexFile> {
+        let len = (HEADER_SIZE + slots as usize * 4 + capacity as usize * ENTRY_SIZE) as u64;
+        let file = MappedFile::create(dir, seq, len)?;
+        let f = IndexFile {
+            file,
+            slots,
+            capacity,
+        };
+        f.put_bytes(H_MAGIC, &MAGIC.to_le_bytes());
+        f.put_bytes(H_VERSION, &VERSION.to_le_bytes());
+        f.put_bytes(H_SLOTS, &slots.to_le_bytes());
+        f.put_bytes(H_CAPACITY, &capacity.to_le_bytes());
+        Ok(f)
+    }
+
+    fn open(path: &Path, seq: u64) -> Result<IndexFile> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            offset: 0,
+            reason: format!("index file {}: {reason}", path.display()),
+        };
+        let bytes = std::fs::read(path).map_err(|e| StoreError::io("reading index header", e))?;
+        if bytes.len() < HEADER_SIZE {
+            return Err(corrupt("shorter than its header"));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        if u32_at(H_MAGIC) != MAGIC || u32_at(H_VERSION) != VERSION {
+            return Err(corrupt("bad magic or version"));
+        }
+        let (slots, capacity) = (u32_at(H_SLOTS), u32_at(H_CAPACITY));
+        let len = (HEADER_SIZE + slots as usize * 4 + capacity as usize * ENTRY_SIZE) as u64;
+        Ok(IndexFile {
+            file: MappedFile::open(path, seq, len)?,
+            slots,
+            capacity,
+        })
+    }
+
+    fn put(&self, hash: u64, hit: IndexHit) {
+        let number = self.count() + 1;
+        debug_assert!(number <= self.capacity);
+        let slot = self.slot_pos(hash);
+        let prev = self.u32_at(slot);
+        let mut e = [0u8; ENTRY_SIZE];
+        e[0..8].copy_from_slice(&hash.to_le_bytes());
+        e[8..16].copy_from_slice(&hit.physical_offset.to_le_bytes());
+        e[16..24].copy_from_slice(&hit.store_timestamp.to_le_bytes());
+        e[24..28].copy_from_slice(&prev.to_le_bytes());
+        e[28..32].copy_from_slice(&hit.size.to_le_bytes());
+        self.put_bytes(self.entry_pos(number), &e);
+        self.put_bytes(slot, &number.to_le_bytes());
+        if number == 1 {
+            self.put_bytes(H_BEGIN_TS, &hit.store_timestamp.to_le_bytes());
+            self.put_bytes(H_BEGIN_PHYS, &hit.physical_offset.to_le_bytes());
+        }
+        self.put_bytes(H_END_TS, &hit.store_timestamp.to_le_bytes());
+        self.put_bytes(H_END_PHYS, &hit.physical_offset.to_le_bytes());
+        self.put_bytes(H_COUNT, &number.to_le_bytes());
+    }
+
+    /// Recovery: forgets entries at or past `physical_offset` and unlinks them from
+    /// the chains.
+    fn truncate_from(&self, physical_offset: u64) {
+        let mut count = self.count();
+        while count > 0 && self.entry(count).1.physical_offset >= physical_offset {
+            count -= 1;
+        }
+        if count == self.count() {
+            return;
+        }
+        for s in 0..self.slots as usize {
+            let pos = HEADER_SIZE + s * 4;
+            let mut head = self.u32_at(pos);
+            while head > count {
+                head = self.entry(head).2;
+            }
+            self.put_bytes(pos, &head.to_le_bytes());
+        }
+        if count > 0 {
+            let last = self.entry(count).1;
+            self.put_bytes(H_END_TS, &last.store_timestamp.to_le_bytes());
+            self.put_bytes(H_END_PHYS, &last.physical_offset.to_le_bytes());
+        }
+        self.put_bytes(H_COUNT, &count.to_le_bytes());
+    }
+}
+
+/// All index files of the store. Guarded by a mutex in the store: the writer appends
+/// under it and lookups (rare, administrative) walk under it.
+#[derive(Debug)]
+pub struct Index {
+    dir: PathBuf,
+    slots: u32,
+    capacity: u32,
+    files: Vec<IndexFile>,
+    /// Files from this position on may hold unflushed entries.
+    unflushed_from: usize,
+}
+
+impl Index {
+    pub fn open(dir: PathBuf, slots: u32, capacity: u32) -> Result<Index> {
+        let mut files = Vec::new();
+        for (seq, path) in mapped_file::list_dir(&dir)? {
+            files.push(IndexFile::open(&path, seq)?);
+        }
+        Ok(Index {
+            dir,
+            slots,
+            capacity,
+            files,
+            unflushed_from: 0,
+        })
+    }
+
+    /// Makes sure `n` more entries fit, starting a new file if needed (may fail with
+    /// disk full, before anything is written).
+    pub fn ensure_capacity(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if n > self.capacity as usize {
+            return Err(StoreError::InvalidArgument {
+                what: "keys",
+                reason: format!(
+                    "{n} keys in one append exceed the index file capacity {}",
+                    self.capacity
+                ),
+            });
+        }
+        let fits = self
+            .files
+            .last()
+            .is_some_and(|f| (f.capacity - f.count()) as usize >= n);
+        if !fits {
+            let seq = self.files.last().map_or(0, |f| f.file.base() + 1);
+            self.files
+                .push(IndexFile::create(&self.dir, seq, self.slots, self.capacity)?);
+        }
+        Ok(())
+    }
+
+    /// Appends an entry; capacity must have been ensured.
+    pub fn put(&mut self, hash: u64, hit: IndexHit) {
+        self.files
+            .last()
+            .expect("ensure_capacity is called before put")
+            .put(hash, hit);
+    }
+
+    /// Positions whose key hash is `hash`, newest first, within `[begin_ts, end_ts]`
+    /// and below `visible`, at most `max`.
+    pub fn lookup(&self, hash: u64, begin_ts: i64, end_ts: i64, visible: u64, max: usize) -> Vec<IndexHit> {
+        let mut out = Vec::new();
+        for f in self.files.iter().rev() {
+            if f.count() == 0 || f.end_ts() < begin_ts || f.begin_ts() > end_ts {
+                continue;
+            }
+            let mut number = f.u32_at(f.slot_pos(hash));
+            while number != 0 && out.len() < max {
+                let (h, hit, prev) = f.entry(number);
+                if h == hash
+                    && hit.store_timestamp >= begin_ts
+                    && hit.store_timestamp <= end_ts
+                    && hit.physical_offset < visible
+                {
+                    out.push(hit);
+                }
+                number = prev;
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Recovery: drops entries at or past `physical_offset`.
+    pub fn truncate_from(&mut self, physical_offset: u64) {
+        for f in &self.files {
+            f.truncate_from(physical_offset);
+        }
+    }
+
+    /// Durably flushes every index file touched since the previous flush.
+    pub fn flush(&mut self) -> Result<()> {
+        for f in self.files.iter().skip(self.unflushed_from) {
+            f.file.flush_range(0, f.file.len() as usize)?;
+        }
+        self.unflushed_from = self.files.len().saturating_sub(1);
+        Ok(())
+    }
+
+    /// Retention: deletes files whose newest entry points below `commit_log_min`.
+    pub fn remove_below(&mut self, commit_log_min: u64) -> Result<()> {
+        while self.files.len() > 1 && self.files[0].end_phys() < commit_log_min {
+            let f = self.files.remove(0);
+            self.unflushed_from = self.unflushed_from.saturating_sub(1);
+            f.file.remove()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(phys: u64, ts: i64) -> IndexHit {
+        IndexHit {
+            physical_offset: phys,
+            size: 10,
+            store_timestamp: ts,
+        }
+    }
+
+    #[test]
+    fn finds_all_hits_newest_first_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(dir.path().to_path_buf(), 4, 16).unwrap();
+        let a = key_hash("t", "a");
+        let b = key_hash("t", "b");
+        for i in 0..40u64 {
+            idx.ensure_capacity(1).unwrap();
+            idx.put(if i % 2 == 0 { a } else { b }, hit(i, i as i64));
+        }
+        let got = idx.lookup(a, i64::MIN, i64::MAX, u64::MAX, 100);
+        let offs: Vec<u64> = got.iter().map(|h| h.physical_offset).collect();
+        assert_eq!(offs, (0..40).rev().filter(|i| i % 2 == 0).collect::<Vec<_>>());
+        // Time range and visibility bounds.
+        let got = idx.lookup(a, 10, 20, 18, 100);
+        assert_eq!(
+            got.iter().map(|h| h.physical_offset).collect::<Vec<_>>(),
+            vec![16, 14, 12, 10]
+        );
+        assert_eq!(idx.lookup(a, i64::MIN, i64::MAX, u64::MAX, 3).len(), 3);
+    }
+
+    #[test]
+    fn truncation_unlinks_chains_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(dir.path().to_path_buf(), 2, 64).unwrap();
+        let h = key_hash("t", "k");
+        for i in 0..10 {
+            idx.ensure_capacity(1).unwrap();
+            idx.put(h, hit(i * 10, i as i64));
+        }
+        idx.truncate_from(55);
+        idx.flush().unwrap();
+        drop(idx);
+        let mut idx = Index::open(dir.path().to_path_buf(), 2, 64).unwrap();
+        let got = idx.lookup(h, i64::MIN, i64::MAX, u64::MAX, 100);
+        assert_eq!(
+            got.iter().map(|h| h.physical_offset).collect::<Vec<_>>(),
+            vec![50, 40, 30, 20, 10, 0]
+        );
+        idx.ensure_capacity(1).unwrap();
+        idx.put(h, hit(60, 6));
+        assert_eq!(idx.lookup(h, i64::MIN, i64::MAX, u64::MAX, 1)[0].physical_offset, 60);
+    }
+}

@@ -1,0 +1,82 @@
+//! Retention: whole commit-log segments are deleted, oldest first, when their newest
+//! record is older than the retention time or while the volume is fuller than the
+//! disk-usage limit. The segment holding the newest data is never deleted. Consume
+//! queues' minimum offsets then move past the deleted data, and index files that
+//! only point into it are deleted too.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::Inner;
+use super::error::{Result, StoreError};
+use super::record::{self, Frame, RECORD_HEADER_SIZE};
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub commit_log_min: u64,
+}
+
+/// The used fraction of the volume holding `path`, as `df` computes it.
+pub fn disk_usage_ratio(path: &Path) -> Result<f64> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| StoreError::InvalidConfig(format!("{} has a NUL byte", path.display())))?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(StoreError::io(
+            format!("statvfs {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let used = st.f_blocks.saturating_sub(st.f_bfree) as f64;
+    let total = used + st.f_bavail as f64;
+    Ok(if total == 0.0 { 0.0 } else { used / total })
+}
+
+/// The store timestamp of the record at the very start of a segment.
+fn first_timestamp(inner: &Inner, base: u64) -> Option<i64> {
+    let header = inner.commit_log.read_bytes(base, RECORD_HEADER_SIZE as u32).ok()?;
+    matches!(record::peek_frame(&header), Frame::Record(_))
+        .then(|| record::parse_header(&header).store_timestamp)
+}
+
+pub(crate) fn enforce(inner: &Inner, now_millis: i64) -> Result<RetentionReport> {
+    let log = &inner.commit_log;
+    let cutoff = now_millis.saturating_sub(inner.config.retention.as_millis() as i64);
+    let mut deleted = 0;
+    loop {
+        let segments = log.segments();
+        let [_, next, ..] = segments.as_slice() else { break };
+        if next.base() >= log.visible() {
+            break; // the oldest segment holds the newest data
+        }
+        // Every record of the oldest segment is older than the next one's first.
+        let expired = first_timestamp(inner, next.base()).is_some_and(|ts| ts < cutoff);
+        let too_full = disk_usage_ratio(log.dir())? > inner.config.disk_usage_limit;
+        if !expired && !too_full {
+            break;
+        }
+        match log.remove_oldest()? {
+            Some(base) => {
+                tracing::info!(base, expired, too_full, "retention deleted a commit-log segment");
+                deleted += 1;
+            }
+            None => break,
+        }
+    }
+    let min = log.min_offset();
+    if deleted > 0 {
+        for cq in inner.queues.all() {
+            cq.advance_min(min)?;
+        }
+        inner.index.lock().remove_below(min)?;
+    }
+    Ok(RetentionReport {
+        segments_deleted: deleted,
+        commit_log_min: min,
+    })
+}

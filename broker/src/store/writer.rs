@@ -1,0 +1,242 @@
+//! The single commit-log writer. It runs on its own thread and takes append
+//! requests from a queue; everything waiting when it wakes up is handled as one
+//! group: planned, written, dispatched, flushed once (in `sync` mode), published and
+//! acknowledged. That is group commit: concurrent appends share one flush.
+//!
+//! Each request is planned before any byte is written: every segment, consume-queue
+//! file and index file it needs is allocated first. Allocation is the only step that
+//! can fail (disk full), so a request either lands whole or not at all.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Inner;
+use super::config::FlushMode;
+use super::consume_queue::{ConsumeQueue, CqEntry};
+use super::error::{Result, StoreError};
+use super::index::{Index, IndexHit};
+use super::message_id::MessageId;
+use super::record::{self, BLANK_HEADER_SIZE};
+
+/// A message encoded by the caller's thread, ready for the writer.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub buf: Vec<u8>,
+    pub topic: String,
+    pub queue_id: u32,
+    pub tag_hash: u64,
+    pub key_hashes: Vec<u64>,
+}
+
+/// One append call: its messages land together or not at all.
+#[derive(Debug)]
+pub(crate) struct AppendRequest {
+    pub messages: Vec<Encoded>,
+    pub reply: oneshot::Sender<Result<Vec<Appended>>>,
+}
+
+impl AppendRequest {
+    fn bytes(&self) -> usize {
+        self.messages.iter().map(|m| m.buf.len()).sum()
+    }
+}
+
+/// Where an appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: MessageId,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub physical_offset: u64,
+    pub store_timestamp: i64,
+}
+
+/// Positions chosen for a request before anything is written.
+struct Plan {
+    /// `(position, length)` of segment-end fillers.
+    fillers: Vec<(u64, u64)>,
+    /// Per message: physical offset, its queue and queue offset.
+    slots: Vec<(u64, Arc<ConsumeQueue>, u64)>,
+    end: u64,
+}
+
+pub(crate) struct Writer {
+    inner: Arc<Inner>,
+    write_pos: u64,
+    last_timestamp: i64,
+}
+
+impl Writer {
+    pub fn new(inner: Arc<Inner>) -> Writer {
+        let write_pos = inner.commit_log.visible();
+        Writer {
+            inner,
+            write_pos,
+            last_timestamp: 0,
+        }
+    }
+
+    /// Serves requests until every sender is gone.
+    pub fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
+        let max_group = self.inner.config.max_group_bytes;
+        while let Some(first) = requests.blocking_recv() {
+            let mut bytes = first.bytes();
+            let mut group = vec![first];
+            while bytes < max_group {
+                match requests.try_recv() {
+                    Ok(req) => {
+                        bytes += req.bytes();
+                        group.push(req);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(group);
+        }
+    }
+
+    fn process(&mut self, group: Vec<AppendRequest>) {
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut touched: HashMap<*const ConsumeQueue, Arc<ConsumeQueue>> = HashMap::new();
+        {
+            let inner = self.inner.clone();
+            let mut index = inner.index.lock();
+            for req in group {
+                let result = self
+                    .plan(&req.messages, &mut index)
+                    .map(|plan| self.commit(req.messages, plan, &mut index, &mut touched));
+                outcomes.push((req.reply, result));
+            }
+        }
+        if self.inner.config.flush == FlushMode::Sync && outcomes.iter().any(|(_, r)| r.is_ok()) {
+            if let Err(e) = self.inner.commit_log.flush_to(self.write_pos) {
+                // The records are written and will be visible; the producers learn
+                // that durability is not confirmed and may retry (at-least-once).
+                let text = e.to_string();
+                for (_, result) in outcomes.iter_mut().filter(|(_, r)| r.is_ok()) {
+                    *result = Err(StoreError::Io {
+                        context: "flushing the commit log".into(),
+                        source: std::io::Error::other(text.clone()),
+                    });
+                }
+            }
+        }
+        self.inner.commit_log.publish(self.write_pos);
+        for cq in touched.values() {
+            cq.publish();
+        }
+        self.inner.arrivals.send_replace(self.write_pos);
+        for (reply, result) in outcomes {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Chooses positions and allocates every file the request needs.
+    fn plan(&self, messages: &[Encoded], index: &mut Index) -> Result<Plan> {
+        let log = &self.inner.commit_log;
+        let mut pos = self.write_pos;
+        let mut fillers = Vec::new();
+        let mut slots = Vec::with_capacity(messages.len());
+        let mut next_offsets: Vec<(*const ConsumeQueue, u64)> = Vec::new();
+        let mut keys = 0;
+        for m in messages {
+            let size = m.buf.len() as u64;
+            let segment_end = log.segment_base(pos) + log.segment_size();
+            let remaining = segment_end - pos;
+            if size != remaining && size + BLANK_HEADER_SIZE as u64 > remaining {
+                fillers.push((pos, remaining));
+                pos = segment_end;
+            }
+            log.ensure_segment(log.segment_base(pos))?;
+            let cq = self.inner.queues.get_or_create(&m.topic, m.queue_id)?;
+            let key = Arc::as_ptr(&cq);
+            let offset = match next_offsets.iter_mut().find(|(p, _)| *p == key) {
+                Some((_, next)) => {
+                    *next += 1;
+                    *next - 1
+                }
+                None => {
+                    next_offsets.push((key, cq.next_offset() + 1));
+                    cq.next_offset()
+                }
+            };
+            cq.ensure_capacity(offset)?;
+            keys += m.key_hashes.len();
+            slots.push((pos, cq, offset));
+            pos += size;
+        }
+        index.ensure_capacity(keys)?;
+        Ok(Plan {
+            fillers,
+            slots,
+            end: pos,
+        })
+    }
+
+    /// Writes a planned request. Cannot fail: everything is allocated.
+    fn commit(
+        &mut self,
+        messages: Vec<Encoded>,
+        plan: Plan,
+        index: &mut Index,
+        touched: &mut HashMap<*const ConsumeQueue, Arc<ConsumeQueue>>,
+    ) -> Vec<Appended> {
+        let log = &self.inner.commit_log;
+        for (pos, len) in plan.fillers {
+            // SAFETY: the writer owns everything past `visible`.
+            unsafe { log.write(pos, &record::blank_header(len as u32)) };
+        }
+        let timestamp = now_millis().max(self.last_timestamp);
+        self.last_timestamp = timestamp;
+        let broker_id = self.inner.config.broker_id;
+        let mut out = Vec::with_capacity(messages.len());
+        for (mut m, (pos, cq, queue_offset)) in messages.into_iter().zip(plan.slots) {
+            let crc = record::seal(&mut m.buf, queue_offset, pos, timestamp);
+            // SAFETY: the writer owns everything past `visible`.
+            unsafe { log.write(pos, &m.buf) };
+            let size = m.buf.len() as u32;
+            cq.write(
+                queue_offset,
+                &CqEntry {
+                    physical_offset: pos,
+                    size,
+                    tag_hash: m.tag_hash,
+                    store_timestamp: timestamp,
+                },
+            );
+            for hash in m.key_hashes {
+                index.put(
+                    hash,
+                    IndexHit {
+                        physical_offset: pos,
+                        size,
+                        store_timestamp: timestamp,
+                    },
+                );
+            }
+            out.push(Appended {
+                id: MessageId {
+                    broker_id,
+                    physical_offset: pos,
+                    crc,
+                },
+                queue_id: m.queue_id,
+                queue_offset,
+                physical_offset: pos,
+                store_timestamp: timestamp,
+            });
+            touched.entry(Arc::as_ptr(&cq)).or_insert(cq);
+        }
+        self.write_pos = plan.end;
+        out
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

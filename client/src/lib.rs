@@ -1,0 +1,1 @@
+//! The DduoMQ Rust SDK.

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Tear down what start.sh WORKDIR started: stop its processes (by the pids it
+# recorded, then anything left in its network namespace) and delete the
+# namespace. Idempotent. Logs stay in WORKDIR/logs; --purge removes WORKDIR.
+#
+# Usage: stop.sh WORKDIR [--purge]
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 WORKDIR [--purge]" >&2
+  exit 2
+fi
+WORK=$1
+log() { echo "stop.sh: $*" >&2; }
+[[ -d $WORK ]] || { log "$WORK does not exist; nothing to do"; exit 0; }
+
+pids=()
+for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  f="$WORK/$name.pid"
+  [[ -f $f ]] || continue
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    pids+=("$pid")
+  fi
+  rm -f "$f"
+done
+
+wait_gone() { # seconds pids...
+  local deadline=$((SECONDS + $1)) p
+  shift
+  for p in "$@"; do
+    while kill -0 "$p" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  done
+}
+if ((${#pids[@]})); then
+  wait_gone 15 "${pids[@]}"
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null && { log "pid $p did not exit on TERM; killing"; kill -KILL "$p" 2>/dev/null || true; }
+  done
+  log "stopped pids ${pids[*]}"
+fi
+
+if [[ -f $WORK/netns ]]; then
+  ns=$(cat "$WORK/netns")
+  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+    # anything still running in our namespace was started there by us
+    mapfile -t left < <(ip netns pids "$ns" 2>/dev/null || true)
+    if ((${#left[@]})); then
+      log "killing leftover processes in $ns: ${left[*]}"
+      kill -KILL "${left[@]}" 2>/dev/null || true
+      wait_gone 5 "${left[@]}"
+    fi
+    ip netns del "$ns"
+    log "deleted network namespace $ns"
+  fi
+  rm -f "$WORK/netns"
+fi
+rm -f "$WORK/env"
+
+if [[ ${2:-} == --purge ]]; then
+  rm -rf "$WORK"
+  log "removed $WORK"
+fi

@@ -1,0 +1,1 @@
+//! The DduoMQ gRPC contract (generated code lands here with the messaging API).
