@@ -37,10 +37,11 @@ impl BrokerConfig {
     /// The defaults, overlaid with `file` when given.
     pub fn load(file: Option<&Path>) -> Result<BrokerConfig, ConfigError> {
         let parse = |text: &str, origin: &str| {
-            text.parse::<toml::Table>().map_err(|source| ConfigError::Parse {
-                origin: origin.to_string(),
-                source,
-            })
+            text.parse::<toml::Table>()
+                .map_err(|source| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    source,
+                })
         };
         let mut table = parse(DEFAULT_CONFIG, "defaults")?;
         if let Some(path) = file {
@@ -91,7 +92,11 @@ mod tests {
     fn a_file_overrides_a_subset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.toml");
-        std::fs::write(&path, "[store]\nflush = \"sync\"\nsegment_size_bytes = 65536\n").unwrap();
+        std::fs::write(
+            &path,
+            "[store]\nflush = \"sync\"\nsegment_size_bytes = 65536\n",
+        )
+        .unwrap();
         let cfg = BrokerConfig::load(Some(&path)).unwrap();
         assert_eq!(cfg.store.flush, FlushMode::Sync);
         assert_eq!(cfg.store.segment_size_bytes, 65536);

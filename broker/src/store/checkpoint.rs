@@ -99,6 +99,9 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert_eq!(Checkpoint::load(dir.path()).unwrap_err().code(), "CORRUPT_RECORD");
+        assert_eq!(
+            Checkpoint::load(dir.path()).unwrap_err().code(),
+            "CORRUPT_RECORD"
+        );
     }
 }

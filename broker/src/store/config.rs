@@ -27,7 +27,9 @@ impl std::str::FromStr for FlushMode {
         match s {
             "async" => Ok(FlushMode::Async),
             "sync" => Ok(FlushMode::Sync),
-            other => Err(format!("unknown flush mode {other:?}: expected async or sync")),
+            other => Err(format!(
+                "unknown flush mode {other:?}: expected async or sync"
+            )),
         }
     }
 }
@@ -71,7 +73,7 @@ impl StoreConfig {
     /// Checks invariants the engine relies on.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(StoreError::InvalidConfig(msg));
-        if self.segment_size_bytes < 4096 || self.segment_size_bytes % 4096 != 0 {
+        if self.segment_size_bytes < 4096 || !self.segment_size_bytes.is_multiple_of(4096) {
             return fail(format!(
                 "segment_size_bytes must be a multiple of 4096 and at least 4096, got {}",
                 self.segment_size_bytes

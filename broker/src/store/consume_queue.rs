@@ -191,11 +191,7 @@ impl ConsumeQueue {
             return Ok(());
         }
         let base = offset - offset % self.entries_per_file;
-        let file = MappedFile::create(
-            &self.dir,
-            base,
-            self.entries_per_file * ENTRY_SIZE as u64,
-        )?;
+        let file = MappedFile::create(&self.dir, base, self.entries_per_file * ENTRY_SIZE as u64)?;
         let mut files = self.files.write();
         files.push(Arc::new(file));
         files.sort_by_key(|f| f.base());
@@ -251,20 +247,40 @@ impl ConsumeQueue {
         Some(Self::entry_in(&file, offset - file.base()))
     }
 
-    /// The first queue offset whose store timestamp is at or after `timestamp`
-    /// (binary search); `max_offset` when every message is older.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> u64 {
+    /// The first published non-hole entry at or after `offset`. Holes carry no
+    /// position or time, so searches judge them by the next real entry; that keeps
+    /// the binary searches below monotone.
+    fn real_entry_from(&self, offset: u64) -> Option<CqEntry> {
+        (offset..self.max_offset())
+            .filter_map(|o| self.entry(o))
+            .find(|e| !e.is_hole())
+    }
+
+    /// The smallest offset in `[min, max)` for which `pred` holds of the next real
+    /// entry (`max` when none), assuming `pred` is monotone over queue order.
+    fn partition_point(&self, pred: impl Fn(&CqEntry) -> bool) -> u64 {
         let (mut lo, mut hi) = (self.min_offset(), self.max_offset());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.entry(mid) {
-                // Holes carry no time; treat them as older so the search moves on.
-                Some(e) if e.is_hole() || e.store_timestamp < timestamp => lo = mid + 1,
-                Some(_) => hi = mid,
-                None => lo = mid + 1,
+            if self.real_entry_from(mid).is_none_or(|e| pred(&e)) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
             }
         }
         lo
+    }
+
+    /// The first queue offset whose store timestamp is at or after `timestamp`
+    /// (binary search); `max_offset` when every message is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> u64 {
+        let at = self.partition_point(|e| e.store_timestamp >= timestamp);
+        // Trailing holes hold nothing newer.
+        if self.real_entry_from(at).is_none() {
+            self.max_offset()
+        } else {
+            at
+        }
     }
 
     /// Durably flushes written entries.
@@ -302,7 +318,10 @@ impl ConsumeQueue {
         }
         self.written.store(end, Ordering::Relaxed);
         self.max.store(end, Ordering::Relaxed);
-        self.flushed.store(end.min(self.flushed.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.flushed.store(
+            end.min(self.flushed.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
     }
 
     /// True when the queue holds no entry (new, or rebuilt from scratch).
@@ -335,14 +354,7 @@ impl ConsumeQueue {
     /// Retention: moves `min` to the first entry whose record is still in the
     /// commit log (at or past `commit_log_min`) and deletes files entirely below it.
     pub fn advance_min(&self, commit_log_min: u64) -> Result<()> {
-        let (mut lo, mut hi) = (self.min_offset(), self.max_offset());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.entry(mid) {
-                Some(e) if !e.is_hole() && e.physical_offset >= commit_log_min => hi = mid,
-                _ => lo = mid + 1,
-            }
-        }
+        let lo = self.partition_point(|e| e.physical_offset >= commit_log_min);
         if lo <= self.min_offset() {
             return Ok(());
         }
@@ -440,7 +452,10 @@ mod tests {
         assert_eq!(cq.min_offset(), 130);
         assert_eq!(cq.read(130, 5), (130..135).map(entry).collect::<Vec<_>>());
         let files = mapped_file::list_dir(cq.dir()).unwrap();
-        assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), vec![128, 256]);
+        assert_eq!(
+            files.iter().map(|f| f.0).collect::<Vec<_>>(),
+            vec![128, 256]
+        );
     }
 
     #[test]

@@ -241,8 +241,12 @@ impl Index {
             .is_some_and(|f| (f.capacity - f.count()) as usize >= n);
         if !fits {
             let seq = self.files.last().map_or(0, |f| f.file.base() + 1);
-            self.files
-                .push(IndexFile::create(&self.dir, seq, self.slots, self.capacity)?);
+            self.files.push(IndexFile::create(
+                &self.dir,
+                seq,
+                self.slots,
+                self.capacity,
+            )?);
         }
         Ok(())
     }
@@ -257,7 +261,14 @@ impl Index {
 
     /// Positions whose key hash is `hash`, newest first, within `[begin_ts, end_ts]`
     /// and below `visible`, at most `max`.
-    pub fn lookup(&self, hash: u64, begin_ts: i64, end_ts: i64, visible: u64, max: usize) -> Vec<IndexHit> {
+    pub fn lookup(
+        &self,
+        hash: u64,
+        begin_ts: i64,
+        end_ts: i64,
+        visible: u64,
+        max: usize,
+    ) -> Vec<IndexHit> {
         let mut out = Vec::new();
         for f in self.files.iter().rev() {
             if f.count() == 0 || f.end_ts() < begin_ts || f.begin_ts() > end_ts {
@@ -333,7 +344,10 @@ mod tests {
         }
         let got = idx.lookup(a, i64::MIN, i64::MAX, u64::MAX, 100);
         let offs: Vec<u64> = got.iter().map(|h| h.physical_offset).collect();
-        assert_eq!(offs, (0..40).rev().filter(|i| i % 2 == 0).collect::<Vec<_>>());
+        assert_eq!(
+            offs,
+            (0..40).rev().filter(|i| i % 2 == 0).collect::<Vec<_>>()
+        );
         // Time range and visibility bounds.
         let got = idx.lookup(a, 10, 20, 18, 100);
         assert_eq!(
@@ -363,6 +377,9 @@ mod tests {
         );
         idx.ensure_capacity(1).unwrap();
         idx.put(h, hit(60, 6));
-        assert_eq!(idx.lookup(h, i64::MIN, i64::MAX, u64::MAX, 1)[0].physical_offset, 60);
+        assert_eq!(
+            idx.lookup(h, i64::MIN, i64::MAX, u64::MAX, 1)[0].physical_offset,
+            60
+        );
     }
 }

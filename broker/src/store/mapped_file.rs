@@ -45,7 +45,11 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-/// Lists `(base, path)` of the mapped files in `dir`, sorted by base.
+/// Suffix of a file still being allocated; such leftovers of a crash are deleted.
+const TMP_SUFFIX: &str = ".allocating";
+
+/// Lists `(base, path)` of the mapped files in `dir`, sorted by base, deleting
+/// leftovers of interrupted creations.
 pub fn list_dir(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -55,6 +59,11 @@ pub fn list_dir(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::io(format!("deleting {}", entry.path().display()), e))?;
+            continue;
+        }
         if let Some(base) = entry.file_name().to_str().and_then(parse_file_name) {
             out.push((base, entry.path()));
         }
@@ -64,22 +73,32 @@ pub fn list_dir(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 impl MappedFile {
-    /// Creates (or reuses a zero-length leftover of) the file, allocates `len` bytes
-    /// of zeros on disk and maps it. Fails with [`StoreError::DiskFull`] when the
-    /// volume has no room; a failed creation leaves no file behind.
+    /// Creates the file fully allocated (zeros) and maps it. The file is allocated
+    /// under a temporary name and renamed into place, so a crash never leaves a
+    /// short file behind. Fails with [`StoreError::DiskFull`] when the volume has
+    /// no room, leaving nothing behind.
     pub fn create(dir: &Path, base: u64, len: u64) -> Result<MappedFile> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join(file_name(base));
+        if path.exists() {
+            return Err(StoreError::io(
+                format!("creating {}", path.display()),
+                io::Error::from(io::ErrorKind::AlreadyExists),
+            ));
+        }
+        let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(base)));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
-        if let Err(e) = allocate(&file, len) {
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
+        let placed = allocate(&file, len).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = placed {
             drop(file);
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&tmp);
             return Err(StoreError::io(format!("allocating {}", path.display()), e));
         }
         sync_dir(dir)?;
@@ -100,10 +119,7 @@ impl MappedFile {
         if actual != len {
             return Err(StoreError::Corrupt {
                 offset: base,
-                reason: format!(
-                    "{} is {actual} bytes, expected {len}",
-                    path.display()
-                ),
+                reason: format!("{} is {actual} bytes, expected {len}", path.display()),
             });
         }
         Self::map(path.to_path_buf(), file, base, len)
@@ -137,7 +153,8 @@ impl MappedFile {
 
     fn check(&self, pos: usize, len: usize) {
         assert!(
-            pos.checked_add(len).is_some_and(|end| end as u64 <= self.len),
+            pos.checked_add(len)
+                .is_some_and(|end| end as u64 <= self.len),
             "access {pos}+{len} outside {} bytes of {}",
             self.len,
             self.path.display()
@@ -153,11 +170,7 @@ impl MappedFile {
         self.check(pos, data.len());
         // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.map.as_mut_ptr().add(pos),
-                data.len(),
-            )
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(pos), data.len())
         };
     }
 

@@ -186,7 +186,11 @@ impl Store {
                 Ok(Encoded {
                     buf: m.encode(max)?,
                     tag_hash: tag_hash(&m.tag),
-                    key_hashes: m.keys.iter().map(|k| index::key_hash(&m.topic, k)).collect(),
+                    key_hashes: m
+                        .keys
+                        .iter()
+                        .map(|k| index::key_hash(&m.topic, k))
+                        .collect(),
                     topic: m.topic,
                     queue_id: m.queue_id,
                 })
@@ -266,7 +270,11 @@ impl Store {
             if !out.records.is_empty() && bytes + entry.size as usize > max_bytes {
                 break;
             }
-            match self.inner.commit_log.read(entry.physical_offset, entry.size) {
+            match self
+                .inner
+                .commit_log
+                .read(entry.physical_offset, entry.size)
+            {
                 Ok(rec)
                     if rec.topic == topic
                         && rec.queue_id == queue_id

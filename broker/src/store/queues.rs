@@ -33,7 +33,8 @@ impl QueueTable {
             match std::fs::read_dir(dir) {
                 Ok(entries) => entries
                     .map(|e| {
-                        let e = e.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+                        let e =
+                            e.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
                         Ok((e.file_name().to_string_lossy().into_owned(), e.path()))
                     })
                     .collect(),

@@ -367,7 +367,10 @@ pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
         reason,
     };
     if buf.len() < RECORD_HEADER_SIZE {
-        return Err(corrupt(format!("{} bytes is shorter than a header", buf.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than a header",
+            buf.len()
+        )));
     }
     let header = parse_header(buf);
     if u32_at(buf, OFF_MAGIC) != RECORD_MAGIC {
@@ -539,7 +542,15 @@ mod tests {
         for ok in ["a", "orders-v2", "%DLQ%group_1", "a.b", &"x".repeat(127)] {
             validate_topic_name(ok).unwrap();
         }
-        for bad in ["", ".hidden", "..", "a/b", "with space", "ü", &"x".repeat(128)] {
+        for bad in [
+            "",
+            ".hidden",
+            "..",
+            "a/b",
+            "with space",
+            "ü",
+            &"x".repeat(128),
+        ] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
         }
     }

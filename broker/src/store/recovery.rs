@@ -45,14 +45,16 @@ enum Step {
 }
 
 /// What starts at `pos`, given the bytes from there to the end of its segment.
-fn step(bytes: &[u8], pos: u64, max_record: u64) -> Step {
+/// Any valid record counts, even one larger than today's `max_record_size`: the
+/// limit may have been lowered since it was written.
+fn step(bytes: &[u8], pos: u64) -> Step {
     if bytes.len() < record::BLANK_HEADER_SIZE {
         return Step::Invalid;
     }
     match record::peek_frame(bytes) {
         Frame::End => Step::End,
         Frame::Blank(len) if len as usize == bytes.len() => Step::Blank(len as u64),
-        Frame::Record(len) if len as u64 <= max_record && len as usize <= bytes.len() => {
+        Frame::Record(len) if len as usize <= bytes.len() => {
             match record::decode(&bytes[..len as usize], pos) {
                 Ok(rec) => Step::Record(rec, len as u64),
                 Err(_) => Step::Invalid,
@@ -65,12 +67,14 @@ fn step(bytes: &[u8], pos: u64, max_record: u64) -> Step {
 /// The distance to the next valid record or filler within `window` bytes, if any.
 fn resync(bytes: &[u8], pos: u64, window: u64) -> Option<u64> {
     let limit = (window as usize).min(bytes.len());
-    (1..limit).find(|&skip| {
-        matches!(
-            step(&bytes[skip..], pos + skip as u64, window),
-            Step::Record(..) | Step::Blank(_)
-        )
-    }).map(|skip| skip as u64)
+    (1..limit)
+        .find(|&skip| {
+            matches!(
+                step(&bytes[skip..], pos + skip as u64),
+                Step::Record(..) | Step::Blank(_)
+            )
+        })
+        .map(|skip| skip as u64)
 }
 
 pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<RecoveryReport> {
@@ -94,7 +98,7 @@ pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<R
         let rel = (pos - seg.base()) as usize;
         // SAFETY: recovery runs before the writer and any reader exist.
         let bytes = unsafe { seg.slice(rel, seg.len() as usize - rel) };
-        match step(bytes, pos, max_record) {
+        match step(bytes, pos) {
             Step::Record(rec, len) => {
                 dispatch(inner, &mut index, &rec, &mut report)?;
                 report.records_replayed += 1;
@@ -121,7 +125,11 @@ pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<R
     if let Some(seg) = log.segment(pos) {
         report.torn_bytes = zero_tail(&seg, pos, max_record);
         if report.torn_bytes > 0 {
-            tracing::warn!(at = pos, bytes = report.torn_bytes, "truncated a torn commit-log tail");
+            tracing::warn!(
+                at = pos,
+                bytes = report.torn_bytes,
+                "truncated a torn commit-log tail"
+            );
         }
     }
     log.remove_segments_after(pos)?;
@@ -190,19 +198,19 @@ fn dispatch_damaged(inner: &Inner, bytes: &[u8], pos: u64) -> Result<()> {
     if header.physical_offset != pos || header.total_size as usize != bytes.len() {
         return Ok(());
     }
-    if let Some(cq) = inner.queues.get(topic, header.queue_id) {
-        if cq.next_offset() == header.queue_offset {
-            cq.ensure_capacity(header.queue_offset)?;
-            cq.write(
-                header.queue_offset,
-                &CqEntry {
-                    physical_offset: pos,
-                    size: header.total_size,
-                    tag_hash: 0,
-                    store_timestamp: header.store_timestamp,
-                },
-            );
-        }
+    if let Some(cq) = inner.queues.get(topic, header.queue_id)
+        && cq.next_offset() == header.queue_offset
+    {
+        cq.ensure_capacity(header.queue_offset)?;
+        cq.write(
+            header.queue_offset,
+            &CqEntry {
+                physical_offset: pos,
+                size: header.total_size,
+                tag_hash: 0,
+                store_timestamp: header.store_timestamp,
+            },
+        );
     }
     Ok(())
 }

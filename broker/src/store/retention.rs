@@ -39,7 +39,10 @@ pub fn disk_usage_ratio(path: &Path) -> Result<f64> {
 
 /// The store timestamp of the record at the very start of a segment.
 fn first_timestamp(inner: &Inner, base: u64) -> Option<i64> {
-    let header = inner.commit_log.read_bytes(base, RECORD_HEADER_SIZE as u32).ok()?;
+    let header = inner
+        .commit_log
+        .read_bytes(base, RECORD_HEADER_SIZE as u32)
+        .ok()?;
     matches!(record::peek_frame(&header), Frame::Record(_))
         .then(|| record::parse_header(&header).store_timestamp)
 }
@@ -50,7 +53,9 @@ pub(crate) fn enforce(inner: &Inner, now_millis: i64) -> Result<RetentionReport>
     let mut deleted = 0;
     loop {
         let segments = log.segments();
-        let [_, next, ..] = segments.as_slice() else { break };
+        let [_, next, ..] = segments.as_slice() else {
+            break;
+        };
         if next.base() >= log.visible() {
             break; // the oldest segment holds the newest data
         }
@@ -62,7 +67,12 @@ pub(crate) fn enforce(inner: &Inner, now_millis: i64) -> Result<RetentionReport>
         }
         match log.remove_oldest()? {
             Some(base) => {
-                tracing::info!(base, expired, too_full, "retention deleted a commit-log segment");
+                tracing::info!(
+                    base,
+                    expired,
+                    too_full,
+                    "retention deleted a commit-log segment"
+                );
                 deleted += 1;
             }
             None => break,

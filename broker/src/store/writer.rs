@@ -110,17 +110,17 @@ impl Writer {
                 outcomes.push((req.reply, result));
             }
         }
-        if self.inner.config.flush == FlushMode::Sync && outcomes.iter().any(|(_, r)| r.is_ok()) {
-            if let Err(e) = self.inner.commit_log.flush_to(self.write_pos) {
-                // The records are written and will be visible; the producers learn
-                // that durability is not confirmed and may retry (at-least-once).
-                let text = e.to_string();
-                for (_, result) in outcomes.iter_mut().filter(|(_, r)| r.is_ok()) {
-                    *result = Err(StoreError::Io {
-                        context: "flushing the commit log".into(),
-                        source: std::io::Error::other(text.clone()),
-                    });
-                }
+        let must_flush =
+            self.inner.config.flush == FlushMode::Sync && outcomes.iter().any(|(_, r)| r.is_ok());
+        if must_flush && let Err(e) = self.inner.commit_log.flush_to(self.write_pos) {
+            // The records are written and will be visible; the producers learn
+            // that durability is not confirmed and may retry (at-least-once).
+            let text = e.to_string();
+            for (_, result) in outcomes.iter_mut().filter(|(_, r)| r.is_ok()) {
+                *result = Err(StoreError::Io {
+                    context: "flushing the commit log".into(),
+                    source: std::io::Error::other(text.clone()),
+                });
             }
         }
         self.inner.commit_log.publish(self.write_pos);

@@ -1,0 +1,58 @@
+//! Helpers shared by the store integration tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::Path;
+
+use bytes::Bytes;
+use dduomq_broker::store::{Message, Record, Store, StoreConfig};
+
+/// A small-segment store configuration in `dir`.
+pub fn config(dir: &Path) -> StoreConfig {
+    StoreConfig::for_tests(dir)
+}
+
+/// A message with the given body, keys and tag.
+pub fn message(topic: &str, queue_id: u32, body: &[u8], keys: &[&str], tag: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        queue_id,
+        born_timestamp: 1,
+        tag: tag.into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        properties: vec![("p".into(), format!("{}", body.len()))],
+        body: Bytes::copy_from_slice(body),
+        ..Message::default()
+    }
+}
+
+/// Every readable record of a queue, asserting there is no corruption.
+pub fn read_all(store: &Store, topic: &str, queue_id: u32) -> Vec<Record> {
+    let (min, max) = store.queue_offsets(topic, queue_id);
+    let mut out = Vec::new();
+    let mut offset = min;
+    while offset < max {
+        let r = store.read(topic, queue_id, offset, 100, 1 << 20).unwrap();
+        assert!(
+            r.corrupt_offsets.is_empty(),
+            "corrupt: {:?}",
+            r.corrupt_offsets
+        );
+        assert!(r.next_offset > offset, "no progress at {offset}");
+        out.extend(r.records);
+        offset = r.next_offset;
+    }
+    out
+}
+
+/// Deterministic pseudo-random body of `len` bytes.
+pub fn body(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
