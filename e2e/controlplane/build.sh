@@ -151,7 +151,7 @@ recipe() {
 
 cache_key() {
   local goversion name
-  goversion=$(go env GOVERSION)
+  goversion=$(cd "$HERE" && GOTOOLCHAIN=local go env GOVERSION)
   {
     echo "$goversion"
     for name in "${BINARIES[@]}"; do

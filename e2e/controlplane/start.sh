@@ -11,7 +11,8 @@
 #   DDUOMQ_E2E_READY_TIMEOUT   seconds to wait for /readyz (default 180)
 #
 # Network: the namespace "dduomq-e2e-<pid>" has only `lo` and a dummy
-# interface dduomq0 with 10.244.0.1/24. etcd listens on 127.0.0.1 inside the
+# interface dduomq0 (a port-less bridge where the kernel lacks the dummy
+# driver) with 10.244.0.1/24. etcd listens on 127.0.0.1 inside the
 # namespace, the apiserver on 10.244.0.1:6443. Nothing is reachable from or
 # routed to the host network. Run clients with
 #   ip netns exec "$NETNS" kubectl --kubeconfig "$KUBECONFIG" ...
@@ -68,26 +69,40 @@ chmod 700 "$WORK/etcd" "$PKI"
 ip netns add "$NETNS"
 echo "$NETNS" >"$WORK/netns"
 ip -n "$NETNS" link set lo up
-ip -n "$NETNS" link add dduomq0 type dummy
+# A dummy interface carries the address; kernels without the dummy driver
+# (e.g. some VMs: "Unknown device type") get a bridge without ports instead,
+# which behaves the same here (local address, nothing attached).
+IFTYPE=dummy
+if ! ip -n "$NETNS" link add dduomq0 type dummy 2>/dev/null; then
+  IFTYPE=bridge
+  ip -n "$NETNS" link add dduomq0 type bridge
+fi
 ip -n "$NETNS" addr add "$ADDR/24" dev dduomq0
 ip -n "$NETNS" link set dduomq0 up
-log "network namespace $NETNS: lo + dduomq0 $ADDR/24"
+log "network namespace $NETNS: lo + dduomq0 ($IFTYPE) $ADDR/24"
 
 # ---- PKI --------------------------------------------------------------------
 ossl() { openssl "$@" 2>/dev/null; }
-ossl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 \
-  -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -subj "/CN=dduomq-e2e-ca" \
-  -addext "basicConstraints=critical,CA:TRUE" \
-  -addext "keyUsage=critical,digitalSignature,keyCertSign,cRLSign"
+# new_ca NAME CN
+new_ca() {
+  ossl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 \
+    -keyout "$PKI/$1.key" -out "$PKI/$1.crt" -subj "/CN=$2" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,digitalSignature,keyCertSign,cRLSign"
+}
+new_ca ca dduomq-e2e-ca
+# front-proxy CA (request-header authn, as kubeadm sets up); without it
+# controller-manager/scheduler log "missing content for CA bundle" forever.
+new_ca front-proxy-ca dduomq-e2e-front-proxy-ca
 
-# issue NAME SUBJECT EXTENSIONS...
+# issue NAME SUBJECT EXTENSIONS... (signed by $CA, default "ca")
 issue() {
-  local name=$1 subj=$2 ext
+  local name=$1 subj=$2 ca=${CA:-ca} ext
   shift 2
   ext="$PKI/$name.ext"
   printf '%s\n' "basicConstraints=critical,CA:FALSE" "$@" >"$ext"
   ossl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$name.key" -out "$PKI/$name.csr" -subj "$subj"
-  ossl x509 -req -sha256 -days 30 -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+  ossl x509 -req -sha256 -days 30 -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
     -CAcreateserial -extfile "$ext" -out "$PKI/$name.crt"
   rm -f "$PKI/$name.csr" "$ext"
 }
@@ -98,6 +113,7 @@ issue apiserver "/CN=kube-apiserver" "${SERVER_EXT[@]}" \
 issue admin "/O=system:masters/CN=dduomq-e2e-admin" "${CLIENT_EXT[@]}"
 issue controller-manager "/CN=system:kube-controller-manager" "${CLIENT_EXT[@]}"
 issue scheduler "/CN=system:kube-scheduler" "${CLIENT_EXT[@]}"
+CA=front-proxy-ca issue front-proxy-client "/CN=front-proxy-client" "${CLIENT_EXT[@]}"
 # service-account token signing key pair
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
 ossl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
@@ -155,6 +171,13 @@ run kube-apiserver "$BIN/kube-apiserver" \
   --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
+  --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User \
+  --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+  --proxy-client-key-file "$PKI/front-proxy-client.key" \
   --allow-privileged=true \
   --profiling=false
 

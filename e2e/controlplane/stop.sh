@@ -14,18 +14,6 @@ WORK=$1
 log() { echo "stop.sh: $*" >&2; }
 [[ -d $WORK ]] || { log "$WORK does not exist; nothing to do"; exit 0; }
 
-pids=()
-for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
-  f="$WORK/$name.pid"
-  [[ -f $f ]] || continue
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    pids+=("$pid")
-  fi
-  rm -f "$f"
-done
-
 wait_gone() { # seconds pids...
   local deadline=$((SECONDS + $1)) p
   shift
@@ -33,13 +21,22 @@ wait_gone() { # seconds pids...
     while kill -0 "$p" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
   done
 }
-if ((${#pids[@]})); then
-  wait_gone 15 "${pids[@]}"
-  for p in "${pids[@]}"; do
-    kill -0 "$p" 2>/dev/null && { log "pid $p did not exit on TERM; killing"; kill -KILL "$p" 2>/dev/null || true; }
-  done
-  log "stopped pids ${pids[*]}"
-fi
+# One at a time, clients before the apiserver before etcd, so each can shut
+# down gracefully (an apiserver whose etcd is already gone hangs on TERM).
+for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  f="$WORK/$name.pid"
+  [[ -f $f ]] || continue
+  pid=$(cat "$f")
+  if kill -TERM "$pid" 2>/dev/null; then
+    wait_gone 20 "$pid"
+    if kill -KILL "$pid" 2>/dev/null; then
+      log "$name (pid $pid) did not exit within 20s of TERM; killed"
+    else
+      log "stopped $name (pid $pid)"
+    fi
+  fi
+  rm -f "$f"
+done
 
 if [[ -f $WORK/netns ]]; then
   ns=$(cat "$WORK/netns")
