@@ -2,9 +2,11 @@
 //! defaults; a user file overrides any subset of it; flags and environment
 //! variables override both (applied by the binary).
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::store::StoreConfig;
 
@@ -15,7 +17,59 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/dduomq.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
+    pub broker: MessagingConfig,
     pub store: StoreConfig,
+}
+
+/// The `[broker]` table: network endpoints and messaging defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (health, readiness, metrics).
+    pub http_addr: SocketAddr,
+    /// Address clients are told to use; empty means `grpc_addr`.
+    pub advertised_address: String,
+    /// Create unknown topics and groups on first use.
+    pub auto_create_topics: bool,
+    /// Queues of an auto-created topic.
+    pub default_queues: u32,
+    /// A member without a heartbeat for this long leaves its group.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Lease length when a consumer does not choose one.
+    #[serde(with = "humantime_serde")]
+    pub default_invisible_duration: Duration,
+    /// Deliveries before a message is dead-lettered, for new groups.
+    pub max_delivery_attempts: u32,
+    /// Redelivery backoff schedule for new groups.
+    #[serde(deserialize_with = "durations")]
+    pub retry_backoff: Vec<Duration>,
+    /// How often consumer progress is saved.
+    #[serde(with = "humantime_serde")]
+    pub offsets_persist_interval: Duration,
+    /// Longest long-poll a pull may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_pull_wait: Duration,
+}
+
+impl MessagingConfig {
+    /// What clients should dial to reach this broker.
+    pub fn advertised_address(&self) -> String {
+        if self.advertised_address.is_empty() {
+            self.grpc_addr.to_string()
+        } else {
+            self.advertised_address.clone()
+        }
+    }
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Why a configuration could not be loaded.
@@ -86,6 +140,22 @@ mod tests {
         assert_eq!(cfg.store.max_record_size_bytes, 4 << 20);
         assert_eq!(cfg.store.flush, FlushMode::Async);
         assert_eq!(cfg.store.retention.as_secs(), 72 * 3600);
+        assert_eq!(cfg.broker.grpc_addr.port(), 6086);
+        assert_eq!(cfg.broker.http_addr.port(), 7654);
+        assert_eq!(cfg.broker.max_delivery_attempts, 16);
+        let backoff: Vec<u64> = cfg
+            .broker
+            .retry_backoff
+            .iter()
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(
+            backoff,
+            vec![
+                1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600,
+                7200
+            ]
+        );
     }
 
     #[test]

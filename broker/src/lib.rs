@@ -1,5 +1,9 @@
-//! The DduoMQ broker library: the storage engine ([`store`]) and configuration.
-//! The `dduomq-broker` binary wires them to the network.
+//! The DduoMQ broker: the storage engine ([`store`]), the messaging layer
+//! ([`messaging`]), and the gRPC ([`grpc`]) and HTTP ([`http`]) servers. The
+//! `dduomq-broker` binary wires them together.
 
 pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod messaging;
 pub mod store;

@@ -1,11 +1,17 @@
-//! `dduomq-broker`: runs a standalone broker on a local data directory.
+//! `dduomq-broker`: runs a broker. With no flags it is a standalone broker on
+//! `./data`, gRPC on 127.0.0.1:6086 and HTTP on 127.0.0.1:7654.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use dduomq_broker::config::BrokerConfig;
+use dduomq_broker::http::Readiness;
+use dduomq_broker::messaging::Broker;
 use dduomq_broker::store::{FlushMode, Store};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The DduoMQ broker.
@@ -15,15 +21,57 @@ struct Args {
     /// Configuration file overriding the built-in defaults (config/dduomq.toml).
     #[arg(long, env = "DDUOMQ_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory for the commit log, consume queues and index.
+    /// Data directory for the commit log, consume queues, index and metadata.
     #[arg(long, env = "DDUOMQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// When sends are acknowledged: async (page cache) or sync (after fdatasync).
     #[arg(long, env = "DDUOMQ_FLUSH")]
     flush: Option<FlushMode>,
+    /// gRPC listen address.
+    #[arg(long, env = "DDUOMQ_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address (/healthz, /readyz).
+    #[arg(long, env = "DDUOMQ_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Address clients are told to dial (default: the gRPC address).
+    #[arg(long, env = "DDUOMQ_ADVERTISED_ADDRESS")]
+    advertised_address: Option<String>,
+    /// Create unknown topics and groups on first use.
+    #[arg(long, env = "DDUOMQ_AUTO_CREATE_TOPICS")]
+    auto_create_topics: Option<bool>,
+    /// Numeric broker id (part of message ids).
+    #[arg(long, env = "DDUOMQ_BROKER_ID")]
+    broker_id: Option<u32>,
     /// Log format: text or json. Filter with RUST_LOG.
     #[arg(long, env = "DDUOMQ_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+impl Args {
+    fn apply(self, config: &mut BrokerConfig) {
+        let (b, s) = (&mut config.broker, &mut config.store);
+        if let Some(v) = self.data_dir {
+            s.data_dir = v;
+        }
+        if let Some(v) = self.flush {
+            s.flush = v;
+        }
+        if let Some(v) = self.broker_id {
+            s.broker_id = v;
+        }
+        if let Some(v) = self.grpc_addr {
+            b.grpc_addr = v;
+        }
+        if let Some(v) = self.http_addr {
+            b.http_addr = v;
+        }
+        if let Some(v) = self.advertised_address {
+            b.advertised_address = v;
+        }
+        if let Some(v) = self.auto_create_topics {
+            b.auto_create_topics = v;
+        }
+    }
 }
 
 fn init_logging(format: &str) {
@@ -37,32 +85,73 @@ fn init_logging(format: &str) {
     }
 }
 
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
     let mut config = BrokerConfig::load(args.config.as_deref())?;
-    if let Some(dir) = args.data_dir {
-        config.store.data_dir = dir;
-    }
-    if let Some(flush) = args.flush {
-        config.store.flush = flush;
-    }
+    args.apply(&mut config);
+
+    // Bind first, so a taken port fails fast, before recovery.
+    let grpc_listener = TcpListener::bind(config.broker.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC {}", config.broker.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.broker.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP {}", config.broker.http_addr))?;
+    let ready = Arc::new(Readiness::default());
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(dduomq_broker::http::serve(
+        http_listener,
+        ready.clone(),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
+
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await?
         .context("opening the store")?;
+    let store = Arc::new(store);
+    let broker = Arc::new(Broker::open(config.broker.clone(), store.clone())?);
+    let maintenance = tokio::spawn(broker.clone().run_maintenance());
+
     tracing::info!(
+        grpc = %config.broker.grpc_addr,
+        http = %config.broker.http_addr,
         data_dir = %config.store.data_dir.display(),
         flush = ?config.store.flush,
-        "broker store open; waiting for SIGTERM or Ctrl-C"
+        "broker ready"
     );
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    ready.set(true);
+    let stopping = broker.clone();
+    let ready_flag = ready.clone();
+    dduomq_broker::grpc::serve(broker.clone(), grpc_listener, async move {
+        terminated().await;
+        tracing::info!("shutting down: no new requests; finishing in-flight ones");
+        ready_flag.set(false);
+        stopping.begin_shutdown();
+    })
+    .await?;
+
+    maintenance.await?;
+    broker.persist_offsets()?;
+    drop(broker);
+    let store =
+        Arc::try_unwrap(store).map_err(|_| anyhow::anyhow!("store still in use at shutdown"))?;
     tokio::task::spawn_blocking(move || store.close()).await??;
+    let _ = stop_http.send(());
+    http.await??;
+    tracing::info!("stopped cleanly");
     Ok(())
 }

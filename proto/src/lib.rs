@@ -1,1 +1,14 @@
-//! The DduoMQ gRPC contract (generated code lands here with the messaging API).
+//! The DduoMQ gRPC contract, generated from `proto/dduomq/v1/*.proto`.
+
+/// Version 1 of the API.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod v1 {
+    tonic::include_proto!("dduomq.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every DduoMQ proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/dduomq_descriptor.bin"));
+
+/// The `google.rpc.ErrorInfo` domain of every DduoMQ error.
+pub const ERROR_DOMAIN: &str = "dduomq.io";

@@ -41,6 +41,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{FlushMode, StoreConfig};
 pub use consume_queue::tag_hash;
 pub use error::{Result, StoreError};
+pub use mapped_file::sync_dir;
 pub use message_id::MessageId;
 pub use record::{
     Codec, Message, MessageType, Record, RecordFlags, TransactionState, validate_topic_name,

@@ -1,0 +1,73 @@
+//! Maps broker errors to gRPC statuses: a status code plus a
+//! `google.rpc.ErrorInfo` whose reason is the stable code from docs/errors.md.
+
+use std::collections::HashMap;
+
+use dduomq_proto::ERROR_DOMAIN;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::messaging::error::BrokerError;
+use crate::store::StoreError;
+
+/// The gRPC status for a broker error.
+pub fn to_status(err: BrokerError) -> Status {
+    let reason = err.code();
+    let code = match reason {
+        "TOPIC_NOT_FOUND" | "GROUP_NOT_FOUND" | "QUEUE_NOT_FOUND" | "MESSAGE_NOT_FOUND" => {
+            Code::NotFound
+        }
+        "TOPIC_CONFLICT" => Code::AlreadyExists,
+        "INVALID_ARGUMENT"
+        | "MESSAGE_TOO_LARGE"
+        | "INVALID_MESSAGE_ID"
+        | "INVALID_RECEIPT_HANDLE"
+        | "MESSAGE_TYPE_MISMATCH" => Code::InvalidArgument,
+        "STALE_GENERATION" | "QUEUE_NOT_ASSIGNED" => Code::FailedPrecondition,
+        "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
+        "DISK_FULL" => Code::ResourceExhausted,
+        "CORRUPT_RECORD" => Code::DataLoss,
+        "STORE_CLOSED" => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let mut metadata = HashMap::new();
+    if let BrokerError::Store(StoreError::OffsetOutOfRange { min, max, .. }) = &err {
+        metadata.insert("min_offset".to_string(), min.to_string());
+        metadata.insert("max_offset".to_string(), max.to_string());
+    }
+    if let BrokerError::StaleGeneration { current, .. } = &err {
+        metadata.insert("generation".to_string(), current.to_string());
+    }
+    Status::with_error_details(
+        code,
+        err.to_string(),
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
+/// An INVALID_ARGUMENT status for a malformed request field.
+pub fn invalid(what: &'static str, reason: impl Into<String>) -> Status {
+    to_status(BrokerError::invalid(what, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carries_reason_and_range() {
+        let status = to_status(BrokerError::Store(StoreError::OffsetOutOfRange {
+            topic: "t".into(),
+            queue_id: 0,
+            offset: 9,
+            min: 2,
+            max: 5,
+        }));
+        assert_eq!(status.code(), Code::OutOfRange);
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "OFFSET_OUT_OF_RANGE");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["min_offset"], "2");
+        assert_eq!(info.metadata["max_offset"], "5");
+    }
+}

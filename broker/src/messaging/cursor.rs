@@ -1,0 +1,319 @@
+//! The progress of one subscription on one queue under push consumption: which
+//! offsets are done, which are leased to a consumer, which wait for redelivery.
+//!
+//! ```text
+//!   committed                                   next
+//!       │ done / leased / waiting for retry       │ never delivered
+//!  ─────┼─────────────────────────────────────────┼────────────────▶ offsets
+//!   all below are done                   max offset of the queue ─┘
+//! ```
+//! `committed` (the low watermark) is what is persisted as the group's offset:
+//! after a crash everything from it on that is not known to be done is delivered
+//! again (at-least-once).
+
+use std::collections::{BTreeSet, HashMap};
+
+/// A message handed to a consumer until `deadline` (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Random per delivery: a receipt handle is valid only for its delivery.
+    pub delivery_id: u64,
+    pub deadline: i64,
+    /// The consumer stream holding it.
+    pub consumer: u64,
+    pub bytes: u64,
+}
+
+/// What happened to a lease that ended without an ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Scheduled for redelivery at this time.
+    Retry { offset: u64, at: i64 },
+    /// Delivered the maximum number of times: must go to the dead-letter topic,
+    /// then be marked done.
+    DeadLetter { offset: u64, attempts: u32 },
+}
+
+/// Progress of one subscription on one queue.
+#[derive(Debug, Clone, Default)]
+pub struct QueueCursor {
+    committed: u64,
+    next: u64,
+    done: BTreeSet<u64>,
+    leases: HashMap<u64, Lease>,
+    retry: BTreeSet<(i64, u64)>,
+    attempts: HashMap<u64, u32>,
+}
+
+impl QueueCursor {
+    /// A cursor whose progress starts at `committed`, knowing `done` offsets above
+    /// it and earlier delivery counts (restored from a snapshot).
+    pub fn new(
+        committed: u64,
+        done: impl IntoIterator<Item = u64>,
+        attempts: HashMap<u64, u32>,
+    ) -> Self {
+        let mut c = QueueCursor {
+            committed,
+            next: committed,
+            done: done.into_iter().filter(|o| *o >= committed).collect(),
+            attempts,
+            ..QueueCursor::default()
+        };
+        c.advance();
+        c
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+    pub fn in_flight(&self) -> usize {
+        self.leases.len()
+    }
+    pub fn leases(&self) -> impl Iterator<Item = (&u64, &Lease)> {
+        self.leases.iter()
+    }
+    /// Offsets above the watermark that are done (for snapshots).
+    pub fn done(&self) -> impl Iterator<Item = u64> + '_ {
+        self.done.iter().copied()
+    }
+    /// Delivery counts of offsets not yet done (for snapshots).
+    pub fn attempts(&self) -> &HashMap<u64, u32> {
+        &self.attempts
+    }
+
+    /// The next offset to deliver, if any is due now: a due retry first, then the
+    /// oldest never-delivered offset below `max_offset`.
+    pub fn candidate(&mut self, now: i64, max_offset: u64) -> Option<u64> {
+        if let Some(&(due, offset)) = self.retry.first()
+            && due <= now
+        {
+            return Some(offset);
+        }
+        while self.next < max_offset && self.done.contains(&self.next) {
+            self.next += 1;
+        }
+        (self.next < max_offset).then_some(self.next)
+    }
+
+    /// Leases `offset` (a [`Self::candidate`]); returns its delivery attempt (1-based).
+    pub fn lease(&mut self, offset: u64, lease: Lease) -> u32 {
+        self.retry.retain(|(_, o)| *o != offset);
+        if offset >= self.next {
+            self.next = offset + 1;
+        }
+        let attempts = self.attempts.entry(offset).or_insert(0);
+        *attempts += 1;
+        self.leases.insert(offset, lease);
+        *attempts
+    }
+
+    /// Skips an offset that can no longer be read (deleted by retention, corrupt).
+    pub fn skip(&mut self, offset: u64) {
+        self.retry.retain(|(_, o)| *o != offset);
+        if offset >= self.next {
+            self.next = offset + 1;
+        }
+        self.mark_done(offset);
+    }
+
+    /// Moves the never-delivered position up to `min` (older offsets are gone).
+    pub fn skip_below(&mut self, min: u64) {
+        if self.committed < min {
+            for o in self.committed..min.min(self.next) {
+                self.leases.remove(&o);
+                self.attempts.remove(&o);
+            }
+            self.retry.retain(|(_, o)| *o >= min);
+            self.committed = min;
+            self.next = self.next.max(min);
+            self.done = self.done.split_off(&min);
+            self.advance();
+        }
+    }
+
+    /// The lease for `offset` if `delivery_id` matches it.
+    pub fn lease_of(&self, offset: u64, delivery_id: u64) -> Option<&Lease> {
+        self.leases
+            .get(&offset)
+            .filter(|l| l.delivery_id == delivery_id)
+    }
+
+    /// Ends a lease with an ack. Returns the lease, or `None` if the handle is
+    /// not (or no longer) valid.
+    pub fn ack(&mut self, offset: u64, delivery_id: u64) -> Option<Lease> {
+        self.lease_of(offset, delivery_id)?;
+        let lease = self.leases.remove(&offset);
+        self.mark_done(offset);
+        lease
+    }
+
+    /// Moves a lease's deadline; `None` if the handle is not valid.
+    pub fn extend(&mut self, offset: u64, delivery_id: u64, deadline: i64) -> Option<Lease> {
+        let lease = self
+            .leases
+            .get_mut(&offset)
+            .filter(|l| l.delivery_id == delivery_id)?;
+        lease.deadline = deadline;
+        Some(*lease)
+    }
+
+    /// Ends a lease without an ack (nack, expiry, consumer gone): schedules a retry
+    /// after `backoff_ms(attempts)`, or asks for dead-lettering after
+    /// `max_attempts` deliveries.
+    pub fn release(
+        &mut self,
+        offset: u64,
+        now: i64,
+        max_attempts: u32,
+        backoff_ms: impl Fn(u32) -> i64,
+    ) -> Option<(Lease, Released)> {
+        let lease = self.leases.remove(&offset)?;
+        let attempts = self.attempts.get(&offset).copied().unwrap_or(1);
+        if attempts >= max_attempts {
+            return Some((lease, Released::DeadLetter { offset, attempts }));
+        }
+        let at = now + backoff_ms(attempts);
+        self.retry.insert((at, offset));
+        Some((lease, Released::Retry { offset, at }))
+    }
+
+    /// Schedules a released offset for (re)delivery at `at` (e.g. after a failed
+    /// dead-letter write).
+    pub fn retry_at(&mut self, offset: u64, at: i64) {
+        self.retry.insert((at, offset));
+    }
+
+    /// Leases whose deadline has passed.
+    pub fn expired(&self, now: i64) -> Vec<u64> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
+    /// Marks an offset finished (acked or dead-lettered).
+    pub fn mark_done(&mut self, offset: u64) {
+        self.attempts.remove(&offset);
+        if offset >= self.committed {
+            self.done.insert(offset);
+            self.advance();
+        }
+    }
+
+    fn advance(&mut self) {
+        while self.done.remove(&self.committed) {
+            self.committed += 1;
+        }
+        self.next = self.next.max(self.committed);
+    }
+
+    /// The earliest future moment something becomes due (retry or lease end).
+    pub fn next_wake(&self) -> Option<i64> {
+        let retry = self.retry.first().map(|(at, _)| *at);
+        let lease = self.leases.values().map(|l| l.deadline).min();
+        retry.into_iter().chain(lease).min()
+    }
+
+    /// Starts over at `offset`, forgetting leases, retries and done marks.
+    pub fn reset(&mut self, offset: u64) -> Vec<Lease> {
+        let leases = self.leases.drain().map(|(_, l)| l).collect();
+        *self = QueueCursor {
+            committed: offset,
+            next: offset,
+            ..QueueCursor::default()
+        };
+        leases
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(id: u64) -> Lease {
+        Lease {
+            delivery_id: id,
+            deadline: 1000,
+            consumer: 1,
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn acks_out_of_order_move_the_watermark_only_over_a_done_prefix() {
+        let mut c = QueueCursor::new(0, [], HashMap::new());
+        for o in 0..3 {
+            assert_eq!(c.candidate(0, 10), Some(o));
+            assert_eq!(c.lease(o, lease(o + 100)), 1);
+        }
+        assert!(c.ack(1, 101).is_some());
+        assert_eq!(c.committed(), 0);
+        assert!(c.ack(1, 101).is_none(), "second ack of the same handle");
+        assert!(c.ack(0, 999).is_none(), "wrong delivery id");
+        assert!(c.ack(0, 100).is_some());
+        assert_eq!(c.committed(), 2);
+        assert!(c.ack(2, 102).is_some());
+        assert_eq!(c.committed(), 3);
+        assert_eq!(c.candidate(0, 3), None);
+    }
+
+    #[test]
+    fn release_retries_with_backoff_then_dead_letters() {
+        let mut c = QueueCursor::new(0, [], HashMap::new());
+        let backoff = |a: u32| a as i64 * 100;
+        assert_eq!(c.candidate(0, 1), Some(0));
+        c.lease(0, lease(1));
+        let (_, r) = c.release(0, 50, 3, backoff).unwrap();
+        assert_eq!(r, Released::Retry { offset: 0, at: 150 });
+        assert_eq!(c.candidate(149, 1), None, "not due yet");
+        assert_eq!(c.next_wake(), Some(150));
+        assert_eq!(c.candidate(150, 1), Some(0));
+        assert_eq!(c.lease(0, lease(2)), 2);
+        c.release(0, 200, 3, backoff).unwrap();
+        assert_eq!(c.candidate(400, 1), Some(0));
+        assert_eq!(c.lease(0, lease(3)), 3);
+        let (_, r) = c.release(0, 500, 3, backoff).unwrap();
+        assert_eq!(
+            r,
+            Released::DeadLetter {
+                offset: 0,
+                attempts: 3
+            }
+        );
+        assert_eq!(
+            c.candidate(10_000, 1),
+            None,
+            "dead-lettering is in progress"
+        );
+        c.mark_done(0);
+        assert_eq!(c.committed(), 1);
+    }
+
+    #[test]
+    fn snapshot_restores_done_marks_and_attempts() {
+        let c = QueueCursor::new(5, [3, 6, 8], HashMap::from([(7, 2)]));
+        assert_eq!(c.committed(), 5);
+        let mut c = c;
+        assert_eq!(c.candidate(0, 10), Some(5));
+        c.lease(5, lease(1));
+        assert_eq!(c.candidate(0, 10), Some(7), "6 is done");
+        assert_eq!(c.lease(7, lease(2)), 3, "attempts carried over");
+        c.ack(5, 1);
+        assert_eq!(c.committed(), 7);
+    }
+
+    #[test]
+    fn reset_and_skip_below() {
+        let mut c = QueueCursor::new(0, [], HashMap::new());
+        c.lease(0, lease(1));
+        assert_eq!(c.reset(10).len(), 1);
+        assert_eq!((c.committed(), c.in_flight()), (10, 0));
+        assert_eq!(c.candidate(0, 12), Some(10));
+        c.lease(10, lease(2));
+        c.skip_below(20);
+        assert_eq!((c.committed(), c.in_flight()), (20, 0));
+        assert_eq!(c.candidate(0, 25), Some(20));
+    }
+}

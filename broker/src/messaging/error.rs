@@ -1,0 +1,79 @@
+//! Messaging errors, each with a stable reason code (documented in docs/errors.md)
+//! that the gRPC layer sends in a `google.rpc.ErrorInfo`.
+
+use crate::store::StoreError;
+
+/// Everything a messaging request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    #[error("consumer group {0:?} does not exist")]
+    GroupNotFound(String),
+    #[error("topic {name:?} already exists with {queues} queues of type {message_type}; {reason}")]
+    TopicConflict {
+        name: String,
+        queues: u32,
+        message_type: String,
+        reason: String,
+    },
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument { what: &'static str, reason: String },
+    #[error("topic {topic:?} has no queue {queue_id} (it has {queues})")]
+    QueueNotFound {
+        topic: String,
+        queue_id: u32,
+        queues: u32,
+    },
+    #[error("invalid receipt handle: {0}")]
+    InvalidReceiptHandle(String),
+    #[error("generation {got} is stale; the group {group:?} is at generation {current}")]
+    StaleGeneration {
+        group: String,
+        got: u64,
+        current: u64,
+    },
+    #[error("queue {topic}/{queue_id} is not assigned to member {client_id:?} of group {group:?}")]
+    QueueNotAssigned {
+        group: String,
+        topic: String,
+        queue_id: u32,
+        client_id: String,
+    },
+    #[error("message type {got} cannot be sent to topic {topic:?} of type {expected}")]
+    MessageTypeMismatch {
+        topic: String,
+        expected: String,
+        got: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl BrokerError {
+    /// The stable reason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BrokerError::TopicNotFound(_) => "TOPIC_NOT_FOUND",
+            BrokerError::GroupNotFound(_) => "GROUP_NOT_FOUND",
+            BrokerError::TopicConflict { .. } => "TOPIC_CONFLICT",
+            BrokerError::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            BrokerError::QueueNotFound { .. } => "QUEUE_NOT_FOUND",
+            BrokerError::InvalidReceiptHandle(_) => "INVALID_RECEIPT_HANDLE",
+            BrokerError::StaleGeneration { .. } => "STALE_GENERATION",
+            BrokerError::QueueNotAssigned { .. } => "QUEUE_NOT_ASSIGNED",
+            BrokerError::MessageTypeMismatch { .. } => "MESSAGE_TYPE_MISMATCH",
+            BrokerError::Store(e) => e.code(),
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        BrokerError::InvalidArgument {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result alias for messaging operations.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,158 @@
+//! The consumer-group registry, persisted in `<data_dir>/metadata/groups.json`.
+//! Group names follow the topic-name rule.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::error::{BrokerError, Result};
+use super::metadata;
+use crate::store::validate_topic_name;
+
+/// How a group shares messages among its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumeMode {
+    /// Each message goes to one member.
+    #[default]
+    Clustering,
+    /// Every member gets every message, with its own progress.
+    Broadcast,
+}
+
+/// A group's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupConfig {
+    pub name: String,
+    pub mode: ConsumeMode,
+    /// Deliveries before a message moves to `%DLQ%<group>`.
+    pub max_delivery_attempts: u32,
+    /// Delay before redelivery n is `retry_backoff_ms[min(n, len) - 1]`.
+    pub retry_backoff_ms: Vec<u64>,
+}
+
+impl GroupConfig {
+    /// The delay before redelivering a message that has been delivered `attempts`
+    /// times.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let i = (attempts.max(1) as usize - 1).min(self.retry_backoff_ms.len().saturating_sub(1));
+        Duration::from_millis(self.retry_backoff_ms.get(i).copied().unwrap_or(1000))
+    }
+
+    /// The dead-letter topic of this group.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("%DLQ%{}", self.name)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        validate_topic_name(&self.name)
+            .map_err(|e| BrokerError::invalid("group name", e.to_string()))?;
+        if self.max_delivery_attempts == 0 {
+            return Err(BrokerError::invalid(
+                "max_delivery_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.name.len() > 122 {
+            return Err(BrokerError::invalid(
+                "group name",
+                "at most 122 characters, so that its dead-letter topic name fits",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// All groups of this broker.
+#[derive(Debug)]
+pub struct Groups {
+    path: PathBuf,
+    groups: RwLock<BTreeMap<String, GroupConfig>>,
+}
+
+impl Groups {
+    pub fn open(path: PathBuf) -> Result<Groups> {
+        let list: Vec<GroupConfig> = metadata::load(&path)?;
+        Ok(Groups {
+            path,
+            groups: RwLock::new(list.into_iter().map(|g| (g.name.clone(), g)).collect()),
+        })
+    }
+
+    fn persist(&self, groups: &BTreeMap<String, GroupConfig>) -> Result<()> {
+        let list: Vec<&GroupConfig> = groups.values().collect();
+        Ok(metadata::save(&self.path, &list)?)
+    }
+
+    /// Creates or updates a group. Returns whether anything changed.
+    pub fn upsert(&self, group: GroupConfig) -> Result<bool> {
+        group.validate()?;
+        let mut groups = self.groups.write();
+        if groups.get(&group.name) == Some(&group) {
+            return Ok(false);
+        }
+        groups.insert(group.name.clone(), group);
+        self.persist(&groups)?;
+        Ok(true)
+    }
+
+    pub fn get(&self, name: &str) -> Option<GroupConfig> {
+        self.groups.read().get(name).cloned()
+    }
+
+    pub fn delete(&self, name: &str) -> Result<GroupConfig> {
+        let mut groups = self.groups.write();
+        let removed = groups
+            .remove(name)
+            .ok_or_else(|| BrokerError::GroupNotFound(name.to_string()))?;
+        self.persist(&groups)?;
+        Ok(removed)
+    }
+
+    pub fn list(&self) -> Vec<GroupConfig> {
+        self.groups.read().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_uses_the_schedule_then_its_last_step() {
+        let g = GroupConfig {
+            name: "g".into(),
+            mode: ConsumeMode::Clustering,
+            max_delivery_attempts: 16,
+            retry_backoff_ms: vec![10, 20, 30],
+        };
+        let ms: Vec<u64> = (1..=5).map(|a| g.backoff(a).as_millis() as u64).collect();
+        assert_eq!(ms, vec![10, 20, 30, 30, 30]);
+        assert_eq!(g.dead_letter_topic(), "%DLQ%g");
+    }
+
+    #[test]
+    fn upsert_persists_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups.json");
+        let groups = Groups::open(path.clone()).unwrap();
+        let g = GroupConfig {
+            name: "g".into(),
+            mode: ConsumeMode::Broadcast,
+            max_delivery_attempts: 3,
+            retry_backoff_ms: vec![100],
+        };
+        assert!(groups.upsert(g.clone()).unwrap());
+        assert!(!groups.upsert(g.clone()).unwrap());
+        let bad = GroupConfig {
+            max_delivery_attempts: 0,
+            ..g.clone()
+        };
+        assert_eq!(groups.upsert(bad).unwrap_err().code(), "INVALID_ARGUMENT");
+        drop(groups);
+        assert_eq!(Groups::open(path).unwrap().get("g"), Some(g));
+    }
+}

@@ -1,0 +1,1219 @@
+//! The messaging layer: topics, groups, routing of sends, push consumption with
+//! leases, retries and dead-lettering, pull consumption with rebalanced
+//! assignments, progress, replay and lookups. It sits between the gRPC services
+//! (which only translate) and the store.
+
+pub mod cursor;
+pub mod error;
+pub mod groups;
+pub mod membership;
+mod metadata;
+pub mod offsets;
+pub mod receipt;
+pub mod subscription;
+pub mod topics;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::config::MessagingConfig;
+use crate::store::{Message, MessageId, MessageType, Record, Store, StoreError, now_millis};
+use cursor::{Lease, QueueCursor, Released};
+use error::{BrokerError, Result};
+use groups::{ConsumeMode, GroupConfig, Groups};
+use membership::{MemberKind, Membership};
+use offsets::{OffsetTable, ProgressKey};
+use receipt::ReceiptHandle;
+use subscription::{SubKey, SubState, Subscription, Usage};
+use topics::{TopicConfig, Topics};
+
+/// Property carrying a message's sharding key.
+pub const SHARDING_KEY_PROPERTY: &str = "SHARDING_KEY";
+/// Properties added to a dead-lettered message.
+pub const DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
+pub const DLQ_ORIGIN_QUEUE: &str = "DLQ_ORIGIN_QUEUE";
+pub const DLQ_ORIGIN_OFFSET: &str = "DLQ_ORIGIN_OFFSET";
+pub const DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
+pub const DLQ_DELIVERY_ATTEMPTS: &str = "DLQ_DELIVERY_ATTEMPTS";
+
+/// `(queue id, min offset, max offset)` of a queue.
+pub type QueueRange = (u32, u64, u64);
+
+/// A message as a producer sends it.
+#[derive(Debug, Clone, Default)]
+pub struct SendMessage {
+    pub topic: String,
+    pub body: Bytes,
+    pub tag: String,
+    pub keys: Vec<String>,
+    pub properties: Vec<(String, String)>,
+    pub sharding_key: String,
+    pub queue_id: Option<u32>,
+    pub born_timestamp: i64,
+}
+
+/// Where a sent message landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub store_timestamp: i64,
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub record: Record,
+    pub message_id: String,
+    pub attempt: u32,
+    /// Set for leased (push) deliveries.
+    pub receipt_handle: String,
+    pub invisible_until: i64,
+}
+
+/// Flow-control limits of one consumer stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveLimits {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub invisible: Duration,
+}
+
+/// Per-queue progress of a group, for describe and reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueProgress {
+    pub topic: String,
+    pub queue_id: u32,
+    pub member: String,
+    pub committed: u64,
+    pub max_offset: u64,
+    pub in_flight: u32,
+}
+
+/// Where to move a group's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+    Offset(i64),
+}
+
+/// Result of a pull.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub deliveries: Vec<Delivery>,
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+/// What a member learns from a heartbeat.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub generation: u64,
+    pub queues: Vec<(String, u32)>,
+}
+
+/// A group and its live state, for describe.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    pub config: GroupConfig,
+    pub queues: Vec<QueueProgress>,
+    pub members: Vec<(String, membership::Member)>,
+    pub generation: u64,
+}
+
+/// Identity and sizes of this broker.
+#[derive(Debug, Clone)]
+pub struct BrokerInfo {
+    pub broker_id: u32,
+    pub flush_mode: String,
+    pub uptime: Duration,
+    pub store: crate::store::StoreStats,
+    pub topics: usize,
+    pub groups: usize,
+}
+
+/// The messaging core of a broker.
+#[derive(Debug)]
+pub struct Broker {
+    config: MessagingConfig,
+    store: Arc<Store>,
+    topics: Topics,
+    groups: Groups,
+    offsets: Mutex<OffsetTable>,
+    subscriptions: Mutex<HashMap<SubKey, Arc<Subscription>>>,
+    members: Mutex<HashMap<String, Membership>>,
+    next_consumer: AtomicU64,
+    round_robin: AtomicU64,
+    started: Instant,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Broker {
+    /// Loads topics, groups and progress from `<data_dir>/metadata/`.
+    pub fn open(config: MessagingConfig, store: Arc<Store>) -> Result<Broker> {
+        let meta = store.config().data_dir.join("metadata");
+        Ok(Broker {
+            topics: Topics::open(meta.join("topics.json"))?,
+            groups: Groups::open(meta.join("groups.json"))?,
+            offsets: Mutex::new(OffsetTable::open(meta.join("offsets.json"))?),
+            subscriptions: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            next_consumer: AtomicU64::new(1),
+            round_robin: AtomicU64::new(0),
+            started: Instant::now(),
+            shutdown: watch::channel(false).0,
+            config,
+            store,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+    pub fn config(&self) -> &MessagingConfig {
+        &self.config
+    }
+
+    // ---- topics -------------------------------------------------------------
+
+    /// Creates (or grows) a user topic.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        queues: u32,
+        message_type: MessageType,
+    ) -> Result<(TopicConfig, bool)> {
+        topics::validate_user_topic(name)?;
+        self.topics.create(name, queues, message_type)
+    }
+
+    /// Deletes a topic, its queues and every group's progress on it.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.topics.delete(name)?;
+        self.store.delete_topic(name)?;
+        self.subscriptions.lock().retain(|k, _| k.topic != name);
+        self.offsets.lock().remove_where(|k| k.topic == name);
+        self.persist_offsets()
+    }
+
+    pub fn list_topics(&self) -> Vec<TopicConfig> {
+        self.topics.list()
+    }
+
+    /// A topic and `(queue, min, max)` offsets of each queue.
+    pub fn describe_topic(&self, name: &str) -> Result<(TopicConfig, Vec<QueueRange>)> {
+        let topic = self.topics.require(name)?;
+        let queues = (0..topic.queues)
+            .map(|q| {
+                let (min, max) = self.store.queue_offsets(name, q);
+                (q, min, max)
+            })
+            .collect();
+        Ok((topic, queues))
+    }
+
+    /// The topic, auto-created (when enabled) on first use.
+    fn topic_for_use(&self, name: &str) -> Result<TopicConfig> {
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        if !self.config.auto_create_topics {
+            return Err(BrokerError::TopicNotFound(name.to_string()));
+        }
+        topics::validate_user_topic(name)?;
+        Ok(self
+            .topics
+            .create(name, self.config.default_queues, MessageType::Normal)?
+            .0)
+    }
+
+    // ---- groups -------------------------------------------------------------
+
+    /// Defaults for a group created implicitly or without settings.
+    pub fn default_group(&self, name: &str, mode: ConsumeMode) -> GroupConfig {
+        GroupConfig {
+            name: name.to_string(),
+            mode,
+            max_delivery_attempts: self.config.max_delivery_attempts,
+            retry_backoff_ms: self
+                .config
+                .retry_backoff
+                .iter()
+                .map(|d| d.as_millis() as u64)
+                .collect(),
+        }
+    }
+
+    pub fn upsert_group(&self, group: GroupConfig) -> Result<bool> {
+        self.groups.upsert(group)
+    }
+
+    pub fn delete_group(&self, name: &str) -> Result<()> {
+        self.groups.delete(name)?;
+        self.subscriptions.lock().retain(|k, _| k.group != name);
+        self.members.lock().remove(name);
+        self.offsets.lock().remove_where(|k| k.group == name);
+        self.persist_offsets()
+    }
+
+    pub fn list_groups(&self) -> Vec<GroupConfig> {
+        self.groups.list()
+    }
+
+    /// The group, auto-created (when enabled) on first use.
+    fn group_for_use(&self, name: &str, mode: ConsumeMode) -> Result<GroupConfig> {
+        if let Some(g) = self.groups.get(name) {
+            return Ok(g);
+        }
+        if !self.config.auto_create_topics {
+            return Err(BrokerError::GroupNotFound(name.to_string()));
+        }
+        let g = self.default_group(name, mode);
+        self.groups.upsert(g.clone())?;
+        Ok(g)
+    }
+
+    fn require_group(&self, name: &str) -> Result<GroupConfig> {
+        self.groups
+            .get(name)
+            .ok_or_else(|| BrokerError::GroupNotFound(name.to_string()))
+    }
+
+    // ---- send ---------------------------------------------------------------
+
+    /// Stores messages as one atomic batch.
+    pub async fn send(&self, messages: Vec<SendMessage>) -> Result<Vec<SendReceipt>> {
+        if messages.is_empty() {
+            return Err(BrokerError::invalid("send", "no messages"));
+        }
+        let mut batch = Vec::with_capacity(messages.len());
+        for m in messages {
+            let topic = self.topic_for_use(&m.topic)?;
+            let queue_id = match m.queue_id {
+                Some(q) if q >= topic.queues => {
+                    return Err(BrokerError::QueueNotFound {
+                        topic: topic.name,
+                        queue_id: q,
+                        queues: topic.queues,
+                    });
+                }
+                Some(q) => q,
+                None if !m.sharding_key.is_empty() => {
+                    (xxhash_rust::xxh3::xxh3_64(m.sharding_key.as_bytes()) % topic.queues as u64)
+                        as u32
+                }
+                None => {
+                    (self.round_robin.fetch_add(1, Ordering::Relaxed) % topic.queues as u64) as u32
+                }
+            };
+            let mut properties = m.properties;
+            if !m.sharding_key.is_empty() {
+                properties.push((SHARDING_KEY_PROPERTY.into(), m.sharding_key));
+            }
+            batch.push(Message {
+                topic: topic.name,
+                queue_id,
+                born_timestamp: m.born_timestamp,
+                tag: m.tag,
+                keys: m.keys,
+                properties,
+                body: m.body,
+                ..Message::default()
+            });
+        }
+        let topics: Vec<String> = batch.iter().map(|m| m.topic.clone()).collect();
+        let acks = self.store.append(batch).await?;
+        Ok(acks
+            .into_iter()
+            .zip(topics)
+            .map(|(a, topic)| SendReceipt {
+                message_id: a.id.to_string(),
+                topic,
+                queue_id: a.queue_id,
+                offset: a.queue_offset,
+                store_timestamp: a.store_timestamp,
+            })
+            .collect())
+    }
+
+    // ---- push consumption -----------------------------------------------------
+
+    fn message_id_of(&self, rec: &Record) -> String {
+        MessageId {
+            broker_id: self.store.config().broker_id,
+            physical_offset: rec.physical_offset,
+            crc: rec.crc,
+        }
+        .to_string()
+    }
+
+    fn sub_key(group: &GroupConfig, topic: &str, client_id: &str) -> SubKey {
+        SubKey {
+            group: group.name.clone(),
+            topic: topic.to_string(),
+            member: match group.mode {
+                ConsumeMode::Clustering => String::new(),
+                ConsumeMode::Broadcast => client_id.to_string(),
+            },
+        }
+    }
+
+    fn subscription(&self, key: SubKey) -> Arc<Subscription> {
+        self.subscriptions
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Subscription::new(key)))
+            .clone()
+    }
+
+    /// Registers a consumer stream; returns its subscription and consumer id.
+    pub fn open_receive(
+        &self,
+        group: &str,
+        topic: &str,
+        client_id: &str,
+        mode: ConsumeMode,
+    ) -> Result<(Arc<Subscription>, u64)> {
+        if client_id.is_empty() {
+            return Err(BrokerError::invalid("client_id", "must not be empty"));
+        }
+        let group = self.group_for_use(group, mode)?;
+        let topic = self.topic_for_use(topic)?;
+        let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
+        let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
+        sub.state.lock().usage.insert(consumer, Usage::default());
+        self.touch_member(&group.name, client_id, MemberKind::Push, [topic.name]);
+        Ok((sub, consumer))
+    }
+
+    /// Ends a consumer stream: its leases end now and are redelivered per backoff.
+    pub async fn close_receive(&self, sub: &Subscription, consumer: u64) {
+        let Some(group) = self.groups.get(&sub.key.group) else {
+            return;
+        };
+        let dead = {
+            let mut st = sub.state.lock();
+            st.usage.remove(&consumer);
+            let now = now_millis();
+            let mut dead = Vec::new();
+            let queues: Vec<u32> = st.cursors.keys().copied().collect();
+            for q in queues {
+                let mine: Vec<u64> = st.cursors[&q]
+                    .leases()
+                    .filter(|(_, l)| l.consumer == consumer)
+                    .map(|(o, _)| *o)
+                    .collect();
+                for offset in mine {
+                    dead.extend(Self::release_locked(&mut st, &group, q, offset, now));
+                }
+            }
+            dead
+        };
+        sub.notify.notify_waiters();
+        self.dead_letter_all(sub, &group, dead).await;
+    }
+
+    /// Ends a lease without an ack; returns a dead-letter job when the message has
+    /// used up its attempts.
+    fn release_locked(
+        st: &mut SubState,
+        group: &GroupConfig,
+        queue_id: u32,
+        offset: u64,
+        now: i64,
+    ) -> Option<(u32, u64)> {
+        let cursor = st.cursors.get_mut(&queue_id)?;
+        let (lease, released) = cursor.release(offset, now, group.max_delivery_attempts, |a| {
+            group.backoff(a).as_millis() as i64
+        })?;
+        st.refund(&lease);
+        match released {
+            Released::Retry { .. } => None,
+            Released::DeadLetter { offset, .. } => Some((queue_id, offset)),
+        }
+    }
+
+    fn cursor_for<'a>(
+        &self,
+        st: &'a mut SubState,
+        key: &SubKey,
+        queue_id: u32,
+    ) -> &'a mut QueueCursor {
+        st.cursors.entry(queue_id).or_insert_with(|| {
+            match self.offsets.lock().cursor(&key.progress(queue_id)) {
+                Some((committed, extras)) => QueueCursor::new(
+                    committed,
+                    extras.done,
+                    extras.attempts.into_iter().collect(),
+                ),
+                // New progress starts at the oldest stored message.
+                None => QueueCursor::new(
+                    self.store.queue_offsets(&key.topic, queue_id).0,
+                    [],
+                    HashMap::new(),
+                ),
+            }
+        })
+    }
+
+    /// Leases up to `max` messages to a consumer within its limits. Returns the
+    /// deliveries and when to look again if nothing was due.
+    pub async fn lease(
+        &self,
+        sub: &Subscription,
+        consumer: u64,
+        limits: ReceiveLimits,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Option<i64>)> {
+        let group = self.require_group(&sub.key.group)?;
+        let topic = self.topics.require(&sub.key.topic)?;
+        let now = now_millis();
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        let wake = {
+            let mut st = sub.state.lock();
+            // Leases that ran out are released first.
+            let expired: Vec<(u32, u64)> = st
+                .cursors
+                .iter()
+                .flat_map(|(q, c)| c.expired(now).into_iter().map(move |o| (*q, o)))
+                .collect();
+            for (q, offset) in expired {
+                dead.extend(Self::release_locked(&mut st, &group, q, offset, now));
+            }
+            let start = st.round_robin;
+            st.round_robin = st.round_robin.wrapping_add(1);
+            'queues: for i in 0..topic.queues {
+                let q = (start + i) % topic.queues;
+                let (min, max_offset) = self.store.queue_offsets(&topic.name, q);
+                self.cursor_for(&mut st, &sub.key, q).skip_below(min);
+                while out.len() < max {
+                    let usage = st.usage.get(&consumer).copied().unwrap_or_default();
+                    if usage.messages >= limits.max_messages {
+                        break 'queues;
+                    }
+                    let cursor = self.cursor_for(&mut st, &sub.key, q);
+                    let Some(offset) = cursor.candidate(now, max_offset) else {
+                        break;
+                    };
+                    let record = match self.store.read(&topic.name, q, offset, 1, usize::MAX) {
+                        Ok(r) if r.records.len() == 1 => r.records.into_iter().next().expect("one"),
+                        Ok(_) => {
+                            cursor.skip(offset); // corrupt: reported by the store
+                            continue;
+                        }
+                        Err(StoreError::OffsetOutOfRange { min, .. }) => {
+                            cursor.skip_below(min);
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let bytes = record.body.len() as u64;
+                    if usage.messages > 0 && usage.bytes + bytes > limits.max_bytes {
+                        break 'queues;
+                    }
+                    let lease = Lease {
+                        delivery_id: rand::random(),
+                        deadline: now + limits.invisible.as_millis() as i64,
+                        consumer,
+                        bytes,
+                    };
+                    let attempt = cursor.lease(offset, lease);
+                    st.charge(&lease);
+                    out.push(Delivery {
+                        message_id: self.message_id_of(&record),
+                        receipt_handle: ReceiptHandle {
+                            queue_id: q,
+                            offset,
+                            delivery_id: lease.delivery_id,
+                            member: sub.key.member.clone(),
+                        }
+                        .encode(),
+                        invisible_until: lease.deadline,
+                        attempt,
+                        record,
+                    });
+                }
+            }
+            st.cursors.values().filter_map(|c| c.next_wake()).min()
+        };
+        self.dead_letter_all(sub, &group, dead).await;
+        Ok((out, wake))
+    }
+
+    /// Moves messages that used up their attempts to the group's dead-letter
+    /// topic, then marks them done.
+    async fn dead_letter_all(
+        &self,
+        sub: &Subscription,
+        group: &GroupConfig,
+        jobs: Vec<(u32, u64)>,
+    ) {
+        for (queue_id, offset) in jobs {
+            if let Err(e) = self.dead_letter(sub, group, queue_id, offset).await {
+                tracing::error!(group = %group.name, queue_id, offset, error = %e, "dead-lettering failed; will retry");
+                // Deliver it again later so it is neither lost nor stuck.
+                if let Some(c) = sub.state.lock().cursors.get_mut(&queue_id) {
+                    c.retry_at(offset, now_millis() + group.backoff(1).as_millis() as i64);
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        sub: &Subscription,
+        group: &GroupConfig,
+        queue_id: u32,
+        offset: u64,
+    ) -> Result<()> {
+        let topic = &sub.key.topic;
+        let read = self.store.read(topic, queue_id, offset, 1, usize::MAX);
+        if let Ok(r) = read
+            && let Some(rec) = r.records.into_iter().next()
+        {
+            let attempts = sub
+                .state
+                .lock()
+                .cursors
+                .get(&queue_id)
+                .and_then(|c| c.attempts().get(&offset).copied())
+                .unwrap_or(group.max_delivery_attempts);
+            let dlq = group.dead_letter_topic();
+            self.topics.create(&dlq, 1, MessageType::Normal)?;
+            let mut properties = rec.properties.clone();
+            properties.extend([
+                (DLQ_ORIGIN_TOPIC.to_string(), topic.clone()),
+                (DLQ_ORIGIN_QUEUE.to_string(), queue_id.to_string()),
+                (DLQ_ORIGIN_OFFSET.to_string(), offset.to_string()),
+                (DLQ_ORIGIN_MESSAGE_ID.to_string(), self.message_id_of(&rec)),
+                (DLQ_DELIVERY_ATTEMPTS.to_string(), attempts.to_string()),
+            ]);
+            self.store
+                .append(vec![Message {
+                    topic: dlq,
+                    queue_id: 0,
+                    flags: rec.flags,
+                    born_timestamp: rec.born_timestamp,
+                    tag: rec.tag,
+                    keys: rec.keys,
+                    properties,
+                    body: rec.body,
+                }])
+                .await?;
+            tracing::info!(group = %group.name, topic, queue_id, offset, attempts, "message dead-lettered");
+        }
+        if let Some(c) = sub.state.lock().cursors.get_mut(&queue_id) {
+            c.mark_done(offset);
+        }
+        Ok(())
+    }
+
+    fn find_subscription(
+        &self,
+        group: &str,
+        topic: &str,
+        member: &str,
+    ) -> Result<Arc<Subscription>> {
+        let key = SubKey {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            member: member.to_string(),
+        };
+        self.subscriptions.lock().get(&key).cloned().ok_or_else(|| {
+            BrokerError::InvalidReceiptHandle(format!(
+                "no lease of group {group:?} on topic {topic:?}"
+            ))
+        })
+    }
+
+    /// Acks leased messages; one result per handle.
+    pub fn ack(&self, group: &str, topic: &str, handles: &[String]) -> Vec<Result<()>> {
+        let mut touched = Vec::new();
+        let results = handles
+            .iter()
+            .map(|h| {
+                let handle = ReceiptHandle::parse(h)?;
+                let sub = self.find_subscription(group, topic, &handle.member)?;
+                let mut st = sub.state.lock();
+                let lease = st
+                    .cursors
+                    .get_mut(&handle.queue_id)
+                    .and_then(|c| c.ack(handle.offset, handle.delivery_id))
+                    .ok_or_else(|| stale_handle(h))?;
+                st.refund(&lease);
+                drop(st);
+                touched.push(sub);
+                Ok(())
+            })
+            .collect();
+        for sub in touched {
+            sub.notify.notify_waiters();
+        }
+        results
+    }
+
+    /// Nacks a leased message: redelivered after the group's backoff, or
+    /// dead-lettered. Returns `(redeliver_at, dead_lettered)`.
+    pub async fn nack(&self, group: &str, topic: &str, handle: &str) -> Result<(i64, bool)> {
+        let h = ReceiptHandle::parse(handle)?;
+        let sub = self.find_subscription(group, topic, &h.member)?;
+        let config = self.require_group(group)?;
+        let now = now_millis();
+        let dead = {
+            let mut st = sub.state.lock();
+            st.cursors
+                .get(&h.queue_id)
+                .and_then(|c| c.lease_of(h.offset, h.delivery_id))
+                .ok_or_else(|| stale_handle(handle))?;
+            Self::release_locked(&mut st, &config, h.queue_id, h.offset, now)
+        };
+        sub.notify.notify_waiters();
+        match dead {
+            Some(job) => {
+                self.dead_letter_all(&sub, &config, vec![job]).await;
+                Ok((0, true))
+            }
+            None => {
+                let attempts = sub
+                    .state
+                    .lock()
+                    .cursors
+                    .get(&h.queue_id)
+                    .and_then(|c| c.attempts().get(&h.offset).copied())
+                    .unwrap_or(1);
+                Ok((now + config.backoff(attempts).as_millis() as i64, false))
+            }
+        }
+    }
+
+    /// Moves a lease's end to `now + invisible`; returns the new end.
+    pub fn change_invisible(
+        &self,
+        group: &str,
+        topic: &str,
+        handle: &str,
+        invisible: Duration,
+    ) -> Result<i64> {
+        let h = ReceiptHandle::parse(handle)?;
+        let sub = self.find_subscription(group, topic, &h.member)?;
+        let deadline = now_millis() + invisible.as_millis() as i64;
+        let mut st = sub.state.lock();
+        st.cursors
+            .get_mut(&h.queue_id)
+            .and_then(|c| c.extend(h.offset, h.delivery_id, deadline))
+            .ok_or_else(|| stale_handle(handle))?;
+        drop(st);
+        sub.notify.notify_waiters();
+        Ok(deadline)
+    }
+
+    /// A receiver that turns true when the broker shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Ends every consumer stream (graceful shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    // ---- pull consumption -----------------------------------------------------
+
+    /// Reads a queue from `offset`, waiting up to `wait` for a first message.
+    pub async fn pull(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Pulled> {
+        let t = self.topics.require(topic)?;
+        if queue_id >= t.queues {
+            return Err(BrokerError::QueueNotFound {
+                topic: t.name,
+                queue_id,
+                queues: t.queues,
+            });
+        }
+        let deadline = tokio::time::Instant::now() + wait.min(self.config.max_pull_wait);
+        let mut arrivals = self.store.subscribe();
+        loop {
+            arrivals.borrow_and_update();
+            let r = self.store.read(
+                topic,
+                queue_id,
+                offset,
+                max_messages.max(1),
+                max_bytes.max(1),
+            )?;
+            if !r.records.is_empty() || r.next_offset > offset {
+                return Ok(Pulled {
+                    deliveries: r
+                        .records
+                        .into_iter()
+                        .map(|record| Delivery {
+                            message_id: self.message_id_of(&record),
+                            attempt: 1,
+                            receipt_handle: String::new(),
+                            invisible_until: 0,
+                            record,
+                        })
+                        .collect(),
+                    next_offset: r.next_offset,
+                    min_offset: r.min_offset,
+                    max_offset: r.max_offset,
+                });
+            }
+            let mut stop = self.shutdown_signal();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(Pulled {
+                    deliveries: Vec::new(), next_offset: offset, min_offset: r.min_offset, max_offset: r.max_offset,
+                }),
+                _ = arrivals.changed() => {}
+                _ = stop.wait_for(|s| *s) => return Err(StoreError::Closed.into()),
+            }
+        }
+    }
+
+    /// Commits a pull member's progress on a queue it holds in the current
+    /// generation.
+    pub fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        client_id: &str,
+        generation: u64,
+    ) -> Result<()> {
+        self.require_group(group)?;
+        let t = self.topics.require(topic)?;
+        if queue_id >= t.queues {
+            return Err(BrokerError::QueueNotFound {
+                topic: t.name,
+                queue_id,
+                queues: t.queues,
+            });
+        }
+        {
+            let members = self.members.lock();
+            let current = members.get(group).map_or(0, |m| m.generation());
+            if generation != current {
+                return Err(BrokerError::StaleGeneration {
+                    group: group.to_string(),
+                    got: generation,
+                    current,
+                });
+            }
+            if !members
+                .get(group)
+                .is_some_and(|m| m.is_assigned(client_id, topic, queue_id))
+            {
+                return Err(BrokerError::QueueNotAssigned {
+                    group: group.to_string(),
+                    topic: topic.to_string(),
+                    queue_id,
+                    client_id: client_id.to_string(),
+                });
+            }
+        }
+        let (min, max) = self.store.queue_offsets(topic, queue_id);
+        if offset > max {
+            return Err(StoreError::OffsetOutOfRange {
+                topic: topic.to_string(),
+                queue_id,
+                offset,
+                min,
+                max,
+            }
+            .into());
+        }
+        let key = ProgressKey {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            member: String::new(),
+            queue_id,
+        };
+        self.offsets.lock().set(key, offset, Default::default());
+        Ok(())
+    }
+
+    /// `(committed, min, max)` of a group on a queue; a group without progress
+    /// starts at the oldest stored message.
+    pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<(u64, u64, u64)> {
+        self.require_group(group)?;
+        self.topics.require(topic)?;
+        let (min, max) = self.store.queue_offsets(topic, queue_id);
+        let key = ProgressKey {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            member: String::new(),
+            queue_id,
+        };
+        let committed = self.live_committed(&key).unwrap_or(min).max(min);
+        Ok((committed, min, max))
+    }
+
+    fn live_committed(&self, key: &ProgressKey) -> Option<u64> {
+        let sub_key = SubKey {
+            group: key.group.clone(),
+            topic: key.topic.clone(),
+            member: key.member.clone(),
+        };
+        let sub = self.subscriptions.lock().get(&sub_key).cloned();
+        if let Some(sub) = sub
+            && let Some(c) = sub.state.lock().cursors.get(&key.queue_id)
+        {
+            return Some(c.committed());
+        }
+        self.offsets.lock().get(key)
+    }
+
+    fn touch_member<const N: usize>(
+        &self,
+        group: &str,
+        client_id: &str,
+        kind: MemberKind,
+        topics: [String; N],
+    ) {
+        let now = now_millis();
+        let mut members = self.members.lock();
+        let m = members.entry(group.to_string()).or_default();
+        let mut all: BTreeSet<String> = m
+            .members()
+            .get(client_id)
+            .map(|x| x.topics.clone())
+            .unwrap_or_default();
+        all.extend(topics);
+        m.heartbeat(client_id, kind, all, now, |t| {
+            self.topics.get(t).map_or(0, |t| t.queues)
+        });
+    }
+
+    /// Records a heartbeat; returns the member's pull assignment.
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        client_id: &str,
+        kind: MemberKind,
+        topics: Vec<String>,
+    ) -> Result<Assignment> {
+        if client_id.is_empty() {
+            return Err(BrokerError::invalid("client_id", "must not be empty"));
+        }
+        if kind != MemberKind::Producer {
+            self.group_for_use(group, ConsumeMode::Clustering)?;
+        }
+        for t in &topics {
+            self.topic_for_use(t)?;
+        }
+        let now = now_millis();
+        let mut members = self.members.lock();
+        let m = members.entry(group.to_string()).or_default();
+        m.heartbeat(client_id, kind, topics.into_iter().collect(), now, |t| {
+            self.topics.get(t).map_or(0, |t| t.queues)
+        });
+        Ok(Assignment {
+            generation: m.generation(),
+            queues: m.assignment(client_id).to_vec(),
+        })
+    }
+
+    /// Drops members whose session timed out (run periodically).
+    pub fn expire_members(&self) {
+        let now = now_millis();
+        let timeout = self.config.session_timeout.as_millis() as i64;
+        let mut members = self.members.lock();
+        for (group, m) in members.iter_mut() {
+            if m.expire(now, timeout, |t| self.topics.get(t).map_or(0, |t| t.queues)) {
+                tracing::info!(
+                    group,
+                    generation = m.generation(),
+                    "group rebalanced after members expired"
+                );
+            }
+        }
+    }
+
+    // ---- progress -------------------------------------------------------------
+
+    /// Writes every live cursor into the offset table and saves it.
+    pub fn persist_offsets(&self) -> Result<()> {
+        let subs: Vec<Arc<Subscription>> = self.subscriptions.lock().values().cloned().collect();
+        let mut table = self.offsets.lock();
+        for sub in subs {
+            let st = sub.state.lock();
+            for (q, c) in &st.cursors {
+                let (committed, extras) = SubState::snapshot(c);
+                table.set(sub.key.progress(*q), committed, extras);
+            }
+        }
+        table.save()
+    }
+
+    /// Progress of a group on every queue of its topics.
+    pub fn describe_group(&self, name: &str) -> Result<GroupDescription> {
+        let config = self.require_group(name)?;
+        self.persist_offsets()?;
+        let mut keys: BTreeSet<(String, String)> = self
+            .offsets
+            .lock()
+            .of_group(name, None)
+            .into_iter()
+            .map(|(k, _)| (k.topic, k.member))
+            .collect();
+        keys.extend(
+            self.subscriptions
+                .lock()
+                .keys()
+                .filter(|k| k.group == name)
+                .map(|k| (k.topic.clone(), k.member.clone())),
+        );
+        let (generation, members) = {
+            let members = self.members.lock();
+            members.get(name).map_or((0, Vec::new()), |m| {
+                (
+                    m.generation(),
+                    m.members()
+                        .iter()
+                        .map(|(id, m)| (id.clone(), m.clone()))
+                        .collect(),
+                )
+            })
+        };
+        for (_, m) in &members {
+            for t in &m.topics {
+                if config.mode == ConsumeMode::Clustering {
+                    keys.insert((t.clone(), String::new()));
+                }
+            }
+        }
+        let mut queues = Vec::new();
+        for (topic, member) in keys {
+            let Some(t) = self.topics.get(&topic) else {
+                continue;
+            };
+            let sub = self
+                .subscriptions
+                .lock()
+                .get(&SubKey {
+                    group: name.to_string(),
+                    topic: topic.clone(),
+                    member: member.clone(),
+                })
+                .cloned();
+            for q in 0..t.queues {
+                let key = ProgressKey {
+                    group: name.to_string(),
+                    topic: topic.clone(),
+                    member: member.clone(),
+                    queue_id: q,
+                };
+                let (min, max) = self.store.queue_offsets(&topic, q);
+                let committed = self.offsets.lock().get(&key).unwrap_or(min).max(min);
+                let in_flight = sub
+                    .as_ref()
+                    .and_then(|s| s.state.lock().cursors.get(&q).map(|c| c.in_flight() as u32))
+                    .unwrap_or(0);
+                queues.push(QueueProgress {
+                    topic: topic.clone(),
+                    queue_id: q,
+                    member: member.clone(),
+                    committed,
+                    max_offset: max,
+                    in_flight,
+                });
+            }
+        }
+        Ok(GroupDescription {
+            config,
+            queues,
+            members,
+            generation,
+        })
+    }
+
+    /// Moves a group's progress on a topic for every queue (and every broadcast
+    /// member). Validates every queue first: a bad request changes nothing.
+    pub fn reset_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTarget,
+    ) -> Result<Vec<QueueProgress>> {
+        let config = self.require_group(group)?;
+        let t = self.topics.require(topic)?;
+        let mut targets = Vec::with_capacity(t.queues as usize);
+        for q in 0..t.queues {
+            let (min, max) = self.store.queue_offsets(topic, q);
+            let target = match to {
+                ResetTarget::Earliest => min,
+                ResetTarget::Latest => max,
+                ResetTarget::Timestamp(ms) => self.store.offset_for_timestamp(topic, q, ms),
+                ResetTarget::Offset(o) if o < 0 => {
+                    return Err(BrokerError::invalid(
+                        "offset",
+                        format!("{o}: offsets are not negative"),
+                    ));
+                }
+                ResetTarget::Offset(o) if (o as u64) < min || (o as u64) > max => {
+                    return Err(StoreError::OffsetOutOfRange {
+                        topic: topic.to_string(),
+                        queue_id: q,
+                        offset: o as u64,
+                        min,
+                        max,
+                    }
+                    .into());
+                }
+                ResetTarget::Offset(o) => o as u64,
+            };
+            targets.push((q, target, max));
+        }
+        let mut members: BTreeSet<String> = self
+            .offsets
+            .lock()
+            .of_group(group, Some(topic))
+            .into_iter()
+            .map(|(k, _)| k.member)
+            .collect();
+        members.extend(
+            self.subscriptions
+                .lock()
+                .keys()
+                .filter(|k| k.group == group && k.topic == topic)
+                .map(|k| k.member.clone()),
+        );
+        if config.mode == ConsumeMode::Clustering {
+            members.insert(String::new());
+        }
+        let mut out = Vec::new();
+        for member in members {
+            let key = SubKey {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                member: member.clone(),
+            };
+            if let Some(sub) = self.subscriptions.lock().get(&key).cloned() {
+                let mut st = sub.state.lock();
+                for &(q, target, _) in &targets {
+                    let cursor = st.cursors.entry(q).or_default();
+                    for lease in cursor.reset(target) {
+                        st.refund(&lease);
+                    }
+                }
+                drop(st);
+                sub.notify.notify_waiters();
+            }
+            let mut table = self.offsets.lock();
+            for &(q, target, max) in &targets {
+                table.set(key.progress(q), target, Default::default());
+                out.push(QueueProgress {
+                    topic: topic.to_string(),
+                    queue_id: q,
+                    member: member.clone(),
+                    committed: target,
+                    max_offset: max,
+                    in_flight: 0,
+                });
+            }
+        }
+        if let Some(m) = self.members.lock().get_mut(group) {
+            m.bump();
+        }
+        self.persist_offsets()?;
+        tracing::info!(group, topic, ?to, "group offsets reset");
+        Ok(out)
+    }
+
+    // ---- lookups and info -------------------------------------------------------
+
+    pub fn lookup_by_id(&self, id: &str) -> Result<Delivery> {
+        let id: MessageId = id.parse()?;
+        let record = self.store.lookup_by_id(&id)?;
+        Ok(self.plain_delivery(record))
+    }
+
+    pub fn lookup_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<Delivery>> {
+        self.topics.require(topic)?;
+        let begin = if begin_ms == 0 { i64::MIN } else { begin_ms };
+        let end = if end_ms == 0 { i64::MAX } else { end_ms };
+        Ok(self
+            .store
+            .lookup_by_key(topic, key, begin, end, max)?
+            .into_iter()
+            .map(|r| self.plain_delivery(r))
+            .collect())
+    }
+
+    fn plain_delivery(&self, record: Record) -> Delivery {
+        Delivery {
+            message_id: self.message_id_of(&record),
+            attempt: 1,
+            receipt_handle: String::new(),
+            invisible_until: 0,
+            record,
+        }
+    }
+
+    pub fn info(&self) -> BrokerInfo {
+        let cfg = self.store.config();
+        BrokerInfo {
+            broker_id: cfg.broker_id,
+            flush_mode: format!("{:?}", cfg.flush).to_lowercase(),
+            uptime: self.started.elapsed(),
+            store: self.store.stats(),
+            topics: self.topics.list().len(),
+            groups: self.groups.list().len(),
+        }
+    }
+
+    /// The route of a topic: in standalone mode every queue is on this broker.
+    pub fn route(&self, topic: &str) -> Result<(TopicConfig, String)> {
+        let t = self.topic_for_use(topic)?;
+        Ok((t, self.config.advertised_address()))
+    }
+
+    /// Periodic work: expire silent members, persist progress.
+    pub async fn run_maintenance(self: Arc<Self>) {
+        let mut stop = self.shutdown_signal();
+        let mut tick = tokio::time::interval(self.config.offsets_persist_interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            self.expire_members();
+            if let Err(e) = self.persist_offsets() {
+                tracing::error!(error = %e, "persisting consumer progress failed");
+            }
+        }
+    }
+}
+
+fn stale_handle(handle: &str) -> BrokerError {
+    BrokerError::InvalidReceiptHandle(format!(
+        "{handle:?} does not name a current lease (already acked, expired, or forged)"
+    ))
+}

@@ -1,0 +1,96 @@
+//! A push subscription: one group's progress on one topic (per member, for
+//! broadcast groups), shared by every consumer stream of that group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::cursor::{Lease, QueueCursor};
+use super::offsets::{CursorExtras, ProgressKey};
+
+/// Identifies a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubKey {
+    pub group: String,
+    pub topic: String,
+    /// Broadcast member; empty for clustering groups.
+    pub member: String,
+}
+
+impl SubKey {
+    pub fn progress(&self, queue_id: u32) -> ProgressKey {
+        ProgressKey {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            member: self.member.clone(),
+            queue_id,
+        }
+    }
+}
+
+/// Messages and bytes leased to one consumer stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// Mutable state of a subscription.
+#[derive(Debug, Default)]
+pub struct SubState {
+    pub cursors: BTreeMap<u32, QueueCursor>,
+    pub usage: HashMap<u64, Usage>,
+    /// Queue the next lease round starts at, so queues are served in turn.
+    pub round_robin: u32,
+}
+
+impl SubState {
+    /// Accounts a new lease to its consumer.
+    pub fn charge(&mut self, lease: &Lease) {
+        let u = self.usage.entry(lease.consumer).or_default();
+        u.messages += 1;
+        u.bytes += lease.bytes;
+    }
+
+    /// Returns a finished lease's share to its consumer.
+    pub fn refund(&mut self, lease: &Lease) {
+        if let Some(u) = self.usage.get_mut(&lease.consumer) {
+            u.messages = u.messages.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(lease.bytes);
+        }
+    }
+
+    /// The cursor state to persist for a queue.
+    pub fn snapshot(cursor: &QueueCursor) -> (u64, CursorExtras) {
+        let mut attempts: Vec<(u64, u32)> =
+            cursor.attempts().iter().map(|(o, n)| (*o, *n)).collect();
+        attempts.sort_unstable();
+        (
+            cursor.committed(),
+            CursorExtras {
+                done: cursor.done().collect(),
+                attempts,
+            },
+        )
+    }
+}
+
+/// A subscription and the wake-up signal of its consumer streams.
+#[derive(Debug)]
+pub struct Subscription {
+    pub key: SubKey,
+    pub state: Mutex<SubState>,
+    /// Woken on acks, nacks, resets and consumer changes.
+    pub notify: Notify,
+}
+
+impl Subscription {
+    pub fn new(key: SubKey) -> Subscription {
+        Subscription {
+            key,
+            state: Mutex::new(SubState::default()),
+            notify: Notify::new(),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Compiles the .proto files with protox (pure Rust, no system protoc) and
+//! generates tonic clients and servers plus a descriptor set for reflection.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/dduomq/v1/common.proto",
+        "proto/dduomq/v1/messaging.proto",
+        "proto/dduomq/v1/admin.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("dduomq_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
