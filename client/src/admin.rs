@@ -1,0 +1,161 @@
+//! Administration: topics, groups, offsets, lookups, broker info. Results are the
+//! protobuf messages of `dduomq.v1` (re-exported as `dduomq_client::proto`).
+
+use std::time::Duration;
+
+use dduomq_proto::v1 as pb;
+use dduomq_proto::v1::admin_service_client::AdminServiceClient;
+use tonic::transport::Channel;
+
+use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
+use crate::error::Result;
+
+/// Where to move a group's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    /// Milliseconds since the Unix epoch: the first message stored at or after it.
+    Timestamp(i64),
+    /// An explicit offset on every queue.
+    Offset(i64),
+}
+
+/// The administration client.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: AdminServiceClient<Channel>,
+    timeout: Duration,
+}
+
+impl Admin {
+    pub fn connect(endpoint: &str) -> Result<Admin> {
+        Ok(Admin {
+            client: AdminServiceClient::new(channel(endpoint)?)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        queues: u32,
+        message_type: pb::MessageType,
+    ) -> Result<pb::CreateTopicResponse> {
+        let req = pb::CreateTopicRequest {
+            name: name.into(),
+            queues,
+            message_type: message_type as i32,
+        };
+        with_deadline(self.timeout, self.client.clone().create_topic(req)).await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let req = pb::DeleteTopicRequest { name: name.into() };
+        with_deadline(self.timeout, self.client.clone().delete_topic(req))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<pb::Topic>> {
+        Ok(with_deadline(
+            self.timeout,
+            self.client.clone().list_topics(pb::ListTopicsRequest {}),
+        )
+        .await?
+        .topics)
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<pb::DescribeTopicResponse> {
+        let req = pb::DescribeTopicRequest { name: name.into() };
+        with_deadline(self.timeout, self.client.clone().describe_topic(req)).await
+    }
+
+    /// Creates or updates a group; zero / empty settings take the broker defaults.
+    pub async fn create_group(&self, group: pb::Group) -> Result<pb::CreateGroupResponse> {
+        let req = pb::CreateGroupRequest { group: Some(group) };
+        with_deadline(self.timeout, self.client.clone().create_group(req)).await
+    }
+
+    pub async fn delete_group(&self, name: &str) -> Result<()> {
+        let req = pb::DeleteGroupRequest { name: name.into() };
+        with_deadline(self.timeout, self.client.clone().delete_group(req))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<pb::Group>> {
+        Ok(with_deadline(
+            self.timeout,
+            self.client.clone().list_groups(pb::ListGroupsRequest {}),
+        )
+        .await?
+        .groups)
+    }
+
+    pub async fn describe_group(&self, name: &str) -> Result<pb::DescribeGroupResponse> {
+        let req = pb::DescribeGroupRequest { name: name.into() };
+        with_deadline(self.timeout, self.client.clone().describe_group(req)).await
+    }
+
+    /// Moves the group's progress on `topic`; online consumers follow at once.
+    pub async fn reset_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<Vec<pb::GroupQueueStatus>> {
+        use pb::reset_offset_request::To;
+        let to = match to {
+            ResetTo::Earliest => To::Earliest(true),
+            ResetTo::Latest => To::Latest(true),
+            ResetTo::Timestamp(ms) => To::TimestampMs(ms),
+            ResetTo::Offset(o) => To::Offset(o),
+        };
+        let req = pb::ResetOffsetRequest {
+            group: group.into(),
+            topic: topic.into(),
+            to: Some(to),
+        };
+        Ok(
+            with_deadline(self.timeout, self.client.clone().reset_offset(req))
+                .await?
+                .queues,
+        )
+    }
+
+    pub async fn lookup_by_id(&self, id: &str) -> Result<Vec<pb::Message>> {
+        let req = pb::LookupMessageRequest {
+            by: Some(pb::lookup_message_request::By::MessageId(id.into())),
+            ..Default::default()
+        };
+        Ok(
+            with_deadline(self.timeout, self.client.clone().lookup_message(req))
+                .await?
+                .messages,
+        )
+    }
+
+    pub async fn lookup_by_key(&self, topic: &str, key: &str) -> Result<Vec<pb::Message>> {
+        let req = pb::LookupMessageRequest {
+            by: Some(pb::lookup_message_request::By::Key(key.into())),
+            topic: topic.into(),
+            ..Default::default()
+        };
+        Ok(
+            with_deadline(self.timeout, self.client.clone().lookup_message(req))
+                .await?
+                .messages,
+        )
+    }
+
+    pub async fn broker_info(&self) -> Result<pb::BrokerInfoResponse> {
+        with_deadline(
+            self.timeout,
+            self.client.clone().broker_info(pb::BrokerInfoRequest {}),
+        )
+        .await
+    }
+}

@@ -1,0 +1,110 @@
+//! `dduomq consume`
+
+use std::time::Duration;
+
+use clap::Args;
+use dduomq_client::{ConsumeMode, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use super::output::{Format, print_message};
+use super::{Mode, parse_duration};
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long)]
+    pub group: String,
+    /// Exit after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Exit when nothing new arrives for this long.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+    #[arg(long, value_enum, default_value = "push")]
+    pub mode: Mode,
+    /// Client id (progress key of a broadcast member).
+    #[arg(long)]
+    pub client_id: Option<String>,
+}
+
+pub async fn run(server: &str, format: Format, args: ConsumeArgs) -> anyhow::Result<()> {
+    let limit = args.count.unwrap_or(u64::MAX);
+    match args.mode {
+        Mode::Pull => pull(server, format, &args, limit).await,
+        Mode::Push | Mode::Broadcast => push(server, format, &args, limit).await,
+    }
+}
+
+/// Each message is printed, then acked; messages past `--count` are handed back.
+async fn push(server: &str, format: Format, args: &ConsumeArgs, limit: u64) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<(ReceivedMessage, oneshot::Sender<bool>)>(64);
+    let mut builder = PushConsumerBuilder::new(server, args.group.clone(), args.topic.clone())
+        .mode(if args.mode == Mode::Broadcast {
+            ConsumeMode::Broadcast
+        } else {
+            ConsumeMode::Clustering
+        })
+        .concurrency(64)
+        .max_in_flight(limit.min(256) as u32);
+    if let Some(id) = &args.client_id {
+        builder = builder.client_id(id.clone());
+    }
+    let consumer = builder
+        .start(move |m| {
+            let tx = tx.clone();
+            async move {
+                let (done, taken) = oneshot::channel();
+                tx.send((m, done)).await.map_err(|_| "stopping")?;
+                match taken.await {
+                    Ok(true) => Ok(()),
+                    _ => Err("not consumed"),
+                }
+            }
+        })
+        .await?;
+    let mut seen = 0;
+    while seen < limit {
+        match tokio::time::timeout(args.timeout, rx.recv()).await {
+            Ok(Some((m, done))) => {
+                print_message(format, &m);
+                let _ = done.send(true);
+                seen += 1;
+            }
+            _ => break,
+        }
+    }
+    rx.close();
+    while let Some((_, done)) = rx.recv().await {
+        let _ = done.send(false);
+    }
+    consumer.shutdown().await;
+    Ok(())
+}
+
+async fn pull(server: &str, format: Format, args: &ConsumeArgs, limit: u64) -> anyhow::Result<()> {
+    let mut builder =
+        PullConsumerBuilder::new(server, args.group.clone(), vec![args.topic.clone()]);
+    if let Some(id) = &args.client_id {
+        builder = builder.client_id(id.clone());
+    }
+    let consumer = builder.build().await?;
+    let mut seen = 0u64;
+    let mut last = tokio::time::Instant::now();
+    while seen < limit && last.elapsed() < args.timeout {
+        let want = (limit - seen).min(256) as u32;
+        let batch = consumer
+            .poll(want, args.timeout.saturating_sub(last.elapsed()))
+            .await?;
+        if !batch.is_empty() {
+            last = tokio::time::Instant::now();
+        }
+        for m in batch.iter().take((limit - seen) as usize) {
+            print_message(format, m);
+            seen += 1;
+            consumer.seek(&m.topic, m.queue_id, m.offset + 1).await;
+        }
+    }
+    consumer.commit().await?;
+    Ok(())
+}

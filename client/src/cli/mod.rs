@@ -1,0 +1,88 @@
+//! Command-line parsing and dispatch. The command forms are relied on by users'
+//! scripts; see `dduomq --help`.
+
+mod bench;
+mod consume;
+mod group;
+mod lookup;
+mod output;
+mod produce;
+mod topic;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use output::Format;
+
+/// The DduoMQ command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "dduomq", version, about)]
+pub struct Cli {
+    /// Broker gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "DDUOMQ_SERVER",
+        default_value = "127.0.0.1:6086"
+    )]
+    pub server: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// List, describe and reset consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// Send messages: --count N of --size bytes, or one per line of stdin.
+    Produce(produce::ProduceArgs),
+    /// Receive messages and print them.
+    Consume(consume::ConsumeArgs),
+    /// Find messages by id or key.
+    Lookup(lookup::LookupArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// How `consume` receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Broker pushes leased messages; each one is acked after printing.
+    Push,
+    /// Reads assigned queues from offsets and commits.
+    Pull,
+    /// Push, but every consumer instance gets every message.
+    Broadcast,
+}
+
+/// Parses a duration like `5s`, `300ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (server, format) = (cli.server.as_str(), cli.format);
+    match cli.command {
+        Command::Topic(c) => topic::run(server, format, c).await,
+        Command::Group(c) => group::run(server, format, c).await,
+        Command::Produce(a) => produce::run(server, format, a).await,
+        Command::Consume(a) => consume::run(server, format, a).await,
+        Command::Lookup(a) => lookup::run(server, format, a).await,
+        Command::Bench(c) => bench::run(server, format, c).await,
+    }
+}

@@ -1,0 +1,45 @@
+//! Channels to brokers. Connections are lazy and shared: tonic multiplexes every
+//! request of a client over one HTTP/2 connection per broker, and reconnects by
+//! itself after a broker restart.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{ClientError, Result};
+
+/// Largest gRPC message either way (a batch of maximum-size messages).
+pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
+
+/// Normalizes `host:port` to an `http://` URI.
+pub fn uri(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// A lazily connected channel to `address`. Per-request deadlines are set by the
+/// callers (a channel-wide timeout would cut long-lived Receive streams).
+pub fn channel(address: &str) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(uri(address))
+        .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// Runs a unary call with a deadline.
+pub async fn with_deadline<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status.into()),
+        Err(_) => Err(ClientError::Timeout(timeout)),
+    }
+}

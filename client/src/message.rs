@@ -1,0 +1,135 @@
+//! Messages as the SDK sends and receives them.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use dduomq_proto::v1 as pb;
+
+/// A message to send. Build it with [`Message::new`] and the `with_*` methods.
+///
+/// ```
+/// use dduomq_client::Message;
+/// let m = Message::new("orders", "order #1")
+///     .with_tag("created")
+///     .with_key("order-1")
+///     .with_property("region", "eu")
+///     .with_sharding_key("customer-7");
+/// assert_eq!(m.topic, "orders");
+/// assert_eq!(&m.body[..], b"order #1");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub body: Bytes,
+    pub tag: String,
+    pub keys: Vec<String>,
+    pub properties: HashMap<String, String>,
+    /// Messages with the same sharding key go to the same queue, in send order.
+    pub sharding_key: String,
+}
+
+impl Message {
+    pub fn new(topic: impl Into<String>, body: impl Into<Bytes>) -> Message {
+        Message {
+            topic: topic.into(),
+            body: body.into(),
+            ..Message::default()
+        }
+    }
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = tag.into();
+        self
+    }
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+    pub fn with_sharding_key(mut self, key: impl Into<String>) -> Self {
+        self.sharding_key = key.into();
+        self
+    }
+
+    pub(crate) fn into_proto(self, queue_id: Option<u32>) -> pb::OutgoingMessage {
+        pb::OutgoingMessage {
+            topic: self.topic,
+            body: self.body.to_vec(),
+            tag: self.tag,
+            keys: self.keys,
+            properties: self.properties,
+            sharding_key: self.sharding_key,
+            queue_id,
+            born_timestamp_ms: now_millis(),
+        }
+    }
+}
+
+/// Where a sent message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub store_timestamp_ms: i64,
+}
+
+impl From<pb::SendReceipt> for SendReceipt {
+    fn from(r: pb::SendReceipt) -> Self {
+        SendReceipt {
+            message_id: r.message_id,
+            topic: r.topic,
+            queue_id: r.queue_id,
+            offset: r.offset,
+            store_timestamp_ms: r.store_timestamp_ms,
+        }
+    }
+}
+
+/// A message delivered to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub body: Bytes,
+    pub tag: String,
+    pub keys: Vec<String>,
+    pub properties: HashMap<String, String>,
+    pub born_timestamp_ms: i64,
+    pub store_timestamp_ms: i64,
+    /// 1 on first delivery.
+    pub delivery_attempt: u32,
+    /// Set on push deliveries; acks and nacks name it.
+    pub receipt_handle: String,
+}
+
+impl From<pb::Message> for ReceivedMessage {
+    fn from(m: pb::Message) -> Self {
+        ReceivedMessage {
+            message_id: m.message_id,
+            topic: m.topic,
+            queue_id: m.queue_id,
+            offset: m.offset,
+            body: Bytes::from(m.body),
+            tag: m.tag,
+            keys: m.keys,
+            properties: m.properties,
+            born_timestamp_ms: m.born_timestamp_ms,
+            store_timestamp_ms: m.store_timestamp_ms,
+            delivery_attempt: m.delivery_attempt,
+            receipt_handle: m.receipt_handle,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,272 @@
+//! The push consumer: the broker streams leased messages; a handler runs for each
+//! with bounded concurrency; `Ok` acks, `Err` nacks (redelivered after the group's
+//! backoff). The stream is reopened if it breaks (e.g. a broker restart).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dduomq_proto::v1 as pb;
+use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
+use crate::error::{ClientError, Result};
+use crate::message::ReceivedMessage;
+
+/// How a group shares messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsumeMode {
+    /// Each message goes to one member of the group.
+    #[default]
+    Clustering,
+    /// Every member gets every message.
+    Broadcast,
+}
+
+impl ConsumeMode {
+    pub(crate) fn to_proto(self) -> pb::ConsumeMode {
+        match self {
+            ConsumeMode::Clustering => pb::ConsumeMode::Clustering,
+            ConsumeMode::Broadcast => pb::ConsumeMode::Broadcast,
+        }
+    }
+}
+
+/// Settings of a [`PushConsumer`].
+#[derive(Debug, Clone)]
+pub struct PushConsumerBuilder {
+    endpoint: String,
+    group: String,
+    topic: String,
+    client_id: String,
+    mode: ConsumeMode,
+    concurrency: usize,
+    max_in_flight: u32,
+    max_in_flight_bytes: u64,
+    invisible: Duration,
+    request_timeout: Duration,
+}
+
+/// A unique client id: host name, process id and a random suffix.
+pub fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+impl PushConsumerBuilder {
+    pub fn new(
+        endpoint: impl Into<String>,
+        group: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
+        PushConsumerBuilder {
+            endpoint: endpoint.into(),
+            group: group.into(),
+            topic: topic.into(),
+            client_id: default_client_id(),
+            mode: ConsumeMode::Clustering,
+            concurrency: 16,
+            max_in_flight: 256,
+            max_in_flight_bytes: 0,
+            invisible: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+    /// Stable id of this instance (its progress key in broadcast mode).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+    pub fn mode(mut self, mode: ConsumeMode) -> Self {
+        self.mode = mode;
+        self
+    }
+    /// Handlers running at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+    /// Flow control: messages leased to this consumer at once.
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+    /// Flow control: bytes leased to this consumer at once (0 = broker default).
+    pub fn max_in_flight_bytes(mut self, n: u64) -> Self {
+        self.max_in_flight_bytes = n;
+        self
+    }
+    /// How long a message may be handled before it is redelivered.
+    pub fn invisible_duration(mut self, d: Duration) -> Self {
+        self.invisible = d;
+        self
+    }
+
+    /// Subscribes and starts handling messages. Fails if the broker refuses the
+    /// subscription (unknown group or topic, bad names).
+    pub async fn start<F, Fut, E>(self, handler: F) -> Result<PushConsumer>
+    where
+        F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let client = MessagingServiceClient::new(channel(&self.endpoint)?)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let first = open_stream(client.clone(), &self).await?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(client, self, Arc::new(handler), first, stopped));
+        Ok(PushConsumer { stop, task })
+    }
+}
+
+/// A running push consumer. Dropping it without [`PushConsumer::shutdown`]
+/// leaves the task running until the process ends.
+#[derive(Debug)]
+pub struct PushConsumer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl PushConsumer {
+    /// Stops receiving, waits for running handlers (and their acks), and closes
+    /// the stream; unacked leases go back to the group.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+type Stream = tonic::Streaming<pb::ReceiveResponse>;
+
+async fn open_stream(
+    mut client: MessagingServiceClient<Channel>,
+    cfg: &PushConsumerBuilder,
+) -> Result<Stream> {
+    let request = pb::ReceiveRequest {
+        group: cfg.group.clone(),
+        topic: cfg.topic.clone(),
+        client_id: cfg.client_id.clone(),
+        mode: cfg.mode.to_proto() as i32,
+        invisible_duration_ms: cfg.invisible.as_millis() as u32,
+        max_in_flight_messages: cfg.max_in_flight,
+        max_in_flight_bytes: cfg.max_in_flight_bytes,
+    };
+    match tokio::time::timeout(cfg.request_timeout, client.receive(request)).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(status.into()),
+        Err(_) => Err(ClientError::Timeout(cfg.request_timeout)),
+    }
+}
+
+async fn run<F, Fut, E>(
+    client: MessagingServiceClient<Channel>,
+    cfg: PushConsumerBuilder,
+    handler: Arc<F>,
+    first: Stream,
+    mut stopped: watch::Receiver<bool>,
+) where
+    F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut stream = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    while !*stopped.borrow() {
+        let mut s = match stream.take() {
+            Some(s) => s,
+            None => match open_stream(client.clone(), &cfg).await {
+                Ok(s) => {
+                    backoff = Duration::from_millis(100);
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive stream unavailable; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            },
+        };
+        loop {
+            let next = tokio::select! {
+                m = s.message() => m,
+                _ = stopped.changed() => {
+                    // Keep the stream open until running handlers have acked:
+                    // closing it hands this consumer's leases back to the group.
+                    let _ = permits.acquire_many(cfg.concurrency as u32).await;
+                    return;
+                }
+            };
+            let msg = match next {
+                Ok(Some(r)) => match r.message {
+                    Some(m) => ReceivedMessage::from(m),
+                    None => continue,
+                },
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::warn!(error = %status, "receive stream broke; reopening");
+                    break;
+                }
+            };
+            let permit = permits.clone().acquire_owned().await.expect("never closed");
+            let (handler, mut client, group) = (handler.clone(), client.clone(), cfg.group.clone());
+            let timeout = cfg.request_timeout;
+            tokio::spawn(async move {
+                let topic = msg.topic.clone();
+                let handle = msg.receipt_handle.clone();
+                let outcome = handler(msg).await;
+                let result = match outcome {
+                    Ok(()) => with_deadline(
+                        timeout,
+                        client.ack(pb::AckRequest {
+                            group,
+                            topic,
+                            receipt_handles: vec![handle],
+                        }),
+                    )
+                    .await
+                    .and_then(|r| match r.results.first() {
+                        Some(res) if !res.error_reason.is_empty() => Err(ClientError::Broker {
+                            code: tonic::Code::InvalidArgument,
+                            reason: res.error_reason.clone(),
+                            message: res.error_message.clone(),
+                            metadata: Default::default(),
+                        }),
+                        _ => Ok(()),
+                    }),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "handler failed; nacking");
+                        with_deadline(
+                            timeout,
+                            client.nack(pb::NackRequest {
+                                group,
+                                topic,
+                                receipt_handle: handle,
+                            }),
+                        )
+                        .await
+                        .map(|_| ())
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
