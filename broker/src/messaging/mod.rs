@@ -255,8 +255,13 @@ impl Broker {
         }
     }
 
+    /// Creates or updates a group, and its dead-letter topic, so the latter can
+    /// be subscribed to and inspected before anything is dead-lettered.
     pub fn upsert_group(&self, group: GroupConfig) -> Result<bool> {
-        self.groups.upsert(group)
+        let dlq = group.dead_letter_topic();
+        let changed = self.groups.upsert(group)?;
+        self.topics.create(&dlq, 1, MessageType::Normal)?;
+        Ok(changed)
     }
 
     pub fn delete_group(&self, name: &str) -> Result<()> {
@@ -280,7 +285,7 @@ impl Broker {
             return Err(BrokerError::GroupNotFound(name.to_string()));
         }
         let g = self.default_group(name, mode);
-        self.groups.upsert(g.clone())?;
+        self.upsert_group(g.clone())?;
         Ok(g)
     }
 
@@ -591,7 +596,6 @@ impl Broker {
                 .and_then(|c| c.attempts().get(&offset).copied())
                 .unwrap_or(group.max_delivery_attempts);
             let dlq = group.dead_letter_topic();
-            self.topics.create(&dlq, 1, MessageType::Normal)?;
             let mut properties = rec.properties.clone();
             properties.extend([
                 (DLQ_ORIGIN_TOPIC.to_string(), topic.clone()),

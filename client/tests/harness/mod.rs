@@ -1,0 +1,171 @@
+//! Integration harness: runs the real `dduomq-broker` binary on free loopback
+//! ports with a temporary data directory, waits for `/readyz`, and can stop it
+//! gracefully, SIGKILL it and start it again on the same directory and ports.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The broker binary built alongside this test (`make test` builds every binary
+/// of the workspace before running tests).
+pub fn broker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("dduomq-broker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p dduomq-broker` (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// How to start a broker.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `async` (default) or `sync`.
+    pub flush: Option<&'static str>,
+    /// Extra TOML merged over the defaults (e.g. `[broker]\nsession_timeout = "1s"`).
+    pub config: Option<String>,
+    pub auto_create_topics: Option<bool>,
+}
+
+/// A running broker process.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    pub grpc: String,
+    pub http: String,
+    dir: tempfile::TempDir,
+    options: Options,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Broker {
+        let mut b = Broker {
+            child: None,
+            grpc: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            dir: tempfile::tempdir().expect("temp dir"),
+            options,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(broker_binary());
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--grpc-addr", &self.grpc, "--http-addr", &self.http])
+            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(flush) = self.options.flush {
+            cmd.args(["--flush", flush]);
+        }
+        if let Some(auto) = self.options.auto_create_topics {
+            cmd.args(["--auto-create-topics", &auto.to_string()]);
+        }
+        if let Some(config) = &self.options.config {
+            let path = self.dir.path().join("broker.toml");
+            std::fs::write(&path, config).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        self.child = Some(cmd.spawn().expect("spawn dduomq-broker"));
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                panic!("broker exited during startup: {status}");
+            }
+            if http_get(&self.http, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "broker not ready within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain syscall on a child we own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "broker did not stop cleanly: {status}");
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts it again after [`Broker::kill`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "broker still running");
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.0 GET; `(status code, body)`.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((code, body))
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T>(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
