@@ -49,6 +49,10 @@ pub struct MessagingConfig {
     /// How often consumer progress is saved.
     #[serde(with = "humantime_serde")]
     pub offsets_persist_interval: Duration,
+    /// After SIGTERM, how long in-flight requests may take before connections are
+    /// closed anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Longest long-poll a pull may ask for.
     #[serde(with = "humantime_serde")]
     pub max_pull_wait: Duration,

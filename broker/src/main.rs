@@ -134,15 +134,24 @@ async fn main() -> anyhow::Result<()> {
         "broker ready"
     );
     ready.set(true);
+    let (term_tx, mut term_rx) = tokio::sync::watch::channel(false);
     let stopping = broker.clone();
     let ready_flag = ready.clone();
-    dduomq_broker::grpc::serve(broker.clone(), grpc_listener, async move {
+    let serve = dduomq_broker::grpc::serve(broker.clone(), grpc_listener, async move {
         terminated().await;
         tracing::info!("shutting down: no new requests; finishing in-flight ones");
         ready_flag.set(false);
         stopping.begin_shutdown();
-    })
-    .await?;
+        term_tx.send_replace(true);
+    });
+    let grace = config.broker.shutdown_grace;
+    tokio::select! {
+        served = serve => served?,
+        _ = async {
+            let _ = term_rx.wait_for(|t| *t).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(?grace, "grace period over; closing the remaining connections"),
+    }
 
     maintenance.await?;
     broker.persist_offsets()?;

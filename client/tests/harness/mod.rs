@@ -41,6 +41,17 @@ pub struct Options {
     pub auto_create_topics: Option<bool>,
 }
 
+/// Runs blocking process control without stalling an async test's runtime (tests
+/// that stop or restart brokers use the multi-threaded runtime).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// A running broker process.
 #[derive(Debug)]
 pub struct Broker {
@@ -78,8 +89,11 @@ impl Broker {
             .arg(self.data_dir())
             .args(["--grpc-addr", &self.grpc, "--http-addr", &self.http])
             .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // Broker logs go to stdout; show them when BROKER_LOG asks for them.
+        if std::env::var_os("BROKER_LOG").is_none() {
+            cmd.stdout(Stdio::null());
+        }
         if let Some(flush) = self.options.flush {
             cmd.args(["--flush", flush]);
         }
@@ -92,7 +106,7 @@ impl Broker {
             cmd.arg("--config").arg(path);
         }
         self.child = Some(cmd.spawn().expect("spawn dduomq-broker"));
-        self.wait_ready(Duration::from_secs(30));
+        blocking(|| self.wait_ready(Duration::from_secs(30)));
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
@@ -114,7 +128,7 @@ impl Broker {
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain syscall on a child we own.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let status = child.wait().expect("wait");
+            let status = blocking(|| child.wait()).expect("wait");
             assert!(status.success(), "broker did not stop cleanly: {status}");
         }
     }
@@ -123,7 +137,7 @@ impl Broker {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = blocking(|| child.wait());
         }
     }
 
