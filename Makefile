@@ -11,7 +11,9 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Integration tests start the real broker binary, so build every binary first.
 unit:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 run:

@@ -10,14 +10,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, ConsumeMode, Message, ProducerBuilder, PushConsumerBuilder, ReceivedMessage};
+use dduomq_client::{
+    Admin, ConsumeMode, Message, ProducerBuilder, PushConsumerBuilder, ReceivedMessage,
+};
 use harness::{Broker, Options, eventually};
 use parking_lot::Mutex;
 
 type Seen = Arc<Mutex<Vec<(String, ReceivedMessage)>>>;
+/// A delivery's body and attempt number.
+type Attempt = (Vec<u8>, u32);
 
 /// A push consumer that records (consumer name, message) and acks.
-async fn recording_consumer(b: &Broker, group: &str, topic: &str, name: &str, mode: ConsumeMode, seen: Seen) -> dduomq_client::PushConsumer {
+async fn recording_consumer(
+    b: &Broker,
+    group: &str,
+    topic: &str,
+    name: &str,
+    mode: ConsumeMode,
+    seen: Seen,
+) -> dduomq_client::PushConsumer {
     let name = name.to_string();
     PushConsumerBuilder::new(&b.grpc, group, topic)
         .client_id(name.clone())
@@ -33,7 +44,13 @@ async fn recording_consumer(b: &Broker, group: &str, topic: &str, name: &str, mo
         .unwrap()
 }
 
-async fn create_group(admin: &Admin, name: &str, mode: pb::ConsumeMode, attempts: u32, backoff_ms: Vec<u64>) {
+async fn create_group(
+    admin: &Admin,
+    name: &str,
+    mode: pb::ConsumeMode,
+    attempts: u32,
+    backoff_ms: Vec<u64>,
+) {
     admin
         .create_group(pb::Group {
             name: name.into(),
@@ -49,19 +66,34 @@ async fn create_group(admin: &Admin, name: &str, mode: pb::ConsumeMode, attempts
 async fn every_send_mode_stores_exactly_the_bytes_sent() {
     let b = Broker::start();
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("modes", 4, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("modes", 4, pb::MessageType::Normal)
+        .await
+        .unwrap();
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
 
     let sync = producer
-        .send(Message::new("modes", "sync").with_key("k-sync").with_tag("A").with_property("p", "1"))
+        .send(
+            Message::new("modes", "sync")
+                .with_key("k-sync")
+                .with_tag("A")
+                .with_property("p", "1"),
+        )
         .await
         .unwrap();
     let pending = producer.send_async(Message::new("modes", "async").with_key("k-async"));
     let batch = producer
-        .send_batch((0..10).map(|i| Message::new("modes", format!("batch-{i}")).with_key("k-batch")).collect())
+        .send_batch(
+            (0..10)
+                .map(|i| Message::new("modes", format!("batch-{i}")).with_key("k-batch"))
+                .collect(),
+        )
         .await
         .unwrap();
-    producer.send_oneway(Message::new("modes", "oneway").with_key("k-oneway")).await.unwrap();
+    producer
+        .send_oneway(Message::new("modes", "oneway").with_key("k-oneway"))
+        .await
+        .unwrap();
     let asynced = pending.await.unwrap().unwrap();
 
     // A batch is atomic and contiguous on one queue.
@@ -76,12 +108,28 @@ async fn every_send_mode_stores_exactly_the_bytes_sent() {
     assert_eq!(by_id[0].body, b"sync");
     assert_eq!(by_id[0].tag, "A");
     assert_eq!(by_id[0].properties["p"], "1");
-    assert_eq!((by_id[0].queue_id, by_id[0].offset), (sync.queue_id, sync.offset));
-    assert_eq!(admin.lookup_by_id(&asynced.message_id).await.unwrap()[0].body, b"async");
+    assert_eq!(
+        (by_id[0].queue_id, by_id[0].offset),
+        (sync.queue_id, sync.offset)
+    );
+    assert_eq!(
+        admin.lookup_by_id(&asynced.message_id).await.unwrap()[0].body,
+        b"async"
+    );
     let batch_hits = admin.lookup_by_key("modes", "k-batch").await.unwrap();
-    let mut bodies: Vec<String> = batch_hits.iter().map(|m| String::from_utf8(m.body.clone()).unwrap()).collect();
+    let mut bodies: Vec<String> = batch_hits
+        .iter()
+        .map(|m| String::from_utf8(m.body.clone()).unwrap())
+        .collect();
     bodies.sort();
-    assert_eq!(bodies, (0..10).map(|i| format!("batch-{i}")).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        bodies,
+        (0..10)
+            .map(|i| format!("batch-{i}"))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
     // The one-way message is stored too.
     let oneway = eventually(Duration::from_secs(5), "one-way message", async || {
         let hits = admin.lookup_by_key("modes", "k-oneway").await.unwrap();
@@ -98,7 +146,10 @@ async fn every_send_mode_stores_exactly_the_bytes_sent() {
 async fn sharding_keys_pin_queues_and_order() {
     let b = Broker::start();
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("sharded", 8, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("sharded", 8, pb::MessageType::Normal)
+        .await
+        .unwrap();
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
     let mut queue_of: HashMap<String, BTreeSet<u32>> = HashMap::new();
     let mut offsets: HashMap<String, Vec<u64>> = HashMap::new();
@@ -114,14 +165,23 @@ async fn sharding_keys_pin_queues_and_order() {
     for (key, queues) in &queue_of {
         assert_eq!(queues.len(), 1, "{key} went to {queues:?}");
         let o = &offsets[key];
-        assert!(o.windows(2).all(|w| w[0] < w[1]), "{key} offsets not increasing");
+        assert!(
+            o.windows(2).all(|w| w[0] < w[1]),
+            "{key} offsets not increasing"
+        );
     }
     let used: BTreeSet<u32> = queue_of.values().flatten().copied().collect();
     assert!(used.len() > 1, "10 keys all hashed to one queue");
     // Without a key, sends spread over every queue.
     let mut spread = BTreeSet::new();
     for i in 0..16 {
-        spread.insert(producer.send(Message::new("sharded", format!("{i}"))).await.unwrap().queue_id);
+        spread.insert(
+            producer
+                .send(Message::new("sharded", format!("{i}")))
+                .await
+                .unwrap()
+                .queue_id,
+        );
     }
     assert_eq!(spread.len(), 8);
 }
@@ -131,7 +191,10 @@ async fn clustering_delivers_each_message_to_one_member_and_keeps_all_busy() {
     let b = Broker::start();
     let admin = Admin::connect(&b.grpc).unwrap();
     // One queue, three consumers: per-message leases keep all three busy.
-    admin.create_topic("work", 1, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("work", 1, pb::MessageType::Normal)
+        .await
+        .unwrap();
     let seen: Seen = Arc::default();
     let mut consumers = Vec::new();
     for name in ["c1", "c2", "c3"] {
@@ -156,14 +219,20 @@ async fn clustering_delivers_each_message_to_one_member_and_keeps_all_busy() {
     }
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
     for i in 0..300 {
-        producer.send(Message::new("work", format!("job-{i}"))).await.unwrap();
+        producer
+            .send(Message::new("work", format!("job-{i}")))
+            .await
+            .unwrap();
     }
-    eventually(Duration::from_secs(30), "300 deliveries", async || (seen.lock().len() >= 300).then_some(())).await;
+    eventually(Duration::from_secs(30), "300 deliveries", async || {
+        (seen.lock().len() >= 300).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for c in consumers {
         c.shutdown().await;
     }
-    let seen = seen.lock();
+    let seen = seen.lock().clone();
     assert_eq!(seen.len(), 300, "each message exactly once");
     let bodies: BTreeSet<Vec<u8>> = seen.iter().map(|(_, m)| m.body.to_vec()).collect();
     assert_eq!(bodies.len(), 300);
@@ -182,24 +251,58 @@ async fn clustering_delivers_each_message_to_one_member_and_keeps_all_busy() {
 async fn broadcast_delivers_every_message_to_every_member() {
     let b = Broker::start();
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("news", 3, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("news", 3, pb::MessageType::Normal)
+        .await
+        .unwrap();
     create_group(&admin, "readers", pb::ConsumeMode::Broadcast, 16, vec![]).await;
     let seen: Seen = Arc::default();
-    let a = recording_consumer(&b, "readers", "news", "a", ConsumeMode::Broadcast, seen.clone()).await;
-    let bb = recording_consumer(&b, "readers", "news", "b", ConsumeMode::Broadcast, seen.clone()).await;
+    let a = recording_consumer(
+        &b,
+        "readers",
+        "news",
+        "a",
+        ConsumeMode::Broadcast,
+        seen.clone(),
+    )
+    .await;
+    let bb = recording_consumer(
+        &b,
+        "readers",
+        "news",
+        "b",
+        ConsumeMode::Broadcast,
+        seen.clone(),
+    )
+    .await;
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
     for i in 0..50 {
-        producer.send(Message::new("news", format!("n{i}"))).await.unwrap();
+        producer
+            .send(Message::new("news", format!("n{i}")))
+            .await
+            .unwrap();
     }
-    eventually(Duration::from_secs(20), "100 deliveries", async || (seen.lock().len() >= 100).then_some(())).await;
+    eventually(Duration::from_secs(20), "100 deliveries", async || {
+        (seen.lock().len() >= 100).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.shutdown().await;
     bb.shutdown().await;
-    let seen = seen.lock();
+    let seen = seen.lock().clone();
     assert_eq!(seen.len(), 100);
     for member in ["a", "b"] {
-        let got: BTreeSet<Vec<u8>> = seen.iter().filter(|(n, _)| n == member).map(|(_, m)| m.body.to_vec()).collect();
-        assert_eq!(got.len(), 50, "{member} got {} distinct messages", got.len());
+        let got: BTreeSet<Vec<u8>> = seen
+            .iter()
+            .filter(|(n, _)| n == member)
+            .map(|(_, m)| m.body.to_vec())
+            .collect();
+        assert_eq!(
+            got.len(),
+            50,
+            "{member} got {} distinct messages",
+            got.len()
+        );
     }
     // Each member has its own progress.
     let d = admin.describe_group("readers").await.unwrap();
@@ -232,7 +335,10 @@ async fn an_expired_lease_is_redelivered() {
         })
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "a second delivery", async || (attempts.lock().len() >= 2).then_some(())).await;
+    eventually(Duration::from_secs(10), "a second delivery", async || {
+        (attempts.lock().len() >= 2).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     consumer.shutdown().await;
     assert_eq!(*attempts.lock(), vec![1, 2]);
@@ -245,48 +351,101 @@ async fn an_expired_lease_is_redelivered() {
 async fn failing_messages_go_to_the_dead_letter_topic_after_exactly_max_attempts() {
     let b = Broker::start();
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("payments", 2, pb::MessageType::Normal).await.unwrap();
-    create_group(&admin, "billing", pb::ConsumeMode::Clustering, 3, vec![50, 100]).await;
+    admin
+        .create_topic("payments", 2, pb::MessageType::Normal)
+        .await
+        .unwrap();
+    create_group(
+        &admin,
+        "billing",
+        pb::ConsumeMode::Clustering,
+        3,
+        vec![50, 100],
+    )
+    .await;
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
-    let poison = producer.send(Message::new("payments", "poison").with_key("bad").with_property("k", "v")).await.unwrap();
-    let good = producer.send(Message::new("payments", "fine")).await.unwrap();
-    let deliveries: Arc<Mutex<Vec<(Vec<u8>, u32)>>> = Arc::default();
+    let poison = producer
+        .send(
+            Message::new("payments", "poison")
+                .with_key("bad")
+                .with_property("k", "v"),
+        )
+        .await
+        .unwrap();
+    let good = producer
+        .send(Message::new("payments", "fine"))
+        .await
+        .unwrap();
+    let deliveries: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let log = deliveries.clone();
     let consumer = PushConsumerBuilder::new(&b.grpc, "billing", "payments")
         .start(move |m| {
             let log = log.clone();
             async move {
                 log.lock().push((m.body.to_vec(), m.delivery_attempt));
-                if &m.body[..] == b"poison" { Err("cannot handle".to_string()) } else { Ok(()) }
+                if &m.body[..] == b"poison" {
+                    Err("cannot handle".to_string())
+                } else {
+                    Ok(())
+                }
             }
         })
         .await
         .unwrap();
     // The dead-letter topic receives it; consume it like any topic.
     let dlq: Seen = Arc::default();
-    let dlq_consumer = recording_consumer(&b, "dlq-inspector", "%DLQ%billing", "x", ConsumeMode::Clustering, dlq.clone()).await;
-    eventually(Duration::from_secs(15), "the dead letter", async || (!dlq.lock().is_empty()).then_some(())).await;
+    let dlq_consumer = recording_consumer(
+        &b,
+        "dlq-inspector",
+        "%DLQ%billing",
+        "x",
+        ConsumeMode::Clustering,
+        dlq.clone(),
+    )
+    .await;
+    eventually(Duration::from_secs(15), "the dead letter", async || {
+        (!dlq.lock().is_empty()).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     consumer.shutdown().await;
     dlq_consumer.shutdown().await;
-    let d = deliveries.lock();
-    let poison_attempts: Vec<u32> = d.iter().filter(|(b, _)| b == b"poison").map(|(_, a)| *a).collect();
-    assert_eq!(poison_attempts, vec![1, 2, 3], "delivered exactly max_delivery_attempts times");
+    let d = deliveries.lock().clone();
+    let poison_attempts: Vec<u32> = d
+        .iter()
+        .filter(|(b, _)| b == b"poison")
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(
+        poison_attempts,
+        vec![1, 2, 3],
+        "delivered exactly max_delivery_attempts times"
+    );
     assert_eq!(d.iter().filter(|(b, _)| b == b"fine").count(), 1);
-    let dlq = dlq.lock();
+    let dlq = dlq.lock().clone();
     assert_eq!(dlq.len(), 1);
     let dead = &dlq[0].1;
     assert_eq!(&dead.body[..], b"poison");
     assert_eq!(dead.keys, vec!["bad".to_string()]);
     assert_eq!(dead.properties["k"], "v");
     assert_eq!(dead.properties["DLQ_ORIGIN_TOPIC"], "payments");
-    assert_eq!(dead.properties["DLQ_ORIGIN_QUEUE"], poison.queue_id.to_string());
-    assert_eq!(dead.properties["DLQ_ORIGIN_OFFSET"], poison.offset.to_string());
+    assert_eq!(
+        dead.properties["DLQ_ORIGIN_QUEUE"],
+        poison.queue_id.to_string()
+    );
+    assert_eq!(
+        dead.properties["DLQ_ORIGIN_OFFSET"],
+        poison.offset.to_string()
+    );
     assert_eq!(dead.properties["DLQ_ORIGIN_MESSAGE_ID"], poison.message_id);
     assert_eq!(dead.properties["DLQ_DELIVERY_ATTEMPTS"], "3");
     // Both messages are done for the group.
     let g = admin.describe_group("billing").await.unwrap();
-    assert!(g.queues.iter().all(|q| q.lag == 0 && q.in_flight == 0), "{:?}", g.queues);
+    assert!(
+        g.queues.iter().all(|q| q.lag == 0 && q.in_flight == 0),
+        "{:?}",
+        g.queues
+    );
     let _ = good;
 }
 
@@ -295,7 +454,10 @@ async fn flow_control_caps_messages_in_flight_per_consumer() {
     let b = Broker::start();
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
     for i in 0..60 {
-        producer.send(Message::new("flow", format!("{i}"))).await.unwrap();
+        producer
+            .send(Message::new("flow", format!("{i}")))
+            .await
+            .unwrap();
     }
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -317,15 +479,29 @@ async fn flow_control_caps_messages_in_flight_per_consumer() {
         })
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "60 handled", async || (done.load(Ordering::SeqCst) == 60).then_some(())).await;
+    eventually(Duration::from_secs(20), "60 handled", async || {
+        (done.load(Ordering::SeqCst) == 60).then_some(())
+    })
+    .await;
     consumer.shutdown().await;
-    assert_eq!(peak.load(Ordering::SeqCst), 5, "50 handler slots, but only 5 messages may be in flight");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        5,
+        "50 handler slots, but only 5 messages may be in flight"
+    );
 
     // A byte limit: 3 KiB in flight with 1 KiB bodies → at most 3 at once.
     for i in 0..30 {
-        producer.send(Message::new("flow-bytes", vec![i as u8; 1024])).await.unwrap();
+        producer
+            .send(Message::new("flow-bytes", vec![i as u8; 1024]))
+            .await
+            .unwrap();
     }
-    let (running, peak, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (running, peak, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let (r, p, d) = (running.clone(), peak.clone(), done.clone());
     let consumer = PushConsumerBuilder::new(&b.grpc, "capped", "flow-bytes")
         .concurrency(50)
@@ -344,7 +520,10 @@ async fn flow_control_caps_messages_in_flight_per_consumer() {
         })
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "30 handled", async || (done.load(Ordering::SeqCst) == 30).then_some(())).await;
+    eventually(Duration::from_secs(20), "30 handled", async || {
+        (done.load(Ordering::SeqCst) == 30).then_some(())
+    })
+    .await;
     consumer.shutdown().await;
     assert_eq!(peak.load(Ordering::SeqCst), 3);
 }
@@ -356,75 +535,151 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
         ..Options::default()
     });
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("real", 2, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("real", 2, pb::MessageType::Normal)
+        .await
+        .unwrap();
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
     producer.send(Message::new("real", "ok")).await.unwrap();
     let before = admin.describe_topic("real").await.unwrap();
 
-    let too_big = producer.send(Message::new("real", vec![0u8; 5 << 20])).await.unwrap_err();
+    let too_big = producer
+        .send(Message::new("real", vec![0u8; 5 << 20]))
+        .await
+        .unwrap_err();
     assert_eq!(too_big.reason(), "MESSAGE_TOO_LARGE", "{too_big}");
     let batch = producer
-        .send_batch(vec![Message::new("real", "fine"), Message::new("real", vec![1u8; 5 << 20])])
+        .send_batch(vec![
+            Message::new("real", "fine"),
+            Message::new("real", vec![1u8; 5 << 20]),
+        ])
         .await
         .unwrap_err();
     assert_eq!(batch.reason(), "MESSAGE_TOO_LARGE");
-    assert_eq!(admin.describe_topic("real").await.unwrap(), before, "nothing stored");
+    assert_eq!(
+        admin.describe_topic("real").await.unwrap(),
+        before,
+        "nothing stored"
+    );
 
     for bad in ["", "has space", "a/b", "%system", &"x".repeat(128)] {
-        let e = admin.create_topic(bad, 1, pb::MessageType::Normal).await.unwrap_err();
+        let e = admin
+            .create_topic(bad, 1, pb::MessageType::Normal)
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "INVALID_ARGUMENT", "{bad:?}: {e}");
     }
-    assert_eq!(admin.create_topic("q0", 0, pb::MessageType::Normal).await.unwrap_err().reason(), "INVALID_ARGUMENT");
+    assert_eq!(
+        admin
+            .create_topic("q0", 0, pb::MessageType::Normal)
+            .await
+            .unwrap_err()
+            .reason(),
+        "INVALID_ARGUMENT"
+    );
     assert_eq!(admin.list_topics().await.unwrap().len(), 1);
 
-    let e = producer.send(Message::new("missing", "x")).await.unwrap_err();
+    let e = producer
+        .send(Message::new("missing", "x"))
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "TOPIC_NOT_FOUND");
-    assert_eq!(admin.describe_group("nobody").await.unwrap_err().reason(), "GROUP_NOT_FOUND");
-    let e = PushConsumerBuilder::new(&b.grpc, "nobody", "real").start(|_| async { Ok::<(), String>(()) }).await.unwrap_err();
+    assert_eq!(
+        admin.describe_group("nobody").await.unwrap_err().reason(),
+        "GROUP_NOT_FOUND"
+    );
+    let e = PushConsumerBuilder::new(&b.grpc, "nobody", "real")
+        .start(|_| async { Ok::<(), String>(()) })
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "GROUP_NOT_FOUND");
 
     // Forged and malformed receipt handles.
-    let mut raw = pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{}", b.grpc)).await.unwrap();
+    let mut raw =
+        pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{}", b.grpc))
+            .await
+            .unwrap();
     create_group(&admin, "g", pb::ConsumeMode::Clustering, 16, vec![]).await;
     use base64::Engine;
     let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1|0|0|deadbeef|");
     for handle in [forged.as_str(), "not-a-handle"] {
         let r = raw
-            .ack(pb::AckRequest { group: "g".into(), topic: "real".into(), receipt_handles: vec![handle.into()] })
+            .ack(pb::AckRequest {
+                group: "g".into(),
+                topic: "real".into(),
+                receipt_handles: vec![handle.into()],
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(r.results[0].error_reason, "INVALID_RECEIPT_HANDLE");
         let e = raw
-            .nack(pb::NackRequest { group: "g".into(), topic: "real".into(), receipt_handle: handle.into() })
+            .nack(pb::NackRequest {
+                group: "g".into(),
+                topic: "real".into(),
+                receipt_handle: handle.into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert_eq!(dduomq_client::ClientError::from(e).reason(), "INVALID_RECEIPT_HANDLE");
+        assert_eq!(
+            dduomq_client::ClientError::from(e).reason(),
+            "INVALID_RECEIPT_HANDLE"
+        );
     }
     // A reset to a negative offset, or past the end, changes nothing.
-    let e = admin.reset_offset("g", "real", dduomq_client::ResetTo::Offset(-1)).await.unwrap_err();
+    let e = admin
+        .reset_offset("g", "real", dduomq_client::ResetTo::Offset(-1))
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "INVALID_ARGUMENT");
-    let e = admin.reset_offset("g", "real", dduomq_client::ResetTo::Offset(99)).await.unwrap_err();
+    let e = admin
+        .reset_offset("g", "real", dduomq_client::ResetTo::Offset(99))
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "OFFSET_OUT_OF_RANGE");
     let g = admin.describe_group("g").await.unwrap();
-    assert!(g.queues.iter().all(|q| q.committed_offset == 0), "{:?}", g.queues);
-    assert_eq!(admin.lookup_by_id("00").await.unwrap_err().reason(), "INVALID_MESSAGE_ID");
-    assert_eq!(admin.lookup_by_id(&"0".repeat(32)).await.unwrap_err().reason(), "MESSAGE_NOT_FOUND");
+    assert!(
+        g.queues.iter().all(|q| q.committed_offset == 0),
+        "{:?}",
+        g.queues
+    );
+    assert_eq!(
+        admin.lookup_by_id("00").await.unwrap_err().reason(),
+        "INVALID_MESSAGE_ID"
+    );
+    assert_eq!(
+        admin
+            .lookup_by_id(&"0".repeat(32))
+            .await
+            .unwrap_err()
+            .reason(),
+        "MESSAGE_NOT_FOUND"
+    );
 }
 
 #[tokio::test]
 async fn health_and_reflection_answer_like_grpcurl_expects() {
     let b = Broker::start();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", b.grpc)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", b.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in ["", "dduomq.v1.MessagingService", "dduomq.v1.AdminService"] {
         let r = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
+        assert_eq!(
+            r.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
     }
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -434,11 +689,21 @@ async fn health_and_reflection_answer_like_grpcurl_expects() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = reflection.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected {resp:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected {resp:?}")
+    };
     let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
-    for s in ["dduomq.v1.MessagingService", "dduomq.v1.AdminService", "grpc.health.v1.Health"] {
+    for s in [
+        "dduomq.v1.MessagingService",
+        "dduomq.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.contains(s), "{s} missing from {names:?}");
     }
     assert_eq!(harness::http_get(&b.http, "/healthz").unwrap().0, 200);

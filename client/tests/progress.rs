@@ -8,18 +8,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder, ResetTo};
+use dduomq_client::{
+    Admin, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder, ResetTo,
+};
 use harness::{Broker, Options, eventually};
 use parking_lot::Mutex;
 
 type Bodies = Arc<Mutex<Vec<String>>>;
 
-async fn collector(b: &Broker, group: &str, topic: &str, bodies: Bodies) -> dduomq_client::PushConsumer {
+async fn collector(
+    b: &Broker,
+    group: &str,
+    topic: &str,
+    bodies: Bodies,
+) -> dduomq_client::PushConsumer {
     PushConsumerBuilder::new(&b.grpc, group, topic)
         .start(move |m| {
             let bodies = bodies.clone();
             async move {
-                bodies.lock().push(String::from_utf8(m.body.to_vec()).unwrap());
+                bodies
+                    .lock()
+                    .push(String::from_utf8(m.body.to_vec()).unwrap());
                 Ok::<(), String>(())
             }
         })
@@ -44,7 +53,10 @@ fn sorted(v: &[String]) -> Vec<String> {
 async fn replay_from_a_timestamp_reaches_online_consumers() {
     let b = Broker::start();
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("events", 3, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("events", 3, pb::MessageType::Normal)
+        .await
+        .unwrap();
     send_all(&b, "events", (0..30).map(|i| format!("old-{i:02}"))).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cut = dduomq_client::now_millis();
@@ -53,35 +65,62 @@ async fn replay_from_a_timestamp_reaches_online_consumers() {
 
     let seen: Bodies = Arc::default();
     let consumer = collector(&b, "replayer", "events", seen.clone()).await;
-    eventually(Duration::from_secs(10), "50 messages", async || (seen.lock().len() == 50).then_some(())).await;
+    eventually(Duration::from_secs(10), "50 messages", async || {
+        (seen.lock().len() == 50).then_some(())
+    })
+    .await;
     let before = seen.lock().len();
     assert_eq!(before, 50);
 
     // The consumer stays online; the reset reaches it.
-    admin.reset_offset("replayer", "events", ResetTo::Timestamp(cut)).await.unwrap();
-    eventually(Duration::from_secs(10), "the replay", async || (seen.lock().len() == 70).then_some(())).await;
+    admin
+        .reset_offset("replayer", "events", ResetTo::Timestamp(cut))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the replay", async || {
+        (seen.lock().len() == 70).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     consumer.shutdown().await;
-    let seen = seen.lock();
+    let seen = seen.lock().clone();
     assert_eq!(seen.len(), 70, "exactly the 20 newer messages again");
-    assert_eq!(sorted(&seen[50..]), (0..20).map(|i| format!("new-{i:02}")).collect::<Vec<_>>());
+    assert_eq!(
+        sorted(&seen[50..]),
+        (0..20).map(|i| format!("new-{i:02}")).collect::<Vec<_>>()
+    );
 
     // Earliest and latest.
-    let q = admin.reset_offset("replayer", "events", ResetTo::Earliest).await.unwrap();
+    let q = admin
+        .reset_offset("replayer", "events", ResetTo::Earliest)
+        .await
+        .unwrap();
     assert!(q.iter().all(|q| q.committed_offset == 0));
-    let q = admin.reset_offset("replayer", "events", ResetTo::Latest).await.unwrap();
-    assert!(q.iter().all(|q| q.committed_offset == q.max_offset && q.lag == 0));
+    let q = admin
+        .reset_offset("replayer", "events", ResetTo::Latest)
+        .await
+        .unwrap();
+    assert!(
+        q.iter()
+            .all(|q| q.committed_offset == q.max_offset && q.lag == 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_survives_a_restart_without_redelivering_acked_messages() {
     let mut b = Broker::start();
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("orders", 2, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("orders", 2, pb::MessageType::Normal)
+        .await
+        .unwrap();
     send_all(&b, "orders", (0..40).map(|i| format!("first-{i:02}"))).await;
     let seen: Bodies = Arc::default();
     let consumer = collector(&b, "shipping", "orders", seen.clone()).await;
-    eventually(Duration::from_secs(10), "40 messages", async || (seen.lock().len() == 40).then_some(())).await;
+    eventually(Duration::from_secs(10), "40 messages", async || {
+        (seen.lock().len() == 40).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     consumer.shutdown().await;
 
@@ -89,10 +128,18 @@ async fn progress_survives_a_restart_without_redelivering_acked_messages() {
     send_all(&b, "orders", (0..10).map(|i| format!("second-{i:02}"))).await;
     let after: Bodies = Arc::default();
     let consumer = collector(&b, "shipping", "orders", after.clone()).await;
-    eventually(Duration::from_secs(10), "10 messages", async || (after.lock().len() >= 10).then_some(())).await;
+    eventually(Duration::from_secs(10), "10 messages", async || {
+        (after.lock().len() >= 10).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     consumer.shutdown().await;
-    assert_eq!(sorted(&after.lock()), (0..10).map(|i| format!("second-{i:02}")).collect::<Vec<_>>());
+    assert_eq!(
+        sorted(&after.lock()),
+        (0..10)
+            .map(|i| format!("second-{i:02}"))
+            .collect::<Vec<_>>()
+    );
     let d = admin.describe_group("shipping").await.unwrap();
     assert_eq!(d.queues.iter().map(|q| q.committed_offset).sum::<u64>(), 50);
 }
@@ -104,15 +151,25 @@ async fn pull_consumers_split_queues_rebalance_and_stale_members_cannot_commit()
         ..Options::default()
     });
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("ledger", 4, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("ledger", 4, pb::MessageType::Normal)
+        .await
+        .unwrap();
     send_all(&b, "ledger", (0..40).map(|i| format!("{i:02}"))).await;
 
-    let a = PullConsumerBuilder::new(&b.grpc, "auditors", vec!["ledger".into()]).client_id("a").build().await.unwrap();
+    let a = PullConsumerBuilder::new(&b.grpc, "auditors", vec!["ledger".into()])
+        .client_id("a")
+        .build()
+        .await
+        .unwrap();
     let (_, alone) = a.assignment().await;
     assert_eq!(alone.len(), 4);
 
     // A second member joins through the raw API, so the test controls its heartbeats.
-    let mut raw = pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{}", b.grpc)).await.unwrap();
+    let mut raw =
+        pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{}", b.grpc))
+            .await
+            .unwrap();
     let hb = pb::HeartbeatRequest {
         group: "auditors".into(),
         client_id: "b".into(),
@@ -126,7 +183,10 @@ async fn pull_consumers_split_queues_rebalance_and_stale_members_cannot_commit()
     let (generation, a_queues) = a.assignment().await;
     assert_eq!(generation, joined.generation);
     let a_set: BTreeSet<u32> = a_queues.iter().map(|(_, q)| *q).collect();
-    assert!(a_set.is_disjoint(&b_queues) && a_set.len() == 2, "{a_set:?} vs {b_queues:?}");
+    assert!(
+        a_set.is_disjoint(&b_queues) && a_set.len() == 2,
+        "{a_set:?} vs {b_queues:?}"
+    );
 
     // a consumes its half and commits.
     let mut got = Vec::new();
@@ -159,9 +219,16 @@ async fn pull_consumers_split_queues_rebalance_and_stale_members_cannot_commit()
         })
         .await
         .unwrap_err();
-    assert_eq!(dduomq_client::ClientError::from(e).reason(), "STALE_GENERATION");
+    assert_eq!(
+        dduomq_client::ClientError::from(e).reason(),
+        "STALE_GENERATION"
+    );
     let committed = raw
-        .query_offset(pb::QueryOffsetRequest { group: "auditors".into(), topic: "ledger".into(), queue_id: stale_queue })
+        .query_offset(pb::QueryOffsetRequest {
+            group: "auditors".into(),
+            topic: "ledger".into(),
+            queue_id: stale_queue,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -173,10 +240,19 @@ async fn pull_consumers_split_queues_rebalance_and_stale_members_cannot_commit()
     while rest.len() < 20 {
         let batch = a.poll(100, Duration::from_secs(2)).await.unwrap();
         assert!(!batch.is_empty(), "ran dry at {}", rest.len());
-        rest.extend(batch.into_iter().map(|m| String::from_utf8(m.body.to_vec()).unwrap()));
+        rest.extend(
+            batch
+                .into_iter()
+                .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
+        );
     }
     a.commit().await.unwrap();
     let d = admin.describe_group("auditors").await.unwrap();
-    assert_eq!(d.queues.iter().map(|q| q.lag).sum::<u64>(), 0, "{:?}", d.queues);
+    assert_eq!(
+        d.queues.iter().map(|q| q.lag).sum::<u64>(),
+        0,
+        "{:?}",
+        d.queues
+    );
     assert_eq!(rest.len(), 20);
 }

@@ -88,7 +88,10 @@ impl Broker {
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(["--grpc-addr", &self.grpc, "--http-addr", &self.http])
-            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stderr(Stdio::inherit());
         // Broker logs go to stdout; show them when BROKER_LOG asks for them.
         if std::env::var_os("BROKER_LOG").is_none() {
@@ -112,13 +115,20 @@ impl Broker {
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("try_wait"))
+            {
                 panic!("broker exited during startup: {status}");
             }
             if http_get(&self.http, "/readyz").is_some_and(|(code, _)| code == 200) {
                 return;
             }
-            assert!(Instant::now() < deadline, "broker not ready within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "broker not ready within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -168,18 +178,29 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     Some((code, body))
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
-pub async fn eventually<T>(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

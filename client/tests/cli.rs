@@ -1,0 +1,281 @@
+//! The `dduomq` CLI against a real broker: the command forms and JSON output that
+//! users' scripts rely on.
+
+mod harness;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use harness::Broker;
+use serde_json::Value;
+
+fn dduomq(b: &Broker, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dduomq"))
+        .args(["--server", &b.grpc])
+        .args(args)
+        .output()
+        .expect("run dduomq")
+}
+
+fn ok(b: &Broker, args: &[&str]) -> String {
+    let out = dduomq(b, args);
+    assert!(
+        out.status.success(),
+        "dduomq {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn topics_produce_consume_lookup_and_reset() {
+    let b = Broker::start();
+    let out = ok(
+        &b,
+        &["topic", "create", "orders", "--queues", "3", "-o", "json"],
+    );
+    assert_eq!(json_lines(&out)[0]["queues"], 3);
+    assert!(ok(&b, &["topic", "list"]).contains("orders"));
+
+    // --count / --size, with key, tag and properties.
+    let sent = json_lines(&ok(
+        &b,
+        &[
+            "produce",
+            "--topic",
+            "orders",
+            "--count",
+            "6",
+            "--size",
+            "32",
+            "--key",
+            "K",
+            "--tag",
+            "T",
+            "--property",
+            "a=1",
+            "--property",
+            "b=2",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(sent.len(), 6);
+    for s in &sent {
+        assert_eq!(s["topic"], "orders");
+        assert!(s["id"].as_str().unwrap().len() == 32);
+        assert!(s["queue"].as_u64().unwrap() < 3);
+    }
+    // Lines from stdin, one message each.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dduomq"))
+        .args([
+            "--server", &b.grpc, "produce", "--topic", "orders", "-o", "json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"alpha\nbeta\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(json_lines(&String::from_utf8(out.stdout).unwrap()).len(), 2);
+
+    let got = json_lines(&ok(
+        &b,
+        &[
+            "consume",
+            "--topic",
+            "orders",
+            "--group",
+            "cli",
+            "--count",
+            "8",
+            "--timeout",
+            "5s",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(got.len(), 8);
+    let mut bodies: Vec<&str> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    bodies.sort();
+    assert_eq!(&bodies[..2], ["alpha", "beta"]);
+    for m in got.iter().filter(|m| m["key"] == "K") {
+        assert_eq!(m["tag"], "T");
+        assert_eq!(m["properties"]["a"], "1");
+        assert_eq!(m["properties"]["b"], "2");
+        assert_eq!(m["delivery_attempt"], 1);
+        assert_eq!(m["body"].as_str().unwrap().len(), 32);
+        for field in ["id", "topic", "queue", "offset"] {
+            assert!(!m[field].is_null(), "{field}");
+        }
+    }
+    // Nothing left: the consumer exits after --timeout with nothing new.
+    assert_eq!(
+        ok(
+            &b,
+            &[
+                "consume",
+                "--topic",
+                "orders",
+                "--group",
+                "cli",
+                "--timeout",
+                "1s",
+                "-o",
+                "json"
+            ]
+        ),
+        ""
+    );
+
+    // Lookup by id and key.
+    let id = sent[0]["id"].as_str().unwrap();
+    let found = json_lines(&ok(&b, &["lookup", "--id", id, "-o", "json"]));
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["id"], id);
+    assert_eq!(
+        json_lines(&ok(
+            &b,
+            &["lookup", "--key", "K", "--topic", "orders", "-o", "json"]
+        ))
+        .len(),
+        6
+    );
+
+    // Group describe and reset; pull mode re-reads after a reset to earliest.
+    let d = json_lines(&ok(&b, &["group", "describe", "cli", "-o", "json"]));
+    let lag: u64 = d[0]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["lag"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lag, 0);
+    ok(
+        &b,
+        &[
+            "group", "reset", "cli", "--topic", "orders", "--to", "earliest",
+        ],
+    );
+    let again = json_lines(&ok(
+        &b,
+        &[
+            "consume",
+            "--topic",
+            "orders",
+            "--group",
+            "cli",
+            "--mode",
+            "pull",
+            "--timeout",
+            "2s",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(again.len(), 8);
+    ok(
+        &b,
+        &[
+            "group",
+            "reset",
+            "cli",
+            "--topic",
+            "orders",
+            "--to",
+            "2026-01-01T00:00:00Z",
+        ],
+    );
+    assert!(ok(&b, &["group", "list"]).contains("cli"));
+
+    // Bad input: clear error, non-zero exit.
+    let out = dduomq(
+        &b,
+        &["group", "reset", "cli", "--topic", "orders", "--to", "-1"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INVALID_ARGUMENT"));
+    let out = dduomq(&b, &["topic", "create", "bad name"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INVALID_ARGUMENT"));
+
+    ok(&b, &["topic", "delete", "orders"]);
+    assert!(!ok(&b, &["topic", "list"]).contains("orders"));
+}
+
+#[test]
+fn broadcast_mode_and_bench_summary() {
+    let b = Broker::start();
+    ok(
+        &b,
+        &["produce", "--topic", "news", "--count", "5", "--size", "8"],
+    );
+    for member in ["m1", "m2"] {
+        let got = json_lines(&ok(
+            &b,
+            &[
+                "consume",
+                "--topic",
+                "news",
+                "--group",
+                "fans",
+                "--mode",
+                "broadcast",
+                "--client-id",
+                member,
+                "--count",
+                "5",
+                "--timeout",
+                "5s",
+                "-o",
+                "json",
+            ],
+        ));
+        assert_eq!(got.len(), 5, "{member}");
+    }
+    let summary = json_lines(&ok(
+        &b,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "bench",
+            "--duration",
+            "1s",
+            "--size",
+            "128",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(summary.len(), 1);
+    let s = &summary[0];
+    assert_eq!(s["mode"], "produce");
+    assert_eq!(s["errors"], 0);
+    assert!(s["messages"].as_u64().unwrap() > 0);
+    assert!(s["latency_us"]["p99"].as_u64().unwrap() >= s["latency_us"]["p50"].as_u64().unwrap());
+    let stored: u64 =
+        json_lines(&ok(&b, &["topic", "describe", "bench", "-o", "json"]))[0]["queue_offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["max_offset"].as_u64().unwrap())
+            .sum();
+    assert_eq!(
+        stored,
+        s["messages"].as_u64().unwrap(),
+        "every acknowledged send is stored"
+    );
+}
