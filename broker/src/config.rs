@@ -53,6 +53,8 @@ pub struct MessagingConfig {
     /// closed anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Record and serve Prometheus metrics.
+    pub metrics: bool,
     /// Longest long-poll a pull may ask for.
     #[serde(with = "humantime_serde")]
     pub max_pull_wait: Duration,

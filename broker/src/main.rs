@@ -10,7 +10,8 @@ use clap::Parser;
 use dduomq_broker::config::BrokerConfig;
 use dduomq_broker::http::Readiness;
 use dduomq_broker::messaging::Broker;
-use dduomq_broker::store::{FlushMode, Store};
+use dduomq_broker::metrics::Metrics;
+use dduomq_broker::store::{FlushMode, NoObserver, Store, StoreObserver};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -39,6 +40,9 @@ struct Args {
     /// Create unknown topics and groups on first use.
     #[arg(long, env = "DDUOMQ_AUTO_CREATE_TOPICS")]
     auto_create_topics: Option<bool>,
+    /// Record and serve metrics (`--metrics false` to measure their cost).
+    #[arg(long, env = "DDUOMQ_METRICS")]
+    metrics: Option<bool>,
     /// Numeric broker id (part of message ids).
     #[arg(long, env = "DDUOMQ_BROKER_ID")]
     broker_id: Option<u32>,
@@ -70,6 +74,9 @@ impl Args {
         }
         if let Some(v) = self.auto_create_topics {
             b.auto_create_topics = v;
+        }
+        if let Some(v) = self.metrics {
+            b.metrics = v;
         }
     }
 }
@@ -118,12 +125,24 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
 
+    let metrics = config.broker.metrics.then(|| {
+        Metrics::new(
+            env!("CARGO_PKG_VERSION"),
+            config.store.broker_id,
+            &format!("{:?}", config.store.flush).to_lowercase(),
+        )
+    });
     let store_config = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+    let observer: Arc<dyn StoreObserver> = match &metrics {
+        Some(m) => m.clone(),
+        None => Arc::new(NoObserver),
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_observed(store_config, observer))
         .await?
         .context("opening the store")?;
     let store = Arc::new(store);
-    let broker = Arc::new(Broker::open(config.broker.clone(), store.clone())?);
+    let broker = Arc::new(Broker::open(config.broker.clone(), store.clone(), metrics)?);
+    ready.attach(broker.clone());
     let maintenance = tokio::spawn(broker.clone().run_maintenance());
 
     tracing::info!(

@@ -12,11 +12,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::status::{invalid, to_status};
+use super::{convert, observed};
 use crate::messaging::membership::MemberKind;
 use crate::messaging::subscription::Subscription;
-use crate::messaging::{Broker, ReceiveLimits, SendMessage};
+use crate::messaging::{Broker, PullSpec, ReceiveLimits, SendMessage};
 use crate::store::now_millis;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
@@ -39,59 +39,65 @@ impl MessagingService for MessagingApi {
         &self,
         req: Request<pb::QueryRouteRequest>,
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
-        let (topic, address) = self
-            .broker
-            .route(&req.into_inner().topic)
-            .map_err(to_status)?;
-        let broker_id = self.broker.store().config().broker_id;
-        Ok(Response::new(pb::QueryRouteResponse {
-            queues: (0..topic.queues)
-                .map(|q| pb::QueueRoute {
-                    queue_id: q,
-                    broker_id,
-                    broker_address: address.clone(),
-                    writable: true,
-                    readable: true,
-                })
-                .collect(),
-            message_type: convert::message_type_to_pb(topic.message_type) as i32,
-            topic: topic.name,
-            epoch: 0,
-        }))
+        observed(self.broker.metrics(), "QueryRoute", async move {
+            let (topic, address) = self
+                .broker
+                .route(&req.into_inner().topic)
+                .map_err(to_status)?;
+            let broker_id = self.broker.store().config().broker_id;
+            Ok(Response::new(pb::QueryRouteResponse {
+                queues: (0..topic.queues)
+                    .map(|q| pb::QueueRoute {
+                        queue_id: q,
+                        broker_id,
+                        broker_address: address.clone(),
+                        writable: true,
+                        readable: true,
+                    })
+                    .collect(),
+                message_type: convert::message_type_to_pb(topic.message_type) as i32,
+                topic: topic.name,
+                epoch: 0,
+            }))
+        })
+        .await
     }
 
     async fn send(
         &self,
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let messages = req
-            .into_inner()
-            .messages
-            .into_iter()
-            .map(|m| SendMessage {
-                topic: m.topic,
-                body: Bytes::from(m.body),
-                tag: m.tag,
-                keys: m.keys,
-                properties: m.properties.into_iter().collect(),
-                sharding_key: m.sharding_key,
-                queue_id: m.queue_id,
-                born_timestamp: m.born_timestamp_ms,
-            })
-            .collect();
-        let receipts = self.broker.send(messages).await.map_err(to_status)?;
-        Ok(Response::new(pb::SendResponse {
-            receipts: receipts
+        observed(self.broker.metrics(), "Send", async move {
+            let messages = req
+                .into_inner()
+                .messages
                 .into_iter()
-                .map(|r| pb::SendReceipt {
-                    message_id: r.message_id,
-                    topic: r.topic,
-                    queue_id: r.queue_id,
-                    offset: r.offset,
-                    store_timestamp_ms: r.store_timestamp,
+                .map(|m| SendMessage {
+                    topic: m.topic,
+                    body: Bytes::from(m.body),
+                    tag: m.tag,
+                    keys: m.keys,
+                    properties: m.properties.into_iter().collect(),
+                    sharding_key: m.sharding_key,
+                    queue_id: m.queue_id,
+                    born_timestamp: m.born_timestamp_ms,
                 })
-                .collect(),
-        }))
+                .collect();
+            let receipts = self.broker.send(messages).await.map_err(to_status)?;
+            Ok(Response::new(pb::SendResponse {
+                receipts: receipts
+                    .into_iter()
+                    .map(|r| pb::SendReceipt {
+                        message_id: r.message_id,
+                        topic: r.topic,
+                        queue_id: r.queue_id,
+                        offset: r.offset,
+                        store_timestamp_ms: r.store_timestamp,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
 
     type ReceiveStream = ReceiverStream<Result<pb::ReceiveResponse, Status>>;
@@ -100,189 +106,221 @@ impl MessagingService for MessagingApi {
         &self,
         req: Request<pb::ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveStream>, Status> {
-        let r = req.into_inner();
-        let (sub, consumer) = self
-            .broker
-            .open_receive(
-                &r.group,
-                &r.topic,
-                &r.client_id,
-                convert::mode_from_pb(r.mode),
-            )
-            .map_err(to_status)?;
-        let limits = ReceiveLimits {
-            max_messages: match r.max_in_flight_messages {
-                0 => DEFAULT_MAX_IN_FLIGHT,
-                n => n as u64,
-            },
-            max_bytes: match r.max_in_flight_bytes {
-                0 => DEFAULT_MAX_IN_FLIGHT_BYTES,
-                n => n,
-            },
-            invisible: match r.invisible_duration_ms {
-                0 => self.broker.config().default_invisible_duration,
-                ms => Duration::from_millis(ms as u64),
-            },
-        };
-        let (tx, rx) = mpsc::channel(LEASE_BATCH);
-        tokio::spawn(push_loop(self.broker.clone(), sub, consumer, limits, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        observed(self.broker.metrics(), "Receive", async move {
+            let r = req.into_inner();
+            let (sub, consumer) = self
+                .broker
+                .open_receive(
+                    &r.group,
+                    &r.topic,
+                    &r.client_id,
+                    convert::mode_from_pb(r.mode),
+                )
+                .map_err(to_status)?;
+            let limits = ReceiveLimits {
+                max_messages: match r.max_in_flight_messages {
+                    0 => DEFAULT_MAX_IN_FLIGHT,
+                    n => n as u64,
+                },
+                max_bytes: match r.max_in_flight_bytes {
+                    0 => DEFAULT_MAX_IN_FLIGHT_BYTES,
+                    n => n,
+                },
+                invisible: match r.invisible_duration_ms {
+                    0 => self.broker.config().default_invisible_duration,
+                    ms => Duration::from_millis(ms as u64),
+                },
+            };
+            let (tx, rx) = mpsc::channel(LEASE_BATCH);
+            if let Some(m) = self.broker.metrics() {
+                m.grpc_streams.inc();
+            }
+            tokio::spawn(push_loop(self.broker.clone(), sub, consumer, limits, tx));
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
+        .await
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
-        let r = req.into_inner();
-        let results = self.broker.ack(&r.group, &r.topic, &r.receipt_handles);
-        Ok(Response::new(pb::AckResponse {
-            results: r
-                .receipt_handles
-                .into_iter()
-                .zip(results)
-                .map(|(h, res)| {
-                    let (error_reason, error_message) = match res {
-                        Ok(()) => (String::new(), String::new()),
-                        Err(e) => (e.code().to_string(), e.to_string()),
-                    };
-                    pb::AckResult {
-                        receipt_handle: h,
-                        error_reason,
-                        error_message,
-                    }
-                })
-                .collect(),
-        }))
+        observed(self.broker.metrics(), "Ack", async move {
+            let r = req.into_inner();
+            let results = self.broker.ack(&r.group, &r.topic, &r.receipt_handles);
+            Ok(Response::new(pb::AckResponse {
+                results: r
+                    .receipt_handles
+                    .into_iter()
+                    .zip(results)
+                    .map(|(h, res)| {
+                        let (error_reason, error_message) = match res {
+                            Ok(()) => (String::new(), String::new()),
+                            Err(e) => (e.code().to_string(), e.to_string()),
+                        };
+                        pb::AckResult {
+                            receipt_handle: h,
+                            error_reason,
+                            error_message,
+                        }
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
 
     async fn change_invisible_duration(
         &self,
         req: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
-        let r = req.into_inner();
-        let until = self
-            .broker
-            .change_invisible(
-                &r.group,
-                &r.topic,
-                &r.receipt_handle,
-                Duration::from_millis(r.invisible_duration_ms as u64),
-            )
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ChangeInvisibleDurationResponse {
-            invisible_until_ms: until,
-        }))
+        observed(
+            self.broker.metrics(),
+            "ChangeInvisibleDuration",
+            async move {
+                let r = req.into_inner();
+                let until = self
+                    .broker
+                    .change_invisible(
+                        &r.group,
+                        &r.topic,
+                        &r.receipt_handle,
+                        Duration::from_millis(r.invisible_duration_ms as u64),
+                    )
+                    .map_err(to_status)?;
+                Ok(Response::new(pb::ChangeInvisibleDurationResponse {
+                    invisible_until_ms: until,
+                }))
+            },
+        )
+        .await
     }
 
     async fn nack(
         &self,
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
-        let r = req.into_inner();
-        let (at, dead) = self
-            .broker
-            .nack(&r.group, &r.topic, &r.receipt_handle)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::NackResponse {
-            redeliver_at_ms: at,
-            dead_lettered: dead,
-        }))
+        observed(self.broker.metrics(), "Nack", async move {
+            let r = req.into_inner();
+            let (at, dead) = self
+                .broker
+                .nack(&r.group, &r.topic, &r.receipt_handle)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(pb::NackResponse {
+                redeliver_at_ms: at,
+                dead_lettered: dead,
+            }))
+        })
+        .await
     }
 
     async fn pull(
         &self,
         req: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
-        let r = req.into_inner();
-        let pulled = self
-            .broker
-            .pull(
-                &r.topic,
-                r.queue_id,
-                r.offset,
-                match r.max_messages {
-                    0 => 32,
-                    n => n as usize,
-                },
-                match r.max_bytes {
-                    0 => 4 << 20,
-                    n => n as usize,
-                },
-                Duration::from_millis(r.wait_ms as u64),
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::PullResponse {
-            messages: pulled
-                .deliveries
-                .into_iter()
-                .map(convert::message)
-                .collect(),
-            next_offset: pulled.next_offset,
-            min_offset: pulled.min_offset,
-            max_offset: pulled.max_offset,
-        }))
+        observed(self.broker.metrics(), "Pull", async move {
+            let r = req.into_inner();
+            let pulled = self
+                .broker
+                .pull(PullSpec {
+                    group: &r.group,
+                    topic: &r.topic,
+                    queue_id: r.queue_id,
+                    offset: r.offset,
+                    max_messages: match r.max_messages {
+                        0 => 32,
+                        n => n as usize,
+                    },
+                    max_bytes: match r.max_bytes {
+                        0 => 4 << 20,
+                        n => n as usize,
+                    },
+                    wait: Duration::from_millis(r.wait_ms as u64),
+                })
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(pb::PullResponse {
+                messages: pulled
+                    .deliveries
+                    .into_iter()
+                    .map(convert::message)
+                    .collect(),
+                next_offset: pulled.next_offset,
+                min_offset: pulled.min_offset,
+                max_offset: pulled.max_offset,
+            }))
+        })
+        .await
     }
 
     async fn commit_offset(
         &self,
         req: Request<pb::CommitOffsetRequest>,
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
-        let r = req.into_inner();
-        self.broker
-            .commit_offset(
-                &r.group,
-                &r.topic,
-                r.queue_id,
-                r.offset,
-                &r.client_id,
-                r.generation,
-            )
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CommitOffsetResponse {}))
+        observed(self.broker.metrics(), "CommitOffset", async move {
+            let r = req.into_inner();
+            self.broker
+                .commit_offset(
+                    &r.group,
+                    &r.topic,
+                    r.queue_id,
+                    r.offset,
+                    &r.client_id,
+                    r.generation,
+                )
+                .map_err(to_status)?;
+            Ok(Response::new(pb::CommitOffsetResponse {}))
+        })
+        .await
     }
 
     async fn query_offset(
         &self,
         req: Request<pb::QueryOffsetRequest>,
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
-        let r = req.into_inner();
-        let (committed, min, max) = self
-            .broker
-            .query_offset(&r.group, &r.topic, r.queue_id)
-            .map_err(to_status)?;
-        Ok(Response::new(pb::QueryOffsetResponse {
-            committed_offset: committed,
-            min_offset: min,
-            max_offset: max,
-        }))
+        observed(self.broker.metrics(), "QueryOffset", async move {
+            let r = req.into_inner();
+            let (committed, min, max) = self
+                .broker
+                .query_offset(&r.group, &r.topic, r.queue_id)
+                .map_err(to_status)?;
+            Ok(Response::new(pb::QueryOffsetResponse {
+                committed_offset: committed,
+                min_offset: min,
+                max_offset: max,
+            }))
+        })
+        .await
     }
 
     async fn heartbeat(
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let r = req.into_inner();
-        let kind = match pb::ConsumerKind::try_from(r.kind).unwrap_or(pb::ConsumerKind::Unspecified)
-        {
-            pb::ConsumerKind::Push => MemberKind::Push,
-            pb::ConsumerKind::Pull => MemberKind::Pull,
-            pb::ConsumerKind::Producer => MemberKind::Producer,
-            pb::ConsumerKind::Unspecified => {
-                return Err(invalid("kind", "must be PUSH, PULL or PRODUCER"));
-            }
-        };
-        let a = self
-            .broker
-            .heartbeat(&r.group, &r.client_id, kind, r.topics)
-            .map_err(to_status)?;
-        Ok(Response::new(pb::HeartbeatResponse {
-            generation: a.generation,
-            assignments: a
-                .queues
-                .into_iter()
-                .map(|(topic, queue_id)| pb::QueueAssignment { topic, queue_id })
-                .collect(),
-            session_timeout_ms: self.broker.config().session_timeout.as_millis() as u32,
-        }))
+        observed(self.broker.metrics(), "Heartbeat", async move {
+            let r = req.into_inner();
+            let kind =
+                match pb::ConsumerKind::try_from(r.kind).unwrap_or(pb::ConsumerKind::Unspecified) {
+                    pb::ConsumerKind::Push => MemberKind::Push,
+                    pb::ConsumerKind::Pull => MemberKind::Pull,
+                    pb::ConsumerKind::Producer => MemberKind::Producer,
+                    pb::ConsumerKind::Unspecified => {
+                        return Err(invalid("kind", "must be PUSH, PULL or PRODUCER"));
+                    }
+                };
+            let a = self
+                .broker
+                .heartbeat(&r.group, &r.client_id, kind, r.topics)
+                .map_err(to_status)?;
+            Ok(Response::new(pb::HeartbeatResponse {
+                generation: a.generation,
+                assignments: a
+                    .queues
+                    .into_iter()
+                    .map(|(topic, queue_id)| pb::QueueAssignment { topic, queue_id })
+                    .collect(),
+                session_timeout_ms: self.broker.config().session_timeout.as_millis() as u32,
+            }))
+        })
+        .await
     }
 }
 
@@ -333,4 +371,7 @@ async fn push_loop(
         }
     }
     broker.close_receive(&sub, consumer).await;
+    if let Some(m) = broker.metrics() {
+        m.grpc_streams.dec();
+    }
 }

@@ -7,14 +7,23 @@ mod messaging;
 pub mod status;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use dduomq_proto::v1::admin_service_server::AdminServiceServer;
 use dduomq_proto::v1::messaging_service_server::MessagingServiceServer;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::{Code, Response, Status};
+use tracing::Instrument;
 
 use crate::messaging::Broker;
+use crate::metrics::Metrics;
 
 /// Largest gRPC message either way: a batch of maximum-size messages.
 const MAX_GRPC_MESSAGE: usize = 64 << 20;
@@ -42,6 +51,7 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let metrics = broker.metrics().cloned();
     let admin = AdminServiceServer::new(admin::AdminApi { broker })
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -50,7 +60,132 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(messaging)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener).map(move |conn| {
+                conn.map(|io| {
+                    let _ = io.set_nodelay(true);
+                    Counted::new(io, metrics.clone())
+                })
+            }),
+            shutdown,
+        )
         .await?;
     Ok(())
+}
+
+/// Runs one request in a tracing span and records its status and duration.
+pub(crate) async fn observed<T>(
+    metrics: Option<&Arc<Metrics>>,
+    method: &'static str,
+    handler: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = handler
+        .instrument(tracing::info_span!("grpc", method))
+        .await;
+    if let Some(m) = metrics {
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        m.grpc_requests
+            .with_label_values(&[method, code_name(code)])
+            .inc();
+        m.grpc_duration
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    if let Err(status) = &result {
+        tracing::debug!(method, code = ?status.code(), message = status.message(), "request refused");
+    }
+    result
+}
+
+/// The canonical name of a gRPC status code.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A client connection that is counted in `dduomq_grpc_connections` while open.
+struct Counted {
+    io: TcpStream,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Counted {
+    fn new(io: TcpStream, metrics: Option<Arc<Metrics>>) -> Counted {
+        if let Some(m) = &metrics {
+            m.grpc_connections.inc();
+        }
+        Counted { io, metrics }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.grpc_connections.dec();
+        }
+    }
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }

@@ -21,8 +21,7 @@ pub fn to_status(err: BrokerError) -> Status {
         "INVALID_ARGUMENT"
         | "MESSAGE_TOO_LARGE"
         | "INVALID_MESSAGE_ID"
-        | "INVALID_RECEIPT_HANDLE"
-        | "MESSAGE_TYPE_MISMATCH" => Code::InvalidArgument,
+        | "INVALID_RECEIPT_HANDLE" => Code::InvalidArgument,
         "STALE_GENERATION" | "QUEUE_NOT_ASSIGNED" => Code::FailedPrecondition,
         "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
         "DISK_FULL" => Code::ResourceExhausted,

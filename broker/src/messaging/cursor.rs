@@ -184,6 +184,11 @@ impl QueueCursor {
         self.retry.insert((at, offset));
     }
 
+    /// Offsets waiting for a scheduled redelivery.
+    pub fn retry_pending(&self) -> usize {
+        self.retry.len()
+    }
+
     /// Leases whose deadline has passed.
     pub fn expired(&self, now: i64) -> Vec<u64> {
         self.leases

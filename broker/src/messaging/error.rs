@@ -40,12 +40,6 @@ pub enum BrokerError {
         queue_id: u32,
         client_id: String,
     },
-    #[error("message type {got} cannot be sent to topic {topic:?} of type {expected}")]
-    MessageTypeMismatch {
-        topic: String,
-        expected: String,
-        got: String,
-    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -62,7 +56,6 @@ impl BrokerError {
             BrokerError::InvalidReceiptHandle(_) => "INVALID_RECEIPT_HANDLE",
             BrokerError::StaleGeneration { .. } => "STALE_GENERATION",
             BrokerError::QueueNotAssigned { .. } => "QUEUE_NOT_ASSIGNED",
-            BrokerError::MessageTypeMismatch { .. } => "MESSAGE_TYPE_MISMATCH",
             BrokerError::Store(e) => e.code(),
         }
     }

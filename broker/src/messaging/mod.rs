@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::MessagingConfig;
+use crate::metrics::Metrics;
 use crate::store::{Message, MessageId, MessageType, Record, Store, StoreError, now_millis};
 use cursor::{Lease, QueueCursor, Released};
 use error::{BrokerError, Result};
@@ -116,6 +117,19 @@ pub struct Pulled {
     pub max_offset: u64,
 }
 
+/// What a pull asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PullSpec<'a> {
+    /// For metrics only: pulls do not move the group's progress.
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub wait: Duration,
+}
+
 /// What a member learns from a heartbeat.
 #[derive(Debug, Clone)]
 pub struct Assignment {
@@ -157,11 +171,17 @@ pub struct Broker {
     round_robin: AtomicU64,
     started: Instant,
     shutdown: watch::Sender<bool>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Broker {
-    /// Loads topics, groups and progress from `<data_dir>/metadata/`.
-    pub fn open(config: MessagingConfig, store: Arc<Store>) -> Result<Broker> {
+    /// Loads topics, groups and progress from `<data_dir>/metadata/`. Metrics are
+    /// recorded when `metrics` is given.
+    pub fn open(
+        config: MessagingConfig,
+        store: Arc<Store>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Broker> {
         let meta = store.config().data_dir.join("metadata");
         Ok(Broker {
             topics: Topics::open(meta.join("topics.json"))?,
@@ -173,9 +193,14 @@ impl Broker {
             round_robin: AtomicU64::new(0),
             started: Instant::now(),
             shutdown: watch::channel(false).0,
+            metrics,
             config,
             store,
         })
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -299,6 +324,7 @@ impl Broker {
 
     /// Stores messages as one atomic batch.
     pub async fn send(&self, messages: Vec<SendMessage>) -> Result<Vec<SendReceipt>> {
+        let started = Instant::now();
         if messages.is_empty() {
             return Err(BrokerError::invalid("send", "no messages"));
         }
@@ -337,11 +363,21 @@ impl Broker {
                 ..Message::default()
             });
         }
-        let topics: Vec<String> = batch.iter().map(|m| m.topic.clone()).collect();
+        let topics: Vec<(String, usize)> = batch
+            .iter()
+            .map(|m| (m.topic.clone(), m.body.len()))
+            .collect();
         let acks = self.store.append(batch).await?;
+        if let Some(m) = &self.metrics {
+            for (topic, bytes) in &topics {
+                m.messages_in.with_label_values(&[topic]).inc();
+                m.bytes_in.with_label_values(&[topic]).inc_by(*bytes as u64);
+            }
+            m.produce_latency.observe(started.elapsed().as_secs_f64());
+        }
         Ok(acks
             .into_iter()
-            .zip(topics)
+            .zip(topics.into_iter().map(|(t, _)| t))
             .map(|(a, topic)| SendReceipt {
                 message_id: a.id.to_string(),
                 topic,
@@ -420,7 +456,14 @@ impl Broker {
                     .map(|(o, _)| *o)
                     .collect();
                 for offset in mine {
-                    dead.extend(Self::release_locked(&mut st, &group, q, offset, now));
+                    dead.extend(self.release_locked(
+                        &mut st,
+                        &group,
+                        &sub.key.topic,
+                        q,
+                        offset,
+                        now,
+                    ));
                 }
             }
             dead
@@ -432,8 +475,10 @@ impl Broker {
     /// Ends a lease without an ack; returns a dead-letter job when the message has
     /// used up its attempts.
     fn release_locked(
+        &self,
         st: &mut SubState,
         group: &GroupConfig,
+        topic: &str,
         queue_id: u32,
         offset: u64,
         now: i64,
@@ -444,7 +489,12 @@ impl Broker {
         })?;
         st.refund(&lease);
         match released {
-            Released::Retry { .. } => None,
+            Released::Retry { .. } => {
+                if let Some(m) = &self.metrics {
+                    m.retries.with_label_values(&[&group.name, topic]).inc();
+                }
+                None
+            }
             Released::DeadLetter { offset, .. } => Some((queue_id, offset)),
         }
     }
@@ -495,7 +545,7 @@ impl Broker {
                 .flat_map(|(q, c)| c.expired(now).into_iter().map(move |o| (*q, o)))
                 .collect();
             for (q, offset) in expired {
-                dead.extend(Self::release_locked(&mut st, &group, q, offset, now));
+                dead.extend(self.release_locked(&mut st, &group, &sub.key.topic, q, offset, now));
             }
             let start = st.round_robin;
             st.round_robin = st.round_robin.wrapping_add(1);
@@ -554,7 +604,22 @@ impl Broker {
             st.cursors.values().filter_map(|c| c.next_wake()).min()
         };
         self.dead_letter_all(sub, &group, dead).await;
+        self.count_deliveries(&out, &group.name);
         Ok((out, wake))
+    }
+
+    fn count_deliveries(&self, deliveries: &[Delivery], group: &str) {
+        let Some(m) = &self.metrics else { return };
+        let now = now_millis();
+        for d in deliveries {
+            let labels = [d.record.topic.as_str(), group];
+            m.messages_out.with_label_values(&labels).inc();
+            m.bytes_out
+                .with_label_values(&labels)
+                .inc_by(d.record.body.len() as u64);
+            m.consume_latency
+                .observe((now - d.record.store_timestamp).max(0) as f64 / 1000.0);
+        }
     }
 
     /// Moves messages that used up their attempts to the group's dead-letter
@@ -617,6 +682,11 @@ impl Broker {
                 }])
                 .await?;
             tracing::info!(group = %group.name, topic, queue_id, offset, attempts, "message dead-lettered");
+            if let Some(m) = &self.metrics {
+                m.dead_lettered
+                    .with_label_values(&[&group.name, topic])
+                    .inc();
+            }
         }
         if let Some(c) = sub.state.lock().cursors.get_mut(&queue_id) {
             c.mark_done(offset);
@@ -681,7 +751,7 @@ impl Broker {
                 .get(&h.queue_id)
                 .and_then(|c| c.lease_of(h.offset, h.delivery_id))
                 .ok_or_else(|| stale_handle(handle))?;
-            Self::release_locked(&mut st, &config, h.queue_id, h.offset, now)
+            self.release_locked(&mut st, &config, topic, h.queue_id, h.offset, now)
         };
         sub.notify.notify_waiters();
         match dead {
@@ -735,16 +805,17 @@ impl Broker {
 
     // ---- pull consumption -----------------------------------------------------
 
-    /// Reads a queue from `offset`, waiting up to `wait` for a first message.
-    pub async fn pull(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-        max_messages: usize,
-        max_bytes: usize,
-        wait: Duration,
-    ) -> Result<Pulled> {
+    /// Reads a queue from an offset, waiting up to `wait` for a first message.
+    pub async fn pull(&self, req: PullSpec<'_>) -> Result<Pulled> {
+        let PullSpec {
+            group,
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            max_bytes,
+            wait,
+        } = req;
         let t = self.topics.require(topic)?;
         if queue_id >= t.queues {
             return Err(BrokerError::QueueNotFound {
@@ -765,18 +836,14 @@ impl Broker {
                 max_bytes.max(1),
             )?;
             if !r.records.is_empty() || r.next_offset > offset {
+                let deliveries: Vec<Delivery> = r
+                    .records
+                    .into_iter()
+                    .map(|record| self.plain_delivery(record))
+                    .collect();
+                self.count_deliveries(&deliveries, group);
                 return Ok(Pulled {
-                    deliveries: r
-                        .records
-                        .into_iter()
-                        .map(|record| Delivery {
-                            message_id: self.message_id_of(&record),
-                            attempt: 1,
-                            receipt_handle: String::new(),
-                            invisible_until: 0,
-                            record,
-                        })
-                        .collect(),
+                    deliveries,
                     next_offset: r.next_offset,
                     min_offset: r.min_offset,
                     max_offset: r.max_offset,
@@ -955,8 +1022,8 @@ impl Broker {
 
     // ---- progress -------------------------------------------------------------
 
-    /// Writes every live cursor into the offset table and saves it.
-    pub fn persist_offsets(&self) -> Result<()> {
+    /// Copies every live cursor into the offset table.
+    fn sync_offsets(&self) {
         let subs: Vec<Arc<Subscription>> = self.subscriptions.lock().values().cloned().collect();
         let mut table = self.offsets.lock();
         for sub in subs {
@@ -966,13 +1033,18 @@ impl Broker {
                 table.set(sub.key.progress(*q), committed, extras);
             }
         }
-        table.save()
+    }
+
+    /// Writes every live cursor into the offset table and saves it.
+    pub fn persist_offsets(&self) -> Result<()> {
+        self.sync_offsets();
+        self.offsets.lock().save()
     }
 
     /// Progress of a group on every queue of its topics.
     pub fn describe_group(&self, name: &str) -> Result<GroupDescription> {
         let config = self.require_group(name)?;
-        self.persist_offsets()?;
+        self.sync_offsets();
         let mut keys: BTreeSet<(String, String)> = self
             .offsets
             .lock()
@@ -1197,6 +1269,71 @@ impl Broker {
     pub fn route(&self, topic: &str) -> Result<(TopicConfig, String)> {
         let t = self.topic_for_use(topic)?;
         Ok((t, self.config.advertised_address()))
+    }
+
+    /// Refreshes the gauges computed from live state (called at scrape time).
+    pub fn update_gauges(&self) {
+        let Some(m) = &self.metrics else { return };
+        let stats = self.store.stats();
+        m.commit_log_bytes
+            .set((stats.commit_log_max - stats.commit_log_min) as i64);
+        m.segments.set(stats.segments as i64);
+        if let Ok(ratio) = crate::store::disk_usage_ratio(&self.store.config().data_dir) {
+            m.disk_usage_ratio.set(ratio);
+        }
+        m.queue_max_offset.reset();
+        for t in self.topics.list() {
+            for q in 0..t.queues {
+                let max = self.store.queue_offsets(&t.name, q).1;
+                m.queue_max_offset
+                    .with_label_values(&[&t.name, &q.to_string()])
+                    .set(max as i64);
+            }
+        }
+        m.group_committed.reset();
+        m.group_lag.reset();
+        m.group_in_flight.reset();
+        let mut pending = 0;
+        for g in self.groups.list() {
+            let Ok(d) = self.describe_group(&g.name) else {
+                continue;
+            };
+            // Broadcast members: the group's progress is its slowest member's.
+            let mut per_queue: std::collections::BTreeMap<(String, u32), (u64, u64)> =
+                Default::default();
+            let mut in_flight: std::collections::BTreeMap<String, u64> = Default::default();
+            for q in d.queues {
+                let e = per_queue
+                    .entry((q.topic.clone(), q.queue_id))
+                    .or_insert((u64::MAX, q.max_offset));
+                e.0 = e.0.min(q.committed);
+                *in_flight.entry(q.topic).or_default() += q.in_flight as u64;
+            }
+            for ((topic, queue), (committed, max)) in per_queue {
+                let labels = [g.name.as_str(), topic.as_str(), &queue.to_string()];
+                m.group_committed
+                    .with_label_values(&labels)
+                    .set(committed as i64);
+                m.group_lag
+                    .with_label_values(&labels)
+                    .set(max.saturating_sub(committed) as i64);
+            }
+            for (topic, n) in in_flight {
+                m.group_in_flight
+                    .with_label_values(&[&g.name, &topic])
+                    .set(n as i64);
+            }
+        }
+        for sub in self.subscriptions.lock().values() {
+            pending += sub
+                .state
+                .lock()
+                .cursors
+                .values()
+                .map(|c| c.retry_pending())
+                .sum::<usize>();
+        }
+        m.delayed_pending.set(pending as i64);
     }
 
     /// Periodic work: expire silent members, persist progress.

@@ -21,6 +21,7 @@ mod error;
 mod index;
 mod mapped_file;
 mod message_id;
+mod observer;
 mod queues;
 mod record;
 mod recovery;
@@ -43,6 +44,7 @@ pub use consume_queue::tag_hash;
 pub use error::{Result, StoreError};
 pub use mapped_file::sync_dir;
 pub use message_id::MessageId;
+pub use observer::{NoObserver, StoreObserver};
 pub use record::{
     Codec, Message, MessageType, Record, RecordFlags, TransactionState, validate_topic_name,
 };
@@ -67,6 +69,7 @@ pub(crate) struct Inner {
     index: Mutex<Index>,
     /// The published commit-log end, for consumers waiting for new messages.
     arrivals: watch::Sender<u64>,
+    observer: Arc<dyn StoreObserver>,
 }
 
 /// Messages read from one queue.
@@ -107,6 +110,11 @@ impl Store {
     /// Opens (or creates) the store, recovering from any crash, and starts the
     /// writer and housekeeping threads.
     pub fn open(config: StoreConfig) -> Result<Store> {
+        Store::open_observed(config, Arc::new(NoObserver))
+    }
+
+    /// [`Store::open`], reporting timings and events to `observer`.
+    pub fn open_observed(config: StoreConfig, observer: Arc<dyn StoreObserver>) -> Result<Store> {
         config.validate()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)
@@ -129,10 +137,12 @@ impl Store {
                 config.index_entries,
             )?),
             arrivals,
+            observer,
             config,
         });
         let started = Instant::now();
         let recovery = recovery::recover(&inner, checkpoint)?;
+        inner.observer.corrupt(recovery.corrupt_ranges.len() as u64);
         let min = inner.commit_log.min_offset();
         for cq in inner.queues.all() {
             cq.advance_min(min)?;
@@ -210,7 +220,11 @@ impl Store {
         let (reply, done) = oneshot::channel();
         let messages = self.encode(messages)?;
         self.sender()?
-            .send(AppendRequest { messages, reply })
+            .send(AppendRequest {
+                messages,
+                reply,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         done.await.map_err(|_| StoreError::Closed)?
@@ -221,7 +235,11 @@ impl Store {
         let (reply, done) = oneshot::channel();
         let messages = self.encode(messages)?;
         self.sender()?
-            .blocking_send(AppendRequest { messages, reply })
+            .blocking_send(AppendRequest {
+                messages,
+                reply,
+                queued: Instant::now(),
+            })
             .map_err(|_| StoreError::Closed)?;
         done.blocking_recv().map_err(|_| StoreError::Closed)?
     }
@@ -292,6 +310,7 @@ impl Store {
                     break;
                 }
                 Ok(_) | Err(StoreError::Corrupt { .. }) => {
+                    self.inner.observer.corrupt(1);
                     tracing::error!(
                         topic,
                         queue_id,
@@ -405,8 +424,7 @@ impl Store {
 
     /// Flushes the commit log durably up to everything published.
     pub fn flush(&self) -> Result<()> {
-        let log = &self.inner.commit_log;
-        log.flush_to(log.visible())
+        flush_log(&self.inner, self.inner.commit_log.visible())
     }
 
     /// Runs one retention pass now.
@@ -462,12 +480,24 @@ fn lock_dir(dir: &std::path::Path) -> Result<File> {
     Ok(file)
 }
 
+/// Flushes the commit log up to `to`, reporting the time taken when there was
+/// anything to flush.
+pub(crate) fn flush_log(inner: &Inner, to: u64) -> Result<()> {
+    if inner.commit_log.flushed() >= to {
+        return Ok(());
+    }
+    let started = Instant::now();
+    inner.commit_log.flush_to(to)?;
+    inner.observer.flushed(started.elapsed());
+    Ok(())
+}
+
 /// Flushes the commit log, consume queues and index, then records that recovery
 /// may start at what was published before the flush.
 fn write_checkpoint(inner: &Inner) -> Result<()> {
     let log = &inner.commit_log;
     let recover_from = log.visible();
-    log.flush_to(recover_from)?;
+    flush_log(inner, recover_from)?;
     for cq in inner.queues.all() {
         cq.flush()?;
     }

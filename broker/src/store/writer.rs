@@ -35,6 +35,8 @@ pub(crate) struct Encoded {
 pub(crate) struct AppendRequest {
     pub messages: Vec<Encoded>,
     pub reply: oneshot::Sender<Result<Vec<Appended>>>,
+    /// When the caller queued it (append latency).
+    pub queued: std::time::Instant,
 }
 
 impl AppendRequest {
@@ -107,16 +109,16 @@ impl Writer {
                 let result = self
                     .plan(&req.messages, &mut index)
                     .map(|plan| self.commit(req.messages, plan, &mut index, &mut touched));
-                outcomes.push((req.reply, result));
+                outcomes.push((req.reply, req.queued, result));
             }
         }
-        let must_flush =
-            self.inner.config.flush == FlushMode::Sync && outcomes.iter().any(|(_, r)| r.is_ok());
-        if must_flush && let Err(e) = self.inner.commit_log.flush_to(self.write_pos) {
+        let must_flush = self.inner.config.flush == FlushMode::Sync
+            && outcomes.iter().any(|(_, _, r)| r.is_ok());
+        if must_flush && let Err(e) = super::flush_log(&self.inner, self.write_pos) {
             // The records are written and will be visible; the producers learn
             // that durability is not confirmed and may retry (at-least-once).
             let text = e.to_string();
-            for (_, result) in outcomes.iter_mut().filter(|(_, r)| r.is_ok()) {
+            for (_, _, result) in outcomes.iter_mut().filter(|(_, _, r)| r.is_ok()) {
                 *result = Err(StoreError::Io {
                     context: "flushing the commit log".into(),
                     source: std::io::Error::other(text.clone()),
@@ -128,7 +130,8 @@ impl Writer {
             cq.publish();
         }
         self.inner.arrivals.send_replace(self.write_pos);
-        for (reply, result) in outcomes {
+        for (reply, queued, result) in outcomes {
+            self.inner.observer.appended(queued.elapsed());
             let _ = reply.send(result);
         }
     }

@@ -9,21 +9,22 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The broker binary built alongside this test (`make test` builds every binary
-/// of the workspace before running tests).
-pub fn broker_binary() -> PathBuf {
+/// A workspace binary built alongside this test (`make test` builds every
+/// binary of the workspace before running tests).
+pub fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("dduomq-broker");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first with `cargo build -p dduomq-broker` (make test does)",
+        "{} is missing: build it first with `cargo build --workspace --bins` (make test does)",
         bin.display()
     );
     bin
 }
 
-fn free_port() -> u16 {
+/// A free loopback port.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind an ephemeral port")
         .local_addr()
@@ -84,7 +85,7 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(broker_binary());
+        let mut cmd = Command::new(sibling_binary("dduomq-broker"));
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(["--grpc-addr", &self.grpc, "--http-addr", &self.http])
