@@ -1,7 +1,10 @@
-//! The push consumer: the broker streams leased messages; a handler runs for each
+//! The push consumer: brokers stream leased messages; a handler runs for each
 //! with bounded concurrency; `Ok` acks, `Err` nacks (redelivered after the group's
-//! backoff). The stream is reopened if it breaks (e.g. a broker restart).
+//! backoff). There is one stream per broker holding readable queues of the topic
+//! (from the topic's route, refreshed periodically, so brokers that join are
+//! picked up); a stream is reopened if it breaks (e.g. a broker restart).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +51,7 @@ pub struct PushConsumerBuilder {
     max_in_flight_bytes: u64,
     invisible: Duration,
     request_timeout: Duration,
+    route_refresh: Duration,
 }
 
 /// A unique client id: host name, process id and a random suffix.
@@ -79,6 +83,7 @@ impl PushConsumerBuilder {
             max_in_flight_bytes: 0,
             invisible: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            route_refresh: Duration::from_secs(5),
         }
     }
     /// Stable id of this instance (its progress key in broadcast mode).
@@ -111,7 +116,7 @@ impl PushConsumerBuilder {
         self
     }
 
-    /// Subscribes and starts handling messages. Fails if the broker refuses the
+    /// Subscribes and starts handling messages. Fails if a broker refuses the
     /// subscription (unknown group or topic, bad names).
     pub async fn start<F, Fut, E>(self, handler: F) -> Result<PushConsumer>
     where
@@ -119,13 +124,76 @@ impl PushConsumerBuilder {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let client = MessagingServiceClient::new(channel(&self.endpoint)?)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        let first = open_stream(client.clone(), &self).await?;
+        let bootstrap = client(&self.endpoint)?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(client, self, Arc::new(handler), first, stopped));
-        Ok(PushConsumer { stop, task })
+        let handler = Arc::new(handler);
+        let mut tasks = Vec::new();
+        let mut known = BTreeSet::new();
+        for address in readable_brokers(bootstrap.clone(), &self).await? {
+            let broker = client(&address)?;
+            let first = open_stream(broker.clone(), &self).await?;
+            tasks.push(tokio::spawn(run(broker, self.clone(), handler.clone(), first, stopped.clone())));
+            known.insert(address);
+        }
+        let supervisor = tokio::spawn(follow_route(bootstrap, self, handler, known, stopped));
+        Ok(PushConsumer { stop, tasks, supervisor })
+    }
+}
+
+fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
+    Ok(MessagingServiceClient::new(channel(address)?)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE))
+}
+
+/// Addresses of the brokers holding readable queues of the topic.
+async fn readable_brokers(bootstrap: MessagingServiceClient<Channel>, cfg: &PushConsumerBuilder) -> Result<BTreeSet<String>> {
+    let route = with_deadline(
+        cfg.request_timeout,
+        bootstrap.clone().query_route(pb::QueryRouteRequest {
+            topic: cfg.topic.clone(),
+        }),
+    )
+    .await?;
+    Ok(route
+        .queues
+        .into_iter()
+        .filter(|q| q.readable)
+        .map(|q| q.broker_address)
+        .collect())
+}
+
+/// Starts a stream on every broker that appears in the topic's route later.
+async fn follow_route<F, Fut, E>(
+    bootstrap: MessagingServiceClient<Channel>,
+    cfg: PushConsumerBuilder,
+    handler: Arc<F>,
+    mut known: BTreeSet<String>,
+    mut stopped: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>>
+where
+    F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut tasks = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.route_refresh) => {}
+            _ = stopped.changed() => return tasks,
+        }
+        let Ok(addresses) = readable_brokers(bootstrap.clone(), &cfg).await else { continue };
+        for address in addresses.difference(&known.clone()) {
+            let Ok(broker) = client(address) else { continue };
+            match open_stream(broker.clone(), &cfg).await {
+                Ok(first) => {
+                    tracing::info!(broker = %address, "consuming from a new broker");
+                    tasks.push(tokio::spawn(run(broker, cfg.clone(), handler.clone(), first, stopped.clone())));
+                    known.insert(address.clone());
+                }
+                Err(e) => tracing::warn!(broker = %address, error = %e, "cannot subscribe on a new broker yet"),
+            }
+        }
     }
 }
 
@@ -134,15 +202,19 @@ impl PushConsumerBuilder {
 #[derive(Debug)]
 pub struct PushConsumer {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    supervisor: JoinHandle<Vec<JoinHandle<()>>>,
 }
 
 impl PushConsumer {
     /// Stops receiving, waits for running handlers (and their acks), and closes
-    /// the stream; unacked leases go back to the group.
+    /// the streams; unacked leases go back to the group.
     pub async fn shutdown(self) {
         self.stop.send_replace(true);
-        let _ = self.task.await;
+        let later = self.supervisor.await.unwrap_or_default();
+        for task in self.tasks.into_iter().chain(later) {
+            let _ = task.await;
+        }
     }
 }
 

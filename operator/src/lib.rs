@@ -1,4 +1,7 @@
-//! The DduoMQ operator library: metrics today; the Topic and ConsumerGroup
-//! controllers, the broker registry and placement arrive with the operator issue.
+//! The DduoMQ operator: the `Topic` and `ConsumerGroup` custom resources, the
+//! broker registry (EndpointSlices), queue placement and the route table, and
+//! the controllers that make the brokers match the resources.
 
+pub mod crd;
+pub mod crdgen;
 pub mod metrics;

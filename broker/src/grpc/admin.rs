@@ -253,6 +253,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::BrokerInfoResponse>, Status> {
         observed(self.broker.metrics(), "BrokerInfo", async move {
             let i = self.broker.info();
+            let (draining, unconsumed_messages) = self.broker.drain_state();
             Ok(Response::new(pb::BrokerInfoResponse {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 broker_id: i.broker_id,
@@ -263,7 +264,32 @@ impl AdminService for AdminApi {
                 segments: i.store.segments as u32,
                 topics: i.topics as u32,
                 groups: i.groups as u32,
+                draining,
+                unconsumed_messages,
+                route_epoch: self.broker.route_epoch(),
             }))
+        })
+        .await
+    }
+
+    async fn update_routes(
+        &self,
+        req: Request<pb::UpdateRoutesRequest>,
+    ) -> Result<Response<pb::UpdateRoutesResponse>, Status> {
+        observed(self.broker.metrics(), "UpdateRoutes", async move {
+            let (epoch, applied) = self.broker.update_routes(convert::route_table(req.into_inner()));
+            Ok(Response::new(pb::UpdateRoutesResponse { epoch, applied }))
+        })
+        .await
+    }
+
+    async fn set_draining(
+        &self,
+        req: Request<pb::SetDrainingRequest>,
+    ) -> Result<Response<pb::SetDrainingResponse>, Status> {
+        observed(self.broker.metrics(), "SetDraining", async move {
+            self.broker.set_draining(req.into_inner().draining);
+            Ok(Response::new(pb::SetDrainingResponse {}))
         })
         .await
     }

@@ -86,3 +86,41 @@ pub fn progress(p: QueueProgress) -> pb::GroupQueueStatus {
         client_id: p.member,
     }
 }
+
+pub fn queue_route(q: crate::messaging::routes::QueueRoute) -> pb::QueueRoute {
+    pb::QueueRoute {
+        queue_id: q.queue_id,
+        broker_id: q.broker_id,
+        broker_address: q.broker_address,
+        writable: q.writable,
+        readable: q.readable,
+    }
+}
+
+pub fn route_table(r: pb::UpdateRoutesRequest) -> crate::messaging::routes::RouteTable {
+    use crate::messaging::routes::{QueueRoute, RouteTable, TopicRoute};
+    RouteTable {
+        epoch: r.epoch,
+        topics: r
+            .topics
+            .into_iter()
+            .map(|t| {
+                let route = TopicRoute {
+                    message_type: message_type_from_pb(t.message_type),
+                    queues: t
+                        .queues
+                        .into_iter()
+                        .map(|q| QueueRoute {
+                            queue_id: q.queue_id,
+                            broker_id: q.broker_id,
+                            broker_address: q.broker_address,
+                            writable: q.writable,
+                            readable: q.readable,
+                        })
+                        .collect(),
+                };
+                (t.topic, route)
+            })
+            .collect(),
+    }
+}

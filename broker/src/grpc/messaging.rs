@@ -40,24 +40,13 @@ impl MessagingService for MessagingApi {
         req: Request<pb::QueryRouteRequest>,
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         observed(self.broker.metrics(), "QueryRoute", async move {
-            let (topic, address) = self
-                .broker
-                .route(&req.into_inner().topic)
-                .map_err(to_status)?;
-            let broker_id = self.broker.store().config().broker_id;
+            let topic = req.into_inner().topic;
+            let (route, epoch) = self.broker.route(&topic).map_err(to_status)?;
             Ok(Response::new(pb::QueryRouteResponse {
-                queues: (0..topic.queues)
-                    .map(|q| pb::QueueRoute {
-                        queue_id: q,
-                        broker_id,
-                        broker_address: address.clone(),
-                        writable: true,
-                        readable: true,
-                    })
-                    .collect(),
-                message_type: convert::message_type_to_pb(topic.message_type) as i32,
-                topic: topic.name,
-                epoch: 0,
+                message_type: convert::message_type_to_pb(route.message_type) as i32,
+                queues: route.queues.into_iter().map(convert::queue_route).collect(),
+                topic,
+                epoch,
             }))
         })
         .await

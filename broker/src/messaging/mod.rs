@@ -10,6 +10,7 @@ pub mod membership;
 mod metadata;
 pub mod offsets;
 pub mod receipt;
+pub mod routes;
 pub mod subscription;
 pub mod topics;
 
@@ -31,6 +32,7 @@ use groups::{ConsumeMode, GroupConfig, Groups};
 use membership::{MemberKind, Membership};
 use offsets::{OffsetTable, ProgressKey};
 use receipt::ReceiptHandle;
+use routes::{QueueRoute, RouteTable, TopicRoute};
 use subscription::{SubKey, SubState, Subscription, Usage};
 use topics::{TopicConfig, Topics};
 
@@ -172,6 +174,8 @@ pub struct Broker {
     started: Instant,
     shutdown: watch::Sender<bool>,
     metrics: Option<Arc<Metrics>>,
+    routes: parking_lot::RwLock<RouteTable>,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -194,6 +198,8 @@ impl Broker {
             started: Instant::now(),
             shutdown: watch::channel(false).0,
             metrics,
+            routes: Default::default(),
+            draining: Default::default(),
             config,
             store,
         })
@@ -1275,10 +1281,69 @@ impl Broker {
         }
     }
 
-    /// The route of a topic: in standalone mode every queue is on this broker.
-    pub fn route(&self, topic: &str) -> Result<(TopicConfig, String)> {
+    /// The route of a topic and the table's epoch: from the pushed route table in
+    /// a cluster, else (standalone) every queue on this broker.
+    pub fn route(&self, topic: &str) -> Result<(TopicRoute, u64)> {
+        let table = self.routes.read();
+        if table.epoch > 0 {
+            return table
+                .topics
+                .get(topic)
+                .map(|r| (r.clone(), table.epoch))
+                .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()));
+        }
+        drop(table);
         let t = self.topic_for_use(topic)?;
-        Ok((t, self.config.advertised_address()))
+        let writable = !self.draining.load(Ordering::Relaxed);
+        let route = TopicRoute {
+            message_type: t.message_type,
+            queues: (0..t.queues)
+                .map(|queue_id| QueueRoute {
+                    queue_id,
+                    broker_id: self.store.config().broker_id,
+                    broker_address: self.config.advertised_address(),
+                    writable,
+                    readable: true,
+                })
+                .collect(),
+        };
+        Ok((route, 0))
+    }
+
+    /// Installs a pushed route table if it is newer; returns the epoch now held
+    /// and whether the table was applied.
+    pub fn update_routes(&self, table: RouteTable) -> (u64, bool) {
+        let mut current = self.routes.write();
+        let applied = current.replace_if_newer(table);
+        if applied {
+            tracing::info!(epoch = current.epoch, topics = current.topics.len(), "route table updated");
+        }
+        (current.epoch, applied)
+    }
+
+    /// Starts or stops draining this broker.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+        tracing::info!(draining, "drain state changed");
+    }
+
+    /// Whether this broker is draining, and how many stored messages some group
+    /// has not consumed yet (a drained broker reports 0).
+    pub fn drain_state(&self) -> (bool, u64) {
+        let unconsumed = self
+            .groups
+            .list()
+            .iter()
+            .filter_map(|g| self.describe_group(&g.name).ok())
+            .flat_map(|d| d.queues)
+            .map(|q| q.max_offset.saturating_sub(q.committed))
+            .sum();
+        (self.draining.load(Ordering::Relaxed), unconsumed)
+    }
+
+    /// The epoch of the route table held (0 = standalone).
+    pub fn route_epoch(&self) -> u64 {
+        self.routes.read().epoch
     }
 
     /// Refreshes the gauges computed from live state (called at scrape time).
