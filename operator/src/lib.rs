@@ -2,6 +2,14 @@
 //! broker registry (EndpointSlices), queue placement and the route table, and
 //! the controllers that make the brokers match the resources.
 
+pub mod brokers;
+pub mod context;
 pub mod crd;
 pub mod crdgen;
+pub mod group;
+pub mod leader;
 pub mod metrics;
+pub mod placement;
+pub mod registry;
+pub mod routes;
+pub mod topic;

@@ -1,28 +1,47 @@
-//! `dduomq-operator`: the Kubernetes operator. The controllers arrive with the
-//! operator issue; today the process serves its health and metrics endpoints so
-//! that the chart, dashboards and alerts can be wired and tested against it.
+//! `dduomq-operator`: reconciles Topic and ConsumerGroup resources into the
+//! brokers, using the brokers' EndpointSlices as the registry, and pushes the
+//! route table. Serves `/healthz` and `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use clap::Parser;
-use dduomq_operator::metrics;
-use tokio::signal::unix::{SignalKind, signal};
+use dduomq_operator::brokers::BrokerPool;
+use dduomq_operator::context::Context;
+use dduomq_operator::{group, leader, metrics, registry, routes, topic};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::{Notify, watch};
 
 /// The DduoMQ operator.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     /// HTTP listen address (/healthz, /metrics).
-    #[arg(
-        long,
-        env = "DDUOMQ_OPERATOR_HTTP_ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "DDUOMQ_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// Namespace of the operator (its leader-election Lease lives there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dduomq-system")]
+    namespace: String,
+    /// This replica's identity for leader election.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Label selector of the brokers' EndpointSlices.
+    #[arg(long, env = "DDUOMQ_BROKER_SELECTOR", default_value = "app.kubernetes.io/name=dduomq,app.kubernetes.io/component=broker")]
+    broker_selector: String,
+    /// Namespace of the brokers' EndpointSlices (default: the operator's).
+    #[arg(long, env = "DDUOMQ_BROKER_NAMESPACE")]
+    broker_namespace: Option<String>,
+    /// Broker gRPC port when the EndpointSlice names no `grpc` port.
+    #[arg(long, default_value_t = 6086)]
+    broker_port: u16,
+    /// Periodic resync, which repairs drift on the brokers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    resync: Duration,
 }
 
 async fn render(State(m): State<Arc<metrics::Metrics>>) -> String {
@@ -42,17 +61,49 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render))
-        .with_state(m);
+        .with_state(m.clone());
     let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
-    tracing::info!(http = %args.http_addr, "operator serving health and metrics");
-    let mut term = signal(SignalKind::terminate())?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
-        .await?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = Client::try_default().await?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    leader::lead(client.clone(), &args.namespace, "dduomq-operator", &identity).await;
+    m.leader.set(1);
+
+    let (tx, brokers) = watch::channel(Vec::new());
+    tokio::spawn(registry::run(
+        client.clone(),
+        Some(args.broker_namespace.clone().unwrap_or_else(|| args.namespace.clone())),
+        args.broker_selector.clone(),
+        args.broker_port,
+        tx,
+    ));
+    let ctx = Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "dduomq-operator".into(),
+                instance: Some(identity),
+            },
+        ),
+        client,
+        brokers,
+        pool: BrokerPool::default(),
+        metrics: m,
+        resync: args.resync,
+        routes_changed: Arc::new(Notify::new()),
+    };
+    tracing::info!(selector = %args.broker_selector, "operator running");
+    tokio::spawn(routes::run(ctx.clone()));
+    tokio::join!(topic::run(ctx.clone()), group::run(ctx));
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "dduomq-operator".into())
 }

@@ -113,6 +113,7 @@ impl AdminService for AdminApi {
             if !g.retry_backoff_ms.is_empty() {
                 config.retry_backoff_ms = g.retry_backoff_ms;
             }
+            config.dead_letter = !g.disable_dead_letter;
             let created = self
                 .broker
                 .upsert_group(config.clone())

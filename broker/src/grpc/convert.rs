@@ -72,6 +72,7 @@ pub fn group(g: GroupConfig) -> pb::Group {
         mode: mode_to_pb(g.mode) as i32,
         max_delivery_attempts: g.max_delivery_attempts,
         retry_backoff_ms: g.retry_backoff_ms,
+        disable_dead_letter: !g.dead_letter,
     }
 }
 

@@ -32,6 +32,14 @@ pub struct GroupConfig {
     pub max_delivery_attempts: u32,
     /// Delay before redelivery n is `retry_backoff_ms[min(n, len) - 1]`.
     pub retry_backoff_ms: Vec<u64>,
+    /// Move messages that used up their attempts to `%DLQ%<group>`; when false
+    /// they are dropped (logged and counted).
+    #[serde(default = "enabled")]
+    pub dead_letter: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 impl GroupConfig {
@@ -128,6 +136,7 @@ mod tests {
             mode: ConsumeMode::Clustering,
             max_delivery_attempts: 16,
             retry_backoff_ms: vec![10, 20, 30],
+            dead_letter: true,
         };
         let ms: Vec<u64> = (1..=5).map(|a| g.backoff(a).as_millis() as u64).collect();
         assert_eq!(ms, vec![10, 20, 30, 30, 30]);
@@ -144,6 +153,7 @@ mod tests {
             mode: ConsumeMode::Broadcast,
             max_delivery_attempts: 3,
             retry_backoff_ms: vec![100],
+            dead_letter: true,
         };
         assert!(groups.upsert(g.clone()).unwrap());
         assert!(!groups.upsert(g.clone()).unwrap());

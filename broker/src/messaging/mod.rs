@@ -283,6 +283,7 @@ impl Broker {
                 .iter()
                 .map(|d| d.as_millis() as u64)
                 .collect(),
+            dead_letter: true,
         }
     }
 
@@ -666,7 +667,9 @@ impl Broker {
     ) -> Result<()> {
         let topic = &sub.key.topic;
         let read = self.store.read(topic, queue_id, offset, 1, usize::MAX);
-        if let Ok(r) = read
+        if !group.dead_letter {
+            tracing::warn!(group = %group.name, topic, queue_id, offset, "message dropped after its last attempt (dead-lettering is off)");
+        } else if let Ok(r) = read
             && let Some(rec) = r.records.into_iter().next()
         {
             let attempts = sub

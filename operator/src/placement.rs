@@ -1,0 +1,126 @@
+//! Placement: which broker takes writes for each queue, and the route table
+//! that follows. Pure functions, so the decisions are unit-tested.
+//!
+//! * Write queues are spread round robin over the ready, non-draining brokers in
+//!   name order, so each gets `queues / n` (±1).
+//! * A queue is readable on every ready broker where it is writable or still
+//!   holds messages (a queue that moved away keeps being consumed where it was).
+
+use std::collections::BTreeMap;
+
+use dduomq_proto::v1 as pb;
+
+use crate::registry::BrokerEndpoint;
+
+/// Queue id → name of the broker taking its writes.
+pub fn assign(queues: u32, writers: &[&BrokerEndpoint]) -> BTreeMap<u32, String> {
+    if writers.is_empty() {
+        return BTreeMap::new();
+    }
+    (0..queues)
+        .map(|q| (q, writers[q as usize % writers.len()].name.clone()))
+        .collect()
+}
+
+/// What the operator knows of one broker for one topic: which queue ids hold
+/// messages there (`None`: the topic is not on that broker).
+pub type QueuesWithData = Option<Vec<u32>>;
+
+/// The route of a topic over the ready brokers. `draining` brokers take no
+/// writes. Returns `None` while the topic is missing on a broker that should
+/// take writes (routes are published only once the topic exists everywhere).
+pub fn topic_route(
+    topic: &str,
+    message_type: pb::MessageType,
+    queues: u32,
+    ready: &[&BrokerEndpoint],
+    draining: &[String],
+    data: &BTreeMap<String, QueuesWithData>,
+) -> Option<pb::TopicRoute> {
+    let writers: Vec<&BrokerEndpoint> = ready
+        .iter()
+        .copied()
+        .filter(|b| !draining.contains(&b.name))
+        .collect();
+    let assignment = assign(queues, &writers);
+    let mut entries = Vec::new();
+    for b in ready {
+        let has = data.get(&b.name).cloned().flatten();
+        let writes: Vec<u32> = assignment
+            .iter()
+            .filter(|(_, owner)| **owner == b.name)
+            .map(|(q, _)| *q)
+            .collect();
+        if !writes.is_empty() && has.is_none() {
+            return None;
+        }
+        for q in 0..queues {
+            let writable = writes.contains(&q);
+            let readable = writable || has.as_ref().is_some_and(|h| h.contains(&q));
+            if writable || readable {
+                entries.push(pb::QueueRoute {
+                    queue_id: q,
+                    broker_id: b.broker_id,
+                    broker_address: b.address.clone(),
+                    writable,
+                    readable,
+                });
+            }
+        }
+    }
+    Some(pb::TopicRoute {
+        topic: topic.to_string(),
+        message_type: message_type as i32,
+        queues: entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(i: u32) -> BrokerEndpoint {
+        BrokerEndpoint {
+            name: format!("b-{i}"),
+            address: format!("10.0.0.{i}:6086"),
+            ready: true,
+            broker_id: i,
+        }
+    }
+
+    #[test]
+    fn queues_spread_evenly() {
+        let bs: Vec<BrokerEndpoint> = (0..3).map(broker).collect();
+        let refs: Vec<&BrokerEndpoint> = bs.iter().collect();
+        let a = assign(8, &refs);
+        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+        for owner in a.values() {
+            *per.entry(owner).or_default() += 1;
+        }
+        assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![3, 3, 2]);
+        assert!(assign(4, &[]).is_empty());
+    }
+
+    #[test]
+    fn routes_keep_old_data_readable_and_skip_draining_writers() {
+        let bs: Vec<BrokerEndpoint> = (0..2).map(broker).collect();
+        let refs: Vec<&BrokerEndpoint> = bs.iter().collect();
+        let mut data = BTreeMap::new();
+        data.insert("b-0".to_string(), Some(vec![1, 3]));
+        data.insert("b-1".to_string(), Some(vec![]));
+        // b-0 drains: every queue is written on b-1; b-0's queues 1 and 3 stay readable.
+        let r = topic_route("t", pb::MessageType::Normal, 4, &refs, &["b-0".into()], &data).unwrap();
+        let on = |name: &str| -> Vec<(u32, bool, bool)> {
+            r.queues
+                .iter()
+                .filter(|q| q.broker_address.starts_with(&format!("10.0.0.{}", &name[2..])))
+                .map(|q| (q.queue_id, q.writable, q.readable))
+                .collect()
+        };
+        assert_eq!(on("b-0"), vec![(1, false, true), (3, false, true)]);
+        assert_eq!(on("b-1"), (0..4).map(|q| (q, true, true)).collect::<Vec<_>>());
+        // A writer without the topic yet: no route.
+        data.insert("b-1".to_string(), None);
+        assert!(topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).is_none());
+    }
+}

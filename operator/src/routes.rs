@@ -1,0 +1,84 @@
+//! The route publisher: recomputes the cluster route table from the Topics and
+//! the ready brokers, and pushes it to every ready broker with a new epoch when it
+//! changes (and the current one to brokers that come back).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dduomq_proto::v1 as pb;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use crate::context::{Context, MANAGED, annotated};
+use crate::crd::Topic;
+use crate::placement::{self, QueuesWithData};
+use crate::topic::message_type;
+
+/// How often routes are recomputed even without a trigger.
+const PERIOD: Duration = Duration::from_secs(3);
+
+/// Runs until the process stops.
+pub async fn run(mut ctx: Context) {
+    let mut epoch = 0u64;
+    let mut last: Option<Vec<pb::TopicRoute>> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PERIOD) => {}
+            _ = ctx.routes_changed.notified() => {}
+            _ = ctx.brokers.changed() => {}
+        }
+        let ready = ctx.ready_brokers();
+        ctx.metrics.brokers_ready.set(ready.len() as i64);
+        if ready.is_empty() {
+            continue;
+        }
+        let topics = match Api::<Topic>::all(ctx.client.clone()).list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing topics failed");
+                continue;
+            }
+        };
+        let mut draining = Vec::new();
+        for b in &ready {
+            if ctx.pool.broker_info(&b.address).await.is_ok_and(|i| i.draining) {
+                draining.push(b.name.clone());
+            }
+        }
+        let refs: Vec<_> = ready.iter().collect();
+        let mut routes = Vec::new();
+        for t in topics.iter().filter(|t| t.metadata.deletion_timestamp.is_none() && !annotated(*t, MANAGED, "false")) {
+            let name = t.name_any();
+            let mut data: BTreeMap<String, QueuesWithData> = BTreeMap::new();
+            for b in &ready {
+                let queues = ctx.pool.describe_topic(&b.address, &name).await.ok().map(|d| {
+                    d.queues
+                        .iter()
+                        .filter(|q| q.max_offset > 0)
+                        .map(|q| q.queue_id)
+                        .collect()
+                });
+                data.insert(b.name.clone(), queues);
+            }
+            if let Some(route) = placement::topic_route(&name, message_type(t.spec.message_type), t.spec.queues, &refs, &draining, &data) {
+                routes.push(route);
+            }
+        }
+        routes.sort_by(|a, b| a.topic.cmp(&b.topic));
+        if last.as_ref() != Some(&routes) {
+            let now = k8s_openapi::jiff::Timestamp::now().as_millisecond() as u64;
+            epoch = now.max(epoch + 1);
+            tracing::info!(epoch, topics = routes.len(), draining = draining.len(), "route table changed");
+            last = Some(routes.clone());
+        }
+        for b in &ready {
+            let req = pb::UpdateRoutesRequest {
+                epoch,
+                topics: routes.clone(),
+            };
+            if let Err(e) = ctx.pool.update_routes(&b.address, req).await {
+                tracing::warn!(broker = %b.name, error = %e, "pushing routes failed");
+            }
+        }
+    }
+}
