@@ -1,1 +1,444 @@
-fn main() {}
+//! The operator against a real kube-apiserver (run by `e2e/run operator`, inside
+//! the network namespace it creates). Real broker processes listen on the
+//! namespace's addresses; the test publishes their EndpointSlice; the operator
+//! runs with the ServiceAccount token bound to the shipped ClusterRole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dduomq_client::proto as pb;
+use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
+use dduomq_operator::crd::{ConsumerGroup, Topic};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use parking_lot::Mutex;
+use serde_json::json;
+
+const SYSTEM_NS: &str = "dduomq-system";
+const APP_NS: &str = "apps";
+
+struct Env {
+    bin: PathBuf,
+    kubectl: PathBuf,
+    work: PathBuf,
+    operator_kubeconfig: String,
+    ips: Vec<String>,
+}
+
+impl Env {
+    fn load() -> Env {
+        let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run this test with `e2e/run operator`"));
+        Env {
+            bin: var("DDUOMQ_E2E_BIN_DIR").into(),
+            kubectl: var("DDUOMQ_E2E_KUBECTL").into(),
+            work: var("DDUOMQ_E2E_WORK").into(),
+            operator_kubeconfig: var("DDUOMQ_E2E_OPERATOR_KUBECONFIG"),
+            ips: var("DDUOMQ_E2E_BROKER_IPS").split_whitespace().map(String::from).collect(),
+        }
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::File::create(self.work.join(format!("{name}.log"))).unwrap()
+    }
+
+    fn start_broker(&self, i: usize) -> Child {
+        let ip = &self.ips[i];
+        Command::new(self.bin.join("dduomq-broker"))
+            .arg("--data-dir")
+            .arg(self.work.join(format!("broker-{i}")))
+            .args(["--grpc-addr", &format!("{ip}:6086"), "--http-addr", &format!("{ip}:7654")])
+            .args(["--advertised-address", &format!("{ip}:6086"), "--broker-id", &i.to_string()])
+            .args(["--auto-create-topics", "false"])
+            .stdout(self.log(&format!("broker-{i}")))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start broker")
+    }
+
+    fn start_operator(&self, name: &str) -> Child {
+        Command::new(self.bin.join("dduomq-operator"))
+            .env("KUBECONFIG", &self.operator_kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--namespace", SYSTEM_NS, "--identity", name, "--resync", "3s"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .stdout(self.log(name))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start operator")
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(&self.kubectl)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    }
+
+    fn grpc(&self, i: usize) -> String {
+        format!("{}:6086", self.ips[i])
+    }
+}
+
+async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn step(name: &str) -> Instant {
+    eprintln!("=== {name}");
+    Instant::now()
+}
+
+/// Publishes the brokers' EndpointSlice with the given readiness.
+async fn publish_slice(client: &Client, env: &Env, ready: &[bool]) {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let endpoints: Vec<_> = env
+        .ips
+        .iter()
+        .zip(ready)
+        .enumerate()
+        .map(|(i, (ip, r))| json!({"addresses": [ip], "hostname": format!("dduomq-broker-{i}"), "conditions": {"ready": r}}))
+        .collect();
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "dduomq-broker-e2e", "labels": {
+            "kubernetes.io/service-name": "dduomq-broker",
+            "app.kubernetes.io/name": "dduomq", "app.kubernetes.io/component": "broker"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 6086, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    });
+    api.patch("dduomq-broker-e2e", &PatchParams::apply("e2e").force(), &Patch::Apply(&slice))
+        .await
+        .unwrap();
+}
+
+fn topic_yaml(name: &str, queues: u32, extra: &str) -> String {
+    format!("apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {name}\n  namespace: {APP_NS}\nspec:\n  queues: {queues}\n{extra}")
+}
+
+fn ready(status: Option<&dduomq_operator::crd::TopicStatus>) -> bool {
+    status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Queue count of a topic on broker `i` (None: not there).
+async fn queues_on(env: &Env, i: usize, topic: &str) -> Option<u32> {
+    let d = Admin::connect(&env.grpc(i)).ok()?.describe_topic(topic).await.ok()?;
+    Some(d.queues.len() as u32)
+}
+
+/// `(writable, readable)` queue counts per broker address in broker 0's route.
+async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, (usize, usize)>> {
+    let mut c = pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{}", env.grpc(0)))
+        .await
+        .ok()?;
+    let r = c.query_route(pb::QueryRouteRequest { topic: topic.into() }).await.ok()?.into_inner();
+    if r.epoch == 0 {
+        return None;
+    }
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for q in r.queues {
+        let e = out.entry(q.broker_address).or_default();
+        e.0 += q.writable as usize;
+        e.1 += q.readable as usize;
+    }
+    Some(out)
+}
+
+async fn total_lag(env: &Env, group: &str) -> u64 {
+    let mut lag = 0;
+    for i in 0..env.ips.len() {
+        if let Ok(d) = Admin::connect(&env.grpc(i)).unwrap().describe_group(group).await {
+            lag += d.queues.iter().map(|q| q.lag).sum::<u64>();
+        }
+    }
+    lag
+}
+
+/// Consumes `n` messages of `topic` for `group` from every broker.
+async fn consume(env: &Env, group: &str, topic: &str, n: usize) -> Vec<String> {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let consumer = PushConsumerBuilder::new(env.grpc(0), group, topic)
+        .start(move |m| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().push(String::from_utf8(m.body.to_vec()).unwrap());
+                Ok::<(), String>(())
+            }
+        })
+        .await
+        .unwrap();
+    eventually(&format!("{n} messages of {topic}"), Duration::from_secs(30), async || {
+        (seen.lock().len() >= n).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    consumer.shutdown().await;
+    let v = seen.lock().clone();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_scenarios() {
+    let env = Env::load();
+    let client = Client::try_default().await.expect("admin kubeconfig");
+    let mut brokers: Vec<Child> = (0..env.ips.len()).map(|i| env.start_broker(i)).collect();
+    publish_slice(&client, &env, &[true, true, true]).await;
+    let mut operator = env.start_operator("operator-a");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": APP_NS}})).unwrap())
+        .await
+        .unwrap();
+    let topics: Api<Topic> = Api::namespaced(client.clone(), APP_NS);
+    let groups: Api<ConsumerGroup> = Api::namespaced(client.clone(), APP_NS);
+    let suite = Instant::now();
+
+    let t = step("kubectl apply a Topic → Ready, on every broker, queues spread");
+    let out = env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("orders", 6, "")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = eventually("orders Ready", Duration::from_secs(30), async || {
+        let t = topics.get("orders").await.ok()?;
+        ready(t.status.as_ref()).then(|| t.status.clone().unwrap())
+    })
+    .await;
+    assert_eq!(status.broker_count, 3);
+    assert_eq!(status.assignment.len(), 6);
+    let per: BTreeMap<&str, usize> = status.assignment.iter().fold(BTreeMap::new(), |mut m, a| {
+        *m.entry(a.broker.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{per:?}");
+    for i in 0..3 {
+        assert_eq!(queues_on(&env, i, "orders").await, Some(6), "broker {i}");
+    }
+    let route = eventually("the route table", Duration::from_secs(20), async || route_on(&env, "orders").await).await;
+    assert_eq!(route.len(), 3);
+    assert!(route.values().all(|(w, _)| *w == 2), "{route:?}");
+    eprintln!("    ready in {:?}", t.elapsed());
+
+    step("kubectl get topics shows the printer columns");
+    let out = env.kubectl(&["get", "topics", "-n", APP_NS], None);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let header: Vec<&str> = text.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, vec!["NAME", "READY", "QUEUES", "TYPE", "AGE"], "{text}");
+    let row: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(&row[..4], ["orders", "True", "6", "Normal"], "{text}");
+    let out = env.kubectl(&["get", "dduomq", "-n", APP_NS, "-o", "name"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("topic.dduomq.io/orders"));
+    let out = env.kubectl(&["explain", "topics.spec.queues"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Number of queues"));
+
+    step("produce across brokers; a ConsumerGroup consumes everything");
+    let out = env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!("apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: billing\n  namespace: {APP_NS}\nspec:\n  subscriptions:\n  - topic: orders\n  maxDeliveryAttempts: 5\n  retryBackoff: [\"200ms\"]\n")),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("billing Ready", Duration::from_secs(30), async || {
+        let g = groups.get("billing").await.ok()?;
+        g.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.status == "True"))
+            .then_some(())
+    })
+    .await;
+    let producer = ProducerBuilder::new(env.grpc(0)).build().unwrap();
+    let mut used = BTreeSet::new();
+    for i in 0..60 {
+        let r = producer.send(Message::new("orders", format!("order-{i}"))).await.unwrap();
+        used.insert(r.queue_id);
+    }
+    assert_eq!(used.len(), 6, "every queue took writes");
+    for i in 0..3 {
+        let d = Admin::connect(&env.grpc(i)).unwrap().describe_topic("orders").await.unwrap();
+        assert_eq!(d.queues.iter().map(|q| q.max_offset).sum::<u64>(), 20, "broker {i} holds its share");
+    }
+    let got: BTreeSet<String> = consume(&env, "billing", "orders", 60).await.into_iter().collect();
+    assert_eq!(got.len(), 60);
+    assert_eq!(total_lag(&env, "billing").await, 0);
+
+    step("invalid specs are refused by the API server with the CEL message");
+    for (yaml, message) in [
+        (topic_yaml("bad", 0, ""), "spec.queues"),
+        (topic_yaml("orders", 3, ""), "queues cannot be decreased"),
+        (topic_yaml("orders", 6, "  messageType: FIFO\n"), "messageType is immutable"),
+        (
+            format!("apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: both\n  namespace: {APP_NS}\nspec:\n  subscriptions:\n  - topic: orders\n    tag: A\n    sql: \"a > 1\"\n"),
+            "a subscription filters by tag or by SQL, not both",
+        ),
+    ] {
+        let out = env.kubectl(&["apply", "-f", "-"], Some(&yaml));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{yaml}");
+        assert!(stderr.contains(message), "expected {message:?} in: {stderr}");
+    }
+    assert_eq!(topics.get("orders").await.unwrap().spec.queues, 6, "nothing changed");
+
+    step("changing queues updates the brokers");
+    topics
+        .patch("orders", &PatchParams::default(), &Patch::Merge(json!({"spec": {"queues": 9}})))
+        .await
+        .unwrap();
+    eventually("9 queues everywhere", Duration::from_secs(30), async || {
+        for i in 0..3 {
+            if queues_on(&env, i, "orders").await != Some(9) {
+                return None;
+            }
+        }
+        let t = topics.get("orders").await.ok()?;
+        (t.status?.assignment.len() == 9).then_some(())
+    })
+    .await;
+
+    step("a broker turning not-ready leaves the write route, and returns");
+    publish_slice(&client, &env, &[true, true, false]).await;
+    let gone = env.grpc(2);
+    eventually("broker 2 out of the write route", Duration::from_secs(30), async || {
+        let r = route_on(&env, "orders").await?;
+        (r.get(&gone).is_none() && r.values().map(|(w, _)| w).sum::<usize>() == 9).then_some(())
+    })
+    .await;
+    eventually("brokerCount 2", Duration::from_secs(30), async || {
+        (topics.get("orders").await.ok()?.status?.broker_count == 2).then_some(())
+    })
+    .await;
+    publish_slice(&client, &env, &[true, true, true]).await;
+    eventually("broker 2 back in the write route", Duration::from_secs(30), async || {
+        let r = route_on(&env, "orders").await?;
+        (r.get(&gone).is_some_and(|(w, _)| *w == 3)).then_some(())
+    })
+    .await;
+
+    step("drift is repaired: a topic deleted on a broker comes back");
+    Admin::connect(&env.grpc(1)).unwrap().delete_topic("orders").await.unwrap();
+    assert_eq!(queues_on(&env, 1, "orders").await, None);
+    eventually("orders back on broker 1", Duration::from_secs(30), async || {
+        (queues_on(&env, 1, "orders").await == Some(9)).then_some(())
+    })
+    .await;
+
+    step("a ConsumerGroup offsetReset is applied exactly once per requestId");
+    let reset = |id: &str| json!({"spec": {"offsetReset": {"requestId": id, "to": "Earliest"}}});
+    groups
+        .patch("billing", &PatchParams::default(), &Patch::Merge(reset("r1")))
+        .await
+        .unwrap();
+    eventually("reset r1 applied", Duration::from_secs(30), async || {
+        let g = groups.get("billing").await.ok()?;
+        (g.status?.last_applied_reset?.request_id == "r1").then_some(())
+    })
+    .await;
+    // Broker 1 lost its copy of the messages when the topic was deleted on it.
+    let expected = 40;
+    assert_eq!(total_lag(&env, "billing").await, expected);
+    consume(&env, "billing", "orders", expected as usize).await;
+    assert_eq!(total_lag(&env, "billing").await, 0);
+    // More resyncs pass; the same request is not applied again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(total_lag(&env, "billing").await, 0, "r1 re-applied");
+    groups
+        .patch("billing", &PatchParams::default(), &Patch::Merge(reset("r2")))
+        .await
+        .unwrap();
+    eventually("reset r2 applied", Duration::from_secs(30), async || {
+        let lag = total_lag(&env, "billing").await;
+        (lag == expected).then_some(())
+    })
+    .await;
+
+    step("operator restart resumes from the resources");
+    let _ = operator.kill();
+    let _ = operator.wait();
+    operator = env.start_operator("operator-b");
+    topics
+        .patch("orders", &PatchParams::default(), &Patch::Merge(json!({"spec": {"queues": 12}})))
+        .await
+        .unwrap();
+    eventually("12 queues after the restart", Duration::from_secs(60), async || {
+        for i in 0..3 {
+            if queues_on(&env, i, "orders").await != Some(12) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+
+    step("a second operator replica waits for the leader lease");
+    let mut standby = env.start_operator("operator-c");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), SYSTEM_NS)
+        .get("dduomq-operator")
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("operator-b"));
+    let _ = standby.kill();
+    let _ = standby.wait();
+
+    step("deletionPolicy Retain keeps the broker topic; Delete removes it");
+    env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("keep", 2, "  deletionPolicy: Retain\n")));
+    eventually("keep on the brokers", Duration::from_secs(30), async || {
+        (queues_on(&env, 0, "keep").await == Some(2)).then_some(())
+    })
+    .await;
+    topics.delete("keep", &DeleteParams::default()).await.unwrap();
+    eventually("keep deleted", Duration::from_secs(30), async || topics.get_opt("keep").await.ok()?.is_none().then_some(())).await;
+    assert_eq!(queues_on(&env, 0, "keep").await, Some(2), "Retain kept it");
+    groups.delete("billing", &DeleteParams::default()).await.unwrap();
+    topics.delete("orders", &DeleteParams::default()).await.unwrap();
+    eventually("orders gone from k8s and brokers", Duration::from_secs(30), async || {
+        if topics.get_opt("orders").await.ok()?.is_some() {
+            return None;
+        }
+        for i in 0..3 {
+            if queues_on(&env, i, "orders").await.is_some() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+
+    step("finalizer escape hatch: deletion completes when no broker is left");
+    env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("orphan", 1, "")));
+    eventually("orphan Ready", Duration::from_secs(30), async || {
+        ready(topics.get("orphan").await.ok()?.status.as_ref()).then_some(())
+    })
+    .await;
+    publish_slice(&client, &env, &[false, false, false]).await;
+    for b in &mut brokers {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    topics.delete("orphan", &DeleteParams::default()).await.unwrap();
+    eventually("orphan deleted without brokers", Duration::from_secs(30), async || {
+        topics.get_opt("orphan").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    let _ = operator.kill();
+    let _ = operator.wait();
+    eprintln!("operator scenarios passed in {:?}", suite.elapsed());
+}

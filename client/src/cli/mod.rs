@@ -2,6 +2,7 @@
 //! scripts; see `dduomq --help`.
 
 mod bench;
+mod broker;
 mod consume;
 mod group;
 mod lookup;
@@ -54,6 +55,9 @@ pub enum Command {
     Consume(consume::ConsumeArgs),
     /// Find messages by id or key.
     Lookup(lookup::LookupArgs),
+    /// Broker info and draining.
+    #[command(subcommand)]
+    Broker(broker::BrokerCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -84,5 +88,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(a) => consume::run(server, format, a).await,
         Command::Lookup(a) => lookup::run(server, format, a).await,
         Command::Bench(c) => bench::run(server, format, c).await,
+        Command::Broker(c) => broker::run(server, format, c).await,
     }
 }
