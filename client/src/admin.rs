@@ -154,7 +154,9 @@ impl Admin {
     /// Starts (true) or stops draining the broker.
     pub async fn set_draining(&self, draining: bool) -> Result<()> {
         let req = pb::SetDrainingRequest { draining };
-        with_deadline(self.timeout, self.client.clone().set_draining(req)).await.map(|_| ())
+        with_deadline(self.timeout, self.client.clone().set_draining(req))
+            .await
+            .map(|_| ())
     }
 
     pub async fn broker_info(&self) -> Result<pb::BrokerInfoResponse> {

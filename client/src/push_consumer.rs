@@ -132,11 +132,21 @@ impl PushConsumerBuilder {
         for address in readable_brokers(bootstrap.clone(), &self).await? {
             let broker = client(&address)?;
             let first = open_stream(broker.clone(), &self).await?;
-            tasks.push(tokio::spawn(run(broker, self.clone(), handler.clone(), first, stopped.clone())));
+            tasks.push(tokio::spawn(run(
+                broker,
+                self.clone(),
+                handler.clone(),
+                first,
+                stopped.clone(),
+            )));
             known.insert(address);
         }
         let supervisor = tokio::spawn(follow_route(bootstrap, self, handler, known, stopped));
-        Ok(PushConsumer { stop, tasks, supervisor })
+        Ok(PushConsumer {
+            stop,
+            tasks,
+            supervisor,
+        })
     }
 }
 
@@ -147,7 +157,10 @@ fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
 }
 
 /// Addresses of the brokers holding readable queues of the topic.
-async fn readable_brokers(bootstrap: MessagingServiceClient<Channel>, cfg: &PushConsumerBuilder) -> Result<BTreeSet<String>> {
+async fn readable_brokers(
+    bootstrap: MessagingServiceClient<Channel>,
+    cfg: &PushConsumerBuilder,
+) -> Result<BTreeSet<String>> {
     let route = with_deadline(
         cfg.request_timeout,
         bootstrap.clone().query_route(pb::QueryRouteRequest {
@@ -182,16 +195,28 @@ where
             _ = tokio::time::sleep(cfg.route_refresh) => {}
             _ = stopped.changed() => return tasks,
         }
-        let Ok(addresses) = readable_brokers(bootstrap.clone(), &cfg).await else { continue };
+        let Ok(addresses) = readable_brokers(bootstrap.clone(), &cfg).await else {
+            continue;
+        };
         for address in addresses.difference(&known.clone()) {
-            let Ok(broker) = client(address) else { continue };
+            let Ok(broker) = client(address) else {
+                continue;
+            };
             match open_stream(broker.clone(), &cfg).await {
                 Ok(first) => {
                     tracing::info!(broker = %address, "consuming from a new broker");
-                    tasks.push(tokio::spawn(run(broker, cfg.clone(), handler.clone(), first, stopped.clone())));
+                    tasks.push(tokio::spawn(run(
+                        broker,
+                        cfg.clone(),
+                        handler.clone(),
+                        first,
+                        stopped.clone(),
+                    )));
                     known.insert(address.clone());
                 }
-                Err(e) => tracing::warn!(broker = %address, error = %e, "cannot subscribe on a new broker yet"),
+                Err(e) => {
+                    tracing::warn!(broker = %address, error = %e, "cannot subscribe on a new broker yet")
+                }
             }
         }
     }

@@ -57,6 +57,7 @@ async fn create_group(
             mode: mode as i32,
             max_delivery_attempts: attempts,
             retry_backoff_ms: backoff_ms,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -447,6 +448,57 @@ async fn failing_messages_go_to_the_dead_letter_topic_after_exactly_max_attempts
         g.queues
     );
     let _ = good;
+}
+
+#[tokio::test]
+async fn with_dead_lettering_off_exhausted_messages_are_dropped() {
+    let b = Broker::start();
+    let admin = Admin::connect(&b.grpc).unwrap();
+    admin
+        .create_group(pb::Group {
+            name: "strict".into(),
+            max_delivery_attempts: 2,
+            retry_backoff_ms: vec![50],
+            disable_dead_letter: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
+    producer.send(Message::new("jobs", "poison")).await.unwrap();
+    let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let log = attempts.clone();
+    let consumer = PushConsumerBuilder::new(&b.grpc, "strict", "jobs")
+        .start(move |m| {
+            let log = log.clone();
+            async move {
+                log.lock().push(m.delivery_attempt);
+                Err::<(), _>("always fails")
+            }
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the group to finish the message",
+        async || {
+            let d = admin.describe_group("strict").await.unwrap();
+            d.queues
+                .iter()
+                .all(|q| q.lag == 0 && q.in_flight == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    consumer.shutdown().await;
+    assert_eq!(*attempts.lock(), vec![1, 2]);
+    let dlq = admin.describe_topic("%DLQ%strict").await.unwrap();
+    assert_eq!(
+        dlq.queues.iter().map(|q| q.max_offset).sum::<u64>(),
+        0,
+        "nothing dead-lettered"
+    );
 }
 
 #[tokio::test]

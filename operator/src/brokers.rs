@@ -35,12 +35,17 @@ impl BrokerPool {
         if let Some(c) = clients.get(address) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| BrokerCallError {
-            address: address.to_string(),
-            reason: String::new(),
-            message: e.to_string(),
-        })?;
-        let c = AdminServiceClient::new(endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy());
+        let endpoint =
+            Endpoint::from_shared(format!("http://{address}")).map_err(|e| BrokerCallError {
+                address: address.to_string(),
+                reason: String::new(),
+                message: e.to_string(),
+            })?;
+        let c = AdminServiceClient::new(
+            endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy(),
+        );
         clients.insert(address.to_string(), c.clone());
         Ok(c)
     }
@@ -71,57 +76,112 @@ impl BrokerPool {
         }
     }
 
-    pub async fn create_topic(&self, address: &str, name: &str, queues: u32, message_type: pb::MessageType) -> Result<(), BrokerCallError> {
+    pub async fn create_topic(
+        &self,
+        address: &str,
+        name: &str,
+        queues: u32,
+        message_type: pb::MessageType,
+    ) -> Result<(), BrokerCallError> {
         let req = pb::CreateTopicRequest {
             name: name.to_string(),
             queues,
             message_type: message_type as i32,
         };
-        self.call(address, |mut c| async move { c.create_topic(req).await }).await.map(|_| ())
+        self.call(address, |mut c| async move { c.create_topic(req).await })
+            .await
+            .map(|_| ())
     }
 
     /// Deletes a topic; one that is already gone counts as deleted.
     pub async fn delete_topic(&self, address: &str, name: &str) -> Result<(), BrokerCallError> {
-        let req = pb::DeleteTopicRequest { name: name.to_string() };
-        match self.call(address, |mut c| async move { c.delete_topic(req).await }).await {
+        let req = pb::DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        match self
+            .call(address, |mut c| async move { c.delete_topic(req).await })
+            .await
+        {
             Err(e) if e.reason == "TOPIC_NOT_FOUND" => Ok(()),
             other => other.map(|_| ()),
         }
     }
 
-    pub async fn describe_topic(&self, address: &str, name: &str) -> Result<pb::DescribeTopicResponse, BrokerCallError> {
-        let req = pb::DescribeTopicRequest { name: name.to_string() };
-        self.call(address, |mut c| async move { c.describe_topic(req).await }).await
+    pub async fn describe_topic(
+        &self,
+        address: &str,
+        name: &str,
+    ) -> Result<pb::DescribeTopicResponse, BrokerCallError> {
+        let req = pb::DescribeTopicRequest {
+            name: name.to_string(),
+        };
+        self.call(address, |mut c| async move { c.describe_topic(req).await })
+            .await
     }
 
-    pub async fn create_group(&self, address: &str, group: pb::Group) -> Result<(), BrokerCallError> {
+    pub async fn create_group(
+        &self,
+        address: &str,
+        group: pb::Group,
+    ) -> Result<(), BrokerCallError> {
         let req = pb::CreateGroupRequest { group: Some(group) };
-        self.call(address, |mut c| async move { c.create_group(req).await }).await.map(|_| ())
+        self.call(address, |mut c| async move { c.create_group(req).await })
+            .await
+            .map(|_| ())
     }
 
     /// Deletes a group; one that is already gone counts as deleted.
     pub async fn delete_group(&self, address: &str, name: &str) -> Result<(), BrokerCallError> {
-        let req = pb::DeleteGroupRequest { name: name.to_string() };
-        match self.call(address, |mut c| async move { c.delete_group(req).await }).await {
+        let req = pb::DeleteGroupRequest {
+            name: name.to_string(),
+        };
+        match self
+            .call(address, |mut c| async move { c.delete_group(req).await })
+            .await
+        {
             Err(e) if e.reason == "GROUP_NOT_FOUND" => Ok(()),
             other => other.map(|_| ()),
         }
     }
 
-    pub async fn describe_group(&self, address: &str, name: &str) -> Result<pb::DescribeGroupResponse, BrokerCallError> {
-        let req = pb::DescribeGroupRequest { name: name.to_string() };
-        self.call(address, |mut c| async move { c.describe_group(req).await }).await
+    pub async fn describe_group(
+        &self,
+        address: &str,
+        name: &str,
+    ) -> Result<pb::DescribeGroupResponse, BrokerCallError> {
+        let req = pb::DescribeGroupRequest {
+            name: name.to_string(),
+        };
+        self.call(address, |mut c| async move { c.describe_group(req).await })
+            .await
     }
 
-    pub async fn reset_offset(&self, address: &str, req: pb::ResetOffsetRequest) -> Result<(), BrokerCallError> {
-        self.call(address, |mut c| async move { c.reset_offset(req).await }).await.map(|_| ())
+    pub async fn reset_offset(
+        &self,
+        address: &str,
+        req: pb::ResetOffsetRequest,
+    ) -> Result<(), BrokerCallError> {
+        self.call(address, |mut c| async move { c.reset_offset(req).await })
+            .await
+            .map(|_| ())
     }
 
-    pub async fn broker_info(&self, address: &str) -> Result<pb::BrokerInfoResponse, BrokerCallError> {
-        self.call(address, |mut c| async move { c.broker_info(pb::BrokerInfoRequest {}).await }).await
+    pub async fn broker_info(
+        &self,
+        address: &str,
+    ) -> Result<pb::BrokerInfoResponse, BrokerCallError> {
+        self.call(address, |mut c| async move {
+            c.broker_info(pb::BrokerInfoRequest {}).await
+        })
+        .await
     }
 
-    pub async fn update_routes(&self, address: &str, req: pb::UpdateRoutesRequest) -> Result<pb::UpdateRoutesResponse, BrokerCallError> {
-        self.call(address, |mut c| async move { c.update_routes(req).await }).await
+    pub async fn update_routes(
+        &self,
+        address: &str,
+        req: pb::UpdateRoutesRequest,
+    ) -> Result<pb::UpdateRoutesResponse, BrokerCallError> {
+        self.call(address, |mut c| async move { c.update_routes(req).await })
+            .await
     }
 }

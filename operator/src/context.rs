@@ -36,20 +36,37 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("resync", &self.resync).finish()
+        f.debug_struct("Context")
+            .field("resync", &self.resync)
+            .finish()
     }
 }
 
 impl Context {
     /// The ready brokers.
     pub fn ready_brokers(&self) -> Vec<BrokerEndpoint> {
-        self.brokers.borrow().iter().filter(|b| b.ready).cloned().collect()
+        self.brokers
+            .borrow()
+            .iter()
+            .filter(|b| b.ready)
+            .cloned()
+            .collect()
     }
 
     /// Publishes a Kubernetes Event about `obj` (failures are only logged).
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(note),
             action: "Reconcile".into(),
@@ -62,8 +79,13 @@ impl Context {
 
     /// Whether the object's namespace is being deleted.
     pub async fn namespace_terminating<K: ResourceExt>(&self, obj: &K) -> bool {
-        let Some(ns) = obj.namespace() else { return false };
-        match Api::<Namespace>::all(self.client.clone()).get_opt(&ns).await {
+        let Some(ns) = obj.namespace() else {
+            return false;
+        };
+        match Api::<Namespace>::all(self.client.clone())
+            .get_opt(&ns)
+            .await
+        {
             Ok(Some(n)) => n.metadata.deletion_timestamp.is_some(),
             Ok(None) => true,
             Err(_) => false,
@@ -77,7 +99,13 @@ pub fn annotated<K: ResourceExt>(obj: &K, annotation: &str, value: &str) -> bool
 }
 
 /// A `Ready` condition, keeping the transition time when the status is unchanged.
-pub fn ready_condition(previous: &[Condition], ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+pub fn ready_condition(
+    previous: &[Condition],
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
     let last = previous
         .iter()
@@ -111,7 +139,13 @@ mod tests {
     #[test]
     fn transition_time_is_kept_while_the_status_holds() {
         let first = ready_condition(&[], true, "Reconciled", "ok".into(), Some(1));
-        let again = ready_condition(std::slice::from_ref(&first), true, "Reconciled", "ok".into(), Some(2));
+        let again = ready_condition(
+            std::slice::from_ref(&first),
+            true,
+            "Reconciled",
+            "ok".into(),
+            Some(2),
+        );
         assert_eq!(again.last_transition_time, first.last_transition_time);
         assert_eq!(again.observed_generation, Some(2));
         let flipped = ready_condition(&[again], false, "NoBrokers", "none".into(), Some(2));

@@ -9,7 +9,9 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// What a topic carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default,
+)]
 pub enum MessageType {
     /// Plain messages, spread over queues.
     #[default]
@@ -24,7 +26,9 @@ pub enum MessageType {
 }
 
 /// What happens to the broker-side topic when the resource is deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default,
+)]
 pub enum DeletionPolicy {
     /// Delete the topic and its queues on every broker.
     #[default]
@@ -105,7 +109,9 @@ pub struct TopicStatus {
 }
 
 /// How a group shares messages among its members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default,
+)]
 pub enum ConsumeMode {
     /// Each message goes to one member.
     #[default]

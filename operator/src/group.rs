@@ -14,8 +14,12 @@ use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, fina
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use crate::context::{Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, ready_condition};
-use crate::crd::{AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, TopicLag};
+use crate::context::{
+    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, ready_condition,
+};
+use crate::crd::{
+    AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, TopicLag,
+};
 
 const FINALIZER: &str = "dduomq.io/group-cleanup";
 
@@ -33,9 +37,13 @@ pub async fn run(ctx: Context) {
         .await;
 }
 
-async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<Action, FinalizerError<ReconcileError>> {
+async fn reconcile(
+    group: Arc<ConsumerGroup>,
+    ctx: Arc<Context>,
+) -> Result<Action, FinalizerError<ReconcileError>> {
     let started = Instant::now();
-    let api: Api<ConsumerGroup> = Api::namespaced(ctx.client.clone(), &group.namespace().unwrap_or_default());
+    let api: Api<ConsumerGroup> =
+        Api::namespaced(ctx.client.clone(), &group.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, group, |event| async {
         match event {
             Finalizer::Apply(g) => apply(&g, &api, &ctx).await,
@@ -43,12 +51,19 @@ async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await;
-    ctx.metrics
-        .reconciled("ConsumerGroup", result.is_ok(), started.elapsed().as_secs_f64());
+    ctx.metrics.reconciled(
+        "ConsumerGroup",
+        result.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
     result
 }
 
-fn error_policy(_: Arc<ConsumerGroup>, err: &FinalizerError<ReconcileError>, _: Arc<Context>) -> Action {
+fn error_policy(
+    _: Arc<ConsumerGroup>,
+    err: &FinalizerError<ReconcileError>,
+    _: Arc<Context>,
+) -> Action {
     tracing::warn!(error = %err, "group reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -77,17 +92,23 @@ pub fn broker_group(name: &str, g: &ConsumerGroup) -> Result<pb::Group, Reconcil
     })
 }
 
-fn reset_request(name: &str, topic: &str, g: &ConsumerGroup) -> Result<Option<pb::ResetOffsetRequest>, ReconcileError> {
+fn reset_request(
+    name: &str,
+    topic: &str,
+    g: &ConsumerGroup,
+) -> Result<Option<pb::ResetOffsetRequest>, ReconcileError> {
     use pb::reset_offset_request::To;
-    let Some(r) = &g.spec.offset_reset else { return Ok(None) };
+    let Some(r) = &g.spec.offset_reset else {
+        return Ok(None);
+    };
     let to = match r.to {
         ResetTarget::Earliest => To::Earliest(true),
         ResetTarget::Latest => To::Latest(true),
         ResetTarget::Timestamp => {
             let text = r.timestamp.as_deref().unwrap_or_default();
-            let ts: k8s_openapi::jiff::Timestamp = text
-                .parse()
-                .map_err(|e| ReconcileError::Other(format!("offsetReset.timestamp {text:?}: {e}")))?;
+            let ts: k8s_openapi::jiff::Timestamp = text.parse().map_err(|e| {
+                ReconcileError::Other(format!("offsetReset.timestamp {text:?}: {e}"))
+            })?;
             To::TimestampMs(ts.as_millisecond())
         }
     };
@@ -98,7 +119,11 @@ fn reset_request(name: &str, topic: &str, g: &ConsumerGroup) -> Result<Option<pb
     }))
 }
 
-async fn apply(group: &ConsumerGroup, api: &Api<ConsumerGroup>, ctx: &Context) -> Result<Action, ReconcileError> {
+async fn apply(
+    group: &ConsumerGroup,
+    api: &Api<ConsumerGroup>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
     if annotated(group, PAUSED, "true") {
         return Ok(Action::requeue(ctx.resync));
     }
@@ -115,15 +140,17 @@ async fn apply(group: &ConsumerGroup, api: &Api<ConsumerGroup>, ctx: &Context) -
                 problems.push(e.to_string());
             }
         }
-        let pending = group
-            .spec
-            .offset_reset
-            .as_ref()
-            .filter(|r| applied.as_ref().is_none_or(|a| a.request_id != r.request_id));
+        let pending = group.spec.offset_reset.as_ref().filter(|r| {
+            applied
+                .as_ref()
+                .is_none_or(|a| a.request_id != r.request_id)
+        });
         if let (Some(r), true) = (pending, problems.is_empty()) {
             let mut reset_problems = Vec::new();
             for s in &group.spec.subscriptions {
-                let Some(req) = reset_request(&name, &s.topic, group)? else { continue };
+                let Some(req) = reset_request(&name, &s.topic, group)? else {
+                    continue;
+                };
                 for b in &ready {
                     if let Err(e) = ctx.pool.reset_offset(&b.address, req.clone()).await {
                         reset_problems.push(e.to_string());
@@ -135,50 +162,91 @@ async fn apply(group: &ConsumerGroup, api: &Api<ConsumerGroup>, ctx: &Context) -
                     request_id: r.request_id.clone(),
                     applied_at: k8s_openapi::jiff::Timestamp::now().to_string(),
                 });
-                ctx.event(group, false, "OffsetReset", format!("offsets reset ({}) for request {}", format!("{:?}", r.to), r.request_id))
-                    .await;
+                ctx.event(
+                    group,
+                    false,
+                    "OffsetReset",
+                    format!("offsets reset ({:?}) for request {}", r.to, r.request_id),
+                )
+                .await;
             } else {
                 problems.extend(reset_problems);
             }
         }
     }
     // Members and lag over every ready broker.
-    let topics: BTreeSet<&str> = group.spec.subscriptions.iter().map(|s| s.topic.as_str()).collect();
+    let topics: BTreeSet<&str> = group
+        .spec
+        .subscriptions
+        .iter()
+        .map(|s| s.topic.as_str())
+        .collect();
     let mut members = BTreeSet::new();
     let mut lag: BTreeMap<String, u64> = topics.iter().map(|t| (t.to_string(), 0)).collect();
     for b in &ready {
         if let Ok(d) = ctx.pool.describe_group(&b.address, &name).await {
             members.extend(d.members.into_iter().map(|m| m.client_id));
-            for q in d.queues.iter().filter(|q| topics.contains(q.topic.as_str())) {
+            for q in d
+                .queues
+                .iter()
+                .filter(|q| topics.contains(q.topic.as_str()))
+            {
                 *lag.entry(q.topic.clone()).or_default() += q.lag;
             }
         }
     }
     let (ok, reason, message) = if !managed {
-        (true, "Unmanaged", "dduomq.io/managed is false: broker state is left alone".to_string())
+        (
+            true,
+            "Unmanaged",
+            "dduomq.io/managed is false: broker state is left alone".to_string(),
+        )
     } else if ready.is_empty() {
-        (false, "NoBrokers", "no ready broker in the registry".to_string())
+        (
+            false,
+            "NoBrokers",
+            "no ready broker in the registry".to_string(),
+        )
     } else if !problems.is_empty() {
         (false, "BrokerError", problems.join("; "))
     } else {
         (true, "Reconciled", format!("on {} brokers", ready.len()))
     };
     let generation = group.metadata.generation;
-    if previous.observed_generation != generation || previous.conditions.iter().all(|c| c.reason != reason) {
+    if previous.observed_generation != generation
+        || previous.conditions.iter().all(|c| c.reason != reason)
+    {
         ctx.event(group, !ok, reason, message.clone()).await;
     }
     let status = ConsumerGroupStatus {
-        conditions: vec![ready_condition(&previous.conditions, ok, reason, message, generation)],
+        conditions: vec![ready_condition(
+            &previous.conditions,
+            ok,
+            reason,
+            message,
+            generation,
+        )],
         observed_generation: generation,
         member_count: members.len() as u32,
         members: members.into_iter().collect(),
-        lag: lag.into_iter().map(|(topic, lag)| TopicLag { topic, lag }).collect(),
+        lag: lag
+            .into_iter()
+            .map(|(topic, lag)| TopicLag { topic, lag })
+            .collect(),
         last_applied_reset: applied,
     };
     let patch = serde_json::json!({"apiVersion": "dduomq.io/v1alpha1", "kind": "ConsumerGroup", "status": status});
-    api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
-    Ok(Action::requeue(if ok { ctx.resync } else { Duration::from_secs(5) }))
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(Action::requeue(if ok {
+        ctx.resync
+    } else {
+        Duration::from_secs(5)
+    }))
 }
 
 async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -187,8 +255,13 @@ async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Reconci
     }
     let ready = ctx.ready_brokers();
     if ready.is_empty() {
-        ctx.event(group, true, "NoBrokers", "no broker left to clean up; releasing the finalizer".into())
-            .await;
+        ctx.event(
+            group,
+            true,
+            "NoBrokers",
+            "no broker left to clean up; releasing the finalizer".into(),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let mut failed = Vec::new();

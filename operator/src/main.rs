@@ -22,7 +22,11 @@ use tokio::sync::{Notify, watch};
 #[command(version, about)]
 struct Args {
     /// HTTP listen address (/healthz, /metrics).
-    #[arg(long, env = "DDUOMQ_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "DDUOMQ_OPERATOR_HTTP_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     http_addr: SocketAddr,
     /// Namespace of the operator (its leader-election Lease lives there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "dduomq-system")]
@@ -31,7 +35,11 @@ struct Args {
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// Label selector of the brokers' EndpointSlices.
-    #[arg(long, env = "DDUOMQ_BROKER_SELECTOR", default_value = "app.kubernetes.io/name=dduomq,app.kubernetes.io/component=broker")]
+    #[arg(
+        long,
+        env = "DDUOMQ_BROKER_SELECTOR",
+        default_value = "app.kubernetes.io/name=dduomq,app.kubernetes.io/component=broker"
+    )]
     broker_selector: String,
     /// Namespace of the brokers' EndpointSlices (default: the operator's).
     #[arg(long, env = "DDUOMQ_BROKER_NAMESPACE")]
@@ -65,18 +73,37 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let client = Client::try_default().await?;
+    // Keep serving health and metrics while the API server is unreachable.
+    let client = loop {
+        match Client::try_default().await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    leader::lead(client.clone(), &args.namespace, "dduomq-operator", &identity).await;
+    leader::lead(
+        client.clone(),
+        &args.namespace,
+        "dduomq-operator",
+        &identity,
+    )
+    .await;
     m.leader.set(1);
 
     let (tx, brokers) = watch::channel(Vec::new());
     tokio::spawn(registry::run(
         client.clone(),
-        Some(args.broker_namespace.clone().unwrap_or_else(|| args.namespace.clone())),
+        Some(
+            args.broker_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone()),
+        ),
         args.broker_selector.clone(),
         args.broker_port,
         tx,

@@ -109,16 +109,30 @@ mod tests {
         data.insert("b-0".to_string(), Some(vec![1, 3]));
         data.insert("b-1".to_string(), Some(vec![]));
         // b-0 drains: every queue is written on b-1; b-0's queues 1 and 3 stay readable.
-        let r = topic_route("t", pb::MessageType::Normal, 4, &refs, &["b-0".into()], &data).unwrap();
+        let r = topic_route(
+            "t",
+            pb::MessageType::Normal,
+            4,
+            &refs,
+            &["b-0".into()],
+            &data,
+        )
+        .unwrap();
         let on = |name: &str| -> Vec<(u32, bool, bool)> {
             r.queues
                 .iter()
-                .filter(|q| q.broker_address.starts_with(&format!("10.0.0.{}", &name[2..])))
+                .filter(|q| {
+                    q.broker_address
+                        .starts_with(&format!("10.0.0.{}", &name[2..]))
+                })
                 .map(|q| (q.queue_id, q.writable, q.readable))
                 .collect()
         };
         assert_eq!(on("b-0"), vec![(1, false, true), (3, false, true)]);
-        assert_eq!(on("b-1"), (0..4).map(|q| (q, true, true)).collect::<Vec<_>>());
+        assert_eq!(
+            on("b-1"),
+            (0..4).map(|q| (q, true, true)).collect::<Vec<_>>()
+        );
         // A writer without the topic yet: no route.
         data.insert("b-1".to_string(), None);
         assert!(topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).is_none());

@@ -22,13 +22,25 @@ pub struct BrokerEndpoint {
 
 /// The broker id of a pod name: its trailing StatefulSet ordinal (0 if none).
 pub fn ordinal(name: &str) -> u32 {
-    let digits: String = name.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
-    digits.chars().rev().collect::<String>().parse().unwrap_or(0)
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .chars()
+        .rev()
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// Brokers listed by a set of EndpointSlices, sorted by name; a broker listed
 /// twice counts as ready if any listing is.
-pub fn brokers_of(slices: &[std::sync::Arc<EndpointSlice>], default_port: u16) -> Vec<BrokerEndpoint> {
+pub fn brokers_of(
+    slices: &[std::sync::Arc<EndpointSlice>],
+    default_port: u16,
+) -> Vec<BrokerEndpoint> {
     let mut out: Vec<BrokerEndpoint> = Vec::new();
     for slice in slices {
         let port = slice
@@ -39,7 +51,9 @@ pub fn brokers_of(slices: &[std::sync::Arc<EndpointSlice>], default_port: u16) -
             .and_then(|p| p.port)
             .map_or(default_port, |p| p as u16);
         for ep in &slice.endpoints {
-            let Some(ip) = ep.addresses.first() else { continue };
+            let Some(ip) = ep.addresses.first() else {
+                continue;
+            };
             let name = ep
                 .hostname
                 .clone()
@@ -47,7 +61,11 @@ pub fn brokers_of(slices: &[std::sync::Arc<EndpointSlice>], default_port: u16) -
                 .unwrap_or_else(|| ip.clone());
             // Kubernetes: an unknown readiness is to be treated as ready.
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let address = if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+            let address = if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            };
             match out.iter_mut().find(|b| b.name == name) {
                 Some(b) => b.ready |= ready,
                 None => out.push(BrokerEndpoint {
@@ -64,13 +82,23 @@ pub fn brokers_of(slices: &[std::sync::Arc<EndpointSlice>], default_port: u16) -
 }
 
 /// Watches the brokers' EndpointSlices and publishes the broker list on `tx`.
-pub async fn run(client: Client, namespace: Option<String>, selector: String, default_port: u16, tx: watch::Sender<Vec<BrokerEndpoint>>) {
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    selector: String,
+    default_port: u16,
+    tx: watch::Sender<Vec<BrokerEndpoint>>,
+) {
     let api: Api<EndpointSlice> = match &namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
     let (reader, writer) = reflector::store();
-    let events = reflector(writer, watcher(api, watcher::Config::default().labels(&selector))).default_backoff();
+    let events = reflector(
+        writer,
+        watcher(api, watcher::Config::default().labels(&selector)),
+    )
+    .default_backoff();
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         if let Err(e) = event {

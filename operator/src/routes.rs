@@ -32,7 +32,10 @@ pub async fn run(mut ctx: Context) {
         if ready.is_empty() {
             continue;
         }
-        let topics = match Api::<Topic>::all(ctx.client.clone()).list(&ListParams::default()).await {
+        let topics = match Api::<Topic>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+        {
             Ok(list) => list.items,
             Err(e) => {
                 tracing::warn!(error = %e, "listing topics failed");
@@ -41,26 +44,46 @@ pub async fn run(mut ctx: Context) {
         };
         let mut draining = Vec::new();
         for b in &ready {
-            if ctx.pool.broker_info(&b.address).await.is_ok_and(|i| i.draining) {
+            if ctx
+                .pool
+                .broker_info(&b.address)
+                .await
+                .is_ok_and(|i| i.draining)
+            {
                 draining.push(b.name.clone());
             }
         }
         let refs: Vec<_> = ready.iter().collect();
         let mut routes = Vec::new();
-        for t in topics.iter().filter(|t| t.metadata.deletion_timestamp.is_none() && !annotated(*t, MANAGED, "false")) {
+        for t in topics
+            .iter()
+            .filter(|t| t.metadata.deletion_timestamp.is_none() && !annotated(*t, MANAGED, "false"))
+        {
             let name = t.name_any();
             let mut data: BTreeMap<String, QueuesWithData> = BTreeMap::new();
             for b in &ready {
-                let queues = ctx.pool.describe_topic(&b.address, &name).await.ok().map(|d| {
-                    d.queues
-                        .iter()
-                        .filter(|q| q.max_offset > 0)
-                        .map(|q| q.queue_id)
-                        .collect()
-                });
+                let queues = ctx
+                    .pool
+                    .describe_topic(&b.address, &name)
+                    .await
+                    .ok()
+                    .map(|d| {
+                        d.queues
+                            .iter()
+                            .filter(|q| q.max_offset > 0)
+                            .map(|q| q.queue_id)
+                            .collect()
+                    });
                 data.insert(b.name.clone(), queues);
             }
-            if let Some(route) = placement::topic_route(&name, message_type(t.spec.message_type), t.spec.queues, &refs, &draining, &data) {
+            if let Some(route) = placement::topic_route(
+                &name,
+                message_type(t.spec.message_type),
+                t.spec.queues,
+                &refs,
+                &draining,
+                &data,
+            ) {
                 routes.push(route);
             }
         }
@@ -68,7 +91,12 @@ pub async fn run(mut ctx: Context) {
         if last.as_ref() != Some(&routes) {
             let now = k8s_openapi::jiff::Timestamp::now().as_millisecond() as u64;
             epoch = now.max(epoch + 1);
-            tracing::info!(epoch, topics = routes.len(), draining = draining.len(), "route table changed");
+            tracing::info!(
+                epoch,
+                topics = routes.len(),
+                draining = draining.len(),
+                "route table changed"
+            );
             last = Some(routes.clone());
         }
         for b in &ready {

@@ -13,7 +13,9 @@ use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, fina
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use crate::context::{Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, ready_condition};
+use crate::context::{
+    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, ready_condition,
+};
 use crate::crd::{DeletionPolicy, MessageType, QueueAssignment, Topic, TopicStatus};
 use crate::placement;
 
@@ -42,7 +44,10 @@ pub async fn run(ctx: Context) {
         .await;
 }
 
-async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, FinalizerError<ReconcileError>> {
+async fn reconcile(
+    topic: Arc<Topic>,
+    ctx: Arc<Context>,
+) -> Result<Action, FinalizerError<ReconcileError>> {
     let started = Instant::now();
     let ns = topic.namespace().unwrap_or_default();
     let api: Api<Topic> = Api::namespaced(ctx.client.clone(), &ns);
@@ -75,7 +80,12 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         for b in &ready {
             if let Err(e) = ctx
                 .pool
-                .create_topic(&b.address, &name, topic.spec.queues, message_type(topic.spec.message_type))
+                .create_topic(
+                    &b.address,
+                    &name,
+                    topic.spec.queues,
+                    message_type(topic.spec.message_type),
+                )
                 .await
             {
                 problems.push(e.to_string());
@@ -88,30 +98,59 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         .map(|(queue, broker)| QueueAssignment { queue, broker })
         .collect();
     let (ok, reason, message) = if !managed {
-        (true, "Unmanaged", "dduomq.io/managed is false: broker state is left alone".to_string())
+        (
+            true,
+            "Unmanaged",
+            "dduomq.io/managed is false: broker state is left alone".to_string(),
+        )
     } else if ready.is_empty() {
-        (false, "NoBrokers", "no ready broker in the registry".to_string())
+        (
+            false,
+            "NoBrokers",
+            "no ready broker in the registry".to_string(),
+        )
     } else if !problems.is_empty() {
         (false, "BrokerError", problems.join("; "))
     } else {
-        (true, "Reconciled", format!("{} queues on {} brokers", topic.spec.queues, ready.len()))
+        (
+            true,
+            "Reconciled",
+            format!("{} queues on {} brokers", topic.spec.queues, ready.len()),
+        )
     };
     let previous = topic.status.clone().unwrap_or_default();
     let generation = topic.metadata.generation;
-    if previous.observed_generation != generation || previous.conditions.iter().all(|c| c.reason != reason) {
+    if previous.observed_generation != generation
+        || previous.conditions.iter().all(|c| c.reason != reason)
+    {
         ctx.event(topic, !ok, reason, message.clone()).await;
     }
     let status = TopicStatus {
-        conditions: vec![ready_condition(&previous.conditions, ok, reason, message, generation)],
+        conditions: vec![ready_condition(
+            &previous.conditions,
+            ok,
+            reason,
+            message,
+            generation,
+        )],
         observed_generation: generation,
         assignment,
         broker_count: ready.len() as u32,
     };
-    let patch = serde_json::json!({"apiVersion": "dduomq.io/v1alpha1", "kind": "Topic", "status": status});
-    api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    let patch =
+        serde_json::json!({"apiVersion": "dduomq.io/v1alpha1", "kind": "Topic", "status": status});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     ctx.routes_changed.notify_one();
-    Ok(Action::requeue(if ok { ctx.resync } else { Duration::from_secs(5) }))
+    Ok(Action::requeue(if ok {
+        ctx.resync
+    } else {
+        Duration::from_secs(5)
+    }))
 }
 
 /// Deletes the topic from the brokers (policy `Delete`). When no broker is left,
@@ -124,8 +163,13 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError>
     }
     let ready = ctx.ready_brokers();
     if ready.is_empty() {
-        ctx.event(topic, true, "NoBrokers", "no broker left to clean up; releasing the finalizer".into())
-            .await;
+        ctx.event(
+            topic,
+            true,
+            "NoBrokers",
+            "no broker left to clean up; releasing the finalizer".into(),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let mut failed = Vec::new();
@@ -139,8 +183,16 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError>
         return Ok(Action::await_change());
     }
     if ctx.namespace_terminating(topic).await {
-        ctx.event(topic, true, "NamespaceTerminating", format!("cleanup incomplete ({}); releasing the finalizer", failed.join("; ")))
-            .await;
+        ctx.event(
+            topic,
+            true,
+            "NamespaceTerminating",
+            format!(
+                "cleanup incomplete ({}); releasing the finalizer",
+                failed.join("; ")
+            ),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     Err(ReconcileError::Other(failed.join("; ")))

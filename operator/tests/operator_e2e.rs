@@ -32,13 +32,19 @@ struct Env {
 
 impl Env {
     fn load() -> Env {
-        let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run this test with `e2e/run operator`"));
+        let var = |k: &str| {
+            std::env::var(k)
+                .unwrap_or_else(|_| panic!("{k} is not set: run this test with `e2e/run operator`"))
+        };
         Env {
             bin: var("DDUOMQ_E2E_BIN_DIR").into(),
             kubectl: var("DDUOMQ_E2E_KUBECTL").into(),
             work: var("DDUOMQ_E2E_WORK").into(),
             operator_kubeconfig: var("DDUOMQ_E2E_OPERATOR_KUBECONFIG"),
-            ips: var("DDUOMQ_E2E_BROKER_IPS").split_whitespace().map(String::from).collect(),
+            ips: var("DDUOMQ_E2E_BROKER_IPS")
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
         }
     }
 
@@ -51,8 +57,18 @@ impl Env {
         Command::new(self.bin.join("dduomq-broker"))
             .arg("--data-dir")
             .arg(self.work.join(format!("broker-{i}")))
-            .args(["--grpc-addr", &format!("{ip}:6086"), "--http-addr", &format!("{ip}:7654")])
-            .args(["--advertised-address", &format!("{ip}:6086"), "--broker-id", &i.to_string()])
+            .args([
+                "--grpc-addr",
+                &format!("{ip}:6086"),
+                "--http-addr",
+                &format!("{ip}:7654"),
+            ])
+            .args([
+                "--advertised-address",
+                &format!("{ip}:6086"),
+                "--broker-id",
+                &i.to_string(),
+            ])
             .args(["--auto-create-topics", "false"])
             .stdout(self.log(&format!("broker-{i}")))
             .stderr(Stdio::inherit())
@@ -64,7 +80,14 @@ impl Env {
         Command::new(self.bin.join("dduomq-operator"))
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
-            .args(["--namespace", SYSTEM_NS, "--identity", name, "--resync", "3s"])
+            .args([
+                "--namespace",
+                SYSTEM_NS,
+                "--identity",
+                name,
+                "--resync",
+                "3s",
+            ])
             .args(["--http-addr", "127.0.0.1:0"])
             .stdout(self.log(name))
             .stderr(Stdio::inherit())
@@ -82,7 +105,12 @@ impl Env {
             .unwrap();
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         }
         drop(child.stdin.take());
         child.wait_with_output().unwrap()
@@ -93,13 +121,20 @@ impl Env {
     }
 }
 
-async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -128,31 +163,54 @@ async fn publish_slice(client: &Client, env: &Env, ready: &[bool]) {
         "ports": [{"name": "grpc", "port": 6086, "protocol": "TCP"}],
         "endpoints": endpoints,
     });
-    api.patch("dduomq-broker-e2e", &PatchParams::apply("e2e").force(), &Patch::Apply(&slice))
-        .await
-        .unwrap();
+    api.patch(
+        "dduomq-broker-e2e",
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&slice),
+    )
+    .await
+    .unwrap();
 }
 
 fn topic_yaml(name: &str, queues: u32, extra: &str) -> String {
-    format!("apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {name}\n  namespace: {APP_NS}\nspec:\n  queues: {queues}\n{extra}")
+    format!(
+        "apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {name}\n  namespace: {APP_NS}\nspec:\n  queues: {queues}\n{extra}"
+    )
 }
 
 fn ready(status: Option<&dduomq_operator::crd::TopicStatus>) -> bool {
-    status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 /// Queue count of a topic on broker `i` (None: not there).
 async fn queues_on(env: &Env, i: usize, topic: &str) -> Option<u32> {
-    let d = Admin::connect(&env.grpc(i)).ok()?.describe_topic(topic).await.ok()?;
+    let d = Admin::connect(&env.grpc(i))
+        .ok()?
+        .describe_topic(topic)
+        .await
+        .ok()?;
     Some(d.queues.len() as u32)
 }
 
 /// `(writable, readable)` queue counts per broker address in broker 0's route.
 async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, (usize, usize)>> {
-    let mut c = pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{}", env.grpc(0)))
+    let mut c = pb::messaging_service_client::MessagingServiceClient::connect(format!(
+        "http://{}",
+        env.grpc(0)
+    ))
+    .await
+    .ok()?;
+    let r = c
+        .query_route(pb::QueryRouteRequest {
+            topic: topic.into(),
+        })
         .await
-        .ok()?;
-    let r = c.query_route(pb::QueryRouteRequest { topic: topic.into() }).await.ok()?.into_inner();
+        .ok()?
+        .into_inner();
     if r.epoch == 0 {
         return None;
     }
@@ -168,7 +226,11 @@ async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, (usize, usi
 async fn total_lag(env: &Env, group: &str) -> u64 {
     let mut lag = 0;
     for i in 0..env.ips.len() {
-        if let Ok(d) = Admin::connect(&env.grpc(i)).unwrap().describe_group(group).await {
+        if let Ok(d) = Admin::connect(&env.grpc(i))
+            .unwrap()
+            .describe_group(group)
+            .await
+        {
             lag += d.queues.iter().map(|q| q.lag).sum::<u64>();
         }
     }
@@ -183,15 +245,18 @@ async fn consume(env: &Env, group: &str, topic: &str, n: usize) -> Vec<String> {
         .start(move |m| {
             let sink = sink.clone();
             async move {
-                sink.lock().push(String::from_utf8(m.body.to_vec()).unwrap());
+                sink.lock()
+                    .push(String::from_utf8(m.body.to_vec()).unwrap());
                 Ok::<(), String>(())
             }
         })
         .await
         .unwrap();
-    eventually(&format!("{n} messages of {topic}"), Duration::from_secs(30), async || {
-        (seen.lock().len() >= n).then_some(())
-    })
+    eventually(
+        &format!("{n} messages of {topic}"),
+        Duration::from_secs(30),
+        async || (seen.lock().len() >= n).then_some(()),
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     consumer.shutdown().await;
@@ -207,7 +272,10 @@ async fn operator_scenarios() {
     publish_slice(&client, &env, &[true, true, true]).await;
     let mut operator = env.start_operator("operator-a");
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": APP_NS}})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": APP_NS}})).unwrap(),
+        )
         .await
         .unwrap();
     let topics: Api<Topic> = Api::namespaced(client.clone(), APP_NS);
@@ -216,7 +284,11 @@ async fn operator_scenarios() {
 
     let t = step("kubectl apply a Topic → Ready, on every broker, queues spread");
     let out = env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("orders", 6, "")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = eventually("orders Ready", Duration::from_secs(30), async || {
         let t = topics.get("orders").await.ok()?;
         ready(t.status.as_ref()).then(|| t.status.clone().unwrap())
@@ -228,11 +300,18 @@ async fn operator_scenarios() {
         *m.entry(a.broker.as_str()).or_default() += 1;
         m
     });
-    assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{per:?}");
+    assert_eq!(
+        per.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{per:?}"
+    );
     for i in 0..3 {
         assert_eq!(queues_on(&env, i, "orders").await, Some(6), "broker {i}");
     }
-    let route = eventually("the route table", Duration::from_secs(20), async || route_on(&env, "orders").await).await;
+    let route = eventually("the route table", Duration::from_secs(20), async || {
+        route_on(&env, "orders").await
+    })
+    .await;
     assert_eq!(route.len(), 3);
     assert!(route.values().all(|(w, _)| *w == 2), "{route:?}");
     eprintln!("    ready in {:?}", t.elapsed());
@@ -240,9 +319,23 @@ async fn operator_scenarios() {
     step("kubectl get topics shows the printer columns");
     let out = env.kubectl(&["get", "topics", "-n", APP_NS], None);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let header: Vec<&str> = text.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, vec!["NAME", "READY", "QUEUES", "TYPE", "AGE"], "{text}");
-    let row: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        vec!["NAME", "READY", "QUEUES", "TYPE", "AGE"],
+        "{text}"
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..4], ["orders", "True", "6", "Normal"], "{text}");
     let out = env.kubectl(&["get", "dduomq", "-n", APP_NS, "-o", "name"], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("topic.dduomq.io/orders"));
@@ -254,7 +347,11 @@ async fn operator_scenarios() {
         &["apply", "-f", "-"],
         Some(&format!("apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: billing\n  namespace: {APP_NS}\nspec:\n  subscriptions:\n  - topic: orders\n  maxDeliveryAttempts: 5\n  retryBackoff: [\"200ms\"]\n")),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually("billing Ready", Duration::from_secs(30), async || {
         let g = groups.get("billing").await.ok()?;
         g.status
@@ -266,15 +363,29 @@ async fn operator_scenarios() {
     let producer = ProducerBuilder::new(env.grpc(0)).build().unwrap();
     let mut used = BTreeSet::new();
     for i in 0..60 {
-        let r = producer.send(Message::new("orders", format!("order-{i}"))).await.unwrap();
+        let r = producer
+            .send(Message::new("orders", format!("order-{i}")))
+            .await
+            .unwrap();
         used.insert(r.queue_id);
     }
     assert_eq!(used.len(), 6, "every queue took writes");
     for i in 0..3 {
-        let d = Admin::connect(&env.grpc(i)).unwrap().describe_topic("orders").await.unwrap();
-        assert_eq!(d.queues.iter().map(|q| q.max_offset).sum::<u64>(), 20, "broker {i} holds its share");
+        let d = Admin::connect(&env.grpc(i))
+            .unwrap()
+            .describe_topic("orders")
+            .await
+            .unwrap();
+        assert_eq!(
+            d.queues.iter().map(|q| q.max_offset).sum::<u64>(),
+            20,
+            "broker {i} holds its share"
+        );
     }
-    let got: BTreeSet<String> = consume(&env, "billing", "orders", 60).await.into_iter().collect();
+    let got: BTreeSet<String> = consume(&env, "billing", "orders", 60)
+        .await
+        .into_iter()
+        .collect();
     assert_eq!(got.len(), 60);
     assert_eq!(total_lag(&env, "billing").await, 0);
 
@@ -282,22 +393,38 @@ async fn operator_scenarios() {
     for (yaml, message) in [
         (topic_yaml("bad", 0, ""), "spec.queues"),
         (topic_yaml("orders", 3, ""), "queues cannot be decreased"),
-        (topic_yaml("orders", 6, "  messageType: FIFO\n"), "messageType is immutable"),
         (
-            format!("apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: both\n  namespace: {APP_NS}\nspec:\n  subscriptions:\n  - topic: orders\n    tag: A\n    sql: \"a > 1\"\n"),
+            topic_yaml("orders", 6, "  messageType: FIFO\n"),
+            "messageType is immutable",
+        ),
+        (
+            format!(
+                "apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: both\n  namespace: {APP_NS}\nspec:\n  subscriptions:\n  - topic: orders\n    tag: A\n    sql: \"a > 1\"\n"
+            ),
             "a subscription filters by tag or by SQL, not both",
         ),
     ] {
         let out = env.kubectl(&["apply", "-f", "-"], Some(&yaml));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "accepted:\n{yaml}");
-        assert!(stderr.contains(message), "expected {message:?} in: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "expected {message:?} in: {stderr}"
+        );
     }
-    assert_eq!(topics.get("orders").await.unwrap().spec.queues, 6, "nothing changed");
+    assert_eq!(
+        topics.get("orders").await.unwrap().spec.queues,
+        6,
+        "nothing changed"
+    );
 
     step("changing queues updates the brokers");
     topics
-        .patch("orders", &PatchParams::default(), &Patch::Merge(json!({"spec": {"queues": 9}})))
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"queues": 9}})),
+        )
         .await
         .unwrap();
     eventually("9 queues everywhere", Duration::from_secs(30), async || {
@@ -314,34 +441,52 @@ async fn operator_scenarios() {
     step("a broker turning not-ready leaves the write route, and returns");
     publish_slice(&client, &env, &[true, true, false]).await;
     let gone = env.grpc(2);
-    eventually("broker 2 out of the write route", Duration::from_secs(30), async || {
-        let r = route_on(&env, "orders").await?;
-        (r.get(&gone).is_none() && r.values().map(|(w, _)| w).sum::<usize>() == 9).then_some(())
-    })
+    eventually(
+        "broker 2 out of the write route",
+        Duration::from_secs(30),
+        async || {
+            let r = route_on(&env, "orders").await?;
+            (r.get(&gone).is_none() && r.values().map(|(w, _)| w).sum::<usize>() == 9).then_some(())
+        },
+    )
     .await;
     eventually("brokerCount 2", Duration::from_secs(30), async || {
         (topics.get("orders").await.ok()?.status?.broker_count == 2).then_some(())
     })
     .await;
     publish_slice(&client, &env, &[true, true, true]).await;
-    eventually("broker 2 back in the write route", Duration::from_secs(30), async || {
-        let r = route_on(&env, "orders").await?;
-        (r.get(&gone).is_some_and(|(w, _)| *w == 3)).then_some(())
-    })
+    eventually(
+        "broker 2 back in the write route",
+        Duration::from_secs(30),
+        async || {
+            let r = route_on(&env, "orders").await?;
+            (r.get(&gone).is_some_and(|(w, _)| *w == 3)).then_some(())
+        },
+    )
     .await;
 
     step("drift is repaired: a topic deleted on a broker comes back");
-    Admin::connect(&env.grpc(1)).unwrap().delete_topic("orders").await.unwrap();
+    Admin::connect(&env.grpc(1))
+        .unwrap()
+        .delete_topic("orders")
+        .await
+        .unwrap();
     assert_eq!(queues_on(&env, 1, "orders").await, None);
-    eventually("orders back on broker 1", Duration::from_secs(30), async || {
-        (queues_on(&env, 1, "orders").await == Some(9)).then_some(())
-    })
+    eventually(
+        "orders back on broker 1",
+        Duration::from_secs(30),
+        async || (queues_on(&env, 1, "orders").await == Some(9)).then_some(()),
+    )
     .await;
 
     step("a ConsumerGroup offsetReset is applied exactly once per requestId");
     let reset = |id: &str| json!({"spec": {"offsetReset": {"requestId": id, "to": "Earliest"}}});
     groups
-        .patch("billing", &PatchParams::default(), &Patch::Merge(reset("r1")))
+        .patch(
+            "billing",
+            &PatchParams::default(),
+            &Patch::Merge(reset("r1")),
+        )
         .await
         .unwrap();
     eventually("reset r1 applied", Duration::from_secs(30), async || {
@@ -358,7 +503,11 @@ async fn operator_scenarios() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(total_lag(&env, "billing").await, 0, "r1 re-applied");
     groups
-        .patch("billing", &PatchParams::default(), &Patch::Merge(reset("r2")))
+        .patch(
+            "billing",
+            &PatchParams::default(),
+            &Patch::Merge(reset("r2")),
+        )
         .await
         .unwrap();
     eventually("reset r2 applied", Duration::from_secs(30), async || {
@@ -372,52 +521,83 @@ async fn operator_scenarios() {
     let _ = operator.wait();
     operator = env.start_operator("operator-b");
     topics
-        .patch("orders", &PatchParams::default(), &Patch::Merge(json!({"spec": {"queues": 12}})))
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"queues": 12}})),
+        )
         .await
         .unwrap();
-    eventually("12 queues after the restart", Duration::from_secs(60), async || {
-        for i in 0..3 {
-            if queues_on(&env, i, "orders").await != Some(12) {
-                return None;
+    eventually(
+        "12 queues after the restart",
+        Duration::from_secs(60),
+        async || {
+            for i in 0..3 {
+                if queues_on(&env, i, "orders").await != Some(12) {
+                    return None;
+                }
             }
-        }
-        Some(())
-    })
+            Some(())
+        },
+    )
     .await;
 
     step("a second operator replica waits for the leader lease");
     let mut standby = env.start_operator("operator-c");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), SYSTEM_NS)
-        .get("dduomq-operator")
-        .await
-        .unwrap();
-    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("operator-b"));
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), SYSTEM_NS)
+            .get("dduomq-operator")
+            .await
+            .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("operator-b")
+    );
     let _ = standby.kill();
     let _ = standby.wait();
 
     step("deletionPolicy Retain keeps the broker topic; Delete removes it");
-    env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("keep", 2, "  deletionPolicy: Retain\n")));
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&topic_yaml("keep", 2, "  deletionPolicy: Retain\n")),
+    );
     eventually("keep on the brokers", Duration::from_secs(30), async || {
         (queues_on(&env, 0, "keep").await == Some(2)).then_some(())
     })
     .await;
-    topics.delete("keep", &DeleteParams::default()).await.unwrap();
-    eventually("keep deleted", Duration::from_secs(30), async || topics.get_opt("keep").await.ok()?.is_none().then_some(())).await;
+    topics
+        .delete("keep", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("keep deleted", Duration::from_secs(30), async || {
+        topics.get_opt("keep").await.ok()?.is_none().then_some(())
+    })
+    .await;
     assert_eq!(queues_on(&env, 0, "keep").await, Some(2), "Retain kept it");
-    groups.delete("billing", &DeleteParams::default()).await.unwrap();
-    topics.delete("orders", &DeleteParams::default()).await.unwrap();
-    eventually("orders gone from k8s and brokers", Duration::from_secs(30), async || {
-        if topics.get_opt("orders").await.ok()?.is_some() {
-            return None;
-        }
-        for i in 0..3 {
-            if queues_on(&env, i, "orders").await.is_some() {
+    groups
+        .delete("billing", &DeleteParams::default())
+        .await
+        .unwrap();
+    topics
+        .delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "orders gone from k8s and brokers",
+        Duration::from_secs(30),
+        async || {
+            if topics.get_opt("orders").await.ok()?.is_some() {
                 return None;
             }
-        }
-        Some(())
-    })
+            for i in 0..3 {
+                if queues_on(&env, i, "orders").await.is_some() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
     .await;
 
     step("finalizer escape hatch: deletion completes when no broker is left");
@@ -432,10 +612,15 @@ async fn operator_scenarios() {
         let _ = b.wait();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    topics.delete("orphan", &DeleteParams::default()).await.unwrap();
-    eventually("orphan deleted without brokers", Duration::from_secs(30), async || {
-        topics.get_opt("orphan").await.ok()?.is_none().then_some(())
-    })
+    topics
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "orphan deleted without brokers",
+        Duration::from_secs(30),
+        async || topics.get_opt("orphan").await.ok()?.is_none().then_some(()),
+    )
     .await;
 
     let _ = operator.kill();

@@ -278,7 +278,9 @@ impl AdminService for AdminApi {
         req: Request<pb::UpdateRoutesRequest>,
     ) -> Result<Response<pb::UpdateRoutesResponse>, Status> {
         observed(self.broker.metrics(), "UpdateRoutes", async move {
-            let (epoch, applied) = self.broker.update_routes(convert::route_table(req.into_inner()));
+            let (epoch, applied) = self
+                .broker
+                .update_routes(convert::route_table(req.into_inner()));
             Ok(Response::new(pb::UpdateRoutesResponse { epoch, applied }))
         })
         .await

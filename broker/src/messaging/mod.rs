@@ -1319,7 +1319,11 @@ impl Broker {
         let mut current = self.routes.write();
         let applied = current.replace_if_newer(table);
         if applied {
-            tracing::info!(epoch = current.epoch, topics = current.topics.len(), "route table updated");
+            tracing::info!(
+                epoch = current.epoch,
+                topics = current.topics.len(),
+                "route table updated"
+            );
         }
         (current.epoch, applied)
     }

@@ -53,9 +53,16 @@ pub async fn run(server: &str, format: Format, cmd: BrokerCommand) -> anyhow::Re
                 let drained = i.unconsumed_messages == 0;
                 if no_wait || drained || tokio::time::Instant::now() >= deadline {
                     match format {
-                        Format::Json => json_line(&json!({"draining": true, "drained": drained, "unconsumed_messages": i.unconsumed_messages})),
-                        Format::Table if drained => println!("drained: every group has consumed what this broker holds"),
-                        Format::Table => println!("draining: {} messages left to consume", i.unconsumed_messages),
+                        Format::Json => json_line(
+                            &json!({"draining": true, "drained": drained, "unconsumed_messages": i.unconsumed_messages}),
+                        ),
+                        Format::Table if drained => {
+                            println!("drained: every group has consumed what this broker holds")
+                        }
+                        Format::Table => println!(
+                            "draining: {} messages left to consume",
+                            i.unconsumed_messages
+                        ),
                     }
                     anyhow::ensure!(drained || no_wait, "not drained within {timeout:?}");
                     return Ok(());
