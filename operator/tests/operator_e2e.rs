@@ -389,6 +389,77 @@ async fn operator_scenarios() {
     assert_eq!(got.len(), 60);
     assert_eq!(total_lag(&env, "billing").await, 0);
 
+    step("draining a broker moves its writes away until its data is consumed");
+    let drain = |args: &[&str]| {
+        Command::new(env.bin.join("dduomq"))
+            .args(["--server", &env.grpc(1), "-o", "json", "broker"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = drain(&["drain", "--no-wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let draining = env.grpc(1);
+    eventually(
+        "broker 1 out of the write route",
+        Duration::from_secs(30),
+        async || {
+            let r = route_on(&env, "orders").await?;
+            (r.get(&draining).is_some_and(|(w, rd)| *w == 0 && *rd == 2)
+                && r.values().map(|(w, _)| w).sum::<usize>() == 6)
+                .then_some(())
+        },
+    )
+    .await;
+    let on_broker_1 = || async {
+        let d = Admin::connect(&env.grpc(1))
+            .unwrap()
+            .describe_topic("orders")
+            .await
+            .unwrap();
+        d.queues.iter().map(|q| q.max_offset).sum::<u64>()
+    };
+    let before = on_broker_1().await;
+    let producer = ProducerBuilder::new(env.grpc(0))
+        .route_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    for i in 0..30 {
+        producer
+            .send(Message::new("orders", format!("late-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        on_broker_1().await,
+        before,
+        "a draining broker takes no writes"
+    );
+    consume(&env, "billing", "orders", 30).await;
+    let out = drain(&["drain", "--timeout", "30s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["drained"], true, "{report}");
+    assert_eq!(report["unconsumed_messages"], 0);
+    assert!(drain(&["undrain"]).status.success());
+    eventually(
+        "broker 1 writable again",
+        Duration::from_secs(30),
+        async || {
+            let r = route_on(&env, "orders").await?;
+            r.get(&draining).is_some_and(|(w, _)| *w == 2).then_some(())
+        },
+    )
+    .await;
+
     step("invalid specs are refused by the API server with the CEL message");
     for (yaml, message) in [
         (topic_yaml("bad", 0, ""), "spec.queues"),
@@ -495,7 +566,19 @@ async fn operator_scenarios() {
     })
     .await;
     // Broker 1 lost its copy of the messages when the topic was deleted on it.
-    let expected = 40;
+    let mut expected = 0;
+    for i in 0..3 {
+        let d = Admin::connect(&env.grpc(i))
+            .unwrap()
+            .describe_topic("orders")
+            .await
+            .unwrap();
+        expected += d.queues.iter().map(|q| q.max_offset).sum::<u64>();
+    }
+    assert_eq!(
+        expected, 70,
+        "20 + 30 late messages on brokers 0 and 2, none left on broker 1"
+    );
     assert_eq!(total_lag(&env, "billing").await, expected);
     consume(&env, "billing", "orders", expected as usize).await;
     assert_eq!(total_lag(&env, "billing").await, 0);
