@@ -501,6 +501,43 @@ async fn with_dead_lettering_off_exhausted_messages_are_dropped() {
     );
 }
 
+/// Consumes `expected` messages of `topic` with 50 handler slots, each holding
+/// its message for 30 ms; returns the most handlers that ever ran at once.
+async fn peak_in_flight(
+    b: &Broker,
+    topic: &str,
+    expected: usize,
+    builder: PushConsumerBuilder,
+) -> usize {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
+    let consumer = builder
+        .concurrency(50)
+        .start(move |_m| {
+            let (r, p, d) = (r.clone(), p.clone(), d.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                d.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), String>(())
+            }
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        &format!("{expected} handled on {topic} ({})", b.grpc),
+        async || (done.load(Ordering::SeqCst) == expected).then_some(()),
+    )
+    .await;
+    consumer.shutdown().await;
+    peak.load(Ordering::SeqCst)
+}
+
 #[tokio::test]
 async fn flow_control_caps_messages_in_flight_per_consumer() {
     let b = Broker::start();
@@ -511,37 +548,12 @@ async fn flow_control_caps_messages_in_flight_per_consumer() {
             .await
             .unwrap();
     }
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
-    let consumer = PushConsumerBuilder::new(&b.grpc, "capped", "flow")
-        .concurrency(50)
-        .max_in_flight(5)
-        .start(move |_m| {
-            let (r, p, d) = (r.clone(), p.clone(), d.clone());
-            async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                d.fetch_add(1, Ordering::SeqCst);
-                Ok::<(), String>(())
-            }
-        })
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(20), "60 handled", async || {
-        (done.load(Ordering::SeqCst) == 60).then_some(())
-    })
-    .await;
-    consumer.shutdown().await;
+    let builder = PushConsumerBuilder::new(&b.grpc, "capped", "flow").max_in_flight(5);
     assert_eq!(
-        peak.load(Ordering::SeqCst),
+        peak_in_flight(&b, "flow", 60, builder).await,
         5,
         "50 handler slots, but only 5 messages may be in flight"
     );
-
     // A byte limit: 3 KiB in flight with 1 KiB bodies → at most 3 at once.
     for i in 0..30 {
         producer
@@ -549,35 +561,10 @@ async fn flow_control_caps_messages_in_flight_per_consumer() {
             .await
             .unwrap();
     }
-    let (running, peak, done) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
-    let consumer = PushConsumerBuilder::new(&b.grpc, "capped", "flow-bytes")
-        .concurrency(50)
+    let builder = PushConsumerBuilder::new(&b.grpc, "capped", "flow-bytes")
         .max_in_flight(100)
-        .max_in_flight_bytes(3 * 1024)
-        .start(move |_m| {
-            let (r, p, d) = (r.clone(), p.clone(), d.clone());
-            async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                d.fetch_add(1, Ordering::SeqCst);
-                Ok::<(), String>(())
-            }
-        })
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(20), "30 handled", async || {
-        (done.load(Ordering::SeqCst) == 30).then_some(())
-    })
-    .await;
-    consumer.shutdown().await;
-    assert_eq!(peak.load(Ordering::SeqCst), 3);
+        .max_in_flight_bytes(3 * 1024);
+    assert_eq!(peak_in_flight(&b, "flow-bytes", 30, builder).await, 3);
 }
 
 #[tokio::test]
