@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
 use crate::error::Result;
 use crate::message::ReceivedMessage;
-use crate::push_consumer::default_client_id;
+use crate::push_consumer::{Filter, default_client_id};
 
 /// Settings of a [`PullConsumer`].
 #[derive(Debug, Clone)]
@@ -29,6 +29,7 @@ pub struct PullConsumerBuilder {
     topics: Vec<String>,
     client_id: String,
     request_timeout: Duration,
+    filter: Filter,
 }
 
 impl PullConsumerBuilder {
@@ -39,7 +40,13 @@ impl PullConsumerBuilder {
             topics,
             client_id: default_client_id(),
             request_timeout: Duration::from_secs(10),
+            filter: Filter::All,
         }
+    }
+    /// Only messages passing `filter` are returned; positions move past the rest.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
     }
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = id.into();
@@ -176,6 +183,8 @@ impl PullConsumer {
                         max_messages: max,
                         max_bytes: 0,
                         wait_ms,
+                        filter_type: self.shared.cfg.filter.to_proto().0,
+                        filter_expression: self.shared.cfg.filter.to_proto().1,
                     };
                     let timeout =
                         self.shared.cfg.request_timeout + Duration::from_millis(wait_ms as u64);

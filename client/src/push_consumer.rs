@@ -52,6 +52,29 @@ pub struct PushConsumerBuilder {
     invisible: Duration,
     request_timeout: Duration,
     route_refresh: Duration,
+    filter: Filter,
+}
+
+/// A broker-side filter: a tag expression or SQL92 (see docs/architecture.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Filter {
+    /// Everything.
+    #[default]
+    All,
+    /// `TagA || TagB`.
+    Tag(String),
+    /// `region = 'eu' AND amount > 100` over user properties and `TAGS`.
+    Sql(String),
+}
+
+impl Filter {
+    pub(crate) fn to_proto(&self) -> (i32, String) {
+        match self {
+            Filter::All => (pb::FilterType::Tag as i32, String::new()),
+            Filter::Tag(e) => (pb::FilterType::Tag as i32, e.clone()),
+            Filter::Sql(e) => (pb::FilterType::Sql as i32, e.clone()),
+        }
+    }
 }
 
 /// A unique client id: host name, process id and a random suffix.
@@ -84,7 +107,14 @@ impl PushConsumerBuilder {
             invisible: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             route_refresh: Duration::from_secs(5),
+            filter: Filter::All,
         }
+    }
+    /// Only messages passing `filter` are delivered; the rest still count as
+    /// consumed for the group.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
     }
     /// Stable id of this instance (its progress key in broadcast mode).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
@@ -257,6 +287,8 @@ async fn open_stream(
         invisible_duration_ms: cfg.invisible.as_millis() as u32,
         max_in_flight_messages: cfg.max_in_flight,
         max_in_flight_bytes: cfg.max_in_flight_bytes,
+        filter_type: cfg.filter.to_proto().0,
+        filter_expression: cfg.filter.to_proto().1,
     };
     match tokio::time::timeout(cfg.request_timeout, client.receive(request)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),

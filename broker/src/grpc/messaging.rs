@@ -97,6 +97,7 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<Self::ReceiveStream>, Status> {
         observed(self.broker.metrics(), "Receive", async move {
             let r = req.into_inner();
+            let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
             let (sub, consumer) = self
                 .broker
                 .open_receive(
@@ -104,6 +105,7 @@ impl MessagingService for MessagingApi {
                     &r.topic,
                     &r.client_id,
                     convert::mode_from_pb(r.mode),
+                    filter,
                 )
                 .map_err(to_status)?;
             let limits = ReceiveLimits {
@@ -207,9 +209,11 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::PullResponse>, Status> {
         observed(self.broker.metrics(), "Pull", async move {
             let r = req.into_inner();
+            let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
             let pulled = self
                 .broker
                 .pull(PullSpec {
+                    filter: &filter,
                     group: &r.group,
                     topic: &r.topic,
                     queue_id: r.queue_id,

@@ -41,6 +41,8 @@ pub enum BrokerError {
         client_id: String,
     },
     #[error(transparent)]
+    InvalidFilter(#[from] crate::filter::FilterError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -56,6 +58,7 @@ impl BrokerError {
             BrokerError::InvalidReceiptHandle(_) => "INVALID_RECEIPT_HANDLE",
             BrokerError::StaleGeneration { .. } => "STALE_GENERATION",
             BrokerError::QueueNotAssigned { .. } => "QUEUE_NOT_ASSIGNED",
+            BrokerError::InvalidFilter(_) => "INVALID_FILTER",
             BrokerError::Store(e) => e.code(),
         }
     }

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::MessagingConfig;
+use crate::filter::Filter;
 use crate::metrics::Metrics;
 use crate::store::{Message, MessageId, MessageType, Record, Store, StoreError, now_millis};
 use cursor::{Lease, QueueCursor, Released};
@@ -130,6 +131,9 @@ pub struct PullSpec<'a> {
     pub max_messages: usize,
     pub max_bytes: usize,
     pub wait: Duration,
+    /// Messages that do not pass are skipped (the returned next offset moves
+    /// past them).
+    pub filter: &'a Filter,
 }
 
 /// What a member learns from a heartbeat.
@@ -439,6 +443,7 @@ impl Broker {
         topic: &str,
         client_id: &str,
         mode: ConsumeMode,
+        filter: Filter,
     ) -> Result<(Arc<Subscription>, u64)> {
         if client_id.is_empty() {
             return Err(BrokerError::invalid("client_id", "must not be empty"));
@@ -447,7 +452,11 @@ impl Broker {
         let topic = self.topic_for_use(topic)?;
         let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
         let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
-        sub.state.lock().usage.insert(consumer, Usage::default());
+        {
+            let mut st = sub.state.lock();
+            st.usage.insert(consumer, Usage::default());
+            st.filter = Arc::new(filter);
+        }
         self.touch_member(&group.name, client_id, MemberKind::Push, [topic.name]);
         Ok((sub, consumer))
     }
@@ -563,6 +572,7 @@ impl Broker {
             }
             let start = st.round_robin;
             st.round_robin = st.round_robin.wrapping_add(1);
+            let filter = st.filter.clone();
             'queues: for i in 0..topic.queues {
                 let q = (start + i) % topic.queues;
                 let (min, max_offset) = self.store.queue_offsets(&topic.name, q);
@@ -588,6 +598,10 @@ impl Broker {
                         }
                         Err(e) => return Err(e.into()),
                     };
+                    if !filter.matches(&record) {
+                        cursor.skip(offset); // filtered out: done for this group
+                        continue;
+                    }
                     let bytes = record.body.len() as u64;
                     if usage.messages > 0 && usage.bytes + bytes > limits.max_bytes {
                         break 'queues;
@@ -834,6 +848,7 @@ impl Broker {
             max_messages,
             max_bytes,
             wait,
+            filter,
         } = req;
         let t = self.topics.require(topic)?;
         if queue_id >= t.queues {
@@ -858,6 +873,7 @@ impl Broker {
                 let deliveries: Vec<Delivery> = r
                     .records
                     .into_iter()
+                    .filter(|record| filter.matches(record))
                     .map(|record| self.plain_delivery(record))
                     .collect();
                 self.count_deliveries(&deliveries, group);

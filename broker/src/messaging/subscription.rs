@@ -2,12 +2,14 @@
 //! broadcast groups), shared by every consumer stream of that group.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::cursor::{Lease, QueueCursor};
 use super::offsets::{CursorExtras, ProgressKey};
+use crate::filter::Filter;
 
 /// Identifies a subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,12 +39,25 @@ pub struct Usage {
 }
 
 /// Mutable state of a subscription.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SubState {
     pub cursors: BTreeMap<u32, QueueCursor>,
     pub usage: HashMap<u64, Usage>,
     /// Queue the next lease round starts at, so queues are served in turn.
     pub round_robin: u32,
+    /// The group's filter on this topic, as its consumers last subscribed.
+    pub filter: Arc<Filter>,
+}
+
+impl Default for SubState {
+    fn default() -> Self {
+        SubState {
+            cursors: BTreeMap::new(),
+            usage: HashMap::new(),
+            round_robin: 0,
+            filter: Arc::new(Filter::All),
+        }
+    }
 }
 
 impl SubState {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use dduomq_client::{ConsumeMode, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage};
+use dduomq_client::{ConsumeMode, Filter, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use super::output::{Format, print_message};
@@ -26,6 +26,22 @@ pub struct ConsumeArgs {
     /// Client id (progress key of a broadcast member).
     #[arg(long)]
     pub client_id: Option<String>,
+    /// Only messages whose tag matches, e.g. `TagA || TagB`.
+    #[arg(long, conflicts_with = "filter_sql")]
+    pub filter_tag: Option<String>,
+    /// Only messages for which this SQL92 expression over properties and TAGS holds.
+    #[arg(long)]
+    pub filter_sql: Option<String>,
+}
+
+impl ConsumeArgs {
+    fn filter(&self) -> Filter {
+        match (&self.filter_tag, &self.filter_sql) {
+            (Some(t), _) => Filter::Tag(t.clone()),
+            (None, Some(s)) => Filter::Sql(s.clone()),
+            (None, None) => Filter::All,
+        }
+    }
 }
 
 pub async fn run(server: &str, format: Format, args: ConsumeArgs) -> anyhow::Result<()> {
@@ -46,6 +62,7 @@ async fn push(server: &str, format: Format, args: &ConsumeArgs, limit: u64) -> a
             ConsumeMode::Clustering
         })
         .concurrency(64)
+        .filter(args.filter())
         .max_in_flight(limit.min(256) as u32);
     if let Some(id) = &args.client_id {
         builder = builder.client_id(id.clone());

@@ -48,3 +48,60 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
+
+{{/*
+Selector labels of the brokers. The headless Service carries the same
+name/component/instance labels, and the EndpointSlice controller copies a
+Service's labels onto its EndpointSlices: that is what the operator's
+--broker-selector and the broker ServiceMonitor match.
+*/}}
+{{- define "dduomq.broker.selectorLabels" -}}
+{{ include "dduomq.selectorLabels" . }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{/*
+Selector labels of the operator.
+*/}}
+{{- define "dduomq.operator.selectorLabels" -}}
+{{ include "dduomq.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+The operator's --broker-selector: the broker headless Service's labels.
+*/}}
+{{- define "dduomq.broker.endpointSelector" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/component=broker,app.kubernetes.io/instance=%s" (include "dduomq.name" .) .Release.Name }}
+{{- end }}
+
+{{/*
+Names. The StatefulSet's name is kept to 52 characters, so that its pods'
+controller-revision-hash label (<name>-<10 character hash>) stays a valid label
+value.
+*/}}
+{{- define "dduomq.broker.fullname" -}}
+{{- printf "%s-broker" (include "dduomq.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "dduomq.operator.fullname" -}}
+{{- printf "%s-operator" (include "dduomq.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Images: repository:tag, the tag defaulting to the chart's appVersion.
+*/}}
+{{- define "dduomq.broker.image" -}}
+{{- printf "%s:%s" .Values.broker.image.repository (.Values.broker.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "dduomq.operator.image" -}}
+{{- printf "%s:%s" .Values.operator.image.repository (.Values.operator.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+The client Service's address, for the CLI (`--server`).
+*/}}
+{{- define "dduomq.clientAddress" -}}
+{{- printf "%s.%s.svc:%v" (include "dduomq.fullname" .) .Release.Namespace .Values.broker.service.grpcPort }}
+{{- end }}
