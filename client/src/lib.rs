@@ -34,7 +34,9 @@ pub use error::{ClientError, Result};
 pub use message::{Message, ReceivedMessage, SendReceipt, now_millis};
 pub use producer::{Producer, ProducerBuilder};
 pub use pull_consumer::{PullConsumer, PullConsumerBuilder};
-pub use push_consumer::{ConsumeMode, Filter, PushConsumer, PushConsumerBuilder, default_client_id};
+pub use push_consumer::{
+    ConsumeMode, Filter, PushConsumer, PushConsumerBuilder, default_client_id,
+};
 
 /// The protobuf types of the gRPC contract.
 pub use dduomq_proto::v1 as proto;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, Filter, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder};
+use dduomq_client::{
+    Admin, Filter, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder,
+};
 use harness::{Broker, eventually};
 use parking_lot::Mutex;
 
@@ -18,12 +20,15 @@ fn tag(i: u32) -> &'static str {
     ["A", "B", "C"][(i % 3) as usize]
 }
 fn region(i: u32) -> &'static str {
-    if i % 2 == 0 { "eu" } else { "us" }
+    if i.is_multiple_of(2) { "eu" } else { "us" }
 }
 
 async fn setup(b: &Broker) {
     let admin = Admin::connect(&b.grpc).unwrap();
-    admin.create_topic("payments", 2, pb::MessageType::Normal).await.unwrap();
+    admin
+        .create_topic("payments", 2, pb::MessageType::Normal)
+        .await
+        .unwrap();
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
     for i in 0..N {
         let m = Message::new("payments", format!("{i}"))
@@ -42,7 +47,8 @@ async fn push_filtered(b: &Broker, group: &str, filter: Filter, expected: usize)
         .start(move |m| {
             let sink = sink.clone();
             async move {
-                sink.lock().push(std::str::from_utf8(&m.body).unwrap().parse().unwrap());
+                sink.lock()
+                    .push(std::str::from_utf8(&m.body).unwrap().parse().unwrap());
                 Ok::<(), String>(())
             }
         })
@@ -50,11 +56,17 @@ async fn push_filtered(b: &Broker, group: &str, filter: Filter, expected: usize)
         .unwrap();
     let admin = Admin::connect(&b.grpc).unwrap();
     // Done when the whole topic is consumed (filtered-out messages included).
-    eventually(Duration::from_secs(20), "the group to reach the end", async || {
-        let d = admin.describe_group(group).await.unwrap();
-        (!d.queues.is_empty() && d.queues.iter().all(|q| q.lag == 0 && q.in_flight == 0) && seen.lock().len() >= expected)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the group to reach the end",
+        async || {
+            let d = admin.describe_group(group).await.unwrap();
+            (!d.queues.is_empty()
+                && d.queues.iter().all(|q| q.lag == 0 && q.in_flight == 0)
+                && seen.lock().len() >= expected)
+                .then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     consumer.shutdown().await;
@@ -76,7 +88,9 @@ async fn tag_and_sql_filters_deliver_exactly_the_matching_messages() {
     let got = push_filtered(&b, "sql", Filter::Sql(expr.into()), want.len()).await;
     assert_eq!(got, want);
 
-    let want: BTreeSet<u32> = (0..N).filter(|i| tag(*i) == "C" && !(10..50).contains(i)).collect();
+    let want: BTreeSet<u32> = (0..N)
+        .filter(|i| tag(*i) == "C" && !(10..50).contains(i))
+        .collect();
     let expr = "TAGS = 'C' AND amount NOT BETWEEN 10 AND 49";
     let got = push_filtered(&b, "sql-tags", Filter::Sql(expr.into()), want.len()).await;
     assert_eq!(got, want);
@@ -90,13 +104,27 @@ async fn tag_and_sql_filters_deliver_exactly_the_matching_messages() {
     let mut got = BTreeSet::new();
     for _ in 0..20 {
         for m in puller.poll(100, Duration::from_millis(200)).await.unwrap() {
-            got.insert(std::str::from_utf8(&m.body).unwrap().parse::<u32>().unwrap());
+            got.insert(
+                std::str::from_utf8(&m.body)
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
         }
     }
     assert_eq!(got, BTreeSet::from([5, 6, 7]));
     puller.commit().await.unwrap();
-    let d = Admin::connect(&b.grpc).unwrap().describe_group("pullers").await.unwrap();
-    assert_eq!(d.queues.iter().map(|q| q.lag).sum::<u64>(), 0, "{:?}", d.queues);
+    let d = Admin::connect(&b.grpc)
+        .unwrap()
+        .describe_group("pullers")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.queues.iter().map(|q| q.lag).sum::<u64>(),
+        0,
+        "{:?}",
+        d.queues
+    );
 }
 
 #[tokio::test]
@@ -114,6 +142,9 @@ async fn a_bad_expression_is_refused_at_subscribe_time_naming_the_position() {
             .await
             .unwrap_err();
         assert_eq!(e.reason(), "INVALID_FILTER", "{filter:?}: {e}");
-        assert!(e.to_string().contains(&format!("position {position}")), "{filter:?}: {e}");
+        assert!(
+            e.to_string().contains(&format!("position {position}")),
+            "{filter:?}: {e}"
+        );
     }
 }

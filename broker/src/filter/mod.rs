@@ -58,8 +58,10 @@ impl Filter {
         let mut position = 0;
         for part in expr.split("||") {
             let tag = part.trim();
-            if tag.is_empty() || tag.contains(|c: char| c == '|' || c.is_whitespace()) || tag == "*" {
-                let at = position + part.len() - part.trim_start().len();
+            if tag.is_empty() || tag.contains(|c: char| c == '|' || c.is_whitespace()) || tag == "*"
+            {
+                // Positions count characters, like the SQL parser's.
+                let at = position + part.chars().count() - part.trim_start().chars().count();
                 return Err(FilterError {
                     kind: "tag",
                     position: at,
@@ -115,7 +117,10 @@ mod tests {
             flags: RecordFlags::default(),
             tag: tag.into(),
             keys: vec![],
-            properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: bytes::Bytes::new(),
             crc: 0,
             size: 0,
@@ -133,13 +138,24 @@ mod tests {
         assert!(!f.matches(&record("", &[])));
         let e = Filter::tags("TagA || ").unwrap_err();
         assert_eq!(e.position, 8);
+        // Found by the fuzzer: positions are in characters, not bytes.
+        let e = Filter::tags("é || \u{a0}").unwrap_err();
+        assert_eq!(e.position, 6, "the end of the 6-character expression");
         assert!(Filter::tags("A ||| B").is_err());
         assert!(Filter::tags("A B").is_err());
     }
 
     #[test]
     fn sql_expressions() {
-        let r = record("red", &[("a", "5"), ("region", "eu"), ("vip", "true"), ("price", "9.5")]);
+        let r = record(
+            "red",
+            &[
+                ("a", "5"),
+                ("region", "eu"),
+                ("vip", "true"),
+                ("price", "9.5"),
+            ],
+        );
         let cases = [
             ("a = 5", true),
             ("a > 4 AND a < 6", true),

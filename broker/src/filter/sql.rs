@@ -50,7 +50,9 @@ enum Tok {
     End,
 }
 
-const KEYWORDS: [&str; 10] = ["AND", "OR", "NOT", "IS", "NULL", "BETWEEN", "IN", "TRUE", "FALSE", "LIKE"];
+const KEYWORDS: [&str; 10] = [
+    "AND", "OR", "NOT", "IS", "NULL", "BETWEEN", "IN", "TRUE", "FALSE", "LIKE",
+];
 
 fn error(position: usize, message: impl Into<String>) -> FilterError {
     FilterError {
@@ -133,16 +135,32 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, FilterError> {
                 }
                 Tok::Str(s)
             }
-            c if c.is_ascii_digit() || c == '.' || (c == '-' && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit() || *n == '.')) => {
+            c if c.is_ascii_digit()
+                || c == '.'
+                || (c == '-'
+                    && chars
+                        .get(i + 1)
+                        .is_some_and(|n| n.is_ascii_digit() || *n == '.')) =>
+            {
                 i += 1;
-                while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.' || chars[i] == 'e' || chars[i] == 'E') {
+                while i < chars.len()
+                    && (chars[i].is_ascii_digit()
+                        || chars[i] == '.'
+                        || chars[i] == 'e'
+                        || chars[i] == 'E')
+                {
                     i += 1;
                 }
                 let text: String = chars[start..i].iter().collect();
-                Tok::Num(text.parse().map_err(|_| error(start, format!("bad number {text:?}")))?)
+                Tok::Num(
+                    text.parse()
+                        .map_err(|_| error(start, format!("bad number {text:?}")))?,
+                )
             }
             c if c.is_alphabetic() || c == '_' => {
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+                {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
@@ -236,7 +254,11 @@ impl Parser {
                 ">" => Cmp::Gt,
                 _ => Cmp::Ge,
             };
-            return Ok(Expr::Compare(cmp, Box::new(left), Box::new(self.operand()?)));
+            return Ok(Expr::Compare(
+                cmp,
+                Box::new(left),
+                Box::new(self.operand()?),
+            ));
         }
         if self.keyword("IS") {
             let negated = self.keyword("NOT");
@@ -252,7 +274,12 @@ impl Parser {
                 return Err(self.unexpected("AND"));
             }
             let high = self.operand()?;
-            return Ok(Expr::Between(Box::new(left), Box::new(low), Box::new(high), negated));
+            return Ok(Expr::Between(
+                Box::new(left),
+                Box::new(low),
+                Box::new(high),
+                negated,
+            ));
         }
         if self.keyword("IN") {
             if self.bump() != Tok::LParen {
@@ -304,7 +331,10 @@ impl Parser {
                 self.bump();
                 Ok(Expr::Property(name))
             }
-            _ => self.literal().map(Expr::Literal).map_err(|_| self.unexpected("a property, a literal or '('")),
+            _ => self
+                .literal()
+                .map(Expr::Literal)
+                .map_err(|_| self.unexpected("a property, a literal or '('")),
         }
     }
 }
@@ -396,7 +426,10 @@ impl Expr {
             }
             Expr::Between(e, low, high, negated) => {
                 let v = e.eval(lookup);
-                let inside = match (compare(Cmp::Ge, &v, &low.eval(lookup)), compare(Cmp::Le, &v, &high.eval(lookup))) {
+                let inside = match (
+                    compare(Cmp::Ge, &v, &low.eval(lookup)),
+                    compare(Cmp::Le, &v, &high.eval(lookup)),
+                ) {
                     (Value::Bool(a), Value::Bool(b)) => Value::Bool(a && b),
                     (Value::Bool(false), _) | (_, Value::Bool(false)) => Value::Bool(false),
                     _ => Value::Null,
@@ -408,7 +441,9 @@ impl Expr {
                 if v == Value::Null {
                     return Value::Null;
                 }
-                let found = values.iter().any(|x| compare(Cmp::Eq, &v, x) == Value::Bool(true));
+                let found = values
+                    .iter()
+                    .any(|x| compare(Cmp::Eq, &v, x) == Value::Bool(true));
                 Value::Bool(found != *negated)
             }
         }

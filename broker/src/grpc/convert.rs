@@ -127,10 +127,15 @@ pub fn route_table(r: pb::UpdateRoutesRequest) -> crate::messaging::routes::Rout
 }
 
 /// The filter a consumer asked for.
-pub fn filter(kind: i32, expression: &str) -> Result<crate::filter::Filter, crate::messaging::error::BrokerError> {
+pub fn filter(
+    kind: i32,
+    expression: &str,
+) -> Result<crate::filter::Filter, crate::messaging::error::BrokerError> {
     use crate::filter::Filter;
-    Ok(match pb::FilterType::try_from(kind).unwrap_or(pb::FilterType::Tag) {
-        pb::FilterType::Tag => Filter::tags(expression)?,
-        pb::FilterType::Sql => Filter::sql(expression)?,
-    })
+    Ok(
+        match pb::FilterType::try_from(kind).unwrap_or(pb::FilterType::Tag) {
+            pb::FilterType::Tag => Filter::tags(expression)?,
+            pb::FilterType::Sql => Filter::sql(expression)?,
+        },
+    )
 }

@@ -325,6 +325,19 @@ impl Broker {
         Ok(g)
     }
 
+    /// The topic, if it has queue `queue_id`.
+    fn require_queue(&self, topic: &str, queue_id: u32) -> Result<TopicConfig> {
+        let t = self.topics.require(topic)?;
+        if queue_id >= t.queues {
+            return Err(BrokerError::QueueNotFound {
+                topic: t.name,
+                queue_id,
+                queues: t.queues,
+            });
+        }
+        Ok(t)
+    }
+
     fn require_group(&self, name: &str) -> Result<GroupConfig> {
         self.groups
             .get(name)
@@ -850,14 +863,7 @@ impl Broker {
             wait,
             filter,
         } = req;
-        let t = self.topics.require(topic)?;
-        if queue_id >= t.queues {
-            return Err(BrokerError::QueueNotFound {
-                topic: t.name,
-                queue_id,
-                queues: t.queues,
-            });
-        }
+        self.require_queue(topic, queue_id)?;
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_pull_wait);
         let mut arrivals = self.store.subscribe();
         loop {
@@ -907,14 +913,7 @@ impl Broker {
         generation: u64,
     ) -> Result<()> {
         self.require_group(group)?;
-        let t = self.topics.require(topic)?;
-        if queue_id >= t.queues {
-            return Err(BrokerError::QueueNotFound {
-                topic: t.name,
-                queue_id,
-                queues: t.queues,
-            });
-        }
+        self.require_queue(topic, queue_id)?;
         {
             let members = self.members.lock();
             let current = members.get(group).map_or(0, |m| m.generation());

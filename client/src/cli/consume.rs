@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use dduomq_client::{ConsumeMode, Filter, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage};
+use dduomq_client::{
+    ConsumeMode, Filter, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::output::{Format, print_message};
