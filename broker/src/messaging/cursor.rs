@@ -83,12 +83,21 @@ impl QueueCursor {
     }
 
     /// The next offset to deliver, if any is due now: a due retry first, then the
-    /// oldest never-delivered offset below `max_offset`.
-    pub fn candidate(&mut self, now: i64, max_offset: u64) -> Option<u64> {
-        if let Some(&(due, offset)) = self.retry.first()
-            && due <= now
-        {
-            return Some(offset);
+    /// oldest never-delivered offset below `max_offset`. `ordered` (FIFO) delivers
+    /// one message of the queue at a time: nothing new while a message is leased
+    /// or waiting for its redelivery, so a queue's messages (and thus each
+    /// sharding key's) are handled strictly in order.
+    pub fn candidate(&mut self, now: i64, max_offset: u64, ordered: bool) -> Option<u64> {
+        if let Some(&(due, offset)) = self.retry.first() {
+            if due <= now {
+                return Some(offset);
+            }
+            if ordered {
+                return None;
+            }
+        }
+        if ordered && !self.leases.is_empty() {
+            return None;
         }
         while self.next < max_offset && self.done.contains(&self.next) {
             self.next += 1;
@@ -250,7 +259,7 @@ mod tests {
     fn acks_out_of_order_move_the_watermark_only_over_a_done_prefix() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
         for o in 0..3 {
-            assert_eq!(c.candidate(0, 10), Some(o));
+            assert_eq!(c.candidate(0, 10, false), Some(o));
             assert_eq!(c.lease(o, lease(o + 100)), 1);
         }
         assert!(c.ack(1, 101).is_some());
@@ -261,23 +270,23 @@ mod tests {
         assert_eq!(c.committed(), 2);
         assert!(c.ack(2, 102).is_some());
         assert_eq!(c.committed(), 3);
-        assert_eq!(c.candidate(0, 3), None);
+        assert_eq!(c.candidate(0, 3, false), None);
     }
 
     #[test]
     fn release_retries_with_backoff_then_dead_letters() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
         let backoff = |a: u32| a as i64 * 100;
-        assert_eq!(c.candidate(0, 1), Some(0));
+        assert_eq!(c.candidate(0, 1, false), Some(0));
         c.lease(0, lease(1));
         let (_, r) = c.release(0, 50, 3, backoff).unwrap();
         assert_eq!(r, Released::Retry { offset: 0, at: 150 });
-        assert_eq!(c.candidate(149, 1), None, "not due yet");
+        assert_eq!(c.candidate(149, 1, false), None, "not due yet");
         assert_eq!(c.next_wake(), Some(150));
-        assert_eq!(c.candidate(150, 1), Some(0));
+        assert_eq!(c.candidate(150, 1, false), Some(0));
         assert_eq!(c.lease(0, lease(2)), 2);
         c.release(0, 200, 3, backoff).unwrap();
-        assert_eq!(c.candidate(400, 1), Some(0));
+        assert_eq!(c.candidate(400, 1, false), Some(0));
         assert_eq!(c.lease(0, lease(3)), 3);
         let (_, r) = c.release(0, 500, 3, backoff).unwrap();
         assert_eq!(
@@ -288,7 +297,7 @@ mod tests {
             }
         );
         assert_eq!(
-            c.candidate(10_000, 1),
+            c.candidate(10_000, 1, false),
             None,
             "dead-lettering is in progress"
         );
@@ -297,13 +306,31 @@ mod tests {
     }
 
     #[test]
+    fn ordered_queues_hold_one_message_at_a_time() {
+        let mut c = QueueCursor::new(0, [], HashMap::new());
+        assert_eq!(c.candidate(0, 5, true), Some(0));
+        c.lease(0, lease(1));
+        assert_eq!(c.candidate(0, 5, true), None, "0 is in flight");
+        c.release(0, 10, 16, |_| 100).unwrap();
+        assert_eq!(
+            c.candidate(50, 5, true),
+            None,
+            "0 waits for its redelivery; 1 must not overtake it"
+        );
+        assert_eq!(c.candidate(110, 5, true), Some(0));
+        c.lease(0, lease(2));
+        c.ack(0, 2).unwrap();
+        assert_eq!(c.candidate(110, 5, true), Some(1));
+    }
+
+    #[test]
     fn snapshot_restores_done_marks_and_attempts() {
         let c = QueueCursor::new(5, [3, 6, 8], HashMap::from([(7, 2)]));
         assert_eq!(c.committed(), 5);
         let mut c = c;
-        assert_eq!(c.candidate(0, 10), Some(5));
+        assert_eq!(c.candidate(0, 10, false), Some(5));
         c.lease(5, lease(1));
-        assert_eq!(c.candidate(0, 10), Some(7), "6 is done");
+        assert_eq!(c.candidate(0, 10, false), Some(7), "6 is done");
         assert_eq!(c.lease(7, lease(2)), 3, "attempts carried over");
         c.ack(5, 1);
         assert_eq!(c.committed(), 7);
@@ -315,10 +342,10 @@ mod tests {
         c.lease(0, lease(1));
         assert_eq!(c.reset(10).len(), 1);
         assert_eq!((c.committed(), c.in_flight()), (10, 0));
-        assert_eq!(c.candidate(0, 12), Some(10));
+        assert_eq!(c.candidate(0, 12, false), Some(10));
         c.lease(10, lease(2));
         c.skip_below(20);
         assert_eq!((c.committed(), c.in_flight()), (20, 0));
-        assert_eq!(c.candidate(0, 25), Some(20));
+        assert_eq!(c.candidate(0, 25, false), Some(20));
     }
 }

@@ -40,6 +40,8 @@ pub enum BrokerError {
         queue_id: u32,
         client_id: String,
     },
+    #[error("topic {topic:?} refuses this message: {reason}")]
+    MessageTypeMismatch { topic: String, reason: String },
     #[error(transparent)]
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
@@ -59,6 +61,7 @@ impl BrokerError {
             BrokerError::StaleGeneration { .. } => "STALE_GENERATION",
             BrokerError::QueueNotAssigned { .. } => "QUEUE_NOT_ASSIGNED",
             BrokerError::InvalidFilter(_) => "INVALID_FILTER",
+            BrokerError::MessageTypeMismatch { .. } => "MESSAGE_TYPE_MISMATCH",
             BrokerError::Store(e) => e.code(),
         }
     }

@@ -372,6 +372,24 @@ impl Broker {
                     (self.round_robin.fetch_add(1, Ordering::Relaxed) % topic.queues as u64) as u32
                 }
             };
+            match topic.message_type {
+                MessageType::Fifo if m.sharding_key.is_empty() => {
+                    return Err(BrokerError::MessageTypeMismatch {
+                        topic: topic.name,
+                        reason: "a FIFO topic needs a sharding key on every message".into(),
+                    });
+                }
+                MessageType::Delay | MessageType::Transaction => {
+                    return Err(BrokerError::MessageTypeMismatch {
+                        reason: format!(
+                            "{} messages are not supported by this broker version yet",
+                            topics::message_type_str(topic.message_type)
+                        ),
+                        topic: topic.name,
+                    });
+                }
+                _ => {}
+            }
             let mut properties = m.properties;
             if !m.sharding_key.is_empty() {
                 properties.push((SHARDING_KEY_PROPERTY.into(), m.sharding_key));
@@ -384,7 +402,11 @@ impl Broker {
                 keys: m.keys,
                 properties,
                 body: m.body,
-                ..Message::default()
+                flags: crate::store::RecordFlags::new(
+                    crate::store::Codec::None,
+                    topic.message_type,
+                    crate::store::TransactionState::None,
+                ),
             });
         }
         let topics: Vec<(String, usize)> = batch
@@ -586,6 +608,9 @@ impl Broker {
             let start = st.round_robin;
             st.round_robin = st.round_robin.wrapping_add(1);
             let filter = st.filter.clone();
+            // FIFO topics, clustering groups: one message per queue at a time.
+            let ordered =
+                topic.message_type == MessageType::Fifo && group.mode == ConsumeMode::Clustering;
             'queues: for i in 0..topic.queues {
                 let q = (start + i) % topic.queues;
                 let (min, max_offset) = self.store.queue_offsets(&topic.name, q);
@@ -596,7 +621,7 @@ impl Broker {
                         break 'queues;
                     }
                     let cursor = self.cursor_for(&mut st, &sub.key, q);
-                    let Some(offset) = cursor.candidate(now, max_offset) else {
+                    let Some(offset) = cursor.candidate(now, max_offset, ordered) else {
                         break;
                     };
                     let record = match self.store.read(&topic.name, q, offset, 1, usize::MAX) {
