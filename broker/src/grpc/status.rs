@@ -21,7 +21,9 @@ pub fn to_status(err: BrokerError) -> Status {
         "INVALID_ARGUMENT"
         | "MESSAGE_TOO_LARGE"
         | "INVALID_MESSAGE_ID"
-        | "INVALID_RECEIPT_HANDLE" => Code::InvalidArgument,
+        | "INVALID_RECEIPT_HANDLE"
+        | "INVALID_FILTER"
+        | "MESSAGE_TYPE_MISMATCH" => Code::InvalidArgument,
         "STALE_GENERATION" | "QUEUE_NOT_ASSIGNED" => Code::FailedPrecondition,
         "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
         "DISK_FULL" => Code::ResourceExhausted,
@@ -52,6 +54,20 @@ pub fn invalid(what: &'static str, reason: impl Into<String>) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_of_bad_input_are_invalid_argument() {
+        let filter = crate::filter::Filter::sql("a =").unwrap_err();
+        assert_eq!(
+            to_status(BrokerError::InvalidFilter(filter)).code(),
+            Code::InvalidArgument
+        );
+        let mismatch = BrokerError::MessageTypeMismatch {
+            topic: "t".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(to_status(mismatch).code(), Code::InvalidArgument);
+    }
 
     #[test]
     fn carries_reason_and_range() {
