@@ -53,10 +53,25 @@ impl Message {
         self
     }
 
-    pub(crate) fn into_proto(self, queue_id: Option<u32>) -> pb::OutgoingMessage {
+    /// The wire form. Bodies of at least `compress_from` bytes (0: never) are
+    /// zstd-compressed when that makes them smaller.
+    pub(crate) fn into_proto(
+        self,
+        queue_id: Option<u32>,
+        compress_from: usize,
+    ) -> pb::OutgoingMessage {
+        let compressed = (compress_from > 0 && self.body.len() >= compress_from)
+            .then(|| zstd::bulk::compress(&self.body, ZSTD_LEVEL).ok())
+            .flatten()
+            .filter(|c| c.len() < self.body.len());
+        let (body, codec) = match compressed {
+            Some(c) => (c, pb::Codec::Zstd),
+            None => (self.body.to_vec(), pb::Codec::None),
+        };
         pb::OutgoingMessage {
             topic: self.topic,
-            body: self.body.to_vec(),
+            body,
+            codec: codec as i32,
             tag: self.tag,
             keys: self.keys,
             properties: self.properties,
@@ -66,6 +81,9 @@ impl Message {
         }
     }
 }
+
+/// zstd level for message bodies: fast, and most of the ratio.
+const ZSTD_LEVEL: i32 = 3;
 
 /// Where a sent message was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,13 +127,27 @@ pub struct ReceivedMessage {
 }
 
 impl From<pb::Message> for ReceivedMessage {
-    fn from(m: pb::Message) -> Self {
+    /// Decompresses the body. A body that fails to decompress (which the broker's
+    /// frame check makes a corruption) is delivered as stored, with the error in
+    /// the `DDUOMQ_DECODE_ERROR` property.
+    fn from(mut m: pb::Message) -> Self {
+        let body = match pb::Codec::try_from(m.codec).unwrap_or(pb::Codec::None) {
+            pb::Codec::None => m.body,
+            pb::Codec::Zstd => match zstd::stream::decode_all(&m.body[..]) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    m.properties
+                        .insert("DDUOMQ_DECODE_ERROR".into(), e.to_string());
+                    m.body
+                }
+            },
+        };
         ReceivedMessage {
             message_id: m.message_id,
             topic: m.topic,
             queue_id: m.queue_id,
             offset: m.offset,
-            body: Bytes::from(m.body),
+            body: Bytes::from(body),
             tag: m.tag,
             keys: m.keys,
             properties: m.properties,

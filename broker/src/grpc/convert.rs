@@ -23,6 +23,10 @@ pub fn message(d: Delivery) -> pb::Message {
         delivery_attempt: d.attempt,
         receipt_handle: d.receipt_handle,
         invisible_until_ms: d.invisible_until,
+        codec: match r.flags.codec() {
+            Some(crate::store::Codec::Zstd) => pb::Codec::Zstd,
+            _ => pb::Codec::None,
+        } as i32,
     }
 }
 

@@ -17,7 +17,7 @@ use super::{convert, observed};
 use crate::messaging::membership::MemberKind;
 use crate::messaging::subscription::Subscription;
 use crate::messaging::{Broker, PullSpec, ReceiveLimits, SendMessage};
-use crate::store::now_millis;
+use crate::store::{Codec, now_millis};
 
 /// Leased messages one stream may hold when the consumer sets no limit.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
@@ -70,6 +70,10 @@ impl MessagingService for MessagingApi {
                     sharding_key: m.sharding_key,
                     queue_id: m.queue_id,
                     born_timestamp: m.born_timestamp_ms,
+                    codec: match pb::Codec::try_from(m.codec).unwrap_or(pb::Codec::None) {
+                        pb::Codec::Zstd => Codec::Zstd,
+                        pb::Codec::None => Codec::None,
+                    },
                 })
                 .collect();
             let receipts = self.broker.send(messages).await.map_err(to_status)?;

@@ -37,6 +37,9 @@ use routes::{QueueRoute, RouteTable, TopicRoute};
 use subscription::{SubKey, SubState, Subscription, Usage};
 use topics::{TopicConfig, Topics};
 
+/// The first bytes of every zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
 /// Property carrying a message's sharding key.
 pub const SHARDING_KEY_PROPERTY: &str = "SHARDING_KEY";
 /// Properties added to a dead-lettered message.
@@ -60,6 +63,7 @@ pub struct SendMessage {
     pub sharding_key: String,
     pub queue_id: Option<u32>,
     pub born_timestamp: i64,
+    pub codec: crate::store::Codec,
 }
 
 /// Where a sent message landed.
@@ -372,6 +376,12 @@ impl Broker {
                     (self.round_robin.fetch_add(1, Ordering::Relaxed) % topic.queues as u64) as u32
                 }
             };
+            if m.codec == crate::store::Codec::Zstd && !m.body.starts_with(&ZSTD_MAGIC) {
+                return Err(BrokerError::invalid(
+                    "body",
+                    "codec is zstd but the body is not a zstd frame",
+                ));
+            }
             match topic.message_type {
                 MessageType::Fifo if m.sharding_key.is_empty() => {
                     return Err(BrokerError::MessageTypeMismatch {
@@ -403,7 +413,7 @@ impl Broker {
                 properties,
                 body: m.body,
                 flags: crate::store::RecordFlags::new(
-                    crate::store::Codec::None,
+                    m.codec,
                     topic.message_type,
                     crate::store::TransactionState::None,
                 ),

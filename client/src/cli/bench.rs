@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// Consumer group (default: a fresh one per run).
     #[arg(long)]
     pub group: Option<String>,
+    /// Bodies of at least this many bytes are zstd-compressed (0: off).
+    #[arg(long, default_value_t = 4096)]
+    pub compress_from: usize,
 }
 
 type Hist = Arc<Mutex<Histogram<u64>>>;
@@ -93,7 +96,9 @@ async fn produce(
 ) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for p in 0..args.producers {
-        let producer = ProducerBuilder::new(server).build()?;
+        let producer = ProducerBuilder::new(server)
+            .compress_from(args.compress_from)
+            .build()?;
         let (args, hist, sent, errors) = (args.clone(), hist.clone(), sent.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let window = Arc::new(Semaphore::new(args.window));
