@@ -54,11 +54,13 @@ impl Message {
     }
 
     /// The wire form. Bodies of at least `compress_from` bytes (0: never) are
-    /// zstd-compressed when that makes them smaller.
+    /// zstd-compressed when that makes them smaller; `identity` is the
+    /// idempotent producer's id and this message's sequence.
     pub(crate) fn into_proto(
         self,
         queue_id: Option<u32>,
         compress_from: usize,
+        identity: Option<(&str, u64)>,
     ) -> pb::OutgoingMessage {
         let compressed = (compress_from > 0 && self.body.len() >= compress_from)
             .then(|| zstd::bulk::compress(&self.body, ZSTD_LEVEL).ok())
@@ -68,10 +70,14 @@ impl Message {
             Some(c) => (c, pb::Codec::Zstd),
             None => (self.body.to_vec(), pb::Codec::None),
         };
+        let (producer_id, sequence) =
+            identity.map_or((String::new(), 0), |(p, s)| (p.to_string(), s));
         pb::OutgoingMessage {
             topic: self.topic,
             body,
             codec: codec as i32,
+            producer_id,
+            sequence,
             tag: self.tag,
             keys: self.keys,
             properties: self.properties,

@@ -29,6 +29,7 @@ pub struct ProducerBuilder {
     send_timeout: Duration,
     route_ttl: Duration,
     compress_from: usize,
+    idempotent: bool,
 }
 
 impl ProducerBuilder {
@@ -43,7 +44,14 @@ impl ProducerBuilder {
             send_timeout: Duration::from_secs(10),
             route_ttl: Duration::from_secs(30),
             compress_from: 4096,
+            idempotent: true,
         }
+    }
+    /// Give every message a producer id and sequence number, so that a retried
+    /// send is stored once (default on).
+    pub fn idempotent(mut self, on: bool) -> Self {
+        self.idempotent = on;
+        self
     }
     /// Bodies of at least this many bytes are zstd-compressed (default 4 KiB;
     /// 0 turns compression off). Consumers receive the original bytes.
@@ -89,6 +97,12 @@ impl ProducerBuilder {
                 links: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
                 round_robin: AtomicU64::new(0),
+                producer_id: format!(
+                    "{:016x}{:016x}",
+                    rand::random::<u64>(),
+                    rand::random::<u64>()
+                ),
+                sequence: AtomicU64::new(0),
                 config: self,
             }),
         })
@@ -122,6 +136,9 @@ struct Inner {
     links: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     routes: Mutex<HashMap<String, Route>>,
     round_robin: AtomicU64,
+    /// Idempotence: this producer's id and its next sequence number.
+    producer_id: String,
+    sequence: AtomicU64,
 }
 
 impl std::fmt::Debug for Pending {
@@ -185,11 +202,27 @@ impl Producer {
         let address = queue.broker_address.clone();
         let batch: Vec<pb::OutgoingMessage> = messages
             .into_iter()
-            .map(|m| m.into_proto(Some(queue.queue_id), self.inner.config.compress_from))
+            .map(|m| {
+                m.into_proto(
+                    Some(queue.queue_id),
+                    self.inner.config.compress_from,
+                    self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
+                )
+            })
             .collect();
         send_with_retry(client(&address)?, batch, self.inner.config.send_timeout)
             .await
             .map(|r| r.into_iter().map(SendReceipt::from).collect())
+    }
+
+    /// The producer id and a fresh sequence number, when idempotent.
+    fn identity(&self) -> Option<(String, u64)> {
+        self.inner.config.idempotent.then(|| {
+            (
+                self.inner.producer_id.clone(),
+                self.inner.sequence.fetch_add(1, Ordering::Relaxed),
+            )
+        })
     }
 
     async fn enqueue(
@@ -206,7 +239,11 @@ impl Producer {
         let queue = self.pick_queue(&route, &message);
         let link = self.link(&queue.broker_address)?;
         let pending = Pending {
-            message: message.into_proto(Some(queue.queue_id), self.inner.config.compress_from),
+            message: message.into_proto(
+                Some(queue.queue_id),
+                self.inner.config.compress_from,
+                self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
+            ),
             reply,
         };
         link.send(pending).await.map_err(|_| ClientError::Closed)
@@ -235,15 +272,13 @@ impl Producer {
         {
             return Ok(r.clone());
         }
-        let response = with_deadline(
-            self.inner.config.send_timeout,
-            self.inner
-                .bootstrap
-                .clone()
-                .query_route(pb::QueryRouteRequest {
-                    topic: topic.to_string(),
-                }),
-        )
+        let response = retry(self.inner.config.send_timeout, || {
+            let mut client = self.inner.bootstrap.clone();
+            let request = pb::QueryRouteRequest {
+                topic: topic.to_string(),
+            };
+            async move { client.query_route(request).await }
+        })
         .await?;
         if response.queues.is_empty() {
             return Err(ClientError::InvalidArgument(format!(
@@ -354,25 +389,33 @@ async fn deliver(client: MessagingServiceClient<Channel>, batch: Vec<Pending>, t
 
 /// One Send request, retried on retryable errors until `timeout` has passed.
 async fn send_with_retry(
-    mut client: MessagingServiceClient<Channel>,
+    client: MessagingServiceClient<Channel>,
     messages: Vec<pb::OutgoingMessage>,
     timeout: Duration,
 ) -> Result<Vec<pb::SendReceipt>> {
+    let request = pb::SendRequest { messages };
+    retry(timeout, || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.send(request).await }
+    })
+    .await
+    .map(|r| r.receipts)
+}
+
+/// Runs a unary call, retrying retryable failures with backoff until `timeout`.
+async fn retry<T, F, Fut>(timeout: Duration, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(20);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = with_deadline(
-            remaining,
-            client.send(pb::SendRequest {
-                messages: messages.clone(),
-            }),
-        )
-        .await;
-        match attempt {
-            Ok(r) => return Ok(r.receipts),
+        match with_deadline(remaining, call()).await {
+            Ok(r) => return Ok(r),
             Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
-                tracing::debug!(error = %e, "send failed; retrying");
+                tracing::debug!(error = %e, "request failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

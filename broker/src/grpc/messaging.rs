@@ -74,6 +74,8 @@ impl MessagingService for MessagingApi {
                         pb::Codec::Zstd => Codec::Zstd,
                         pb::Codec::None => Codec::None,
                     },
+                    producer_id: m.producer_id,
+                    sequence: m.sequence,
                 })
                 .collect();
             let receipts = self.broker.send(messages).await.map_err(to_status)?;

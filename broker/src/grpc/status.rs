@@ -28,7 +28,7 @@ pub fn to_status(err: BrokerError) -> Status {
         "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
         "DISK_FULL" => Code::ResourceExhausted,
         "CORRUPT_RECORD" => Code::DataLoss,
-        "STORE_CLOSED" => Code::Unavailable,
+        "STORE_CLOSED" | "DUPLICATE_IN_FLIGHT" => Code::Unavailable,
         _ => Code::Internal,
     };
     let mut metadata = HashMap::new();

@@ -40,6 +40,10 @@ pub enum BrokerError {
         queue_id: u32,
         client_id: String,
     },
+    #[error(
+        "sequence {sequence} of producer {producer:?} is being stored by another request; retry"
+    )]
+    DuplicateInFlight { producer: String, sequence: u64 },
     #[error("topic {topic:?} refuses this message: {reason}")]
     MessageTypeMismatch { topic: String, reason: String },
     #[error(transparent)]
@@ -62,6 +66,7 @@ impl BrokerError {
             BrokerError::QueueNotAssigned { .. } => "QUEUE_NOT_ASSIGNED",
             BrokerError::InvalidFilter(_) => "INVALID_FILTER",
             BrokerError::MessageTypeMismatch { .. } => "MESSAGE_TYPE_MISMATCH",
+            BrokerError::DuplicateInFlight { .. } => "DUPLICATE_IN_FLIGHT",
             BrokerError::Store(e) => e.code(),
         }
     }

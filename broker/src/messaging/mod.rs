@@ -4,6 +4,7 @@
 //! (which only translate) and the store.
 
 pub mod cursor;
+pub mod dedupe;
 pub mod error;
 pub mod groups;
 pub mod membership;
@@ -37,6 +38,15 @@ use routes::{QueueRoute, RouteTable, TopicRoute};
 use subscription::{SubKey, SubState, Subscription, Usage};
 use topics::{TopicConfig, Topics};
 
+/// The idempotent producer id and sequence a record carries, if any.
+fn producer_sequence(properties: &[(String, String)]) -> Option<(String, u64)> {
+    let get = |name: &str| properties.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    Some((
+        get(dedupe::PRODUCER_ID)?.clone(),
+        get(dedupe::SEQUENCE)?.parse().ok()?,
+    ))
+}
+
 /// The first bytes of every zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
@@ -64,6 +74,10 @@ pub struct SendMessage {
     pub queue_id: Option<u32>,
     pub born_timestamp: i64,
     pub codec: crate::store::Codec,
+    /// Idempotent producers: the producer's id (empty: not idempotent) and this
+    /// message's sequence number.
+    pub producer_id: String,
+    pub sequence: u64,
 }
 
 /// Where a sent message landed.
@@ -184,6 +198,7 @@ pub struct Broker {
     metrics: Option<Arc<Metrics>>,
     routes: parking_lot::RwLock<RouteTable>,
     draining: std::sync::atomic::AtomicBool,
+    dedupe: dedupe::Dedupe,
 }
 
 impl Broker {
@@ -195,7 +210,28 @@ impl Broker {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Broker> {
         let meta = store.config().data_dir.join("metadata");
+        // Idempotent producers: the saved windows, plus what was stored after them.
+        let (dedupe, scan_from) = dedupe::Dedupe::open(meta.join("producers.json"))?;
+        let broker_id = store.config().broker_id;
+        store.scan(scan_from, |rec| {
+            if let Some((pid, seq)) = producer_sequence(&rec.properties) {
+                let receipt = SendReceipt {
+                    message_id: MessageId {
+                        broker_id,
+                        physical_offset: rec.physical_offset,
+                        crc: rec.crc,
+                    }
+                    .to_string(),
+                    topic: rec.topic.clone(),
+                    queue_id: rec.queue_id,
+                    offset: rec.queue_offset,
+                    store_timestamp: rec.store_timestamp,
+                };
+                dedupe.record(&pid, seq, &receipt);
+            }
+        })?;
         Ok(Broker {
+            dedupe,
             topics: Topics::open(meta.join("topics.json"))?,
             groups: Groups::open(meta.join("groups.json"))?,
             offsets: Mutex::new(OffsetTable::open(meta.join("offsets.json"))?),
@@ -350,105 +386,158 @@ impl Broker {
 
     // ---- send ---------------------------------------------------------------
 
-    /// Stores messages as one atomic batch.
+    /// Validates a message and turns it into a store record for its queue.
+    fn prepare(&self, m: SendMessage) -> Result<Message> {
+        let topic = self.topic_for_use(&m.topic)?;
+        let queue_id = match m.queue_id {
+            Some(q) => self.require_queue(&topic.name, q).map(|_| q)?,
+            None if !m.sharding_key.is_empty() => {
+                (xxhash_rust::xxh3::xxh3_64(m.sharding_key.as_bytes()) % topic.queues as u64) as u32
+            }
+            None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % topic.queues as u64) as u32,
+        };
+        if m.codec == crate::store::Codec::Zstd && !m.body.starts_with(&ZSTD_MAGIC) {
+            return Err(BrokerError::invalid(
+                "body",
+                "codec is zstd but the body is not a zstd frame",
+            ));
+        }
+        match topic.message_type {
+            MessageType::Fifo if m.sharding_key.is_empty() => {
+                return Err(BrokerError::MessageTypeMismatch {
+                    topic: topic.name,
+                    reason: "a FIFO topic needs a sharding key on every message".into(),
+                });
+            }
+            MessageType::Delay | MessageType::Transaction => {
+                return Err(BrokerError::MessageTypeMismatch {
+                    reason: format!(
+                        "{} messages are not supported by this broker version yet",
+                        topics::message_type_str(topic.message_type)
+                    ),
+                    topic: topic.name,
+                });
+            }
+            _ => {}
+        }
+        let mut properties = m.properties;
+        if properties.iter().any(|(k, _)| k.starts_with("__")) {
+            return Err(BrokerError::invalid(
+                "property",
+                "names starting with '__' are reserved",
+            ));
+        }
+        if !m.sharding_key.is_empty() {
+            properties.push((SHARDING_KEY_PROPERTY.into(), m.sharding_key));
+        }
+        if !m.producer_id.is_empty() {
+            properties.push((dedupe::PRODUCER_ID.into(), m.producer_id));
+            properties.push((dedupe::SEQUENCE.into(), m.sequence.to_string()));
+        }
+        Ok(Message {
+            topic: topic.name,
+            queue_id,
+            born_timestamp: m.born_timestamp,
+            tag: m.tag,
+            keys: m.keys,
+            properties,
+            body: m.body,
+            flags: crate::store::RecordFlags::new(
+                m.codec,
+                topic.message_type,
+                crate::store::TransactionState::None,
+            ),
+        })
+    }
+
+    /// Stores messages as one atomic batch. Messages of idempotent producers that
+    /// were already stored (a retry) are not stored again: they get their
+    /// original receipts.
     pub async fn send(&self, messages: Vec<SendMessage>) -> Result<Vec<SendReceipt>> {
         let started = Instant::now();
         if messages.is_empty() {
             return Err(BrokerError::invalid("send", "no messages"));
         }
-        let mut batch = Vec::with_capacity(messages.len());
-        for m in messages {
-            let topic = self.topic_for_use(&m.topic)?;
-            let queue_id = match m.queue_id {
-                Some(q) if q >= topic.queues => {
-                    return Err(BrokerError::QueueNotFound {
-                        topic: topic.name,
-                        queue_id: q,
-                        queues: topic.queues,
+        let batch = messages
+            .into_iter()
+            .map(|m| self.prepare(m))
+            .collect::<Result<Vec<_>>>()?;
+        // Which messages are new; a duplicate in flight asks the producer to retry.
+        let log_end = self.store.stats().commit_log_max;
+        let mut receipts: Vec<Option<SendReceipt>> = vec![None; batch.len()];
+        let mut fresh = Vec::with_capacity(batch.len());
+        let mut claimed: Vec<(usize, String, u64)> = Vec::new();
+        for (i, m) in batch.into_iter().enumerate() {
+            let Some((pid, seq)) = producer_sequence(&m.properties) else {
+                fresh.push((i, m));
+                continue;
+            };
+            match self.dedupe.check(&pid, seq, log_end) {
+                dedupe::Seen::New => {
+                    claimed.push((i, pid, seq));
+                    fresh.push((i, m));
+                }
+                dedupe::Seen::Stored(r) => receipts[i] = Some(r),
+                dedupe::Seen::InFlight => {
+                    for (_, p, q) in &claimed {
+                        self.dedupe.finish(p, *q, None);
+                    }
+                    return Err(BrokerError::DuplicateInFlight {
+                        producer: pid,
+                        sequence: seq,
                     });
                 }
-                Some(q) => q,
-                None if !m.sharding_key.is_empty() => {
-                    (xxhash_rust::xxh3::xxh3_64(m.sharding_key.as_bytes()) % topic.queues as u64)
-                        as u32
-                }
-                None => {
-                    (self.round_robin.fetch_add(1, Ordering::Relaxed) % topic.queues as u64) as u32
+            }
+        }
+        if !fresh.is_empty() {
+            let (slots, batch): (Vec<usize>, Vec<Message>) = fresh.into_iter().unzip();
+            let sizes: Vec<(String, usize)> = batch
+                .iter()
+                .map(|m| (m.topic.clone(), m.body.len()))
+                .collect();
+            let acks = match self.store.append(batch).await {
+                Ok(acks) => acks,
+                Err(e) => {
+                    for (_, p, q) in &claimed {
+                        self.dedupe.finish(p, *q, None);
+                    }
+                    return Err(e.into());
                 }
             };
-            if m.codec == crate::store::Codec::Zstd && !m.body.starts_with(&ZSTD_MAGIC) {
-                return Err(BrokerError::invalid(
-                    "body",
-                    "codec is zstd but the body is not a zstd frame",
-                ));
+            self.count_sends(&sizes, started);
+            for ((slot, a), (topic, _)) in slots.into_iter().zip(acks).zip(sizes) {
+                receipts[slot] = Some(SendReceipt {
+                    message_id: a.id.to_string(),
+                    topic,
+                    queue_id: a.queue_id,
+                    offset: a.queue_offset,
+                    store_timestamp: a.store_timestamp,
+                });
             }
-            match topic.message_type {
-                MessageType::Fifo if m.sharding_key.is_empty() => {
-                    return Err(BrokerError::MessageTypeMismatch {
-                        topic: topic.name,
-                        reason: "a FIFO topic needs a sharding key on every message".into(),
-                    });
-                }
-                MessageType::Delay | MessageType::Transaction => {
-                    return Err(BrokerError::MessageTypeMismatch {
-                        reason: format!(
-                            "{} messages are not supported by this broker version yet",
-                            topics::message_type_str(topic.message_type)
-                        ),
-                        topic: topic.name,
-                    });
-                }
-                _ => {}
+            for (slot, pid, seq) in &claimed {
+                self.dedupe.finish(pid, *seq, receipts[*slot].as_ref());
             }
-            let mut properties = m.properties;
-            if !m.sharding_key.is_empty() {
-                properties.push((SHARDING_KEY_PROPERTY.into(), m.sharding_key));
-            }
-            batch.push(Message {
-                topic: topic.name,
-                queue_id,
-                born_timestamp: m.born_timestamp,
-                tag: m.tag,
-                keys: m.keys,
-                properties,
-                body: m.body,
-                flags: crate::store::RecordFlags::new(
-                    m.codec,
-                    topic.message_type,
-                    crate::store::TransactionState::None,
-                ),
-            });
         }
-        let topics: Vec<(String, usize)> = batch
-            .iter()
-            .map(|m| (m.topic.clone(), m.body.len()))
-            .collect();
-        let acks = self.store.append(batch).await?;
-        if let Some(m) = &self.metrics {
-            // One label lookup per run of a topic, not per message: batches are
-            // usually one topic.
-            for run in topics.chunk_by(|a, b| a.0 == b.0) {
-                let bytes: usize = run.iter().map(|(_, b)| b).sum();
-                m.messages_in
-                    .with_label_values(&[&run[0].0])
-                    .inc_by(run.len() as u64);
-                m.bytes_in
-                    .with_label_values(&[&run[0].0])
-                    .inc_by(bytes as u64);
-            }
-            m.produce_latency.observe(started.elapsed().as_secs_f64());
-        }
-        Ok(acks
+        Ok(receipts
             .into_iter()
-            .zip(topics.into_iter().map(|(t, _)| t))
-            .map(|(a, topic)| SendReceipt {
-                message_id: a.id.to_string(),
-                topic,
-                queue_id: a.queue_id,
-                offset: a.queue_offset,
-                store_timestamp: a.store_timestamp,
-            })
+            .map(|r| r.expect("every slot answered"))
             .collect())
+    }
+
+    fn count_sends(&self, sizes: &[(String, usize)], started: Instant) {
+        let Some(m) = &self.metrics else { return };
+        // One label lookup per run of a topic, not per message: batches are
+        // usually one topic.
+        for run in sizes.chunk_by(|a, b| a.0 == b.0) {
+            let bytes: usize = run.iter().map(|(_, b)| b).sum();
+            m.messages_in
+                .with_label_values(&[&run[0].0])
+                .inc_by(run.len() as u64);
+            m.bytes_in
+                .with_label_values(&[&run[0].0])
+                .inc_by(bytes as u64);
+        }
+        m.produce_latency.observe(started.elapsed().as_secs_f64());
     }
 
     // ---- push consumption -----------------------------------------------------
@@ -742,7 +831,13 @@ impl Broker {
                 .and_then(|c| c.attempts().get(&offset).copied())
                 .unwrap_or(group.max_delivery_attempts);
             let dlq = group.dead_letter_topic();
-            let mut properties = rec.properties.clone();
+            // The copy is not the producer's message: no dedupe identity.
+            let mut properties: Vec<(String, String)> = rec
+                .properties
+                .iter()
+                .filter(|(k, _)| k != dedupe::PRODUCER_ID && k != dedupe::SEQUENCE)
+                .cloned()
+                .collect();
             properties.extend([
                 (DLQ_ORIGIN_TOPIC.to_string(), topic.clone()),
                 (DLQ_ORIGIN_QUEUE.to_string(), queue_id.to_string()),
@@ -1104,10 +1199,12 @@ impl Broker {
         }
     }
 
-    /// Writes every live cursor into the offset table and saves it.
+    /// Saves consumer progress (every live cursor) and the idempotent
+    /// producers' windows.
     pub fn persist_offsets(&self) -> Result<()> {
         self.sync_offsets();
-        self.offsets.lock().save()
+        self.offsets.lock().save()?;
+        self.dedupe.save(self.store.stats().commit_log_max)
     }
 
     /// Progress of a group on every queue of its topics.

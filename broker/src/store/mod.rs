@@ -407,6 +407,32 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with every readable record from physical offset `from` (a record
+    /// boundary, e.g. an earlier [`StoreStats::commit_log_max`]) to the end of
+    /// published data; returns that end. Used to rebuild state kept outside the
+    /// store (such as producer dedupe windows) after a crash.
+    pub fn scan(&self, from: u64, mut f: impl FnMut(&Record)) -> Result<u64> {
+        let log = &self.inner.commit_log;
+        let end = log.visible();
+        let mut pos = from.max(log.min_offset());
+        while pos < end {
+            let prefix = log.read_bytes(pos, record::BLANK_HEADER_SIZE as u32)?;
+            match record::peek_frame(&prefix) {
+                record::Frame::Record(size) => {
+                    if let Ok(rec) = log.read(pos, size) {
+                        f(&rec);
+                    }
+                    pos += size as u64;
+                }
+                record::Frame::Blank(len) => pos += len as u64,
+                // Unreadable framing: recovery has reported it; nothing after it
+                // can be located without a resync, so stop here.
+                _ => break,
+            }
+        }
+        Ok(end)
+    }
+
     /// Topics with stored queues, sorted.
     pub fn topics(&self) -> Vec<String> {
         self.inner.queues.topic_names()

@@ -40,6 +40,8 @@ pub struct Options {
     /// Extra TOML merged over the defaults (e.g. `[broker]\nsession_timeout = "1s"`).
     pub config: Option<String>,
     pub auto_create_topics: Option<bool>,
+    /// The address clients are told to dial (routes).
+    pub advertised_address: Option<String>,
 }
 
 /// Runs blocking process control without stalling an async test's runtime (tests
@@ -100,6 +102,9 @@ impl Broker {
         }
         if let Some(flush) = self.options.flush {
             cmd.args(["--flush", flush]);
+        }
+        if let Some(addr) = &self.options.advertised_address {
+            cmd.args(["--advertised-address", addr]);
         }
         if let Some(auto) = self.options.auto_create_topics {
             cmd.args(["--auto-create-topics", &auto.to_string()]);

@@ -1,0 +1,241 @@
+//! Idempotent producers: a producer id plus a per-producer sequence number on
+//! each message. A retried send whose sequence is still in the window gets the
+//! original receipt instead of being stored again.
+//!
+//! The window survives restarts: both values are stored with the message (as
+//! the system properties below), a snapshot with the commit-log position it
+//! covers is saved periodically and at shutdown, and on startup the records after
+//! that position are scanned back in — so a crash loses nothing. The position is
+//! exact: a send still in flight when the snapshot is taken records the
+//! commit-log end when it began (its records can only land after it), and the
+//! snapshot covers no further than the earliest of those.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::SendReceipt;
+use super::error::Result;
+use super::metadata;
+
+/// System property holding the producer id.
+pub const PRODUCER_ID: &str = "__PRODUCER_ID";
+/// System property holding the producer's sequence number.
+pub const SEQUENCE: &str = "__SEQUENCE";
+/// Sequences remembered per producer.
+pub const WINDOW: usize = 10_000;
+/// Producers remembered (the least recently used are forgotten first).
+const MAX_PRODUCERS: usize = 10_000;
+
+/// What the window says about a sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    New,
+    /// Stored before: here is its receipt.
+    Stored(SendReceipt),
+    /// A send with this sequence is being stored right now.
+    InFlight,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ProducerWindow {
+    receipts: BTreeMap<u64, StoredReceipt>,
+    /// In-flight sequences and the commit-log end when their send began.
+    #[serde(skip)]
+    in_flight: HashMap<u64, u64>,
+    /// Logical clock of the last use, for eviction.
+    last_used: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredReceipt {
+    message_id: String,
+    topic: String,
+    queue_id: u32,
+    offset: u64,
+    store_timestamp: i64,
+}
+
+impl From<&SendReceipt> for StoredReceipt {
+    fn from(r: &SendReceipt) -> Self {
+        StoredReceipt {
+            message_id: r.message_id.clone(),
+            topic: r.topic.clone(),
+            queue_id: r.queue_id,
+            offset: r.offset,
+            store_timestamp: r.store_timestamp,
+        }
+    }
+}
+
+impl From<&StoredReceipt> for SendReceipt {
+    fn from(r: &StoredReceipt) -> Self {
+        SendReceipt {
+            message_id: r.message_id.clone(),
+            topic: r.topic.clone(),
+            queue_id: r.queue_id,
+            offset: r.offset,
+            store_timestamp: r.store_timestamp,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Snapshot {
+    /// Commit-log position the snapshot covers.
+    scanned_to: u64,
+    producers: HashMap<String, ProducerWindow>,
+}
+
+/// The dedupe windows of every producer.
+#[derive(Debug)]
+pub struct Dedupe {
+    path: PathBuf,
+    state: Mutex<(u64, HashMap<String, ProducerWindow>)>,
+}
+
+impl Dedupe {
+    /// Loads the snapshot; returns the window and the commit-log position from
+    /// which records must be scanned back in with [`Dedupe::record`].
+    pub fn open(path: PathBuf) -> Result<(Dedupe, u64)> {
+        let snapshot: Snapshot = metadata::load(&path)?;
+        let from = snapshot.scanned_to;
+        Ok((
+            Dedupe {
+                path,
+                state: Mutex::new((0, snapshot.producers)),
+            },
+            from,
+        ))
+    }
+
+    /// Looks a sequence up, marking a new one in flight; `log_end` is the
+    /// commit-log end before the send is appended.
+    pub fn check(&self, producer: &str, sequence: u64, log_end: u64) -> Seen {
+        let mut guard = self.state.lock();
+        let (clock, producers) = &mut *guard;
+        *clock += 1;
+        let w = producers.entry(producer.to_string()).or_default();
+        w.last_used = *clock;
+        if let Some(r) = w.receipts.get(&sequence) {
+            return Seen::Stored(r.into());
+        }
+        if w.in_flight.contains_key(&sequence) {
+            return Seen::InFlight;
+        }
+        w.in_flight.insert(sequence, log_end);
+        Seen::New
+    }
+
+    /// Ends an in-flight sequence: stored (with its receipt) or failed.
+    pub fn finish(&self, producer: &str, sequence: u64, receipt: Option<&SendReceipt>) {
+        let mut guard = self.state.lock();
+        let (_, producers) = &mut *guard;
+        if let Some(w) = producers.get_mut(producer) {
+            w.in_flight.remove(&sequence);
+            if let Some(r) = receipt {
+                remember(w, sequence, r.into());
+            }
+        }
+        evict(producers);
+    }
+
+    /// Adds a stored message found in the commit log (startup scan).
+    pub fn record(&self, producer: &str, sequence: u64, receipt: &SendReceipt) {
+        let mut guard = self.state.lock();
+        let w = guard.1.entry(producer.to_string()).or_default();
+        remember(w, sequence, receipt.into());
+    }
+
+    /// Saves the windows as covering the commit log up to `log_end` (or less,
+    /// while sends that began earlier are still in flight).
+    pub fn save(&self, log_end: u64) -> Result<()> {
+        let guard = self.state.lock();
+        let scanned_to = guard
+            .1
+            .values()
+            .flat_map(|w| w.in_flight.values().copied())
+            .fold(log_end, u64::min);
+        #[derive(Serialize)]
+        struct View<'a> {
+            scanned_to: u64,
+            producers: &'a HashMap<String, ProducerWindow>,
+        }
+        Ok(metadata::save(
+            &self.path,
+            &View {
+                scanned_to,
+                producers: &guard.1,
+            },
+        )?)
+    }
+}
+
+fn remember(w: &mut ProducerWindow, sequence: u64, receipt: StoredReceipt) {
+    w.receipts.insert(sequence, receipt);
+    while w.receipts.len() > WINDOW {
+        w.receipts.pop_first();
+    }
+}
+
+fn evict(producers: &mut HashMap<String, ProducerWindow>) {
+    while producers.len() > MAX_PRODUCERS {
+        let Some(oldest) = producers
+            .iter()
+            .filter(|(_, w)| w.in_flight.is_empty())
+            .min_by_key(|(_, w)| w.last_used)
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        producers.remove(&oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(offset: u64) -> SendReceipt {
+        SendReceipt {
+            message_id: format!("id-{offset}"),
+            topic: "t".into(),
+            queue_id: 0,
+            offset,
+            store_timestamp: 1,
+        }
+    }
+
+    #[test]
+    fn retries_get_the_original_receipt_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("producers.json");
+        let (d, from) = Dedupe::open(path.clone()).unwrap();
+        assert_eq!(from, 0);
+        assert_eq!(d.check("p", 1, 0), Seen::New);
+        assert_eq!(d.check("p", 1, 0), Seen::InFlight);
+        d.finish("p", 1, Some(&receipt(7)));
+        assert_eq!(d.check("p", 1, 0), Seen::Stored(receipt(7)));
+        assert_eq!(d.check("p", 2, 0), Seen::New);
+        d.finish("p", 2, None);
+        assert_eq!(
+            d.check("p", 2, 0),
+            Seen::New,
+            "a failed send may be retried"
+        );
+        // Sequence 2 is in flight since position 100: the snapshot covers no further.
+        d.finish("p", 2, None);
+        assert_eq!(d.check("p", 2, 100), Seen::New);
+        d.save(4096).unwrap();
+        assert_eq!(Dedupe::open(path.clone()).unwrap().1, 100);
+        d.finish("p", 2, Some(&receipt(8)));
+        d.save(4096).unwrap();
+        let (d, from) = Dedupe::open(path).unwrap();
+        assert_eq!(from, 4096);
+        assert_eq!(d.check("p", 1, 0), Seen::Stored(receipt(7)));
+        d.record("q", 9, &receipt(9));
+        assert_eq!(d.check("q", 9, 0), Seen::Stored(receipt(9)));
+    }
+}
