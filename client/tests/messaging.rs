@@ -578,7 +578,11 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
         .create_topic("real", 2, pb::MessageType::Normal)
         .await
         .unwrap();
-    let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
+    // Uncompressed, so that a 5 MiB body really is 5 MiB on the wire.
+    let producer = ProducerBuilder::new(&b.grpc)
+        .compress_from(0)
+        .build()
+        .unwrap();
     producer.send(Message::new("real", "ok")).await.unwrap();
     let before = admin.describe_topic("real").await.unwrap();
 
