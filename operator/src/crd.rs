@@ -231,6 +231,7 @@ pub struct AppliedReset {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicLag {
+    /// Subscribed topic.
     pub topic: String,
     /// Messages not yet consumed, summed over queues and brokers.
     pub lag: u64,

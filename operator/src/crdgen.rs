@@ -59,6 +59,33 @@ mod tests {
     }
 
     #[test]
+    fn every_field_is_documented_for_kubectl_explain() {
+        fn walk(node: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+            if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+                for (name, child) in props {
+                    let here = format!("{path}.{name}");
+                    if child.get("description").is_none() && !path.is_empty() {
+                        missing.push(here.clone());
+                    }
+                    walk(child, &here, missing);
+                }
+            }
+            if let Some(items) = node.get("items") {
+                walk(items, &format!("{path}[]"), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        for crd in [Topic::crd(), ConsumerGroup::crd()] {
+            let v = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+            walk(&v["openAPIV3Schema"], &crd.spec.names.kind, &mut missing);
+        }
+        assert!(
+            missing.is_empty(),
+            "fields without a doc comment: {missing:?}"
+        );
+    }
+
+    #[test]
     fn schemas_carry_cel_rules_docs_and_columns() {
         let all = all_yaml();
         for needle in [

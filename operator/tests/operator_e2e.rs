@@ -550,6 +550,49 @@ async fn operator_scenarios() {
     )
     .await;
 
+    step("a paused Topic is not reconciled until the annotation goes");
+    let annotate = |args: &[&str]| {
+        let mut all = vec!["annotate", "topic", "-n", APP_NS];
+        all.extend_from_slice(args);
+        let out = env.kubectl(&all, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    annotate(&["orders", "dduomq.io/paused=true"]);
+    topics
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"queues": 10}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await; // two resync periods
+    for i in 0..3 {
+        assert_eq!(
+            queues_on(&env, i, "orders").await,
+            Some(9),
+            "paused, yet broker {i} changed"
+        );
+    }
+    annotate(&["orders", "dduomq.io/paused-"]);
+    eventually(
+        "10 queues once unpaused",
+        Duration::from_secs(30),
+        async || {
+            for i in 0..3 {
+                if queues_on(&env, i, "orders").await != Some(10) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+
     step("a ConsumerGroup offsetReset is applied exactly once per requestId");
     let reset = |id: &str| json!({"spec": {"offsetReset": {"requestId": id, "to": "Earliest"}}});
     groups
@@ -640,7 +683,7 @@ async fn operator_scenarios() {
     let _ = standby.kill();
     let _ = standby.wait();
 
-    step("deletionPolicy Retain keeps the broker topic; Delete removes it");
+    step("deletionPolicy Retain and managed=false keep the broker topic; Delete removes it");
     env.kubectl(
         &["apply", "-f", "-"],
         Some(&topic_yaml("keep", 2, "  deletionPolicy: Retain\n")),
@@ -658,6 +701,32 @@ async fn operator_scenarios() {
     })
     .await;
     assert_eq!(queues_on(&env, 0, "keep").await, Some(2), "Retain kept it");
+    env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("hands-off", 1, "")));
+    eventually(
+        "hands-off on the brokers",
+        Duration::from_secs(30),
+        async || (queues_on(&env, 0, "hands-off").await == Some(1)).then_some(()),
+    )
+    .await;
+    annotate(&["hands-off", "dduomq.io/managed=false"]);
+    topics
+        .delete("hands-off", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("hands-off deleted", Duration::from_secs(30), async || {
+        topics
+            .get_opt("hands-off")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        queues_on(&env, 0, "hands-off").await,
+        Some(1),
+        "managed=false left the brokers alone"
+    );
     groups
         .delete("billing", &DeleteParams::default())
         .await
