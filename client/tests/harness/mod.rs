@@ -23,13 +23,24 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     bin
 }
 
-/// A free loopback port.
+/// A free loopback port below the kernel's ephemeral range, so that no client
+/// connection (which takes ephemeral ports) can occupy it, or connect to itself
+/// on it, while a broker restarts there.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    let (low, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999));
+    let low = low.max(12000);
+    loop {
+        let port = rand::random_range(10000..low);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// How to start a broker.
