@@ -17,7 +17,12 @@ pub fn message(d: Delivery) -> pb::Message {
         body: r.body.to_vec(),
         tag: r.tag,
         keys: r.keys,
-        properties: r.properties.into_iter().collect(),
+        // `__`-prefixed properties are the broker's own (producer identity, lane).
+        properties: r
+            .properties
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("__"))
+            .collect(),
         born_timestamp_ms: r.born_timestamp,
         store_timestamp_ms: r.store_timestamp,
         delivery_attempt: d.attempt,
