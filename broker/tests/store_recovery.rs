@@ -387,3 +387,48 @@ fn disk_full_scenario(dir: &Path) {
         assert_eq!(&rec.body[..], &body(i as u64, 3000)[..]);
     }
 }
+
+#[test]
+fn a_corrupt_segment_end_does_not_cut_off_later_segments() {
+    let original = tempfile::tempdir().unwrap();
+    let acks = populate(original.path(), 150);
+    let seg_size = config(original.path()).segment_size_bytes;
+    // The first record of segment 1; the filler of segment 0 ends right before it.
+    let first_in_1 = acks
+        .iter()
+        .position(|a| a.physical_offset >= seg_size)
+        .unwrap();
+    assert!(acks[first_in_1 - 1].physical_offset < seg_size);
+    let copy = flipped_copy(original.path(), &acks, first_in_1 - 1, 0, false);
+    // Also break the filler header (the record's last bytes are followed by it).
+    let end_of_last = Store::open(config(original.path()))
+        .unwrap()
+        .lookup_by_id(&acks[first_in_1 - 1].id)
+        .unwrap();
+    let filler = end_of_last.physical_offset + end_of_last.size as u64;
+    if filler < seg_size {
+        let (seg, rel) = segment_of(copy.path(), filler, seg_size);
+        patch(&seg, rel + 4, &[0xFF]);
+    }
+    let store = Store::open(config(copy.path())).unwrap();
+    let report = store.recovery_report();
+    assert_eq!(
+        report.corrupt_ranges.last().unwrap().1,
+        seg_size,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.end,
+        Store::open(config(original.path()))
+            .unwrap()
+            .stats()
+            .commit_log_max
+    );
+    let r = store.read("t", 0, 0, 1000, usize::MAX).unwrap();
+    assert_eq!(r.corrupt_offsets, vec![(first_in_1 - 1) as u64]);
+    assert_eq!(
+        r.records.len(),
+        149,
+        "every other record, including later segments, survives"
+    );
+}

@@ -253,8 +253,24 @@ impl Producer {
     /// round robin over the writable queues.
     fn pick_queue(&self, route: &Route, message: &Message) -> pb::QueueRoute {
         if !message.sharding_key.is_empty() {
+            // Hash over queue ids (not route entries, which repeat a queue on
+            // several brokers), then take that queue's writable entry.
+            let queues = route
+                .queues
+                .iter()
+                .map(|q| q.queue_id + 1)
+                .max()
+                .unwrap_or(1);
             let h = xxhash_rust::xxh3::xxh3_64(message.sharding_key.as_bytes());
-            return route.queues[(h % route.queues.len() as u64) as usize].clone();
+            let queue_id = (h % queues as u64) as u32;
+            let mut entries = route.queues.iter().filter(|q| q.queue_id == queue_id);
+            if let Some(q) = entries
+                .clone()
+                .find(|q| q.writable)
+                .or_else(|| entries.next())
+            {
+                return q.clone();
+            }
         }
         let writable: Vec<&pb::QueueRoute> = route.queues.iter().filter(|q| q.writable).collect();
         let candidates = if writable.is_empty() {

@@ -77,6 +77,37 @@ impl Context {
         }
     }
 
+    /// Broker-side names are cluster-wide, so the same name in two namespaces
+    /// would share one topic (or group). The oldest resource owns the name;
+    /// returns the owner's namespace when it is another one.
+    pub async fn name_taken_elsewhere<K>(&self, obj: &K) -> Option<String>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let name = obj.name_any();
+        let mine = (
+            obj.meta().creation_timestamp.clone().map(|t| t.0),
+            obj.namespace(),
+        );
+        let others = Api::<K>::all(self.client.clone())
+            .list(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
+            .await
+            .ok()?;
+        others
+            .items
+            .iter()
+            .filter(|o| o.namespace() != obj.namespace())
+            .map(|o| {
+                (
+                    o.meta().creation_timestamp.clone().map(|t| t.0),
+                    o.namespace(),
+                )
+            })
+            .filter(|other| other < &mine)
+            .min()
+            .and_then(|(_, ns)| ns)
+    }
+
     /// Whether the object's namespace is being deleted.
     pub async fn namespace_terminating<K: ResourceExt>(&self, obj: &K) -> bool {
         let Some(ns) = obj.namespace() else {

@@ -128,7 +128,8 @@ async fn apply(
         return Ok(Action::requeue(ctx.resync));
     }
     let name = group.name_any();
-    let managed = !annotated(group, MANAGED, "false");
+    let owner = ctx.name_taken_elsewhere(group).await;
+    let managed = !annotated(group, MANAGED, "false") && owner.is_none();
     let ready = ctx.ready_brokers();
     let previous = group.status.clone().unwrap_or_default();
     let mut problems = Vec::new();
@@ -195,7 +196,15 @@ async fn apply(
             }
         }
     }
-    let (ok, reason, message) = if !managed {
+    let (ok, reason, message) = if let Some(ns) = &owner {
+        (
+            false,
+            "NameConflict",
+            format!(
+                "group {name:?} already belongs to namespace {ns:?}; broker-side names are cluster-wide"
+            ),
+        )
+    } else if !managed {
         (
             true,
             "Unmanaged",
@@ -250,7 +259,7 @@ async fn apply(
 }
 
 async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, ReconcileError> {
-    if annotated(group, MANAGED, "false") {
+    if ctx.name_taken_elsewhere(group).await.is_some() || annotated(group, MANAGED, "false") {
         return Ok(Action::await_change());
     }
     let ready = ctx.ready_brokers();

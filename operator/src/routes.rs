@@ -53,6 +53,11 @@ pub async fn run(mut ctx: Context) {
                 draining.push(b.name.clone());
             }
         }
+        // The oldest Topic owns a name (broker-side names are cluster-wide).
+        let mut topics = topics;
+        topics.sort_by_key(|t| t.metadata.creation_timestamp.clone().map(|c| c.0));
+        let mut seen = std::collections::BTreeSet::new();
+        topics.retain(|t| seen.insert(t.name_any()));
         let refs: Vec<_> = ready.iter().collect();
         let mut routes = Vec::new();
         for t in topics

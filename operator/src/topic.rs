@@ -73,7 +73,8 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         return Ok(Action::requeue(ctx.resync));
     }
     let name = topic.name_any();
-    let managed = !annotated(topic, MANAGED, "false");
+    let owner = ctx.name_taken_elsewhere(topic).await;
+    let managed = !annotated(topic, MANAGED, "false") && owner.is_none();
     let ready = ctx.ready_brokers();
     let mut problems = Vec::new();
     if managed {
@@ -97,7 +98,15 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         .into_iter()
         .map(|(queue, broker)| QueueAssignment { queue, broker })
         .collect();
-    let (ok, reason, message) = if !managed {
+    let (ok, reason, message) = if let Some(ns) = &owner {
+        (
+            false,
+            "NameConflict",
+            format!(
+                "topic {name:?} already belongs to namespace {ns:?}; broker-side names are cluster-wide"
+            ),
+        )
+    } else if !managed {
         (
             true,
             "Unmanaged",
@@ -157,7 +166,11 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
 /// or the namespace is being torn down, gives up instead of blocking deletion.
 async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = topic.name_any();
-    if annotated(topic, MANAGED, "false") || topic.spec.deletion_policy == DeletionPolicy::Retain {
+    let conflict = ctx.name_taken_elsewhere(topic).await.is_some();
+    if conflict
+        || annotated(topic, MANAGED, "false")
+        || topic.spec.deletion_policy == DeletionPolicy::Retain
+    {
         ctx.routes_changed.notify_one();
         return Ok(Action::await_change());
     }

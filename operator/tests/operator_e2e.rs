@@ -593,6 +593,55 @@ async fn operator_scenarios() {
     )
     .await;
 
+    step(
+        "the same topic name in another namespace is refused, and its deletion leaves the owner alone",
+    );
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let clash =
+        topic_yaml("orders", 3, "").replace(&format!("namespace: {APP_NS}"), "namespace: other");
+    assert!(
+        env.kubectl(&["apply", "-f", "-"], Some(&clash))
+            .status
+            .success()
+    );
+    let others: Api<Topic> = Api::namespaced(client.clone(), "other");
+    eventually(
+        "a NameConflict condition",
+        Duration::from_secs(30),
+        async || {
+            let t = others.get("orders").await.ok()?;
+            t.status?
+                .conditions
+                .iter()
+                .any(|c| c.reason == "NameConflict" && c.status == "False")
+                .then_some(())
+        },
+    )
+    .await;
+    others
+        .delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the clashing Topic deleted",
+        Duration::from_secs(30),
+        async || others.get_opt("orders").await.ok()?.is_none().then_some(()),
+    )
+    .await;
+    for i in 0..3 {
+        assert_eq!(
+            queues_on(&env, i, "orders").await,
+            Some(10),
+            "the owner's topic is untouched on broker {i}"
+        );
+    }
+
     step("a ConsumerGroup offsetReset is applied exactly once per requestId");
     let reset = |id: &str| json!({"spec": {"offsetReset": {"requestId": id, "to": "Earliest"}}});
     groups

@@ -24,6 +24,8 @@ const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
 const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Messages leased per round of a stream's loop.
 const LEASE_BATCH: usize = 64;
+/// Most messages one Pull returns, whatever the client asks for.
+const MAX_PULL_MESSAGES: usize = 1024;
 /// Longest a stream sleeps before it re-checks leases and retries.
 const MAX_IDLE: Duration = Duration::from_secs(1);
 
@@ -228,7 +230,7 @@ impl MessagingService for MessagingApi {
                     offset: r.offset,
                     max_messages: match r.max_messages {
                         0 => 32,
-                        n => n as usize,
+                        n => (n as usize).min(MAX_PULL_MESSAGES),
                     },
                     max_bytes: match r.max_bytes {
                         0 => 4 << 20,

@@ -95,6 +95,9 @@ impl QueueCursor {
         ordered: bool,
         passed_over: &BTreeSet<u64>,
     ) -> Option<u64> {
+        if ordered && !self.leases.is_empty() {
+            return None;
+        }
         for &(due, offset) in &self.retry {
             if due > now {
                 if ordered {
@@ -147,11 +150,13 @@ impl QueueCursor {
         self.mark_done(offset);
     }
 
-    /// Moves the never-delivered position up to `min` (older offsets are gone).
-    pub fn skip_below(&mut self, min: u64) {
+    /// Moves the never-delivered position up to `min` (older offsets are gone);
+    /// returns the leases that ended with them.
+    pub fn skip_below(&mut self, min: u64) -> Vec<Lease> {
+        let mut dropped = Vec::new();
         if self.committed < min {
             for o in self.committed..min.min(self.next) {
-                self.leases.remove(&o);
+                dropped.extend(self.leases.remove(&o));
                 self.attempts.remove(&o);
             }
             self.retry.retain(|(_, o)| *o >= min);
@@ -160,6 +165,7 @@ impl QueueCursor {
             self.done = self.done.split_off(&min);
             self.advance();
         }
+        dropped
     }
 
     /// The lease for `offset` if `delivery_id` matches it.

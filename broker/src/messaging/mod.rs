@@ -473,7 +473,7 @@ impl Broker {
     /// Stores messages as one atomic batch. Messages of idempotent producers that
     /// were already stored (a retry) are not stored again: they get their
     /// original receipts.
-    pub async fn send(&self, messages: Vec<SendMessage>) -> Result<Vec<SendReceipt>> {
+    pub async fn send(self: &Arc<Self>, messages: Vec<SendMessage>) -> Result<Vec<SendReceipt>> {
         let started = Instant::now();
         if messages.is_empty() {
             return Err(BrokerError::invalid("send", "no messages"));
@@ -510,38 +510,72 @@ impl Broker {
             }
         }
         if !fresh.is_empty() {
-            let (slots, batch): (Vec<usize>, Vec<Message>) = fresh.into_iter().unzip();
-            let sizes: Vec<(String, usize)> = batch
-                .iter()
-                .map(|m| (m.topic.clone(), m.body.len()))
-                .collect();
-            let acks = match self.store.append(batch).await {
-                Ok(acks) => acks,
-                Err(e) => {
-                    for (_, p, q) in &claimed {
-                        self.dedupe.finish(p, *q, None);
-                    }
-                    return Err(e.into());
-                }
-            };
-            self.count_sends(&sizes, started);
-            for ((slot, a), (topic, _)) in slots.into_iter().zip(acks).zip(sizes) {
-                receipts[slot] = Some(SendReceipt {
-                    message_id: a.id.to_string(),
-                    topic,
-                    queue_id: a.queue_id,
-                    offset: a.queue_offset,
-                    store_timestamp: a.store_timestamp,
-                });
-            }
-            for (slot, pid, seq) in &claimed {
-                self.dedupe.finish(pid, *seq, receipts[*slot].as_ref());
+            // The append and the dedupe bookkeeping run to completion in their
+            // own task even if the caller goes away (a client timeout cancels the
+            // RPC): a claimed sequence is always either recorded or released.
+            let this = self.clone();
+            let stored =
+                tokio::spawn(async move { this.store_fresh(fresh, claimed, started).await })
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        context: "running the append task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+            for (slot, receipt) in stored {
+                receipts[slot] = Some(receipt);
             }
         }
         Ok(receipts
             .into_iter()
             .map(|r| r.expect("every slot answered"))
             .collect())
+    }
+
+    /// Appends the new messages of a send and settles their dedupe claims;
+    /// returns `(slot, receipt)` per message.
+    async fn store_fresh(
+        &self,
+        fresh: Vec<(usize, Message)>,
+        claimed: Vec<(usize, String, u64)>,
+        started: Instant,
+    ) -> Result<Vec<(usize, SendReceipt)>> {
+        let (slots, batch): (Vec<usize>, Vec<Message>) = fresh.into_iter().unzip();
+        let sizes: Vec<(String, usize)> = batch
+            .iter()
+            .map(|m| (m.topic.clone(), m.body.len()))
+            .collect();
+        let acks = match self.store.append(batch).await {
+            Ok(acks) => acks,
+            Err(e) => {
+                for (_, p, q) in &claimed {
+                    self.dedupe.finish(p, *q, None);
+                }
+                return Err(e.into());
+            }
+        };
+        self.count_sends(&sizes, started);
+        let stored: Vec<(usize, SendReceipt)> = slots
+            .into_iter()
+            .zip(acks)
+            .zip(sizes)
+            .map(|((slot, a), (topic, _))| {
+                (
+                    slot,
+                    SendReceipt {
+                        message_id: a.id.to_string(),
+                        topic,
+                        queue_id: a.queue_id,
+                        offset: a.queue_offset,
+                        store_timestamp: a.store_timestamp,
+                    },
+                )
+            })
+            .collect();
+        for (slot, pid, seq) in &claimed {
+            let receipt = stored.iter().find(|(s, _)| s == slot).map(|(_, r)| r);
+            self.dedupe.finish(pid, *seq, receipt);
+        }
+        Ok(stored)
     }
 
     fn count_sends(&self, sizes: &[(String, usize)], started: Instant) {
@@ -739,8 +773,10 @@ impl Broker {
                 let q = (start + i) % topic.queues;
                 let (min, max_offset) = self.store.queue_offsets(&topic.name, q);
                 let mut passed = std::collections::BTreeSet::new();
-                self.cursor_for(&mut st, &sub.key, q).skip_below(min);
-                while out.len() < max {
+                for lease in self.cursor_for(&mut st, &sub.key, q).skip_below(min) {
+                    st.refund(&lease);
+                }
+                while out.len() + passed.len() < max {
                     let usage = st.usage.get(&consumer).copied().unwrap_or_default();
                     if usage.messages >= limits.max_messages {
                         break 'queues;
@@ -756,7 +792,9 @@ impl Broker {
                             continue;
                         }
                         Err(StoreError::OffsetOutOfRange { min, .. }) => {
-                            cursor.skip_below(min);
+                            for lease in cursor.skip_below(min) {
+                                st.refund(&lease);
+                            }
                             continue;
                         }
                         Err(e) => return Err(e.into()),
@@ -1231,13 +1269,19 @@ impl Broker {
     /// Copies every live cursor into the offset table.
     fn sync_offsets(&self) {
         let subs: Vec<Arc<Subscription>> = self.subscriptions.lock().values().cloned().collect();
-        let mut table = self.offsets.lock();
+        // Snapshot first: the offsets lock is never held while taking a
+        // subscription's lock (`lease` takes them the other way round).
+        let mut snapshot = Vec::new();
         for sub in subs {
             let st = sub.state.lock();
             for (q, c) in &st.cursors {
                 let (committed, extras) = SubState::snapshot(c);
-                table.set(sub.key.progress(*q), committed, extras);
+                snapshot.push((sub.key.progress(*q), committed, extras));
             }
+        }
+        let mut table = self.offsets.lock();
+        for (key, committed, extras) in snapshot {
+            table.set(key, committed, extras);
         }
     }
 

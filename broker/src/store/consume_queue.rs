@@ -202,9 +202,12 @@ impl ConsumeQueue {
     /// ensured). Not visible to readers until [`Self::publish`]. Writer only.
     pub fn write(&self, offset: u64, entry: &CqEntry) {
         debug_assert_eq!(offset, self.next_offset());
-        let file = self
-            .file_for(offset)
-            .expect("ensure_capacity is called before write");
+        let Some(file) = self.file_for(offset) else {
+            // Only when the queue was destroyed (its topic deleted) between the
+            // writer's planning and this write: the entry has nowhere to go.
+            tracing::warn!(dir = %self.dir.display(), offset, "queue deleted during an append; entry dropped");
+            return;
+        };
         let pos = (offset - file.base()) as usize * ENTRY_SIZE;
         // SAFETY: `offset` is at or past `written`, so no reader looks at it yet,
         // and there is a single writer.

@@ -117,6 +117,18 @@ pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<R
                     report.corrupt_ranges.push((pos, pos + skip));
                     pos += skip;
                 }
+                // Nothing valid follows in this segment. If the next segment
+                // starts with a valid record, the damage was the end of this one
+                // (its last record or filler), not a torn tail: keep going there.
+                None if next_segment_starts_valid(inner, &seg) => {
+                    tracing::error!(
+                        start = pos,
+                        end = seg.end(),
+                        "corrupt end of a segment; continuing with the next one"
+                    );
+                    report.corrupt_ranges.push((pos, seg.end()));
+                    pos = seg.end();
+                }
                 None => break,
             },
         }
@@ -138,6 +150,16 @@ pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<R
         cq.publish();
     }
     Ok(report)
+}
+
+/// Whether the segment after `seg` exists and begins with a valid record.
+fn next_segment_starts_valid(inner: &Inner, seg: &MappedFile) -> bool {
+    let Some(next) = inner.commit_log.segment(seg.end()) else {
+        return false;
+    };
+    // SAFETY: recovery runs before the writer and any reader exist.
+    let bytes = unsafe { next.slice(0, next.len() as usize) };
+    matches!(step(bytes, next.base()), Step::Record(..))
 }
 
 /// Rebuilds the consume-queue entry and index entries of a valid record.
