@@ -62,6 +62,11 @@ fn lane_ok(lanes: &HashMap<u64, String>, consumer: u64, lane: &str) -> bool {
 /// The first bytes of every zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
+/// Most messages one lease round passes over per queue (gray lanes), so a
+/// consumer facing a long backlog of another lane's messages holds the
+/// subscription lock only briefly.
+const MAX_PASSES: usize = 256;
+
 /// System property carrying a message's gray-release lane.
 pub const LANE_PROPERTY: &str = "__LANE";
 
@@ -776,7 +781,7 @@ impl Broker {
                 for lease in self.cursor_for(&mut st, &sub.key, q).skip_below(min) {
                     st.refund(&lease);
                 }
-                while out.len() + passed.len() < max {
+                while out.len() < max && passed.len() < MAX_PASSES {
                     let usage = st.usage.get(&consumer).copied().unwrap_or_default();
                     if usage.messages >= limits.max_messages {
                         break 'queues;
