@@ -152,6 +152,37 @@ pub fn ready_condition(
     }
 }
 
+/// The `Ready` verdict of a reconcile: `(ok, reason, message)`.
+pub fn readiness(
+    name_owner: Option<&str>,
+    managed: bool,
+    no_brokers: bool,
+    problems: &[String],
+    success: impl FnOnce() -> String,
+) -> (bool, &'static str, String) {
+    if let Some(ns) = name_owner {
+        (
+            false,
+            "NameConflict",
+            format!(
+                "the name already belongs to namespace {ns:?}; broker-side names are cluster-wide"
+            ),
+        )
+    } else if !managed {
+        (
+            true,
+            "Unmanaged",
+            "dduomq.io/managed is false: broker state is left alone".into(),
+        )
+    } else if no_brokers {
+        (false, "NoBrokers", "no ready broker in the registry".into())
+    } else if !problems.is_empty() {
+        (false, "BrokerError", problems.join("; "))
+    } else {
+        (true, "Reconciled", success())
+    }
+}
+
 /// Errors of a reconcile (retried after a short delay).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -166,6 +197,22 @@ pub enum ReconcileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_reasons_in_priority_order() {
+        let ok = || "fine".to_string();
+        assert_eq!(readiness(Some("a"), true, false, &[], ok).1, "NameConflict");
+        assert_eq!(readiness(None, false, true, &[], ok).1, "Unmanaged");
+        assert_eq!(readiness(None, true, true, &[], ok).1, "NoBrokers");
+        assert_eq!(
+            readiness(None, true, false, &["x".into()], ok),
+            (false, "BrokerError", "x".into())
+        );
+        assert_eq!(
+            readiness(None, true, false, &[], ok),
+            (true, "Reconciled", "fine".into())
+        );
+    }
 
     #[test]
     fn transition_time_is_kept_while_the_status_holds() {

@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, ready_condition,
+    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
 };
 use crate::crd::{
     AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, TopicLag,
@@ -196,31 +196,13 @@ async fn apply(
             }
         }
     }
-    let (ok, reason, message) = if let Some(ns) = &owner {
-        (
-            false,
-            "NameConflict",
-            format!(
-                "group {name:?} already belongs to namespace {ns:?}; broker-side names are cluster-wide"
-            ),
-        )
-    } else if !managed {
-        (
-            true,
-            "Unmanaged",
-            "dduomq.io/managed is false: broker state is left alone".to_string(),
-        )
-    } else if ready.is_empty() {
-        (
-            false,
-            "NoBrokers",
-            "no ready broker in the registry".to_string(),
-        )
-    } else if !problems.is_empty() {
-        (false, "BrokerError", problems.join("; "))
-    } else {
-        (true, "Reconciled", format!("on {} brokers", ready.len()))
-    };
+    let (ok, reason, message) = readiness(
+        owner.as_deref(),
+        managed,
+        ready.is_empty(),
+        &problems,
+        || format!("on {} brokers", ready.len()),
+    );
     let generation = group.metadata.generation;
     if previous.observed_generation != generation
         || previous.conditions.iter().all(|c| c.reason != reason)

@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, ready_condition,
+    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
 };
 use crate::crd::{DeletionPolicy, MessageType, QueueAssignment, Topic, TopicStatus};
 use crate::placement;
@@ -98,35 +98,13 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         .into_iter()
         .map(|(queue, broker)| QueueAssignment { queue, broker })
         .collect();
-    let (ok, reason, message) = if let Some(ns) = &owner {
-        (
-            false,
-            "NameConflict",
-            format!(
-                "topic {name:?} already belongs to namespace {ns:?}; broker-side names are cluster-wide"
-            ),
-        )
-    } else if !managed {
-        (
-            true,
-            "Unmanaged",
-            "dduomq.io/managed is false: broker state is left alone".to_string(),
-        )
-    } else if ready.is_empty() {
-        (
-            false,
-            "NoBrokers",
-            "no ready broker in the registry".to_string(),
-        )
-    } else if !problems.is_empty() {
-        (false, "BrokerError", problems.join("; "))
-    } else {
-        (
-            true,
-            "Reconciled",
-            format!("{} queues on {} brokers", topic.spec.queues, ready.len()),
-        )
-    };
+    let (ok, reason, message) = readiness(
+        owner.as_deref(),
+        managed,
+        ready.is_empty(),
+        &problems,
+        || format!("{} queues on {} brokers", topic.spec.queues, ready.len()),
+    );
     let previous = topic.status.clone().unwrap_or_default();
     let generation = topic.metadata.generation;
     if previous.observed_generation != generation

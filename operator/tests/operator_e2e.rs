@@ -196,6 +196,16 @@ async fn queues_on(env: &Env, i: usize, topic: &str) -> Option<u32> {
     Some(d.queues.len() as u32)
 }
 
+/// Whether every broker hosts `topic` with `n` queues.
+async fn queues_everywhere(env: &Env, topic: &str, n: u32) -> bool {
+    for i in 0..env.ips.len() {
+        if queues_on(env, i, topic).await != Some(n) {
+            return false;
+        }
+    }
+    true
+}
+
 /// `(writable, readable)` queue counts per broker address in broker 0's route.
 async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, (usize, usize)>> {
     let mut c = pb::messaging_service_client::MessagingServiceClient::connect(format!(
@@ -499,10 +509,8 @@ async fn operator_scenarios() {
         .await
         .unwrap();
     eventually("9 queues everywhere", Duration::from_secs(30), async || {
-        for i in 0..3 {
-            if queues_on(&env, i, "orders").await != Some(9) {
-                return None;
-            }
+        if !queues_everywhere(&env, "orders", 9).await {
+            return None;
         }
         let t = topics.get("orders").await.ok()?;
         (t.status?.assignment.len() == 9).then_some(())
@@ -583,10 +591,8 @@ async fn operator_scenarios() {
         "10 queues once unpaused",
         Duration::from_secs(30),
         async || {
-            for i in 0..3 {
-                if queues_on(&env, i, "orders").await != Some(10) {
-                    return None;
-                }
+            if !queues_everywhere(&env, "orders", 10).await {
+                return None;
             }
             Some(())
         },
@@ -707,10 +713,8 @@ async fn operator_scenarios() {
         "12 queues after the restart",
         Duration::from_secs(60),
         async || {
-            for i in 0..3 {
-                if queues_on(&env, i, "orders").await != Some(12) {
-                    return None;
-                }
+            if !queues_everywhere(&env, "orders", 12).await {
+                return None;
             }
             Some(())
         },
