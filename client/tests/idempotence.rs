@@ -43,14 +43,20 @@ async fn send(b: &Broker, req: pb::SendRequest) -> Vec<pb::SendReceipt> {
     c.send(req).await.unwrap().into_inner().receipts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_are_stored_once_across_restart_and_crash() {
-    let mut b = Broker::start();
+/// A broker with the two-queue topic `payments`.
+async fn broker_with_payments() -> Broker {
+    let b = Broker::start();
     Admin::connect(&b.grpc)
         .unwrap()
         .create_topic("payments", 2, pb::MessageType::Normal)
         .await
         .unwrap();
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_stored_once_across_restart_and_crash() {
+    let mut b = broker_with_payments().await;
     let first = send(&b, batch("p1", 0..10)).await;
     assert_eq!(
         send(&b, batch("p1", 0..10)).await,
@@ -85,12 +91,7 @@ async fn retries_are_stored_once_across_restart_and_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_retries_across_broker_crashes_store_each_message_once() {
-    let mut b = Broker::start();
-    Admin::connect(&b.grpc)
-        .unwrap()
-        .create_topic("payments", 2, pb::MessageType::Normal)
-        .await
-        .unwrap();
+    let mut b = broker_with_payments().await;
     let producer = ProducerBuilder::new(&b.grpc)
         .send_timeout(Duration::from_secs(30))
         .build()

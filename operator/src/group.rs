@@ -3,69 +3,38 @@
 //! lag.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
 use dduomq_proto::v1 as pb;
-use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
     Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
 };
+use crate::controller::Reconciled;
 use crate::crd::{
     AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, TopicLag,
 };
 
-const FINALIZER: &str = "dduomq.io/group-cleanup";
-
-/// Runs the controller until the process stops.
-pub async fn run(ctx: Context) {
-    let api: Api<ConsumerGroup> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(ctx))
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "group reconcile failed");
-            }
-        })
-        .await;
-}
-
-async fn reconcile(
-    group: Arc<ConsumerGroup>,
-    ctx: Arc<Context>,
-) -> Result<Action, FinalizerError<ReconcileError>> {
-    let started = Instant::now();
-    let api: Api<ConsumerGroup> =
-        Api::namespaced(ctx.client.clone(), &group.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, group, |event| async {
-        match event {
-            Finalizer::Apply(g) => apply(&g, &api, &ctx).await,
-            Finalizer::Cleanup(g) => cleanup(&g, &ctx).await,
-        }
-    })
-    .await;
-    ctx.metrics.reconciled(
-        "ConsumerGroup",
-        result.is_ok(),
-        started.elapsed().as_secs_f64(),
-    );
-    result
-}
-
-fn error_policy(
-    _: Arc<ConsumerGroup>,
-    err: &FinalizerError<ReconcileError>,
-    _: Arc<Context>,
-) -> Action {
-    tracing::warn!(error = %err, "group reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+impl Reconciled for ConsumerGroup {
+    const KIND: &'static str = "ConsumerGroup";
+    const FINALIZER: &'static str = "dduomq.io/group-cleanup";
+    fn apply<'a>(
+        &'a self,
+        api: &'a Api<Self>,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send + 'a {
+        apply(self, api, ctx)
+    }
+    fn cleanup<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send + 'a {
+        cleanup(self, ctx)
+    }
 }
 
 /// The broker-side settings of a group.

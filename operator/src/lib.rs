@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod context;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod group;

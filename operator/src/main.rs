@@ -12,7 +12,8 @@ use axum::routing::get;
 use clap::Parser;
 use dduomq_operator::brokers::BrokerPool;
 use dduomq_operator::context::Context;
-use dduomq_operator::{group, leader, metrics, registry, routes, topic};
+use dduomq_operator::crd::{ConsumerGroup, Topic};
+use dduomq_operator::{controller, leader, metrics, registry, routes};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
@@ -125,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(selector = %args.broker_selector, "operator running");
     tokio::spawn(routes::run(ctx.clone()));
-    tokio::join!(topic::run(ctx.clone()), group::run(ctx));
+    tokio::join!(
+        controller::run::<Topic>(ctx.clone()),
+        controller::run::<ConsumerGroup>(ctx)
+    );
     Ok(())
 }
 

@@ -2,24 +2,20 @@
 //! queue → broker assignment, and (finalizer) deletes the topic from the brokers
 //! per `deletionPolicy`.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
 use dduomq_proto::v1 as pb;
-use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
     Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
 };
+use crate::controller::Reconciled;
 use crate::crd::{DeletionPolicy, MessageType, QueueAssignment, Topic, TopicStatus};
 use crate::placement;
-
-const FINALIZER: &str = "dduomq.io/topic-cleanup";
 
 pub fn message_type(t: MessageType) -> pb::MessageType {
     match t {
@@ -30,42 +26,22 @@ pub fn message_type(t: MessageType) -> pb::MessageType {
     }
 }
 
-/// Runs the controller until the process stops.
-pub async fn run(ctx: Context) {
-    let api: Api<Topic> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(ctx))
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "topic reconcile failed");
-            }
-        })
-        .await;
-}
-
-async fn reconcile(
-    topic: Arc<Topic>,
-    ctx: Arc<Context>,
-) -> Result<Action, FinalizerError<ReconcileError>> {
-    let started = Instant::now();
-    let ns = topic.namespace().unwrap_or_default();
-    let api: Api<Topic> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, topic, |event| async {
-        match event {
-            Finalizer::Apply(t) => apply(&t, &api, &ctx).await,
-            Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
-        }
-    })
-    .await;
-    ctx.metrics
-        .reconciled("Topic", result.is_ok(), started.elapsed().as_secs_f64());
-    result
-}
-
-fn error_policy(_: Arc<Topic>, err: &FinalizerError<ReconcileError>, _: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "topic reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+impl Reconciled for Topic {
+    const KIND: &'static str = "Topic";
+    const FINALIZER: &'static str = "dduomq.io/topic-cleanup";
+    fn apply<'a>(
+        &'a self,
+        api: &'a Api<Self>,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send + 'a {
+        apply(self, api, ctx)
+    }
+    fn cleanup<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send + 'a {
+        cleanup(self, ctx)
+    }
 }
 
 async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action, ReconcileError> {

@@ -590,12 +590,7 @@ async fn operator_scenarios() {
     eventually(
         "10 queues once unpaused",
         Duration::from_secs(30),
-        async || {
-            if !queues_everywhere(&env, "orders", 10).await {
-                return None;
-            }
-            Some(())
-        },
+        async || queues_everywhere(&env, "orders", 10).await.then_some(()),
     )
     .await;
 
@@ -712,12 +707,7 @@ async fn operator_scenarios() {
     eventually(
         "12 queues after the restart",
         Duration::from_secs(60),
-        async || {
-            if !queues_everywhere(&env, "orders", 12).await {
-                return None;
-            }
-            Some(())
-        },
+        async || queues_everywhere(&env, "orders", 12).await.then_some(()),
     )
     .await;
 

@@ -1,0 +1,86 @@
+//! What the Topic and ConsumerGroup controllers share: the controller loop, the
+//! finalizer split into apply/cleanup, reconcile metrics and the retry policy.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::{Context, ReconcileError};
+
+/// A resource the operator reconciles into the brokers.
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Kind, for metrics and logs.
+    const KIND: &'static str;
+    /// The finalizer that guards broker-side cleanup.
+    const FINALIZER: &'static str;
+    /// Makes the brokers match the resource and writes its status.
+    fn apply<'a>(
+        &'a self,
+        api: &'a Api<Self>,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send + 'a;
+    /// Removes the resource's broker-side state before it is deleted.
+    fn cleanup<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, ReconcileError>> + Send + 'a;
+}
+
+/// Runs the controller for `K` until the process stops.
+pub async fn run<K: Reconciled>(ctx: Context) {
+    let api: Api<K> = Api::all(ctx.client.clone());
+    Controller::new(api, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile::<K>, error_policy::<K>, Arc::new(ctx))
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(kind = K::KIND, error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+async fn reconcile<K: Reconciled>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, FinalizerError<ReconcileError>> {
+    let started = Instant::now();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let result = finalizer(&api, K::FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(o) => o.apply(&api, &ctx).await,
+            Event::Cleanup(o) => o.cleanup(&ctx).await,
+        }
+    })
+    .await;
+    ctx.metrics
+        .reconciled(K::KIND, result.is_ok(), started.elapsed().as_secs_f64());
+    result
+}
+
+fn error_policy<K: Reconciled>(
+    _: Arc<K>,
+    err: &FinalizerError<ReconcileError>,
+    _: Arc<Context>,
+) -> Action {
+    tracing::warn!(kind = K::KIND, error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
