@@ -26,8 +26,6 @@ pub struct Message {
     pub properties: HashMap<String, String>,
     /// Messages with the same sharding key go to the same queue, in send order.
     pub sharding_key: String,
-    /// Gray-release lane ("" = base).
-    pub lane: String,
 }
 
 impl Message {
@@ -52,11 +50,6 @@ impl Message {
     }
     pub fn with_sharding_key(mut self, key: impl Into<String>) -> Self {
         self.sharding_key = key.into();
-        self
-    }
-    /// Sends the message on a gray-release lane (e.g. `canary`).
-    pub fn with_lane(mut self, lane: impl Into<String>) -> Self {
-        self.lane = lane.into();
         self
     }
 
@@ -85,7 +78,6 @@ impl Message {
             codec: codec as i32,
             producer_id,
             sequence,
-            lane: self.lane,
             tag: self.tag,
             keys: self.keys,
             properties: self.properties,

@@ -17,7 +17,7 @@ pub fn message(d: Delivery) -> pb::Message {
         body: r.body.to_vec(),
         tag: r.tag,
         keys: r.keys,
-        // `__`-prefixed properties are the broker's own (producer identity, lane).
+        // `__`-prefixed properties are the broker's own (producer identity).
         properties: r
             .properties
             .into_iter()

@@ -78,7 +78,6 @@ impl MessagingService for MessagingApi {
                     },
                     producer_id: m.producer_id,
                     sequence: m.sequence,
-                    lane: m.lane,
                 })
                 .collect();
             let receipts = self.broker.send(messages).await.map_err(to_status)?;
@@ -115,7 +114,6 @@ impl MessagingService for MessagingApi {
                     &r.client_id,
                     convert::mode_from_pb(r.mode),
                     filter,
-                    r.lane.clone(),
                 )
                 .map_err(to_status)?;
             let limits = ReceiveLimits {

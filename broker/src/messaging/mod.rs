@@ -47,28 +47,8 @@ fn producer_sequence(properties: &[(String, String)]) -> Option<(String, u64)> {
     ))
 }
 
-/// Whether `consumer` may take a message of `lane`: a lane's messages go to its
-/// consumers while any is online, else to the base lane; base-lane messages go
-/// only to base-lane consumers.
-fn lane_ok(lanes: &HashMap<u64, String>, consumer: u64, lane: &str) -> bool {
-    let mine = lanes.get(&consumer).map_or("", String::as_str);
-    if !lane.is_empty() && lanes.values().any(|l| l == lane) {
-        mine == lane
-    } else {
-        mine.is_empty()
-    }
-}
-
 /// The first bytes of every zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
-
-/// Most messages one lease round passes over per queue (gray lanes), so a
-/// consumer facing a long backlog of another lane's messages holds the
-/// subscription lock only briefly.
-const MAX_PASSES: usize = 256;
-
-/// System property carrying a message's gray-release lane.
-pub const LANE_PROPERTY: &str = "__LANE";
 
 /// Property carrying a message's sharding key.
 pub const SHARDING_KEY_PROPERTY: &str = "SHARDING_KEY";
@@ -98,8 +78,6 @@ pub struct SendMessage {
     /// message's sequence number.
     pub producer_id: String,
     pub sequence: u64,
-    /// Gray-release lane ("" = base).
-    pub lane: String,
 }
 
 /// Where a sent message landed.
@@ -452,9 +430,6 @@ impl Broker {
         if !m.sharding_key.is_empty() {
             properties.push((SHARDING_KEY_PROPERTY.into(), m.sharding_key));
         }
-        if !m.lane.is_empty() {
-            properties.push((LANE_PROPERTY.into(), m.lane));
-        }
         if !m.producer_id.is_empty() {
             properties.push((dedupe::PRODUCER_ID.into(), m.producer_id));
             properties.push((dedupe::SEQUENCE.into(), m.sequence.to_string()));
@@ -637,7 +612,6 @@ impl Broker {
         client_id: &str,
         mode: ConsumeMode,
         filter: Filter,
-        lane: String,
     ) -> Result<(Arc<Subscription>, u64)> {
         if client_id.is_empty() {
             return Err(BrokerError::invalid("client_id", "must not be empty"));
@@ -649,7 +623,6 @@ impl Broker {
         {
             let mut st = sub.state.lock();
             st.usage.insert(consumer, Usage::default());
-            st.lanes.insert(consumer, lane);
             st.filter = Arc::new(filter);
         }
         self.touch_member(&group.name, client_id, MemberKind::Push, [topic.name]);
@@ -664,7 +637,6 @@ impl Broker {
         let dead = {
             let mut st = sub.state.lock();
             st.usage.remove(&consumer);
-            st.lanes.remove(&consumer);
             let now = now_millis();
             let mut dead = Vec::new();
             let queues: Vec<u32> = st.cursors.keys().copied().collect();
@@ -755,7 +727,6 @@ impl Broker {
         let now = now_millis();
         let mut out = Vec::new();
         let mut dead = Vec::new();
-        let mut passed_any = false;
         let wake = {
             let mut st = sub.state.lock();
             // Leases that ran out are released first.
@@ -770,24 +741,22 @@ impl Broker {
             let start = st.round_robin;
             st.round_robin = st.round_robin.wrapping_add(1);
             let filter = st.filter.clone();
-            let lanes = st.lanes.clone();
             // FIFO topics, clustering groups: one message per queue at a time.
             let ordered =
                 topic.message_type == MessageType::Fifo && group.mode == ConsumeMode::Clustering;
             'queues: for i in 0..topic.queues {
                 let q = (start + i) % topic.queues;
                 let (min, max_offset) = self.store.queue_offsets(&topic.name, q);
-                let mut passed = std::collections::BTreeSet::new();
                 for lease in self.cursor_for(&mut st, &sub.key, q).skip_below(min) {
                     st.refund(&lease);
                 }
-                while out.len() < max && passed.len() < MAX_PASSES {
+                while out.len() < max {
                     let usage = st.usage.get(&consumer).copied().unwrap_or_default();
                     if usage.messages >= limits.max_messages {
                         break 'queues;
                     }
                     let cursor = self.cursor_for(&mut st, &sub.key, q);
-                    let Some(offset) = cursor.candidate(now, max_offset, ordered, &passed) else {
+                    let Some(offset) = cursor.candidate(now, max_offset, ordered) else {
                         break;
                     };
                     let record = match self.store.read(&topic.name, q, offset, 1, usize::MAX) {
@@ -808,19 +777,6 @@ impl Broker {
                         cursor.skip(offset); // filtered out: done for this group
                         continue;
                     }
-                    let lane = record
-                        .properties
-                        .iter()
-                        .find(|(k, _)| k == LANE_PROPERTY)
-                        .map_or("", |(_, v)| v.as_str());
-                    if !lane_ok(&lanes, consumer, lane) {
-                        // Another consumer's lane: leave it for them.
-                        self.cursor_for(&mut st, &sub.key, q).pass_over(offset, now);
-                        passed.insert(offset);
-                        passed_any = true;
-                        continue;
-                    }
-                    let cursor = self.cursor_for(&mut st, &sub.key, q);
                     let bytes = record.body.len() as u64;
                     if usage.messages > 0 && usage.bytes + bytes > limits.max_bytes {
                         break 'queues;
@@ -850,9 +806,6 @@ impl Broker {
             }
             st.cursors.values().filter_map(|c| c.next_wake()).min()
         };
-        if passed_any {
-            sub.notify.notify_waiters(); // wake the consumers they were left for
-        }
         self.dead_letter_all(sub, &group, dead).await;
         self.count_deliveries(&out, &group.name);
         Ok((out, wake))

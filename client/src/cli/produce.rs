@@ -28,9 +28,6 @@ pub struct ProduceArgs {
     /// Messages with the same sharding key go to the same queue, in order.
     #[arg(long)]
     pub sharding_key: Option<String>,
-    /// Gray-release lane, e.g. `canary`.
-    #[arg(long)]
-    pub lane: Option<String>,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -49,9 +46,6 @@ fn build(args: &ProduceArgs, body: Vec<u8>) -> Message {
     }
     if let Some(s) = &args.sharding_key {
         m = m.with_sharding_key(s.clone());
-    }
-    if let Some(l) = &args.lane {
-        m = m.with_lane(l.clone());
     }
     for (k, v) in &args.properties {
         m = m.with_property(k.clone(), v.clone());
