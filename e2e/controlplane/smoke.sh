@@ -41,7 +41,7 @@ grep -q "\"gitVersion\": *\"$K8S_VERSION\"" <<<"$v" || { log "/version is not $K
 passed=$((passed + 1))
 step create namespace x
 step get ns
-k get ns x -o name | grep -qx namespace/x
+k get ns x -o name | grep -x namespace/x >/dev/null
 passed=$((passed + 1))
 
 if [[ $DDUOMQ_E2E_CONTROLLERS == 1 ]]; then

@@ -40,7 +40,7 @@ done
 
 if [[ -f $WORK/netns ]]; then
   ns=$(cat "$WORK/netns")
-  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+  if ip netns list | awk '{print $1}' | grep -x "$ns" >/dev/null; then
     # anything still running in our namespace was started there by us
     mapfile -t left < <(ip netns pids "$ns" 2>/dev/null || true)
     if ((${#left[@]})); then
