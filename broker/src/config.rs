@@ -58,6 +58,18 @@ pub struct MessagingConfig {
     /// Longest long-poll a pull may ask for.
     #[serde(with = "humantime_serde")]
     pub max_pull_wait: Duration,
+    /// Furthest ahead a delayed message may be scheduled.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// A transaction unresolved this long after its half message was stored is
+    /// checked with its producer group.
+    #[serde(with = "humantime_serde")]
+    pub transaction_check_after: Duration,
+    /// Time between checks of the same transaction.
+    #[serde(with = "humantime_serde")]
+    pub transaction_check_interval: Duration,
+    /// Checks before an unresolved transaction is rolled back.
+    pub transaction_max_checks: u32,
 }
 
 impl MessagingConfig {

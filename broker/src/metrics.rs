@@ -45,6 +45,7 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub dead_lettered: IntCounterVec,
     pub delayed_pending: IntGauge,
+    pub transactions_pending: IntGauge,
     pub grpc_requests: IntCounterVec,
     pub grpc_duration: HistogramVec,
     pub grpc_connections: IntGauge,
@@ -209,7 +210,11 @@ impl Metrics {
             ),
             delayed_pending: gauge(
                 "dduomq_delayed_messages_pending",
-                "Messages scheduled for later delivery.",
+                "Messages scheduled for later delivery: delayed messages and redeliveries.",
+            ),
+            transactions_pending: gauge(
+                "dduomq_transactions_pending",
+                "Transactional (half) messages neither committed nor rolled back.",
             ),
             grpc_requests: counter_vec(
                 "dduomq_grpc_requests_total",

@@ -4,6 +4,8 @@
 //!   coalesced into batches.
 //! * [`PushConsumer`] — an async handler per message; `Ok` acks, `Err` nacks.
 //! * [`PullConsumer`] — explicit offsets and commits, with rebalanced assignments.
+//! * [`TransactionProducer`] — half messages committed or rolled back, with a
+//!   checker the broker asks about transactions left unresolved.
 //! * [`Admin`] — topics, groups, offsets, lookups.
 //!
 //! ```no_run
@@ -28,6 +30,7 @@ mod message;
 mod producer;
 mod pull_consumer;
 mod push_consumer;
+mod transaction;
 
 pub use admin::{Admin, ResetTo};
 pub use error::{ClientError, Result};
@@ -36,6 +39,9 @@ pub use producer::{Producer, ProducerBuilder};
 pub use pull_consumer::{PullConsumer, PullConsumerBuilder};
 pub use push_consumer::{
     ConsumeMode, Filter, PushConsumer, PushConsumerBuilder, default_client_id,
+};
+pub use transaction::{
+    Transaction, TransactionChecker, TransactionProducer, TransactionResolution,
 };
 
 /// The protobuf types of the gRPC contract.

@@ -26,6 +26,12 @@ pub struct Message {
     pub properties: HashMap<String, String>,
     /// Messages with the same sharding key go to the same queue, in send order.
     pub sharding_key: String,
+    /// Delayed messages (Delay topics): deliver at this time, ms since the Unix
+    /// epoch (0: not set).
+    pub deliver_at_ms: i64,
+    /// Delayed messages: deliver this long after the broker receives it (the
+    /// broker's clock, so producer clock skew does not matter).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Message {
@@ -50,6 +56,16 @@ impl Message {
     }
     pub fn with_sharding_key(mut self, key: impl Into<String>) -> Self {
         self.sharding_key = key.into();
+        self
+    }
+    /// Delivers the message this long after the broker stores it (Delay topics).
+    pub fn with_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+    /// Delivers the message at this time, ms since the Unix epoch (Delay topics).
+    pub fn with_deliver_at_ms(mut self, at: i64) -> Self {
+        self.deliver_at_ms = at;
         self
     }
 
@@ -84,6 +100,11 @@ impl Message {
             sharding_key: self.sharding_key,
             queue_id,
             born_timestamp_ms: now_millis(),
+            deliver_at_ms: self.deliver_at_ms,
+            // At least 1 ms: zero means "no delay" on the wire.
+            delay_ms: self.delay.map_or(0, |d| (d.as_millis() as u64).max(1)),
+            transactional: false,
+            producer_group: String::new(),
         }
     }
 }
@@ -97,8 +118,13 @@ pub struct SendReceipt {
     pub message_id: String,
     pub topic: String,
     pub queue_id: u32,
+    /// 0 for delayed and transactional messages (assigned on release).
     pub offset: u64,
     pub store_timestamp_ms: i64,
+    /// Delayed messages: when it will be delivered (ms since the Unix epoch).
+    pub deliver_at_ms: i64,
+    /// Transactional messages: the transaction's id.
+    pub transaction_id: String,
 }
 
 impl From<pb::SendReceipt> for SendReceipt {
@@ -109,6 +135,8 @@ impl From<pb::SendReceipt> for SendReceipt {
             queue_id: r.queue_id,
             offset: r.offset,
             store_timestamp_ms: r.store_timestamp_ms,
+            deliver_at_ms: r.deliver_at_ms,
+            transaction_id: r.transaction_id,
         }
     }
 }
@@ -130,6 +158,8 @@ pub struct ReceivedMessage {
     pub delivery_attempt: u32,
     /// Set on push deliveries; acks and nacks name it.
     pub receipt_handle: String,
+    /// Delayed messages: when it was due (ms since the Unix epoch), else 0.
+    pub deliver_at_ms: i64,
 }
 
 impl From<pb::Message> for ReceivedMessage {
@@ -161,6 +191,7 @@ impl From<pb::Message> for ReceivedMessage {
             store_timestamp_ms: m.store_timestamp_ms,
             delivery_attempt: m.delivery_attempt,
             receipt_handle: m.receipt_handle,
+            deliver_at_ms: m.deliver_at_ms,
         }
     }
 }

@@ -109,7 +109,7 @@ impl ProducerBuilder {
     }
 }
 
-fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
+pub(crate) fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
     Ok(MessagingServiceClient::new(channel(address)?)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE))
@@ -213,6 +213,48 @@ impl Producer {
         send_with_retry(client(&address)?, batch, self.inner.config.send_timeout)
             .await
             .map(|r| r.into_iter().map(SendReceipt::from).collect())
+    }
+
+    /// Sends one message unbatched, reshaped by `shape` on the wire, to the
+    /// broker holding its queue; returns the receipt and that broker's address.
+    pub(crate) async fn send_direct(
+        &self,
+        message: Message,
+        shape: impl FnOnce(&mut pb::OutgoingMessage),
+    ) -> Result<(SendReceipt, String)> {
+        let route = self.route(&message.topic).await?;
+        let queue = self.pick_queue(&route, &message);
+        let mut wire = message.into_proto(
+            Some(queue.queue_id),
+            self.inner.config.compress_from,
+            self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
+        );
+        shape(&mut wire);
+        let mut receipts = send_with_retry(
+            client(&queue.broker_address)?,
+            vec![wire],
+            self.inner.config.send_timeout,
+        )
+        .await?;
+        Ok((receipts.remove(0).into(), queue.broker_address))
+    }
+
+    /// Every broker address in a topic's route.
+    pub(crate) async fn brokers_of(&self, topic: &str) -> Result<Vec<String>> {
+        let route = self.route(topic).await?;
+        let mut addresses: Vec<String> =
+            route.queues.into_iter().map(|q| q.broker_address).collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.inner.config.endpoint
+    }
+
+    pub(crate) fn send_timeout(&self) -> Duration {
+        self.inner.config.send_timeout
     }
 
     /// The producer id and a fresh sequence number, when idempotent.
@@ -419,7 +461,7 @@ async fn send_with_retry(
 }
 
 /// Runs a unary call, retrying retryable failures with backoff until `timeout`.
-async fn retry<T, F, Fut>(timeout: Duration, mut call: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(timeout: Duration, mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,

@@ -9,7 +9,12 @@ use crate::store::MessageType;
 
 pub fn message(d: Delivery) -> pb::Message {
     let r = d.record;
+    let deliver_at_ms =
+        crate::messaging::staged::property(&r.properties, crate::messaging::staged::DELIVER_AT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
     pb::Message {
+        deliver_at_ms,
         message_id: d.message_id,
         topic: r.topic,
         queue_id: r.queue_id,
@@ -17,7 +22,8 @@ pub fn message(d: Delivery) -> pb::Message {
         body: r.body.to_vec(),
         tag: r.tag,
         keys: r.keys,
-        // `__`-prefixed properties are the broker's own (producer identity).
+        // `__`-prefixed properties are the broker's own (producer identity,
+        // staging).
         properties: r
             .properties
             .into_iter()

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
 use crate::messaging::membership::MemberKind;
+use crate::messaging::staged::{Resolution, TransactionCheck};
 use crate::messaging::subscription::Subscription;
 use crate::messaging::{Broker, PullSpec, ReceiveLimits, SendMessage};
 use crate::store::{Codec, now_millis};
@@ -78,6 +79,10 @@ impl MessagingService for MessagingApi {
                     },
                     producer_id: m.producer_id,
                     sequence: m.sequence,
+                    deliver_at: m.deliver_at_ms,
+                    delay_ms: m.delay_ms,
+                    transactional: m.transactional,
+                    producer_group: m.producer_group,
                 })
                 .collect();
             let receipts = self.broker.send(messages).await.map_err(to_status)?;
@@ -90,6 +95,8 @@ impl MessagingService for MessagingApi {
                         queue_id: r.queue_id,
                         offset: r.offset,
                         store_timestamp_ms: r.store_timestamp,
+                        deliver_at_ms: r.deliver_at,
+                        transaction_id: r.transaction_id,
                     })
                     .collect(),
             }))
@@ -323,6 +330,60 @@ impl MessagingService for MessagingApi {
         })
         .await
     }
+
+    async fn end_transaction(
+        &self,
+        req: Request<pb::EndTransactionRequest>,
+    ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        observed(self.broker.metrics(), "EndTransaction", async move {
+            let r = req.into_inner();
+            let resolution = match pb::TransactionResolution::try_from(r.resolution)
+                .unwrap_or(pb::TransactionResolution::Unspecified)
+            {
+                pb::TransactionResolution::Commit => Resolution::Commit,
+                pb::TransactionResolution::Rollback => Resolution::Rollback,
+                pb::TransactionResolution::Unspecified => {
+                    return Err(invalid("resolution", "must be COMMIT or ROLLBACK"));
+                }
+            };
+            self.broker
+                .end_transaction(&r.topic, &r.transaction_id, &r.producer_group, resolution)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(pb::EndTransactionResponse {}))
+        })
+        .await
+    }
+
+    type TransactionChecksStream = ReceiverStream<Result<pb::TransactionCheck, Status>>;
+
+    async fn transaction_checks(
+        &self,
+        req: Request<pb::TransactionChecksRequest>,
+    ) -> Result<Response<Self::TransactionChecksStream>, Status> {
+        observed(self.broker.metrics(), "TransactionChecks", async move {
+            let r = req.into_inner();
+            let (id, checks) = self
+                .broker
+                .add_checker(&r.producer_group)
+                .map_err(to_status)?;
+            let (tx, rx) = mpsc::channel(LEASE_BATCH);
+            tracing::info!(
+                group = r.producer_group,
+                client_id = r.client_id,
+                "transaction checker connected"
+            );
+            tokio::spawn(check_loop(
+                self.broker.clone(),
+                r.producer_group,
+                id,
+                checks,
+                tx,
+            ));
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
+        .await
+    }
 }
 
 /// Serves one Receive stream: leases messages within the consumer's limits and
@@ -375,4 +436,34 @@ async fn push_loop(
     if let Some(m) = broker.metrics() {
         m.grpc_streams.dec();
     }
+}
+
+/// Serves one TransactionChecks stream: forwards the broker's checks until the
+/// checker disconnects or the broker shuts down, then unregisters it.
+async fn check_loop(
+    broker: Arc<Broker>,
+    group: String,
+    id: u64,
+    mut checks: mpsc::Receiver<TransactionCheck>,
+    tx: mpsc::Sender<Result<pb::TransactionCheck, Status>>,
+) {
+    let mut stop = broker.shutdown_signal();
+    loop {
+        let check = tokio::select! {
+            check = checks.recv() => check,
+            _ = tx.closed() => None,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(c) = check else { break };
+        let msg = pb::TransactionCheck {
+            transaction_id: c.transaction_id,
+            message: Some(convert::message(c.message)),
+            check_attempt: c.attempt,
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            break;
+        }
+    }
+    broker.remove_checker(&group, id);
+    tracing::info!(group, "transaction checker disconnected");
 }

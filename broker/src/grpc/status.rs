@@ -14,17 +14,22 @@ use crate::store::StoreError;
 pub fn to_status(err: BrokerError) -> Status {
     let reason = err.code();
     let code = match reason {
-        "TOPIC_NOT_FOUND" | "GROUP_NOT_FOUND" | "QUEUE_NOT_FOUND" | "MESSAGE_NOT_FOUND" => {
-            Code::NotFound
-        }
+        "TOPIC_NOT_FOUND"
+        | "GROUP_NOT_FOUND"
+        | "QUEUE_NOT_FOUND"
+        | "MESSAGE_NOT_FOUND"
+        | "TRANSACTION_NOT_FOUND" => Code::NotFound,
         "TOPIC_CONFLICT" => Code::AlreadyExists,
         "INVALID_ARGUMENT"
         | "MESSAGE_TOO_LARGE"
         | "INVALID_MESSAGE_ID"
         | "INVALID_RECEIPT_HANDLE"
         | "INVALID_FILTER"
-        | "MESSAGE_TYPE_MISMATCH" => Code::InvalidArgument,
-        "STALE_GENERATION" | "QUEUE_NOT_ASSIGNED" => Code::FailedPrecondition,
+        | "MESSAGE_TYPE_MISMATCH"
+        | "DELAY_TOO_LONG" => Code::InvalidArgument,
+        "STALE_GENERATION" | "QUEUE_NOT_ASSIGNED" | "TRANSACTION_RESOLVED" => {
+            Code::FailedPrecondition
+        }
         "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
         "DISK_FULL" => Code::ResourceExhausted,
         "CORRUPT_RECORD" => Code::DataLoss,

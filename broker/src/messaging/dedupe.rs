@@ -56,6 +56,10 @@ struct StoredReceipt {
     queue_id: u32,
     offset: u64,
     store_timestamp: i64,
+    #[serde(default)]
+    deliver_at: i64,
+    #[serde(default)]
+    transaction_id: String,
 }
 
 impl From<&SendReceipt> for StoredReceipt {
@@ -66,6 +70,8 @@ impl From<&SendReceipt> for StoredReceipt {
             queue_id: r.queue_id,
             offset: r.offset,
             store_timestamp: r.store_timestamp,
+            deliver_at: r.deliver_at,
+            transaction_id: r.transaction_id.clone(),
         }
     }
 }
@@ -78,6 +84,8 @@ impl From<&StoredReceipt> for SendReceipt {
             queue_id: r.queue_id,
             offset: r.offset,
             store_timestamp: r.store_timestamp,
+            deliver_at: r.deliver_at,
+            transaction_id: r.transaction_id.clone(),
         }
     }
 }
@@ -205,6 +213,8 @@ mod tests {
             queue_id: 0,
             offset,
             store_timestamp: 1,
+            deliver_at: 0,
+            transaction_id: String::new(),
         }
     }
 

@@ -46,6 +46,14 @@ pub enum BrokerError {
     DuplicateInFlight { producer: String, sequence: u64 },
     #[error("topic {topic:?} refuses this message: {reason}")]
     MessageTypeMismatch { topic: String, reason: String },
+    #[error(
+        "delivery time is {requested_ms} ms ahead; the longest delay this broker accepts is {max_ms} ms"
+    )]
+    DelayTooLong { requested_ms: i64, max_ms: i64 },
+    #[error("transaction {0:?} does not exist on this broker")]
+    TransactionNotFound(String),
+    #[error("transaction {id:?} was already resolved: {resolution}")]
+    TransactionResolved { id: String, resolution: String },
     #[error(transparent)]
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
@@ -67,6 +75,9 @@ impl BrokerError {
             BrokerError::InvalidFilter(_) => "INVALID_FILTER",
             BrokerError::MessageTypeMismatch { .. } => "MESSAGE_TYPE_MISMATCH",
             BrokerError::DuplicateInFlight { .. } => "DUPLICATE_IN_FLIGHT",
+            BrokerError::DelayTooLong { .. } => "DELAY_TOO_LONG",
+            BrokerError::TransactionNotFound(_) => "TRANSACTION_NOT_FOUND",
+            BrokerError::TransactionResolved { .. } => "TRANSACTION_RESOLVED",
             BrokerError::Store(e) => e.code(),
         }
     }

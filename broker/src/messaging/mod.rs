@@ -5,6 +5,7 @@
 
 pub mod cursor;
 pub mod dedupe;
+mod delayed;
 pub mod error;
 pub mod groups;
 pub mod membership;
@@ -12,8 +13,11 @@ mod metadata;
 pub mod offsets;
 pub mod receipt;
 pub mod routes;
+pub mod staged;
 pub mod subscription;
+pub mod timing_wheel;
 pub mod topics;
+mod transactions;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -78,6 +82,12 @@ pub struct SendMessage {
     /// message's sequence number.
     pub producer_id: String,
     pub sequence: u64,
+    /// Delayed messages: deliver at this time (ms), or this long after receipt.
+    pub deliver_at: i64,
+    pub delay_ms: u64,
+    /// Transactional messages: stored as a half message of this producer group.
+    pub transactional: bool,
+    pub producer_group: String,
 }
 
 /// Where a sent message landed.
@@ -86,8 +96,65 @@ pub struct SendReceipt {
     pub message_id: String,
     pub topic: String,
     pub queue_id: u32,
+    /// 0 for a staged (delayed or transactional) message: its offset is
+    /// assigned when it is released.
     pub offset: u64,
     pub store_timestamp: i64,
+    /// Delayed messages: when it will be delivered.
+    pub deliver_at: i64,
+    /// Transactional messages: the id EndTransaction takes.
+    pub transaction_id: String,
+}
+
+impl SendReceipt {
+    /// The receipt of a stored record, staged records naming their real topic.
+    fn of(
+        topic: &str,
+        properties: &[(String, String)],
+        id: &MessageId,
+        queue_id: u32,
+        offset: u64,
+        store_timestamp: i64,
+    ) -> SendReceipt {
+        let message_id = id.to_string();
+        let staged_to = || {
+            let topic = staged::property(properties, staged::REAL_TOPIC).unwrap_or_default();
+            let queue = staged::property(properties, staged::REAL_QUEUE)
+                .and_then(|q| q.parse().ok())
+                .unwrap_or_default();
+            (topic.to_string(), queue)
+        };
+        let (topic, queue_id, offset, deliver_at, transaction_id) = match topic {
+            staged::DELAY_TOPIC => {
+                let (t, q) = staged_to();
+                let at = staged::property(properties, staged::DELIVER_AT)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_default();
+                (t, q, 0, at, String::new())
+            }
+            staged::HALF_TOPIC => {
+                let (t, q) = staged_to();
+                (t, q, 0, 0, message_id.clone())
+            }
+            _ => (topic.to_string(), queue_id, offset, 0, String::new()),
+        };
+        SendReceipt {
+            message_id,
+            topic,
+            queue_id,
+            offset,
+            store_timestamp,
+            deliver_at,
+            transaction_id,
+        }
+    }
+}
+
+/// What a send needs of each appended message after the append.
+struct SentHead {
+    topic: String,
+    staged_properties: Vec<(String, String)>,
+    bytes: usize,
 }
 
 /// A message handed to a consumer.
@@ -199,6 +266,7 @@ pub struct Broker {
     routes: parking_lot::RwLock<RouteTable>,
     draining: std::sync::atomic::AtomicBool,
     dedupe: dedupe::Dedupe,
+    staged: staged::Staged,
 }
 
 impl Broker {
@@ -211,27 +279,39 @@ impl Broker {
     ) -> Result<Broker> {
         let meta = store.config().data_dir.join("metadata");
         // Idempotent producers: the saved windows, plus what was stored after them.
-        let (dedupe, scan_from) = dedupe::Dedupe::open(meta.join("producers.json"))?;
+        let (dedupe, dedupe_from) = dedupe::Dedupe::open(meta.join("producers.json"))?;
+        // Staged messages: those stored after the saved position, minus those
+        // whose release or rollback marker follows them.
+        let (staged, staged_from) = staged::Staged::open(meta.join("staged.json"))?;
         let broker_id = store.config().broker_id;
-        store.scan(scan_from, |rec| {
-            if let Some((pid, seq)) = producer_sequence(&rec.properties) {
-                let receipt = SendReceipt {
-                    message_id: MessageId {
-                        broker_id,
-                        physical_offset: rec.physical_offset,
-                        crc: rec.crc,
-                    }
-                    .to_string(),
-                    topic: rec.topic.clone(),
-                    queue_id: rec.queue_id,
-                    offset: rec.queue_offset,
-                    store_timestamp: rec.store_timestamp,
+        let check_after = config.transaction_check_after.as_millis() as i64;
+        store.scan(dedupe_from.min(staged_from), |rec| {
+            if rec.physical_offset >= staged_from {
+                staged.recover(rec, check_after);
+            }
+            if rec.physical_offset >= dedupe_from
+                && let Some((pid, seq)) = producer_sequence(&rec.properties)
+            {
+                let id = MessageId {
+                    broker_id,
+                    physical_offset: rec.physical_offset,
+                    crc: rec.crc,
                 };
+                let receipt = SendReceipt::of(
+                    &rec.topic,
+                    &rec.properties,
+                    &id,
+                    rec.queue_id,
+                    rec.queue_offset,
+                    rec.store_timestamp,
+                );
                 dedupe.record(&pid, seq, &receipt);
             }
         })?;
+        store.pin_retention(staged.floor(store.stats().commit_log_max));
         Ok(Broker {
             dedupe,
+            staged,
             topics: Topics::open(meta.join("topics.json"))?,
             groups: Groups::open(meta.join("groups.json"))?,
             offsets: Mutex::new(OffsetTable::open(meta.join("offsets.json"))?),
@@ -402,23 +482,62 @@ impl Broker {
                 "codec is zstd but the body is not a zstd frame",
             ));
         }
+        let now = now_millis();
+        let deliver_at = match (m.deliver_at, m.delay_ms) {
+            (0, 0) => None,
+            (at, 0) => Some(at),
+            (0, delay) => Some(now.saturating_add(delay.min(i64::MAX as u64) as i64)),
+            _ => {
+                return Err(BrokerError::invalid(
+                    "delivery time",
+                    "set deliver_at_ms or delay_ms, not both",
+                ));
+            }
+        };
+        let mismatch = |reason: &str| {
+            Err(BrokerError::MessageTypeMismatch {
+                topic: topic.name.clone(),
+                reason: reason.to_string(),
+            })
+        };
         match topic.message_type {
             MessageType::Fifo if m.sharding_key.is_empty() => {
-                return Err(BrokerError::MessageTypeMismatch {
-                    topic: topic.name,
-                    reason: "a FIFO topic needs a sharding key on every message".into(),
-                });
+                return mismatch("a FIFO topic needs a sharding key on every message");
             }
-            MessageType::Delay | MessageType::Transaction => {
-                return Err(BrokerError::MessageTypeMismatch {
-                    reason: format!(
-                        "{} messages are not supported by this broker version yet",
-                        topics::message_type_str(topic.message_type)
-                    ),
-                    topic: topic.name,
-                });
+            MessageType::Delay if deliver_at.is_none() => {
+                return mismatch(
+                    "a Delay topic needs a delivery time (delay or deliver-at) on every message",
+                );
+            }
+            MessageType::Transaction if !m.transactional => {
+                return mismatch("a Transaction topic takes transactional messages only");
+            }
+            t if t != MessageType::Delay && deliver_at.is_some() => {
+                return mismatch(
+                    "only Delay topics take delayed messages; create the topic with type delay",
+                );
+            }
+            t if t != MessageType::Transaction && m.transactional => {
+                return mismatch(
+                    "only Transaction topics take transactional messages; create the topic with type transaction",
+                );
             }
             _ => {}
+        }
+        if m.transactional && m.producer_group.is_empty() {
+            return Err(BrokerError::invalid(
+                "producer_group",
+                "a transactional message needs its producer group (whose checkers resolve it)",
+            ));
+        }
+        if let Some(at) = deliver_at {
+            let max = self.config.max_delay.as_millis() as i64;
+            if at - now > max {
+                return Err(BrokerError::DelayTooLong {
+                    requested_ms: at - now,
+                    max_ms: max,
+                });
+            }
         }
         let mut properties = m.properties;
         if properties.iter().any(|(k, _)| k.starts_with("__")) {
@@ -434,8 +553,28 @@ impl Broker {
             properties.push((dedupe::PRODUCER_ID.into(), m.producer_id));
             properties.push((dedupe::SEQUENCE.into(), m.sequence.to_string()));
         }
+        // Delayed (unless already due) and transactional messages are staged.
+        let stage = match deliver_at {
+            Some(at) if at > now => {
+                properties.push((staged::DELIVER_AT.into(), at.to_string()));
+                Some(staged::DELAY_TOPIC)
+            }
+            _ if m.transactional => {
+                properties.push((staged::PRODUCER_GROUP.into(), m.producer_group));
+                Some(staged::HALF_TOPIC)
+            }
+            _ => None,
+        };
+        let (topic_name, queue_id) = match stage {
+            Some(system) => {
+                properties.push((staged::REAL_TOPIC.into(), topic.name));
+                properties.push((staged::REAL_QUEUE.into(), queue_id.to_string()));
+                (system.to_string(), 0)
+            }
+            None => (topic.name, queue_id),
+        };
         Ok(Message {
-            topic: topic.name,
+            topic: topic_name,
             queue_id,
             born_timestamp: m.born_timestamp,
             tag: m.tag,
@@ -445,7 +584,11 @@ impl Broker {
             flags: crate::store::RecordFlags::new(
                 m.codec,
                 topic.message_type,
-                crate::store::TransactionState::None,
+                if m.transactional {
+                    crate::store::TransactionState::Prepared
+                } else {
+                    crate::store::TransactionState::None
+                },
             ),
         })
     }
@@ -520,37 +663,83 @@ impl Broker {
         started: Instant,
     ) -> Result<Vec<(usize, SendReceipt)>> {
         let (slots, batch): (Vec<usize>, Vec<Message>) = fresh.into_iter().unzip();
-        let sizes: Vec<(String, usize)> = batch
+        // Per message: its topic, its properties when staged (for the receipt
+        // and the scheduling), and its size.
+        let heads: Vec<SentHead> = batch
             .iter()
-            .map(|m| (m.topic.clone(), m.body.len()))
+            .map(|m| SentHead {
+                topic: m.topic.clone(),
+                staged_properties: if m.topic.starts_with(topics::SYSTEM_PREFIX) {
+                    m.properties.clone()
+                } else {
+                    Vec::new()
+                },
+                bytes: m.body.len(),
+            })
             .collect();
-        let acks = match self.store.append(batch).await {
+        // A staged append keeps the saved scan position at or below its records.
+        let staging = heads.iter().any(|h| !h.staged_properties.is_empty());
+        let log_end = self.store.stats().commit_log_max;
+        if staging {
+            self.staged.begin_append(log_end);
+        }
+        let appended = self.store.append(batch).await;
+        let acks = match appended {
             Ok(acks) => acks,
             Err(e) => {
+                if staging {
+                    self.staged.end_append(log_end);
+                }
                 for (_, p, q) in &claimed {
                     self.dedupe.finish(p, *q, None);
                 }
                 return Err(e.into());
             }
         };
-        self.count_sends(&sizes, started);
         let stored: Vec<(usize, SendReceipt)> = slots
             .into_iter()
             .zip(acks)
-            .zip(sizes)
-            .map(|((slot, a), (topic, _))| {
-                (
-                    slot,
-                    SendReceipt {
-                        message_id: a.id.to_string(),
-                        topic,
-                        queue_id: a.queue_id,
-                        offset: a.queue_offset,
-                        store_timestamp: a.store_timestamp,
-                    },
-                )
+            .zip(&heads)
+            .map(|((slot, a), head)| {
+                let (topic, properties) = (&head.topic, &head.staged_properties);
+                let receipt = SendReceipt::of(
+                    topic,
+                    properties,
+                    &a.id,
+                    a.queue_id,
+                    a.queue_offset,
+                    a.store_timestamp,
+                );
+                let position = staged::Position {
+                    physical: a.id.physical_offset,
+                    crc: a.id.crc,
+                };
+                match topic.as_str() {
+                    staged::DELAY_TOPIC => self.staged.add_delayed(position, receipt.deliver_at),
+                    staged::HALF_TOPIC => {
+                        let group = staged::property(properties, staged::PRODUCER_GROUP);
+                        self.staged.add_half(staged::Half::new(
+                            position,
+                            &receipt.topic,
+                            group.unwrap_or_default(),
+                            a.store_timestamp
+                                + self.config.transaction_check_after.as_millis() as i64,
+                        ));
+                    }
+                    _ => {}
+                }
+                (slot, receipt)
             })
             .collect();
+        if staging {
+            self.staged.end_append(log_end);
+        }
+        let sizes: Vec<(String, usize)> = stored
+            .iter()
+            .zip(&heads)
+            .map(|((_, r), head)| (r.topic.clone(), head.bytes))
+            .collect();
+        self.count_sends(&sizes, started);
         for (slot, pid, seq) in &claimed {
             let receipt = stored.iter().find(|(s, _)| s == slot).map(|(_, r)| r);
             self.dedupe.finish(pid, *seq, receipt);
@@ -576,7 +765,12 @@ impl Broker {
 
     // ---- push consumption -----------------------------------------------------
 
+    /// The id consumers see: a released copy keeps its origin's, the id the
+    /// producer got.
     fn message_id_of(&self, rec: &Record) -> String {
+        if let Some(origin) = staged::property(&rec.properties, staged::ORIGIN_ID) {
+            return origin.to_string();
+        }
         MessageId {
             broker_id: self.store.config().broker_id,
             physical_offset: rec.physical_offset,
@@ -1248,7 +1442,10 @@ impl Broker {
     pub fn persist_offsets(&self) -> Result<()> {
         self.sync_offsets();
         self.offsets.lock().save()?;
-        self.dedupe.save(self.store.stats().commit_log_max)
+        let log_end = self.store.stats().commit_log_max;
+        self.store.pin_retention(self.staged.floor(log_end));
+        self.staged.save(log_end)?;
+        self.dedupe.save(log_end)
     }
 
     /// Progress of a group on every queue of its topics.
@@ -1453,7 +1650,17 @@ impl Broker {
             .collect())
     }
 
-    fn plain_delivery(&self, record: Record) -> Delivery {
+    /// A record as a consumer sees it; a staged record shows its real topic.
+    fn plain_delivery(&self, mut record: Record) -> Delivery {
+        if record.topic == staged::DELAY_TOPIC || record.topic == staged::HALF_TOPIC {
+            let real = |name| staged::property(&record.properties, name).map(str::to_string);
+            if let (Some(topic), Some(queue)) = (real(staged::REAL_TOPIC), real(staged::REAL_QUEUE))
+            {
+                record.topic = topic;
+                record.queue_id = queue.parse().unwrap_or_default();
+                record.queue_offset = 0;
+            }
+        }
         Delivery {
             message_id: self.message_id_of(&record),
             attempt: 1,
@@ -1606,17 +1813,27 @@ impl Broker {
                 .map(|c| c.retry_pending())
                 .sum::<usize>();
         }
-        m.delayed_pending.set(pending as i64);
+        m.delayed_pending
+            .set((pending + self.staged.delayed_pending()) as i64);
+        m.transactions_pending
+            .set(self.staged.halves_pending() as i64);
     }
 
-    /// Periodic work: expire silent members, persist progress.
+    /// Background work until shutdown: delayed delivery, transaction checks,
+    /// and periodically expiring silent members and persisting progress.
     pub async fn run_maintenance(self: Arc<Self>) {
+        let delayed = tokio::spawn(self.clone().run_delayed_delivery());
+        let checks = tokio::spawn(self.clone().run_transaction_checks());
         let mut stop = self.shutdown_signal();
         let mut tick = tokio::time::interval(self.config.offsets_persist_interval);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if stopping {
+                let _ = tokio::join!(delayed, checks);
+                return;
             }
             self.expire_members();
             if let Err(e) = self.persist_offsets() {

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     /// The published commit-log end, for consumers waiting for new messages.
     arrivals: watch::Sender<u64>,
     observer: Arc<dyn StoreObserver>,
+    /// Retention keeps every segment holding this commit-log position or later.
+    retention_floor: std::sync::atomic::AtomicU64,
 }
 
 /// Messages read from one queue.
@@ -139,6 +141,7 @@ impl Store {
             arrivals,
             observer,
             config,
+            retention_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         let started = Instant::now();
         let recovery = recovery::recover(&inner, checkpoint)?;
@@ -451,6 +454,14 @@ impl Store {
     /// Flushes the commit log durably up to everything published.
     pub fn flush(&self) -> Result<()> {
         flush_log(&self.inner, self.inner.commit_log.visible())
+    }
+
+    /// Keeps retention from deleting data at or after `position` (messages the
+    /// broker still has to release, such as delayed ones).
+    pub fn pin_retention(&self, position: u64) {
+        self.inner
+            .retention_floor
+            .store(position, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs one retention pass now.

@@ -1,6 +1,7 @@
 //! Retention: whole commit-log segments are deleted, oldest first, when their newest
 //! record is older than the retention time or while the volume is fuller than the
-//! disk-usage limit. The segment holding the newest data is never deleted. Consume
+//! disk-usage limit. The segment holding the newest data is never deleted, nor
+//! one at or after the pinned floor (staged messages not yet released). Consume
 //! queues' minimum offsets then move past the deleted data, and index files that
 //! only point into it are deleted too.
 
@@ -58,6 +59,13 @@ pub(crate) fn enforce(inner: &Inner, now_millis: i64) -> Result<RetentionReport>
         };
         if next.base() >= log.visible() {
             break; // the oldest segment holds the newest data
+        }
+        let floor = inner
+            .retention_floor
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if next.base() > floor {
+            // The oldest segment holds data the broker must still release.
+            break;
         }
         // Every record of the oldest segment is older than the next one's first.
         let expired = first_timestamp(inner, next.base()).is_some_and(|ts| ts < cutoff);

@@ -38,15 +38,9 @@ pub fn parse_reset(to: &str) -> anyhow::Result<ResetTo> {
         "latest" => ResetTo::Latest,
         s => match s.parse::<i64>() {
             Ok(o) => ResetTo::Offset(o),
-            Err(_) => {
-                let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
-                    anyhow::anyhow!(
-                        "--to {s:?}: not earliest, latest, an offset or an RFC 3339 time ({e})"
-                    )
-                })?;
-                let ms = t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-                ResetTo::Timestamp(ms)
-            }
+            Err(_) => ResetTo::Timestamp(super::parse_rfc3339_ms(s).map_err(|e| {
+                anyhow::anyhow!("--to {e}: not earliest, latest, an offset or an RFC 3339 time")
+            })?),
         },
     })
 }

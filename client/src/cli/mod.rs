@@ -79,6 +79,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// An RFC 3339 time as ms since the Unix epoch.
+pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("{s:?}: {e}"))?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| format!("{s:?}: before 1970"))
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let (server, format) = (cli.server.as_str(), cli.format);
     match cli.command {

@@ -51,6 +51,9 @@ pub fn message_json(m: &ReceivedMessage) -> Value {
         "properties": m.properties,
         "delivery_attempt": m.delivery_attempt,
     });
+    if m.deliver_at_ms != 0 {
+        v["deliver_at_ms"] = json!(m.deliver_at_ms);
+    }
     match std::str::from_utf8(&m.body) {
         Ok(text) => v["body"] = json!(text),
         Err(_) => {

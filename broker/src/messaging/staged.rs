@@ -1,0 +1,467 @@
+//! Staged messages: stored, but not yet in their topic. A delayed message waits
+//! in `%DELAY%` for its time; a transactional (half) message waits in `%HALF%`
+//! for a commit or rollback. Both are ordinary commit-log records; releasing
+//! one appends a copy to the real topic (or, for a rollback, a marker to
+//! `%RESOLVED%`) that names its origin:
+//!
+//! ```text
+//!   send ──► %DELAY% record ──(due)──────────────► copy in topic/queue   ─┐
+//!            __REAL_TOPIC __REAL_QUEUE                __ORIGIN_ID = id   │ markers: the
+//!            __DELIVER_AT                                                 │ origin is
+//!   send ──► %HALF% record ──(commit)────────────► copy in topic/queue   ─┤ resolved
+//!            __REAL_TOPIC __REAL_QUEUE                __ORIGIN_ID = id   │
+//!            __PRODUCER_GROUP  ──(rollback/expiry)► %RESOLVED% marker    ─┘
+//! ```
+//!
+//! Nothing but a commit-log position is saved: `staged.json` holds a position
+//! below every unresolved staged record. On startup the log is scanned from
+//! there; staged records are pending unless a marker names them, so a crash
+//! between a release and the next save neither loses nor repeats a message.
+//! Retention never deletes a segment at or above that position.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+
+use super::error::Result;
+use super::metadata;
+use super::timing_wheel::TimingWheel;
+use super::{Delivery, dedupe};
+use crate::store::{MessageId, Record};
+
+/// Where delayed messages wait.
+pub const DELAY_TOPIC: &str = "%DELAY%";
+/// Where transactional messages wait for their outcome.
+pub const HALF_TOPIC: &str = "%HALF%";
+/// Markers of rolled-back transactions and of delayed messages whose topic was
+/// deleted before they were due.
+pub const RESOLVED_TOPIC: &str = "%RESOLVED%";
+/// System properties of staged records and their copies.
+pub const REAL_TOPIC: &str = "__REAL_TOPIC";
+pub const REAL_QUEUE: &str = "__REAL_QUEUE";
+pub const DELIVER_AT: &str = "__DELIVER_AT";
+pub const PRODUCER_GROUP: &str = "__PRODUCER_GROUP";
+pub const ORIGIN_ID: &str = "__ORIGIN_ID";
+pub const RESOLUTION: &str = "__RESOLUTION";
+/// Resolutions remembered for answering a repeated EndTransaction.
+const REMEMBERED_RESOLUTIONS: usize = 100_000;
+
+/// The value of a property of a record.
+pub fn property<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    properties
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A staged record's place in the commit log (what a message id encodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub physical: u64,
+    pub crc: u32,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Commit,
+    Rollback,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Commit => "commit",
+            Resolution::Rollback => "rollback",
+        }
+    }
+}
+
+/// An unresolved transactional message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Half {
+    pub position: Position,
+    pub topic: String,
+    pub group: String,
+    /// Checks sent so far.
+    pub checks: u32,
+    /// When the next check (or, after the last, the rollback) is due, ms.
+    pub next_check: i64,
+}
+
+impl Half {
+    pub fn new(position: Position, topic: &str, group: &str, first_check: i64) -> Half {
+        Half {
+            position,
+            topic: topic.to_string(),
+            group: group.to_string(),
+            checks: 0,
+            next_check: first_check,
+        }
+    }
+}
+
+/// A question to a producer group's checker.
+#[derive(Debug, Clone)]
+pub struct TransactionCheck {
+    pub transaction_id: String,
+    pub message: Delivery,
+    pub attempt: u32,
+}
+
+/// What a transaction id names right now.
+#[derive(Debug)]
+pub enum Claim {
+    /// Unresolved: it is now the caller's to resolve (or to give back).
+    Pending(Half),
+    Resolved(Resolution),
+    Unknown,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    /// Every unresolved staged record is at or after this commit-log position.
+    scan_from: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    wheel: TimingWheel<Position>,
+    /// Pending delayed messages: position → delivery time.
+    delayed: BTreeMap<u64, i64>,
+    halves: BTreeMap<u64, Half>,
+    /// Recently resolved transactions: position → (crc, resolution).
+    resolved: HashMap<u64, (u32, Resolution)>,
+    resolved_order: VecDeque<u64>,
+    /// Commit-log ends when in-flight staged appends began (a multiset).
+    appending: BTreeMap<u64, usize>,
+    /// The deadline the delivery loop sleeps until.
+    sleeping_until: i64,
+}
+
+/// A connected checker stream of a producer group: its id and its queue.
+type Checker = (u64, mpsc::Sender<TransactionCheck>);
+
+/// Staged messages of one broker.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    state: Mutex<State>,
+    checkers: Mutex<HashMap<String, Vec<Checker>>>,
+    next_checker: std::sync::atomic::AtomicU64,
+    /// Wakes the delivery loop when something is due earlier than it thought.
+    pub wake: Notify,
+}
+
+impl Staged {
+    /// Loads the saved scan position; the caller replays the log from it
+    /// through [`Staged::recover`].
+    pub fn open(path: PathBuf) -> Result<(Staged, u64)> {
+        let saved: Saved = metadata::load(&path)?;
+        let staged = Staged {
+            path,
+            state: Mutex::new(State {
+                wheel: TimingWheel::new(0),
+                delayed: BTreeMap::new(),
+                halves: BTreeMap::new(),
+                resolved: HashMap::new(),
+                resolved_order: VecDeque::new(),
+                appending: BTreeMap::new(),
+                sleeping_until: i64::MAX,
+            }),
+            checkers: Mutex::new(HashMap::new()),
+            next_checker: Default::default(),
+            wake: Notify::new(),
+        };
+        Ok((staged, saved.scan_from))
+    }
+
+    /// Replays one record of the startup scan.
+    pub fn recover(&self, rec: &Record, check_after_ms: i64) {
+        let position = Position {
+            physical: rec.physical_offset,
+            crc: rec.crc,
+        };
+        let mut st = self.state.lock();
+        if rec.topic == DELAY_TOPIC {
+            let at = property(&rec.properties, DELIVER_AT)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            st.delayed.insert(position.physical, at);
+            // A copy found later in the scan removes it from `delayed`; the
+            // wheel entry then fires as a no-op.
+            st.wheel.insert(at.max(0) as u64, position);
+        } else if rec.topic == HALF_TOPIC {
+            let get = |name| property(&rec.properties, name).unwrap_or_default();
+            let half = Half::new(
+                position,
+                get(REAL_TOPIC),
+                get(PRODUCER_GROUP),
+                rec.store_timestamp + check_after_ms,
+            );
+            st.halves.insert(position.physical, half);
+        } else if let Some(origin) =
+            property(&rec.properties, ORIGIN_ID).and_then(|id| id.parse::<MessageId>().ok())
+        {
+            let physical = origin.physical_offset;
+            st.delayed.remove(&physical);
+            if let Some(half) = st.halves.remove(&physical) {
+                let resolution = match property(&rec.properties, RESOLUTION) {
+                    Some("rollback") => Resolution::Rollback,
+                    _ => Resolution::Commit,
+                };
+                remember(&mut st, half.position, resolution);
+            }
+        }
+    }
+
+    /// Marks a staged append as started at commit-log end `log_end`; the saved
+    /// scan position stays at or below it until [`Staged::end_append`].
+    pub fn begin_append(&self, log_end: u64) {
+        *self.state.lock().appending.entry(log_end).or_default() += 1;
+    }
+
+    pub fn end_append(&self, log_end: u64) {
+        let mut st = self.state.lock();
+        if let Some(n) = st.appending.get_mut(&log_end) {
+            *n -= 1;
+            if *n == 0 {
+                st.appending.remove(&log_end);
+            }
+        }
+    }
+
+    /// Schedules a stored delayed message.
+    pub fn add_delayed(&self, position: Position, deliver_at: i64) {
+        let earlier = {
+            let mut st = self.state.lock();
+            st.delayed.insert(position.physical, deliver_at);
+            st.wheel.insert(deliver_at.max(0) as u64, position);
+            deliver_at < st.sleeping_until
+        };
+        if earlier {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes the delayed messages due by `now`.
+    pub fn take_due(&self, now: i64) -> Vec<Position> {
+        let mut st = self.state.lock();
+        let fired = st.wheel.advance(now.max(0) as u64);
+        fired
+            .into_iter()
+            .filter(|(_, p)| st.delayed.contains_key(&p.physical))
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// When the delivery loop should look next (`None`: nothing pending); it
+    /// sleeps until then.
+    pub fn sleep_until(&self) -> Option<i64> {
+        let mut st = self.state.lock();
+        let next = st.wheel.next_deadline().map(|t| t as i64);
+        st.sleeping_until = next.unwrap_or(i64::MAX);
+        next
+    }
+
+    /// A due delayed message is in its topic now.
+    pub fn delivered(&self, physical: u64) {
+        self.state.lock().delayed.remove(&physical);
+    }
+
+    /// Tries a due message again at `at` (its release failed).
+    pub fn retry_delayed(&self, position: Position, at: i64) {
+        self.state.lock().wheel.insert(at as u64, position);
+    }
+
+    pub fn delayed_pending(&self) -> usize {
+        self.state.lock().delayed.len()
+    }
+
+    pub fn halves_pending(&self) -> usize {
+        self.state.lock().halves.len()
+    }
+
+    /// Records a stored half message.
+    pub fn add_half(&self, half: Half) {
+        self.state
+            .lock()
+            .halves
+            .insert(half.position.physical, half);
+    }
+
+    /// Claims a transaction for resolving.
+    pub fn claim(&self, position: Position) -> Claim {
+        let mut st = self.state.lock();
+        let physical = position.physical;
+        if st.halves.get(&physical).map(|h| h.position) == Some(position) {
+            return Claim::Pending(st.halves.remove(&physical).expect("present"));
+        }
+        match st.resolved.get(&physical) {
+            Some((crc, r)) if *crc == position.crc => Claim::Resolved(*r),
+            _ => Claim::Unknown,
+        }
+    }
+
+    /// Gives back a claimed transaction whose resolution could not be stored.
+    pub fn unclaim(&self, half: Half) {
+        self.state
+            .lock()
+            .halves
+            .insert(half.position.physical, half);
+    }
+
+    pub fn resolved(&self, position: Position, resolution: Resolution) {
+        remember(&mut self.state.lock(), position, resolution);
+    }
+
+    /// Halves whose check is due: those with checks left get one more (the
+    /// returned attempt number), the others are claimed for rollback.
+    pub fn due_checks(
+        &self,
+        now: i64,
+        interval_ms: i64,
+        max_checks: u32,
+    ) -> (Vec<(Half, u32)>, Vec<Half>) {
+        let mut st = self.state.lock();
+        let mut checks = Vec::new();
+        let mut expired = Vec::new();
+        for half in st.halves.values_mut() {
+            if half.next_check > now {
+                continue;
+            }
+            if half.checks >= max_checks {
+                expired.push(half.clone());
+            } else {
+                half.checks += 1;
+                half.next_check = now + interval_ms;
+                checks.push((half.clone(), half.checks));
+            }
+        }
+        for h in &expired {
+            st.halves.remove(&h.position.physical);
+        }
+        (checks, expired)
+    }
+
+    /// Registers a checker stream of a producer group.
+    pub fn add_checker(&self, group: &str) -> (u64, mpsc::Receiver<TransactionCheck>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let id = self
+            .next_checker
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.checkers
+            .lock()
+            .entry(group.to_string())
+            .or_default()
+            .push((id, tx));
+        (id, rx)
+    }
+
+    pub fn remove_checker(&self, group: &str, id: u64) {
+        let mut checkers = self.checkers.lock();
+        if let Some(list) = checkers.get_mut(group) {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                checkers.remove(group);
+            }
+        }
+    }
+
+    /// Hands a check to one of the group's checkers (round robin); false when
+    /// none is online or all are full.
+    pub fn send_check(&self, group: &str, check: TransactionCheck) -> bool {
+        let checkers = self.checkers.lock();
+        let Some(list) = checkers.get(group).filter(|l| !l.is_empty()) else {
+            return false;
+        };
+        let start = self
+            .next_checker
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+        (0..list.len()).any(|i| {
+            list[(start + i) % list.len()]
+                .1
+                .try_send(check.clone())
+                .is_ok()
+        })
+    }
+
+    /// The lowest commit-log position an unresolved staged record (or one being
+    /// appended) may have; `log_end` when there is none.
+    pub fn floor(&self, log_end: u64) -> u64 {
+        let st = self.state.lock();
+        [
+            st.delayed.keys().next(),
+            st.halves.keys().next(),
+            st.appending.keys().next(),
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .fold(log_end, u64::min)
+    }
+
+    /// Saves the scan position.
+    pub fn save(&self, log_end: u64) -> Result<()> {
+        let saved = Saved {
+            scan_from: self.floor(log_end),
+        };
+        Ok(metadata::save(&self.path, &saved)?)
+    }
+}
+
+fn remember(st: &mut State, position: Position, resolution: Resolution) {
+    let physical = position.physical;
+    if st
+        .resolved
+        .insert(physical, (position.crc, resolution))
+        .is_none()
+    {
+        st.resolved_order.push_back(physical);
+        if st.resolved_order.len() > REMEMBERED_RESOLUTIONS
+            && let Some(old) = st.resolved_order.pop_front()
+        {
+            st.resolved.remove(&old);
+        }
+    }
+}
+
+/// The properties a released copy keeps: the producer's, minus staging and
+/// idempotence (the copy is not the producer's send), plus its origin.
+pub fn released_properties(rec: &Record, origin: &MessageId) -> Vec<(String, String)> {
+    let mut properties: Vec<(String, String)> = rec
+        .properties
+        .iter()
+        .filter(|(k, _)| {
+            ![
+                REAL_TOPIC,
+                REAL_QUEUE,
+                PRODUCER_GROUP,
+                dedupe::PRODUCER_ID,
+                dedupe::SEQUENCE,
+            ]
+            .contains(&k.as_str())
+        })
+        .cloned()
+        .collect();
+    properties.push((ORIGIN_ID.into(), origin.to_string()));
+    properties
+}
+
+/// A record that resolves a staged record without a copy: a rollback, or a
+/// message whose topic was deleted before its release (`"dropped"`).
+pub fn marker(origin: &MessageId, resolution: &str) -> crate::store::Message {
+    crate::store::Message {
+        topic: RESOLVED_TOPIC.to_string(),
+        queue_id: 0,
+        born_timestamp: crate::store::now_millis(),
+        properties: vec![
+            (ORIGIN_ID.into(), origin.to_string()),
+            (RESOLUTION.into(), resolution.to_string()),
+        ],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,145 @@
+//! Transactional messages: a half message waits in `%HALF%` (see
+//! [`super::staged`]) until the producer commits it (a copy goes to its topic)
+//! or rolls it back (a marker). One left unresolved is checked with its
+//! producer group's checkers, repeatedly, and rolled back after the last check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::{BrokerError, Result};
+use super::staged::{self, Claim, Half, Resolution, TransactionCheck};
+use super::{Broker, Delivery};
+use crate::store::{MessageId, TransactionState, now_millis};
+
+impl Broker {
+    /// Commits or rolls back a transaction. Ending it again the same way is a
+    /// no-op; the other way is refused.
+    pub async fn end_transaction(
+        &self,
+        topic: &str,
+        transaction_id: &str,
+        producer_group: &str,
+        resolution: Resolution,
+    ) -> Result<()> {
+        let not_found = || BrokerError::TransactionNotFound(transaction_id.to_string());
+        let id: MessageId = transaction_id.parse().map_err(|_| not_found())?;
+        if id.broker_id != self.store.config().broker_id {
+            return Err(not_found());
+        }
+        let position = staged::Position {
+            physical: id.physical_offset,
+            crc: id.crc,
+        };
+        let half = match self.staged.claim(position) {
+            Claim::Pending(h) => h,
+            Claim::Resolved(r) if r == resolution => return Ok(()),
+            Claim::Resolved(r) => {
+                return Err(BrokerError::TransactionResolved {
+                    id: transaction_id.to_string(),
+                    resolution: r.as_str().to_string(),
+                });
+            }
+            Claim::Unknown => {
+                return match self.store.lookup_by_id(&id) {
+                    Ok(rec) if rec.topic == staged::HALF_TOPIC => {
+                        Err(BrokerError::TransactionResolved {
+                            id: transaction_id.to_string(),
+                            resolution: "resolved before the broker's last restart".into(),
+                        })
+                    }
+                    _ => Err(not_found()),
+                };
+            }
+        };
+        if half.group != producer_group || !(topic.is_empty() || half.topic == topic) {
+            self.staged.unclaim(half);
+            return Err(not_found());
+        }
+        self.resolve(half, resolution, "producer").await
+    }
+
+    /// Stores a claimed transaction's outcome; gives the claim back on failure.
+    async fn resolve(&self, half: Half, resolution: Resolution, by: &str) -> Result<()> {
+        let id = self.staged_id(half.position);
+        let outcome = match resolution {
+            Resolution::Commit => match self.store.lookup_by_id(&id) {
+                Ok(rec) => Ok(self.released_copy(rec, &id, TransactionState::Committed)),
+                Err(e) => Err(e),
+            },
+            Resolution::Rollback => Ok(staged::marker(&id, "rollback")),
+        };
+        let stored = match outcome {
+            Ok(record) => self.store.append(vec![record]).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => {
+                self.staged.resolved(half.position, resolution);
+                tracing::info!(id = %id, group = half.group, resolution = resolution.as_str(), by, "transaction ended");
+                Ok(())
+            }
+            Err(e) => {
+                self.staged.unclaim(half);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Sends due checks and rolls back transactions past their last check,
+    /// until shutdown.
+    pub async fn run_transaction_checks(self: Arc<Self>) {
+        let interval = self.config.transaction_check_interval;
+        let tick = (self.config.transaction_check_after.min(interval) / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let mut stop = self.shutdown_signal();
+        let mut ticks = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let (checks, expired) = self.staged.due_checks(
+                now_millis(),
+                interval.as_millis() as i64,
+                self.config.transaction_max_checks,
+            );
+            for half in expired {
+                tracing::warn!(id = %self.staged_id(half.position), group = half.group, checks = half.checks, "transaction unresolved after its last check; rolling back");
+                if let Err(e) = self.resolve(half, Resolution::Rollback, "expiry").await {
+                    tracing::error!(error = %e, "rolling back an expired transaction failed; will retry");
+                }
+            }
+            for (half, attempt) in checks {
+                let id = self.staged_id(half.position);
+                let Ok(rec) = self.store.lookup_by_id(&id) else {
+                    continue;
+                };
+                let message: Delivery = self.plain_delivery(rec);
+                let check = TransactionCheck {
+                    transaction_id: id.to_string(),
+                    message,
+                    attempt,
+                };
+                if !self.staged.send_check(&half.group, check) {
+                    tracing::debug!(id = %id, group = half.group, attempt, "no checker of the producer group is online");
+                }
+            }
+        }
+    }
+
+    /// Registers a checker of a producer group; checks arrive on the receiver
+    /// until [`Broker::remove_checker`].
+    pub fn add_checker(
+        &self,
+        group: &str,
+    ) -> Result<(u64, tokio::sync::mpsc::Receiver<TransactionCheck>)> {
+        if group.is_empty() {
+            return Err(BrokerError::invalid("producer_group", "must not be empty"));
+        }
+        Ok(self.staged.add_checker(group))
+    }
+
+    pub fn remove_checker(&self, group: &str, id: u64) {
+        self.staged.remove_checker(group, id);
+    }
+}
