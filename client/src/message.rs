@@ -32,6 +32,8 @@ pub struct Message {
     /// Delayed messages: deliver this long after the broker receives it (the
     /// broker's clock, so producer clock skew does not matter).
     pub delay: Option<std::time::Duration>,
+    /// Gray-release lane ("" = base).
+    pub lane: String,
 }
 
 impl Message {
@@ -68,6 +70,11 @@ impl Message {
         self.deliver_at_ms = at;
         self
     }
+    /// Sends the message on a gray-release lane (e.g. `canary`).
+    pub fn with_lane(mut self, lane: impl Into<String>) -> Self {
+        self.lane = lane.into();
+        self
+    }
 
     /// The wire form. Bodies of at least `compress_from` bytes (0: never) are
     /// zstd-compressed when that makes them smaller; `identity` is the
@@ -94,6 +101,7 @@ impl Message {
             codec: codec as i32,
             producer_id,
             sequence,
+            lane: self.lane,
             tag: self.tag,
             keys: self.keys,
             properties: self.properties,

@@ -53,6 +53,7 @@ pub struct PushConsumerBuilder {
     request_timeout: Duration,
     route_refresh: Duration,
     filter: Filter,
+    lane: String,
 }
 
 /// A broker-side filter: a tag expression or SQL92 (see docs/architecture.md).
@@ -108,7 +109,14 @@ impl PushConsumerBuilder {
             request_timeout: Duration::from_secs(10),
             route_refresh: Duration::from_secs(5),
             filter: Filter::All,
+            lane: String::new(),
         }
+    }
+    /// Consume on a gray-release lane: this consumer gets the lane's messages
+    /// (and only those) while it is online.
+    pub fn lane(mut self, lane: impl Into<String>) -> Self {
+        self.lane = lane.into();
+        self
     }
     /// Only messages passing `filter` are delivered; the rest still count as
     /// consumed for the group.
@@ -289,6 +297,7 @@ async fn open_stream(
         max_in_flight_bytes: cfg.max_in_flight_bytes,
         filter_type: cfg.filter.to_proto().0,
         filter_expression: cfg.filter.to_proto().1,
+        lane: cfg.lane.clone(),
     };
     match tokio::time::timeout(cfg.request_timeout, client.receive(request)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),

@@ -279,3 +279,116 @@ fn broadcast_mode_and_bench_summary() {
         "every acknowledged send is stored"
     );
 }
+
+#[test]
+fn delayed_and_transactional_produce_and_lanes() {
+    let b = Broker::start();
+    ok(&b, &["topic", "create", "later", "--type", "delay"]);
+    ok(&b, &["topic", "create", "pay", "--type", "transaction"]);
+
+    let sent = json_lines(&ok(
+        &b,
+        &[
+            "produce", "--topic", "later", "--count", "2", "--delay", "400ms", "-o", "json",
+        ],
+    ));
+    assert_eq!(sent.len(), 2);
+    let due = sent[0]["deliver_at_ms"].as_i64().expect("deliver_at_ms");
+    // An RFC 3339 time in the past is delivered at once.
+    let past = json_lines(&ok(
+        &b,
+        &[
+            "produce",
+            "--topic",
+            "later",
+            "--count",
+            "1",
+            "--deliver-at",
+            "2020-01-01T00:00:00Z",
+            "-o",
+            "json",
+        ],
+    ));
+    assert!(past[0].get("deliver_at_ms").is_none(), "{:?}", past[0]);
+    let got = json_lines(&ok(
+        &b,
+        &[
+            "consume", "--topic", "later", "--group", "g", "--count", "3", "-o", "json",
+        ],
+    ));
+    assert_eq!(got.len(), 3);
+    let delayed: Vec<&Value> = got
+        .iter()
+        .filter(|m| m.get("deliver_at_ms").is_some())
+        .collect();
+    assert_eq!(delayed.len(), 2, "{got:?}");
+    assert_eq!(delayed[0]["deliver_at_ms"].as_i64(), Some(due));
+    // Refused with its reason: a delay on a transaction topic.
+    let out = dduomq(
+        &b,
+        &["produce", "--topic", "pay", "--count", "1", "--delay", "1s"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MESSAGE_TYPE_MISMATCH"));
+
+    // Transactions: committed, rolled back.
+    for (end, state) in [("commit", "committed"), ("rollback", "rolled_back")] {
+        let r = json_lines(&ok(
+            &b,
+            &[
+                "produce",
+                "--topic",
+                "pay",
+                "--count",
+                "1",
+                "--transaction",
+                end,
+                "-o",
+                "json",
+            ],
+        ));
+        assert_eq!(r[0]["transaction"], state);
+        assert_eq!(r[0]["transaction_id"], r[0]["id"]);
+    }
+    let got = json_lines(&ok(
+        &b,
+        &[
+            "consume",
+            "--topic",
+            "pay",
+            "--group",
+            "g",
+            "--count",
+            "2",
+            "--timeout",
+            "1s",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(got.len(), 1, "only the committed one: {got:?}");
+
+    // Lanes: with a canary consumer online... none here, so the base consumer
+    // gets the canary message (fallback).
+    ok(
+        &b,
+        &[
+            "produce", "--topic", "orders", "--count", "1", "--lane", "canary",
+        ],
+    );
+    let got = json_lines(&ok(
+        &b,
+        &[
+            "consume", "--topic", "orders", "--group", "g", "--count", "1", "-o", "json",
+        ],
+    ));
+    assert_eq!(got.len(), 1);
+    let got = json_lines(&ok(
+        &b,
+        &[
+            "consume", "--topic", "orders", "--group", "g2", "--count", "1", "--lane", "canary",
+            "-o", "json",
+        ],
+    ));
+    assert_eq!(got.len(), 1, "a canary consumer gets its lane's message");
+}

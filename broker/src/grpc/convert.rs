@@ -23,7 +23,7 @@ pub fn message(d: Delivery) -> pb::Message {
         tag: r.tag,
         keys: r.keys,
         // `__`-prefixed properties are the broker's own (producer identity,
-        // staging).
+        // lane, staging).
         properties: r
             .properties
             .into_iter()

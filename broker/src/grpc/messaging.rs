@@ -83,6 +83,7 @@ impl MessagingService for MessagingApi {
                     delay_ms: m.delay_ms,
                     transactional: m.transactional,
                     producer_group: m.producer_group,
+                    lane: m.lane,
                 })
                 .collect();
             let receipts = self.broker.send(messages).await.map_err(to_status)?;
@@ -121,6 +122,7 @@ impl MessagingService for MessagingApi {
                     &r.client_id,
                     convert::mode_from_pb(r.mode),
                     filter,
+                    r.lane.clone(),
                 )
                 .map_err(to_status)?;
             let limits = ReceiveLimits {
@@ -398,6 +400,9 @@ async fn push_loop(
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
     'serve: loop {
+        // Yield now and then even when there is always work, so a busy stream
+        // never keeps the consumers it woke from running on this worker.
+        tokio::task::coop::consume_budget().await;
         let notified = sub.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

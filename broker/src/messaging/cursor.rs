@@ -82,28 +82,54 @@ impl QueueCursor {
         &self.attempts
     }
 
-    /// The next offset to deliver, if any is due now: a due retry first, then the
-    /// oldest never-delivered offset below `max_offset`. `ordered` (FIFO) delivers
+    /// The next offset to deliver, if any is due now: a due retry first (except
+    /// those this consumer `passed_over`), then the oldest never-delivered offset
+    /// below `max_offset`. `ordered` (FIFO) delivers
     /// one message of the queue at a time: nothing new while a message is leased
     /// or waiting for its redelivery, so a queue's messages (and thus each
     /// sharding key's) are handled strictly in order.
-    pub fn candidate(&mut self, now: i64, max_offset: u64, ordered: bool) -> Option<u64> {
-        // FIFO: nothing while a message of the queue is leased.
+    pub fn candidate(
+        &mut self,
+        now: i64,
+        max_offset: u64,
+        ordered: bool,
+        passed_over: &BTreeSet<u64>,
+    ) -> Option<u64> {
         if ordered && !self.leases.is_empty() {
             return None;
         }
-        if let Some(&(due, offset)) = self.retry.first() {
-            if due <= now {
+        for &(due, offset) in &self.retry {
+            if due > now {
+                if ordered {
+                    return None;
+                }
+                break;
+            }
+            if !passed_over.contains(&offset) {
                 return Some(offset);
             }
-            if ordered {
-                return None;
-            }
+        }
+        if ordered && !self.leases.is_empty() {
+            return None;
         }
         while self.next < max_offset && self.done.contains(&self.next) {
             self.next += 1;
         }
         (self.next < max_offset).then_some(self.next)
+    }
+
+    /// Leaves a candidate for another consumer (gray lanes): it becomes due now
+    /// for everyone, without counting a delivery. True when it was not waiting
+    /// already (so the others need waking).
+    pub fn pass_over(&mut self, offset: u64, now: i64) -> bool {
+        if offset >= self.next {
+            self.next = offset + 1;
+        }
+        if self.retry.iter().any(|(_, o)| *o == offset) {
+            return false;
+        }
+        self.retry.insert((now, offset));
+        true
     }
 
     /// Leases `offset` (a [`Self::candidate`]); returns its delivery attempt (1-based).
@@ -229,9 +255,23 @@ impl QueueCursor {
 
     /// The earliest future moment something becomes due (retry or lease end).
     pub fn next_wake(&self) -> Option<i64> {
-        let retry = self.retry.first().map(|(at, _)| *at);
-        let lease = self.leases.values().map(|l| l.deadline).min();
-        retry.into_iter().chain(lease).min()
+        self.next_wake_except(&BTreeSet::new())
+    }
+
+    /// When the first lease runs out.
+    pub fn lease_deadline(&self) -> Option<i64> {
+        self.leases.values().map(|l| l.deadline).min()
+    }
+
+    /// [`Self::next_wake`] ignoring retries the asking consumer passed over
+    /// (they wait for other consumers, not for time).
+    pub fn next_wake_except(&self, passed_over: &BTreeSet<u64>) -> Option<i64> {
+        let retry = self
+            .retry
+            .iter()
+            .find(|(_, o)| !passed_over.contains(o))
+            .map(|(at, _)| *at);
+        retry.into_iter().chain(self.lease_deadline()).min()
     }
 
     /// Starts over at `offset`, forgetting leases, retries and done marks.
@@ -250,6 +290,10 @@ impl QueueCursor {
 mod tests {
     use super::*;
 
+    fn none() -> BTreeSet<u64> {
+        BTreeSet::new()
+    }
+
     fn lease(id: u64) -> Lease {
         Lease {
             delivery_id: id,
@@ -263,7 +307,7 @@ mod tests {
     fn acks_out_of_order_move_the_watermark_only_over_a_done_prefix() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
         for o in 0..3 {
-            assert_eq!(c.candidate(0, 10, false), Some(o));
+            assert_eq!(c.candidate(0, 10, false, &none()), Some(o));
             assert_eq!(c.lease(o, lease(o + 100)), 1);
         }
         assert!(c.ack(1, 101).is_some());
@@ -274,23 +318,23 @@ mod tests {
         assert_eq!(c.committed(), 2);
         assert!(c.ack(2, 102).is_some());
         assert_eq!(c.committed(), 3);
-        assert_eq!(c.candidate(0, 3, false), None);
+        assert_eq!(c.candidate(0, 3, false, &none()), None);
     }
 
     #[test]
     fn release_retries_with_backoff_then_dead_letters() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
         let backoff = |a: u32| a as i64 * 100;
-        assert_eq!(c.candidate(0, 1, false), Some(0));
+        assert_eq!(c.candidate(0, 1, false, &none()), Some(0));
         c.lease(0, lease(1));
         let (_, r) = c.release(0, 50, 3, backoff).unwrap();
         assert_eq!(r, Released::Retry { offset: 0, at: 150 });
-        assert_eq!(c.candidate(149, 1, false), None, "not due yet");
+        assert_eq!(c.candidate(149, 1, false, &none()), None, "not due yet");
         assert_eq!(c.next_wake(), Some(150));
-        assert_eq!(c.candidate(150, 1, false), Some(0));
+        assert_eq!(c.candidate(150, 1, false, &none()), Some(0));
         assert_eq!(c.lease(0, lease(2)), 2);
         c.release(0, 200, 3, backoff).unwrap();
-        assert_eq!(c.candidate(400, 1, false), Some(0));
+        assert_eq!(c.candidate(400, 1, false, &none()), Some(0));
         assert_eq!(c.lease(0, lease(3)), 3);
         let (_, r) = c.release(0, 500, 3, backoff).unwrap();
         assert_eq!(
@@ -301,7 +345,7 @@ mod tests {
             }
         );
         assert_eq!(
-            c.candidate(10_000, 1, false),
+            c.candidate(10_000, 1, false, &none()),
             None,
             "dead-lettering is in progress"
         );
@@ -310,21 +354,40 @@ mod tests {
     }
 
     #[test]
+    fn passed_over_messages_go_to_the_next_consumer_without_an_attempt() {
+        let mut c = QueueCursor::new(0, [], HashMap::new());
+        assert_eq!(c.candidate(0, 3, false, &none()), Some(0));
+        c.pass_over(0, 5);
+        let mine = BTreeSet::from([0]);
+        assert_eq!(
+            c.candidate(5, 3, false, &mine),
+            Some(1),
+            "the passer moves on"
+        );
+        assert_eq!(
+            c.candidate(5, 3, false, &none()),
+            Some(0),
+            "others get it first"
+        );
+        assert_eq!(c.lease(0, lease(1)), 1, "passing over is not a delivery");
+    }
+
+    #[test]
     fn ordered_queues_hold_one_message_at_a_time() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
-        assert_eq!(c.candidate(0, 5, true), Some(0));
+        assert_eq!(c.candidate(0, 5, true, &none()), Some(0));
         c.lease(0, lease(1));
-        assert_eq!(c.candidate(0, 5, true), None, "0 is in flight");
+        assert_eq!(c.candidate(0, 5, true, &none()), None, "0 is in flight");
         c.release(0, 10, 16, |_| 100).unwrap();
         assert_eq!(
-            c.candidate(50, 5, true),
+            c.candidate(50, 5, true, &none()),
             None,
             "0 waits for its redelivery; 1 must not overtake it"
         );
-        assert_eq!(c.candidate(110, 5, true), Some(0));
+        assert_eq!(c.candidate(110, 5, true, &none()), Some(0));
         c.lease(0, lease(2));
         c.ack(0, 2).unwrap();
-        assert_eq!(c.candidate(110, 5, true), Some(1));
+        assert_eq!(c.candidate(110, 5, true, &none()), Some(1));
     }
 
     #[test]
@@ -332,9 +395,9 @@ mod tests {
         let c = QueueCursor::new(5, [3, 6, 8], HashMap::from([(7, 2)]));
         assert_eq!(c.committed(), 5);
         let mut c = c;
-        assert_eq!(c.candidate(0, 10, false), Some(5));
+        assert_eq!(c.candidate(0, 10, false, &none()), Some(5));
         c.lease(5, lease(1));
-        assert_eq!(c.candidate(0, 10, false), Some(7), "6 is done");
+        assert_eq!(c.candidate(0, 10, false, &none()), Some(7), "6 is done");
         assert_eq!(c.lease(7, lease(2)), 3, "attempts carried over");
         c.ack(5, 1);
         assert_eq!(c.committed(), 7);
@@ -346,10 +409,10 @@ mod tests {
         c.lease(0, lease(1));
         assert_eq!(c.reset(10).len(), 1);
         assert_eq!((c.committed(), c.in_flight()), (10, 0));
-        assert_eq!(c.candidate(0, 12, false), Some(10));
+        assert_eq!(c.candidate(0, 12, false, &none()), Some(10));
         c.lease(10, lease(2));
         c.skip_below(20);
         assert_eq!((c.committed(), c.in_flight()), (20, 0));
-        assert_eq!(c.candidate(0, 25, false), Some(20));
+        assert_eq!(c.candidate(0, 25, false, &none()), Some(20));
     }
 }

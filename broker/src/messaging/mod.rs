@@ -51,8 +51,28 @@ fn producer_sequence(properties: &[(String, String)]) -> Option<(String, u64)> {
     ))
 }
 
+/// Whether `consumer` may take a message of `lane`: a lane's messages go to its
+/// consumers while any is online, else to the base lane; base-lane messages go
+/// only to base-lane consumers.
+fn lane_ok(lanes: &HashMap<u64, String>, consumer: u64, lane: &str) -> bool {
+    let mine = lanes.get(&consumer).map_or("", String::as_str);
+    if !lane.is_empty() && lanes.values().any(|l| l == lane) {
+        mine == lane
+    } else {
+        mine.is_empty()
+    }
+}
+
 /// The first bytes of every zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// Most messages one lease round passes over per queue (gray lanes), so a
+/// consumer facing a long backlog of another lane's messages holds the
+/// subscription lock only briefly.
+const MAX_PASSES: usize = 256;
+
+/// System property carrying a message's gray-release lane.
+pub const LANE_PROPERTY: &str = "__LANE";
 
 /// Property carrying a message's sharding key.
 pub const SHARDING_KEY_PROPERTY: &str = "SHARDING_KEY";
@@ -88,6 +108,8 @@ pub struct SendMessage {
     /// Transactional messages: stored as a half message of this producer group.
     pub transactional: bool,
     pub producer_group: String,
+    /// Gray-release lane ("" = base).
+    pub lane: String,
 }
 
 /// Where a sent message landed.
@@ -549,6 +571,9 @@ impl Broker {
         if !m.sharding_key.is_empty() {
             properties.push((SHARDING_KEY_PROPERTY.into(), m.sharding_key));
         }
+        if !m.lane.is_empty() {
+            properties.push((LANE_PROPERTY.into(), m.lane));
+        }
         if !m.producer_id.is_empty() {
             properties.push((dedupe::PRODUCER_ID.into(), m.producer_id));
             properties.push((dedupe::SEQUENCE.into(), m.sequence.to_string()));
@@ -806,6 +831,7 @@ impl Broker {
         client_id: &str,
         mode: ConsumeMode,
         filter: Filter,
+        lane: String,
     ) -> Result<(Arc<Subscription>, u64)> {
         if client_id.is_empty() {
             return Err(BrokerError::invalid("client_id", "must not be empty"));
@@ -817,6 +843,7 @@ impl Broker {
         {
             let mut st = sub.state.lock();
             st.usage.insert(consumer, Usage::default());
+            st.lanes.insert(consumer, lane);
             st.filter = Arc::new(filter);
         }
         self.touch_member(&group.name, client_id, MemberKind::Push, [topic.name]);
@@ -831,6 +858,7 @@ impl Broker {
         let dead = {
             let mut st = sub.state.lock();
             st.usage.remove(&consumer);
+            st.lanes.remove(&consumer);
             let now = now_millis();
             let mut dead = Vec::new();
             let queues: Vec<u32> = st.cursors.keys().copied().collect();
@@ -921,6 +949,7 @@ impl Broker {
         let now = now_millis();
         let mut out = Vec::new();
         let mut dead = Vec::new();
+        let mut passed_any = false;
         let wake = {
             let mut st = sub.state.lock();
             // Leases that ran out are released first.
@@ -935,22 +964,30 @@ impl Broker {
             let start = st.round_robin;
             st.round_robin = st.round_robin.wrapping_add(1);
             let filter = st.filter.clone();
+            let lanes = st.lanes.clone();
+            // Stopped by flow control: only an ack, a nack (both notify) or an
+            // expiring lease frees room, so due retries are no reason to wake.
+            let mut capped = false;
+            // Offsets this consumer left for other lanes, per queue.
+            let mut passed_by_queue: HashMap<u32, BTreeSet<u64>> = HashMap::new();
             // FIFO topics, clustering groups: one message per queue at a time.
             let ordered =
                 topic.message_type == MessageType::Fifo && group.mode == ConsumeMode::Clustering;
             'queues: for i in 0..topic.queues {
                 let q = (start + i) % topic.queues;
                 let (min, max_offset) = self.store.queue_offsets(&topic.name, q);
+                let passed = passed_by_queue.entry(q).or_default();
                 for lease in self.cursor_for(&mut st, &sub.key, q).skip_below(min) {
                     st.refund(&lease);
                 }
-                while out.len() < max {
+                while out.len() < max && passed.len() < MAX_PASSES {
                     let usage = st.usage.get(&consumer).copied().unwrap_or_default();
                     if usage.messages >= limits.max_messages {
+                        capped = true;
                         break 'queues;
                     }
                     let cursor = self.cursor_for(&mut st, &sub.key, q);
-                    let Some(offset) = cursor.candidate(now, max_offset, ordered) else {
+                    let Some(offset) = cursor.candidate(now, max_offset, ordered, passed) else {
                         break;
                     };
                     let record = match self.store.read(&topic.name, q, offset, 1, usize::MAX) {
@@ -971,8 +1008,21 @@ impl Broker {
                         cursor.skip(offset); // filtered out: done for this group
                         continue;
                     }
+                    let lane = record
+                        .properties
+                        .iter()
+                        .find(|(k, _)| k == LANE_PROPERTY)
+                        .map_or("", |(_, v)| v.as_str());
+                    if !lane_ok(&lanes, consumer, lane) {
+                        // Another consumer's lane: leave it for them.
+                        passed_any |= self.cursor_for(&mut st, &sub.key, q).pass_over(offset, now);
+                        passed.insert(offset);
+                        continue;
+                    }
+                    let cursor = self.cursor_for(&mut st, &sub.key, q);
                     let bytes = record.body.len() as u64;
                     if usage.messages > 0 && usage.bytes + bytes > limits.max_bytes {
+                        capped = true;
                         break 'queues;
                     }
                     let lease = Lease {
@@ -998,8 +1048,24 @@ impl Broker {
                     });
                 }
             }
-            st.cursors.values().filter_map(|c| c.next_wake()).min()
+            let no_passes = BTreeSet::new();
+            st.cursors
+                .iter()
+                .filter_map(|(q, c)| {
+                    if capped {
+                        c.lease_deadline()
+                    } else {
+                        c.next_wake_except(passed_by_queue.get(q).unwrap_or(&no_passes))
+                    }
+                })
+                .min()
         };
+        if passed_any {
+            // Wake the consumers they were left for. Only for new passes: a
+            // stream's own wait is armed before it leases, so notifying on every
+            // pass would wake the passer itself again and again.
+            sub.notify.notify_waiters();
+        }
         self.dead_letter_all(sub, &group, dead).await;
         self.count_deliveries(&out, &group.name);
         Ok((out, wake))

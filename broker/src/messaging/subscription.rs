@@ -47,6 +47,8 @@ pub struct SubState {
     pub round_robin: u32,
     /// The group's filter on this topic, as its consumers last subscribed.
     pub filter: Arc<Filter>,
+    /// Gray-release lane of each consumer stream ("" = the base lane).
+    pub lanes: HashMap<u64, String>,
 }
 
 impl Default for SubState {
@@ -56,6 +58,7 @@ impl Default for SubState {
             usage: HashMap::new(),
             round_robin: 0,
             filter: Arc::new(Filter::All),
+            lanes: HashMap::new(),
         }
     }
 }

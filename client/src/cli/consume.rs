@@ -34,6 +34,9 @@ pub struct ConsumeArgs {
     /// Only messages for which this SQL92 expression over properties and TAGS holds.
     #[arg(long)]
     pub filter_sql: Option<String>,
+    /// Consume on a gray-release lane (push modes).
+    #[arg(long)]
+    pub lane: Option<String>,
 }
 
 impl ConsumeArgs {
@@ -68,6 +71,9 @@ async fn push(server: &str, format: Format, args: &ConsumeArgs, limit: u64) -> a
         .max_in_flight(limit.min(256) as u32);
     if let Some(id) = &args.client_id {
         builder = builder.client_id(id.clone());
+    }
+    if let Some(lane) = &args.lane {
+        builder = builder.lane(lane.clone());
     }
     let consumer = builder
         .start(move |m| {

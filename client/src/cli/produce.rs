@@ -47,6 +47,9 @@ pub struct ProduceArgs {
     /// Producer group of transactional messages.
     #[arg(long, default_value = "dduomq-cli")]
     pub producer_group: String,
+    /// Gray-release lane, e.g. `canary`.
+    #[arg(long)]
+    pub lane: Option<String>,
 }
 
 /// How `produce --transaction` ends each transaction.
@@ -85,6 +88,9 @@ fn build(args: &ProduceArgs, body: Vec<u8>) -> Message {
     }
     if let Some(at) = args.deliver_at {
         m = m.with_deliver_at_ms(at);
+    }
+    if let Some(l) = &args.lane {
+        m = m.with_lane(l.clone());
     }
     for (k, v) in &args.properties {
         m = m.with_property(k.clone(), v.clone());
