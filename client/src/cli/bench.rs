@@ -1,4 +1,4 @@
-//! `dduomq bench produce|consume|e2e`: throughput and latency percentiles
+//! `dduomq bench produce|consume|e2e|delay`: throughput and latency percentiles
 //! (HdrHistogram), a live progress bar, and a JSON summary with `-o json`.
 //!
 //! At a fixed `--rate`, sends are scheduled on a timetable and latency is measured
@@ -29,6 +29,31 @@ pub enum BenchCommand {
     Consume(BenchArgs),
     /// Produce at --rate and consume at once; measure end-to-end latency.
     E2e(BenchArgs),
+    /// Schedule many delayed messages at once, consume them, and measure how
+    /// late each arrives after its delivery time.
+    Delay(DelayBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DelayBenchArgs {
+    /// A Delay topic (created with 4 queues if missing).
+    #[arg(long, default_value = "bench-delay")]
+    pub topic: String,
+    /// Delayed messages to schedule; all are pending at once when sending
+    /// finishes within --lead.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// The first delivery time, after the start of sending.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub lead: Duration,
+    /// Delivery times are spread evenly over this long.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub spread: Duration,
+    /// Sends in flight.
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -221,6 +246,7 @@ pub async fn run(server: &str, format: Format, cmd: BenchCommand) -> anyhow::Res
         BenchCommand::Produce(a) => ("produce", a.clone()),
         BenchCommand::Consume(a) => ("consume", a.clone()),
         BenchCommand::E2e(a) => ("e2e", a.clone()),
+        BenchCommand::Delay(a) => return delay(server, format, a.clone()).await,
     };
     let bar = progress(args.duration, format);
     let hist = histogram();
@@ -249,6 +275,7 @@ pub async fn run(server: &str, format: Format, cmd: BenchCommand) -> anyhow::Res
             produce(server, &a, hist.clone(), sent.clone(), errors.clone()).await?;
             sent.load(Ordering::Relaxed)
         }
+        BenchCommand::Delay(_) => unreachable!("handled above"),
         BenchCommand::Consume(a) | BenchCommand::E2e(a) => {
             let group = fresh_group(server, &a).await?;
             let e2e = mode == "e2e";
@@ -305,5 +332,96 @@ pub async fn run(server: &str, format: Format, cmd: BenchCommand) -> anyhow::Res
         elapsed,
         &h,
     );
+    Ok(())
+}
+
+/// `bench delay`: lateness (arrival minus delivery time) of delayed messages
+/// while `messages` of them are pending.
+async fn delay(server: &str, format: Format, a: DelayBenchArgs) -> anyhow::Result<()> {
+    let admin = Admin::connect(server)?;
+    match admin
+        .create_topic(&a.topic, 4, pb::MessageType::Delay)
+        .await
+    {
+        Err(e) if e.reason() != "TOPIC_CONFLICT" => return Err(e.into()),
+        _ => {}
+    }
+    let group = format!("bench-delay-{}", dduomq_client::now_millis());
+    admin
+        .create_group(pb::Group {
+            name: group.clone(),
+            ..Default::default()
+        })
+        .await?;
+    admin
+        .reset_offset(&group, &a.topic, ResetTo::Latest)
+        .await?;
+    let lateness = histogram();
+    let received = Arc::new(AtomicU64::new(0));
+    let (h, r) = (lateness.clone(), received.clone());
+    let consumer = PushConsumerBuilder::new(server, group, a.topic.clone())
+        .concurrency(256)
+        .max_in_flight(4096)
+        .start(move |m| {
+            let (h, r) = (h.clone(), r.clone());
+            async move {
+                let late_ms = (dduomq_client::now_millis() - m.deliver_at_ms).max(0) as u64;
+                let _ = h.lock().record(late_ms * 1000 + 1);
+                r.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), String>(())
+            }
+        })
+        .await?;
+    let producer = ProducerBuilder::new(server).build()?;
+    let first_due = dduomq_client::now_millis() + a.lead.as_millis() as i64;
+    let step = a.spread.as_millis() as f64 / a.messages.max(1) as f64;
+    let window = Arc::new(Semaphore::new(a.window));
+    let errors = Arc::new(AtomicU64::new(0));
+    let sending = Instant::now();
+    for i in 0..a.messages {
+        let permit = window.clone().acquire_owned().await.expect("open");
+        let due = first_due + (i as f64 * step) as i64;
+        let send = producer
+            .send_async(Message::new(a.topic.clone(), vec![b'd'; a.size]).with_deliver_at_ms(due));
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            if !matches!(send.await, Ok(Ok(_))) {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+    let _ = window.acquire_many(a.window as u32).await;
+    let send_secs = sending.elapsed().as_secs_f64();
+    let all_pending = dduomq_client::now_millis() < first_due;
+    let sent = a.messages - errors.load(Ordering::Relaxed);
+    let deadline = Instant::now() + a.lead + a.spread + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.shutdown().await;
+    let h = lateness.lock().clone();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let got = received.load(Ordering::Relaxed);
+    match format {
+        Format::Json => json_line(&json!({
+            "mode": "delay", "topic": a.topic, "messages": a.messages, "sent": sent, "received": got,
+            "send_seconds": send_secs, "all_pending_at_once": all_pending,
+            "lateness_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
+        })),
+        Format::Table => {
+            println!(
+                "delay: {sent} scheduled in {send_secs:.2}s (all pending at once: {all_pending}), {got} delivered"
+            );
+            println!(
+                "lateness: p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms",
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                h.max() as f64 / 1000.0
+            );
+        }
+    }
+    anyhow::ensure!(got == sent, "{} delayed messages not delivered", sent - got);
     Ok(())
 }
