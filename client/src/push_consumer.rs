@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -318,6 +318,7 @@ async fn run<F, Fut, E>(
     E: std::fmt::Display + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let acks = spawn_ack_batcher(client.clone(), cfg.clone());
     let mut stream = Some(first);
     let mut backoff = Duration::from_millis(100);
     while !*stopped.borrow() {
@@ -363,29 +364,21 @@ async fn run<F, Fut, E>(
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let (handler, mut client, group) = (handler.clone(), client.clone(), cfg.group.clone());
             let timeout = cfg.request_timeout;
+            let acks = acks.clone();
             tokio::spawn(async move {
                 let topic = msg.topic.clone();
                 let handle = msg.receipt_handle.clone();
                 let outcome = handler(msg).await;
                 let result = match outcome {
-                    Ok(()) => with_deadline(
-                        timeout,
-                        client.ack(pb::AckRequest {
-                            group,
-                            topic,
-                            receipt_handles: vec![handle],
-                        }),
-                    )
-                    .await
-                    .and_then(|r| match r.results.first() {
-                        Some(res) if !res.error_reason.is_empty() => Err(ClientError::Broker {
-                            code: tonic::Code::InvalidArgument,
-                            reason: res.error_reason.clone(),
-                            message: res.error_message.clone(),
-                            metadata: Default::default(),
-                        }),
-                        _ => Ok(()),
-                    }),
+                    // The permit is held until the ack is answered, so a
+                    // shutdown waits for it.
+                    Ok(()) => {
+                        let (done, answer) = oneshot::channel();
+                        match acks.send((handle, done)) {
+                            Ok(()) => answer.await.unwrap_or(Err(ClientError::Closed)),
+                            Err(_) => Err(ClientError::Closed),
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "handler failed; nacking");
                         with_deadline(
@@ -407,4 +400,75 @@ async fn run<F, Fut, E>(
             });
         }
     }
+}
+
+/// An ack waiting for its batch, and who to tell the outcome.
+type PendingAck = (String, oneshot::Sender<Result<()>>);
+
+/// Most acks in one Ack request.
+const MAX_ACK_BATCH: usize = 1024;
+/// Ack requests in flight per stream.
+const ACKS_IN_FLIGHT: usize = 2;
+
+/// Acks of one stream's handlers, sent in batches: whatever has queued up while
+/// earlier requests were in flight goes in the next request, so a busy consumer
+/// sends few large requests and an idle one acks at once.
+fn spawn_ack_batcher(
+    client: MessagingServiceClient<Channel>,
+    cfg: PushConsumerBuilder,
+) -> mpsc::UnboundedSender<PendingAck> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PendingAck>();
+    tokio::spawn(async move {
+        let in_flight = Arc::new(Semaphore::new(ACKS_IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let permit = in_flight.clone().acquire_owned().await.expect("open");
+            let mut batch = vec![first];
+            while batch.len() < MAX_ACK_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let mut client = client.clone();
+            let (group, topic, timeout) =
+                (cfg.group.clone(), cfg.topic.clone(), cfg.request_timeout);
+            tokio::spawn(async move {
+                let (handles, waiters): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
+                let answer = with_deadline(
+                    timeout,
+                    client.ack(pb::AckRequest {
+                        group,
+                        topic,
+                        receipt_handles: handles,
+                    }),
+                )
+                .await;
+                match answer {
+                    Ok(r) => {
+                        for (i, waiter) in waiters.into_iter().enumerate() {
+                            let result = match r.results.get(i) {
+                                Some(res) if !res.error_reason.is_empty() => {
+                                    Err(ClientError::Broker {
+                                        code: tonic::Code::InvalidArgument,
+                                        reason: res.error_reason.clone(),
+                                        message: res.error_message.clone(),
+                                        metadata: Default::default(),
+                                    })
+                                }
+                                _ => Ok(()),
+                            };
+                            let _ = waiter.send(result);
+                        }
+                    }
+                    Err(e) => {
+                        for waiter in waiters {
+                            let _ = waiter.send(Err(e.clone()));
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+    });
+    tx
 }

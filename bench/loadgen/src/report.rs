@@ -1,0 +1,243 @@
+//! Turns the runs (one JSON line each) and the ceilings into `RESULTS.md` and a
+//! JSON summary: medians with their spread over repetitions, and ratios of
+//! DduoMQ to each peer and to the machine's ceilings.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+/// Median, minimum and maximum.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Option<Stat> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(Stat {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    })
+}
+
+fn get(run: &Value, path: &str) -> Option<f64> {
+    path.split('.').try_fold(run, |v, k| v.get(k))?.as_f64()
+}
+
+const SYSTEMS: [&str; 3] = ["dduomq", "nats", "kafka"];
+
+struct Runs<'a>(&'a [Value]);
+
+impl Runs<'_> {
+    fn stat(&self, label: &str, system: &str, metric: &str) -> Option<Stat> {
+        stat(
+            self.0
+                .iter()
+                .filter(|r| r["label"] == label && r["system"] == system)
+                .filter_map(|r| get(r, metric))
+                .collect(),
+        )
+    }
+}
+
+fn fmt_stat(s: Option<Stat>, scale: f64, digits: usize) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.d$} [{:.d$}–{:.d$}]",
+            s.median / scale,
+            s.min / scale,
+            s.max / scale,
+            d = digits
+        ),
+        None => "—".into(),
+    }
+}
+
+fn ratio(ours: Option<Stat>, theirs: Option<Stat>, higher_is_better: bool) -> Option<f64> {
+    let (o, t) = (ours?.median, theirs?.median);
+    if o <= 0.0 || t <= 0.0 {
+        return None;
+    }
+    Some(if higher_is_better { o / t } else { t / o })
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("—".into(), |r| format!("{r:.2}×"))
+}
+
+/// A throughput table (T1 family, T5): acked and consumed rates, MB/s, ratios.
+fn throughput_table(
+    md: &mut String,
+    runs: &Runs,
+    label: &str,
+    summary: &mut BTreeMap<String, Value>,
+) {
+    let _ = writeln!(
+        md,
+        "| system | acked msg/s | MB/s | consumed msg/s | e2e p99 ms | DduoMQ ÷ system (acked msg/s) |\n|---|---|---|---|---|---|"
+    );
+    let ours = runs.stat(label, "dduomq", "produce_msgs_per_sec");
+    for sys in SYSTEMS {
+        let acked = runs.stat(label, sys, "produce_msgs_per_sec");
+        if acked.is_none() {
+            continue;
+        }
+        let r = ratio(ours, acked, true);
+        if sys != "dduomq" {
+            summary.insert(format!("{label} dduomq/{sys} throughput"), json!(r));
+        }
+        let _ = writeln!(
+            md,
+            "| {sys} | {} | {} | {} | {} | {} |",
+            fmt_stat(acked, 1.0, 0),
+            fmt_stat(runs.stat(label, sys, "mb_per_sec"), 1.0, 1),
+            fmt_stat(runs.stat(label, sys, "consume_msgs_per_sec"), 1.0, 0),
+            fmt_stat(runs.stat(label, sys, "e2e_latency_us.p99"), 1000.0, 1),
+            if sys == "dduomq" {
+                "1.00×".into()
+            } else {
+                fmt_ratio(r)
+            },
+        );
+    }
+    md.push('\n');
+}
+
+/// A latency table (T2 levels, T3): percentiles and ratios (>1: DduoMQ lower).
+fn latency_table(md: &mut String, runs: &Runs, label: &str, summary: &mut BTreeMap<String, Value>) {
+    let _ = writeln!(
+        md,
+        "| system | target msg/s | achieved msg/s | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | system p99 ÷ DduoMQ p99 |\n|---|---|---|---|---|---|---|"
+    );
+    let ours = runs.stat(label, "dduomq", "e2e_latency_us.p99");
+    for sys in SYSTEMS {
+        let p99 = runs.stat(label, sys, "e2e_latency_us.p99");
+        if p99.is_none() {
+            continue;
+        }
+        let r = ratio(ours, p99, false);
+        if sys != "dduomq" {
+            summary.insert(format!("{label} {sys}/dduomq p99"), json!(r));
+        }
+        let _ = writeln!(
+            md,
+            "| {sys} | {} | {} | {} | {} | {} | {} |",
+            runs.stat(label, sys, "rate_target")
+                .map_or("—".into(), |s| format!("{:.0}", s.median)),
+            fmt_stat(runs.stat(label, sys, "consume_msgs_per_sec"), 1.0, 0),
+            fmt_stat(runs.stat(label, sys, "e2e_latency_us.p50"), 1000.0, 2),
+            fmt_stat(p99, 1000.0, 2),
+            fmt_stat(runs.stat(label, sys, "e2e_latency_us.p999"), 1000.0, 2),
+            if sys == "dduomq" {
+                "1.00×".into()
+            } else {
+                fmt_ratio(r)
+            },
+        );
+    }
+    md.push('\n');
+}
+
+pub fn render(
+    runs: &[Value],
+    ceilings: &[Value],
+    machine: &str,
+    date: &str,
+) -> Result<(String, Value)> {
+    let runs = Runs(runs);
+    let mut summary = BTreeMap::new();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# DduoMQ vs NATS JetStream vs Kafka\n\nGenerated by `bench/run` on {date}.\n\n**Machine:** {machine}\n\n\
+         Each figure is the median of the repetitions, with [min–max]. Single node, replication 1, \
+         broker pinned to core 0 and the load generator (one Rust binary, a driver per system: the DduoMQ SDK, \
+         `async-nats`, `rdkafka`) to core 1. Warm-up excluded. Latency is end to end, from the (scheduled) send \
+         time carried in the payload to the consumer.\n"
+    );
+
+    let c = |k: &str| stat(ceilings.iter().filter_map(|v| v[k].as_f64()).collect());
+    let seq = c("seq_write_fdatasync_mb_s");
+    let cache = c("page_cache_write_mb_s");
+    let _ = writeln!(
+        md,
+        "## Ceilings (same run)\n\n| what | value |\n|---|---|\n\
+         | sequential write + fdatasync (512 MiB, 1 MiB writes) | {} MB/s |\n\
+         | page-cache write (1 GiB, 1 MiB writes) | {} MB/s |\n\
+         | 4 KiB write + fdatasync (median of 500) | {} µs |\n\
+         | loopback TCP (1 MiB writes, 3 s) | {} MB/s |\n",
+        fmt_stat(seq, 1.0, 0),
+        fmt_stat(cache, 1.0, 0),
+        fmt_stat(c("write_4k_fdatasync_us"), 1.0, 0),
+        fmt_stat(c("loopback_tcp_mb_s"), 1.0, 0),
+    );
+
+    let sections = [
+        (
+            "T1",
+            "T1 — max throughput, 1 KiB, 1 producer + 1 consumer, 4 queues, ack after page cache",
+        ),
+        (
+            "T1-sync",
+            "T1' — the same with fsync before the acknowledgement",
+        ),
+        ("T1-100B", "T1 with 100 B messages"),
+        ("T1-16KiB", "T1 with 16 KiB messages"),
+        ("T5-4", "T5 — 4 queues at a fixed 50 MB/s"),
+        ("T5-1024", "T5 — 1,024 queues at a fixed 50 MB/s"),
+    ];
+    for (label, title) in sections {
+        let _ = writeln!(md, "## {title}\n");
+        throughput_table(&mut md, &runs, label, &mut summary);
+        if label.starts_with("T1") {
+            let mbs = runs.stat(label, "dduomq", "mb_per_sec");
+            let ceiling = if label == "T1-sync" { seq } else { cache };
+            if let (Some(m), Some(cl), Some(s)) = (mbs, ceiling, seq) {
+                let _ = writeln!(
+                    md,
+                    "DduoMQ: {:.0}% of the sequential-write-with-fdatasync ceiling, {:.0}% of the {} ceiling.\n",
+                    100.0 * m.median / s.median,
+                    100.0 * m.median / cl.median,
+                    if label == "T1-sync" {
+                        "same"
+                    } else {
+                        "page-cache write"
+                    }
+                );
+                summary.insert(
+                    format!("{label} dduomq/seq_write_ceiling"),
+                    json!(m.median / s.median),
+                );
+            }
+        }
+    }
+    for (label, title) in [
+        (
+            "T2-10",
+            "T2 — end-to-end latency at 10% of each system's own T1 maximum",
+        ),
+        ("T2-50", "T2 — at 50%"),
+        ("T2-80", "T2 — at 80%"),
+        ("T3", "T3 — synchronous round trip, one message at a time"),
+    ] {
+        let _ = writeln!(md, "## {title}\n");
+        latency_table(&mut md, &runs, label, &mut summary);
+    }
+    let json = json!({"date": date, "machine": machine, "ratios": summary, "runs": runs.0, "ceilings": ceilings});
+    Ok((md, json))
+}
+
+/// The median acked rate of a label and system (for T2's fixed rates).
+pub fn median_rate(runs: &[Value], label: &str, system: &str) -> Option<f64> {
+    Runs(runs)
+        .stat(label, system, "produce_msgs_per_sec")
+        .map(|s| s.median)
+}
