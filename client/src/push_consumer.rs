@@ -350,54 +350,55 @@ async fn run<F, Fut, E>(
                     return;
                 }
             };
-            let msg = match next {
-                Ok(Some(r)) => match r.message {
-                    Some(m) => ReceivedMessage::from(m),
-                    None => continue,
-                },
+            let batch = match next {
+                Ok(Some(r)) => r.message.into_iter().chain(r.messages),
                 Ok(None) => break,
                 Err(status) => {
                     tracing::warn!(error = %status, "receive stream broke; reopening");
                     break;
                 }
             };
-            let permit = permits.clone().acquire_owned().await.expect("never closed");
-            let (handler, mut client, group) = (handler.clone(), client.clone(), cfg.group.clone());
-            let timeout = cfg.request_timeout;
-            let acks = acks.clone();
-            tokio::spawn(async move {
-                let topic = msg.topic.clone();
-                let handle = msg.receipt_handle.clone();
-                let outcome = handler(msg).await;
-                let result = match outcome {
-                    // The permit is held until the ack is answered, so a
-                    // shutdown waits for it.
-                    Ok(()) => {
-                        let (done, answer) = oneshot::channel();
-                        match acks.send((handle, done)) {
-                            Ok(()) => answer.await.unwrap_or(Err(ClientError::Closed)),
-                            Err(_) => Err(ClientError::Closed),
+            for m in batch {
+                let msg = ReceivedMessage::from(m);
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
+                let (handler, mut client, group) =
+                    (handler.clone(), client.clone(), cfg.group.clone());
+                let timeout = cfg.request_timeout;
+                let acks = acks.clone();
+                tokio::spawn(async move {
+                    let topic = msg.topic.clone();
+                    let handle = msg.receipt_handle.clone();
+                    let outcome = handler(msg).await;
+                    let result = match outcome {
+                        // The permit is held until the ack is answered, so a
+                        // shutdown waits for it.
+                        Ok(()) => {
+                            let (done, answer) = oneshot::channel();
+                            match acks.send((handle, done)) {
+                                Ok(()) => answer.await.unwrap_or(Err(ClientError::Closed)),
+                                Err(_) => Err(ClientError::Closed),
+                            }
                         }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "handler failed; nacking");
+                            with_deadline(
+                                timeout,
+                                client.nack(pb::NackRequest {
+                                    group,
+                                    topic,
+                                    receipt_handle: handle,
+                                }),
+                            )
+                            .await
+                            .map(|_| ())
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "handler failed; nacking");
-                        with_deadline(
-                            timeout,
-                            client.nack(pb::NackRequest {
-                                group,
-                                topic,
-                                receipt_handle: handle,
-                            }),
-                        )
-                        .await
-                        .map(|_| ())
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "ack/nack failed; the message will be redelivered");
-                }
-                drop(permit);
-            });
+                    drop(permit);
+                });
+            }
         }
     }
 }

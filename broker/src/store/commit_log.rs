@@ -144,14 +144,20 @@ impl CommitLog {
         Ok(created.expect("loop runs at least once"))
     }
 
-    /// Copies bytes to `pos`.
+    /// Writes a contiguous run of bytes at `pos` through the files (see
+    /// [`MappedFile::write_through`]), split at segment ends.
     ///
     /// # Safety
-    /// Writer only, at or past `visible`, within an existing segment.
-    pub unsafe fn write(&self, pos: u64, data: &[u8]) {
-        let seg = self.segment(pos).expect("segment ensured before write");
-        // SAFETY: the region is past `visible` (caller contract), so unread.
-        unsafe { seg.write((pos - seg.base()) as usize, data) };
+    /// Writer only, at or past `visible`, within existing segments.
+    pub unsafe fn write_run(&self, mut pos: u64, mut data: &[u8]) {
+        while !data.is_empty() {
+            let seg = self.segment(pos).expect("segment ensured before write");
+            let n = data.len().min((seg.end() - pos) as usize);
+            // SAFETY: the region is past `visible` (caller contract), so unread.
+            unsafe { seg.write_through((pos - seg.base()) as usize, &data[..n]) };
+            pos += n as u64;
+            data = &data[n..];
+        }
     }
 
     /// Publishes everything below `pos` to readers.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Inner;
+use super::commit_log::CommitLog;
 use super::config::FlushMode;
 use super::consume_queue::{ConsumeQueue, CqEntry};
 use super::error::{Result, StoreError};
@@ -187,9 +188,10 @@ impl Writer {
         touched: &mut HashMap<*const ConsumeQueue, Arc<ConsumeQueue>>,
     ) -> Vec<Appended> {
         let log = &self.inner.commit_log;
+        // The request's bytes go to the log in contiguous runs, one write each.
+        let mut run = LogRun::default();
         for (pos, len) in plan.fillers {
-            // SAFETY: the writer owns everything past `visible`.
-            unsafe { log.write(pos, &record::blank_header(len as u32)) };
+            run.push(log, pos, &record::blank_header(len as u32));
         }
         let timestamp = now_millis().max(self.last_timestamp);
         self.last_timestamp = timestamp;
@@ -197,8 +199,7 @@ impl Writer {
         let mut out = Vec::with_capacity(messages.len());
         for (mut m, (pos, cq, queue_offset)) in messages.into_iter().zip(plan.slots) {
             let crc = record::seal(&mut m.buf, queue_offset, pos, timestamp);
-            // SAFETY: the writer owns everything past `visible`.
-            unsafe { log.write(pos, &m.buf) };
+            run.push(log, pos, &m.buf);
             let size = m.buf.len() as u32;
             cq.write(
                 queue_offset,
@@ -232,6 +233,7 @@ impl Writer {
             });
             touched.entry(Arc::as_ptr(&cq)).or_insert(cq);
         }
+        run.flush(log);
         self.write_pos = plan.end;
         out
     }
@@ -242,4 +244,31 @@ pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Bytes bound for consecutive commit-log positions, written in one go.
+#[derive(Default)]
+struct LogRun {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl LogRun {
+    /// Adds `data` at `pos`; a gap first writes what was collected.
+    fn push(&mut self, log: &CommitLog, pos: u64, data: &[u8]) {
+        if pos != self.start + self.bytes.len() as u64 {
+            self.flush(log);
+            self.start = pos;
+        }
+        self.bytes.extend_from_slice(data);
+    }
+
+    fn flush(&mut self, log: &CommitLog) {
+        if !self.bytes.is_empty() {
+            // SAFETY: the writer owns everything past `visible`.
+            unsafe { log.write_run(self.start, &self.bytes) };
+            self.start += self.bytes.len() as u64;
+            self.bytes.clear();
+        }
+    }
 }
