@@ -171,13 +171,13 @@ impl Dedupe {
             scanned_to: u64,
             producers: &'a HashMap<String, ProducerWindow>,
         }
-        Ok(metadata::save(
-            &self.path,
-            &View {
-                scanned_to,
-                producers: &guard.1,
-            },
-        )?)
+        let json = metadata::to_json(&View {
+            scanned_to,
+            producers: &guard.1,
+        });
+        // Sends wait for this lock: write and fsync without it.
+        drop(guard);
+        Ok(metadata::save_bytes(&self.path, &json)?)
     }
 }
 

@@ -24,14 +24,24 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, StoreError>
 
 /// Atomically replaces `path` with `value` as JSON.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    save_bytes(path, &to_json(value))
+}
+
+/// `value` as the JSON [`save_bytes`] writes. Callers holding a lock serialize
+/// under it and write after releasing it: the write ends with two fsyncs.
+pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("metadata serializes")
+}
+
+/// Atomically replaces `path` with `bytes`.
+pub fn save_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("metadata files live in a directory");
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
     let tmp = path.with_extension("json.tmp");
     let ctx = |e| StoreError::io(format!("writing {}", tmp.display()), e);
-    let bytes = serde_json::to_vec_pretty(value).expect("metadata serializes");
     let mut f = File::create(&tmp).map_err(ctx)?;
-    f.write_all(&bytes).map_err(ctx)?;
+    f.write_all(bytes).map_err(ctx)?;
     f.sync_data().map_err(ctx)?;
     std::fs::rename(&tmp, path).map_err(ctx)?;
     sync_dir(dir)

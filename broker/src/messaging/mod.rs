@@ -1507,7 +1507,8 @@ impl Broker {
     /// producers' windows.
     pub fn persist_offsets(&self) -> Result<()> {
         self.sync_offsets();
-        self.offsets.lock().save()?;
+        let (path, json) = self.offsets.lock().serialized();
+        metadata::save_bytes(&path, &json)?;
         let log_end = self.store.stats().commit_log_max;
         self.store.pin_retention(self.staged.floor(log_end));
         self.staged.save(log_end)?;

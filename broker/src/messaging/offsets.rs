@@ -106,7 +106,9 @@ impl OffsetTable {
     }
 
     /// Writes the table atomically.
-    pub fn save(&self) -> Result<()> {
+    /// The table as its file's bytes, and the file: written by the caller
+    /// after releasing the table's lock (see [`metadata::to_json`]).
+    pub fn serialized(&self) -> (PathBuf, Vec<u8>) {
         let snapshot = Snapshot {
             entries: self
                 .committed
@@ -118,7 +120,7 @@ impl OffsetTable {
                 })
                 .collect(),
         };
-        Ok(metadata::save(&self.path, &snapshot)?)
+        (self.path.clone(), metadata::to_json(&snapshot))
     }
 }
 
@@ -147,7 +149,9 @@ mod tests {
         t.set(key("g", 0), 10, extras.clone());
         t.set(key("g", 1), 3, CursorExtras::default());
         t.set(key("h", 0), 7, CursorExtras::default());
-        t.save().unwrap();
+        let (file, json) = t.serialized();
+        assert_eq!(file, path);
+        metadata::save_bytes(&file, &json).unwrap();
         let mut t = OffsetTable::open(path).unwrap();
         assert_eq!(t.cursor(&key("g", 0)), Some((10, extras)));
         assert_eq!(t.get(&key("g", 1)), Some(3));

@@ -1,7 +1,9 @@
-//! The single commit-log writer. It runs on its own thread and takes append
-//! requests from a queue; everything waiting when it wakes up is handled as one
-//! group: planned, written, dispatched, flushed once (in `sync` mode), published and
-//! acknowledged. That is group commit: concurrent appends share one flush.
+//! The single commit-log writer. In `sync` mode it runs on its own thread and
+//! takes append requests from a queue; everything waiting when it wakes up is
+//! handled as one group: planned, written, dispatched, flushed once, published
+//! and acknowledged. That is group commit: concurrent appends share one flush.
+//! In `async` mode there is no flush to share, and appending threads run it
+//! directly, one at a time (`Store::append`).
 //!
 //! Each request is planned before any byte is written: every segment, consume-queue
 //! file and index file it needs is allocated first. Allocation is the only step that
@@ -71,6 +73,14 @@ pub(crate) struct Writer {
     last_timestamp: i64,
 }
 
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("write_pos", &self.write_pos)
+            .finish()
+    }
+}
+
 impl Writer {
     pub fn new(inner: Arc<Inner>) -> Writer {
         let write_pos = inner.commit_log.visible();
@@ -98,6 +108,17 @@ impl Writer {
             }
             self.process(group);
         }
+    }
+
+    /// Appends one request on the calling thread (`async` mode).
+    pub fn append_now(&mut self, messages: Vec<Encoded>) -> Result<Vec<Appended>> {
+        let (reply, mut done) = oneshot::channel();
+        self.process(vec![AppendRequest {
+            messages,
+            reply,
+            queued: std::time::Instant::now(),
+        }]);
+        done.try_recv().map_err(|_| StoreError::Closed)?
     }
 
     fn process(&mut self, group: Vec<AppendRequest>) {
