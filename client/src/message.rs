@@ -90,8 +90,8 @@ impl Message {
             .flatten()
             .filter(|c| c.len() < self.body.len());
         let (body, codec) = match compressed {
-            Some(c) => (c, pb::Codec::Zstd),
-            None => (self.body.to_vec(), pb::Codec::None),
+            Some(c) => (Bytes::from(c), pb::Codec::Zstd),
+            None => (self.body, pb::Codec::None),
         };
         let (producer_id, sequence) =
             identity.map_or((String::new(), 0), |(p, s)| (p.to_string(), s));
@@ -178,7 +178,7 @@ impl From<pb::Message> for ReceivedMessage {
         let body = match pb::Codec::try_from(m.codec).unwrap_or(pb::Codec::None) {
             pb::Codec::None => m.body,
             pb::Codec::Zstd => match zstd::stream::decode_all(&m.body[..]) {
-                Ok(plain) => plain,
+                Ok(plain) => Bytes::from(plain),
                 Err(e) => {
                     m.properties
                         .insert("DDUOMQ_DECODE_ERROR".into(), e.to_string());
@@ -191,7 +191,7 @@ impl From<pb::Message> for ReceivedMessage {
             topic: m.topic,
             queue_id: m.queue_id,
             offset: m.offset,
-            body: Bytes::from(body),
+            body,
             tag: m.tag,
             keys: m.keys,
             properties: m.properties,

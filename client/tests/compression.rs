@@ -104,7 +104,7 @@ async fn a_body_claiming_zstd_must_be_a_zstd_frame() {
         .send(pb::SendRequest {
             messages: vec![pb::OutgoingMessage {
                 topic: "docs".into(),
-                body: b"not zstd".to_vec(),
+                body: b"not zstd".to_vec().into(),
                 codec: pb::Codec::Zstd as i32,
                 ..Default::default()
             }],

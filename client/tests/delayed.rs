@@ -79,7 +79,7 @@ async fn delayed_messages_arrive_on_time_and_once_across_a_crash() {
         &b,
         pb::OutgoingMessage {
             topic: "reminders".into(),
-            body: b"both".to_vec(),
+            body: b"both".to_vec().into(),
             deliver_at_ms: now_millis() + 1000,
             delay_ms: 1000,
             ..Default::default()

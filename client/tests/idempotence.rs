@@ -17,7 +17,7 @@ fn batch(producer: &str, seqs: std::ops::Range<u64>) -> pb::SendRequest {
         messages: seqs
             .map(|s| pb::OutgoingMessage {
                 topic: "payments".into(),
-                body: format!("payment {s}").into_bytes(),
+                body: format!("payment {s}").into_bytes().into(),
                 producer_id: producer.into(),
                 sequence: s,
                 queue_id: Some((s % 2) as u32),

@@ -106,7 +106,7 @@ async fn every_send_mode_stores_exactly_the_bytes_sent() {
     // Lookups return exactly the stored bytes and metadata.
     let by_id = admin.lookup_by_id(&sync.message_id).await.unwrap();
     assert_eq!(by_id.len(), 1);
-    assert_eq!(by_id[0].body, b"sync");
+    assert_eq!(&by_id[0].body[..], b"sync");
     assert_eq!(by_id[0].tag, "A");
     assert_eq!(by_id[0].properties["p"], "1");
     assert_eq!(
@@ -114,13 +114,13 @@ async fn every_send_mode_stores_exactly_the_bytes_sent() {
         (sync.queue_id, sync.offset)
     );
     assert_eq!(
-        admin.lookup_by_id(&asynced.message_id).await.unwrap()[0].body,
+        &admin.lookup_by_id(&asynced.message_id).await.unwrap()[0].body[..],
         b"async"
     );
     let batch_hits = admin.lookup_by_key("modes", "k-batch").await.unwrap();
     let mut bodies: Vec<String> = batch_hits
         .iter()
-        .map(|m| String::from_utf8(m.body.clone()).unwrap())
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
         .collect();
     bodies.sort();
     assert_eq!(
@@ -137,7 +137,7 @@ async fn every_send_mode_stores_exactly_the_bytes_sent() {
         (hits.len() == 1).then(|| hits[0].clone())
     })
     .await;
-    assert_eq!(oneway.body, b"oneway");
+    assert_eq!(&oneway.body[..], b"oneway");
     // 13 messages in all across the queues.
     let d = admin.describe_topic("modes").await.unwrap();
     assert_eq!(d.queues.iter().map(|q| q.max_offset).sum::<u64>(), 13);

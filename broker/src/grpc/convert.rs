@@ -19,7 +19,7 @@ pub fn message(d: Delivery) -> pb::Message {
         topic: r.topic,
         queue_id: r.queue_id,
         offset: r.queue_offset,
-        body: r.body.to_vec(),
+        body: r.body,
         tag: r.tag,
         keys: r.keys,
         // `__`-prefixed properties are the broker's own (producer identity,

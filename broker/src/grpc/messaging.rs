@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::messaging_service_server::MessagingService;
 use tokio::sync::mpsc;
@@ -66,7 +65,7 @@ impl MessagingService for MessagingApi {
                 .into_iter()
                 .map(|m| SendMessage {
                     topic: m.topic,
-                    body: Bytes::from(m.body),
+                    body: m.body,
                     tag: m.tag,
                     keys: m.keys,
                     properties: m.properties.into_iter().collect(),

@@ -41,6 +41,8 @@ pub struct QueueCursor {
     next: u64,
     done: BTreeSet<u64>,
     leases: HashMap<u64, Lease>,
+    /// `(deadline, offset)` of every lease: expiry and wake-up without a scan.
+    deadlines: BTreeSet<(i64, u64)>,
     retry: BTreeSet<(i64, u64)>,
     attempts: HashMap<u64, u32>,
 }
@@ -140,8 +142,22 @@ impl QueueCursor {
         }
         let attempts = self.attempts.entry(offset).or_insert(0);
         *attempts += 1;
-        self.leases.insert(offset, lease);
-        *attempts
+        let attempt = *attempts;
+        self.insert_lease(offset, lease);
+        attempt
+    }
+
+    fn insert_lease(&mut self, offset: u64, lease: Lease) {
+        if let Some(old) = self.leases.insert(offset, lease) {
+            self.deadlines.remove(&(old.deadline, offset));
+        }
+        self.deadlines.insert((lease.deadline, offset));
+    }
+
+    fn remove_lease(&mut self, offset: u64) -> Option<Lease> {
+        let lease = self.leases.remove(&offset)?;
+        self.deadlines.remove(&(lease.deadline, offset));
+        Some(lease)
     }
 
     /// Skips an offset that can no longer be read (deleted by retention, corrupt).
@@ -159,7 +175,7 @@ impl QueueCursor {
         let mut dropped = Vec::new();
         if self.committed < min {
             for o in self.committed..min.min(self.next) {
-                dropped.extend(self.leases.remove(&o));
+                dropped.extend(self.remove_lease(o));
                 self.attempts.remove(&o);
             }
             self.retry.retain(|(_, o)| *o >= min);
@@ -182,19 +198,17 @@ impl QueueCursor {
     /// not (or no longer) valid.
     pub fn ack(&mut self, offset: u64, delivery_id: u64) -> Option<Lease> {
         self.lease_of(offset, delivery_id)?;
-        let lease = self.leases.remove(&offset);
+        let lease = self.remove_lease(offset);
         self.mark_done(offset);
         lease
     }
 
     /// Moves a lease's deadline; `None` if the handle is not valid.
     pub fn extend(&mut self, offset: u64, delivery_id: u64, deadline: i64) -> Option<Lease> {
-        let lease = self
-            .leases
-            .get_mut(&offset)
-            .filter(|l| l.delivery_id == delivery_id)?;
+        let mut lease = *self.lease_of(offset, delivery_id)?;
         lease.deadline = deadline;
-        Some(*lease)
+        self.insert_lease(offset, lease);
+        Some(lease)
     }
 
     /// Ends a lease without an ack (nack, expiry, consumer gone): schedules a retry
@@ -207,7 +221,7 @@ impl QueueCursor {
         max_attempts: u32,
         backoff_ms: impl Fn(u32) -> i64,
     ) -> Option<(Lease, Released)> {
-        let lease = self.leases.remove(&offset)?;
+        let lease = self.remove_lease(offset)?;
         let attempts = self.attempts.get(&offset).copied().unwrap_or(1);
         if attempts >= max_attempts {
             return Some((lease, Released::DeadLetter { offset, attempts }));
@@ -230,10 +244,10 @@ impl QueueCursor {
 
     /// Leases whose deadline has passed.
     pub fn expired(&self, now: i64) -> Vec<u64> {
-        self.leases
+        self.deadlines
             .iter()
-            .filter(|(_, l)| l.deadline <= now)
-            .map(|(o, _)| *o)
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, o)| *o)
             .collect()
     }
 
@@ -260,7 +274,7 @@ impl QueueCursor {
 
     /// When the first lease runs out.
     pub fn lease_deadline(&self) -> Option<i64> {
-        self.leases.values().map(|l| l.deadline).min()
+        self.deadlines.first().map(|(deadline, _)| *deadline)
     }
 
     /// [`Self::next_wake`] ignoring retries the asking consumer passed over
