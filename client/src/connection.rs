@@ -11,6 +11,10 @@ use crate::error::{ClientError, Result};
 /// Largest gRPC message either way (a batch of maximum-size messages).
 pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
 
+/// HTTP/2 flow-control windows (both ends use the same).
+pub const HTTP2_STREAM_WINDOW: u32 = 8 << 20;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// Normalizes `host:port` to an `http://` URI.
 pub fn uri(address: &str) -> String {
     if address.contains("://") {
@@ -27,6 +31,10 @@ pub fn channel(address: &str) -> Result<Channel> {
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB windows let a Receive stream carry only 64
+        // KiB before waiting a round trip for a window update.
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_lazy())
