@@ -1,15 +1,21 @@
 # DduoMQ build and test entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy unit e2e-operator run bench
+.PHONY: test fmt-check clippy unit e2e-operator bench-smoke run bench
 
-test: fmt-check clippy unit e2e-operator
+test: fmt-check clippy unit e2e-operator bench-smoke
+
+# The load generator is its own workspace (rdkafka builds librdkafka).
+LOADGEN = --manifest-path bench/loadgen/Cargo.toml
+LOADGEN_TARGET = CARGO_TARGET_DIR=$$HOME/.cache/dduomq-bench-target
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt $(LOADGEN) -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(LOADGEN_TARGET) $(CARGO) clippy $(LOADGEN) --release -- -D warnings
 
 # Integration tests start the real broker binary, so build every binary first.
 unit:
@@ -21,8 +27,15 @@ e2e-operator:
 	$(CARGO) build --workspace --bins
 	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-operator operator_e2e)" e2e/run operator
 
+# A short pass of the side-by-side benchmark (DduoMQ, NATS JetStream, Kafka):
+# proves the harness, the peers and every driver work; `bench/run` is the full
+# run that writes bench/RESULTS.md.
+bench-smoke:
+	bench/run --smoke
+
 run:
 	$(CARGO) run -p dduomq-broker --bin dduomq-broker --release
 
+# Storage-engine microbenchmarks (criterion).
 bench:
 	$(CARGO) bench -p dduomq-broker

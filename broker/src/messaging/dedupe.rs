@@ -13,7 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::SendReceipt;
@@ -47,6 +50,9 @@ struct ProducerWindow {
     in_flight: HashMap<u64, u64>,
     /// Logical clock of the last use, for eviction.
     last_used: u64,
+    /// Changed since the last snapshot.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,11 +103,20 @@ struct Snapshot {
     producers: HashMap<String, ProducerWindow>,
 }
 
+/// One producer's window behind its own lock: sends of different producers,
+/// and the periodic snapshot, do not wait for each other.
+type Window = Arc<Mutex<ProducerWindow>>;
+
 /// The dedupe windows of every producer.
 #[derive(Debug)]
 pub struct Dedupe {
     path: PathBuf,
-    state: Mutex<(u64, HashMap<String, ProducerWindow>)>,
+    producers: RwLock<HashMap<String, Window>>,
+    /// Each window as last saved: only changed windows are serialized again.
+    saved: Mutex<HashMap<String, serde_json::Value>>,
+    last_save: Mutex<Option<std::time::Instant>>,
+    /// Logical clock of uses, for evicting the least recently used producer.
+    clock: AtomicU64,
 }
 
 impl Dedupe {
@@ -110,23 +125,46 @@ impl Dedupe {
     pub fn open(path: PathBuf) -> Result<(Dedupe, u64)> {
         let snapshot: Snapshot = metadata::load(&path)?;
         let from = snapshot.scanned_to;
+        let clock = snapshot
+            .producers
+            .values()
+            .map(|w| w.last_used)
+            .max()
+            .unwrap_or(0);
+        let producers = snapshot
+            .producers
+            .into_iter()
+            .map(|(id, w)| (id, Arc::new(Mutex::new(w))))
+            .collect();
         Ok((
             Dedupe {
                 path,
-                state: Mutex::new((0, snapshot.producers)),
+                producers: RwLock::new(producers),
+                saved: Mutex::new(HashMap::new()),
+                last_save: Mutex::new(None),
+                clock: AtomicU64::new(clock),
             },
             from,
         ))
     }
 
+    /// The window of `producer`, created on first use.
+    fn window(&self, producer: &str) -> Window {
+        if let Some(w) = self.producers.read().get(producer) {
+            return w.clone();
+        }
+        let mut producers = self.producers.write();
+        let w = producers.entry(producer.to_string()).or_default().clone();
+        evict(&mut producers);
+        w
+    }
+
     /// Looks a sequence up, marking a new one in flight; `log_end` is the
     /// commit-log end before the send is appended.
     pub fn check(&self, producer: &str, sequence: u64, log_end: u64) -> Seen {
-        let mut guard = self.state.lock();
-        let (clock, producers) = &mut *guard;
-        *clock += 1;
-        let w = producers.entry(producer.to_string()).or_default();
-        w.last_used = *clock;
+        let window = self.window(producer);
+        let mut w = window.lock();
+        w.last_used = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(r) = w.receipts.get(&sequence) {
             return Seen::Stored(r.into());
         }
@@ -139,62 +177,103 @@ impl Dedupe {
 
     /// Ends an in-flight sequence: stored (with its receipt) or failed.
     pub fn finish(&self, producer: &str, sequence: u64, receipt: Option<&SendReceipt>) {
-        let mut guard = self.state.lock();
-        let (_, producers) = &mut *guard;
-        if let Some(w) = producers.get_mut(producer) {
-            w.in_flight.remove(&sequence);
-            if let Some(r) = receipt {
-                remember(w, sequence, r.into());
-            }
+        let Some(window) = self.producers.read().get(producer).cloned() else {
+            return;
+        };
+        let mut w = window.lock();
+        w.in_flight.remove(&sequence);
+        if let Some(r) = receipt {
+            remember(&mut w, sequence, r.into());
         }
-        evict(producers);
     }
 
     /// Adds a stored message found in the commit log (startup scan).
     pub fn record(&self, producer: &str, sequence: u64, receipt: &SendReceipt) {
-        let mut guard = self.state.lock();
-        let w = guard.1.entry(producer.to_string()).or_default();
-        remember(w, sequence, receipt.into());
+        remember(&mut self.window(producer).lock(), sequence, receipt.into());
     }
 
     /// Saves the windows as covering the commit log up to `log_end` (or less,
-    /// while sends that began earlier are still in flight).
+    /// while sends that began earlier are still in flight). Each window is
+    /// locked only while it is serialized; the file is written after.
     pub fn save(&self, log_end: u64) -> Result<()> {
-        let guard = self.state.lock();
-        let scanned_to = guard
-            .1
-            .values()
-            .flat_map(|w| w.in_flight.values().copied())
-            .fold(log_end, u64::min);
-        #[derive(Serialize)]
-        struct View<'a> {
-            scanned_to: u64,
-            producers: &'a HashMap<String, ProducerWindow>,
+        *self.last_save.lock() = Some(std::time::Instant::now());
+        let windows: Vec<(String, Window)> = self
+            .producers
+            .read()
+            .iter()
+            .map(|(id, w)| (id.clone(), w.clone()))
+            .collect();
+        let mut scanned_to = log_end;
+        let mut saved = self.saved.lock();
+        let mut producers = serde_json::Map::with_capacity(windows.len());
+        for (id, window) in windows {
+            // Copied under the window's lock, serialized after it.
+            let changed = {
+                let mut w = window.lock();
+                scanned_to = w.in_flight.values().copied().fold(scanned_to, u64::min);
+                (w.dirty || !saved.contains_key(&id)).then(|| {
+                    w.dirty = false;
+                    ProducerWindow {
+                        receipts: w.receipts.clone(),
+                        last_used: w.last_used,
+                        ..Default::default()
+                    }
+                })
+            };
+            let value = match changed {
+                Some(copy) => serde_json::to_value(&copy).expect("windows serialize"),
+                None => saved.remove(&id).expect("saved before"),
+            };
+            producers.insert(id, value);
         }
-        let json = metadata::to_json(&View {
-            scanned_to,
-            producers: &guard.1,
-        });
-        // Sends wait for this lock: write and fsync without it.
-        drop(guard);
+        // Compact: thousands of receipts per producer.
+        let json = serde_json::to_vec(&serde_json::json!({
+            "scanned_to": scanned_to,
+            "producers": &producers,
+        }))
+        .expect("windows serialize");
+        // Keep what was saved (evicted producers drop out).
+        *saved = producers.into_iter().collect();
+        drop(saved);
         Ok(metadata::save_bytes(&self.path, &json)?)
     }
 }
 
+impl Dedupe {
+    /// [`Dedupe::save`] unless it ran within `interval`: the snapshot only
+    /// bounds the startup scan, and rewriting every window is not free.
+    pub fn save_every(&self, log_end: u64, interval: std::time::Duration) -> Result<()> {
+        if self
+            .last_save
+            .lock()
+            .is_some_and(|t| t.elapsed() < interval)
+        {
+            return Ok(());
+        }
+        self.save(log_end)
+    }
+}
+
 fn remember(w: &mut ProducerWindow, sequence: u64, receipt: StoredReceipt) {
+    w.dirty = true;
     w.receipts.insert(sequence, receipt);
     while w.receipts.len() > WINDOW {
         w.receipts.pop_first();
     }
 }
 
-fn evict(producers: &mut HashMap<String, ProducerWindow>) {
+/// Forgets the least recently used producers beyond [`MAX_PRODUCERS`] (never
+/// one with a send in flight).
+fn evict(producers: &mut HashMap<String, Window>) {
     while producers.len() > MAX_PRODUCERS {
         let Some(oldest) = producers
             .iter()
-            .filter(|(_, w)| w.in_flight.is_empty())
-            .min_by_key(|(_, w)| w.last_used)
-            .map(|(k, _)| k.clone())
+            .filter_map(|(k, w)| {
+                let w = w.try_lock()?;
+                w.in_flight.is_empty().then(|| (w.last_used, k.clone()))
+            })
+            .min()
+            .map(|(_, k)| k)
         else {
             break;
         };

@@ -74,6 +74,10 @@ const MAX_PASSES: usize = 256;
 /// System property carrying a message's gray-release lane.
 pub const LANE_PROPERTY: &str = "__LANE";
 
+/// How often the periodic save rewrites the idempotent producers' windows
+/// (restarts scan the log written since; shutdown always saves).
+const DEDUPE_SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Property carrying a message's sharding key.
 pub const SHARDING_KEY_PROPERTY: &str = "SHARDING_KEY";
 /// Properties added to a dead-lettered message.
@@ -1506,13 +1510,19 @@ impl Broker {
     /// Saves consumer progress (every live cursor) and the idempotent
     /// producers' windows.
     pub fn persist_offsets(&self) -> Result<()> {
+        self.persist_progress(Duration::ZERO)
+    }
+
+    /// [`Broker::persist_offsets`], saving the dedupe windows only when the last
+    /// save is older than `dedupe_interval`.
+    fn persist_progress(&self, dedupe_interval: Duration) -> Result<()> {
         self.sync_offsets();
         let (path, json) = self.offsets.lock().serialized();
         metadata::save_bytes(&path, &json)?;
         let log_end = self.store.stats().commit_log_max;
         self.store.pin_retention(self.staged.floor(log_end));
         self.staged.save(log_end)?;
-        self.dedupe.save(log_end)
+        self.dedupe.save_every(log_end, dedupe_interval)
     }
 
     /// Progress of a group on every queue of its topics.
@@ -1902,8 +1912,15 @@ impl Broker {
                 let _ = tokio::join!(delayed, checks);
                 return;
             }
-            self.expire_members();
-            if let Err(e) = self.persist_offsets() {
+            // Serializing and fsyncing the metadata files takes milliseconds:
+            // not on a runtime worker, which would stall every request.
+            let this = self.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                this.expire_members();
+                this.persist_progress(DEDUPE_SAVE_INTERVAL)
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
                 tracing::error!(error = %e, "persisting consumer progress failed");
             }
         }

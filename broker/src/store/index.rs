@@ -19,6 +19,7 @@
 //! record and compares the real topic and key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -59,7 +60,7 @@ pub struct IndexHit {
 
 #[derive(Debug)]
 struct IndexFile {
-    file: MappedFile,
+    file: Arc<MappedFile>,
     slots: u32,
     capacity: u32,
 }
@@ -109,7 +110,7 @@ impl IndexFile {
 
     fn create(dir: &Path, seq: u64, slots: u32, capacity: u32) -> Result<IndexFile> {
         let len = (HEADER_SIZE + slots as usize * 4 + capacity as usize * ENTRY_SIZE) as u64;
-        let file = MappedFile::create(dir, seq, len)?;
+        let file = Arc::new(MappedFile::create(dir, seq, len)?);
         let f = IndexFile {
             file,
             slots,
@@ -138,7 +139,7 @@ impl IndexFile {
         let (slots, capacity) = (u32_at(H_SLOTS), u32_at(H_CAPACITY));
         let len = (HEADER_SIZE + slots as usize * 4 + capacity as usize * ENTRY_SIZE) as u64;
         Ok(IndexFile {
-            file: MappedFile::open(path, seq, len)?,
+            file: Arc::new(MappedFile::open(path, seq, len)?),
             slots,
             capacity,
         })
@@ -301,12 +302,18 @@ impl Index {
     }
 
     /// Durably flushes every index file touched since the previous flush.
-    pub fn flush(&mut self) -> Result<()> {
-        for f in self.files.iter().skip(self.unflushed_from) {
-            f.file.flush_range(0, f.file.len() as usize)?;
-        }
+    /// The files a checkpoint must flush (the newest, and any filled since the
+    /// last call). The caller flushes them after releasing the index's lock:
+    /// appends take that lock, and a flush ends with an fsync.
+    pub fn files_to_flush(&mut self) -> Vec<Arc<MappedFile>> {
+        let files = self
+            .files
+            .iter()
+            .skip(self.unflushed_from)
+            .map(|f| f.file.clone())
+            .collect();
         self.unflushed_from = self.files.len().saturating_sub(1);
-        Ok(())
+        files
     }
 
     /// Retention: deletes files whose newest entry points below `commit_log_min`.
@@ -367,7 +374,9 @@ mod tests {
             idx.put(h, hit(i * 10, i as i64));
         }
         idx.truncate_from(55);
-        idx.flush().unwrap();
+        for f in idx.files_to_flush() {
+            f.flush_range(0, f.len() as usize).unwrap();
+        }
         drop(idx);
         let mut idx = Index::open(dir.path().to_path_buf(), 2, 64).unwrap();
         let got = idx.lookup(h, i64::MIN, i64::MAX, u64::MAX, 100);

@@ -577,7 +577,10 @@ fn write_checkpoint(inner: &Inner) -> Result<()> {
     for cq in inner.queues.all() {
         cq.flush()?;
     }
-    inner.index.lock().flush()?;
+    let index_files = inner.index.lock().files_to_flush();
+    for f in index_files {
+        f.flush_range(0, f.len() as usize)?;
+    }
     Checkpoint {
         commit_log_flushed: log.flushed(),
         recover_from,
