@@ -298,6 +298,7 @@ async fn open_stream(
         filter_type: cfg.filter.to_proto().0,
         filter_expression: cfg.filter.to_proto().1,
         lane: cfg.lane.clone(),
+        batched: true,
     };
     match tokio::time::timeout(cfg.request_timeout, client.receive(request)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),

@@ -99,6 +99,8 @@ impl Driver {
                     subjects: vec![format!("{topic}.>")],
                     storage: async_nats::jetstream::stream::StorageType::File,
                     num_replicas: 1,
+                    // About 30 s of data, as the other systems keep in bench/run.
+                    max_age: Duration::from_secs(30),
                     ..Default::default()
                 })
                 .await

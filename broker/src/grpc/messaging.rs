@@ -142,7 +142,14 @@ impl MessagingService for MessagingApi {
             if let Some(m) = self.broker.metrics() {
                 m.grpc_streams.inc();
             }
-            tokio::spawn(push_loop(self.broker.clone(), sub, consumer, limits, tx));
+            tokio::spawn(push_loop(
+                self.broker.clone(),
+                sub,
+                consumer,
+                limits,
+                r.batched,
+                tx,
+            ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
         .await
@@ -394,11 +401,12 @@ async fn push_loop(
     sub: Arc<Subscription>,
     consumer: u64,
     limits: ReceiveLimits,
+    batched: bool,
     tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
 ) {
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
-    loop {
+    'serve: loop {
         // Yield now and then even when there is always work, so a busy stream
         // never keeps the consumers it woke from running on this worker.
         tokio::task::coop::consume_budget().await;
@@ -414,13 +422,26 @@ async fn push_loop(
             }
         };
         if !batch.is_empty() {
-            // One response per lease round: fewer frames and writes per message.
-            let msg = pb::ReceiveResponse {
-                message: None,
-                messages: batch.into_iter().map(convert::message).collect(),
+            // One response per lease round (fewer frames and writes per
+            // message) for clients that read them; one per message otherwise.
+            let responses: Vec<pb::ReceiveResponse> = if batched {
+                vec![pb::ReceiveResponse {
+                    message: None,
+                    messages: batch.into_iter().map(convert::message).collect(),
+                }]
+            } else {
+                batch
+                    .into_iter()
+                    .map(|d| pb::ReceiveResponse {
+                        message: Some(convert::message(d)),
+                        messages: Vec::new(),
+                    })
+                    .collect()
             };
-            if tx.send(Ok(msg)).await.is_err() {
-                break; // the client went away
+            for r in responses {
+                if tx.send(Ok(r)).await.is_err() {
+                    break 'serve; // the client went away
+                }
             }
             continue;
         }

@@ -154,8 +154,16 @@ impl Dedupe {
             return w.clone();
         }
         let mut producers = self.producers.write();
-        let w = producers.entry(producer.to_string()).or_default().clone();
-        evict(&mut producers);
+        let w = producers
+            .entry(producer.to_string())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(ProducerWindow {
+                    last_used: self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+                    ..Default::default()
+                }))
+            })
+            .clone();
+        evict(&mut producers, producer);
         w
     }
 
@@ -263,11 +271,12 @@ fn remember(w: &mut ProducerWindow, sequence: u64, receipt: StoredReceipt) {
 }
 
 /// Forgets the least recently used producers beyond [`MAX_PRODUCERS`] (never
-/// one with a send in flight).
-fn evict(producers: &mut HashMap<String, Window>) {
+/// `keep`, the one being added, nor one with a send in flight).
+fn evict(producers: &mut HashMap<String, Window>, keep: &str) {
     while producers.len() > MAX_PRODUCERS {
         let Some(oldest) = producers
             .iter()
+            .filter(|(k, _)| k.as_str() != keep)
             .filter_map(|(k, w)| {
                 let w = w.try_lock()?;
                 w.in_flight.is_empty().then(|| (w.last_used, k.clone()))

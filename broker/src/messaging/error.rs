@@ -52,6 +52,8 @@ pub enum BrokerError {
     DelayTooLong { requested_ms: i64, max_ms: i64 },
     #[error("transaction {0:?} does not exist on this broker")]
     TransactionNotFound(String),
+    #[error("transaction {0:?} is being resolved by another request; retry")]
+    TransactionInProgress(String),
     #[error("transaction {id:?} was already resolved: {resolution}")]
     TransactionResolved { id: String, resolution: String },
     #[error(transparent)]
@@ -78,6 +80,7 @@ impl BrokerError {
             BrokerError::DelayTooLong { .. } => "DELAY_TOO_LONG",
             BrokerError::TransactionNotFound(_) => "TRANSACTION_NOT_FOUND",
             BrokerError::TransactionResolved { .. } => "TRANSACTION_RESOLVED",
+            BrokerError::TransactionInProgress(_) => "TRANSACTION_IN_PROGRESS",
             BrokerError::Store(e) => e.code(),
         }
     }

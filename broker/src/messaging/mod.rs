@@ -293,6 +293,9 @@ pub struct Broker {
     draining: std::sync::atomic::AtomicBool,
     dedupe: dedupe::Dedupe,
     staged: staged::Staged,
+    /// One save of the metadata files at a time (they share temporary names,
+    /// and a later snapshot must not be overwritten by an earlier one).
+    persisting: Mutex<()>,
 }
 
 impl Broker {
@@ -309,6 +312,8 @@ impl Broker {
         // Staged messages: those stored after the saved position, minus those
         // whose release or rollback marker follows them.
         let (staged, staged_from) = staged::Staged::open(meta.join("staged.json"))?;
+        // Nothing the scan may need goes while it runs.
+        store.pin_retention(staged_from);
         let broker_id = store.config().broker_id;
         let check_after = config.transaction_check_after.as_millis() as i64;
         store.scan(dedupe_from.min(staged_from), |rec| {
@@ -338,6 +343,7 @@ impl Broker {
         Ok(Broker {
             dedupe,
             staged,
+            persisting: Mutex::new(()),
             topics: Topics::open(meta.join("topics.json"))?,
             groups: Groups::open(meta.join("groups.json"))?,
             offsets: Mutex::new(OffsetTable::open(meta.join("offsets.json"))?),
@@ -558,9 +564,10 @@ impl Broker {
         }
         if let Some(at) = deliver_at {
             let max = self.config.max_delay.as_millis() as i64;
-            if at - now > max {
+            let ahead = at.saturating_sub(now);
+            if ahead > max {
                 return Err(BrokerError::DelayTooLong {
-                    requested_ms: at - now,
+                    requested_ms: ahead,
                     max_ms: max,
                 });
             }
@@ -1516,13 +1523,18 @@ impl Broker {
     /// [`Broker::persist_offsets`], saving the dedupe windows only when the last
     /// save is older than `dedupe_interval`.
     fn persist_progress(&self, dedupe_interval: Duration) -> Result<()> {
+        let _one_at_a_time = self.persisting.lock();
         self.sync_offsets();
         let (path, json) = self.offsets.lock().serialized();
         metadata::save_bytes(&path, &json)?;
-        let log_end = self.store.stats().commit_log_max;
-        self.store.pin_retention(self.staged.floor(log_end));
-        self.staged.save(log_end)?;
-        self.dedupe.save_every(log_end, dedupe_interval)
+        let stats = self.store.stats();
+        self.store
+            .pin_retention(self.staged.floor(stats.commit_log_max));
+        // Saved positions never pass what is durable: after a power loss the
+        // records beyond it may be gone, and what they resolved with them.
+        self.staged.save(stats.commit_log_flushed)?;
+        self.dedupe
+            .save_every(stats.commit_log_flushed, dedupe_interval)
     }
 
     /// Progress of a group on every queue of its topics.

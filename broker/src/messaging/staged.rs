@@ -117,6 +117,8 @@ pub struct TransactionCheck {
 pub enum Claim {
     /// Unresolved: it is now the caller's to resolve (or to give back).
     Pending(Half),
+    /// Another request is resolving it right now.
+    Resolving,
     Resolved(Resolution),
     Unknown,
 }
@@ -133,6 +135,9 @@ struct State {
     /// Pending delayed messages: position → delivery time.
     delayed: BTreeMap<u64, i64>,
     halves: BTreeMap<u64, Half>,
+    /// Halves claimed for resolving whose outcome is not stored yet (they still
+    /// hold the scan floor down).
+    resolving: BTreeMap<u64, ()>,
     /// Recently resolved transactions: position → (crc, resolution).
     resolved: HashMap<u64, (u32, Resolution)>,
     resolved_order: VecDeque<u64>,
@@ -167,6 +172,7 @@ impl Staged {
                 wheel: TimingWheel::new(0),
                 delayed: BTreeMap::new(),
                 halves: BTreeMap::new(),
+                resolving: BTreeMap::new(),
                 resolved: HashMap::new(),
                 resolved_order: VecDeque::new(),
                 appending: BTreeMap::new(),
@@ -298,7 +304,11 @@ impl Staged {
         let mut st = self.state.lock();
         let physical = position.physical;
         if st.halves.get(&physical).map(|h| h.position) == Some(position) {
+            st.resolving.insert(physical, ());
             return Claim::Pending(st.halves.remove(&physical).expect("present"));
+        }
+        if st.resolving.contains_key(&physical) {
+            return Claim::Resolving;
         }
         match st.resolved.get(&physical) {
             Some((crc, r)) if *crc == position.crc => Claim::Resolved(*r),
@@ -308,14 +318,15 @@ impl Staged {
 
     /// Gives back a claimed transaction whose resolution could not be stored.
     pub fn unclaim(&self, half: Half) {
-        self.state
-            .lock()
-            .halves
-            .insert(half.position.physical, half);
+        let mut st = self.state.lock();
+        st.resolving.remove(&half.position.physical);
+        st.halves.insert(half.position.physical, half);
     }
 
     pub fn resolved(&self, position: Position, resolution: Resolution) {
-        remember(&mut self.state.lock(), position, resolution);
+        let mut st = self.state.lock();
+        st.resolving.remove(&position.physical);
+        remember(&mut st, position, resolution);
     }
 
     /// Halves whose check is due: those with checks left get one more (the
@@ -343,6 +354,7 @@ impl Staged {
         }
         for h in &expired {
             st.halves.remove(&h.position.physical);
+            st.resolving.insert(h.position.physical, ());
         }
         (checks, expired)
     }
@@ -396,6 +408,7 @@ impl Staged {
         [
             st.delayed.keys().next(),
             st.halves.keys().next(),
+            st.resolving.keys().next(),
             st.appending.keys().next(),
         ]
         .into_iter()

@@ -15,7 +15,7 @@ impl Broker {
     /// Commits or rolls back a transaction. Ending it again the same way is a
     /// no-op; the other way is refused.
     pub async fn end_transaction(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         transaction_id: &str,
         producer_group: &str,
@@ -32,6 +32,11 @@ impl Broker {
         };
         let half = match self.staged.claim(position) {
             Claim::Pending(h) => h,
+            Claim::Resolving => {
+                return Err(BrokerError::TransactionInProgress(
+                    transaction_id.to_string(),
+                ));
+            }
             Claim::Resolved(r) if r == resolution => return Ok(()),
             Claim::Resolved(r) => {
                 return Err(BrokerError::TransactionResolved {
@@ -55,7 +60,17 @@ impl Broker {
             self.staged.unclaim(half);
             return Err(not_found());
         }
-        self.resolve(half, resolution, "producer").await
+        // In its own task: a client that gives up must not leave the claim
+        // half done.
+        let this = self.clone();
+        tokio::spawn(async move { this.resolve(half, resolution, "producer").await })
+            .await
+            .map_err(|e| {
+                BrokerError::Store(crate::store::StoreError::Io {
+                    context: "resolving a transaction".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
     }
 
     /// Stores a claimed transaction's outcome; gives the claim back on failure.

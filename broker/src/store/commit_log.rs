@@ -149,15 +149,16 @@ impl CommitLog {
     ///
     /// # Safety
     /// Writer only, at or past `visible`, within existing segments.
-    pub unsafe fn write_run(&self, mut pos: u64, mut data: &[u8]) {
+    pub unsafe fn write_run(&self, mut pos: u64, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let seg = self.segment(pos).expect("segment ensured before write");
             let n = data.len().min((seg.end() - pos) as usize);
             // SAFETY: the region is past `visible` (caller contract), so unread.
-            unsafe { seg.write_through((pos - seg.base()) as usize, &data[..n]) };
+            unsafe { seg.write_through((pos - seg.base()) as usize, &data[..n]) }?;
             pos += n as u64;
             data = &data[n..];
         }
+        Ok(())
     }
 
     /// Publishes everything below `pos` to readers.

@@ -181,14 +181,13 @@ impl MappedFile {
     /// Readers see the bytes through the mapping (one page cache).
     ///
     /// # Safety
-    /// As for [`Self::write`]. A failed write (an I/O error on a preallocated
-    /// file) panics, as a failed store into the mapping would (SIGBUS).
-    pub unsafe fn write_through(&self, pos: usize, data: &[u8]) {
+    /// As for [`Self::write`].
+    pub unsafe fn write_through(&self, pos: usize, data: &[u8]) -> Result<()> {
         use std::os::unix::fs::FileExt;
         self.check(pos, data.len());
-        if let Err(e) = self.file.write_all_at(data, pos as u64) {
-            panic!("writing {} at {pos}: {e}", self.path.display());
-        }
+        self.file
+            .write_all_at(data, pos as u64)
+            .map_err(|e| StoreError::io(format!("writing {} at {pos}", self.path.display()), e))
     }
 
     /// Borrows `pos..pos + len` of the file.

@@ -130,7 +130,7 @@ impl Writer {
             for req in group {
                 let result = self
                     .plan(&req.messages, &mut index)
-                    .map(|plan| self.commit(req.messages, plan, &mut index, &mut touched));
+                    .and_then(|plan| self.commit(req.messages, plan, &mut index, &mut touched));
                 outcomes.push((req.reply, req.queued, result));
             }
         }
@@ -201,26 +201,34 @@ impl Writer {
     }
 
     /// Writes a planned request. Cannot fail: everything is allocated.
+    /// Writes a planned request: first every record to the log (so a failed
+    /// write leaves nothing pointing at it and the positions are reused), then
+    /// the consume-queue and index entries. Nothing is published here.
     fn commit(
         &mut self,
         messages: Vec<Encoded>,
         plan: Plan,
         index: &mut Index,
         touched: &mut HashMap<*const ConsumeQueue, Arc<ConsumeQueue>>,
-    ) -> Vec<Appended> {
+    ) -> Result<Vec<Appended>> {
         let log = &self.inner.commit_log;
         // The request's bytes go to the log in contiguous runs, one write each.
         let mut run = LogRun::default();
         for (pos, len) in plan.fillers {
-            run.push(log, pos, &record::blank_header(len as u32));
+            run.push(log, pos, &record::blank_header(len as u32))?;
         }
         let timestamp = now_millis().max(self.last_timestamp);
-        self.last_timestamp = timestamp;
         let broker_id = self.inner.config.broker_id;
-        let mut out = Vec::with_capacity(messages.len());
+        let mut sealed = Vec::with_capacity(messages.len());
         for (mut m, (pos, cq, queue_offset)) in messages.into_iter().zip(plan.slots) {
             let crc = record::seal(&mut m.buf, queue_offset, pos, timestamp);
-            run.push(log, pos, &m.buf);
+            run.push(log, pos, &m.buf)?;
+            sealed.push((m, pos, cq, queue_offset, crc));
+        }
+        run.flush(log)?;
+        self.last_timestamp = timestamp;
+        let mut out = Vec::with_capacity(sealed.len());
+        for (m, pos, cq, queue_offset, crc) in sealed {
             let size = m.buf.len() as u32;
             cq.write(
                 queue_offset,
@@ -254,9 +262,8 @@ impl Writer {
             });
             touched.entry(Arc::as_ptr(&cq)).or_insert(cq);
         }
-        run.flush(log);
         self.write_pos = plan.end;
-        out
+        Ok(out)
     }
 }
 
@@ -276,20 +283,22 @@ struct LogRun {
 
 impl LogRun {
     /// Adds `data` at `pos`; a gap first writes what was collected.
-    fn push(&mut self, log: &CommitLog, pos: u64, data: &[u8]) {
+    fn push(&mut self, log: &CommitLog, pos: u64, data: &[u8]) -> Result<()> {
         if pos != self.start + self.bytes.len() as u64 {
-            self.flush(log);
+            self.flush(log)?;
             self.start = pos;
         }
         self.bytes.extend_from_slice(data);
+        Ok(())
     }
 
-    fn flush(&mut self, log: &CommitLog) {
+    fn flush(&mut self, log: &CommitLog) -> Result<()> {
         if !self.bytes.is_empty() {
             // SAFETY: the writer owns everything past `visible`.
-            unsafe { log.write_run(self.start, &self.bytes) };
+            unsafe { log.write_run(self.start, &self.bytes) }?;
             self.start += self.bytes.len() as u64;
             self.bytes.clear();
         }
+        Ok(())
     }
 }
