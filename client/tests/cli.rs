@@ -293,7 +293,6 @@ fn delayed_and_transactional_produce_and_lanes() {
         ],
     ));
     assert_eq!(sent.len(), 2);
-    let due = sent[0]["deliver_at_ms"].as_i64().expect("deliver_at_ms");
     // An RFC 3339 time in the past is delivered at once.
     let past = json_lines(&ok(
         &b,
@@ -322,7 +321,18 @@ fn delayed_and_transactional_produce_and_lanes() {
         .filter(|m| m.get("deliver_at_ms").is_some())
         .collect();
     assert_eq!(delayed.len(), 2, "{got:?}");
-    assert_eq!(delayed[0]["deliver_at_ms"].as_i64(), Some(due));
+    // Each delivered with the due time its send was given.
+    let mut delivered: Vec<i64> = delayed
+        .iter()
+        .map(|m| m["deliver_at_ms"].as_i64().unwrap())
+        .collect();
+    delivered.sort();
+    let mut scheduled: Vec<i64> = sent
+        .iter()
+        .map(|s| s["deliver_at_ms"].as_i64().unwrap())
+        .collect();
+    scheduled.sort();
+    assert_eq!(delivered, scheduled);
     // Refused with its reason: a delay on a transaction topic.
     let out = dduomq(
         &b,

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
-use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder, now_millis};
-use harness::{Broker, Options, eventually};
+use dduomq_client::{Message, ProducerBuilder, PushConsumerBuilder, now_millis};
+use harness::{Broker, Options, create_topics, eventually, stored};
 use parking_lot::Mutex;
 
 const MESSAGES: u64 = 300;
@@ -48,15 +48,14 @@ async fn delayed_messages_arrive_on_time_and_once_across_a_crash() {
         config: Some("[broker]\nmax_delay = \"1h\"\n".into()),
         ..Default::default()
     });
-    let admin = Admin::connect(&b.grpc).unwrap();
-    admin
-        .create_topic("reminders", 4, pb::MessageType::Delay)
-        .await
-        .unwrap();
-    admin
-        .create_topic("plain", 1, pb::MessageType::Normal)
-        .await
-        .unwrap();
+    create_topics(
+        &b,
+        &[
+            ("reminders", 4, pb::MessageType::Delay),
+            ("plain", 1, pb::MessageType::Normal),
+        ],
+    )
+    .await;
     let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
 
     // Refusals, each with its reason, and nothing stored.
@@ -87,11 +86,7 @@ async fn delayed_messages_arrive_on_time_and_once_across_a_crash() {
     )
     .await;
     assert_eq!(reason(&both), "INVALID_ARGUMENT", "{both:?}");
-    let stored = |admin: Admin| async move {
-        let d = admin.describe_topic("reminders").await.unwrap();
-        d.queues.iter().map(|q| q.max_offset).sum::<u64>()
-    };
-    assert_eq!(stored(admin.clone()).await, 0);
+    assert_eq!(stored(&b, "reminders").await, 0);
 
     // Due between 0.3 s and 4 s from now; every tenth is already due (a
     // deliver-at time in the past is delivered at once).
@@ -149,7 +144,7 @@ async fn delayed_messages_arrive_on_time_and_once_across_a_crash() {
     // Released exactly once: the topic holds each message once, even though the
     // crash came between releases and the saving of their state.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stored(Admin::connect(&b.grpc).unwrap()).await, MESSAGES);
+    assert_eq!(stored(&b, "reminders").await, MESSAGES);
     consumer.shutdown().await;
 
     let seen = seen.lock();

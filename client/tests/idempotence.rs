@@ -10,7 +10,7 @@ use std::time::Duration;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Admin, Message, ProducerBuilder};
-use harness::Broker;
+use harness::{Broker, stored};
 
 fn batch(producer: &str, seqs: std::ops::Range<u64>) -> pb::SendRequest {
     pb::SendRequest {
@@ -25,15 +25,6 @@ fn batch(producer: &str, seqs: std::ops::Range<u64>) -> pb::SendRequest {
             })
             .collect(),
     }
-}
-
-async fn stored(b: &Broker) -> u64 {
-    let d = Admin::connect(&b.grpc)
-        .unwrap()
-        .describe_topic("payments")
-        .await
-        .unwrap();
-    d.queues.iter().map(|q| q.max_offset).sum()
 }
 
 async fn send(b: &Broker, req: pb::SendRequest) -> Vec<pb::SendReceipt> {
@@ -63,14 +54,14 @@ async fn retries_are_stored_once_across_restart_and_crash() {
         first,
         "a retry gets the original receipts"
     );
-    assert_eq!(stored(&b).await, 10);
+    assert_eq!(stored(&b, "payments").await, 10);
     // Part new, part retried: only the new ones are stored.
     let mixed = send(&b, batch("p1", 5..15)).await;
     assert_eq!(&mixed[..5], &first[5..]);
-    assert_eq!(stored(&b).await, 15);
+    assert_eq!(stored(&b, "payments").await, 15);
     // Another producer with the same sequences is another producer.
     send(&b, batch("p2", 0..5)).await;
-    assert_eq!(stored(&b).await, 20);
+    assert_eq!(stored(&b, "payments").await, 20);
 
     b.restart();
     assert_eq!(
@@ -78,7 +69,7 @@ async fn retries_are_stored_once_across_restart_and_crash() {
         first,
         "after a clean restart"
     );
-    assert_eq!(stored(&b).await, 20);
+    assert_eq!(stored(&b, "payments").await, 20);
 
     // Stored right before a crash (no snapshot yet): found again by the scan.
     let late = send(&b, batch("p1", 15..25)).await;
@@ -86,7 +77,7 @@ async fn retries_are_stored_once_across_restart_and_crash() {
     b.start_again();
     assert_eq!(send(&b, batch("p1", 15..25)).await, late, "after a crash");
     assert_eq!(send(&b, batch("p1", 0..10)).await, first);
-    assert_eq!(stored(&b).await, 30);
+    assert_eq!(stored(&b, "payments").await, 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,5 +105,9 @@ async fn sdk_retries_across_broker_crashes_store_each_message_once() {
         ids.insert(r.message_id);
     }
     assert_eq!(ids.len(), 600, "600 distinct receipts");
-    assert_eq!(stored(&b).await, 600, "each message stored exactly once");
+    assert_eq!(
+        stored(&b, "payments").await,
+        600,
+        "each message stored exactly once"
+    );
 }

@@ -15,10 +15,10 @@ use std::time::Duration;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{
-    Admin, Message, ProducerBuilder, PushConsumer, PushConsumerBuilder, ReceivedMessage,
+    Message, ProducerBuilder, PushConsumer, PushConsumerBuilder, ReceivedMessage,
     TransactionProducer, TransactionResolution,
 };
-use harness::{Broker, Options, eventually};
+use harness::{Broker, Options, create_topics, eventually, stored};
 use parking_lot::Mutex;
 
 /// Checks start 500 ms after a half message is stored, repeat every 250 ms,
@@ -30,15 +30,14 @@ async fn broker(config: &str) -> Broker {
         config: Some(config.into()),
         ..Default::default()
     });
-    let admin = Admin::connect(&b.grpc).unwrap();
-    admin
-        .create_topic("payments", 2, pb::MessageType::Transaction)
-        .await
-        .unwrap();
-    admin
-        .create_topic("plain", 1, pb::MessageType::Normal)
-        .await
-        .unwrap();
+    create_topics(
+        &b,
+        &[
+            ("payments", 2, pb::MessageType::Transaction),
+            ("plain", 1, pb::MessageType::Normal),
+        ],
+    )
+    .await;
     b
 }
 
@@ -85,15 +84,6 @@ async fn end(
             .map(|i| i.reason.clone())
             .unwrap_or_default()
     })
-}
-
-async fn stored(b: &Broker) -> u64 {
-    let d = Admin::connect(&b.grpc)
-        .unwrap()
-        .describe_topic("payments")
-        .await
-        .unwrap();
-    d.queues.iter().map(|q| q.max_offset).sum()
 }
 
 /// Waits until the broker holds no unresolved transaction (its gauge, read
@@ -165,7 +155,7 @@ async fn commit_rollback_and_expiry_after_the_last_check() {
     assert_eq!(committed.receipt.message_id, committed_id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(got.lock().is_empty(), "half messages are invisible");
-    assert_eq!(stored(&b).await, 0);
+    assert_eq!(stored(&b, "payments").await, 0);
 
     committed.commit().await.unwrap();
     rolled_back.rollback().await.unwrap();
@@ -215,7 +205,7 @@ async fn commit_rollback_and_expiry_after_the_last_check() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bodies(&got), vec!["committed"]);
-    assert_eq!(stored(&b).await, 1);
+    assert_eq!(stored(&b, "payments").await, 1);
     c.shutdown().await;
 }
 
@@ -296,7 +286,7 @@ async fn a_killed_producers_transactions_are_resolved_by_another_of_its_group() 
         assert_eq!(&ids[body], id, "{body} keeps its transaction's id");
     }
     assert_eq!(asked.lock().len(), 6, "every open transaction was checked");
-    assert_eq!(stored(&b).await, 3);
+    assert_eq!(stored(&b, "payments").await, 3);
     c.shutdown().await;
 }
 
@@ -332,6 +322,6 @@ async fn open_transactions_survive_a_broker_crash() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(*got.lock(), vec![("keep".to_string(), keep_id)]);
-    assert_eq!(stored(&b).await, 1);
+    assert_eq!(stored(&b, "payments").await, 1);
     c.shutdown().await;
 }

@@ -173,6 +173,27 @@ async fn produce(
     Ok(())
 }
 
+/// A push consumer (256 handlers, 4,096 in flight) that calls `record` with
+/// each message and counts it in `received`.
+async fn counting_consumer(
+    server: &str,
+    group: String,
+    topic: &str,
+    received: Arc<AtomicU64>,
+    record: impl Fn(&dduomq_client::ReceivedMessage) + Send + Sync + 'static,
+) -> anyhow::Result<dduomq_client::PushConsumer> {
+    let record = Arc::new(record);
+    Ok(PushConsumerBuilder::new(server, group, topic)
+        .concurrency(256)
+        .max_in_flight(4096)
+        .start(move |m| {
+            record(&m);
+            received.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<(), String>(()) }
+        })
+        .await?)
+}
+
 fn summary(
     format: Format,
     mode: &str,
@@ -284,24 +305,16 @@ pub async fn run(server: &str, format: Format, cmd: BenchCommand) -> anyhow::Res
                     .reset_offset(&group, &a.topic, ResetTo::Latest)
                     .await?;
             }
-            let (h, r) = (hist.clone(), received.clone());
-            let consumer = PushConsumerBuilder::new(server, group, a.topic.clone())
-                .concurrency(256)
-                .max_in_flight(4096)
-                .start(move |m| {
-                    let (h, r) = (h.clone(), r.clone());
-                    async move {
-                        if e2e && m.body.len() >= 8 {
-                            let sent_ns = u64::from_le_bytes(m.body[..8].try_into().expect("8"));
-                            let _ = h
-                                .lock()
-                                .record((now_nanos().saturating_sub(sent_ns) / 1000).max(1));
-                        }
-                        r.fetch_add(1, Ordering::Relaxed);
-                        Ok::<(), String>(())
-                    }
-                })
-                .await?;
+            let h = hist.clone();
+            let consumer = counting_consumer(server, group, &a.topic, received.clone(), move |m| {
+                if e2e && m.body.len() >= 8 {
+                    let sent_ns = u64::from_le_bytes(m.body[..8].try_into().expect("8"));
+                    let _ = h
+                        .lock()
+                        .record((now_nanos().saturating_sub(sent_ns) / 1000).max(1));
+                }
+            })
+            .await?;
             if e2e {
                 let discard = histogram();
                 produce(server, &a, discard, sent.clone(), errors.clone()).await?;
@@ -358,20 +371,12 @@ async fn delay(server: &str, format: Format, a: DelayBenchArgs) -> anyhow::Resul
         .await?;
     let lateness = histogram();
     let received = Arc::new(AtomicU64::new(0));
-    let (h, r) = (lateness.clone(), received.clone());
-    let consumer = PushConsumerBuilder::new(server, group, a.topic.clone())
-        .concurrency(256)
-        .max_in_flight(4096)
-        .start(move |m| {
-            let (h, r) = (h.clone(), r.clone());
-            async move {
-                let late_ms = (dduomq_client::now_millis() - m.deliver_at_ms).max(0) as u64;
-                let _ = h.lock().record(late_ms * 1000 + 1);
-                r.fetch_add(1, Ordering::Relaxed);
-                Ok::<(), String>(())
-            }
-        })
-        .await?;
+    let h = lateness.clone();
+    let consumer = counting_consumer(server, group, &a.topic, received.clone(), move |m| {
+        let late_ms = (dduomq_client::now_millis() - m.deliver_at_ms).max(0) as u64;
+        let _ = h.lock().record(late_ms * 1000 + 1);
+    })
+    .await?;
     let producer = ProducerBuilder::new(server).build()?;
     let first_due = dduomq_client::now_millis() + a.lead.as_millis() as i64;
     let step = a.spread.as_millis() as f64 / a.messages.max(1) as f64;

@@ -221,3 +221,27 @@ pub async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Creates topics on a broker: `(name, queues, type)` each.
+pub async fn create_topics(b: &Broker, topics: &[(&str, u32, dduomq_client::proto::MessageType)]) {
+    let admin = dduomq_client::Admin::connect(&b.grpc).expect("admin client");
+    for (name, queues, kind) in topics {
+        admin
+            .create_topic(name, *queues, *kind)
+            .await
+            .expect("create topic");
+    }
+}
+
+/// Messages stored in a topic: the sum of its queues' max offsets.
+pub async fn stored(b: &Broker, topic: &str) -> u64 {
+    dduomq_client::Admin::connect(&b.grpc)
+        .expect("admin client")
+        .describe_topic(topic)
+        .await
+        .expect("describe topic")
+        .queues
+        .iter()
+        .map(|q| q.max_offset)
+        .sum()
+}
