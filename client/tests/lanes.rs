@@ -95,3 +95,60 @@ async fn canary_traffic_goes_to_canary_consumers_only_while_they_are_online() {
     base.shutdown().await;
     assert!((0..10).all(|i| set(&base_got).contains(&format!("late-canary-{i}"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_another_lane_does_not_starve_the_base_lane() {
+    let b = Broker::start();
+    harness::create_topics(
+        &b,
+        &[("orders", 1, dduomq_client::proto::MessageType::Normal)],
+    )
+    .await;
+    let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
+    // A canary consumer that takes one message at a time, slowly: its lane's
+    // messages pile up, passed over by the base consumer.
+    let canary_got: Got = Default::default();
+    let slow = canary_got.clone();
+    let canary = PushConsumerBuilder::new(&b.grpc, "shop", "orders")
+        .client_id("canary")
+        .lane("canary")
+        .max_in_flight(1)
+        .start(move |m| {
+            let slow = slow.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                slow.lock()
+                    .push(String::from_utf8(m.body.to_vec()).unwrap());
+                Ok::<(), String>(())
+            }
+        })
+        .await
+        .unwrap();
+    let base_got: Got = Default::default();
+    let base = consumer(&b, None, base_got.clone()).await;
+    for i in 0..600 {
+        producer
+            .send(Message::new("orders", format!("canary-{i}")).with_lane("canary"))
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        producer
+            .send(Message::new("orders", format!("base-{i}")))
+            .await
+            .unwrap();
+    }
+    // 600 canary messages take the canary 30 s; the base lane must not wait.
+    eventually(Duration::from_secs(10), "every base message", async || {
+        (base_got.lock().len() == 50).then_some(())
+    })
+    .await;
+    assert_eq!(
+        set(&base_got),
+        (0..50).map(|i| format!("base-{i}")).collect(),
+        "the base consumer gets base messages only"
+    );
+    assert!(canary_got.lock().iter().all(|m| m.starts_with("canary-")));
+    base.shutdown().await;
+    canary.shutdown().await;
+}

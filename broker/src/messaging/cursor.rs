@@ -44,8 +44,15 @@ pub struct QueueCursor {
     /// `(deadline, offset)` of every lease: expiry and wake-up without a scan.
     deadlines: BTreeSet<(i64, u64)>,
     retry: BTreeSet<(i64, u64)>,
+    /// Gray lane of each retry entry that was passed over (so consumers of
+    /// other lanes skip it without reading it).
+    lanes: HashMap<u64, String>,
     attempts: HashMap<u64, u32>,
 }
+
+/// Whether a consumer leaves a due retry entry alone: `(offset, its lane if it
+/// was passed over)`.
+pub type Skip<'a> = &'a dyn Fn(u64, Option<&str>) -> bool;
 
 impl QueueCursor {
     /// A cursor whose progress starts at `committed`, knowing `done` offsets above
@@ -95,7 +102,7 @@ impl QueueCursor {
         now: i64,
         max_offset: u64,
         ordered: bool,
-        passed_over: &BTreeSet<u64>,
+        skip: Skip,
     ) -> Option<u64> {
         if ordered && !self.leases.is_empty() {
             return None;
@@ -107,7 +114,7 @@ impl QueueCursor {
                 }
                 break;
             }
-            if !passed_over.contains(&offset) {
+            if !skip(offset, self.lanes.get(&offset).map(String::as_str)) {
                 return Some(offset);
             }
         }
@@ -123,10 +130,11 @@ impl QueueCursor {
     /// Leaves a candidate for another consumer (gray lanes): it becomes due now
     /// for everyone, without counting a delivery. True when it was not waiting
     /// already (so the others need waking).
-    pub fn pass_over(&mut self, offset: u64, now: i64) -> bool {
+    pub fn pass_over(&mut self, offset: u64, now: i64, lane: &str) -> bool {
         if offset >= self.next {
             self.next = offset + 1;
         }
+        self.lanes.insert(offset, lane.to_string());
         if self.retry.iter().any(|(_, o)| *o == offset) {
             return false;
         }
@@ -137,6 +145,7 @@ impl QueueCursor {
     /// Leases `offset` (a [`Self::candidate`]); returns its delivery attempt (1-based).
     pub fn lease(&mut self, offset: u64, lease: Lease) -> u32 {
         self.retry.retain(|(_, o)| *o != offset);
+        self.lanes.remove(&offset);
         if offset >= self.next {
             self.next = offset + 1;
         }
@@ -179,6 +188,7 @@ impl QueueCursor {
                 self.attempts.remove(&o);
             }
             self.retry.retain(|(_, o)| *o >= min);
+            self.lanes.retain(|o, _| *o >= min);
             self.committed = min;
             self.next = self.next.max(min);
             self.done = self.done.split_off(&min);
@@ -254,6 +264,7 @@ impl QueueCursor {
     /// Marks an offset finished (acked or dead-lettered).
     pub fn mark_done(&mut self, offset: u64) {
         self.attempts.remove(&offset);
+        self.lanes.remove(&offset);
         if offset >= self.committed {
             self.done.insert(offset);
             self.advance();
@@ -269,7 +280,7 @@ impl QueueCursor {
 
     /// The earliest future moment something becomes due (retry or lease end).
     pub fn next_wake(&self) -> Option<i64> {
-        self.next_wake_except(&BTreeSet::new())
+        self.next_wake_except(&|_, _| false)
     }
 
     /// When the first lease runs out.
@@ -279,11 +290,11 @@ impl QueueCursor {
 
     /// [`Self::next_wake`] ignoring retries the asking consumer passed over
     /// (they wait for other consumers, not for time).
-    pub fn next_wake_except(&self, passed_over: &BTreeSet<u64>) -> Option<i64> {
+    pub fn next_wake_except(&self, skip: Skip) -> Option<i64> {
         let retry = self
             .retry
             .iter()
-            .find(|(_, o)| !passed_over.contains(o))
+            .find(|(_, o)| !skip(*o, self.lanes.get(o).map(String::as_str)))
             .map(|(at, _)| *at);
         retry.into_iter().chain(self.lease_deadline()).min()
     }
@@ -304,10 +315,6 @@ impl QueueCursor {
 mod tests {
     use super::*;
 
-    fn none() -> BTreeSet<u64> {
-        BTreeSet::new()
-    }
-
     fn lease(id: u64) -> Lease {
         Lease {
             delivery_id: id,
@@ -321,7 +328,7 @@ mod tests {
     fn acks_out_of_order_move_the_watermark_only_over_a_done_prefix() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
         for o in 0..3 {
-            assert_eq!(c.candidate(0, 10, false, &none()), Some(o));
+            assert_eq!(c.candidate(0, 10, false, &|_, _| false), Some(o));
             assert_eq!(c.lease(o, lease(o + 100)), 1);
         }
         assert!(c.ack(1, 101).is_some());
@@ -332,23 +339,27 @@ mod tests {
         assert_eq!(c.committed(), 2);
         assert!(c.ack(2, 102).is_some());
         assert_eq!(c.committed(), 3);
-        assert_eq!(c.candidate(0, 3, false, &none()), None);
+        assert_eq!(c.candidate(0, 3, false, &|_, _| false), None);
     }
 
     #[test]
     fn release_retries_with_backoff_then_dead_letters() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
         let backoff = |a: u32| a as i64 * 100;
-        assert_eq!(c.candidate(0, 1, false, &none()), Some(0));
+        assert_eq!(c.candidate(0, 1, false, &|_, _| false), Some(0));
         c.lease(0, lease(1));
         let (_, r) = c.release(0, 50, 3, backoff).unwrap();
         assert_eq!(r, Released::Retry { offset: 0, at: 150 });
-        assert_eq!(c.candidate(149, 1, false, &none()), None, "not due yet");
+        assert_eq!(
+            c.candidate(149, 1, false, &|_, _| false),
+            None,
+            "not due yet"
+        );
         assert_eq!(c.next_wake(), Some(150));
-        assert_eq!(c.candidate(150, 1, false, &none()), Some(0));
+        assert_eq!(c.candidate(150, 1, false, &|_, _| false), Some(0));
         assert_eq!(c.lease(0, lease(2)), 2);
         c.release(0, 200, 3, backoff).unwrap();
-        assert_eq!(c.candidate(400, 1, false, &none()), Some(0));
+        assert_eq!(c.candidate(400, 1, false, &|_, _| false), Some(0));
         assert_eq!(c.lease(0, lease(3)), 3);
         let (_, r) = c.release(0, 500, 3, backoff).unwrap();
         assert_eq!(
@@ -359,7 +370,7 @@ mod tests {
             }
         );
         assert_eq!(
-            c.candidate(10_000, 1, false, &none()),
+            c.candidate(10_000, 1, false, &|_, _| false),
             None,
             "dead-lettering is in progress"
         );
@@ -370,16 +381,15 @@ mod tests {
     #[test]
     fn passed_over_messages_go_to_the_next_consumer_without_an_attempt() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
-        assert_eq!(c.candidate(0, 3, false, &none()), Some(0));
-        c.pass_over(0, 5);
-        let mine = BTreeSet::from([0]);
+        assert_eq!(c.candidate(0, 3, false, &|_, _| false), Some(0));
+        c.pass_over(0, 5, "canary");
         assert_eq!(
-            c.candidate(5, 3, false, &mine),
+            c.candidate(5, 3, false, &|_, lane| lane == Some("canary")),
             Some(1),
-            "the passer moves on"
+            "a consumer of another lane moves on without reading it"
         );
         assert_eq!(
-            c.candidate(5, 3, false, &none()),
+            c.candidate(5, 3, false, &|_, _| false),
             Some(0),
             "others get it first"
         );
@@ -389,19 +399,23 @@ mod tests {
     #[test]
     fn ordered_queues_hold_one_message_at_a_time() {
         let mut c = QueueCursor::new(0, [], HashMap::new());
-        assert_eq!(c.candidate(0, 5, true, &none()), Some(0));
+        assert_eq!(c.candidate(0, 5, true, &|_, _| false), Some(0));
         c.lease(0, lease(1));
-        assert_eq!(c.candidate(0, 5, true, &none()), None, "0 is in flight");
+        assert_eq!(
+            c.candidate(0, 5, true, &|_, _| false),
+            None,
+            "0 is in flight"
+        );
         c.release(0, 10, 16, |_| 100).unwrap();
         assert_eq!(
-            c.candidate(50, 5, true, &none()),
+            c.candidate(50, 5, true, &|_, _| false),
             None,
             "0 waits for its redelivery; 1 must not overtake it"
         );
-        assert_eq!(c.candidate(110, 5, true, &none()), Some(0));
+        assert_eq!(c.candidate(110, 5, true, &|_, _| false), Some(0));
         c.lease(0, lease(2));
         c.ack(0, 2).unwrap();
-        assert_eq!(c.candidate(110, 5, true, &none()), Some(1));
+        assert_eq!(c.candidate(110, 5, true, &|_, _| false), Some(1));
     }
 
     #[test]
@@ -409,9 +423,13 @@ mod tests {
         let c = QueueCursor::new(5, [3, 6, 8], HashMap::from([(7, 2)]));
         assert_eq!(c.committed(), 5);
         let mut c = c;
-        assert_eq!(c.candidate(0, 10, false, &none()), Some(5));
+        assert_eq!(c.candidate(0, 10, false, &|_, _| false), Some(5));
         c.lease(5, lease(1));
-        assert_eq!(c.candidate(0, 10, false, &none()), Some(7), "6 is done");
+        assert_eq!(
+            c.candidate(0, 10, false, &|_, _| false),
+            Some(7),
+            "6 is done"
+        );
         assert_eq!(c.lease(7, lease(2)), 3, "attempts carried over");
         c.ack(5, 1);
         assert_eq!(c.committed(), 7);
@@ -423,10 +441,10 @@ mod tests {
         c.lease(0, lease(1));
         assert_eq!(c.reset(10).len(), 1);
         assert_eq!((c.committed(), c.in_flight()), (10, 0));
-        assert_eq!(c.candidate(0, 12, false, &none()), Some(10));
+        assert_eq!(c.candidate(0, 12, false, &|_, _| false), Some(10));
         c.lease(10, lease(2));
         c.skip_below(20);
         assert_eq!((c.committed(), c.in_flight()), (20, 0));
-        assert_eq!(c.candidate(0, 25, false, &none()), Some(20));
+        assert_eq!(c.candidate(0, 25, false, &|_, _| false), Some(20));
     }
 }

@@ -998,7 +998,10 @@ impl Broker {
                         break 'queues;
                     }
                     let cursor = self.cursor_for(&mut st, &sub.key, q);
-                    let Some(offset) = cursor.candidate(now, max_offset, ordered, passed) else {
+                    let skip = |o: u64, lane: Option<&str>| {
+                        passed.contains(&o) || lane.is_some_and(|l| !lane_ok(&lanes, consumer, l))
+                    };
+                    let Some(offset) = cursor.candidate(now, max_offset, ordered, &skip) else {
                         break;
                     };
                     let record = match self.store.read(&topic.name, q, offset, 1, usize::MAX) {
@@ -1026,7 +1029,9 @@ impl Broker {
                         .map_or("", |(_, v)| v.as_str());
                     if !lane_ok(&lanes, consumer, lane) {
                         // Another consumer's lane: leave it for them.
-                        passed_any |= self.cursor_for(&mut st, &sub.key, q).pass_over(offset, now);
+                        passed_any |= self
+                            .cursor_for(&mut st, &sub.key, q)
+                            .pass_over(offset, now, lane);
                         passed.insert(offset);
                         continue;
                     }
@@ -1066,7 +1071,11 @@ impl Broker {
                     if capped {
                         c.lease_deadline()
                     } else {
-                        c.next_wake_except(passed_by_queue.get(q).unwrap_or(&no_passes))
+                        let passed = passed_by_queue.get(q).unwrap_or(&no_passes);
+                        c.next_wake_except(&|o, lane| {
+                            passed.contains(&o)
+                                || lane.is_some_and(|l| !lane_ok(&lanes, consumer, l))
+                        })
                     }
                 })
                 .min()
