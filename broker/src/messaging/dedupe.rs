@@ -44,7 +44,7 @@ pub enum Seen {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ProducerWindow {
-    receipts: BTreeMap<u64, StoredReceipt>,
+    receipts: BTreeMap<u64, SendReceipt>,
     /// In-flight sequences and the commit-log end when their send began.
     #[serde(skip)]
     in_flight: HashMap<u64, u64>,
@@ -53,47 +53,6 @@ struct ProducerWindow {
     /// Changed since the last snapshot.
     #[serde(skip)]
     dirty: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredReceipt {
-    message_id: String,
-    topic: String,
-    queue_id: u32,
-    offset: u64,
-    store_timestamp: i64,
-    #[serde(default)]
-    deliver_at: i64,
-    #[serde(default)]
-    transaction_id: String,
-}
-
-impl From<&SendReceipt> for StoredReceipt {
-    fn from(r: &SendReceipt) -> Self {
-        StoredReceipt {
-            message_id: r.message_id.clone(),
-            topic: r.topic.clone(),
-            queue_id: r.queue_id,
-            offset: r.offset,
-            store_timestamp: r.store_timestamp,
-            deliver_at: r.deliver_at,
-            transaction_id: r.transaction_id.clone(),
-        }
-    }
-}
-
-impl From<&StoredReceipt> for SendReceipt {
-    fn from(r: &StoredReceipt) -> Self {
-        SendReceipt {
-            message_id: r.message_id.clone(),
-            topic: r.topic.clone(),
-            queue_id: r.queue_id,
-            offset: r.offset,
-            store_timestamp: r.store_timestamp,
-            deliver_at: r.deliver_at,
-            transaction_id: r.transaction_id.clone(),
-        }
-    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -174,7 +133,7 @@ impl Dedupe {
         let mut w = window.lock();
         w.last_used = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(r) = w.receipts.get(&sequence) {
-            return Seen::Stored(r.into());
+            return Seen::Stored(r.clone());
         }
         if w.in_flight.contains_key(&sequence) {
             return Seen::InFlight;
@@ -191,13 +150,13 @@ impl Dedupe {
         let mut w = window.lock();
         w.in_flight.remove(&sequence);
         if let Some(r) = receipt {
-            remember(&mut w, sequence, r.into());
+            remember(&mut w, sequence, r.clone());
         }
     }
 
     /// Adds a stored message found in the commit log (startup scan).
     pub fn record(&self, producer: &str, sequence: u64, receipt: &SendReceipt) {
-        remember(&mut self.window(producer).lock(), sequence, receipt.into());
+        remember(&mut self.window(producer).lock(), sequence, receipt.clone());
     }
 
     /// Saves the windows as covering the commit log up to `log_end` (or less,
@@ -262,7 +221,7 @@ impl Dedupe {
     }
 }
 
-fn remember(w: &mut ProducerWindow, sequence: u64, receipt: StoredReceipt) {
+fn remember(w: &mut ProducerWindow, sequence: u64, receipt: SendReceipt) {
     w.dirty = true;
     w.receipts.insert(sequence, receipt);
     while w.receipts.len() > WINDOW {

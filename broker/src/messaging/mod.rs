@@ -116,8 +116,9 @@ pub struct SendMessage {
     pub lane: String,
 }
 
-/// Where a sent message landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a sent message landed (also kept in the idempotent producers' saved
+/// windows).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SendReceipt {
     pub message_id: String,
     pub topic: String,
@@ -127,8 +128,10 @@ pub struct SendReceipt {
     pub offset: u64,
     pub store_timestamp: i64,
     /// Delayed messages: when it will be delivered.
+    #[serde(default)]
     pub deliver_at: i64,
     /// Transactional messages: the id EndTransaction takes.
+    #[serde(default)]
     pub transaction_id: String,
 }
 
@@ -674,12 +677,8 @@ impl Broker {
             // RPC): a claimed sequence is always either recorded or released.
             let this = self.clone();
             let stored =
-                tokio::spawn(async move { this.store_fresh(fresh, claimed, started).await })
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        context: "running the append task".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })??;
+                run_to_completion(async move { this.store_fresh(fresh, claimed, started).await })
+                    .await?;
             for (slot, receipt) in stored {
                 receipts[slot] = Some(receipt);
             }
@@ -854,7 +853,7 @@ impl Broker {
         {
             let mut st = sub.state.lock();
             st.usage.insert(consumer, Usage::default());
-            st.lanes.insert(consumer, lane);
+            Arc::make_mut(&mut st.lanes).insert(consumer, lane);
             st.filter = Arc::new(filter);
         }
         self.touch_member(&group.name, client_id, MemberKind::Push, [topic.name]);
@@ -869,7 +868,7 @@ impl Broker {
         let dead = {
             let mut st = sub.state.lock();
             st.usage.remove(&consumer);
-            st.lanes.remove(&consumer);
+            Arc::make_mut(&mut st.lanes).remove(&consumer);
             let now = now_millis();
             let mut dead = Vec::new();
             let queues: Vec<u32> = st.cursors.keys().copied().collect();
@@ -1946,6 +1945,20 @@ impl Broker {
             }
         }
     }
+}
+
+/// Runs `work` in its own task and waits for it: a caller that goes away (a
+/// client timeout cancels its RPC) cannot stop it halfway, so bookkeeping that
+/// must follow a store write always does.
+async fn run_to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work).await.map_err(|e| {
+        BrokerError::from(StoreError::Io {
+            context: "running a request's task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?
 }
 
 fn stale_handle(handle: &str) -> BrokerError {

@@ -19,7 +19,7 @@
 //! between a release and the next save neither loses nor repeats a message.
 //! Retention never deletes a segment at or above that position.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 
 use parking_lot::Mutex;
@@ -137,7 +137,7 @@ struct State {
     halves: BTreeMap<u64, Half>,
     /// Halves claimed for resolving whose outcome is not stored yet (they still
     /// hold the scan floor down).
-    resolving: BTreeMap<u64, ()>,
+    resolving: BTreeSet<u64>,
     /// Recently resolved transactions: position → (crc, resolution).
     resolved: HashMap<u64, (u32, Resolution)>,
     resolved_order: VecDeque<u64>,
@@ -172,7 +172,7 @@ impl Staged {
                 wheel: TimingWheel::new(0),
                 delayed: BTreeMap::new(),
                 halves: BTreeMap::new(),
-                resolving: BTreeMap::new(),
+                resolving: BTreeSet::new(),
                 resolved: HashMap::new(),
                 resolved_order: VecDeque::new(),
                 appending: BTreeMap::new(),
@@ -304,10 +304,10 @@ impl Staged {
         let mut st = self.state.lock();
         let physical = position.physical;
         if st.halves.get(&physical).map(|h| h.position) == Some(position) {
-            st.resolving.insert(physical, ());
+            st.resolving.insert(physical);
             return Claim::Pending(st.halves.remove(&physical).expect("present"));
         }
-        if st.resolving.contains_key(&physical) {
+        if st.resolving.contains(&physical) {
             return Claim::Resolving;
         }
         match st.resolved.get(&physical) {
@@ -354,7 +354,7 @@ impl Staged {
         }
         for h in &expired {
             st.halves.remove(&h.position.physical);
-            st.resolving.insert(h.position.physical, ());
+            st.resolving.insert(h.position.physical);
         }
         (checks, expired)
     }
@@ -408,7 +408,7 @@ impl Staged {
         [
             st.delayed.keys().next(),
             st.halves.keys().next(),
-            st.resolving.keys().next(),
+            st.resolving.first(),
             st.appending.keys().next(),
         ]
         .into_iter()

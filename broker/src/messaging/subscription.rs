@@ -48,7 +48,8 @@ pub struct SubState {
     /// The group's filter on this topic, as its consumers last subscribed.
     pub filter: Arc<Filter>,
     /// Gray-release lane of each consumer stream ("" = the base lane).
-    pub lanes: HashMap<u64, String>,
+    /// Shared so each lease round reads it without copying.
+    pub lanes: Arc<HashMap<u64, String>>,
 }
 
 impl Default for SubState {
@@ -58,7 +59,7 @@ impl Default for SubState {
             usage: HashMap::new(),
             round_robin: 0,
             filter: Arc::new(Filter::All),
-            lanes: HashMap::new(),
+            lanes: Arc::default(),
         }
     }
 }

@@ -63,14 +63,8 @@ impl Broker {
         // In its own task: a client that gives up must not leave the claim
         // half done.
         let this = self.clone();
-        tokio::spawn(async move { this.resolve(half, resolution, "producer").await })
+        super::run_to_completion(async move { this.resolve(half, resolution, "producer").await })
             .await
-            .map_err(|e| {
-                BrokerError::Store(crate::store::StoreError::Io {
-                    context: "resolving a transaction".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })?
     }
 
     /// Stores a claimed transaction's outcome; gives the claim back on failure.

@@ -71,6 +71,8 @@ pub(crate) struct Writer {
     inner: Arc<Inner>,
     write_pos: u64,
     last_timestamp: i64,
+    /// Reused for every append (its buffer keeps its capacity).
+    run: LogRun,
 }
 
 impl std::fmt::Debug for Writer {
@@ -88,6 +90,7 @@ impl Writer {
             inner,
             write_pos,
             last_timestamp: 0,
+            run: LogRun::default(),
         }
     }
 
@@ -213,7 +216,8 @@ impl Writer {
     ) -> Result<Vec<Appended>> {
         let log = &self.inner.commit_log;
         // The request's bytes go to the log in contiguous runs, one write each.
-        let mut run = LogRun::default();
+        let run = &mut self.run;
+        run.clear();
         for (pos, len) in plan.fillers {
             run.push(log, pos, &record::blank_header(len as u32))?;
         }
@@ -282,6 +286,11 @@ struct LogRun {
 }
 
 impl LogRun {
+    fn clear(&mut self) {
+        self.start = 0;
+        self.bytes.clear();
+    }
+
     /// Adds `data` at `pos`; a gap first writes what was collected.
     fn push(&mut self, log: &CommitLog, pos: u64, data: &[u8]) -> Result<()> {
         if pos != self.start + self.bytes.len() as u64 {
