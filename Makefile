@@ -1,9 +1,9 @@
 # DduoMQ build and test entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy unit e2e-operator bench-smoke run bench
+.PHONY: test fmt-check clippy unit e2e-operator e2e-cluster bench-smoke run bench
 
-test: fmt-check clippy unit e2e-operator bench-smoke
+test: fmt-check clippy unit e2e-operator e2e-cluster bench-smoke
 
 # The load generator is its own workspace (rdkafka builds librdkafka).
 LOADGEN = --manifest-path bench/loadgen/Cargo.toml
@@ -15,6 +15,8 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p dduomq-operator --test operator_e2e -- -D warnings
+	$(CARGO) clippy -p dduomq-e2e --test cluster -- -D warnings
 	$(LOADGEN_TARGET) $(CARGO) clippy $(LOADGEN) --release -- -D warnings
 
 # Integration tests start the real broker binary, so build every binary first.
@@ -26,6 +28,12 @@ unit:
 e2e-operator:
 	$(CARGO) build --workspace --bins
 	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-operator operator_e2e)" e2e/run operator
+
+# The full cluster: helm install on the control plane with the Rust test kubelet
+# (pods as processes), then the scenarios of e2e/tests/cluster.rs.
+e2e-cluster:
+	$(CARGO) build --workspace --bins
+	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-e2e cluster)" e2e/run cluster
 
 # A short pass of the side-by-side benchmark (DduoMQ, NATS JetStream, Kafka):
 # proves the harness, the peers and every driver work; `bench/run` is the full

@@ -1,11 +1,18 @@
 //! The producer. Concurrent sends are coalesced: each broker connection has a
 //! batcher task that takes whatever is queued (up to the batch limits, waiting at
 //! most `linger` for more) and sends it as one request, with several requests in
-//! flight at once. Retryable failures are retried until the send deadline.
+//! flight at once.
+//!
+//! Failover: a batch whose broker fails retryably for a fifth of the send
+//! timeout (at least 1 s) is sent again through a fresh route, as is every
+//! batch still queued for that broker, and that broker is avoided for
+//! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A route
+//! that cannot be refreshed (the bootstrap broker is down) is used stale.
+//! Messages with a sharding key keep their queue, so their order holds.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dduomq_proto::v1 as pb;
@@ -96,6 +103,8 @@ impl ProducerBuilder {
                 bootstrap,
                 links: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
+                faulty: Mutex::new(HashMap::new()),
+                faults: tokio::sync::Notify::new(),
                 round_robin: AtomicU64::new(0),
                 producer_id: format!(
                     "{:016x}{:016x}",
@@ -115,16 +124,23 @@ pub(crate) fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
         .max_encoding_message_size(MAX_GRPC_MESSAGE))
 }
 
+/// How long a broker that failed a send is avoided by new sends.
+pub const FAULT_ISOLATION: Duration = Duration::from_secs(5);
+
 /// A message waiting for its batch, and who to tell the outcome.
 struct Pending {
     message: pb::OutgoingMessage,
     reply: Option<oneshot::Sender<Result<SendReceipt>>>,
+    /// The send's deadline, failovers included.
+    deadline: Instant,
 }
 
 /// A cached route: which queues are writable and where they live.
 #[derive(Debug, Clone)]
 struct Route {
     fetched: Instant,
+    /// Set after a send failed: refresh before the next use.
+    expired: bool,
     queues: Vec<pb::QueueRoute>,
 }
 
@@ -135,6 +151,10 @@ struct Inner {
     /// Batcher queue per broker address.
     links: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     routes: Mutex<HashMap<String, Route>>,
+    /// Broker address → until when new sends avoid it.
+    faulty: Mutex<HashMap<String, Instant>>,
+    /// Signalled when a broker is found faulty.
+    faults: tokio::sync::Notify,
     round_robin: AtomicU64,
     /// Idempotence: this producer's id and its next sequence number.
     producer_id: String,
@@ -197,8 +217,8 @@ impl Producer {
                 "a batch holds one topic".into(),
             ));
         }
-        let route = self.route(&topic).await?;
-        let queue = self.pick_queue(&route, first);
+        let route = self.inner.route(&topic).await?;
+        let queue = self.inner.pick_queue(&route, &first.sharding_key);
         let address = queue.broker_address.clone();
         let batch: Vec<pb::OutgoingMessage> = messages
             .into_iter()
@@ -222,8 +242,8 @@ impl Producer {
         message: Message,
         shape: impl FnOnce(&mut pb::OutgoingMessage),
     ) -> Result<(SendReceipt, String)> {
-        let route = self.route(&message.topic).await?;
-        let queue = self.pick_queue(&route, &message);
+        let route = self.inner.route(&message.topic).await?;
+        let queue = self.inner.pick_queue(&route, &message.sharding_key);
         let mut wire = message.into_proto(
             Some(queue.queue_id),
             self.inner.config.compress_from,
@@ -241,7 +261,7 @@ impl Producer {
 
     /// Every broker address in a topic's route.
     pub(crate) async fn brokers_of(&self, topic: &str) -> Result<Vec<String>> {
-        let route = self.route(topic).await?;
+        let route = self.inner.route(topic).await?;
         let mut addresses: Vec<String> =
             route.queues.into_iter().map(|q| q.broker_address).collect();
         addresses.sort();
@@ -277,9 +297,8 @@ impl Producer {
                 "a message needs a topic".into(),
             ));
         }
-        let route = self.route(&message.topic).await?;
-        let queue = self.pick_queue(&route, &message);
-        let link = self.link(&queue.broker_address)?;
+        let route = self.inner.route(&message.topic).await?;
+        let queue = self.inner.pick_queue(&route, &message.sharding_key);
         let pending = Pending {
             message: message.into_proto(
                 Some(queue.queue_id),
@@ -287,14 +306,20 @@ impl Producer {
                 self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
             ),
             reply,
+            deadline: Instant::now() + self.inner.config.send_timeout,
         };
-        link.send(pending).await.map_err(|_| ClientError::Closed)
+        Inner::link(&self.inner, &queue.broker_address)?
+            .send(pending)
+            .await
+            .map_err(|_| ClientError::Closed)
     }
+}
 
+impl Inner {
     /// Same sharding key → same queue (stable hash over all queues); otherwise
     /// round robin over the writable queues.
-    fn pick_queue(&self, route: &Route, message: &Message) -> pb::QueueRoute {
-        if !message.sharding_key.is_empty() {
+    fn pick_queue(&self, route: &Route, sharding_key: &str) -> pb::QueueRoute {
+        if !sharding_key.is_empty() {
             // Hash over queue ids (not route entries, which repeat a queue on
             // several brokers), then take that queue's writable entry.
             let queues = route
@@ -303,7 +328,7 @@ impl Producer {
                 .map(|q| q.queue_id + 1)
                 .max()
                 .unwrap_or(1);
-            let h = xxhash_rust::xxh3::xxh3_64(message.sharding_key.as_bytes());
+            let h = xxhash_rust::xxh3::xxh3_64(sharding_key.as_bytes());
             let queue_id = (h % queues as u64) as u32;
             let mut entries = route.queues.iter().filter(|q| q.queue_id == queue_id);
             if let Some(q) = entries
@@ -315,29 +340,107 @@ impl Producer {
             }
         }
         let writable: Vec<&pb::QueueRoute> = route.queues.iter().filter(|q| q.writable).collect();
-        let candidates = if writable.is_empty() {
-            route.queues.iter().collect()
-        } else {
+        let healthy: Vec<&pb::QueueRoute> = {
+            let now = Instant::now();
+            let mut faulty = self.faulty.lock();
+            faulty.retain(|_, until| *until > now);
             writable
+                .iter()
+                .copied()
+                .filter(|q| !faulty.contains_key(&q.broker_address))
+                .collect()
         };
-        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+        let candidates = if !healthy.is_empty() {
+            healthy
+        } else if !writable.is_empty() {
+            writable
+        } else {
+            route.queues.iter().collect()
+        };
+        let n = self.round_robin.fetch_add(1, Ordering::Relaxed);
         candidates[(n % candidates.len() as u64) as usize].clone()
     }
 
+    fn is_faulty(&self, address: &str) -> bool {
+        self.faulty
+            .lock()
+            .get(address)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Whether the cached route of `topic` has a writable queue on a healthy
+    /// broker other than `address` (failing over is pointless otherwise).
+    fn has_alternative(&self, topic: &str, address: &str) -> bool {
+        let routes = self.routes.lock();
+        let Some(route) = routes.get(topic) else {
+            return false;
+        };
+        route.queues.iter().any(|q| {
+            q.writable && q.broker_address != address && !self.is_faulty(&q.broker_address)
+        })
+    }
+
+    /// The topic's route: cached for `route_ttl`; when refreshing fails, the
+    /// stale one (if any) after a short try, so sends go on while the
+    /// bootstrap broker is down.
     async fn route(&self, topic: &str) -> Result<Route> {
-        if let Some(r) = self.inner.routes.lock().get(topic)
-            && r.fetched.elapsed() < self.inner.config.route_ttl
+        let cached = self.routes.lock().get(topic).cloned();
+        if let Some(r) = &cached
+            && !r.expired
+            && r.fetched.elapsed() < self.config.route_ttl
         {
             return Ok(r.clone());
         }
-        let response = retry(self.inner.config.send_timeout, || {
-            let mut client = self.inner.bootstrap.clone();
-            let request = pb::QueryRouteRequest {
-                topic: topic.to_string(),
-            };
-            async move { client.query_route(request).await }
-        })
-        .await?;
+        let timeout = match cached {
+            Some(_) => self.config.send_timeout.min(Duration::from_secs(1)),
+            None => self.config.send_timeout,
+        };
+        let query = |client: MessagingServiceClient<Channel>| {
+            retry(timeout, move || {
+                let mut client = client.clone();
+                let request = pb::QueryRouteRequest {
+                    topic: topic.to_string(),
+                };
+                async move { client.query_route(request).await }
+            })
+        };
+        let mut fetched = query(self.bootstrap.clone()).await;
+        // The bootstrap broker is down: any healthy broker of the old route
+        // holds the same route table.
+        if let (Err(e), Some(stale)) = (&fetched, &cached)
+            && e.is_retryable()
+        {
+            let faulty = self.faulty.lock().clone();
+            let mut others: Vec<&str> = stale
+                .queues
+                .iter()
+                .map(|q| q.broker_address.as_str())
+                .filter(|a| !faulty.contains_key(*a))
+                .collect();
+            others.sort_unstable();
+            others.dedup();
+            for address in others {
+                if let Ok(c) = client(address)
+                    && let Ok(r) = query(c).await
+                {
+                    fetched = Ok(r);
+                    break;
+                }
+            }
+        }
+        let response = match (fetched, cached) {
+            (Ok(r), _) => r,
+            (Err(e), Some(mut stale)) if e.is_retryable() => {
+                // Kept for another `route_ttl`, so sends do not each wait for
+                // an unreachable bootstrap broker.
+                tracing::debug!(error = %e, topic, "route refresh failed; using the cached route");
+                stale.fetched = Instant::now();
+                stale.expired = false;
+                self.routes.lock().insert(topic.to_string(), stale.clone());
+                return Ok(stale);
+            }
+            (Err(e), _) => return Err(e),
+        };
         if response.queues.is_empty() {
             return Err(ClientError::InvalidArgument(format!(
                 "topic {topic:?} has no queues"
@@ -345,31 +448,83 @@ impl Producer {
         }
         let route = Route {
             fetched: Instant::now(),
+            expired: false,
             queues: response.queues,
         };
-        self.inner
-            .routes
-            .lock()
-            .insert(topic.to_string(), route.clone());
+        self.routes.lock().insert(topic.to_string(), route.clone());
         Ok(route)
     }
 
-    /// The batcher queue for a broker, started on first use.
-    fn link(&self, address: &str) -> Result<mpsc::Sender<Pending>> {
-        let mut links = self.inner.links.lock();
+    /// The batcher queue for a broker, started on first use. Batchers hold the
+    /// producer weakly: dropping the last `Producer` ends them.
+    fn link(inner: &Arc<Inner>, address: &str) -> Result<mpsc::Sender<Pending>> {
+        let mut links = inner.links.lock();
         if let Some(tx) = links.get(address) {
             return Ok(tx.clone());
         }
-        let (tx, rx) = mpsc::channel(4 * self.inner.config.max_batch_messages);
-        tokio::spawn(run_batcher(client(address)?, self.inner.config.clone(), rx));
+        let (tx, rx) = mpsc::channel(4 * inner.config.max_batch_messages);
+        tokio::spawn(run_batcher(
+            client(address)?,
+            address.to_string(),
+            Arc::downgrade(inner),
+            inner.config.clone(),
+            rx,
+        ));
         links.insert(address.to_string(), tx.clone());
         Ok(tx)
+    }
+
+    /// After `address` failed: avoid it for a while, expire the routes (they
+    /// may be out of date) and send each message again through a fresh route.
+    async fn fail_over(inner: &Arc<Inner>, address: &str, batch: Vec<Pending>, error: ClientError) {
+        inner
+            .faulty
+            .lock()
+            .insert(address.to_string(), Instant::now() + FAULT_ISOLATION);
+        inner.faults.notify_waiters();
+        for route in inner.routes.lock().values_mut() {
+            route.expired = true;
+        }
+        tracing::debug!(broker = address, error = %error, messages = batch.len(), "send failed; failing over");
+        for mut p in batch {
+            let rerouted = async {
+                let route = inner.route(&p.message.topic).await?;
+                let queue = inner.pick_queue(&route, &p.message.sharding_key);
+                p.message.queue_id = Some(queue.queue_id);
+                Inner::link(inner, &queue.broker_address)
+            }
+            .await;
+            match rerouted {
+                Ok(link) => {
+                    if let Err(mpsc::error::SendError(p)) = link.send(p).await {
+                        answer(p, Err(ClientError::Closed));
+                    }
+                }
+                Err(e) => answer(p, Err(e)),
+            }
+        }
+    }
+}
+
+/// Tells a message's sender the outcome (one-way sends only log failures).
+fn answer(p: Pending, result: Result<SendReceipt>) {
+    match p.reply {
+        Some(reply) => {
+            let _ = reply.send(result);
+        }
+        None => {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "one-way send failed");
+            }
+        }
     }
 }
 
 /// Collects queued messages into batches and sends them, several at a time.
 async fn run_batcher(
     client: MessagingServiceClient<Channel>,
+    address: String,
+    producer: Weak<Inner>,
     config: ProducerBuilder,
     mut rx: mpsc::Receiver<Pending>,
 ) {
@@ -393,15 +548,40 @@ async fn run_batcher(
             bytes += p.message.body.len();
             batch.push(p);
         }
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let client = client.clone();
-        let timeout = config.send_timeout;
+        let Some(inner) = producer.upgrade() else {
+            batch
+                .into_iter()
+                .for_each(|p| answer(p, Err(ClientError::Closed)));
+            continue;
+        };
+        // Wait for a request slot, unless the broker is found faulty meanwhile
+        // (the requests holding the slots hang on it): then fail over at once
+        // instead of queueing behind them.
+        let topic = batch[0].message.topic.clone();
+        let permit = loop {
+            let fault = inner.faults.notified();
+            if inner.is_faulty(&address) && inner.has_alternative(&topic, &address) {
+                break None;
+            }
+            tokio::select! {
+                permit = in_flight.clone().acquire_owned() => break Some(permit.expect("never closed")),
+                _ = fault => {}
+            }
+        };
+        let Some(permit) = permit else {
+            let error = ClientError::Connect {
+                endpoint: address.clone(),
+                message: "failed recently; avoided".into(),
+            };
+            let address = address.clone();
+            tokio::spawn(async move { Inner::fail_over(&inner, &address, batch, error).await });
+            continue;
+        };
+        drop(inner);
+        let (client, address, producer) = (client.clone(), address.clone(), producer.clone());
+        let per_broker = (config.send_timeout / 5).max(Duration::from_secs(1));
         tokio::spawn(async move {
-            deliver(client, batch, timeout).await;
+            deliver(client, &address, &producer, batch, per_broker).await;
             drop(permit);
         });
     }
@@ -409,39 +589,46 @@ async fn run_batcher(
 
 /// Sends a coalesced batch and answers each sender. If the broker refuses the
 /// batch for a reason that may concern one message only, each is sent alone, so
-/// one bad message does not fail its neighbours.
-async fn deliver(client: MessagingServiceClient<Channel>, batch: Vec<Pending>, timeout: Duration) {
+/// one bad message does not fail its neighbours. If the broker stays
+/// unreachable for `per_broker`, the batch fails over (while its deadline
+/// allows).
+async fn deliver(
+    client: MessagingServiceClient<Channel>,
+    address: &str,
+    producer: &Weak<Inner>,
+    batch: Vec<Pending>,
+    per_broker: Duration,
+) {
+    let deadline = batch
+        .iter()
+        .map(|p| p.deadline)
+        .min()
+        .expect("a batch is never empty");
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .min(per_broker);
     let messages: Vec<pb::OutgoingMessage> = batch.iter().map(|p| p.message.clone()).collect();
     match send_with_retry(client.clone(), messages, timeout).await {
         Ok(receipts) => {
             for (p, r) in batch.into_iter().zip(receipts) {
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(Ok(r.into()));
-                }
+                answer(p, Ok(r.into()));
             }
         }
         Err(e) if batch.len() > 1 && !e.is_retryable() => {
             for p in batch {
-                let result = send_with_retry(client.clone(), vec![p.message], timeout)
+                let result = send_with_retry(client.clone(), vec![p.message.clone()], timeout)
                     .await
                     .map(|mut r| r.remove(0).into());
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(result);
-                } else if let Err(e) = result {
-                    tracing::warn!(error = %e, "one-way send failed");
-                }
+                answer(p, result);
             }
         }
-        Err(e) => {
-            for p in batch {
-                match p.reply {
-                    Some(reply) => {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                    None => tracing::warn!(error = %e, "one-way send failed"),
-                }
+        Err(e) if e.is_retryable() && Instant::now() + Duration::from_millis(50) < deadline => {
+            match producer.upgrade() {
+                Some(inner) => Inner::fail_over(&inner, address, batch, e).await,
+                None => batch.into_iter().for_each(|p| answer(p, Err(e.clone()))),
             }
         }
+        Err(e) => batch.into_iter().for_each(|p| answer(p, Err(e.clone()))),
     }
 }
 
@@ -472,7 +659,13 @@ where
         let remaining = deadline.saturating_duration_since(Instant::now());
         match with_deadline(remaining, call()).await {
             Ok(r) => return Ok(r),
-            Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
+            // A draining broker will not take the request later either: the
+            // caller fails over at once.
+            Err(e)
+                if e.is_retryable()
+                    && e.reason() != "BROKER_DRAINING"
+                    && Instant::now() + backoff < deadline =>
+            {
                 tracing::debug!(error = %e, "request failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -155,7 +155,8 @@ impl PushConsumerBuilder {
     }
 
     /// Subscribes and starts handling messages. Fails if a broker refuses the
-    /// subscription (unknown group or topic, bad names).
+    /// subscription (unknown group or topic, bad names); a broker that cannot
+    /// be reached is subscribed to later, when it answers.
     pub async fn start<F, Fut, E>(self, handler: F) -> Result<PushConsumer>
     where
         F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
@@ -169,7 +170,14 @@ impl PushConsumerBuilder {
         let mut known = BTreeSet::new();
         for address in readable_brokers(bootstrap.clone(), &self).await? {
             let broker = client(&address)?;
-            let first = open_stream(broker.clone(), &self).await?;
+            let first = match open_stream(broker.clone(), &self).await {
+                Ok(first) => first,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(broker = %address, error = %e, "broker unreachable; subscribing later");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             tasks.push(tokio::spawn(run(
                 broker,
                 self.clone(),
@@ -233,7 +241,18 @@ where
             _ = tokio::time::sleep(cfg.route_refresh) => {}
             _ = stopped.changed() => return tasks,
         }
-        let Ok(addresses) = readable_brokers(bootstrap.clone(), &cfg).await else {
+        // The bootstrap broker first; if it is gone (a pod address that no
+        // longer exists), any broker already consumed from: all hold the route.
+        let mut addresses = readable_brokers(bootstrap.clone(), &cfg).await.ok();
+        for known_address in &known {
+            if addresses.is_some() {
+                break;
+            }
+            if let Ok(c) = client(known_address) {
+                addresses = readable_brokers(c, &cfg).await.ok();
+            }
+        }
+        let Some(addresses) = addresses else {
             continue;
         };
         for address in addresses.difference(&known.clone()) {

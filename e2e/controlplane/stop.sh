@@ -40,6 +40,17 @@ done
 
 if [[ -f $WORK/netns ]]; then
   ns=$(cat "$WORK/netns")
+  # Pod namespaces of the test kubelet (<ns>-p<n>): their processes first.
+  mapfile -t podns < <(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$ns-p[0-9]+$" || true)
+  for p in "${podns[@]}"; do
+    mapfile -t left < <(ip netns pids "$p" 2>/dev/null || true)
+    if ((${#left[@]})); then
+      kill -KILL "${left[@]}" 2>/dev/null || true
+      wait_gone 5 "${left[@]}"
+    fi
+    ip netns del "$p" || true
+  done
+  ((${#podns[@]} == 0)) || log "deleted ${#podns[@]} pod network namespaces"
   if ip netns list | awk '{print $1}' | grep -x "$ns" >/dev/null; then
     # anything still running in our namespace was started there by us
     mapfile -t left < <(ip netns pids "$ns" 2>/dev/null || true)

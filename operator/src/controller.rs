@@ -47,7 +47,14 @@ pub trait Reconciled:
 /// Runs the controller for `K` until the process stops.
 pub async fn run<K: Reconciled>(ctx: Context) {
     let api: Api<K> = Api::all(ctx.client.clone());
+    // A broker that joins (or returns) gets every topic and group at once,
+    // not at the next resync.
+    let registry_changes = futures::stream::unfold(ctx.brokers.clone(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
     Controller::new(api, watcher::Config::default())
+        .reconcile_all_on(registry_changes)
         .shutdown_on_signal()
         .run(reconcile::<K>, error_policy::<K>, Arc::new(ctx))
         .for_each(|r| async move {

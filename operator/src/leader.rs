@@ -1,7 +1,9 @@
 //! Leader election on a `coordination.k8s.io` Lease, so that two operator
 //! replicas never reconcile at once. The leader renews every third of the lease
 //! duration; a replica that fails to renew exits (its Deployment restarts it as a
-//! follower) rather than risk two leaders.
+//! follower) rather than risk two leaders. A leader that stops gracefully
+//! releases the lease, so a follower (or the new pod of a rolling update) takes
+//! over at once instead of after the lease duration.
 
 use std::time::Duration;
 
@@ -69,8 +71,42 @@ async fn try_hold(api: &Api<Lease>, name: &str, identity: &str) -> kube::Result<
     }
 }
 
+/// Held leadership: renewed in the background until `release`.
+#[derive(Debug)]
+pub struct Leadership {
+    renewal: tokio::task::JoinHandle<()>,
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+impl Leadership {
+    /// Stops renewing and empties the lease if this replica still holds it.
+    pub async fn release(self) {
+        self.renewal.abort();
+        let _ = self.renewal.await;
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(&self.identity) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(lease = %self.name, "leader lease released"),
+            Err(e) => tracing::warn!(error = %e, "releasing the leader lease failed"),
+        }
+    }
+}
+
 /// Waits until this replica leads, then keeps renewing in the background.
-pub async fn lead(client: Client, namespace: &str, name: &str, identity: &str) {
+pub async fn lead(client: Client, namespace: &str, name: &str, identity: &str) -> Leadership {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let period = Duration::from_secs(LEASE_SECONDS as u64 / 3);
     loop {
@@ -83,25 +119,34 @@ pub async fn lead(client: Client, namespace: &str, name: &str, identity: &str) {
     }
     tracing::info!(lease = name, identity, "leading");
     let (name, identity) = (name.to_string(), identity.to_string());
-    tokio::spawn(async move {
-        let mut failures = 0;
-        loop {
-            tokio::time::sleep(period).await;
-            match try_hold(&api, &name, &identity).await {
-                Ok(true) => failures = 0,
-                Ok(false) => {
-                    tracing::error!("lost the leader lease; exiting");
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "renewing the leader lease failed");
-                    if failures * period.as_secs() as i32 >= LEASE_SECONDS - 2 {
-                        tracing::error!("could not renew the leader lease in time; exiting");
+    let renewal = tokio::spawn({
+        let (api, name, identity) = (api.clone(), name.clone(), identity.clone());
+        async move {
+            let mut failures = 0;
+            loop {
+                tokio::time::sleep(period).await;
+                match try_hold(&api, &name, &identity).await {
+                    Ok(true) => failures = 0,
+                    Ok(false) => {
+                        tracing::error!("lost the leader lease; exiting");
                         std::process::exit(1);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, "renewing the leader lease failed");
+                        if failures * period.as_secs() as i32 >= LEASE_SECONDS - 2 {
+                            tracing::error!("could not renew the leader lease in time; exiting");
+                            std::process::exit(1);
+                        }
                     }
                 }
             }
         }
     });
+    Leadership {
+        renewal,
+        api,
+        name,
+        identity,
+    }
 }

@@ -14,3 +14,4 @@ pub mod placement;
 pub mod registry;
 pub mod routes;
 pub mod topic;
+pub mod uninstall;

@@ -13,7 +13,7 @@ use clap::Parser;
 use dduomq_operator::brokers::BrokerPool;
 use dduomq_operator::context::Context;
 use dduomq_operator::crd::{ConsumerGroup, Topic};
-use dduomq_operator::{controller, leader, metrics, registry, routes};
+use dduomq_operator::{controller, leader, metrics, registry, routes, uninstall};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
@@ -48,6 +48,11 @@ struct Args {
     /// Broker gRPC port when the EndpointSlice names no `grpc` port.
     #[arg(long, default_value_t = 6086)]
     broker_port: u16,
+    /// The operator's own Deployment. When it is gone or being deleted at
+    /// SIGTERM, the operator is being uninstalled and releases its finalizers
+    /// on every Topic and ConsumerGroup, so none is left undeletable.
+    #[arg(long, env = "DDUOMQ_OPERATOR_DEPLOYMENT")]
+    deployment: Option<String>,
     /// Periodic resync, which repairs drift on the brokers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     resync: Duration,
@@ -88,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    leader::lead(
+    let leadership = leader::lead(
         client.clone(),
         &args.namespace,
         "dduomq-operator",
@@ -126,10 +131,28 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(selector = %args.broker_selector, "operator running");
     tokio::spawn(routes::run(ctx.clone()));
+    let client = ctx.client.clone();
+    // Both controllers stop on SIGTERM / Ctrl-C.
     tokio::join!(
         controller::run::<Topic>(ctx.clone()),
         controller::run::<ConsumerGroup>(ctx)
     );
+    if let Some(deployment) = &args.deployment {
+        match uninstall::deployment_removed(&client, &args.namespace, deployment).await {
+            Ok(true) => match uninstall::release_finalizers(&client).await {
+                Ok(n) => tracing::info!(
+                    released = n,
+                    "Deployment {deployment} removed: finalizers released"
+                ),
+                Err(e) => tracing::error!(error = %e, "releasing finalizers failed"),
+            },
+            Ok(false) => tracing::info!("stopping; Deployment {deployment} stays, finalizers kept"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell whether Deployment {deployment} is being deleted; finalizers kept")
+            }
+        }
+    }
+    leadership.release().await;
     Ok(())
 }
 

@@ -27,8 +27,9 @@ pub fn assign(queues: u32, writers: &[&BrokerEndpoint]) -> BTreeMap<u32, String>
 pub type QueuesWithData = Option<Vec<u32>>;
 
 /// The route of a topic over the ready brokers. `draining` brokers take no
-/// writes. Returns `None` while the topic is missing on a broker that should
-/// take writes (routes are published only once the topic exists everywhere).
+/// writes, nor do brokers that do not host the topic yet (a broker that just
+/// joined, until the Topic controller has created it there). Returns `None`
+/// while no broker can take writes.
 pub fn topic_route(
     topic: &str,
     message_type: pb::MessageType,
@@ -41,7 +42,11 @@ pub fn topic_route(
         .iter()
         .copied()
         .filter(|b| !draining.contains(&b.name))
+        .filter(|b| data.get(&b.name).is_some_and(Option::is_some))
         .collect();
+    if writers.is_empty() {
+        return None;
+    }
     let assignment = assign(queues, &writers);
     let mut entries = Vec::new();
     for b in ready {
@@ -51,9 +56,6 @@ pub fn topic_route(
             .filter(|(_, owner)| **owner == b.name)
             .map(|(q, _)| *q)
             .collect();
-        if !writes.is_empty() && has.is_none() {
-            return None;
-        }
         for q in 0..queues {
             let writable = writes.contains(&q);
             let readable = writable || has.as_ref().is_some_and(|h| h.contains(&q));
@@ -133,8 +135,26 @@ mod tests {
             on("b-1"),
             (0..4).map(|q| (q, true, true)).collect::<Vec<_>>()
         );
-        // A writer without the topic yet: no route.
+        // A broker without the topic yet takes no writes (and is not in the
+        // route); with no broker left to write, there is no route.
         data.insert("b-1".to_string(), None);
-        assert!(topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).is_none());
+        let r = topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).unwrap();
+        assert!(
+            r.queues
+                .iter()
+                .all(|q| q.broker_address.starts_with("10.0.0.0"))
+        );
+        assert_eq!(r.queues.iter().filter(|q| q.writable).count(), 4);
+        assert!(
+            topic_route(
+                "t",
+                pb::MessageType::Normal,
+                4,
+                &refs,
+                &["b-0".into()],
+                &data
+            )
+            .is_none()
+        );
     }
 }

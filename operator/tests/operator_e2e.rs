@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
 use dduomq_operator::crd::{ConsumerGroup, Topic};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
 
 const SYSTEM_NS: &str = "dduomq-system";
 const APP_NS: &str = "apps";
+/// The Deployment the operator checks at SIGTERM (`--deployment`).
+const OPERATOR_DEPLOYMENT: &str = "dduomq-operator";
 
 struct Env {
     bin: PathBuf,
@@ -89,6 +92,7 @@ impl Env {
                 "3s",
             ])
             .args(["--http-addr", "127.0.0.1:0"])
+            .args(["--deployment", OPERATOR_DEPLOYMENT])
             .stdout(self.log(name))
             .stderr(Stdio::inherit())
             .spawn()
@@ -170,6 +174,17 @@ async fn publish_slice(client: &Client, env: &Env, ready: &[bool]) {
     )
     .await
     .unwrap();
+}
+
+/// SIGTERM (a graceful stop, as the kubelet sends), then waits for the exit.
+fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap();
+    assert!(code.success(), "operator exited with {code}");
 }
 
 fn topic_yaml(name: &str, queues: u32, extra: &str) -> String {
@@ -270,8 +285,7 @@ async fn consume(env: &Env, group: &str, topic: &str, n: usize) -> Vec<String> {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     consumer.shutdown().await;
-    let v = seen.lock().clone();
-    v
+    seen.lock().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,7 +539,7 @@ async fn operator_scenarios() {
         Duration::from_secs(30),
         async || {
             let r = route_on(&env, "orders").await?;
-            (r.get(&gone).is_none() && r.values().map(|(w, _)| w).sum::<usize>() == 9).then_some(())
+            (!r.contains_key(&gone) && r.values().map(|(w, _)| w).sum::<usize>() == 9).then_some(())
         },
     )
     .await;
@@ -818,7 +832,100 @@ async fn operator_scenarios() {
     )
     .await;
 
-    let _ = operator.kill();
-    let _ = operator.wait();
+    step("SIGTERM: finalizers stay while the operator's Deployment exists, go once it is deleted");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SYSTEM_NS);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": OPERATOR_DEPLOYMENT},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": "op"}},
+                    "template": {"metadata": {"labels": {"app": "op"}},
+                                 "spec": {"containers": [{"name": "op", "image": "ghcr.io/dduomq/dduomq-operator"}]}},
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&topic_yaml("left-behind", 1, "")),
+    );
+    let finalized = async || {
+        topics
+            .get("left-behind")
+            .await
+            .unwrap()
+            .finalizers()
+            .iter()
+            .any(|f| f == "dduomq.io/topic-cleanup")
+    };
+    eventually(
+        "left-behind gets the finalizer",
+        Duration::from_secs(30),
+        async || finalized().await.then_some(()),
+    )
+    .await;
+    terminate(&mut operator);
+    assert!(
+        finalized().await,
+        "a rolling restart must not release finalizers"
+    );
+    // The stopped leader emptied its lease: the next replica leads at once,
+    // not after the 15 s lease.
+    let t = Instant::now();
+    operator = env.start_operator("operator-d");
+    eventually("operator-d leads", Duration::from_secs(8), async || {
+        let lease =
+            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), SYSTEM_NS)
+                .get("dduomq-operator")
+                .await
+                .ok()?;
+        (lease.spec?.holder_identity.as_deref() == Some("operator-d")).then_some(())
+    })
+    .await;
+    eprintln!("    leadership handed over in {:?}", t.elapsed());
+    deployments
+        .delete(OPERATOR_DEPLOYMENT, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the Deployment is gone",
+        Duration::from_secs(30),
+        async || {
+            deployments
+                .get_opt(OPERATOR_DEPLOYMENT)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    terminate(&mut operator);
+    assert!(
+        !finalized().await,
+        "uninstalled operator released its finalizer"
+    );
+    topics
+        .delete("left-behind", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "left-behind deleted with no operator running",
+        Duration::from_secs(10),
+        async || {
+            topics
+                .get_opt("left-behind")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
     eprintln!("operator scenarios passed in {:?}", suite.elapsed());
 }

@@ -33,7 +33,9 @@ pub fn to_status(err: BrokerError) -> Status {
         "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
         "DISK_FULL" => Code::ResourceExhausted,
         "CORRUPT_RECORD" => Code::DataLoss,
-        "STORE_CLOSED" | "DUPLICATE_IN_FLIGHT" | "TRANSACTION_IN_PROGRESS" => Code::Unavailable,
+        "STORE_CLOSED" | "DUPLICATE_IN_FLIGHT" | "TRANSACTION_IN_PROGRESS" | "BROKER_DRAINING" => {
+            Code::Unavailable
+        }
         _ => Code::Internal,
     };
     let mut metadata = HashMap::new();

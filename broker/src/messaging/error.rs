@@ -44,6 +44,8 @@ pub enum BrokerError {
         "sequence {sequence} of producer {producer:?} is being stored by another request; retry"
     )]
     DuplicateInFlight { producer: String, sequence: u64 },
+    #[error("this broker is draining and takes no new messages; send to another broker")]
+    Draining,
     #[error("topic {topic:?} refuses this message: {reason}")]
     MessageTypeMismatch { topic: String, reason: String },
     #[error(
@@ -77,6 +79,7 @@ impl BrokerError {
             BrokerError::InvalidFilter(_) => "INVALID_FILTER",
             BrokerError::MessageTypeMismatch { .. } => "MESSAGE_TYPE_MISMATCH",
             BrokerError::DuplicateInFlight { .. } => "DUPLICATE_IN_FLIGHT",
+            BrokerError::Draining => "BROKER_DRAINING",
             BrokerError::DelayTooLong { .. } => "DELAY_TOO_LONG",
             BrokerError::TransactionNotFound(_) => "TRANSACTION_NOT_FOUND",
             BrokerError::TransactionResolved { .. } => "TRANSACTION_RESOLVED",

@@ -640,6 +640,11 @@ impl Broker {
         if messages.is_empty() {
             return Err(BrokerError::invalid("send", "no messages"));
         }
+        // A draining broker must end up with nothing to consume: producers
+        // with an older route fail over (the operator moves writes away).
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(BrokerError::Draining);
+        }
         let batch = messages
             .into_iter()
             .map(|m| self.prepare(m))
