@@ -46,9 +46,17 @@ impl ClientError {
     }
 
     /// Whether retrying the same request may succeed (the broker was unreachable
-    /// or restarting, or the call timed out).
+    /// or restarting, or the call timed out). An INTERNAL status without a
+    /// reason code comes from the HTTP/2 transport (a connection the broker
+    /// closed mid-request while shutting down), not from the broker, which
+    /// gives every refusal a reason.
     pub fn is_retryable(&self) -> bool {
         match self {
+            ClientError::Broker {
+                code: Code::Internal,
+                reason,
+                ..
+            } if reason.is_empty() => true,
             ClientError::Broker { code, .. } => {
                 matches!(
                     code,
@@ -57,6 +65,24 @@ impl ClientError {
             }
             ClientError::Connect { .. } | ClientError::Timeout(_) => true,
             ClientError::InvalidArgument(_) | ClientError::Closed => false,
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether the broker could not be reached or dropped the connection (as
+    /// opposed to answering): a reason-less transport failure.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Broker { code, reason, .. } => {
+                reason.is_empty()
+                    && matches!(
+                        code,
+                        Code::Unavailable | Code::Internal | Code::Unknown | Code::Cancelled
+                    )
+            }
+            _ => false,
         }
     }
 }
@@ -70,5 +96,30 @@ impl From<Status> for ClientError {
             message: status.message().to_string(),
             metadata: info.map(|i| i.metadata).unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::ErrorDetails;
+
+    #[test]
+    fn transport_failures_are_retryable_and_refusals_are_not() {
+        let transport = ClientError::from(Status::internal("h2 protocol error: http2 error"));
+        assert!(transport.is_retryable(), "{transport}");
+        let refusal = ClientError::from(Status::with_error_details(
+            Code::Internal,
+            "corrupt",
+            ErrorDetails::with_error_info("CORRUPT_RECORD", "dduomq.io", HashMap::new()),
+        ));
+        assert!(!refusal.is_retryable(), "{refusal}");
+        let draining = ClientError::from(Status::with_error_details(
+            Code::Unavailable,
+            "draining",
+            ErrorDetails::with_error_info("BROKER_DRAINING", "dduomq.io", HashMap::new()),
+        ));
+        assert!(draining.is_retryable());
+        assert_eq!(draining.reason(), "BROKER_DRAINING");
     }
 }

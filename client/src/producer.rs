@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
@@ -93,6 +93,12 @@ impl ProducerBuilder {
     pub fn route_ttl(mut self, d: Duration) -> Self {
         self.route_ttl = d;
         self
+    }
+
+    /// How long a send tries one broker before failing over: a fifth of the
+    /// send timeout, at least 1 s.
+    fn per_broker(&self) -> Duration {
+        (self.send_timeout / 5).max(Duration::from_secs(1))
     }
 
     /// Creates the producer (connections are made lazily).
@@ -217,22 +223,54 @@ impl Producer {
                 "a batch holds one topic".into(),
             ));
         }
-        let route = self.inner.route(&topic).await?;
-        let queue = self.inner.pick_queue(&route, &first.sharding_key);
-        let address = queue.broker_address.clone();
+        let sharding_key = first.sharding_key.clone();
         let batch: Vec<pb::OutgoingMessage> = messages
             .into_iter()
             .map(|m| {
                 m.into_proto(
-                    Some(queue.queue_id),
+                    None,
                     self.inner.config.compress_from,
                     self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
                 )
             })
             .collect();
-        send_with_retry(client(&address)?, batch, self.inner.config.send_timeout)
-            .await
-            .map(|r| r.into_iter().map(SendReceipt::from).collect())
+        let (receipts, _) = self.send_request(&topic, &sharding_key, batch).await?;
+        Ok(receipts.into_iter().map(SendReceipt::from).collect())
+    }
+
+    /// Sends `messages` (of one topic) as one request to a writable queue; on
+    /// a retryable failure that broker is avoided and another queue picked
+    /// (a sharding key keeps its queue), until the send timeout. Returns the
+    /// receipts and the broker that stored them.
+    async fn send_request(
+        &self,
+        topic: &str,
+        sharding_key: &str,
+        mut messages: Vec<pb::OutgoingMessage>,
+    ) -> Result<(Vec<pb::SendReceipt>, String)> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.send_timeout;
+        loop {
+            let route = self.inner.route(topic).await?;
+            let queue = self.inner.pick_queue(&route, sharding_key);
+            for m in &mut messages {
+                m.queue_id = Some(queue.queue_id);
+            }
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(config.per_broker());
+            let address = queue.broker_address;
+            let fail_fast = sharding_key.is_empty() && self.inner.has_alternative(topic, &address);
+            match send_with_retry(client(&address)?, messages.clone(), budget, fail_fast).await {
+                Ok(receipts) => return Ok((receipts, address)),
+                Err(e) if e.is_retryable() && Instant::now() + RETRY_PAUSE < deadline => {
+                    tracing::debug!(broker = %address, error = %e, "send failed; failing over");
+                    self.inner.mark_faulty(&address);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends one message unbatched, reshaped by `shape` on the wire, to the
@@ -242,21 +280,15 @@ impl Producer {
         message: Message,
         shape: impl FnOnce(&mut pb::OutgoingMessage),
     ) -> Result<(SendReceipt, String)> {
-        let route = self.inner.route(&message.topic).await?;
-        let queue = self.inner.pick_queue(&route, &message.sharding_key);
+        let (topic, sharding_key) = (message.topic.clone(), message.sharding_key.clone());
         let mut wire = message.into_proto(
-            Some(queue.queue_id),
+            None,
             self.inner.config.compress_from,
             self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
         );
         shape(&mut wire);
-        let mut receipts = send_with_retry(
-            client(&queue.broker_address)?,
-            vec![wire],
-            self.inner.config.send_timeout,
-        )
-        .await?;
-        Ok((receipts.remove(0).into(), queue.broker_address))
+        let (mut receipts, address) = self.send_request(&topic, &sharding_key, vec![wire]).await?;
+        Ok((receipts.remove(0).into(), address))
     }
 
     /// Every broker address in a topic's route.
@@ -474,27 +506,46 @@ impl Inner {
         Ok(tx)
     }
 
-    /// After `address` failed: avoid it for a while, expire the routes (they
-    /// may be out of date) and send each message again through a fresh route.
-    async fn fail_over(inner: &Arc<Inner>, address: &str, batch: Vec<Pending>, error: ClientError) {
-        inner
-            .faulty
+    /// Marks `address` faulty for [`FAULT_ISOLATION`] and expires the routes
+    /// (they may be out of date).
+    fn mark_faulty(&self, address: &str) {
+        self.faulty
             .lock()
             .insert(address.to_string(), Instant::now() + FAULT_ISOLATION);
-        inner.faults.notify_waiters();
-        for route in inner.routes.lock().values_mut() {
+        self.faults.notify_waiters();
+        for route in self.routes.lock().values_mut() {
             route.expired = true;
         }
+    }
+
+    /// Sends each message of a batch that failed on `address` again, through
+    /// a fresh route: to another broker's batcher, or — when no other broker
+    /// takes it (a single broker, or a sharding key's queue) — to `address`
+    /// again after a pause. Every message is answered by its deadline. Runs
+    /// without a request slot of any batcher, so it never waits on itself.
+    async fn fail_over(inner: &Arc<Inner>, address: &str, batch: Vec<Pending>, error: ClientError) {
         tracing::debug!(broker = address, error = %error, messages = batch.len(), "send failed; failing over");
+        let mut stay = Vec::new();
         for mut p in batch {
-            let rerouted = async {
-                let route = inner.route(&p.message.topic).await?;
-                let queue = inner.pick_queue(&route, &p.message.sharding_key);
-                p.message.queue_id = Some(queue.queue_id);
-                Inner::link(inner, &queue.broker_address)
+            let remaining = p.deadline.saturating_duration_since(Instant::now());
+            let route = match tokio::time::timeout(remaining, inner.route(&p.message.topic)).await {
+                Ok(Ok(route)) => route,
+                Ok(Err(e)) if !e.is_retryable() => {
+                    answer(p, Err(e));
+                    continue;
+                }
+                _ => {
+                    answer(p, Err(error.clone()));
+                    continue;
+                }
+            };
+            let queue = inner.pick_queue(&route, &p.message.sharding_key);
+            p.message.queue_id = Some(queue.queue_id);
+            if queue.broker_address == address {
+                stay.push(p);
+                continue;
             }
-            .await;
-            match rerouted {
+            match Inner::link(inner, &queue.broker_address) {
                 Ok(link) => {
                     if let Err(mpsc::error::SendError(p)) = link.send(p).await {
                         answer(p, Err(ClientError::Closed));
@@ -503,8 +554,31 @@ impl Inner {
                 Err(e) => answer(p, Err(e)),
             }
         }
+        if stay.is_empty() {
+            return;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        match client(address) {
+            Ok(c) => {
+                let (weak, per_broker) = (Arc::downgrade(inner), inner.config.per_broker());
+                Box::pin(deliver(
+                    c,
+                    address.to_string(),
+                    weak,
+                    stay,
+                    per_broker,
+                    None,
+                ))
+                .await
+            }
+            Err(e) => stay.into_iter().for_each(|p| answer(p, Err(e.clone()))),
+        }
     }
 }
+
+/// How long a batch that no other broker can take waits before it is sent to
+/// its failed broker again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Tells a message's sender the outcome (one-way sends only log failures).
 fn answer(p: Pending, result: Result<SendReceipt>) {
@@ -578,12 +652,14 @@ async fn run_batcher(
             continue;
         };
         drop(inner);
-        let (client, address, producer) = (client.clone(), address.clone(), producer.clone());
-        let per_broker = (config.send_timeout / 5).max(Duration::from_secs(1));
-        tokio::spawn(async move {
-            deliver(client, &address, &producer, batch, per_broker).await;
-            drop(permit);
-        });
+        tokio::spawn(deliver(
+            client.clone(),
+            address.clone(),
+            producer.clone(),
+            batch,
+            config.per_broker(),
+            Some(permit),
+        ));
     }
 }
 
@@ -594,10 +670,11 @@ async fn run_batcher(
 /// allows).
 async fn deliver(
     client: MessagingServiceClient<Channel>,
-    address: &str,
-    producer: &Weak<Inner>,
+    address: String,
+    producer: Weak<Inner>,
     batch: Vec<Pending>,
     per_broker: Duration,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
     let deadline = batch
         .iter()
@@ -608,7 +685,11 @@ async fn deliver(
         .saturating_duration_since(Instant::now())
         .min(per_broker);
     let messages: Vec<pb::OutgoingMessage> = batch.iter().map(|p| p.message.clone()).collect();
-    match send_with_retry(client.clone(), messages, timeout).await {
+    // With another broker to go to, an unreachable one is not waited for.
+    let fail_fast = producer
+        .upgrade()
+        .is_some_and(|i| i.has_alternative(&messages[0].topic, &address));
+    match send_with_retry(client.clone(), messages, timeout, fail_fast).await {
         Ok(receipts) => {
             for (p, r) in batch.into_iter().zip(receipts) {
                 answer(p, Ok(r.into()));
@@ -616,15 +697,21 @@ async fn deliver(
         }
         Err(e) if batch.len() > 1 && !e.is_retryable() => {
             for p in batch {
-                let result = send_with_retry(client.clone(), vec![p.message.clone()], timeout)
-                    .await
-                    .map(|mut r| r.remove(0).into());
+                let result =
+                    send_with_retry(client.clone(), vec![p.message.clone()], timeout, false)
+                        .await
+                        .map(|mut r| r.remove(0).into());
                 answer(p, result);
             }
         }
         Err(e) if e.is_retryable() && Instant::now() + Duration::from_millis(50) < deadline => {
+            // The slot goes back first: failing over may queue behind it.
+            drop(permit);
             match producer.upgrade() {
-                Some(inner) => Inner::fail_over(&inner, address, batch, e).await,
+                Some(inner) => {
+                    inner.mark_faulty(&address);
+                    Inner::fail_over(&inner, &address, batch, e).await
+                }
                 None => batch.into_iter().for_each(|p| answer(p, Err(e.clone()))),
             }
         }
@@ -632,14 +719,18 @@ async fn deliver(
     }
 }
 
-/// One Send request, retried on retryable errors until `timeout` has passed.
+/// One Send request, retried on retryable errors until `timeout` has passed;
+/// with `fail_fast`, an unreachable broker is given up at once (the caller
+/// fails over).
 async fn send_with_retry(
     client: MessagingServiceClient<Channel>,
     messages: Vec<pb::OutgoingMessage>,
     timeout: Duration,
+    fail_fast: bool,
 ) -> Result<Vec<pb::SendReceipt>> {
     let request = pb::SendRequest { messages };
-    retry(timeout, || {
+    let give_up = |e: &ClientError| fail_fast && e.is_unreachable();
+    retry_unless(timeout, give_up, || {
         let (mut client, request) = (client.clone(), request.clone());
         async move { client.send(request).await }
     })
@@ -648,7 +739,20 @@ async fn send_with_retry(
 }
 
 /// Runs a unary call, retrying retryable failures with backoff until `timeout`.
-pub(crate) async fn retry<T, F, Fut>(timeout: Duration, mut call: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(timeout: Duration, call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    retry_unless(timeout, |_| false, call).await
+}
+
+/// [`retry`], except for failures `give_up` picks.
+async fn retry_unless<T, F, Fut>(
+    timeout: Duration,
+    give_up: impl Fn(&ClientError) -> bool,
+    mut call: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -664,6 +768,7 @@ where
             Err(e)
                 if e.is_retryable()
                     && e.reason() != "BROKER_DRAINING"
+                    && !give_up(&e)
                     && Instant::now() + backoff < deadline =>
             {
                 tracing::debug!(error = %e, "request failed; retrying");

@@ -4,7 +4,7 @@
 //! (from the topic's route, refreshed periodically, so brokers that join are
 //! picked up); a stream is reopened if it breaks (e.g. a broker restart).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,8 +166,7 @@ impl PushConsumerBuilder {
         let bootstrap = client(&self.endpoint)?;
         let (stop, stopped) = watch::channel(false);
         let handler = Arc::new(handler);
-        let mut tasks = Vec::new();
-        let mut known = BTreeSet::new();
+        let mut streams = Streams::default();
         for address in readable_brokers(bootstrap.clone(), &self).await? {
             let broker = client(&address)?;
             let first = match open_stream(broker.clone(), &self).await {
@@ -178,21 +177,74 @@ impl PushConsumerBuilder {
                 }
                 Err(e) => return Err(e),
             };
-            tasks.push(tokio::spawn(run(
-                broker,
-                self.clone(),
-                handler.clone(),
-                first,
-                stopped.clone(),
-            )));
-            known.insert(address);
+            streams.start(address, broker, &self, &handler, first);
         }
-        let supervisor = tokio::spawn(follow_route(bootstrap, self, handler, known, stopped));
-        Ok(PushConsumer {
-            stop,
-            tasks,
-            supervisor,
-        })
+        let supervisor = tokio::spawn(follow_route(bootstrap, self, handler, streams, stopped));
+        Ok(PushConsumer { stop, supervisor })
+    }
+}
+
+/// The stream task per broker address, each with its own stop signal.
+#[derive(Debug, Default)]
+struct Streams {
+    running: BTreeMap<String, (watch::Sender<bool>, JoinHandle<()>)>,
+    /// Consecutive route refreshes an address was missing from.
+    absent: BTreeMap<String, u32>,
+    /// Tasks told to stop, awaited at shutdown.
+    stopping: Vec<JoinHandle<()>>,
+}
+
+/// Route refreshes a broker must be missing from before its stream stops (a
+/// deleted pod's address never comes back; its new pod has a new one).
+const ABSENT_REFRESHES: u32 = 3;
+
+impl Streams {
+    fn start<F, Fut, E>(
+        &mut self,
+        address: String,
+        broker: MessagingServiceClient<Channel>,
+        cfg: &PushConsumerBuilder,
+        handler: &Arc<F>,
+        first: Stream,
+    ) where
+        F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(broker, cfg.clone(), handler.clone(), first, stopped));
+        self.running.insert(address, (stop, task));
+    }
+
+    /// Stops the streams of brokers missing from `route` for a while.
+    fn retire_missing(&mut self, route: &BTreeSet<String>) {
+        let known: Vec<String> = self.running.keys().cloned().collect();
+        for address in known {
+            if route.contains(&address) {
+                self.absent.remove(&address);
+                continue;
+            }
+            let n = self.absent.entry(address.clone()).or_default();
+            *n += 1;
+            if *n >= ABSENT_REFRESHES
+                && let Some((stop, task)) = self.running.remove(&address)
+            {
+                tracing::info!(broker = %address, "broker left the route; its stream stops");
+                stop.send_replace(true);
+                self.stopping.push(task);
+                self.absent.remove(&address);
+            }
+        }
+    }
+
+    /// Stops every stream; returns the tasks to await.
+    fn stop_all(self) -> Vec<JoinHandle<()>> {
+        let mut tasks = self.stopping;
+        for (_, (stop, task)) in self.running {
+            stop.send_replace(true);
+            tasks.push(task);
+        }
+        tasks
     }
 }
 
@@ -227,7 +279,7 @@ async fn follow_route<F, Fut, E>(
     bootstrap: MessagingServiceClient<Channel>,
     cfg: PushConsumerBuilder,
     handler: Arc<F>,
-    mut known: BTreeSet<String>,
+    mut streams: Streams,
     mut stopped: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>>
 where
@@ -235,16 +287,15 @@ where
     Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let mut tasks = Vec::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.route_refresh) => {}
-            _ = stopped.changed() => return tasks,
+            _ = stopped.changed() => return streams.stop_all(),
         }
         // The bootstrap broker first; if it is gone (a pod address that no
         // longer exists), any broker already consumed from: all hold the route.
         let mut addresses = readable_brokers(bootstrap.clone(), &cfg).await.ok();
-        for known_address in &known {
+        for known_address in streams.running.keys() {
             if addresses.is_some() {
                 break;
             }
@@ -255,21 +306,18 @@ where
         let Some(addresses) = addresses else {
             continue;
         };
-        for address in addresses.difference(&known.clone()) {
+        streams.retire_missing(&addresses);
+        for address in &addresses {
+            if streams.running.contains_key(address) {
+                continue;
+            }
             let Ok(broker) = client(address) else {
                 continue;
             };
             match open_stream(broker.clone(), &cfg).await {
                 Ok(first) => {
                     tracing::info!(broker = %address, "consuming from a new broker");
-                    tasks.push(tokio::spawn(run(
-                        broker,
-                        cfg.clone(),
-                        handler.clone(),
-                        first,
-                        stopped.clone(),
-                    )));
-                    known.insert(address.clone());
+                    streams.start(address.clone(), broker, &cfg, &handler, first);
                 }
                 Err(e) => {
                     tracing::warn!(broker = %address, error = %e, "cannot subscribe on a new broker yet")
@@ -284,7 +332,7 @@ where
 #[derive(Debug)]
 pub struct PushConsumer {
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Follows the route; owns the stream tasks and hands them back at shutdown.
     supervisor: JoinHandle<Vec<JoinHandle<()>>>,
 }
 
@@ -293,8 +341,8 @@ impl PushConsumer {
     /// the streams; unacked leases go back to the group.
     pub async fn shutdown(self) {
         self.stop.send_replace(true);
-        let later = self.supervisor.await.unwrap_or_default();
-        for task in self.tasks.into_iter().chain(later) {
+        let tasks = self.supervisor.await.unwrap_or_default();
+        for task in tasks {
             let _ = task.await;
         }
     }

@@ -102,12 +102,68 @@ async fn a_draining_broker_refuses_sends_and_producers_fail_over() {
     );
     assert_eq!(stored(&b, TOPIC).await, 40);
 
+    // Atomic batches fail over too (and so do transactional half messages,
+    // which take the same path).
+    let batch: Vec<Message> = (0..10)
+        .map(|i| Message::new(TOPIC, format!("b-{i}")))
+        .collect();
+    for _ in 0..4 {
+        let receipts = producer.send_batch(batch.clone()).await.unwrap();
+        assert!(receipts.iter().all(|r| r.queue_id >= 2));
+    }
+    assert_eq!(stored(&a, TOPIC).await, 0);
+
     Admin::connect(&a.grpc)
         .unwrap()
         .set_draining(false)
         .await
         .unwrap();
     raw_send(&a, 0).await.expect("writable again after undrain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharding_key_keeps_its_queue_and_fails_by_its_deadline_when_its_broker_is_down() {
+    let (a, mut b) = two_brokers().await;
+    let timeout = Duration::from_secs(3);
+    let producer = ProducerBuilder::new(&a.grpc)
+        .send_timeout(timeout)
+        .build()
+        .unwrap();
+    // A key whose queue is on `b`.
+    let mut key = None;
+    for i in 0..64 {
+        let k = format!("order-{i}");
+        let probe = Message::new(TOPIC, "probe").with_sharding_key(&k);
+        let r = producer.send(probe).await.unwrap();
+        if r.queue_id >= 2 {
+            key = Some((k, r.queue_id));
+            break;
+        }
+    }
+    let (key, queue) = key.expect("a key hashing to b's queues");
+    b.kill();
+    let started = Instant::now();
+    let sends: Vec<_> = (0..20)
+        .map(|i| producer.send_async(Message::new(TOPIC, format!("k-{i}")).with_sharding_key(&key)))
+        .collect();
+    for s in sends {
+        let e = s.await.unwrap().expect_err("its queue's broker is down");
+        assert!(e.is_retryable(), "{e}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < timeout + Duration::from_secs(2),
+        "failed after {took:?}"
+    );
+    // Unkeyed sends meanwhile go to `a`.
+    let r = producer.send(Message::new(TOPIC, "unkeyed")).await.unwrap();
+    assert!(r.queue_id <= 1);
+
+    b.start_again();
+    let back = Message::new(TOPIC, "back").with_sharding_key(&key);
+    let r = producer.send(back).await.expect("the key's broker is back");
+    assert_eq!(r.queue_id, queue, "the key kept its queue");
+    drop(a);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

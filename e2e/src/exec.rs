@@ -5,8 +5,8 @@
 //!
 //! 1. joins the pod's network namespace (`setns`), so the process sees only the
 //!    pod's `eth0` and `lo`;
-//! 2. enters a new mount namespace (`unshare(CLONE_NEWNS)`, everything private,
-//!    so nothing leaks back to the host);
+//! 2. enters a new mount namespace (`unshare(CLONE_NEWNS)`, everything a slave
+//!    of the host's, so nothing leaks back to the host);
 //! 3. builds a root file system in a tmpfs:
 //!
 //! ```text
@@ -73,7 +73,11 @@ pub fn exec_container(spec_path: &Path) -> Result<()> {
         check(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)")?;
     }
     drop(ns);
-    mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    // Slave, not private: nothing mounted here leaks to the host, but unmounts
+    // on the host still reach this copy — above all `ip netns del` of other
+    // pods' namespaces, which would otherwise stay alive (with their
+    // addresses answering) as long as this container runs.
+    mount(None, "/", None, libc::MS_REC | libc::MS_SLAVE, None)?;
 
     let root = spec.dir.join("rootfs");
     fs::create_dir_all(&root)?;

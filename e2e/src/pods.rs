@@ -59,12 +59,30 @@ pub async fn run(k: Arc<Kubelet>) {
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", k.node));
     let mut events = watcher(api, cfg).boxed();
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    // Pods listed by a (re)list: a worker whose pod is not among them lost its
+    // pod while the watch was down (a forced deletion sends no event then).
+    let mut listed: std::collections::HashSet<String> = Default::default();
     while let Some(event) = events.next().await {
         workers.retain(|_, tx| !tx.is_closed());
         let (pod, gone) = match event {
-            Ok(Event::Apply(p) | Event::InitApply(p)) => (p, false),
+            Ok(Event::Apply(p)) => (p, false),
+            Ok(Event::InitApply(p)) => {
+                listed.insert(p.uid().unwrap_or_default());
+                (p, false)
+            }
             Ok(Event::Delete(p)) => (p, true),
-            Ok(Event::Init | Event::InitDone) => continue,
+            Ok(Event::Init) => {
+                listed.clear();
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                for (uid, tx) in &workers {
+                    if !listed.contains(uid) {
+                        let _ = tx.send(None);
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!("pod watch: {e}");
                 continue;
@@ -154,7 +172,8 @@ struct PodWorker {
     pod: Pod,
     dir: PathBuf,
     sandbox: Option<Sandbox>,
-    volumes: std::collections::BTreeMap<String, PathBuf>,
+    /// Volume name → host path, once prepared.
+    volumes: Option<std::collections::BTreeMap<String, PathBuf>>,
     containers: Vec<ContainerRun>,
     hosts: String,
     last_status: Value,
@@ -195,7 +214,7 @@ impl PodWorker {
             pod,
             dir,
             sandbox: None,
-            volumes: Default::default(),
+            volumes: None,
             containers,
             hosts: String::new(),
             last_status: Value::Null,
@@ -233,24 +252,23 @@ impl PodWorker {
     /// One round: sandbox and volumes (until they exist), reaping, restarts,
     /// probes, /etc/hosts.
     async fn step(&mut self) -> Result<()> {
+        if matches!(self.phase(), "Succeeded" | "Failed") {
+            return Ok(()); // done; waits for deletion
+        }
         if self.sandbox.is_none() {
-            let s = self.k.network.create().await.context("pod network")?;
+            let sandbox = self.k.network.create().await.context("pod network")?;
             let status = self.pod.status.get_or_insert_with(Default::default);
-            status.pod_ip = Some(s.ip.to_string());
-            self.sandbox = Some(s);
+            status.pod_ip = Some(sandbox.ip.to_string());
+            self.sandbox = Some(sandbox);
             std::fs::create_dir_all(&self.dir)?;
             self.refresh_etc()?;
         }
-        if self.volumes.is_empty()
-            && !self
-                .pod
-                .spec
-                .as_ref()
-                .is_none_or(|s| s.volumes.as_ref().is_none_or(|v| v.is_empty()))
-        {
-            self.volumes = volumes::prepare(&self.k.client, &self.pod, &self.dir.join("volumes"))
-                .await
-                .context("volumes")?;
+        if self.volumes.is_none() {
+            self.volumes = Some(
+                volumes::prepare(&self.k.client, &self.pod, &self.dir.join("volumes"))
+                    .await
+                    .context("volumes")?,
+            );
         }
         let ip = self.sandbox.as_ref().unwrap().ip;
         let policy = self
@@ -338,6 +356,8 @@ impl PodWorker {
         };
         let ran = r.since.elapsed();
         tracing::info!(pod = %self.pod.name_any(), container = %c.spec.name, code, "container exited");
+        // Whatever the command left behind in its process group goes with it.
+        signal(r.pid, libc::SIGKILL);
         c.running = None;
         c.ready = false;
         let restart = match policy {
@@ -368,6 +388,10 @@ impl PodWorker {
         let spec = self.containers[i].spec.clone();
         let image_ref = spec.image.clone().unwrap_or_default();
         let image = self.k.images.get(&image_ref)?.clone();
+        // The downward API's status.podIP: this pod's address, even when the
+        // latest object from the API server predates the status that says so.
+        let ip = self.sandbox.as_ref().context("no pod network")?.ip;
+        self.pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.to_string());
         let apiserver = (self.k.apiserver.0.as_str(), self.k.apiserver.1);
         let env = env::environment(&self.k.client, &self.pod, &spec, &image, apiserver).await?;
         let argv = env::argv(&spec, &image, &env);
@@ -375,7 +399,8 @@ impl PodWorker {
         for m in spec.volume_mounts.iter().flatten() {
             let mut source = self
                 .volumes
-                .get(&m.name)
+                .as_ref()
+                .and_then(|v| v.get(&m.name))
                 .with_context(|| format!("no volume {}", m.name))?
                 .clone();
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {

@@ -236,6 +236,8 @@ impl Services {
         let next = Arc::new(AtomicUsize::new(0));
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else {
+                // Out of file descriptors and the like: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             let endpoints = self.endpoints_with_port(&target.ns, &target.svc, Some(&target.port));

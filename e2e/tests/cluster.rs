@@ -2003,7 +2003,7 @@ impl Cluster {
         let step = Step::start(
             &self.report,
             key,
-            "delete the operator, then the Topics and ConsumerGroups (nothing hangs); helm uninstall cleans up",
+            "delete the operator, then the Topics and ConsumerGroups (nothing hangs); helm uninstall (its hook releases a Topic left behind) cleans up",
         );
         let t = Instant::now();
         Api::<Deployment>::namespaced(self.client.clone(), NS)
@@ -2095,11 +2095,54 @@ impl Cluster {
         };
         drop(left);
 
+        // `helm uninstall` with the operator running and a Topic left behind
+        // (with its finalizer): the chart's pre-delete hook stops the operator
+        // and releases the finalizer, so the Topic stays deletable.
+        self.helm_upgrade(&[]).await; // brings the operator Deployment back
+        let orphan = "e2e-left-behind";
+        self.env
+            .kubectl_ok(
+                &["apply", "-f", "-"],
+                Some(&format!(
+                    "apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {orphan}\n  namespace: {NS}\nspec:\n  queues: 1\n"
+                )),
+            )
+            .await;
+        let finalizer = "dduomq.io/topic-cleanup";
+        eventually(
+            "the operator adds its finalizer",
+            Duration::from_secs(60),
+            async || {
+                let t = topics.get(orphan).await.ok()?;
+                t.finalizers().iter().any(|f| f == finalizer).then_some(())
+            },
+        )
+        .await;
+
         let out = self
             .env
             .helm_ok(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m"])
             .await;
         let uninstall = out.took;
+        let left_behind = topics
+            .get(orphan)
+            .await
+            .expect("the Topic outlives the release");
+        assert!(
+            !left_behind.finalizers().iter().any(|f| f == finalizer),
+            "the uninstall hook released the finalizer: {:?}",
+            left_behind.finalizers()
+        );
+        topics
+            .delete(orphan, &DeleteParams::default())
+            .await
+            .expect("deleting the Topic left behind");
+        eventually(
+            "the Topic left behind deleted",
+            Duration::from_secs(10),
+            async || topics.get_opt(orphan).await.ok()?.is_none().then_some(()),
+        )
+        .await;
         let t = Instant::now();
         let leftovers = eventually(
             "the release's objects gone",

@@ -53,6 +53,14 @@ struct Args {
     /// on every Topic and ConsumerGroup, so none is left undeletable.
     #[arg(long, env = "DDUOMQ_OPERATOR_DEPLOYMENT")]
     deployment: Option<String>,
+    /// Run as the chart's pre-delete hook instead: scale `--deployment` to 0,
+    /// wait for the pods selected by `--operator-pods` to go, release every
+    /// Topic and ConsumerGroup finalizer, exit.
+    #[arg(long, requires_all = ["deployment", "operator_pods"])]
+    uninstall: bool,
+    /// Label selector of the operator's pods (with `--uninstall`).
+    #[arg(long)]
+    operator_pods: Option<String>,
     /// Periodic resync, which repairs drift on the brokers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     resync: Duration,
@@ -71,6 +79,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if args.uninstall {
+        let client = Client::try_default().await?;
+        let (deployment, pods) = (
+            args.deployment.as_deref().unwrap_or_default(),
+            args.operator_pods.as_deref().unwrap_or_default(),
+        );
+        let n = uninstall::uninstall(
+            &client,
+            &args.namespace,
+            deployment,
+            pods,
+            Duration::from_secs(120),
+        )
+        .await?;
+        tracing::info!(released = n, "operator stopped; finalizers released");
+        return Ok(());
+    }
     let m = Arc::new(metrics::Metrics::new());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -28,8 +28,9 @@ pub type QueuesWithData = Option<Vec<u32>>;
 
 /// The route of a topic over the ready brokers. `draining` brokers take no
 /// writes, nor do brokers that do not host the topic yet (a broker that just
-/// joined, until the Topic controller has created it there). Returns `None`
-/// while no broker can take writes.
+/// joined, until the Topic controller has created it there). With no writer
+/// at all (every broker draining), the queues that hold messages stay
+/// readable. Returns `None` when no broker has the topic.
 pub fn topic_route(
     topic: &str,
     message_type: pb::MessageType,
@@ -44,9 +45,6 @@ pub fn topic_route(
         .filter(|b| !draining.contains(&b.name))
         .filter(|b| data.get(&b.name).is_some_and(Option::is_some))
         .collect();
-    if writers.is_empty() {
-        return None;
-    }
     let assignment = assign(queues, &writers);
     let mut entries = Vec::new();
     for b in ready {
@@ -69,6 +67,13 @@ pub fn topic_route(
                 });
             }
         }
+    }
+    if entries.is_empty()
+        && !ready
+            .iter()
+            .any(|b| data.get(&b.name).is_some_and(Option::is_some))
+    {
+        return None;
     }
     Some(pb::TopicRoute {
         topic: topic.to_string(),
@@ -136,25 +141,22 @@ mod tests {
             (0..4).map(|q| (q, true, true)).collect::<Vec<_>>()
         );
         // A broker without the topic yet takes no writes (and is not in the
-        // route); with no broker left to write, there is no route.
+        // route).
         data.insert("b-1".to_string(), None);
         let r = topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).unwrap();
-        assert!(
-            r.queues
-                .iter()
-                .all(|q| q.broker_address.starts_with("10.0.0.0"))
-        );
+        assert!(r.queues.iter().all(|q| q.broker_address == "10.0.0.0:6086"));
         assert_eq!(r.queues.iter().filter(|q| q.writable).count(), 4);
-        assert!(
-            topic_route(
-                "t",
-                pb::MessageType::Normal,
-                4,
-                &refs,
-                &["b-0".into()],
-                &data
-            )
-            .is_none()
-        );
+        // Every broker with the topic draining: its data stays readable.
+        let draining = ["b-0".to_string()];
+        let r = topic_route("t", pb::MessageType::Normal, 4, &refs, &draining, &data).unwrap();
+        let entries: Vec<_> = r
+            .queues
+            .iter()
+            .map(|q| (q.queue_id, q.writable, q.readable))
+            .collect();
+        assert_eq!(entries, vec![(1, false, true), (3, false, true)]);
+        // No broker has it: no route.
+        data.insert("b-0".to_string(), None);
+        assert!(topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).is_none());
     }
 }

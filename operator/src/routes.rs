@@ -21,6 +21,9 @@ const PERIOD: Duration = Duration::from_secs(3);
 pub async fn run(mut ctx: Context) {
     let mut epoch = 0u64;
     let mut last: Option<Vec<pb::TopicRoute>> = None;
+    // (broker, topic) → queues with data, as last described: a broker that
+    // fails to answer keeps its place instead of looking as if it had no topic.
+    let mut known: BTreeMap<(String, String), QueuesWithData> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(PERIOD) => {}
@@ -67,18 +70,22 @@ pub async fn run(mut ctx: Context) {
             let name = t.name_any();
             let mut data: BTreeMap<String, QueuesWithData> = BTreeMap::new();
             for b in &ready {
-                let queues = ctx
-                    .pool
-                    .describe_topic(&b.address, &name)
-                    .await
-                    .ok()
-                    .map(|d| {
+                let key = (b.name.clone(), name.clone());
+                let queues = match ctx.pool.describe_topic(&b.address, &name).await {
+                    Ok(d) => Some(
                         d.queues
                             .iter()
                             .filter(|q| q.max_offset > 0)
                             .map(|q| q.queue_id)
-                            .collect()
-                    });
+                            .collect(),
+                    ),
+                    Err(e) if e.reason == "TOPIC_NOT_FOUND" => None,
+                    Err(e) => {
+                        tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
+                        known.get(&key).cloned().flatten()
+                    }
+                };
+                known.insert(key, queues.clone());
                 data.insert(b.name.clone(), queues);
             }
             if let Some(route) = placement::topic_route(
@@ -92,6 +99,9 @@ pub async fn run(mut ctx: Context) {
                 routes.push(route);
             }
         }
+        known.retain(|(broker, topic), _| {
+            ready.iter().any(|b| b.name == *broker) && seen.contains(topic)
+        });
         routes.sort_by(|a, b| a.topic.cmp(&b.topic));
         if last.as_ref() != Some(&routes) {
             let now = k8s_openapi::jiff::Timestamp::now().as_millisecond() as u64;

@@ -294,6 +294,8 @@ pub struct Broker {
     metrics: Option<Arc<Metrics>>,
     routes: parking_lot::RwLock<RouteTable>,
     draining: std::sync::atomic::AtomicBool,
+    /// Send requests between their start and their answer.
+    sends_in_flight: std::sync::atomic::AtomicU64,
     dedupe: dedupe::Dedupe,
     staged: staged::Staged,
     /// One save of the metadata files at a time (they share temporary names,
@@ -359,6 +361,7 @@ impl Broker {
             metrics,
             routes: Default::default(),
             draining: Default::default(),
+            sends_in_flight: Default::default(),
             config,
             store,
         })
@@ -640,11 +643,9 @@ impl Broker {
         if messages.is_empty() {
             return Err(BrokerError::invalid("send", "no messages"));
         }
-        // A draining broker must end up with nothing to consume: producers
-        // with an older route fail over (the operator moves writes away).
-        if self.draining.load(Ordering::Relaxed) {
-            return Err(BrokerError::Draining);
-        }
+        // Counted before the drain check, so a drain that starts meanwhile
+        // sees this send in `drain_state` until it is stored.
+        let _in_flight = InFlight::enter(&self.sends_in_flight);
         let batch = messages
             .into_iter()
             .map(|m| self.prepare(m))
@@ -675,6 +676,15 @@ impl Broker {
                     });
                 }
             }
+        }
+        // A draining broker must end up with nothing to consume: it stores
+        // nothing new (producers fail over; the operator moves writes away),
+        // but a retry of what it stored still gets its receipt.
+        if !fresh.is_empty() && self.draining.load(Ordering::SeqCst) {
+            for (_, p, q) in &claimed {
+                self.dedupe.finish(p, *q, None);
+            }
+            return Err(BrokerError::Draining);
         }
         if !fresh.is_empty() {
             // The append and the dedupe bookkeeping run to completion in their
@@ -1830,7 +1840,7 @@ impl Broker {
 
     /// Starts or stops draining this broker.
     pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed);
+        self.draining.store(draining, Ordering::SeqCst);
         tracing::info!(draining, "drain state changed");
     }
 
@@ -1844,8 +1854,11 @@ impl Broker {
             .filter_map(|g| self.describe_group(&g.name).ok())
             .flat_map(|d| d.queues)
             .map(|q| q.max_offset.saturating_sub(q.committed))
-            .sum();
-        (self.draining.load(Ordering::Relaxed), unconsumed)
+            .sum::<u64>();
+        // Sends still being stored count as unconsumed: they may land after
+        // the groups' progress was read.
+        let in_flight = self.sends_in_flight.load(Ordering::SeqCst);
+        (self.draining.load(Ordering::SeqCst), unconsumed + in_flight)
     }
 
     /// The epoch of the route table held (0 = standalone).
@@ -1970,4 +1983,20 @@ fn stale_handle(handle: &str) -> BrokerError {
     BrokerError::InvalidReceiptHandle(format!(
         "{handle:?} does not name a current lease (already acked, expired, or forged)"
     ))
+}
+
+/// Counts a request in flight while it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicU64) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -76,6 +76,13 @@ The operator's --broker-selector: the broker headless Service's labels.
 {{- end }}
 
 {{/*
+The operator's pods as a label selector (the uninstall hook waits for them).
+*/}}
+{{- define "dduomq.operator.podSelector" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/component=operator,app.kubernetes.io/instance=%s" (include "dduomq.name" .) .Release.Name }}
+{{- end }}
+
+{{/*
 Names. The StatefulSet's name is kept to 52 characters, so that its pods'
 controller-revision-hash label (<name>-<10 character hash>) stays a valid label
 value.
