@@ -3,12 +3,16 @@
 //! most `linger` for more) and sends it as one request, with several requests in
 //! flight at once.
 //!
-//! Failover: a batch whose broker fails retryably for a fifth of the send
-//! timeout (at least 1 s) is sent again through a fresh route, as is every
-//! batch still queued for that broker, and that broker is avoided for
+//! Failover: a batch whose broker cannot be reached (at once, when another
+//! broker can take it), refuses it as draining, or fails retryably for a fifth
+//! of the send timeout (at least 1 s) is sent again through a fresh route, as
+//! is every batch still queued for that broker, and that broker is avoided for
 //! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A route
 //! that cannot be refreshed (the bootstrap broker is down) is used stale.
-//! Messages with a sharding key keep their queue, so their order holds.
+//! Messages with a sharding key keep their queue: they wait for its broker
+//! (and fail by their deadline). Their order holds for a sender that awaits
+//! each send; concurrent sends of one key may be stored out of order when one
+//! of them is retried.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
