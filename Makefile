@@ -1,7 +1,7 @@
 # DduoMQ build and test entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy unit e2e-operator e2e-cluster bench-smoke run bench
+.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench
 
 test: fmt-check clippy unit e2e-operator e2e-cluster bench-smoke
 
@@ -19,20 +19,20 @@ clippy:
 	$(CARGO) clippy -p dduomq-e2e --test cluster -- -D warnings
 	$(LOADGEN_TARGET) $(CARGO) clippy $(LOADGEN) --release -- -D warnings
 
-# Integration tests start the real broker binary, so build every binary first.
-unit:
+# Integration and end-to-end tests start the real binaries: build them first.
+bins:
 	$(CARGO) build --workspace --bins
+
+unit: bins
 	$(CARGO) test --workspace
 
 # The operator against a real control plane in a network namespace (root).
-e2e-operator:
-	$(CARGO) build --workspace --bins
+e2e-operator: bins
 	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-operator operator_e2e)" e2e/run operator
 
 # The full cluster: helm install on the control plane with the Rust test kubelet
 # (pods as processes), then the scenarios of e2e/tests/cluster.rs.
-e2e-cluster:
-	$(CARGO) build --workspace --bins
+e2e-cluster: bins
 	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-e2e cluster)" e2e/run cluster
 
 # A short pass of the side-by-side benchmark (DduoMQ, NATS JetStream, Kafka):

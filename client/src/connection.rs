@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, Result};
@@ -38,6 +39,13 @@ pub fn channel(address: &str) -> Result<Channel> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_lazy())
+}
+
+/// A messaging client for `address` (lazily connected).
+pub fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
+    Ok(MessagingServiceClient::new(channel(address)?)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE))
 }
 
 /// Runs a unary call with a deadline.

@@ -67,9 +67,7 @@ impl ClientError {
             ClientError::InvalidArgument(_) | ClientError::Closed => false,
         }
     }
-}
 
-impl ClientError {
     /// Whether the broker could not be reached or dropped the connection (as
     /// opposed to answering): a reason-less transport failure.
     pub fn is_unreachable(&self) -> bool {

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
 
-use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
+use crate::connection::{client, with_deadline};
 use crate::error::{ClientError, Result};
 use crate::message::{Message, SendReceipt};
 
@@ -128,10 +128,9 @@ impl ProducerBuilder {
     }
 }
 
-pub(crate) fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
-    Ok(MessagingServiceClient::new(channel(address)?)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE))
+/// Whether new sends avoid `address` at `now`.
+fn avoided(faulty: &HashMap<String, Instant>, address: &str, now: Instant) -> bool {
+    faulty.get(address).is_some_and(|until| *until > now)
 }
 
 /// How long a broker that failed a send is avoided by new sends.
@@ -228,16 +227,8 @@ impl Producer {
             ));
         }
         let sharding_key = first.sharding_key.clone();
-        let batch: Vec<pb::OutgoingMessage> = messages
-            .into_iter()
-            .map(|m| {
-                m.into_proto(
-                    None,
-                    self.inner.config.compress_from,
-                    self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
-                )
-            })
-            .collect();
+        let batch: Vec<pb::OutgoingMessage> =
+            messages.into_iter().map(|m| self.wire(m, None)).collect();
         let (receipts, _) = self.send_request(&topic, &sharding_key, batch).await?;
         Ok(receipts.into_iter().map(SendReceipt::from).collect())
     }
@@ -285,11 +276,7 @@ impl Producer {
         shape: impl FnOnce(&mut pb::OutgoingMessage),
     ) -> Result<(SendReceipt, String)> {
         let (topic, sharding_key) = (message.topic.clone(), message.sharding_key.clone());
-        let mut wire = message.into_proto(
-            None,
-            self.inner.config.compress_from,
-            self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
-        );
+        let mut wire = self.wire(message, None);
         shape(&mut wire);
         let (mut receipts, address) = self.send_request(&topic, &sharding_key, vec![wire]).await?;
         Ok((receipts.remove(0).into(), address))
@@ -314,13 +301,18 @@ impl Producer {
     }
 
     /// The producer id and a fresh sequence number, when idempotent.
-    fn identity(&self) -> Option<(String, u64)> {
+    fn identity(&self) -> Option<(&str, u64)> {
         self.inner.config.idempotent.then(|| {
             (
-                self.inner.producer_id.clone(),
+                self.inner.producer_id.as_str(),
                 self.inner.sequence.fetch_add(1, Ordering::Relaxed),
             )
         })
+    }
+
+    /// A message as sent: compressed per the settings, with its identity.
+    fn wire(&self, message: Message, queue_id: Option<u32>) -> pb::OutgoingMessage {
+        message.into_proto(queue_id, self.inner.config.compress_from, self.identity())
     }
 
     async fn enqueue(
@@ -336,11 +328,7 @@ impl Producer {
         let route = self.inner.route(&message.topic).await?;
         let queue = self.inner.pick_queue(&route, &message.sharding_key);
         let pending = Pending {
-            message: message.into_proto(
-                Some(queue.queue_id),
-                self.inner.config.compress_from,
-                self.identity().as_ref().map(|(p, s)| (p.as_str(), *s)),
-            ),
+            message: self.wire(message, Some(queue.queue_id)),
             reply,
             deadline: Instant::now() + self.inner.config.send_timeout,
         };
@@ -376,15 +364,19 @@ impl Inner {
             }
         }
         let writable: Vec<&pb::QueueRoute> = route.queues.iter().filter(|q| q.writable).collect();
+        // Most of the time no broker is faulty: then there is nothing to filter.
         let healthy: Vec<&pb::QueueRoute> = {
-            let now = Instant::now();
-            let mut faulty = self.faulty.lock();
-            faulty.retain(|_, until| *until > now);
-            writable
-                .iter()
-                .copied()
-                .filter(|q| !faulty.contains_key(&q.broker_address))
-                .collect()
+            let faulty = self.faulty.lock();
+            if faulty.is_empty() {
+                Vec::new()
+            } else {
+                let now = Instant::now();
+                writable
+                    .iter()
+                    .copied()
+                    .filter(|q| !avoided(&faulty, &q.broker_address, now))
+                    .collect()
+            }
         };
         let candidates = if !healthy.is_empty() {
             healthy
@@ -398,10 +390,7 @@ impl Inner {
     }
 
     fn is_faulty(&self, address: &str) -> bool {
-        self.faulty
-            .lock()
-            .get(address)
-            .is_some_and(|until| *until > Instant::now())
+        avoided(&self.faulty.lock(), address, Instant::now())
     }
 
     /// Whether the cached route of `topic` has a writable queue on a healthy
@@ -411,8 +400,9 @@ impl Inner {
         let Some(route) = routes.get(topic) else {
             return false;
         };
+        let (faulty, now) = (self.faulty.lock(), Instant::now());
         route.queues.iter().any(|q| {
-            q.writable && q.broker_address != address && !self.is_faulty(&q.broker_address)
+            q.writable && q.broker_address != address && !avoided(&faulty, &q.broker_address, now)
         })
     }
 
@@ -420,13 +410,10 @@ impl Inner {
     /// stale one (if any) after a short try, so sends go on while the
     /// bootstrap broker is down.
     async fn route(&self, topic: &str) -> Result<Route> {
-        let cached = self.routes.lock().get(topic).cloned();
-        if let Some(r) = &cached
-            && !r.expired
-            && r.fetched.elapsed() < self.config.route_ttl
-        {
-            return Ok(r.clone());
-        }
+        let cached = match self.routes.lock().get(topic).cloned() {
+            Some(r) if !r.expired && r.fetched.elapsed() < self.config.route_ttl => return Ok(r),
+            other => other,
+        };
         let timeout = match cached {
             Some(_) => self.config.send_timeout.min(Duration::from_secs(1)),
             None => self.config.send_timeout,
@@ -513,9 +500,11 @@ impl Inner {
     /// Marks `address` faulty for [`FAULT_ISOLATION`] and expires the routes
     /// (they may be out of date).
     fn mark_faulty(&self, address: &str) {
-        self.faulty
-            .lock()
-            .insert(address.to_string(), Instant::now() + FAULT_ISOLATION);
+        let now = Instant::now();
+        let mut faulty = self.faulty.lock();
+        faulty.retain(|_, until| *until > now);
+        faulty.insert(address.to_string(), now + FAULT_ISOLATION);
+        drop(faulty);
         self.faults.notify_waiters();
         for route in self.routes.lock().values_mut() {
             route.expired = true;
@@ -733,7 +722,10 @@ async fn send_with_retry(
     fail_fast: bool,
 ) -> Result<Vec<pb::SendReceipt>> {
     let request = pb::SendRequest { messages };
-    let give_up = |e: &ClientError| fail_fast && e.is_unreachable();
+    // A draining broker will not take the request later either: the caller
+    // fails over at once.
+    let give_up =
+        |e: &ClientError| e.reason() == "BROKER_DRAINING" || (fail_fast && e.is_unreachable());
     retry_unless(timeout, give_up, || {
         let (mut client, request) = (client.clone(), request.clone());
         async move { client.send(request).await }
@@ -767,14 +759,7 @@ where
         let remaining = deadline.saturating_duration_since(Instant::now());
         match with_deadline(remaining, call()).await {
             Ok(r) => return Ok(r),
-            // A draining broker will not take the request later either: the
-            // caller fails over at once.
-            Err(e)
-                if e.is_retryable()
-                    && e.reason() != "BROKER_DRAINING"
-                    && !give_up(&e)
-                    && Instant::now() + backoff < deadline =>
-            {
+            Err(e) if e.is_retryable() && !give_up(&e) && Instant::now() + backoff < deadline => {
                 tracing::debug!(error = %e, "request failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
+use crate::connection::{client, with_deadline};
 use crate::error::{ClientError, Result};
 use crate::message::ReceivedMessage;
 
@@ -246,12 +246,6 @@ impl Streams {
         }
         tasks
     }
-}
-
-fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
-    Ok(MessagingServiceClient::new(channel(address)?)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE))
 }
 
 /// Addresses of the brokers holding readable queues of the topic.

@@ -34,9 +34,10 @@ use dduomq_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::connection::client;
 use crate::error::Result;
 use crate::message::{Message, ReceivedMessage, SendReceipt};
-use crate::producer::{Producer, ProducerBuilder, client, retry};
+use crate::producer::{Producer, ProducerBuilder, retry};
 
 /// What a checker says about a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +98,7 @@ impl TransactionProducer {
             checks: Mutex::new(HashMap::new()),
             producer,
         };
-        let bootstrap = this.producer.endpoint().to_string();
-        this.answer_checks_from(&bootstrap)?;
+        this.answer_checks_from(this.producer.endpoint());
         Ok(this)
     }
 
@@ -107,7 +107,7 @@ impl TransactionProducer {
     pub async fn begin(&self, message: Message) -> Result<Transaction> {
         let topic = message.topic.clone();
         for address in self.producer.brokers_of(&topic).await? {
-            self.answer_checks_from(&address)?;
+            self.answer_checks_from(&address);
         }
         let group = self.group.clone();
         let (receipt, address) = self
@@ -127,10 +127,10 @@ impl TransactionProducer {
     }
 
     /// Starts a check stream to `address` unless one runs.
-    fn answer_checks_from(&self, address: &str) -> Result<()> {
+    fn answer_checks_from(&self, address: &str) {
         let mut checks = self.checks.lock();
         if checks.contains_key(address) {
-            return Ok(());
+            return;
         }
         let task = tokio::spawn(run_checks(
             address.to_string(),
@@ -139,7 +139,6 @@ impl TransactionProducer {
             self.producer.send_timeout(),
         ));
         checks.insert(address.to_string(), task);
-        Ok(())
     }
 }
 

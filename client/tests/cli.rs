@@ -27,6 +27,11 @@ fn ok(b: &Broker, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs the CLI (which must succeed) and parses its JSON lines.
+fn ok_json(b: &Broker, args: &[&str]) -> Vec<Value> {
+    json_lines(&ok(b, args))
+}
+
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -44,7 +49,7 @@ fn topics_produce_consume_lookup_and_reset() {
     assert!(ok(&b, &["topic", "list"]).contains("orders"));
 
     // --count / --size, with key, tag and properties.
-    let sent = json_lines(&ok(
+    let sent = ok_json(
         &b,
         &[
             "produce",
@@ -65,7 +70,7 @@ fn topics_produce_consume_lookup_and_reset() {
             "-o",
             "json",
         ],
-    ));
+    );
     assert_eq!(sent.len(), 6);
     for s in &sent {
         assert_eq!(s["topic"], "orders");
@@ -91,7 +96,7 @@ fn topics_produce_consume_lookup_and_reset() {
     assert!(out.status.success());
     assert_eq!(json_lines(&String::from_utf8(out.stdout).unwrap()).len(), 2);
 
-    let got = json_lines(&ok(
+    let got = ok_json(
         &b,
         &[
             "consume",
@@ -106,7 +111,7 @@ fn topics_produce_consume_lookup_and_reset() {
             "-o",
             "json",
         ],
-    ));
+    );
     assert_eq!(got.len(), 8);
     let mut bodies: Vec<&str> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
     bodies.sort();
@@ -142,20 +147,20 @@ fn topics_produce_consume_lookup_and_reset() {
 
     // Lookup by id and key.
     let id = sent[0]["id"].as_str().unwrap();
-    let found = json_lines(&ok(&b, &["lookup", "--id", id, "-o", "json"]));
+    let found = ok_json(&b, &["lookup", "--id", id, "-o", "json"]);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["id"], id);
     assert_eq!(
-        json_lines(&ok(
+        ok_json(
             &b,
             &["lookup", "--key", "K", "--topic", "orders", "-o", "json"]
-        ))
+        )
         .len(),
         6
     );
 
     // Group describe and reset; pull mode re-reads after a reset to earliest.
-    let d = json_lines(&ok(&b, &["group", "describe", "cli", "-o", "json"]));
+    let d = ok_json(&b, &["group", "describe", "cli", "-o", "json"]);
     let lag: u64 = d[0]["queues"]
         .as_array()
         .unwrap()
@@ -169,7 +174,7 @@ fn topics_produce_consume_lookup_and_reset() {
             "group", "reset", "cli", "--topic", "orders", "--to", "earliest",
         ],
     );
-    let again = json_lines(&ok(
+    let again = ok_json(
         &b,
         &[
             "consume",
@@ -184,7 +189,7 @@ fn topics_produce_consume_lookup_and_reset() {
             "-o",
             "json",
         ],
-    ));
+    );
     assert_eq!(again.len(), 8);
     ok(
         &b,
@@ -223,7 +228,7 @@ fn broadcast_mode_and_bench_summary() {
         &["produce", "--topic", "news", "--count", "5", "--size", "8"],
     );
     for member in ["m1", "m2"] {
-        let got = json_lines(&ok(
+        let got = ok_json(
             &b,
             &[
                 "consume",
@@ -242,10 +247,10 @@ fn broadcast_mode_and_bench_summary() {
                 "-o",
                 "json",
             ],
-        ));
+        );
         assert_eq!(got.len(), 5, "{member}");
     }
-    let summary = json_lines(&ok(
+    let summary = ok_json(
         &b,
         &[
             "bench",
@@ -259,7 +264,7 @@ fn broadcast_mode_and_bench_summary() {
             "-o",
             "json",
         ],
-    ));
+    );
     assert_eq!(summary.len(), 1);
     let s = &summary[0];
     assert_eq!(s["mode"], "produce");
@@ -267,7 +272,7 @@ fn broadcast_mode_and_bench_summary() {
     assert!(s["messages"].as_u64().unwrap() > 0);
     assert!(s["latency_us"]["p99"].as_u64().unwrap() >= s["latency_us"]["p50"].as_u64().unwrap());
     let stored: u64 =
-        json_lines(&ok(&b, &["topic", "describe", "bench", "-o", "json"]))[0]["queue_offsets"]
+        ok_json(&b, &["topic", "describe", "bench", "-o", "json"])[0]["queue_offsets"]
             .as_array()
             .unwrap()
             .iter()
@@ -286,15 +291,15 @@ fn delayed_and_transactional_produce_and_lanes() {
     ok(&b, &["topic", "create", "later", "--type", "delay"]);
     ok(&b, &["topic", "create", "pay", "--type", "transaction"]);
 
-    let sent = json_lines(&ok(
+    let sent = ok_json(
         &b,
         &[
             "produce", "--topic", "later", "--count", "2", "--delay", "400ms", "-o", "json",
         ],
-    ));
+    );
     assert_eq!(sent.len(), 2);
     // An RFC 3339 time in the past is delivered at once.
-    let past = json_lines(&ok(
+    let past = ok_json(
         &b,
         &[
             "produce",
@@ -307,14 +312,14 @@ fn delayed_and_transactional_produce_and_lanes() {
             "-o",
             "json",
         ],
-    ));
+    );
     assert!(past[0].get("deliver_at_ms").is_none(), "{:?}", past[0]);
-    let got = json_lines(&ok(
+    let got = ok_json(
         &b,
         &[
             "consume", "--topic", "later", "--group", "g", "--count", "3", "-o", "json",
         ],
-    ));
+    );
     assert_eq!(got.len(), 3);
     let delayed: Vec<&Value> = got
         .iter()
@@ -343,7 +348,7 @@ fn delayed_and_transactional_produce_and_lanes() {
 
     // Transactions: committed, rolled back.
     for (end, state) in [("commit", "committed"), ("rollback", "rolled_back")] {
-        let r = json_lines(&ok(
+        let r = ok_json(
             &b,
             &[
                 "produce",
@@ -356,11 +361,11 @@ fn delayed_and_transactional_produce_and_lanes() {
                 "-o",
                 "json",
             ],
-        ));
+        );
         assert_eq!(r[0]["transaction"], state);
         assert_eq!(r[0]["transaction_id"], r[0]["id"]);
     }
-    let got = json_lines(&ok(
+    let got = ok_json(
         &b,
         &[
             "consume",
@@ -375,7 +380,7 @@ fn delayed_and_transactional_produce_and_lanes() {
             "-o",
             "json",
         ],
-    ));
+    );
     assert_eq!(got.len(), 1, "only the committed one: {got:?}");
 
     // Lanes: with a canary consumer online... none here, so the base consumer
@@ -386,19 +391,19 @@ fn delayed_and_transactional_produce_and_lanes() {
             "produce", "--topic", "orders", "--count", "1", "--lane", "canary",
         ],
     );
-    let got = json_lines(&ok(
+    let got = ok_json(
         &b,
         &[
             "consume", "--topic", "orders", "--group", "g", "--count", "1", "-o", "json",
         ],
-    ));
+    );
     assert_eq!(got.len(), 1);
-    let got = json_lines(&ok(
+    let got = ok_json(
         &b,
         &[
             "consume", "--topic", "orders", "--group", "g2", "--count", "1", "--lane", "canary",
             "-o", "json",
         ],
-    ));
+    );
     assert_eq!(got.len(), 1, "a canary consumer gets its lane's message");
 }

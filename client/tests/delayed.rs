@@ -35,11 +35,9 @@ async fn raw_send(b: &Broker, m: pb::OutgoingMessage) -> tonic::Status {
 }
 
 fn reason(s: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
+    dduomq_client::ClientError::from(s.clone())
+        .reason()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,13 +77,7 @@ async fn end(
     })
     .await
     .map(|_| ())
-    .map_err(|s| {
-        use tonic_types::StatusExt;
-        s.get_error_details()
-            .error_info()
-            .map(|i| i.reason.clone())
-            .unwrap_or_default()
-    })
+    .map_err(|s| dduomq_client::ClientError::from(s).reason().to_string())
 }
 
 /// Waits until the broker holds no unresolved transaction (its gauge, read

@@ -97,7 +97,7 @@ impl Services {
             };
             match svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) {
                 Some("None") => {
-                    for (ip, host) in self.ready_endpoints(&sns, &name, None) {
+                    for (ip, _, host) in self.endpoints_with_port(&sns, &name, None) {
                         if let Some(h) = host {
                             lines.push(format!("{ip}\t{}", names(&format!("{h}."))));
                         }
@@ -115,20 +115,8 @@ impl Services {
         out
     }
 
-    /// Ready endpoint addresses of a Service (with the target port of the
-    /// Service port named `port`, when given) and their hostnames.
-    fn ready_endpoints(
-        &self,
-        ns: &str,
-        svc: &str,
-        port: Option<&str>,
-    ) -> Vec<(String, Option<String>)> {
-        self.endpoints_with_port(ns, svc, port)
-            .into_iter()
-            .map(|(ip, _, host)| (ip, host))
-            .collect()
-    }
-
+    /// Ready endpoint addresses of a Service, with the target port of its
+    /// port named `port` (0 when no port is asked for), and their hostnames.
     fn endpoints_with_port(
         &self,
         ns: &str,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
-    Volume, VolumeProjection,
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
+    Secret, ServiceAccount, Volume, VolumeProjection,
 };
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
@@ -70,13 +70,7 @@ async fn prepare_one(client: &Client, pod: &Pod, v: &Volume, dir: &Path) -> Resu
         let name = s.secret_name.clone().unwrap_or_default();
         files.extend(secret(client, &ns, &name, s.items.as_deref(), s.optional).await?);
     } else if let Some(d) = &v.downward_api {
-        for item in d.items.iter().flatten() {
-            let f = item
-                .field_ref
-                .as_ref()
-                .context("downwardAPI: only fieldRef")?;
-            files.push((item.path.clone(), env::field(pod, f)?.into_bytes()));
-        }
+        files.extend(downward(pod, d.items.as_deref())?);
     } else if let Some(p) = &v.projected {
         for source in p.sources.iter().flatten() {
             files.extend(projection(client, pod, source).await?);
@@ -105,15 +99,7 @@ async fn projection(
         return secret(client, &ns, &s.name, s.items.as_deref(), s.optional).await;
     }
     if let Some(d) = &p.downward_api {
-        let mut files = Vec::new();
-        for item in d.items.iter().flatten() {
-            let f = item
-                .field_ref
-                .as_ref()
-                .context("downwardAPI: only fieldRef")?;
-            files.push((item.path.clone(), env::field(pod, f)?.into_bytes()));
-        }
-        return Ok(files);
+        return downward(pod, d.items.as_deref());
     }
     if let Some(t) = &p.service_account_token {
         let sa = pod
@@ -142,6 +128,21 @@ async fn projection(
         return Ok(vec![(t.path.clone(), token.into_bytes())]);
     }
     bail!("unsupported projected volume source")
+}
+
+/// Downward-API files: each item's field of the pod.
+fn downward(pod: &Pod, items: Option<&[DownwardAPIVolumeFile]>) -> Result<Vec<(String, Vec<u8>)>> {
+    items
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            let f = item
+                .field_ref
+                .as_ref()
+                .context("downwardAPI: only fieldRef")?;
+            Ok((item.path.clone(), env::field(pod, f)?.into_bytes()))
+        })
+        .collect()
 }
 
 /// `items` selects and renames keys; without it every key becomes a file.

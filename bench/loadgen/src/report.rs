@@ -69,6 +69,35 @@ fn ratio(ours: Option<Stat>, theirs: Option<Stat>, higher_is_better: bool) -> Op
     Some(if higher_is_better { o / t } else { t / o })
 }
 
+/// Each system that ran `label`: its `metric`, and the cell comparing it with
+/// DduoMQ's (the ratio is also recorded in `summary` under `key(system)`).
+fn compared(
+    runs: &Runs,
+    label: &str,
+    metric: &str,
+    higher_is_better: bool,
+    summary: &mut BTreeMap<String, Value>,
+    key: impl Fn(&str) -> String,
+) -> Vec<(&'static str, Option<Stat>, String)> {
+    let ours = runs.stat(label, "dduomq", metric);
+    let mut rows = Vec::new();
+    for sys in SYSTEMS {
+        let theirs = runs.stat(label, sys, metric);
+        if theirs.is_none() {
+            continue;
+        }
+        let cell = if sys == "dduomq" {
+            "1.00×".to_string()
+        } else {
+            let r = ratio(ours, theirs, higher_is_better);
+            summary.insert(key(sys), json!(r));
+            fmt_ratio(r)
+        };
+        rows.push((sys, theirs, cell));
+    }
+    rows
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("—".into(), |r| format!("{r:.2}×"))
 }
@@ -84,16 +113,10 @@ fn throughput_table(
         md,
         "| system | acked msg/s | MB/s | consumed msg/s | e2e p99 ms | DduoMQ ÷ system (acked msg/s) |\n|---|---|---|---|---|---|"
     );
-    let ours = runs.stat(label, "dduomq", "produce_msgs_per_sec");
-    for sys in SYSTEMS {
-        let acked = runs.stat(label, sys, "produce_msgs_per_sec");
-        if acked.is_none() {
-            continue;
-        }
-        let r = ratio(ours, acked, true);
-        if sys != "dduomq" {
-            summary.insert(format!("{label} dduomq/{sys} throughput"), json!(r));
-        }
+    let rows = compared(runs, label, "produce_msgs_per_sec", true, summary, |sys| {
+        format!("{label} dduomq/{sys} throughput")
+    });
+    for (sys, acked, ratio_cell) in rows {
         let _ = writeln!(
             md,
             "| {sys} | {} | {} | {} | {} | {} |",
@@ -101,11 +124,7 @@ fn throughput_table(
             fmt_stat(runs.stat(label, sys, "mb_per_sec"), 1.0, 1),
             fmt_stat(runs.stat(label, sys, "consume_msgs_per_sec"), 1.0, 0),
             fmt_stat(runs.stat(label, sys, "e2e_latency_us.p99"), 1000.0, 1),
-            if sys == "dduomq" {
-                "1.00×".into()
-            } else {
-                fmt_ratio(r)
-            },
+            ratio_cell,
         );
     }
     md.push('\n');
@@ -117,16 +136,10 @@ fn latency_table(md: &mut String, runs: &Runs, label: &str, summary: &mut BTreeM
         md,
         "| system | target msg/s | achieved msg/s | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | system p99 ÷ DduoMQ p99 |\n|---|---|---|---|---|---|---|"
     );
-    let ours = runs.stat(label, "dduomq", "e2e_latency_us.p99");
-    for sys in SYSTEMS {
-        let p99 = runs.stat(label, sys, "e2e_latency_us.p99");
-        if p99.is_none() {
-            continue;
-        }
-        let r = ratio(ours, p99, false);
-        if sys != "dduomq" {
-            summary.insert(format!("{label} {sys}/dduomq p99"), json!(r));
-        }
+    let rows = compared(runs, label, "e2e_latency_us.p99", false, summary, |sys| {
+        format!("{label} {sys}/dduomq p99")
+    });
+    for (sys, p99, ratio_cell) in rows {
         let _ = writeln!(
             md,
             "| {sys} | {} | {} | {} | {} | {} | {} |",
@@ -136,11 +149,7 @@ fn latency_table(md: &mut String, runs: &Runs, label: &str, summary: &mut BTreeM
             fmt_stat(runs.stat(label, sys, "e2e_latency_us.p50"), 1000.0, 2),
             fmt_stat(p99, 1000.0, 2),
             fmt_stat(runs.stat(label, sys, "e2e_latency_us.p999"), 1000.0, 2),
-            if sys == "dduomq" {
-                "1.00×".into()
-            } else {
-                fmt_ratio(r)
-            },
+            ratio_cell,
         );
     }
     md.push('\n');

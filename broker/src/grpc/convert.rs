@@ -9,10 +9,7 @@ use crate::store::MessageType;
 
 pub fn message(d: Delivery) -> pb::Message {
     let r = d.record;
-    let deliver_at_ms =
-        crate::messaging::staged::property(&r.properties, crate::messaging::staged::DELIVER_AT)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default();
+    let deliver_at_ms = crate::messaging::staged::deliver_at(&r.properties);
     pb::Message {
         deliver_at_ms,
         message_id: d.message_id,

@@ -121,7 +121,7 @@ impl MessagingService for MessagingApi {
                     &r.client_id,
                     convert::mode_from_pb(r.mode),
                     filter,
-                    r.lane.clone(),
+                    r.lane,
                 )
                 .map_err(to_status)?;
             let limits = ReceiveLimits {

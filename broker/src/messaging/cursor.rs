@@ -118,9 +118,6 @@ impl QueueCursor {
                 return Some(offset);
             }
         }
-        if ordered && !self.leases.is_empty() {
-            return None;
-        }
         while self.next < max_offset && self.done.contains(&self.next) {
             self.next += 1;
         }

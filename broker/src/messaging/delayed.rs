@@ -88,12 +88,8 @@ impl Broker {
         origin: &MessageId,
         txn: TransactionState,
     ) -> Message {
-        let real_topic = staged::property(&rec.properties, staged::REAL_TOPIC)
-            .unwrap_or_default()
-            .to_string();
-        let queue_id = staged::property(&rec.properties, staged::REAL_QUEUE)
-            .and_then(|q| q.parse().ok())
-            .unwrap_or_default();
+        let (real_topic, queue_id) = staged::target(&rec.properties).unwrap_or_default();
+        let real_topic = real_topic.to_string();
         match self.topics.get(&real_topic) {
             Some(topic) if queue_id < topic.queues => Message {
                 topic: real_topic,

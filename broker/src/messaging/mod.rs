@@ -44,11 +44,22 @@ use topics::{TopicConfig, Topics};
 
 /// The idempotent producer id and sequence a record carries, if any.
 fn producer_sequence(properties: &[(String, String)]) -> Option<(String, u64)> {
-    let get = |name: &str| properties.iter().find(|(k, _)| k == name).map(|(_, v)| v);
     Some((
-        get(dedupe::PRODUCER_ID)?.clone(),
-        get(dedupe::SEQUENCE)?.parse().ok()?,
+        staged::property(properties, dedupe::PRODUCER_ID)?.to_string(),
+        staged::property(properties, dedupe::SEQUENCE)?
+            .parse()
+            .ok()?,
     ))
+}
+
+/// What a consumer's lease round leaves alone: offsets it passed over, and
+/// messages of lanes that are not its to take.
+fn lane_skip<'a>(
+    lanes: &'a HashMap<u64, String>,
+    consumer: u64,
+    passed: &'a BTreeSet<u64>,
+) -> impl Fn(u64, Option<&str>) -> bool + 'a {
+    move |o, lane| passed.contains(&o) || lane.is_some_and(|l| !lane_ok(lanes, consumer, l))
 }
 
 /// Whether `consumer` may take a message of `lane`: a lane's messages go to its
@@ -147,19 +158,13 @@ impl SendReceipt {
     ) -> SendReceipt {
         let message_id = id.to_string();
         let staged_to = || {
-            let topic = staged::property(properties, staged::REAL_TOPIC).unwrap_or_default();
-            let queue = staged::property(properties, staged::REAL_QUEUE)
-                .and_then(|q| q.parse().ok())
-                .unwrap_or_default();
+            let (topic, queue) = staged::target(properties).unwrap_or_default();
             (topic.to_string(), queue)
         };
         let (topic, queue_id, offset, deliver_at, transaction_id) = match topic {
             staged::DELAY_TOPIC => {
                 let (t, q) = staged_to();
-                let at = staged::property(properties, staged::DELIVER_AT)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_default();
-                (t, q, 0, at, String::new())
+                (t, q, 0, staged::deliver_at(properties), String::new())
             }
             staged::HALF_TOPIC => {
                 let (t, q) = staged_to();
@@ -667,9 +672,7 @@ impl Broker {
                 }
                 dedupe::Seen::Stored(r) => receipts[i] = Some(r),
                 dedupe::Seen::InFlight => {
-                    for (_, p, q) in &claimed {
-                        self.dedupe.finish(p, *q, None);
-                    }
+                    self.release_claims(&claimed);
                     return Err(BrokerError::DuplicateInFlight {
                         producer: pid,
                         sequence: seq,
@@ -681,9 +684,7 @@ impl Broker {
         // nothing new (producers fail over; the operator moves writes away),
         // but a retry of what it stored still gets its receipt.
         if !fresh.is_empty() && self.draining.load(Ordering::SeqCst) {
-            for (_, p, q) in &claimed {
-                self.dedupe.finish(p, *q, None);
-            }
+            self.release_claims(&claimed);
             return Err(BrokerError::Draining);
         }
         if !fresh.is_empty() {
@@ -702,6 +703,13 @@ impl Broker {
             .into_iter()
             .map(|r| r.expect("every slot answered"))
             .collect())
+    }
+
+    /// Gives up the dedupe claims of a send that stored nothing.
+    fn release_claims(&self, claimed: &[(usize, String, u64)]) {
+        for (_, producer, sequence) in claimed {
+            self.dedupe.finish(producer, *sequence, None);
+        }
     }
 
     /// Appends the new messages of a send and settles their dedupe claims;
@@ -728,21 +736,22 @@ impl Broker {
             })
             .collect();
         // A staged append keeps the saved scan position at or below its records.
-        let staging = heads.iter().any(|h| !h.staged_properties.is_empty());
-        let log_end = self.store.stats().commit_log_max;
-        if staging {
+        // (Only then is the log end read: it costs locks on every send.)
+        let staging = heads
+            .iter()
+            .any(|h| !h.staged_properties.is_empty())
+            .then(|| self.store.stats().commit_log_max);
+        if let Some(log_end) = staging {
             self.staged.begin_append(log_end);
         }
         let appended = self.store.append(batch).await;
         let acks = match appended {
             Ok(acks) => acks,
             Err(e) => {
-                if staging {
+                if let Some(log_end) = staging {
                     self.staged.end_append(log_end);
                 }
-                for (_, p, q) in &claimed {
-                    self.dedupe.finish(p, *q, None);
-                }
+                self.release_claims(&claimed);
                 return Err(e.into());
             }
         };
@@ -781,7 +790,7 @@ impl Broker {
                 (slot, receipt)
             })
             .collect();
-        if staging {
+        if let Some(log_end) = staging {
             self.staged.end_append(log_end);
         }
         let sizes: Vec<(String, usize)> = stored
@@ -1012,10 +1021,10 @@ impl Broker {
                         break 'queues;
                     }
                     let cursor = self.cursor_for(&mut st, &sub.key, q);
-                    let skip = |o: u64, lane: Option<&str>| {
-                        passed.contains(&o) || lane.is_some_and(|l| !lane_ok(&lanes, consumer, l))
-                    };
-                    let Some(offset) = cursor.candidate(now, max_offset, ordered, &skip) else {
+                    let skip = lane_skip(&lanes, consumer, passed);
+                    let candidate = cursor.candidate(now, max_offset, ordered, &skip);
+                    drop(skip);
+                    let Some(offset) = candidate else {
                         break;
                     };
                     let record = match self.store.read(&topic.name, q, offset, 1, usize::MAX) {
@@ -1036,11 +1045,7 @@ impl Broker {
                         cursor.skip(offset); // filtered out: done for this group
                         continue;
                     }
-                    let lane = record
-                        .properties
-                        .iter()
-                        .find(|(k, _)| k == LANE_PROPERTY)
-                        .map_or("", |(_, v)| v.as_str());
+                    let lane = staged::property(&record.properties, LANE_PROPERTY).unwrap_or("");
                     if !lane_ok(&lanes, consumer, lane) {
                         // Another consumer's lane: leave it for them.
                         passed_any |= self
@@ -1086,10 +1091,7 @@ impl Broker {
                         c.lease_deadline()
                     } else {
                         let passed = passed_by_queue.get(q).unwrap_or(&no_passes);
-                        c.next_wake_except(&|o, lane| {
-                            passed.contains(&o)
-                                || lane.is_some_and(|l| !lane_ok(&lanes, consumer, l))
-                        })
+                        c.next_wake_except(&lane_skip(&lanes, consumer, passed))
                     }
                 })
                 .min()
@@ -1764,14 +1766,12 @@ impl Broker {
 
     /// A record as a consumer sees it; a staged record shows its real topic.
     fn plain_delivery(&self, mut record: Record) -> Delivery {
-        if record.topic == staged::DELAY_TOPIC || record.topic == staged::HALF_TOPIC {
-            let real = |name| staged::property(&record.properties, name).map(str::to_string);
-            if let (Some(topic), Some(queue)) = (real(staged::REAL_TOPIC), real(staged::REAL_QUEUE))
-            {
-                record.topic = topic;
-                record.queue_id = queue.parse().unwrap_or_default();
-                record.queue_offset = 0;
-            }
+        if (record.topic == staged::DELAY_TOPIC || record.topic == staged::HALF_TOPIC)
+            && let Some((topic, queue)) = staged::target(&record.properties)
+        {
+            record.topic = topic.to_string();
+            record.queue_id = queue;
+            record.queue_offset = 0;
         }
         Delivery {
             message_id: self.message_id_of(&record),

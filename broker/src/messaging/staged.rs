@@ -57,6 +57,20 @@ pub fn property<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'
         .map(|(_, v)| v.as_str())
 }
 
+/// Where a staged record belongs: its real topic and queue.
+pub fn target(properties: &[(String, String)]) -> Option<(&str, u32)> {
+    let topic = property(properties, REAL_TOPIC)?;
+    let queue = property(properties, REAL_QUEUE)?.parse().ok()?;
+    Some((topic, queue))
+}
+
+/// The delivery time of a delayed message (0: none).
+pub fn deliver_at(properties: &[(String, String)]) -> i64 {
+    property(properties, DELIVER_AT)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
+}
+
 /// A staged record's place in the commit log (what a message id encodes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -132,8 +146,8 @@ struct Saved {
 #[derive(Debug)]
 struct State {
     wheel: TimingWheel<Position>,
-    /// Pending delayed messages: position → delivery time.
-    delayed: BTreeMap<u64, i64>,
+    /// Pending delayed messages by position (the wheel holds their times).
+    delayed: BTreeSet<u64>,
     halves: BTreeMap<u64, Half>,
     /// Halves claimed for resolving whose outcome is not stored yet (they still
     /// hold the scan floor down).
@@ -170,7 +184,7 @@ impl Staged {
             path,
             state: Mutex::new(State {
                 wheel: TimingWheel::new(0),
-                delayed: BTreeMap::new(),
+                delayed: BTreeSet::new(),
                 halves: BTreeMap::new(),
                 resolving: BTreeSet::new(),
                 resolved: HashMap::new(),
@@ -193,10 +207,8 @@ impl Staged {
         };
         let mut st = self.state.lock();
         if rec.topic == DELAY_TOPIC {
-            let at = property(&rec.properties, DELIVER_AT)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            st.delayed.insert(position.physical, at);
+            let at = deliver_at(&rec.properties);
+            st.delayed.insert(position.physical);
             // A copy found later in the scan removes it from `delayed`; the
             // wheel entry then fires as a no-op.
             st.wheel.insert(at.max(0) as u64, position);
@@ -244,7 +256,7 @@ impl Staged {
     pub fn add_delayed(&self, position: Position, deliver_at: i64) {
         let earlier = {
             let mut st = self.state.lock();
-            st.delayed.insert(position.physical, deliver_at);
+            st.delayed.insert(position.physical);
             st.wheel.insert(deliver_at.max(0) as u64, position);
             deliver_at < st.sleeping_until
         };
@@ -259,7 +271,7 @@ impl Staged {
         let fired = st.wheel.advance(now.max(0) as u64);
         fired
             .into_iter()
-            .filter(|(_, p)| st.delayed.contains_key(&p.physical))
+            .filter(|(_, p)| st.delayed.contains(&p.physical))
             .map(|(_, p)| p)
             .collect()
     }
@@ -406,7 +418,7 @@ impl Staged {
     pub fn floor(&self, log_end: u64) -> u64 {
         let st = self.state.lock();
         [
-            st.delayed.keys().next(),
+            st.delayed.first(),
             st.halves.keys().next(),
             st.resolving.first(),
             st.appending.keys().next(),

@@ -203,7 +203,6 @@ impl Writer {
         })
     }
 
-    /// Writes a planned request. Cannot fail: everything is allocated.
     /// Writes a planned request: first every record to the log (so a failed
     /// write leaves nothing pointing at it and the positions are reused), then
     /// the consume-queue and index entries. Nothing is published here.
