@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use dduomq_broker::store::{FlushMode, Message, Store, StoreConfig};
+use dduomq_broker::store::{DiskFullPolicy, FlushMode, Message, Store, StoreConfig};
 
 const RECORD_BODY: usize = 1024;
 
@@ -30,6 +30,7 @@ fn config(dir: &std::path::Path, flush: FlushMode) -> StoreConfig {
         index_entries: 1 << 18,
         retention: Duration::from_secs(72 * 3600),
         disk_usage_limit: 1.0,
+        disk_full_policy: DiskFullPolicy::Refuse,
         retention_check_interval: Duration::from_secs(3600),
     }
 }

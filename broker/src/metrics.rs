@@ -10,7 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::store::StoreObserver;
+use crate::store::{DeleteReason, StoreObserver};
 
 /// Latency buckets from 50µs to 30s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -38,6 +38,9 @@ pub struct Metrics {
     pub segments: IntGauge,
     pub disk_usage_ratio: prometheus::Gauge,
     pub corrupt_records: IntCounter,
+    pub store_repairs: IntCounter,
+    pub refusing_writes: IntGauge,
+    pub segments_deleted: IntCounterVec,
     pub queue_max_offset: IntGaugeVec,
     pub group_committed: IntGaugeVec,
     pub group_lag: IntGaugeVec,
@@ -178,6 +181,26 @@ impl Metrics {
             segments: gauge("dduomq_store_segments", "Commit-log segment files."),
             disk_usage_ratio,
             corrupt_records,
+            store_repairs: {
+                let c = IntCounter::with_opts(opts(
+                    "dduomq_store_repairs_total",
+                    "Damaged files found at startup (rebuilt from the commit log, or data lost).",
+                ))
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            refusing_writes: gauge(
+                "dduomq_store_refusing_writes",
+                "1 while the data volume is above disk_usage_limit and new messages are refused.",
+            ),
+            segments_deleted: counter_vec(
+                "dduomq_store_segments_deleted_total",
+                "Commit-log segments deleted by retention, by reason (expired, disk_usage).",
+                &["reason"],
+            ),
             queue_max_offset: gauge_vec(
                 "dduomq_queue_max_offset",
                 "Next offset to be written to a queue.",
@@ -247,6 +270,17 @@ impl StoreObserver for Metrics {
     }
     fn corrupt(&self, count: u64) {
         self.corrupt_records.inc_by(count);
+    }
+    fn repaired(&self, count: u64) {
+        self.store_repairs.inc_by(count);
+    }
+    fn refusing_writes(&self, refusing: bool) {
+        self.refusing_writes.set(refusing as i64);
+    }
+    fn segment_deleted(&self, reason: DeleteReason) {
+        self.segments_deleted
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 }
 

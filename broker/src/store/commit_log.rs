@@ -35,26 +35,56 @@ pub struct CommitLog {
 
 impl CommitLog {
     /// Maps the existing segments. They must be contiguous (retention only ever
-    /// removes the oldest).
-    pub fn open(dir: PathBuf, segment_size: u64) -> Result<CommitLog> {
+    /// removes the oldest). A segment shorter than `segment_size` (truncated) is
+    /// extended with zeros, so recovery reports the lost bytes as damage; what
+    /// was done is added to `repairs`. `written_with` is the segment size the
+    /// checkpoint recorded; without one, segments that all share another size
+    /// mean the configured size changed, which is refused.
+    pub fn open(
+        dir: PathBuf,
+        segment_size: u64,
+        written_with: Option<u64>,
+        repairs: &mut Vec<String>,
+    ) -> Result<CommitLog> {
+        let size_changed = |path: &Path, len: u64| {
+            StoreError::InvalidConfig(format!(
+                "segment {} is {len} bytes but segment_size_bytes is {segment_size}; \
+                 the segment size cannot change for an existing store",
+                path.display()
+            ))
+        };
+        let found = mapped_file::list_dir(&dir)?;
+        let mut lens = Vec::with_capacity(found.len());
+        for (_, path) in &found {
+            let len = std::fs::metadata(path)
+                .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+                .len();
+            lens.push(len);
+        }
+        if let Some((path, &len)) = found.first().map(|f| &f.1).zip(lens.first())
+            && written_with.is_none_or(|w| w != segment_size)
+            && len != segment_size
+            && len % 4096 == 0
+            && lens.iter().all(|&l| l == len)
+        {
+            return Err(size_changed(path, len));
+        }
         let mut segments = Vec::new();
-        for (base, path) in mapped_file::list_dir(&dir)? {
-            if base % segment_size != 0 {
-                return Err(StoreError::InvalidConfig(format!(
-                    "segment {} does not start at a multiple of segment_size_bytes {segment_size}; \
-                     the segment size cannot change for an existing store",
-                    path.display()
-                )));
+        for ((base, path), len) in found.into_iter().zip(lens) {
+            if base % segment_size != 0 || len > segment_size {
+                return Err(size_changed(&path, len));
             }
-            let seg = MappedFile::open(&path, base, segment_size).map_err(|e| match e {
-                StoreError::Corrupt { .. } => StoreError::InvalidConfig(format!(
-                    "segment {} is not {segment_size} bytes; \
-                     the segment size cannot change for an existing store",
+            if len < segment_size {
+                MappedFile::extend_to(&path, segment_size)?;
+                let repair = format!(
+                    "segment {} was truncated to {len} of {segment_size} bytes; \
+                     extended with zeros, records past byte {len} are lost",
                     path.display()
-                )),
-                other => other,
-            })?;
-            segments.push(Arc::new(seg));
+                );
+                tracing::error!("{repair}");
+                repairs.push(repair);
+            }
+            segments.push(Arc::new(MappedFile::open(&path, base, segment_size)?));
         }
         for pair in segments.windows(2) {
             if pair[0].end() != pair[1].base() {
@@ -87,6 +117,11 @@ impl CommitLog {
     /// Oldest physical offset still stored.
     pub fn min_offset(&self) -> u64 {
         self.segments.read().first().map_or(0, |s| s.base())
+    }
+
+    /// One past the last byte of the newest segment file (0 without segments).
+    pub fn stored_end(&self) -> u64 {
+        self.segments.read().last().map_or(0, |s| s.end())
     }
 
     /// End of published data.

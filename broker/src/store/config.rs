@@ -34,6 +34,18 @@ impl std::str::FromStr for FlushMode {
     }
 }
 
+/// What the broker does when the data volume is fuller than `disk_usage_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFullPolicy {
+    /// Refuse new messages (DISK_FULL) until time-based retention or an
+    /// operator frees space; never deletes a message before its retention.
+    Refuse,
+    /// Delete the oldest segments, consumed or not, until the volume is below
+    /// the limit (each deletion is logged and counted).
+    DeleteOldest,
+}
+
 /// Storage-engine settings (the `[store]` table of the broker config).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,8 +74,10 @@ pub struct StoreConfig {
     /// Segments whose newest record is older than this are deleted.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
-    /// Oldest segments are deleted while the volume is fuller than this ratio.
+    /// Above this used fraction of the volume, `disk_full_policy` applies.
     pub disk_usage_limit: f64,
+    /// Refuse writes, or delete the oldest segments, above `disk_usage_limit`.
+    pub disk_full_policy: DiskFullPolicy,
     /// How often retention is checked.
     #[serde(with = "humantime_serde")]
     pub retention_check_interval: Duration,
@@ -131,6 +145,7 @@ impl StoreConfig {
             index_entries: 256,
             retention: Duration::from_secs(72 * 3600),
             disk_usage_limit: 1.0,
+            disk_full_policy: DiskFullPolicy::Refuse,
             retention_check_interval: Duration::from_secs(3600),
         }
     }

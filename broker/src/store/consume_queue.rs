@@ -4,6 +4,10 @@
 //! ```text
 //!  consumequeue/<topic>/<queue_id>/<20-digit first queue offset of the file>
 //!
+//!  files grow: a queue's first file holds 128 entries (4 KiB), each next one
+//!  twice its predecessor, up to `consume_queue_entries_per_file`; a file's
+//!  capacity is its length / 32, and file n+1 starts where file n ends
+//!
 //!  entry (32 bytes, little-endian)
 //!  +---------------------+------------+------------+---------------------+---------------------+
 //!  | physical_offset u64 | size u32   | reserved   | tag_hash u64        | store_timestamp i64 |
@@ -23,11 +27,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::error::Result;
+use super::error::{Result, StoreError};
 use super::mapped_file::{self, MappedFile};
 
 /// Size of one consume-queue entry.
 pub const ENTRY_SIZE: usize = 32;
+/// Entries of a queue's first file (one 4 KiB block): a topic with many queues
+/// that hold few messages costs little space. Later files double up to the
+/// configured maximum.
+pub const FIRST_FILE_ENTRIES: u64 = 128;
 const HOLE_SIZE: u32 = u32::MAX;
 
 /// The hash of a tag stored in consume-queue entries (0 = no tag), so that tag
@@ -86,7 +94,9 @@ impl CqEntry {
 #[derive(Debug)]
 pub struct ConsumeQueue {
     dir: PathBuf,
-    entries_per_file: u64,
+    /// A file found at open that cannot be mapped as entries (see [`Self::damage`]).
+    bad_file: Option<String>,
+    max_entries_per_file: u64,
     /// Files by first queue offset; the `MappedFile` base is that queue offset.
     files: RwLock<Vec<Arc<MappedFile>>>,
     min: AtomicU64,
@@ -98,16 +108,28 @@ pub struct ConsumeQueue {
 
 impl ConsumeQueue {
     /// Opens (or starts) the queue stored in `dir`, finding its written end.
-    pub fn open(dir: PathBuf, entries_per_file: u32) -> Result<Self> {
-        let entries_per_file = entries_per_file as u64;
-        let file_len = entries_per_file * ENTRY_SIZE as u64;
+    /// A file whose length is not a whole number of entries is opened as it is;
+    /// [`Self::damage`] reports it.
+    pub fn open(dir: PathBuf, max_entries_per_file: u32) -> Result<Self> {
         let mut files = Vec::new();
+        let mut bad_file = None;
         for (base, path) in mapped_file::list_dir(&dir)? {
-            files.push(Arc::new(MappedFile::open(&path, base, file_len)?));
+            let len = std::fs::metadata(&path)
+                .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+                .len();
+            if len == 0 || len % ENTRY_SIZE as u64 != 0 {
+                bad_file.get_or_insert(format!(
+                    "{} is {len} bytes, not a whole number of {ENTRY_SIZE}-byte entries",
+                    path.display()
+                ));
+                continue;
+            }
+            files.push(Arc::new(MappedFile::open(&path, base, len)?));
         }
         let cq = ConsumeQueue {
             dir,
-            entries_per_file,
+            bad_file,
+            max_entries_per_file: max_entries_per_file as u64,
             files: RwLock::new(files),
             min: AtomicU64::new(0),
             max: AtomicU64::new(0),
@@ -115,12 +137,74 @@ impl ConsumeQueue {
             flushed: AtomicU64::new(0),
             flush_lock: Mutex::new(()),
         };
-        let (min, end) = cq.scan_bounds();
-        cq.min.store(min, Ordering::Relaxed);
-        cq.written.store(end, Ordering::Relaxed);
-        cq.max.store(end, Ordering::Relaxed);
-        cq.flushed.store(end, Ordering::Relaxed);
+        if cq.damage().is_none() {
+            let (min, end) = cq.scan_bounds();
+            cq.set_watermarks(min, end);
+        }
         Ok(cq)
+    }
+
+    fn set_watermarks(&self, min: u64, end: u64) {
+        self.min.store(min, Ordering::Release);
+        for watermark in [&self.max, &self.written, &self.flushed] {
+            watermark.store(end, Ordering::Release);
+        }
+    }
+
+    /// What is structurally wrong with the queue's files, if anything: a file
+    /// that is not a whole number of entries, a gap between files (a file
+    /// deleted or truncated), a full file with unwritten (zero) entries at its
+    /// start or end, or positions that go backwards across files. Such a queue
+    /// is rebuilt from the commit log. Cheap: a few entries per file.
+    pub fn damage(&self) -> Option<String> {
+        if self.bad_file.is_some() {
+            return self.bad_file.clone();
+        }
+        let files = self.files.read();
+        for (i, file) in files.iter().enumerate() {
+            let path = file.path().display();
+            let Some(next) = files.get(i + 1) else { break };
+            if self.end_of(file) != next.base() {
+                return Some(format!(
+                    "entries {}..{} are missing before {} (a file deleted or truncated)",
+                    self.end_of(file),
+                    next.base(),
+                    next.path().display()
+                ));
+            }
+            let (first, last) = (
+                Self::entry_in(file, 0),
+                Self::entry_in(file, self.capacity(file) - 1),
+            );
+            if first.size == 0 || last.size == 0 {
+                return Some(format!(
+                    "{path} has unwritten (zero) entries but is not the last file"
+                ));
+            }
+            let next_first = Self::entry_in(next, 0);
+            if !last.is_hole()
+                && !next_first.is_hole()
+                && next_first.physical_offset <= last.physical_offset
+            {
+                return Some(format!(
+                    "{} does not continue {path}: commit-log positions go backwards",
+                    next.path().display()
+                ));
+            }
+        }
+        None
+    }
+
+    /// Deletes every file and starts the queue empty at offset 0, to be rebuilt
+    /// from the commit log. Recovery only.
+    pub fn reset(&self) -> Result<()> {
+        self.files.write().clear();
+        for (_, path) in mapped_file::list_dir(&self.dir)? {
+            std::fs::remove_file(&path)
+                .map_err(|e| StoreError::io(format!("deleting {}", path.display()), e))?;
+        }
+        self.set_watermarks(0, 0);
+        Ok(())
     }
 
     #[cfg(test)]
@@ -151,7 +235,7 @@ impl ConsumeQueue {
         let min = first.base();
         for file in files.iter().rev() {
             // Written entries are a prefix of each file: binary search the first zero.
-            let (mut lo, mut hi) = (0u64, self.entries_per_file);
+            let (mut lo, mut hi) = (0u64, self.capacity(file));
             while lo < hi {
                 let mid = (lo + hi) / 2;
                 if Self::entry_in(file, mid).size == 0 {
@@ -172,29 +256,49 @@ impl ConsumeQueue {
         CqEntry::decode(unsafe { file.slice(index as usize * ENTRY_SIZE, ENTRY_SIZE) })
     }
 
+    /// Entries a file holds.
+    fn capacity(&self, file: &MappedFile) -> u64 {
+        file.len() / ENTRY_SIZE as u64
+    }
+
     /// One past the last queue offset a file covers.
     fn end_of(&self, file: &MappedFile) -> u64 {
-        file.base() + self.entries_per_file
+        file.base() + self.capacity(file)
     }
 
     fn file_for(&self, offset: u64) -> Option<Arc<MappedFile>> {
         let files = self.files.read();
-        let base = offset - offset % self.entries_per_file;
-        let idx = files.binary_search_by_key(&base, |f| f.base()).ok()?;
-        Some(files[idx].clone())
+        let idx = files
+            .partition_point(|f| f.base() <= offset)
+            .checked_sub(1)?;
+        let file = &files[idx];
+        (offset < self.end_of(file)).then(|| file.clone())
     }
 
-    /// Makes sure the file holding `offset` exists (may fail with disk full).
-    /// Writer only.
+    /// Makes sure the file holding `offset` exists (may fail with disk full),
+    /// creating files that continue the last one, each twice its size up to the
+    /// maximum. Writer only.
     pub fn ensure_capacity(&self, offset: u64) -> Result<()> {
-        if self.file_for(offset).is_some() {
-            return Ok(());
+        while self.file_for(offset).is_none() {
+            let (base, entries) = match self.files.read().last() {
+                Some(last) if self.end_of(last) <= offset => (
+                    self.end_of(last),
+                    (self.capacity(last) * 2).min(self.max_entries_per_file),
+                ),
+                Some(_) => {
+                    return Err(StoreError::Corrupt {
+                        offset,
+                        reason: format!(
+                            "{} has no file for queue offset {offset}",
+                            self.dir.display()
+                        ),
+                    });
+                }
+                None => (offset, FIRST_FILE_ENTRIES.min(self.max_entries_per_file)),
+            };
+            let file = MappedFile::create(&self.dir, base, entries * ENTRY_SIZE as u64)?;
+            self.files.write().push(Arc::new(file));
         }
-        let base = offset - offset % self.entries_per_file;
-        let file = MappedFile::create(&self.dir, base, self.entries_per_file * ENTRY_SIZE as u64)?;
-        let mut files = self.files.write();
-        files.push(Arc::new(file));
-        files.sort_by_key(|f| f.base());
         Ok(())
     }
 
@@ -303,21 +407,37 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Recovery: drops entries that point at or past `physical_offset` (they are
-    /// re-dispatched from the commit log). Runs before the writer starts.
-    pub fn truncate_from_physical(&self, physical_offset: u64) {
-        let mut end = self.written.load(Ordering::Relaxed);
+    /// How many entries the queue has for records below `physical_offset`:
+    /// written entries from the end back, dropping those at or past it and
+    /// trailing holes (which point nowhere). Recovery truncates to exactly this,
+    /// so a checkpoint records it to recognise a damaged queue.
+    pub fn end_before(&self, physical_offset: u64) -> u64 {
+        let mut end = self.written.load(Ordering::Acquire);
         let min = self.min_offset();
         while end > min {
-            let file = self.file_for(end - 1).expect("written entries have files");
+            let Some(file) = self.file_for(end - 1) else {
+                break;
+            };
             let entry = Self::entry_in(&file, end - 1 - file.base());
             if !entry.is_hole() && entry.physical_offset < physical_offset {
                 break;
             }
-            let pos = (end - 1 - file.base()) as usize * ENTRY_SIZE;
+            end -= 1;
+        }
+        end
+    }
+
+    /// Recovery: drops entries that point at or past `physical_offset` (they are
+    /// re-dispatched from the commit log). Runs before the writer starts.
+    pub fn truncate_from_physical(&self, physical_offset: u64) {
+        let end = self.end_before(physical_offset);
+        for offset in end..self.written.load(Ordering::Relaxed) {
+            let Some(file) = self.file_for(offset) else {
+                break;
+            };
+            let pos = (offset - file.base()) as usize * ENTRY_SIZE;
             // SAFETY: recovery runs before readers and the writer exist.
             unsafe { file.write(pos, &[0u8; ENTRY_SIZE]) };
-            end -= 1;
         }
         self.written.store(end, Ordering::Relaxed);
         self.max.store(end, Ordering::Relaxed);

@@ -30,8 +30,17 @@ pub enum StoreError {
     },
 
     /// The volume has no room for the next segment or index file; nothing was written.
-    #[error("disk full while allocating {path}: {source}")]
-    DiskFull { path: String, source: io::Error },
+    #[error("disk full while {context}: {source}")]
+    DiskFull { context: String, source: io::Error },
+
+    /// The volume is fuller than `disk_usage_limit` and `disk_full_policy` is
+    /// `refuse`; nothing was written.
+    #[error(
+        "the data volume is {:.1}% full, above disk_usage_limit {:.1}%: new messages are refused until space is freed",
+        usage * 100.0,
+        limit * 100.0
+    )]
+    DiskUsageLimit { usage: f64, limit: f64 },
 
     /// A record failed validation (bad magic, length or CRC32C). Never returned as data.
     #[error("corrupt record at physical offset {offset}: {reason}")]
@@ -65,7 +74,7 @@ impl StoreError {
             StoreError::RecordTooLarge { .. } => "MESSAGE_TOO_LARGE",
             StoreError::InvalidArgument { .. } => "INVALID_ARGUMENT",
             StoreError::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
-            StoreError::DiskFull { .. } => "DISK_FULL",
+            StoreError::DiskFull { .. } | StoreError::DiskUsageLimit { .. } => "DISK_FULL",
             StoreError::Corrupt { .. } => "CORRUPT_RECORD",
             StoreError::InvalidMessageId { .. } => "INVALID_MESSAGE_ID",
             StoreError::MessageNotFound(_) => "MESSAGE_NOT_FOUND",
@@ -79,10 +88,7 @@ impl StoreError {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         let context = context.into();
         if is_disk_full(&source) {
-            StoreError::DiskFull {
-                path: context,
-                source,
-            }
+            StoreError::DiskFull { context, source }
         } else {
             StoreError::Io { context, source }
         }

@@ -15,7 +15,11 @@
 //! ```
 //!
 //! Entries are appended in commit-log order; each slot heads a singly linked chain
-//! through `prev`. Hash collisions are resolved by the caller, which reads the
+//! through `prev`. Files grow: the first holds 4,096 entries, each next one twice
+//! its predecessor up to `index_entries` (slots in proportion, up to
+//! `index_slots`), so a few keyed messages cost little space. The index is derived
+//! data: a file that is short, zeroed or inconsistent makes recovery delete the
+//! index and rebuild it from the commit log. Hash collisions are resolved by the caller, which reads the
 //! record and compares the real topic and key.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +34,8 @@ const MAGIC: u32 = 0xDD0A_1DE5;
 const VERSION: u32 = 1;
 const HEADER_SIZE: usize = 64;
 const ENTRY_SIZE: usize = 32;
+/// Entries of the first index file.
+const FIRST_FILE_ENTRIES: u32 = 4096;
 
 const H_MAGIC: usize = 0;
 const H_VERSION: usize = 4;
@@ -48,6 +54,19 @@ pub fn key_hash(topic: &str, key: &str) -> u64 {
     h.update(&[0]);
     h.update(key.as_bytes());
     h.digest()
+}
+
+/// The length of an index file with this many slots and entries.
+fn file_len(slots: u32, capacity: u32) -> u64 {
+    (HEADER_SIZE + slots as usize * 4 + capacity as usize * ENTRY_SIZE) as u64
+}
+
+/// The newest index file with entries below a position (its sequence + 1; 0
+/// for none) and its entry count there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexTip {
+    pub file: u64,
+    pub entries: u64,
 }
 
 /// A position the index found for a key hash.
@@ -109,8 +128,7 @@ impl IndexFile {
     }
 
     fn create(dir: &Path, seq: u64, slots: u32, capacity: u32) -> Result<IndexFile> {
-        let len = (HEADER_SIZE + slots as usize * 4 + capacity as usize * ENTRY_SIZE) as u64;
-        let file = Arc::new(MappedFile::create(dir, seq, len)?);
+        let file = Arc::new(MappedFile::create(dir, seq, file_len(slots, capacity))?);
         let f = IndexFile {
             file,
             slots,
@@ -123,26 +141,40 @@ impl IndexFile {
         Ok(f)
     }
 
-    fn open(path: &Path, seq: u64) -> Result<IndexFile> {
-        let corrupt = |reason: &str| StoreError::Corrupt {
-            offset: 0,
-            reason: format!("index file {}: {reason}", path.display()),
-        };
-        let bytes = std::fs::read(path).map_err(|e| StoreError::io("reading index header", e))?;
-        if bytes.len() < HEADER_SIZE {
-            return Err(corrupt("shorter than its header"));
+    /// Opens a file, reading only its header (the rest is mapped), and checks
+    /// that the header is consistent with the file. `Ok(Err(reason))` is damage.
+    fn open(path: &Path, seq: u64) -> Result<std::result::Result<IndexFile, String>> {
+        use std::os::unix::fs::FileExt;
+        let damaged = |reason: String| Ok(Err(format!("{}: {reason}", path.display())));
+        let file = std::fs::File::open(path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let actual = file
+            .metadata()
+            .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+            .len();
+        let mut header = [0u8; HEADER_SIZE];
+        if actual < HEADER_SIZE as u64 {
+            return damaged(format!("{actual} bytes, shorter than its header"));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4"));
         if u32_at(H_MAGIC) != MAGIC || u32_at(H_VERSION) != VERSION {
-            return Err(corrupt("bad magic or version"));
+            return damaged("bad magic or version".into());
         }
         let (slots, capacity) = (u32_at(H_SLOTS), u32_at(H_CAPACITY));
-        let len = (HEADER_SIZE + slots as usize * 4 + capacity as usize * ENTRY_SIZE) as u64;
-        Ok(IndexFile {
+        let len = file_len(slots, capacity);
+        if slots == 0 || actual != len || u32_at(H_COUNT) > capacity {
+            return damaged(format!(
+                "{actual} bytes with {slots} slots, {capacity} entries and a count of {}",
+                u32_at(H_COUNT)
+            ));
+        }
+        Ok(Ok(IndexFile {
             file: Arc::new(MappedFile::open(path, seq, len)?),
             slots,
             capacity,
-        })
+        }))
     }
 
     fn put(&self, hash: u64, hit: IndexHit) {
@@ -170,7 +202,8 @@ impl IndexFile {
     /// Recovery: forgets entries at or past `physical_offset` and unlinks them from
     /// the chains.
     fn truncate_from(&self, physical_offset: u64) {
-        let mut count = self.count();
+        let written = self.count();
+        let mut count = written;
         while count > 0 && self.entry(count).1.physical_offset >= physical_offset {
             count -= 1;
         }
@@ -181,7 +214,15 @@ impl IndexFile {
             let pos = HEADER_SIZE + s * 4;
             let mut head = self.u32_at(pos);
             while head > count {
-                head = self.entry(head).2;
+                // A damaged link (past the written entries, or not going back)
+                // drops the rest of the chain instead of looping or reading
+                // outside the file.
+                let prev = if head <= written {
+                    self.entry(head).2
+                } else {
+                    0
+                };
+                head = if prev < head { prev } else { 0 };
             }
             self.put_bytes(pos, &head.to_le_bytes());
         }
@@ -204,13 +245,31 @@ pub struct Index {
     files: Vec<IndexFile>,
     /// Files from this position on may hold unflushed entries.
     unflushed_from: usize,
+    /// A damaged file found at open (recovery rebuilds the index).
+    damage: Option<String>,
 }
 
 impl Index {
     pub fn open(dir: PathBuf, slots: u32, capacity: u32) -> Result<Index> {
         let mut files = Vec::new();
+        let mut damage = None;
         for (seq, path) in mapped_file::list_dir(&dir)? {
-            files.push(IndexFile::open(&path, seq)?);
+            if let Some(prev) = files.last().map(|f: &IndexFile| f.file.base())
+                && prev + 1 != seq
+            {
+                damage.get_or_insert(format!(
+                    "index files {} to {} are missing before {}",
+                    prev + 1,
+                    seq - 1,
+                    path.display()
+                ));
+            }
+            match IndexFile::open(&path, seq)? {
+                Ok(file) => files.push(file),
+                Err(reason) => {
+                    damage.get_or_insert(reason);
+                }
+            }
         }
         Ok(Index {
             dir,
@@ -218,7 +277,25 @@ impl Index {
             capacity,
             files,
             unflushed_from: 0,
+            damage,
         })
+    }
+
+    /// Why the index cannot be trusted, if a file was found damaged at open.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
+    }
+
+    /// Deletes every index file, to be rebuilt from the commit log. Recovery only.
+    pub fn reset(&mut self) -> Result<()> {
+        self.files.clear();
+        self.unflushed_from = 0;
+        self.damage = None;
+        for (_, path) in mapped_file::list_dir(&self.dir)? {
+            std::fs::remove_file(&path)
+                .map_err(|e| StoreError::io(format!("deleting {}", path.display()), e))?;
+        }
+        Ok(())
     }
 
     /// Makes sure `n` more entries fit, starting a new file if needed (may fail with
@@ -242,12 +319,14 @@ impl Index {
             .is_some_and(|f| (f.capacity - f.count()) as usize >= n);
         if !fits {
             let seq = self.files.last().map_or(0, |f| f.file.base() + 1);
-            self.files.push(IndexFile::create(
-                &self.dir,
-                seq,
-                self.slots,
-                self.capacity,
-            )?);
+            let capacity = self
+                .files
+                .last()
+                .map_or(FIRST_FILE_ENTRIES, |f| f.capacity.saturating_mul(2));
+            let capacity = capacity.min(self.capacity).max(n as u32);
+            let slots = (self.slots as u64 * capacity as u64 / self.capacity as u64).max(1) as u32;
+            self.files
+                .push(IndexFile::create(&self.dir, seq, slots, capacity)?);
         }
         Ok(())
     }
@@ -276,7 +355,10 @@ impl Index {
                 continue;
             }
             let mut number = f.u32_at(f.slot_pos(hash));
-            while number != 0 && out.len() < max {
+            // Chains only go back to older entries; a damaged link ends the walk.
+            let mut bound = f.count() + 1;
+            while number != 0 && number < bound && out.len() < max {
+                bound = number;
                 let (h, hit, prev) = f.entry(number);
                 if h == hash
                     && hit.store_timestamp >= begin_ts
@@ -292,6 +374,25 @@ impl Index {
             }
         }
         out
+    }
+
+    /// The newest file holding entries that point below `physical_offset`, and
+    /// how many it holds: what a checkpoint records, so that recovery notices
+    /// a deleted or emptied index file. `(0, 0)` when there is none.
+    pub fn tip(&self, physical_offset: u64) -> IndexTip {
+        for f in self.files.iter().rev() {
+            let mut n = f.count();
+            while n > 0 && f.entry(n).1.physical_offset >= physical_offset {
+                n -= 1;
+            }
+            if n > 0 {
+                return IndexTip {
+                    file: f.file.base() + 1,
+                    entries: n as u64,
+                };
+            }
+        }
+        IndexTip::default()
     }
 
     /// Recovery: drops entries at or past `physical_offset`.

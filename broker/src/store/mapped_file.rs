@@ -125,6 +125,26 @@ impl MappedFile {
         Self::map(path.to_path_buf(), file, base, len)
     }
 
+    /// Extends a file that is shorter than `len` with zeros (allocated), so a
+    /// truncated file can be mapped at its full size. Returns its old length.
+    pub fn extend_to(path: &Path, len: u64) -> Result<u64> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let old = file
+            .metadata()
+            .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+            .len();
+        if old < len {
+            allocate(&file, len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StoreError::io(format!("extending {}", path.display()), e))?;
+        }
+        Ok(old)
+    }
+
     fn map(path: PathBuf, file: File, base: u64, len: u64) -> Result<MappedFile> {
         let map = MmapRaw::map_raw(&file)
             .map_err(|e| StoreError::io(format!("mapping {}", path.display()), e))?;
@@ -199,6 +219,33 @@ impl MappedFile {
         self.check(pos, len);
         // SAFETY: in bounds (checked above); immutability is the caller's contract.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos), len) }
+    }
+
+    /// The next range at or after `pos` that may hold written data. Extents the
+    /// file system knows were never written (`SEEK_DATA` / `SEEK_HOLE`) are
+    /// skipped; where it cannot tell, the rest of the file is one range.
+    pub fn next_data(&self, pos: u64) -> Option<std::ops::Range<u64>> {
+        if pos >= self.len {
+            return None;
+        }
+        let fd = self.file.as_raw_fd();
+        // SAFETY: plain syscall on an fd we own; it moves only the fd's file
+        // position, which nothing else uses (writes are positional).
+        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if start < 0 {
+            return match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENXIO) => None,
+                _ => Some(pos..self.len),
+            };
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 {
+            self.len
+        } else {
+            (end as u64).min(self.len)
+        };
+        ((start as u64) < self.len).then_some(start as u64..end)
     }
 
     /// Durably flushes `pos..pos + len` (msync, which on Linux is an fdatasync of

@@ -23,6 +23,7 @@ mod mapped_file;
 mod message_id;
 mod observer;
 mod queues;
+mod read;
 mod record;
 mod recovery;
 mod retention;
@@ -31,6 +32,7 @@ mod writer;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -38,13 +40,14 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use checkpoint::Checkpoint;
-pub use config::{FlushMode, StoreConfig};
+pub use checkpoint::{Checkpoint, QueueName};
+pub use config::{DiskFullPolicy, FlushMode, StoreConfig};
 pub use consume_queue::tag_hash;
 pub use error::{Result, StoreError};
 pub use mapped_file::sync_dir;
 pub use message_id::MessageId;
-pub use observer::{NoObserver, StoreObserver};
+pub use observer::{DeleteReason, NoObserver, StoreObserver};
+pub use read::ReadResult;
 pub use record::{
     Codec, Message, MessageType, Record, RecordFlags, TransactionState, validate_topic_name,
 };
@@ -71,20 +74,12 @@ pub(crate) struct Inner {
     arrivals: watch::Sender<u64>,
     observer: Arc<dyn StoreObserver>,
     /// Retention keeps every segment holding this commit-log position or later.
-    retention_floor: std::sync::atomic::AtomicU64,
-}
-
-/// Messages read from one queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReadResult {
-    pub records: Vec<Record>,
-    /// The offset to read next.
-    pub next_offset: u64,
-    pub min_offset: u64,
-    pub max_offset: u64,
-    /// Queue offsets skipped because their records are corrupt (reported, never
-    /// returned as data).
-    pub corrupt_offsets: Vec<u64>,
+    retention_floor: AtomicU64,
+    /// The volume is above `disk_usage_limit` and the policy is to refuse writes.
+    refusing_writes: AtomicBool,
+    /// One checkpoint at a time (the housekeeper, topic deletion, close); holds
+    /// the position the last one recorded.
+    checkpointed: Mutex<Option<u64>>,
 }
 
 /// Sizes and positions, for metrics and admin.
@@ -128,13 +123,44 @@ impl Store {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let lock = lock_dir(&dir)?;
+        let mut repairs = Vec::new();
         let checkpoint = Checkpoint::load(&dir).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "ignoring unreadable checkpoint; recovering from the oldest segment");
+            let repair = format!("{e}; ignored, recovering from the oldest segment");
+            tracing::warn!("{repair}");
+            repairs.push(repair);
             None
         });
+        let written_with = checkpoint
+            .as_ref()
+            .map(|c| c.segment_size)
+            .filter(|&size| size != 0);
+        if let Some(size) = written_with
+            && size != config.segment_size_bytes
+        {
+            return Err(StoreError::InvalidConfig(format!(
+                "the store in {} was written with segment_size_bytes {size}, the configuration \
+                 says {}; the segment size cannot change for an existing store",
+                dir.display(),
+                config.segment_size_bytes
+            )));
+        }
+        let commit_log = CommitLog::open(
+            dir.join("commitlog"),
+            config.segment_size_bytes,
+            written_with,
+            &mut repairs,
+        )?;
+        if checkpoint.is_none() && repairs.is_empty() && commit_log.segment_count() > 0 {
+            let repair = format!(
+                "{} is missing; recovered from the oldest segment",
+                dir.join("checkpoint").display()
+            );
+            tracing::warn!("{repair}");
+            repairs.push(repair);
+        }
         let (arrivals, _) = watch::channel(0);
         let inner = Arc::new(Inner {
-            commit_log: CommitLog::open(dir.join("commitlog"), config.segment_size_bytes)?,
+            commit_log,
             queues: QueueTable::open(
                 dir.join("consumequeue"),
                 config.consume_queue_entries_per_file,
@@ -147,21 +173,31 @@ impl Store {
             arrivals,
             observer,
             config,
-            retention_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
+            retention_floor: AtomicU64::new(u64::MAX),
+            refusing_writes: AtomicBool::new(false),
+            checkpointed: Mutex::new(None),
         });
         let started = Instant::now();
-        let recovery = recovery::recover(&inner, checkpoint)?;
+        let recovery = recovery::recover(&inner, checkpoint.as_ref(), repairs)?;
         inner.observer.corrupt(recovery.corrupt_ranges.len() as u64);
+        inner.observer.repaired(recovery.repairs.len() as u64);
         let min = inner.commit_log.min_offset();
         for cq in inner.queues.all() {
             cq.advance_min(min)?;
         }
         inner.arrivals.send_replace(recovery.end);
-        write_checkpoint(&inner)?;
+        // A full volume must not keep the broker down (retention could never
+        // free space then): the previous checkpoint stays valid, only older.
+        if let Err(e) = write_checkpoint(&inner, true) {
+            tracing::warn!(error = %e, "could not write a checkpoint after recovery; continuing");
+        }
+        check_disk_usage(&inner);
         tracing::info!(
             end = recovery.end,
             replayed = recovery.records_replayed,
             corrupt = recovery.corrupt_ranges.len(),
+            repairs = recovery.repairs.len(),
+            lost_bytes = recovery.lost_bytes,
             torn_bytes = recovery.torn_bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "store recovered"
@@ -210,6 +246,12 @@ impl Store {
     }
 
     fn encode(&self, messages: Vec<Message>) -> Result<Vec<Encoded>> {
+        if self.inner.refusing_writes.load(Ordering::Relaxed) {
+            return Err(StoreError::DiskUsageLimit {
+                usage: disk_usage_ratio(&self.inner.config.data_dir).unwrap_or(1.0),
+                limit: self.inner.config.disk_usage_limit,
+            });
+        }
         let max = self.inner.config.max_record_size_bytes;
         messages
             .into_iter()
@@ -285,193 +327,9 @@ impl Store {
         done.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// Reads up to `max_messages` (and about `max_bytes`, but at least one message)
-    /// from a queue starting at `offset`. `offset == max_offset` returns nothing.
-    pub fn read(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-        max_messages: usize,
-        max_bytes: usize,
-    ) -> Result<ReadResult> {
-        let out_of_range = |min, max| StoreError::OffsetOutOfRange {
-            topic: topic.to_string(),
-            queue_id,
-            offset,
-            min,
-            max,
-        };
-        let Some(cq) = self.inner.queues.get(topic, queue_id) else {
-            return if offset == 0 {
-                Ok(ReadResult::default())
-            } else {
-                Err(out_of_range(0, 0))
-            };
-        };
-        let (min, max) = (cq.min_offset(), cq.max_offset());
-        if offset < min || offset > max {
-            return Err(out_of_range(min, max));
-        }
-        let mut out = ReadResult {
-            next_offset: offset,
-            min_offset: min,
-            max_offset: max,
-            ..ReadResult::default()
-        };
-        let mut bytes = 0usize;
-        for (i, entry) in cq.read(offset, max_messages).into_iter().enumerate() {
-            let queue_offset = offset + i as u64;
-            if entry.is_hole() {
-                out.corrupt_offsets.push(queue_offset);
-                out.next_offset = queue_offset + 1;
-                continue;
-            }
-            if !out.records.is_empty() && bytes + entry.size as usize > max_bytes {
-                break;
-            }
-            match self
-                .inner
-                .commit_log
-                .read(entry.physical_offset, entry.size)
-            {
-                Ok(rec)
-                    if rec.topic == topic
-                        && rec.queue_id == queue_id
-                        && rec.queue_offset == queue_offset =>
-                {
-                    bytes += entry.size as usize;
-                    out.records.push(rec);
-                }
-                Err(_) if entry.physical_offset < self.inner.commit_log.min_offset() => {
-                    // Retention deleted it while we were reading.
-                    if out.records.is_empty() {
-                        return Err(out_of_range(cq.min_offset(), cq.max_offset()));
-                    }
-                    break;
-                }
-                Ok(_) | Err(StoreError::Corrupt { .. }) => {
-                    self.inner.observer.corrupt(1);
-                    tracing::error!(
-                        topic,
-                        queue_id,
-                        queue_offset,
-                        physical_offset = entry.physical_offset,
-                        "corrupt record skipped"
-                    );
-                    out.corrupt_offsets.push(queue_offset);
-                }
-                Err(e) => return Err(e),
-            }
-            out.next_offset = queue_offset + 1;
-        }
-        Ok(out)
-    }
-
-    /// `(min, max)` offsets of a queue; `(0, 0)` for a queue never written.
-    pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> (u64, u64) {
-        self.inner
-            .queues
-            .get(topic, queue_id)
-            .map_or((0, 0), |cq| (cq.min_offset(), cq.max_offset()))
-    }
-
-    /// The first offset of a queue stored at or after `timestamp` (ms); the max
-    /// offset when everything is older.
-    pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp: i64) -> u64 {
-        self.inner
-            .queues
-            .get(topic, queue_id)
-            .map_or(0, |cq| cq.offset_for_timestamp(timestamp))
-    }
-
-    /// Reads the message an id names.
-    pub fn lookup_by_id(&self, id: &MessageId) -> Result<Record> {
-        if id.broker_id != self.inner.config.broker_id {
-            return Err(StoreError::InvalidMessageId {
-                id: id.to_string(),
-                reason: format!(
-                    "it belongs to broker {}, this is broker {}",
-                    id.broker_id, self.inner.config.broker_id
-                ),
-            });
-        }
-        let log = &self.inner.commit_log;
-        if id.physical_offset < log.min_offset() || id.physical_offset >= log.visible() {
-            return Err(StoreError::MessageNotFound(id.to_string()));
-        }
-        let not_found = || StoreError::MessageNotFound(id.to_string());
-        let prefix = log.read_bytes(id.physical_offset, record::BLANK_HEADER_SIZE as u32)?;
-        let record::Frame::Record(size) = record::peek_frame(&prefix) else {
-            return Err(not_found()); // no record starts there: a forged or mistyped id
-        };
-        let rec = log.read(id.physical_offset, size)?;
-        if rec.crc == id.crc {
-            Ok(rec)
-        } else {
-            Err(not_found())
-        }
-    }
-
-    /// Every message of `topic` carrying `key`, newest first, stored within
-    /// `[begin_ms, end_ms]`, at most `max`.
-    pub fn lookup_by_key(
-        &self,
-        topic: &str,
-        key: &str,
-        begin_ms: i64,
-        end_ms: i64,
-        max: usize,
-    ) -> Result<Vec<Record>> {
-        let log = &self.inner.commit_log;
-        let hits = self.inner.index.lock().lookup(
-            index::key_hash(topic, key),
-            begin_ms,
-            end_ms,
-            log.visible(),
-            max,
-        );
-        let mut out = Vec::with_capacity(hits.len());
-        for hit in hits {
-            if hit.physical_offset < log.min_offset() {
-                continue;
-            }
-            match log.read(hit.physical_offset, hit.size) {
-                Ok(rec) if rec.topic == topic && rec.keys.iter().any(|k| k == key) => out.push(rec),
-                Ok(_) => {}
-                Err(StoreError::Corrupt { offset, reason }) => {
-                    tracing::error!(offset, %reason, "corrupt record skipped in key lookup");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Calls `f` with every readable record from physical offset `from` (a record
-    /// boundary, e.g. an earlier [`StoreStats::commit_log_max`]) to the end of
-    /// published data; returns that end. Used to rebuild state kept outside the
-    /// store (such as producer dedupe windows) after a crash.
-    pub fn scan(&self, from: u64, mut f: impl FnMut(&Record)) -> Result<u64> {
-        let log = &self.inner.commit_log;
-        let end = log.visible();
-        let mut pos = from.max(log.min_offset());
-        while pos < end {
-            let prefix = log.read_bytes(pos, record::BLANK_HEADER_SIZE as u32)?;
-            match record::peek_frame(&prefix) {
-                record::Frame::Record(size) => {
-                    if let Ok(rec) = log.read(pos, size) {
-                        f(&rec);
-                    }
-                    pos += size as u64;
-                }
-                record::Frame::Blank(len) => pos += len as u64,
-                // Unreadable framing: recovery has reported it; nothing after it
-                // can be located without a resync, so stop here.
-                _ => break,
-            }
-        }
-        Ok(end)
+    /// The queue ids of a topic with stored queues, ascending.
+    pub fn queue_ids(&self, topic: &str) -> Vec<u32> {
+        self.inner.queues.queue_ids(topic)
     }
 
     /// Topics with stored queues, sorted.
@@ -481,7 +339,10 @@ impl Store {
 
     /// Deletes a topic's consume queues; its records age out with retention.
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.inner.queues.remove_topic(topic)
+        self.inner.queues.remove_topic(topic)?;
+        // The checkpoint names every queue it expects: a crash before the next
+        // one would otherwise bring the deleted queues back as damaged.
+        write_checkpoint(&self.inner, true)
     }
 
     /// A receiver that changes whenever new messages become readable.
@@ -499,7 +360,7 @@ impl Store {
     pub fn pin_retention(&self, position: u64) {
         self.inner
             .retention_floor
-            .store(position, std::sync::atomic::Ordering::Relaxed);
+            .store(position, Ordering::Relaxed);
     }
 
     /// Runs one retention pass now.
@@ -527,7 +388,7 @@ impl Store {
             let _ = thread.join();
         }
         if had_writer {
-            write_checkpoint(&self.inner)?;
+            write_checkpoint(&self.inner, false)?;
         }
         Ok(())
     }
@@ -569,23 +430,77 @@ pub(crate) fn flush_log(inner: &Inner, to: u64) -> Result<()> {
 }
 
 /// Flushes the commit log, consume queues and index, then records that recovery
-/// may start at what was published before the flush.
-fn write_checkpoint(inner: &Inner) -> Result<()> {
+/// may start at what was published before the flush, with each consume queue's
+/// end there (so recovery can tell a damaged queue).
+/// Nothing is written when nothing was appended since the last one, unless
+/// `force` (the set of queues changed).
+fn write_checkpoint(inner: &Inner, force: bool) -> Result<()> {
+    let mut checkpointed = inner.checkpointed.lock();
     let log = &inner.commit_log;
     let recover_from = log.visible();
+    if !force && *checkpointed == Some(recover_from) {
+        return Ok(());
+    }
     flush_log(inner, recover_from)?;
-    for cq in inner.queues.all() {
+    let queues = inner.queues.named();
+    for (_, cq) in &queues {
         cq.flush()?;
     }
-    let index_files = inner.index.lock().files_to_flush();
+    let (index_files, index_tip) = {
+        let mut index = inner.index.lock();
+        (index.files_to_flush(), index.tip(recover_from))
+    };
     for f in index_files {
         f.flush_range(0, f.len() as usize)?;
     }
+    let queue_ends = queues
+        .into_iter()
+        .map(|(name, cq)| {
+            let end = cq.end_before(recover_from);
+            (name, end)
+        })
+        .collect();
     Checkpoint {
         commit_log_flushed: log.flushed(),
         recover_from,
+        segment_size: inner.config.segment_size_bytes,
+        index_tip,
+        queue_ends: Some(queue_ends),
     }
-    .store(&inner.config.data_dir)
+    .store(&inner.config.data_dir)?;
+    *checkpointed = Some(recover_from);
+    Ok(())
+}
+
+/// Under the `refuse` policy, stops (or resumes) taking appends as the volume
+/// crosses `disk_usage_limit`, saying so once per change.
+fn check_disk_usage(inner: &Inner) {
+    let usage = match disk_usage_ratio(&inner.config.data_dir) {
+        Ok(usage) => usage,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the data volume's usage");
+            return;
+        }
+    };
+    let limit = inner.config.disk_usage_limit;
+    let refuse = inner.config.disk_full_policy == DiskFullPolicy::Refuse && usage > limit;
+    if inner.refusing_writes.swap(refuse, Ordering::Relaxed) != refuse {
+        if refuse {
+            tracing::error!(
+                usage,
+                limit,
+                "the data volume is above disk_usage_limit: refusing new messages \
+                 (disk_full_policy = refuse) until retention or an operator frees space"
+            );
+        } else {
+            tracing::warn!(
+                usage,
+                limit,
+                "the data volume is below disk_usage_limit again: taking new messages"
+            );
+        }
+        inner.observer.refusing_writes(refuse);
+    }
 }
 
 /// The housekeeping loop: checkpoint every `flush_interval` (which, in `async`
@@ -595,9 +510,10 @@ fn housekeep(inner: &Inner, stop: &std_mpsc::Receiver<()>) {
     while let Err(std_mpsc::RecvTimeoutError::Timeout) =
         stop.recv_timeout(inner.config.flush_interval)
     {
-        if let Err(e) = write_checkpoint(inner) {
+        if let Err(e) = write_checkpoint(inner, false) {
             tracing::error!(error = %e, "checkpoint failed");
         }
+        check_disk_usage(inner);
         if last_retention.elapsed() >= inner.config.retention_check_interval {
             last_retention = Instant::now();
             if let Err(e) = retention::enforce(inner, now_millis()) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::checkpoint::QueueName;
 use super::consume_queue::ConsumeQueue;
 use super::error::{Result, StoreError};
 use super::record::validate_topic_name;
@@ -76,6 +77,23 @@ impl QueueTable {
         Ok(cq)
     }
 
+    /// Every queue with its name.
+    pub fn named(&self) -> Vec<(QueueName, Arc<ConsumeQueue>)> {
+        self.topics
+            .read()
+            .iter()
+            .flat_map(|(topic, queues)| {
+                queues.iter().map(|(&queue_id, cq)| {
+                    let name = QueueName {
+                        topic: topic.clone(),
+                        queue_id,
+                    };
+                    (name, cq.clone())
+                })
+            })
+            .collect()
+    }
+
     /// Every queue.
     pub fn all(&self) -> Vec<Arc<ConsumeQueue>> {
         self.topics
@@ -83,6 +101,15 @@ impl QueueTable {
             .values()
             .flat_map(|q| q.values().cloned())
             .collect()
+    }
+
+    /// The queue ids of a topic, ascending.
+    pub fn queue_ids(&self, topic: &str) -> Vec<u32> {
+        self.topics
+            .read()
+            .get(topic)
+            .map(|q| q.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Names of every topic with stored queues.

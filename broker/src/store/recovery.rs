@@ -1,33 +1,40 @@
 //! Crash recovery. Consume queues and the key index are derived data: recovery
 //! drops whatever they hold past the checkpoint and re-dispatches from the commit
-//! log, scanning forward and validating every record.
+//! log, scanning forward and validating every record. Derived files found damaged
+//! (missing, short, zeroed, or not matching the checkpoint's record of them) are
+//! deleted and rebuilt from the whole log in the same scan.
 //!
 //! The scan distinguishes two kinds of damage:
-//! * a **torn tail** — the last write was cut short; nothing valid follows, so the
-//!   log ends there and the leftover bytes are zeroed;
-//! * a **corrupt record in the middle** — a valid record (one whose CRC and stored
-//!   physical offset both check out) starts within `max_record_size` after it; the
-//!   bad bytes are reported and skipped, and the records after them are kept.
+//! * a **torn tail** — the last write was cut short; no valid record follows
+//!   anywhere in the log, so the log ends there and the leftover bytes are zeroed;
+//! * **damage in the middle** — zeros or garbage followed, anywhere later in the
+//!   log, by a valid record (one whose CRC and stored physical offset both check
+//!   out); the bad bytes are reported and skipped, and the records after them are
+//!   kept. The search for the next record only reads ranges the file system says
+//!   hold data (`SEEK_DATA`), and only where a frame's magic occurs.
 //!
-//! Segments past the one holding the end are unacknowledged leftovers or empty
-//! spares and are deleted.
+//! Segments past the one holding the end hold no valid record (they are empty
+//! spares or leftovers) and are deleted.
+
+use std::collections::{HashMap, HashSet};
 
 use super::Inner;
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, QueueName};
 use super::consume_queue::{CqEntry, tag_hash};
 use super::error::Result;
-use super::index::{Index, IndexHit, key_hash};
+use super::index::{Index, IndexHit, IndexTip, key_hash};
 use super::mapped_file::MappedFile;
 use super::record::{self, Frame, RECORD_HEADER_SIZE};
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Where the scan started (the checkpoint's `recover_from`).
+    /// Where the scan started (the checkpoint's `recover_from`, or the start of
+    /// the log when derived files were rebuilt).
     pub scanned_from: u64,
     /// End of valid data: the next append goes here.
     pub end: u64,
-    /// Records re-dispatched to consume queues and index.
+    /// Records re-dispatched to consume queues and index past the checkpoint.
     pub records_replayed: u64,
     /// `[start, end)` ranges of corrupt bytes that were skipped.
     pub corrupt_ranges: Vec<(u64, u64)>,
@@ -35,6 +42,18 @@ pub struct RecoveryReport {
     pub torn_bytes: u64,
     /// Queue offsets left as holes because their records were unreadable.
     pub holes: u64,
+    /// Bytes the last checkpoint recorded as durable that are no longer in the
+    /// log (a truncated or damaged segment end).
+    pub lost_bytes: u64,
+    /// Damaged files found, each naming the file and what was done about it.
+    pub repairs: Vec<String>,
+}
+
+impl RecoveryReport {
+    /// True when recovery found damage (not counting an ordinary torn tail).
+    pub fn found_damage(&self) -> bool {
+        !self.corrupt_ranges.is_empty() || self.lost_bytes > 0 || !self.repairs.is_empty()
+    }
 }
 
 enum Step {
@@ -64,78 +83,150 @@ fn step(bytes: &[u8], pos: u64) -> Step {
     }
 }
 
-/// The distance to the next valid record or filler within `window` bytes, if any.
-fn resync(bytes: &[u8], pos: u64, window: u64) -> Option<u64> {
-    let limit = (window as usize).min(bytes.len());
-    (1..limit)
-        .find(|&skip| {
-            matches!(
-                step(&bytes[skip..], pos + skip as u64),
-                Step::Record(..) | Step::Blank(_)
-            )
-        })
-        .map(|skip| skip as u64)
+/// The last two bytes of both frame magics (little-endian `..0A DD`), at byte 6
+/// of a frame: where a search for the next frame looks.
+const MAGIC_TAIL: [u8; 2] = [0x0A, 0xDD];
+const MAGIC_TAIL_AT: u64 = 6;
+
+/// The position of the next valid record or filler at or after `from`, anywhere
+/// in the log.
+fn next_frame(inner: &Inner, from: u64) -> Option<u64> {
+    let log = &inner.commit_log;
+    let mut pos = from;
+    while let Some(seg) = log.segment(pos) {
+        let mut rel = pos - seg.base();
+        while let Some(data) = seg.next_data(rel) {
+            // SAFETY: recovery runs before the writer and any reader exist.
+            let bytes = unsafe { seg.slice(data.start as usize, (data.end - data.start) as usize) };
+            for hit in memchr::memmem::find_iter(bytes, &MAGIC_TAIL) {
+                let Some(at) = (data.start + hit as u64).checked_sub(MAGIC_TAIL_AT) else {
+                    continue;
+                };
+                if at < rel {
+                    continue;
+                }
+                // SAFETY: as above.
+                let frame = unsafe { seg.slice(at as usize, (seg.len() - at) as usize) };
+                if matches!(
+                    step(frame, seg.base() + at),
+                    Step::Record(..) | Step::Blank(_)
+                ) {
+                    return Some(seg.base() + at);
+                }
+            }
+            rel = data.end;
+        }
+        pos = seg.end();
+    }
+    None
 }
 
-pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<RecoveryReport> {
-    let log = &inner.commit_log;
-    let max_record = inner.config.max_record_size_bytes as u64;
-    let start = checkpoint
-        .map_or(0, |c| c.recover_from)
-        .max(log.min_offset());
-    for cq in inner.queues.all() {
-        cq.truncate_from_physical(start);
-    }
-    let mut index = inner.index.lock();
-    index.truncate_from(start);
+/// Derived data rebuilt from the start of the log.
+#[derive(Debug, Default)]
+struct Rebuild {
+    queues: HashSet<QueueName>,
+    index: bool,
+}
 
+impl Rebuild {
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty() && !self.index
+    }
+}
+
+/// Where dispatching one record goes.
+#[derive(Debug, Clone, Copy)]
+struct Targets {
+    queue: bool,
+    index: bool,
+}
+
+pub(crate) fn recover(
+    inner: &Inner,
+    checkpoint: Option<&Checkpoint>,
+    repairs: Vec<String>,
+) -> Result<RecoveryReport> {
+    let log = &inner.commit_log;
     let mut report = RecoveryReport {
-        scanned_from: start,
+        repairs,
         ..RecoveryReport::default()
     };
-    let mut pos = start;
+    let recover_from = checkpoint.map_or(0, |c| c.recover_from);
+    let stored_end = log.stored_end();
+    if recover_from > stored_end {
+        report.repairs.push(format!(
+            "the commit log in {} ends at {stored_end}, before the checkpoint's position \
+             {recover_from}: its last segments are missing, with their records",
+            log.dir().display()
+        ));
+    }
+    let start = recover_from.min(stored_end).max(log.min_offset());
+    // What the checkpoint recorded of the derived files is comparable only when
+    // the scan starts where it was taken.
+    let recorded = checkpoint.filter(|c| c.recover_from == start);
+    let queue_ends = recorded.and_then(|c| c.queue_ends.as_ref());
+    let rebuild = check_queues(inner, start, queue_ends, &mut report)?;
+    let mut index = inner.index.lock();
+    let index_tip = recorded
+        .filter(|c| c.queue_ends.is_some())
+        .map(|c| c.index_tip);
+    let rebuild = Rebuild {
+        index: check_index(&mut index, start, index_tip, &mut report)?,
+        ..rebuild
+    };
+    let scan_from = if rebuild.is_empty() {
+        start
+    } else {
+        log.min_offset()
+    };
+    report.scanned_from = scan_from;
+    let mut pos = scan_from;
     while let Some(seg) = log.segment(pos) {
         let rel = (pos - seg.base()) as usize;
         // SAFETY: recovery runs before the writer and any reader exist.
         let bytes = unsafe { seg.slice(rel, seg.len() as usize - rel) };
         match step(bytes, pos) {
             Step::Record(rec, len) => {
-                dispatch(inner, &mut index, &rec, &mut report)?;
-                report.records_replayed += 1;
+                let targets = if pos >= start {
+                    report.records_replayed += 1;
+                    Targets {
+                        queue: true,
+                        index: true,
+                    }
+                } else {
+                    Targets {
+                        queue: rebuild.queues.contains(&QueueName {
+                            topic: rec.topic.clone(),
+                            queue_id: rec.queue_id,
+                        }),
+                        index: rebuild.index,
+                    }
+                };
+                dispatch(inner, &mut index, &rec, targets, &mut report)?;
                 pos += len;
             }
             Step::Blank(len) => pos += len,
-            Step::End => break,
-            Step::Invalid => match resync(bytes, pos, max_record + RECORD_HEADER_SIZE as u64) {
-                Some(skip) => {
+            Step::End | Step::Invalid => match next_frame(inner, pos + 1) {
+                Some(next) => {
                     tracing::error!(
                         start = pos,
-                        end = pos + skip,
-                        "corrupt bytes in the commit log; skipping them"
+                        end = next,
+                        "damaged bytes in the commit log; skipping them"
                     );
-                    dispatch_damaged(inner, &bytes[..skip as usize], pos)?;
-                    report.corrupt_ranges.push((pos, pos + skip));
-                    pos += skip;
-                }
-                // Nothing valid follows in this segment. If the next segment
-                // starts with a valid record, the damage was the end of this one
-                // (its last record or filler), not a torn tail: keep going there.
-                None if next_segment_starts_valid(inner, &seg) => {
-                    tracing::error!(
-                        start = pos,
-                        end = seg.end(),
-                        "corrupt end of a segment; continuing with the next one"
-                    );
-                    report.corrupt_ranges.push((pos, seg.end()));
-                    pos = seg.end();
+                    let in_segment = (next.min(seg.end()) - pos) as usize;
+                    dispatch_damaged(inner, &bytes[..in_segment], pos)?;
+                    report.corrupt_ranges.push((pos, next));
+                    pos = next;
                 }
                 None => break,
             },
         }
     }
+    let checkpointed_ends = checkpoint.and_then(|c| c.queue_ends.as_ref());
+    keep_checkpointed_offsets(inner, checkpointed_ends, &mut report)?;
     report.end = pos;
     if let Some(seg) = log.segment(pos) {
-        report.torn_bytes = zero_tail(&seg, pos, max_record);
+        report.torn_bytes = zero_tail(&seg, pos, inner.config.max_record_size_bytes as u64);
         if report.torn_bytes > 0 {
             tracing::warn!(
                 at = pos,
@@ -143,6 +234,17 @@ pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<R
                 "truncated a torn commit-log tail"
             );
         }
+    }
+    if let Some(durable) = checkpoint.map(|c| c.commit_log_flushed)
+        && durable > pos
+    {
+        report.lost_bytes = durable - pos;
+        tracing::error!(
+            end = pos,
+            durable,
+            "the commit log ends before data the last checkpoint recorded as durable: \
+             damage destroyed the bytes in between"
+        );
     }
     log.remove_segments_after(pos)?;
     log.reset_watermarks(pos, start);
@@ -152,20 +254,149 @@ pub(crate) fn recover(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<R
     Ok(report)
 }
 
-/// Whether the segment after `seg` exists and begins with a valid record.
-fn next_segment_starts_valid(inner: &Inner, seg: &MappedFile) -> bool {
-    let Some(next) = inner.commit_log.segment(seg.end()) else {
-        return false;
+/// Truncates every intact queue to the checkpoint and compares it with what the
+/// checkpoint recorded; a queue whose files are damaged or disagree is reset,
+/// to be rebuilt from the log. Queues the checkpoint knows but whose directory
+/// is gone are rebuilt too.
+fn check_queues(
+    inner: &Inner,
+    start: u64,
+    queue_ends: Option<&HashMap<QueueName, u64>>,
+    report: &mut RecoveryReport,
+) -> Result<Rebuild> {
+    let mut rebuild = Rebuild::default();
+    for (name, &end) in queue_ends.into_iter().flatten() {
+        if end > 0 && inner.queues.get(&name.topic, name.queue_id).is_none() {
+            inner.queues.get_or_create(&name.topic, name.queue_id)?;
+        }
+    }
+    for (name, cq) in inner.queues.named() {
+        let damage = match cq.damage() {
+            Some(damage) => Some(damage),
+            None => {
+                cq.truncate_from_physical(start);
+                let expected = queue_ends
+                    .map(|ends| ends.get(&name).copied().unwrap_or_else(|| cq.min_offset()));
+                expected.filter(|&end| end != cq.next_offset()).map(|end| {
+                    format!(
+                        "it holds {} entries below the checkpoint, which recorded {end}",
+                        cq.next_offset()
+                    )
+                })
+            }
+        };
+        if let Some(damage) = damage {
+            let repair = format!(
+                "consume queue {}/{} rebuilt from the commit log: {damage}",
+                name.topic, name.queue_id
+            );
+            tracing::error!("{repair}");
+            report.repairs.push(repair);
+            cq.reset()?;
+            rebuild.queues.insert(name);
+        }
+    }
+    Ok(rebuild)
+}
+
+/// Truncates the index to the checkpoint and compares its newest file with
+/// what the checkpoint recorded, or resets a damaged index; returns whether it
+/// must be rebuilt from the log.
+fn check_index(
+    index: &mut Index,
+    start: u64,
+    recorded: Option<IndexTip>,
+    report: &mut RecoveryReport,
+) -> Result<bool> {
+    let damage = match index.damage() {
+        Some(damage) => Some(damage.to_string()),
+        None => {
+            index.truncate_from(start);
+            let tip = index.tip(start);
+            recorded.filter(|&r| r != tip).map(|r| {
+                format!(
+                    "its newest file holds {} entries below the checkpoint, which recorded \
+                     {} entries in file {} (a file deleted or emptied)",
+                    tip.entries,
+                    r.entries,
+                    r.file.saturating_sub(1)
+                )
+            })
+        }
     };
-    // SAFETY: recovery runs before the writer and any reader exist.
-    let bytes = unsafe { next.slice(0, next.len() as usize) };
-    matches!(step(bytes, next.base()), Step::Record(..))
+    let Some(damage) = damage else {
+        return Ok(false);
+    };
+    let repair = format!("key index rebuilt from the commit log: {damage}");
+    tracing::error!("{repair}");
+    report.repairs.push(repair);
+    index.reset()?;
+    Ok(true)
+}
+
+/// Queue offsets the checkpoint recorded as taken are never given out again: a
+/// queue that ends below its recorded end after recovery lost records to damage
+/// (or retention, for a rebuilt queue); its missing offsets become holes,
+/// reported to readers as corrupt, and an empty queue starts after them.
+fn keep_checkpointed_offsets(
+    inner: &Inner,
+    queue_ends: Option<&HashMap<QueueName, u64>>,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for (name, &end) in queue_ends
+        .into_iter()
+        .flatten()
+        .filter(|(_, end)| **end > 0)
+    {
+        let cq = inner.queues.get_or_create(&name.topic, name.queue_id)?;
+        if cq.next_offset() >= end {
+            continue;
+        }
+        if cq.is_empty() {
+            cq.start_at(end);
+            continue;
+        }
+        let from = cq.next_offset();
+        report.holes += cq.fill_holes_until(end)?;
+        let repair = format!(
+            "consume queue {}/{}: offsets {from}..{end} have no record left in the commit log",
+            name.topic, name.queue_id
+        );
+        tracing::error!("{repair}");
+        report.repairs.push(repair);
+    }
+    Ok(())
 }
 
 /// Rebuilds the consume-queue entry and index entries of a valid record.
 fn dispatch(
     inner: &Inner,
     index: &mut Index,
+    rec: &record::Record,
+    targets: Targets,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    if targets.queue {
+        dispatch_to_queue(inner, rec, report)?;
+    }
+    if targets.index {
+        for key in &rec.keys {
+            index.ensure_capacity(1)?;
+            index.put(
+                key_hash(&rec.topic, key),
+                IndexHit {
+                    physical_offset: rec.physical_offset,
+                    size: rec.size,
+                    store_timestamp: rec.store_timestamp,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn dispatch_to_queue(
+    inner: &Inner,
     rec: &record::Record,
     report: &mut RecoveryReport,
 ) -> Result<()> {
@@ -193,17 +424,6 @@ fn dispatch(
             store_timestamp: rec.store_timestamp,
         },
     );
-    for key in &rec.keys {
-        index.ensure_capacity(1)?;
-        index.put(
-            key_hash(&rec.topic, key),
-            IndexHit {
-                physical_offset: rec.physical_offset,
-                size: rec.size,
-                store_timestamp: rec.store_timestamp,
-            },
-        );
-    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Retention: whole commit-log segments are deleted, oldest first, when their newest
-//! record is older than the retention time or while the volume is fuller than the
-//! disk-usage limit. The segment holding the newest data is never deleted, nor
+//! record is older than the retention time or, only under `disk_full_policy =
+//! delete_oldest`, while the volume is fuller than the disk-usage limit (under
+//! the default `refuse`, the store refuses appends instead; see `mod.rs`). The segment holding the newest data is never deleted, nor
 //! one at or after the pinned floor (staged messages not yet released). Consume
 //! queues' minimum offsets then move past the deleted data, and index files that
 //! only point into it are deleted too.
@@ -10,7 +11,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::Inner;
+use super::config::DiskFullPolicy;
 use super::error::{Result, StoreError};
+use super::observer::DeleteReason;
 use super::record::{self, Frame, RECORD_HEADER_SIZE};
 
 /// What one retention pass did.
@@ -69,18 +72,28 @@ pub(crate) fn enforce(inner: &Inner, now_millis: i64) -> Result<RetentionReport>
         }
         // Every record of the oldest segment is older than the next one's first.
         let expired = first_timestamp(inner, next.base()).is_some_and(|ts| ts < cutoff);
-        let too_full = disk_usage_ratio(log.dir())? > inner.config.disk_usage_limit;
+        let too_full = inner.config.disk_full_policy == DiskFullPolicy::DeleteOldest
+            && disk_usage_ratio(log.dir())? > inner.config.disk_usage_limit;
         if !expired && !too_full {
             break;
         }
         match log.remove_oldest()? {
             Some(base) => {
-                tracing::info!(
-                    base,
-                    expired,
-                    too_full,
-                    "retention deleted a commit-log segment"
-                );
+                if expired {
+                    tracing::info!(base, "retention deleted an expired commit-log segment");
+                } else {
+                    tracing::warn!(
+                        base,
+                        "the data volume is above disk_usage_limit: deleted the oldest \
+                         commit-log segment before its retention (disk_full_policy = delete_oldest); \
+                         unconsumed messages in it are gone"
+                    );
+                }
+                inner.observer.segment_deleted(if expired {
+                    DeleteReason::Expired
+                } else {
+                    DeleteReason::DiskUsage
+                });
                 deleted += 1;
             }
             None => break,

@@ -1,0 +1,280 @@
+//! Reads: from a queue (through its consume queue), by message id, by key, and
+//! scans of the log. Readers never lock against the writer: they read below the
+//! watermarks it publishes.
+
+use super::Store;
+use super::consume_queue::ConsumeQueue;
+use super::error::{Result, StoreError};
+use super::index;
+use super::message_id::MessageId;
+use super::record::{self, Record};
+
+/// Messages read from one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    pub records: Vec<Record>,
+    /// The offset to read next.
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// Queue offsets skipped because their records are corrupt (reported, never
+    /// returned as data).
+    pub corrupt_offsets: Vec<u64>,
+    /// Queue offsets whose consume-queue entry was damaged; their records were
+    /// found in the commit log and returned.
+    pub repaired_offsets: Vec<u64>,
+}
+
+impl Store {
+    /// Reads up to `max_messages` (and about `max_bytes`, but at least one message)
+    /// from a queue starting at `offset`. `offset == max_offset` returns nothing.
+    pub fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        let out_of_range = |min, max| StoreError::OffsetOutOfRange {
+            topic: topic.to_string(),
+            queue_id,
+            offset,
+            min,
+            max,
+        };
+        let Some(cq) = self.inner.queues.get(topic, queue_id) else {
+            return if offset == 0 {
+                Ok(ReadResult::default())
+            } else {
+                Err(out_of_range(0, 0))
+            };
+        };
+        let (min, max) = (cq.min_offset(), cq.max_offset());
+        if offset < min || offset > max {
+            return Err(out_of_range(min, max));
+        }
+        let mut out = ReadResult {
+            next_offset: offset,
+            min_offset: min,
+            max_offset: max,
+            ..ReadResult::default()
+        };
+        let mut bytes = 0usize;
+        for (i, entry) in cq.read(offset, max_messages).into_iter().enumerate() {
+            let queue_offset = offset + i as u64;
+            if entry.is_hole() {
+                out.corrupt_offsets.push(queue_offset);
+                out.next_offset = queue_offset + 1;
+                continue;
+            }
+            if !out.records.is_empty() && bytes + entry.size as usize > max_bytes {
+                break;
+            }
+            match self
+                .inner
+                .commit_log
+                .read(entry.physical_offset, entry.size)
+            {
+                Ok(rec)
+                    if rec.topic == topic
+                        && rec.queue_id == queue_id
+                        && rec.queue_offset == queue_offset =>
+                {
+                    bytes += entry.size as usize;
+                    out.records.push(rec);
+                }
+                Err(_) if entry.physical_offset < self.inner.commit_log.min_offset() => {
+                    // Retention deleted it while we were reading.
+                    if out.records.is_empty() {
+                        return Err(out_of_range(cq.min_offset(), cq.max_offset()));
+                    }
+                    break;
+                }
+                Ok(_) | Err(StoreError::Corrupt { .. }) => {
+                    if let Some(rec) = self.find_displaced(&cq, topic, queue_id, queue_offset) {
+                        tracing::warn!(
+                            topic,
+                            queue_id,
+                            queue_offset,
+                            "damaged consume-queue entry; read the record it names from the commit log"
+                        );
+                        bytes += rec.size as usize;
+                        out.records.push(rec);
+                        out.repaired_offsets.push(queue_offset);
+                        out.next_offset = queue_offset + 1;
+                        continue;
+                    }
+                    self.inner.observer.corrupt(1);
+                    tracing::error!(
+                        topic,
+                        queue_id,
+                        queue_offset,
+                        physical_offset = entry.physical_offset,
+                        "corrupt record skipped"
+                    );
+                    out.corrupt_offsets.push(queue_offset);
+                }
+                Err(e) => return Err(e),
+            }
+            out.next_offset = queue_offset + 1;
+        }
+        Ok(out)
+    }
+
+    /// The record of `queue_offset` when its consume-queue entry does not lead
+    /// to it: the entry itself may be the damaged part. The record lies between
+    /// the records of the neighbouring entries, so the log is walked there,
+    /// frame by frame, reading headers only until it is found.
+    fn find_displaced(
+        &self,
+        cq: &ConsumeQueue,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Option<Record> {
+        let log = &self.inner.commit_log;
+        let usable = |offset: u64| cq.entry(offset).filter(|e| !e.is_hole() && e.size != 0);
+        let from = queue_offset
+            .checked_sub(1)
+            .and_then(usable)
+            .map_or(log.min_offset(), |e| e.physical_offset + e.size as u64);
+        let to = usable(queue_offset + 1).map_or(log.visible(), |e| e.physical_offset);
+        let mut pos = from.max(log.min_offset());
+        while pos < to {
+            let len = (record::RECORD_HEADER_SIZE as u64).min(log.visible() - pos);
+            let header = log.read_bytes(pos, len as u32).ok()?;
+            match record::peek_frame(&header) {
+                record::Frame::Record(size) if header.len() == record::RECORD_HEADER_SIZE => {
+                    let h = record::parse_header(&header);
+                    if h.queue_id == queue_id
+                        && h.queue_offset == queue_offset
+                        && h.physical_offset == pos
+                    {
+                        let rec = log.read(pos, size).ok()?;
+                        return (rec.topic == topic).then_some(rec);
+                    }
+                    pos += size as u64;
+                }
+                record::Frame::Blank(len) => pos += len as u64,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// `(min, max)` offsets of a queue; `(0, 0)` for a queue never written.
+    pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> (u64, u64) {
+        self.inner
+            .queues
+            .get(topic, queue_id)
+            .map_or((0, 0), |cq| (cq.min_offset(), cq.max_offset()))
+    }
+
+    /// The first offset of a queue stored at or after `timestamp` (ms); the max
+    /// offset when everything is older.
+    pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp: i64) -> u64 {
+        self.inner
+            .queues
+            .get(topic, queue_id)
+            .map_or(0, |cq| cq.offset_for_timestamp(timestamp))
+    }
+
+    /// Reads the message an id names.
+    pub fn lookup_by_id(&self, id: &MessageId) -> Result<Record> {
+        if id.broker_id != self.inner.config.broker_id {
+            return Err(StoreError::InvalidMessageId {
+                id: id.to_string(),
+                reason: format!(
+                    "it belongs to broker {}, this is broker {}",
+                    id.broker_id, self.inner.config.broker_id
+                ),
+            });
+        }
+        let log = &self.inner.commit_log;
+        if id.physical_offset < log.min_offset() || id.physical_offset >= log.visible() {
+            return Err(StoreError::MessageNotFound(id.to_string()));
+        }
+        let not_found = || StoreError::MessageNotFound(id.to_string());
+        // The header alone must agree with the id before the record is read: an id
+        // forged to point into a body costs one small read, not a large copy.
+        let header_len =
+            (record::RECORD_HEADER_SIZE as u64).min(log.visible() - id.physical_offset);
+        let prefix = log.read_bytes(id.physical_offset, header_len as u32)?;
+        let record::Frame::Record(size) = record::peek_frame(&prefix) else {
+            return Err(not_found()); // no record starts there: a forged or mistyped id
+        };
+        if prefix.len() < record::RECORD_HEADER_SIZE {
+            return Err(not_found());
+        }
+        let header = record::parse_header(&prefix);
+        if header.physical_offset != id.physical_offset
+            || header.crc != id.crc
+            || size > self.inner.config.max_record_size_bytes
+        {
+            return Err(not_found());
+        }
+        log.read(id.physical_offset, size)
+    }
+
+    /// Every message of `topic` carrying `key`, newest first, stored within
+    /// `[begin_ms, end_ms]`, at most `max`.
+    pub fn lookup_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<Record>> {
+        let log = &self.inner.commit_log;
+        let hits = self.inner.index.lock().lookup(
+            index::key_hash(topic, key),
+            begin_ms,
+            end_ms,
+            log.visible(),
+            max,
+        );
+        let mut out = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if hit.physical_offset < log.min_offset() {
+                continue;
+            }
+            match log.read(hit.physical_offset, hit.size) {
+                Ok(rec) if rec.topic == topic && rec.keys.iter().any(|k| k == key) => out.push(rec),
+                Ok(_) => {}
+                Err(StoreError::Corrupt { offset, reason }) => {
+                    tracing::error!(offset, %reason, "corrupt record skipped in key lookup");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every readable record from physical offset `from` (a record
+    /// boundary, e.g. an earlier [`StoreStats::commit_log_max`]) to the end of
+    /// published data; returns that end. Used to rebuild state kept outside the
+    /// store (such as producer dedupe windows) after a crash.
+    pub fn scan(&self, from: u64, mut f: impl FnMut(&Record)) -> Result<u64> {
+        let log = &self.inner.commit_log;
+        let end = log.visible();
+        let mut pos = from.max(log.min_offset());
+        while pos < end {
+            let prefix = log.read_bytes(pos, record::BLANK_HEADER_SIZE as u32)?;
+            match record::peek_frame(&prefix) {
+                record::Frame::Record(size) => {
+                    if let Ok(rec) = log.read(pos, size) {
+                        f(&rec);
+                    }
+                    pos += size as u64;
+                }
+                record::Frame::Blank(len) => pos += len as u64,
+                // Unreadable framing: recovery has reported it; nothing after it
+                // can be located without a resync, so stop here.
+                _ => break,
+            }
+        }
+        Ok(end)
+    }
+}
