@@ -8,6 +8,7 @@ use super::error::{Result, StoreError};
 use super::index;
 use super::message_id::MessageId;
 use super::record::{self, Record};
+use super::recovery::next_frame;
 
 /// Messages read from one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -262,17 +263,21 @@ impl Store {
         let mut pos = from.max(log.min_offset());
         while pos < end {
             let prefix = log.read_bytes(pos, record::BLANK_HEADER_SIZE as u32)?;
-            match record::peek_frame(&prefix) {
-                record::Frame::Record(size) => {
-                    if let Ok(rec) = log.read(pos, size) {
+            let next = match record::peek_frame(&prefix) {
+                record::Frame::Record(size) => match log.read(pos, size) {
+                    Ok(rec) => {
                         f(&rec);
+                        Some(pos + size as u64)
                     }
-                    pos += size as u64;
-                }
-                record::Frame::Blank(len) => pos += len as u64,
-                // Unreadable framing: recovery has reported it; nothing after it
-                // can be located without a resync, so stop here.
-                _ => break,
+                    Err(_) => next_frame(&self.inner, pos + 1, end),
+                },
+                record::Frame::Blank(len) => Some(pos + len as u64),
+                // Damage (recovery reported it): go on at the next valid record.
+                _ => next_frame(&self.inner, pos + 1, end),
+            };
+            match next {
+                Some(next) => pos = next,
+                None => break,
             }
         }
         Ok(end)

@@ -88,16 +88,23 @@ fn step(bytes: &[u8], pos: u64) -> Step {
 const MAGIC_TAIL: [u8; 2] = [0x0A, 0xDD];
 const MAGIC_TAIL_AT: u64 = 6;
 
-/// The position of the next valid record or filler at or after `from`, anywhere
-/// in the log.
-fn next_frame(inner: &Inner, from: u64) -> Option<u64> {
+/// The position of the next valid record or filler at or after `from` and
+/// before `limit`, anywhere in the log. Reads nothing at or past `limit`, so a
+/// reader may call it with the published end as the limit.
+pub(crate) fn next_frame(inner: &Inner, from: u64, limit: u64) -> Option<u64> {
     let log = &inner.commit_log;
     let mut pos = from;
-    while let Some(seg) = log.segment(pos) {
+    while let Some(seg) = log.segment(pos).filter(|_| pos < limit) {
+        let seg_limit = (limit.min(seg.end()) - seg.base()) as usize;
         let mut rel = pos - seg.base();
-        while let Some(data) = seg.next_data(rel) {
-            // SAFETY: recovery runs before the writer and any reader exist.
-            let bytes = unsafe { seg.slice(data.start as usize, (data.end - data.start) as usize) };
+        while let Some(data) = seg
+            .next_data(rel)
+            .filter(|d| (d.start as usize) < seg_limit)
+        {
+            let data_end = (data.end as usize).min(seg_limit);
+            // SAFETY: below `limit`: either recovery runs alone, or the caller
+            // passed the published end, below which nothing is written.
+            let bytes = unsafe { seg.slice(data.start as usize, data_end - data.start as usize) };
             for hit in memchr::memmem::find_iter(bytes, &MAGIC_TAIL) {
                 let Some(at) = (data.start + hit as u64).checked_sub(MAGIC_TAIL_AT) else {
                     continue;
@@ -106,7 +113,7 @@ fn next_frame(inner: &Inner, from: u64) -> Option<u64> {
                     continue;
                 }
                 // SAFETY: as above.
-                let frame = unsafe { seg.slice(at as usize, (seg.len() - at) as usize) };
+                let frame = unsafe { seg.slice(at as usize, seg_limit - at as usize) };
                 if matches!(
                     step(frame, seg.base() + at),
                     Step::Record(..) | Step::Blank(_)
@@ -114,7 +121,7 @@ fn next_frame(inner: &Inner, from: u64) -> Option<u64> {
                     return Some(seg.base() + at);
                 }
             }
-            rel = data.end;
+            rel = data_end as u64;
         }
         pos = seg.end();
     }
@@ -206,7 +213,7 @@ pub(crate) fn recover(
                 pos += len;
             }
             Step::Blank(len) => pos += len,
-            Step::End | Step::Invalid => match next_frame(inner, pos + 1) {
+            Step::End | Step::Invalid => match next_frame(inner, pos + 1, u64::MAX) {
                 Some(next) => {
                     tracing::error!(
                         start = pos,
