@@ -26,6 +26,11 @@ pub struct ReadResult {
     pub repaired_offsets: Vec<u64>,
 }
 
+/// How far the log is walked for the record of a damaged consume-queue entry
+/// (headers only; about 50 ms for 1 KiB records): beyond it the entry is
+/// reported corrupt.
+const MAX_DISPLACED_WALK: u64 = 256 << 20;
+
 impl Store {
     /// Reads up to `max_messages` (and about `max_bytes`, but at least one message)
     /// from a queue starting at `offset`. `offset == max_offset` returns nothing.
@@ -140,8 +145,10 @@ impl Store {
             .checked_sub(1)
             .and_then(usable)
             .map_or(log.min_offset(), |e| e.physical_offset + e.size as u64);
-        let to = usable(queue_offset + 1).map_or(log.visible(), |e| e.physical_offset);
         let mut pos = from.max(log.min_offset());
+        let to = usable(queue_offset + 1)
+            .map_or(log.visible(), |e| e.physical_offset)
+            .min(pos.saturating_add(MAX_DISPLACED_WALK));
         while pos < to {
             let len = (record::RECORD_HEADER_SIZE as u64).min(log.visible() - pos);
             let header = log.read_bytes(pos, len as u32).ok()?;
