@@ -99,7 +99,7 @@ impl Groups {
     /// before the group's dead-letter topic is created.
     pub fn check(&self, group: &GroupConfig) -> Result<()> {
         group.validate()?;
-        if self.table.len() >= self.max_groups && self.get(&group.name).is_none() {
+        if self.table.count() >= self.max_groups && self.get(&group.name).is_none() {
             return Err(self.full());
         }
         Ok(())

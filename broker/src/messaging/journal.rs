@@ -132,7 +132,7 @@ impl<T: Named> Table<T> {
         self.entries.read().values().cloned().collect()
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.entries.read().len()
     }
 
@@ -520,7 +520,7 @@ mod tests {
         );
         assert!(!dir.path().join("t.json").exists());
         let table = Table::<Entry>::open(dir.path(), "t").unwrap();
-        assert_eq!(table.len(), 99);
+        assert_eq!(table.count(), 99);
         assert_eq!(table.get("e000").unwrap().value, 7);
         assert_eq!(table.get("e001"), None);
         assert_eq!(table.get("e099").unwrap().value, 99);
@@ -560,7 +560,7 @@ mod tests {
         assert!(!dir.path().join("t.log.old").exists());
         drop(table);
         let table = Table::<Entry>::open(dir.path(), "t").unwrap();
-        assert_eq!(table.len(), 200);
+        assert_eq!(table.count(), 200);
         assert_eq!(table.get("e199").unwrap().value, 200);
     }
 
@@ -654,6 +654,6 @@ mod tests {
             t.join().unwrap();
         }
         drop(table);
-        assert_eq!(Table::<Entry>::open(dir.path(), "t").unwrap().len(), 400);
+        assert_eq!(Table::<Entry>::open(dir.path(), "t").unwrap().count(), 400);
     }
 }

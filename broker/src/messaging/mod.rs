@@ -1797,7 +1797,7 @@ impl Broker {
             flush_mode: format!("{:?}", cfg.flush).to_lowercase(),
             uptime: self.started.elapsed(),
             store: self.store.stats(),
-            topics: self.topics.len(),
+            topics: self.topics.count(),
             groups: self.groups.list().len(),
         }
     }

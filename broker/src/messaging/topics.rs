@@ -169,8 +169,8 @@ impl Topics {
         self.table.list()
     }
 
-    pub fn len(&self) -> usize {
-        self.table.len()
+    pub fn count(&self) -> usize {
+        self.table.count()
     }
 }
 
@@ -238,7 +238,7 @@ mod tests {
         }
         let refused = topics.create("d", 1, MessageType::Normal).unwrap_err();
         assert_eq!(refused.code(), "TOO_MANY_TOPICS");
-        assert_eq!(topics.len(), 3);
+        assert_eq!(topics.count(), 3);
         // Existing topics are still answered; a deleted one makes room.
         assert!(!topics.create("a", 16, MessageType::Normal).unwrap().1);
         topics.delete("a").unwrap();
