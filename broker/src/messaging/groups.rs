@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{BrokerError, Limit, Result};
-use super::journal::{Change, Named, Table};
+use super::journal::{Change, Decision, Named, Table};
 use crate::store::validate_topic_name;
 
 /// How a group shares messages among its members.
@@ -116,9 +116,9 @@ impl Groups {
     pub fn upsert(&self, group: GroupConfig) -> Result<bool> {
         group.validate()?;
         self.table.update(|groups| match groups.get(&group.name) {
-            Some(existing) if *existing == group => Ok((None, false)),
+            Some(existing) if *existing == group => Ok(Decision::unchanged(false)),
             None if groups.len() >= self.max_groups => Err(self.full()),
-            _ => Ok((Some(Change::Put(group)), true)),
+            _ => Ok(Decision::change(Change::Put(group), true)),
         })
     }
 
@@ -132,7 +132,7 @@ impl Groups {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| BrokerError::GroupNotFound(name.to_string()))?;
-            Ok((Some(Change::Delete(name.to_string())), removed))
+            Ok(Decision::change(Change::Delete(name.to_string()), removed))
         })
     }
 

@@ -86,6 +86,35 @@ impl<T: Named> Change<T> {
     }
 }
 
+/// What [`Table::update`] is told to do: a change (or none) and the answer
+/// for the caller.
+#[derive(Debug)]
+pub struct Decision<T, R> {
+    pub change: Option<Change<T>>,
+    pub answer: R,
+}
+
+impl<T, R> Decision<T, R> {
+    pub fn change(change: Change<T>, answer: R) -> Decision<T, R> {
+        Decision {
+            change: Some(change),
+            answer,
+        }
+    }
+
+    pub fn unchanged(answer: R) -> Decision<T, R> {
+        Decision {
+            change: None,
+            answer,
+        }
+    }
+}
+
+/// The whole table as the JSON snapshot holds it.
+fn snapshot<T: Serialize>(entries: &BTreeMap<String, T>) -> Vec<u8> {
+    metadata::to_json(&entries.values().collect::<Vec<_>>())
+}
+
 /// A table of named entries, persisted as snapshot plus journal.
 #[derive(Debug)]
 pub struct Table<T> {
@@ -116,7 +145,7 @@ impl<T: Named> Table<T> {
         if interrupted {
             // Finish the compaction a crash interrupted: the snapshot must hold
             // what `.log.old` held before that file goes.
-            journal.finish_compaction(&metadata::to_json(&entries.values().collect::<Vec<_>>()))?;
+            journal.finish_compaction(&snapshot(&entries))?;
         }
         Ok(Table {
             entries: RwLock::new(entries),
@@ -141,17 +170,17 @@ impl<T: Named> Table<T> {
     /// it sees every earlier change and no later one.
     pub fn update<R>(
         &self,
-        decide: impl FnOnce(&BTreeMap<String, T>) -> Result<(Option<Change<T>>, R)>,
+        decide: impl FnOnce(&BTreeMap<String, T>) -> Result<Decision<T, R>>,
     ) -> Result<R> {
         let (written, answer) = {
             let mut entries = self.entries.write();
-            let (change, answer) = decide(&entries)?;
+            let Decision { change, answer } = decide(&entries)?;
             match change {
                 // Nothing changes, but what the caller saw may be a change
                 // still on its way to disk.
                 None => (self.journal.end(), answer),
                 Some(change) => {
-                    let written = self.journal.append(&encode(&change))?;
+                    let written = self.journal.append(&encode(&change)?)?;
                     change.apply(&mut entries);
                     (written, answer)
                 }
@@ -159,20 +188,29 @@ impl<T: Named> Table<T> {
         };
         self.journal.sync(written)?;
         if self.journal.wants_compaction() {
-            self.journal
-                .compact(|| metadata::to_json(&self.entries.read().values().collect::<Vec<_>>()))?;
+            self.journal.compact(|| snapshot(&self.entries.read()))?;
         }
         Ok(answer)
     }
 }
 
-fn encode<T: Serialize>(change: &Change<T>) -> Vec<u8> {
+/// The journal record of `change`; an entry too large to replay is refused.
+fn encode<T: Serialize>(change: &Change<T>) -> Result<Vec<u8>> {
     let payload = serde_json::to_vec(change).expect("metadata serializes");
+    if payload.len() > MAX_RECORD {
+        return Err(BrokerError::invalid(
+            "metadata entry",
+            format!(
+                "{} bytes as JSON; at most {MAX_RECORD} bytes",
+                payload.len()
+            ),
+        ));
+    }
     let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
     record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     record.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
     record.extend_from_slice(&payload);
-    record
+    Ok(record)
 }
 
 /// The paths of one table.
@@ -485,13 +523,13 @@ mod tests {
             value,
         };
         table
-            .update(|_| Ok((Some(Change::Put(entry)), ())))
+            .update(|_| Ok(Decision::change(Change::Put(entry), ())))
             .unwrap();
     }
 
     fn delete(table: &Table<Entry>, name: &str) {
         table
-            .update(|_| Ok((Some(Change::Delete(name.to_string())), ())))
+            .update(|_| Ok(Decision::change(Change::Delete(name.to_string()), ())))
             .unwrap();
     }
 
@@ -634,6 +672,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("t.log") && err.contains("bad magic"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_too_large_to_replay_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Table::<Entry>::open(dir.path(), "t").unwrap();
+        let huge = Entry {
+            name: "x".repeat(MAX_RECORD),
+            value: 1,
+        };
+        let err = table
+            .update(|_| Ok(Decision::change(Change::Put(huge), ())))
+            .unwrap_err();
+        assert_eq!(err.code(), "INVALID_ARGUMENT");
+        assert!(err.to_string().len() < 200, "{err}");
+        assert_eq!(table.count(), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::{BrokerError, Limit, Result};
-use super::journal::{Change, Named, Table};
+use super::journal::{Change, Decision, Named, Table};
 use crate::store::{MessageType, validate_topic_name};
 
 /// Prefix of broker-owned topics.
@@ -128,7 +128,7 @@ impl Topics {
                     return Err(conflict("the queue count of a topic cannot shrink"));
                 }
                 if queues == existing.queues {
-                    return Ok((None, (existing.clone(), false)));
+                    return Ok(Decision::unchanged((existing.clone(), false)));
                 }
             } else if topics.len() >= self.limits.max_topics {
                 return Err(BrokerError::LimitReached {
@@ -141,7 +141,7 @@ impl Topics {
                 queues,
                 message_type,
             };
-            Ok((Some(Change::Put(topic.clone())), (topic, true)))
+            Ok(Decision::change(Change::Put(topic.clone()), (topic, true)))
         })
     }
 
@@ -161,7 +161,7 @@ impl Topics {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
-            Ok((Some(Change::Delete(name.to_string())), removed))
+            Ok(Decision::change(Change::Delete(name.to_string()), removed))
         })
     }
 
