@@ -24,9 +24,9 @@ use crate::metrics::Metrics;
 /// Which listener a connection came in on; it decides what idle means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
-    /// Idle: no open request or stream.
+    /// Idle: no open request or stream (and nothing received for a moment).
     Grpc,
-    /// Idle: no bytes read or written.
+    /// Idle: nothing received.
     Http,
 }
 
@@ -69,7 +69,7 @@ impl Gate {
     pub fn admit(&self, io: TcpStream) -> Option<Connection> {
         if self.open.fetch_add(1, Ordering::SeqCst) >= self.max {
             self.open.fetch_sub(1, Ordering::SeqCst);
-            self.count_closed("limit");
+            count_closed(&self.metrics, self.listener, Closed::OverLimit);
             tracing::debug!(
                 listener = self.listener.label(),
                 max = self.max,
@@ -91,13 +91,20 @@ impl Gate {
             metrics: self.metrics.clone(),
         })
     }
-
-    fn count_closed(&self, reason: &str) {
-        count_closed(&self.metrics, self.listener, reason);
-    }
 }
 
-fn count_closed(metrics: &Option<Arc<Metrics>>, listener: Listener, reason: &str) {
+/// Why the broker closed a connection.
+#[derive(Debug, Clone, Copy)]
+enum Closed {
+    OverLimit,
+    Idle,
+}
+
+fn count_closed(metrics: &Option<Arc<Metrics>>, listener: Listener, why: Closed) {
+    let reason = match why {
+        Closed::OverLimit => "limit",
+        Closed::Idle => "idle",
+    };
     if let Some(m) = metrics {
         m.connections_closed
             .with_label_values(&[listener.label(), reason])
@@ -256,7 +263,7 @@ impl AsyncRead for Connection {
                     "closing a connection idle for {:?}",
                     self.idle_timeout
                 );
-                count_closed(&self.metrics, self.listener, "idle");
+                count_closed(&self.metrics, self.listener, Closed::Idle);
                 Poll::Ready(Ok(())) // end of input: the server closes it
             }
             Poll::Pending => Poll::Pending,

@@ -44,16 +44,16 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(dduomq_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let config = broker.config().clone();
     let messaging = MessagingServiceServer::new(messaging::MessagingApi {
         broker: broker.clone(),
         streams: receive_streams::ReceiveStreams::new(
-            broker.config().max_receive_streams_per_group,
-            broker.config().max_receive_streams_per_client,
+            config.max_receive_streams_per_group,
+            config.max_receive_streams_per_client,
         ),
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let config = broker.config().clone();
     let gate = Gate::new(
         Listener::Grpc,
         config.max_connections,
