@@ -70,9 +70,80 @@ pub struct MessagingConfig {
     pub transaction_check_interval: Duration,
     /// Checks before an unresolved transaction is rolled back.
     pub transaction_max_checks: u32,
+    /// Most open connections on the gRPC port; more are closed at once.
+    pub max_connections: usize,
+    /// Most open connections on the HTTP port; more are closed at once.
+    pub max_http_connections: usize,
+    /// A connection without an open request or stream (gRPC), or without
+    /// traffic (HTTP), for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub connection_idle_timeout: Duration,
+    /// HTTP/2 PING interval on gRPC connections, and how long an answer may
+    /// take before the connection is taken as dead and closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Most open Receive streams of one consumer group, and of one client id.
+    pub max_receive_streams_per_group: usize,
+    pub max_receive_streams_per_client: usize,
+    /// Most queues of one topic.
+    pub max_queues_per_topic: u32,
+    /// Most topics (dead-letter topics included) and groups on this broker.
+    pub max_topics: usize,
+    pub max_groups: usize,
 }
 
+/// Largest `max_queues_per_topic`: each queue has its own consume-queue files.
+pub const MAX_QUEUES_PER_TOPIC: u32 = 65536;
+
 impl MessagingConfig {
+    /// Checks the limits: each must allow something.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_http_connections", self.max_http_connections),
+            (
+                "max_receive_streams_per_group",
+                self.max_receive_streams_per_group,
+            ),
+            (
+                "max_receive_streams_per_client",
+                self.max_receive_streams_per_client,
+            ),
+            ("max_topics", self.max_topics),
+            ("max_groups", self.max_groups),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return invalid(key, "must be at least 1");
+        }
+        let durations = [
+            ("connection_idle_timeout", self.connection_idle_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ];
+        if let Some((key, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return invalid(key, "must be longer than 0s");
+        }
+        if !(1..=MAX_QUEUES_PER_TOPIC).contains(&self.max_queues_per_topic) {
+            return invalid("max_queues_per_topic", "must be 1 to 65536");
+        }
+        if !(1..=self.max_queues_per_topic).contains(&self.default_queues) {
+            return invalid("default_queues", "must be 1 to max_queues_per_topic");
+        }
+        // Every group has a dead-letter topic.
+        if self.max_topics < self.max_groups {
+            return invalid("max_topics", "must be at least max_groups");
+        }
+        Ok(())
+    }
+
     /// What clients should dial to reach this broker.
     pub fn advertised_address(&self) -> String {
         if self.advertised_address.is_empty() {
@@ -103,6 +174,8 @@ pub enum ConfigError {
         origin: String,
         source: toml::de::Error,
     },
+    #[error("invalid config: [broker] {key} {reason}")]
+    Invalid { key: &'static str, reason: String },
 }
 
 impl BrokerConfig {
@@ -154,6 +227,9 @@ mod tests {
     fn defaults_parse_and_validate() {
         let cfg = BrokerConfig::load(None).unwrap();
         cfg.store.validate().unwrap();
+        cfg.broker.validate().unwrap();
+        assert_eq!(cfg.broker.max_queues_per_topic, 1024);
+        assert_eq!(cfg.broker.max_topics, 10_000);
         assert_eq!(cfg.store.segment_size_bytes, 1 << 30);
         assert_eq!(cfg.store.max_record_size_bytes, 4 << 20);
         assert_eq!(cfg.store.flush, FlushMode::Async);
@@ -189,6 +265,27 @@ mod tests {
         assert_eq!(cfg.store.flush, FlushMode::Sync);
         assert_eq!(cfg.store.segment_size_bytes, 65536);
         assert_eq!(cfg.store.retention.as_secs(), 72 * 3600);
+    }
+
+    #[test]
+    fn limits_that_allow_nothing_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        for (line, key) in [
+            ("max_connections = 0", "max_connections"),
+            (
+                "connection_idle_timeout = \"0s\"",
+                "connection_idle_timeout",
+            ),
+            ("max_queues_per_topic = 70000", "max_queues_per_topic"),
+            ("max_queues_per_topic = 2", "default_queues"),
+            ("max_topics = 10", "max_topics"),
+        ] {
+            std::fs::write(&path, format!("[broker]\n{line}\n")).unwrap();
+            let cfg = BrokerConfig::load(Some(&path)).unwrap();
+            let err = cfg.broker.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use tokio::net::TcpListener;
 
+use crate::connections::GatedListener;
 use crate::messaging::Broker;
 
 /// What the HTTP endpoint reports on: readiness, and the broker once it is open.
@@ -61,7 +61,7 @@ async fn readyz(State(ready): State<Arc<Readiness>>) -> (StatusCode, &'static st
 
 /// Serves HTTP on `listener` until `shutdown` resolves.
 pub async fn serve(
-    listener: TcpListener,
+    listener: GatedListener,
     ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

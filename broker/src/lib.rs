@@ -3,6 +3,7 @@
 //! `dduomq-broker` binary wires them together.
 
 pub mod config;
+pub mod connections;
 pub mod filter;
 pub mod grpc;
 pub mod http;

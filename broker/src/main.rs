@@ -8,12 +8,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use dduomq_broker::config::BrokerConfig;
+use dduomq_broker::connections::{Gate, GatedListener, Listener};
 use dduomq_broker::http::Readiness;
 use dduomq_broker::messaging::Broker;
 use dduomq_broker::metrics::Metrics;
 use dduomq_broker::store::{FlushMode, NoObserver, Store, StoreObserver};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// mimalloc: glibc's malloc and free were a fifth of the broker's CPU under load
 /// (many small, short-lived allocations per message across threads).
@@ -97,9 +98,8 @@ fn init_logging(format: &str) {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn terminated() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+/// Resolves on SIGTERM (`term`) or Ctrl-C.
+async fn terminated(mut term: Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let mut config = BrokerConfig::load(args.config.as_deref())?;
     args.apply(&mut config);
+    config.broker.validate()?;
 
     // Bind first, so a taken port fails fast, before recovery.
     let grpc_listener = TcpListener::bind(config.broker.grpc_addr)
@@ -120,8 +121,24 @@ async fn main() -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(config.broker.http_addr)
         .await
         .with_context(|| format!("binding HTTP {}", config.broker.http_addr))?;
+    let metrics = config.broker.metrics.then(|| {
+        Metrics::new(
+            env!("CARGO_PKG_VERSION"),
+            config.store.broker_id,
+            &format!("{:?}", config.store.flush).to_lowercase(),
+        )
+    });
     let ready = Arc::new(Readiness::default());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_listener = GatedListener {
+        listener: http_listener,
+        gate: Gate::new(
+            Listener::Http,
+            config.broker.max_http_connections,
+            config.broker.connection_idle_timeout,
+            metrics.clone(),
+        ),
+    };
     let http = tokio::spawn(dduomq_broker::http::serve(
         http_listener,
         ready.clone(),
@@ -130,13 +147,6 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
 
-    let metrics = config.broker.metrics.then(|| {
-        Metrics::new(
-            env!("CARGO_PKG_VERSION"),
-            config.store.broker_id,
-            &format!("{:?}", config.store.flush).to_lowercase(),
-        )
-    });
     let store_config = config.store.clone();
     let observer: Arc<dyn StoreObserver> = match &metrics {
         Some(m) => m.clone(),
@@ -157,12 +167,15 @@ async fn main() -> anyhow::Result<()> {
         flush = ?config.store.flush,
         "broker ready"
     );
+    // Handled before readiness is reported: a SIGTERM right after would
+    // otherwise kill the process without a clean shutdown.
+    let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     ready.set(true);
     let (term_tx, mut term_rx) = tokio::sync::watch::channel(false);
     let stopping = broker.clone();
     let ready_flag = ready.clone();
     let serve = dduomq_broker::grpc::serve(broker.clone(), grpc_listener, async move {
-        terminated().await;
+        terminated(term).await;
         tracing::info!("shutting down: no new requests; finishing in-flight ones");
         ready_flag.set(false);
         stopping.begin_shutdown();

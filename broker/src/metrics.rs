@@ -53,6 +53,7 @@ pub struct Metrics {
     pub grpc_duration: HistogramVec,
     pub grpc_connections: IntGauge,
     pub grpc_streams: IntGauge,
+    pub connections_closed: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -247,6 +248,11 @@ impl Metrics {
             grpc_duration,
             grpc_connections: gauge("dduomq_grpc_connections", "Open client connections."),
             grpc_streams: gauge("dduomq_grpc_streams", "Open Receive streams."),
+            connections_closed: counter_vec(
+                "dduomq_connections_closed_total",
+                "Connections the broker closed: over the listener's limit, or idle.",
+                &["listener", "reason"],
+            ),
             registry,
         })
     }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::receive_streams::{ReceiveStreams, StreamSlot};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
 use crate::messaging::membership::MemberKind;
@@ -33,6 +34,7 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct MessagingApi {
     pub broker: Arc<Broker>,
+    pub streams: Arc<ReceiveStreams>,
 }
 
 #[tonic::async_trait]
@@ -113,6 +115,10 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "Receive", async move {
             let r = req.into_inner();
             let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
+            let slot = self
+                .streams
+                .open(&r.group, &r.client_id)
+                .map_err(to_status)?;
             let (sub, consumer) = self
                 .broker
                 .open_receive(
@@ -149,6 +155,7 @@ impl MessagingService for MessagingApi {
                 limits,
                 r.batched,
                 tx,
+                slot,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
@@ -396,6 +403,7 @@ impl MessagingService for MessagingApi {
 
 /// Serves one Receive stream: leases messages within the consumer's limits and
 /// sends them; sleeps until new messages, acks, due retries or expiring leases.
+/// `slot` holds the stream's place under the per-group and per-client limits.
 async fn push_loop(
     broker: Arc<Broker>,
     sub: Arc<Subscription>,
@@ -403,6 +411,7 @@ async fn push_loop(
     limits: ReceiveLimits,
     batched: bool,
     tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
+    slot: StreamSlot,
 ) {
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
@@ -458,6 +467,7 @@ async fn push_loop(
         }
     }
     broker.close_receive(&sub, consumer).await;
+    drop(slot);
     if let Some(m) = broker.metrics() {
         m.grpc_streams.dec();
     }

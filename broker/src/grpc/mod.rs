@@ -4,24 +4,22 @@
 mod admin;
 mod convert;
 mod messaging;
+mod receive_streams;
 pub mod status;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use dduomq_proto::v1::admin_service_server::AdminServiceServer;
 use dduomq_proto::v1::messaging_service_server::MessagingServiceServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Code, Response, Status};
 use tracing::Instrument;
 
+use crate::connections::{Gate, Listener, TrackRequestsLayer};
 use crate::messaging::Broker;
 use crate::metrics::Metrics;
 
@@ -46,12 +44,22 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(dduomq_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let config = broker.config().clone();
     let messaging = MessagingServiceServer::new(messaging::MessagingApi {
         broker: broker.clone(),
+        streams: receive_streams::ReceiveStreams::new(
+            config.max_receive_streams_per_group,
+            config.max_receive_streams_per_client,
+        ),
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let metrics = broker.metrics().cloned();
+    let gate = Gate::new(
+        Listener::Grpc,
+        config.max_connections,
+        config.connection_idle_timeout,
+        broker.metrics().cloned(),
+    );
     let admin = AdminServiceServer::new(admin::AdminApi { broker })
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -60,16 +68,19 @@ pub async fn serve(
         // sends wait a round trip per 64 KiB.
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
+        // Dead peers (no PING answer) are closed, releasing their streams.
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(TrackRequestsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(messaging)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener).map(move |conn| {
-                conn.map(|io| {
-                    let _ = io.set_nodelay(true);
-                    Counted::new(io, metrics.clone())
-                })
+            // Connections over the limit are closed as soon as accepted.
+            TcpListenerStream::new(listener).filter_map(move |conn| match conn {
+                Ok(io) => gate.admit(io).map(Ok),
+                Err(e) => Some(Err(e)),
             }),
             shutdown,
         )
@@ -125,71 +136,5 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// A client connection that is counted in `dduomq_grpc_connections` while open.
-struct Counted {
-    io: TcpStream,
-    metrics: Option<Arc<Metrics>>,
-}
-
-impl Counted {
-    fn new(io: TcpStream, metrics: Option<Arc<Metrics>>) -> Counted {
-        if let Some(m) = &metrics {
-            m.grpc_connections.inc();
-        }
-        Counted { io, metrics }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        if let Some(m) = &self.metrics {
-            m.grpc_connections.dec();
-        }
-    }
-}
-
-impl Connected for Counted {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
     }
 }

@@ -31,7 +31,9 @@ pub fn to_status(err: BrokerError) -> Status {
             Code::FailedPrecondition
         }
         "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
-        "DISK_FULL" => Code::ResourceExhausted,
+        "DISK_FULL" | "TOO_MANY_TOPICS" | "TOO_MANY_GROUPS" | "TOO_MANY_STREAMS" => {
+            Code::ResourceExhausted
+        }
         "CORRUPT_RECORD" => Code::DataLoss,
         "STORE_CLOSED" | "DUPLICATE_IN_FLIGHT" | "TRANSACTION_IN_PROGRESS" | "BROKER_DRAINING" => {
             Code::Unavailable

@@ -58,6 +58,8 @@ pub enum BrokerError {
     TransactionInProgress(String),
     #[error("transaction {id:?} was already resolved: {resolution}")]
     TransactionResolved { id: String, resolution: String },
+    #[error("{limit}: this broker allows at most {max} (broker setting {})", limit.setting())]
+    LimitReached { limit: Limit, max: usize },
     #[error(transparent)]
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
@@ -84,6 +86,7 @@ impl BrokerError {
             BrokerError::TransactionNotFound(_) => "TRANSACTION_NOT_FOUND",
             BrokerError::TransactionResolved { .. } => "TRANSACTION_RESOLVED",
             BrokerError::TransactionInProgress(_) => "TRANSACTION_IN_PROGRESS",
+            BrokerError::LimitReached { limit, .. } => limit.code(),
             BrokerError::Store(e) => e.code(),
         }
     }
@@ -93,6 +96,51 @@ impl BrokerError {
             what,
             reason: reason.into(),
         }
+    }
+}
+
+/// A count a broker bounds, so no client can exhaust its memory or files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Topics on the broker, dead-letter topics included.
+    Topics,
+    /// Consumer groups on the broker.
+    Groups,
+    /// Open Receive streams of one consumer group.
+    StreamsPerGroup,
+    /// Open Receive streams of one client id.
+    StreamsPerClient,
+}
+
+impl Limit {
+    /// The stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Limit::Topics => "TOO_MANY_TOPICS",
+            Limit::Groups => "TOO_MANY_GROUPS",
+            Limit::StreamsPerGroup | Limit::StreamsPerClient => "TOO_MANY_STREAMS",
+        }
+    }
+
+    /// The `[broker]` configuration key that sets it.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Limit::Topics => "max_topics",
+            Limit::Groups => "max_groups",
+            Limit::StreamsPerGroup => "max_receive_streams_per_group",
+            Limit::StreamsPerClient => "max_receive_streams_per_client",
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limit::Topics => "too many topics",
+            Limit::Groups => "too many consumer groups",
+            Limit::StreamsPerGroup => "too many open Receive streams for this group",
+            Limit::StreamsPerClient => "too many open Receive streams for this client id",
+        })
     }
 }
 

@@ -1,15 +1,14 @@
-//! The consumer-group registry, persisted in `<data_dir>/metadata/groups.json`.
+//! The consumer-group registry, persisted in `<data_dir>/metadata/` as
+//! `groups.json` plus the journal `groups.log` (see [`super::journal`]).
 //! Group names follow the topic-name rule.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::error::{BrokerError, Result};
-use super::metadata;
+use super::error::{BrokerError, Limit, Result};
+use super::journal::{Change, Decision, Named, Table};
 use crate::store::validate_topic_name;
 
 /// How a group shares messages among its members.
@@ -36,6 +35,12 @@ pub struct GroupConfig {
     /// they are dropped (logged and counted).
     #[serde(default = "enabled")]
     pub dead_letter: bool,
+}
+
+impl Named for GroupConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 fn enabled() -> bool {
@@ -77,51 +82,62 @@ impl GroupConfig {
 /// All groups of this broker.
 #[derive(Debug)]
 pub struct Groups {
-    path: PathBuf,
-    groups: RwLock<BTreeMap<String, GroupConfig>>,
+    table: Table<GroupConfig>,
+    max_groups: usize,
 }
 
 impl Groups {
-    pub fn open(path: PathBuf) -> Result<Groups> {
-        let list: Vec<GroupConfig> = metadata::load(&path)?;
+    /// Loads the groups saved in `dir`; at most `max_groups` may exist.
+    pub fn open(dir: &Path, max_groups: usize) -> Result<Groups> {
         Ok(Groups {
-            path,
-            groups: RwLock::new(list.into_iter().map(|g| (g.name.clone(), g)).collect()),
+            table: Table::open(dir, "groups")?,
+            max_groups,
         })
     }
 
-    fn persist(&self, groups: &BTreeMap<String, GroupConfig>) -> Result<()> {
-        let list: Vec<&GroupConfig> = groups.values().collect();
-        Ok(metadata::save(&self.path, &list)?)
+    /// Refuses what [`Groups::upsert`] would refuse, changing nothing: checked
+    /// before the group's dead-letter topic is created.
+    pub fn check(&self, group: &GroupConfig) -> Result<()> {
+        group.validate()?;
+        if self.table.count() >= self.max_groups && self.get(&group.name).is_none() {
+            return Err(self.full());
+        }
+        Ok(())
+    }
+
+    fn full(&self) -> BrokerError {
+        BrokerError::LimitReached {
+            limit: Limit::Groups,
+            max: self.max_groups,
+        }
     }
 
     /// Creates or updates a group. Returns whether anything changed.
     pub fn upsert(&self, group: GroupConfig) -> Result<bool> {
         group.validate()?;
-        let mut groups = self.groups.write();
-        if groups.get(&group.name) == Some(&group) {
-            return Ok(false);
-        }
-        groups.insert(group.name.clone(), group);
-        self.persist(&groups)?;
-        Ok(true)
+        self.table.update(|groups| match groups.get(&group.name) {
+            Some(existing) if *existing == group => Ok(Decision::unchanged(false)),
+            None if groups.len() >= self.max_groups => Err(self.full()),
+            _ => Ok(Decision::change(Change::Put(group), true)),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<GroupConfig> {
-        self.groups.read().get(name).cloned()
+        self.table.get(name)
     }
 
     pub fn delete(&self, name: &str) -> Result<GroupConfig> {
-        let mut groups = self.groups.write();
-        let removed = groups
-            .remove(name)
-            .ok_or_else(|| BrokerError::GroupNotFound(name.to_string()))?;
-        self.persist(&groups)?;
-        Ok(removed)
+        self.table.update(|groups| {
+            let removed = groups
+                .get(name)
+                .cloned()
+                .ok_or_else(|| BrokerError::GroupNotFound(name.to_string()))?;
+            Ok(Decision::change(Change::Delete(name.to_string()), removed))
+        })
     }
 
     pub fn list(&self) -> Vec<GroupConfig> {
-        self.groups.read().values().cloned().collect()
+        self.table.list()
     }
 }
 
@@ -146,8 +162,7 @@ mod tests {
     #[test]
     fn upsert_persists_and_validates() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("groups.json");
-        let groups = Groups::open(path.clone()).unwrap();
+        let groups = Groups::open(dir.path(), 1).unwrap();
         let g = GroupConfig {
             name: "g".into(),
             mode: ConsumeMode::Broadcast,
@@ -162,7 +177,13 @@ mod tests {
             ..g.clone()
         };
         assert_eq!(groups.upsert(bad).unwrap_err().code(), "INVALID_ARGUMENT");
+        let other = GroupConfig {
+            name: "h".into(),
+            ..g.clone()
+        };
+        assert_eq!(groups.check(&other).unwrap_err().code(), "TOO_MANY_GROUPS");
+        assert_eq!(groups.upsert(other).unwrap_err().code(), "TOO_MANY_GROUPS");
         drop(groups);
-        assert_eq!(Groups::open(path).unwrap().get("g"), Some(g));
+        assert_eq!(Groups::open(dir.path(), 1).unwrap().get("g"), Some(g));
     }
 }

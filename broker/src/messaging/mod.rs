@@ -8,6 +8,7 @@ pub mod dedupe;
 mod delayed;
 pub mod error;
 pub mod groups;
+mod journal;
 pub mod membership;
 mod metadata;
 pub mod offsets;
@@ -40,7 +41,7 @@ use offsets::{OffsetTable, ProgressKey};
 use receipt::ReceiptHandle;
 use routes::{QueueRoute, RouteTable, TopicRoute};
 use subscription::{SubKey, SubState, Subscription, Usage};
-use topics::{TopicConfig, Topics};
+use topics::{TopicConfig, TopicLimits, Topics};
 
 /// The idempotent producer id and sequence a record carries, if any.
 fn producer_sequence(properties: &[(String, String)]) -> Option<(String, u64)> {
@@ -354,8 +355,14 @@ impl Broker {
             dedupe,
             staged,
             persisting: Mutex::new(()),
-            topics: Topics::open(meta.join("topics.json"))?,
-            groups: Groups::open(meta.join("groups.json"))?,
+            topics: Topics::open(
+                &meta,
+                TopicLimits {
+                    max_topics: config.max_topics,
+                    max_queues: config.max_queues_per_topic,
+                },
+            )?,
+            groups: Groups::open(&meta, config.max_groups)?,
             offsets: Mutex::new(OffsetTable::open(meta.join("offsets.json"))?),
             subscriptions: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
@@ -457,10 +464,11 @@ impl Broker {
     /// Creates or updates a group, and its dead-letter topic, so the latter can
     /// be subscribed to and inspected before anything is dead-lettered.
     pub fn upsert_group(&self, group: GroupConfig) -> Result<bool> {
-        let dlq = group.dead_letter_topic();
-        let changed = self.groups.upsert(group)?;
-        self.topics.create(&dlq, 1, MessageType::Normal)?;
-        Ok(changed)
+        // Refusals first, so a refused group leaves no dead-letter topic.
+        self.groups.check(&group)?;
+        self.topics
+            .create(&group.dead_letter_topic(), 1, MessageType::Normal)?;
+        self.groups.upsert(group)
     }
 
     pub fn delete_group(&self, name: &str) -> Result<()> {
@@ -1789,7 +1797,7 @@ impl Broker {
             flush_mode: format!("{:?}", cfg.flush).to_lowercase(),
             uptime: self.started.elapsed(),
             store: self.store.stats(),
-            topics: self.topics.list().len(),
+            topics: self.topics.count(),
             groups: self.groups.list().len(),
         }
     }

@@ -1,21 +1,17 @@
-//! The topic registry, persisted in `<data_dir>/metadata/topics.json`.
+//! The topic registry, persisted in `<data_dir>/metadata/` as `topics.json`
+//! plus the journal `topics.log` (see [`super::journal`]).
 //!
 //! Topic names follow the store's rule (1-127 of `A-Z a-z 0-9 _ - . %`, not
 //! starting with `.`); names starting with `%` are reserved for system topics
 //! such as dead-letter topics (`%DLQ%<group>`).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::error::{BrokerError, Result};
-use super::metadata;
+use super::error::{BrokerError, Limit, Result};
+use super::journal::{Change, Decision, Named, Table};
 use crate::store::{MessageType, validate_topic_name};
-
-/// Most queues a topic may have.
-pub const MAX_QUEUES: u32 = 4096;
 
 /// Prefix of broker-owned topics.
 pub const SYSTEM_PREFIX: char = '%';
@@ -27,6 +23,20 @@ pub struct TopicConfig {
     pub queues: u32,
     #[serde(with = "message_type_name")]
     pub message_type: MessageType,
+}
+
+impl Named for TopicConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How many topics, and queues per topic, a broker takes.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicLimits {
+    /// Topics, dead-letter topics included.
+    pub max_topics: usize,
+    pub max_queues: u32,
 }
 
 /// The lowercase name users see (`normal`, `fifo`, `delay`, `transaction`).
@@ -60,8 +70,8 @@ mod message_type_name {
 /// All topics of this broker.
 #[derive(Debug)]
 pub struct Topics {
-    path: PathBuf,
-    topics: RwLock<BTreeMap<String, TopicConfig>>,
+    table: Table<TopicConfig>,
+    limits: TopicLimits,
 }
 
 /// Checks a user-supplied topic name.
@@ -77,17 +87,12 @@ pub fn validate_user_topic(name: &str) -> Result<()> {
 }
 
 impl Topics {
-    pub fn open(path: PathBuf) -> Result<Topics> {
-        let list: Vec<TopicConfig> = metadata::load(&path)?;
+    /// Loads the topics saved in `dir`.
+    pub fn open(dir: &Path, limits: TopicLimits) -> Result<Topics> {
         Ok(Topics {
-            path,
-            topics: RwLock::new(list.into_iter().map(|t| (t.name.clone(), t)).collect()),
+            table: Table::open(dir, "topics")?,
+            limits,
         })
-    }
-
-    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> Result<()> {
-        let list: Vec<&TopicConfig> = topics.values().collect();
-        Ok(metadata::save(&self.path, &list)?)
     }
 
     /// Creates a topic, or grows an existing one's queues. Returns the topic and
@@ -99,42 +104,49 @@ impl Topics {
         message_type: MessageType,
     ) -> Result<(TopicConfig, bool)> {
         validate_topic_name(name)?;
-        if queues == 0 || queues > MAX_QUEUES {
+        let max_queues = self.limits.max_queues;
+        if queues == 0 || queues > max_queues {
             return Err(BrokerError::invalid(
                 "queue count",
-                format!("{queues}: a topic has 1 to {MAX_QUEUES} queues"),
+                format!(
+                    "{queues}: a topic has 1 to {max_queues} queues on this broker (max_queues_per_topic)"
+                ),
             ));
         }
-        let mut topics = self.topics.write();
-        if let Some(existing) = topics.get(name).cloned() {
-            let conflict = |reason: &str| BrokerError::TopicConflict {
+        self.table.update(|topics| {
+            if let Some(existing) = topics.get(name) {
+                let conflict = |reason: &str| BrokerError::TopicConflict {
+                    name: name.to_string(),
+                    queues: existing.queues,
+                    message_type: message_type_str(existing.message_type).into(),
+                    reason: reason.into(),
+                };
+                if existing.message_type != message_type {
+                    return Err(conflict("the message type of a topic cannot change"));
+                }
+                if queues < existing.queues {
+                    return Err(conflict("the queue count of a topic cannot shrink"));
+                }
+                if queues == existing.queues {
+                    return Ok(Decision::unchanged((existing.clone(), false)));
+                }
+            } else if topics.len() >= self.limits.max_topics {
+                return Err(BrokerError::LimitReached {
+                    limit: Limit::Topics,
+                    max: self.limits.max_topics,
+                });
+            }
+            let topic = TopicConfig {
                 name: name.to_string(),
-                queues: existing.queues,
-                message_type: message_type_str(existing.message_type).into(),
-                reason: reason.into(),
+                queues,
+                message_type,
             };
-            if existing.message_type != message_type {
-                return Err(conflict("the message type of a topic cannot change"));
-            }
-            if queues < existing.queues {
-                return Err(conflict("the queue count of a topic cannot shrink"));
-            }
-            if queues == existing.queues {
-                return Ok((existing, false));
-            }
-        }
-        let topic = TopicConfig {
-            name: name.to_string(),
-            queues,
-            message_type,
-        };
-        topics.insert(name.to_string(), topic.clone());
-        self.persist(&topics)?;
-        Ok((topic, true))
+            Ok(Decision::change(Change::Put(topic.clone()), (topic, true)))
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<TopicConfig> {
-        self.topics.read().get(name).cloned()
+        self.table.get(name)
     }
 
     /// The topic, or TOPIC_NOT_FOUND.
@@ -144,16 +156,21 @@ impl Topics {
     }
 
     pub fn delete(&self, name: &str) -> Result<TopicConfig> {
-        let mut topics = self.topics.write();
-        let removed = topics
-            .remove(name)
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
-        self.persist(&topics)?;
-        Ok(removed)
+        self.table.update(|topics| {
+            let removed = topics
+                .get(name)
+                .cloned()
+                .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+            Ok(Decision::change(Change::Delete(name.to_string()), removed))
+        })
     }
 
     pub fn list(&self) -> Vec<TopicConfig> {
-        self.topics.read().values().cloned().collect()
+        self.table.list()
+    }
+
+    pub fn count(&self) -> usize {
+        self.table.count()
     }
 }
 
@@ -161,11 +178,15 @@ impl Topics {
 mod tests {
     use super::*;
 
+    const LIMITS: TopicLimits = TopicLimits {
+        max_topics: 3,
+        max_queues: 16,
+    };
+
     #[test]
     fn create_grow_conflict_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("topics.json");
-        let topics = Topics::open(path.clone()).unwrap();
+        let topics = Topics::open(dir.path(), LIMITS).unwrap();
         assert!(topics.create("a", 4, MessageType::Normal).unwrap().1);
         assert!(!topics.create("a", 4, MessageType::Normal).unwrap().1);
         assert!(topics.create("a", 8, MessageType::Normal).unwrap().1);
@@ -195,7 +216,7 @@ mod tests {
             "INVALID_ARGUMENT"
         );
         drop(topics);
-        let topics = Topics::open(path).unwrap();
+        let topics = Topics::open(dir.path(), LIMITS).unwrap();
         assert_eq!(topics.require("a").unwrap().queues, 8);
         assert_eq!(topics.delete("a").unwrap().name, "a");
         assert_eq!(topics.require("a").unwrap_err().code(), "TOPIC_NOT_FOUND");
@@ -203,5 +224,24 @@ mod tests {
             validate_user_topic("%DLQ%x").unwrap_err().code(),
             "INVALID_ARGUMENT"
         );
+    }
+
+    #[test]
+    fn topic_and_queue_counts_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Topics::open(dir.path(), LIMITS).unwrap();
+        let refused = topics.create("a", 17, MessageType::Normal).unwrap_err();
+        assert_eq!(refused.code(), "INVALID_ARGUMENT");
+        assert!(refused.to_string().contains("1 to 16"), "{refused}");
+        for name in ["a", "b", "c"] {
+            topics.create(name, 16, MessageType::Normal).unwrap();
+        }
+        let refused = topics.create("d", 1, MessageType::Normal).unwrap_err();
+        assert_eq!(refused.code(), "TOO_MANY_TOPICS");
+        assert_eq!(topics.count(), 3);
+        // Existing topics are still answered; a deleted one makes room.
+        assert!(!topics.create("a", 16, MessageType::Normal).unwrap().1);
+        topics.delete("a").unwrap();
+        assert!(topics.create("d", 1, MessageType::Normal).unwrap().1);
     }
 }

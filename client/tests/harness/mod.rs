@@ -97,6 +97,11 @@ impl Broker {
         self.dir.path().join("data")
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(sibling_binary("dduomq-broker"));
         cmd.arg("--data-dir")
