@@ -97,6 +97,22 @@ impl Broker {
         self.dir.path().join("data")
     }
 
+    /// The broker process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    /// The broker's resident memory (`VmRSS` of /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(sibling_binary("dduomq-broker"));
         cmd.arg("--data-dir")
