@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use dduomq_client::Admin;
 use dduomq_client::proto as pb;
 use harness::{Broker, Options, eventually};
 use pb::admin_service_client::AdminServiceClient;
@@ -70,6 +71,12 @@ fn assert_refused<T: std::fmt::Debug>(
     assert!(message.contains(mentions), "{mentions:?} not in {message}");
 }
 
+/// [`assert_refused`] with INVALID_ARGUMENT, the reason of most refusals.
+#[track_caller]
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
+    assert_refused(result, Code::InvalidArgument, "INVALID_ARGUMENT", field);
+}
+
 fn outgoing(topic: &str, body: &str) -> pb::OutgoingMessage {
     pb::OutgoingMessage {
         topic: topic.into(),
@@ -98,36 +105,15 @@ struct State {
 }
 
 async fn state(b: &Broker) -> State {
-    let mut a = admin(b).await;
+    let a = Admin::connect(&b.grpc).unwrap();
     let mut topics = Vec::new();
-    let names = a
-        .list_topics(pb::ListTopicsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .topics;
-    for t in names {
-        let d = a
-            .describe_topic(pb::DescribeTopicRequest { name: t.name })
-            .await
-            .unwrap()
-            .into_inner();
-        topics.push(d);
+    for t in a.list_topics().await.unwrap() {
+        topics.push(a.describe_topic(&t.name).await.unwrap());
     }
-    let groups = a
-        .list_groups(pb::ListGroupsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .groups;
-    let info = a
-        .broker_info(pb::BrokerInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = a.broker_info().await.unwrap();
     State {
         topics,
-        groups,
+        groups: a.list_groups().await.unwrap(),
         commit_log_max: info.commit_log_max,
         route_epoch: info.route_epoch,
     }
@@ -197,7 +183,7 @@ async fn heartbeats_with_huge_names_are_refused_and_leave_no_memory_behind() {
                 topics: Vec::new(),
             })
             .await;
-        assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "group");
+        assert_invalid(r, "group");
     }
     for kind in [
         pb::ConsumerKind::Producer,
@@ -212,7 +198,7 @@ async fn heartbeats_with_huge_names_are_refused_and_leave_no_memory_behind() {
                 topics: Vec::new(),
             })
             .await;
-        assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "client_id");
+        assert_invalid(r, "client_id");
     }
     let r = m
         .heartbeat(pb::HeartbeatRequest {
@@ -222,7 +208,7 @@ async fn heartbeats_with_huge_names_are_refused_and_leave_no_memory_behind() {
             topics: (0..65).map(|i| format!("topic-{i}")).collect(),
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "topics");
+    assert_invalid(r, "topics");
     // 200 MiB of names went in; at most 64 MiB may stay, once members expired.
     assert_rss_within(&b, rss_before, 64).await;
     assert_eq!(state(&b).await, before, "no group, topic or member created");
@@ -266,12 +252,7 @@ async fn invisible_durations_above_the_cap_are_refused() {
     let before = state(&b).await;
     for ms in [MAX_INVISIBLE_MS + 1, u32::MAX] {
         let r = m.receive(receive_request("lessee", "leases", ms)).await;
-        assert_refused(
-            r,
-            Code::InvalidArgument,
-            "INVALID_ARGUMENT",
-            "invisible_duration_ms",
-        );
+        assert_invalid(r, "invisible_duration_ms");
     }
     assert_eq!(state(&b).await, before, "no group created by a refusal");
     // The cap itself is allowed.
@@ -288,12 +269,7 @@ async fn invisible_durations_above_the_cap_are_refused() {
         invisible_duration_ms: ms,
     };
     let r = m.change_invisible_duration(extend(u32::MAX)).await;
-    assert_refused(
-        r,
-        Code::InvalidArgument,
-        "INVALID_ARGUMENT",
-        "invisible_duration_ms",
-    );
+    assert_invalid(r, "invisible_duration_ms");
     let until = m
         .change_invisible_duration(extend(MAX_INVISIBLE_MS))
         .await
@@ -341,12 +317,8 @@ async fn ack(
 }
 
 async fn committed(b: &Broker, group: &str) -> (u64, u32) {
-    let d = admin(b)
-        .await
-        .describe_group(pb::DescribeGroupRequest { name: group.into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let a = Admin::connect(&b.grpc).unwrap();
+    let d = a.describe_group(group).await.unwrap();
     let q = &d.queues[0];
     (q.committed_offset, q.in_flight)
 }
@@ -474,13 +446,13 @@ async fn error_messages_show_huge_input_briefly() {
             message_type: 0,
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "topic name");
+    assert_invalid(r, "topic name");
     let r = a
         .describe_topic(pb::DescribeTopicRequest { name: huge.clone() })
         .await;
     assert_refused(r, Code::NotFound, "TOPIC_NOT_FOUND", "10000 bytes");
     let r = send(&mut m, vec![outgoing(&huge, "x")]).await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "topic name");
+    assert_invalid(r, "topic name");
     let r = a
         .create_group(pb::CreateGroupRequest {
             group: Some(pb::Group {
@@ -489,13 +461,13 @@ async fn error_messages_show_huge_input_briefly() {
             }),
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "group name");
+    assert_invalid(r, "group name");
     let r = a
         .describe_group(pb::DescribeGroupRequest { name: huge.clone() })
         .await;
     assert_refused(r, Code::NotFound, "GROUP_NOT_FOUND", "10000 bytes");
     let r = m.receive(receive_request(&huge, "alive", 0)).await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "group");
+    assert_invalid(r, "group");
     let r = m
         .end_transaction(pb::EndTransactionRequest {
             transaction_id: huge.clone(),
@@ -547,12 +519,7 @@ async fn retry_backoff_steps_are_validated() {
         vec![1000; 65],
     ] {
         let r = a.create_group(group(bad)).await;
-        assert_refused(
-            r,
-            Code::InvalidArgument,
-            "INVALID_ARGUMENT",
-            "retry_backoff_ms",
-        );
+        assert_invalid(r, "retry_backoff_ms");
     }
     assert_eq!(
         state(&b).await,
@@ -583,7 +550,7 @@ async fn unknown_enum_values_are_refused() {
         }],
     )
     .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "codec");
+    assert_invalid(r, "codec");
     let r = a
         .create_topic(pb::CreateTopicRequest {
             name: "typed".into(),
@@ -591,7 +558,7 @@ async fn unknown_enum_values_are_refused() {
             message_type: 99,
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "message_type");
+    assert_invalid(r, "message_type");
     let r = a
         .create_group(pb::CreateGroupRequest {
             group: Some(pb::Group {
@@ -601,21 +568,21 @@ async fn unknown_enum_values_are_refused() {
             }),
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "mode");
+    assert_invalid(r, "mode");
     let r = m
         .receive(pb::ReceiveRequest {
             mode: 9,
             ..receive_request("moded", "enums", 0)
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "mode");
+    assert_invalid(r, "mode");
     let r = m
         .receive(pb::ReceiveRequest {
             filter_type: 5,
             ..receive_request("filtered", "enums", 0)
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "filter_type");
+    assert_invalid(r, "filter_type");
     let r = m
         .pull(pb::PullRequest {
             group: "filtered".into(),
@@ -624,7 +591,7 @@ async fn unknown_enum_values_are_refused() {
             ..Default::default()
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "filter_type");
+    assert_invalid(r, "filter_type");
     let r = a
         .update_routes(pb::UpdateRoutesRequest {
             epoch: 7,
@@ -635,7 +602,7 @@ async fn unknown_enum_values_are_refused() {
             }],
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "message_type");
+    assert_invalid(r, "message_type");
     assert_eq!(state(&b).await, before, "nothing created, stored or routed");
     assert_serves(&b).await;
 }
@@ -720,7 +687,7 @@ async fn oversized_strings_and_counts_are_refused() {
     ];
     for (field, messages) in cases {
         let r = send(&mut m, messages).await;
-        assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", field);
+        assert_invalid(r, field);
     }
     let r = m
         .receive(pb::ReceiveRequest {
@@ -728,33 +695,28 @@ async fn oversized_strings_and_counts_are_refused() {
             ..receive_request("reader", "strings", 0)
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "client_id");
+    assert_invalid(r, "client_id");
     let r = m
         .receive(pb::ReceiveRequest {
             client_id: "two\nlines".into(),
             ..receive_request("reader", "strings", 0)
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "client_id");
+    assert_invalid(r, "client_id");
     let r = m
         .receive(pb::ReceiveRequest {
             lane: long(65),
             ..receive_request("reader", "strings", 0)
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "lane");
+    assert_invalid(r, "lane");
     let r = m
         .transaction_checks(pb::TransactionChecksRequest {
             producer_group: long(1 << 20),
             client_id: "checker-1".into(),
         })
         .await;
-    assert_refused(
-        r,
-        Code::InvalidArgument,
-        "INVALID_ARGUMENT",
-        "producer_group",
-    );
+    assert_invalid(r, "producer_group");
     let r = m
         .pull(pb::PullRequest {
             group: long(1 << 20),
@@ -762,7 +724,7 @@ async fn oversized_strings_and_counts_are_refused() {
             ..Default::default()
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, "INVALID_ARGUMENT", "group");
+    assert_invalid(r, "group");
     assert_eq!(state(&b).await, before, "nothing created or stored");
     assert_serves(&b).await;
 }
