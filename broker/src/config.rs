@@ -41,6 +41,9 @@ pub struct MessagingConfig {
     /// Lease length when a consumer does not choose one.
     #[serde(with = "humantime_serde")]
     pub default_invisible_duration: Duration,
+    /// Longest lease a consumer may ask for (Receive, ChangeInvisibleDuration).
+    #[serde(with = "humantime_serde")]
+    pub max_invisible_duration: Duration,
     /// Deliveries before a message is dead-lettered, for new groups.
     pub max_delivery_attempts: u32,
     /// Redelivery backoff schedule for new groups.

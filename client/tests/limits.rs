@@ -328,7 +328,7 @@ async fn a_topic_with_more_than_the_maximum_queues_is_refused() {
 /// Bytes the process has passed to write(2) and friends (`wchar`). The commit
 /// log and consume queues are written through memory maps and do not count.
 fn written_bytes(b: &Broker) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{}/io", b.pid().unwrap())).unwrap();
+    let io = std::fs::read_to_string(format!("/proc/{}/io", b.pid())).unwrap();
     io.lines()
         .find_map(|l| l.strip_prefix("wchar: ")?.parse().ok())
         .unwrap()

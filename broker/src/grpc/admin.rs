@@ -30,7 +30,7 @@ impl AdminService for AdminApi {
                 .create_topic(
                     &r.name,
                     r.queues,
-                    convert::message_type_from_pb(r.message_type),
+                    convert::message_type_from_pb(r.message_type).map_err(to_status)?,
                 )
                 .map_err(to_status)?;
             Ok(Response::new(pb::CreateTopicResponse {
@@ -106,7 +106,7 @@ impl AdminService for AdminApi {
                 .ok_or_else(|| invalid("group", "missing"))?;
             let mut config = self
                 .broker
-                .default_group(&g.name, convert::mode_from_pb(g.mode));
+                .default_group(&g.name, convert::mode_from_pb(g.mode).map_err(to_status)?);
             if g.max_delivery_attempts > 0 {
                 config.max_delivery_attempts = g.max_delivery_attempts;
             }
@@ -278,9 +278,8 @@ impl AdminService for AdminApi {
         req: Request<pb::UpdateRoutesRequest>,
     ) -> Result<Response<pb::UpdateRoutesResponse>, Status> {
         observed(self.broker.metrics(), "UpdateRoutes", async move {
-            let (epoch, applied) = self
-                .broker
-                .update_routes(convert::route_table(req.into_inner()));
+            let routes = convert::route_table(req.into_inner()).map_err(to_status)?;
+            let (epoch, applied) = self.broker.update_routes(routes);
             Ok(Response::new(pb::UpdateRoutesResponse { epoch, applied }))
         })
         .await

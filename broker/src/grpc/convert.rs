@@ -2,10 +2,11 @@
 
 use dduomq_proto::v1 as pb;
 
+use crate::messaging::error::BrokerError;
 use crate::messaging::groups::{ConsumeMode, GroupConfig};
 use crate::messaging::topics::TopicConfig;
 use crate::messaging::{Delivery, QueueProgress};
-use crate::store::MessageType;
+use crate::store::{Codec, MessageType};
 
 pub fn message(d: Delivery) -> pb::Message {
     let r = d.record;
@@ -47,13 +48,32 @@ pub fn message_type_to_pb(t: MessageType) -> pb::MessageType {
     }
 }
 
-pub fn message_type_from_pb(t: i32) -> MessageType {
-    match pb::MessageType::try_from(t).unwrap_or(pb::MessageType::Unspecified) {
-        pb::MessageType::Fifo => MessageType::Fifo,
-        pb::MessageType::Delay => MessageType::Delay,
-        pb::MessageType::Transaction => MessageType::Transaction,
-        pb::MessageType::Normal | pb::MessageType::Unspecified => MessageType::Normal,
-    }
+/// A proto enum value this broker does not know: refused, never taken as the
+/// default (it may mean something the client relies on).
+fn unknown(field: &'static str, value: i32) -> BrokerError {
+    BrokerError::invalid(field, format!("unknown value {value}"))
+}
+
+/// A topic's message type; unspecified means normal.
+pub fn message_type_from_pb(t: i32) -> Result<MessageType, BrokerError> {
+    Ok(
+        match pb::MessageType::try_from(t).map_err(|_| unknown("message_type", t))? {
+            pb::MessageType::Fifo => MessageType::Fifo,
+            pb::MessageType::Delay => MessageType::Delay,
+            pb::MessageType::Transaction => MessageType::Transaction,
+            pb::MessageType::Normal | pb::MessageType::Unspecified => MessageType::Normal,
+        },
+    )
+}
+
+/// A message body's codec.
+pub fn codec_from_pb(c: i32) -> Result<Codec, BrokerError> {
+    Ok(
+        match pb::Codec::try_from(c).map_err(|_| unknown("codec", c))? {
+            pb::Codec::Zstd => Codec::Zstd,
+            pb::Codec::None => Codec::None,
+        },
+    )
 }
 
 pub fn topic(t: TopicConfig) -> pb::Topic {
@@ -64,11 +84,14 @@ pub fn topic(t: TopicConfig) -> pb::Topic {
     }
 }
 
-pub fn mode_from_pb(m: i32) -> ConsumeMode {
-    match pb::ConsumeMode::try_from(m).unwrap_or(pb::ConsumeMode::Unspecified) {
-        pb::ConsumeMode::Broadcast => ConsumeMode::Broadcast,
-        _ => ConsumeMode::Clustering,
-    }
+/// A group's consume mode; unspecified means clustering.
+pub fn mode_from_pb(m: i32) -> Result<ConsumeMode, BrokerError> {
+    Ok(
+        match pb::ConsumeMode::try_from(m).map_err(|_| unknown("mode", m))? {
+            pb::ConsumeMode::Broadcast => ConsumeMode::Broadcast,
+            pb::ConsumeMode::Clustering | pb::ConsumeMode::Unspecified => ConsumeMode::Clustering,
+        },
+    )
 }
 
 pub fn mode_to_pb(m: ConsumeMode) -> pb::ConsumeMode {
@@ -110,16 +133,18 @@ pub fn queue_route(q: crate::messaging::routes::QueueRoute) -> pb::QueueRoute {
     }
 }
 
-pub fn route_table(r: pb::UpdateRoutesRequest) -> crate::messaging::routes::RouteTable {
+pub fn route_table(
+    r: pb::UpdateRoutesRequest,
+) -> Result<crate::messaging::routes::RouteTable, BrokerError> {
     use crate::messaging::routes::{QueueRoute, RouteTable, TopicRoute};
-    RouteTable {
+    Ok(RouteTable {
         epoch: r.epoch,
         topics: r
             .topics
             .into_iter()
             .map(|t| {
                 let route = TopicRoute {
-                    message_type: message_type_from_pb(t.message_type),
+                    message_type: message_type_from_pb(t.message_type)?,
                     queues: t
                         .queues
                         .into_iter()
@@ -132,20 +157,17 @@ pub fn route_table(r: pb::UpdateRoutesRequest) -> crate::messaging::routes::Rout
                         })
                         .collect(),
                 };
-                (t.topic, route)
+                Ok((t.topic, route))
             })
-            .collect(),
-    }
+            .collect::<Result<_, BrokerError>>()?,
+    })
 }
 
 /// The filter a consumer asked for.
-pub fn filter(
-    kind: i32,
-    expression: &str,
-) -> Result<crate::filter::Filter, crate::messaging::error::BrokerError> {
+pub fn filter(kind: i32, expression: &str) -> Result<crate::filter::Filter, BrokerError> {
     use crate::filter::Filter;
     Ok(
-        match pb::FilterType::try_from(kind).unwrap_or(pb::FilterType::Tag) {
+        match pb::FilterType::try_from(kind).map_err(|_| unknown("filter_type", kind))? {
             pb::FilterType::Tag => Filter::tags(expression)?,
             pb::FilterType::Sql => Filter::sql(expression)?,
         },

@@ -14,11 +14,13 @@ use tonic::{Request, Response, Status};
 use super::receive_streams::{ReceiveStreams, StreamSlot};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
+use crate::messaging::error::BrokerError;
+use crate::messaging::limits;
 use crate::messaging::membership::MemberKind;
 use crate::messaging::staged::{Resolution, TransactionCheck};
 use crate::messaging::subscription::Subscription;
 use crate::messaging::{Broker, PullSpec, ReceiveLimits, SendMessage};
-use crate::store::{Codec, now_millis};
+use crate::store::now_millis;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
@@ -65,28 +67,28 @@ impl MessagingService for MessagingApi {
                 .into_inner()
                 .messages
                 .into_iter()
-                .map(|m| SendMessage {
-                    topic: m.topic,
-                    body: m.body,
-                    tag: m.tag,
-                    keys: m.keys,
-                    properties: m.properties.into_iter().collect(),
-                    sharding_key: m.sharding_key,
-                    queue_id: m.queue_id,
-                    born_timestamp: m.born_timestamp_ms,
-                    codec: match pb::Codec::try_from(m.codec).unwrap_or(pb::Codec::None) {
-                        pb::Codec::Zstd => Codec::Zstd,
-                        pb::Codec::None => Codec::None,
-                    },
-                    producer_id: m.producer_id,
-                    sequence: m.sequence,
-                    deliver_at: m.deliver_at_ms,
-                    delay_ms: m.delay_ms,
-                    transactional: m.transactional,
-                    producer_group: m.producer_group,
-                    lane: m.lane,
+                .map(|m| {
+                    Ok(SendMessage {
+                        topic: m.topic,
+                        body: m.body,
+                        tag: m.tag,
+                        keys: m.keys,
+                        properties: m.properties.into_iter().collect(),
+                        sharding_key: m.sharding_key,
+                        queue_id: m.queue_id,
+                        born_timestamp: m.born_timestamp_ms,
+                        codec: convert::codec_from_pb(m.codec)?,
+                        producer_id: m.producer_id,
+                        sequence: m.sequence,
+                        deliver_at: m.deliver_at_ms,
+                        delay_ms: m.delay_ms,
+                        transactional: m.transactional,
+                        producer_group: m.producer_group,
+                        lane: m.lane,
+                    })
                 })
-                .collect();
+                .collect::<Result<_, BrokerError>>()
+                .map_err(to_status)?;
             let receipts = self.broker.send(messages).await.map_err(to_status)?;
             Ok(Response::new(pb::SendResponse {
                 receipts: receipts
@@ -114,22 +116,9 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<Self::ReceiveStream>, Status> {
         observed(self.broker.metrics(), "Receive", async move {
             let r = req.into_inner();
+            // Everything is checked before the stream joins its group.
             let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
-            let slot = self
-                .streams
-                .open(&r.group, &r.client_id)
-                .map_err(to_status)?;
-            let (sub, consumer) = self
-                .broker
-                .open_receive(
-                    &r.group,
-                    &r.topic,
-                    &r.client_id,
-                    convert::mode_from_pb(r.mode),
-                    filter,
-                    r.lane,
-                )
-                .map_err(to_status)?;
+            let mode = convert::mode_from_pb(r.mode).map_err(to_status)?;
             let limits = ReceiveLimits {
                 max_messages: match r.max_in_flight_messages {
                     0 => DEFAULT_MAX_IN_FLIGHT,
@@ -139,11 +128,17 @@ impl MessagingService for MessagingApi {
                     0 => DEFAULT_MAX_IN_FLIGHT_BYTES,
                     n => n,
                 },
-                invisible: match r.invisible_duration_ms {
-                    0 => self.broker.config().default_invisible_duration,
-                    ms => Duration::from_millis(ms as u64),
-                },
+                invisible: limits::receive_invisible(r.invisible_duration_ms, self.broker.config())
+                    .map_err(to_status)?,
             };
+            let slot = self
+                .streams
+                .open(&r.group, &r.client_id)
+                .map_err(to_status)?;
+            let (sub, consumer) = self
+                .broker
+                .open_receive(&r.group, &r.topic, &r.client_id, mode, filter, r.lane)
+                .map_err(to_status)?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             if let Some(m) = self.broker.metrics() {
                 m.grpc_streams.inc();
@@ -203,7 +198,7 @@ impl MessagingService for MessagingApi {
                         &r.group,
                         &r.topic,
                         &r.receipt_handle,
-                        Duration::from_millis(r.invisible_duration_ms as u64),
+                        r.invisible_duration_ms.into(),
                     )
                     .map_err(to_status)?;
                 Ok(Response::new(pb::ChangeInvisibleDurationResponse {
@@ -380,7 +375,7 @@ impl MessagingService for MessagingApi {
             let r = req.into_inner();
             let (id, checks) = self
                 .broker
-                .add_checker(&r.producer_group)
+                .add_checker(&r.producer_group, &r.client_id)
                 .map_err(to_status)?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             tracing::info!(

@@ -26,7 +26,8 @@ pub fn to_status(err: BrokerError) -> Status {
         | "INVALID_RECEIPT_HANDLE"
         | "INVALID_FILTER"
         | "MESSAGE_TYPE_MISMATCH"
-        | "DELAY_TOO_LONG" => Code::InvalidArgument,
+        | "DELAY_TOO_LONG"
+        | "RESERVED_TOPIC" => Code::InvalidArgument,
         "STALE_GENERATION" | "QUEUE_NOT_ASSIGNED" | "TRANSACTION_RESOLVED" => {
             Code::FailedPrecondition
         }
@@ -50,9 +51,28 @@ pub fn to_status(err: BrokerError) -> Status {
     }
     Status::with_error_details(
         code,
-        err.to_string(),
+        capped(err.to_string()),
         ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
     )
+}
+
+/// Longest status message. Messages show client input briefly where they are
+/// built ([`crate::messaging::error::brief`]); this is the backstop for any
+/// other (the message travels twice in the response headers).
+const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `message`, cut at a character boundary to [`MAX_MESSAGE_BYTES`].
+fn capped(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let full = message.len();
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(&format!("… ({full} bytes)"));
+    }
+    message
 }
 
 /// An INVALID_ARGUMENT status for a malformed request field.
@@ -76,6 +96,18 @@ mod tests {
             reason: "r".into(),
         };
         assert_eq!(to_status(mismatch).code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn messages_are_capped() {
+        let long = BrokerError::invalid("x", "é".repeat(5000));
+        let status = to_status(long);
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES + 32);
+        assert!(
+            status.message().ends_with("… (10011 bytes)"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

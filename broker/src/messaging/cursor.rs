@@ -3,15 +3,19 @@
 //!
 //! ```text
 //!   committed                                   next
-//!       │ done / leased / waiting for retry       │ never delivered
+//!       │ done, except the open ones              │ never delivered
 //!  ─────┼─────────────────────────────────────────┼────────────────▶ offsets
 //!   all below are done                   max offset of the queue ─┘
 //! ```
-//! `committed` (the low watermark) is what is persisted as the group's offset:
-//! after a crash everything from it on that is not known to be done is delivered
-//! again (at-least-once).
+//! Between `committed` (the low watermark) and `next` only the open offsets
+//! (leased, waiting for a retry, being dead-lettered) are tracked, so the state
+//! grows with the leases and retries, not with the acked messages. It is
+//! persisted as a [`Progress`]: after a crash everything from `committed` on
+//! that is not known to be done is delivered again (at-least-once).
 
 use std::collections::{BTreeSet, HashMap};
+
+use super::offsets::{OpenOffset, Progress};
 
 /// A message handed to a consumer until `deadline` (ms since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +43,8 @@ pub enum Released {
 pub struct QueueCursor {
     committed: u64,
     next: u64,
-    done: BTreeSet<u64>,
+    /// Offsets in `[committed, next)` that are not done.
+    open: BTreeSet<u64>,
     leases: HashMap<u64, Lease>,
     /// `(deadline, offset)` of every lease: expiry and wake-up without a scan.
     deadlines: BTreeSet<(i64, u64)>,
@@ -55,22 +60,49 @@ pub struct QueueCursor {
 pub type Skip<'a> = &'a dyn Fn(u64, Option<&str>) -> bool;
 
 impl QueueCursor {
-    /// A cursor whose progress starts at `committed`, knowing `done` offsets above
-    /// it and earlier delivery counts (restored from a snapshot).
-    pub fn new(
-        committed: u64,
-        done: impl IntoIterator<Item = u64>,
-        attempts: HashMap<u64, u32>,
-    ) -> Self {
-        let mut c = QueueCursor {
+    /// A cursor whose progress starts at `committed`.
+    pub fn new(committed: u64) -> Self {
+        QueueCursor {
             committed,
             next: committed,
-            done: done.into_iter().filter(|o| *o >= committed).collect(),
-            attempts,
             ..QueueCursor::default()
-        };
+        }
+    }
+
+    /// A cursor restored from a snapshot: its open offsets lost their leases
+    /// with the restart and are due for redelivery now.
+    pub fn restore(progress: &Progress) -> Self {
+        let mut c = QueueCursor::new(progress.committed);
+        c.next = progress.high.max(progress.committed);
+        for o in progress
+            .open
+            .iter()
+            .filter(|o| (c.committed..c.next).contains(&o.offset))
+        {
+            c.open.insert(o.offset);
+            c.retry.insert((0, o.offset));
+            if o.attempts > 0 {
+                c.attempts.insert(o.offset, o.attempts);
+            }
+        }
         c.advance();
         c
+    }
+
+    /// What to persist: bounded by the open offsets.
+    pub fn snapshot(&self) -> Progress {
+        Progress {
+            committed: self.committed,
+            high: self.next,
+            open: self
+                .open
+                .iter()
+                .map(|&offset| OpenOffset {
+                    offset,
+                    attempts: self.attempts.get(&offset).copied().unwrap_or(0),
+                })
+                .collect(),
+        }
     }
 
     pub fn committed(&self) -> u64 {
@@ -82,11 +114,7 @@ impl QueueCursor {
     pub fn leases(&self) -> impl Iterator<Item = (&u64, &Lease)> {
         self.leases.iter()
     }
-    /// Offsets above the watermark that are done (for snapshots).
-    pub fn done(&self) -> impl Iterator<Item = u64> + '_ {
-        self.done.iter().copied()
-    }
-    /// Delivery counts of offsets not yet done (for snapshots).
+    /// Delivery counts of offsets not yet done.
     pub fn attempts(&self) -> &HashMap<u64, u32> {
         &self.attempts
     }
@@ -118,9 +146,6 @@ impl QueueCursor {
                 return Some(offset);
             }
         }
-        while self.next < max_offset && self.done.contains(&self.next) {
-            self.next += 1;
-        }
         (self.next < max_offset).then_some(self.next)
     }
 
@@ -128,9 +153,7 @@ impl QueueCursor {
     /// for everyone, without counting a delivery. True when it was not waiting
     /// already (so the others need waking).
     pub fn pass_over(&mut self, offset: u64, now: i64, lane: &str) -> bool {
-        if offset >= self.next {
-            self.next = offset + 1;
-        }
+        self.take(offset);
         self.lanes.insert(offset, lane.to_string());
         if self.retry.iter().any(|(_, o)| *o == offset) {
             return false;
@@ -143,14 +166,20 @@ impl QueueCursor {
     pub fn lease(&mut self, offset: u64, lease: Lease) -> u32 {
         self.retry.retain(|(_, o)| *o != offset);
         self.lanes.remove(&offset);
-        if offset >= self.next {
-            self.next = offset + 1;
-        }
+        self.take(offset);
         let attempts = self.attempts.entry(offset).or_insert(0);
         *attempts += 1;
         let attempt = *attempts;
         self.insert_lease(offset, lease);
         attempt
+    }
+
+    /// Moves the never-delivered position past `offset`; what it passes is open.
+    fn take(&mut self, offset: u64) {
+        while self.next <= offset {
+            self.open.insert(self.next);
+            self.next += 1;
+        }
     }
 
     fn insert_lease(&mut self, offset: u64, lease: Lease) {
@@ -169,9 +198,7 @@ impl QueueCursor {
     /// Skips an offset that can no longer be read (deleted by retention, corrupt).
     pub fn skip(&mut self, offset: u64) {
         self.retry.retain(|(_, o)| *o != offset);
-        if offset >= self.next {
-            self.next = offset + 1;
-        }
+        self.take(offset);
         self.mark_done(offset);
     }
 
@@ -180,7 +207,8 @@ impl QueueCursor {
     pub fn skip_below(&mut self, min: u64) -> Vec<Lease> {
         let mut dropped = Vec::new();
         if self.committed < min {
-            for o in self.committed..min.min(self.next) {
+            let kept = self.open.split_off(&min);
+            for o in std::mem::replace(&mut self.open, kept) {
                 dropped.extend(self.remove_lease(o));
                 self.attempts.remove(&o);
             }
@@ -188,7 +216,6 @@ impl QueueCursor {
             self.lanes.retain(|o, _| *o >= min);
             self.committed = min;
             self.next = self.next.max(min);
-            self.done = self.done.split_off(&min);
             self.advance();
         }
         dropped
@@ -262,17 +289,14 @@ impl QueueCursor {
     pub fn mark_done(&mut self, offset: u64) {
         self.attempts.remove(&offset);
         self.lanes.remove(&offset);
-        if offset >= self.committed {
-            self.done.insert(offset);
+        if self.open.remove(&offset) {
             self.advance();
         }
     }
 
+    /// The watermark moves up to the first open offset.
     fn advance(&mut self) {
-        while self.done.remove(&self.committed) {
-            self.committed += 1;
-        }
-        self.next = self.next.max(self.committed);
+        self.committed = self.open.first().copied().unwrap_or(self.next);
     }
 
     /// The earliest future moment something becomes due (retry or lease end).
@@ -323,7 +347,7 @@ mod tests {
 
     #[test]
     fn acks_out_of_order_move_the_watermark_only_over_a_done_prefix() {
-        let mut c = QueueCursor::new(0, [], HashMap::new());
+        let mut c = QueueCursor::new(0);
         for o in 0..3 {
             assert_eq!(c.candidate(0, 10, false, &|_, _| false), Some(o));
             assert_eq!(c.lease(o, lease(o + 100)), 1);
@@ -341,7 +365,7 @@ mod tests {
 
     #[test]
     fn release_retries_with_backoff_then_dead_letters() {
-        let mut c = QueueCursor::new(0, [], HashMap::new());
+        let mut c = QueueCursor::new(0);
         let backoff = |a: u32| a as i64 * 100;
         assert_eq!(c.candidate(0, 1, false, &|_, _| false), Some(0));
         c.lease(0, lease(1));
@@ -377,7 +401,7 @@ mod tests {
 
     #[test]
     fn passed_over_messages_go_to_the_next_consumer_without_an_attempt() {
-        let mut c = QueueCursor::new(0, [], HashMap::new());
+        let mut c = QueueCursor::new(0);
         assert_eq!(c.candidate(0, 3, false, &|_, _| false), Some(0));
         c.pass_over(0, 5, "canary");
         assert_eq!(
@@ -395,7 +419,7 @@ mod tests {
 
     #[test]
     fn ordered_queues_hold_one_message_at_a_time() {
-        let mut c = QueueCursor::new(0, [], HashMap::new());
+        let mut c = QueueCursor::new(0);
         assert_eq!(c.candidate(0, 5, true, &|_, _| false), Some(0));
         c.lease(0, lease(1));
         assert_eq!(
@@ -416,25 +440,54 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_restores_done_marks_and_attempts() {
-        let c = QueueCursor::new(5, [3, 6, 8], HashMap::from([(7, 2)]));
-        assert_eq!(c.committed(), 5);
-        let mut c = c;
-        assert_eq!(c.candidate(0, 10, false, &|_, _| false), Some(5));
-        c.lease(5, lease(1));
+    fn snapshot_holds_only_open_offsets_and_restores_them_due() {
+        let mut c = QueueCursor::new(0);
+        for o in 0..1000 {
+            assert_eq!(c.candidate(0, 1000, false, &|_, _| false), Some(o));
+            c.lease(o, lease(o + 1));
+        }
+        for o in (0..1000).filter(|o| *o != 2 && *o != 7) {
+            c.ack(o, o + 1).unwrap();
+        }
+        c.release(7, 0, 16, |_| 100).unwrap();
+        let snapshot = c.snapshot();
         assert_eq!(
-            c.candidate(0, 10, false, &|_, _| false),
-            Some(7),
-            "6 is done"
+            snapshot,
+            Progress {
+                committed: 2,
+                high: 1000,
+                open: vec![
+                    OpenOffset {
+                        offset: 2,
+                        attempts: 1
+                    },
+                    OpenOffset {
+                        offset: 7,
+                        attempts: 1
+                    },
+                ],
+            }
         );
-        assert_eq!(c.lease(7, lease(2)), 3, "attempts carried over");
-        c.ack(5, 1);
+        let mut c = QueueCursor::restore(&snapshot);
+        assert_eq!((c.committed(), c.in_flight()), (2, 0));
+        assert_eq!(c.candidate(0, 1001, false, &|_, _| false), Some(2));
+        assert_eq!(c.lease(2, lease(5)), 2, "attempts carried over");
+        assert_eq!(c.candidate(0, 1001, false, &|_, _| false), Some(7));
+        c.lease(7, lease(6));
+        assert_eq!(
+            c.candidate(0, 1001, false, &|_, _| false),
+            Some(1000),
+            "everything else below the high mark is done"
+        );
+        c.ack(2, 5).unwrap();
         assert_eq!(c.committed(), 7);
+        c.ack(7, 6).unwrap();
+        assert_eq!(c.committed(), 1000);
     }
 
     #[test]
     fn reset_and_skip_below() {
-        let mut c = QueueCursor::new(0, [], HashMap::new());
+        let mut c = QueueCursor::new(0);
         c.lease(0, lease(1));
         assert_eq!(c.reset(10).len(), 1);
         assert_eq!((c.committed(), c.in_flight()), (10, 0));

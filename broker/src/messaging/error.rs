@@ -1,16 +1,41 @@
 //! Messaging errors, each with a stable reason code (documented in docs/errors.md)
 //! that the gRPC layer sends in a `google.rpc.ErrorInfo`.
 
+use std::fmt;
+
 use crate::store::StoreError;
+
+/// Characters of client input an error message shows at most.
+const SHOWN_CHARS: usize = 64;
+
+/// Client input as an error message shows it: quoted, and cut after
+/// [`SHOWN_CHARS`] characters with its full length, so a refusal of a huge
+/// name never echoes it (gRPC clients reject oversized status headers).
+#[derive(Debug, Clone, Copy)]
+pub struct Brief<'a>(&'a str);
+
+/// See [`Brief`].
+pub fn brief(input: &str) -> Brief<'_> {
+    Brief(input)
+}
+
+impl fmt::Display for Brief<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(SHOWN_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
 
 /// Everything a messaging request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("topic {0:?} does not exist")]
+    #[error("topic {} does not exist", brief(.0))]
     TopicNotFound(String),
-    #[error("consumer group {0:?} does not exist")]
+    #[error("consumer group {} does not exist", brief(.0))]
     GroupNotFound(String),
-    #[error("topic {name:?} already exists with {queues} queues of type {message_type}; {reason}")]
+    #[error("topic {} already exists with {queues} queues of type {message_type}; {reason}", brief(.name))]
     TopicConflict {
         name: String,
         queues: u32,
@@ -19,7 +44,7 @@ pub enum BrokerError {
     },
     #[error("invalid {what}: {reason}")]
     InvalidArgument { what: &'static str, reason: String },
-    #[error("topic {topic:?} has no queue {queue_id} (it has {queues})")]
+    #[error("topic {} has no queue {queue_id} (it has {queues})", brief(.topic))]
     QueueNotFound {
         topic: String,
         queue_id: u32,
@@ -27,13 +52,16 @@ pub enum BrokerError {
     },
     #[error("invalid receipt handle: {0}")]
     InvalidReceiptHandle(String),
-    #[error("generation {got} is stale; the group {group:?} is at generation {current}")]
+    #[error("generation {got} is stale; the group {} is at generation {current}", brief(.group))]
     StaleGeneration {
         group: String,
         got: u64,
         current: u64,
     },
-    #[error("queue {topic}/{queue_id} is not assigned to member {client_id:?} of group {group:?}")]
+    #[error(
+        "queue {}/{queue_id} is not assigned to member {} of group {}",
+        brief(.topic), brief(.client_id), brief(.group)
+    )]
     QueueNotAssigned {
         group: String,
         topic: String,
@@ -41,25 +69,31 @@ pub enum BrokerError {
         client_id: String,
     },
     #[error(
-        "sequence {sequence} of producer {producer:?} is being stored by another request; retry"
+        "sequence {sequence} of producer {} is being stored by another request; retry",
+        brief(.producer)
     )]
     DuplicateInFlight { producer: String, sequence: u64 },
     #[error("this broker is draining and takes no new messages; send to another broker")]
     Draining,
-    #[error("topic {topic:?} refuses this message: {reason}")]
+    #[error("topic {} refuses this message: {reason}", brief(.topic))]
     MessageTypeMismatch { topic: String, reason: String },
     #[error(
         "delivery time is {requested_ms} ms ahead; the longest delay this broker accepts is {max_ms} ms"
     )]
     DelayTooLong { requested_ms: i64, max_ms: i64 },
-    #[error("transaction {0:?} does not exist on this broker")]
+    #[error("transaction {} does not exist on this broker", brief(.0))]
     TransactionNotFound(String),
-    #[error("transaction {0:?} is being resolved by another request; retry")]
+    #[error("transaction {} is being resolved by another request; retry", brief(.0))]
     TransactionInProgress(String),
-    #[error("transaction {id:?} was already resolved: {resolution}")]
+    #[error("transaction {} was already resolved: {resolution}", brief(.id))]
     TransactionResolved { id: String, resolution: String },
     #[error("{limit}: this broker allows at most {max} (broker setting {})", limit.setting())]
     LimitReached { limit: Limit, max: usize },
+    #[error(
+        "topic {} is reserved: only the broker writes to topics starting with '%' (dead letters, delayed and transactional messages); consumers may read dead-letter topics",
+        brief(.0)
+    )]
+    ReservedTopic(String),
     #[error(transparent)]
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
@@ -87,6 +121,7 @@ impl BrokerError {
             BrokerError::TransactionResolved { .. } => "TRANSACTION_RESOLVED",
             BrokerError::TransactionInProgress(_) => "TRANSACTION_IN_PROGRESS",
             BrokerError::LimitReached { limit, .. } => limit.code(),
+            BrokerError::ReservedTopic(_) => "RESERVED_TOPIC",
             BrokerError::Store(e) => e.code(),
         }
     }
@@ -146,3 +181,19 @@ impl std::fmt::Display for Limit {
 
 /// Result alias for messaging operations.
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_input_is_shown_briefly() {
+        assert_eq!(brief("short").to_string(), "\"short\"");
+        let long = "é".repeat(10_000);
+        let shown = BrokerError::TopicNotFound(long).to_string();
+        assert_eq!(
+            shown,
+            format!("topic {:?}… (20000 bytes) does not exist", "é".repeat(64))
+        );
+    }
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{BrokerError, Limit, Result};
 use super::journal::{Change, Decision, Named, Table};
-use crate::store::validate_topic_name;
+use super::limits;
 
 /// How a group shares messages among its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -57,25 +57,18 @@ impl GroupConfig {
 
     /// The dead-letter topic of this group.
     pub fn dead_letter_topic(&self) -> String {
-        format!("%DLQ%{}", self.name)
+        format!("{}{}", limits::DEAD_LETTER_PREFIX, self.name)
     }
 
     pub fn validate(&self) -> Result<()> {
-        validate_topic_name(&self.name)
-            .map_err(|e| BrokerError::invalid("group name", e.to_string()))?;
+        limits::check_group_name("group name", &self.name)?;
         if self.max_delivery_attempts == 0 {
             return Err(BrokerError::invalid(
                 "max_delivery_attempts",
                 "must be at least 1",
             ));
         }
-        if self.name.len() > 122 {
-            return Err(BrokerError::invalid(
-                "group name",
-                "at most 122 characters, so that its dead-letter topic name fits",
-            ));
-        }
-        Ok(())
+        limits::check_retry_backoff(&self.retry_backoff_ms)
     }
 }
 

@@ -9,6 +9,7 @@ mod delayed;
 pub mod error;
 pub mod groups;
 mod journal;
+pub mod limits;
 pub mod membership;
 mod metadata;
 pub mod offsets;
@@ -34,10 +35,10 @@ use crate::filter::Filter;
 use crate::metrics::Metrics;
 use crate::store::{Message, MessageId, MessageType, Record, Store, StoreError, now_millis};
 use cursor::{Lease, QueueCursor, Released};
-use error::{BrokerError, Result};
+use error::{BrokerError, Result, brief};
 use groups::{ConsumeMode, GroupConfig, Groups};
 use membership::{MemberKind, Membership};
-use offsets::{OffsetTable, ProgressKey};
+use offsets::{OffsetTable, Progress, ProgressKey};
 use receipt::ReceiptHandle;
 use routes::{QueueRoute, RouteTable, TopicRoute};
 use subscription::{SubKey, SubState, Subscription, Usage};
@@ -443,6 +444,15 @@ impl Broker {
             .0)
     }
 
+    /// Refuses a topic name [`Self::topic_for_use`] would refuse, without
+    /// creating anything.
+    fn check_topic_for_use(&self, name: &str) -> Result<()> {
+        if self.topics.get(name).is_some() {
+            return Ok(());
+        }
+        topics::validate_user_topic(name)
+    }
+
     // ---- groups -------------------------------------------------------------
 
     /// Defaults for a group created implicitly or without settings.
@@ -519,6 +529,10 @@ impl Broker {
 
     /// Validates a message and turns it into a store record for its queue.
     fn prepare(&self, m: SendMessage) -> Result<Message> {
+        if m.topic.starts_with(topics::SYSTEM_PREFIX) {
+            return Err(BrokerError::ReservedTopic(m.topic));
+        }
+        limits::check_send(&m)?;
         let topic = self.topic_for_use(&m.topic)?;
         let queue_id = match m.queue_id {
             Some(q) => self.require_queue(&topic.name, q).map(|_| q)?,
@@ -875,9 +889,11 @@ impl Broker {
         filter: Filter,
         lane: String,
     ) -> Result<(Arc<Subscription>, u64)> {
-        if client_id.is_empty() {
-            return Err(BrokerError::invalid("client_id", "must not be empty"));
-        }
+        limits::check_id("client_id", client_id, limits::MAX_CLIENT_ID_LEN, false)?;
+        limits::check_id("lane", &lane, limits::MAX_LANE_LEN, true)?;
+        // Both names first: a refusal must not leave an auto-created group.
+        limits::check_group_name("group", group)?;
+        self.check_topic_for_use(topic)?;
         let group = self.group_for_use(group, mode)?;
         let topic = self.topic_for_use(topic)?;
         let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
@@ -962,17 +978,9 @@ impl Broker {
     ) -> &'a mut QueueCursor {
         st.cursors.entry(queue_id).or_insert_with(|| {
             match self.offsets.lock().cursor(&key.progress(queue_id)) {
-                Some((committed, extras)) => QueueCursor::new(
-                    committed,
-                    extras.done,
-                    extras.attempts.into_iter().collect(),
-                ),
+                Some(progress) => QueueCursor::restore(progress),
                 // New progress starts at the oldest stored message.
-                None => QueueCursor::new(
-                    self.store.queue_offsets(&key.topic, queue_id).0,
-                    [],
-                    HashMap::new(),
-                ),
+                None => QueueCursor::new(self.store.queue_offsets(&key.topic, queue_id).0),
             }
         })
     }
@@ -1225,7 +1233,9 @@ impl Broker {
         };
         self.subscriptions.lock().get(&key).cloned().ok_or_else(|| {
             BrokerError::InvalidReceiptHandle(format!(
-                "no lease of group {group:?} on topic {topic:?}"
+                "no lease of group {} on topic {}",
+                brief(group),
+                brief(topic)
             ))
         })
     }
@@ -1290,14 +1300,15 @@ impl Broker {
         }
     }
 
-    /// Moves a lease's end to `now + invisible`; returns the new end.
+    /// Moves a lease's end to `now + invisible_ms`; returns the new end.
     pub fn change_invisible(
         &self,
         group: &str,
         topic: &str,
         handle: &str,
-        invisible: Duration,
+        invisible_ms: u64,
     ) -> Result<i64> {
+        let invisible = limits::check_invisible(invisible_ms, self.config.max_invisible_duration)?;
         let h = ReceiptHandle::parse(handle)?;
         let sub = self.find_subscription(group, topic, &h.member)?;
         let deadline = now_millis() + invisible.as_millis() as i64;
@@ -1335,6 +1346,8 @@ impl Broker {
             wait,
             filter,
         } = req;
+        // The group names the metrics the pull is counted in.
+        limits::check_group_name("group", group)?;
         self.require_queue(topic, queue_id)?;
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_pull_wait);
         let mut arrivals = self.store.subscribe();
@@ -1425,7 +1438,7 @@ impl Broker {
             member: String::new(),
             queue_id,
         };
-        self.offsets.lock().set(key, offset, Default::default());
+        self.offsets.lock().set(key, Progress::at(offset));
         Ok(())
     }
 
@@ -1489,8 +1502,13 @@ impl Broker {
         kind: MemberKind,
         topics: Vec<String>,
     ) -> Result<Assignment> {
-        if client_id.is_empty() {
-            return Err(BrokerError::invalid("client_id", "must not be empty"));
+        // The same rules for every kind: producer members are kept (and
+        // expire) like the others.
+        limits::check_group_name("group", group)?;
+        limits::check_id("client_id", client_id, limits::MAX_CLIENT_ID_LEN, false)?;
+        limits::check_count("topics", topics.len(), limits::MAX_HEARTBEAT_TOPICS)?;
+        for t in &topics {
+            self.check_topic_for_use(t)?;
         }
         if kind != MemberKind::Producer {
             self.group_for_use(group, ConsumeMode::Clustering)?;
@@ -1524,6 +1542,10 @@ impl Broker {
                 );
             }
         }
+        // Memberships of registered groups stay (their generation guards
+        // commits); those of other names (producer groups) go with their
+        // last member.
+        members.retain(|group, m| !m.members().is_empty() || self.groups.get(group).is_some());
     }
 
     // ---- progress -------------------------------------------------------------
@@ -1537,13 +1559,12 @@ impl Broker {
         for sub in subs {
             let st = sub.state.lock();
             for (q, c) in &st.cursors {
-                let (committed, extras) = SubState::snapshot(c);
-                snapshot.push((sub.key.progress(*q), committed, extras));
+                snapshot.push((sub.key.progress(*q), c.snapshot()));
             }
         }
         let mut table = self.offsets.lock();
-        for (key, committed, extras) in snapshot {
-            table.set(key, committed, extras);
+        for (key, progress) in snapshot {
+            table.set(key, progress);
         }
     }
 
@@ -1558,8 +1579,14 @@ impl Broker {
     fn persist_progress(&self, dedupe_interval: Duration) -> Result<()> {
         let _one_at_a_time = self.persisting.lock();
         self.sync_offsets();
-        let (path, json) = self.offsets.lock().serialized();
-        metadata::save_bytes(&path, &json)?;
+        // Rewritten only when some progress moved since the last save.
+        let changes = self.offsets.lock().changes();
+        if let Some((path, json)) = changes
+            && let Err(e) = metadata::save_bytes(&path, &json)
+        {
+            self.offsets.lock().save_failed();
+            return Err(e.into());
+        }
         let stats = self.store.stats();
         self.store
             .pin_retention(self.staged.floor(stats.commit_log_max));
@@ -1726,7 +1753,7 @@ impl Broker {
             }
             let mut table = self.offsets.lock();
             for &(q, target, max) in &targets {
-                table.set(key.progress(q), target, Default::default());
+                table.set(key.progress(q), Progress::at(target));
                 out.push(QueueProgress {
                     topic: topic.to_string(),
                     queue_id: q,
@@ -1989,7 +2016,8 @@ async fn run_to_completion<T: Send + 'static>(
 
 fn stale_handle(handle: &str) -> BrokerError {
     BrokerError::InvalidReceiptHandle(format!(
-        "{handle:?} does not name a current lease (already acked, expired, or forged)"
+        "{} does not name a current lease (already acked, expired, or forged)",
+        brief(handle)
     ))
 }
 

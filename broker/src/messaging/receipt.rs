@@ -8,7 +8,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::error::BrokerError;
+use super::error::{BrokerError, brief};
 
 /// A parsed receipt handle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,8 @@ impl ReceiptHandle {
     }
 
     pub fn parse(handle: &str) -> Result<ReceiptHandle, BrokerError> {
-        let bad = |why: &str| BrokerError::InvalidReceiptHandle(format!("{handle:?}: {why}"));
+        let bad =
+            |why: &str| BrokerError::InvalidReceiptHandle(format!("{}: {why}", brief(handle)));
         let bytes = URL_SAFE_NO_PAD
             .decode(handle)
             .map_err(|_| bad("not a receipt handle"))?;

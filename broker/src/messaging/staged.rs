@@ -171,6 +171,8 @@ pub struct Staged {
     state: Mutex<State>,
     checkers: Mutex<HashMap<String, Vec<Checker>>>,
     next_checker: std::sync::atomic::AtomicU64,
+    /// The scan position in the file: saved again only when it moves.
+    saved_scan_from: Mutex<u64>,
     /// Wakes the delivery loop when something is due earlier than it thought.
     pub wake: Notify,
 }
@@ -194,6 +196,7 @@ impl Staged {
             }),
             checkers: Mutex::new(HashMap::new()),
             next_checker: Default::default(),
+            saved_scan_from: Mutex::new(saved.scan_from),
             wake: Notify::new(),
         };
         Ok((staged, saved.scan_from))
@@ -429,12 +432,16 @@ impl Staged {
         .fold(log_end, u64::min)
     }
 
-    /// Saves the scan position.
+    /// Saves the scan position, when it moved since the last save.
     pub fn save(&self, log_end: u64) -> Result<()> {
-        let saved = Saved {
-            scan_from: self.floor(log_end),
-        };
-        Ok(metadata::save(&self.path, &saved)?)
+        let scan_from = self.floor(log_end);
+        let mut saved = self.saved_scan_from.lock();
+        if *saved == scan_from {
+            return Ok(());
+        }
+        metadata::save(&self.path, &Saved { scan_from })?;
+        *saved = scan_from;
+        Ok(())
     }
 }
 

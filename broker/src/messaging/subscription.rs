@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::cursor::{Lease, QueueCursor};
-use super::offsets::{CursorExtras, ProgressKey};
+use super::offsets::ProgressKey;
 use crate::filter::Filter;
 
 /// Identifies a subscription.
@@ -78,20 +78,6 @@ impl SubState {
             u.messages = u.messages.saturating_sub(1);
             u.bytes = u.bytes.saturating_sub(lease.bytes);
         }
-    }
-
-    /// The cursor state to persist for a queue.
-    pub fn snapshot(cursor: &QueueCursor) -> (u64, CursorExtras) {
-        let mut attempts: Vec<(u64, u32)> =
-            cursor.attempts().iter().map(|(o, n)| (*o, *n)).collect();
-        attempts.sort_unstable();
-        (
-            cursor.committed(),
-            CursorExtras {
-                done: cursor.done().collect(),
-                attempts,
-            },
-        )
     }
 }
 

@@ -76,11 +76,14 @@ pub struct Topics {
 
 /// Checks a user-supplied topic name.
 pub fn validate_user_topic(name: &str) -> Result<()> {
-    validate_topic_name(name)?;
+    super::limits::check_topic_name(name)?;
     if name.starts_with(SYSTEM_PREFIX) {
         return Err(BrokerError::invalid(
             "topic name",
-            format!("{name:?}: names starting with '%' are reserved for system topics"),
+            format!(
+                "{}: names starting with '%' are reserved for system topics",
+                super::error::brief(name)
+            ),
         ));
     }
     Ok(())

@@ -141,10 +141,11 @@ impl Broker {
     pub fn add_checker(
         &self,
         group: &str,
+        client_id: &str,
     ) -> Result<(u64, tokio::sync::mpsc::Receiver<TransactionCheck>)> {
-        if group.is_empty() {
-            return Err(BrokerError::invalid("producer_group", "must not be empty"));
-        }
+        use super::limits;
+        limits::check_group_name("producer_group", group)?;
+        limits::check_id("client_id", client_id, limits::MAX_CLIENT_ID_LEN, true)?;
         Ok(self.staged.add_checker(group))
     }
 
