@@ -26,8 +26,8 @@ const RENDER_BUDGET: usize = 4 * MAX_EXPRESSION_BYTES;
 
 /// The stack of a Tokio worker thread, where the broker parses and evaluates
 /// filters. The checks run on a thread of this size, so an input that would
-/// overflow the broker's stack overflows here too (the fuzzer's own main
-/// thread has four times as much).
+/// overflow the broker's stack overflows here too (the fuzzer's main thread
+/// usually has 8 MiB).
 const BROKER_THREAD_STACK: usize = 2 * 1024 * 1024;
 
 /// Runs every check on one fuzz input; panics (or overflows the stack) on a
