@@ -16,16 +16,23 @@ use tonic_types::StatusExt;
 /// What a refusal may weigh: a position and a short excerpt, never the input.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
-/// The audit's inputs, and one far larger than any limit.
-fn hostile_filters() -> Vec<(&'static str, String)> {
+/// The audit's inputs, and ones far larger than any limit.
+fn hostile_filters() -> Vec<(&'static str, pb::FilterType, String)> {
+    use pb::FilterType::{Sql, Tag};
     vec![
         (
             "2,000 nested parentheses",
+            Sql,
             format!("{}a = 1{}", "(".repeat(2_000), ")".repeat(2_000)),
         ),
-        ("18,500 NOTs", format!("{}a = 1", "NOT ".repeat(18_500))),
-        ("32,000 AND terms", vec!["a = 1"; 32_000].join(" AND ")),
-        ("1 MiB of parentheses", "(".repeat(1 << 20)),
+        (
+            "18,500 NOTs",
+            Sql,
+            format!("{}a = 1", "NOT ".repeat(18_500)),
+        ),
+        ("32,000 AND terms", Sql, vec!["a = 1"; 32_000].join(" AND ")),
+        ("1 MiB of parentheses", Sql, "(".repeat(1 << 20)),
+        ("100,000 tags", Tag, vec!["T"; 100_000].join(" || ")),
     ]
 }
 
@@ -54,6 +61,7 @@ fn assert_refused(what: &str, rpc: &str, status: tonic::Status) {
 
 async fn pull(
     client: &mut MessagingServiceClient<Channel>,
+    filter_type: pb::FilterType,
     filter: &str,
 ) -> Result<pb::PullResponse, tonic::Status> {
     let request = pb::PullRequest {
@@ -62,7 +70,7 @@ async fn pull(
         queue_id: 0,
         offset: 0,
         max_messages: 10,
-        filter_type: pb::FilterType::Sql as i32,
+        filter_type: filter_type as i32,
         filter_expression: filter.into(),
         ..Default::default()
     };
@@ -82,23 +90,25 @@ async fn hostile_filters_are_refused_and_the_broker_keeps_serving() {
         .await
         .unwrap();
 
-    for (what, filter) in hostile_filters() {
+    for (what, filter_type, filter) in hostile_filters() {
         let receive = pb::ReceiveRequest {
             group: "watchers".into(),
             topic: "orders".into(),
             client_id: "c1".into(),
-            filter_type: pb::FilterType::Sql as i32,
+            filter_type: filter_type as i32,
             filter_expression: filter.clone(),
             ..Default::default()
         };
         let status = client.receive(receive).await.unwrap_err();
         assert_refused(what, "Receive", status);
-        let status = pull(&mut client, &filter).await.unwrap_err();
+        let status = pull(&mut client, filter_type, &filter).await.unwrap_err();
         assert_refused(what, "Pull", status);
     }
     // The first refusal names where the nesting passed its limit.
-    let (_, parens) = &hostile_filters()[0];
-    let status = pull(&mut client, parens).await.unwrap_err();
+    let (_, _, parens) = &hostile_filters()[0];
+    let status = pull(&mut client, pb::FilterType::Sql, parens)
+        .await
+        .unwrap_err();
     assert_eq!(
         status.message(),
         "invalid SQL filter at position 64: nested deeper than 64 levels \
@@ -110,7 +120,9 @@ async fn hostile_filters_are_refused_and_the_broker_keeps_serving() {
         http_get(&b.http, "/readyz").map(|(code, _)| code),
         Some(200)
     );
-    let pulled = pull(&mut client, "a = 1").await.unwrap();
+    let pulled = pull(&mut client, pb::FilterType::Sql, "a = 1")
+        .await
+        .unwrap();
     assert_eq!(pulled.messages.len(), 1);
     assert_eq!(&pulled.messages[0].body[..], b"first");
     let second = producer.send(Message::new("orders", "second")).await;
