@@ -35,9 +35,10 @@ pub use sql::{Expr, Value};
 use crate::store::Record;
 
 /// The longest filter expression, in bytes (tag or SQL). Real filters are tens
-/// to hundreds of bytes; 16 KiB leaves room for an IN list of about a thousand
-/// values, four times RabbitMQ's 4,096-character limit for its SQL filters,
-/// while keeping parsing a few microseconds and every subscription small.
+/// to hundreds of bytes; 16 KiB, four times RabbitMQ's 4,096-character limit
+/// for its SQL filters, holds the largest expressions the node limit allows
+/// written with short names, while bounding what the broker tokenizes and
+/// keeps per subscription.
 pub const MAX_EXPRESSION_BYTES: usize = 16 * 1024;
 
 /// The deepest nesting of a SQL expression: each parenthesis and each NOT opens
