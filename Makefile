@@ -1,7 +1,7 @@
 # DduoMQ build and test entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench
+.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench fuzz
 
 test: fmt-check clippy unit e2e-operator e2e-cluster bench-smoke
 
@@ -47,3 +47,15 @@ run:
 # Storage-engine microbenchmarks (criterion).
 bench:
 	$(CARGO) bench -p dduomq-broker
+
+# Each fuzz target for FUZZ_SECONDS (libFuzzer: nightly and `cargo install
+# cargo-fuzz`); not part of `make test`. New inputs go to fuzz/work/, so the
+# committed seeds in fuzz/corpus/ (which `make test` replays) stay as they are.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS = filter
+fuzz:
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/work/$$target && \
+		$(CARGO) +nightly fuzz run $$target fuzz/work/$$target fuzz/corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=32768 -timeout=10 || exit 1; \
+	done

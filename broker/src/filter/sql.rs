@@ -1,7 +1,12 @@
 //! The SQL92 filter language: tokenizer, recursive-descent parser and a
 //! three-valued evaluator (grammar in the parent module's docs).
+//!
+//! The parser enforces the limits of the parent module while it reads: the
+//! text's length before tokenizing, the nesting depth before each recursion and
+//! the node count before each node, so no input can make it (or the tree it
+//! builds) deeper or larger than they allow.
 
-use super::FilterError;
+use super::{FilterError, MAX_NESTING, MAX_NODES, excerpt};
 
 /// A value during evaluation; `Null` is SQL's UNKNOWN.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,14 +28,15 @@ pub enum Cmp {
     Ge,
 }
 
-/// A parsed expression.
+/// A parsed expression. A run of `AND`s (or `OR`s) at one level is one node
+/// with all its terms, so long chains make the tree wide, not deep.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     Literal(Value),
     Property(String),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
     Compare(Cmp, Box<Expr>, Box<Expr>),
     IsNull(Box<Expr>, bool),
     Between(Box<Expr>, Box<Expr>, Box<Expr>, bool),
@@ -154,7 +160,7 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, FilterError> {
                 let text: String = chars[start..i].iter().collect();
                 Tok::Num(
                     text.parse()
-                        .map_err(|_| error(start, format!("bad number {text:?}")))?,
+                        .map_err(|_| error(start, format!("bad number {:?}", excerpt(&text))))?,
                 )
             }
             c if c.is_alphabetic() || c == '_' => {
@@ -180,6 +186,10 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, FilterError> {
 struct Parser {
     toks: Vec<(usize, Tok)>,
     at: usize,
+    /// Parentheses and NOTs open around the token being read.
+    nesting: usize,
+    /// Nodes built so far (IN list values count as nodes).
+    nodes: usize,
 }
 
 impl Parser {
@@ -197,7 +207,7 @@ impl Parser {
         t
     }
     fn keyword(&mut self, k: &str) -> bool {
-        if matches!(self.peek(), Tok::Keyword(x) if *x == k) {
+        if self.at_keyword(k) {
             self.bump();
             true
         } else {
@@ -207,9 +217,9 @@ impl Parser {
     fn unexpected(&self, wanted: &str) -> FilterError {
         let found = match self.peek() {
             Tok::End => "the end".to_string(),
-            Tok::Ident(s) => format!("{s:?}"),
+            Tok::Ident(s) => format!("{:?}", excerpt(s)),
             Tok::Keyword(k) => (*k).to_string(),
-            Tok::Str(s) => format!("'{s}'"),
+            Tok::Str(s) => format!("'{}'", excerpt(s)),
             Tok::Num(n) => n.to_string(),
             Tok::Op(o) => format!("'{o}'"),
             Tok::LParen => "'('".into(),
@@ -219,83 +229,95 @@ impl Parser {
         error(self.position(), format!("expected {wanted}, found {found}"))
     }
 
-    fn expr(&mut self) -> Result<Expr, FilterError> {
-        let mut left = self.and()?;
-        while self.keyword("OR") {
-            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+    /// Counts the node about to be built at the current token, refusing the
+    /// one past [`MAX_NODES`].
+    fn node(&mut self) -> Result<(), FilterError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(error(
+                self.position(),
+                format!(
+                    "more than {MAX_NODES} nodes (properties, literals and operators); \
+                     use fewer terms or IN lists"
+                ),
+            ));
         }
-        Ok(left)
+        Ok(())
+    }
+
+    /// Opens one nesting level (a parenthesis or a NOT at `at`), refusing
+    /// the one past [`MAX_NESTING`] before the parser recurses into it.
+    fn enter(&mut self, at: usize) -> Result<(), FilterError> {
+        if self.nesting == MAX_NESTING {
+            return Err(error(
+                at,
+                format!("nested deeper than {MAX_NESTING} levels (each parenthesis or NOT is one)"),
+            ));
+        }
+        self.nesting += 1;
+        Ok(())
+    }
+
+    fn at_keyword(&self, k: &str) -> bool {
+        matches!(self.peek(), Tok::Keyword(x) if *x == k)
+    }
+
+    // `expr` and `and` repeat their loop rather than share a helper: each
+    // helper would be one more stack frame per nesting level.
+    fn expr(&mut self) -> Result<Expr, FilterError> {
+        let first = self.and()?;
+        if !self.at_keyword("OR") {
+            return Ok(first);
+        }
+        self.node()?;
+        let mut terms = vec![first];
+        while self.keyword("OR") {
+            terms.push(self.and()?);
+        }
+        Ok(Expr::Or(terms))
     }
 
     fn and(&mut self) -> Result<Expr, FilterError> {
-        let mut left = self.not()?;
-        while self.keyword("AND") {
-            left = Expr::And(Box::new(left), Box::new(self.not()?));
+        let first = self.not()?;
+        if !self.at_keyword("AND") {
+            return Ok(first);
         }
-        Ok(left)
+        self.node()?;
+        let mut terms = vec![first];
+        while self.keyword("AND") {
+            terms.push(self.not()?);
+        }
+        Ok(Expr::And(terms))
     }
 
     fn not(&mut self) -> Result<Expr, FilterError> {
-        if self.keyword("NOT") {
-            return Ok(Expr::Not(Box::new(self.not()?)));
+        let at = self.position();
+        if !self.keyword("NOT") {
+            return self.test();
         }
-        self.test()
+        self.node()?;
+        self.enter(at)?;
+        let negated = self.not();
+        self.nesting -= 1;
+        Ok(Expr::Not(Box::new(negated?)))
     }
 
+    // Each form of test is its own function: the parser recurses through
+    // operands, and a debug build gives one function all its branches' stack.
     fn test(&mut self) -> Result<Expr, FilterError> {
         let left = self.operand()?;
-        if let Tok::Op(op) = self.peek().clone() {
-            self.bump();
-            let cmp = match op {
-                "=" => Cmp::Eq,
-                "<>" => Cmp::Ne,
-                "<" => Cmp::Lt,
-                "<=" => Cmp::Le,
-                ">" => Cmp::Gt,
-                _ => Cmp::Ge,
-            };
-            return Ok(Expr::Compare(
-                cmp,
-                Box::new(left),
-                Box::new(self.operand()?),
-            ));
+        if let Tok::Op(op) = *self.peek() {
+            return self.compare(left, op);
         }
         if self.keyword("IS") {
-            let negated = self.keyword("NOT");
-            if !self.keyword("NULL") {
-                return Err(self.unexpected("NULL"));
-            }
-            return Ok(Expr::IsNull(Box::new(left), negated));
+            return self.is_null(left);
         }
         let negated = self.keyword("NOT");
         if self.keyword("BETWEEN") {
-            let low = self.operand()?;
-            if !self.keyword("AND") {
-                return Err(self.unexpected("AND"));
-            }
-            let high = self.operand()?;
-            return Ok(Expr::Between(
-                Box::new(left),
-                Box::new(low),
-                Box::new(high),
-                negated,
-            ));
+            return self.between(left, negated);
         }
         if self.keyword("IN") {
-            if self.bump() != Tok::LParen {
-                self.at -= 1;
-                return Err(self.unexpected("'('"));
-            }
-            let mut values = vec![self.literal()?];
-            while *self.peek() == Tok::Comma {
-                self.bump();
-                values.push(self.literal()?);
-            }
-            if *self.peek() != Tok::RParen {
-                return Err(self.unexpected("',' or ')'"));
-            }
-            self.bump();
-            return Ok(Expr::In(Box::new(left), values, negated));
+            return self.in_list(left, negated);
         }
         if negated {
             return Err(self.unexpected("BETWEEN or IN"));
@@ -303,7 +325,68 @@ impl Parser {
         Ok(left)
     }
 
+    fn compare(&mut self, left: Expr, op: &str) -> Result<Expr, FilterError> {
+        self.node()?;
+        self.bump();
+        let cmp = match op {
+            "=" => Cmp::Eq,
+            "<>" => Cmp::Ne,
+            "<" => Cmp::Lt,
+            "<=" => Cmp::Le,
+            ">" => Cmp::Gt,
+            _ => Cmp::Ge,
+        };
+        let right = self.operand()?;
+        Ok(Expr::Compare(cmp, Box::new(left), Box::new(right)))
+    }
+
+    /// After `IS`.
+    fn is_null(&mut self, left: Expr) -> Result<Expr, FilterError> {
+        self.node()?;
+        let negated = self.keyword("NOT");
+        if !self.keyword("NULL") {
+            return Err(self.unexpected("NULL"));
+        }
+        Ok(Expr::IsNull(Box::new(left), negated))
+    }
+
+    /// After `[NOT] BETWEEN`.
+    fn between(&mut self, left: Expr, negated: bool) -> Result<Expr, FilterError> {
+        self.node()?;
+        let low = self.operand()?;
+        if !self.keyword("AND") {
+            return Err(self.unexpected("AND"));
+        }
+        let high = self.operand()?;
+        Ok(Expr::Between(
+            Box::new(left),
+            Box::new(low),
+            Box::new(high),
+            negated,
+        ))
+    }
+
+    /// After `[NOT] IN`.
+    fn in_list(&mut self, left: Expr, negated: bool) -> Result<Expr, FilterError> {
+        self.node()?;
+        if self.bump() != Tok::LParen {
+            self.at -= 1;
+            return Err(self.unexpected("'('"));
+        }
+        let mut values = vec![self.literal()?];
+        while *self.peek() == Tok::Comma {
+            self.bump();
+            values.push(self.literal()?);
+        }
+        if *self.peek() != Tok::RParen {
+            return Err(self.unexpected("',' or ')'"));
+        }
+        self.bump();
+        Ok(Expr::In(Box::new(left), values, negated))
+    }
+
     fn literal(&mut self) -> Result<Value, FilterError> {
+        self.node()?;
         let v = match self.peek() {
             Tok::Str(s) => Value::Text(s.clone()),
             Tok::Num(n) => Value::Number(*n),
@@ -319,8 +402,11 @@ impl Parser {
     fn operand(&mut self) -> Result<Expr, FilterError> {
         match self.peek().clone() {
             Tok::LParen => {
+                self.enter(self.position())?;
                 self.bump();
-                let e = self.expr()?;
+                let e = self.expr();
+                self.nesting -= 1;
+                let e = e?;
                 if *self.peek() != Tok::RParen {
                     return Err(self.unexpected("')'"));
                 }
@@ -328,22 +414,26 @@ impl Parser {
                 Ok(e)
             }
             Tok::Ident(name) => {
+                self.node()?;
                 self.bump();
                 Ok(Expr::Property(name))
             }
-            _ => self
-                .literal()
-                .map(Expr::Literal)
-                .map_err(|_| self.unexpected("a property, a literal or '('")),
+            Tok::Str(_) | Tok::Num(_) | Tok::Keyword("TRUE" | "FALSE" | "NULL") => {
+                self.literal().map(Expr::Literal)
+            }
+            _ => Err(self.unexpected("a property, a literal or '('")),
         }
     }
 }
 
 /// Parses a whole expression.
 pub fn parse(input: &str) -> Result<Expr, FilterError> {
+    super::check_length("SQL", input)?;
     let mut p = Parser {
         toks: tokenize(input)?,
         at: 0,
+        nesting: 0,
+        nodes: 0,
     };
     if *p.peek() == Tok::End {
         return Err(p.unexpected("an expression"));
@@ -402,6 +492,25 @@ fn not(v: Value) -> Value {
     }
 }
 
+/// Three-valued AND (`decisive` false) or OR (`decisive` true) of `terms`:
+/// the decisive value if any term has it, else its opposite if every term is a
+/// boolean, else UNKNOWN.
+fn decide(terms: &[Expr], lookup: &dyn Fn(&str) -> Option<String>, decisive: bool) -> Value {
+    let mut all_boolean = true;
+    for term in terms {
+        match term.eval(lookup) {
+            Value::Bool(b) if b == decisive => return Value::Bool(decisive),
+            Value::Bool(_) => {}
+            _ => all_boolean = false,
+        }
+    }
+    if all_boolean {
+        Value::Bool(!decisive)
+    } else {
+        Value::Null
+    }
+}
+
 impl Expr {
     /// Evaluates with `lookup` giving a property's text (None: missing).
     pub fn eval(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Value {
@@ -409,16 +518,10 @@ impl Expr {
             Expr::Literal(v) => v.clone(),
             Expr::Property(name) => lookup(name).map_or(Value::Null, typed),
             Expr::Not(e) => not(e.eval(lookup)),
-            Expr::And(a, b) => match (a.eval(lookup), b.eval(lookup)) {
-                (Value::Bool(false), _) | (_, Value::Bool(false)) => Value::Bool(false),
-                (Value::Bool(true), Value::Bool(true)) => Value::Bool(true),
-                _ => Value::Null,
-            },
-            Expr::Or(a, b) => match (a.eval(lookup), b.eval(lookup)) {
-                (Value::Bool(true), _) | (_, Value::Bool(true)) => Value::Bool(true),
-                (Value::Bool(false), Value::Bool(false)) => Value::Bool(false),
-                _ => Value::Null,
-            },
+            // FALSE if any term is, else TRUE if all are, else UNKNOWN.
+            Expr::And(terms) => decide(terms, lookup, false),
+            // TRUE if any term is, else FALSE if all are, else UNKNOWN.
+            Expr::Or(terms) => decide(terms, lookup, true),
             Expr::Compare(cmp, a, b) => compare(*cmp, &a.eval(lookup), &b.eval(lookup)),
             Expr::IsNull(e, negated) => {
                 let is_null = e.eval(lookup) == Value::Null;
