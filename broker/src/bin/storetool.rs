@@ -4,18 +4,21 @@
 //!   rebuilds damaged derived files), reads every message of every queue, and
 //!   prints one `damage:` line per finding: files repaired or rebuilt, corrupt
 //!   commit-log ranges, lost bytes, consume-queue entries that did not lead to
-//!   their record, corrupt records. It exits 1 when it found any.
+//!   their record, corrupt records, and metadata files (topics, groups,
+//!   progress) the broker would refuse to open. It exits 1 when it found any.
 //! * `append-stress` appends random batches from several threads and prints one
 //!   line per acknowledged message (`ack <queue> <offset> <crc32c of body> <len>`);
 //!   the crash tests kill it at random moments and check every printed ack.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use dduomq_broker::config::BrokerConfig;
+use dduomq_broker::messaging::Broker;
 use dduomq_broker::store::{FlushMode, Message, Store, StoreConfig};
 use rand::Rng;
 
@@ -95,9 +98,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn verify(data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut cfg = BrokerConfig::load(config.as_deref())?.store;
+    let config = BrokerConfig::load(config.as_deref())?;
+    let mut cfg = config.store;
     cfg.data_dir = data_dir;
-    let store = Store::open(cfg)?;
+    let store = Arc::new(Store::open(cfg)?);
     let report = store.recovery_report().clone();
     println!(
         "recovery: scanned from {} to {}, {} records replayed, {} torn bytes zeroed",
@@ -143,6 +147,11 @@ fn verify(data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
             }
             println!("{topic}/{queue_id}: offsets {min}..{max}, {messages} readable");
         }
+    }
+    // The broker's own metadata (topics, groups, progress, staged messages),
+    // opened as the broker would: what it refuses, verify reports.
+    if let Err(e) = Broker::open(config.broker, store.clone(), None) {
+        damage.push(format!("metadata: {e}"));
     }
     for line in &damage {
         println!("damage: {line}");

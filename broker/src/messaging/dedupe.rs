@@ -82,7 +82,7 @@ impl Dedupe {
     /// Loads the snapshot; returns the window and the commit-log position from
     /// which records must be scanned back in with [`Dedupe::record`].
     pub fn open(path: PathBuf) -> Result<(Dedupe, u64)> {
-        let snapshot: Snapshot = metadata::load(&path)?;
+        let snapshot: Snapshot = metadata::load_derived(&path)?;
         let from = snapshot.scanned_to;
         let clock = snapshot
             .producers

@@ -22,6 +22,19 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, StoreError>
     }
 }
 
+/// [`load`] for a file derived from the commit log (its state is rebuilt by
+/// scanning the log from the position it saved): a damaged one counts as
+/// missing, so the scan starts at the oldest segment and rebuilds all of it.
+pub fn load_derived<T: DeserializeOwned + Default>(path: &Path) -> Result<T, StoreError> {
+    match load(path) {
+        Err(StoreError::Corrupt { reason, .. }) => {
+            tracing::error!(%reason, "damaged; rebuilding it from the commit log");
+            Ok(T::default())
+        }
+        other => other,
+    }
+}
+
 /// Atomically replaces `path` with `value` as JSON.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     save_bytes(path, &to_json(value))

@@ -311,6 +311,31 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Topics whose messages the store holds but whose metadata is gone (a
+    /// damaged or deleted `topics` journal) are created again with the queues
+    /// found, so their messages stay consumable; the message type cannot be
+    /// known and is reported. Internal `%` topics other than dead-letter
+    /// topics have no metadata.
+    fn restore_topics_from_store(&self) -> Result<()> {
+        for name in self.store.topics() {
+            if self.topics.get(&name).is_some()
+                || (name.starts_with('%') && !name.starts_with(limits::DEAD_LETTER_PREFIX))
+            {
+                continue;
+            }
+            let queues = self.store.queue_ids(&name).last().map_or(1, |q| q + 1);
+            tracing::error!(
+                topic = %name,
+                queues,
+                "the store holds messages of a topic its metadata does not know; \
+                 created it again as a normal topic (re-apply its type if it had another)"
+            );
+            self.topics
+                .create(&name, queues, crate::store::MessageType::Normal)?;
+        }
+        Ok(())
+    }
+
     /// Loads topics, groups and progress from `<data_dir>/metadata/`. Metrics are
     /// recorded when `metrics` is given.
     pub fn open(
@@ -352,7 +377,7 @@ impl Broker {
             }
         })?;
         store.pin_retention(staged.floor(store.stats().commit_log_max));
-        Ok(Broker {
+        let broker = Broker {
             dedupe,
             staged,
             persisting: Mutex::new(()),
@@ -377,7 +402,9 @@ impl Broker {
             sends_in_flight: Default::default(),
             config,
             store,
-        })
+        };
+        broker.restore_topics_from_store()?;
+        Ok(broker)
     }
 
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {

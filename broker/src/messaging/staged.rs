@@ -181,7 +181,7 @@ impl Staged {
     /// Loads the saved scan position; the caller replays the log from it
     /// through [`Staged::recover`].
     pub fn open(path: PathBuf) -> Result<(Staged, u64)> {
-        let saved: Saved = metadata::load(&path)?;
+        let saved: Saved = metadata::load_derived(&path)?;
         let staged = Staged {
             path,
             state: Mutex::new(State {
