@@ -87,7 +87,9 @@ pub struct MessagingConfig {
     pub keepalive_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
-    /// Most open Receive streams of one consumer group, and of one client id.
+    /// Most open Receive streams on this broker, of one consumer group, and of
+    /// one client id.
+    pub max_receive_streams: usize,
     pub max_receive_streams_per_group: usize,
     pub max_receive_streams_per_client: usize,
     /// Most queues of one topic.
@@ -112,6 +114,7 @@ impl MessagingConfig {
         let counts = [
             ("max_connections", self.max_connections),
             ("max_http_connections", self.max_http_connections),
+            ("max_receive_streams", self.max_receive_streams),
             (
                 "max_receive_streams_per_group",
                 self.max_receive_streams_per_group,

@@ -327,7 +327,11 @@ fn check(fx: &Fixture, expect: Expect<'_>) {
     let mut scanned = 0;
     store.scan(0, |_| scanned += 1).unwrap();
     assert_eq!(scanned, MESSAGES - expect.lost.len(), "scan of the log");
-    // Appends continue after the last offset given out.
+    // Appends continue after the last offset given out, also after one more
+    // restart with nothing appended in between.
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(cfg.clone()).unwrap();
     for (topic, queue_id, count) in QUEUES {
         let ack = store
             .append_blocking(vec![message(topic, queue_id, b"after", &["after"], "")])
@@ -783,4 +787,53 @@ fn forged_id_into_a_body_is_not_found() {
     };
     let err = store.lookup_by_id(&forged).unwrap_err();
     assert_eq!(err.code(), "MESSAGE_NOT_FOUND", "{err}");
+    // Ids just below the end of the log, where no header fits.
+    let end = store.stats().commit_log_max;
+    for back in 1..=72 {
+        let near_end = MessageId {
+            physical_offset: end - back,
+            ..forged
+        };
+        let err = store.lookup_by_id(&near_end).unwrap_err();
+        assert_eq!(
+            err.code(),
+            "MESSAGE_NOT_FOUND",
+            "{back} bytes before the end: {err}"
+        );
+    }
+}
+
+/// A deleted topic stays deleted when recovery rebuilds from the whole log
+/// (no checkpoint), and a topic created again under its name starts afresh.
+#[test]
+fn a_deleted_topic_stays_deleted_through_a_full_rebuild() {
+    let fx = Fixture::new();
+    let cfg = config(fx.path());
+    let store = Store::open(cfg.clone()).unwrap();
+    store.delete_topic("b").unwrap();
+    store.close().unwrap();
+    drop(store);
+    no_checkpoint(&fx);
+    let store = Store::open(cfg.clone()).unwrap();
+    assert!(
+        !store.topics().contains(&"b".to_string()),
+        "{:?}",
+        store.topics()
+    );
+    assert_eq!(store.queue_offsets("b", 0), (0, 0));
+    assert_eq!(store.queue_offsets("a", 0), (0, 450));
+    let ack = store
+        .append_blocking(vec![message("b", 0, b"again", &[], "")])
+        .unwrap();
+    assert_eq!(ack[0].queue_offset, 0);
+    store.close().unwrap();
+    drop(store);
+    no_checkpoint(&fx);
+    let store = Store::open(cfg).unwrap();
+    let (records, corrupt) = read_queue(&store, "b", 0);
+    assert!(corrupt.is_empty());
+    assert_eq!(
+        records.into_values().collect::<Vec<_>>(),
+        vec![b"again".to_vec()]
+    );
 }

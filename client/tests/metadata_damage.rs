@@ -136,8 +136,7 @@ async fn receive(grpc: &str, group: &str, expected: &BTreeSet<String>) -> Vec<St
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     consumer.shutdown().await;
-    let got = got.lock().clone();
-    got
+    got.lock().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,14 +186,14 @@ async fn damaged_metadata_is_rebuilt_or_refused_by_name() {
         assert!(names.iter().any(|n| n == needed), "{needed} in {names:?}");
     }
 
-    let (grpc, http) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
     let mut summary = Vec::new();
     for name in &names {
         for damage in [Damage::Flip, Damage::Truncate, Damage::Zero, Damage::Delete] {
             let case = tempfile::tempdir().unwrap();
+            let (grpc, http) = (
+                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", free_port()),
+            );
             let data = case.path().join("data");
             copy_dir(backup.path(), &data);
             damage.apply(&data.join("metadata").join(name));

@@ -48,6 +48,7 @@ pub async fn serve(
     let messaging = MessagingServiceServer::new(messaging::MessagingApi {
         broker: broker.clone(),
         streams: receive_streams::ReceiveStreams::new(
+            config.max_receive_streams,
             config.max_receive_streams_per_group,
             config.max_receive_streams_per_client,
         ),

@@ -70,10 +70,12 @@ impl QueueCursor {
     }
 
     /// A cursor restored from a snapshot: its open offsets lost their leases
-    /// with the restart and are due for redelivery now.
-    pub fn restore(progress: &Progress) -> Self {
+    /// with the restart and are due for redelivery now. Nothing at or past
+    /// `queue_end` was delivered, so a saved high mark beyond it (a damaged
+    /// file) cannot make the cursor skip messages still to come.
+    pub fn restore(progress: &Progress, queue_end: u64) -> Self {
         let mut c = QueueCursor::new(progress.committed);
-        c.next = progress.high.max(progress.committed);
+        c.next = progress.high.min(queue_end).max(progress.committed);
         for o in progress
             .open
             .iter()
@@ -468,7 +470,7 @@ mod tests {
                 ],
             }
         );
-        let mut c = QueueCursor::restore(&snapshot);
+        let mut c = QueueCursor::restore(&snapshot, u64::MAX);
         assert_eq!((c.committed(), c.in_flight()), (2, 0));
         assert_eq!(c.candidate(0, 1001, false, &|_, _| false), Some(2));
         assert_eq!(c.lease(2, lease(5)), 2, "attempts carried over");

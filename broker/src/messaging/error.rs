@@ -145,6 +145,9 @@ pub enum Limit {
     StreamsPerGroup,
     /// Open Receive streams of one client id.
     StreamsPerClient,
+    /// Open Receive streams on the broker (group names and client ids are
+    /// chosen by clients, so they alone bound nothing).
+    Streams,
 }
 
 impl Limit {
@@ -153,7 +156,7 @@ impl Limit {
         match self {
             Limit::Topics => "TOO_MANY_TOPICS",
             Limit::Groups => "TOO_MANY_GROUPS",
-            Limit::StreamsPerGroup | Limit::StreamsPerClient => "TOO_MANY_STREAMS",
+            Limit::StreamsPerGroup | Limit::StreamsPerClient | Limit::Streams => "TOO_MANY_STREAMS",
         }
     }
 
@@ -164,6 +167,7 @@ impl Limit {
             Limit::Groups => "max_groups",
             Limit::StreamsPerGroup => "max_receive_streams_per_group",
             Limit::StreamsPerClient => "max_receive_streams_per_client",
+            Limit::Streams => "max_receive_streams",
         }
     }
 }
@@ -175,6 +179,7 @@ impl std::fmt::Display for Limit {
             Limit::Groups => "too many consumer groups",
             Limit::StreamsPerGroup => "too many open Receive streams for this group",
             Limit::StreamsPerClient => "too many open Receive streams for this client id",
+            Limit::Streams => "too many open Receive streams on this broker",
         })
     }
 }

@@ -1005,7 +1005,9 @@ impl Broker {
     ) -> &'a mut QueueCursor {
         st.cursors.entry(queue_id).or_insert_with(|| {
             match self.offsets.lock().cursor(&key.progress(queue_id)) {
-                Some(progress) => QueueCursor::restore(progress),
+                Some(progress) => {
+                    QueueCursor::restore(progress, self.store.queue_offsets(&key.topic, queue_id).1)
+                }
                 // New progress starts at the oldest stored message.
                 None => QueueCursor::new(self.store.queue_offsets(&key.topic, queue_id).0),
             }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Result;
 use super::metadata;
+use crate::store::StoreError;
 
 /// Whose progress: `member` is empty for clustering groups and the client id for
 /// broadcast members.
@@ -86,10 +87,11 @@ struct LegacyExtras {
 }
 
 impl Entry {
-    fn progress(self) -> (ProgressKey, Progress) {
+    /// `None` for a legacy entry too wide to be real (damage).
+    fn progress(self) -> Option<(ProgressKey, Progress)> {
         let committed = self.committed;
         let progress = match self.extras {
-            Some(legacy) if self.high.is_none() => legacy.into_progress(committed),
+            Some(legacy) if self.high.is_none() => legacy.into_progress(committed)?,
             _ => Progress {
                 committed,
                 high: self.high.unwrap_or(committed).max(committed),
@@ -100,7 +102,7 @@ impl Entry {
                     .collect(),
             },
         };
-        (self.key, progress)
+        Some((self.key, progress))
     }
 
     fn of(key: &ProgressKey, p: &Progress) -> Entry {
@@ -117,7 +119,7 @@ impl Entry {
 impl LegacyExtras {
     /// Everything delivered lies below the highest done or counted offset;
     /// what in between is not done is open.
-    fn into_progress(self, committed: u64) -> Progress {
+    fn into_progress(self, committed: u64) -> Option<Progress> {
         let attempts: BTreeMap<u64, u32> = self.attempts.into_iter().collect();
         let done: std::collections::BTreeSet<u64> =
             self.done.into_iter().filter(|o| *o >= committed).collect();
@@ -129,6 +131,11 @@ impl LegacyExtras {
             .max()
             .unwrap_or(committed)
             .max(committed);
+        // Old files only held what was in flight above the committed offset; a
+        // wider span is damage, not something to spell out offset by offset.
+        if high - committed > MAX_LEGACY_SPAN {
+            return None;
+        }
         let open = (committed..high)
             .filter(|o| !done.contains(o))
             .map(|offset| OpenOffset {
@@ -136,13 +143,17 @@ impl LegacyExtras {
                 attempts: attempts.get(&offset).copied().unwrap_or(0),
             })
             .collect();
-        Progress {
+        Some(Progress {
             committed,
             high,
             open,
-        }
+        })
     }
 }
+
+/// The widest span of offsets a legacy entry may describe (see
+/// [`LegacyExtras::into_progress`]).
+const MAX_LEGACY_SPAN: u64 = 1 << 20;
 
 /// All progress, and whether it changed since the last save.
 #[derive(Debug)]
@@ -155,9 +166,21 @@ pub struct OffsetTable {
 impl OffsetTable {
     pub fn open(path: PathBuf) -> Result<OffsetTable> {
         let snapshot: Snapshot = metadata::load(&path)?;
+        let progress = snapshot
+            .entries
+            .into_iter()
+            .map(Entry::progress)
+            .collect::<Option<_>>()
+            .ok_or_else(|| StoreError::Corrupt {
+                offset: 0,
+                reason: format!(
+                    "{}: an entry spans more than {MAX_LEGACY_SPAN} offsets",
+                    path.display()
+                ),
+            })?;
         Ok(OffsetTable {
             path,
-            progress: snapshot.entries.into_iter().map(Entry::progress).collect(),
+            progress,
             changed: false,
         })
     }

@@ -408,9 +408,10 @@ impl ConsumeQueue {
     }
 
     /// How many entries the queue has for records below `physical_offset`:
-    /// written entries from the end back, dropping those at or past it and
-    /// trailing holes (which point nowhere). Recovery truncates to exactly this,
-    /// so a checkpoint records it to recognise a damaged queue.
+    /// written entries from the end back, dropping those at or past it. A hole
+    /// stays: it stands for an offset already given out, which must never be
+    /// given out again. Recovery truncates to exactly this, so a checkpoint
+    /// records it to recognise a damaged queue.
     pub fn end_before(&self, physical_offset: u64) -> u64 {
         let mut end = self.written.load(Ordering::Acquire);
         let min = self.min_offset();
@@ -419,7 +420,7 @@ impl ConsumeQueue {
                 break;
             };
             let entry = Self::entry_in(&file, end - 1 - file.base());
-            if !entry.is_hole() && entry.physical_offset < physical_offset {
+            if entry.is_hole() || entry.physical_offset < physical_offset {
                 break;
             }
             end -= 1;
@@ -595,5 +596,9 @@ mod tests {
         assert_eq!(got[0], entry(6));
         assert!(got[1].is_hole() && got[2].is_hole());
         assert_eq!(got[3], entry(9));
+        // Trailing holes stand for offsets given out: truncation keeps them.
+        cq.truncate_from_physical(900);
+        assert_eq!(cq.next_offset(), 9);
+        assert_eq!(cq.end_before(900), 9);
     }
 }

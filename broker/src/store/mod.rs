@@ -339,7 +339,11 @@ impl Store {
 
     /// Deletes a topic's consume queues; its records age out with retention.
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.inner.queues.remove_topic(topic)?;
+        // Records of the topic appended from now on belong to a new topic of
+        // the same name.
+        self.inner
+            .queues
+            .remove_topic(topic, self.inner.commit_log.visible())?;
         // The checkpoint names every queue it expects: a crash before the next
         // one would otherwise bring the deleted queues back as damaged.
         write_checkpoint(&self.inner, true)
@@ -441,6 +445,8 @@ fn write_checkpoint(inner: &Inner, force: bool) -> Result<()> {
     if !force && *checkpointed == Some(recover_from) {
         return Ok(());
     }
+    // Until this one is written, the next must be written too.
+    *checkpointed = None;
     flush_log(inner, recover_from)?;
     let queues = inner.queues.named();
     for (_, cq) in &queues {

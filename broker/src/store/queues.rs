@@ -1,5 +1,9 @@
 //! The table of consume queues, by topic and queue id, as found under
-//! `consumequeue/<topic>/<queue_id>/`.
+//! `consumequeue/<topic>/<queue_id>/`, and the tombstones of deleted topics
+//! (`consumequeue/<topic>/deleted`: the commit-log position at deletion, as
+//! decimal text): records of the topic below it belong to the deleted topic and
+//! are never dispatched again, even when recovery rebuilds from the whole log.
+//! A tombstone goes when retention has deleted every segment below it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -10,6 +14,7 @@ use parking_lot::RwLock;
 use super::checkpoint::QueueName;
 use super::consume_queue::ConsumeQueue;
 use super::error::{Result, StoreError};
+use super::mapped_file::sync_dir;
 use super::record::validate_topic_name;
 
 type TopicQueues = BTreeMap<u32, Arc<ConsumeQueue>>;
@@ -20,7 +25,11 @@ pub struct QueueTable {
     root: PathBuf,
     entries_per_file: u32,
     topics: RwLock<HashMap<String, TopicQueues>>,
+    tombstones: RwLock<HashMap<String, u64>>,
 }
+
+/// The tombstone file in a deleted topic's directory.
+const TOMBSTONE: &str = "deleted";
 
 impl QueueTable {
     /// Opens every queue directory under `root`.
@@ -29,6 +38,7 @@ impl QueueTable {
             root,
             entries_per_file,
             topics: RwLock::new(HashMap::new()),
+            tombstones: RwLock::new(HashMap::new()),
         };
         let list = |dir: &PathBuf| -> Result<Vec<(String, PathBuf)>> {
             match std::fs::read_dir(dir) {
@@ -47,9 +57,17 @@ impl QueueTable {
             if validate_topic_name(&topic).is_err() {
                 continue;
             }
-            for (queue, _) in list(&topic_dir)? {
-                if let Ok(queue_id) = queue.parse::<u32>() {
+            for (entry, path) in list(&topic_dir)? {
+                if let Ok(queue_id) = entry.parse::<u32>() {
                     table.get_or_create(&topic, queue_id)?;
+                } else if entry == TOMBSTONE {
+                    // An unreadable tombstone covers everything: the topic was
+                    // deleted, and nothing of it is dispatched until re-created.
+                    let at = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                        .unwrap_or(u64::MAX);
+                    table.tombstones.write().insert(topic.clone(), at);
                 }
             }
         }
@@ -120,13 +138,44 @@ impl QueueTable {
     }
 
     /// Forgets a topic and deletes its consume queues (the records stay in the
-    /// commit log until retention removes them).
-    pub fn remove_topic(&self, topic: &str) -> Result<()> {
+    /// commit log until retention removes them), leaving a tombstone at `at`,
+    /// the end of the log when it was deleted.
+    pub fn remove_topic(&self, topic: &str, at: u64) -> Result<()> {
         let removed = self.topics.write().remove(topic);
         for cq in removed.into_iter().flat_map(|q| q.into_values()) {
             cq.destroy()?;
         }
-        let _ = std::fs::remove_dir(self.root.join(topic));
+        let dir = self.root.join(topic);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let path = dir.join(TOMBSTONE);
+        std::fs::write(&path, at.to_string())
+            .and_then(|()| std::fs::File::open(&path)?.sync_all())
+            .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
+        sync_dir(&dir)?;
+        self.tombstones.write().insert(topic.to_string(), at);
         Ok(())
+    }
+
+    /// Whether a record of `topic` at `physical_offset` belongs to a deleted
+    /// incarnation of the topic.
+    pub fn is_deleted(&self, topic: &str, physical_offset: u64) -> bool {
+        self.tombstones
+            .read()
+            .get(topic)
+            .is_some_and(|&at| physical_offset < at)
+    }
+
+    /// Retention: drops tombstones below which no segment is left.
+    pub fn drop_tombstones_below(&self, commit_log_min: u64) {
+        self.tombstones.write().retain(|topic, at| {
+            if *at > commit_log_min {
+                return true;
+            }
+            let dir = self.root.join(topic.as_str());
+            let _ = std::fs::remove_file(dir.join(TOMBSTONE));
+            let _ = std::fs::remove_dir(&dir);
+            false
+        });
     }
 }

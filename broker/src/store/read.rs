@@ -3,6 +3,7 @@
 //! watermarks it publishes.
 
 use super::Store;
+use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueue;
 use super::error::{Result, StoreError};
 use super::index;
@@ -30,6 +31,33 @@ pub struct ReadResult {
 /// (headers only; about 50 ms for 1 KiB records): beyond it the entry is
 /// reported corrupt.
 const MAX_DISPLACED_WALK: u64 = 256 << 20;
+
+/// The header of the record that starts at `pos`, if a record frame starts
+/// there and its whole header is published.
+fn record_header_at(log: &CommitLog, pos: u64) -> Option<record::Header> {
+    let available = log.visible().checked_sub(pos)?;
+    if available < record::RECORD_HEADER_SIZE as u64 {
+        return None;
+    }
+    let bytes = log
+        .read_bytes(pos, record::RECORD_HEADER_SIZE as u32)
+        .ok()?;
+    matches!(record::peek_frame(&bytes), record::Frame::Record(_))
+        .then(|| record::parse_header(&bytes))
+}
+
+/// The length of the segment-end filler that starts at `pos`, if one does.
+fn blank_at(log: &CommitLog, pos: u64) -> Option<u32> {
+    let available = log.visible().checked_sub(pos)?;
+    if available < record::BLANK_HEADER_SIZE as u64 {
+        return None;
+    }
+    let bytes = log.read_bytes(pos, record::BLANK_HEADER_SIZE as u32).ok()?;
+    match record::peek_frame(&bytes) {
+        record::Frame::Blank(len) => Some(len),
+        _ => None,
+    }
+}
 
 impl Store {
     /// Reads up to `max_messages` (and about `max_bytes`, but at least one message)
@@ -77,11 +105,19 @@ impl Store {
             if !out.records.is_empty() && bytes + entry.size as usize > max_bytes {
                 break;
             }
-            match self
-                .inner
-                .commit_log
-                .read(entry.physical_offset, entry.size)
-            {
+            // An entry claiming more than any record may hold is damaged: it
+            // must not make a read copy a whole segment.
+            let stored = if entry.size <= self.inner.config.max_record_size_bytes {
+                self.inner
+                    .commit_log
+                    .read(entry.physical_offset, entry.size)
+            } else {
+                Err(StoreError::Corrupt {
+                    offset: entry.physical_offset,
+                    reason: format!("consume-queue entry of {} bytes", entry.size),
+                })
+            };
+            match stored {
                 Ok(rec)
                     if rec.topic == topic
                         && rec.queue_id == queue_id
@@ -140,32 +176,42 @@ impl Store {
         queue_offset: u64,
     ) -> Option<Record> {
         let log = &self.inner.commit_log;
-        let usable = |offset: u64| cq.entry(offset).filter(|e| !e.is_hole() && e.size != 0);
+        let visible = log.visible();
+        // Neighbours are trusted only as far as they point inside the log.
+        let usable = |offset: u64| {
+            cq.entry(offset).filter(|e| {
+                !e.is_hole()
+                    && e.size != 0
+                    && e.physical_offset
+                        .checked_add(e.size as u64)
+                        .is_some_and(|end| end <= visible)
+            })
+        };
         let from = queue_offset
             .checked_sub(1)
             .and_then(usable)
             .map_or(log.min_offset(), |e| e.physical_offset + e.size as u64);
         let mut pos = from.max(log.min_offset());
         let to = usable(queue_offset + 1)
-            .map_or(log.visible(), |e| e.physical_offset)
+            .map_or(visible, |e| e.physical_offset)
             .min(pos.saturating_add(MAX_DISPLACED_WALK));
         while pos < to {
-            let len = (record::RECORD_HEADER_SIZE as u64).min(log.visible() - pos);
-            let header = log.read_bytes(pos, len as u32).ok()?;
-            match record::peek_frame(&header) {
-                record::Frame::Record(size) if header.len() == record::RECORD_HEADER_SIZE => {
-                    let h = record::parse_header(&header);
+            let header = record_header_at(log, pos);
+            match header {
+                Some(h) => {
                     if h.queue_id == queue_id
                         && h.queue_offset == queue_offset
                         && h.physical_offset == pos
                     {
-                        let rec = log.read(pos, size).ok()?;
+                        let rec = log.read(pos, h.total_size).ok()?;
                         return (rec.topic == topic).then_some(rec);
                     }
-                    pos += size as u64;
+                    pos = pos.checked_add(h.total_size as u64)?;
                 }
-                record::Frame::Blank(len) => pos += len as u64,
-                _ => return None,
+                None => match blank_at(log, pos) {
+                    Some(len) => pos += len as u64,
+                    None => return None,
+                },
             }
         }
         None
@@ -206,16 +252,10 @@ impl Store {
         let not_found = || StoreError::MessageNotFound(id.to_string());
         // The header alone must agree with the id before the record is read: an id
         // forged to point into a body costs one small read, not a large copy.
-        let header_len =
-            (record::RECORD_HEADER_SIZE as u64).min(log.visible() - id.physical_offset);
-        let prefix = log.read_bytes(id.physical_offset, header_len as u32)?;
-        let record::Frame::Record(size) = record::peek_frame(&prefix) else {
+        let Some(header) = record_header_at(log, id.physical_offset) else {
             return Err(not_found()); // no record starts there: a forged or mistyped id
         };
-        if prefix.len() < record::RECORD_HEADER_SIZE {
-            return Err(not_found());
-        }
-        let header = record::parse_header(&prefix);
+        let size = header.total_size;
         if header.physical_offset != id.physical_offset
             || header.crc != id.crc
             || size > self.inner.config.max_record_size_bytes

@@ -73,7 +73,13 @@ fn step(bytes: &[u8], pos: u64) -> Step {
     match record::peek_frame(bytes) {
         Frame::End => Step::End,
         Frame::Blank(len) if len as usize == bytes.len() => Step::Blank(len as u64),
-        Frame::Record(len) if len as usize <= bytes.len() => {
+        // The stored position is checked before the CRC: a search for the next
+        // record tries every magic-like pair of bytes, and most are in bodies.
+        Frame::Record(len)
+            if len as usize <= bytes.len()
+                && len as usize >= RECORD_HEADER_SIZE
+                && record::parse_header(bytes).physical_offset == pos =>
+        {
             match record::decode(&bytes[..len as usize], pos) {
                 Ok(rec) => Step::Record(rec, len as u64),
                 Err(_) => Step::Invalid,
@@ -127,6 +133,11 @@ pub(crate) fn next_frame(inner: &Inner, from: u64, limit: u64) -> Option<u64> {
     }
     None
 }
+
+/// The most holes one record may open in its queue (records lost to damage
+/// before it): a frame forged inside a body, found after damage, cannot make
+/// recovery write entries without bound.
+const MAX_HOLES_PER_RECORD: u64 = 1 << 20;
 
 /// Derived data rebuilt from the start of the log.
 #[derive(Debug, Default)]
@@ -229,8 +240,7 @@ pub(crate) fn recover(
             },
         }
     }
-    let checkpointed_ends = checkpoint.and_then(|c| c.queue_ends.as_ref());
-    keep_checkpointed_offsets(inner, checkpointed_ends, &mut report)?;
+    keep_checkpointed_offsets(inner, checkpoint, &mut report)?;
     report.end = pos;
     if let Some(seg) = log.segment(pos) {
         report.torn_bytes = zero_tail(&seg, pos, inner.config.max_record_size_bytes as u64);
@@ -273,7 +283,10 @@ fn check_queues(
 ) -> Result<Rebuild> {
     let mut rebuild = Rebuild::default();
     for (name, &end) in queue_ends.into_iter().flatten() {
-        if end > 0 && inner.queues.get(&name.topic, name.queue_id).is_none() {
+        if end > 0
+            && inner.queues.get(&name.topic, name.queue_id).is_none()
+            && !inner.queues.is_deleted(&name.topic, start)
+        {
             inner.queues.get_or_create(&name.topic, name.queue_id)?;
         }
     }
@@ -341,19 +354,26 @@ fn check_index(
     Ok(true)
 }
 
-/// Queue offsets the checkpoint recorded as taken are never given out again: a
+/// Queue offsets the checkpoint recorded as given out are never given out again: a
 /// queue that ends below its recorded end after recovery lost records to damage
 /// (or retention, for a rebuilt queue); its missing offsets become holes,
 /// reported to readers as corrupt, and an empty queue starts after them.
 fn keep_checkpointed_offsets(
     inner: &Inner,
-    queue_ends: Option<&HashMap<QueueName, u64>>,
+    checkpoint: Option<&Checkpoint>,
     report: &mut RecoveryReport,
 ) -> Result<()> {
-    for (name, &end) in queue_ends
-        .into_iter()
+    let Some(checkpoint) = checkpoint else {
+        return Ok(());
+    };
+    // Queues of a topic deleted after the checkpoint are not kept: the topic
+    // starts again from 0 if it is created again.
+    let taken = checkpoint.recover_from;
+    for (name, &end) in checkpoint
+        .queue_ends
+        .iter()
         .flatten()
-        .filter(|(_, end)| **end > 0)
+        .filter(|(name, end)| **end > 0 && !inner.queues.is_deleted(&name.topic, taken))
     {
         let cq = inner.queues.get_or_create(&name.topic, name.queue_id)?;
         if cq.next_offset() >= end {
@@ -407,9 +427,22 @@ fn dispatch_to_queue(
     rec: &record::Record,
     report: &mut RecoveryReport,
 ) -> Result<()> {
+    if inner.queues.is_deleted(&rec.topic, rec.physical_offset) {
+        return Ok(());
+    }
     let cq = inner.queues.get_or_create(&rec.topic, rec.queue_id)?;
     if cq.is_empty() && rec.queue_offset > cq.next_offset() {
         cq.start_at(rec.queue_offset);
+    }
+    if rec.queue_offset > cq.next_offset().saturating_add(MAX_HOLES_PER_RECORD) {
+        tracing::error!(
+            topic = %rec.topic,
+            queue = rec.queue_id,
+            offset = rec.queue_offset,
+            end = cq.next_offset(),
+            "record claims a queue offset far past its queue's end; ignoring it"
+        );
+        return Ok(());
     }
     if rec.queue_offset < cq.next_offset() {
         tracing::error!(

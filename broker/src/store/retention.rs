@@ -15,6 +15,7 @@ use super::config::DiskFullPolicy;
 use super::error::{Result, StoreError};
 use super::observer::DeleteReason;
 use super::record::{self, Frame, RECORD_HEADER_SIZE};
+use super::recovery::next_frame;
 
 /// What one retention pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,12 +42,13 @@ pub fn disk_usage_ratio(path: &Path) -> Result<f64> {
     Ok(if total == 0.0 { 0.0 } else { used / total })
 }
 
-/// The store timestamp of the record at the very start of a segment.
+/// The store timestamp of the first valid record of the segment at `base`
+/// (damage at its start is skipped, so it cannot keep older segments forever).
 fn first_timestamp(inner: &Inner, base: u64) -> Option<i64> {
-    let header = inner
-        .commit_log
-        .read_bytes(base, RECORD_HEADER_SIZE as u32)
-        .ok()?;
+    let log = &inner.commit_log;
+    let end = log.visible().min(base.saturating_add(log.segment_size()));
+    let at = next_frame(inner, base, end)?;
+    let header = log.read_bytes(at, RECORD_HEADER_SIZE as u32).ok()?;
     matches!(record::peek_frame(&header), Frame::Record(_))
         .then(|| record::parse_header(&header).store_timestamp)
 }
@@ -105,6 +107,7 @@ pub(crate) fn enforce(inner: &Inner, now_millis: i64) -> Result<RetentionReport>
             cq.advance_min(min)?;
         }
         inner.index.lock().remove_below(min)?;
+        inner.queues.drop_tombstones_below(min);
     }
     Ok(RetentionReport {
         segments_deleted: deleted,
