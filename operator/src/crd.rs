@@ -58,8 +58,9 @@ pub enum DeletionPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct TopicSpec {
     /// Number of queues (write slots) the topic is split into; they are spread
-    /// evenly over the ready brokers. Queues can be added, never removed.
-    #[schemars(range(min = 1, max = 4096))]
+    /// evenly over the ready brokers. Queues can be added, never removed; at
+    /// most 1,024 (the brokers' default `max_queues_per_topic`).
+    #[schemars(range(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("queues cannot be decreased"))]
     pub queues: u32,
     /// What the topic carries; fixed once created.
