@@ -403,6 +403,11 @@ fn disk_full_scenario(dir: &Path) {
         assert!(acked.len() < 10_000, "the tmpfs never filled up");
     };
     assert_eq!(err.code(), "DISK_FULL", "{err}");
+    assert!(
+        err.to_string().starts_with("disk full while allocating ")
+            && !err.to_string().contains("allocating allocating"),
+        "{err}"
+    );
     assert!(!acked.is_empty());
     // The failed batch left nothing visible.
     assert_eq!(store.queue_offsets("t", 0).1, acked.len() as u64);
