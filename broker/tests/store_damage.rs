@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{body, config, message};
+use common::{body, config, copy_dir, message};
 use dduomq_broker::store::{MessageId, Store, StoreConfig};
 use tempfile::TempDir;
 
@@ -170,19 +170,6 @@ fn remove(path: &Path) {
         std::fs::remove_dir_all(path).unwrap();
     } else {
         std::fs::remove_file(path).unwrap();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

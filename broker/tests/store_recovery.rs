@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{body, config, message, read_all};
+use common::{body, config, copy_dir, message, read_all};
 use dduomq_broker::store::{Appended, DiskFullPolicy, Store, StoreConfig, StoreError};
 
 /// Appends `n` messages of 1000 bytes to queue 0 of topic `t`, closes the store,
@@ -26,20 +26,6 @@ fn populate(dir: &Path, n: u64) -> Vec<Appended> {
     }
     store.close().unwrap();
     acks
-}
-
-/// A copy of a data directory (without its lock file).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn segment_of(dir: &Path, physical_offset: u64, segment_size: u64) -> (PathBuf, u64) {
@@ -381,6 +367,21 @@ fn disk_full_fails_cleanly_and_recovers_when_space_is_freed() {
     );
 }
 
+/// Appends batches until one fails; the failure.
+fn fill_until_full(
+    store: &Store,
+    acked: &mut Vec<Appended>,
+    batch: &dyn Fn(usize) -> Vec<dduomq_broker::store::Message>,
+) -> StoreError {
+    loop {
+        match store.append_blocking(batch(acked.len())) {
+            Ok(acks) => acked.extend(acks),
+            Err(e) => return e,
+        }
+        assert!(acked.len() < 10_000, "the tmpfs never filled up");
+    }
+}
+
 fn disk_full_scenario(dir: &Path) {
     let ballast = dir.join("ballast");
     std::fs::write(&ballast, vec![1u8; 160 * 1024]).unwrap();
@@ -395,13 +396,7 @@ fn disk_full_scenario(dir: &Path) {
             .map(|i| message("t", 0, &body((first + i) as u64, 3000), &[], ""))
             .collect::<Vec<_>>()
     };
-    let err = loop {
-        match store.append_blocking(batch(acked.len())) {
-            Ok(acks) => acked.extend(acks),
-            Err(e) => break e,
-        }
-        assert!(acked.len() < 10_000, "the tmpfs never filled up");
-    };
+    let err = fill_until_full(&store, &mut acked, &batch);
     assert_eq!(err.code(), "DISK_FULL", "{err}");
     assert!(
         err.to_string().starts_with("disk full while allocating ")
@@ -447,13 +442,7 @@ fn disk_full_scenario(dir: &Path) {
     let store = Store::open(cfg).expect("a full volume does not stop the store from starting");
     assert_eq!(read_all(&store, "t", 0).len(), acked.len());
     // Appends fill what the segment had reserved, then fail cleanly.
-    let err = loop {
-        match store.append_blocking(batch(acked.len())) {
-            Ok(acks) => acked.extend(acks),
-            Err(e) => break e,
-        }
-        assert!(acked.len() < 10_000, "the tmpfs never filled up");
-    };
+    let err = fill_until_full(&store, &mut acked, &batch);
     assert_eq!(err.code(), "DISK_FULL", "{err}");
     std::fs::remove_file(&filler).unwrap();
     let ack = store.append_blocking(batch(acked.len())).unwrap();
