@@ -6,6 +6,7 @@
 //!    checkpoint                            where recovery starts (checkpoint.rs)
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
 //!    consumequeue/<topic>/<queue>/<20-digit first offset>   32-byte entries
+//!    consumequeue/<topic>/deleted          tombstone of a deleted topic (queues.rs)
 //!    index/<20-digit sequence>             key hash index (index.rs)
 //! ```
 //!
