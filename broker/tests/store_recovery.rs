@@ -493,3 +493,22 @@ fn a_corrupt_segment_end_does_not_cut_off_later_segments() {
         "every other record, including later segments, survives"
     );
 }
+
+/// One process per data directory: a second open waits for the lock, then
+/// refuses with a clear message (the first store keeps working).
+#[test]
+fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(config(dir.path())).unwrap();
+    let err = Store::open(config(dir.path())).unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    first
+        .append_blocking(vec![message("t", 0, b"still mine", &[], "")])
+        .unwrap();
+    first.close().unwrap();
+    drop(first);
+    Store::open(config(dir.path())).unwrap();
+}

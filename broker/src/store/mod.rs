@@ -407,17 +407,29 @@ impl Drop for Store {
     }
 }
 
-/// Takes an exclusive `flock` on `<dir>/LOCK`, so two brokers never share a store.
+/// How long opening a store waits for its lock before saying it is in use.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes an exclusive `flock` on `<dir>/LOCK`, so two brokers never share a
+/// store. The lock may still be held for a moment after its holder closed the
+/// store: a process that forked meanwhile (a supervisor or test harness
+/// starting another program) holds a copy of the descriptor until the child
+/// calls exec; and a broker that is restarted may still be exiting. So the
+/// open waits up to [`LOCK_WAIT`] before refusing.
 fn lock_dir(dir: &std::path::Path) -> Result<File> {
     let path = dir.join("LOCK");
     let file = File::create(&path)
         .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+    let deadline = Instant::now() + LOCK_WAIT;
     // SAFETY: plain syscall on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(StoreError::InvalidConfig(format!(
-            "data directory {} is in use by another process",
-            dir.display()
-        )));
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if Instant::now() >= deadline {
+            return Err(StoreError::InvalidConfig(format!(
+                "data directory {} is in use by another process",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(file)
 }
