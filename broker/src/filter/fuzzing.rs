@@ -143,7 +143,8 @@ fn record_from_words(text: &str) -> Record {
     )
 }
 
-fn record(tag: String, properties: Vec<(String, String)>) -> Record {
+/// A record with only a tag and properties: what filters look at.
+pub(super) fn record(tag: String, properties: Vec<(String, String)>) -> Record {
     Record {
         topic: "t".into(),
         queue_id: 0,

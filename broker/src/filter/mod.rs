@@ -184,27 +184,15 @@ fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RecordFlags;
 
     fn record(tag: &str, props: &[(&str, &str)]) -> Record {
-        Record {
-            topic: "t".into(),
-            queue_id: 0,
-            queue_offset: 0,
-            physical_offset: 0,
-            born_timestamp: 0,
-            store_timestamp: 0,
-            flags: RecordFlags::default(),
-            tag: tag.into(),
-            keys: vec![],
-            properties: props
+        super::fuzzing::record(
+            tag.into(),
+            props
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            body: bytes::Bytes::new(),
-            crc: 0,
-            size: 0,
-        }
+        )
     }
 
     #[test]
