@@ -10,5 +10,11 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/dduomq_descriptor.bin"));
 
+mod reason;
+mod sharding;
+
+pub use reason::Reason;
+pub use sharding::queue_for_sharding_key;
+
 /// The `google.rpc.ErrorInfo` domain of every DduoMQ error.
 pub const ERROR_DOMAIN: &str = "dduomq.io";
