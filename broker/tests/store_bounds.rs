@@ -8,6 +8,7 @@ use std::path::Path;
 
 use common::{config, message};
 use dduomq_broker::store::{MessageId, Store, StoreConfig};
+use dduomq_proto::Reason;
 
 /// A topic of 1,024 queues with one small message each, and one keyed
 /// message, with the default configuration: consume-queue files start at one
@@ -89,7 +90,7 @@ fn forged_id_into_a_body_is_not_found() {
         crc: 0x1234_5678,
     };
     let err = store.lookup_by_id(&forged).unwrap_err();
-    assert_eq!(err.code(), "MESSAGE_NOT_FOUND", "{err}");
+    assert_eq!(err.code(), Reason::MessageNotFound, "{err}");
     // Ids just below the end of the log, where no header fits.
     let end = store.stats().commit_log_max;
     for back in 1..=72 {
@@ -100,7 +101,7 @@ fn forged_id_into_a_body_is_not_found() {
         let err = store.lookup_by_id(&near_end).unwrap_err();
         assert_eq!(
             err.code(),
-            "MESSAGE_NOT_FOUND",
+            Reason::MessageNotFound,
             "{back} bytes before the end: {err}"
         );
     }

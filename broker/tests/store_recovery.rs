@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{body, config, copy_dir, message, read_all};
 use dduomq_broker::store::{Appended, DiskFullPolicy, Store, StoreConfig, StoreError};
+use dduomq_proto::Reason;
 
 /// Appends `n` messages of 1000 bytes to queue 0 of topic `t`, closes the store,
 /// and returns the acks.
@@ -168,7 +169,7 @@ fn flipped_body_byte_is_reported_never_returned() {
     assert!(store.recovery_report().corrupt_ranges.is_empty());
     assert_only_victim_lost(&store, 12, 30);
     let err = store.lookup_by_id(&acks[12].id).unwrap_err();
-    assert_eq!(err.code(), "CORRUPT_RECORD");
+    assert_eq!(err.code(), Reason::CorruptRecord);
     assert_eq!(store.lookup_by_id(&acks[13].id).unwrap().queue_offset, 13);
     drop(store);
 
@@ -254,7 +255,7 @@ fn retention_deletes_old_segments_and_reads_below_report_the_range() {
     }
     assert_eq!(
         store.read("t", 0, 202, 10, 1 << 20).unwrap_err().code(),
-        "OFFSET_OUT_OF_RANGE"
+        Reason::OffsetOutOfRange
     );
     let rest = read_all(&store, "t", 0);
     assert_eq!(rest.last().unwrap().queue_offset, tail[0].queue_offset);
@@ -317,7 +318,7 @@ fn disk_usage_limit_refuses_writes_and_deletes_nothing_by_default() {
     let err = store
         .append_blocking(vec![message("t", 1, b"refused", &[], "")])
         .unwrap_err();
-    assert_eq!(err.code(), "DISK_FULL");
+    assert_eq!(err.code(), Reason::DiskFull);
     assert!(err.to_string().contains("above disk_usage_limit"), "{err}");
     assert_eq!(store.enforce_retention().unwrap().segments_deleted, 0);
     assert_eq!(store.stats().segments, segments);
@@ -397,7 +398,7 @@ fn disk_full_scenario(dir: &Path) {
             .collect::<Vec<_>>()
     };
     let err = fill_until_full(&store, &mut acked, &batch);
-    assert_eq!(err.code(), "DISK_FULL", "{err}");
+    assert_eq!(err.code(), Reason::DiskFull, "{err}");
     assert!(
         err.to_string().starts_with("disk full while allocating ")
             && !err.to_string().contains("allocating allocating"),
@@ -412,7 +413,7 @@ fn disk_full_scenario(dir: &Path) {
             .append_blocking(batch(acked.len()))
             .unwrap_err()
             .code(),
-        "DISK_FULL"
+        Reason::DiskFull
     );
     assert_eq!(store.stats().commit_log_max, before.commit_log_max);
     // Free space: appends succeed again, with the next offsets.
@@ -443,7 +444,7 @@ fn disk_full_scenario(dir: &Path) {
     assert_eq!(read_all(&store, "t", 0).len(), acked.len());
     // Appends fill what the segment had reserved, then fail cleanly.
     let err = fill_until_full(&store, &mut acked, &batch);
-    assert_eq!(err.code(), "DISK_FULL", "{err}");
+    assert_eq!(err.code(), Reason::DiskFull, "{err}");
     std::fs::remove_file(&filler).unwrap();
     let ack = store.append_blocking(batch(acked.len())).unwrap();
     assert_eq!(ack[0].queue_offset, acked.len() as u64);

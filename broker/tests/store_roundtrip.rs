@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use common::{body, config, message, read_all};
 use dduomq_broker::store::{Appended, Store};
+use dduomq_proto::Reason;
 use proptest::prelude::*;
 
 /// What was appended to a queue: body, key, tag and the store's answer.
@@ -145,11 +146,11 @@ fn oversized_and_invalid_messages_change_nothing() {
     let err = store
         .append_blocking(vec![message("t", 0, b"fine", &[], ""), big])
         .unwrap_err();
-    assert_eq!(err.code(), "MESSAGE_TOO_LARGE");
+    assert_eq!(err.code(), Reason::MessageTooLarge);
     let err = store
         .append_blocking(vec![message("bad/name", 0, b"x", &[], "")])
         .unwrap_err();
-    assert_eq!(err.code(), "INVALID_ARGUMENT");
+    assert_eq!(err.code(), Reason::InvalidArgument);
     assert_eq!(store.stats(), before);
     assert_eq!(store.queue_offsets("t", 0), (0, 1));
     assert!(store.topics() == vec!["t".to_string()]);

@@ -4,17 +4,21 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use dduomq_proto::Reason;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 /// Everything an SDK call can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The broker answered with an error status.
     #[error("{message} [{reason}]")]
     Broker {
         code: Code,
-        /// Stable reason code, e.g. `TOPIC_NOT_FOUND`; empty if the broker sent none.
+        /// The raw reason code, e.g. `TOPIC_NOT_FOUND`, as the broker sent it
+        /// (kept as a string, so a code from a newer broker is still shown);
+        /// empty if the broker sent none. [`ClientError::reason`] parses it.
         reason: String,
         message: String,
         metadata: HashMap<String, String>,
@@ -37,8 +41,14 @@ pub enum ClientError {
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 impl ClientError {
-    /// The broker's reason code (`""` for client-side errors).
-    pub fn reason(&self) -> &str {
+    /// Why the broker refused the request; `None` for client-side errors and
+    /// for a code this SDK does not know (see [`ClientError::reason_code`]).
+    pub fn reason(&self) -> Option<Reason> {
+        Reason::from_code(self.reason_code())
+    }
+
+    /// The broker's raw reason code, for logs (`""` for client-side errors).
+    pub fn reason_code(&self) -> &str {
         match self {
             ClientError::Broker { reason, .. } => reason,
             _ => "",
@@ -118,6 +128,19 @@ mod tests {
             ErrorDetails::with_error_info("BROKER_DRAINING", "dduomq.io", HashMap::new()),
         ));
         assert!(draining.is_retryable());
-        assert_eq!(draining.reason(), "BROKER_DRAINING");
+        assert_eq!(draining.reason(), Some(Reason::BrokerDraining));
+    }
+
+    #[test]
+    fn unknown_codes_keep_their_raw_string() {
+        let newer = ClientError::from(Status::with_error_details(
+            Code::FailedPrecondition,
+            "from a newer broker",
+            ErrorDetails::with_error_info("SOME_FUTURE_REASON", "dduomq.io", HashMap::new()),
+        ));
+        assert_eq!(newer.reason(), None);
+        assert_eq!(newer.reason_code(), "SOME_FUTURE_REASON");
+        assert_eq!(ClientError::Closed.reason(), None);
+        assert_eq!(ClientError::Closed.reason_code(), "");
     }
 }

@@ -44,5 +44,7 @@ pub use transaction::{
     Transaction, TransactionChecker, TransactionProducer, TransactionResolution,
 };
 
+/// Why a broker refused a request (docs/errors.md).
+pub use dduomq_proto::Reason;
 /// The protobuf types of the gRPC contract.
 pub use dduomq_proto::v1 as proto;

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use dduomq_proto::Reason;
 use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
 use parking_lot::Mutex;
@@ -352,8 +353,7 @@ impl Inner {
                 .map(|q| q.queue_id + 1)
                 .max()
                 .unwrap_or(1);
-            let h = xxhash_rust::xxh3::xxh3_64(sharding_key.as_bytes());
-            let queue_id = (h % queues as u64) as u32;
+            let queue_id = dduomq_proto::queue_for_sharding_key(sharding_key, queues);
             let mut entries = route.queues.iter().filter(|q| q.queue_id == queue_id);
             if let Some(q) = entries
                 .clone()
@@ -724,8 +724,9 @@ async fn send_with_retry(
     let request = pb::SendRequest { messages };
     // A draining broker will not take the request later either: the caller
     // fails over at once.
-    let give_up =
-        |e: &ClientError| e.reason() == "BROKER_DRAINING" || (fail_fast && e.is_unreachable());
+    let give_up = |e: &ClientError| {
+        e.reason() == Some(Reason::BrokerDraining) || (fail_fast && e.is_unreachable())
+    };
     retry_unless(timeout, give_up, || {
         let (mut client, request) = (client.clone(), request.clone());
         async move { client.send(request).await }

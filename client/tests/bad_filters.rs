@@ -6,6 +6,7 @@
 
 mod harness;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Message, ProducerBuilder};
@@ -46,7 +47,11 @@ fn assert_refused(what: &str, rpc: &str, status: tonic::Status) {
         .get_error_details()
         .error_info()
         .map(|i| i.reason.clone());
-    assert_eq!(reason.as_deref(), Some("INVALID_FILTER"), "{what} on {rpc}");
+    assert_eq!(
+        reason.as_deref(),
+        Some(Reason::InvalidFilter.as_str()),
+        "{what} on {rpc}"
+    );
     assert!(
         status.message().len() < MAX_MESSAGE_BYTES,
         "{what} on {rpc}: a {}-byte message",

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dduomq_client::Admin;
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use harness::{Broker, Options, eventually};
 use pb::admin_service_client::AdminServiceClient;
@@ -48,7 +49,7 @@ fn head(text: &str) -> String {
 fn assert_refused<T: std::fmt::Debug>(
     result: Result<T, Status>,
     code: Code,
-    reason: &str,
+    reason: Reason,
     mentions: &str,
 ) {
     let status = match result {
@@ -67,14 +68,23 @@ fn assert_refused<T: std::fmt::Debug>(
     );
     assert_eq!(status.code(), code, "{message}");
     let info = status.get_error_details().error_info().cloned();
-    assert_eq!(info.map(|i| i.reason).as_deref(), Some(reason), "{message}");
+    assert_eq!(
+        info.map(|i| i.reason).as_deref(),
+        Some(reason.as_str()),
+        "{message}"
+    );
     assert!(message.contains(mentions), "{mentions:?} not in {message}");
 }
 
 /// [`assert_refused`] with INVALID_ARGUMENT, the reason of most refusals.
 #[track_caller]
 fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
-    assert_refused(result, Code::InvalidArgument, "INVALID_ARGUMENT", field);
+    assert_refused(
+        result,
+        Code::InvalidArgument,
+        Reason::InvalidArgument,
+        field,
+    );
 }
 
 fn outgoing(topic: &str, body: &str) -> pb::OutgoingMessage {
@@ -461,7 +471,7 @@ async fn error_messages_show_huge_input_briefly() {
     let r = a
         .describe_topic(pb::DescribeTopicRequest { name: huge.clone() })
         .await;
-    assert_refused(r, Code::NotFound, "TOPIC_NOT_FOUND", "10000 bytes");
+    assert_refused(r, Code::NotFound, Reason::TopicNotFound, "10000 bytes");
     let r = send(&mut m, vec![outgoing(&huge, "x")]).await;
     assert_invalid(r, "topic name");
     let r = a
@@ -476,7 +486,7 @@ async fn error_messages_show_huge_input_briefly() {
     let r = a
         .describe_group(pb::DescribeGroupRequest { name: huge.clone() })
         .await;
-    assert_refused(r, Code::NotFound, "GROUP_NOT_FOUND", "10000 bytes");
+    assert_refused(r, Code::NotFound, Reason::GroupNotFound, "10000 bytes");
     let r = m.receive(receive_request(&huge, "alive", 0)).await;
     assert_invalid(r, "group");
     let r = m
@@ -487,7 +497,12 @@ async fn error_messages_show_huge_input_briefly() {
             ..Default::default()
         })
         .await;
-    assert_refused(r, Code::NotFound, "TRANSACTION_NOT_FOUND", "10000 bytes");
+    assert_refused(
+        r,
+        Code::NotFound,
+        Reason::TransactionNotFound,
+        "10000 bytes",
+    );
     let results = m
         .ack(pb::AckRequest {
             group: "g".into(),
@@ -498,7 +513,10 @@ async fn error_messages_show_huge_input_briefly() {
         .unwrap()
         .into_inner()
         .results;
-    assert_eq!(results[0].error_reason, "INVALID_RECEIPT_HANDLE");
+    assert_eq!(
+        results[0].error_reason,
+        Reason::InvalidReceiptHandle.as_str()
+    );
     assert!(
         results[0].error_message.len() < MAX_MESSAGE_BYTES,
         "{}",
@@ -640,7 +658,7 @@ async fn client_sends_to_system_topics_are_refused() {
     let mut m = messaging(&b).await;
     for topic in ["%DLQ%billing", "%DELAY%", "%HALF%", "%RESOLVED%", "%SYS%x"] {
         let r = send(&mut m, vec![outgoing(topic, "forged")]).await;
-        assert_refused(r, Code::InvalidArgument, "RESERVED_TOPIC", "reserved");
+        assert_refused(r, Code::InvalidArgument, Reason::ReservedTopic, "reserved");
     }
     assert_eq!(state(&b).await, before, "nothing stored");
     // Consumers still read dead-letter topics.

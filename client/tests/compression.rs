@@ -6,6 +6,7 @@ mod harness;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
 use harness::{Broker, eventually};
@@ -114,6 +115,6 @@ async fn a_body_claiming_zstd_must_be_a_zstd_frame() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         dduomq_client::ClientError::from(e).reason(),
-        "INVALID_ARGUMENT"
+        Some(Reason::InvalidArgument)
     );
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Message, ProducerBuilder, PushConsumerBuilder, now_millis};
@@ -34,10 +35,8 @@ async fn raw_send(b: &Broker, m: pb::OutgoingMessage) -> tonic::Status {
         .unwrap_err()
 }
 
-fn reason(s: &tonic::Status) -> String {
-    dduomq_client::ClientError::from(s.clone())
-        .reason()
-        .to_string()
+fn reason(s: &tonic::Status) -> Option<Reason> {
+    dduomq_client::ClientError::from(s.clone()).reason()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,17 +60,17 @@ async fn delayed_messages_arrive_on_time_and_once_across_a_crash() {
         .send(Message::new("plain", "x").with_delay(Duration::from_secs(1)))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "MESSAGE_TYPE_MISMATCH", "{e}");
+    assert_eq!(e.reason(), Some(Reason::MessageTypeMismatch), "{e}");
     let e = producer
         .send(Message::new("reminders", "no time"))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "MESSAGE_TYPE_MISMATCH", "{e}");
+    assert_eq!(e.reason(), Some(Reason::MessageTypeMismatch), "{e}");
     let e = producer
         .send(Message::new("reminders", "too far").with_delay(Duration::from_secs(2 * 3600)))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "DELAY_TOO_LONG", "{e}");
+    assert_eq!(e.reason(), Some(Reason::DelayTooLong), "{e}");
     let both = raw_send(
         &b,
         pb::OutgoingMessage {
@@ -83,7 +82,7 @@ async fn delayed_messages_arrive_on_time_and_once_across_a_crash() {
         },
     )
     .await;
-    assert_eq!(reason(&both), "INVALID_ARGUMENT", "{both:?}");
+    assert_eq!(reason(&both), Some(Reason::InvalidArgument), "{both:?}");
     assert_eq!(stored(&b, "reminders").await, 0);
 
     // Due between 0.3 s and 4 s from now; every tenth is already due (a

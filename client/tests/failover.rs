@@ -8,6 +8,7 @@ mod harness;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::admin_service_client::AdminServiceClient;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
@@ -78,7 +79,7 @@ async fn a_draining_broker_refuses_sends_and_producers_fail_over() {
         .unwrap();
 
     let refused = raw_send(&a, 0).await.unwrap_err();
-    assert_eq!(refused.reason(), "BROKER_DRAINING", "{refused}");
+    assert_eq!(refused.reason(), Some(Reason::BrokerDraining), "{refused}");
     assert!(refused.is_retryable(), "{refused}");
 
     // The route still says queues 0 and 1 are on `a` (as it does until the

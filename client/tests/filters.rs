@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, Filter, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder,
@@ -141,7 +142,7 @@ async fn a_bad_expression_is_refused_at_subscribe_time_naming_the_position() {
             .start(|_| async { Ok::<(), String>(()) })
             .await
             .unwrap_err();
-        assert_eq!(e.reason(), "INVALID_FILTER", "{filter:?}: {e}");
+        assert_eq!(e.reason(), Some(Reason::InvalidFilter), "{filter:?}: {e}");
         assert!(
             e.to_string().contains(&format!("position {position}")),
             "{filter:?}: {e}"

@@ -12,6 +12,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Admin, ClientError};
@@ -222,7 +223,7 @@ async fn open_stream(
 
 fn assert_exhausted(
     result: Result<impl std::fmt::Debug, ClientError>,
-    reason: &str,
+    reason: Reason,
     setting: &str,
 ) {
     let err = result.expect_err("refused");
@@ -230,7 +231,7 @@ fn assert_exhausted(
         panic!("not a broker refusal: {err}");
     };
     assert_eq!(*code, Code::ResourceExhausted, "{err}");
-    assert_eq!(err.reason(), reason, "{err}");
+    assert_eq!(err.reason(), Some(reason), "{err}");
     assert!(err.to_string().contains(setting), "{err}");
 }
 
@@ -245,13 +246,13 @@ async fn receive_streams_over_the_limits_are_refused() {
     // A third stream of client a, on another group: the per-client limit.
     assert_exhausted(
         open_stream(&mut client, "other", "a").await,
-        "TOO_MANY_STREAMS",
+        Reason::TooManyStreams,
         "max_receive_streams_per_client",
     );
     // A fifth stream of group g: the per-group limit.
     assert_exhausted(
         open_stream(&mut client, "g", "c").await,
-        "TOO_MANY_STREAMS",
+        Reason::TooManyStreams,
         "max_receive_streams_per_group",
     );
     // Other groups and clients are not affected.
@@ -283,7 +284,7 @@ async fn topics_and_groups_over_the_limits_are_refused() {
     };
     assert_exhausted(
         admin.create_group(g3).await,
-        "TOO_MANY_GROUPS",
+        Reason::TooManyGroups,
         "max_groups",
     );
     // Two dead-letter topics so far; three more topics fit.
@@ -295,7 +296,7 @@ async fn topics_and_groups_over_the_limits_are_refused() {
     }
     assert_exhausted(
         admin.create_topic("t4", 1, pb::MessageType::Normal).await,
-        "TOO_MANY_TOPICS",
+        Reason::TooManyTopics,
         "max_topics",
     );
     // Auto-creation obeys the same limit.
@@ -310,7 +311,7 @@ async fn topics_and_groups_over_the_limits_are_refused() {
         })
         .await
         .map_err(ClientError::from);
-    assert_exhausted(sent, "TOO_MANY_TOPICS", "max_topics");
+    assert_exhausted(sent, Reason::TooManyTopics, "max_topics");
     assert_eq!(admin.list_topics().await.unwrap().len(), 5);
     assert_eq!(admin.list_groups().await.unwrap().len(), 2);
 }
@@ -323,7 +324,7 @@ async fn a_topic_with_more_than_the_maximum_queues_is_refused() {
         .create_topic("wide", 1025, pb::MessageType::Normal)
         .await
         .expect_err("1025 queues refused");
-    assert_eq!(err.reason(), "INVALID_ARGUMENT", "{err}");
+    assert_eq!(err.reason(), Some(Reason::InvalidArgument), "{err}");
     assert!(err.to_string().contains("1 to 1024"), "{err}");
     assert!(admin.list_topics().await.unwrap().is_empty());
     admin

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, ConsumeMode, Message, ProducerBuilder, PushConsumerBuilder, ReceivedMessage,
@@ -590,7 +591,7 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
         .send(Message::new("real", vec![0u8; 5 << 20]))
         .await
         .unwrap_err();
-    assert_eq!(too_big.reason(), "MESSAGE_TOO_LARGE", "{too_big}");
+    assert_eq!(too_big.reason(), Some(Reason::MessageTooLarge), "{too_big}");
     let batch = producer
         .send_batch(vec![
             Message::new("real", "fine"),
@@ -598,7 +599,7 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
         ])
         .await
         .unwrap_err();
-    assert_eq!(batch.reason(), "MESSAGE_TOO_LARGE");
+    assert_eq!(batch.reason(), Some(Reason::MessageTooLarge));
     assert_eq!(
         admin.describe_topic("real").await.unwrap(),
         before,
@@ -610,7 +611,7 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
             .create_topic(bad, 1, pb::MessageType::Normal)
             .await
             .unwrap_err();
-        assert_eq!(e.reason(), "INVALID_ARGUMENT", "{bad:?}: {e}");
+        assert_eq!(e.reason(), Some(Reason::InvalidArgument), "{bad:?}: {e}");
     }
     assert_eq!(
         admin
@@ -618,7 +619,7 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
             .await
             .unwrap_err()
             .reason(),
-        "INVALID_ARGUMENT"
+        Some(Reason::InvalidArgument)
     );
     assert_eq!(admin.list_topics().await.unwrap().len(), 1);
 
@@ -626,16 +627,16 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
         .send(Message::new("missing", "x"))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "TOPIC_NOT_FOUND");
+    assert_eq!(e.reason(), Some(Reason::TopicNotFound));
     assert_eq!(
         admin.describe_group("nobody").await.unwrap_err().reason(),
-        "GROUP_NOT_FOUND"
+        Some(Reason::GroupNotFound)
     );
     let e = PushConsumerBuilder::new(&b.grpc, "nobody", "real")
         .start(|_| async { Ok::<(), String>(()) })
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "GROUP_NOT_FOUND");
+    assert_eq!(e.reason(), Some(Reason::GroupNotFound));
 
     // Forged and malformed receipt handles.
     let mut raw =
@@ -655,7 +656,10 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.results[0].error_reason, "INVALID_RECEIPT_HANDLE");
+        assert_eq!(
+            r.results[0].error_reason,
+            Reason::InvalidReceiptHandle.as_str()
+        );
         let e = raw
             .nack(pb::NackRequest {
                 group: "g".into(),
@@ -667,7 +671,7 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             dduomq_client::ClientError::from(e).reason(),
-            "INVALID_RECEIPT_HANDLE"
+            Some(Reason::InvalidReceiptHandle)
         );
     }
     // A reset to a negative offset, or past the end, changes nothing.
@@ -675,12 +679,12 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
         .reset_offset("g", "real", dduomq_client::ResetTo::Offset(-1))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "INVALID_ARGUMENT");
+    assert_eq!(e.reason(), Some(Reason::InvalidArgument));
     let e = admin
         .reset_offset("g", "real", dduomq_client::ResetTo::Offset(99))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "OFFSET_OUT_OF_RANGE");
+    assert_eq!(e.reason(), Some(Reason::OffsetOutOfRange));
     let g = admin.describe_group("g").await.unwrap();
     assert!(
         g.queues.iter().all(|q| q.committed_offset == 0),
@@ -689,7 +693,7 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
     );
     assert_eq!(
         admin.lookup_by_id("00").await.unwrap_err().reason(),
-        "INVALID_MESSAGE_ID"
+        Some(Reason::InvalidMessageId)
     );
     assert_eq!(
         admin
@@ -697,7 +701,7 @@ async fn bad_input_gets_a_typed_status_and_changes_nothing() {
             .await
             .unwrap_err()
             .reason(),
-        "MESSAGE_NOT_FOUND"
+        Some(Reason::MessageNotFound)
     );
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
 use harness::{Broker, eventually};
@@ -49,7 +50,7 @@ async fn sharding_keys_are_consumed_in_order_across_nacks_and_a_restart() {
         .send(Message::new("ledger", "no key"))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "MESSAGE_TYPE_MISMATCH", "{e}");
+    assert_eq!(e.reason(), Some(Reason::MessageTypeMismatch), "{e}");
     for seq in 0..PER_KEY {
         for key in 0..KEYS {
             producer

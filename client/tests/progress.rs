@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder, ResetTo,
@@ -221,7 +222,7 @@ async fn pull_consumers_split_queues_rebalance_and_stale_members_cannot_commit()
         .unwrap_err();
     assert_eq!(
         dduomq_client::ClientError::from(e).reason(),
-        "STALE_GENERATION"
+        Some(Reason::StaleGeneration)
     );
     let committed = raw
         .query_offset(pb::QueryOffsetRequest {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{
@@ -64,7 +65,7 @@ async fn end(
     id: &str,
     group: &str,
     resolution: pb::TransactionResolution,
-) -> Result<(), String> {
+) -> Result<(), Option<Reason>> {
     let mut c = MessagingServiceClient::connect(format!("http://{}", b.grpc))
         .await
         .unwrap();
@@ -77,7 +78,7 @@ async fn end(
     })
     .await
     .map(|_| ())
-    .map_err(|s| dduomq_client::ClientError::from(s).reason().to_string())
+    .map_err(|s| dduomq_client::ClientError::from(s).reason())
 }
 
 /// Waits until the broker holds no unresolved transaction (its gauge, read
@@ -108,7 +109,7 @@ async fn commit_rollback_and_expiry_after_the_last_check() {
         .send(Message::new("payments", "not transactional"))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "MESSAGE_TYPE_MISMATCH", "{e}");
+    assert_eq!(e.reason(), Some(Reason::MessageTypeMismatch), "{e}");
     let checks = Arc::new(AtomicU32::new(0));
     let asked = checks.clone();
     let producer = TransactionProducer::new(
@@ -126,7 +127,7 @@ async fn commit_rollback_and_expiry_after_the_last_check() {
         .begin(Message::new("plain", "x"))
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "MESSAGE_TYPE_MISMATCH", "{e}");
+    assert_eq!(e.reason(), Some(Reason::MessageTypeMismatch), "{e}");
 
     let (c, got) = consumer(&b).await;
     let committed = producer
@@ -168,20 +169,20 @@ async fn commit_rollback_and_expiry_after_the_last_check() {
     assert_eq!(end(&b, &committed_id, "shop", Commit).await, Ok(()));
     assert_eq!(
         end(&b, &committed_id, "shop", Rollback).await,
-        Err("TRANSACTION_RESOLVED".into())
+        Err(Some(Reason::TransactionResolved))
     );
     assert_eq!(
         end(&b, &rolled_back_id, "shop", Commit).await,
-        Err("TRANSACTION_RESOLVED".into())
+        Err(Some(Reason::TransactionResolved))
     );
     assert_eq!(
         end(&b, &abandoned_id, "another-group", Commit).await,
-        Err("TRANSACTION_NOT_FOUND".into()),
+        Err(Some(Reason::TransactionNotFound)),
         "only its own producer group ends a transaction"
     );
     assert_eq!(
         end(&b, "00000000000000000000000000000000", "shop", Commit).await,
-        Err("TRANSACTION_NOT_FOUND".into())
+        Err(Some(Reason::TransactionNotFound))
     );
 
     // The abandoned one is checked 8 times (the checker says Unknown), then
@@ -189,7 +190,7 @@ async fn commit_rollback_and_expiry_after_the_last_check() {
     all_resolved(&b).await;
     assert_eq!(
         end(&b, &abandoned_id, "shop", Commit).await,
-        Err("TRANSACTION_RESOLVED".into())
+        Err(Some(Reason::TransactionResolved))
     );
     assert_eq!(end(&b, &abandoned_id, "shop", Rollback).await, Ok(()));
     assert_eq!(
@@ -264,7 +265,7 @@ async fn a_killed_producers_transactions_are_resolved_by_another_of_its_group() 
         assert_eq!(end(&b, id, "shop", same).await, Ok(()), "{body}");
         assert_eq!(
             end(&b, id, "shop", other).await,
-            Err("TRANSACTION_RESOLVED".into()),
+            Err(Some(Reason::TransactionResolved)),
             "{body}"
         );
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dduomq_proto::Reason;
 use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::admin_service_client::AdminServiceClient;
 use parking_lot::Mutex;
@@ -19,8 +20,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[error("broker {address}: {message} [{reason}]")]
 pub struct BrokerCallError {
     pub address: String,
+    /// The raw reason code as the broker sent it; see [`BrokerCallError::reason`].
     pub reason: String,
     pub message: String,
+}
+
+impl BrokerCallError {
+    /// Why the broker refused; `None` when it was unreachable or sent a code
+    /// this build does not know.
+    pub fn reason(&self) -> Option<Reason> {
+        Reason::from_code(&self.reason)
+    }
 }
 
 /// Admin clients by broker address.
@@ -102,7 +112,7 @@ impl BrokerPool {
             .call(address, |mut c| async move { c.delete_topic(req).await })
             .await
         {
-            Err(e) if e.reason == "TOPIC_NOT_FOUND" => Ok(()),
+            Err(e) if e.reason() == Some(Reason::TopicNotFound) => Ok(()),
             other => other.map(|_| ()),
         }
     }
@@ -139,7 +149,7 @@ impl BrokerPool {
             .call(address, |mut c| async move { c.delete_group(req).await })
             .await
         {
-            Err(e) if e.reason == "GROUP_NOT_FOUND" => Ok(()),
+            Err(e) if e.reason() == Some(Reason::GroupNotFound) => Ok(()),
             other => other.map(|_| ()),
         }
     }

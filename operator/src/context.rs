@@ -185,6 +185,7 @@ pub fn readiness(
 
 /// Errors of a reconcile (retried after a short delay).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReconcileError {
     #[error(transparent)]
     Kube(#[from] kube::Error),

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use dduomq_proto::Reason;
 use dduomq_proto::v1 as pb;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -79,7 +80,7 @@ pub async fn run(mut ctx: Context) {
                             .map(|q| q.queue_id)
                             .collect(),
                     ),
-                    Err(e) if e.reason == "TOPIC_NOT_FOUND" => None,
+                    Err(e) if e.reason() == Some(Reason::TopicNotFound) => None,
                     Err(e) => {
                         tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
                         known.get(&key).cloned().flatten()

@@ -94,6 +94,7 @@ fn release(counts: &mut HashMap<String, usize>, key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     #[test]
     fn streams_are_bounded_per_group_and_per_client() {
@@ -101,7 +102,7 @@ mod tests {
         let a1 = streams.open("g", "a").unwrap();
         let _a2 = streams.open("g", "a").unwrap();
         let refused = streams.open("h", "a").unwrap_err();
-        assert_eq!(refused.code(), "TOO_MANY_STREAMS");
+        assert_eq!(refused.code(), Reason::TooManyStreams);
         assert!(
             refused
                 .to_string()

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use dduomq_proto::ERROR_DOMAIN;
-use tonic::{Code, Status};
+use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::messaging::error::BrokerError;
@@ -13,34 +13,6 @@ use crate::store::StoreError;
 /// The gRPC status for a broker error.
 pub fn to_status(err: BrokerError) -> Status {
     let reason = err.code();
-    let code = match reason {
-        "TOPIC_NOT_FOUND"
-        | "GROUP_NOT_FOUND"
-        | "QUEUE_NOT_FOUND"
-        | "MESSAGE_NOT_FOUND"
-        | "TRANSACTION_NOT_FOUND" => Code::NotFound,
-        "TOPIC_CONFLICT" => Code::AlreadyExists,
-        "INVALID_ARGUMENT"
-        | "MESSAGE_TOO_LARGE"
-        | "INVALID_MESSAGE_ID"
-        | "INVALID_RECEIPT_HANDLE"
-        | "INVALID_FILTER"
-        | "MESSAGE_TYPE_MISMATCH"
-        | "DELAY_TOO_LONG"
-        | "RESERVED_TOPIC" => Code::InvalidArgument,
-        "STALE_GENERATION" | "QUEUE_NOT_ASSIGNED" | "TRANSACTION_RESOLVED" => {
-            Code::FailedPrecondition
-        }
-        "OFFSET_OUT_OF_RANGE" => Code::OutOfRange,
-        "DISK_FULL" | "TOO_MANY_TOPICS" | "TOO_MANY_GROUPS" | "TOO_MANY_STREAMS" => {
-            Code::ResourceExhausted
-        }
-        "CORRUPT_RECORD" => Code::DataLoss,
-        "STORE_CLOSED" | "DUPLICATE_IN_FLIGHT" | "TRANSACTION_IN_PROGRESS" | "BROKER_DRAINING" => {
-            Code::Unavailable
-        }
-        _ => Code::Internal,
-    };
     let mut metadata = HashMap::new();
     if let BrokerError::Store(StoreError::OffsetOutOfRange { min, max, .. }) = &err {
         metadata.insert("min_offset".to_string(), min.to_string());
@@ -50,9 +22,9 @@ pub fn to_status(err: BrokerError) -> Status {
         metadata.insert("generation".to_string(), current.to_string());
     }
     Status::with_error_details(
-        code,
+        err.grpc_code(),
         capped(err.to_string()),
-        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+        ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata),
     )
 }
 
@@ -83,6 +55,7 @@ pub fn invalid(what: &'static str, reason: impl Into<String>) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[test]
     fn refusals_of_bad_input_are_invalid_argument() {

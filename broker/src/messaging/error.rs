@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use dduomq_proto::Reason;
+
 use crate::store::StoreError;
 
 /// Characters of client input an error message shows at most.
@@ -30,6 +32,7 @@ impl fmt::Display for Brief<'_> {
 
 /// Everything a messaging request can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     #[error("topic {} does not exist", brief(.0))]
     TopicNotFound(String),
@@ -98,32 +101,42 @@ pub enum BrokerError {
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A request's task failed (it panicked or was cancelled at shutdown): the
+    /// broker's fault, not the request's.
+    #[error("a request's task failed: {0}")]
+    TaskFailed(#[from] tokio::task::JoinError),
 }
 
 impl BrokerError {
     /// The stable reason code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Reason {
         match self {
-            BrokerError::TopicNotFound(_) => "TOPIC_NOT_FOUND",
-            BrokerError::GroupNotFound(_) => "GROUP_NOT_FOUND",
-            BrokerError::TopicConflict { .. } => "TOPIC_CONFLICT",
-            BrokerError::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            BrokerError::QueueNotFound { .. } => "QUEUE_NOT_FOUND",
-            BrokerError::InvalidReceiptHandle(_) => "INVALID_RECEIPT_HANDLE",
-            BrokerError::StaleGeneration { .. } => "STALE_GENERATION",
-            BrokerError::QueueNotAssigned { .. } => "QUEUE_NOT_ASSIGNED",
-            BrokerError::InvalidFilter(_) => "INVALID_FILTER",
-            BrokerError::MessageTypeMismatch { .. } => "MESSAGE_TYPE_MISMATCH",
-            BrokerError::DuplicateInFlight { .. } => "DUPLICATE_IN_FLIGHT",
-            BrokerError::Draining => "BROKER_DRAINING",
-            BrokerError::DelayTooLong { .. } => "DELAY_TOO_LONG",
-            BrokerError::TransactionNotFound(_) => "TRANSACTION_NOT_FOUND",
-            BrokerError::TransactionResolved { .. } => "TRANSACTION_RESOLVED",
-            BrokerError::TransactionInProgress(_) => "TRANSACTION_IN_PROGRESS",
+            BrokerError::TopicNotFound(_) => Reason::TopicNotFound,
+            BrokerError::GroupNotFound(_) => Reason::GroupNotFound,
+            BrokerError::TopicConflict { .. } => Reason::TopicConflict,
+            BrokerError::InvalidArgument { .. } => Reason::InvalidArgument,
+            BrokerError::QueueNotFound { .. } => Reason::QueueNotFound,
+            BrokerError::InvalidReceiptHandle(_) => Reason::InvalidReceiptHandle,
+            BrokerError::StaleGeneration { .. } => Reason::StaleGeneration,
+            BrokerError::QueueNotAssigned { .. } => Reason::QueueNotAssigned,
+            BrokerError::InvalidFilter(_) => Reason::InvalidFilter,
+            BrokerError::MessageTypeMismatch { .. } => Reason::MessageTypeMismatch,
+            BrokerError::DuplicateInFlight { .. } => Reason::DuplicateInFlight,
+            BrokerError::Draining => Reason::BrokerDraining,
+            BrokerError::DelayTooLong { .. } => Reason::DelayTooLong,
+            BrokerError::TransactionNotFound(_) => Reason::TransactionNotFound,
+            BrokerError::TransactionResolved { .. } => Reason::TransactionResolved,
+            BrokerError::TransactionInProgress(_) => Reason::TransactionInProgress,
             BrokerError::LimitReached { limit, .. } => limit.code(),
-            BrokerError::ReservedTopic(_) => "RESERVED_TOPIC",
+            BrokerError::ReservedTopic(_) => Reason::ReservedTopic,
             BrokerError::Store(e) => e.code(),
+            BrokerError::TaskFailed(_) => Reason::Internal,
         }
+    }
+
+    /// The gRPC status code a refusal with this error carries.
+    pub fn grpc_code(&self) -> tonic::Code {
+        self.code().grpc_code()
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
@@ -152,11 +165,13 @@ pub enum Limit {
 
 impl Limit {
     /// The stable reason code.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> Reason {
         match self {
-            Limit::Topics => "TOO_MANY_TOPICS",
-            Limit::Groups => "TOO_MANY_GROUPS",
-            Limit::StreamsPerGroup | Limit::StreamsPerClient | Limit::Streams => "TOO_MANY_STREAMS",
+            Limit::Topics => Reason::TooManyTopics,
+            Limit::Groups => Reason::TooManyGroups,
+            Limit::StreamsPerGroup | Limit::StreamsPerClient | Limit::Streams => {
+                Reason::TooManyStreams
+            }
         }
     }
 
@@ -200,5 +215,14 @@ mod tests {
             shown,
             format!("topic {:?}… (20000 bytes) does not exist", "é".repeat(64))
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_task_is_internal_not_io() {
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let failed = BrokerError::from(task.await.unwrap_err());
+        assert_eq!(failed.code(), Reason::Internal);
+        assert_eq!(failed.grpc_code(), tonic::Code::Internal);
     }
 }

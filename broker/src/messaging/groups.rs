@@ -137,6 +137,7 @@ impl Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     #[test]
     fn backoff_uses_the_schedule_then_its_last_step() {
@@ -169,13 +170,22 @@ mod tests {
             max_delivery_attempts: 0,
             ..g.clone()
         };
-        assert_eq!(groups.upsert(bad).unwrap_err().code(), "INVALID_ARGUMENT");
+        assert_eq!(
+            groups.upsert(bad).unwrap_err().code(),
+            Reason::InvalidArgument
+        );
         let other = GroupConfig {
             name: "h".into(),
             ..g.clone()
         };
-        assert_eq!(groups.check(&other).unwrap_err().code(), "TOO_MANY_GROUPS");
-        assert_eq!(groups.upsert(other).unwrap_err().code(), "TOO_MANY_GROUPS");
+        assert_eq!(
+            groups.check(&other).unwrap_err().code(),
+            Reason::TooManyGroups
+        );
+        assert_eq!(
+            groups.upsert(other).unwrap_err().code(),
+            Reason::TooManyGroups
+        );
         drop(groups);
         assert_eq!(Groups::open(dir.path(), 1).unwrap().get("g"), Some(g));
     }

@@ -504,6 +504,7 @@ fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     struct Entry {
@@ -685,7 +686,7 @@ mod tests {
         let err = table
             .update(|_| Ok(Decision::change(Change::Put(huge), ())))
             .unwrap_err();
-        assert_eq!(err.code(), "INVALID_ARGUMENT");
+        assert_eq!(err.code(), Reason::InvalidArgument);
         assert!(err.to_string().len() < 200, "{err}");
         assert_eq!(table.count(), 0);
     }

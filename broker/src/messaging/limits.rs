@@ -196,12 +196,13 @@ pub fn check_retry_backoff(steps_ms: &[u64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     #[test]
     fn refusals_name_the_field_and_show_input_briefly() {
         let huge = "g".repeat(1 << 20);
         let err = check_group_name("producer_group", &huge).unwrap_err();
-        assert_eq!(err.code(), "INVALID_ARGUMENT");
+        assert_eq!(err.code(), Reason::InvalidArgument);
         let text = err.to_string();
         assert!(text.starts_with("invalid producer_group: \"ggg"), "{text}");
         assert!(text.len() < 200, "{text}");
@@ -229,7 +230,7 @@ mod tests {
         for bad in [&[0][..], &[i64::MAX as u64], &[1; MAX_RETRY_STEPS + 1]] {
             assert_eq!(
                 check_retry_backoff(bad).unwrap_err().code(),
-                "INVALID_ARGUMENT"
+                Reason::InvalidArgument
             );
         }
     }

@@ -564,7 +564,7 @@ impl Broker {
         let queue_id = match m.queue_id {
             Some(q) => self.require_queue(&topic.name, q).map(|_| q)?,
             None if !m.sharding_key.is_empty() => {
-                (xxhash_rust::xxh3::xxh3_64(m.sharding_key.as_bytes()) % topic.queues as u64) as u32
+                dduomq_proto::queue_for_sharding_key(&m.sharding_key, topic.queues)
             }
             None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % topic.queues as u64) as u32,
         };
@@ -2035,12 +2035,7 @@ impl Broker {
 async fn run_to_completion<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    tokio::spawn(work).await.map_err(|e| {
-        BrokerError::from(StoreError::Io {
-            context: "running a request's task".into(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })?
+    tokio::spawn(work).await?
 }
 
 fn stale_handle(handle: &str) -> BrokerError {

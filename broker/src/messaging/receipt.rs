@@ -55,6 +55,7 @@ impl ReceiptHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     #[test]
     fn round_trip_and_rejects_garbage() {
@@ -68,7 +69,7 @@ mod tests {
         for bad in ["", "!!!", "MXwy", &URL_SAFE_NO_PAD.encode("2|1|1|1|")] {
             assert_eq!(
                 ReceiptHandle::parse(bad).unwrap_err().code(),
-                "INVALID_RECEIPT_HANDLE"
+                Reason::InvalidReceiptHandle
             );
         }
     }

@@ -180,6 +180,7 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     const LIMITS: TopicLimits = TopicLimits {
         max_topics: 3,
@@ -198,34 +199,37 @@ mod tests {
                 .create("a", 2, MessageType::Normal)
                 .unwrap_err()
                 .code(),
-            "TOPIC_CONFLICT"
+            Reason::TopicConflict
         );
         assert_eq!(
             topics.create("a", 8, MessageType::Fifo).unwrap_err().code(),
-            "TOPIC_CONFLICT"
+            Reason::TopicConflict
         );
         assert_eq!(
             topics
                 .create("b", 0, MessageType::Normal)
                 .unwrap_err()
                 .code(),
-            "INVALID_ARGUMENT"
+            Reason::InvalidArgument
         );
         assert_eq!(
             topics
                 .create("b c", 1, MessageType::Normal)
                 .unwrap_err()
                 .code(),
-            "INVALID_ARGUMENT"
+            Reason::InvalidArgument
         );
         drop(topics);
         let topics = Topics::open(dir.path(), LIMITS).unwrap();
         assert_eq!(topics.require("a").unwrap().queues, 8);
         assert_eq!(topics.delete("a").unwrap().name, "a");
-        assert_eq!(topics.require("a").unwrap_err().code(), "TOPIC_NOT_FOUND");
+        assert_eq!(
+            topics.require("a").unwrap_err().code(),
+            Reason::TopicNotFound
+        );
         assert_eq!(
             validate_user_topic("%DLQ%x").unwrap_err().code(),
-            "INVALID_ARGUMENT"
+            Reason::InvalidArgument
         );
     }
 
@@ -234,13 +238,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let topics = Topics::open(dir.path(), LIMITS).unwrap();
         let refused = topics.create("a", 17, MessageType::Normal).unwrap_err();
-        assert_eq!(refused.code(), "INVALID_ARGUMENT");
+        assert_eq!(refused.code(), Reason::InvalidArgument);
         assert!(refused.to_string().contains("1 to 16"), "{refused}");
         for name in ["a", "b", "c"] {
             topics.create(name, 16, MessageType::Normal).unwrap();
         }
         let refused = topics.create("d", 1, MessageType::Normal).unwrap_err();
-        assert_eq!(refused.code(), "TOO_MANY_TOPICS");
+        assert_eq!(refused.code(), Reason::TooManyTopics);
         assert_eq!(topics.count(), 3);
         // Existing topics are still answered; a deleted one makes room.
         assert!(!topics.create("a", 16, MessageType::Normal).unwrap().1);

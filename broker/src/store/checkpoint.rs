@@ -189,6 +189,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     #[test]
     fn store_load_and_detect_damage() {
@@ -218,7 +219,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(
             Checkpoint::load(dir.path()).unwrap_err().code(),
-            "CORRUPT_RECORD"
+            Reason::CorruptRecord
         );
         std::fs::write(&path, &bytes[..20]).unwrap();
         assert!(Checkpoint::load(dir.path()).is_err());

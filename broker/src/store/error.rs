@@ -3,11 +3,14 @@
 
 use std::io;
 
+use dduomq_proto::Reason;
+
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the storage engine can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The encoded record is larger than `max_record_size`; nothing was written.
     #[error("record of {size} bytes exceeds the maximum record size of {max} bytes")]
@@ -69,18 +72,18 @@ pub enum StoreError {
 
 impl StoreError {
     /// A stable machine-readable code; documented in `docs/errors.md`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Reason {
         match self {
-            StoreError::RecordTooLarge { .. } => "MESSAGE_TOO_LARGE",
-            StoreError::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            StoreError::OffsetOutOfRange { .. } => "OFFSET_OUT_OF_RANGE",
-            StoreError::DiskFull { .. } | StoreError::DiskUsageLimit { .. } => "DISK_FULL",
-            StoreError::Corrupt { .. } => "CORRUPT_RECORD",
-            StoreError::InvalidMessageId { .. } => "INVALID_MESSAGE_ID",
-            StoreError::MessageNotFound(_) => "MESSAGE_NOT_FOUND",
-            StoreError::InvalidConfig(_) => "INVALID_CONFIG",
-            StoreError::Closed => "STORE_CLOSED",
-            StoreError::Io { .. } => "IO_ERROR",
+            StoreError::RecordTooLarge { .. } => Reason::MessageTooLarge,
+            StoreError::InvalidArgument { .. } => Reason::InvalidArgument,
+            StoreError::OffsetOutOfRange { .. } => Reason::OffsetOutOfRange,
+            StoreError::DiskFull { .. } | StoreError::DiskUsageLimit { .. } => Reason::DiskFull,
+            StoreError::Corrupt { .. } => Reason::CorruptRecord,
+            StoreError::InvalidMessageId { .. } => Reason::InvalidMessageId,
+            StoreError::MessageNotFound(_) => Reason::MessageNotFound,
+            StoreError::InvalidConfig(_) => Reason::InvalidConfig,
+            StoreError::Closed => Reason::StoreClosed,
+            StoreError::Io { .. } => Reason::IoError,
         }
     }
 

@@ -56,6 +56,7 @@ impl FromStr for MessageId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     #[test]
     fn round_trips_through_text() {
@@ -74,7 +75,7 @@ mod tests {
     fn rejects_malformed_ids() {
         for bad in ["", "xyz", &"0".repeat(31), &"G".repeat(32), &"0".repeat(33)] {
             let err = bad.parse::<MessageId>().unwrap_err();
-            assert_eq!(err.code(), "INVALID_MESSAGE_ID");
+            assert_eq!(err.code(), Reason::InvalidMessageId);
         }
     }
 }

@@ -478,6 +478,7 @@ pub fn topic_of(buf: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dduomq_proto::Reason;
 
     fn sample() -> Message {
         Message {
@@ -534,7 +535,7 @@ mod tests {
         let mut msg = sample();
         msg.body = Bytes::from(vec![0u8; 5000]);
         let err = msg.encode(4096).unwrap_err();
-        assert_eq!(err.code(), "MESSAGE_TOO_LARGE");
+        assert_eq!(err.code(), Reason::MessageTooLarge);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder, ResetTo};
+use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder, Reason, ResetTo};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
@@ -243,7 +243,7 @@ async fn fresh_group(server: &str, args: &BenchArgs) -> anyhow::Result<String> {
         .create_topic(&args.topic, 4, pb::MessageType::Normal)
         .await
         .or_else(|e| {
-            if e.reason() == "TOPIC_CONFLICT" {
+            if e.reason() == Some(Reason::TopicConflict) {
                 Ok(Default::default())
             } else {
                 Err(e)
@@ -356,7 +356,7 @@ async fn delay(server: &str, format: Format, a: DelayBenchArgs) -> anyhow::Resul
         .create_topic(&a.topic, 4, pb::MessageType::Delay)
         .await
     {
-        Err(e) if e.reason() != "TOPIC_CONFLICT" => return Err(e.into()),
+        Err(e) if e.reason() != Some(Reason::TopicConflict) => return Err(e.into()),
         _ => {}
     }
     let group = format!("bench-delay-{}", dduomq_client::now_millis());
