@@ -119,13 +119,21 @@ mod tests {
         let refusal = ClientError::from(Status::with_error_details(
             Code::Internal,
             "corrupt",
-            ErrorDetails::with_error_info("CORRUPT_RECORD", "dduomq.io", HashMap::new()),
+            ErrorDetails::with_error_info(
+                Reason::CorruptRecord.as_str(),
+                "dduomq.io",
+                HashMap::new(),
+            ),
         ));
         assert!(!refusal.is_retryable(), "{refusal}");
         let draining = ClientError::from(Status::with_error_details(
             Code::Unavailable,
             "draining",
-            ErrorDetails::with_error_info("BROKER_DRAINING", "dduomq.io", HashMap::new()),
+            ErrorDetails::with_error_info(
+                Reason::BrokerDraining.as_str(),
+                "dduomq.io",
+                HashMap::new(),
+            ),
         ));
         assert!(draining.is_retryable());
         assert_eq!(draining.reason(), Some(Reason::BrokerDraining));
