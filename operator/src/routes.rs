@@ -79,7 +79,7 @@ pub async fn run(mut ctx: Context) {
                             .map(|q| q.queue_id)
                             .collect(),
                     ),
-                    Err(e) if e.reason == "TOPIC_NOT_FOUND" => None,
+                    Err(e) if e.reason() == "TOPIC_NOT_FOUND" => None,
                     Err(e) => {
                         tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
                         known.get(&key).cloned().flatten()
@@ -115,11 +115,11 @@ pub async fn run(mut ctx: Context) {
             last = Some(routes.clone());
         }
         for b in &ready {
-            let req = pb::UpdateRoutesRequest {
-                epoch,
-                topics: routes.clone(),
-            };
-            if let Err(e) = ctx.pool.update_routes(&b.address, req).await {
+            if let Err(e) = ctx
+                .pool
+                .update_routes(&b.address, epoch, routes.clone())
+                .await
+            {
                 tracing::warn!(broker = %b.name, error = %e, "pushing routes failed");
             }
         }
