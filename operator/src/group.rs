@@ -228,3 +228,6 @@ async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Reconci
     }
     Err(ReconcileError::Other(failed.join("; ")))
 }
+
+#[cfg(test)]
+mod tests;
