@@ -7,7 +7,9 @@ use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
-use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
+use crate::connection::{
+    CONNECT_TIMEOUT, MAX_GRPC_MESSAGE, channel_with_connect_timeout, with_deadline,
+};
 use crate::error::Result;
 
 /// Where to move a group's progress.
@@ -21,6 +23,25 @@ pub enum ResetTo {
     Offset(i64),
 }
 
+/// Deadlines of an [`Admin`] client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminTimeouts {
+    /// Deadline of each call, connecting included (a call past it fails with
+    /// [`ClientError::Timeout`](crate::ClientError::Timeout)).
+    pub call: Duration,
+    /// Limit on establishing the connection to the broker.
+    pub connect: Duration,
+}
+
+impl Default for AdminTimeouts {
+    fn default() -> Self {
+        AdminTimeouts {
+            call: Duration::from_secs(10),
+            connect: CONNECT_TIMEOUT,
+        }
+    }
+}
+
 /// The administration client.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -29,12 +50,23 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// A client of the broker at `endpoint` (lazily connected) with the default
+    /// [`AdminTimeouts`].
     pub fn connect(endpoint: &str) -> Result<Admin> {
+        Admin::connect_with(endpoint, AdminTimeouts::default())
+    }
+
+    /// [`Admin::connect`] with other deadlines: a controller that walks many
+    /// brokers in turn wants a dead one to cost it little.
+    pub fn connect_with(endpoint: &str, timeouts: AdminTimeouts) -> Result<Admin> {
         Ok(Admin {
-            client: AdminServiceClient::new(channel(endpoint)?)
-                .max_decoding_message_size(MAX_GRPC_MESSAGE)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE),
-            timeout: Duration::from_secs(10),
+            client: AdminServiceClient::new(channel_with_connect_timeout(
+                endpoint,
+                timeouts.connect,
+            )?)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE),
+            timeout: timeouts.call,
         })
     }
 
@@ -165,5 +197,17 @@ impl Admin {
             self.client.clone().broker_info(pb::BrokerInfoRequest {}),
         )
         .await
+    }
+
+    /// Pushes the cluster route table (the operator's job). The broker keeps it
+    /// only if `epoch` is newer than the one it holds; the answer says which
+    /// epoch it holds now and whether this table was applied.
+    pub async fn update_routes(
+        &self,
+        epoch: u64,
+        topics: Vec<pb::TopicRoute>,
+    ) -> Result<pb::UpdateRoutesResponse> {
+        let req = pb::UpdateRoutesRequest { epoch, topics };
+        with_deadline(self.timeout, self.client.clone().update_routes(req)).await
     }
 }

@@ -25,12 +25,20 @@ pub fn uri(address: &str) -> String {
     }
 }
 
+/// Default limit on establishing a connection to a broker.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A lazily connected channel to `address`. Per-request deadlines are set by the
 /// callers (a channel-wide timeout would cut long-lived Receive streams).
 pub fn channel(address: &str) -> Result<Channel> {
+    channel_with_connect_timeout(address, CONNECT_TIMEOUT)
+}
+
+/// [`channel`] with its own limit on establishing the connection.
+pub fn channel_with_connect_timeout(address: &str, connect_timeout: Duration) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(uri(address))
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
+        .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         // HTTP/2's default 64 KiB windows let a Receive stream carry only 64
         // KiB before waiting a round trip for a window update.

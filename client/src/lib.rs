@@ -32,7 +32,7 @@ mod pull_consumer;
 mod push_consumer;
 mod transaction;
 
-pub use admin::{Admin, ResetTo};
+pub use admin::{Admin, AdminTimeouts, ResetTo};
 pub use error::{ClientError, Result};
 pub use message::{Message, ReceivedMessage, SendReceipt, now_millis};
 pub use producer::{Producer, ProducerBuilder};

@@ -1,89 +1,77 @@
-//! Admin gRPC clients to the brokers, one lazily connected channel per address,
-//! every call with a deadline.
+//! The brokers' admin clients: the SDK's [`Admin`], one lazily connected client
+//! per address, with short deadlines (a reconcile walks every broker in turn, so
+//! a dead one must cost it little). Failures name the broker.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dduomq_proto::Reason;
-use dduomq_proto::v1 as pb;
-use dduomq_proto::v1::admin_service_client::AdminServiceClient;
+use dduomq_client::{Admin, AdminTimeouts, ClientError, Reason, ResetTo, proto as pb};
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
-use tonic_types::StatusExt;
 
-/// Deadline of one admin call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadlines of every admin call to a broker.
+const TIMEOUTS: AdminTimeouts = AdminTimeouts {
+    call: Duration::from_secs(5),
+    connect: Duration::from_secs(2),
+};
 
-/// A failed admin call: the broker's reason code (empty when unreachable).
+/// A failed admin call to the broker at `address`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("broker {address}: {message} [{reason}]")]
+#[error("broker {address}: {error}")]
 pub struct BrokerCallError {
     pub address: String,
-    /// The raw reason code as the broker sent it; see [`BrokerCallError::reason`].
-    pub reason: String,
-    pub message: String,
+    pub error: ClientError,
 }
 
 impl BrokerCallError {
-    /// Why the broker refused; `None` when it was unreachable or sent a code
+    fn new(address: &str, error: ClientError) -> BrokerCallError {
+        BrokerCallError {
+            address: address.to_string(),
+            error,
+        }
+    }
+
+    /// Why the broker refused; `None` when it did not answer or sent a code
     /// this build does not know.
     pub fn reason(&self) -> Option<Reason> {
-        Reason::from_code(&self.reason)
+        self.error.reason()
     }
 }
 
 /// Admin clients by broker address.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerPool {
-    clients: Arc<Mutex<HashMap<String, AdminServiceClient<Channel>>>>,
+    clients: Arc<Mutex<HashMap<String, Admin>>>,
 }
 
 impl BrokerPool {
-    fn client(&self, address: &str) -> Result<AdminServiceClient<Channel>, BrokerCallError> {
+    /// The client of `address`, created on first use.
+    fn admin(&self, address: &str) -> dduomq_client::Result<Admin> {
         let mut clients = self.clients.lock();
-        if let Some(c) = clients.get(address) {
-            return Ok(c.clone());
+        if let Some(admin) = clients.get(address) {
+            return Ok(admin.clone());
         }
-        let endpoint =
-            Endpoint::from_shared(format!("http://{address}")).map_err(|e| BrokerCallError {
-                address: address.to_string(),
-                reason: String::new(),
-                message: e.to_string(),
-            })?;
-        let c = AdminServiceClient::new(
-            endpoint
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy(),
-        );
-        clients.insert(address.to_string(), c.clone());
-        Ok(c)
+        let admin = Admin::connect_with(address, TIMEOUTS)?;
+        clients.insert(address.to_string(), admin.clone());
+        Ok(admin)
     }
 
-    /// Runs one admin call against `address`.
-    pub async fn call<T, F, Fut>(&self, address: &str, f: F) -> Result<T, BrokerCallError>
+    /// Runs `call` with the client of `address`; a failure names the broker.
+    async fn on<T, Fut>(
+        &self,
+        address: &str,
+        call: impl FnOnce(Admin) -> Fut,
+    ) -> Result<T, BrokerCallError>
     where
-        F: FnOnce(AdminServiceClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        Fut: Future<Output = dduomq_client::Result<T>>,
     {
-        let client = self.client(address)?;
-        match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(status)) => Err(BrokerCallError {
-                address: address.to_string(),
-                reason: status
-                    .get_error_details()
-                    .error_info()
-                    .map(|i| i.reason.clone())
-                    .unwrap_or_default(),
-                message: status.message().to_string(),
-            }),
-            Err(_) => Err(BrokerCallError {
-                address: address.to_string(),
-                reason: String::new(),
-                message: format!("no answer within {CALL_TIMEOUT:?}"),
-            }),
-        }
+        let admin = self
+            .admin(address)
+            .map_err(|e| BrokerCallError::new(address, e))?;
+        call(admin)
+            .await
+            .map_err(|e| BrokerCallError::new(address, e))
     }
 
     pub async fn create_topic(
@@ -93,28 +81,24 @@ impl BrokerPool {
         queues: u32,
         message_type: pb::MessageType,
     ) -> Result<(), BrokerCallError> {
-        let req = pb::CreateTopicRequest {
-            name: name.to_string(),
-            queues,
-            message_type: message_type as i32,
-        };
-        self.call(address, |mut c| async move { c.create_topic(req).await })
-            .await
-            .map(|_| ())
+        self.on(address, |admin| async move {
+            admin
+                .create_topic(name, queues, message_type)
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     /// Deletes a topic; one that is already gone counts as deleted.
     pub async fn delete_topic(&self, address: &str, name: &str) -> Result<(), BrokerCallError> {
-        let req = pb::DeleteTopicRequest {
-            name: name.to_string(),
-        };
-        match self
-            .call(address, |mut c| async move { c.delete_topic(req).await })
-            .await
-        {
-            Err(e) if e.reason() == Some(Reason::TopicNotFound) => Ok(()),
-            other => other.map(|_| ()),
-        }
+        self.on(address, |admin| async move {
+            match admin.delete_topic(name).await {
+                Err(e) if e.reason() == Some(Reason::TopicNotFound) => Ok(()),
+                other => other,
+            }
+        })
+        .await
     }
 
     pub async fn describe_topic(
@@ -122,11 +106,11 @@ impl BrokerPool {
         address: &str,
         name: &str,
     ) -> Result<pb::DescribeTopicResponse, BrokerCallError> {
-        let req = pb::DescribeTopicRequest {
-            name: name.to_string(),
-        };
-        self.call(address, |mut c| async move { c.describe_topic(req).await })
-            .await
+        self.on(
+            address,
+            |admin| async move { admin.describe_topic(name).await },
+        )
+        .await
     }
 
     pub async fn create_group(
@@ -134,24 +118,21 @@ impl BrokerPool {
         address: &str,
         group: pb::Group,
     ) -> Result<(), BrokerCallError> {
-        let req = pb::CreateGroupRequest { group: Some(group) };
-        self.call(address, |mut c| async move { c.create_group(req).await })
-            .await
-            .map(|_| ())
+        self.on(address, |admin| async move {
+            admin.create_group(group).await.map(|_| ())
+        })
+        .await
     }
 
     /// Deletes a group; one that is already gone counts as deleted.
     pub async fn delete_group(&self, address: &str, name: &str) -> Result<(), BrokerCallError> {
-        let req = pb::DeleteGroupRequest {
-            name: name.to_string(),
-        };
-        match self
-            .call(address, |mut c| async move { c.delete_group(req).await })
-            .await
-        {
-            Err(e) if e.reason() == Some(Reason::GroupNotFound) => Ok(()),
-            other => other.map(|_| ()),
-        }
+        self.on(address, |admin| async move {
+            match admin.delete_group(name).await {
+                Err(e) if e.reason() == Some(Reason::GroupNotFound) => Ok(()),
+                other => other,
+            }
+        })
+        .await
     }
 
     pub async fn describe_group(
@@ -159,39 +140,43 @@ impl BrokerPool {
         address: &str,
         name: &str,
     ) -> Result<pb::DescribeGroupResponse, BrokerCallError> {
-        let req = pb::DescribeGroupRequest {
-            name: name.to_string(),
-        };
-        self.call(address, |mut c| async move { c.describe_group(req).await })
-            .await
+        self.on(
+            address,
+            |admin| async move { admin.describe_group(name).await },
+        )
+        .await
     }
 
     pub async fn reset_offset(
         &self,
         address: &str,
-        req: pb::ResetOffsetRequest,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
     ) -> Result<(), BrokerCallError> {
-        self.call(address, |mut c| async move { c.reset_offset(req).await })
-            .await
-            .map(|_| ())
+        self.on(address, |admin| async move {
+            admin.reset_offset(group, topic, to).await.map(|_| ())
+        })
+        .await
     }
 
     pub async fn broker_info(
         &self,
         address: &str,
     ) -> Result<pb::BrokerInfoResponse, BrokerCallError> {
-        self.call(address, |mut c| async move {
-            c.broker_info(pb::BrokerInfoRequest {}).await
-        })
-        .await
+        self.on(address, |admin| async move { admin.broker_info().await })
+            .await
     }
 
     pub async fn update_routes(
         &self,
         address: &str,
-        req: pb::UpdateRoutesRequest,
+        epoch: u64,
+        topics: Vec<pb::TopicRoute>,
     ) -> Result<pb::UpdateRoutesResponse, BrokerCallError> {
-        self.call(address, |mut c| async move { c.update_routes(req).await })
-            .await
+        self.on(address, |admin| async move {
+            admin.update_routes(epoch, topics).await
+        })
+        .await
     }
 }

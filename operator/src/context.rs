@@ -189,8 +189,6 @@ pub fn readiness(
 pub enum ReconcileError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Broker(#[from] crate::brokers::BrokerCallError),
     #[error("{0}")]
     Other(String),
 }

@@ -65,7 +65,8 @@ pub async fn run<K: Reconciled>(ctx: Context) {
         .await;
 }
 
-async fn reconcile<K: Reconciled>(
+/// One reconcile of `obj`: the finalizer first, then apply or cleanup.
+pub(crate) async fn reconcile<K: Reconciled>(
     obj: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, FinalizerError<ReconcileError>> {

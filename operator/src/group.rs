@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use dduomq_client::ResetTo;
 use dduomq_proto::v1 as pb;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -61,31 +62,23 @@ pub fn broker_group(name: &str, g: &ConsumerGroup) -> Result<pb::Group, Reconcil
     })
 }
 
-fn reset_request(
-    name: &str,
-    topic: &str,
-    g: &ConsumerGroup,
-) -> Result<Option<pb::ResetOffsetRequest>, ReconcileError> {
-    use pb::reset_offset_request::To;
+/// Where a requested offset reset moves the group's progress.
+fn reset_target(g: &ConsumerGroup) -> Result<Option<ResetTo>, ReconcileError> {
     let Some(r) = &g.spec.offset_reset else {
         return Ok(None);
     };
     let to = match r.to {
-        ResetTarget::Earliest => To::Earliest(true),
-        ResetTarget::Latest => To::Latest(true),
+        ResetTarget::Earliest => ResetTo::Earliest,
+        ResetTarget::Latest => ResetTo::Latest,
         ResetTarget::Timestamp => {
             let text = r.timestamp.as_deref().unwrap_or_default();
             let ts: k8s_openapi::jiff::Timestamp = text.parse().map_err(|e| {
                 ReconcileError::Other(format!("offsetReset.timestamp {text:?}: {e}"))
             })?;
-            To::TimestampMs(ts.as_millisecond())
+            ResetTo::Timestamp(ts.as_millisecond())
         }
     };
-    Ok(Some(pb::ResetOffsetRequest {
-        group: name.to_string(),
-        topic: topic.to_string(),
-        to: Some(to),
-    }))
+    Ok(Some(to))
 }
 
 async fn apply(
@@ -118,11 +111,11 @@ async fn apply(
         if let (Some(r), true) = (pending, problems.is_empty()) {
             let mut reset_problems = Vec::new();
             for s in &group.spec.subscriptions {
-                let Some(req) = reset_request(&name, &s.topic, group)? else {
+                let Some(to) = reset_target(group)? else {
                     continue;
                 };
                 for b in &ready {
-                    if let Err(e) = ctx.pool.reset_offset(&b.address, req.clone()).await {
+                    if let Err(e) = ctx.pool.reset_offset(&b.address, &name, &s.topic, to).await {
                         reset_problems.push(e.to_string());
                     }
                 }
@@ -235,3 +228,6 @@ async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Reconci
     }
     Err(ReconcileError::Other(failed.join("; ")))
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,3 +15,6 @@ pub mod registry;
 pub mod routes;
 pub mod topic;
 pub mod uninstall;
+
+#[cfg(test)]
+mod test_support;

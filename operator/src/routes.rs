@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dduomq_proto::Reason;
+use dduomq_client::Reason;
 use dduomq_proto::v1 as pb;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -116,11 +116,11 @@ pub async fn run(mut ctx: Context) {
             last = Some(routes.clone());
         }
         for b in &ready {
-            let req = pb::UpdateRoutesRequest {
-                epoch,
-                topics: routes.clone(),
-            };
-            if let Err(e) = ctx.pool.update_routes(&b.address, req).await {
+            if let Err(e) = ctx
+                .pool
+                .update_routes(&b.address, epoch, routes.clone())
+                .await
+            {
                 tracing::warn!(broker = %b.name, error = %e, "pushing routes failed");
             }
         }

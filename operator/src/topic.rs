@@ -164,3 +164,6 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError>
     }
     Err(ReconcileError::Other(failed.join("; ")))
 }
+
+#[cfg(test)]
+mod tests;

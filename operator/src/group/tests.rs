@@ -1,0 +1,269 @@
+//! Reconcile tests of the ConsumerGroup controller: the operator's requests to a
+//! fake API server, and real brokers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dduomq_client::{Message, ProducerBuilder, proto as pb};
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use crate::context::MANAGED;
+use crate::crd::{
+    AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupSpec, ConsumerGroupStatus, OffsetReset,
+    ResetTarget, Subscription,
+};
+use crate::test_support::broker::Broker;
+use crate::test_support::{
+    Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
+};
+
+const FINALIZER: &str = "dduomq.io/group-cleanup";
+
+/// Group `billing` on topic `orders`: 5 attempts, backoff 1 s then 5 s, no
+/// dead-lettering.
+fn billing(
+    stage: Stage,
+    retry_backoff: &[&str],
+    offset_reset: Option<OffsetReset>,
+) -> ConsumerGroup {
+    ConsumerGroup {
+        metadata: metadata("billing", FINALIZER, stage),
+        spec: ConsumerGroupSpec {
+            subscriptions: vec![Subscription {
+                topic: "orders".into(),
+                tag: None,
+                sql: None,
+            }],
+            consume_mode: ConsumeMode::Clustering,
+            ordered: false,
+            max_delivery_attempts: 5,
+            retry_backoff: retry_backoff.iter().map(|d| d.to_string()).collect(),
+            dead_letter: false,
+            offset_reset,
+        },
+        status: None,
+    }
+}
+
+/// The broker-side group `billing` as [`billing`] describes it.
+fn hosted() -> Vec<pb::Group> {
+    vec![pb::Group {
+        name: "billing".into(),
+        mode: pb::ConsumeMode::Clustering as i32,
+        max_delivery_attempts: 5,
+        retry_backoff_ms: vec![1000, 5000],
+        disable_dead_letter: true,
+    }]
+}
+
+/// Creates topic `orders` (one queue) on `broker` and sends it `count` messages.
+async fn orders_with_messages(broker: &Broker, count: usize) {
+    broker
+        .admin()
+        .create_topic("orders", 1, pb::MessageType::Normal)
+        .await
+        .expect("create orders");
+    send(broker, count).await;
+}
+
+async fn send(broker: &Broker, count: usize) {
+    let producer = ProducerBuilder::new(&broker.address)
+        .build()
+        .expect("producer");
+    for i in 0..count {
+        producer
+            .send(Message::new("orders", format!("m{i}")))
+            .await
+            .expect("send");
+    }
+}
+
+/// The group's progress on queue 0 of `orders`.
+fn progress(committed: u64, max: u64) -> Vec<pb::GroupQueueStatus> {
+    vec![pb::GroupQueueStatus {
+        topic: "orders".into(),
+        queue_id: 0,
+        committed_offset: committed,
+        max_offset: max,
+        lag: max - committed,
+        ..Default::default()
+    }]
+}
+
+#[tokio::test]
+async fn apply_creates_the_group_on_every_ready_broker_and_reports_members_and_lag() {
+    let r = Requests::new("consumergroups", "billing");
+    let (a, b) = (Broker::start().await, Broker::start().await);
+    let group = billing(Stage::Finalized, &["1s", "5s"], None);
+    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let out = reconcile_once(&group, vec![], brokers).await;
+
+    assert_eq!(out.action(), &Action::requeue(RESYNC));
+    for broker in [&a, &b] {
+        assert_eq!(broker.admin().list_groups().await.expect("list"), hosted());
+    }
+    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
+    assert_eq!(
+        out.event(1),
+        Published::normal("Reconciled", "on 2 brokers")
+    );
+    assert_eq!(
+        out.status_patch(2),
+        json!({
+            "apiVersion": "dduomq.io/v1alpha1",
+            "kind": "ConsumerGroup",
+            "status": {
+                "conditions": [{
+                    "type": "Ready", "status": "True", "reason": "Reconciled",
+                    "message": "on 2 brokers", "observedGeneration": 1,
+                }],
+                "observedGeneration": 1,
+                "members": [],
+                "memberCount": 0,
+                "lag": [{"topic": "orders", "lag": 0}],
+            },
+        })
+    );
+}
+
+#[tokio::test]
+async fn an_offset_reset_is_applied_once_per_request_id() {
+    let r = Requests::new("consumergroups", "billing");
+    let broker = Broker::start().await;
+    orders_with_messages(&broker, 3).await;
+    let reset = OffsetReset {
+        request_id: "r1".into(),
+        to: ResetTarget::Latest,
+        timestamp: None,
+    };
+    let mut group = billing(Stage::Finalized, &["1s", "5s"], Some(reset));
+    let brokers = vec![ready_broker(0, &broker.address)];
+    let first = reconcile_once(&group, vec![], brokers.clone()).await;
+
+    assert_eq!(first.action(), &Action::requeue(RESYNC));
+    let admin = broker.admin();
+    let described = admin.describe_group("billing").await.expect("describe");
+    assert_eq!(
+        described.queues,
+        progress(3, 3),
+        "moved past the 3 messages"
+    );
+    assert_eq!(
+        first.request_lines(),
+        [r.same_name(), r.event(), r.event(), r.status()]
+    );
+    assert_eq!(
+        first.event(1),
+        Published::normal("OffsetReset", "offsets reset (Latest) for request r1")
+    );
+    assert_eq!(
+        first.event(2),
+        Published::normal("Reconciled", "on 1 brokers")
+    );
+    let status: ConsumerGroupStatus =
+        serde_json::from_value(first.sent[3].body["status"].clone()).expect("status");
+    let applied = status
+        .last_applied_reset
+        .clone()
+        .expect("the reset is recorded");
+    assert_eq!(applied.request_id, "r1");
+
+    // The same request again, as the next reconcile sees it: no second reset.
+    send(&broker, 2).await;
+    group.status = Some(status);
+    let again = reconcile_once(&group, vec![], brokers).await;
+
+    assert_eq!(again.action(), &Action::requeue(RESYNC));
+    let described = admin.describe_group("billing").await.expect("describe");
+    assert_eq!(described.queues, progress(3, 5), "the 2 new messages wait");
+    assert_eq!(
+        again.request_lines(),
+        [r.same_name(), r.status()],
+        "no reset and no event: nothing changed"
+    );
+    let status = &again.sent[1].body["status"];
+    assert_eq!(status["lag"], json!([{"topic": "orders", "lag": 2}]));
+    assert_eq!(
+        serde_json::from_value::<AppliedReset>(status["lastAppliedReset"].clone())
+            .expect("applied reset"),
+        applied
+    );
+}
+
+#[tokio::test]
+async fn a_broker_refusal_makes_the_group_not_ready_and_holds_the_reset_back() {
+    let r = Requests::new("consumergroups", "billing");
+    let broker = Broker::start().await;
+    let reset = OffsetReset {
+        request_id: "r1".into(),
+        to: ResetTarget::Earliest,
+        timestamp: None,
+    };
+    let group = billing(Stage::Finalized, &["48h"], Some(reset));
+    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.address)]).await;
+
+    assert_eq!(out.action(), &Action::requeue(Duration::from_secs(5)));
+    assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+    let refusal = format!(
+        "broker {}: invalid retry_backoff_ms: a step of 172800000 ms; \
+         each step is 1 to 86400000 ms [INVALID_ARGUMENT]",
+        broker.address
+    );
+    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
+    assert_eq!(out.event(1), Published::warning("BrokerError", &refusal));
+    assert_eq!(
+        out.status_patch(2)["status"],
+        json!({
+            "conditions": [{
+                "type": "Ready", "status": "False", "reason": "BrokerError",
+                "message": refusal, "observedGeneration": 1,
+            }],
+            "observedGeneration": 1,
+            "members": [],
+            "memberCount": 0,
+            "lag": [{"topic": "orders", "lag": 0}],
+        }),
+        "no lastAppliedReset: the reset waits for the group"
+    );
+}
+
+#[tokio::test]
+async fn cleanup_deletes_the_group_from_every_broker_and_releases_the_finalizer() {
+    let r = Requests::new("consumergroups", "billing");
+    let (a, b) = (Broker::start().await, Broker::start().await);
+    let group = billing(Stage::Deleting, &["1s", "5s"], None);
+    a.admin()
+        .create_group(hosted().remove(0))
+        .await
+        .expect("create on a");
+    // b never got the group: already gone counts as deleted.
+    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let out = reconcile_once(&group, vec![], brokers).await;
+
+    assert_eq!(out.action(), &Action::await_change());
+    for broker in [&a, &b] {
+        assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+    }
+    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
+    assert_eq!(out.sent[1].body, release(FINALIZER));
+}
+
+#[tokio::test]
+async fn cleanup_of_an_unmanaged_group_leaves_the_brokers_alone() {
+    let r = Requests::new("consumergroups", "billing");
+    let broker = Broker::start().await;
+    broker
+        .admin()
+        .create_group(hosted().remove(0))
+        .await
+        .expect("create");
+    let mut group = billing(Stage::Deleting, &["1s", "5s"], None);
+    group.metadata.annotations = Some(BTreeMap::from([(MANAGED.to_string(), "false".into())]));
+    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.address)]).await;
+
+    assert_eq!(out.action(), &Action::await_change());
+    assert_eq!(broker.admin().list_groups().await.expect("list"), hosted());
+    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
+    assert_eq!(out.sent[1].body, release(FINALIZER));
+}

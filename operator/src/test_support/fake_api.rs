@@ -1,0 +1,155 @@
+//! A fake Kubernetes API server for the reconcile tests, served in process: an
+//! axum router is the `kube::Client`'s HTTP service. It holds a few objects and
+//! answers what the operator asks the way the real one would: gets and lists from
+//! them, a patch with the object as stored (patches are recorded, not applied:
+//! each test reconciles one state), an event creation with the event. Anything
+//! else is 404. Every request is recorded, in order, for the tests to check.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use super::NAMESPACE;
+
+/// A request the operator sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub method: Method,
+    /// Path and query, as sent.
+    pub target: String,
+    pub content_type: Option<String>,
+    /// The JSON body (`Null` when there is none).
+    pub body: Value,
+}
+
+/// The fake server: its objects and what it was sent.
+#[derive(Debug, Clone)]
+pub struct FakeApi {
+    objects: Arc<Vec<Value>>,
+    sent: Arc<Mutex<Vec<Sent>>>,
+}
+
+impl FakeApi {
+    pub fn new(objects: Vec<Value>) -> FakeApi {
+        FakeApi {
+            objects: Arc::new(objects),
+            sent: Arc::default(),
+        }
+    }
+
+    /// A client whose requests this server answers.
+    pub fn client(&self) -> kube::Client {
+        let router = Router::new().fallback(answer).with_state(self.clone());
+        kube::Client::new(router, NAMESPACE)
+    }
+
+    /// Every request so far, in order.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().clone()
+    }
+
+    /// The object stored at `path`.
+    fn object(&self, path: &str) -> Option<Value> {
+        self.objects.iter().find(|o| path_of(o) == path).cloned()
+    }
+}
+
+/// Where the API serves the collection an object belongs to, across namespaces
+/// (`/apis/dduomq.io/v1alpha1/topics`, `/api/v1/namespaces`).
+fn collection_of(object: &Value) -> String {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let root = if api_version.contains('/') {
+        "apis"
+    } else {
+        "api"
+    };
+    let kind = object["kind"].as_str().unwrap_or_default().to_lowercase();
+    format!("/{root}/{api_version}/{kind}s")
+}
+
+/// Where the API serves an object.
+fn path_of(object: &Value) -> String {
+    let collection = collection_of(object);
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    match object["metadata"]["namespace"].as_str() {
+        Some(ns) => {
+            let (root, plural) = collection.rsplit_once('/').expect("collection path");
+            format!("{root}/namespaces/{ns}/{plural}/{name}")
+        }
+        None => format!("{collection}/{name}"),
+    }
+}
+
+async fn answer(
+    State(api): State<FakeApi>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Json<Value>) {
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).expect("a JSON request body")
+    };
+    api.sent.lock().push(Sent {
+        method: method.clone(),
+        target: uri.to_string(),
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: body.clone(),
+    });
+    let path = uri.path();
+    let answer = match method {
+        Method::GET => api
+            .object(path)
+            .map(|o| (StatusCode::OK, o))
+            .or_else(|| list(&api, path, query.get("fieldSelector"))),
+        Method::PATCH => api
+            .object(path.strip_suffix("/status").unwrap_or(path))
+            .map(|o| (StatusCode::OK, o)),
+        Method::POST if path.ends_with("/events") => Some((StatusCode::CREATED, body)),
+        _ => None,
+    };
+    let (status, object) = answer.unwrap_or_else(|| {
+        let status = json!({
+            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": format!("{path} not found"),
+        });
+        (StatusCode::NOT_FOUND, status)
+    });
+    (status, Json(object))
+}
+
+/// The objects of the collection at `path`, filtered by a `metadata.name=`
+/// field selector; `None` when no object belongs to such a collection.
+fn list(api: &FakeApi, path: &str, fields: Option<&String>) -> Option<(StatusCode, Value)> {
+    let name = fields.and_then(|f| f.strip_prefix("metadata.name="));
+    let members: Vec<&Value> = api
+        .objects
+        .iter()
+        .filter(|o| collection_of(o) == path)
+        .collect();
+    let first = members.first()?;
+    let items: Vec<&Value> = members
+        .iter()
+        .copied()
+        .filter(|o| name.is_none_or(|n| o["metadata"]["name"] == n))
+        .collect();
+    let list = json!({
+        "apiVersion": first["apiVersion"],
+        "kind": format!("{}List", first["kind"].as_str().unwrap_or_default()),
+        "metadata": {"resourceVersion": "1"},
+        "items": items,
+    });
+    Some((StatusCode::OK, list))
+}

@@ -1,0 +1,224 @@
+//! Reconcile tests of the Topic controller: the operator's requests to a fake
+//! API server, and real brokers.
+
+use std::time::Duration;
+
+use dduomq_client::proto as pb;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::Error as FinalizerError;
+use serde_json::json;
+
+use crate::context::ReconcileError;
+use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec};
+use crate::test_support::broker::{Broker, free_port};
+use crate::test_support::{
+    NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
+};
+
+const FINALIZER: &str = "dduomq.io/topic-cleanup";
+
+/// Topic `orders`: 4 FIFO queues.
+fn orders(stage: Stage, deletion_policy: DeletionPolicy) -> Topic {
+    Topic {
+        metadata: metadata("orders", FINALIZER, stage),
+        spec: TopicSpec {
+            queues: 4,
+            message_type: MessageType::Fifo,
+            retention: None,
+            max_message_bytes: None,
+            deletion_policy,
+        },
+        status: None,
+    }
+}
+
+fn hosted(queues: u32, message_type: pb::MessageType) -> Vec<pb::Topic> {
+    vec![pb::Topic {
+        name: "orders".into(),
+        queues,
+        message_type: message_type as i32,
+    }]
+}
+
+#[tokio::test]
+async fn a_new_topic_first_gets_the_finalizer_and_no_broker_is_touched() {
+    let r = Requests::new("topics", "orders");
+    let broker = Broker::start().await;
+    let topic = orders(Stage::New, DeletionPolicy::Delete);
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.address)]).await;
+    assert_eq!(out.action(), &Action::await_change());
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(
+        out.sent[0].content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(
+        out.sent[0].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    );
+    assert_eq!(broker.admin().list_topics().await.expect("list"), []);
+}
+
+#[tokio::test]
+async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement() {
+    let r = Requests::new("topics", "orders");
+    let (a, b) = (Broker::start().await, Broker::start().await);
+    let topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let out = reconcile_once(&topic, vec![], brokers).await;
+
+    assert_eq!(out.action(), &Action::requeue(RESYNC));
+    for broker in [&a, &b] {
+        assert_eq!(
+            broker.admin().list_topics().await.expect("list"),
+            hosted(4, pb::MessageType::Fifo)
+        );
+    }
+    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
+    assert_eq!(
+        out.event(1),
+        Published::normal("Reconciled", "4 queues on 2 brokers")
+    );
+    assert_eq!(
+        out.sent[2].content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert_eq!(
+        out.status_patch(2),
+        json!({
+            "apiVersion": "dduomq.io/v1alpha1",
+            "kind": "Topic",
+            "status": {
+                "conditions": [{
+                    "type": "Ready", "status": "True", "reason": "Reconciled",
+                    "message": "4 queues on 2 brokers", "observedGeneration": 1,
+                }],
+                "observedGeneration": 1,
+                "assignment": [
+                    {"queue": 0, "broker": "dduomq-broker-0"},
+                    {"queue": 1, "broker": "dduomq-broker-1"},
+                    {"queue": 2, "broker": "dduomq-broker-0"},
+                    {"queue": 3, "broker": "dduomq-broker-1"},
+                ],
+                "brokerCount": 2,
+            },
+        })
+    );
+    assert!(out.woke_routes());
+}
+
+#[tokio::test]
+async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
+    let r = Requests::new("topics", "orders");
+    let (a, b) = (Broker::start().await, Broker::start().await);
+    b.admin()
+        .create_topic("orders", 4, pb::MessageType::Normal)
+        .await
+        .expect("a NORMAL topic of the same name on b");
+    let topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let out = reconcile_once(&topic, vec![], brokers).await;
+
+    assert_eq!(out.action(), &Action::requeue(Duration::from_secs(5)));
+    let refusal = format!(
+        "broker {}: topic \"orders\" already exists with 4 queues of type normal; \
+         the message type of a topic cannot change [TOPIC_CONFLICT]",
+        b.address
+    );
+    assert_eq!(
+        a.admin().list_topics().await.expect("list a"),
+        hosted(4, pb::MessageType::Fifo)
+    );
+    assert_eq!(
+        b.admin().list_topics().await.expect("list b"),
+        hosted(4, pb::MessageType::Normal),
+        "the refusing broker keeps its topic"
+    );
+    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
+    assert_eq!(out.event(1), Published::warning("BrokerError", &refusal));
+    let status = &out.status_patch(2)["status"];
+    assert_eq!(
+        status["conditions"],
+        json!([{
+            "type": "Ready", "status": "False", "reason": "BrokerError",
+            "message": refusal, "observedGeneration": 1,
+        }])
+    );
+    assert_eq!(status["brokerCount"], json!(2));
+}
+
+#[tokio::test]
+async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer() {
+    let r = Requests::new("topics", "orders");
+    let (a, b) = (Broker::start().await, Broker::start().await);
+    a.admin()
+        .create_topic("orders", 4, pb::MessageType::Fifo)
+        .await
+        .expect("create on a");
+    // b never got the topic: already gone counts as deleted.
+    let topic = orders(Stage::Deleting, DeletionPolicy::Delete);
+    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let out = reconcile_once(&topic, vec![], brokers).await;
+
+    assert_eq!(out.action(), &Action::await_change());
+    for broker in [&a, &b] {
+        assert_eq!(broker.admin().list_topics().await.expect("list"), []);
+    }
+    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
+    assert_eq!(out.sent[1].body, release(FINALIZER));
+    assert!(out.woke_routes());
+}
+
+#[tokio::test]
+async fn cleanup_with_the_retain_policy_keeps_the_topic_and_releases_the_finalizer() {
+    let r = Requests::new("topics", "orders");
+    let broker = Broker::start().await;
+    broker
+        .admin()
+        .create_topic("orders", 4, pb::MessageType::Fifo)
+        .await
+        .expect("create");
+    let topic = orders(Stage::Deleting, DeletionPolicy::Retain);
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.address)]).await;
+
+    assert_eq!(out.action(), &Action::await_change());
+    assert_eq!(
+        broker.admin().list_topics().await.expect("list"),
+        hosted(4, pb::MessageType::Fifo)
+    );
+    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
+    assert_eq!(out.sent[1].body, release(FINALIZER));
+}
+
+#[tokio::test]
+async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
+    let r = Requests::new("topics", "orders");
+    let live = Broker::start().await;
+    live.admin()
+        .create_topic("orders", 4, pb::MessageType::Fifo)
+        .await
+        .expect("create");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let topic = orders(Stage::Deleting, DeletionPolicy::Delete);
+    let namespace =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
+    let brokers = vec![ready_broker(0, &live.address), ready_broker(1, &dead)];
+    let out = reconcile_once(&topic, vec![namespace], brokers).await;
+
+    match &out.result {
+        Err(FinalizerError::CleanupFailed(ReconcileError::Other(failed))) => assert!(
+            failed.starts_with(&format!("broker {dead}: ")) && failed.ends_with(" []"),
+            "one failure, of the dead broker, without a reason code: {failed}"
+        ),
+        other => panic!("expected a failed cleanup, got {other:?}"),
+    }
+    assert_eq!(live.admin().list_topics().await.expect("list"), []);
+    assert_eq!(
+        out.request_lines(),
+        [r.same_name(), r.namespace()],
+        "the namespace is not terminating: no finalizer patch"
+    );
+}
