@@ -5,6 +5,8 @@
 //! topic keeps its connection, while keepalive PINGs and their answers do not
 //! count; an HTTP connection is idle while it receives nothing. An idle
 //! connection is closed by ending its reads, which makes hyper close it.
+//! A connection gives its place back when the broker shuts it down, before the
+//! peer can see the close, so a client that saw it closed can reconnect at once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -78,16 +81,17 @@ impl Gate {
             return None; // dropping `io` closes it
         }
         let _ = io.set_nodelay(true);
-        if let (Listener::Grpc, Some(m)) = (self.listener, &self.metrics) {
-            m.grpc_connections.inc();
-        }
+        let gauge = match (self.listener, &self.metrics) {
+            (Listener::Grpc, Some(m)) => Some(m.grpc_connections.clone()),
+            _ => None,
+        };
         Some(Connection {
+            place: Place::held(self.open.clone(), gauge),
             io,
             activity: Arc::new(Activity::new()),
             idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
             idle_timeout: self.idle_timeout,
             listener: self.listener,
-            open: self.open.clone(),
             metrics: self.metrics.clone(),
         })
     }
@@ -179,15 +183,56 @@ impl Drop for OpenRequest {
     }
 }
 
+/// An admitted connection's place under its listener's limit, given back
+/// exactly once: when the broker shuts the connection down, or when the
+/// connection is dropped without a shutdown (an error, a reset).
+#[derive(Debug)]
+struct Place {
+    open: Arc<AtomicUsize>,
+    /// `dduomq_grpc_connections`, for a gRPC connection.
+    gauge: Option<IntGauge>,
+    held: bool,
+}
+
+impl Place {
+    fn held(open: Arc<AtomicUsize>, gauge: Option<IntGauge>) -> Place {
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        Place {
+            open,
+            gauge,
+            held: true,
+        }
+    }
+
+    fn release(&mut self) {
+        if !std::mem::replace(&mut self.held, false) {
+            return;
+        }
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// An admitted connection: holds its place under the limit while open.
 #[derive(Debug)]
 pub struct Connection {
+    /// First, so that a drop gives the place back before the socket closes.
+    place: Place,
     io: TcpStream,
     activity: Arc<Activity>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     listener: Listener,
-    open: Arc<AtomicUsize>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -212,15 +257,6 @@ impl Connection {
             // Fired while busy: look again one timeout from now.
             let next = Instant::now() + self.idle_timeout;
             self.idle.as_mut().reset(next);
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
-        if let (Listener::Grpc, Some(m)) = (self.listener, &self.metrics) {
-            m.grpc_connections.dec();
         }
     }
 }
@@ -282,7 +318,10 @@ impl AsyncWrite for Connection {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
+    /// Gives the place back first: the peer may see the close (and connect
+    /// again) as soon as the shutdown is sent, before this connection is dropped.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.place.release();
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -398,5 +437,62 @@ impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
     }
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Connects a client to `listener` and lets `gate` admit the server side.
+    async fn connect(listener: &TcpListener, gate: &Gate) -> (Option<Connection>, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (io, _) = listener.accept().await.unwrap();
+        (gate.admit(io), client)
+    }
+
+    #[tokio::test]
+    async fn a_shut_down_connection_frees_its_place_before_the_peer_sees_the_close_and_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = Metrics::new("test", 0, "async");
+        let gate = Gate::new(
+            Listener::Grpc,
+            1,
+            Duration::from_secs(600),
+            Some(metrics.clone()),
+        );
+        let (first, mut first_client) = connect(&listener, &gate).await;
+        let mut first = first.expect("the first connection is admitted");
+        assert_eq!(metrics.grpc_connections.get(), 1);
+
+        // Shut down but not yet dropped, as when its task has not finished.
+        first.shutdown().await.unwrap();
+        assert_eq!(first_client.read(&mut [0u8; 1]).await.unwrap(), 0);
+        let (second, _second_client) = connect(&listener, &gate).await;
+        let second = second.expect("a client that saw the close connects again");
+        assert_eq!(metrics.grpc_connections.get(), 1);
+
+        // Dropping the shut-down connection gives nothing back a second time.
+        drop(first);
+        let (third, _third_client) = connect(&listener, &gate).await;
+        assert!(
+            third.is_none(),
+            "two connections admitted under a limit of one"
+        );
+        assert_eq!(metrics.grpc_connections.get(), 1);
+
+        // A connection dropped without a shutdown frees its place too.
+        drop(second);
+        assert_eq!(metrics.grpc_connections.get(), 0);
+        let (fourth, _fourth_client) = connect(&listener, &gate).await;
+        assert!(
+            fourth.is_some(),
+            "the place of a dropped connection stayed taken"
+        );
     }
 }
