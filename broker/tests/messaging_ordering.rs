@@ -69,7 +69,11 @@ async fn a_fifo_queue_has_one_message_in_flight_and_keeps_its_order_across_nacks
     while let Some(d) = current.pop() {
         ack(&b.broker, &consumer, &d).unwrap();
         current = lease_all(&b.broker, &consumer).await;
-        assert!(current.len() <= 1, "more than one in flight: {:?}", bodies(&current));
+        assert!(
+            current.len() <= 1,
+            "more than one in flight: {:?}",
+            bodies(&current)
+        );
         order.extend(bodies(&current));
     }
     assert_eq!(order, ["a1", "a2", "a3"]);
@@ -121,7 +125,12 @@ async fn a_lanes_messages_go_to_its_consumers_and_base_messages_to_the_base() {
     let b = lanes_broker(dir.path());
     let base = subscribe(&b.broker, GROUP, "t", "base");
     let gray = subscribe_with(&b.broker, GROUP, "t", "gray", Filter::All, "gray");
-    for (lane, body) in [("", "base1"), ("gray", "gray1"), ("", "base2"), ("gray", "gray2")] {
+    for (lane, body) in [
+        ("", "base1"),
+        ("gray", "gray1"),
+        ("", "base2"),
+        ("gray", "gray2"),
+    ] {
         send_in_lane(&b, lane, body).await;
     }
     // The base consumer leases first and passes the lane's messages over.
@@ -129,7 +138,10 @@ async fn a_lanes_messages_go_to_its_consumers_and_base_messages_to_the_base() {
     assert_eq!(bodies(&for_base), ["base1", "base2"]);
     let for_gray = lease_all(&b.broker, &gray).await;
     assert_eq!(bodies(&for_gray), ["gray1", "gray2"]);
-    assert!(for_gray.iter().all(|d| d.attempt == 1), "a pass-over is no delivery");
+    assert!(
+        for_gray.iter().all(|d| d.attempt == 1),
+        "a pass-over is no delivery"
+    );
     assert!(
         for_gray[0]
             .record
@@ -151,7 +163,10 @@ async fn a_lane_consumer_takes_only_its_lane_even_leasing_first() {
         send_in_lane(&b, lane, body).await;
     }
     assert_eq!(bodies(&lease_all(&b.broker, &gray).await), ["gray1"]);
-    assert_eq!(bodies(&lease_all(&b.broker, &base).await), ["base1", "base2"]);
+    assert_eq!(
+        bodies(&lease_all(&b.broker, &base).await),
+        ["base1", "base2"]
+    );
     b.close().await;
 }
 
@@ -163,7 +178,10 @@ async fn a_lane_without_consumers_falls_back_to_the_base_lane() {
     for (lane, body) in [("", "base1"), ("canary", "canary1")] {
         send_in_lane(&b, lane, body).await;
     }
-    assert_eq!(bodies(&lease_all(&b.broker, &base).await), ["base1", "canary1"]);
+    assert_eq!(
+        bodies(&lease_all(&b.broker, &base).await),
+        ["base1", "canary1"]
+    );
     b.close().await;
 }
 
@@ -175,9 +193,14 @@ async fn a_lanes_leases_go_to_the_base_when_its_last_consumer_leaves() {
     let gray = subscribe_with(&b.broker, GROUP, "t", "gray", Filter::All, "gray");
     send_in_lane(&b, "gray", "gray1").await;
     send_in_lane(&b, "gray", "gray2").await;
-    let held = lease_round(&b.broker, &gray, LONG_LEASE, 1).await.deliveries;
+    let held = lease_round(&b.broker, &gray, LONG_LEASE, 1)
+        .await
+        .deliveries;
     assert_eq!(bodies(&held), ["gray1"]);
-    assert!(lease_all(&b.broker, &base).await.is_empty(), "gray2 waits for its lane");
+    assert!(
+        lease_all(&b.broker, &base).await.is_empty(),
+        "gray2 waits for its lane"
+    );
     unsubscribe(&b.broker, gray).await;
     let taken = lease_exactly(&b.broker, &base, LONG_LEASE, 2).await;
     let mut got: Vec<(String, u32)> = taken

@@ -11,7 +11,8 @@ use dduomq_broker::messaging::groups::{ConsumeMode, GroupConfig};
 use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
 use dduomq_broker::messaging::subscription::Subscription;
 use dduomq_broker::messaging::{
-    Broker, Delivery, PullSpec, QueueProgress, ReceiveLimits, ResetTarget, SendMessage, SendReceipt,
+    Broker, Delivery, PullSpec, Pulled, QueueProgress, ReceiveLimits, ResetTarget, SendMessage,
+    SendReceipt,
 };
 use dduomq_broker::store::{MessageType, Record};
 use tokio::sync::mpsc;
@@ -236,31 +237,56 @@ pub fn query_offset(broker: &Broker, group: &str, topic: &str, queue_id: u32) ->
     }
 }
 
+pub fn try_reset(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    to: ResetTarget,
+) -> Result<Vec<QueueProgress>> {
+    broker.reset_offset(group, topic, to)
+}
+
 pub fn reset(broker: &Broker, group: &str, topic: &str, to: ResetTarget) -> Vec<QueueProgress> {
-    broker.reset_offset(group, topic, to).expect("reset")
+    try_reset(broker, group, topic, to).expect("reset")
+}
+
+/// Saves progress, staged positions and producer windows now (as the
+/// periodic save and a clean shutdown do).
+pub fn save_metadata(broker: &Broker) {
+    broker.persist_offsets().expect("metadata saved");
 }
 
 // ---- reading topics ----------------------------------------------------------------
 
+/// One pull of up to 100 messages from `offset`, without waiting.
+pub async fn pull_filtered(
+    broker: &Broker,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    filter: &Filter,
+) -> Pulled {
+    broker
+        .pull(PullSpec {
+            group: "reader",
+            topic,
+            queue_id,
+            offset,
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            wait: Duration::ZERO,
+            filter,
+        })
+        .await
+        .expect("pull")
+}
+
 /// Every record of a queue, read with pull (which moves no group's progress).
 pub async fn read_queue(broker: &Broker, topic: &str, queue_id: u32) -> Vec<Record> {
-    let filter = Filter::All;
     let mut records = Vec::new();
     let mut offset = 0;
     loop {
-        let pulled = broker
-            .pull(PullSpec {
-                group: "reader",
-                topic,
-                queue_id,
-                offset,
-                max_messages: 100,
-                max_bytes: 1 << 20,
-                wait: Duration::ZERO,
-                filter: &filter,
-            })
-            .await
-            .expect("pull");
+        let pulled = pull_filtered(broker, topic, queue_id, offset, &Filter::All).await;
         records.extend(pulled.deliveries.into_iter().map(|d| d.record));
         if pulled.next_offset >= pulled.max_offset {
             return records;

@@ -87,7 +87,7 @@ impl TestBroker {
             task.await.expect("background loop ends cleanly");
         }
         if save {
-            self.broker.persist_offsets().expect("metadata saves");
+            super::api::save_metadata(&self.broker);
         }
         // The store's directory lock goes with its last reference: a reopen
         // must not find it still held.
