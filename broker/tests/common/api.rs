@@ -55,10 +55,19 @@ pub fn message(topic: &str, body: &str) -> SendMessage {
     }
 }
 
+/// Sends messages as one batch; one receipt each.
+pub async fn send_batch(
+    broker: &Arc<Broker>,
+    messages: Vec<SendMessage>,
+) -> Result<Vec<SendReceipt>> {
+    let n = messages.len();
+    let receipts = broker.send(messages).await?;
+    assert_eq!(receipts.len(), n, "one receipt per message");
+    Ok(receipts)
+}
+
 pub async fn send(broker: &Arc<Broker>, message: SendMessage) -> Result<SendReceipt> {
-    let mut receipts = broker.send(vec![message]).await?;
-    assert_eq!(receipts.len(), 1, "one receipt per message");
-    Ok(receipts.remove(0))
+    Ok(send_batch(broker, vec![message]).await?.remove(0))
 }
 
 /// Sends each body to queue `queue_id` of `topic`, one send each, in order.

@@ -20,6 +20,15 @@ pub enum Loops {
     Running,
 }
 
+/// How a broker goes down before a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// [`TestBroker::close`].
+    Clean,
+    /// [`TestBroker::kill`].
+    WithoutSaving,
+}
+
 /// The messaging configuration the tests start from: the shipped defaults
 /// with explicit topics and groups only, and short retry backoffs so
 /// redeliveries come within a test's time.
@@ -63,30 +72,38 @@ impl TestBroker {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The store, for what the broker API does not show (system topics).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Goes down `how`, then opens again on the same directory.
+    pub async fn restart(self, how: Shutdown, config: MessagingConfig, loops: Loops) -> TestBroker {
+        let dir = self.dir.clone();
+        self.shut_down(how).await;
+        TestBroker::open(&dir, config, loops)
     }
 
     /// A clean shutdown, as the binary does on SIGTERM: the loops stop,
     /// progress, staged positions and producer windows are saved, the store
     /// is flushed and closed.
     pub async fn close(self) {
-        self.stop(true).await;
+        self.shut_down(Shutdown::Clean).await;
     }
 
     /// A broker that dies without saving its metadata (progress, staged scan
     /// position, producer windows): what it stored is in the log, which the
     /// store itself closes intact.
     pub async fn kill(self) {
-        self.stop(false).await;
+        self.shut_down(Shutdown::WithoutSaving).await;
     }
 
-    async fn stop(self, save: bool) {
+    pub async fn shut_down(self, how: Shutdown) {
         self.broker.begin_shutdown();
         for task in self.loops {
             task.await.expect("background loop ends cleanly");
         }
-        if save {
+        if how == Shutdown::Clean {
             super::api::save_metadata(&self.broker);
         }
         // The store's directory lock goes with its last reference: a reopen
