@@ -15,10 +15,13 @@ use dduomq_broker::store::MessageType;
 const TOPIC: &str = "events";
 const GROUP: &str = "audit";
 
+/// A message's `(name, value)` properties.
+type Properties<'a> = &'a [(&'a str, &'a str)];
+
 /// A broker with a one-queue topic holding `(body, tag, properties)` in order.
 async fn broker_holding(
     dir: &std::path::Path,
-    messages: &[(&str, &str, &[(&str, &str)])],
+    messages: &[(&str, &str, Properties<'_>)],
 ) -> TestBroker {
     let b = TestBroker::open(dir, messaging_config(), Loops::Stopped);
     create_topic(&b.broker, TOPIC, 1, MessageType::Normal);
@@ -40,7 +43,7 @@ async fn broker_holding(
 #[tokio::test]
 async fn a_tag_filter_delivers_only_its_tags_and_passes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let none: &[(&str, &str)] = &[];
+    let none: Properties = &[];
     let b = broker_holding(
         dir.path(),
         &[
@@ -115,7 +118,7 @@ async fn messages_sent_after_subscribing_are_filtered_too() {
 #[tokio::test]
 async fn a_filtered_pull_skips_non_matching_messages_and_moves_past_them() {
     let dir = tempfile::tempdir().unwrap();
-    let none: &[(&str, &str)] = &[];
+    let none: Properties = &[];
     let b = broker_holding(
         dir.path(),
         &[

@@ -309,7 +309,7 @@ pub async fn queue_bodies(broker: &Broker, topic: &str, queue_id: u32) -> Vec<St
     read_queue(broker, topic, queue_id)
         .await
         .iter()
-        .map(|r| body_of(r))
+        .map(body_of)
         .collect()
 }
 
