@@ -6,15 +6,15 @@ mod common;
 use std::time::Duration;
 
 use common::api::{
-    LONG_LEASE, ack, bodies, body_of, create_group, create_topic, lease_all, lease_exactly,
-    lease_round, message, nack, query_offset, read_queue, send, send_bodies, subscribe,
-    unsubscribe,
+    LONG_LEASE, ack, bodies, body_of, change_invisible, create_group, create_topic, lease_all,
+    lease_exactly, lease_round, lease_within, message, nack, query_offset, read_queue, send,
+    send_bodies, subscribe, unsubscribe,
 };
-use common::broker::{Loops, TestBroker, messaging_config};
+use common::broker::{Loops, TestBroker, messaging_config, wait_past};
 use dduomq_broker::messaging::error::BrokerError;
 use dduomq_broker::messaging::{
     DLQ_DELIVERY_ATTEMPTS, DLQ_ORIGIN_MESSAGE_ID, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_QUEUE,
-    DLQ_ORIGIN_TOPIC, SendMessage,
+    DLQ_ORIGIN_TOPIC, ReceiveLimits, SendMessage,
 };
 use dduomq_broker::store::{MessageType, now_millis};
 
@@ -85,6 +85,61 @@ async fn a_round_takes_at_most_what_it_asks_for() {
     assert_eq!(bodies(&second.deliveries), ["c", "d"]);
     let third = lease_round(&b.broker, &consumer, LONG_LEASE, 2).await;
     assert_eq!(bodies(&third.deliveries), ["e"]);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_stream_holds_no_more_than_its_flow_control_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker_with(dir.path(), 16, &[20]);
+    // Bodies of 10, 10, 30 and 10 bytes.
+    let sized = [
+        "aaaaaaaaaa",
+        "bbbbbbbbbb",
+        "cccccccccccccccccccccccccccccc",
+        "dddddddddd",
+    ];
+    send_bodies(&b.broker, TOPIC, 0, &sized).await;
+    let consumer = subscribe(&b.broker, GROUP, TOPIC, "c1");
+    let limits = |max_messages, max_bytes| ReceiveLimits {
+        max_messages,
+        max_bytes,
+        invisible: LONG_LEASE,
+    };
+    let first = lease_within(&b.broker, &consumer, limits(2, u64::MAX), 10).await;
+    assert_eq!(bodies(&first.deliveries), &sized[..2]);
+    assert!(
+        lease_within(&b.broker, &consumer, limits(2, u64::MAX), 10)
+            .await
+            .deliveries
+            .is_empty()
+    );
+    ack(&b.broker, &consumer, &first.deliveries[0]).unwrap();
+    // One message leased (10 bytes): c's 30 would pass 35 bytes.
+    let capped = lease_within(&b.broker, &consumer, limits(10, 35), 10).await;
+    assert!(capped.deliveries.is_empty());
+    ack(&b.broker, &consumer, &first.deliveries[1]).unwrap();
+    // Nothing leased: the first message is always allowed, whatever its size.
+    let big = lease_within(&b.broker, &consumer, limits(10, 5), 10).await;
+    assert_eq!(bodies(&big.deliveries), &sized[2..3]);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn an_extended_lease_outlives_its_first_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker_with(dir.path(), 16, &[20]);
+    send_bodies(&b.broker, TOPIC, 0, &["long-job"]).await;
+    let consumer = subscribe(&b.broker, GROUP, TOPIC, "c1");
+    let leased = lease_exactly(&b.broker, &consumer, Duration::from_millis(100), 1).await;
+    let before = now_millis();
+    let until = change_invisible(&b.broker, &consumer, &leased[0], LONG_LEASE).unwrap();
+    assert!(until >= before + LONG_LEASE.as_millis() as i64);
+    wait_past(leased[0].invisible_until + 20).await;
+    let round = lease_round(&b.broker, &consumer, LONG_LEASE, 10).await;
+    assert!(round.deliveries.is_empty(), "still leased");
+    assert_eq!(round.wake, Some(until));
+    ack(&b.broker, &consumer, &leased[0]).unwrap();
     b.close().await;
 }
 

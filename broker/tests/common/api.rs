@@ -148,6 +148,17 @@ pub async fn lease_round(
         max_bytes: u64::MAX,
         invisible,
     };
+    lease_within(broker, consumer, limits, max).await
+}
+
+/// One lease round of up to `max` messages within a stream's flow-control
+/// `limits` (what it may hold leased at once).
+pub async fn lease_within(
+    broker: &Broker,
+    consumer: &Consumer,
+    limits: ReceiveLimits,
+    max: usize,
+) -> Round {
     let (deliveries, wake) = broker
         .lease(&consumer.sub, consumer.id, limits, max)
         .await
@@ -201,6 +212,21 @@ pub fn ack_all(broker: &Broker, consumer: &Consumer, deliveries: &[Delivery]) {
     for d in deliveries {
         ack(broker, consumer, d).expect("acked");
     }
+}
+
+/// Moves a lease's end to `invisible` from now; returns the new end.
+pub fn change_invisible(
+    broker: &Broker,
+    consumer: &Consumer,
+    delivery: &Delivery,
+    invisible: Duration,
+) -> Result<i64> {
+    broker.change_invisible(
+        &consumer.group,
+        &consumer.topic,
+        &delivery.receipt_handle,
+        invisible.as_millis() as u64,
+    )
 }
 
 /// What a nack did.
