@@ -150,6 +150,8 @@ async fn unresolved_is_checked_after_a_restart(how: Shutdown) {
     let dir = tempfile::tempdir().unwrap();
     let after = config(Duration::from_millis(100), Duration::from_secs(3600), 15);
     let (b, r) = halves_across_restart(dir.path(), &["pending"], how, after).await;
+    // The check loop runs on this test's single-threaded runtime, so not
+    // before the test awaits: the checker is there for the first check.
     let mut checks = add_checker(&b.broker, PRODUCERS);
     let check = next_check(&mut checks).await;
     assert_eq!(check.transaction_id, r[0].transaction_id);
@@ -180,6 +182,7 @@ async fn a_half_unresolved_after_its_last_check_is_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
     let after = config(Duration::from_millis(50), Duration::from_millis(50), 2);
     let (b, r) = halves_across_restart(dir.path(), &["abandoned"], Shutdown::Clean, after).await;
+    // Registered before the check loop first runs (see above).
     let mut checks = add_checker(&b.broker, PRODUCERS);
     for attempt in [1, 2] {
         let check = next_check(&mut checks).await;

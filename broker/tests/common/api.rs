@@ -348,11 +348,6 @@ pub async fn queue_until(broker: &Broker, topic: &str, queue_id: u32, n: usize) 
     .await
 }
 
-/// The id a consumer would see for a stored record.
-pub fn lookup_by_id(broker: &Broker, id: &str) -> Delivery {
-    broker.lookup_by_id(id).expect("message found by id")
-}
-
 pub fn body_of(record: &Record) -> String {
     String::from_utf8(record.body.to_vec()).expect("utf-8 body")
 }

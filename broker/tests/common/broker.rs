@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dduomq_broker::config::{BrokerConfig, MessagingConfig};
 use dduomq_broker::messaging::Broker;
-use dduomq_broker::store::{Store, StoreConfig};
+use dduomq_broker::store::Store;
 use tokio::task::JoinHandle;
 
 /// Whether the broker's background loops (delayed delivery, transaction
@@ -39,11 +39,6 @@ pub fn messaging_config() -> MessagingConfig {
     config
 }
 
-/// The store configuration of a broker on `dir` (small segments, broker id 1).
-pub fn store_config(dir: &Path) -> StoreConfig {
-    StoreConfig::for_tests(dir)
-}
-
 /// A broker opened on a data directory.
 pub struct TestBroker {
     pub broker: Arc<Broker>,
@@ -55,7 +50,7 @@ pub struct TestBroker {
 impl TestBroker {
     /// Opens the store and the broker on `dir` (recovering what is there).
     pub fn open(dir: &Path, config: MessagingConfig, loops: Loops) -> TestBroker {
-        let store = Arc::new(Store::open(store_config(dir)).expect("store opens"));
+        let store = Arc::new(Store::open(super::config(dir)).expect("store opens"));
         let broker = Arc::new(Broker::open(config, store.clone(), None).expect("broker opens"));
         let loops = match loops {
             Loops::Stopped => Vec::new(),
