@@ -5,7 +5,7 @@ mod common;
 
 use common::api::{
     LONG_LEASE, ack, bodies, body_of, create_group, create_topic, lease_all, lease_exactly,
-    lease_round, message, nack, send, subscribe, subscribe_with, unsubscribe,
+    lease_round, message, nack, queue_bodies, send, subscribe, subscribe_with, unsubscribe,
 };
 use common::broker::{Loops, TestBroker, messaging_config};
 use dduomq_broker::filter::Filter;
@@ -100,6 +100,29 @@ async fn a_fifo_message_held_by_an_expired_lease_blocks_its_queue_until_redelive
     assert!(lease_all(&b.broker, &consumer).await.is_empty());
     ack(&b.broker, &consumer, &again[0]).unwrap();
     assert_eq!(bodies(&lease_all(&b.broker, &consumer).await), ["k2"]);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_dead_lettered_fifo_message_lets_the_next_one_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::open(dir.path(), messaging_config(), Loops::Stopped);
+    create_topic(&b.broker, "fifo", 1, MessageType::Fifo);
+    create_group(&b.broker, GROUP, 1, &[30]);
+    for body in ["poison", "next"] {
+        send_ordered(&b, "k", 0, body).await;
+    }
+    let consumer = subscribe(&b.broker, GROUP, "fifo", "c1");
+    let first = lease_all(&b.broker, &consumer).await;
+    assert_eq!(bodies(&first), ["poison"]);
+    assert!(
+        nack(&b.broker, &consumer, &first[0])
+            .await
+            .unwrap()
+            .dead_lettered
+    );
+    assert_eq!(bodies(&lease_all(&b.broker, &consumer).await), ["next"]);
+    assert_eq!(queue_bodies(&b.broker, "%DLQ%workers", 0).await, ["poison"]);
     b.close().await;
 }
 
