@@ -16,6 +16,15 @@ const IDLE: Duration = Duration::from_secs(60);
 /// When releasing fails (e.g. the disk is full), the next try.
 const RETRY_AFTER_MS: i64 = 1000;
 
+/// How long the delivery loop sleeps at `now` when the next deadline is
+/// `next` (ms): until it, at once if it passed, [`IDLE`] without one.
+fn sleep_for(next: Option<i64>, now: i64) -> Duration {
+    match next {
+        Some(at) => Duration::from_millis(at.saturating_sub(now).max(0) as u64),
+        None => IDLE,
+    }
+}
+
 impl Broker {
     /// Releases delayed messages when they are due, until shutdown.
     pub async fn run_delayed_delivery(self: Arc<Self>) {
@@ -25,10 +34,7 @@ impl Broker {
             for chunk in due.chunks(RELEASE_BATCH) {
                 self.release_delayed(chunk).await;
             }
-            let sleep = match self.staged.sleep_until() {
-                Some(at) => Duration::from_millis((at - now_millis()).max(0) as u64),
-                None => IDLE,
-            };
+            let sleep = sleep_for(self.staged.sleep_until(), now_millis());
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.staged.wake.notified() => {}
@@ -110,5 +116,23 @@ impl Broker {
                 staged::marker(origin, "dropped")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_sleeps_until_the_next_deadline_or_idles() {
+        assert_eq!(sleep_for(Some(1_250), 1_000), Duration::from_millis(250));
+        assert_eq!(sleep_for(Some(1_000), 1_000), Duration::ZERO);
+        assert_eq!(
+            sleep_for(Some(400), 1_000),
+            Duration::ZERO,
+            "overdue: at once"
+        );
+        assert_eq!(sleep_for(Some(i64::MIN), 1_000), Duration::ZERO);
+        assert_eq!(sleep_for(None, 1_000), IDLE);
     }
 }

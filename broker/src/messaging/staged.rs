@@ -497,3 +497,6 @@ pub fn marker(origin: &MessageId, resolution: &str) -> crate::store::Message {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -99,3 +99,47 @@ impl Subscription {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(consumer: u64, bytes: u64) -> Lease {
+        Lease {
+            delivery_id: 1,
+            deadline: 0,
+            consumer,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn leases_are_charged_to_their_consumer_and_refunded_once() {
+        let mut st = SubState::default();
+        st.usage.insert(1, Usage::default());
+        st.charge(&lease(1, 100));
+        st.charge(&lease(1, 20));
+        assert_eq!(
+            st.usage[&1],
+            Usage {
+                messages: 2,
+                bytes: 120
+            }
+        );
+        st.refund(&lease(1, 100));
+        assert_eq!(
+            st.usage[&1],
+            Usage {
+                messages: 1,
+                bytes: 20
+            }
+        );
+        // More refunds than charges (a lease ended twice) stop at zero.
+        st.refund(&lease(1, 100));
+        st.refund(&lease(1, 100));
+        assert_eq!(st.usage[&1], Usage::default());
+        // A closed stream's leases ending later change nobody's usage.
+        st.refund(&lease(2, 5));
+        assert!(!st.usage.contains_key(&2));
+    }
+}

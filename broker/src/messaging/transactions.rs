@@ -11,6 +11,13 @@ use super::staged::{self, Claim, Half, Resolution, TransactionCheck};
 use super::{Broker, Delivery};
 use crate::store::{MessageId, TransactionState, now_millis};
 
+/// How often the check loop looks for due checks: a quarter of the shorter
+/// of the first-check delay and the check interval (so a check is late by at
+/// most that), between 20 ms and 1 s.
+fn check_tick(check_after: Duration, interval: Duration) -> Duration {
+    (check_after.min(interval) / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
+}
+
 impl Broker {
     /// Commits or rolls back a transaction. Ending it again the same way is a
     /// no-op; the other way is refused.
@@ -98,8 +105,7 @@ impl Broker {
     /// until shutdown.
     pub async fn run_transaction_checks(self: Arc<Self>) {
         let interval = self.config.transaction_check_interval;
-        let tick = (self.config.transaction_check_after.min(interval) / 4)
-            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let tick = check_tick(self.config.transaction_check_after, interval);
         let mut stop = self.shutdown_signal();
         let mut ticks = tokio::time::interval(tick);
         loop {
@@ -151,5 +157,20 @@ impl Broker {
 
     pub fn remove_checker(&self, group: &str, id: u64) {
         self.staged.remove_checker(group, id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_loop_ticks_at_a_quarter_of_the_shorter_delay_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(check_tick(ms(400), ms(2_000)), ms(100));
+        assert_eq!(check_tick(ms(2_000), ms(400)), ms(100));
+        assert_eq!(check_tick(ms(40), ms(10_000)), ms(20), "at least 20 ms");
+        assert_eq!(check_tick(Duration::ZERO, ms(10_000)), ms(20));
+        assert_eq!(check_tick(ms(6_000), ms(10_000)), ms(1_000), "at most 1 s");
     }
 }

@@ -1,5 +1,11 @@
-//! Helpers shared by the store integration tests.
+//! Helpers shared by the integration tests: the store suites use the
+//! functions here; the in-process messaging suites use [`broker`] (a real
+//! broker on a tempdir store, closed and reopened like the binary does) and
+//! [`api`] (every call they make to the `Broker` API).
 #![allow(dead_code)] // each test binary uses its own subset
+
+pub mod api;
+pub mod broker;
 
 use std::path::Path;
 
