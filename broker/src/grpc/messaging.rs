@@ -17,9 +17,11 @@ use super::{convert, observed};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
 use crate::messaging::membership::MemberKind;
+use crate::messaging::push::subscription::Subscription;
 use crate::messaging::staged::{Resolution, TransactionCheck};
-use crate::messaging::subscription::Subscription;
-use crate::messaging::{Broker, PullSpec, ReceiveLimits, SendMessage};
+use crate::messaging::{
+    Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream, Schedule, SendMessage,
+};
 use crate::store::now_millis;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
@@ -80,10 +82,8 @@ impl MessagingService for MessagingApi {
                         codec: convert::codec_from_pb(m.codec)?,
                         producer_id: m.producer_id,
                         sequence: m.sequence,
-                        deliver_at: m.deliver_at_ms,
-                        delay_ms: m.delay_ms,
-                        transactional: m.transactional,
-                        producer_group: m.producer_group,
+                        schedule: Schedule::from_wire(m.deliver_at_ms, m.delay_ms)?,
+                        transaction: m.transactional.then_some(m.producer_group),
                         lane: m.lane,
                     })
                 })
@@ -135,7 +135,10 @@ impl MessagingService for MessagingApi {
                 .streams
                 .open(&r.group, &r.client_id)
                 .map_err(to_status)?;
-            let (sub, consumer) = self
+            let ReceiveStream {
+                subscription: sub,
+                consumer,
+            } = self
                 .broker
                 .open_receive(&r.group, &r.topic, &r.client_id, mode, filter, r.lane)
                 .map_err(to_status)?;
@@ -215,14 +218,20 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::NackResponse>, Status> {
         observed(self.broker.metrics(), "Nack", async move {
             let r = req.into_inner();
-            let (at, dead) = self
+            let outcome = self
                 .broker
                 .nack(&r.group, &r.topic, &r.receipt_handle)
                 .await
                 .map_err(to_status)?;
-            Ok(Response::new(pb::NackResponse {
-                redeliver_at_ms: at,
-                dead_lettered: dead,
+            Ok(Response::new(match outcome {
+                NackOutcome::Redeliver { at } => pb::NackResponse {
+                    redeliver_at_ms: at,
+                    dead_lettered: false,
+                },
+                NackOutcome::DeadLettered => pb::NackResponse {
+                    redeliver_at_ms: 0,
+                    dead_lettered: true,
+                },
             }))
         })
         .await
@@ -418,8 +427,11 @@ async fn push_loop(
         tokio::pin!(notified);
         notified.as_mut().enable();
         arrivals.borrow_and_update();
-        let (batch, wake) = match broker.lease(&sub, consumer, limits, LEASE_BATCH).await {
-            Ok(x) => x,
+        let LeaseRound {
+            deliveries: batch,
+            wake_at: wake,
+        } = match broker.lease(&sub, consumer, limits, LEASE_BATCH).await {
+            Ok(round) => round,
             Err(e) => {
                 let _ = tx.send(Err(to_status(e))).await;
                 break;
