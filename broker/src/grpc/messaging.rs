@@ -20,7 +20,8 @@ use crate::messaging::membership::MemberKind;
 use crate::messaging::push::subscription::Subscription;
 use crate::messaging::staged::{Resolution, TransactionCheck};
 use crate::messaging::{
-    Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream, Schedule, SendMessage,
+    Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream, RouteAnswer, Schedule,
+    SendMessage,
 };
 use crate::store::now_millis;
 
@@ -49,7 +50,7 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         observed(self.broker.metrics(), "QueryRoute", async move {
             let topic = req.into_inner().topic;
-            let (route, epoch) = self.broker.route(&topic).map_err(to_status)?;
+            let RouteAnswer { route, epoch } = self.broker.route(&topic).map_err(to_status)?;
             Ok(Response::new(pb::QueryRouteResponse {
                 message_type: convert::message_type_to_pb(route.message_type) as i32,
                 queues: route.queues.into_iter().map(convert::queue_route).collect(),
@@ -305,14 +306,14 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
         observed(self.broker.metrics(), "QueryOffset", async move {
             let r = req.into_inner();
-            let (committed, min, max) = self
+            let offset = self
                 .broker
                 .query_offset(&r.group, &r.topic, r.queue_id)
                 .map_err(to_status)?;
             Ok(Response::new(pb::QueryOffsetResponse {
-                committed_offset: committed,
-                min_offset: min,
-                max_offset: max,
+                committed_offset: offset.committed,
+                min_offset: offset.min_offset,
+                max_offset: offset.max_offset,
             }))
         })
         .await

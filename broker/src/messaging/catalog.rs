@@ -7,8 +7,27 @@ use super::topics::TopicConfig;
 use super::{Broker, topics};
 use crate::store::MessageType;
 
-/// `(queue id, min offset, max offset)` of a queue.
-pub type QueueRange = (u32, u64, u64);
+/// The offsets a queue holds: `min_offset..max_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueRange {
+    pub queue_id: u32,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+/// A topic and the offsets of each of its queues.
+#[derive(Debug, Clone)]
+pub struct TopicDescription {
+    pub topic: TopicConfig,
+    pub queues: Vec<QueueRange>,
+}
+
+/// A topic after a create: `created` is false when it existed (it may have grown).
+#[derive(Debug, Clone)]
+pub struct CreatedTopic {
+    pub topic: TopicConfig,
+    pub created: bool,
+}
 
 impl Broker {
     // ---- topics -------------------------------------------------------------
@@ -19,9 +38,10 @@ impl Broker {
         name: &str,
         queues: u32,
         message_type: MessageType,
-    ) -> Result<(TopicConfig, bool)> {
+    ) -> Result<CreatedTopic> {
         topics::validate_user_topic(name)?;
-        self.topics.create(name, queues, message_type)
+        let (topic, created) = self.topics.create(name, queues, message_type)?;
+        Ok(CreatedTopic { topic, created })
     }
 
     /// Deletes a topic, its queues and every group's progress on it.
@@ -33,20 +53,25 @@ impl Broker {
         self.persist_offsets()
     }
 
+    /// Every topic with metadata, user and dead-letter topics alike.
     pub fn list_topics(&self) -> Vec<TopicConfig> {
         self.topics.list()
     }
 
-    /// A topic and `(queue, min, max)` offsets of each queue.
-    pub fn describe_topic(&self, name: &str) -> Result<(TopicConfig, Vec<QueueRange>)> {
+    /// A topic and the offsets of each queue.
+    pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let topic = self.topics.require(name)?;
         let queues = (0..topic.queues)
-            .map(|q| {
-                let (min, max) = self.store.queue_offsets(name, q);
-                (q, min, max)
+            .map(|queue_id| {
+                let (min_offset, max_offset) = self.store.queue_offsets(name, queue_id);
+                QueueRange {
+                    queue_id,
+                    min_offset,
+                    max_offset,
+                }
             })
             .collect();
-        Ok((topic, queues))
+        Ok(TopicDescription { topic, queues })
     }
 
     /// The topic, auto-created (when enabled) on first use.
@@ -101,6 +126,7 @@ impl Broker {
         self.groups.upsert(group)
     }
 
+    /// Deletes a group, its live subscriptions, members and progress.
     pub fn delete_group(&self, name: &str) -> Result<()> {
         self.groups.delete(name)?;
         self.subscriptions.lock().retain(|k, _| k.group != name);
@@ -109,6 +135,7 @@ impl Broker {
         self.persist_offsets()
     }
 
+    /// Every group.
     pub fn list_groups(&self) -> Vec<GroupConfig> {
         self.groups.list()
     }

@@ -7,16 +7,41 @@ use super::Broker;
 use super::error::{BrokerError, Result};
 use super::routes::{QueueRoute, RouteTable, TopicRoute};
 
+/// A topic's route and the epoch of the table it comes from (0: standalone).
+#[derive(Debug, Clone)]
+pub struct RouteAnswer {
+    pub route: TopicRoute,
+    pub epoch: u64,
+}
+
+/// The route table epoch held after an update, and whether the update applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteUpdate {
+    pub epoch: u64,
+    pub applied: bool,
+}
+
+/// Whether the broker is draining, and how many stored messages some group has
+/// not consumed yet (with sends still being stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainState {
+    pub draining: bool,
+    pub unconsumed: u64,
+}
+
 impl Broker {
     /// The route of a topic and the table's epoch: from the pushed route table in
     /// a cluster, else (standalone) every queue on this broker.
-    pub fn route(&self, topic: &str) -> Result<(TopicRoute, u64)> {
+    pub fn route(&self, topic: &str) -> Result<RouteAnswer> {
         let table = self.routes.read();
         if table.epoch > 0 {
             return table
                 .topics
                 .get(topic)
-                .map(|r| (r.clone(), table.epoch))
+                .map(|r| RouteAnswer {
+                    route: r.clone(),
+                    epoch: table.epoch,
+                })
                 .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()));
         }
         drop(table);
@@ -34,12 +59,12 @@ impl Broker {
                 })
                 .collect(),
         };
-        Ok((route, 0))
+        Ok(RouteAnswer { route, epoch: 0 })
     }
 
     /// Installs a pushed route table if it is newer; returns the epoch now held
     /// and whether the table was applied.
-    pub fn update_routes(&self, table: RouteTable) -> (u64, bool) {
+    pub fn update_routes(&self, table: RouteTable) -> RouteUpdate {
         let mut current = self.routes.write();
         let applied = current.replace_if_newer(table);
         if applied {
@@ -49,7 +74,10 @@ impl Broker {
                 "route table updated"
             );
         }
-        (current.epoch, applied)
+        RouteUpdate {
+            epoch: current.epoch,
+            applied,
+        }
     }
 
     /// Starts or stops draining this broker.
@@ -60,7 +88,7 @@ impl Broker {
 
     /// Whether this broker is draining, and how many stored messages some group
     /// has not consumed yet (a drained broker reports 0).
-    pub fn drain_state(&self) -> (bool, u64) {
+    pub fn drain_state(&self) -> DrainState {
         let unconsumed = self
             .groups
             .list()
@@ -72,7 +100,10 @@ impl Broker {
         // Sends still being stored count as unconsumed: they may land after
         // the groups' progress was read.
         let in_flight = self.sends_in_flight.load(Ordering::SeqCst);
-        (self.draining.load(Ordering::SeqCst), unconsumed + in_flight)
+        DrainState {
+            draining: self.draining.load(Ordering::SeqCst),
+            unconsumed: unconsumed + in_flight,
+        }
     }
 
     /// The epoch of the route table held (0 = standalone).

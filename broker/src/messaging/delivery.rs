@@ -48,12 +48,15 @@ impl Broker {
         }
     }
 
+    /// The message a message id names (staged messages show their real topic).
     pub fn lookup_by_id(&self, id: &str) -> Result<Delivery> {
         let id: MessageId = id.parse()?;
         let record = self.store.lookup_by_id(&id)?;
         Ok(self.plain_delivery(record))
     }
 
+    /// Messages of a topic with `key`, stored between `begin_ms` and `end_ms`
+    /// (0: unbounded), at most `max`.
     pub fn lookup_by_key(
         &self,
         topic: &str,

@@ -2,6 +2,20 @@
 //! leases, retries and dead-lettering, pull consumption with rebalanced
 //! assignments, progress, replay and lookups. It sits between the gRPC services
 //! (which only translate) and the store.
+//!
+//! The [`Broker`] is one struct whose methods live by concern:
+//!
+//! ```text
+//! mod.rs         the struct, open (with staged/dedupe recovery), accessors, maintenance
+//! catalog.rs     topics and groups: create, delete, list, auto-create on first use
+//! send.rs        send: validate, route, stage (delay/half), dedupe, append
+//! push/          push consumption: streams, lease rounds, ack/nack/expiry, dead-letters
+//! pull.rs        pull, commit/query offset, heartbeats and membership
+//! progress.rs    saving progress, describe group, reset
+//! delivery.rs    what consumers see; lookups by id and key
+//! cluster.rs     routes, drain, gauges
+//! properties.rs  every reserved property name
+//! ```
 
 mod catalog;
 mod cluster;
@@ -27,10 +41,11 @@ pub mod timing_wheel;
 pub mod topics;
 mod transactions;
 
-pub use catalog::QueueRange;
+pub use catalog::{CreatedTopic, QueueRange, TopicDescription};
+pub use cluster::{DrainState, RouteAnswer, RouteUpdate};
 pub use delivery::Delivery;
 pub use progress::{GroupDescription, QueueProgress, ResetTarget};
-pub use pull::{Assignment, PullSpec, Pulled};
+pub use pull::{Assignment, GroupOffset, PullSpec, Pulled};
 pub use push::{LeaseRound, NackOutcome, ReceiveLimits, ReceiveStream};
 pub use send::{Schedule, SendMessage, SendReceipt};
 
@@ -193,13 +208,16 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The metrics registry, when metrics are recorded.
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {
         self.metrics.as_ref()
     }
 
+    /// The store below.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
+    /// The messaging settings the broker runs with.
     pub fn config(&self) -> &MessagingConfig {
         &self.config
     }
@@ -214,6 +232,7 @@ impl Broker {
         self.shutdown.send_replace(true);
     }
 
+    /// Identity, uptime and sizes of this broker.
     pub fn info(&self) -> BrokerInfo {
         let cfg = self.store.config();
         BrokerInfo {

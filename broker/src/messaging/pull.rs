@@ -45,6 +45,14 @@ pub struct Assignment {
     pub queues: Vec<(String, u32)>,
 }
 
+/// A group's committed offset on a queue, and the offsets the queue holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub committed: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
 impl Broker {
     /// Reads a queue from an offset, waiting up to `wait` for a first message.
     pub async fn pull(&self, req: PullSpec<'_>) -> Result<Pulled> {
@@ -154,9 +162,9 @@ impl Broker {
         Ok(())
     }
 
-    /// `(committed, min, max)` of a group on a queue; a group without progress
-    /// starts at the oldest stored message.
-    pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<(u64, u64, u64)> {
+    /// A group's committed offset on a queue, with the queue's range; a group
+    /// without progress starts at the oldest stored message.
+    pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<GroupOffset> {
         self.require_group(group)?;
         self.topics.require(topic)?;
         let (min, max) = self.store.queue_offsets(topic, queue_id);
@@ -167,9 +175,14 @@ impl Broker {
             queue_id,
         };
         let committed = self.live_committed(&key).unwrap_or(min).max(min);
-        Ok((committed, min, max))
+        Ok(GroupOffset {
+            committed,
+            min_offset: min,
+            max_offset: max,
+        })
     }
 
+    /// The committed offset of a live cursor, else the saved one.
     pub(super) fn live_committed(&self, key: &ProgressKey) -> Option<u64> {
         let sub_key = SubKey {
             group: key.group.clone(),
