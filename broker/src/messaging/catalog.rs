@@ -171,6 +171,4 @@ impl Broker {
             .get(name)
             .ok_or_else(|| BrokerError::GroupNotFound(name.to_string()))
     }
-
-    // ---- send ---------------------------------------------------------------
 }
