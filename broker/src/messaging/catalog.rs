@@ -166,6 +166,7 @@ impl Broker {
         Ok(t)
     }
 
+    /// The group, which must exist.
     pub(super) fn require_group(&self, name: &str) -> Result<GroupConfig> {
         self.groups
             .get(name)

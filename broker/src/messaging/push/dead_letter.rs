@@ -10,7 +10,7 @@ use crate::store::{Message, now_millis};
 impl Broker {
     /// Moves messages that used up their attempts to the group's dead-letter
     /// topic, then marks them done.
-    pub(in crate::messaging) async fn dead_letter_all(
+    pub(super) async fn dead_letter_all(
         &self,
         sub: &Subscription,
         group: &GroupConfig,
@@ -27,7 +27,9 @@ impl Broker {
         }
     }
 
-    pub(in crate::messaging) async fn dead_letter(
+    /// Dead-letters one message (or drops it, when the group does not
+    /// dead-letter) and marks it done.
+    async fn dead_letter(
         &self,
         sub: &Subscription,
         group: &GroupConfig,

@@ -49,11 +49,9 @@ pub enum NackOutcome {
 }
 
 impl Broker {
-    pub(in crate::messaging) fn sub_key(
-        group: &GroupConfig,
-        topic: &str,
-        client_id: &str,
-    ) -> SubKey {
+    /// The subscription a consumer of `group` joins: one per group and topic,
+    /// and per member for broadcast groups.
+    fn sub_key(group: &GroupConfig, topic: &str, client_id: &str) -> SubKey {
         SubKey {
             group: group.name.clone(),
             topic: topic.to_string(),
@@ -64,7 +62,8 @@ impl Broker {
         }
     }
 
-    pub(in crate::messaging) fn subscription(&self, key: SubKey) -> Arc<Subscription> {
+    /// The subscription of `key`, created on first use.
+    fn subscription(&self, key: SubKey) -> Arc<Subscription> {
         self.subscriptions
             .lock()
             .entry(key.clone())
@@ -118,7 +117,7 @@ impl Broker {
 
     /// Ends a lease without an ack (counting the retry); returns the offset
     /// when the message has used up its attempts and is to be dead-lettered.
-    pub(in crate::messaging) fn end_lease(
+    fn end_lease(
         &self,
         st: &mut SubState,
         group: &GroupConfig,
@@ -140,7 +139,8 @@ impl Broker {
         }
     }
 
-    pub(in crate::messaging) fn find_subscription(
+    /// The live subscription a receipt handle's lease belongs to.
+    fn find_subscription(
         &self,
         group: &str,
         topic: &str,
