@@ -64,7 +64,7 @@ async fn a_tag_filter_delivers_only_its_tags_and_passes_the_rest() {
     ack_all(&b.broker, &consumer, &leased);
     // The filtered-out messages are done for the group.
     let offsets = query_offset(&b.broker, GROUP, TOPIC, 0);
-    assert_eq!((offsets.committed, offsets.max), (6, 6));
+    assert_eq!((offsets.committed, offsets.max_offset), (6, 6));
     assert!(lease_all(&b.broker, &consumer).await.is_empty());
     b.close().await;
 }

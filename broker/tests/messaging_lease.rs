@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use common::api::{
     LONG_LEASE, ack, bodies, body_of, change_invisible, create_group, create_topic, lease_all,
-    lease_exactly, lease_round, lease_within, message, nack, query_offset, read_queue, send,
-    send_bodies, subscribe, unsubscribe,
+    lease_exactly, lease_round, lease_within, message, nack, nack_for_retry, query_offset,
+    read_queue, send, send_bodies, subscribe, unsubscribe,
 };
 use common::broker::{Loops, TestBroker, messaging_config, wait_past};
 use dduomq_broker::messaging::error::BrokerError;
-use dduomq_broker::messaging::{
+use dduomq_broker::messaging::properties::{
     DLQ_DELIVERY_ATTEMPTS, DLQ_ORIGIN_MESSAGE_ID, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_QUEUE,
-    DLQ_ORIGIN_TOPIC, ReceiveLimits, SendMessage,
+    DLQ_ORIGIN_TOPIC,
 };
+use dduomq_broker::messaging::{NackOutcome, ReceiveLimits, SendMessage};
 use dduomq_broker::store::{MessageType, now_millis};
 
 const TOPIC: &str = "orders";
@@ -138,7 +139,7 @@ async fn an_extended_lease_outlives_its_first_deadline() {
     wait_past(leased[0].invisible_until + 20).await;
     let round = lease_round(&b.broker, &consumer, LONG_LEASE, 10).await;
     assert!(round.deliveries.is_empty(), "still leased");
-    assert_eq!(round.wake, Some(until));
+    assert_eq!(round.wake_at, Some(until));
     ack(&b.broker, &consumer, &leased[0]).unwrap();
     b.close().await;
 }
@@ -162,10 +163,13 @@ async fn acks_finish_messages_and_move_the_committed_offset() {
     assert!(is_stale_handle(ack(&b.broker, &consumer, &leased[0])));
     ack(&b.broker, &consumer, &leased[2]).unwrap();
     let offsets = query_offset(&b.broker, GROUP, TOPIC, 0);
-    assert_eq!((offsets.committed, offsets.min, offsets.max), (3, 0, 3));
+    assert_eq!(
+        (offsets.committed, offsets.min_offset, offsets.max_offset),
+        (3, 0, 3)
+    );
     let after = lease_round(&b.broker, &consumer, LONG_LEASE, 10).await;
     assert!(after.deliveries.is_empty());
-    assert_eq!(after.wake, None, "nothing is waiting");
+    assert_eq!(after.wake_at, None, "nothing is waiting");
     b.close().await;
 }
 
@@ -183,29 +187,27 @@ async fn a_nack_redelivers_after_each_configured_backoff() {
     for (attempt, backoff) in [(1, 150), (2, 300), (3, 300)] {
         assert_eq!(delivery.attempt, attempt);
         let before = now_millis();
-        let outcome = nack(&b.broker, &consumer, &delivery).await.unwrap();
+        let redeliver_at = nack_for_retry(&b.broker, &consumer, &delivery).await;
         let after = now_millis();
-        assert!(!outcome.dead_lettered);
         assert!(
-            (before + backoff..=after + backoff).contains(&outcome.redeliver_at),
-            "attempt {attempt}: redelivery at {} is not {backoff} ms after the nack ({before}..={after})",
-            outcome.redeliver_at
+            (before + backoff..=after + backoff).contains(&redeliver_at),
+            "attempt {attempt}: redelivery at {redeliver_at} is not {backoff} ms after the nack ({before}..={after})"
         );
         // The nacked handle is spent.
         assert!(is_stale_handle(nack(&b.broker, &consumer, &delivery).await));
         let round = lease_round(&b.broker, &consumer, LONG_LEASE, 10).await;
         if round.deliveries.is_empty() {
-            assert_eq!(round.wake, Some(outcome.redeliver_at));
+            assert_eq!(round.wake_at, Some(redeliver_at));
         } else {
             // Only a machine stalled for the whole backoff gets here.
-            assert!(now_millis() >= outcome.redeliver_at);
+            assert!(now_millis() >= redeliver_at);
         }
         let mut again = round.deliveries;
         if again.is_empty() {
             again = lease_exactly(&b.broker, &consumer, LONG_LEASE, 1).await;
         }
         assert!(
-            now_millis() >= outcome.redeliver_at,
+            now_millis() >= redeliver_at,
             "redelivered before its backoff ran out"
         );
         assert_eq!(again.len(), 1);
@@ -285,13 +287,12 @@ async fn the_last_nack_moves_the_message_to_the_dead_letter_topic() {
         assert_eq!(delivery.attempt, attempt);
         let outcome = nack(&b.broker, &consumer, &delivery).await.unwrap();
         if attempt < 3 {
-            assert!(!outcome.dead_lettered);
+            assert!(matches!(outcome, NackOutcome::Redeliver { .. }));
             delivery = lease_exactly(&b.broker, &consumer, LONG_LEASE, 1)
                 .await
                 .remove(0);
         } else {
-            assert!(outcome.dead_lettered);
-            assert_eq!(outcome.redeliver_at, 0);
+            assert_eq!(outcome, NackOutcome::DeadLettered);
         }
     }
     let dlq = read_queue(&b.broker, "%DLQ%billing", 0).await;
@@ -303,11 +304,11 @@ async fn the_last_nack_moves_the_message_to_the_dead_letter_topic() {
     assert_eq!(copy.born_timestamp, 42);
     let expected: Vec<(String, String)> = [
         ("color", "blue"),
-        (DLQ_ORIGIN_TOPIC, TOPIC),
-        (DLQ_ORIGIN_QUEUE, "0"),
-        (DLQ_ORIGIN_OFFSET, "0"),
-        (DLQ_ORIGIN_MESSAGE_ID, receipt.message_id.as_str()),
-        (DLQ_DELIVERY_ATTEMPTS, "3"),
+        (DLQ_ORIGIN_TOPIC.name, TOPIC),
+        (DLQ_ORIGIN_QUEUE.name, "0"),
+        (DLQ_ORIGIN_OFFSET.name, "0"),
+        (DLQ_ORIGIN_MESSAGE_ID.name, receipt.message_id.as_str()),
+        (DLQ_DELIVERY_ATTEMPTS.name, "3"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -316,7 +317,7 @@ async fn the_last_nack_moves_the_message_to_the_dead_letter_topic() {
     // Done for the group: nothing more to deliver, progress past it.
     let after = lease_round(&b.broker, &consumer, LONG_LEASE, 10).await;
     assert!(after.deliveries.is_empty());
-    assert_eq!(after.wake, None);
+    assert_eq!(after.wake_at, None);
     assert_eq!(query_offset(&b.broker, GROUP, TOPIC, 0).committed, 2);
     assert_eq!(
         read_queue(&b.broker, TOPIC, 0).await.len(),
@@ -350,7 +351,7 @@ async fn a_lease_expiring_on_the_last_attempt_dead_letters() {
     assert!(
         dlq[0]
             .properties
-            .contains(&(DLQ_DELIVERY_ATTEMPTS.to_string(), "1".to_string()))
+            .contains(&(DLQ_DELIVERY_ATTEMPTS.name.to_string(), "1".to_string()))
     );
     assert!(is_stale_handle(ack(&b.broker, &consumer, &leased[0])));
     assert_eq!(query_offset(&b.broker, GROUP, TOPIC, 0).committed, 1);

@@ -5,11 +5,13 @@ mod common;
 
 use common::api::{
     LONG_LEASE, ack, bodies, body_of, create_group, create_topic, lease_all, lease_exactly,
-    lease_round, message, nack, queue_bodies, send, subscribe, subscribe_with, unsubscribe,
+    lease_round, message, nack, nack_for_retry, queue_bodies, send, subscribe, subscribe_with,
+    unsubscribe,
 };
 use common::broker::{Loops, TestBroker, messaging_config};
 use dduomq_broker::filter::Filter;
-use dduomq_broker::messaging::{LANE_PROPERTY, SHARDING_KEY_PROPERTY, SendMessage};
+use dduomq_broker::messaging::properties::{LANE, SHARDING_KEY};
+use dduomq_broker::messaging::{NackOutcome, SendMessage};
 use dduomq_broker::store::{MessageType, now_millis};
 
 const GROUP: &str = "workers";
@@ -45,7 +47,7 @@ async fn a_fifo_queue_has_one_message_in_flight_and_keeps_its_order_across_nacks
         d.record
             .properties
             .iter()
-            .find(|(k, _)| k == SHARDING_KEY_PROPERTY)
+            .find(|(k, _)| k == SHARDING_KEY.name)
             .map(|(_, v)| v.clone())
     };
     assert_eq!(key_of(&first[0]).as_deref(), Some("a"));
@@ -56,9 +58,9 @@ async fn a_fifo_queue_has_one_message_in_flight_and_keeps_its_order_across_nacks
     ack(&b.broker, &consumer, b1).unwrap();
     let b2 = lease_all(&b.broker, &consumer).await;
     assert_eq!(bodies(&b2), ["b2"]);
-    let outcome = nack(&b.broker, &consumer, a1).await.unwrap();
+    let redeliver_at = nack_for_retry(&b.broker, &consumer, a1).await;
     let again = lease_exactly(&b.broker, &consumer, LONG_LEASE, 1).await;
-    assert!(now_millis() >= outcome.redeliver_at);
+    assert!(now_millis() >= redeliver_at);
     assert_eq!(bodies(&again), ["a1"]);
     assert_eq!(again[0].attempt, 2);
     assert_eq!(again[0].message_id, a1.message_id);
@@ -115,11 +117,9 @@ async fn a_dead_lettered_fifo_message_lets_the_next_one_through() {
     let consumer = subscribe(&b.broker, GROUP, "fifo", "c1");
     let first = lease_all(&b.broker, &consumer).await;
     assert_eq!(bodies(&first), ["poison"]);
-    assert!(
-        nack(&b.broker, &consumer, &first[0])
-            .await
-            .unwrap()
-            .dead_lettered
+    assert_eq!(
+        nack(&b.broker, &consumer, &first[0]).await.unwrap(),
+        NackOutcome::DeadLettered
     );
     assert_eq!(bodies(&lease_all(&b.broker, &consumer).await), ["next"]);
     assert_eq!(queue_bodies(&b.broker, "%DLQ%workers", 0).await, ["poison"]);
@@ -169,7 +169,7 @@ async fn a_lanes_messages_go_to_its_consumers_and_base_messages_to_the_base() {
         for_gray[0]
             .record
             .properties
-            .contains(&(LANE_PROPERTY.to_string(), "gray".to_string()))
+            .contains(&(LANE.name.to_string(), "gray".to_string()))
     );
     assert!(lease_all(&b.broker, &base).await.is_empty());
     assert!(lease_all(&b.broker, &gray).await.is_empty());

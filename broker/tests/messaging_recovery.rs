@@ -12,8 +12,8 @@ use common::api::{
     queue_until, read_queue, send, send_batch, subscribe,
 };
 use common::broker::{Loops, Shutdown, TestBroker, messaging_config};
-use dduomq_broker::messaging::SendMessage;
-use dduomq_broker::messaging::staged::{DELIVER_AT, ORIGIN_ID};
+use dduomq_broker::messaging::properties::{DELIVER_AT, ORIGIN_ID};
+use dduomq_broker::messaging::{Schedule, SendMessage};
 use dduomq_broker::store::{MessageType, now_millis};
 
 const DELAYED: &str = "reminders";
@@ -29,7 +29,7 @@ fn delay_broker(dir: &std::path::Path, loops: Loops) -> TestBroker {
 fn delayed(body: &str, queue_id: u32, delay: Duration) -> SendMessage {
     SendMessage {
         queue_id: Some(queue_id),
-        delay_ms: delay.as_millis() as u64,
+        schedule: Schedule::After(delay.as_millis() as u64),
         properties: vec![("kind".into(), "reminder".into())],
         ..message(DELAYED, body)
     }
@@ -64,8 +64,8 @@ async fn a_delayed_message_is_delivered_at_its_time_with_its_producers_id() {
     );
     let expected: Vec<(String, String)> = vec![
         ("kind".into(), "reminder".into()),
-        (DELIVER_AT.into(), receipt.deliver_at.to_string()),
-        (ORIGIN_ID.into(), receipt.message_id.clone()),
+        (DELIVER_AT.name.into(), receipt.deliver_at.to_string()),
+        (ORIGIN_ID.name.into(), receipt.message_id.clone()),
     ];
     assert_eq!(record.properties, expected);
     b.close().await;
@@ -78,8 +78,7 @@ async fn delayed_messages_are_released_in_the_order_of_their_times() {
     let at = now_millis() + 300;
     for (body, offset) in [("third", 200), ("first", 0), ("second", 100)] {
         let m = SendMessage {
-            deliver_at: at + offset,
-            delay_ms: 0,
+            schedule: Schedule::At(at + offset),
             ..delayed(body, 0, Duration::ZERO)
         };
         send(&b.broker, m).await.unwrap();

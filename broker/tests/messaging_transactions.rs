@@ -13,9 +13,8 @@ use common::api::{
 use common::broker::{Loops, PATIENCE, Shutdown, TestBroker, messaging_config, poll_until};
 use dduomq_broker::config::MessagingConfig;
 use dduomq_broker::messaging::error::BrokerError;
-use dduomq_broker::messaging::staged::{
-    ORIGIN_ID, RESOLUTION, RESOLVED_TOPIC, Resolution, TransactionCheck,
-};
+use dduomq_broker::messaging::properties::{ORIGIN_ID, RESOLUTION};
+use dduomq_broker::messaging::staged::{RESOLVED_TOPIC, Resolution, TransactionCheck};
 use dduomq_broker::messaging::{SendMessage, SendReceipt};
 use dduomq_broker::store::{MessageType, TransactionState};
 use tokio::sync::mpsc;
@@ -40,8 +39,7 @@ fn no_checks() -> MessagingConfig {
 fn half(body: &str) -> SendMessage {
     SendMessage {
         queue_id: Some(0),
-        transactional: true,
-        producer_group: PRODUCERS.into(),
+        transaction: Some(PRODUCERS.into()),
         properties: vec![("account".into(), body.to_uppercase())],
         ..message(TOPIC, body)
     }
@@ -121,7 +119,7 @@ async fn commit_and_rollback_after_a_restart(how: Shutdown) {
         let account = body_of(&d.record).to_uppercase();
         let expected: Vec<(String, String)> = vec![
             ("account".into(), account),
-            (ORIGIN_ID.into(), receipt.message_id.clone()),
+            (ORIGIN_ID.name.into(), receipt.message_id.clone()),
         ];
         assert_eq!(d.record.properties, expected);
     }
@@ -198,8 +196,8 @@ async fn a_half_unresolved_after_its_last_check_is_rolled_back() {
     .await;
     assert_eq!(markers.len(), 1);
     let expected: Vec<(String, String)> = vec![
-        (ORIGIN_ID.into(), r[0].message_id.clone()),
-        (RESOLUTION.into(), "rollback".into()),
+        (ORIGIN_ID.name.into(), r[0].message_id.clone()),
+        (RESOLUTION.name.into(), "rollback".into()),
     ];
     assert_eq!(markers[0].properties, expected);
     assert!(checks.try_recv().is_err(), "no check after the last one");

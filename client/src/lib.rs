@@ -34,7 +34,7 @@ mod transaction;
 
 pub use admin::{Admin, AdminTimeouts, ResetTo};
 pub use error::{ClientError, Result};
-pub use message::{Message, ReceivedMessage, SendReceipt, now_millis};
+pub use message::{DECODE_ERROR_PROPERTY, Message, ReceivedMessage, SendReceipt, now_millis};
 pub use producer::{Producer, ProducerBuilder};
 pub use pull_consumer::{PullConsumer, PullConsumerBuilder};
 pub use push_consumer::{

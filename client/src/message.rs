@@ -149,6 +149,11 @@ impl From<pb::SendReceipt> for SendReceipt {
     }
 }
 
+/// Set on a delivered message whose body failed to decompress, with the error.
+/// Under the reserved `__` prefix (which producers cannot use), so it never
+/// hides a property of the producer's.
+pub const DECODE_ERROR_PROPERTY: &str = "__DECODE_ERROR";
+
 /// A message delivered to a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
@@ -173,7 +178,7 @@ pub struct ReceivedMessage {
 impl From<pb::Message> for ReceivedMessage {
     /// Decompresses the body. A body that fails to decompress (which the broker's
     /// frame check makes a corruption) is delivered as stored, with the error in
-    /// the `DDUOMQ_DECODE_ERROR` property.
+    /// the [`DECODE_ERROR_PROPERTY`].
     fn from(mut m: pb::Message) -> Self {
         let body = match pb::Codec::try_from(m.codec).unwrap_or(pb::Codec::None) {
             pb::Codec::None => m.body,
@@ -181,7 +186,7 @@ impl From<pb::Message> for ReceivedMessage {
                 Ok(plain) => Bytes::from(plain),
                 Err(e) => {
                     m.properties
-                        .insert("DDUOMQ_DECODE_ERROR".into(), e.to_string());
+                        .insert(DECODE_ERROR_PROPERTY.into(), e.to_string());
                     m.body
                 }
             },

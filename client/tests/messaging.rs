@@ -430,17 +430,20 @@ async fn failing_messages_go_to_the_dead_letter_topic_after_exactly_max_attempts
     assert_eq!(&dead.body[..], b"poison");
     assert_eq!(dead.keys, vec!["bad".to_string()]);
     assert_eq!(dead.properties["k"], "v");
-    assert_eq!(dead.properties["DLQ_ORIGIN_TOPIC"], "payments");
+    assert_eq!(dead.properties["__DLQ_ORIGIN_TOPIC"], "payments");
     assert_eq!(
-        dead.properties["DLQ_ORIGIN_QUEUE"],
+        dead.properties["__DLQ_ORIGIN_QUEUE"],
         poison.queue_id.to_string()
     );
     assert_eq!(
-        dead.properties["DLQ_ORIGIN_OFFSET"],
+        dead.properties["__DLQ_ORIGIN_OFFSET"],
         poison.offset.to_string()
     );
-    assert_eq!(dead.properties["DLQ_ORIGIN_MESSAGE_ID"], poison.message_id);
-    assert_eq!(dead.properties["DLQ_DELIVERY_ATTEMPTS"], "3");
+    assert_eq!(
+        dead.properties["__DLQ_ORIGIN_MESSAGE_ID"],
+        poison.message_id
+    );
+    assert_eq!(dead.properties["__DLQ_DELIVERY_ATTEMPTS"], "3");
     // Both messages are done for the group.
     let g = admin.describe_group("billing").await.unwrap();
     assert!(

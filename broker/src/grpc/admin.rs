@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
 use crate::messaging::membership::MemberKind;
-use crate::messaging::{Broker, ResetTarget};
+use crate::messaging::{Broker, CreatedTopic, ResetTarget, TopicDescription};
 
 /// The gRPC face of broker administration.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         observed(self.broker.metrics(), "CreateTopic", async move {
             let r = req.into_inner();
-            let (topic, created) = self
+            let CreatedTopic { topic, created } = self
                 .broker
                 .create_topic(
                     &r.name,
@@ -76,7 +76,7 @@ impl AdminService for AdminApi {
         req: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         observed(self.broker.metrics(), "DescribeTopic", async move {
-            let (topic, queues) = self
+            let TopicDescription { topic, queues } = self
                 .broker
                 .describe_topic(&req.into_inner().name)
                 .map_err(to_status)?;
@@ -84,10 +84,10 @@ impl AdminService for AdminApi {
                 topic: Some(convert::topic(topic)),
                 queues: queues
                     .into_iter()
-                    .map(|(queue_id, min_offset, max_offset)| pb::QueueStatus {
-                        queue_id,
-                        min_offset,
-                        max_offset,
+                    .map(|q| pb::QueueStatus {
+                        queue_id: q.queue_id,
+                        min_offset: q.min_offset,
+                        max_offset: q.max_offset,
                     })
                     .collect(),
             }))
@@ -254,7 +254,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::BrokerInfoResponse>, Status> {
         observed(self.broker.metrics(), "BrokerInfo", async move {
             let i = self.broker.info();
-            let (draining, unconsumed_messages) = self.broker.drain_state();
+            let drain = self.broker.drain_state();
             Ok(Response::new(pb::BrokerInfoResponse {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 broker_id: i.broker_id,
@@ -265,8 +265,8 @@ impl AdminService for AdminApi {
                 segments: i.store.segments as u32,
                 topics: i.topics as u32,
                 groups: i.groups as u32,
-                draining,
-                unconsumed_messages,
+                draining: drain.draining,
+                unconsumed_messages: drain.unconsumed,
                 route_epoch: self.broker.route_epoch(),
             }))
         })
@@ -279,8 +279,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::UpdateRoutesResponse>, Status> {
         observed(self.broker.metrics(), "UpdateRoutes", async move {
             let routes = convert::route_table(req.into_inner()).map_err(to_status)?;
-            let (epoch, applied) = self.broker.update_routes(routes);
-            Ok(Response::new(pb::UpdateRoutesResponse { epoch, applied }))
+            let update = self.broker.update_routes(routes);
+            Ok(Response::new(pb::UpdateRoutesResponse {
+                epoch: update.epoch,
+                applied: update.applied,
+            }))
         })
         .await
     }

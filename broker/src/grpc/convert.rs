@@ -4,13 +4,17 @@ use dduomq_proto::v1 as pb;
 
 use crate::messaging::error::BrokerError;
 use crate::messaging::groups::{ConsumeMode, GroupConfig};
+use crate::messaging::properties;
 use crate::messaging::topics::TopicConfig;
 use crate::messaging::{Delivery, QueueProgress};
 use crate::store::{Codec, MessageType};
 
 pub fn message(d: Delivery) -> pb::Message {
     let r = d.record;
-    let deliver_at_ms = crate::messaging::staged::deliver_at(&r.properties);
+    let deliver_at_ms = properties::deliver_at(&r.properties);
+    // Reserved properties are the broker's own (producer identity, lane,
+    // staging), but for those that describe the message.
+    let properties = properties::for_consumer(&r.topic, r.properties);
     pb::Message {
         deliver_at_ms,
         message_id: d.message_id,
@@ -20,13 +24,7 @@ pub fn message(d: Delivery) -> pb::Message {
         body: r.body,
         tag: r.tag,
         keys: r.keys,
-        // `__`-prefixed properties are the broker's own (producer identity,
-        // lane, staging).
-        properties: r
-            .properties
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("__"))
-            .collect(),
+        properties: properties.into_iter().collect(),
         born_timestamp_ms: r.born_timestamp,
         store_timestamp_ms: r.store_timestamp,
         delivery_attempt: d.attempt,

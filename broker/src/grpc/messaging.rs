@@ -17,9 +17,12 @@ use super::{convert, observed};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
 use crate::messaging::membership::MemberKind;
+use crate::messaging::push::subscription::Subscription;
 use crate::messaging::staged::{Resolution, TransactionCheck};
-use crate::messaging::subscription::Subscription;
-use crate::messaging::{Broker, PullSpec, ReceiveLimits, SendMessage};
+use crate::messaging::{
+    Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream, RouteAnswer, Schedule,
+    SendMessage,
+};
 use crate::store::now_millis;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
@@ -47,7 +50,7 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         observed(self.broker.metrics(), "QueryRoute", async move {
             let topic = req.into_inner().topic;
-            let (route, epoch) = self.broker.route(&topic).map_err(to_status)?;
+            let RouteAnswer { route, epoch } = self.broker.route(&topic).map_err(to_status)?;
             Ok(Response::new(pb::QueryRouteResponse {
                 message_type: convert::message_type_to_pb(route.message_type) as i32,
                 queues: route.queues.into_iter().map(convert::queue_route).collect(),
@@ -80,10 +83,8 @@ impl MessagingService for MessagingApi {
                         codec: convert::codec_from_pb(m.codec)?,
                         producer_id: m.producer_id,
                         sequence: m.sequence,
-                        deliver_at: m.deliver_at_ms,
-                        delay_ms: m.delay_ms,
-                        transactional: m.transactional,
-                        producer_group: m.producer_group,
+                        schedule: Schedule::from_wire(m.deliver_at_ms, m.delay_ms)?,
+                        transaction: m.transactional.then_some(m.producer_group),
                         lane: m.lane,
                     })
                 })
@@ -135,7 +136,10 @@ impl MessagingService for MessagingApi {
                 .streams
                 .open(&r.group, &r.client_id)
                 .map_err(to_status)?;
-            let (sub, consumer) = self
+            let ReceiveStream {
+                subscription: sub,
+                consumer,
+            } = self
                 .broker
                 .open_receive(&r.group, &r.topic, &r.client_id, mode, filter, r.lane)
                 .map_err(to_status)?;
@@ -215,14 +219,20 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::NackResponse>, Status> {
         observed(self.broker.metrics(), "Nack", async move {
             let r = req.into_inner();
-            let (at, dead) = self
+            let outcome = self
                 .broker
                 .nack(&r.group, &r.topic, &r.receipt_handle)
                 .await
                 .map_err(to_status)?;
-            Ok(Response::new(pb::NackResponse {
-                redeliver_at_ms: at,
-                dead_lettered: dead,
+            Ok(Response::new(match outcome {
+                NackOutcome::Redeliver { at } => pb::NackResponse {
+                    redeliver_at_ms: at,
+                    dead_lettered: false,
+                },
+                NackOutcome::DeadLettered => pb::NackResponse {
+                    redeliver_at_ms: 0,
+                    dead_lettered: true,
+                },
             }))
         })
         .await
@@ -296,14 +306,14 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
         observed(self.broker.metrics(), "QueryOffset", async move {
             let r = req.into_inner();
-            let (committed, min, max) = self
+            let offset = self
                 .broker
                 .query_offset(&r.group, &r.topic, r.queue_id)
                 .map_err(to_status)?;
             Ok(Response::new(pb::QueryOffsetResponse {
-                committed_offset: committed,
-                min_offset: min,
-                max_offset: max,
+                committed_offset: offset.committed,
+                min_offset: offset.min_offset,
+                max_offset: offset.max_offset,
             }))
         })
         .await
@@ -418,8 +428,11 @@ async fn push_loop(
         tokio::pin!(notified);
         notified.as_mut().enable();
         arrivals.borrow_and_update();
-        let (batch, wake) = match broker.lease(&sub, consumer, limits, LEASE_BATCH).await {
-            Ok(x) => x,
+        let LeaseRound {
+            deliveries: batch,
+            wake_at: wake,
+        } = match broker.lease(&sub, consumer, limits, LEASE_BATCH).await {
+            Ok(round) => round,
             Err(e) => {
                 let _ = tx.send(Err(to_status(e))).await;
                 break;

@@ -3,7 +3,7 @@
 //! original receipt instead of being stored again.
 //!
 //! The window survives restarts: both values are stored with the message (as
-//! the system properties below), a snapshot with the commit-log position it
+//! the reserved properties `__PRODUCER_ID` and `__SEQUENCE`), a snapshot with the commit-log position it
 //! covers is saved periodically and at shutdown, and on startup the records after
 //! that position are scanned back in — so a crash loses nothing. The position is
 //! exact: a send still in flight when the snapshot is taken records the
@@ -23,10 +23,6 @@ use super::SendReceipt;
 use super::error::Result;
 use super::metadata;
 
-/// System property holding the producer id.
-pub const PRODUCER_ID: &str = "__PRODUCER_ID";
-/// System property holding the producer's sequence number.
-pub const SEQUENCE: &str = "__SEQUENCE";
 /// Sequences remembered per producer.
 pub const WINDOW: usize = 10_000;
 /// Producers remembered (the least recently used are forgotten first).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Broker;
+use super::properties;
 use super::staged::{self, Position};
 use crate::store::{Message, MessageId, Record, RecordFlags, TransactionState, now_millis};
 
@@ -94,7 +95,7 @@ impl Broker {
         origin: &MessageId,
         txn: TransactionState,
     ) -> Message {
-        let (real_topic, queue_id) = staged::target(&rec.properties).unwrap_or_default();
+        let (real_topic, queue_id) = properties::staged_target(&rec.properties).unwrap_or_default();
         let real_topic = real_topic.to_string();
         match self.topics.get(&real_topic) {
             Some(topic) if queue_id < topic.queues => Message {

@@ -122,8 +122,10 @@ pub fn check_send(m: &SendMessage) -> Result<()> {
     check_len("sharding_key", &m.sharding_key, MAX_SHARDING_KEY_LEN)?;
     check_id("lane", &m.lane, MAX_LANE_LEN, true)?;
     check_id("producer_id", &m.producer_id, MAX_PRODUCER_ID_LEN, true)?;
-    if !m.producer_group.is_empty() {
-        check_group_name("producer_group", &m.producer_group)?;
+    if let Some(group) = &m.transaction
+        && !group.is_empty()
+    {
+        check_group_name("producer_group", group)?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::error::{BrokerError, brief};
+use super::push::subscription::QueueOffset;
 
 /// A parsed receipt handle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,14 @@ pub struct ReceiptHandle {
 const VERSION: &str = "1";
 
 impl ReceiptHandle {
+    /// The queue offset the handle names.
+    pub fn at(&self) -> QueueOffset {
+        QueueOffset {
+            queue_id: self.queue_id,
+            offset: self.offset,
+        }
+    }
+
     pub fn encode(&self) -> String {
         let text = format!(
             "{VERSION}|{}|{}|{:x}|{}",

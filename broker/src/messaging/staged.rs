@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use super::error::Result;
 use super::metadata;
 use super::timing_wheel::TimingWheel;
-use super::{Delivery, dedupe};
+use super::{Delivery, properties};
 use crate::store::{MessageId, Record};
 
 /// Where delayed messages wait.
@@ -39,36 +39,12 @@ pub const HALF_TOPIC: &str = "%HALF%";
 /// Markers of rolled-back transactions and of delayed messages whose topic was
 /// deleted before they were due.
 pub const RESOLVED_TOPIC: &str = "%RESOLVED%";
-/// System properties of staged records and their copies.
-pub const REAL_TOPIC: &str = "__REAL_TOPIC";
-pub const REAL_QUEUE: &str = "__REAL_QUEUE";
-pub const DELIVER_AT: &str = "__DELIVER_AT";
-pub const PRODUCER_GROUP: &str = "__PRODUCER_GROUP";
-pub const ORIGIN_ID: &str = "__ORIGIN_ID";
-pub const RESOLUTION: &str = "__RESOLUTION";
 /// Resolutions remembered for answering a repeated EndTransaction.
 const REMEMBERED_RESOLUTIONS: usize = 100_000;
 
-/// The value of a property of a record.
-pub fn property<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    properties
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// Where a staged record belongs: its real topic and queue.
-pub fn target(properties: &[(String, String)]) -> Option<(&str, u32)> {
-    let topic = property(properties, REAL_TOPIC)?;
-    let queue = property(properties, REAL_QUEUE)?.parse().ok()?;
-    Some((topic, queue))
-}
-
-/// The delivery time of a delayed message (0: none).
-pub fn deliver_at(properties: &[(String, String)]) -> i64 {
-    property(properties, DELIVER_AT)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default()
+/// Whether a record of `topic` is staged (waiting in a system topic).
+pub fn is_staged(topic: &str) -> bool {
+    topic == DELAY_TOPIC || topic == HALF_TOPIC
 }
 
 /// A staged record's place in the commit log (what a message id encodes).
@@ -210,27 +186,28 @@ impl Staged {
         };
         let mut st = self.state.lock();
         if rec.topic == DELAY_TOPIC {
-            let at = deliver_at(&rec.properties);
+            let at = properties::deliver_at(&rec.properties);
             st.delayed.insert(position.physical);
             // A copy found later in the scan removes it from `delayed`; the
             // wheel entry then fires as a no-op.
             st.wheel.insert(at.max(0) as u64, position);
         } else if rec.topic == HALF_TOPIC {
-            let get = |name| property(&rec.properties, name).unwrap_or_default();
+            let get = |p: properties::Reserved| p.get(&rec.properties).unwrap_or_default();
             let half = Half::new(
                 position,
-                get(REAL_TOPIC),
-                get(PRODUCER_GROUP),
+                get(properties::REAL_TOPIC),
+                get(properties::PRODUCER_GROUP),
                 rec.store_timestamp + check_after_ms,
             );
             st.halves.insert(position.physical, half);
-        } else if let Some(origin) =
-            property(&rec.properties, ORIGIN_ID).and_then(|id| id.parse::<MessageId>().ok())
+        } else if let Some(origin) = properties::ORIGIN_ID
+            .get(&rec.properties)
+            .and_then(|id| id.parse::<MessageId>().ok())
         {
             let physical = origin.physical_offset;
             st.delayed.remove(&physical);
             if let Some(half) = st.halves.remove(&physical) {
-                let resolution = match property(&rec.properties, RESOLUTION) {
+                let resolution = match properties::RESOLUTION.get(&rec.properties) {
                     Some("rollback") => Resolution::Rollback,
                     _ => Resolution::Commit,
                 };
@@ -469,17 +446,18 @@ pub fn released_properties(rec: &Record, origin: &MessageId) -> Vec<(String, Str
         .iter()
         .filter(|(k, _)| {
             ![
-                REAL_TOPIC,
-                REAL_QUEUE,
-                PRODUCER_GROUP,
-                dedupe::PRODUCER_ID,
-                dedupe::SEQUENCE,
+                properties::REAL_TOPIC,
+                properties::REAL_QUEUE,
+                properties::PRODUCER_GROUP,
+                properties::PRODUCER_ID,
+                properties::SEQUENCE,
             ]
-            .contains(&k.as_str())
+            .iter()
+            .any(|p| p.is(k))
         })
         .cloned()
         .collect();
-    properties.push((ORIGIN_ID.into(), origin.to_string()));
+    properties.push(properties::ORIGIN_ID.with(origin));
     properties
 }
 
@@ -491,8 +469,8 @@ pub fn marker(origin: &MessageId, resolution: &str) -> crate::store::Message {
         queue_id: 0,
         born_timestamp: crate::store::now_millis(),
         properties: vec![
-            (ORIGIN_ID.into(), origin.to_string()),
-            (RESOLUTION.into(), resolution.to_string()),
+            properties::ORIGIN_ID.with(origin),
+            properties::RESOLUTION.with(resolution),
         ],
         ..Default::default()
     }

@@ -155,6 +155,7 @@ impl Broker {
         Ok(self.staged.add_checker(group))
     }
 
+    /// Unregisters a transaction checker stream of a producer group.
     pub fn remove_checker(&self, group: &str, id: u64) {
         self.staged.remove_checker(group, id);
     }

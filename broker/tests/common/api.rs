@@ -8,11 +8,11 @@ use bytes::Bytes;
 use dduomq_broker::filter::Filter;
 use dduomq_broker::messaging::error::BrokerError;
 use dduomq_broker::messaging::groups::{ConsumeMode, GroupConfig};
+use dduomq_broker::messaging::push::subscription::Subscription;
 use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
-use dduomq_broker::messaging::subscription::Subscription;
 use dduomq_broker::messaging::{
-    Broker, Delivery, PullSpec, Pulled, QueueProgress, ReceiveLimits, ResetTarget, SendMessage,
-    SendReceipt,
+    Broker, Delivery, GroupOffset, LeaseRound, NackOutcome, PullSpec, Pulled, QueueProgress,
+    ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt,
 };
 use dduomq_broker::store::{MessageType, Record};
 use tokio::sync::mpsc;
@@ -100,7 +100,10 @@ pub fn subscribe_with(
     filter: Filter,
     lane: &str,
 ) -> Consumer {
-    let (sub, id) = broker
+    let ReceiveStream {
+        subscription: sub,
+        consumer: id,
+    } = broker
         .open_receive(
             group,
             topic,
@@ -128,13 +131,6 @@ pub async fn unsubscribe(broker: &Broker, consumer: Consumer) {
     broker.close_receive(&consumer.sub, consumer.id).await;
 }
 
-/// What one lease round gave a consumer.
-pub struct Round {
-    pub deliveries: Vec<Delivery>,
-    /// When something becomes due, if nothing was (ms since the epoch).
-    pub wake: Option<i64>,
-}
-
 /// One lease round of up to `max` messages, leased for `invisible`, with no
 /// flow-control limit in the way.
 pub async fn lease_round(
@@ -142,7 +138,7 @@ pub async fn lease_round(
     consumer: &Consumer,
     invisible: Duration,
     max: usize,
-) -> Round {
+) -> LeaseRound {
     let limits = ReceiveLimits {
         max_messages: u64::MAX,
         max_bytes: u64::MAX,
@@ -158,12 +154,11 @@ pub async fn lease_within(
     consumer: &Consumer,
     limits: ReceiveLimits,
     max: usize,
-) -> Round {
-    let (deliveries, wake) = broker
+) -> LeaseRound {
+    broker
         .lease(&consumer.sub, consumer.id, limits, max)
         .await
-        .expect("lease round");
-    Round { deliveries, wake }
+        .expect("lease round")
 }
 
 /// A lease long enough that it never runs out during a test.
@@ -229,12 +224,12 @@ pub fn change_invisible(
     )
 }
 
-/// What a nack did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NackOutcome {
-    /// When the message is delivered again (0 when dead-lettered).
-    pub redeliver_at: i64,
-    pub dead_lettered: bool,
+/// Nacks a message that has attempts left; returns when it is delivered again.
+pub async fn nack_for_retry(broker: &Broker, consumer: &Consumer, delivery: &Delivery) -> i64 {
+    match nack(broker, consumer, delivery).await.expect("nacked") {
+        NackOutcome::Redeliver { at } => at,
+        NackOutcome::DeadLettered => panic!("dead-lettered with attempts left"),
+    }
 }
 
 pub async fn nack(
@@ -242,34 +237,17 @@ pub async fn nack(
     consumer: &Consumer,
     delivery: &Delivery,
 ) -> Result<NackOutcome> {
-    let (redeliver_at, dead_lettered) = broker
+    broker
         .nack(&consumer.group, &consumer.topic, &delivery.receipt_handle)
-        .await?;
-    Ok(NackOutcome {
-        redeliver_at,
-        dead_lettered,
-    })
+        .await
 }
 
 // ---- progress ----------------------------------------------------------------------
 
-/// A group's progress on one queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueOffsets {
-    pub committed: u64,
-    pub min: u64,
-    pub max: u64,
-}
-
-pub fn query_offset(broker: &Broker, group: &str, topic: &str, queue_id: u32) -> QueueOffsets {
-    let (committed, min, max) = broker
+pub fn query_offset(broker: &Broker, group: &str, topic: &str, queue_id: u32) -> GroupOffset {
+    broker
         .query_offset(group, topic, queue_id)
-        .expect("offsets of a known group and topic");
-    QueueOffsets {
-        committed,
-        min,
-        max,
-    }
+        .expect("offsets of a known group and topic")
 }
 
 pub fn try_reset(

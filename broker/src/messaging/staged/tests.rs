@@ -2,6 +2,10 @@
 //! checks and the scan floor.
 
 use super::*;
+use crate::messaging::properties::{
+    DELIVER_AT, ORIGIN_ID, PRODUCER_GROUP, PRODUCER_ID, REAL_QUEUE, REAL_TOPIC, RESOLUTION,
+    SEQUENCE,
+};
 use crate::store::RecordFlags;
 
 fn props(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -57,26 +61,39 @@ fn half_record(physical: u64) -> Record {
     record(
         HALF_TOPIC,
         physical,
-        &[(REAL_TOPIC, "t"), (REAL_QUEUE, "2"), (PRODUCER_GROUP, "pg")],
+        &[
+            (REAL_TOPIC.name, "t"),
+            (REAL_QUEUE.name, "2"),
+            (PRODUCER_GROUP.name, "pg"),
+        ],
     )
 }
 
 #[test]
 fn properties_name_the_target_and_the_delivery_time() {
     let p = props(&[
-        (REAL_TOPIC, "orders"),
-        (REAL_QUEUE, "3"),
-        (DELIVER_AT, "99"),
+        (REAL_TOPIC.name, "orders"),
+        (REAL_QUEUE.name, "3"),
+        (DELIVER_AT.name, "99"),
     ]);
-    assert_eq!(target(&p), Some(("orders", 3)));
-    assert_eq!(deliver_at(&p), 99);
-    assert_eq!(target(&props(&[(REAL_TOPIC, "orders")])), None);
+    assert_eq!(properties::staged_target(&p), Some(("orders", 3)));
+    assert_eq!(properties::deliver_at(&p), 99);
     assert_eq!(
-        target(&props(&[(REAL_TOPIC, "orders"), (REAL_QUEUE, "x")])),
+        properties::staged_target(&props(&[(REAL_TOPIC.name, "orders")])),
         None
     );
-    assert_eq!(deliver_at(&props(&[(DELIVER_AT, "soon")])), 0);
-    assert_eq!(deliver_at(&[]), 0);
+    assert_eq!(
+        properties::staged_target(&props(&[
+            (REAL_TOPIC.name, "orders"),
+            (REAL_QUEUE.name, "x")
+        ])),
+        None
+    );
+    assert_eq!(
+        properties::deliver_at(&props(&[(DELIVER_AT.name, "soon")])),
+        0
+    );
+    assert_eq!(properties::deliver_at(&[]), 0);
 }
 
 #[test]
@@ -86,12 +103,12 @@ fn a_released_copy_keeps_the_producers_properties_and_names_its_origin() {
         64,
         &[
             ("color", "red"),
-            (REAL_TOPIC, "t"),
-            (REAL_QUEUE, "0"),
-            (DELIVER_AT, "5"),
-            (PRODUCER_GROUP, "pg"),
-            (dedupe::PRODUCER_ID, "p"),
-            (dedupe::SEQUENCE, "1"),
+            (REAL_TOPIC.name, "t"),
+            (REAL_QUEUE.name, "0"),
+            (DELIVER_AT.name, "5"),
+            (PRODUCER_GROUP.name, "pg"),
+            (PRODUCER_ID.name, "p"),
+            (SEQUENCE.name, "1"),
         ],
     );
     let id = origin(64).parse().unwrap();
@@ -99,25 +116,25 @@ fn a_released_copy_keeps_the_producers_properties_and_names_its_origin() {
         released_properties(&rec, &id),
         props(&[
             ("color", "red"),
-            (DELIVER_AT, "5"),
-            (ORIGIN_ID, &origin(64))
+            (DELIVER_AT.name, "5"),
+            (ORIGIN_ID.name, &origin(64))
         ])
     );
     let m = marker(&id, "rollback");
     assert_eq!(m.topic, RESOLVED_TOPIC);
     assert_eq!(
         m.properties,
-        props(&[(ORIGIN_ID, &origin(64)), (RESOLUTION, "rollback")])
+        props(&[(ORIGIN_ID.name, &origin(64)), (RESOLUTION.name, "rollback")])
     );
 }
 
 #[test]
 fn the_scan_keeps_only_delayed_messages_without_a_copy() {
     let (_dir, staged) = staged();
-    staged.recover(&record(DELAY_TOPIC, 100, &[(DELIVER_AT, "50")]), 0);
-    staged.recover(&record(DELAY_TOPIC, 200, &[(DELIVER_AT, "40")]), 0);
+    staged.recover(&record(DELAY_TOPIC, 100, &[(DELIVER_AT.name, "50")]), 0);
+    staged.recover(&record(DELAY_TOPIC, 200, &[(DELIVER_AT.name, "40")]), 0);
     // 100 was released before the restart.
-    staged.recover(&record("t", 300, &[(ORIGIN_ID, &origin(100))]), 0);
+    staged.recover(&record("t", 300, &[(ORIGIN_ID.name, &origin(100))]), 0);
     assert_eq!(staged.delayed_pending(), 1);
     assert_eq!(staged.take_due(39), []);
     // The wheel still fires 100's time; only 200 is due.
@@ -133,12 +150,15 @@ fn the_scan_restores_pending_halves_and_remembers_resolved_ones() {
     for physical in [100, 200, 300] {
         staged.recover(&half_record(physical), 5_000);
     }
-    staged.recover(&record("t", 400, &[(ORIGIN_ID, &origin(100))]), 5_000);
+    staged.recover(&record("t", 400, &[(ORIGIN_ID.name, &origin(100))]), 5_000);
     staged.recover(
         &record(
             RESOLVED_TOPIC,
             500,
-            &[(ORIGIN_ID, &origin(200)), (RESOLUTION, "rollback")],
+            &[
+                (ORIGIN_ID.name, &origin(200)),
+                (RESOLUTION.name, "rollback"),
+            ],
         ),
         5_000,
     );

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::offsets::{OpenOffset, Progress};
+use crate::messaging::offsets::{OpenOffset, Progress};
 
 /// A message handed to a consumer until `deadline` (ms since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,238 @@
+//! Push consumption: consumer streams lease messages from a subscription's
+//! cursors; acks, nacks and lease expiry settle them; messages that use up
+//! their attempts are dead-lettered.
+
+pub mod cursor;
+mod dead_letter;
+mod lease;
+
+pub use lease::LeaseRound;
+pub mod subscription;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::filter::Filter;
+use crate::messaging::error::{BrokerError, Result, brief};
+use crate::messaging::groups::{ConsumeMode, GroupConfig};
+use crate::messaging::membership::MemberKind;
+use crate::messaging::push::cursor::Released;
+use crate::messaging::push::subscription::{QueueOffset, SubKey, SubState, Subscription};
+use crate::messaging::receipt::ReceiptHandle;
+use crate::messaging::{Broker, limits};
+use crate::store::now_millis;
+
+/// Flow-control limits of one consumer stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveLimits {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub invisible: Duration,
+}
+
+/// A registered consumer stream: its subscription and its consumer id.
+#[derive(Debug, Clone)]
+pub struct ReceiveStream {
+    pub subscription: Arc<Subscription>,
+    pub consumer: u64,
+}
+
+/// What became of a nacked message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Delivered again at this time (ms), after the group's backoff.
+    Redeliver { at: i64 },
+    /// It had used up its attempts: moved to the dead-letter topic (or
+    /// dropped, when the group does not dead-letter).
+    DeadLettered,
+}
+
+impl Broker {
+    /// The subscription a consumer of `group` joins: one per group and topic,
+    /// and per member for broadcast groups.
+    fn sub_key(group: &GroupConfig, topic: &str, client_id: &str) -> SubKey {
+        SubKey {
+            group: group.name.clone(),
+            topic: topic.to_string(),
+            member: match group.mode {
+                ConsumeMode::Clustering => String::new(),
+                ConsumeMode::Broadcast => client_id.to_string(),
+            },
+        }
+    }
+
+    /// The subscription of `key`, created on first use.
+    fn subscription(&self, key: SubKey) -> Arc<Subscription> {
+        self.subscriptions
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Subscription::new(key)))
+            .clone()
+    }
+
+    /// Registers a consumer stream; returns its subscription and consumer id.
+    pub fn open_receive(
+        &self,
+        group: &str,
+        topic: &str,
+        client_id: &str,
+        mode: ConsumeMode,
+        filter: Filter,
+        lane: String,
+    ) -> Result<ReceiveStream> {
+        limits::check_id("client_id", client_id, limits::MAX_CLIENT_ID_LEN, false)?;
+        limits::check_id("lane", &lane, limits::MAX_LANE_LEN, true)?;
+        // Both names first: a refusal must not leave an auto-created group.
+        limits::check_group_name("group", group)?;
+        self.check_topic_for_use(topic)?;
+        let group = self.group_for_use(group, mode)?;
+        let topic = self.topic_for_use(topic)?;
+        let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
+        let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
+        sub.state.lock().add_consumer(consumer, lane, filter);
+        self.touch_member(&group.name, client_id, MemberKind::Push, [topic.name]);
+        Ok(ReceiveStream {
+            subscription: sub,
+            consumer,
+        })
+    }
+
+    /// Ends a consumer stream: its leases end now and are redelivered per backoff.
+    pub async fn close_receive(&self, sub: &Subscription, consumer: u64) {
+        let Some(group) = self.groups.get(&sub.key.group) else {
+            return;
+        };
+        let dead: Vec<QueueOffset> = {
+            let mut st = sub.state.lock();
+            let now = now_millis();
+            st.remove_consumer(consumer)
+                .into_iter()
+                .filter_map(|at| self.end_lease(&mut st, &group, &sub.key.topic, at, now))
+                .collect()
+        };
+        sub.notify.notify_waiters();
+        self.dead_letter_all(sub, &group, dead).await;
+    }
+
+    /// Ends a lease without an ack (counting the retry); returns the offset
+    /// when the message has used up its attempts and is to be dead-lettered.
+    fn end_lease(
+        &self,
+        st: &mut SubState,
+        group: &GroupConfig,
+        topic: &str,
+        at: QueueOffset,
+        now: i64,
+    ) -> Option<QueueOffset> {
+        match st.release(at, now, group)? {
+            Released::Retry { .. } => {
+                if let Some(m) = &self.metrics {
+                    m.retries.with_label_values(&[&group.name, topic]).inc();
+                }
+                None
+            }
+            Released::DeadLetter { offset, .. } => Some(QueueOffset {
+                queue_id: at.queue_id,
+                offset,
+            }),
+        }
+    }
+
+    /// The live subscription a receipt handle's lease belongs to.
+    fn find_subscription(
+        &self,
+        group: &str,
+        topic: &str,
+        member: &str,
+    ) -> Result<Arc<Subscription>> {
+        let key = SubKey {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            member: member.to_string(),
+        };
+        self.subscriptions.lock().get(&key).cloned().ok_or_else(|| {
+            BrokerError::InvalidReceiptHandle(format!(
+                "no lease of group {} on topic {}",
+                brief(group),
+                brief(topic)
+            ))
+        })
+    }
+
+    /// Acks leased messages; one result per handle.
+    pub fn ack(&self, group: &str, topic: &str, handles: &[String]) -> Vec<Result<()>> {
+        let mut touched = Vec::new();
+        let results = handles
+            .iter()
+            .map(|h| {
+                let handle = ReceiptHandle::parse(h)?;
+                let sub = self.find_subscription(group, topic, &handle.member)?;
+                if !sub.state.lock().ack(handle.at(), handle.delivery_id) {
+                    return Err(stale_handle(h));
+                }
+                touched.push(sub);
+                Ok(())
+            })
+            .collect();
+        for sub in touched {
+            sub.notify.notify_waiters();
+        }
+        results
+    }
+
+    /// Nacks a leased message: redelivered after the group's backoff, or
+    /// dead-lettered.
+    pub async fn nack(&self, group: &str, topic: &str, handle: &str) -> Result<NackOutcome> {
+        let h = ReceiptHandle::parse(handle)?;
+        let sub = self.find_subscription(group, topic, &h.member)?;
+        let config = self.require_group(group)?;
+        let now = now_millis();
+        let dead = {
+            let mut st = sub.state.lock();
+            if !st.holds(h.at(), h.delivery_id) {
+                return Err(stale_handle(handle));
+            }
+            self.end_lease(&mut st, &config, topic, h.at(), now)
+        };
+        sub.notify.notify_waiters();
+        match dead {
+            Some(job) => {
+                self.dead_letter_all(&sub, &config, vec![job]).await;
+                Ok(NackOutcome::DeadLettered)
+            }
+            None => {
+                let attempts = sub.state.lock().attempts(h.at()).unwrap_or(1);
+                Ok(NackOutcome::Redeliver {
+                    at: now + config.backoff(attempts).as_millis() as i64,
+                })
+            }
+        }
+    }
+
+    /// Moves a lease's end to `now + invisible_ms`; returns the new end.
+    pub fn change_invisible(
+        &self,
+        group: &str,
+        topic: &str,
+        handle: &str,
+        invisible_ms: u64,
+    ) -> Result<i64> {
+        let invisible = limits::check_invisible(invisible_ms, self.config.max_invisible_duration)?;
+        let h = ReceiptHandle::parse(handle)?;
+        let sub = self.find_subscription(group, topic, &h.member)?;
+        let deadline = now_millis() + invisible.as_millis() as i64;
+        if !sub.state.lock().extend(h.at(), h.delivery_id, deadline) {
+            return Err(stale_handle(handle));
+        }
+        sub.notify.notify_waiters();
+        Ok(deadline)
+    }
+}
+
+fn stale_handle(handle: &str) -> BrokerError {
+    BrokerError::InvalidReceiptHandle(format!(
+        "{} does not name a current lease (already acked, expired, or forged)",
+        brief(handle)
+    ))
+}
