@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{body, config, copy_dir, message};
-use dduomq_broker::store::{MessageId, Store, StoreConfig};
+use common::{body, config, message, verify};
+use dduomq_broker::store::{MessageId, Store};
 use tempfile::TempDir;
 
 /// Queues of the fixture and how many messages each gets, interleaved in the log.
@@ -171,39 +170,6 @@ fn remove(path: &Path) {
     } else {
         std::fs::remove_file(path).unwrap();
     }
-}
-
-/// Runs `dduomq-storetool verify` on a copy of `dir`: its exit code and output.
-fn verify(dir: &Path, cfg: &StoreConfig) -> (i32, String) {
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(dir, copy.path());
-    let conf = copy.path().join("broker.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[store]\nsegment_size_bytes = {}\nmax_record_size_bytes = {}\n\
-             consume_queue_entries_per_file = {}\nindex_slots = {}\nindex_entries = {}\n",
-            cfg.segment_size_bytes,
-            cfg.max_record_size_bytes,
-            cfg.consume_queue_entries_per_file,
-            cfg.index_slots,
-            cfg.index_entries
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dduomq-storetool"))
-        .args(["verify", "--data-dir"])
-        .arg(copy.path())
-        .arg("--config")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// What a case expects.

@@ -8,7 +8,9 @@
 //! of the send timeout (at least 1 s) is sent again through a fresh route, as
 //! is every batch still queued for that broker, and that broker is avoided for
 //! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A route
-//! that cannot be refreshed (the bootstrap broker is down) is used stale.
+//! that cannot be refreshed (the bootstrap broker is down) is used stale; so
+//! is one whose refresh is older (a lower epoch: a restarted broker that has
+//! not been pushed the route table again claims every queue).
 //! Messages with a sharding key keep their queue: they wait for its broker
 //! (and fail by their deadline). Their order holds for a sender that awaits
 //! each send; concurrent sends of one key may be stored out of order when one
@@ -151,6 +153,8 @@ struct Route {
     fetched: Instant,
     /// Set after a send failed: refresh before the next use.
     expired: bool,
+    /// The route table's epoch (0: a standalone broker's own view).
+    epoch: u64,
     queues: Vec<pb::QueueRoute>,
 }
 
@@ -427,11 +431,21 @@ impl Inner {
                 async move { client.query_route(request).await }
             })
         };
+        // An answer older than the cached route is no refresh: a broker that
+        // restarted has lost the pushed route table until the operator pushes
+        // it again, and meanwhile answers as a standalone broker (epoch 0)
+        // with every queue on itself, queues other brokers hold included.
+        let cached_epoch = cached.as_ref().map_or(0, |r| r.epoch);
+        let current = |r: &pb::QueryRouteResponse| r.epoch >= cached_epoch;
         let mut fetched = query(self.bootstrap.clone()).await;
-        // The bootstrap broker is down: any healthy broker of the old route
-        // holds the same route table.
-        if let (Err(e), Some(stale)) = (&fetched, &cached)
-            && e.is_retryable()
+        // The bootstrap broker is down (or restarted): any healthy broker of
+        // the old route holds the same route table.
+        let unanswered = match &fetched {
+            Ok(r) => !current(r),
+            Err(e) => e.is_retryable(),
+        };
+        if let Some(stale) = &cached
+            && unanswered
         {
             let faulty = self.faulty.lock().clone();
             let mut others: Vec<&str> = stale
@@ -445,6 +459,7 @@ impl Inner {
             for address in others {
                 if let Ok(c) = client(address)
                     && let Ok(r) = query(c).await
+                    && current(&r)
                 {
                     fetched = Ok(r);
                     break;
@@ -452,15 +467,19 @@ impl Inner {
             }
         }
         let response = match (fetched, cached) {
+            (Ok(r), Some(stale)) if !current(&r) => {
+                tracing::debug!(
+                    epoch = r.epoch,
+                    cached = stale.epoch,
+                    topic,
+                    "only older routes answered; using the cached route"
+                );
+                return Ok(self.keep_stale(topic, stale));
+            }
             (Ok(r), _) => r,
-            (Err(e), Some(mut stale)) if e.is_retryable() => {
-                // Kept for another `route_ttl`, so sends do not each wait for
-                // an unreachable bootstrap broker.
+            (Err(e), Some(stale)) if e.is_retryable() => {
                 tracing::debug!(error = %e, topic, "route refresh failed; using the cached route");
-                stale.fetched = Instant::now();
-                stale.expired = false;
-                self.routes.lock().insert(topic.to_string(), stale.clone());
-                return Ok(stale);
+                return Ok(self.keep_stale(topic, stale));
             }
             (Err(e), _) => return Err(e),
         };
@@ -472,10 +491,20 @@ impl Inner {
         let route = Route {
             fetched: Instant::now(),
             expired: false,
+            epoch: response.epoch,
             queues: response.queues,
         };
         self.routes.lock().insert(topic.to_string(), route.clone());
         Ok(route)
+    }
+
+    /// Keeps a route that could not be refreshed for another `route_ttl`, so
+    /// sends do not each wait for an unreachable bootstrap broker.
+    fn keep_stale(&self, topic: &str, mut stale: Route) -> Route {
+        stale.fetched = Instant::now();
+        stale.expired = false;
+        self.routes.lock().insert(topic.to_string(), stale.clone());
+        stale
     }
 
     /// The batcher queue for a broker, started on first use. Batchers hold the

@@ -233,3 +233,37 @@ async fn sends_fail_over_from_a_dead_broker_and_outlive_the_bootstrap_broker() {
     }
     assert_eq!(stored(&b, TOPIC).await, 10 + 50);
 }
+
+/// A restarted broker has lost the pushed route table and, until the operator
+/// pushes it again, answers routes as a standalone broker (every queue on
+/// itself). A producer whose bootstrap broker died must keep its cached
+/// (newer) route rather than send the dead broker's queues there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_brokers_standalone_route_does_not_replace_the_pushed_one() {
+    let (mut a, mut b) = two_brokers().await;
+    let producer = ProducerBuilder::new(&a.grpc)
+        .send_timeout(Duration::from_secs(6))
+        .route_ttl(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    for i in 0..4 {
+        producer
+            .send(Message::new(TOPIC, format!("warm-{i}")))
+            .await
+            .unwrap();
+    }
+    b.restart();
+    a.kill();
+    for i in 0..20 {
+        let r = producer
+            .send(Message::new(TOPIC, format!("after-restart-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("send {i} with the bootstrap broker down: {e}"));
+        assert!(
+            r.queue_id >= 2,
+            "queue {} is on the dead broker",
+            r.queue_id
+        );
+    }
+    assert_eq!(stored(&b, TOPIC).await, 2 + 20);
+}

@@ -1,7 +1,8 @@
 //! `dduomq-storetool`: offline tools for a broker data directory.
 //!
 //! * `verify` opens the store as the broker would (crash recovery, which also
-//!   rebuilds damaged derived files), reads every message of every queue, and
+//!   rebuilds damaged derived files; stamping the data format), prints the
+//!   data format (and the one found), reads every message of every queue, and
 //!   prints one `damage:` line per finding: files repaired or rebuilt, corrupt
 //!   commit-log ranges, lost bytes, consume-queue entries that did not lead to
 //!   their record, corrupt records, and metadata files (topics, groups,
@@ -19,7 +20,9 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use dduomq_broker::config::BrokerConfig;
 use dduomq_broker::messaging::Broker;
-use dduomq_broker::store::{FlushMode, Message, Store, StoreConfig};
+use dduomq_broker::store::{
+    DATA_FORMAT, FlushMode, Message, OpenedFormat, Store, StoreConfig, UNVERSIONED_FORMAT,
+};
 use rand::Rng;
 
 #[derive(Debug, Parser)]
@@ -102,6 +105,7 @@ fn verify(data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
     let mut cfg = config.store;
     cfg.data_dir = data_dir;
     let store = Arc::new(Store::open(cfg)?);
+    println!("{}", format_line(store.opened_format()));
     let report = store.recovery_report().clone();
     println!(
         "recovery: scanned from {} to {}, {} records replayed, {} torn bytes zeroed",
@@ -162,6 +166,19 @@ fn verify(data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
     }
     println!("no damage found");
     Ok(())
+}
+
+/// The data format, and what the directory was in before this open stamped it.
+fn format_line(opened: OpenedFormat) -> String {
+    match opened {
+        OpenedFormat::Versioned(DATA_FORMAT) => format!("data format: {DATA_FORMAT}"),
+        OpenedFormat::Versioned(v) => format!("data format: {DATA_FORMAT} (was {v}; upgraded)"),
+        OpenedFormat::Unversioned => format!(
+            "data format: {DATA_FORMAT} (was {UNVERSIONED_FORMAT}, written before format \
+             versioning; upgraded)"
+        ),
+        OpenedFormat::Fresh => format!("data format: {DATA_FORMAT} (new directory)"),
+    }
 }
 
 fn stress(store: &Store, topic: &str, queues: u32, max_batch: usize, max_body: usize) {

@@ -19,13 +19,11 @@
 //! read; it carries no segment size and no queue ends.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use super::error::{Result, StoreError};
 use super::index::IndexTip;
-use super::mapped_file::sync_dir;
+use super::mapped_file::replace_file;
 
 const MAGIC: u32 = 0xDD0A_C4E0;
 const VERSION_1: u32 = 1;
@@ -149,17 +147,7 @@ impl Checkpoint {
 
     /// Atomically replaces the checkpoint file.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join("checkpoint.tmp");
-        let ctx = |e| StoreError::io(format!("writing {}", tmp.display()), e);
-        let mut f = File::create(&tmp).map_err(ctx)?;
-        let written = f.write_all(&self.encode()).and_then(|()| f.sync_data());
-        if let Err(e) = written {
-            drop(f);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ctx(e));
-        }
-        std::fs::rename(&tmp, dir.join(FILE)).map_err(ctx)?;
-        sync_dir(dir)
+        replace_file(dir, FILE, &self.encode())
     }
 }
 

@@ -2,6 +2,7 @@
 //! gRPC layer turns into a documented reason, so clients can match on it.
 
 use std::io;
+use std::path::PathBuf;
 
 use dduomq_proto::Reason;
 
@@ -61,6 +62,11 @@ pub enum StoreError {
     #[error("invalid store configuration: {0}")]
     InvalidConfig(String),
 
+    /// The data directory's `FORMAT` file names a newer data format than this
+    /// build reads, or is unreadable; nothing was written.
+    #[error("{}: {problem}", path.display())]
+    DataFormat { path: PathBuf, problem: String },
+
     /// The store is shutting down and takes no more appends.
     #[error("store is closed")]
     Closed,
@@ -81,7 +87,7 @@ impl StoreError {
             StoreError::Corrupt { .. } => Reason::CorruptRecord,
             StoreError::InvalidMessageId { .. } => Reason::InvalidMessageId,
             StoreError::MessageNotFound(_) => Reason::MessageNotFound,
-            StoreError::InvalidConfig(_) => Reason::InvalidConfig,
+            StoreError::InvalidConfig(_) | StoreError::DataFormat { .. } => Reason::InvalidConfig,
             StoreError::Closed => Reason::StoreClosed,
             StoreError::Io { .. } => Reason::IoError,
         }

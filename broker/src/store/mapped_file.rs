@@ -11,7 +11,7 @@
 //! and reads and writes go through raw pointers.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -287,6 +287,23 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
         };
     }
     Err(err)
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: written to
+/// `name.tmp`, fsynced, renamed over the file, and the directory fsynced, so a
+/// crash leaves the old file or the new one, never a mix.
+pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let ctx = |e| StoreError::io(format!("writing {}", tmp.display()), e);
+    let mut f = File::create(&tmp).map_err(ctx)?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_data());
+    if let Err(e) = written {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ctx(e));
+    }
+    std::fs::rename(&tmp, dir.join(name)).map_err(ctx)?;
+    sync_dir(dir)
 }
 
 /// Makes a directory entry change (create, rename, delete) durable.

@@ -3,6 +3,7 @@
 //! ```text
 //!  <data_dir>/
 //!    LOCK                                  flock: one process per data directory
+//!    FORMAT                                data-format version (format.rs)
 //!    checkpoint                            where recovery starts (checkpoint.rs)
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
 //!    consumequeue/<topic>/<queue>/<20-digit first offset>   32-byte entries
@@ -19,6 +20,7 @@ mod commit_log;
 mod config;
 mod consume_queue;
 mod error;
+mod format;
 mod index;
 mod mapped_file;
 mod message_id;
@@ -45,6 +47,7 @@ pub use checkpoint::{Checkpoint, QueueName};
 pub use config::{DiskFullPolicy, FlushMode, StoreConfig};
 pub use consume_queue::tag_hash;
 pub use error::{Result, StoreError};
+pub use format::{DATA_FORMAT, OpenedFormat, UNVERSIONED_FORMAT};
 pub use mapped_file::sync_dir;
 pub use message_id::MessageId;
 pub use observer::{DeleteReason, NoObserver, StoreObserver};
@@ -107,6 +110,7 @@ pub struct Store {
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop_housekeeper: Mutex<Option<std_mpsc::Sender<()>>>,
     recovery: RecoveryReport,
+    opened_format: OpenedFormat,
     _lock: File,
 }
 
@@ -124,6 +128,7 @@ impl Store {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let lock = lock_dir(&dir)?;
+        let opened_format = format::check_and_stamp(&dir)?;
         let mut repairs = Vec::new();
         let checkpoint = Checkpoint::load(&dir).unwrap_or_else(|e| {
             let repair = format!("{e}; ignored, recovering from the oldest segment");
@@ -233,6 +238,7 @@ impl Store {
             threads: Mutex::new(threads),
             stop_housekeeper: Mutex::new(Some(stop_tx)),
             recovery,
+            opened_format,
             _lock: lock,
         })
     }
@@ -244,6 +250,12 @@ impl Store {
     /// What recovery found when this store was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.recovery
+    }
+
+    /// The data format the directory was in when opened (it is
+    /// [`DATA_FORMAT`] now).
+    pub fn opened_format(&self) -> OpenedFormat {
+        self.opened_format
     }
 
     fn encode(&self, messages: Vec<Message>) -> Result<Vec<Encoded>> {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod broker;
 
 use std::path::Path;
+use std::process::Command;
 
 use bytes::Bytes;
 use dduomq_broker::store::{Message, Record, Store, StoreConfig};
@@ -75,4 +76,37 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// Runs `dduomq-storetool verify` on a copy of `dir`: its exit code and output.
+pub fn verify(dir: &Path, cfg: &StoreConfig) -> (i32, String) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir, copy.path());
+    let conf = copy.path().join("broker.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[store]\nsegment_size_bytes = {}\nmax_record_size_bytes = {}\n\
+             consume_queue_entries_per_file = {}\nindex_slots = {}\nindex_entries = {}\n",
+            cfg.segment_size_bytes,
+            cfg.max_record_size_bytes,
+            cfg.consume_queue_entries_per_file,
+            cfg.index_slots,
+            cfg.index_entries
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dduomq-storetool"))
+        .args(["verify", "--data-dir"])
+        .arg(copy.path())
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }
