@@ -84,7 +84,10 @@ impl MessagingService for MessagingApi {
                         producer_id: m.producer_id,
                         sequence: m.sequence,
                         schedule: Schedule::from_wire(m.deliver_at_ms, m.delay_ms)?,
-                        transaction: m.transactional.then_some(m.producer_group),
+                        transaction: convert::transaction_from_pb(
+                            m.transactional,
+                            m.producer_group,
+                        )?,
                         lane: m.lane,
                     })
                 })
