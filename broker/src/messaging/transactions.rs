@@ -92,17 +92,19 @@ impl Broker {
     /// How a transaction ended, as its marker in `%RESOLVED%` records (`None`
     /// when no marker names it).
     fn marked_resolution(&self, id: &MessageId) -> Result<Option<Resolution>> {
-        let origin = id.to_string();
-        // One marker per transaction: the newest is the only one.
-        let markers =
-            self.store
-                .lookup_by_key(staged::RESOLVED_TOPIC, &origin, i64::MIN, i64::MAX, 1)?;
-        Ok(markers.iter().find_map(|m| {
-            (properties::ORIGIN_ID.get(&m.properties) == Some(origin.as_str()))
-                .then(|| properties::RESOLUTION.get(&m.properties))
-                .flatten()
-                .and_then(Resolution::parse)
-        }))
+        // One marker per transaction, keyed by its id (the store compares
+        // the key itself, so a hash collision finds nothing).
+        let markers = self.store.lookup_by_key(
+            staged::RESOLVED_TOPIC,
+            &id.to_string(),
+            i64::MIN,
+            i64::MAX,
+            1,
+        )?;
+        Ok(markers
+            .iter()
+            .find_map(|m| properties::RESOLUTION.get(&m.properties))
+            .and_then(Resolution::parse))
     }
 
     /// Stores a claimed transaction's outcome; gives the claim back on failure.
