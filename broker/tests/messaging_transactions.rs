@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::api::{
     add_checker, body_of, create_group, create_topic, end_transaction, lease_all, message,
-    queue_bodies, read_queue, send, subscribe,
+    queue_bodies, read_queue, save_metadata, send, subscribe,
 };
 use common::broker::{Loops, PATIENCE, Shutdown, TestBroker, messaging_config, poll_until};
 use dduomq_broker::config::MessagingConfig;
@@ -134,6 +134,47 @@ async fn halves_stored_before_a_clean_restart_are_committed_and_rolled_back_afte
 #[tokio::test]
 async fn halves_stored_before_a_crash_are_committed_and_rolled_back_after_it() {
     commit_and_rollback_after_a_restart(Shutdown::WithoutSaving).await;
+}
+
+/// Transactions ended before a restart are answered after it as before it,
+/// however the broker went down: ending one again the same way succeeds, the
+/// other way is refused with how it ended. The metadata is saved after the
+/// ends (as the maintenance loop does), so the startup scan begins after the
+/// resolved halves and the answer must come from what the log recorded.
+async fn repeated_ends_after_a_restart(how: Shutdown) {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, r) =
+        halves_across_restart(dir.path(), &["t1", "t2"], Shutdown::Clean, no_checks()).await;
+    end(&b, &r[0], PRODUCERS, Resolution::Commit).await.unwrap();
+    end(&b, &r[1], PRODUCERS, Resolution::Rollback)
+        .await
+        .unwrap();
+    save_metadata(&b.broker);
+    let b = b.restart(how, no_checks(), Loops::Running).await;
+    end(&b, &r[0], PRODUCERS, Resolution::Commit).await.unwrap();
+    end(&b, &r[1], PRODUCERS, Resolution::Rollback)
+        .await
+        .unwrap();
+    assert!(resolved_as(
+        end(&b, &r[0], PRODUCERS, Resolution::Rollback).await,
+        "commit"
+    ));
+    assert!(resolved_as(
+        end(&b, &r[1], PRODUCERS, Resolution::Commit).await,
+        "rollback"
+    ));
+    assert_eq!(queue_bodies(&b.broker, TOPIC, 0).await, ["t1"]);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn transactions_ended_before_a_clean_restart_answer_a_repeated_end_as_before() {
+    repeated_ends_after_a_restart(Shutdown::Clean).await;
+}
+
+#[tokio::test]
+async fn transactions_ended_before_a_crash_answer_a_repeated_end_as_before() {
+    repeated_ends_after_a_restart(Shutdown::WithoutSaving).await;
 }
 
 /// Waits for the next check, failing after [`PATIENCE`].

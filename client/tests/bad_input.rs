@@ -713,6 +713,16 @@ async fn oversized_strings_and_counts_are_refused() {
                 ..outgoing("txn", "half")
             }],
         ),
+        // A producer group is checked on a normal message too, where it is
+        // unused.
+        (
+            "producer_group",
+            with(&|o| o.producer_group = long(1 << 20)),
+        ),
+        (
+            "producer_group",
+            with(&|o| o.producer_group = "two words".into()),
+        ),
     ];
     for (field, messages) in cases {
         let r = send(&mut m, messages).await;

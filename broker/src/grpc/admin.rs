@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
 use crate::messaging::membership::MemberKind;
-use crate::messaging::{Broker, CreatedTopic, ResetTarget, TopicDescription};
+use crate::messaging::{Broker, CreatedTopic, GroupMember, ResetTarget, TopicDescription};
 
 /// The gRPC face of broker administration.
 #[derive(Debug, Clone)]
@@ -171,15 +171,15 @@ impl AdminService for AdminApi {
                 members: d
                     .members
                     .into_iter()
-                    .map(|(client_id, m)| pb::GroupMember {
+                    .map(|GroupMember { client_id, member }| pb::GroupMember {
                         client_id,
-                        kind: match m.kind {
+                        kind: match member.kind {
                             MemberKind::Push => pb::ConsumerKind::Push,
                             MemberKind::Pull => pb::ConsumerKind::Pull,
                             MemberKind::Producer => pb::ConsumerKind::Producer,
                         } as i32,
-                        topics: m.topics.into_iter().collect(),
-                        last_heartbeat_ms: m.last_seen_ms,
+                        topics: member.topics.into_iter().collect(),
+                        last_heartbeat_ms: member.last_seen_ms,
                     })
                     .collect(),
                 generation: d.generation,

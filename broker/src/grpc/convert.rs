@@ -4,9 +4,9 @@ use dduomq_proto::v1 as pb;
 
 use crate::messaging::error::BrokerError;
 use crate::messaging::groups::{ConsumeMode, GroupConfig};
-use crate::messaging::properties;
 use crate::messaging::topics::TopicConfig;
 use crate::messaging::{Delivery, QueueProgress};
+use crate::messaging::{limits, properties};
 use crate::store::{Codec, MessageType};
 
 pub fn message(d: Delivery) -> pb::Message {
@@ -72,6 +72,19 @@ pub fn codec_from_pb(c: i32) -> Result<Codec, BrokerError> {
             pb::Codec::None => Codec::None,
         },
     )
+}
+
+/// A message's transaction: its producer group when it is transactional. A
+/// producer group given on another message is unused, but still checked, so
+/// a malformed one is refused rather than silently dropped.
+pub fn transaction_from_pb(
+    transactional: bool,
+    producer_group: String,
+) -> Result<Option<String>, BrokerError> {
+    if !transactional && !producer_group.is_empty() {
+        limits::check_group_name("producer_group", &producer_group)?;
+    }
+    Ok(transactional.then_some(producer_group))
 }
 
 pub fn topic(t: TopicConfig) -> pb::Topic {

@@ -20,8 +20,8 @@ use crate::messaging::membership::MemberKind;
 use crate::messaging::push::subscription::Subscription;
 use crate::messaging::staged::{Resolution, TransactionCheck};
 use crate::messaging::{
-    Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream, RouteAnswer, Schedule,
-    SendMessage,
+    AssignedQueue, Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream,
+    RouteAnswer, Schedule, SendMessage,
 };
 use crate::store::now_millis;
 
@@ -84,7 +84,10 @@ impl MessagingService for MessagingApi {
                         producer_id: m.producer_id,
                         sequence: m.sequence,
                         schedule: Schedule::from_wire(m.deliver_at_ms, m.delay_ms)?,
-                        transaction: m.transactional.then_some(m.producer_group),
+                        transaction: convert::transaction_from_pb(
+                            m.transactional,
+                            m.producer_group,
+                        )?,
                         lane: m.lane,
                     })
                 })
@@ -343,7 +346,10 @@ impl MessagingService for MessagingApi {
                 assignments: a
                     .queues
                     .into_iter()
-                    .map(|(topic, queue_id)| pb::QueueAssignment { topic, queue_id })
+                    .map(|AssignedQueue { topic, queue_id }| pb::QueueAssignment {
+                        topic,
+                        queue_id,
+                    })
                     .collect(),
                 session_timeout_ms: self.broker.config().session_timeout.as_millis() as u32,
             }))

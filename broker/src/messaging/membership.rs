@@ -24,12 +24,19 @@ pub struct Member {
     pub last_seen_ms: i64,
 }
 
+/// A queue assigned to a pull member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedQueue {
+    pub topic: String,
+    pub queue_id: u32,
+}
+
 /// The members of one group and their pull assignment.
 #[derive(Debug, Default)]
 pub struct Membership {
     generation: u64,
     members: BTreeMap<String, Member>,
-    assignment: BTreeMap<String, Vec<(String, u32)>>,
+    assignment: BTreeMap<String, Vec<AssignedQueue>>,
 }
 
 impl Membership {
@@ -42,14 +49,14 @@ impl Membership {
     }
 
     /// The queues assigned to a member.
-    pub fn assignment(&self, client_id: &str) -> &[(String, u32)] {
+    pub fn assignment(&self, client_id: &str) -> &[AssignedQueue] {
         self.assignment.get(client_id).map_or(&[], |v| v.as_slice())
     }
 
     pub fn is_assigned(&self, client_id: &str, topic: &str, queue_id: u32) -> bool {
         self.assignment(client_id)
             .iter()
-            .any(|(t, q)| t == topic && *q == queue_id)
+            .any(|q| q.topic == topic && q.queue_id == queue_id)
     }
 
     /// Records a heartbeat and rebalances if the membership or queue counts changed.
@@ -110,14 +117,17 @@ impl Membership {
                 }
             }
         }
-        let mut assignment: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+        let mut assignment: BTreeMap<String, Vec<AssignedQueue>> = BTreeMap::new();
         for (topic, members) in by_topic {
             for q in 0..queues_of(topic) {
                 let owner = members[q as usize % members.len()];
                 assignment
                     .entry(owner.to_string())
                     .or_default()
-                    .push((topic.to_string(), q));
+                    .push(AssignedQueue {
+                        topic: topic.to_string(),
+                        queue_id: q,
+                    });
             }
         }
         if assignment != self.assignment {
@@ -135,6 +145,15 @@ mod tests {
         t.iter().map(|s| s.to_string()).collect()
     }
 
+    fn queues_of_t(ids: &[u32]) -> Vec<AssignedQueue> {
+        ids.iter()
+            .map(|&queue_id| AssignedQueue {
+                topic: "t".into(),
+                queue_id,
+            })
+            .collect()
+    }
+
     #[test]
     fn queues_are_split_and_rebalanced_with_new_generations() {
         let mut m = Membership::default();
@@ -147,8 +166,8 @@ mod tests {
         m.heartbeat("b", MemberKind::Pull, topics(&["t"]), 20, q);
         let g2 = m.generation();
         assert!(g2 > g1);
-        assert_eq!(m.assignment("a"), &[("t".into(), 0), ("t".into(), 2)]);
-        assert_eq!(m.assignment("b"), &[("t".into(), 1), ("t".into(), 3)]);
+        assert_eq!(m.assignment("a"), queues_of_t(&[0, 2]));
+        assert_eq!(m.assignment("b"), queues_of_t(&[1, 3]));
         assert!(m.is_assigned("b", "t", 3) && !m.is_assigned("a", "t", 3));
         // A push member does not take queues.
         m.heartbeat("c", MemberKind::Push, topics(&["t"]), 20, q);

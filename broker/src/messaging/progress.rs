@@ -32,12 +32,19 @@ pub enum ResetTarget {
     Offset(i64),
 }
 
+/// A live member of a group, for describe.
+#[derive(Debug, Clone)]
+pub struct GroupMember {
+    pub client_id: String,
+    pub member: membership::Member,
+}
+
 /// A group and its live state, for describe.
 #[derive(Debug, Clone)]
 pub struct GroupDescription {
     pub config: GroupConfig,
     pub queues: Vec<QueueProgress>,
-    pub members: Vec<(String, membership::Member)>,
+    pub members: Vec<GroupMember>,
     pub generation: u64,
 }
 
@@ -113,13 +120,16 @@ impl Broker {
                     m.generation(),
                     m.members()
                         .iter()
-                        .map(|(id, m)| (id.clone(), m.clone()))
+                        .map(|(id, m)| GroupMember {
+                            client_id: id.clone(),
+                            member: m.clone(),
+                        })
                         .collect(),
                 )
             })
         };
-        for (_, m) in &members {
-            for t in &m.topics {
+        for m in &members {
+            for t in &m.member.topics {
                 if config.mode == ConsumeMode::Clustering {
                     keys.insert((t.clone(), String::new()));
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::error::{BrokerError, Result};
 use super::groups::ConsumeMode;
-use super::membership::MemberKind;
+use super::membership::{AssignedQueue, MemberKind};
 use super::offsets::{Progress, ProgressKey};
 use super::push::subscription::SubKey;
 use super::{Broker, Delivery, limits};
@@ -42,7 +42,7 @@ pub struct PullSpec<'a> {
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub generation: u64,
-    pub queues: Vec<(String, u32)>,
+    pub queues: Vec<AssignedQueue>,
 }
 
 /// A group's committed offset on a queue, and the offsets the queue holds.

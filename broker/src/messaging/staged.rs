@@ -1,23 +1,30 @@
 //! Staged messages: stored, but not yet in their topic. A delayed message waits
 //! in `%DELAY%` for its time; a transactional (half) message waits in `%HALF%`
 //! for a commit or rollback. Both are ordinary commit-log records; releasing
-//! one appends a copy to the real topic (or, for a rollback, a marker to
-//! `%RESOLVED%`) that names its origin:
+//! one appends a copy to the real topic (and, for a transaction, a marker to
+//! `%RESOLVED%`; a rollback appends only the marker) that names its origin:
 //!
 //! ```text
 //!   send ──► %DELAY% record ──(due)──────────────► copy in topic/queue   ─┐
 //!            __REAL_TOPIC __REAL_QUEUE                __ORIGIN_ID = id   │ markers: the
 //!            __DELIVER_AT                                                 │ origin is
-//!   send ──► %HALF% record ──(commit)────────────► copy in topic/queue   ─┤ resolved
+//!   send ──► %HALF% record ──(commit)────────────► copy + marker "commit" ┤ resolved
 //!            __REAL_TOPIC __REAL_QUEUE                __ORIGIN_ID = id   │
-//!            __PRODUCER_GROUP  ──(rollback/expiry)► %RESOLVED% marker    ─┘
+//!            __PRODUCER_GROUP  ──(rollback/expiry)► marker "rollback"    ─┘
 //! ```
 //!
 //! Nothing but a commit-log position is saved: `staged.json` holds a position
 //! below every unresolved staged record. On startup the log is scanned from
-//! there; staged records are pending unless a marker names them, so a crash
-//! between a release and the next save neither loses nor repeats a message.
-//! Retention never deletes a segment at or above that position.
+//! there; staged records are pending unless a copy or marker names them, so a
+//! crash between a release and the next save neither loses nor repeats a
+//! message. Retention never deletes a segment at or above that position.
+//!
+//! A repeated EndTransaction is answered with how the transaction ended,
+//! whether or how the broker restarted since: recent resolutions are kept in
+//! memory (a bounded window, refilled by the scan), and any other is read from
+//! its marker, which carries the origin id as its key so the store's key index
+//! finds it. The marker follows its half in the log, so it lives as long as
+//! the half does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -36,10 +43,11 @@ use crate::store::{MessageId, Record};
 pub const DELAY_TOPIC: &str = "%DELAY%";
 /// Where transactional messages wait for their outcome.
 pub const HALF_TOPIC: &str = "%HALF%";
-/// Markers of rolled-back transactions and of delayed messages whose topic was
+/// Markers of ended transactions and of delayed messages whose topic was
 /// deleted before they were due.
 pub const RESOLVED_TOPIC: &str = "%RESOLVED%";
-/// Resolutions remembered for answering a repeated EndTransaction.
+/// Resolutions kept in memory for answering a repeated EndTransaction (older
+/// ones are read from their marker).
 const REMEMBERED_RESOLUTIONS: usize = 100_000;
 
 /// Whether a record of `topic` is staged (waiting in a system topic).
@@ -67,6 +75,14 @@ impl Resolution {
             Resolution::Commit => "commit",
             Resolution::Rollback => "rollback",
         }
+    }
+
+    /// The resolution a marker records (`None` for a delayed message dropped
+    /// with its topic).
+    pub fn parse(s: &str) -> Option<Resolution> {
+        [Resolution::Commit, Resolution::Rollback]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -207,10 +223,11 @@ impl Staged {
             let physical = origin.physical_offset;
             st.delayed.remove(&physical);
             if let Some(half) = st.halves.remove(&physical) {
-                let resolution = match properties::RESOLUTION.get(&rec.properties) {
-                    Some("rollback") => Resolution::Rollback,
-                    _ => Resolution::Commit,
-                };
+                // A commit's copy (which comes first) carries no resolution.
+                let resolution = properties::RESOLUTION
+                    .get(&rec.properties)
+                    .and_then(Resolution::parse)
+                    .unwrap_or(Resolution::Commit);
                 remember(&mut st, half.position, resolution);
             }
         }
@@ -461,13 +478,16 @@ pub fn released_properties(rec: &Record, origin: &MessageId) -> Vec<(String, Str
     properties
 }
 
-/// A record that resolves a staged record without a copy: a rollback, or a
-/// message whose topic was deleted before its release (`"dropped"`).
+/// The record of how a staged record was resolved: a transaction's commit
+/// (after its copy) or rollback, or a delayed message whose topic was deleted
+/// before its release (`"dropped"`). Its key is the origin id, so the key
+/// index finds it.
 pub fn marker(origin: &MessageId, resolution: &str) -> crate::store::Message {
     crate::store::Message {
         topic: RESOLVED_TOPIC.to_string(),
         queue_id: 0,
         born_timestamp: crate::store::now_millis(),
+        keys: vec![origin.to_string()],
         properties: vec![
             properties::ORIGIN_ID.with(origin),
             properties::RESOLUTION.with(resolution),

@@ -1,15 +1,29 @@
 //! Transactional messages: a half message waits in `%HALF%` (see
-//! [`super::staged`]) until the producer commits it (a copy goes to its topic)
-//! or rolls it back (a marker). One left unresolved is checked with its
-//! producer group's checkers, repeatedly, and rolled back after the last check.
+//! [`super::staged`]) until the producer commits it (a copy goes to its topic,
+//! then a marker) or rolls it back (a marker). One left unresolved is checked
+//! with its producer group's checkers, repeatedly, and rolled back after the
+//! last check. A repeated end is answered from memory or, for an older
+//! resolution, from the marker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{BrokerError, Result};
 use super::staged::{self, Claim, Half, Resolution, TransactionCheck};
-use super::{Broker, Delivery};
+use super::{Broker, Delivery, properties};
 use crate::store::{MessageId, TransactionState, now_millis};
+
+/// The answer to ending again a transaction that ended `ended`: the same way
+/// is a no-op, the other way is refused.
+fn repeated_end(transaction_id: &str, ended: Resolution, asked: Resolution) -> Result<()> {
+    if ended == asked {
+        return Ok(());
+    }
+    Err(BrokerError::TransactionResolved {
+        id: transaction_id.to_string(),
+        resolution: ended.as_str().to_string(),
+    })
+}
 
 /// How often the check loop looks for due checks: a quarter of the shorter
 /// of the first-check delay and the check interval (so a check is late by at
@@ -44,22 +58,23 @@ impl Broker {
                     transaction_id.to_string(),
                 ));
             }
-            Claim::Resolved(r) if r == resolution => return Ok(()),
-            Claim::Resolved(r) => {
-                return Err(BrokerError::TransactionResolved {
-                    id: transaction_id.to_string(),
-                    resolution: r.as_str().to_string(),
-                });
-            }
+            Claim::Resolved(ended) => return repeated_end(transaction_id, ended, resolution),
             Claim::Unknown => {
-                return match self.store.lookup_by_id(&id) {
-                    Ok(rec) if rec.topic == staged::HALF_TOPIC => {
-                        Err(BrokerError::TransactionResolved {
-                            id: transaction_id.to_string(),
-                            resolution: "resolved before the broker's last restart".into(),
-                        })
-                    }
-                    _ => Err(not_found()),
+                // Resolved longer ago than memory holds (or before a
+                // restart): its marker tells how.
+                match self.store.lookup_by_id(&id) {
+                    Ok(rec) if rec.topic == staged::HALF_TOPIC => {}
+                    _ => return Err(not_found()),
+                }
+                return match self.marked_resolution(&id)? {
+                    Some(ended) => repeated_end(transaction_id, ended, resolution),
+                    // Ended by an earlier version, which wrote no commit
+                    // markers and indexed none, or a crash kept the copy of a
+                    // commit but not its marker.
+                    None => Err(BrokerError::TransactionResolved {
+                        id: transaction_id.to_string(),
+                        resolution: "resolved (its outcome was not recorded)".into(),
+                    }),
                 };
             }
         };
@@ -74,18 +89,42 @@ impl Broker {
             .await
     }
 
+    /// How a transaction ended, as its marker in `%RESOLVED%` records (`None`
+    /// when no marker names it).
+    fn marked_resolution(&self, id: &MessageId) -> Result<Option<Resolution>> {
+        // One marker per transaction, keyed by its id (the store compares
+        // the key itself, so a hash collision finds nothing).
+        let markers = self.store.lookup_by_key(
+            staged::RESOLVED_TOPIC,
+            &id.to_string(),
+            i64::MIN,
+            i64::MAX,
+            1,
+        )?;
+        Ok(markers
+            .iter()
+            .find_map(|m| properties::RESOLUTION.get(&m.properties))
+            .and_then(Resolution::parse))
+    }
+
     /// Stores a claimed transaction's outcome; gives the claim back on failure.
     async fn resolve(&self, half: Half, resolution: Resolution, by: &str) -> Result<()> {
         let id = self.staged_id(half.position);
+        // The copy first: a crash between the two leaves the half committed
+        // (the scan reads the copy), never marked without its copy.
+        let marker = staged::marker(&id, resolution.as_str());
         let outcome = match resolution {
             Resolution::Commit => match self.store.lookup_by_id(&id) {
-                Ok(rec) => Ok(self.released_copy(rec, &id, TransactionState::Committed)),
+                Ok(rec) => Ok(vec![
+                    self.released_copy(rec, &id, TransactionState::Committed),
+                    marker,
+                ]),
                 Err(e) => Err(e),
             },
-            Resolution::Rollback => Ok(staged::marker(&id, "rollback")),
+            Resolution::Rollback => Ok(vec![marker]),
         };
         let stored = match outcome {
-            Ok(record) => self.store.append(vec![record]).await.map(|_| ()),
+            Ok(records) => self.store.append(records).await.map(|_| ()),
             Err(e) => Err(e),
         };
         match stored {

@@ -122,6 +122,7 @@ fn a_released_copy_keeps_the_producers_properties_and_names_its_origin() {
     );
     let m = marker(&id, "rollback");
     assert_eq!(m.topic, RESOLVED_TOPIC);
+    assert_eq!(m.keys, [origin(64)], "the key index finds it by its origin");
     assert_eq!(
         m.properties,
         props(&[(ORIGIN_ID.name, &origin(64)), (RESOLUTION.name, "rollback")])
