@@ -209,7 +209,7 @@ async fn a_killed_producers_transactions_are_resolved_by_another_of_its_group() 
     use pb::TransactionResolution::{Commit, Rollback};
     // A CLI producer of group `shop` leaves six transactions open and is
     // SIGKILLed while still running (waiting for more input).
-    let mut cli = Command::new(env!("CARGO_BIN_EXE_dduomq"))
+    let mut cli = Command::new(harness::sibling_binary("dduomq"))
         .args(["--server", &b.grpc, "-o", "json", "produce"])
         .args(["--topic", "payments", "--transaction", "none"])
         .args(["--producer-group", "shop"])

@@ -1,6 +1,7 @@
 //! The `dduomq` CLI against a real broker: the command forms and JSON output that
 //! users' scripts rely on.
 
+#[path = "../../client/tests/harness/mod.rs"]
 mod harness;
 
 use std::io::Write;
