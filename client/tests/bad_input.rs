@@ -238,7 +238,6 @@ async fn next_messages(stream: &mut Streaming<pb::ReceiveResponse>, n: usize) ->
             .unwrap_or_else(|_| panic!("only {} of {n} messages within 60 s", out.len()))
             .expect("stream")
             .expect("stream open");
-        out.extend(r.message);
         out.extend(r.messages);
     }
     out
@@ -250,7 +249,6 @@ fn receive_request(group: &str, topic: &str, invisible_ms: u32) -> pb::ReceiveRe
         topic: topic.into(),
         client_id: "keeper-1".into(),
         invisible_duration_ms: invisible_ms,
-        batched: true,
         ..Default::default()
     }
 }
