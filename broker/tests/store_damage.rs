@@ -14,8 +14,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{body, config, copy_dir, message};
+use common::{body, config, message};
 use dduomq_broker::store::{MessageId, Store, StoreConfig};
+use dduomq_testkit::copy_dir;
 use tempfile::TempDir;
 
 /// Queues of the fixture and how many messages each gets, interleaved in the log.

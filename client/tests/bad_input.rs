@@ -3,15 +3,13 @@
 //! a short message, and no state change; the broker's memory stays within a
 //! stated bound, and it still serves a normal send and read afterwards.
 
-mod harness;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dduomq_client::Admin;
 use dduomq_client::proto as pb;
-use harness::{Broker, Options, eventually};
+use dduomq_testkit::{Broker, Options, eventually};
 use pb::admin_service_client::AdminServiceClient;
 use pb::messaging_service_client::MessagingServiceClient;
 use tonic::transport::Channel;
@@ -339,7 +337,7 @@ async fn saved_progress_is_bounded_by_leases_and_rewritten_only_on_change() {
         config: Some("[broker]\noffsets_persist_interval = \"100ms\"\n".into()),
         ..Default::default()
     });
-    harness::create_topics(&b, &[("held", 1, pb::MessageType::Normal)]).await;
+    dduomq_testkit::create_topics(&b, &[("held", 1, pb::MessageType::Normal)]).await;
     let mut m = messaging(&b).await;
     for chunk in 0..=ACKED / 500 {
         let n = if chunk == ACKED / 500 { 1 } else { 500 };
@@ -547,7 +545,7 @@ async fn retry_backoff_steps_are_validated() {
 #[tokio::test]
 async fn unknown_enum_values_are_refused() {
     let b = Broker::start();
-    harness::create_topics(&b, &[("enums", 1, pb::MessageType::Normal)]).await;
+    dduomq_testkit::create_topics(&b, &[("enums", 1, pb::MessageType::Normal)]).await;
     let before = state(&b).await;
     let mut a = admin(&b).await;
     let mut m = messaging(&b).await;
@@ -651,7 +649,7 @@ async fn client_sends_to_system_topics_are_refused() {
 #[tokio::test]
 async fn oversized_strings_and_counts_are_refused() {
     let b = Broker::start();
-    harness::create_topics(
+    dduomq_testkit::create_topics(
         &b,
         &[
             ("strings", 1, pb::MessageType::Normal),

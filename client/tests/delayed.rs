@@ -3,8 +3,6 @@
 //! wait and some fall due while it is down; bad requests are refused with
 //! their reasons.
 
-mod harness;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +10,7 @@ use std::time::Duration;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Message, ProducerBuilder, PushConsumerBuilder, now_millis};
-use harness::{Broker, Options, create_topics, eventually, stored};
+use dduomq_testkit::{Broker, Options, create_topics, eventually, stored};
 use parking_lot::Mutex;
 
 const MESSAGES: u64 = 300;

@@ -42,12 +42,12 @@
 //! kubectl commands and their output to `cluster-commands.log`; on a failure the
 //! cluster's state (pods, events, logs) to `cluster-diagnostics.log`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dduomq_client::proto as pb;
@@ -56,6 +56,10 @@ use dduomq_client::{
     ReceivedMessage, SendReceipt,
 };
 use dduomq_operator::crd::{ConsumerGroup, Topic};
+use dduomq_testkit::{
+    Ledger, Load, LoadRate, Report, Step, acks_flowing, all_acked_consumed, body_of, broker_of,
+    eventually, secs,
+};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
@@ -69,7 +73,6 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 /// Namespace and Helm release.
 const NS: &str = "dduomq";
@@ -94,10 +97,11 @@ const QUEUES: u32 = 8;
 const BULK: u64 = 100_000;
 /// Sends in flight while producing them.
 const BULK_CONCURRENCY: usize = 2048;
-/// Messages per second of the continuous load (scenarios 4–6).
-const LOAD_RATE: u32 = 400;
-/// Sends the continuous load keeps in flight at most (more wait: a stall).
-const LOAD_MAX_IN_FLIGHT: usize = 4096;
+/// The continuous load of scenarios 4–6.
+const LOAD: LoadRate = LoadRate {
+    messages_per_second: 400,
+    max_in_flight: 4096,
+};
 
 /// Values beyond the `--set`s of the issue. Persistence stays on (PVCs from the
 /// default StorageClass).
@@ -397,360 +401,10 @@ fn dump_diagnostics(env: &Env, why: &str) {
     let _ = std::fs::write(env.work.join("cluster-diagnostics.log"), &out);
 }
 
-// ---- report -------------------------------------------------------------------
-
-/// Timings and counts, by step; saved after every step.
-#[derive(Debug)]
-struct Report {
-    path: PathBuf,
-    data: Mutex<serde_json::Map<String, Value>>,
-}
-
-impl Report {
-    fn new(env: &Env) -> Report {
-        Report {
-            path: env.work.join("cluster-report.json"),
-            data: Mutex::new(serde_json::Map::new()),
-        }
-    }
-
-    fn set(&self, step: &str, key: &str, value: impl Into<Value>) {
-        let mut data = self.data.lock();
-        let entry = data.entry(step.to_string()).or_insert_with(|| json!({}));
-        entry[key] = value.into();
-    }
-
-    fn save(&self) {
-        let text = serde_json::to_string_pretty(&*self.data.lock()).expect("report as JSON");
-        std::fs::write(&self.path, text + "\n")
-            .unwrap_or_else(|e| panic!("writing {}: {e}", self.path.display()));
-    }
-
-    fn print_summary(&self) {
-        let data = self.data.lock();
-        eprintln!("=== summary");
-        for (step, entries) in data.iter() {
-            match entries.as_object() {
-                Some(map) => {
-                    eprintln!("  {step}");
-                    for (k, v) in map {
-                        eprintln!("    {k:<34} {v}");
-                    }
-                }
-                None => eprintln!("  {step:<36} {entries}"),
-            }
-        }
-        let text = serde_json::to_string_pretty(&*data).expect("report as JSON");
-        println!("cluster-report.json ({}):\n{text}", self.path.display());
-    }
-}
-
-/// One scenario: its `=== step` line, its report section and its duration.
-struct Step<'a> {
-    report: &'a Report,
-    key: &'static str,
-    started: Instant,
-}
-
-impl<'a> Step<'a> {
-    fn start(report: &'a Report, key: &'static str, title: &str) -> Step<'a> {
-        eprintln!("=== step {key}: {title}");
-        Step {
-            report,
-            key,
-            started: Instant::now(),
-        }
-    }
-
-    /// Prints a result and records it in the report.
-    fn set(&self, key: &str, value: impl Into<Value>) {
-        let value = value.into();
-        eprintln!("    {key}: {}", value_text(&value));
-        self.report.set(self.key, key, value);
-    }
-
-    fn done(self) {
-        let took = self.started.elapsed();
-        self.report.set(self.key, "step_s", secs(took));
-        self.report.save();
-        eprintln!("    step {} passed in {:.1}s", self.key, took.as_secs_f64());
-    }
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn secs(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
-// ---- waiting ------------------------------------------------------------------
-
-async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn ready_condition(conditions: &[Condition]) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-// ---- message bodies and the ledger ----------------------------------------------------
-
-/// The body of message `index`: `"<12-digit index>|"` and a payload derived from
-/// the index (96 to 111 bytes in all, most of them not text).
-fn body_of(index: u64) -> Vec<u8> {
-    let len = 96 + (index % 16) as usize;
-    let mut body = Vec::with_capacity(len);
-    body.extend_from_slice(format!("{index:012}|").as_bytes());
-    let mut x = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while body.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        body.push((x >> 32) as u8);
-    }
-    body
-}
-
-fn index_of(body: &[u8]) -> Option<u64> {
-    if body.len() < 13 || body[12] != b'|' || !body[..12].iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(&body[..12]).ok()?.parse().ok()
-}
-
-/// The broker id in a message id (its first 8 hex digits).
-fn broker_of(message_id: &str) -> Option<u32> {
-    u32::from_str_radix(message_id.get(..8)?, 16).ok()
-}
-
-/// Every send and every delivery of the suite.
-#[derive(Debug, Default)]
-struct Ledger {
-    next: AtomicU64,
-    /// Acknowledged: index → broker id of its message id.
-    acked: Mutex<HashMap<u64, u32>>,
-    ack_times: Mutex<Vec<Instant>>,
-    /// How long each acknowledged send of the continuous load waited.
-    ack_latency: Mutex<HashMap<u64, Duration>>,
-    /// Failed sends: index, when, error.
-    failed: Mutex<Vec<(u64, Instant, String)>>,
-    /// Deliveries per index (only deliveries with the exact bytes sent).
-    received: Mutex<HashMap<u64, u32>>,
-    /// Deliveries that are not exactly a message that was sent.
-    corrupt: Mutex<Vec<String>>,
-}
-
-impl Ledger {
-    fn allocate(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::SeqCst)
-    }
-
-    /// `took`: how long the send waited (the continuous load measures it).
-    fn record(
-        &self,
-        index: u64,
-        result: &Result<SendReceipt, ClientError>,
-        took: Option<Duration>,
-    ) {
-        match result {
-            Ok(r) => {
-                let broker = broker_of(&r.message_id).unwrap_or(u32::MAX);
-                self.acked.lock().insert(index, broker);
-                self.ack_times.lock().push(Instant::now());
-                if let Some(took) = took {
-                    self.ack_latency.lock().insert(index, took);
-                }
-            }
-            Err(e) => self
-                .failed
-                .lock()
-                .push((index, Instant::now(), e.to_string())),
-        }
-    }
-
-    /// The consumer's handler: checks the delivery byte for byte.
-    fn deliver(&self, m: &ReceivedMessage) {
-        let corrupt = |why: String| {
-            self.corrupt.lock().push(format!(
-                "{} (queue {}, offset {}, attempt {}): {why}",
-                m.message_id, m.queue_id, m.offset, m.delivery_attempt
-            ))
-        };
-        let preview = || String::from_utf8_lossy(&m.body[..m.body.len().min(40)]).into_owned();
-        if m.topic != TOPIC {
-            return corrupt(format!("topic {:?}", m.topic));
-        }
-        match index_of(&m.body) {
-            None => corrupt(format!("unparseable body {:?}", preview())),
-            Some(i) if i >= self.next.load(Ordering::SeqCst) => {
-                corrupt(format!("index {i} was never produced"))
-            }
-            Some(i) if m.body[..] != body_of(i)[..] => corrupt(format!(
-                "body of index {i} differs from what was sent ({} bytes, {:?}…)",
-                m.body.len(),
-                preview()
-            )),
-            Some(i) => *self.received.lock().entry(i).or_default() += 1,
-        }
-    }
-
-    /// Acknowledged indexes not delivered yet, sorted.
-    fn missing(&self) -> Vec<u64> {
-        let acked: Vec<u64> = self.acked.lock().keys().copied().collect();
-        let received = self.received.lock();
-        let mut missing: Vec<u64> = acked
-            .into_iter()
-            .filter(|i| !received.contains_key(i))
-            .collect();
-        missing.sort_unstable();
-        missing
-    }
-
-    fn acked_count(&self) -> usize {
-        self.acked.lock().len()
-    }
-
-    fn acked_in(&self, range: std::ops::Range<u64>) -> usize {
-        self.acked
-            .lock()
-            .keys()
-            .filter(|i| range.contains(i))
-            .count()
-    }
-
-    fn failed_in(&self, range: std::ops::Range<u64>) -> Vec<(u64, Instant, String)> {
-        self.failed
-            .lock()
-            .iter()
-            .filter(|(i, _, _)| range.contains(i))
-            .cloned()
-            .collect()
-    }
-
-    /// The longest an acknowledged send in `range` waited for its ack.
-    fn slowest_ack(&self, range: std::ops::Range<u64>) -> Duration {
-        self.ack_latency
-            .lock()
-            .iter()
-            .filter(|(i, _)| range.contains(i))
-            .map(|(_, d)| *d)
-            .max()
-            .unwrap_or_default()
-    }
-
-    fn acks_between(&self, from: Instant, to: Instant) -> usize {
-        self.ack_times
-            .lock()
-            .iter()
-            .filter(|t| **t >= from && **t <= to)
-            .count()
-    }
-
-    /// The longest time without an acknowledgement within `[from, to]`.
-    fn longest_stall(&self, from: Instant, to: Instant) -> Duration {
-        let mut times: Vec<Instant> = self
-            .ack_times
-            .lock()
-            .iter()
-            .copied()
-            .filter(|t| *t >= from && *t <= to)
-            .collect();
-        times.sort_unstable();
-        let mut longest = Duration::ZERO;
-        let mut previous = from;
-        for t in times.into_iter().chain(std::iter::once(to)) {
-            longest = longest.max(t.saturating_duration_since(previous));
-            previous = t;
-        }
-        longest
-    }
-
-    /// Indexes delivered more than once.
-    fn duplicates(&self) -> usize {
-        self.received.lock().values().filter(|n| **n > 1).count()
-    }
-
-    /// Failed sends that were stored anyway (delivered although not acked).
-    fn delivered_unacked(&self) -> usize {
-        let acked = self.acked.lock();
-        let received = self.received.lock();
-        received.keys().filter(|i| !acked.contains_key(i)).count()
-    }
-}
-
-/// Waits until every acknowledged message has been delivered with the bytes that
-/// were sent; returns how long that took.
-async fn all_acked_consumed(ledger: &Ledger, what: &str, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    let mut progress = Instant::now();
-    loop {
-        let missing = ledger.missing();
-        if missing.is_empty() {
-            break;
-        }
-        if started.elapsed() > timeout {
-            let acked = ledger.acked.lock();
-            let first: Vec<String> = missing
-                .iter()
-                .take(20)
-                .map(|i| {
-                    format!(
-                        "#{i} (broker {})",
-                        acked.get(i).copied().unwrap_or(u32::MAX)
-                    )
-                })
-                .collect();
-            let mut per_broker: BTreeMap<u32, usize> = BTreeMap::new();
-            for i in &missing {
-                *per_broker
-                    .entry(acked.get(i).copied().unwrap_or(u32::MAX))
-                    .or_default() += 1;
-            }
-            panic!(
-                "{what}: {} of {} acknowledged messages were never consumed within {timeout:?}; \
-                 missing per broker id {per_broker:?}; first: {first:?}",
-                missing.len(),
-                acked.len()
-            );
-        }
-        if progress.elapsed() > Duration::from_secs(5) {
-            eprintln!(
-                "    {what}: {} acknowledged messages not consumed yet",
-                missing.len()
-            );
-            progress = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let corrupt = ledger.corrupt.lock().clone();
-    assert!(
-        corrupt.is_empty(),
-        "{what}: {} deliveries are not exactly a message that was sent: {:?}",
-        corrupt.len(),
-        &corrupt[..corrupt.len().min(10)]
-    );
-    started.elapsed()
 }
 
 // ---- brokers as Kubernetes sees them ------------------------------------------------------
@@ -1102,8 +756,8 @@ async fn start_consumer(
 /// The group's push consumer (one stream per broker, following the route).
 async fn group_consumer(bootstrap: &str, ledger: Arc<Ledger>) -> PushConsumer {
     eventually(
-        "the push consumer to start",
         Duration::from_secs(60),
+        "the push consumer to start",
         async || match start_consumer(bootstrap, &ledger).await {
             Ok(c) => Some(c),
             Err(e) => {
@@ -1113,124 +767,6 @@ async fn group_consumer(bootstrap: &str, ledger: Arc<Ledger>) -> PushConsumer {
         },
     )
     .await
-}
-
-/// Continuous produce at a steady rate, every outcome in the ledger.
-#[derive(Debug)]
-struct Load {
-    stop: Arc<AtomicBool>,
-    task: JoinHandle<()>,
-    started: Instant,
-    first: u64,
-}
-
-#[derive(Debug)]
-struct LoadStats {
-    sent: u64,
-    acked: usize,
-    failed: Vec<(u64, Instant, String)>,
-    longest_ack_gap: Duration,
-    slowest_ack: Duration,
-    took: Duration,
-}
-
-impl LoadStats {
-    /// Distinct error texts with their counts.
-    fn errors(&self) -> BTreeMap<String, usize> {
-        let mut out: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, _, e) in &self.failed {
-            *out.entry(e.clone()).or_default() += 1;
-        }
-        out
-    }
-
-    fn record(&self, step: &Step<'_>) {
-        step.set("load_msgs_per_s", LOAD_RATE);
-        step.set("sent", self.sent);
-        step.set("acked", self.acked as u64);
-        step.set("failed_sends", self.failed.len() as u64);
-        // The stall a producer saw: the longest a send waited for its ack
-        // (failovers included); and the longest time without any ack.
-        step.set("longest_produce_stall_s", secs(self.slowest_ack));
-        step.set("longest_ack_gap_s", secs(self.longest_ack_gap));
-        step.set("load_s", secs(self.took));
-        if !self.failed.is_empty() {
-            step.set("send_errors", json!(self.errors()));
-        }
-    }
-}
-
-impl Load {
-    fn start(producer: Producer, ledger: Arc<Ledger>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let first = ledger.next.load(Ordering::SeqCst);
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let per_tick = (LOAD_RATE / 50).max(1);
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut in_flight = tokio::task::JoinSet::new();
-            while !flag.load(Ordering::SeqCst) {
-                tick.tick().await;
-                while let Some(done) = in_flight.try_join_next() {
-                    done.expect("send task");
-                }
-                for _ in 0..per_tick {
-                    if in_flight.len() >= LOAD_MAX_IN_FLIGHT {
-                        break;
-                    }
-                    let index = ledger.allocate();
-                    let producer = producer.clone();
-                    let ledger = ledger.clone();
-                    in_flight.spawn(async move {
-                        let sent = Instant::now();
-                        let result = producer.send(Message::new(TOPIC, body_of(index))).await;
-                        ledger.record(index, &result, Some(sent.elapsed()));
-                    });
-                }
-            }
-            while let Some(done) = in_flight.join_next().await {
-                done.expect("send task");
-            }
-        });
-        Load {
-            stop,
-            task,
-            started: Instant::now(),
-            first,
-        }
-    }
-
-    /// Stops producing and waits for the sends in flight (each ends within the
-    /// send timeout).
-    async fn stop(self, ledger: &Ledger) -> LoadStats {
-        self.stop.store(true, Ordering::SeqCst);
-        let stopped = Instant::now();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("the load's sends end within 60s")
-            .expect("load task");
-        let last = ledger.next.load(Ordering::SeqCst);
-        LoadStats {
-            sent: last - self.first,
-            acked: ledger.acked_in(self.first..last),
-            failed: ledger.failed_in(self.first..last),
-            longest_ack_gap: ledger.longest_stall(self.started, stopped),
-            slowest_ack: ledger.slowest_ack(self.first..last),
-            took: stopped - self.started,
-        }
-    }
-}
-
-/// Waits until `n` acks more than now.
-async fn acks_flowing(ledger: &Ledger, n: usize) {
-    let base = ledger.acked_count();
-    eventually(
-        "acknowledged sends of the load",
-        Duration::from_secs(30),
-        async || (ledger.acked_count() >= base + n).then_some(()),
-    )
-    .await;
 }
 
 // ---- the scenarios ------------------------------------------------------------------
@@ -1398,8 +934,8 @@ impl Cluster {
         let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
         let groups: Api<ConsumerGroup> = Api::namespaced(self.client.clone(), NS);
         let status = eventually(
-            "the Topic Ready on 3 brokers",
             Duration::from_secs(60),
+            "the Topic Ready on 3 brokers",
             async || {
                 let s = topics.get(TOPIC).await.ok()?.status?;
                 (ready_condition(&s.conditions) && s.broker_count == 3).then_some(s)
@@ -1408,8 +944,8 @@ impl Cluster {
         .await;
         assert_eq!(status.assignment.len(), QUEUES as usize, "{status:?}");
         eventually(
-            "the ConsumerGroup Ready",
             Duration::from_secs(60),
+            "the ConsumerGroup Ready",
             async || {
                 let s = groups.get(GROUP).await.ok()?.status?;
                 ready_condition(&s.conditions).then_some(())
@@ -1425,7 +961,7 @@ impl Cluster {
             group_consumer(&service_address(&self.client).await, self.ledger.clone()).await;
 
         let producer = build_producer(&service_address(&self.client).await);
-        let first = self.ledger.next.load(Ordering::SeqCst);
+        let first = self.ledger.allocated();
         assert_eq!(first, 0);
         let t = Instant::now();
         let ledger = &self.ledger;
@@ -1452,34 +988,23 @@ impl Cluster {
             failed.is_empty(),
             "{} of {BULK} sends failed; first: {:?}",
             failed.len(),
-            failed.iter().take(5).map(|f| &f.2).collect::<Vec<_>>()
+            failed.iter().take(5).map(|f| &f.error).collect::<Vec<_>>()
         );
         all_acked_consumed(&self.ledger, "the 100k messages", Duration::from_secs(600)).await;
         let consumed = t.elapsed();
         // No failure happened: exactly once.
-        {
-            let received = self.ledger.received.lock();
-            let wrong: Vec<(u64, u32)> = (0..BULK)
-                .filter_map(|i| {
-                    let n = received.get(&i).copied().unwrap_or(0);
-                    (n != 1).then_some((i, n))
-                })
-                .take(20)
-                .collect();
-            assert!(
-                wrong.is_empty(),
-                "every message delivered exactly once; (index, deliveries): {wrong:?}"
-            );
-        }
-        let per_broker: BTreeMap<u32, usize> =
-            self.ledger
-                .acked
-                .lock()
-                .values()
-                .fold(BTreeMap::new(), |mut m, b| {
-                    *m.entry(*b).or_default() += 1;
-                    m
-                });
+        let wrong: Vec<(u64, u32)> = (0..BULK)
+            .filter_map(|i| {
+                let n = self.ledger.deliveries(i);
+                (n != 1).then_some((i, n))
+            })
+            .take(20)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "every message delivered exactly once; (index, deliveries): {wrong:?}"
+        );
+        let per_broker = self.ledger.acked_per_broker();
         assert_eq!(
             per_broker.keys().copied().collect::<Vec<_>>(),
             vec![0, 1, 2],
@@ -1539,8 +1064,8 @@ impl Cluster {
         );
         let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
         let status = eventually(
-            "the Topic status to assign queues to brokers 3 and 4",
             Duration::from_secs(60),
+            "the Topic status to assign queues to brokers 3 and 4",
             async || {
                 let s = topics.get(TOPIC).await.ok()?.status?;
                 let owners: BTreeSet<&str> =
@@ -1643,7 +1168,7 @@ impl Cluster {
             (Disruption::Delete, 3),
             (Disruption::Kill, 0),
         ];
-        let load = Load::start(producer.clone(), self.ledger.clone());
+        let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 200).await;
         let mut rounds = Vec::new();
         for (round, (what, ordinal)) in plan.into_iter().enumerate() {
@@ -1799,7 +1324,7 @@ impl Cluster {
             .expect("dduomq-broker-4")
             .addr()
             .expect("pod IP");
-        let load = Load::start(producer.clone(), self.ledger.clone());
+        let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 400).await;
 
         let t = Instant::now();
@@ -1813,8 +1338,8 @@ impl Cluster {
             .collect();
         let observer = others[0].clone();
         let route = eventually(
-            "the write queues to leave the draining broker",
             Duration::from_secs(60),
+            "the write queues to leave the draining broker",
             async || {
                 let r = query_route(&observer).await.ok()?;
                 (r.writes_on(&draining) == 0 && r.balanced_over(&others)).then_some(r)
@@ -1846,8 +1371,8 @@ impl Cluster {
         let t_scale = Instant::now();
         self.helm_upgrade(&["--set", "broker.replicas=4"]).await;
         eventually(
-            "dduomq-broker-4 gone",
             Duration::from_secs(120),
+            "dduomq-broker-4 gone",
             async || broker_pod(&self.client, 4).await.is_none().then_some(()),
         )
         .await;
@@ -1896,7 +1421,7 @@ impl Cluster {
         for p in &before {
             claims_before.insert(p.ordinal, self.claim(p.ordinal).await.expect("PVC").uid());
         }
-        let load = Load::start(producer.clone(), self.ledger.clone());
+        let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 400).await;
 
         let rollme = format!("e2e-{}", chrono::Utc::now().timestamp());
@@ -1904,8 +1429,8 @@ impl Cluster {
         let set = format!("broker.podAnnotations.rollme={rollme}");
         let helm = self.helm_upgrade(&["--set-string", &set]).await;
         let sts = eventually(
-            "the rollout to finish",
             Duration::from_secs(300),
+            "the rollout to finish",
             async || {
                 let sts = self.statefulset().await;
                 let generation = sts.metadata.generation;
@@ -1926,8 +1451,8 @@ impl Cluster {
             .and_then(|s| s.update_revision)
             .expect("updateRevision");
         let after = eventually(
-            "every broker pod restarted with the new template and Ready",
             Duration::from_secs(120),
+            "every broker pod restarted with the new template and Ready",
             async || {
                 let pods = broker_pods(&self.client).await.ok()?;
                 let done = pods.len() == 4
@@ -1987,8 +1512,8 @@ impl Cluster {
             .await
             .expect("deleting the operator Deployment");
         eventually(
-            "the operator pod gone",
             Duration::from_secs(120),
+            "the operator pod gone",
             async || {
                 let pods = self
                     .pods()
@@ -2063,8 +1588,8 @@ impl Cluster {
             .await;
         let finalizer = "dduomq.io/topic-cleanup";
         eventually(
-            "the operator adds its finalizer",
             Duration::from_secs(60),
+            "the operator adds its finalizer",
             async || {
                 let t = topics.get(orphan).await.ok()?;
                 t.finalizers().iter().any(|f| f == finalizer).then_some(())
@@ -2091,15 +1616,15 @@ impl Cluster {
             .await
             .expect("deleting the Topic left behind");
         eventually(
-            "the Topic left behind deleted",
             Duration::from_secs(10),
+            "the Topic left behind deleted",
             async || topics.get_opt(orphan).await.ok()?.is_none().then_some(()),
         )
         .await;
         let t = Instant::now();
         eventually(
-            "the release's objects gone",
             Duration::from_secs(180),
+            "the release's objects gone",
             async || self.release_leftovers().await.is_empty().then_some(()),
         )
         .await;
@@ -2139,7 +1664,7 @@ impl Cluster {
             .delete(NS, &DeleteParams::default())
             .await
             .expect("deleting the namespace");
-        eventually("the namespace gone", Duration::from_secs(180), async || {
+        eventually(Duration::from_secs(180), "the namespace gone", async || {
             namespaces.get_opt(NS).await.ok()?.is_none().then_some(())
         })
         .await;
@@ -2272,10 +1797,10 @@ async fn cluster_scenarios() {
         .await
         .expect("admin kubeconfig (KUBECONFIG)");
     let cluster = Cluster {
-        report: Report::new(&env),
+        report: Report::new(env.work.join("cluster-report.json")),
         env,
         client: client.clone(),
-        ledger: Arc::new(Ledger::default()),
+        ledger: Arc::new(Ledger::new(TOPIC)),
     };
     let suite = Instant::now();
 
@@ -2294,9 +1819,9 @@ async fn cluster_scenarios() {
     consumer.shutdown().await;
     let ledger = &cluster.ledger;
     let totals = json!({
-        "messages_sent": ledger.next.load(Ordering::SeqCst),
+        "messages_sent": ledger.allocated(),
         "acked": ledger.acked_count(),
-        "failed_sends": ledger.failed.lock().len(),
+        "failed_sends": ledger.failed_count(),
         "duplicate_deliveries": ledger.duplicates(),
         "delivered_although_send_failed": ledger.delivered_unacked(),
     });

@@ -1,7 +1,6 @@
-//! Integration harness: runs the real `dduomq-broker` binary on free loopback
-//! ports with a temporary data directory, waits for `/readyz`, and can stop it
-//! gracefully, SIGKILL it and start it again on the same directory and ports.
-#![allow(dead_code)] // each test binary uses its own subset
+//! Runs the real `dduomq-broker` binary on free loopback ports with a temporary
+//! data directory, waits for `/readyz`, and can stop it gracefully, SIGKILL it
+//! and start it again on the same directory and ports.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -217,25 +216,6 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default()
         .to_string();
     Some((code, body))
-}
-
-/// Polls `check` until it returns `Some`, or panics after `timeout`.
-pub async fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Creates topics on a broker: `(name, queues, type)` each.
