@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
 use dduomq_operator::crd::{ConsumerGroup, Topic};
-use dduomq_testkit::eventually;
+use dduomq_testkit::eventually_every;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -125,6 +125,10 @@ impl Env {
         format!("{}:6086", self.ips[i])
     }
 }
+
+/// How often the waits check: the API server and the operator get time to act
+/// between two checks.
+const POLL: Duration = Duration::from_millis(200);
 
 fn step(name: &str) -> Instant {
     eprintln!("=== {name}");
@@ -260,7 +264,8 @@ async fn consume(env: &Env, group: &str, topic: &str, n: usize) -> Vec<String> {
         })
         .await
         .unwrap();
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         &format!("{n} messages of {topic}"),
         async || (seen.lock().len() >= n).then_some(()),
@@ -296,7 +301,7 @@ async fn operator_scenarios() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = eventually(Duration::from_secs(30), "orders Ready", async || {
+    let status = eventually_every(POLL, Duration::from_secs(30), "orders Ready", async || {
         let t = topics.get("orders").await.ok()?;
         ready(t.status.as_ref()).then(|| t.status.clone().unwrap())
     })
@@ -315,9 +320,12 @@ async fn operator_scenarios() {
     for i in 0..3 {
         assert_eq!(queues_on(&env, i, "orders").await, Some(6), "broker {i}");
     }
-    let route = eventually(Duration::from_secs(20), "the route table", async || {
-        route_on(&env, "orders").await
-    })
+    let route = eventually_every(
+        POLL,
+        Duration::from_secs(20),
+        "the route table",
+        async || route_on(&env, "orders").await,
+    )
     .await;
     assert_eq!(route.len(), 3);
     assert!(route.values().all(|(w, _)| *w == 2), "{route:?}");
@@ -359,7 +367,7 @@ async fn operator_scenarios() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually(Duration::from_secs(30), "billing Ready", async || {
+    eventually_every(POLL, Duration::from_secs(30), "billing Ready", async || {
         let g = groups.get("billing").await.ok()?;
         g.status
             .as_ref()
@@ -411,7 +419,8 @@ async fn operator_scenarios() {
         String::from_utf8_lossy(&out.stderr)
     );
     let draining = env.grpc(1);
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "broker 1 out of the write route",
         async || {
@@ -457,7 +466,8 @@ async fn operator_scenarios() {
     assert_eq!(report["drained"], true, "{report}");
     assert_eq!(report["unconsumed_messages"], 0);
     assert!(drain(&["undrain"]).status.success());
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "broker 1 writable again",
         async || {
@@ -505,19 +515,25 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "9 queues everywhere", async || {
-        if !queues_everywhere(&env, "orders", 9).await {
-            return None;
-        }
-        let t = topics.get("orders").await.ok()?;
-        (t.status?.assignment.len() == 9).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "9 queues everywhere",
+        async || {
+            if !queues_everywhere(&env, "orders", 9).await {
+                return None;
+            }
+            let t = topics.get("orders").await.ok()?;
+            (t.status?.assignment.len() == 9).then_some(())
+        },
+    )
     .await;
 
     step("a broker turning not-ready leaves the write route, and returns");
     publish_slice(&client, &env, &[true, true, false]).await;
     let gone = env.grpc(2);
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "broker 2 out of the write route",
         async || {
@@ -526,12 +542,13 @@ async fn operator_scenarios() {
         },
     )
     .await;
-    eventually(Duration::from_secs(30), "brokerCount 2", async || {
+    eventually_every(POLL, Duration::from_secs(30), "brokerCount 2", async || {
         (topics.get("orders").await.ok()?.status?.broker_count == 2).then_some(())
     })
     .await;
     publish_slice(&client, &env, &[true, true, true]).await;
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "broker 2 back in the write route",
         async || {
@@ -548,7 +565,8 @@ async fn operator_scenarios() {
         .await
         .unwrap();
     assert_eq!(queues_on(&env, 1, "orders").await, None);
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "orders back on broker 1",
         async || (queues_on(&env, 1, "orders").await == Some(9)).then_some(()),
@@ -584,7 +602,8 @@ async fn operator_scenarios() {
         );
     }
     annotate(&["orders", "dduomq.io/paused-"]);
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "10 queues once unpaused",
         async || queues_everywhere(&env, "orders", 10).await.then_some(()),
@@ -609,7 +628,8 @@ async fn operator_scenarios() {
             .success()
     );
     let others: Api<Topic> = Api::namespaced(client.clone(), "other");
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "a NameConflict condition",
         async || {
@@ -626,7 +646,8 @@ async fn operator_scenarios() {
         .delete("orders", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "the clashing Topic deleted",
         async || others.get_opt("orders").await.ok()?.is_none().then_some(()),
@@ -650,10 +671,15 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "reset r1 applied", async || {
-        let g = groups.get("billing").await.ok()?;
-        (g.status?.last_applied_reset?.request_id == "r1").then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "reset r1 applied",
+        async || {
+            let g = groups.get("billing").await.ok()?;
+            (g.status?.last_applied_reset?.request_id == "r1").then_some(())
+        },
+    )
     .await;
     // Broker 1 lost its copy of the messages when the topic was deleted on it.
     let mut expected = 0;
@@ -683,10 +709,15 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "reset r2 applied", async || {
-        let lag = total_lag(&env, "billing").await;
-        (lag == expected).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "reset r2 applied",
+        async || {
+            let lag = total_lag(&env, "billing").await;
+            (lag == expected).then_some(())
+        },
+    )
     .await;
 
     step("operator restart resumes from the resources");
@@ -701,7 +732,8 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(60),
         "12 queues after the restart",
         async || queues_everywhere(&env, "orders", 12).await.then_some(()),
@@ -728,21 +760,25 @@ async fn operator_scenarios() {
         &["apply", "-f", "-"],
         Some(&topic_yaml("keep", 2, "  deletionPolicy: Retain\n")),
     );
-    eventually(Duration::from_secs(30), "keep on the brokers", async || {
-        (queues_on(&env, 0, "keep").await == Some(2)).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "keep on the brokers",
+        async || (queues_on(&env, 0, "keep").await == Some(2)).then_some(()),
+    )
     .await;
     topics
         .delete("keep", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "keep deleted", async || {
+    eventually_every(POLL, Duration::from_secs(30), "keep deleted", async || {
         topics.get_opt("keep").await.ok()?.is_none().then_some(())
     })
     .await;
     assert_eq!(queues_on(&env, 0, "keep").await, Some(2), "Retain kept it");
     env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("hands-off", 1, "")));
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "hands-off on the brokers",
         async || (queues_on(&env, 0, "hands-off").await == Some(1)).then_some(()),
@@ -753,14 +789,19 @@ async fn operator_scenarios() {
         .delete("hands-off", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "hands-off deleted", async || {
-        topics
-            .get_opt("hands-off")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "hands-off deleted",
+        async || {
+            topics
+                .get_opt("hands-off")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         queues_on(&env, 0, "hands-off").await,
@@ -775,7 +816,8 @@ async fn operator_scenarios() {
         .delete("orders", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "orders gone from k8s and brokers",
         async || {
@@ -794,7 +836,7 @@ async fn operator_scenarios() {
 
     step("finalizer escape hatch: deletion completes when no broker is left");
     env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("orphan", 1, "")));
-    eventually(Duration::from_secs(30), "orphan Ready", async || {
+    eventually_every(POLL, Duration::from_secs(30), "orphan Ready", async || {
         ready(topics.get("orphan").await.ok()?.status.as_ref()).then_some(())
     })
     .await;
@@ -808,7 +850,8 @@ async fn operator_scenarios() {
         .delete("orphan", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "orphan deleted without brokers",
         async || topics.get_opt("orphan").await.ok()?.is_none().then_some(()),
@@ -846,7 +889,8 @@ async fn operator_scenarios() {
             .iter()
             .any(|f| f == "dduomq.io/topic-cleanup")
     };
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "left-behind gets the finalizer",
         async || finalized().await.then_some(()),
@@ -861,21 +905,29 @@ async fn operator_scenarios() {
     // not after the 15 s lease.
     let t = Instant::now();
     operator = env.start_operator("operator-d");
-    eventually(Duration::from_secs(8), "operator-d leads", async || {
-        let lease =
-            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), SYSTEM_NS)
-                .get("dduomq-operator")
-                .await
-                .ok()?;
-        (lease.spec?.holder_identity.as_deref() == Some("operator-d")).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(8),
+        "operator-d leads",
+        async || {
+            let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                client.clone(),
+                SYSTEM_NS,
+            )
+            .get("dduomq-operator")
+            .await
+            .ok()?;
+            (lease.spec?.holder_identity.as_deref() == Some("operator-d")).then_some(())
+        },
+    )
     .await;
     eprintln!("    leadership handed over in {:?}", t.elapsed());
     deployments
         .delete(OPERATOR_DEPLOYMENT, &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
         "the Deployment is gone",
         async || {
@@ -897,7 +949,8 @@ async fn operator_scenarios() {
         .delete("left-behind", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(10),
         "left-behind deleted with no operator running",
         async || {

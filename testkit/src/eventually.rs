@@ -2,20 +2,28 @@
 
 use std::time::{Duration, Instant};
 
-/// The first pause between checks; it doubles up to [`MAX_POLL`].
-const FIRST_POLL: Duration = Duration::from_millis(25);
-/// Long waits (a cluster rolling out) check at most this often, so the polling
-/// itself does not load the API server or the brokers.
-const MAX_POLL: Duration = Duration::from_millis(250);
+/// How often [`eventually`] checks: local processes answer at once.
+const LOCAL_POLL: Duration = Duration::from_millis(25);
 
-/// Polls `check` until it returns `Some`, or panics after `timeout`.
+/// Polls `check` every 25 ms until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    eventually_every(LOCAL_POLL, timeout, what, check).await
+}
+
+/// [`eventually`], checking every `pause`: suites whose checks go to an API
+/// server or a cluster poll less often, so the polling does not load it (and
+/// keeps the pace their steps were written for).
+pub async fn eventually_every<T>(
+    pause: Duration,
     timeout: Duration,
     what: &str,
     mut check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
     let deadline = Instant::now() + timeout;
-    let mut pause = FIRST_POLL;
     loop {
         if let Some(v) = check().await {
             return v;
@@ -25,6 +33,5 @@ pub async fn eventually<T>(
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_POLL);
     }
 }

@@ -9,7 +9,7 @@ use dduomq_client::{Message, Producer};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::eventually;
+use crate::eventually_every;
 use crate::ledger::{FailedSend, Ledger, body_of};
 use crate::report::{Step, secs};
 
@@ -136,10 +136,15 @@ impl Load {
     }
 }
 
+/// How often [`acks_flowing`] counts: four times a second is plenty for a load
+/// of hundreds of messages a second.
+const ACKS_POLL: Duration = Duration::from_millis(250);
+
 /// Waits until `n` acks more than now.
 pub async fn acks_flowing(ledger: &Ledger, n: usize) {
     let base = ledger.acked_count();
-    eventually(
+    eventually_every(
+        ACKS_POLL,
         Duration::from_secs(30),
         "acknowledged sends of the load",
         async || (ledger.acked_count() >= base + n).then_some(()),

@@ -6,12 +6,12 @@ use std::time::Duration;
 use dduomq_client::{
     Producer, ProducerBuilder, PushConsumer, PushConsumerBuilder, ReceivedMessage,
 };
-use dduomq_testkit::{Ledger, eventually};
+use dduomq_testkit::{Ledger, eventually_every};
 use k8s_openapi::api::core::v1::Service;
 use kube::{Api, Client};
 
 use crate::pods::addr;
-use crate::{CLIENT_SERVICE, GROUP, NS, TOPIC};
+use crate::{CLIENT_SERVICE, GROUP, NS, POLL, TOPIC};
 
 pub fn build_producer(bootstrap: &str) -> Producer {
     ProducerBuilder::new(bootstrap)
@@ -59,7 +59,8 @@ pub async fn start_consumer(
 
 /// The group's push consumer (one stream per broker, following the route).
 pub async fn group_consumer(bootstrap: &str, ledger: Arc<Ledger>) -> PushConsumer {
-    eventually(
+    eventually_every(
+        POLL,
         Duration::from_secs(60),
         "the push consumer to start",
         async || match start_consumer(bootstrap, &ledger).await {

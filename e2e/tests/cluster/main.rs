@@ -56,6 +56,8 @@ mod routes;
 mod scenarios;
 mod suite;
 
+use std::time::Duration;
+
 use dduomq_testkit::LoadRate;
 
 use suite::Scenario;
@@ -73,6 +75,9 @@ const OPERATOR_SELECTOR: &str =
     "app.kubernetes.io/instance=dduomq,app.kubernetes.io/component=operator";
 const RELEASE_SELECTOR: &str = "app.kubernetes.io/instance=dduomq";
 const GRPC_PORT: u16 = 6086;
+
+/// How often the waits check the cluster.
+const POLL: Duration = Duration::from_millis(250);
 
 /// The topic and group every scenario uses.
 const TOPIC: &str = "e2e-orders";

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dduomq_client::{Message, PushConsumer};
 use dduomq_operator::crd::{ConsumerGroup, Topic};
-use dduomq_testkit::{Step, all_acked_consumed, body_of, eventually, secs};
+use dduomq_testkit::{Step, all_acked_consumed, body_of, eventually_every, secs};
 use futures::StreamExt;
 use kube::Api;
 use serde_json::json;
@@ -15,7 +15,7 @@ use super::{Cluster, ready_condition};
 use crate::clients::{build_producer, group_consumer, service_address};
 use crate::pods::View;
 use crate::routes::wait_balanced;
-use crate::{BULK, BULK_CONCURRENCY, GROUP, NS, QUEUES, TOPIC};
+use crate::{BULK, BULK_CONCURRENCY, GROUP, NS, POLL, QUEUES, TOPIC};
 
 impl Cluster {
     /// Scenario 2. Returns the group's consumer, which runs until scenario 7.
@@ -38,7 +38,8 @@ impl Cluster {
             .await;
         let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
         let groups: Api<ConsumerGroup> = Api::namespaced(self.client.clone(), NS);
-        let status = eventually(
+        let status = eventually_every(
+            POLL,
             Duration::from_secs(60),
             "the Topic Ready on 3 brokers",
             async || {
@@ -48,7 +49,8 @@ impl Cluster {
         )
         .await;
         assert_eq!(status.assignment.len(), QUEUES as usize, "{status:?}");
-        eventually(
+        eventually_every(
+            POLL,
             Duration::from_secs(60),
             "the ConsumerGroup Ready",
             async || {

@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dduomq_client::{Admin, Producer};
-use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually, secs};
+use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually_every, secs};
 use serde_json::Value;
 
 use super::Cluster;
-use crate::LOAD;
 use crate::pods::{View, broker_pod};
 use crate::routes::{query_route, stored_on, wait_balanced};
+use crate::{LOAD, POLL};
 
 impl Cluster {
     async fn drain(&self, broker: &str, args: &[&str]) -> Value {
@@ -46,7 +46,8 @@ impl Cluster {
             .filter(|a| *a != draining)
             .collect();
         let observer = others[0].clone();
-        let route = eventually(
+        let route = eventually_every(
+            POLL,
             Duration::from_secs(60),
             "the write queues to leave the draining broker",
             async || {
@@ -79,7 +80,8 @@ impl Cluster {
 
         let t_scale = Instant::now();
         self.helm_upgrade(&["--set", "broker.replicas=4"]).await;
-        eventually(
+        eventually_every(
+            POLL,
             Duration::from_secs(120),
             "dduomq-broker-4 gone",
             async || broker_pod(&self.client, 4).await.is_none().then_some(()),

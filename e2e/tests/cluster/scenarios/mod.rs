@@ -20,6 +20,8 @@ use crate::env::{CmdOut, Env};
 use crate::pods::claim_name;
 use crate::{NS, RELEASE, STS};
 
+/// What every scenario works on: the environment, the API client, the report
+/// and the ledger of every send and delivery.
 pub struct Cluster {
     pub env: Env,
     pub client: Client,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dduomq_client::Producer;
-use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually, secs};
+use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually_every, secs};
 use kube::ResourceExt;
 
 use super::Cluster;
-use crate::LOAD;
 use crate::pods::{View, broker_pods};
 use crate::routes::wait_balanced;
+use crate::{LOAD, POLL};
 
 impl Cluster {
     /// Scenario 6.
@@ -42,7 +42,8 @@ impl Cluster {
         let t = Instant::now();
         let set = format!("broker.podAnnotations.rollme={rollme}");
         let helm = self.helm_upgrade(&["--set-string", &set]).await;
-        let sts = eventually(
+        let sts = eventually_every(
+            POLL,
             Duration::from_secs(300),
             "the rollout to finish",
             async || {
@@ -64,7 +65,8 @@ impl Cluster {
             .status
             .and_then(|s| s.update_revision)
             .expect("updateRevision");
-        let after = eventually(
+        let after = eventually_every(
+            POLL,
             Duration::from_secs(120),
             "every broker pod restarted with the new template and Ready",
             async || {

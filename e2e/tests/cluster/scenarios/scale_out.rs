@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dduomq_client::{ClientError, Message, SendReceipt};
 use dduomq_operator::crd::Topic;
-use dduomq_testkit::{Step, all_acked_consumed, body_of, broker_of, eventually, secs};
+use dduomq_testkit::{Step, all_acked_consumed, body_of, broker_of, eventually_every, secs};
 use futures::StreamExt;
 use kube::Api;
 use serde_json::json;
@@ -16,7 +16,7 @@ use super::{Cluster, ready_condition};
 use crate::clients::{build_producer, service_address};
 use crate::pods::{BrokerPod, View, pod_name};
 use crate::routes::{stored_on, wait_balanced};
-use crate::{NS, RELEASE, TOPIC};
+use crate::{NS, POLL, RELEASE, TOPIC};
 
 impl Cluster {
     /// Scenario 3.
@@ -61,7 +61,8 @@ impl Cluster {
             "{route:?}"
         );
         let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
-        let status = eventually(
+        let status = eventually_every(
+            POLL,
             Duration::from_secs(60),
             "the Topic status to assign queues to brokers 3 and 4",
             async || {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use dduomq_operator::crd::{ConsumerGroup, Topic};
-use dduomq_testkit::{Step, eventually, secs};
+use dduomq_testkit::{Step, eventually_every, secs};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
@@ -18,7 +18,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::Cluster;
 use crate::pods::claim_name;
-use crate::{GROUP, NS, OPERATOR, OPERATOR_SELECTOR, RELEASE, RELEASE_SELECTOR, TOPIC};
+use crate::{GROUP, NS, OPERATOR, OPERATOR_SELECTOR, POLL, RELEASE, RELEASE_SELECTOR, TOPIC};
 
 impl Cluster {
     /// Scenario 7.
@@ -34,7 +34,8 @@ impl Cluster {
             .delete(OPERATOR, &DeleteParams::background())
             .await
             .expect("deleting the operator Deployment");
-        eventually(
+        eventually_every(
+            POLL,
             Duration::from_secs(120),
             "the operator pod gone",
             async || {
@@ -110,7 +111,8 @@ impl Cluster {
             )
             .await;
         let finalizer = "dduomq.io/topic-cleanup";
-        eventually(
+        eventually_every(
+            POLL,
             Duration::from_secs(60),
             "the operator adds its finalizer",
             async || {
@@ -138,14 +140,16 @@ impl Cluster {
             .delete(orphan, &DeleteParams::default())
             .await
             .expect("deleting the Topic left behind");
-        eventually(
+        eventually_every(
+            POLL,
             Duration::from_secs(10),
             "the Topic left behind deleted",
             async || topics.get_opt(orphan).await.ok()?.is_none().then_some(()),
         )
         .await;
         let t = Instant::now();
-        eventually(
+        eventually_every(
+            POLL,
             Duration::from_secs(180),
             "the release's objects gone",
             async || self.release_leftovers().await.is_empty().then_some(()),
@@ -187,9 +191,12 @@ impl Cluster {
             .delete(NS, &DeleteParams::default())
             .await
             .expect("deleting the namespace");
-        eventually(Duration::from_secs(180), "the namespace gone", async || {
-            namespaces.get_opt(NS).await.ok()?.is_none().then_some(())
-        })
+        eventually_every(
+            POLL,
+            Duration::from_secs(180),
+            "the namespace gone",
+            async || namespaces.get_opt(NS).await.ok()?.is_none().then_some(()),
+        )
         .await;
         let ns_gone = t_ns.elapsed();
 
