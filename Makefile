@@ -31,9 +31,10 @@ e2e-operator: bins
 	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-operator operator_e2e)" e2e/run operator
 
 # The full cluster: helm install on the control plane with the Rust test kubelet
-# (pods as processes), then the scenarios of e2e/tests/cluster.rs.
+# (pods as processes), then the scenarios of e2e/tests/cluster/ (all of them, or
+# those whose test names match SCENARIO, e.g. `make e2e-cluster SCENARIO=drain`).
 e2e-cluster: bins
-	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-e2e cluster)" e2e/run cluster
+	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-e2e cluster)" e2e/run cluster $(SCENARIO)
 
 # A short pass of the side-by-side benchmark (DduoMQ, NATS JetStream, Kafka):
 # proves the harness, the peers and every driver work; `bench/run` is the full

@@ -8,9 +8,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{body, config, copy_dir, message, read_all};
+use common::{body, config, message, read_all};
 use dduomq_broker::store::{Appended, DiskFullPolicy, Store, StoreConfig, StoreError};
 use dduomq_proto::Reason;
+use dduomq_testkit::copy_dir;
 
 /// Appends `n` messages of 1000 bytes to queue 0 of topic `t`, closes the store,
 /// and returns the acks.

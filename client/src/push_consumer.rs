@@ -359,7 +359,6 @@ async fn open_stream(
         filter_type: cfg.filter.to_proto().0,
         filter_expression: cfg.filter.to_proto().1,
         lane: cfg.lane.clone(),
-        batched: true,
     };
     match tokio::time::timeout(cfg.request_timeout, client.receive(request)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
@@ -413,7 +412,7 @@ async fn run<F, Fut, E>(
                 }
             };
             let batch = match next {
-                Ok(Some(r)) => r.message.into_iter().chain(r.messages),
+                Ok(Some(r)) => r.messages,
                 Ok(None) => break,
                 Err(status) => {
                     tracing::warn!(error = %status, "receive stream broke; reopening");

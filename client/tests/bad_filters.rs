@@ -4,13 +4,11 @@
 //! message, and the broker keeps serving. Before the parser had limits, the
 //! first of them aborted the broker with a stack overflow.
 
-mod harness;
-
 use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Message, ProducerBuilder};
-use harness::{Broker, create_topics, http_get};
+use dduomq_testkit::{Broker, create_topics, http_get};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 

@@ -3,8 +3,6 @@
 //! a short message, and no state change; the broker's memory stays within a
 //! stated bound, and it still serves a normal send and read afterwards.
 
-mod harness;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 use dduomq_client::Admin;
 use dduomq_client::Reason;
 use dduomq_client::proto as pb;
-use harness::{Broker, Options, eventually};
+use dduomq_testkit::{Broker, Options, eventually};
 use pb::admin_service_client::AdminServiceClient;
 use pb::messaging_service_client::MessagingServiceClient;
 use tonic::transport::Channel;
@@ -248,7 +246,6 @@ async fn next_messages(stream: &mut Streaming<pb::ReceiveResponse>, n: usize) ->
             .unwrap_or_else(|_| panic!("only {} of {n} messages within 60 s", out.len()))
             .expect("stream")
             .expect("stream open");
-        out.extend(r.message);
         out.extend(r.messages);
     }
     out
@@ -260,7 +257,6 @@ fn receive_request(group: &str, topic: &str, invisible_ms: u32) -> pb::ReceiveRe
         topic: topic.into(),
         client_id: "keeper-1".into(),
         invisible_duration_ms: invisible_ms,
-        batched: true,
         ..Default::default()
     }
 }
@@ -351,7 +347,7 @@ async fn saved_progress_is_bounded_by_leases_and_rewritten_only_on_change() {
         config: Some("[broker]\noffsets_persist_interval = \"100ms\"\n".into()),
         ..Default::default()
     });
-    harness::create_topics(&b, &[("held", 1, pb::MessageType::Normal)]).await;
+    dduomq_testkit::create_topics(&b, &[("held", 1, pb::MessageType::Normal)]).await;
     let mut m = messaging(&b).await;
     for chunk in 0..=ACKED / 500 {
         let n = if chunk == ACKED / 500 { 1 } else { 500 };
@@ -567,7 +563,7 @@ async fn retry_backoff_steps_are_validated() {
 #[tokio::test]
 async fn unknown_enum_values_are_refused() {
     let b = Broker::start();
-    harness::create_topics(&b, &[("enums", 1, pb::MessageType::Normal)]).await;
+    dduomq_testkit::create_topics(&b, &[("enums", 1, pb::MessageType::Normal)]).await;
     let before = state(&b).await;
     let mut a = admin(&b).await;
     let mut m = messaging(&b).await;
@@ -671,7 +667,7 @@ async fn client_sends_to_system_topics_are_refused() {
 #[tokio::test]
 async fn oversized_strings_and_counts_are_refused() {
     let b = Broker::start();
-    harness::create_topics(
+    dduomq_testkit::create_topics(
         &b,
         &[
             ("strings", 1, pb::MessageType::Normal),

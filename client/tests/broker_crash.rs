@@ -3,8 +3,6 @@
 //! retries and reconnects); in the end every acknowledged message has been
 //! consumed, and every stored message too — offsets have no gap.
 
-mod harness;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +10,7 @@ use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
-use harness::{Broker, Options, eventually};
+use dduomq_testkit::{Broker, Options, eventually};
 use parking_lot::Mutex;
 use rand::Rng;
 

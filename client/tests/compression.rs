@@ -1,15 +1,13 @@
 //! Compression: the SDK zstd-compresses large bodies, the broker stores them
 //! compressed, consumers receive the original bytes.
 
-mod harness;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
-use harness::{Broker, eventually};
+use dduomq_testkit::{Broker, eventually};
 use parking_lot::Mutex;
 use rand::RngCore;
 

@@ -3,8 +3,6 @@
 //! wait and some fall due while it is down; bad requests are refused with
 //! their reasons.
 
-mod harness;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +11,7 @@ use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Message, ProducerBuilder, PushConsumerBuilder, now_millis};
-use harness::{Broker, Options, create_topics, eventually, stored};
+use dduomq_testkit::{Broker, Options, create_topics, eventually, stored};
 use parking_lot::Mutex;
 
 const MESSAGES: u64 = 300;

@@ -3,8 +3,6 @@
 //! refuses sends with a typed status, a dead broker's batches go to the other,
 //! and sends go on with the bootstrap broker down.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -13,7 +11,7 @@ use dduomq_client::proto as pb;
 use dduomq_client::proto::admin_service_client::AdminServiceClient;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Admin, ClientError, Message, ProducerBuilder};
-use harness::{Broker, create_topics, stored};
+use dduomq_testkit::{Broker, create_topics, stored};
 
 const TOPIC: &str = "payments";
 

@@ -1,8 +1,6 @@
 //! Broker-side tag and SQL92 filters against a real broker: consumers get exactly
 //! the matching messages, and filtered-out messages still advance the group.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +10,7 @@ use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, Filter, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder,
 };
-use harness::{Broker, eventually};
+use dduomq_testkit::{Broker, eventually};
 use parking_lot::Mutex;
 
 const N: u32 = 60;

@@ -2,15 +2,13 @@
 //! across a clean restart and a crash, and when the SDK retries sends whose
 //! responses a broker crash swallowed.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Admin, Message, ProducerBuilder};
-use harness::{Broker, stored};
+use dduomq_testkit::{Broker, stored};
 
 fn batch(producer: &str, seqs: std::ops::Range<u64>) -> pb::SendRequest {
     pb::SendRequest {

@@ -2,14 +2,12 @@
 //! those; base consumers get base messages, and the canary's while no canary
 //! consumer is online.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_client::{Message, ProducerBuilder, PushConsumer, PushConsumerBuilder};
-use harness::{Broker, eventually};
+use dduomq_testkit::{Broker, eventually};
 use parking_lot::Mutex;
 
 type Got = Arc<Mutex<Vec<String>>>;
@@ -99,7 +97,7 @@ async fn canary_traffic_goes_to_canary_consumers_only_while_they_are_online() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_another_lane_does_not_starve_the_base_lane() {
     let b = Broker::start();
-    harness::create_topics(
+    dduomq_testkit::create_topics(
         &b,
         &[("orders", 1, dduomq_client::proto::MessageType::Normal)],
     )

@@ -5,8 +5,6 @@
 //! creating topics cost one small record each, which survives restarts, a
 //! SIGKILL and a torn tail.
 
-mod harness;
-
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -16,7 +14,7 @@ use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Admin, ClientError};
-use harness::{Broker, Options, eventually, http_get};
+use dduomq_testkit::{Broker, Options, eventually, http_get};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -195,12 +193,7 @@ async fn idle_connections_are_closed_and_streaming_ones_kept() {
         .expect("delivery within 20 s")
         .expect("the stream is intact")
         .expect("a response");
-    let bodies: Vec<_> = got
-        .message
-        .into_iter()
-        .chain(got.messages)
-        .map(|m| m.body)
-        .collect();
+    let bodies: Vec<_> = got.messages.into_iter().map(|m| m.body).collect();
     assert_eq!(bodies, vec![bytes::Bytes::from("after the wait")]);
 }
 
@@ -452,7 +445,7 @@ async fn names(admin: &Admin) -> (Vec<String>, Vec<String>) {
 /// Starts the broker binary on `b`'s data directory (`b` stopped) and returns
 /// its exit status and output, or kills it after 60 s.
 fn start_expecting_refusal(b: &Broker) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(harness::sibling_binary("dduomq-broker"))
+    let mut child = Command::new(dduomq_testkit::sibling_binary("dduomq-broker"))
         .arg("--data-dir")
         .arg(b.data_dir())
         .args(["--grpc-addr", &b.grpc, "--http-addr", &b.http])

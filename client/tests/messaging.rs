@@ -2,8 +2,6 @@
 //! clustering and broadcast consumption, leases, retries, dead letters, flow
 //! control and bad input.
 
-mod harness;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +12,7 @@ use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, ConsumeMode, Message, ProducerBuilder, PushConsumerBuilder, ReceivedMessage,
 };
-use harness::{Broker, Options, eventually};
+use dduomq_testkit::{Broker, Options, eventually};
 use parking_lot::Mutex;
 
 type Seen = Arc<Mutex<Vec<(String, ReceivedMessage)>>>;
@@ -756,5 +754,8 @@ async fn health_and_reflection_answer_like_grpcurl_expects() {
     ] {
         assert!(names.contains(s), "{s} missing from {names:?}");
     }
-    assert_eq!(harness::http_get(&b.http, "/healthz").unwrap().0, 200);
+    assert_eq!(
+        dduomq_testkit::http_get(&b.http, "/healthz").unwrap().0,
+        200
+    );
 }

@@ -6,8 +6,6 @@
 //! messages, producer windows) are always rebuilt; losing topic metadata
 //! brings the topic back from the store.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -18,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
-use harness::{Broker, Options, eventually, free_port, http_get, sibling_binary};
+use dduomq_testkit::{Broker, Options, copy_dir, eventually, free_port, http_get, sibling_binary};
 use parking_lot::Mutex;
 
 const CONSUMED: usize = 30;
@@ -56,19 +54,6 @@ fn run_broker(data_dir: &Path, grpc: &str, http: &str, config: &Path, log: &Path
         }
         assert!(Instant::now() < deadline, "broker neither ready nor exited");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

@@ -3,8 +3,6 @@
 //! must return at least one series, every alert rule must evaluate without error,
 //! and `promtool` must accept the rule file and both `/metrics` outputs.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +11,7 @@ use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder};
-use harness::{Broker, eventually, free_port, http_get, sibling_binary};
+use dduomq_testkit::{Broker, eventually, free_port, http_get, sibling_binary};
 use serde_json::Value;
 
 fn repo() -> PathBuf {

@@ -2,8 +2,6 @@
 //! a group of concurrent consumers, with random nacks and a broker restart in the
 //! middle, and a key never has two messages in flight.
 
-mod harness;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +10,7 @@ use std::time::Duration;
 use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
-use harness::{Broker, eventually};
+use dduomq_testkit::{Broker, eventually};
 use parking_lot::Mutex;
 use rand::Rng;
 

@@ -8,8 +8,6 @@
 //! Reserved property names are not asserted (they may be renamed); only that
 //! none of them is mistaken for a user property.
 
-mod harness;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,7 +20,7 @@ use dduomq_client::{
     Admin, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage,
     TransactionProducer, TransactionResolution,
 };
-use harness::{Broker, Options, eventually, stored};
+use dduomq_testkit::{Broker, Options, eventually, stored};
 use parking_lot::Mutex;
 
 const FIXTURE: &str = concat!(

@@ -1,8 +1,6 @@
 //! Consumer progress against a real broker: replay by time for online consumers,
 //! progress kept across a restart, pull-consumer rebalancing with generations.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +10,7 @@ use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder, ResetTo,
 };
-use harness::{Broker, Options, eventually};
+use dduomq_testkit::{Broker, Options, eventually};
 use parking_lot::Mutex;
 
 type Bodies = Arc<Mutex<Vec<String>>>;

@@ -3,8 +3,6 @@
 //! mid-transaction, rolled back after the last unanswered check, and intact
 //! across a broker crash.
 
-mod harness;
-
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -19,7 +17,7 @@ use dduomq_client::{
     Message, ProducerBuilder, PushConsumer, PushConsumerBuilder, ReceivedMessage,
     TransactionProducer, TransactionResolution,
 };
-use harness::{Broker, Options, create_topics, eventually, stored};
+use dduomq_testkit::{Broker, Options, create_topics, eventually, stored};
 use parking_lot::Mutex;
 
 /// Checks start 500 ms after a half message is stored, repeat every 250 ms,
@@ -85,7 +83,7 @@ async fn end(
 /// without touching any transaction).
 async fn all_resolved(b: &Broker) {
     eventually(Duration::from_secs(20), "no open transaction", async || {
-        let (_, text) = harness::http_get(&b.http, "/metrics")?;
+        let (_, text) = dduomq_testkit::http_get(&b.http, "/metrics")?;
         text.lines()
             .any(|l| l == "dduomq_transactions_pending 0")
             .then_some(())
@@ -210,7 +208,7 @@ async fn a_killed_producers_transactions_are_resolved_by_another_of_its_group() 
     use pb::TransactionResolution::{Commit, Rollback};
     // A CLI producer of group `shop` leaves six transactions open and is
     // SIGKILLed while still running (waiting for more input).
-    let mut cli = Command::new(env!("CARGO_BIN_EXE_dduomq"))
+    let mut cli = Command::new(dduomq_testkit::sibling_binary("dduomq"))
         .args(["--server", &b.grpc, "-o", "json", "produce"])
         .args(["--topic", "payments", "--transaction", "none"])
         .args(["--producer-group", "shop"])

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
 use dduomq_operator::crd::{ConsumerGroup, Topic};
+use dduomq_testkit::eventually_every;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -125,23 +126,9 @@ impl Env {
     }
 }
 
-async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How often the waits check: the API server and the operator get time to act
+/// between two checks.
+const POLL: Duration = Duration::from_millis(200);
 
 fn step(name: &str) -> Instant {
     eprintln!("=== {name}");
@@ -277,9 +264,10 @@ async fn consume(env: &Env, group: &str, topic: &str, n: usize) -> Vec<String> {
         })
         .await
         .unwrap();
-    eventually(
-        &format!("{n} messages of {topic}"),
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        &format!("{n} messages of {topic}"),
         async || (seen.lock().len() >= n).then_some(()),
     )
     .await;
@@ -313,7 +301,7 @@ async fn operator_scenarios() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = eventually("orders Ready", Duration::from_secs(30), async || {
+    let status = eventually_every(POLL, Duration::from_secs(30), "orders Ready", async || {
         let t = topics.get("orders").await.ok()?;
         ready(t.status.as_ref()).then(|| t.status.clone().unwrap())
     })
@@ -332,9 +320,12 @@ async fn operator_scenarios() {
     for i in 0..3 {
         assert_eq!(queues_on(&env, i, "orders").await, Some(6), "broker {i}");
     }
-    let route = eventually("the route table", Duration::from_secs(20), async || {
-        route_on(&env, "orders").await
-    })
+    let route = eventually_every(
+        POLL,
+        Duration::from_secs(20),
+        "the route table",
+        async || route_on(&env, "orders").await,
+    )
     .await;
     assert_eq!(route.len(), 3);
     assert!(route.values().all(|(w, _)| *w == 2), "{route:?}");
@@ -376,7 +367,7 @@ async fn operator_scenarios() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually("billing Ready", Duration::from_secs(30), async || {
+    eventually_every(POLL, Duration::from_secs(30), "billing Ready", async || {
         let g = groups.get("billing").await.ok()?;
         g.status
             .as_ref()
@@ -428,9 +419,10 @@ async fn operator_scenarios() {
         String::from_utf8_lossy(&out.stderr)
     );
     let draining = env.grpc(1);
-    eventually(
-        "broker 1 out of the write route",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "broker 1 out of the write route",
         async || {
             let r = route_on(&env, "orders").await?;
             (r.get(&draining).is_some_and(|(w, rd)| *w == 0 && *rd == 2)
@@ -474,9 +466,10 @@ async fn operator_scenarios() {
     assert_eq!(report["drained"], true, "{report}");
     assert_eq!(report["unconsumed_messages"], 0);
     assert!(drain(&["undrain"]).status.success());
-    eventually(
-        "broker 1 writable again",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "broker 1 writable again",
         async || {
             let r = route_on(&env, "orders").await?;
             r.get(&draining).is_some_and(|(w, _)| *w == 2).then_some(())
@@ -522,35 +515,42 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually("9 queues everywhere", Duration::from_secs(30), async || {
-        if !queues_everywhere(&env, "orders", 9).await {
-            return None;
-        }
-        let t = topics.get("orders").await.ok()?;
-        (t.status?.assignment.len() == 9).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "9 queues everywhere",
+        async || {
+            if !queues_everywhere(&env, "orders", 9).await {
+                return None;
+            }
+            let t = topics.get("orders").await.ok()?;
+            (t.status?.assignment.len() == 9).then_some(())
+        },
+    )
     .await;
 
     step("a broker turning not-ready leaves the write route, and returns");
     publish_slice(&client, &env, &[true, true, false]).await;
     let gone = env.grpc(2);
-    eventually(
-        "broker 2 out of the write route",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "broker 2 out of the write route",
         async || {
             let r = route_on(&env, "orders").await?;
             (!r.contains_key(&gone) && r.values().map(|(w, _)| w).sum::<usize>() == 9).then_some(())
         },
     )
     .await;
-    eventually("brokerCount 2", Duration::from_secs(30), async || {
+    eventually_every(POLL, Duration::from_secs(30), "brokerCount 2", async || {
         (topics.get("orders").await.ok()?.status?.broker_count == 2).then_some(())
     })
     .await;
     publish_slice(&client, &env, &[true, true, true]).await;
-    eventually(
-        "broker 2 back in the write route",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "broker 2 back in the write route",
         async || {
             let r = route_on(&env, "orders").await?;
             (r.get(&gone).is_some_and(|(w, _)| *w == 3)).then_some(())
@@ -565,9 +565,10 @@ async fn operator_scenarios() {
         .await
         .unwrap();
     assert_eq!(queues_on(&env, 1, "orders").await, None);
-    eventually(
-        "orders back on broker 1",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "orders back on broker 1",
         async || (queues_on(&env, 1, "orders").await == Some(9)).then_some(()),
     )
     .await;
@@ -601,9 +602,10 @@ async fn operator_scenarios() {
         );
     }
     annotate(&["orders", "dduomq.io/paused-"]);
-    eventually(
-        "10 queues once unpaused",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "10 queues once unpaused",
         async || queues_everywhere(&env, "orders", 10).await.then_some(()),
     )
     .await;
@@ -626,9 +628,10 @@ async fn operator_scenarios() {
             .success()
     );
     let others: Api<Topic> = Api::namespaced(client.clone(), "other");
-    eventually(
-        "a NameConflict condition",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "a NameConflict condition",
         async || {
             let t = others.get("orders").await.ok()?;
             t.status?
@@ -643,9 +646,10 @@ async fn operator_scenarios() {
         .delete("orders", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        "the clashing Topic deleted",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "the clashing Topic deleted",
         async || others.get_opt("orders").await.ok()?.is_none().then_some(()),
     )
     .await;
@@ -667,10 +671,15 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually("reset r1 applied", Duration::from_secs(30), async || {
-        let g = groups.get("billing").await.ok()?;
-        (g.status?.last_applied_reset?.request_id == "r1").then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "reset r1 applied",
+        async || {
+            let g = groups.get("billing").await.ok()?;
+            (g.status?.last_applied_reset?.request_id == "r1").then_some(())
+        },
+    )
     .await;
     // Broker 1 lost its copy of the messages when the topic was deleted on it.
     let mut expected = 0;
@@ -700,10 +709,15 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually("reset r2 applied", Duration::from_secs(30), async || {
-        let lag = total_lag(&env, "billing").await;
-        (lag == expected).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "reset r2 applied",
+        async || {
+            let lag = total_lag(&env, "billing").await;
+            (lag == expected).then_some(())
+        },
+    )
     .await;
 
     step("operator restart resumes from the resources");
@@ -718,9 +732,10 @@ async fn operator_scenarios() {
         )
         .await
         .unwrap();
-    eventually(
-        "12 queues after the restart",
+    eventually_every(
+        POLL,
         Duration::from_secs(60),
+        "12 queues after the restart",
         async || queues_everywhere(&env, "orders", 12).await.then_some(()),
     )
     .await;
@@ -745,23 +760,27 @@ async fn operator_scenarios() {
         &["apply", "-f", "-"],
         Some(&topic_yaml("keep", 2, "  deletionPolicy: Retain\n")),
     );
-    eventually("keep on the brokers", Duration::from_secs(30), async || {
-        (queues_on(&env, 0, "keep").await == Some(2)).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "keep on the brokers",
+        async || (queues_on(&env, 0, "keep").await == Some(2)).then_some(()),
+    )
     .await;
     topics
         .delete("keep", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("keep deleted", Duration::from_secs(30), async || {
+    eventually_every(POLL, Duration::from_secs(30), "keep deleted", async || {
         topics.get_opt("keep").await.ok()?.is_none().then_some(())
     })
     .await;
     assert_eq!(queues_on(&env, 0, "keep").await, Some(2), "Retain kept it");
     env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("hands-off", 1, "")));
-    eventually(
-        "hands-off on the brokers",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "hands-off on the brokers",
         async || (queues_on(&env, 0, "hands-off").await == Some(1)).then_some(()),
     )
     .await;
@@ -770,14 +789,19 @@ async fn operator_scenarios() {
         .delete("hands-off", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("hands-off deleted", Duration::from_secs(30), async || {
-        topics
-            .get_opt("hands-off")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "hands-off deleted",
+        async || {
+            topics
+                .get_opt("hands-off")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         queues_on(&env, 0, "hands-off").await,
@@ -792,9 +816,10 @@ async fn operator_scenarios() {
         .delete("orders", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        "orders gone from k8s and brokers",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "orders gone from k8s and brokers",
         async || {
             if topics.get_opt("orders").await.ok()?.is_some() {
                 return None;
@@ -811,7 +836,7 @@ async fn operator_scenarios() {
 
     step("finalizer escape hatch: deletion completes when no broker is left");
     env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("orphan", 1, "")));
-    eventually("orphan Ready", Duration::from_secs(30), async || {
+    eventually_every(POLL, Duration::from_secs(30), "orphan Ready", async || {
         ready(topics.get("orphan").await.ok()?.status.as_ref()).then_some(())
     })
     .await;
@@ -825,9 +850,10 @@ async fn operator_scenarios() {
         .delete("orphan", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        "orphan deleted without brokers",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "orphan deleted without brokers",
         async || topics.get_opt("orphan").await.ok()?.is_none().then_some(()),
     )
     .await;
@@ -863,9 +889,10 @@ async fn operator_scenarios() {
             .iter()
             .any(|f| f == "dduomq.io/topic-cleanup")
     };
-    eventually(
-        "left-behind gets the finalizer",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "left-behind gets the finalizer",
         async || finalized().await.then_some(()),
     )
     .await;
@@ -878,23 +905,31 @@ async fn operator_scenarios() {
     // not after the 15 s lease.
     let t = Instant::now();
     operator = env.start_operator("operator-d");
-    eventually("operator-d leads", Duration::from_secs(8), async || {
-        let lease =
-            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), SYSTEM_NS)
-                .get("dduomq-operator")
-                .await
-                .ok()?;
-        (lease.spec?.holder_identity.as_deref() == Some("operator-d")).then_some(())
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(8),
+        "operator-d leads",
+        async || {
+            let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                client.clone(),
+                SYSTEM_NS,
+            )
+            .get("dduomq-operator")
+            .await
+            .ok()?;
+            (lease.spec?.holder_identity.as_deref() == Some("operator-d")).then_some(())
+        },
+    )
     .await;
     eprintln!("    leadership handed over in {:?}", t.elapsed());
     deployments
         .delete(OPERATOR_DEPLOYMENT, &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        "the Deployment is gone",
+    eventually_every(
+        POLL,
         Duration::from_secs(30),
+        "the Deployment is gone",
         async || {
             deployments
                 .get_opt(OPERATOR_DEPLOYMENT)
@@ -914,9 +949,10 @@ async fn operator_scenarios() {
         .delete("left-behind", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        "left-behind deleted with no operator running",
+    eventually_every(
+        POLL,
         Duration::from_secs(10),
+        "left-behind deleted with no operator running",
         async || {
             topics
                 .get_opt("left-behind")

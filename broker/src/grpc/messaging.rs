@@ -155,7 +155,6 @@ impl MessagingService for MessagingApi {
                 sub,
                 consumer,
                 limits,
-                r.batched,
                 tx,
                 slot,
             ));
@@ -420,13 +419,12 @@ async fn push_loop(
     sub: Arc<Subscription>,
     consumer: u64,
     limits: ReceiveLimits,
-    batched: bool,
     tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
     slot: StreamSlot,
 ) {
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
-    'serve: loop {
+    loop {
         // Yield now and then even when there is always work, so a busy stream
         // never keeps the consumers it woke from running on this worker.
         tokio::task::coop::consume_budget().await;
@@ -445,26 +443,12 @@ async fn push_loop(
             }
         };
         if !batch.is_empty() {
-            // One response per lease round (fewer frames and writes per
-            // message) for clients that read them; one per message otherwise.
-            let responses: Vec<pb::ReceiveResponse> = if batched {
-                vec![pb::ReceiveResponse {
-                    message: None,
-                    messages: batch.into_iter().map(convert::message).collect(),
-                }]
-            } else {
-                batch
-                    .into_iter()
-                    .map(|d| pb::ReceiveResponse {
-                        message: Some(convert::message(d)),
-                        messages: Vec::new(),
-                    })
-                    .collect()
+            // One response per lease round: fewer frames and writes per message.
+            let response = pb::ReceiveResponse {
+                messages: batch.into_iter().map(convert::message).collect(),
             };
-            for r in responses {
-                if tx.send(Ok(r)).await.is_err() {
-                    break 'serve; // the client went away
-                }
+            if tx.send(Ok(response)).await.is_err() {
+                break; // the client went away
             }
             continue;
         }

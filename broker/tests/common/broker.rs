@@ -125,18 +125,8 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Polls `probe` until it returns `Some`, failing the test after
 /// [`PATIENCE`] with `what`.
-pub async fn poll_until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+pub async fn poll_until<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    dduomq_testkit::eventually_every(Duration::from_millis(5), PATIENCE, what, probe).await
 }
 
 /// Waits until the wall clock (which the broker reads) is past `ms`.

@@ -12,6 +12,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use dduomq_broker::store::{Message, Record, Store, StoreConfig};
+use dduomq_testkit::copy_dir;
 
 /// A small-segment store configuration in `dir`.
 pub fn config(dir: &Path) -> StoreConfig {
@@ -62,20 +63,6 @@ pub fn body(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// A copy of a data directory (without its lock file).
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// Runs `dduomq-storetool verify` on a copy of `dir`: its exit code and output.

@@ -13,10 +13,10 @@ use crate::crd::{
     AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupSpec, ConsumerGroupStatus, OffsetReset,
     ResetTarget, Subscription,
 };
-use crate::test_support::broker::Broker;
 use crate::test_support::{
     Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
 };
+use dduomq_testkit::Broker;
 
 const FINALIZER: &str = "dduomq.io/group-cleanup";
 
@@ -68,7 +68,7 @@ async fn orders_with_messages(broker: &Broker, count: usize) {
 }
 
 async fn send(broker: &Broker, count: usize) {
-    let producer = ProducerBuilder::new(&broker.address)
+    let producer = ProducerBuilder::new(&broker.grpc)
         .build()
         .expect("producer");
     for i in 0..count {
@@ -94,9 +94,9 @@ fn progress(committed: u64, max: u64) -> Vec<pb::GroupQueueStatus> {
 #[tokio::test]
 async fn apply_creates_the_group_on_every_ready_broker_and_reports_members_and_lag() {
     let r = Requests::new("consumergroups", "billing");
-    let (a, b) = (Broker::start().await, Broker::start().await);
+    let (a, b) = (Broker::start(), Broker::start());
     let group = billing(Stage::Finalized, &["1s", "5s"], None);
-    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let brokers = vec![ready_broker(0, &a.grpc), ready_broker(1, &b.grpc)];
     let out = reconcile_once(&group, vec![], brokers).await;
 
     assert_eq!(out.action(), &Action::requeue(RESYNC));
@@ -130,7 +130,7 @@ async fn apply_creates_the_group_on_every_ready_broker_and_reports_members_and_l
 #[tokio::test]
 async fn an_offset_reset_is_applied_once_per_request_id() {
     let r = Requests::new("consumergroups", "billing");
-    let broker = Broker::start().await;
+    let broker = Broker::start();
     orders_with_messages(&broker, 3).await;
     let reset = OffsetReset {
         request_id: "r1".into(),
@@ -138,7 +138,7 @@ async fn an_offset_reset_is_applied_once_per_request_id() {
         timestamp: None,
     };
     let mut group = billing(Stage::Finalized, &["1s", "5s"], Some(reset));
-    let brokers = vec![ready_broker(0, &broker.address)];
+    let brokers = vec![ready_broker(0, &broker.grpc)];
     let first = reconcile_once(&group, vec![], brokers.clone()).await;
 
     assert_eq!(first.action(), &Action::requeue(RESYNC));
@@ -194,21 +194,21 @@ async fn an_offset_reset_is_applied_once_per_request_id() {
 #[tokio::test]
 async fn a_broker_refusal_makes_the_group_not_ready_and_holds_the_reset_back() {
     let r = Requests::new("consumergroups", "billing");
-    let broker = Broker::start().await;
+    let broker = Broker::start();
     let reset = OffsetReset {
         request_id: "r1".into(),
         to: ResetTarget::Earliest,
         timestamp: None,
     };
     let group = billing(Stage::Finalized, &["48h"], Some(reset));
-    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.address)]).await;
+    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.grpc)]).await;
 
     assert_eq!(out.action(), &Action::requeue(Duration::from_secs(5)));
     assert_eq!(broker.admin().list_groups().await.expect("list"), []);
     let refusal = format!(
         "broker {}: invalid retry_backoff_ms: a step of 172800000 ms; \
          each step is 1 to 86400000 ms [INVALID_ARGUMENT]",
-        broker.address
+        broker.grpc
     );
     assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
     assert_eq!(out.event(1), Published::warning("BrokerError", &refusal));
@@ -231,14 +231,14 @@ async fn a_broker_refusal_makes_the_group_not_ready_and_holds_the_reset_back() {
 #[tokio::test]
 async fn cleanup_deletes_the_group_from_every_broker_and_releases_the_finalizer() {
     let r = Requests::new("consumergroups", "billing");
-    let (a, b) = (Broker::start().await, Broker::start().await);
+    let (a, b) = (Broker::start(), Broker::start());
     let group = billing(Stage::Deleting, &["1s", "5s"], None);
     a.admin()
         .create_group(hosted().remove(0))
         .await
         .expect("create on a");
     // b never got the group: already gone counts as deleted.
-    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let brokers = vec![ready_broker(0, &a.grpc), ready_broker(1, &b.grpc)];
     let out = reconcile_once(&group, vec![], brokers).await;
 
     assert_eq!(out.action(), &Action::await_change());
@@ -252,7 +252,7 @@ async fn cleanup_deletes_the_group_from_every_broker_and_releases_the_finalizer(
 #[tokio::test]
 async fn cleanup_of_an_unmanaged_group_leaves_the_brokers_alone() {
     let r = Requests::new("consumergroups", "billing");
-    let broker = Broker::start().await;
+    let broker = Broker::start();
     broker
         .admin()
         .create_group(hosted().remove(0))
@@ -260,7 +260,7 @@ async fn cleanup_of_an_unmanaged_group_leaves_the_brokers_alone() {
         .expect("create");
     let mut group = billing(Stage::Deleting, &["1s", "5s"], None);
     group.metadata.annotations = Some(BTreeMap::from([(MANAGED.to_string(), "false".into())]));
-    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.address)]).await;
+    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.grpc)]).await;
 
     assert_eq!(out.action(), &Action::await_change());
     assert_eq!(broker.admin().list_groups().await.expect("list"), hosted());

@@ -1,7 +1,6 @@
 //! What the reconcile tests share: a fake Kubernetes API server that records the
 //! operator's requests, real brokers on loopback, and a [`Context`] wired to both.
 
-pub mod broker;
 pub mod fake_api;
 
 use std::sync::Arc;

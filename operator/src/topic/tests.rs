@@ -10,10 +10,10 @@ use serde_json::json;
 
 use crate::context::ReconcileError;
 use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec};
-use crate::test_support::broker::{Broker, free_port};
 use crate::test_support::{
     NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
 };
+use dduomq_testkit::{Broker, free_port};
 
 const FINALIZER: &str = "dduomq.io/topic-cleanup";
 
@@ -43,9 +43,9 @@ fn hosted(queues: u32, message_type: pb::MessageType) -> Vec<pb::Topic> {
 #[tokio::test]
 async fn a_new_topic_first_gets_the_finalizer_and_no_broker_is_touched() {
     let r = Requests::new("topics", "orders");
-    let broker = Broker::start().await;
+    let broker = Broker::start();
     let topic = orders(Stage::New, DeletionPolicy::Delete);
-    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.address)]).await;
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
     assert_eq!(out.action(), &Action::await_change());
     assert_eq!(out.request_lines(), [r.finalizers()]);
     assert_eq!(
@@ -65,9 +65,9 @@ async fn a_new_topic_first_gets_the_finalizer_and_no_broker_is_touched() {
 #[tokio::test]
 async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement() {
     let r = Requests::new("topics", "orders");
-    let (a, b) = (Broker::start().await, Broker::start().await);
+    let (a, b) = (Broker::start(), Broker::start());
     let topic = orders(Stage::Finalized, DeletionPolicy::Delete);
-    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let brokers = vec![ready_broker(0, &a.grpc), ready_broker(1, &b.grpc)];
     let out = reconcile_once(&topic, vec![], brokers).await;
 
     assert_eq!(out.action(), &Action::requeue(RESYNC));
@@ -113,20 +113,20 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement
 #[tokio::test]
 async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
     let r = Requests::new("topics", "orders");
-    let (a, b) = (Broker::start().await, Broker::start().await);
+    let (a, b) = (Broker::start(), Broker::start());
     b.admin()
         .create_topic("orders", 4, pb::MessageType::Normal)
         .await
         .expect("a NORMAL topic of the same name on b");
     let topic = orders(Stage::Finalized, DeletionPolicy::Delete);
-    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let brokers = vec![ready_broker(0, &a.grpc), ready_broker(1, &b.grpc)];
     let out = reconcile_once(&topic, vec![], brokers).await;
 
     assert_eq!(out.action(), &Action::requeue(Duration::from_secs(5)));
     let refusal = format!(
         "broker {}: topic \"orders\" already exists with 4 queues of type normal; \
          the message type of a topic cannot change [TOPIC_CONFLICT]",
-        b.address
+        b.grpc
     );
     assert_eq!(
         a.admin().list_topics().await.expect("list a"),
@@ -153,14 +153,14 @@ async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
 #[tokio::test]
 async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer() {
     let r = Requests::new("topics", "orders");
-    let (a, b) = (Broker::start().await, Broker::start().await);
+    let (a, b) = (Broker::start(), Broker::start());
     a.admin()
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create on a");
     // b never got the topic: already gone counts as deleted.
     let topic = orders(Stage::Deleting, DeletionPolicy::Delete);
-    let brokers = vec![ready_broker(0, &a.address), ready_broker(1, &b.address)];
+    let brokers = vec![ready_broker(0, &a.grpc), ready_broker(1, &b.grpc)];
     let out = reconcile_once(&topic, vec![], brokers).await;
 
     assert_eq!(out.action(), &Action::await_change());
@@ -175,14 +175,14 @@ async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer(
 #[tokio::test]
 async fn cleanup_with_the_retain_policy_keeps_the_topic_and_releases_the_finalizer() {
     let r = Requests::new("topics", "orders");
-    let broker = Broker::start().await;
+    let broker = Broker::start();
     broker
         .admin()
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create");
     let topic = orders(Stage::Deleting, DeletionPolicy::Retain);
-    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.address)]).await;
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
 
     assert_eq!(out.action(), &Action::await_change());
     assert_eq!(
@@ -196,7 +196,7 @@ async fn cleanup_with_the_retain_policy_keeps_the_topic_and_releases_the_finaliz
 #[tokio::test]
 async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
     let r = Requests::new("topics", "orders");
-    let live = Broker::start().await;
+    let live = Broker::start();
     live.admin()
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
@@ -205,7 +205,7 @@ async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
     let topic = orders(Stage::Deleting, DeletionPolicy::Delete);
     let namespace =
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
-    let brokers = vec![ready_broker(0, &live.address), ready_broker(1, &dead)];
+    let brokers = vec![ready_broker(0, &live.grpc), ready_broker(1, &dead)];
     let out = reconcile_once(&topic, vec![namespace], brokers).await;
 
     match &out.result {

@@ -1,12 +1,10 @@
 //! The `dduomq` CLI against a real broker: the command forms and JSON output that
 //! users' scripts rely on.
 
-mod harness;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use harness::Broker;
+use dduomq_testkit::Broker;
 use serde_json::Value;
 
 fn dduomq(b: &Broker, args: &[&str]) -> Output {

@@ -1,12 +1,13 @@
-//! Integration harness: runs the real `dduomq-broker` binary on free loopback
-//! ports with a temporary data directory, waits for `/readyz`, and can stop it
-//! gracefully, SIGKILL it and start it again on the same directory and ports.
-#![allow(dead_code)] // each test binary uses its own subset
+//! Runs the real `dduomq-broker` binary on free loopback ports with a temporary
+//! data directory, waits for `/readyz`, and can stop it gracefully, SIGKILL it
+//! and start it again on the same directory and ports.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// A workspace binary built alongside this test (`make test` builds every
@@ -27,16 +28,17 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 /// connection (which takes ephemeral ports) can occupy it, or connect to itself
 /// on it, while a broker restarts there.
 pub fn free_port() -> u16 {
-    let (low, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    // Handed out in turn from a random start, so tests running at once in one
+    // process never pick the same port between this check and their bind.
+    static NEXT: LazyLock<AtomicU16> =
+        LazyLock::new(|| AtomicU16::new(rand::random_range(0..10000)));
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
-            Some((it.next()?, it.next()?))
-        })
-        .unwrap_or((32768, 60999));
-    let low = low.max(12000);
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(12000);
     loop {
-        let port = rand::random_range(10000..low);
+        let port = 10000 + NEXT.fetch_add(1, Ordering::Relaxed) % (low - 10000);
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -91,6 +93,11 @@ impl Broker {
         };
         b.spawn();
         b
+    }
+
+    /// An admin client of this broker.
+    pub fn admin(&self) -> dduomq_client::Admin {
+        dduomq_client::Admin::connect(&self.grpc).expect("admin client")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -217,25 +224,6 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default()
         .to_string();
     Some((code, body))
-}
-
-/// Polls `check` until it returns `Some`, or panics after `timeout`.
-pub async fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Creates topics on a broker: `(name, queues, type)` each.

@@ -1,0 +1,218 @@
+//! One installed cluster shared by the scenario tests. Each test runs its
+//! scenario after the scenarios it builds on (those not run yet), so any one of
+//! them can be selected by name; a full run goes through all of them in order.
+
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use dduomq_client::{Producer, PushConsumer};
+use dduomq_testkit::{Ledger, Report, secs};
+use kube::Client;
+use serde_json::json;
+
+use crate::TOPIC;
+use crate::clients::{build_producer, service_address};
+use crate::env::{Env, install_panic_hook};
+use crate::pods::View;
+use crate::scenarios::Cluster;
+
+/// The scenarios, in suite order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Install,
+    Bulk,
+    ScaleOut,
+    Disruptions,
+    DrainAndScaleIn,
+    RollingUpgrade,
+    Teardown,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 7] = [
+        Scenario::Install,
+        Scenario::Bulk,
+        Scenario::ScaleOut,
+        Scenario::Disruptions,
+        Scenario::DrainAndScaleIn,
+        Scenario::RollingUpgrade,
+        Scenario::Teardown,
+    ];
+
+    /// The scenarios whose outcome this one starts from: the release (install),
+    /// the Topic, the group's consumer and an unused ledger (bulk), five brokers
+    /// (scale-out; teardown expects their five claims), four brokers
+    /// (drain and scale-in).
+    fn builds_on(self) -> &'static [Scenario] {
+        match self {
+            Scenario::Install => &[],
+            Scenario::Bulk => &[Scenario::Install],
+            Scenario::ScaleOut => &[Scenario::Bulk],
+            Scenario::Disruptions | Scenario::DrainAndScaleIn | Scenario::Teardown => {
+                &[Scenario::ScaleOut]
+            }
+            Scenario::RollingUpgrade => &[Scenario::DrainAndScaleIn],
+        }
+    }
+
+    /// This scenario and everything it builds on, transitively, in suite order.
+    fn with_prerequisites(self) -> Vec<Scenario> {
+        let mut wanted = vec![self];
+        let mut i = 0;
+        while i < wanted.len() {
+            for s in wanted[i].builds_on() {
+                if !wanted.contains(s) {
+                    wanted.push(*s);
+                }
+            }
+            i += 1;
+        }
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| wanted.contains(s))
+            .collect()
+    }
+}
+
+/// The tests run one after the other (`--test-threads=1`) on this runtime, so
+/// the consumer, the pod view and the load's producer live from one test to the
+/// next.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+});
+
+/// Poisoned when a scenario panics: the cluster is then in an unknown state and
+/// the scenarios after it do not run.
+static SUITE: Mutex<Option<Suite>> = Mutex::new(None);
+
+/// Runs `scenario`, after those it builds on that have not run yet.
+pub fn run(scenario: Scenario) {
+    let mut suite = SUITE.lock().unwrap_or_else(|_| {
+        panic!("an earlier scenario failed, so the cluster is in an unknown state: {scenario:?} does not run")
+    });
+    RUNTIME.block_on(async {
+        if suite.is_none() {
+            *suite = Some(Suite::start().await);
+        }
+        let suite = suite.as_mut().expect("started");
+        for s in scenario.with_prerequisites() {
+            if !suite.passed.contains(&s) {
+                suite.run(s).await;
+                suite.passed.push(s);
+            }
+        }
+    });
+}
+
+/// What the scenarios hand on to the ones after them.
+struct Suite {
+    cluster: Cluster,
+    started: Instant,
+    passed: Vec<Scenario>,
+    /// From scenario 2 on.
+    view: Option<Arc<View>>,
+    /// The group's consumer, from scenario 2 until scenario 7.
+    consumer: Option<PushConsumer>,
+    /// The continuous load's producer, bootstrapping through the Service.
+    load_producer: Option<Producer>,
+}
+
+impl Suite {
+    async fn start() -> Suite {
+        let env = Env::load();
+        install_panic_hook(env.clone());
+        let client = Client::try_default()
+            .await
+            .expect("admin kubeconfig (KUBECONFIG)");
+        Suite {
+            cluster: Cluster {
+                report: Report::new(env.work.join("cluster-report.json")),
+                env,
+                client,
+                ledger: Arc::new(Ledger::new(TOPIC)),
+            },
+            started: Instant::now(),
+            passed: Vec::new(),
+            view: None,
+            consumer: None,
+            load_producer: None,
+        }
+    }
+
+    fn view(&self) -> &Arc<View> {
+        self.view
+            .as_ref()
+            .expect("the pod view (scenario 2 starts it)")
+    }
+
+    async fn load_producer(&mut self) -> Producer {
+        if self.load_producer.is_none() {
+            let address = service_address(&self.cluster.client).await;
+            self.load_producer = Some(build_producer(&address));
+        }
+        self.load_producer.clone().expect("built")
+    }
+
+    async fn run(&mut self, scenario: Scenario) {
+        match scenario {
+            Scenario::Install => self.cluster.install().await,
+            Scenario::Bulk => {
+                let view = View::start(self.cluster.client.clone()).await;
+                self.consumer = Some(self.cluster.bulk(&view).await);
+                self.view = Some(view);
+            }
+            Scenario::ScaleOut => self.cluster.scale_out(self.view()).await,
+            Scenario::Disruptions => {
+                let producer = self.load_producer().await;
+                self.cluster.disruptions(self.view(), &producer).await;
+            }
+            Scenario::DrainAndScaleIn => {
+                let producer = self.load_producer().await;
+                self.cluster
+                    .drain_and_scale_in(self.view(), &producer)
+                    .await;
+            }
+            Scenario::RollingUpgrade => {
+                let producer = self.load_producer().await;
+                self.cluster.rolling_upgrade(self.view(), &producer).await;
+            }
+            Scenario::Teardown => self.teardown().await,
+        }
+    }
+
+    async fn teardown(&mut self) {
+        // Every acknowledged message was consumed (checked after each scenario);
+        // the consumer stops before the topic goes.
+        self.consumer
+            .take()
+            .expect("the group's consumer (scenario 2 starts it)")
+            .shutdown()
+            .await;
+        let cluster = &self.cluster;
+        let ledger = &cluster.ledger;
+        let totals = json!({
+            "messages_sent": ledger.allocated(),
+            "acked": ledger.acked_count(),
+            "failed_sends": ledger.failed_count(),
+            "duplicate_deliveries": ledger.duplicates(),
+            "delivered_although_send_failed": ledger.delivered_unacked(),
+        });
+        cluster.report.set("totals", "messages", totals);
+        self.view().stop();
+        cluster.teardown().await;
+
+        cluster
+            .report
+            .set("totals", "suite_s", secs(self.started.elapsed()));
+        cluster.report.save();
+        cluster.report.print_summary();
+        eprintln!(
+            "cluster scenarios passed in {:.1}s",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
