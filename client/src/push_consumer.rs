@@ -359,6 +359,9 @@ async fn open_stream(
         filter_type: cfg.filter.to_proto().0,
         filter_expression: cfg.filter.to_proto().1,
         lane: cfg.lane.clone(),
+        // Brokers of the previous release batch only when asked; this SDK
+        // reads nothing else (see the field's comment).
+        batched: true,
     };
     match tokio::time::timeout(cfg.request_timeout, client.receive(request)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
