@@ -30,6 +30,7 @@ mod message;
 mod producer;
 mod pull_consumer;
 mod push_consumer;
+mod route;
 mod transaction;
 
 pub use admin::{Admin, AdminTimeouts, ResetTo};

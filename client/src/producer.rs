@@ -10,7 +10,8 @@
 //! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A route
 //! that cannot be refreshed (the bootstrap broker is down) is used stale; so
 //! is one whose refresh is older (a lower epoch: a restarted broker that has
-//! not been pushed the route table again claims every queue).
+//! not been pushed the route table again claims every queue), but only for a
+//! bounded time (`route::LOWER_EPOCH_GRACE`), as epochs can go back for good.
 //! Messages with a sharding key keep their queue: they wait for its broker
 //! (and fail by their deadline). Their order holds for a sender that awaits
 //! each send; concurrent sends of one key may be stored out of order when one
@@ -27,6 +28,8 @@ use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
+
+use crate::route::Route;
 
 use crate::connection::{client, with_deadline};
 use crate::error::{ClientError, Result};
@@ -145,17 +148,6 @@ struct Pending {
     reply: Option<oneshot::Sender<Result<SendReceipt>>>,
     /// The send's deadline, failovers included.
     deadline: Instant,
-}
-
-/// A cached route: which queues are writable and where they live.
-#[derive(Debug, Clone)]
-struct Route {
-    fetched: Instant,
-    /// Set after a send failed: refresh before the next use.
-    expired: bool,
-    /// The route table's epoch (0: a standalone broker's own view).
-    epoch: u64,
-    queues: Vec<pb::QueueRoute>,
 }
 
 #[derive(Debug)]
@@ -435,8 +427,16 @@ impl Inner {
         // restarted has lost the pushed route table until the operator pushes
         // it again, and meanwhile answers as a standalone broker (epoch 0)
         // with every queue on itself, queues other brokers hold included.
-        let cached_epoch = cached.as_ref().map_or(0, |r| r.epoch);
-        let current = |r: &pb::QueryRouteResponse| r.epoch >= cached_epoch;
+        // Only for a while, though: epochs can go back for good.
+        let (grace, asked) = (
+            Route::lower_epoch_grace(self.config.route_ttl),
+            Instant::now(),
+        );
+        let current = |r: &pb::QueryRouteResponse| {
+            cached
+                .as_ref()
+                .is_none_or(|c| c.accepts(r.epoch, grace, asked))
+        };
         let mut fetched = query(self.bootstrap.clone()).await;
         // The bootstrap broker is down (or restarted): any healthy broker of
         // the old route holds the same route table.
@@ -466,8 +466,9 @@ impl Inner {
                 }
             }
         }
+        let older = matches!(&fetched, Ok(r) if !current(r));
         let response = match (fetched, cached) {
-            (Ok(r), Some(stale)) if !current(&r) => {
+            (Ok(r), Some(stale)) if older => {
                 tracing::debug!(
                     epoch = r.epoch,
                     cached = stale.epoch,
@@ -488,8 +489,10 @@ impl Inner {
                 "topic {topic:?} has no queues"
             )));
         }
+        let now = Instant::now();
         let route = Route {
-            fetched: Instant::now(),
+            fetched: now,
+            confirmed: now,
             expired: false,
             epoch: response.epoch,
             queues: response.queues,
@@ -499,7 +502,8 @@ impl Inner {
     }
 
     /// Keeps a route that could not be refreshed for another `route_ttl`, so
-    /// sends do not each wait for an unreachable bootstrap broker.
+    /// sends do not each wait for an unreachable bootstrap broker (it stays
+    /// unconfirmed: see [`Route::accepts`]).
     fn keep_stale(&self, topic: &str, mut stale: Route) -> Route {
         stale.fetched = Instant::now();
         stale.expired = false;
