@@ -4,10 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A workspace binary built alongside this test (`make test` builds every
@@ -24,24 +25,49 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     bin
 }
 
-/// A free loopback port below the kernel's ephemeral range, so that no client
-/// connection (which takes ephemeral ports) can occupy it, or connect to itself
-/// on it, while a broker restarts there.
+/// A free loopback port outside the kernel's ephemeral range, so that no
+/// client connection (which takes ephemeral ports) can occupy it, or connect to
+/// itself on it, while a broker restarts there.
 pub fn free_port() -> u16 {
     // Handed out in turn from a random start, so tests running at once in one
     // process never pick the same port between this check and their bind.
-    static NEXT: LazyLock<AtomicU16> =
-        LazyLock::new(|| AtomicU16::new(rand::random_range(0..10000)));
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768)
-        .max(12000);
+    static NEXT: LazyLock<AtomicU32> =
+        LazyLock::new(|| AtomicU32::new(rand::random_range(0..10000)));
+    let window = test_ports();
     loop {
-        let port = 10000 + NEXT.fetch_add(1, Ordering::Relaxed) % (low - 10000);
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % window.len() as u32;
+        let port = (window.start + offset) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
+    }
+}
+
+/// At least this many ports to pick from on one side of the ephemeral range.
+const MIN_TEST_PORTS: u32 = 2000;
+
+/// The ports tests pick from: 10000 up to the ephemeral range's start, or
+/// above its end when it starts lower. A range leaving neither side room has
+/// them picked from 10000 up, inside it: a restart may then race a client.
+fn test_ports() -> Range<u32> {
+    let ephemeral: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (start, end) = match ephemeral[..] {
+        [start, end] => (start, end),
+        _ => (32768, 60999),
+    };
+    if start >= 10000 + MIN_TEST_PORTS {
+        10000..start
+    } else if end + MIN_TEST_PORTS <= 65535 {
+        end + 1..65536
+    } else {
+        10000..10000 + MIN_TEST_PORTS
     }
 }
 
