@@ -1,7 +1,8 @@
 //! The data-format version file (`FORMAT`): a fresh directory is stamped with
 //! the current format, a directory from before format versioning is read as
-//! format 1 and stamped, and a newer or unreadable version file is refused
-//! with the file named and nothing written.
+//! format 1 and stamped (but not by an open refused for its configuration),
+//! and a newer or unreadable version file is refused with the file named and
+//! nothing written.
 
 mod common;
 
@@ -93,6 +94,28 @@ fn an_older_version_file_is_read_and_stamped() {
         std::fs::read(format_file(dir.path())).unwrap(),
         CURRENT.as_bytes()
     );
+}
+
+#[test]
+fn an_unversioned_directory_whose_open_is_refused_stays_unstamped() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_a_message(dir.path());
+    std::fs::remove_file(format_file(dir.path())).unwrap();
+    let before = contents(dir.path());
+
+    let mut other_segment_size = config(dir.path());
+    other_segment_size.segment_size_bytes *= 2;
+    let err = Store::open(other_segment_size).unwrap_err();
+    assert_eq!(err.code(), Reason::InvalidConfig);
+    assert!(err.to_string().contains("segment_size_bytes"), "{err}");
+    assert!(
+        !format_file(dir.path()).exists(),
+        "stamped by a refused open"
+    );
+    assert_eq!(contents(dir.path()), before, "the refused open wrote");
+
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(store.opened_format(), OpenedFormat::Unversioned);
 }
 
 #[test]

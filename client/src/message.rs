@@ -151,7 +151,8 @@ impl From<pb::SendReceipt> for SendReceipt {
 
 /// Set on a delivered message whose body failed to decompress, with the error.
 /// Under the reserved `__` prefix (which producers cannot use), so it never
-/// hides a property of the producer's.
+/// hides a property of the producer's. (Earlier SDKs named it
+/// `DDUOMQ_DECODE_ERROR`.)
 pub const DECODE_ERROR_PROPERTY: &str = "__DECODE_ERROR";
 
 /// A message delivered to a consumer.

@@ -5,8 +5,9 @@
 //! comes back as a user sees it: exact bodies, tags, keys and user
 //! properties; key lookup, dead letters, the pending delayed message, the open
 //! transaction, idempotent resends and the groups' progress all carry over.
-//! Reserved property names are not asserted (they may be renamed); only that
-//! none of them is mistaken for a user property.
+//! Reserved properties are not user properties; the ones consumers see keep
+//! their values, dead-letter origins under the current names, and a SQL filter
+//! on the sharding key matches old and new records under either name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,8 +18,8 @@ use std::time::Duration;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{
-    Admin, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage,
-    TransactionProducer, TransactionResolution,
+    Admin, Filter, Message, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder,
+    ReceivedMessage, TransactionProducer, TransactionResolution,
 };
 use dduomq_testkit::{Broker, Options, eventually, stored};
 use parking_lot::Mutex;
@@ -103,10 +104,22 @@ async fn consume(
     topic: &str,
     count: usize,
 ) -> BTreeMap<String, Vec<ReceivedMessage>> {
+    consume_filtered(b, group, topic, Filter::All, count).await
+}
+
+/// [`consume`] with the group's `filter`.
+async fn consume_filtered(
+    b: &Broker,
+    group: &str,
+    topic: &str,
+    filter: Filter,
+    count: usize,
+) -> BTreeMap<String, Vec<ReceivedMessage>> {
     let seen: Arc<Mutex<BTreeMap<String, Vec<ReceivedMessage>>>> = Arc::default();
     let log = seen.clone();
     // One handler at a time: bodies are seen in delivery order.
     let consumer = PushConsumerBuilder::new(&b.grpc, group, topic)
+        .filter(filter)
         .concurrency(1)
         .start(move |m| {
             let log = log.clone();
@@ -179,6 +192,7 @@ async fn a_data_directory_of_the_previous_release_is_read_back_whole() {
     for m in &sharded {
         assert!(m.keys.is_empty() && m.tag.is_empty(), "{m:?}");
         assert_eq!(user_properties(m), props(&[]), "{}", body(m));
+        assert_eq!(m.properties["SHARDING_KEY"], "customer-7", "{}", body(m));
     }
     let large: String = (0..1600).map(|j| format!("{j:05}")).collect();
     let m = only(&normal, &format!("large-{large}"));
@@ -190,6 +204,26 @@ async fn a_data_directory_of_the_previous_release_is_read_back_whole() {
     assert_eq!(&found[0].body[..], b"normal-2");
     assert_eq!(found[0].keys, ["order-2"]);
 
+    // A SQL filter on the sharding key, under the old name or the new one,
+    // matches the old records and one sent now.
+    let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
+    producer
+        .send(Message::new("fx-normal", "sharded-new").with_sharding_key("customer-7"))
+        .await
+        .unwrap();
+    for (group, name) in [
+        ("by-old-name", "SHARDING_KEY"),
+        ("by-new-name", "__SHARDING_KEY"),
+    ] {
+        let filter = Filter::Sql(format!("{name} = 'customer-7'"));
+        let keyed = consume_filtered(&b, group, "fx-normal", filter, 3).await;
+        assert_eq!(
+            keyed.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["sharded-0", "sharded-1", "sharded-new"],
+            "{name}"
+        );
+    }
+
     // Dead letters, in the group's DLQ topic with their bodies.
     let dead = consume(&b, "dlq-readback", "%DLQ%fx-dlq", 2).await;
     for i in 0..2 {
@@ -197,6 +231,8 @@ async fn a_data_directory_of_the_previous_release_is_read_back_whole() {
         assert_eq!(m.tag, "poison");
         assert_eq!(m.keys, [format!("poison-key-{i}")]);
         assert_eq!(user_properties(&m), props(&[("reason", "always fails")]));
+        assert_eq!(m.properties["__DLQ_ORIGIN_TOPIC"], "fx-poison");
+        assert_eq!(m.properties["__DLQ_DELIVERY_ATTEMPTS"], "2");
     }
     let dlq_group = admin.describe_group("fx-dlq").await.unwrap();
     assert_eq!(dlq_group.group.unwrap().max_delivery_attempts, 2);
@@ -287,12 +323,13 @@ async fn a_data_directory_of_the_previous_release_is_read_back_whole() {
         .await
         .unwrap();
     let mut rest = Vec::new();
-    while rest.len() < 2 {
+    eventually(WAIT, "p-3 and p-4 pulled", async || {
         let polled = pull.poll(2, Duration::from_secs(1)).await.unwrap();
         rest.extend(polled.iter().map(|m| (m.offset, body(m))));
-    }
+        (rest.len() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(rest, [(3, "p-3".to_string()), (4, "p-4".to_string())]);
-    let producer = ProducerBuilder::new(&b.grpc).build().unwrap();
     producer
         .send(Message::new("fx-progress", "p-5"))
         .await

@@ -32,6 +32,7 @@ use std::collections::HashSet;
 
 pub use sql::{Expr, Value};
 
+use crate::messaging::properties;
 use crate::store::Record;
 
 /// The longest filter expression, in bytes (tag or SQL). Real filters are tens
@@ -140,11 +141,7 @@ impl Filter {
                     if name.eq_ignore_ascii_case("TAGS") {
                         return (!record.tag.is_empty()).then(|| record.tag.clone());
                     }
-                    record
-                        .properties
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
+                    properties::lookup(&record.properties, name).map(str::to_string)
                 };
                 expr.eval(&lookup) == Value::Bool(true)
             }
@@ -251,6 +248,17 @@ mod tests {
         for (expr, want) in cases {
             let f = Filter::sql(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
             assert_eq!(f.matches(&r), want, "{expr}");
+        }
+    }
+
+    #[test]
+    fn sql_finds_the_sharding_key_under_either_name_on_old_and_new_records() {
+        let old = record("", &[("SHARDING_KEY", "k")]);
+        let new = record("", &[("__SHARDING_KEY", "k")]);
+        for expr in ["SHARDING_KEY = 'k'", "__SHARDING_KEY = 'k'"] {
+            let f = Filter::sql(expr).unwrap();
+            assert!(f.matches(&old), "{expr} on an old record");
+            assert!(f.matches(&new), "{expr} on a new record");
         }
     }
 

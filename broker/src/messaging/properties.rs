@@ -3,7 +3,8 @@
 //! property can collide with one.
 //!
 //! Two names were outside the prefix before (`SHARDING_KEY`, `DLQ_*`); records
-//! stored then carry the old names. [`Reserved::get`] reads both, and
+//! stored then carry the old names. [`Reserved::get`] reads both, filters'
+//! [`lookup`] finds either name on old and new records, and
 //! [`for_consumer`] shows the old dead-letter names under the new ones.
 
 use std::str::FromStr;
@@ -91,6 +92,16 @@ const DEAD_LETTER: [Reserved; 5] = [
     DLQ_DELIVERY_ATTEMPTS,
 ];
 
+/// The properties renamed since earlier releases.
+const RENAMED: [Reserved; 6] = [
+    SHARDING_KEY,
+    DLQ_ORIGIN_TOPIC,
+    DLQ_ORIGIN_QUEUE,
+    DLQ_ORIGIN_OFFSET,
+    DLQ_ORIGIN_MESSAGE_ID,
+    DLQ_DELIVERY_ATTEMPTS,
+];
+
 /// Reserved properties consumers see: they describe the message to its
 /// handler; the others are the broker's bookkeeping.
 const SHOWN: [Reserved; 6] = [
@@ -113,6 +124,13 @@ fn value<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> 
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// The value of the property `name` as a filter sees it: a renamed reserved
+/// property under either of its names is found on records stored before and
+/// after the rename, so a group's filter keeps matching across an upgrade.
+pub fn lookup<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    value(properties, name).or_else(|| RENAMED.iter().find(|p| p.is(name))?.get(properties))
 }
 
 /// An idempotent producer's identity of a message.
@@ -206,6 +224,22 @@ mod tests {
         assert_eq!(DLQ_ORIGIN_TOPIC.get(&old), Some("payments"));
         let both = props(&[("DLQ_ORIGIN_TOPIC", "user's"), ("__DLQ_ORIGIN_TOPIC", "t")]);
         assert_eq!(DLQ_ORIGIN_TOPIC.get(&both), Some("t"));
+    }
+
+    #[test]
+    fn lookups_find_a_renamed_property_under_either_name() {
+        let old = props(&[("SHARDING_KEY", "k"), ("DLQ_DELIVERY_ATTEMPTS", "3")]);
+        let new = props(&[("__SHARDING_KEY", "k"), ("__DLQ_DELIVERY_ATTEMPTS", "3")]);
+        for record in [&old, &new] {
+            assert_eq!(lookup(record, "SHARDING_KEY"), Some("k"));
+            assert_eq!(lookup(record, "__SHARDING_KEY"), Some("k"));
+            assert_eq!(lookup(record, "DLQ_DELIVERY_ATTEMPTS"), Some("3"));
+            assert_eq!(lookup(record, "__DLQ_DELIVERY_ATTEMPTS"), Some("3"));
+        }
+        let user = props(&[("region", "eu")]);
+        assert_eq!(lookup(&user, "region"), Some("eu"));
+        assert_eq!(lookup(&user, "SHARDING_KEY"), None);
+        assert_eq!(lookup(&user, "__LANE"), None);
     }
 
     #[test]

@@ -13,6 +13,10 @@ use super::staged::{self, Claim, Half, Resolution, TransactionCheck};
 use super::{Broker, Delivery, properties};
 use crate::store::{MessageId, TransactionState, now_millis};
 
+/// Index hits read when looking up a transaction's marker: the marker and any
+/// records whose key hashes collide with its id.
+const MARKER_LOOKUP_HITS: usize = 8;
+
 /// The answer to ending again a transaction that ended `ended`: the same way
 /// is a no-op, the other way is refused.
 fn repeated_end(transaction_id: &str, ended: Resolution, asked: Resolution) -> Result<()> {
@@ -92,14 +96,15 @@ impl Broker {
     /// How a transaction ended, as its marker in `%RESOLVED%` records (`None`
     /// when no marker names it).
     fn marked_resolution(&self, id: &MessageId) -> Result<Option<Resolution>> {
-        // One marker per transaction, keyed by its id (the store compares
-        // the key itself, so a hash collision finds nothing).
+        // One marker per transaction, keyed by its id. The store counts index
+        // hits towards the limit before it compares topic and key, so a few
+        // are asked for: a colliding key's record cannot hide the marker.
         let markers = self.store.lookup_by_key(
             staged::RESOLVED_TOPIC,
             &id.to_string(),
             i64::MIN,
             i64::MAX,
-            1,
+            MARKER_LOOKUP_HITS,
         )?;
         Ok(markers
             .iter()

@@ -8,10 +8,12 @@
 //!           dduomq-data-format <version>\n        e.g. "dduomq-data-format 2\n"
 //! ```
 //! Version 1 is the layout of the releases before this file existed: a
-//! directory holding data but no `FORMAT` file is version 1. Opening stamps
-//! [`DATA_FORMAT`] into a fresh or older directory before anything else is
-//! written; a newer version, or a file that does not parse, is refused with
-//! the file named and nothing written (the format is never guessed).
+//! directory holding data but no `FORMAT` file is version 1. Opening first
+//! [`read`]s the version, refusing a newer one or a file that does not parse
+//! with the file named and nothing written (the format is never guessed);
+//! only once every read-only check of the open has passed does it [`stamp`]
+//! [`DATA_FORMAT`] into a fresh or older directory, before anything else is
+//! written, so a refused open leaves an older directory as it was.
 
 use std::path::Path;
 
@@ -52,10 +54,9 @@ impl OpenedFormat {
     }
 }
 
-/// Reads the directory's format and stamps [`DATA_FORMAT`] unless it is there
-/// already; refuses a newer or unreadable `FORMAT` file without writing.
-pub(crate) fn check_and_stamp(dir: &Path) -> Result<OpenedFormat> {
-    let opened = read(dir)?;
+/// Stamps [`DATA_FORMAT`] into a directory [`read`] found `opened`, unless it
+/// is there already.
+pub(crate) fn stamp(dir: &Path, opened: OpenedFormat) -> Result<()> {
     if opened != OpenedFormat::Versioned(DATA_FORMAT) {
         replace_file(dir, FILE, format!("{PREFIX}{DATA_FORMAT}\n").as_bytes())?;
         if let Some(from) = opened.version() {
@@ -67,10 +68,12 @@ pub(crate) fn check_and_stamp(dir: &Path) -> Result<OpenedFormat> {
             );
         }
     }
-    Ok(opened)
+    Ok(())
 }
 
-fn read(dir: &Path) -> Result<OpenedFormat> {
+/// The directory's format, read without writing; a newer or unreadable
+/// `FORMAT` file is refused.
+pub(crate) fn read(dir: &Path) -> Result<OpenedFormat> {
     let path = dir.join(FILE);
     let text = match std::fs::read(&path) {
         Ok(text) => text,

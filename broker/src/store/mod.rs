@@ -128,7 +128,7 @@ impl Store {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let lock = lock_dir(&dir)?;
-        let opened_format = format::check_and_stamp(&dir)?;
+        let opened_format = format::read(&dir)?;
         let mut repairs = Vec::new();
         let checkpoint = Checkpoint::load(&dir).unwrap_or_else(|e| {
             let repair = format!("{e}; ignored, recovering from the oldest segment");
@@ -150,6 +150,8 @@ impl Store {
                 config.segment_size_bytes
             )));
         }
+        // The read-only checks passed; recovery below is the first write.
+        format::stamp(&dir, opened_format)?;
         let commit_log = CommitLog::open(
             dir.join("commitlog"),
             config.segment_size_bytes,
