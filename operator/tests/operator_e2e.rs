@@ -58,7 +58,13 @@ impl Env {
 
     fn start_broker(&self, i: usize) -> Child {
         let ip = &self.ips[i];
+        // The brokers share the CI machine's disk: they must not refuse writes
+        // because it happens to be nearly full.
+        let config = self.work.join("broker.toml");
+        std::fs::write(&config, "[store]\ndisk_usage_limit = 1.0\n").unwrap();
         Command::new(self.bin.join("dduomq-broker"))
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(self.work.join(format!("broker-{i}")))
             .args([

@@ -146,6 +146,27 @@ impl Broker {
             .expect("VmRSS in /proc/<pid>/status")
     }
 
+    /// The broker's configuration: the test's own, with the disk-usage refusal
+    /// lifted unless the test sets it, so a broker under test does not refuse
+    /// writes because the shared machine's disk happens to be nearly full.
+    fn config_text(&self) -> String {
+        let mut config: toml::Table = self
+            .options
+            .config
+            .as_deref()
+            .map(|text| text.parse().expect("test config is TOML"))
+            .unwrap_or_default();
+        let store = config
+            .entry("store")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("[store] is a table");
+        store
+            .entry("disk_usage_limit")
+            .or_insert(toml::Value::Float(1.0));
+        config.to_string()
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(sibling_binary("dduomq-broker"));
         cmd.arg("--data-dir")
@@ -169,11 +190,9 @@ impl Broker {
         if let Some(auto) = self.options.auto_create_topics {
             cmd.args(["--auto-create-topics", &auto.to_string()]);
         }
-        if let Some(config) = &self.options.config {
-            let path = self.dir.path().join("broker.toml");
-            std::fs::write(&path, config).expect("write config");
-            cmd.arg("--config").arg(path);
-        }
+        let path = self.dir.path().join("broker.toml");
+        std::fs::write(&path, self.config_text()).expect("write config");
+        cmd.arg("--config").arg(path);
         self.child = Some(cmd.spawn().expect("spawn dduomq-broker"));
         blocking(|| self.wait_ready(Duration::from_secs(30)));
     }
