@@ -83,7 +83,8 @@ impl Env {
     fn start_operator(&self, name: &str) -> Child {
         Command::new(self.bin.join("dduomq-operator"))
             .env("KUBECONFIG", &self.operator_kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            // kube_runtime at info shows the controllers' shutdown progress.
+            .env("RUST_LOG", "info,kube=warn,kube_runtime=info")
             .args([
                 "--namespace",
                 SYSTEM_NS,
@@ -163,15 +164,34 @@ async fn publish_slice(client: &Client, env: &Env, ready: &[bool]) {
     .unwrap();
 }
 
-/// SIGTERM (a graceful stop, as the kubelet sends), then waits for the exit.
-fn terminate(child: &mut Child) {
+/// How long an operator may take to exit after SIGTERM: its controllers' 10 s
+/// grace period, then the finalizer check and the lease release.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// SIGTERM (a graceful stop, as the kubelet sends) to operator `name`, then
+/// waits for its exit without blocking the runtime; one that does not exit in
+/// time is killed and its log shown.
+async fn terminate(env: &Env, name: &str, child: &mut Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let code = child.wait().unwrap();
-    assert!(code.success(), "operator exited with {code}");
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(env.work.join(format!("{name}.log")))
+                .unwrap_or_else(|e| format!("(no log: {e})"));
+            panic!("{name} did not exit within {EXIT_TIMEOUT:?} of SIGTERM; its log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(code.success(), "{name} exited with {code}");
 }
 
 fn topic_yaml(name: &str, queues: u32, extra: &str) -> String {
@@ -896,7 +916,7 @@ async fn operator_scenarios() {
         async || finalized().await.then_some(()),
     )
     .await;
-    terminate(&mut operator);
+    terminate(&env, "operator-b", &mut operator).await;
     assert!(
         finalized().await,
         "a rolling restart must not release finalizers"
@@ -940,7 +960,7 @@ async fn operator_scenarios() {
         },
     )
     .await;
-    terminate(&mut operator);
+    terminate(&env, "operator-d", &mut operator).await;
     assert!(
         !finalized().await,
         "uninstalled operator released its finalizer"
