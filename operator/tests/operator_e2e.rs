@@ -228,6 +228,17 @@ async fn queues_everywhere(env: &Env, topic: &str, n: u32) -> bool {
     true
 }
 
+/// Messages ever written to `topic` on broker `i`: the sum of its queues' max
+/// offsets (None: not there).
+async fn messages_on(env: &Env, i: usize, topic: &str) -> Option<u64> {
+    let d = Admin::connect(&env.grpc(i))
+        .ok()?
+        .describe_topic(topic)
+        .await
+        .ok()?;
+    Some(d.queues.iter().map(|q| q.max_offset).sum())
+}
+
 /// `(writable, readable)` queue counts per broker address in broker 0's route.
 async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, (usize, usize)>> {
     let mut c = pb::messaging_service_client::MessagingServiceClient::connect(format!(
@@ -406,14 +417,9 @@ async fn operator_scenarios() {
     }
     assert_eq!(used.len(), 6, "every queue took writes");
     for i in 0..3 {
-        let d = Admin::connect(&env.grpc(i))
-            .unwrap()
-            .describe_topic("orders")
-            .await
-            .unwrap();
         assert_eq!(
-            d.queues.iter().map(|q| q.max_offset).sum::<u64>(),
-            20,
+            messages_on(&env, i, "orders").await,
+            Some(20),
             "broker {i} holds its share"
         );
     }
@@ -451,15 +457,7 @@ async fn operator_scenarios() {
         },
     )
     .await;
-    let on_broker_1 = || async {
-        let d = Admin::connect(&env.grpc(1))
-            .unwrap()
-            .describe_topic("orders")
-            .await
-            .unwrap();
-        d.queues.iter().map(|q| q.max_offset).sum::<u64>()
-    };
-    let before = on_broker_1().await;
+    let before = messages_on(&env, 1, "orders").await;
     let producer = ProducerBuilder::new(env.grpc(0))
         .route_ttl(Duration::ZERO)
         .build()
@@ -471,7 +469,7 @@ async fn operator_scenarios() {
             .unwrap();
     }
     assert_eq!(
-        on_broker_1().await,
+        messages_on(&env, 1, "orders").await,
         before,
         "a draining broker takes no writes"
     );
@@ -579,17 +577,27 @@ async fn operator_scenarios() {
     .await;
 
     step("drift is repaired: a topic deleted on a broker comes back");
+    assert_eq!(
+        messages_on(&env, 1, "orders").await,
+        Some(20),
+        "broker 1 holds its share before the deletion"
+    );
     Admin::connect(&env.grpc(1))
         .unwrap()
         .delete_topic("orders")
         .await
         .unwrap();
-    assert_eq!(queues_on(&env, 1, "orders").await, None);
+    // A reconcile already under way may re-create the topic at once, so the
+    // deletion shows in what comes back: the re-created topic is empty.
     eventually_every(
         POLL,
         Duration::from_secs(30),
-        "orders back on broker 1",
-        async || (queues_on(&env, 1, "orders").await == Some(9)).then_some(()),
+        "orders back on broker 1, empty",
+        async || {
+            let back = queues_on(&env, 1, "orders").await == Some(9)
+                && messages_on(&env, 1, "orders").await == Some(0);
+            back.then_some(())
+        },
     )
     .await;
 
@@ -704,12 +712,7 @@ async fn operator_scenarios() {
     // Broker 1 lost its copy of the messages when the topic was deleted on it.
     let mut expected = 0;
     for i in 0..3 {
-        let d = Admin::connect(&env.grpc(i))
-            .unwrap()
-            .describe_topic("orders")
-            .await
-            .unwrap();
-        expected += d.queues.iter().map(|q| q.max_offset).sum::<u64>();
+        expected += messages_on(&env, i, "orders").await.unwrap();
     }
     assert_eq!(
         expected, 70,
