@@ -13,6 +13,7 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 use crate::context::{Context, ReconcileError};
 
@@ -44,8 +45,11 @@ pub trait Reconciled:
     ) -> impl Future<Output = Result<Action, ReconcileError>> + Send + 'a;
 }
 
-/// Runs the controller for `K` until the process stops.
-pub async fn run<K: Reconciled>(ctx: Context) {
+/// Runs the controller for `K` until `shutdown` is cancelled and its running
+/// reconciles finish, or `grace` after `shutdown` at the latest: a controller
+/// whose initial LIST has not completed never finishes its graceful shutdown,
+/// and the operator must still release its lease before the kubelet kills it.
+pub async fn run<K: Reconciled>(ctx: Context, shutdown: CancellationToken, grace: Duration) {
     let api: Api<K> = Api::all(ctx.client.clone());
     // A broker that joins (or returns) gets every topic and group at once,
     // not at the next resync.
@@ -53,16 +57,27 @@ pub async fn run<K: Reconciled>(ctx: Context) {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default())
         .reconcile_all_on(registry_changes)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile::<K>, error_policy::<K>, Arc::new(ctx))
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(kind = K::KIND, error = %e, "reconcile failed");
             }
-        })
-        .await;
+        });
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        () = controller => tracing::info!(kind = K::KIND, "controller stopped"),
+        () = deadline => tracing::warn!(
+            kind = K::KIND,
+            ?grace,
+            "controller did not stop within the grace period; stopping anyway"
+        ),
+    }
 }
 
 /// One reconcile of `obj`: the finalizer first, then apply or cleanup.
@@ -91,4 +106,37 @@ fn error_policy<K: Reconciled>(
 ) -> Action {
     tracing::warn!(kind = K::KIND, error = %err, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Topic;
+    use crate::test_support::context;
+    use crate::test_support::fake_api::stalled_client;
+
+    /// A controller whose initial LIST never completes still returns after the
+    /// grace period, so the operator gets to release its lease.
+    #[tokio::test]
+    async fn a_controller_stuck_in_its_initial_list_stops_after_the_grace_period() {
+        let grace = Duration::from_millis(300);
+        let shutdown = CancellationToken::new();
+        let controller = tokio::spawn(run::<Topic>(
+            context(stalled_client(), Vec::new()),
+            shutdown.clone(),
+            grace,
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!controller.is_finished(), "ran before shutdown");
+        let cancelled = Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(grace + Duration::from_secs(2), controller)
+            .await
+            .expect("the controller stops after the grace period")
+            .expect("the controller task");
+        assert!(
+            cancelled.elapsed() >= grace,
+            "stopped before the grace period"
+        );
+    }
 }

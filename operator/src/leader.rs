@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
 
 /// How long a lease is valid without renewal.
 const LEASE_SECONDS: i32 = 15;
@@ -105,18 +106,28 @@ impl Leadership {
     }
 }
 
-/// Waits until this replica leads, then keeps renewing in the background.
-pub async fn lead(client: Client, namespace: &str, name: &str, identity: &str) -> Leadership {
+/// Waits until this replica leads, then keeps renewing in the background;
+/// `None` when `shutdown` comes first.
+pub async fn lead(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    identity: &str,
+    shutdown: &CancellationToken,
+) -> Option<Leadership> {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let period = Duration::from_secs(LEASE_SECONDS as u64 / 3);
-    loop {
-        match try_hold(&api, name, identity).await {
-            Ok(true) => break,
-            Ok(false) => tracing::info!(lease = name, "another replica leads; waiting"),
-            Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+    let acquired = async {
+        loop {
+            match try_hold(&api, name, identity).await {
+                Ok(true) => break,
+                Ok(false) => tracing::info!(lease = name, "another replica leads; waiting"),
+                Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+            }
+            tokio::time::sleep(period).await;
         }
-        tokio::time::sleep(period).await;
-    }
+    };
+    shutdown.run_until_cancelled(acquired).await?;
     tracing::info!(lease = name, identity, "leading");
     let (name, identity) = (name.to_string(), identity.to_string());
     let renewal = tokio::spawn({
@@ -143,10 +154,10 @@ pub async fn lead(client: Client, namespace: &str, name: &str, identity: &str) -
             }
         }
     });
-    Leadership {
+    Some(Leadership {
         renewal,
         api,
         name,
         identity,
-    }
+    })
 }

@@ -17,6 +17,12 @@ use dduomq_operator::{controller, leader, metrics, registry, routes, uninstall};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How long the controllers get to finish their running reconciles after
+/// SIGTERM; well below the pod's 30 s termination grace period, so the
+/// finalizer check and the lease release still run before the kubelet kills it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The DduoMQ operator.
 #[derive(Debug, Parser)]
@@ -96,6 +102,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(released = n, "operator stopped; finalizers released");
         return Ok(());
     }
+    // Before anything that waits; the uninstall hook above keeps the default
+    // SIGTERM action.
+    let shutdown = shutdown_on_signal()?;
     let m = Arc::new(metrics::Metrics::new());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -105,26 +114,35 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     // Keep serving health and metrics while the API server is unreachable.
-    let client = loop {
-        match Client::try_default().await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+    let connected = async {
+        loop {
+            match Client::try_default().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying in 5s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
             }
         }
+    };
+    let Some(client) = shutdown.run_until_cancelled(connected).await else {
+        return Ok(());
     };
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    let leadership = leader::lead(
+    let Some(leadership) = leader::lead(
         client.clone(),
         &args.namespace,
         "dduomq-operator",
         &identity,
+        &shutdown,
     )
-    .await;
+    .await
+    else {
+        return Ok(());
+    };
     m.leader.set(1);
 
     let (tx, brokers) = watch::channel(Vec::new());
@@ -157,10 +175,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(selector = %args.broker_selector, "operator running");
     tokio::spawn(routes::run(ctx.clone()));
     let client = ctx.client.clone();
-    // Both controllers stop on SIGTERM / Ctrl-C.
     tokio::join!(
-        controller::run::<Topic>(ctx.clone()),
-        controller::run::<ConsumerGroup>(ctx)
+        controller::run::<Topic>(ctx.clone(), shutdown.clone(), SHUTDOWN_GRACE),
+        controller::run::<ConsumerGroup>(ctx, shutdown, SHUTDOWN_GRACE)
     );
     if let Some(deployment) = &args.deployment {
         match uninstall::deployment_removed(&client, &args.namespace, deployment).await {
@@ -179,6 +196,25 @@ async fn main() -> anyhow::Result<()> {
     }
     leadership.release().await;
     Ok(())
+}
+
+/// The operator's one shutdown signal, cancelled on SIGTERM or Ctrl-C. Installed
+/// first, so a signal is never missed (or left to its default action) whatever
+/// the operator is waiting for.
+fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let shutdown = CancellationToken::new();
+    let mut terminate = signal(SignalKind::terminate())?;
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        };
+        tracing::info!(signal = name, "shutting down");
+        cancel.cancel();
+    });
+    Ok(shutdown)
 }
 
 fn hostname() -> String {

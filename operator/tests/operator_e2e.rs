@@ -89,7 +89,8 @@ impl Env {
     fn start_operator(&self, name: &str) -> Child {
         Command::new(self.bin.join("dduomq-operator"))
             .env("KUBECONFIG", &self.operator_kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            // kube_runtime at info shows the controllers' shutdown progress.
+            .env("RUST_LOG", "info,kube=warn,kube_runtime=info")
             .args([
                 "--namespace",
                 SYSTEM_NS,
@@ -169,15 +170,34 @@ async fn publish_slice(client: &Client, env: &Env, ready: &[bool]) {
     .unwrap();
 }
 
-/// SIGTERM (a graceful stop, as the kubelet sends), then waits for the exit.
-fn terminate(child: &mut Child) {
+/// How long an operator may take to exit after SIGTERM: its controllers' 10 s
+/// grace period, then the finalizer check and the lease release.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// SIGTERM (a graceful stop, as the kubelet sends) to operator `name`, then
+/// waits for its exit without blocking the runtime; one that does not exit in
+/// time is killed and its log shown.
+async fn terminate(env: &Env, name: &str, child: &mut Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let code = child.wait().unwrap();
-    assert!(code.success(), "operator exited with {code}");
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(env.work.join(format!("{name}.log")))
+                .unwrap_or_else(|e| format!("(no log: {e})"));
+            panic!("{name} did not exit within {EXIT_TIMEOUT:?} of SIGTERM; its log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(code.success(), "{name} exited with {code}");
 }
 
 fn topic_yaml(name: &str, queues: u32, extra: &str) -> String {
@@ -212,6 +232,17 @@ async fn queues_everywhere(env: &Env, topic: &str, n: u32) -> bool {
         }
     }
     true
+}
+
+/// Messages ever written to `topic` on broker `i`: the sum of its queues' max
+/// offsets (None: not there).
+async fn messages_on(env: &Env, i: usize, topic: &str) -> Option<u64> {
+    let d = Admin::connect(&env.grpc(i))
+        .ok()?
+        .describe_topic(topic)
+        .await
+        .ok()?;
+    Some(d.queues.iter().map(|q| q.max_offset).sum())
 }
 
 /// `(writable, readable)` queue counts per broker address in broker 0's route.
@@ -392,14 +423,9 @@ async fn operator_scenarios() {
     }
     assert_eq!(used.len(), 6, "every queue took writes");
     for i in 0..3 {
-        let d = Admin::connect(&env.grpc(i))
-            .unwrap()
-            .describe_topic("orders")
-            .await
-            .unwrap();
         assert_eq!(
-            d.queues.iter().map(|q| q.max_offset).sum::<u64>(),
-            20,
+            messages_on(&env, i, "orders").await,
+            Some(20),
             "broker {i} holds its share"
         );
     }
@@ -437,15 +463,7 @@ async fn operator_scenarios() {
         },
     )
     .await;
-    let on_broker_1 = || async {
-        let d = Admin::connect(&env.grpc(1))
-            .unwrap()
-            .describe_topic("orders")
-            .await
-            .unwrap();
-        d.queues.iter().map(|q| q.max_offset).sum::<u64>()
-    };
-    let before = on_broker_1().await;
+    let before = messages_on(&env, 1, "orders").await;
     let producer = ProducerBuilder::new(env.grpc(0))
         .route_ttl(Duration::ZERO)
         .build()
@@ -457,7 +475,7 @@ async fn operator_scenarios() {
             .unwrap();
     }
     assert_eq!(
-        on_broker_1().await,
+        messages_on(&env, 1, "orders").await,
         before,
         "a draining broker takes no writes"
     );
@@ -565,17 +583,27 @@ async fn operator_scenarios() {
     .await;
 
     step("drift is repaired: a topic deleted on a broker comes back");
+    assert_eq!(
+        messages_on(&env, 1, "orders").await,
+        Some(20),
+        "broker 1 holds its share before the deletion"
+    );
     Admin::connect(&env.grpc(1))
         .unwrap()
         .delete_topic("orders")
         .await
         .unwrap();
-    assert_eq!(queues_on(&env, 1, "orders").await, None);
+    // A reconcile already under way may re-create the topic at once, so the
+    // deletion shows in what comes back: the re-created topic is empty.
     eventually_every(
         POLL,
         Duration::from_secs(30),
-        "orders back on broker 1",
-        async || (queues_on(&env, 1, "orders").await == Some(9)).then_some(()),
+        "orders back on broker 1, empty",
+        async || {
+            let back = queues_on(&env, 1, "orders").await == Some(9)
+                && messages_on(&env, 1, "orders").await == Some(0);
+            back.then_some(())
+        },
     )
     .await;
 
@@ -690,12 +718,7 @@ async fn operator_scenarios() {
     // Broker 1 lost its copy of the messages when the topic was deleted on it.
     let mut expected = 0;
     for i in 0..3 {
-        let d = Admin::connect(&env.grpc(i))
-            .unwrap()
-            .describe_topic("orders")
-            .await
-            .unwrap();
-        expected += d.queues.iter().map(|q| q.max_offset).sum::<u64>();
+        expected += messages_on(&env, i, "orders").await.unwrap();
     }
     assert_eq!(
         expected, 70,
@@ -902,7 +925,7 @@ async fn operator_scenarios() {
         async || finalized().await.then_some(()),
     )
     .await;
-    terminate(&mut operator);
+    terminate(&env, "operator-b", &mut operator).await;
     assert!(
         finalized().await,
         "a rolling restart must not release finalizers"
@@ -946,7 +969,7 @@ async fn operator_scenarios() {
         },
     )
     .await;
-    terminate(&mut operator);
+    terminate(&env, "operator-d", &mut operator).await;
     assert!(
         !finalized().await,
         "uninstalled operator released its finalizer"

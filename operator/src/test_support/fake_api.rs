@@ -60,6 +60,13 @@ impl FakeApi {
     }
 }
 
+/// A client whose every request the API server holds unanswered, like an API
+/// server that stalls during the controllers' initial LIST.
+pub fn stalled_client() -> kube::Client {
+    let router = Router::new().fallback(std::future::pending::<StatusCode>);
+    kube::Client::new(router, NAMESPACE)
+}
+
 /// Where the API serves the collection an object belongs to, across namespaces
 /// (`/apis/dduomq.io/v1alpha1/topics`, `/api/v1/namespaces`).
 fn collection_of(object: &Value) -> String {
