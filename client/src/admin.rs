@@ -23,6 +23,43 @@ pub enum ResetTo {
     Offset(i64),
 }
 
+/// A topic as [`Admin::create_topic_with`] creates or updates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub name: String,
+    pub queues: u32,
+    pub message_type: pb::MessageType,
+    /// Largest message the topic takes, counted as the broker's
+    /// `max_record_size_bytes` counts (the encoded record: body, properties,
+    /// keys, tag, topic name and a 72-byte header); at most the broker's.
+    pub max_message_bytes: Option<u32>,
+    /// Messages stored longer ago than this are no longer delivered.
+    pub retention: Option<Duration>,
+}
+
+impl TopicSettings {
+    /// A topic with the broker's maximum message size and retention.
+    pub fn new(name: &str, queues: u32, message_type: pb::MessageType) -> TopicSettings {
+        TopicSettings {
+            name: name.to_string(),
+            queues,
+            message_type,
+            max_message_bytes: None,
+            retention: None,
+        }
+    }
+
+    pub fn max_message_bytes(mut self, max: u32) -> TopicSettings {
+        self.max_message_bytes = Some(max);
+        self
+    }
+
+    pub fn retention(mut self, retention: Duration) -> TopicSettings {
+        self.retention = Some(retention);
+        self
+    }
+}
+
 /// Deadlines of an [`Admin`] client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminTimeouts {
@@ -70,16 +107,29 @@ impl Admin {
         })
     }
 
+    /// Creates a topic, or grows an existing one; the topic takes the broker's
+    /// maximum message size and retention (an existing topic's own settings
+    /// are cleared: see [`Admin::create_topic_with`]).
     pub async fn create_topic(
         &self,
         name: &str,
         queues: u32,
         message_type: pb::MessageType,
     ) -> Result<pb::CreateTopicResponse> {
+        self.create_topic_with(TopicSettings::new(name, queues, message_type))
+            .await
+    }
+
+    /// Creates a topic, or updates an existing one to `topic`: queues may grow,
+    /// the maximum message size and retention are replaced (unset: the
+    /// broker's), the message type never changes.
+    pub async fn create_topic_with(&self, topic: TopicSettings) -> Result<pb::CreateTopicResponse> {
         let req = pb::CreateTopicRequest {
-            name: name.into(),
-            queues,
-            message_type: message_type as i32,
+            name: topic.name,
+            queues: topic.queues,
+            message_type: topic.message_type as i32,
+            max_message_bytes: topic.max_message_bytes.unwrap_or(0),
+            retention_ms: topic.retention.map_or(0, |d| d.as_millis() as u64),
         };
         with_deadline(self.timeout, self.client.clone().create_topic(req)).await
     }

@@ -33,7 +33,7 @@ mod push_consumer;
 mod route;
 mod transaction;
 
-pub use admin::{Admin, AdminTimeouts, ResetTo};
+pub use admin::{Admin, AdminTimeouts, ResetTo, TopicSettings};
 pub use error::{ClientError, Result};
 pub use message::{DECODE_ERROR_PROPERTY, Message, ReceivedMessage, SendReceipt, now_millis};
 pub use producer::{Producer, ProducerBuilder};

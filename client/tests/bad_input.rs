@@ -461,6 +461,7 @@ async fn error_messages_show_huge_input_briefly() {
             name: huge.clone(),
             queues: 1,
             message_type: 0,
+            ..Default::default()
         })
         .await;
     assert_invalid(r, "topic name");
@@ -581,6 +582,7 @@ async fn unknown_enum_values_are_refused() {
             name: "typed".into(),
             queues: 1,
             message_type: 99,
+            ..Default::default()
         })
         .await;
     assert_invalid(r, "message_type");

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dduomq_client::{Admin, AdminTimeouts, ClientError, Reason, ResetTo, proto as pb};
+use dduomq_client::{
+    Admin, AdminTimeouts, ClientError, Reason, ResetTo, TopicSettings, proto as pb,
+};
 use parking_lot::Mutex;
 
 /// Deadlines of every admin call to a broker.
@@ -74,18 +76,15 @@ impl BrokerPool {
             .map_err(|e| BrokerCallError::new(address, e))
     }
 
+    /// Creates the topic or brings it to `topic` (queues, maximum message
+    /// size, retention).
     pub async fn create_topic(
         &self,
         address: &str,
-        name: &str,
-        queues: u32,
-        message_type: pb::MessageType,
+        topic: &TopicSettings,
     ) -> Result<(), BrokerCallError> {
         self.on(address, |admin| async move {
-            admin
-                .create_topic(name, queues, message_type)
-                .await
-                .map(|_| ())
+            admin.create_topic_with(topic.clone()).await.map(|_| ())
         })
         .await
     }

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use dduomq_client::TopicSettings;
 use dduomq_proto::v1 as pb;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -24,6 +25,26 @@ pub fn message_type(t: MessageType) -> pb::MessageType {
         MessageType::Delay => pb::MessageType::Delay,
         MessageType::Transaction => pb::MessageType::Transaction,
     }
+}
+
+/// The topic as the brokers take it, from its spec.
+pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, ReconcileError> {
+    let mut settings = TopicSettings::new(
+        name,
+        topic.spec.queues,
+        message_type(topic.spec.message_type),
+    );
+    settings.max_message_bytes = topic.spec.max_message_bytes;
+    settings.retention = topic
+        .spec
+        .retention
+        .as_deref()
+        .map(|text| {
+            humantime::parse_duration(text)
+                .map_err(|e| ReconcileError::Other(format!("retention {text:?}: {e}")))
+        })
+        .transpose()?;
+    Ok(settings)
 }
 
 impl Reconciled for Topic {
@@ -54,17 +75,9 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
     let ready = ctx.ready_brokers();
     let mut problems = Vec::new();
     if managed {
+        let settings = broker_topic(&name, topic)?;
         for b in &ready {
-            if let Err(e) = ctx
-                .pool
-                .create_topic(
-                    &b.address,
-                    &name,
-                    topic.spec.queues,
-                    message_type(topic.spec.message_type),
-                )
-                .await
-            {
+            if let Err(e) = ctx.pool.create_topic(&b.address, &settings).await {
                 problems.push(e.to_string());
             }
         }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
 use crate::messaging::membership::MemberKind;
+use crate::messaging::topic_settings::TopicSettings;
 use crate::messaging::{Broker, CreatedTopic, GroupMember, ResetTarget, TopicDescription};
 
 /// The gRPC face of broker administration.
@@ -27,10 +28,11 @@ impl AdminService for AdminApi {
             let r = req.into_inner();
             let CreatedTopic { topic, created } = self
                 .broker
-                .create_topic(
+                .upsert_topic(
                     &r.name,
                     r.queues,
                     convert::message_type_from_pb(r.message_type).map_err(to_status)?,
+                    TopicSettings::from_wire(r.max_message_bytes, r.retention_ms),
                 )
                 .map_err(to_status)?;
             Ok(Response::new(pb::CreateTopicResponse {

@@ -92,6 +92,8 @@ pub fn topic(t: TopicConfig) -> pb::Topic {
         name: t.name,
         queues: t.queues,
         message_type: message_type_to_pb(t.message_type) as i32,
+        max_message_bytes: t.settings.max_message_bytes.unwrap_or(0),
+        retention_ms: t.settings.retention_ms.unwrap_or(0),
     }
 }
 

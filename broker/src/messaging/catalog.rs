@@ -3,6 +3,7 @@
 
 use super::error::{BrokerError, Result};
 use super::groups::{ConsumeMode, GroupConfig};
+use super::topic_settings::TopicSettings;
 use super::topics::TopicConfig;
 use super::{Broker, topics};
 use crate::store::MessageType;
@@ -44,9 +45,25 @@ impl Broker {
         Ok(CreatedTopic { topic, created })
     }
 
+    /// Creates a user topic or updates it: queues may grow, `settings`
+    /// replace the topic's (the message type never changes).
+    pub fn upsert_topic(
+        &self,
+        name: &str,
+        queues: u32,
+        message_type: MessageType,
+        settings: TopicSettings,
+    ) -> Result<CreatedTopic> {
+        topics::validate_user_topic(name)?;
+        let (topic, created) = self.topics.upsert(name, queues, message_type, settings)?;
+        self.refresh_log_retention();
+        Ok(CreatedTopic { topic, created })
+    }
+
     /// Deletes a topic, its queues and every group's progress on it.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.topics.delete(name)?;
+        self.refresh_log_retention();
         self.store.delete_topic(name)?;
         self.subscriptions.lock().retain(|k, _| k.topic != name);
         self.offsets.lock().remove_where(|k| k.topic == name);
@@ -58,9 +75,10 @@ impl Broker {
         self.topics.list()
     }
 
-    /// A topic and the offsets of each queue.
+    /// A topic and the offsets of each queue (expired messages excluded).
     pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let topic = self.topics.require(name)?;
+        self.expire_topic(&topic, crate::store::now_millis())?;
         let queues = (0..topic.queues)
             .map(|queue_id| {
                 let (min_offset, max_offset) = self.store.queue_offsets(name, queue_id);

@@ -78,6 +78,15 @@ pub enum BrokerError {
     DuplicateInFlight { producer: String, sequence: u64 },
     #[error("this broker is draining and takes no new messages; send to another broker")]
     Draining,
+    #[error(
+        "message is {size} bytes; topic {} takes at most {max} (its max_message_bytes)",
+        brief(.topic)
+    )]
+    TopicMessageTooLarge {
+        topic: String,
+        size: usize,
+        max: u32,
+    },
     #[error("topic {} refuses this message: {reason}", brief(.topic))]
     MessageTypeMismatch { topic: String, reason: String },
     #[error(
@@ -121,6 +130,7 @@ impl BrokerError {
             BrokerError::QueueNotAssigned { .. } => Reason::QueueNotAssigned,
             BrokerError::InvalidFilter(_) => Reason::InvalidFilter,
             BrokerError::MessageTypeMismatch { .. } => Reason::MessageTypeMismatch,
+            BrokerError::TopicMessageTooLarge { .. } => Reason::MessageTooLarge,
             BrokerError::DuplicateInFlight { .. } => Reason::DuplicateInFlight,
             BrokerError::Draining => Reason::BrokerDraining,
             BrokerError::DelayTooLong { .. } => Reason::DelayTooLong,

@@ -23,6 +23,7 @@ pub mod dedupe;
 mod delayed;
 mod delivery;
 pub mod error;
+mod expiry;
 pub mod groups;
 mod journal;
 pub mod limits;
@@ -38,6 +39,7 @@ pub mod routes;
 mod send;
 pub mod staged;
 pub mod timing_wheel;
+pub mod topic_settings;
 pub mod topics;
 mod transactions;
 
@@ -188,6 +190,7 @@ impl Broker {
                 TopicLimits {
                     max_topics: config.max_topics,
                     max_queues: config.max_queues_per_topic,
+                    max_message_bytes: store.config().max_record_size_bytes,
                 },
             )?,
             groups: Groups::open(&meta, config.max_groups)?,
@@ -206,6 +209,10 @@ impl Broker {
             store,
         };
         broker.restore_topics_from_store()?;
+        broker.refresh_log_retention();
+        // Queue minimums are not saved: expired messages stay hidden after a
+        // restart because every topic is expired before the broker serves.
+        broker.expire_topics()?;
         Ok(broker)
     }
 
@@ -247,7 +254,8 @@ impl Broker {
     }
 
     /// Background work until shutdown: delayed delivery, transaction checks,
-    /// and periodically expiring silent members and persisting progress.
+    /// and periodically expiring silent members and messages past their
+    /// topic's retention, and persisting progress.
     pub async fn run_maintenance(self: Arc<Self>) {
         let delayed = tokio::spawn(self.clone().run_delayed_delivery());
         let checks = tokio::spawn(self.clone().run_transaction_checks());
@@ -267,6 +275,9 @@ impl Broker {
             let this = self.clone();
             let saved = tokio::task::spawn_blocking(move || {
                 this.expire_members();
+                if let Err(e) = this.expire_topics() {
+                    tracing::error!(error = %e, "expiring messages past their topic's retention failed");
+                }
                 this.persist_progress(DEDUPE_SAVE_INTERVAL)
             })
             .await;

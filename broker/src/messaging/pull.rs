@@ -68,11 +68,12 @@ impl Broker {
         } = req;
         // The group names the metrics the pull is counted in.
         limits::check_group_name("group", group)?;
-        self.require_queue(topic, queue_id)?;
+        let topic_config = self.require_queue(topic, queue_id)?;
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_pull_wait);
         let mut arrivals = self.store.subscribe();
         loop {
             arrivals.borrow_and_update();
+            self.expire_queue(&topic_config, queue_id, crate::store::now_millis())?;
             let r = self.store.read(
                 topic,
                 queue_id,

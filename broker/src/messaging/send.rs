@@ -326,37 +326,8 @@ impl Broker {
             props.push(properties::PRODUCER_ID.with(&id.producer_id));
             props.push(properties::SEQUENCE.with(id.sequence));
         }
-        // Delayed (unless already due) and transactional messages are staged.
-        let target = Target {
-            topic: topic.name,
-            queue_id,
-        };
-        let stage = match (deliver_at, m.transaction) {
-            (Some(at), _) if at > now => Stage::Delayed {
-                target: target.clone(),
-                deliver_at: at,
-            },
-            (_, Some(producer_group)) => Stage::Half {
-                target: target.clone(),
-                producer_group,
-            },
-            _ => Stage::Direct,
-        };
-        let (topic_name, queue_id) = match &stage {
-            Stage::Direct => (target.topic, target.queue_id),
-            Stage::Delayed { deliver_at, .. } => {
-                props.push(properties::DELIVER_AT.with(deliver_at));
-                props.extend(target.properties());
-                (staged::DELAY_TOPIC.to_string(), 0)
-            }
-            Stage::Half { producer_group, .. } => {
-                props.push(properties::PRODUCER_GROUP.with(producer_group));
-                props.extend(target.properties());
-                (staged::HALF_TOPIC.to_string(), 0)
-            }
-        };
-        let message = Message {
-            topic: topic_name,
+        let mut message = Message {
+            topic: topic.name.clone(),
             queue_id,
             born_timestamp: m.born_timestamp,
             tag: m.tag,
@@ -373,6 +344,46 @@ impl Broker {
                 },
             ),
         };
+        // Measured as stored in its own topic, so a staged message counts the
+        // same as a direct one.
+        topic
+            .settings
+            .check_size(&topic.name, message.encoded_len())?;
+        // Delayed (unless already due) and transactional messages are staged.
+        let target = Target {
+            topic: topic.name,
+            queue_id,
+        };
+        let stage = match (deliver_at, m.transaction) {
+            (Some(at), _) if at > now => Stage::Delayed {
+                target: target.clone(),
+                deliver_at: at,
+            },
+            (_, Some(producer_group)) => Stage::Half {
+                target: target.clone(),
+                producer_group,
+            },
+            _ => Stage::Direct,
+        };
+        match &stage {
+            Stage::Direct => {}
+            Stage::Delayed { deliver_at, .. } => {
+                message
+                    .properties
+                    .push(properties::DELIVER_AT.with(deliver_at));
+                message.properties.extend(target.properties());
+                message.topic = staged::DELAY_TOPIC.to_string();
+                message.queue_id = 0;
+            }
+            Stage::Half { producer_group, .. } => {
+                message
+                    .properties
+                    .push(properties::PRODUCER_GROUP.with(producer_group));
+                message.properties.extend(target.properties());
+                message.topic = staged::HALF_TOPIC.to_string();
+                message.queue_id = 0;
+            }
+        }
         Ok(Prepared {
             message,
             identity,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{BrokerError, Limit, Result};
 use super::journal::{Change, Decision, Named, Table};
+use super::topic_settings::TopicSettings;
 use crate::store::{MessageType, validate_topic_name};
 
 /// Prefix of broker-owned topics.
@@ -23,6 +24,9 @@ pub struct TopicConfig {
     pub queues: u32,
     #[serde(with = "message_type_name")]
     pub message_type: MessageType,
+    /// Absent in metadata written before topics had settings.
+    #[serde(flatten)]
+    pub settings: TopicSettings,
 }
 
 impl Named for TopicConfig {
@@ -37,6 +41,8 @@ pub struct TopicLimits {
     /// Topics, dead-letter topics included.
     pub max_topics: usize,
     pub max_queues: u32,
+    /// The broker's `max_record_size_bytes`: no topic may take more.
+    pub max_message_bytes: u32,
 }
 
 /// The lowercase name users see (`normal`, `fifo`, `delay`, `transaction`).
@@ -98,13 +104,37 @@ impl Topics {
         })
     }
 
-    /// Creates a topic, or grows an existing one's queues. Returns the topic and
-    /// whether anything changed. Shrinking or changing the type is refused.
+    /// Creates a topic, or grows an existing one's queues, keeping its
+    /// settings. Returns the topic and whether anything changed. Shrinking or
+    /// changing the type is refused.
     pub fn create(
         &self,
         name: &str,
         queues: u32,
         message_type: MessageType,
+    ) -> Result<(TopicConfig, bool)> {
+        self.put(name, queues, message_type, None)
+    }
+
+    /// [`Self::create`] that also replaces the topic's settings.
+    pub fn upsert(
+        &self,
+        name: &str,
+        queues: u32,
+        message_type: MessageType,
+        settings: TopicSettings,
+    ) -> Result<(TopicConfig, bool)> {
+        settings.check(self.limits.max_message_bytes)?;
+        self.put(name, queues, message_type, Some(settings))
+    }
+
+    /// Creates or updates a topic; `settings: None` keeps an existing topic's.
+    fn put(
+        &self,
+        name: &str,
+        queues: u32,
+        message_type: MessageType,
+        settings: Option<TopicSettings>,
     ) -> Result<(TopicConfig, bool)> {
         validate_topic_name(name)?;
         let max_queues = self.limits.max_queues;
@@ -117,7 +147,8 @@ impl Topics {
             ));
         }
         self.table.update(|topics| {
-            if let Some(existing) = topics.get(name) {
+            let existing = topics.get(name);
+            if let Some(existing) = existing {
                 let conflict = |reason: &str| BrokerError::TopicConflict {
                     name: name.to_string(),
                     queues: existing.queues,
@@ -130,7 +161,7 @@ impl Topics {
                 if queues < existing.queues {
                     return Err(conflict("the queue count of a topic cannot shrink"));
                 }
-                if queues == existing.queues {
+                if queues == existing.queues && settings.is_none_or(|s| s == existing.settings) {
                     return Ok(Decision::unchanged((existing.clone(), false)));
                 }
             } else if topics.len() >= self.limits.max_topics {
@@ -143,6 +174,9 @@ impl Topics {
                 name: name.to_string(),
                 queues,
                 message_type,
+                settings: settings
+                    .or(existing.map(|e| e.settings))
+                    .unwrap_or_default(),
             };
             Ok(Decision::change(Change::Put(topic.clone()), (topic, true)))
         })
@@ -185,6 +219,7 @@ mod tests {
     const LIMITS: TopicLimits = TopicLimits {
         max_topics: 3,
         max_queues: 16,
+        max_message_bytes: 4096,
     };
 
     #[test]
@@ -250,5 +285,62 @@ mod tests {
         assert!(!topics.create("a", 16, MessageType::Normal).unwrap().1);
         topics.delete("a").unwrap();
         assert!(topics.create("d", 1, MessageType::Normal).unwrap().1);
+    }
+
+    #[test]
+    fn settings_are_upserted_kept_and_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Topics::open(dir.path(), LIMITS).unwrap();
+        let limited = TopicSettings::from_wire(1024, 60_000);
+        let (t, changed) = topics.upsert("a", 4, MessageType::Normal, limited).unwrap();
+        assert!(changed);
+        assert_eq!(t.settings, limited);
+        // The same settings again change nothing; new ones replace them.
+        assert!(
+            !topics
+                .upsert("a", 4, MessageType::Normal, limited)
+                .unwrap()
+                .1
+        );
+        let wider = TopicSettings::from_wire(2048, 0);
+        assert!(topics.upsert("a", 4, MessageType::Normal, wider).unwrap().1);
+        // A plain create (auto-create, growing) keeps them.
+        assert_eq!(
+            topics
+                .create("a", 8, MessageType::Normal)
+                .unwrap()
+                .0
+                .settings,
+            wider
+        );
+        let refused = topics
+            .upsert(
+                "a",
+                8,
+                MessageType::Normal,
+                TopicSettings::from_wire(4097, 0),
+            )
+            .unwrap_err();
+        assert_eq!(refused.code(), Reason::InvalidArgument);
+        assert!(refused.to_string().contains("4097"), "{refused}");
+        assert!(refused.to_string().contains("4096"), "{refused}");
+        drop(topics);
+        let topics = Topics::open(dir.path(), LIMITS).unwrap();
+        let reopened = topics.require("a").unwrap();
+        assert_eq!((reopened.queues, reopened.settings), (8, wider));
+    }
+
+    #[test]
+    fn metadata_without_settings_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("topics.json"),
+            r#"[{"name": "old", "queues": 4, "message_type": "fifo"}]"#,
+        )
+        .unwrap();
+        let topics = Topics::open(dir.path(), LIMITS).unwrap();
+        let old = topics.require("old").unwrap();
+        assert_eq!(old.message_type, MessageType::Fifo);
+        assert_eq!(old.settings, TopicSettings::default());
     }
 }

@@ -478,11 +478,28 @@ impl ConsumeQueue {
     /// Retention: moves `min` to the first entry whose record is still in the
     /// commit log (at or past `commit_log_min`) and deletes files entirely below it.
     pub fn advance_min(&self, commit_log_min: u64) -> Result<()> {
-        let lo = self.partition_point(|e| e.physical_offset >= commit_log_min);
-        if lo <= self.min_offset() {
+        self.move_min_to(self.partition_point(|e| e.physical_offset >= commit_log_min))
+    }
+
+    /// Per-topic retention: moves `min` past every entry stored before
+    /// `timestamp` (ms) and deletes files entirely below it. Costs one entry
+    /// read when nothing expired, a binary search otherwise.
+    pub fn expire_before(&self, timestamp: i64) -> Result<()> {
+        if self
+            .real_entry_from(self.min_offset())
+            .is_none_or(|oldest| oldest.store_timestamp >= timestamp)
+        {
             return Ok(());
         }
-        self.min.store(lo, Ordering::Release);
+        self.move_min_to(self.partition_point(|e| e.store_timestamp >= timestamp))
+    }
+
+    /// Raises `min` to `lo` (never lowers it) and deletes the files below it.
+    fn move_min_to(&self, lo: u64) -> Result<()> {
+        // Retention and expiry may race: the higher minimum wins.
+        if self.min.fetch_max(lo, Ordering::AcqRel) >= lo {
+            return Ok(());
+        }
         let doomed: Vec<Arc<MappedFile>> = {
             let mut files = self.files.write();
             // The last file always stays: it remembers where the queue ends.

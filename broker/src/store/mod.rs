@@ -79,6 +79,9 @@ pub(crate) struct Inner {
     observer: Arc<dyn StoreObserver>,
     /// Retention keeps every segment holding this commit-log position or later.
     retention_floor: AtomicU64,
+    /// Segments whose newest record is older than this (ms) are deleted: the
+    /// configured retention, raised by topics that keep messages longer.
+    log_retention_ms: AtomicU64,
     /// The volume is above `disk_usage_limit` and the policy is to refuse writes.
     refusing_writes: AtomicBool,
     /// One checkpoint at a time (the housekeeper, topic deletion, close); holds
@@ -180,6 +183,7 @@ impl Store {
             )?),
             arrivals,
             observer,
+            log_retention_ms: AtomicU64::new(config.retention.as_millis() as u64),
             config,
             retention_floor: AtomicU64::new(u64::MAX),
             refusing_writes: AtomicBool::new(false),
@@ -380,6 +384,23 @@ impl Store {
         self.inner
             .retention_floor
             .store(position, Ordering::Relaxed);
+    }
+
+    /// Keeps segments until their newest record is older than `retention`
+    /// (the longest any topic needs; starts at the configured retention).
+    pub fn set_log_retention(&self, retention: std::time::Duration) {
+        self.inner
+            .log_retention_ms
+            .store(retention.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Hides a queue's messages stored before `timestamp` (ms): its minimum
+    /// offset moves past them (per-topic retention on the shared log).
+    pub fn expire_queue(&self, topic: &str, queue_id: u32, timestamp: i64) -> Result<()> {
+        match self.inner.queues.get(topic, queue_id) {
+            Some(cq) => cq.expire_before(timestamp),
+            None => Ok(()),
+        }
     }
 
     /// Runs one retention pass now.

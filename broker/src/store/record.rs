@@ -210,17 +210,36 @@ fn check_short(what: &'static str, s: &str) -> Result<()> {
 }
 
 impl Message {
+    /// The size of the encoded record: what `max_record_size` limits.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_HEADER_SIZE
+            + self.topic.len()
+            + self.tag.len()
+            + self.keys_len()
+            + self.properties_len()
+            + self.body.len()
+    }
+
+    /// Encoded keys: a u16 length and the bytes of each.
+    fn keys_len(&self) -> usize {
+        self.keys.iter().map(|k| 2 + k.len()).sum()
+    }
+
+    /// Encoded properties: u16 lengths and the bytes of each name and value.
+    fn properties_len(&self) -> usize {
+        self.properties
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum()
+    }
+
     /// Encodes the record with zeroed store-assigned fields (queue offset, physical
     /// offset, store timestamp, CRC); the writer fills them in with [`seal`].
     pub fn encode(&self, max_record_size: u32) -> Result<Vec<u8>> {
         validate_topic_name(&self.topic)?;
         check_short("tag", &self.tag)?;
-        let keys_len: usize = self.keys.iter().map(|k| 2 + k.len()).sum();
-        let props_len: usize = self
-            .properties
-            .iter()
-            .map(|(k, v)| 4 + k.len() + v.len())
-            .sum();
+        let keys_len = self.keys_len();
+        let props_len = self.properties_len();
         for k in &self.keys {
             check_short("key", k)?;
             if k.is_empty() {
@@ -234,12 +253,7 @@ impl Message {
             check_short("property name", k)?;
             check_short("property value", v)?;
         }
-        let total = RECORD_HEADER_SIZE
-            + self.topic.len()
-            + self.tag.len()
-            + keys_len
-            + props_len
-            + self.body.len();
+        let total = self.encoded_len();
         if total > max_record_size as usize {
             return Err(StoreError::RecordTooLarge {
                 size: total,

@@ -1,5 +1,6 @@
 //! Retention: whole commit-log segments are deleted, oldest first, when their newest
-//! record is older than the retention time or, only under `disk_full_policy =
+//! record is older than the log's retention time (the configured `retention`,
+//! raised to the longest per-topic retention; see [`super::Store::set_log_retention`]) or, only under `disk_full_policy =
 //! delete_oldest`, while the volume is fuller than the disk-usage limit (under
 //! the default `refuse`, the store refuses appends instead; see `mod.rs`). The segment holding the newest data is never deleted, nor
 //! one at or after the pinned floor (staged messages not yet released). Consume
@@ -55,7 +56,10 @@ fn first_timestamp(inner: &Inner, base: u64) -> Option<i64> {
 
 pub(crate) fn enforce(inner: &Inner, now_millis: i64) -> Result<RetentionReport> {
     let log = &inner.commit_log;
-    let cutoff = now_millis.saturating_sub(inner.config.retention.as_millis() as i64);
+    let retention_ms = inner
+        .log_retention_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let cutoff = now_millis.saturating_sub(retention_ms.min(i64::MAX as u64) as i64);
     let mut deleted = 0;
     loop {
         let segments = log.segments();

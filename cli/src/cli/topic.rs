@@ -1,21 +1,33 @@
 //! `dduomq topic …`
 
+use std::time::Duration;
+
 use clap::{Subcommand, ValueEnum};
-use dduomq_client::Admin;
 use dduomq_client::proto as pb;
+use dduomq_client::{Admin, TopicSettings};
 use serde_json::json;
 
 use super::output::{Format, json_line, table, type_name};
+use super::parse_duration;
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
-    /// Create a topic (or grow its queues).
+    /// Create a topic, or update one (grow its queues, replace its maximum
+    /// message size and retention).
     Create {
         name: String,
         #[arg(long, default_value_t = 4)]
         queues: u32,
         #[arg(long = "type", value_enum, default_value = "normal")]
         message_type: TopicType,
+        /// Largest message the topic takes, counted as the broker's
+        /// max_record_size_bytes counts (the encoded record); default: the broker's.
+        #[arg(long)]
+        max_message_bytes: Option<u32>,
+        /// Messages stored longer ago than this (e.g. 1h, 30m) are no longer
+        /// delivered; default: the broker's retention.
+        #[arg(long, value_parser = parse_duration)]
+        retention: Option<Duration>,
     },
     /// List topics.
     List,
@@ -44,8 +56,29 @@ impl TopicType {
     }
 }
 
+/// A topic as JSON; its own settings only when it has them.
 fn topic_json(t: &pb::Topic) -> serde_json::Value {
-    json!({"name": t.name, "queues": t.queues, "type": type_name(t.message_type)})
+    let mut v = json!({"name": t.name, "queues": t.queues, "type": type_name(t.message_type)});
+    if t.max_message_bytes != 0 {
+        v["max_message_bytes"] = json!(t.max_message_bytes);
+    }
+    if t.retention_ms != 0 {
+        v["retention_ms"] = json!(t.retention_ms);
+    }
+    v
+}
+
+/// The topic's own settings as `describe` prints them.
+fn settings_text(t: &pb::Topic) -> String {
+    let max = match t.max_message_bytes {
+        0 => "broker default".to_string(),
+        n => format!("{n} bytes"),
+    };
+    let retention = match t.retention_ms {
+        0 => "broker default".to_string(),
+        ms => humantime::format_duration(Duration::from_millis(ms)).to_string(),
+    };
+    format!("max message size: {max}; retention: {retention}")
 }
 
 pub async fn run(server: &str, format: Format, cmd: TopicCommand) -> anyhow::Result<()> {
@@ -55,10 +88,13 @@ pub async fn run(server: &str, format: Format, cmd: TopicCommand) -> anyhow::Res
             name,
             queues,
             message_type,
+            max_message_bytes,
+            retention,
         } => {
-            let r = admin
-                .create_topic(&name, queues, message_type.to_proto())
-                .await?;
+            let mut settings = TopicSettings::new(&name, queues, message_type.to_proto());
+            settings.max_message_bytes = max_message_bytes;
+            settings.retention = retention;
+            let r = admin.create_topic_with(settings).await?;
             let t = r.topic.unwrap_or_default();
             match format {
                 Format::Json => {
@@ -67,11 +103,12 @@ pub async fn run(server: &str, format: Format, cmd: TopicCommand) -> anyhow::Res
                     json_line(&v);
                 }
                 Format::Table => println!(
-                    "topic {} {} with {} queues ({})",
+                    "topic {} {} with {} queues ({}; {})",
                     t.name,
                     if r.created { "created" } else { "unchanged" },
                     t.queues,
-                    type_name(t.message_type)
+                    type_name(t.message_type),
+                    settings_text(&t)
                 ),
             }
         }
@@ -111,10 +148,11 @@ pub async fn run(server: &str, format: Format, cmd: TopicCommand) -> anyhow::Res
                 }
                 Format::Table => {
                     println!(
-                        "topic {} ({} queues, {})",
+                        "topic {} ({} queues, {}; {})",
                         t.name,
                         t.queues,
-                        type_name(t.message_type)
+                        type_name(t.message_type),
+                        settings_text(&t)
                     );
                     table(
                         &["QUEUE", "MIN", "MAX"],

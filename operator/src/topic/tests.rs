@@ -37,6 +37,7 @@ fn hosted(queues: u32, message_type: pb::MessageType) -> Vec<pb::Topic> {
         name: "orders".into(),
         queues,
         message_type: message_type as i32,
+        ..Default::default()
     }]
 }
 

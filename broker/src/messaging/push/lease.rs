@@ -120,6 +120,8 @@ impl SubState {
             && spec.group.mode == ConsumeMode::Clustering;
         'queues: for i in 0..spec.topic.queues {
             let q = (start + i) % spec.topic.queues;
+            // Checked each round, so nothing is leased after its expiry.
+            broker.expire_queue(spec.topic, q, spec.now)?;
             let (min, max_offset) = broker.store.queue_offsets(&spec.topic.name, q);
             let passed = passed_by_queue.entry(q).or_default();
             for lease in self.cursor(broker, spec.key, q).skip_below(min) {
