@@ -10,9 +10,11 @@ use dduomq_broker::messaging::error::BrokerError;
 use dduomq_broker::messaging::groups::{ConsumeMode, GroupConfig};
 use dduomq_broker::messaging::push::subscription::Subscription;
 use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
+use dduomq_broker::messaging::topic_settings::TopicSettings;
+use dduomq_broker::messaging::topics::TopicConfig;
 use dduomq_broker::messaging::{
     Broker, Delivery, GroupOffset, LeaseRound, NackOutcome, PullSpec, Pulled, QueueProgress,
-    ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt,
+    ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt, TopicDescription,
 };
 use dduomq_broker::store::{MessageType, Record};
 use tokio::sync::mpsc;
@@ -27,6 +29,24 @@ pub fn create_topic(broker: &Broker, name: &str, queues: u32, message_type: Mess
     broker
         .create_topic(name, queues, message_type)
         .expect("topic created");
+}
+
+/// Creates or updates a topic with its own settings.
+pub fn upsert_topic(
+    broker: &Broker,
+    name: &str,
+    queues: u32,
+    message_type: MessageType,
+    settings: TopicSettings,
+) -> Result<TopicConfig> {
+    Ok(broker
+        .upsert_topic(name, queues, message_type, settings)?
+        .topic)
+}
+
+/// A topic and the offsets of its queues.
+pub fn describe_topic(broker: &Broker, name: &str) -> TopicDescription {
+    broker.describe_topic(name).expect("topic described")
 }
 
 /// A clustering group that dead-letters after `max_attempts` deliveries and
