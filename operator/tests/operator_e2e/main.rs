@@ -4,6 +4,7 @@
 //! runs with the ServiceAccount token bound to the shipped ClusterRole.
 
 mod env;
+mod fields;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -258,6 +259,8 @@ async fn operator_scenarios() {
         },
     )
     .await;
+
+    fields::topic_fields_reach_the_brokers(&env, &client).await;
 
     step("a broker turning not-ready leaves the write route, and returns");
     publish_slice(&client, &env, &[true, true, false]).await;
