@@ -405,3 +405,60 @@ fn delayed_and_transactional_produce_and_lanes() {
     );
     assert_eq!(got.len(), 1, "a canary consumer gets its lane's message");
 }
+
+#[test]
+fn topic_settings_are_applied_and_shown() {
+    let b = Broker::start();
+    let created = ok_json(
+        &b,
+        &[
+            "topic",
+            "create",
+            "capped",
+            "--queues",
+            "1",
+            "--max-message-bytes",
+            "1024",
+            "--retention",
+            "1h",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(created[0]["max_message_bytes"], 1024);
+    assert_eq!(created[0]["retention_ms"], 3_600_000);
+    let described = ok_json(&b, &["topic", "describe", "capped", "-o", "json"]);
+    assert_eq!(described[0]["max_message_bytes"], 1024);
+    assert_eq!(described[0]["retention_ms"], 3_600_000);
+    let text = ok(&b, &["topic", "describe", "capped"]);
+    assert!(
+        text.contains("max message size: 1024 bytes; retention: 1h"),
+        "{text}"
+    );
+    let out = dduomq(
+        &b,
+        &[
+            "produce", "--topic", "capped", "--count", "1", "--size", "2000",
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("MESSAGE_TOO_LARGE"), "{stderr}");
+    assert!(stderr.contains("takes at most 1024"), "{stderr}");
+    ok(
+        &b,
+        &[
+            "produce", "--topic", "capped", "--count", "1", "--size", "500",
+        ],
+    );
+    // Created again without them: the broker's own limits.
+    let plain = ok_json(
+        &b,
+        &["topic", "create", "capped", "--queues", "1", "-o", "json"],
+    );
+    assert_eq!(plain[0].get("max_message_bytes"), None);
+    assert!(
+        ok(&b, &["topic", "describe", "capped"])
+            .contains("max message size: broker default; retention: broker default")
+    );
+}
