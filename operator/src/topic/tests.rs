@@ -223,3 +223,22 @@ async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
         "the namespace is not terminating: no finalizer patch"
     );
 }
+
+#[test]
+fn the_spec_settings_reach_the_broker_topic_and_a_bad_retention_is_an_error() {
+    let mut topic = orders(Stage::New, DeletionPolicy::Delete);
+    topic.spec.max_message_bytes = Some(1024);
+    topic.spec.retention = Some("1h30m".into());
+    let settings = super::broker_topic("orders", &topic).unwrap();
+    assert_eq!(settings.max_message_bytes, Some(1024));
+    assert_eq!(settings.retention, Some(Duration::from_secs(5400)));
+    assert_eq!(settings.message_type, pb::MessageType::Fifo);
+    topic.spec.retention = Some("1fortnight".into());
+    let refused = super::broker_topic("orders", &topic).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .starts_with("retention \"1fortnight\": "),
+        "{refused}"
+    );
+}
