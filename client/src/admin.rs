@@ -33,7 +33,8 @@ pub struct TopicSettings {
     /// `max_record_size_bytes` counts (the encoded record: body, properties,
     /// keys, tag, topic name and a 72-byte header); at most the broker's.
     pub max_message_bytes: Option<u32>,
-    /// Messages stored longer ago than this are no longer delivered.
+    /// Messages stored longer ago than this are no longer delivered (at
+    /// most ten years; zero, like `None`, means the broker's retention).
     pub retention: Option<Duration>,
 }
 

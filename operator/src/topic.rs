@@ -39,9 +39,13 @@ pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, Reconcil
         .spec
         .retention
         .as_deref()
-        .map(|text| {
-            humantime::parse_duration(text)
-                .map_err(|e| ReconcileError::Other(format!("retention {text:?}: {e}")))
+        .map(|text| match humantime::parse_duration(text) {
+            // The brokers read 0 as "their default": not what was asked for.
+            Ok(d) if d.is_zero() => Err(ReconcileError::Other(format!(
+                "retention {text:?}: must be longer than 0"
+            ))),
+            Ok(d) => Ok(d),
+            Err(e) => Err(ReconcileError::Other(format!("retention {text:?}: {e}"))),
         })
         .transpose()?;
     Ok(settings)
