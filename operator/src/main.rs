@@ -173,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
         routes_changed: Arc::new(Notify::new()),
     };
     tracing::info!(selector = %args.broker_selector, "operator running");
-    tokio::spawn(routes::run(ctx.clone()));
+    // Before the controllers, whose status applies would drop an assignment
+    // recorded by an older operator under their field manager.
+    let placed = routes::recorded_placements(&ctx.client).await;
+    tokio::spawn(routes::run(ctx.clone(), placed));
     let client = ctx.client.clone();
     tokio::join!(
         controller::run::<Topic>(ctx.clone(), shutdown.clone(), SHUTDOWN_GRACE),

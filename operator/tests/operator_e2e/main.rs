@@ -44,10 +44,17 @@ async fn operator_scenarios() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = eventually_every(POLL, Duration::from_secs(30), "orders Ready", async || {
-        let t = topics.get("orders").await.ok()?;
-        ready(t.status.as_ref()).then(|| t.status.clone().unwrap())
-    })
+    // Readiness is the Topic controller's; the placement, the route publisher's.
+    let status = eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "orders Ready and placed",
+        async || {
+            let t = topics.get("orders").await.ok()?;
+            let placed = t.status.as_ref()?.assignment.len() == 6;
+            (ready(t.status.as_ref()) && placed).then(|| t.status.clone().unwrap())
+        },
+    )
     .await;
     assert_eq!(status.broker_count, 3);
     assert_eq!(status.assignment.len(), 6);
