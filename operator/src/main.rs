@@ -13,7 +13,7 @@ use clap::Parser;
 use dduomq_operator::brokers::BrokerPool;
 use dduomq_operator::context::Context;
 use dduomq_operator::crd::{ConsumerGroup, Topic};
-use dduomq_operator::{controller, leader, metrics, registry, routes, uninstall};
+use dduomq_operator::{controller, crd_upgrade, leader, metrics, registry, routes, uninstall};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
@@ -144,6 +144,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     m.leader.set(1);
+    if shutdown
+        .run_until_cancelled(crd_upgrade::ensure(&client))
+        .await
+        .is_none()
+    {
+        leadership.release().await;
+        return Ok(());
+    }
 
     let (tx, brokers) = watch::channel(Vec::new());
     tokio::spawn(registry::run(
