@@ -3,7 +3,9 @@
 //! namespace's addresses; the test publishes their EndpointSlice; the operator
 //! runs with the ServiceAccount token bound to the shipped ClusterRole.
 
+mod crds;
 mod env;
+mod placement;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -294,6 +296,8 @@ async fn operator_scenarios() {
         },
     )
     .await;
+
+    placement::a_joining_broker_moves_only_what_balance_needs(&env, &client).await;
 
     step("drift is repaired: a topic deleted on a broker comes back");
     assert_eq!(
@@ -705,5 +709,6 @@ async fn operator_scenarios() {
         },
     )
     .await;
+    crds::the_operator_upgrades_older_crds_and_keeps_newer_ones(&env, &client).await;
     eprintln!("operator scenarios passed in {:?}", suite.elapsed());
 }
