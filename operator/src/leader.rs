@@ -51,6 +51,25 @@ struct Observed {
     since: Instant,
 }
 
+/// Whether someone else's lease `record` has expired: true only once this
+/// replica has seen it unchanged for `duration` on its own clock (`now`); a new
+/// or changed record restarts the wait. The record's `renewTime`, written by
+/// another machine's clock, only tells a change.
+fn expired(
+    observed: &mut Option<Observed>,
+    record: Record,
+    duration: Duration,
+    now: Instant,
+) -> bool {
+    match observed {
+        Some(o) if o.record == record => now.duration_since(o.since) >= duration,
+        _ => {
+            *observed = Some(Observed { record, since: now });
+            false
+        }
+    }
+}
+
 /// One replica's view of the lease: tries to take or renew it.
 #[derive(Debug, Clone)]
 struct Candidate {
@@ -91,19 +110,8 @@ impl Candidate {
             let duration = spec
                 .lease_duration_seconds
                 .map_or(LEASE_DURATION, |s| Duration::from_secs(s.max(0) as u64));
-            match observed {
-                Some(o) if o.record == record => {
-                    if o.since.elapsed() < duration {
-                        return Ok(false);
-                    }
-                }
-                _ => {
-                    *observed = Some(Observed {
-                        record,
-                        since: Instant::now(),
-                    });
-                    return Ok(false);
-                }
+            if !expired(observed, record, duration, Instant::now()) {
+                return Ok(false);
             }
         }
         if !mine {
@@ -217,5 +225,65 @@ async fn renew(candidate: Candidate, mut renewed_at: Instant) {
                 std::process::exit(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(holder: &str, renewed: &str, version: &str) -> Record {
+        Record {
+            holder: Some(holder.into()),
+            renew_time: Some(renewed.parse().expect("a timestamp")),
+            resource_version: Some(version.into()),
+        }
+    }
+
+    #[test]
+    fn a_lease_expires_after_its_duration_unchanged_on_the_candidates_clock() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut observed = None;
+        // The holder's clock is an hour behind: its renewTime looks long
+        // expired, yet the candidate waits the full duration.
+        let stale = record("a", "2026-01-01T08:00:00Z", "7");
+        assert!(!expired(
+            &mut observed,
+            stale.clone(),
+            LEASE_DURATION,
+            at(0)
+        ));
+        assert!(!expired(
+            &mut observed,
+            stale.clone(),
+            LEASE_DURATION,
+            at(14)
+        ));
+        // A renewal (new resourceVersion) restarts the wait.
+        let renewed = record("a", "2026-01-01T08:00:02Z", "8");
+        assert!(!expired(
+            &mut observed,
+            renewed.clone(),
+            LEASE_DURATION,
+            at(15)
+        ));
+        assert!(!expired(
+            &mut observed,
+            renewed.clone(),
+            LEASE_DURATION,
+            at(29)
+        ));
+        assert!(expired(&mut observed, renewed, LEASE_DURATION, at(30)));
+        // A holder whose clock is a day ahead does not hold the lease longer.
+        let mut observed = None;
+        let ahead = record("b", "2099-01-01T00:00:00Z", "9");
+        assert!(!expired(
+            &mut observed,
+            ahead.clone(),
+            LEASE_DURATION,
+            at(0)
+        ));
+        assert!(expired(&mut observed, ahead, LEASE_DURATION, at(15)));
     }
 }
