@@ -6,6 +6,7 @@ pub mod brokers;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod crd_upgrade;
 pub mod crdgen;
 pub mod group;
 pub mod leader;

@@ -13,7 +13,7 @@ use clap::Parser;
 use dduomq_operator::brokers::BrokerPool;
 use dduomq_operator::context::Context;
 use dduomq_operator::crd::{ConsumerGroup, Topic};
-use dduomq_operator::{controller, leader, metrics, registry, routes, uninstall};
+use dduomq_operator::{controller, crd_upgrade, leader, metrics, registry, routes, uninstall};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
@@ -144,6 +144,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     m.leader.set(1);
+    if shutdown
+        .run_until_cancelled(crd_upgrade::ensure(&client))
+        .await
+        .is_none()
+    {
+        leadership.release().await;
+        return Ok(());
+    }
 
     let (tx, brokers) = watch::channel(Vec::new());
     tokio::spawn(registry::run(
@@ -173,7 +181,10 @@ async fn main() -> anyhow::Result<()> {
         routes_changed: Arc::new(Notify::new()),
     };
     tracing::info!(selector = %args.broker_selector, "operator running");
-    tokio::spawn(routes::run(ctx.clone()));
+    // Before the controllers, whose status applies would drop an assignment
+    // recorded by an older operator under their field manager.
+    let placed = routes::recorded_placements(&ctx.client).await;
+    tokio::spawn(routes::run(ctx.clone(), placed));
     let client = ctx.client.clone();
     tokio::join!(
         controller::run::<Topic>(ctx.clone(), shutdown.clone(), SHUTDOWN_GRACE),

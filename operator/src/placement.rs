@@ -1,51 +1,55 @@
-//! Placement: which broker takes writes for each queue, and the route table
+//! Placement: which write unit takes writes for each queue, and the route table
 //! that follows. Pure functions, so the decisions are unit-tested.
 //!
-//! * Write queues are spread round robin over the ready, non-draining brokers in
-//!   name order, so each gets `queues / n` (±1).
+//! * Write queues are placed by [`rebalance`] over the eligible write units
+//!   (ready, not draining, hosting the topic): balanced, and sticky, so a unit
+//!   joining or leaving moves only the queues that must move.
 //! * A queue is readable on every ready broker where it is writable or still
 //!   holds messages (a queue that moved away keeps being consumed where it was).
+
+mod sticky;
 
 use std::collections::BTreeMap;
 
 use dduomq_proto::v1 as pb;
 
 use crate::registry::BrokerEndpoint;
-
-/// Queue id → name of the broker taking its writes.
-pub fn assign(queues: u32, writers: &[&BrokerEndpoint]) -> BTreeMap<u32, String> {
-    if writers.is_empty() {
-        return BTreeMap::new();
-    }
-    (0..queues)
-        .map(|q| (q, writers[q as usize % writers.len()].name.clone()))
-        .collect()
-}
+pub use sticky::{Assignment, WriteUnit, rebalance};
 
 /// What the operator knows of one broker for one topic: which queue ids hold
 /// messages there (`None`: the topic is not on that broker).
 pub type QueuesWithData = Option<Vec<u32>>;
 
-/// The route of a topic over the ready brokers. `draining` brokers take no
-/// writes, nor do brokers that do not host the topic yet (a broker that just
-/// joined, until the Topic controller has created it there). With no writer
-/// at all (every broker draining), the queues that hold messages stay
-/// readable. Returns `None` when no broker has the topic.
+/// The write units eligible for a topic's writes: the ready brokers that are
+/// not `draining` and host the topic (a broker that just joined takes no
+/// writes until the Topic controller has created the topic there).
+pub fn write_units(
+    ready: &[&BrokerEndpoint],
+    draining: &[String],
+    data: &BTreeMap<String, QueuesWithData>,
+) -> Vec<WriteUnit> {
+    ready
+        .iter()
+        .filter(|b| !draining.contains(&b.name))
+        .filter(|b| data.get(&b.name).is_some_and(Option::is_some))
+        .map(|b| WriteUnit {
+            name: b.name.clone(),
+        })
+        .collect()
+}
+
+/// The route of a topic over the ready brokers: queues are writable where
+/// `assignment` puts them. With no writer at all (every broker draining), the
+/// queues that hold messages stay readable. Returns `None` when no broker has
+/// the topic.
 pub fn topic_route(
     topic: &str,
     message_type: pb::MessageType,
     queues: u32,
     ready: &[&BrokerEndpoint],
-    draining: &[String],
+    assignment: &Assignment,
     data: &BTreeMap<String, QueuesWithData>,
 ) -> Option<pb::TopicRoute> {
-    let writers: Vec<&BrokerEndpoint> = ready
-        .iter()
-        .copied()
-        .filter(|b| !draining.contains(&b.name))
-        .filter(|b| data.get(&b.name).is_some_and(Option::is_some))
-        .collect();
-    let assignment = assign(queues, &writers);
     let mut entries = Vec::new();
     for b in ready {
         let has = data.get(&b.name).cloned().flatten();
@@ -95,17 +99,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn queues_spread_evenly() {
-        let bs: Vec<BrokerEndpoint> = (0..3).map(broker).collect();
-        let refs: Vec<&BrokerEndpoint> = bs.iter().collect();
-        let a = assign(8, &refs);
-        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
-        for owner in a.values() {
-            *per.entry(owner).or_default() += 1;
-        }
-        assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![3, 3, 2]);
-        assert!(assign(4, &[]).is_empty());
+    /// The route with a fresh placement over the eligible units.
+    fn route(
+        queues: u32,
+        ready: &[&BrokerEndpoint],
+        draining: &[String],
+        data: &BTreeMap<String, QueuesWithData>,
+    ) -> Option<pb::TopicRoute> {
+        let units = write_units(ready, draining, data);
+        let assignment = rebalance(&Assignment::new(), &units, queues);
+        topic_route(
+            "t",
+            pb::MessageType::Normal,
+            queues,
+            ready,
+            &assignment,
+            data,
+        )
     }
 
     #[test]
@@ -116,15 +126,7 @@ mod tests {
         data.insert("b-0".to_string(), Some(vec![1, 3]));
         data.insert("b-1".to_string(), Some(vec![]));
         // b-0 drains: every queue is written on b-1; b-0's queues 1 and 3 stay readable.
-        let r = topic_route(
-            "t",
-            pb::MessageType::Normal,
-            4,
-            &refs,
-            &["b-0".into()],
-            &data,
-        )
-        .unwrap();
+        let r = route(4, &refs, &["b-0".into()], &data).unwrap();
         let on = |name: &str| -> Vec<(u32, bool, bool)> {
             r.queues
                 .iter()
@@ -143,12 +145,12 @@ mod tests {
         // A broker without the topic yet takes no writes (and is not in the
         // route).
         data.insert("b-1".to_string(), None);
-        let r = topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).unwrap();
+        let r = route(4, &refs, &[], &data).unwrap();
         assert!(r.queues.iter().all(|q| q.broker_address == "10.0.0.0:6086"));
         assert_eq!(r.queues.iter().filter(|q| q.writable).count(), 4);
         // Every broker with the topic draining: its data stays readable.
         let draining = ["b-0".to_string()];
-        let r = topic_route("t", pb::MessageType::Normal, 4, &refs, &draining, &data).unwrap();
+        let r = route(4, &refs, &draining, &data).unwrap();
         let entries: Vec<_> = r
             .queues
             .iter()
@@ -157,6 +159,6 @@ mod tests {
         assert_eq!(entries, vec![(1, false, true), (3, false, true)]);
         // No broker has it: no route.
         data.insert("b-0".to_string(), None);
-        assert!(topic_route("t", pb::MessageType::Normal, 4, &refs, &[], &data).is_none());
+        assert!(route(4, &refs, &[], &data).is_none());
     }
 }

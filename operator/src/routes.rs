@@ -1,25 +1,99 @@
 //! The route publisher: recomputes the cluster route table from the Topics and
 //! the ready brokers, and pushes it to every ready broker with a new epoch when it
 //! changes (and the current one to brokers that come back).
+//!
+//! It owns the queue placement: each topic's assignment is rebalanced from the
+//! previous one (see [`placement::rebalance`]) and recorded in
+//! `Topic.status.assignment` under its own field manager, so an operator
+//! restart or failover starts from the recorded placement instead of
+//! reshuffling every topic.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dduomq_client::Reason;
 use dduomq_proto::v1 as pb;
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
 
 use crate::context::{Context, MANAGED, annotated};
-use crate::crd::Topic;
-use crate::placement::{self, QueuesWithData};
+use crate::crd::{QueueAssignment, Topic};
+use crate::placement::{self, Assignment, QueuesWithData};
 use crate::topic::message_type;
 
 /// How often routes are recomputed even without a trigger.
 const PERIOD: Duration = Duration::from_secs(3);
 
-/// Runs until the process stops.
-pub async fn run(mut ctx: Context) {
+/// The field manager of `Topic.status.assignment`: apart from the Topic
+/// controller's, so neither status apply removes the other's fields.
+pub const ROUTES_MANAGER: &str = "dduomq-operator-routes";
+
+/// Topic (broker-side name) → its current placement.
+pub type Placements = BTreeMap<String, Assignment>;
+
+/// The placements recorded in the Topics' status, read before the controllers
+/// start. Empty (each topic then seeds from its status when first routed) if
+/// the Topics cannot be listed.
+pub async fn recorded_placements(client: &Client) -> Placements {
+    match Api::<Topic>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list
+            .items
+            .iter()
+            .map(|t| (t.name_any(), recorded(t)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the recorded placements failed");
+            Placements::new()
+        }
+    }
+}
+
+fn recorded(topic: &Topic) -> Assignment {
+    topic
+        .status
+        .iter()
+        .flat_map(|s| &s.assignment)
+        .map(|a| (a.queue, a.broker.clone()))
+        .collect()
+}
+
+/// Records `assignment` in the Topic's status when it differs from what is
+/// there (failures are retried on the next round).
+async fn record(ctx: &Context, topic: &Topic, assignment: &Assignment) {
+    if recorded(topic) == *assignment {
+        return;
+    }
+    let status: Vec<QueueAssignment> = assignment
+        .iter()
+        .map(|(queue, unit)| QueueAssignment {
+            queue: *queue,
+            broker: unit.clone(),
+        })
+        .collect();
+    let patch = serde_json::json!({
+        "apiVersion": "dduomq.io/v1alpha1",
+        "kind": "Topic",
+        "status": {"assignment": status},
+    });
+    let api: Api<Topic> =
+        Api::namespaced(ctx.client.clone(), &topic.namespace().unwrap_or_default());
+    if let Err(e) = api
+        .patch_status(
+            &topic.name_any(),
+            &PatchParams::apply(ROUTES_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        tracing::warn!(topic = %topic.name_any(), error = %e, "recording the placement failed");
+    }
+}
+
+/// Runs until the process stops, starting from the `placed` assignments.
+pub async fn run(mut ctx: Context, mut placed: Placements) {
     let mut epoch = 0u64;
     let mut last: Option<Vec<pb::TopicRoute>> = None;
     // (broker, topic) → queues with data, as last described: a broker that
@@ -89,12 +163,20 @@ pub async fn run(mut ctx: Context) {
                 known.insert(key, queues.clone());
                 data.insert(b.name.clone(), queues);
             }
+            let units = placement::write_units(&refs, &draining, &data);
+            let previous = placed.entry(name.clone()).or_insert_with(|| recorded(t));
+            let assignment = placement::rebalance(previous, &units, t.spec.queues);
+            // Without any write unit, remember where the queues were.
+            if !assignment.is_empty() {
+                *previous = assignment.clone();
+            }
+            record(&ctx, t, &assignment).await;
             if let Some(route) = placement::topic_route(
                 &name,
                 message_type(t.spec.message_type),
                 t.spec.queues,
                 &refs,
-                &draining,
+                &assignment,
                 &data,
             ) {
                 routes.push(route);
@@ -103,6 +185,7 @@ pub async fn run(mut ctx: Context) {
         known.retain(|(broker, topic), _| {
             ready.iter().any(|b| b.name == *broker) && seen.contains(topic)
         });
+        placed.retain(|topic, _| seen.contains(topic));
         routes.sort_by(|a, b| a.topic.cmp(&b.topic));
         if last.as_ref() != Some(&routes) {
             let now = k8s_openapi::jiff::Timestamp::now().as_millisecond() as u64;

@@ -1,6 +1,7 @@
-//! The Topic controller: makes every ready broker host the topic, reports the
-//! queue → broker assignment, and (finalizer) deletes the topic from the brokers
-//! per `deletionPolicy`.
+//! The Topic controller: makes every ready broker host the topic, reports its
+//! readiness, and (finalizer) deletes the topic from the brokers per
+//! `deletionPolicy`. The queue → write unit assignment in its status is the
+//! route publisher's (`routes.rs`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,8 +16,7 @@ use crate::context::{
     Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
 };
 use crate::controller::Reconciled;
-use crate::crd::{DeletionPolicy, MessageType, QueueAssignment, Topic, TopicStatus};
-use crate::placement;
+use crate::crd::{DeletionPolicy, MessageType, Topic, TopicStatus};
 
 pub fn message_type(t: MessageType) -> pb::MessageType {
     match t {
@@ -86,11 +86,6 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
             }
         }
     }
-    let writers: Vec<_> = ready.iter().collect();
-    let assignment = placement::assign(topic.spec.queues, &writers)
-        .into_iter()
-        .map(|(queue, broker)| QueueAssignment { queue, broker })
-        .collect();
     let (ok, reason, message) = readiness(
         owner.as_deref(),
         managed,
@@ -114,9 +109,16 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
             generation,
         )],
         observed_generation: generation,
-        assignment,
+        assignment: Vec::new(),
         broker_count: ready.len() as u32,
     };
+    let mut status = serde_json::to_value(status).expect("a status serializes");
+    // The route publisher applies `assignment` under its own field manager; a
+    // value here would take the field over.
+    status
+        .as_object_mut()
+        .expect("a status is an object")
+        .remove("assignment");
     let patch =
         serde_json::json!({"apiVersion": "dduomq.io/v1alpha1", "kind": "Topic", "status": status});
     api.patch_status(

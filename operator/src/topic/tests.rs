@@ -64,7 +64,8 @@ async fn a_new_topic_first_gets_the_finalizer_and_no_broker_is_touched() {
 }
 
 #[tokio::test]
-async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement() {
+async fn apply_creates_the_topic_on_every_ready_broker_and_reports_readiness_without_the_placement()
+{
     let r = Requests::new("topics", "orders");
     let (a, b) = (Broker::start(), Broker::start());
     let topic = orders(Stage::Finalized, DeletionPolicy::Delete);
@@ -98,12 +99,6 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement
                     "message": "4 queues on 2 brokers", "observedGeneration": 1,
                 }],
                 "observedGeneration": 1,
-                "assignment": [
-                    {"queue": 0, "broker": "dduomq-broker-0"},
-                    {"queue": 1, "broker": "dduomq-broker-1"},
-                    {"queue": 2, "broker": "dduomq-broker-0"},
-                    {"queue": 3, "broker": "dduomq-broker-1"},
-                ],
                 "brokerCount": 2,
             },
         })

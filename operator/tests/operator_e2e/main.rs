@@ -3,8 +3,10 @@
 //! namespace's addresses; the test publishes their EndpointSlice; the operator
 //! runs with the ServiceAccount token bound to the shipped ClusterRole.
 
+mod crds;
 mod env;
 mod fields;
+mod placement;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,10 +47,17 @@ async fn operator_scenarios() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = eventually_every(POLL, Duration::from_secs(30), "orders Ready", async || {
-        let t = topics.get("orders").await.ok()?;
-        ready(t.status.as_ref()).then(|| t.status.clone().unwrap())
-    })
+    // Readiness is the Topic controller's; the placement, the route publisher's.
+    let status = eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "orders Ready and placed",
+        async || {
+            let t = topics.get("orders").await.ok()?;
+            let placed = t.status.as_ref()?.assignment.len() == 6;
+            (ready(t.status.as_ref()) && placed).then(|| t.status.clone().unwrap())
+        },
+    )
     .await;
     assert_eq!(status.broker_count, 3);
     assert_eq!(status.assignment.len(), 6);
@@ -290,6 +299,8 @@ async fn operator_scenarios() {
         },
     )
     .await;
+
+    placement::a_joining_broker_moves_only_what_balance_needs(&env, &client).await;
 
     step("drift is repaired: a topic deleted on a broker comes back");
     assert_eq!(
@@ -701,5 +712,6 @@ async fn operator_scenarios() {
         },
     )
     .await;
+    crds::the_operator_upgrades_older_crds_and_keeps_newer_ones(&env, &client).await;
     eprintln!("operator scenarios passed in {:?}", suite.elapsed());
 }
