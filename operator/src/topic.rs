@@ -3,7 +3,6 @@
 //! per `deletionPolicy`.
 
 use std::future::Future;
-use std::time::Duration;
 
 use dduomq_proto::v1 as pb;
 use kube::api::{Patch, PatchParams};
@@ -11,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
+    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, Verdict, annotated, readiness,
 };
 use crate::controller::Reconciled;
 use crate::crd::{DeletionPolicy, MessageType, QueueAssignment, Topic, TopicStatus};
@@ -82,21 +81,23 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         || format!("{} queues on {} brokers", topic.spec.queues, ready.len()),
     );
     let previous = topic.status.clone().unwrap_or_default();
-    let generation = topic.metadata.generation;
-    if previous.observed_generation != generation
-        || previous.conditions.iter().all(|c| c.reason != reason)
-    {
-        ctx.event(topic, !ok, reason, message.clone()).await;
-    }
+    let condition = ctx
+        .conclude(
+            topic,
+            Previous {
+                conditions: &previous.conditions,
+                observed_generation: previous.observed_generation,
+            },
+            Verdict {
+                ok,
+                reason,
+                message,
+            },
+        )
+        .await;
     let status = TopicStatus {
-        conditions: vec![ready_condition(
-            &previous.conditions,
-            ok,
-            reason,
-            message,
-            generation,
-        )],
-        observed_generation: generation,
+        conditions: vec![condition],
+        observed_generation: topic.metadata.generation,
         assignment,
         broker_count: ready.len() as u32,
     };
@@ -109,11 +110,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
     )
     .await?;
     ctx.routes_changed.notify_one();
-    Ok(Action::requeue(if ok {
-        ctx.resync
-    } else {
-        Duration::from_secs(5)
-    }))
+    Ok(ctx.requeue(topic, ok))
 }
 
 /// Deletes the topic from the brokers (policy `Delete`). When no broker is left,
@@ -162,7 +159,7 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError>
         .await;
         return Ok(Action::await_change());
     }
-    Err(ReconcileError::Other(failed.join("; ")))
+    Err(ReconcileError::Cleanup(failed.join("; ")))
 }
 
 #[cfg(test)]
