@@ -250,15 +250,15 @@ pub fn backoff_key<K: Resource>(obj: &K) -> String {
         .unwrap_or_else(|| obj.meta().name.clone().unwrap_or_default())
 }
 
-/// The `Ready` verdict of a reconcile: `(ok, reason, message)`.
+/// The `Ready` verdict of a reconcile that reached the brokers (or chose not to).
 pub fn readiness(
     name_owner: Option<&str>,
     managed: bool,
     no_brokers: bool,
     problems: &[String],
     success: impl FnOnce() -> String,
-) -> (bool, &'static str, String) {
-    if let Some(ns) = name_owner {
+) -> Verdict {
+    let (ok, reason, message) = if let Some(ns) = name_owner {
         (
             false,
             "NameConflict",
@@ -278,6 +278,11 @@ pub fn readiness(
         (false, "BrokerError", problems.join("; "))
     } else {
         (true, "Reconciled", success())
+    };
+    Verdict {
+        ok,
+        reason,
+        message,
     }
 }
 
@@ -335,16 +340,23 @@ mod tests {
     #[test]
     fn readiness_reasons_in_priority_order() {
         let ok = || "fine".to_string();
-        assert_eq!(readiness(Some("a"), true, false, &[], ok).1, "NameConflict");
-        assert_eq!(readiness(None, false, true, &[], ok).1, "Unmanaged");
-        assert_eq!(readiness(None, true, true, &[], ok).1, "NoBrokers");
+        assert_eq!(
+            readiness(Some("a"), true, false, &[], ok).reason,
+            "NameConflict"
+        );
+        assert_eq!(readiness(None, false, true, &[], ok).reason, "Unmanaged");
+        assert_eq!(readiness(None, true, true, &[], ok).reason, "NoBrokers");
         assert_eq!(
             readiness(None, true, false, &["x".into()], ok),
-            (false, "BrokerError", "x".into())
+            Verdict::failed("BrokerError", "x".into())
         );
         assert_eq!(
             readiness(None, true, false, &[], ok),
-            (true, "Reconciled", "fine".into())
+            Verdict {
+                ok: true,
+                reason: "Reconciled",
+                message: "fine".into()
+            }
         );
     }
 

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, Verdict, annotated, readiness,
+    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness,
 };
 use crate::controller::Reconciled;
 use crate::crd::{
@@ -159,13 +159,14 @@ async fn apply(
             }
         }
     }
-    let (ok, reason, message) = readiness(
+    let verdict = readiness(
         owner.as_deref(),
         managed,
         ready.is_empty(),
         &problems,
         || format!("on {} brokers", ready.len()),
     );
+    let ok = verdict.ok;
     let condition = ctx
         .conclude(
             group,
@@ -173,11 +174,7 @@ async fn apply(
                 conditions: &previous.conditions,
                 observed_generation: previous.observed_generation,
             },
-            Verdict {
-                ok,
-                reason,
-                message,
-            },
+            verdict,
         )
         .await;
     let lag: Vec<TopicLag> = lag

@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, Verdict, annotated, readiness,
+    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness,
 };
 use crate::controller::Reconciled;
 use crate::crd::{DeletionPolicy, MessageType, QueueAssignment, Topic, TopicStatus};
@@ -73,7 +73,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         .into_iter()
         .map(|(queue, broker)| QueueAssignment { queue, broker })
         .collect();
-    let (ok, reason, message) = readiness(
+    let verdict = readiness(
         owner.as_deref(),
         managed,
         ready.is_empty(),
@@ -81,6 +81,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         || format!("{} queues on {} brokers", topic.spec.queues, ready.len()),
     );
     let previous = topic.status.clone().unwrap_or_default();
+    let ok = verdict.ok;
     let condition = ctx
         .conclude(
             topic,
@@ -88,11 +89,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
                 conditions: &previous.conditions,
                 observed_generation: previous.observed_generation,
             },
-            Verdict {
-                ok,
-                reason,
-                message,
-            },
+            verdict,
         )
         .await;
     let status = TopicStatus {
