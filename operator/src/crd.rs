@@ -232,8 +232,9 @@ pub struct ConsumerGroupSpec {
 const RETRY_BACKOFF_RULE: &str = "self.all(d, d.matches('^([0-9]+(ms|s|m|h))+$') && duration(d) >= duration('1ms') && duration(d) <= duration('24h'))";
 
 /// CEL: an RFC 3339 time (the shape, then CEL's own parse for the ranges of
-/// its parts), no earlier than the Unix epoch that offsets count from.
-const RFC3339_RULE: &str = r"self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) >= timestamp('1970-01-01T00:00:00Z')";
+/// its parts), no earlier than the Unix epoch that offsets count from. At most
+/// 9 fractional digits: CEL would take more, the operator's parser does not.
+const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) >= timestamp('1970-01-01T00:00:00Z')";
 
 fn default_attempts() -> u32 {
     16

@@ -202,6 +202,14 @@ pub(crate) async fn invalid_specs_are_refused(env: &Env, topics: &Api<Topic>) {
             "offsetReset.timestamp must be an RFC 3339 time such as 2026-01-02T15:04:05Z".into(),
         ),
         (
+            group_yaml(
+                "bad",
+                "",
+                "  offsetReset:\n    requestId: r1\n    to: Timestamp\n    timestamp: \"2026-01-01T00:00:00.0000000001Z\"\n",
+            ),
+            "offsetReset.timestamp must be an RFC 3339 time such as 2026-01-02T15:04:05Z".into(),
+        ),
+        (
             group_yaml("bad", "", "  consumeMode: Broadcast\n  ordered: true\n"),
             "ordered needs consumeMode Clustering: brokers order deliveries only within a clustering group".into(),
         ),
