@@ -377,6 +377,35 @@ mod tests {
         assert_eq!(flipped.reason, "NoBrokers");
     }
 
+    #[tokio::test]
+    async fn a_resource_that_stays_not_ready_is_retried_later_each_time() {
+        let ctx = crate::test_support::context(
+            crate::test_support::fake_api::stalled_client(),
+            Vec::new(),
+        );
+        let obj = k8s_openapi::api::core::v1::ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                uid: Some("uid-1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            ctx.requeue(&obj, false),
+            Action::requeue(Duration::from_secs(5))
+        );
+        assert_eq!(
+            ctx.requeue(&obj, false),
+            Action::requeue(Duration::from_secs(10))
+        );
+        assert_eq!(ctx.requeue(&obj, true), Action::requeue(ctx.resync));
+        assert_eq!(
+            ctx.requeue(&obj, false),
+            Action::requeue(Duration::from_secs(5)),
+            "a success starts over"
+        );
+    }
+
     #[test]
     fn long_text_is_cut_on_a_character_boundary() {
         assert_eq!(truncated("short", 8), "short");
