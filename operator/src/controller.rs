@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
 use kube::runtime::watcher;
@@ -15,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{Context, ReconcileError};
+use crate::context::{Context, MANAGER, Previous, ReconcileError, Verdict, backoff_key};
 
 /// A resource the operator reconciles into the brokers.
 pub trait Reconciled:
@@ -32,6 +34,9 @@ pub trait Reconciled:
     const KIND: &'static str;
     /// The finalizer that guards broker-side cleanup.
     const FINALIZER: &'static str;
+    /// Status fields another task applies under its own field manager; the
+    /// controller's status applies leave them out so they never take them over.
+    const STATUS_OWNED_ELSEWHERE: &'static [&'static str] = &[];
     /// Makes the brokers match the resource and writes its status.
     fn apply<'a>(
         &'a self,
@@ -80,32 +85,105 @@ pub async fn run<K: Reconciled>(ctx: Context, shutdown: CancellationToken, grace
     }
 }
 
-/// One reconcile of `obj`: the finalizer first, then apply or cleanup.
+/// One reconcile of `obj`: the finalizer first, then apply or cleanup. A
+/// failure is reported on the resource (`Ready=False` and an Event) before the
+/// controller retries it.
 pub(crate) async fn reconcile<K: Reconciled>(
     obj: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, FinalizerError<ReconcileError>> {
     let started = Instant::now();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let result = finalizer(&api, K::FINALIZER, obj, |event| async {
+    let result = finalizer(&api, K::FINALIZER, obj.clone(), |event| async {
         match event {
             Event::Apply(o) => o.apply(&api, &ctx).await,
             Event::Cleanup(o) => o.cleanup(&ctx).await,
         }
     })
     .await;
+    match &result {
+        Err(e) => report_failure(&*obj, &api, &ctx, failure_verdict(e)).await,
+        Ok(_) if obj.meta().deletion_timestamp.is_some() => {
+            ctx.backoff.succeeded(&backoff_key(&*obj));
+        }
+        Ok(_) => {}
+    }
     ctx.metrics
         .reconciled(K::KIND, result.is_ok(), started.elapsed().as_secs_f64());
     result
 }
 
+/// How a failed reconcile reads in the `Ready` condition.
+fn failure_verdict(err: &FinalizerError<ReconcileError>) -> Verdict {
+    match err {
+        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => {
+            Verdict::failed(e.reason(), e.to_string())
+        }
+        FinalizerError::AddFinalizer(e) => Verdict::failed(
+            "KubernetesApiError",
+            format!("adding the finalizer failed: {e}"),
+        ),
+        FinalizerError::RemoveFinalizer(e) => Verdict::failed(
+            "KubernetesApiError",
+            format!("removing the finalizer failed: {e}"),
+        ),
+        other => Verdict::failed("KubernetesApiError", other.to_string()),
+    }
+}
+
+/// Writes `Ready=False` for a failed reconcile, keeping the rest of the status
+/// as last written (server-side apply drops fields the patch leaves out), and
+/// publishes an Event when the failure is news. Best effort: when the API
+/// server itself is failing, this is logged and the retry tries again.
+async fn report_failure<K: Reconciled>(obj: &K, api: &Api<K>, ctx: &Context, verdict: Verdict) {
+    let object = serde_json::to_value(obj).unwrap_or_default();
+    let mut status = match &object["status"] {
+        serde_json::Value::Object(fields) => fields.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let conditions: Vec<Condition> = status
+        .get("conditions")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let previous = Previous {
+        conditions: &conditions,
+        observed_generation: status.get("observedGeneration").and_then(|g| g.as_i64()),
+    };
+    let condition = ctx.conclude(obj, previous, verdict).await;
+    for field in K::STATUS_OWNED_ELSEWHERE {
+        status.remove(*field);
+    }
+    status.insert("conditions".into(), serde_json::json!([condition]));
+    status.insert(
+        "observedGeneration".into(),
+        serde_json::json!(obj.meta().generation),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": object["apiVersion"],
+        "kind": K::KIND,
+        "status": status,
+    });
+    if let Err(e) = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        tracing::warn!(kind = K::KIND, error = %e, "writing the failure into the status failed");
+    }
+}
+
+/// Retries a failed reconcile after the resource's next backoff delay.
 fn error_policy<K: Reconciled>(
-    _: Arc<K>,
+    obj: Arc<K>,
     err: &FinalizerError<ReconcileError>,
-    _: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(kind = K::KIND, error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    let delay = ctx.backoff.failed(&backoff_key(&*obj));
+    tracing::warn!(kind = K::KIND, error = %err, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ pub enum DeletionPolicy {
     shortname = "dtopic",
     category = "dduomq",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
     printcolumn = r#"{"name":"Queues","type":"integer","jsonPath":".spec.queues"}"#,
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.messageType"}"#,
     printcolumn = r#"{"name":"Brokers","type":"integer","jsonPath":".status.brokerCount","priority":1}"#,
@@ -70,11 +71,13 @@ pub struct TopicSpec {
     /// How long messages are kept, as a duration such as `72h` or `30m`. Empty
     /// means the broker's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("retention must be longer than 0"))]
     pub retention: Option<String>,
-    /// Largest message accepted, in bytes. Empty means the broker's limit.
+    /// Largest message accepted, in bytes. Empty means the broker's limit; at
+    /// most 4,194,304 (4 MiB, the brokers' default `max_record_size_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 67108864))]
+    #[schemars(range(min = 1, max = 4194304))]
     pub max_message_bytes: Option<u32>,
     /// Whether deleting the resource deletes the topic on the brokers.
     #[serde(default)]
@@ -95,7 +98,10 @@ pub struct QueueAssignment {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicStatus {
-    /// `Ready` (with a reason) once the topic exists on every ready broker.
+    /// `Ready`: `True` (reason `Reconciled` or `Unmanaged`) once the topic
+    /// exists on every ready broker; otherwise `False` with the reason and a
+    /// message: `InvalidSpec`, `NoBrokers`, `BrokerError`, `NameConflict`,
+    /// `CleanupFailed`, `KubernetesApiError`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The generation of the spec this status describes.
@@ -129,11 +135,15 @@ pub struct Subscription {
     /// Topic name.
     #[schemars(length(min = 1, max = 127))]
     pub topic: String,
-    /// Tag expression, e.g. `TagA || TagB` (`*` = everything).
+    /// Tag expression, e.g. `TagA || TagB` (`*` = everything); 1 to 4,096
+    /// characters (the brokers take expressions of up to 16 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
     pub tag: Option<String>,
-    /// SQL92 filter over message properties and the tag.
+    /// SQL92 filter over message properties and the tag; 1 to 4,096
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
     pub sql: Option<String>,
 }
 
@@ -158,8 +168,10 @@ pub struct OffsetReset {
     pub request_id: String,
     /// Earliest, Latest or Timestamp.
     pub to: ResetTarget,
-    /// RFC 3339 time, for `to: Timestamp`.
+    /// RFC 3339 time, for `to: Timestamp`, such as `2026-01-02T15:04:05Z`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(RFC3339_RULE).message("offsetReset.timestamp must be an RFC 3339 time such as 2026-01-02T15:04:05Z"))]
     pub timestamp: Option<String>,
 }
 
@@ -177,10 +189,12 @@ pub struct OffsetReset {
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.consumeMode"}"#,
     printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.totalLag"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.size() <= 122").message("a group name has at most 122 characters"),
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.ordered || self.consumeMode == 'Clustering'").message("ordered needs consumeMode Clustering: brokers order deliveries only within a clustering group"))]
 pub struct ConsumerGroupSpec {
     /// Topics the group consumes.
     #[schemars(length(min = 1, max = 64))]
@@ -190,16 +204,20 @@ pub struct ConsumerGroupSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("consumeMode is immutable"))]
     pub consume_mode: ConsumeMode,
-    /// Deliveries in clustering mode must be in sharding-key order.
+    /// Deliveries must be in sharding-key order; only with `consumeMode:
+    /// Clustering`.
     #[serde(default)]
     pub ordered: bool,
     /// Deliveries before a message is dead-lettered.
     #[serde(default = "default_attempts")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_delivery_attempts: u32,
-    /// Delays before redeliveries, as durations such as `1s`; the last repeats.
-    /// Empty means the broker's default schedule.
+    /// Delays before redeliveries, as durations such as `500ms`, `10s` or
+    /// `1m30s` (units ms, s, m, h), each from 1ms to 24h; the last repeats. At
+    /// most 64 (the brokers' limit). Empty means the broker's default schedule.
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 32)))]
+    #[x_kube(validation = Rule::new(RETRY_BACKOFF_RULE).message("each retryBackoff item must be a duration from 1ms to 24h such as 500ms, 10s or 1m30s"))]
     pub retry_backoff: Vec<String>,
     /// Move messages that used up their attempts to `%DLQ%<group>` (otherwise
     /// they are dropped after the last attempt).
@@ -209,6 +227,15 @@ pub struct ConsumerGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset_reset: Option<OffsetReset>,
 }
+
+/// CEL: every `retryBackoff` item is a duration both the API server (CEL's
+/// `duration`) and the operator (humantime) read, within the brokers' bounds.
+const RETRY_BACKOFF_RULE: &str = "self.all(d, d.matches('^([0-9]+(ms|s|m|h))+$') && duration(d) >= duration('1ms') && duration(d) <= duration('24h'))";
+
+/// CEL: an RFC 3339 time (the shape, then CEL's own parse for the ranges of
+/// its parts), no earlier than the Unix epoch that offsets count from. At most
+/// 9 fractional digits: CEL would take more, the operator's parser does not.
+const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) >= timestamp('1970-01-01T00:00:00Z')";
 
 fn default_attempts() -> u32 {
     16
@@ -242,7 +269,10 @@ pub struct TopicLag {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerGroupStatus {
-    /// `Ready` (with a reason) once the group exists on every ready broker.
+    /// `Ready`: `True` (reason `Reconciled` or `Unmanaged`) once the group
+    /// exists on every ready broker; otherwise `False` with the reason and a
+    /// message: `InvalidSpec`, `NoBrokers`, `BrokerError`, `NameConflict`,
+    /// `CleanupFailed`, `KubernetesApiError`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The generation of the spec this status describes.
@@ -257,6 +287,10 @@ pub struct ConsumerGroupStatus {
     /// Lag per subscribed topic.
     #[serde(default)]
     pub lag: Vec<TopicLag>,
+    /// Messages not yet consumed over every subscribed topic: the sum of
+    /// `lag` (the `Lag` column).
+    #[serde(default)]
+    pub total_lag: u64,
     /// The last applied offset reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_applied_reset: Option<AppliedReset>,

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::time::Duration;
 
 use dduomq_client::ResetTo;
 use dduomq_proto::v1 as pb;
@@ -13,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
+    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness,
 };
 use crate::controller::Reconciled;
 use crate::crd::{
@@ -38,16 +37,18 @@ impl Reconciled for ConsumerGroup {
     }
 }
 
-/// The broker-side settings of a group.
+/// The broker-side settings of a group; an `InvalidSpec` error for a
+/// `retryBackoff` item the operator cannot parse.
 pub fn broker_group(name: &str, g: &ConsumerGroup) -> Result<pb::Group, ReconcileError> {
     let backoff = g
         .spec
         .retry_backoff
         .iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
             humantime::parse_duration(d)
                 .map(|d| d.as_millis() as u64)
-                .map_err(|e| ReconcileError::Other(format!("retryBackoff {d:?}: {e}")))
+                .map_err(|e| ReconcileError::invalid_spec(format!("retryBackoff[{i}]"), d, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(pb::Group {
@@ -62,7 +63,8 @@ pub fn broker_group(name: &str, g: &ConsumerGroup) -> Result<pb::Group, Reconcil
     })
 }
 
-/// Where a requested offset reset moves the group's progress.
+/// Where a requested offset reset moves the group's progress; an `InvalidSpec`
+/// error for a timestamp the operator cannot parse.
 fn reset_target(g: &ConsumerGroup) -> Result<Option<ResetTo>, ReconcileError> {
     let Some(r) = &g.spec.offset_reset else {
         return Ok(None);
@@ -72,9 +74,9 @@ fn reset_target(g: &ConsumerGroup) -> Result<Option<ResetTo>, ReconcileError> {
         ResetTarget::Latest => ResetTo::Latest,
         ResetTarget::Timestamp => {
             let text = r.timestamp.as_deref().unwrap_or_default();
-            let ts: k8s_openapi::jiff::Timestamp = text.parse().map_err(|e| {
-                ReconcileError::Other(format!("offsetReset.timestamp {text:?}: {e}"))
-            })?;
+            let ts: k8s_openapi::jiff::Timestamp = text
+                .parse()
+                .map_err(|e| ReconcileError::invalid_spec("offsetReset.timestamp", text, e))?;
             ResetTo::Timestamp(ts.as_millisecond())
         }
     };
@@ -90,6 +92,9 @@ async fn apply(
         return Ok(Action::requeue(ctx.resync));
     }
     let name = group.name_any();
+    // The spec is checked whole before any broker is touched.
+    let settings = broker_group(&name, group)?;
+    let reset_to = reset_target(group)?;
     let owner = ctx.name_taken_elsewhere(group).await;
     let managed = !annotated(group, MANAGED, "false") && owner.is_none();
     let ready = ctx.ready_brokers();
@@ -97,7 +102,6 @@ async fn apply(
     let mut problems = Vec::new();
     let mut applied = previous.last_applied_reset.clone();
     if managed && !ready.is_empty() {
-        let settings = broker_group(&name, group)?;
         for b in &ready {
             if let Err(e) = ctx.pool.create_group(&b.address, settings.clone()).await {
                 problems.push(e.to_string());
@@ -108,12 +112,9 @@ async fn apply(
                 .as_ref()
                 .is_none_or(|a| a.request_id != r.request_id)
         });
-        if let (Some(r), true) = (pending, problems.is_empty()) {
+        if let (Some(r), Some(to), true) = (pending, reset_to, problems.is_empty()) {
             let mut reset_problems = Vec::new();
             for s in &group.spec.subscriptions {
-                let Some(to) = reset_target(group)? else {
-                    continue;
-                };
                 for b in &ready {
                     if let Err(e) = ctx.pool.reset_offset(&b.address, &name, &s.topic, to).await {
                         reset_problems.push(e.to_string());
@@ -158,34 +159,35 @@ async fn apply(
             }
         }
     }
-    let (ok, reason, message) = readiness(
+    let verdict = readiness(
         owner.as_deref(),
         managed,
         ready.is_empty(),
         &problems,
         || format!("on {} brokers", ready.len()),
     );
-    let generation = group.metadata.generation;
-    if previous.observed_generation != generation
-        || previous.conditions.iter().all(|c| c.reason != reason)
-    {
-        ctx.event(group, !ok, reason, message.clone()).await;
-    }
+    let ok = verdict.ok;
+    let condition = ctx
+        .conclude(
+            group,
+            Previous {
+                conditions: &previous.conditions,
+                observed_generation: previous.observed_generation,
+            },
+            verdict,
+        )
+        .await;
+    let lag: Vec<TopicLag> = lag
+        .into_iter()
+        .map(|(topic, lag)| TopicLag { topic, lag })
+        .collect();
     let status = ConsumerGroupStatus {
-        conditions: vec![ready_condition(
-            &previous.conditions,
-            ok,
-            reason,
-            message,
-            generation,
-        )],
-        observed_generation: generation,
+        conditions: vec![condition],
+        observed_generation: group.metadata.generation,
         member_count: members.len() as u32,
         members: members.into_iter().collect(),
-        lag: lag
-            .into_iter()
-            .map(|(topic, lag)| TopicLag { topic, lag })
-            .collect(),
+        total_lag: lag.iter().map(|t| t.lag).sum(),
+        lag,
         last_applied_reset: applied,
     };
     let patch = serde_json::json!({"apiVersion": "dduomq.io/v1alpha1", "kind": "ConsumerGroup", "status": status});
@@ -195,11 +197,7 @@ async fn apply(
         &Patch::Apply(&patch),
     )
     .await?;
-    Ok(Action::requeue(if ok {
-        ctx.resync
-    } else {
-        Duration::from_secs(5)
-    }))
+    Ok(ctx.requeue(group, ok))
 }
 
 async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -226,7 +224,7 @@ async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Reconci
     if failed.is_empty() || ctx.namespace_terminating(group).await {
         return Ok(Action::await_change());
     }
-    Err(ReconcileError::Other(failed.join("; ")))
+    Err(ReconcileError::Cleanup(failed.join("; ")))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! broker registry (EndpointSlices), queue placement and the route table, and
 //! the controllers that make the brokers match the resources.
 
+pub mod backoff;
 pub mod brokers;
 pub mod context;
 pub mod controller;

@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: m,
         resync: args.resync,
         routes_changed: Arc::new(Notify::new()),
+        backoff: Arc::default(),
     };
     tracing::info!(selector = %args.broker_selector, "operator running");
     // Before the controllers, whose status applies would drop an assignment

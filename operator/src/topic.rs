@@ -4,7 +4,6 @@
 //! route publisher's (`routes.rs`).
 
 use std::future::Future;
-use std::time::Duration;
 
 use dduomq_client::TopicSettings;
 use dduomq_proto::v1 as pb;
@@ -13,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
+    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness,
 };
 use crate::controller::Reconciled;
 use crate::crd::{DeletionPolicy, MessageType, Topic, TopicStatus};
@@ -41,11 +40,13 @@ pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, Reconcil
         .as_deref()
         .map(|text| match humantime::parse_duration(text) {
             // The brokers read 0 as "their default": not what was asked for.
-            Ok(d) if d.is_zero() => Err(ReconcileError::Other(format!(
-                "retention {text:?}: must be longer than 0"
-            ))),
+            Ok(d) if d.is_zero() => Err(ReconcileError::invalid_spec(
+                "retention",
+                text,
+                "must be longer than 0",
+            )),
             Ok(d) => Ok(d),
-            Err(e) => Err(ReconcileError::Other(format!("retention {text:?}: {e}"))),
+            Err(e) => Err(ReconcileError::invalid_spec("retention", text, e)),
         })
         .transpose()?;
     Ok(settings)
@@ -54,6 +55,8 @@ pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, Reconcil
 impl Reconciled for Topic {
     const KIND: &'static str = "Topic";
     const FINALIZER: &'static str = "dduomq.io/topic-cleanup";
+    /// The queue → write unit assignment is the route publisher's.
+    const STATUS_OWNED_ELSEWHERE: &'static [&'static str] = &["assignment"];
     fn apply<'a>(
         &'a self,
         api: &'a Api<Self>,
@@ -86,7 +89,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
             }
         }
     }
-    let (ok, reason, message) = readiness(
+    let verdict = readiness(
         owner.as_deref(),
         managed,
         ready.is_empty(),
@@ -94,31 +97,28 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         || format!("{} queues on {} brokers", topic.spec.queues, ready.len()),
     );
     let previous = topic.status.clone().unwrap_or_default();
-    let generation = topic.metadata.generation;
-    if previous.observed_generation != generation
-        || previous.conditions.iter().all(|c| c.reason != reason)
-    {
-        ctx.event(topic, !ok, reason, message.clone()).await;
-    }
+    let ok = verdict.ok;
+    let condition = ctx
+        .conclude(
+            topic,
+            Previous {
+                conditions: &previous.conditions,
+                observed_generation: previous.observed_generation,
+            },
+            verdict,
+        )
+        .await;
     let status = TopicStatus {
-        conditions: vec![ready_condition(
-            &previous.conditions,
-            ok,
-            reason,
-            message,
-            generation,
-        )],
-        observed_generation: generation,
+        conditions: vec![condition],
+        observed_generation: topic.metadata.generation,
         assignment: Vec::new(),
         broker_count: ready.len() as u32,
     };
     let mut status = serde_json::to_value(status).expect("a status serializes");
-    // The route publisher applies `assignment` under its own field manager; a
-    // value here would take the field over.
-    status
-        .as_object_mut()
-        .expect("a status is an object")
-        .remove("assignment");
+    let fields = status.as_object_mut().expect("a status is an object");
+    for field in Topic::STATUS_OWNED_ELSEWHERE {
+        fields.remove(*field);
+    }
     let patch =
         serde_json::json!({"apiVersion": "dduomq.io/v1alpha1", "kind": "Topic", "status": status});
     api.patch_status(
@@ -128,11 +128,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
     )
     .await?;
     ctx.routes_changed.notify_one();
-    Ok(Action::requeue(if ok {
-        ctx.resync
-    } else {
-        Duration::from_secs(5)
-    }))
+    Ok(ctx.requeue(topic, ok))
 }
 
 /// Deletes the topic from the brokers (policy `Delete`). When no broker is left,
@@ -181,7 +177,7 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError>
         .await;
         return Ok(Action::await_change());
     }
-    Err(ReconcileError::Other(failed.join("; ")))
+    Err(ReconcileError::Cleanup(failed.join("; ")))
 }
 
 #[cfg(test)]

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use dduomq_client::{Message, ProducerBuilder, proto as pb};
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::Error as FinalizerError;
 use serde_json::json;
 
-use crate::context::MANAGED;
+use crate::context::{MANAGED, ReconcileError};
 use crate::crd::{
     AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupSpec, ConsumerGroupStatus, OffsetReset,
     ResetTarget, Subscription,
 };
+use crate::group::broker_group;
 use crate::test_support::{
     Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
 };
@@ -122,6 +124,7 @@ async fn apply_creates_the_group_on_every_ready_broker_and_reports_members_and_l
                 "members": [],
                 "memberCount": 0,
                 "lag": [{"topic": "orders", "lag": 0}],
+                "totalLag": 0,
             },
         })
     );
@@ -184,6 +187,7 @@ async fn an_offset_reset_is_applied_once_per_request_id() {
     );
     let status = &again.sent[1].body["status"];
     assert_eq!(status["lag"], json!([{"topic": "orders", "lag": 2}]));
+    assert_eq!(status["totalLag"], json!(2));
     assert_eq!(
         serde_json::from_value::<AppliedReset>(status["lastAppliedReset"].clone())
             .expect("applied reset"),
@@ -223,9 +227,124 @@ async fn a_broker_refusal_makes_the_group_not_ready_and_holds_the_reset_back() {
             "members": [],
             "memberCount": 0,
             "lag": [{"topic": "orders", "lag": 0}],
+            "totalLag": 0,
         }),
         "no lastAppliedReset: the reset waits for the group"
     );
+}
+
+#[tokio::test]
+async fn an_unparsable_retry_backoff_is_an_invalid_spec_and_no_broker_is_touched() {
+    let r = Requests::new("consumergroups", "billing");
+    let broker = Broker::start();
+    let group = billing(Stage::Finalized, &["1s", "soon"], None);
+    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    match &out.result {
+        Err(FinalizerError::ApplyFailed(ReconcileError::InvalidSpec { field, value, .. })) => {
+            assert_eq!(
+                (field.as_str(), value.as_str()),
+                ("retryBackoff[1]", "soon")
+            );
+        }
+        other => panic!("expected an invalid spec, got {other:?}"),
+    }
+    assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+    let message = "spec.retryBackoff[1] \"soon\": expected number at 0";
+    assert_eq!(
+        out.request_lines(),
+        [r.event(), r.status()],
+        "checked before anything else: no name lookup, no broker"
+    );
+    assert_eq!(out.event(0), Published::warning("InvalidSpec", message));
+    assert_eq!(
+        out.status_patch(1),
+        json!({
+            "apiVersion": "dduomq.io/v1alpha1",
+            "kind": "ConsumerGroup",
+            "status": {
+                "conditions": [{
+                    "type": "Ready", "status": "False", "reason": "InvalidSpec",
+                    "message": message, "observedGeneration": 1,
+                }],
+                "observedGeneration": 1,
+            },
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_bad_offset_reset_timestamp_keeps_the_rest_of_the_status_and_is_announced_once() {
+    let r = Requests::new("consumergroups", "billing");
+    let broker = Broker::start();
+    let reset = OffsetReset {
+        request_id: "r2".into(),
+        to: ResetTarget::Timestamp,
+        // Ten fractional digits: stored before the CRD refused them (CEL rules
+        // apply on writes only), and more than the operator's parser takes.
+        timestamp: Some("2026-01-01T00:00:00.0000000001Z".into()),
+    };
+    let mut group = billing(Stage::Finalized, &["1s", "5s"], Some(reset));
+    // The last status already reports an invalid spec of this generation.
+    group.status = Some(
+        serde_json::from_value(json!({
+            "conditions": [{
+                "type": "Ready", "status": "False", "reason": "InvalidSpec",
+                "message": "spec.offsetReset.timestamp \"yesterday\": bad",
+                "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
+            "observedGeneration": 1,
+            "members": ["c1"],
+            "memberCount": 1,
+            "lag": [{"topic": "orders", "lag": 7}],
+            "totalLag": 7,
+            "lastAppliedReset": {"requestId": "r1", "appliedAt": "2026-01-01T00:00:00Z"},
+        }))
+        .expect("status"),
+    );
+    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    assert!(
+        matches!(
+            &out.result,
+            Err(FinalizerError::ApplyFailed(ReconcileError::InvalidSpec { field, .. }))
+                if field == "offsetReset.timestamp"
+        ),
+        "{:?}",
+        out.result
+    );
+    assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+    assert_eq!(
+        out.request_lines(),
+        [r.status()],
+        "no event: the reason has not changed"
+    );
+    let message = "spec.offsetReset.timestamp \"2026-01-01T00:00:00.0000000001Z\": \
+                   parsed value '2026-01-01T00:00:00', but unparsed input \"1Z\" remains \
+                   (expected no unparsed input)";
+    assert_eq!(
+        out.status_patch(0)["status"],
+        json!({
+            "conditions": [{
+                "type": "Ready", "status": "False", "reason": "InvalidSpec",
+                "message": message, "observedGeneration": 1,
+            }],
+            "observedGeneration": 1,
+            "members": ["c1"],
+            "memberCount": 1,
+            "lag": [{"topic": "orders", "lag": 7}],
+            "totalLag": 7,
+            "lastAppliedReset": {"requestId": "r1", "appliedAt": "2026-01-01T00:00:00Z"},
+        }),
+        "the rest of the status stays as it was"
+    );
+}
+
+#[test]
+fn the_durations_the_crd_accepts_are_the_ones_the_operator_reads() {
+    let group = billing(Stage::Finalized, &["500ms", "10s", "1m30s", "24h"], None);
+    let settings = broker_group("billing", &group).expect("parsed");
+    assert_eq!(settings.retry_backoff_ms, [500, 10_000, 90_000, 86_400_000]);
 }
 
 #[tokio::test]

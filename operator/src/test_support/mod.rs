@@ -55,6 +55,7 @@ pub fn context(client: Client, brokers: Vec<BrokerEndpoint>) -> Context {
         metrics: Arc::new(Metrics::new()),
         resync: RESYNC,
         routes_changed: Arc::new(Notify::new()),
+        backoff: Arc::default(),
     }
 }
 
@@ -241,6 +242,17 @@ pub async fn reconcile_once<K: Reconciled>(
 ) -> Outcome {
     let mut objects = vec![serde_json::to_value(obj).expect("object as JSON")];
     objects.extend(others);
+    reconcile_against(obj, objects, brokers).await
+}
+
+/// Reconciles `obj` once against a fake API server holding only `objects`
+/// (without `obj` itself: a resource deleted after the watch saw it, whose
+/// every write fails).
+pub async fn reconcile_against<K: Reconciled>(
+    obj: &K,
+    objects: Vec<Value>,
+    brokers: Vec<BrokerEndpoint>,
+) -> Outcome {
     let api = FakeApi::new(objects);
     let ctx = context(api.client(), brokers);
     let result = reconcile(Arc::new(obj.clone()), Arc::new(ctx.clone())).await;

@@ -11,7 +11,8 @@ use serde_json::json;
 use crate::context::ReconcileError;
 use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec};
 use crate::test_support::{
-    NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
+    NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_against,
+    reconcile_once, release,
 };
 use dduomq_testkit::{Broker, free_port};
 
@@ -204,18 +205,73 @@ async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
     let brokers = vec![ready_broker(0, &live.grpc), ready_broker(1, &dead)];
     let out = reconcile_once(&topic, vec![namespace], brokers).await;
 
-    match &out.result {
-        Err(FinalizerError::CleanupFailed(ReconcileError::Other(failed))) => assert!(
-            failed.starts_with(&format!("broker {dead}: ")) && failed.ends_with(" []"),
-            "one failure, of the dead broker, without a reason code: {failed}"
-        ),
+    let failed = match &out.result {
+        Err(FinalizerError::CleanupFailed(ReconcileError::Cleanup(failed))) => failed.clone(),
         other => panic!("expected a failed cleanup, got {other:?}"),
-    }
+    };
+    assert!(
+        failed.starts_with(&format!("broker {dead}: ")) && failed.ends_with(" []"),
+        "one failure, of the dead broker, without a reason code: {failed}"
+    );
     assert_eq!(live.admin().list_topics().await.expect("list"), []);
     assert_eq!(
         out.request_lines(),
-        [r.same_name(), r.namespace()],
-        "the namespace is not terminating: no finalizer patch"
+        [r.same_name(), r.namespace(), r.event(), r.status()],
+        "the namespace is not terminating: no finalizer patch, the failure reported"
+    );
+    let message = format!("cleanup on the brokers failed: {failed}");
+    assert_eq!(out.event(2), Published::warning("CleanupFailed", &message));
+    assert_eq!(
+        out.status_patch(3),
+        json!({
+            "apiVersion": "dduomq.io/v1alpha1",
+            "kind": "Topic",
+            "status": {
+                "conditions": [{
+                    "type": "Ready", "status": "False", "reason": "CleanupFailed",
+                    "message": message, "observedGeneration": 1,
+                }],
+                "observedGeneration": 1,
+            },
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_reported_as_a_kubernetes_api_error() {
+    let r = Requests::new("topics", "orders");
+    let broker = Broker::start();
+    let topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    // The API server no longer holds the topic: its status writes fail.
+    let out = reconcile_against(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    let error = match &out.result {
+        Err(FinalizerError::ApplyFailed(e @ ReconcileError::Kube(_))) => e.to_string(),
+        other => panic!("expected a Kubernetes API error, got {other:?}"),
+    };
+    assert_eq!(
+        broker.admin().list_topics().await.expect("list"),
+        hosted(4, pb::MessageType::Fifo)
+    );
+    assert_eq!(
+        out.request_lines(),
+        [r.same_name(), r.event(), r.status(), r.event(), r.status()],
+        "the failed status write, then the failure's event and status"
+    );
+    assert_eq!(
+        out.event(1),
+        Published::normal("Reconciled", "4 queues on 1 brokers")
+    );
+    assert_eq!(
+        out.event(3),
+        Published::warning("KubernetesApiError", &error)
+    );
+    assert_eq!(
+        out.status_patch(4)["status"]["conditions"],
+        json!([{
+            "type": "Ready", "status": "False", "reason": "KubernetesApiError",
+            "message": error, "observedGeneration": 1,
+        }])
     );
 }
 
@@ -233,7 +289,7 @@ fn the_spec_settings_reach_the_broker_topic_and_a_bad_retention_is_an_error() {
     assert!(
         refused
             .to_string()
-            .starts_with("retention \"1fortnight\": "),
+            .starts_with("spec.retention \"1fortnight\": "),
         "{refused}"
     );
 }

@@ -7,6 +7,7 @@ mod crds;
 mod env;
 mod fields;
 mod placement;
+mod status;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,30 +86,10 @@ async fn operator_scenarios() {
     eprintln!("    ready in {:?}", t.elapsed());
 
     step("kubectl get topics shows the printer columns");
-    let out = env.kubectl(&["get", "topics", "-n", APP_NS], None);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let header: Vec<&str> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        vec!["NAME", "READY", "QUEUES", "TYPE", "AGE"],
-        "{text}"
-    );
-    let row: Vec<&str> = text
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(&row[..4], ["orders", "True", "6", "Normal"], "{text}");
-    let out = env.kubectl(&["get", "dduomq", "-n", APP_NS, "-o", "name"], None);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("topic.dduomq.io/orders"));
-    let out = env.kubectl(&["explain", "topics.spec.queues"], None);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Number of queues"));
+    status::topic_columns(&env).await;
+
+    step("kubectl get consumergroups shows the lag of unconsumed messages");
+    status::group_lag_column(&env, &topics, &groups).await;
 
     step("produce across brokers; a ConsumerGroup consumes everything");
     let out = env.kubectl(
@@ -218,33 +199,7 @@ async fn operator_scenarios() {
     .await;
 
     step("invalid specs are refused by the API server with the CEL message");
-    for (yaml, message) in [
-        (topic_yaml("bad", 0, ""), "spec.queues"),
-        (topic_yaml("orders", 3, ""), "queues cannot be decreased"),
-        (
-            topic_yaml("orders", 6, "  messageType: FIFO\n"),
-            "messageType is immutable",
-        ),
-        (
-            format!(
-                "apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: both\n  namespace: {APP_NS}\nspec:\n  subscriptions:\n  - topic: orders\n    tag: A\n    sql: \"a > 1\"\n"
-            ),
-            "a subscription filters by tag or by SQL, not both",
-        ),
-    ] {
-        let out = env.kubectl(&["apply", "-f", "-"], Some(&yaml));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted:\n{yaml}");
-        assert!(
-            stderr.contains(message),
-            "expected {message:?} in: {stderr}"
-        );
-    }
-    assert_eq!(
-        topics.get("orders").await.unwrap().spec.queues,
-        6,
-        "nothing changed"
-    );
+    status::invalid_specs_are_refused(&env, &topics).await;
 
     step("changing queues updates the brokers");
     topics
