@@ -113,6 +113,8 @@ impl Broker {
                 .map(|d| d.as_millis() as u64)
                 .collect(),
             dead_letter: true,
+            subscriptions: Vec::new(),
+            ordered: false,
         }
     }
 
@@ -123,13 +125,16 @@ impl Broker {
         self.groups.check(&group)?;
         self.topics
             .create(&group.dead_letter_topic(), 1, MessageType::Normal)?;
-        self.groups.upsert(group)
+        let changed = self.groups.upsert(group.clone())?;
+        self.apply_declared_subscriptions(&group);
+        Ok(changed)
     }
 
     /// Deletes a group, its live subscriptions, members and progress.
     pub fn delete_group(&self, name: &str) -> Result<()> {
         self.groups.delete(name)?;
         self.subscriptions.lock().retain(|k, _| k.group != name);
+        self.forget_claims(name);
         self.members.lock().remove(name);
         self.offsets.lock().remove_where(|k| k.group == name);
         self.persist_offsets()
