@@ -4,6 +4,7 @@
 //! runs with the ServiceAccount token bound to the shipped ClusterRole.
 
 mod env;
+mod subscriptions;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,6 +142,7 @@ async fn operator_scenarios() {
         .collect();
     assert_eq!(got.len(), 60);
     assert_eq!(total_lag(&env, "billing").await, 0);
+    subscriptions::a_declared_tag_filter_takes_effect(&env, &client).await;
 
     step("draining a broker moves its writes away until its data is consumed");
     let drain = |args: &[&str]| {
