@@ -242,6 +242,14 @@ async fn declared_subscriptions_survive_a_restart_and_changes_reach_live_streams
     assert_eq!(bodies(&lease_all(&b.broker, &consumer).await), ["b1"]);
     let refused = try_subscribe(&b.broker, GROUP, TOPIC, "c2", &FilterSpec::tags("A"), "");
     assert_eq!(refusal(refused).0, Reason::SubscriptionMismatch);
+
+    // Declaring none, the live stream keeps the former filter until it leaves.
+    assert!(declare_group(&b.broker, GROUP, &[], true).unwrap());
+    let refused = try_subscribe(&b.broker, GROUP, TOPIC, "c2", &FilterSpec::tags("A"), "");
+    assert_eq!(refusal(refused).0, Reason::SubscriptionMismatch);
+    unsubscribe(&b.broker, consumer).await;
+    let a = subscribe_with(&b.broker, GROUP, TOPIC, "c2", FilterSpec::tags("A"), "");
+    unsubscribe(&b.broker, a).await;
     b.close().await;
 }
 

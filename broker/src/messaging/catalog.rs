@@ -125,8 +125,9 @@ impl Broker {
         self.groups.check(&group)?;
         self.topics
             .create(&group.dead_letter_topic(), 1, MessageType::Normal)?;
+        let before = self.groups.get(&group.name);
         let changed = self.groups.upsert(group.clone())?;
-        self.apply_declared_subscriptions(&group);
+        self.apply_declared_subscriptions(before.as_ref(), &group);
         Ok(changed)
     }
 

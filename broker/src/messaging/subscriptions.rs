@@ -164,9 +164,23 @@ impl Broker {
     }
 
     /// Gives the live subscriptions of `group` its declared filters (after
-    /// CreateGroup changed them), and forgets its first-subscriber claims.
-    pub(super) fn apply_declared_subscriptions(&self, group: &GroupConfig) {
+    /// CreateGroup changed them), and forgets its first-subscriber claims. A
+    /// group that stops declaring keeps its former filters as claims, held
+    /// while its live consumers last (they were subscribed with them).
+    pub(super) fn apply_declared_subscriptions(
+        &self,
+        before: Option<&GroupConfig>,
+        group: &GroupConfig,
+    ) {
         if group.subscriptions.is_empty() {
+            let mut claims = self.claims.lock();
+            for s in before.map_or(&[][..], |b| &b.subscriptions) {
+                let key = GroupTopic {
+                    group: group.name.clone(),
+                    topic: s.topic.clone(),
+                };
+                claims.insert(key, s.filter.clone());
+            }
             return;
         }
         self.claims.lock().retain(|k, _| k.group != group.name);

@@ -90,9 +90,10 @@ impl Broker {
         filter.parse()?;
         let group = self.group_for_use(group, mode)?;
         let topic = self.topic_for_use(topic)?;
-        let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
         let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
-        self.subscribe(&group.name, &topic.name, filter, |group_filter| {
+        // A refused consumer leaves no subscription behind.
+        let sub = self.subscribe(&group.name, &topic.name, filter, |group_filter| {
+            let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
             sub.state.lock().add_consumer(consumer, lane, group_filter);
             self.touch_member(
                 &group.name,
@@ -100,6 +101,7 @@ impl Broker {
                 MemberKind::Push,
                 [topic.name.clone()],
             );
+            sub
         })?;
         Ok(ReceiveStream {
             subscription: sub,
