@@ -8,7 +8,7 @@ use common::api::{
     send, subscribe_with,
 };
 use common::broker::{Loops, TestBroker, messaging_config};
-use dduomq_broker::filter::Filter;
+use dduomq_broker::filter::FilterSpec;
 use dduomq_broker::messaging::SendMessage;
 use dduomq_broker::store::MessageType;
 
@@ -56,7 +56,7 @@ async fn a_tag_filter_delivers_only_its_tags_and_passes_the_rest() {
         ],
     )
     .await;
-    let filter = Filter::tags("created || deleted").unwrap();
+    let filter = FilterSpec::tags("created || deleted");
     let consumer = subscribe_with(&b.broker, GROUP, TOPIC, "c1", filter, "");
     let leased = lease_all(&b.broker, &consumer).await;
     assert_eq!(bodies(&leased), ["1", "3", "4"]);
@@ -88,7 +88,7 @@ async fn a_sql_filter_matches_properties_and_tags() {
         ],
     )
     .await;
-    let filter = Filter::sql("region = 'eu' AND amount > 10 AND TAGS <> 'refund'").unwrap();
+    let filter = FilterSpec::sql("region = 'eu' AND amount > 10 AND TAGS <> 'refund'");
     let consumer = subscribe_with(&b.broker, GROUP, TOPIC, "c1", filter, "");
     let leased = lease_all(&b.broker, &consumer).await;
     assert_eq!(bodies(&leased), ["eu-big", "eu-edge"]);
@@ -101,7 +101,7 @@ async fn a_sql_filter_matches_properties_and_tags() {
 async fn messages_sent_after_subscribing_are_filtered_too() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker_holding(dir.path(), &[]).await;
-    let filter = Filter::sql("priority IN ('high', 'urgent')").unwrap();
+    let filter = FilterSpec::sql("priority IN ('high', 'urgent')");
     let consumer = subscribe_with(&b.broker, GROUP, TOPIC, "c1", filter, "");
     assert!(lease_all(&b.broker, &consumer).await.is_empty());
     for (body, priority) in [("a", "low"), ("b", "urgent"), ("c", "high"), ("d", "")] {
@@ -129,10 +129,10 @@ async fn a_filtered_pull_skips_non_matching_messages_and_moves_past_them() {
         ],
     )
     .await;
-    let pulled = pull_filtered(&b.broker, TOPIC, 0, 0, &Filter::tags("b").unwrap()).await;
+    let pulled = pull_filtered(&b.broker, TOPIC, 0, 0, &FilterSpec::tags("b")).await;
     assert_eq!(bodies(&pulled.deliveries), ["2", "4"]);
     assert_eq!(pulled.next_offset, 4);
-    let none_match = pull_filtered(&b.broker, TOPIC, 0, 0, &Filter::tags("c").unwrap()).await;
+    let none_match = pull_filtered(&b.broker, TOPIC, 0, 0, &FilterSpec::tags("c")).await;
     assert!(none_match.deliveries.is_empty());
     assert_eq!(none_match.next_offset, 4);
     b.close().await;

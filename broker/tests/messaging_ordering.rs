@@ -4,12 +4,12 @@
 mod common;
 
 use common::api::{
-    LONG_LEASE, ack, bodies, body_of, create_group, create_topic, lease_all, lease_exactly,
-    lease_round, message, nack, nack_for_retry, queue_bodies, send, subscribe, subscribe_with,
-    unsubscribe,
+    LONG_LEASE, ack, ack_one_at_a_time, bodies, body_of, create_group, create_topic, lease_all,
+    lease_exactly, lease_round, message, nack, nack_for_retry, queue_bodies, send, subscribe,
+    subscribe_with, unsubscribe,
 };
 use common::broker::{Loops, TestBroker, messaging_config};
-use dduomq_broker::filter::Filter;
+use dduomq_broker::filter::FilterSpec;
 use dduomq_broker::messaging::properties::{LANE, SHARDING_KEY};
 use dduomq_broker::messaging::{NackOutcome, SendMessage};
 use dduomq_broker::store::{MessageType, now_millis};
@@ -66,18 +66,8 @@ async fn a_fifo_queue_has_one_message_in_flight_and_keeps_its_order_across_nacks
     assert_eq!(again[0].message_id, a1.message_id);
     ack(&b.broker, &consumer, &b2[0]).unwrap();
     // The rest of queue 0, strictly one at a time.
-    let mut order = vec![body_of(&again[0].record)];
-    let mut current = again;
-    while let Some(d) = current.pop() {
-        ack(&b.broker, &consumer, &d).unwrap();
-        current = lease_all(&b.broker, &consumer).await;
-        assert!(
-            current.len() <= 1,
-            "more than one in flight: {:?}",
-            bodies(&current)
-        );
-        order.extend(bodies(&current));
-    }
+    let head = again.into_iter().next().unwrap();
+    let order = ack_one_at_a_time(&b.broker, &consumer, head).await;
     assert_eq!(order, ["a1", "a2", "a3"]);
     b.close().await;
 }
@@ -147,7 +137,7 @@ async fn a_lanes_messages_go_to_its_consumers_and_base_messages_to_the_base() {
     let dir = tempfile::tempdir().unwrap();
     let b = lanes_broker(dir.path());
     let base = subscribe(&b.broker, GROUP, "t", "base");
-    let gray = subscribe_with(&b.broker, GROUP, "t", "gray", Filter::All, "gray");
+    let gray = subscribe_with(&b.broker, GROUP, "t", "gray", FilterSpec::all(), "gray");
     for (lane, body) in [
         ("", "base1"),
         ("gray", "gray1"),
@@ -181,7 +171,7 @@ async fn a_lane_consumer_takes_only_its_lane_even_leasing_first() {
     let dir = tempfile::tempdir().unwrap();
     let b = lanes_broker(dir.path());
     let base = subscribe(&b.broker, GROUP, "t", "base");
-    let gray = subscribe_with(&b.broker, GROUP, "t", "gray", Filter::All, "gray");
+    let gray = subscribe_with(&b.broker, GROUP, "t", "gray", FilterSpec::all(), "gray");
     for (lane, body) in [("", "base1"), ("gray", "gray1"), ("", "base2")] {
         send_in_lane(&b, lane, body).await;
     }
@@ -213,7 +203,7 @@ async fn a_lanes_leases_go_to_the_base_when_its_last_consumer_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let b = lanes_broker(dir.path());
     let base = subscribe(&b.broker, GROUP, "t", "base");
-    let gray = subscribe_with(&b.broker, GROUP, "t", "gray", Filter::All, "gray");
+    let gray = subscribe_with(&b.broker, GROUP, "t", "gray", FilterSpec::all(), "gray");
     send_in_lane(&b, "gray", "gray1").await;
     send_in_lane(&b, "gray", "gray2").await;
     let held = lease_round(&b.broker, &gray, LONG_LEASE, 1)

@@ -13,7 +13,7 @@ use common::api::{
     save_metadata, send, send_batch, subscribe, unsubscribe, upsert_topic,
 };
 use common::broker::{Loops, Shutdown, TestBroker, messaging_config, wait_past};
-use dduomq_broker::filter::Filter;
+use dduomq_broker::filter::FilterSpec;
 use dduomq_broker::messaging::error::BrokerError;
 use dduomq_broker::messaging::topic_settings::TopicSettings;
 use dduomq_broker::messaging::{Broker, Schedule, SendMessage, SendReceipt};
@@ -199,7 +199,7 @@ async fn expired_messages_are_not_delivered_while_a_longer_retention_keeps_its_o
             max_messages: 10,
             max_bytes: 1 << 20,
             wait: Duration::ZERO,
-            filter: &Filter::All,
+            filter: &FilterSpec::all(),
         })
         .await
         .unwrap_err();
@@ -211,7 +211,7 @@ async fn expired_messages_are_not_delivered_while_a_longer_retention_keeps_its_o
         "{pulled}"
     );
     assert!(
-        pull_filtered(&b.broker, "short", 0, 2, &Filter::All)
+        pull_filtered(&b.broker, "short", 0, 2, &FilterSpec::all())
             .await
             .deliveries
             .is_empty()

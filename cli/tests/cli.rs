@@ -462,3 +462,67 @@ fn topic_settings_are_applied_and_shown() {
             .contains("max message size: broker default; retention: broker default")
     );
 }
+
+#[test]
+fn group_create_declares_subscriptions_that_consumers_must_match() {
+    let b = Broker::start();
+    ok(&b, &["topic", "create", "orders"]);
+    let created = ok_json(
+        &b,
+        &[
+            "group",
+            "create",
+            "billing",
+            "--subscription",
+            "orders:paid",
+            "--ordered",
+            "-o",
+            "json",
+        ],
+    );
+    let declared =
+        serde_json::json!([{"topic": "orders", "filter_type": "tag", "filter_expression": "paid"}]);
+    assert_eq!(created[0]["created"], true);
+    assert_eq!(created[0]["ordered"], true);
+    assert_eq!(created[0]["subscriptions"], declared);
+    let described = ok_json(&b, &["group", "describe", "billing", "-o", "json"]);
+    assert_eq!(described[0]["ordered"], true);
+    assert_eq!(described[0]["subscriptions"], declared);
+    assert!(ok(&b, &["group", "describe", "billing"]).contains("subscription orders (tag: paid)"));
+
+    let refused = dduomq(
+        &b,
+        &[
+            "consume",
+            "--topic",
+            "orders",
+            "--group",
+            "billing",
+            "--filter-tag",
+            "refund",
+            "--count",
+            "1",
+        ],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("[SUBSCRIPTION_MISMATCH]"), "{stderr}");
+    assert!(stderr.contains("the tag filter \"paid\""), "{stderr}");
+    let bad = dduomq(
+        &b,
+        &[
+            "group",
+            "create",
+            "billing",
+            "--sql-subscription",
+            "orders:a =",
+        ],
+    );
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("[INVALID_FILTER]"), "{stderr}");
+    assert!(
+        stderr.contains("(subscription on topic \"orders\")"),
+        "{stderr}"
+    );
+}

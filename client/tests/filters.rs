@@ -147,3 +147,39 @@ async fn a_bad_expression_is_refused_at_subscribe_time_naming_the_position() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_consumer_with_another_filter_than_its_groups_is_refused_and_not_retried() {
+    let b = Broker::start();
+    setup(&b).await;
+    let admin = Admin::connect(&b.grpc).unwrap();
+    let declared = pb::Group {
+        name: "only-a".into(),
+        subscriptions: vec![pb::GroupSubscription {
+            topic: "payments".into(),
+            filter_type: pb::FilterType::Tag as i32,
+            filter_expression: "A".into(),
+        }],
+        ..Default::default()
+    };
+    admin.create_group(declared.clone()).await.unwrap();
+    for filter in [Filter::Tag("B".into()), Filter::Sql("TAGS = 'A'".into())] {
+        let e = PushConsumerBuilder::new(&b.grpc, "only-a", "payments")
+            .filter(filter.clone())
+            .start(|_| async { Ok::<(), String>(()) })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.reason(),
+            Some(Reason::SubscriptionMismatch),
+            "{filter:?}: {e}"
+        );
+        assert!(!e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("the tag filter \"A\""), "{e}");
+    }
+    let described = admin.describe_group("only-a").await.unwrap().group.unwrap();
+    assert_eq!(described.subscriptions, declared.subscriptions);
+    let a: BTreeSet<u32> = (0..N).filter(|i| tag(*i) == "A").collect();
+    let got = push_filtered(&b, "only-a", Filter::Tag("A".into()), a.len()).await;
+    assert_eq!(got, a);
+}

@@ -16,7 +16,8 @@ use crate::context::{
 };
 use crate::controller::Reconciled;
 use crate::crd::{
-    AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, TopicLag,
+    AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, Subscription,
+    TopicLag,
 };
 
 impl Reconciled for ConsumerGroup {
@@ -60,7 +61,29 @@ pub fn broker_group(name: &str, g: &ConsumerGroup) -> Result<pb::Group, Reconcil
         max_delivery_attempts: g.spec.max_delivery_attempts,
         retry_backoff_ms: backoff,
         disable_dead_letter: !g.spec.dead_letter,
+        subscriptions: g
+            .spec
+            .subscriptions
+            .iter()
+            .map(broker_subscription)
+            .collect(),
+        ordered: g.spec.ordered,
     })
+}
+
+/// A subscription as the broker declares it: by tag, by SQL, or (neither)
+/// everything.
+fn broker_subscription(s: &Subscription) -> pb::GroupSubscription {
+    let (filter_type, expression) = match (&s.sql, &s.tag) {
+        (Some(sql), _) => (pb::FilterType::Sql, sql.clone()),
+        (None, Some(tag)) => (pb::FilterType::Tag, tag.clone()),
+        (None, None) => (pb::FilterType::Tag, String::new()),
+    };
+    pb::GroupSubscription {
+        topic: s.topic.clone(),
+        filter_type: filter_type as i32,
+        filter_expression: expression,
+    }
 }
 
 /// Where a requested offset reset moves the group's progress; an `InvalidSpec`

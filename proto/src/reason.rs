@@ -80,6 +80,9 @@ reasons! {
     DuplicateInFlight = "DUPLICATE_IN_FLIGHT" => Unavailable,
     /// A tag or SQL92 filter that does not parse or passes a limit.
     InvalidFilter = "INVALID_FILTER" => InvalidArgument,
+    /// A consumer's filter differs from its group's subscription on the
+    /// topic, or the group declares no subscription on the topic.
+    SubscriptionMismatch = "SUBSCRIPTION_MISMATCH" => FailedPrecondition,
     /// The broker's `max_topics` is reached.
     TooManyTopics = "TOO_MANY_TOPICS" => ResourceExhausted,
     /// The broker's `max_groups` is reached.

@@ -26,10 +26,12 @@
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod spec;
 mod sql;
 
 use std::collections::HashSet;
 
+pub use spec::{FilterKind, FilterSpec};
 pub use sql::{Expr, Value};
 
 use crate::messaging::properties;

@@ -116,6 +116,9 @@ impl AdminService for AdminApi {
                 config.retry_backoff_ms = g.retry_backoff_ms;
             }
             config.dead_letter = !g.disable_dead_letter;
+            config.subscriptions =
+                convert::subscriptions_from_pb(g.subscriptions).map_err(to_status)?;
+            config.ordered = g.ordered;
             let created = self
                 .broker
                 .upsert_group(config.clone())

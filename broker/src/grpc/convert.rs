@@ -2,8 +2,11 @@
 
 use dduomq_proto::v1 as pb;
 
+use crate::filter::{FilterKind, FilterSpec};
 use crate::messaging::error::BrokerError;
-use crate::messaging::groups::{ConsumeMode, GroupConfig};
+use crate::messaging::groups::{
+    ConsumeMode, GroupConfig, GroupSubscription, MAX_GROUP_SUBSCRIPTIONS,
+};
 use crate::messaging::topics::TopicConfig;
 use crate::messaging::{Delivery, QueueProgress};
 use crate::messaging::{limits, properties};
@@ -121,6 +124,19 @@ pub fn group(g: GroupConfig) -> pb::Group {
         max_delivery_attempts: g.max_delivery_attempts,
         retry_backoff_ms: g.retry_backoff_ms,
         disable_dead_letter: !g.dead_letter,
+        subscriptions: g
+            .subscriptions
+            .into_iter()
+            .map(|s| pb::GroupSubscription {
+                topic: s.topic,
+                filter_type: match s.filter.kind {
+                    FilterKind::Tag => pb::FilterType::Tag,
+                    FilterKind::Sql => pb::FilterType::Sql,
+                } as i32,
+                filter_expression: s.filter.expression,
+            })
+            .collect(),
+        ordered: g.ordered,
     }
 }
 
@@ -176,13 +192,35 @@ pub fn route_table(
     })
 }
 
-/// The filter a consumer asked for.
-pub fn filter(kind: i32, expression: &str) -> Result<crate::filter::Filter, BrokerError> {
-    use crate::filter::Filter;
-    Ok(
-        match pb::FilterType::try_from(kind).map_err(|_| unknown("filter_type", kind))? {
-            pb::FilterType::Tag => Filter::tags(expression)?,
-            pb::FilterType::Sql => Filter::sql(expression)?,
+/// The filter a consumer asked for, checked to parse.
+pub fn filter(kind: i32, expression: &str) -> Result<FilterSpec, BrokerError> {
+    let spec = filter_spec(kind, expression)?;
+    spec.parse()?;
+    Ok(spec)
+}
+
+/// A filter as written (parsed where it is used or stored).
+fn filter_spec(kind: i32, expression: &str) -> Result<FilterSpec, BrokerError> {
+    Ok(FilterSpec {
+        kind: match pb::FilterType::try_from(kind).map_err(|_| unknown("filter_type", kind))? {
+            pb::FilterType::Tag => FilterKind::Tag,
+            pb::FilterType::Sql => FilterKind::Sql,
         },
-    )
+        expression: expression.to_string(),
+    })
+}
+
+/// A group's declared subscriptions; their filters are checked with the group.
+pub fn subscriptions_from_pb(
+    subs: Vec<pb::GroupSubscription>,
+) -> Result<Vec<GroupSubscription>, BrokerError> {
+    limits::check_count("subscriptions", subs.len(), MAX_GROUP_SUBSCRIPTIONS)?;
+    subs.into_iter()
+        .map(|s| {
+            Ok(GroupSubscription {
+                filter: filter_spec(s.filter_type, &s.filter_expression)?,
+                topic: s.topic,
+            })
+        })
+        .collect()
 }

@@ -144,7 +144,7 @@ impl MessagingService for MessagingApi {
                 consumer,
             } = self
                 .broker
-                .open_receive(&r.group, &r.topic, &r.client_id, mode, filter, r.lane)
+                .open_receive(&r.group, &r.topic, &r.client_id, mode, &filter, r.lane)
                 .map_err(to_status)?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             if let Some(m) = self.broker.metrics() {

@@ -131,6 +131,8 @@ impl Broker {
                 .map(|d| d.as_millis() as u64)
                 .collect(),
             dead_letter: true,
+            subscriptions: Vec::new(),
+            ordered: false,
         }
     }
 
@@ -141,13 +143,17 @@ impl Broker {
         self.groups.check(&group)?;
         self.topics
             .create(&group.dead_letter_topic(), 1, MessageType::Normal)?;
-        self.groups.upsert(group)
+        let before = self.groups.get(&group.name);
+        let changed = self.groups.upsert(group.clone())?;
+        self.apply_declared_subscriptions(before.as_ref(), &group);
+        Ok(changed)
     }
 
     /// Deletes a group, its live subscriptions, members and progress.
     pub fn delete_group(&self, name: &str) -> Result<()> {
         self.groups.delete(name)?;
         self.subscriptions.lock().retain(|k, _| k.group != name);
+        self.forget_claims(name);
         self.members.lock().remove(name);
         self.offsets.lock().remove_where(|k| k.group == name);
         self.persist_offsets()

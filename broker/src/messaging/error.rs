@@ -106,6 +106,15 @@ pub enum BrokerError {
         brief(.0)
     )]
     ReservedTopic(String),
+    #[error(
+        "group {} {held} on topic {}; its consumers must subscribe with that filter",
+        brief(.group), brief(.topic)
+    )]
+    SubscriptionMismatch {
+        group: String,
+        topic: String,
+        held: super::subscriptions::HeldSubscription,
+    },
     #[error(transparent)]
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
@@ -129,6 +138,7 @@ impl BrokerError {
             BrokerError::StaleGeneration { .. } => Reason::StaleGeneration,
             BrokerError::QueueNotAssigned { .. } => Reason::QueueNotAssigned,
             BrokerError::InvalidFilter(_) => Reason::InvalidFilter,
+            BrokerError::SubscriptionMismatch { .. } => Reason::SubscriptionMismatch,
             BrokerError::MessageTypeMismatch { .. } => Reason::MessageTypeMismatch,
             BrokerError::TopicMessageTooLarge { .. } => Reason::MessageTooLarge,
             BrokerError::DuplicateInFlight { .. } => Reason::DuplicateInFlight,

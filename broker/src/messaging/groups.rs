@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{BrokerError, Limit, Result};
+use super::error::{BrokerError, Limit, Result, brief};
 use super::journal::{Change, Decision, Named, Table};
 use super::limits;
+use crate::filter::FilterSpec;
 
 /// How a group shares messages among its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -35,7 +36,25 @@ pub struct GroupConfig {
     /// they are dropped (logged and counted).
     #[serde(default = "enabled")]
     pub dead_letter: bool,
+    /// The group's filter per topic, as declared (see `subscriptions.rs`);
+    /// empty: each topic's first subscriber sets it.
+    #[serde(default)]
+    pub subscriptions: Vec<GroupSubscription>,
+    /// Clustering deliveries in queue order, one message in flight per queue.
+    #[serde(default)]
+    pub ordered: bool,
 }
+
+/// A group's declared filter on one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSubscription {
+    pub topic: String,
+    pub filter: FilterSpec,
+}
+
+/// The most subscriptions a group declares (a heartbeat names at most as many
+/// topics).
+pub const MAX_GROUP_SUBSCRIPTIONS: usize = limits::MAX_HEARTBEAT_TOPICS;
 
 impl Named for GroupConfig {
     fn name(&self) -> &str {
@@ -68,7 +87,32 @@ impl GroupConfig {
                 "must be at least 1",
             ));
         }
-        limits::check_retry_backoff(&self.retry_backoff_ms)
+        limits::check_retry_backoff(&self.retry_backoff_ms)?;
+        limits::check_count(
+            "subscriptions",
+            self.subscriptions.len(),
+            MAX_GROUP_SUBSCRIPTIONS,
+        )?;
+        let mut topics = std::collections::HashSet::new();
+        for s in &self.subscriptions {
+            limits::check_topic_name(&s.topic)?;
+            if !topics.insert(s.topic.as_str()) {
+                return Err(BrokerError::invalid(
+                    "subscriptions",
+                    format!("topic {} is declared twice", brief(&s.topic)),
+                ));
+            }
+            s.filter.parse().map_err(|e| crate::filter::FilterError {
+                message: format!("{} (subscription on topic {})", e.message, brief(&s.topic)),
+                ..e
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The declared subscription on `topic`, if any.
+    pub fn declared(&self, topic: &str) -> Option<&GroupSubscription> {
+        self.subscriptions.iter().find(|s| s.topic == topic)
     }
 }
 
@@ -147,6 +191,8 @@ mod tests {
             max_delivery_attempts: 16,
             retry_backoff_ms: vec![10, 20, 30],
             dead_letter: true,
+            subscriptions: Vec::new(),
+            ordered: false,
         };
         let ms: Vec<u64> = (1..=5).map(|a| g.backoff(a).as_millis() as u64).collect();
         assert_eq!(ms, vec![10, 20, 30, 30, 30]);
@@ -163,6 +209,11 @@ mod tests {
             max_delivery_attempts: 3,
             retry_backoff_ms: vec![100],
             dead_letter: true,
+            subscriptions: vec![GroupSubscription {
+                topic: "t".into(),
+                filter: FilterSpec::tags("A"),
+            }],
+            ordered: true,
         };
         assert!(groups.upsert(g.clone()).unwrap());
         assert!(!groups.upsert(g.clone()).unwrap());

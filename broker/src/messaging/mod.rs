@@ -12,6 +12,7 @@
 //! push/          push consumption: streams, lease rounds, ack/nack/expiry, dead-letters
 //! pull.rs        pull, commit/query offset, heartbeats and membership
 //! progress.rs    saving progress, describe group, reset
+//! subscriptions.rs  a group's one filter per topic: declared or first subscriber's
 //! delivery.rs    what consumers see; lookups by id and key
 //! cluster.rs     routes, drain, gauges
 //! properties.rs  every reserved property name
@@ -38,6 +39,7 @@ pub mod receipt;
 pub mod routes;
 mod send;
 pub mod staged;
+mod subscriptions;
 pub mod timing_wheel;
 pub mod topic_settings;
 pub mod topics;
@@ -96,6 +98,8 @@ pub struct Broker {
     offsets: Mutex<OffsetTable>,
     subscriptions: Mutex<HashMap<SubKey, Arc<Subscription>>>,
     members: Mutex<HashMap<String, Membership>>,
+    /// First subscribers' filters of groups that declare none.
+    claims: Mutex<HashMap<subscriptions::GroupTopic, crate::filter::FilterSpec>>,
     next_consumer: AtomicU64,
     round_robin: AtomicU64,
     started: Instant,
@@ -197,6 +201,7 @@ impl Broker {
             offsets: Mutex::new(OffsetTable::open(meta.join("offsets.json"))?),
             subscriptions: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
             next_consumer: AtomicU64::new(1),
             round_robin: AtomicU64::new(0),
             started: Instant::now(),

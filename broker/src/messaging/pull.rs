@@ -10,7 +10,7 @@ use super::membership::{AssignedQueue, MemberKind};
 use super::offsets::{Progress, ProgressKey};
 use super::push::subscription::SubKey;
 use super::{Broker, Delivery, limits};
-use crate::filter::Filter;
+use crate::filter::FilterSpec;
 use crate::store::{StoreError, now_millis};
 
 /// Result of a pull.
@@ -34,8 +34,9 @@ pub struct PullSpec<'a> {
     pub max_bytes: usize,
     pub wait: Duration,
     /// Messages that do not pass are skipped (the returned next offset moves
-    /// past them).
-    pub filter: &'a Filter,
+    /// past them). Must be the group's subscription on the topic (see
+    /// `subscriptions.rs`).
+    pub filter: &'a FilterSpec,
 }
 
 /// What a member learns from a heartbeat.
@@ -69,6 +70,7 @@ impl Broker {
         // The group names the metrics the pull is counted in.
         limits::check_group_name("group", group)?;
         let topic_config = self.require_queue(topic, queue_id)?;
+        let filter = self.subscribe(group, topic, filter, |group_filter| group_filter)?;
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_pull_wait);
         let mut arrivals = self.store.subscribe();
         loop {
@@ -238,6 +240,12 @@ impl Broker {
         }
         if kind != MemberKind::Producer {
             self.group_for_use(group, ConsumeMode::Clustering)?;
+            for t in &topics {
+                self.check_declared_topic(group, t)?;
+            }
+        }
+        if kind == MemberKind::Pull {
+            self.free_idle_claims(group, &topics);
         }
         for t in &topics {
             self.topic_for_use(t)?;

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dduomq_broker::filter::Filter;
+use dduomq_broker::filter::FilterSpec;
 use dduomq_broker::messaging::error::BrokerError;
-use dduomq_broker::messaging::groups::{ConsumeMode, GroupConfig};
+use dduomq_broker::messaging::groups::{ConsumeMode, GroupConfig, GroupSubscription};
+use dduomq_broker::messaging::membership::MemberKind;
 use dduomq_broker::messaging::push::subscription::Subscription;
 use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
 use dduomq_broker::messaging::topic_settings::TopicSettings;
@@ -59,8 +60,36 @@ pub fn create_group(broker: &Broker, name: &str, max_attempts: u32, backoff_ms: 
             max_delivery_attempts: max_attempts,
             retry_backoff_ms: backoff_ms.to_vec(),
             dead_letter: true,
+            subscriptions: Vec::new(),
+            ordered: false,
         })
         .expect("group created");
+}
+
+/// A clustering group with default retries that declares `subscriptions`
+/// (topic, filter) and whether it is `ordered`; creates or updates it.
+pub fn declare_group(
+    broker: &Broker,
+    name: &str,
+    subscriptions: &[(&str, FilterSpec)],
+    ordered: bool,
+) -> Result<bool> {
+    broker.upsert_group(GroupConfig {
+        subscriptions: subscriptions
+            .iter()
+            .map(|(topic, filter)| GroupSubscription {
+                topic: topic.to_string(),
+                filter: filter.clone(),
+            })
+            .collect(),
+        ordered,
+        ..broker.default_group(name, ConsumeMode::Clustering)
+    })
+}
+
+/// The group's settings as the broker holds them.
+pub fn group_config(broker: &Broker, name: &str) -> Option<GroupConfig> {
+    broker.list_groups().into_iter().find(|g| g.name == name)
 }
 
 // ---- send -----------------------------------------------------------------------
@@ -117,33 +146,43 @@ pub fn subscribe_with(
     group: &str,
     topic: &str,
     client_id: &str,
-    filter: Filter,
+    filter: FilterSpec,
     lane: &str,
 ) -> Consumer {
+    try_subscribe(broker, group, topic, client_id, &filter, lane).expect("consumer stream opened")
+}
+
+/// Opens a consumer stream, or the broker's refusal.
+pub fn try_subscribe(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    client_id: &str,
+    filter: &FilterSpec,
+    lane: &str,
+) -> Result<Consumer> {
     let ReceiveStream {
         subscription: sub,
         consumer: id,
-    } = broker
-        .open_receive(
-            group,
-            topic,
-            client_id,
-            ConsumeMode::Clustering,
-            filter,
-            lane.to_string(),
-        )
-        .expect("consumer stream opened");
-    Consumer {
+    } = broker.open_receive(
+        group,
+        topic,
+        client_id,
+        ConsumeMode::Clustering,
+        filter,
+        lane.to_string(),
+    )?;
+    Ok(Consumer {
         group: group.to_string(),
         topic: topic.to_string(),
         sub,
         id,
-    }
+    })
 }
 
 /// A base-lane consumer stream taking every message.
 pub fn subscribe(broker: &Broker, group: &str, topic: &str, client_id: &str) -> Consumer {
-    subscribe_with(broker, group, topic, client_id, Filter::All, "")
+    subscribe_with(broker, group, topic, client_id, FilterSpec::all(), "")
 }
 
 /// Ends a consumer stream (its leases end now).
@@ -211,6 +250,29 @@ pub async fn lease_exactly(
     .await;
     assert_eq!(got.len(), n, "more deliveries than expected");
     got
+}
+
+/// Acks `head`, then each delivery that follows it, checking that no round
+/// leases more than one (an ordered queue); returns the bodies in delivery
+/// order, `head` first.
+pub async fn ack_one_at_a_time(
+    broker: &Broker,
+    consumer: &Consumer,
+    head: Delivery,
+) -> Vec<String> {
+    let mut order = vec![body_of(&head.record)];
+    let mut current = vec![head];
+    while let Some(d) = current.pop() {
+        ack(broker, consumer, &d).unwrap();
+        current = lease_all(broker, consumer).await;
+        assert!(
+            current.len() <= 1,
+            "more than one in flight: {:?}",
+            bodies(&current)
+        );
+        order.extend(bodies(&current));
+    }
+    order
 }
 
 pub fn ack(broker: &Broker, consumer: &Consumer, delivery: &Delivery) -> Result<()> {
@@ -297,11 +359,25 @@ pub async fn pull_filtered(
     topic: &str,
     queue_id: u32,
     offset: u64,
-    filter: &Filter,
+    filter: &FilterSpec,
 ) -> Pulled {
+    try_pull(broker, "reader", topic, queue_id, offset, filter)
+        .await
+        .expect("pull")
+}
+
+/// One pull of `group` of up to 100 messages from `offset`, or the refusal.
+pub async fn try_pull(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    filter: &FilterSpec,
+) -> Result<Pulled> {
     broker
         .pull(PullSpec {
-            group: "reader",
+            group,
             topic,
             queue_id,
             offset,
@@ -311,7 +387,18 @@ pub async fn pull_filtered(
             filter,
         })
         .await
-        .expect("pull")
+}
+
+/// A pull member's heartbeat naming `topics`.
+pub fn heartbeat(broker: &Broker, group: &str, client_id: &str, topics: &[&str]) -> Result<()> {
+    broker
+        .heartbeat(
+            group,
+            client_id,
+            MemberKind::Pull,
+            topics.iter().map(|t| t.to_string()).collect(),
+        )
+        .map(|_| ())
 }
 
 /// Every record of a queue, read with pull (which moves no group's progress).
@@ -319,7 +406,7 @@ pub async fn read_queue(broker: &Broker, topic: &str, queue_id: u32) -> Vec<Reco
     let mut records = Vec::new();
     let mut offset = 0;
     loop {
-        let pulled = pull_filtered(broker, topic, queue_id, offset, &Filter::All).await;
+        let pulled = pull_filtered(broker, topic, queue_id, offset, &FilterSpec::all()).await;
         records.extend(pulled.deliveries.into_iter().map(|d| d.record));
         if pulled.next_offset >= pulled.max_offset {
             return records;

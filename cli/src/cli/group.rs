@@ -9,6 +9,8 @@ use super::output::{Format, json_line, table};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
+    /// Create a consumer group, or update it (its subscriptions are replaced).
+    Create(CreateArgs),
     /// List consumer groups.
     List,
     /// Show a group's progress and lag per queue, and its members.
@@ -22,6 +24,87 @@ pub enum GroupCommand {
         #[arg(long, allow_hyphen_values = true)]
         to: String,
     },
+}
+
+/// `dduomq group create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    name: String,
+    /// Every member gets every message (default: each message to one member).
+    #[arg(long)]
+    broadcast: bool,
+    /// The group's subscription on a topic, with a tag expression
+    /// (`orders:TagA || TagB`; just `orders` for everything). Repeatable.
+    /// Consumers must then use exactly these filters and topics.
+    #[arg(long = "subscription", value_name = "TOPIC[:TAG-EXPR]")]
+    subscriptions: Vec<String>,
+    /// The group's subscription on a topic, with a SQL92 filter
+    /// (`orders:region = 'eu'`). Repeatable.
+    #[arg(long = "sql-subscription", value_name = "TOPIC:SQL")]
+    sql_subscriptions: Vec<String>,
+    /// Deliver in queue order, one message in flight per queue, on every topic.
+    #[arg(long)]
+    ordered: bool,
+    /// Deliveries before a message is dead-lettered (0 = the broker's default).
+    #[arg(long, default_value_t = 0)]
+    max_attempts: u32,
+}
+
+/// Parses `TOPIC[:EXPR]` of a `--subscription` (tag) or, with `sql`, a
+/// `--sql-subscription` (the expression is required). Topic names hold no `:`.
+pub fn parse_subscription(text: &str, sql: bool) -> anyhow::Result<pb::GroupSubscription> {
+    let (topic, expression) = match text.split_once(':') {
+        Some((topic, expression)) => (topic, expression),
+        None if sql => anyhow::bail!("--sql-subscription {text:?}: expected TOPIC:SQL"),
+        None => (text, ""),
+    };
+    if topic.is_empty() {
+        anyhow::bail!("subscription {text:?}: the topic is missing");
+    }
+    Ok(pb::GroupSubscription {
+        topic: topic.to_string(),
+        filter_type: if sql {
+            pb::FilterType::Sql
+        } else {
+            pb::FilterType::Tag
+        } as i32,
+        filter_expression: expression.to_string(),
+    })
+}
+
+fn filter_text(s: &pb::GroupSubscription) -> String {
+    match pb::FilterType::try_from(s.filter_type) {
+        Ok(pb::FilterType::Sql) => format!("sql: {}", s.filter_expression),
+        _ if s.filter_expression.trim().is_empty() => "tag: *".to_string(),
+        _ => format!("tag: {}", s.filter_expression),
+    }
+}
+
+fn subscriptions_json(g: &pb::Group) -> serde_json::Value {
+    json!(
+        g.subscriptions
+            .iter()
+            .map(|s| json!({
+                "topic": s.topic,
+                "filter_type": match pb::FilterType::try_from(s.filter_type) {
+                    Ok(pb::FilterType::Sql) => "sql",
+                    _ => "tag",
+                },
+                "filter_expression": s.filter_expression,
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// Prints a group's settings: mode, order and subscriptions.
+fn print_settings(g: &pb::Group) {
+    println!("ordered: {}", if g.ordered { "yes" } else { "no" });
+    if g.subscriptions.is_empty() {
+        println!("subscriptions: none declared (each topic's first subscriber sets its filter)");
+    }
+    for s in &g.subscriptions {
+        println!("subscription {} ({})", s.topic, filter_text(s));
+    }
 }
 
 fn mode_name(m: i32) -> &'static str {
@@ -80,6 +163,46 @@ const PROGRESS_HEADERS: [&str; 7] = [
 pub async fn run(server: &str, format: Format, cmd: GroupCommand) -> anyhow::Result<()> {
     let admin = Admin::connect(server)?;
     match cmd {
+        GroupCommand::Create(a) => {
+            let mut subscriptions = Vec::new();
+            for s in &a.subscriptions {
+                subscriptions.push(parse_subscription(s, false)?);
+            }
+            for s in &a.sql_subscriptions {
+                subscriptions.push(parse_subscription(s, true)?);
+            }
+            let mode = if a.broadcast {
+                pb::ConsumeMode::Broadcast
+            } else {
+                pb::ConsumeMode::Clustering
+            };
+            let r = admin
+                .create_group(pb::Group {
+                    name: a.name,
+                    mode: mode as i32,
+                    max_delivery_attempts: a.max_attempts,
+                    subscriptions,
+                    ordered: a.ordered,
+                    ..Default::default()
+                })
+                .await?;
+            let g = r.group.unwrap_or_default();
+            match format {
+                Format::Json => json_line(&json!({
+                    "name": g.name, "created": r.created, "mode": mode_name(g.mode),
+                    "ordered": g.ordered, "subscriptions": subscriptions_json(&g),
+                })),
+                Format::Table => {
+                    println!(
+                        "group {} {} ({})",
+                        g.name,
+                        if r.created { "created" } else { "unchanged" },
+                        mode_name(g.mode)
+                    );
+                    print_settings(&g);
+                }
+            }
+        }
         GroupCommand::List => {
             let groups = admin.list_groups().await?;
             match format {
@@ -103,6 +226,7 @@ pub async fn run(server: &str, format: Format, cmd: GroupCommand) -> anyhow::Res
                 Format::Json => json_line(&json!({
                     "name": g.name, "mode": mode_name(g.mode), "generation": d.generation,
                     "max_delivery_attempts": g.max_delivery_attempts, "retry_backoff_ms": g.retry_backoff_ms,
+                    "ordered": g.ordered, "subscriptions": subscriptions_json(&g),
                     "queues": d.queues.iter().map(progress_json).collect::<Vec<_>>(),
                     "members": d.members.iter().map(|m| json!({"client_id": m.client_id, "topics": m.topics})).collect::<Vec<_>>(),
                 })),
@@ -114,6 +238,7 @@ pub async fn run(server: &str, format: Format, cmd: GroupCommand) -> anyhow::Res
                         d.generation,
                         d.members.len()
                     );
+                    print_settings(&g);
                     table(&PROGRESS_HEADERS, &progress_rows(&d.queues));
                 }
             }
@@ -146,5 +271,31 @@ mod tests {
             ResetTo::Timestamp(1_795_600_800_000)
         );
         assert!(parse_reset("yesterday").is_err());
+    }
+
+    #[test]
+    fn subscriptions_parse() {
+        let tag = |topic: &str, e: &str| pb::GroupSubscription {
+            topic: topic.into(),
+            filter_type: pb::FilterType::Tag as i32,
+            filter_expression: e.into(),
+        };
+        assert_eq!(
+            parse_subscription("orders", false).unwrap(),
+            tag("orders", "")
+        );
+        assert_eq!(
+            parse_subscription("orders:A || B", false).unwrap(),
+            tag("orders", "A || B")
+        );
+        assert_eq!(
+            parse_subscription("orders:a = 'x:y'", true).unwrap(),
+            pb::GroupSubscription {
+                filter_type: pb::FilterType::Sql as i32,
+                ..tag("orders", "a = 'x:y'")
+            }
+        );
+        assert!(parse_subscription("orders", true).is_err());
+        assert!(parse_subscription(":A", false).is_err());
     }
 }

@@ -56,7 +56,51 @@ fn hosted() -> Vec<pb::Group> {
         max_delivery_attempts: 5,
         retry_backoff_ms: vec![1000, 5000],
         disable_dead_letter: true,
+        subscriptions: vec![pb::GroupSubscription {
+            topic: "orders".into(),
+            filter_type: pb::FilterType::Tag as i32,
+            filter_expression: String::new(),
+        }],
+        ordered: false,
     }]
+}
+
+#[test]
+fn subscriptions_and_ordered_reach_the_broker_group() {
+    let mut group = billing(Stage::Finalized, &[], None);
+    group.spec.ordered = true;
+    group.spec.subscriptions = vec![
+        Subscription {
+            topic: "by-tag".into(),
+            tag: Some("A || B".into()),
+            sql: None,
+        },
+        Subscription {
+            topic: "by-sql".into(),
+            tag: None,
+            sql: Some("region = 'eu'".into()),
+        },
+        Subscription {
+            topic: "all".into(),
+            tag: None,
+            sql: None,
+        },
+    ];
+    let filter = |topic: &str, t: pb::FilterType, e: &str| pb::GroupSubscription {
+        topic: topic.into(),
+        filter_type: t as i32,
+        filter_expression: e.into(),
+    };
+    let settings = crate::group::broker_group("billing", &group).unwrap();
+    assert!(settings.ordered);
+    assert_eq!(
+        settings.subscriptions,
+        [
+            filter("by-tag", pb::FilterType::Tag, "A || B"),
+            filter("by-sql", pb::FilterType::Sql, "region = 'eu'"),
+            filter("all", pb::FilterType::Tag, ""),
+        ]
+    );
 }
 
 /// Creates topic `orders` (one queue) on `broker` and sends it `count` messages.

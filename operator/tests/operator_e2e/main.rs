@@ -8,6 +8,7 @@ mod env;
 mod fields;
 mod placement;
 mod status;
+mod subscriptions;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,6 +133,7 @@ async fn operator_scenarios() {
         .collect();
     assert_eq!(got.len(), 60);
     assert_eq!(total_lag(&env, "billing").await, 0);
+    subscriptions::a_declared_tag_filter_takes_effect(&env, &client).await;
 
     step("draining a broker moves its writes away until its data is consumed");
     let drain = |args: &[&str]| {

@@ -115,8 +115,9 @@ impl SubState {
         let mut capped = false;
         // Offsets this consumer left for other lanes, per queue.
         let mut passed_by_queue: HashMap<u32, BTreeSet<u64>> = HashMap::new();
-        // FIFO topics, clustering groups: one message per queue at a time.
-        let ordered = spec.topic.message_type == MessageType::Fifo
+        // FIFO topics and ordered groups, clustering: one message per queue
+        // at a time.
+        let ordered = (spec.topic.message_type == MessageType::Fifo || spec.group.ordered)
             && spec.group.mode == ConsumeMode::Clustering;
         'queues: for i in 0..spec.topic.queues {
             let q = (start + i) % spec.topic.queues;

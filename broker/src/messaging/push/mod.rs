@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::filter::Filter;
+use crate::filter::FilterSpec;
 use crate::messaging::error::{BrokerError, Result, brief};
 use crate::messaging::groups::{ConsumeMode, GroupConfig};
 use crate::messaging::membership::MemberKind;
@@ -72,13 +72,14 @@ impl Broker {
     }
 
     /// Registers a consumer stream; returns its subscription and consumer id.
+    /// A `filter` other than the group's subscription on the topic is refused.
     pub fn open_receive(
         &self,
         group: &str,
         topic: &str,
         client_id: &str,
         mode: ConsumeMode,
-        filter: Filter,
+        filter: &FilterSpec,
         lane: String,
     ) -> Result<ReceiveStream> {
         limits::check_id("client_id", client_id, limits::MAX_CLIENT_ID_LEN, false)?;
@@ -86,12 +87,22 @@ impl Broker {
         // Both names first: a refusal must not leave an auto-created group.
         limits::check_group_name("group", group)?;
         self.check_topic_for_use(topic)?;
+        filter.parse()?;
         let group = self.group_for_use(group, mode)?;
         let topic = self.topic_for_use(topic)?;
-        let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
         let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
-        sub.state.lock().add_consumer(consumer, lane, filter);
-        self.touch_member(&group.name, client_id, MemberKind::Push, [topic.name]);
+        // A refused consumer leaves no subscription behind.
+        let sub = self.subscribe(&group.name, &topic.name, filter, |group_filter| {
+            let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
+            sub.state.lock().add_consumer(consumer, lane, group_filter);
+            self.touch_member(
+                &group.name,
+                client_id,
+                MemberKind::Push,
+                [topic.name.clone()],
+            );
+            sub
+        })?;
         Ok(ReceiveStream {
             subscription: sub,
             consumer,

@@ -54,7 +54,7 @@ pub struct SubState {
     pub(super) usage: HashMap<u64, Usage>,
     /// Queue the next lease round starts at, so queues are served in turn.
     pub(super) round_robin: u32,
-    /// The group's filter on this topic, as its consumers last subscribed.
+    /// The group's filter on this topic (see `messaging/subscriptions.rs`).
     pub(super) filter: Arc<Filter>,
     /// Gray-release lane of each consumer stream ("" = the base lane).
     /// Shared so each lease round reads it without copying.
@@ -89,11 +89,21 @@ impl SubState {
         }
     }
 
-    /// Registers a consumer stream of `lane`; `filter` becomes the group's.
-    pub fn add_consumer(&mut self, consumer: u64, lane: String, filter: Filter) {
+    /// Registers a consumer stream of `lane`; `filter` is the group's.
+    pub fn add_consumer(&mut self, consumer: u64, lane: String, filter: Arc<Filter>) {
         self.usage.insert(consumer, Usage::default());
         Arc::make_mut(&mut self.lanes).insert(consumer, lane);
-        self.filter = Arc::new(filter);
+        self.filter = filter;
+    }
+
+    /// Whether any consumer stream is open.
+    pub fn has_consumers(&self) -> bool {
+        !self.usage.is_empty()
+    }
+
+    /// Replaces the group's filter (its declaration changed).
+    pub fn set_filter(&mut self, filter: Arc<Filter>) {
+        self.filter = filter;
     }
 
     /// Unregisters a consumer stream; returns the offsets it still holds leases on.
