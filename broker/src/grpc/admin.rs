@@ -6,10 +6,17 @@ use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use super::namespace::{self, Names};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
+use crate::messaging::groups::GroupConfig;
 use crate::messaging::membership::MemberKind;
-use crate::messaging::{Broker, CreatedTopic, GroupMember, ResetTarget, TopicDescription};
+use crate::messaging::topics::TopicConfig;
+use crate::messaging::{
+    Broker, CreatedTopic, GroupMember, QueueProgress, ResetTarget, TopicDescription,
+};
+use crate::store::StoreError;
+use dduomq_proto::Namespace;
 
 /// The gRPC face of broker administration.
 #[derive(Debug, Clone)]
@@ -24,17 +31,18 @@ impl AdminService for AdminApi {
         req: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         observed(self.broker.metrics(), "CreateTopic", async move {
+            let ns = namespace::of_request(&req)?;
             let r = req.into_inner();
             let CreatedTopic { topic, created } = self
                 .broker
                 .create_topic(
-                    &r.name,
+                    &ns.topic(&r.name).map_err(to_status)?,
                     r.queues,
                     convert::message_type_from_pb(r.message_type).map_err(to_status)?,
                 )
                 .map_err(to_status)?;
             Ok(Response::new(pb::CreateTopicResponse {
-                topic: Some(convert::topic(topic)),
+                topic: Some(shown_topic(&ns, topic)),
                 created,
             }))
         })
@@ -46,9 +54,9 @@ impl AdminService for AdminApi {
         req: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         observed(self.broker.metrics(), "DeleteTopic", async move {
-            self.broker
-                .delete_topic(&req.into_inner().name)
-                .map_err(to_status)?;
+            let ns = namespace::of_request(&req)?;
+            let name = ns.topic(&req.into_inner().name).map_err(to_status)?;
+            self.broker.delete_topic(&name).map_err(to_status)?;
             Ok(Response::new(pb::DeleteTopicResponse {}))
         })
         .await
@@ -56,15 +64,17 @@ impl AdminService for AdminApi {
 
     async fn list_topics(
         &self,
-        _: Request<pb::ListTopicsRequest>,
+        req: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         observed(self.broker.metrics(), "ListTopics", async move {
+            let ns = namespace::of_request(&req)?;
             Ok(Response::new(pb::ListTopicsResponse {
                 topics: self
                     .broker
                     .list_topics()
                     .into_iter()
-                    .map(convert::topic)
+                    .filter(|t| ns.holds(&t.name))
+                    .map(|t| shown_topic(&ns, t))
                     .collect(),
             }))
         })
@@ -76,12 +86,12 @@ impl AdminService for AdminApi {
         req: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         observed(self.broker.metrics(), "DescribeTopic", async move {
-            let TopicDescription { topic, queues } = self
-                .broker
-                .describe_topic(&req.into_inner().name)
-                .map_err(to_status)?;
+            let ns = namespace::of_request(&req)?;
+            let name = ns.topic(&req.into_inner().name).map_err(to_status)?;
+            let TopicDescription { topic, queues } =
+                self.broker.describe_topic(&name).map_err(to_status)?;
             Ok(Response::new(pb::DescribeTopicResponse {
-                topic: Some(convert::topic(topic)),
+                topic: Some(shown_topic(&ns, topic)),
                 queues: queues
                     .into_iter()
                     .map(|q| pb::QueueStatus {
@@ -100,10 +110,12 @@ impl AdminService for AdminApi {
         req: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::CreateGroupResponse>, Status> {
         observed(self.broker.metrics(), "CreateGroup", async move {
-            let g = req
+            let ns = namespace::of_request(&req)?;
+            let mut g = req
                 .into_inner()
                 .group
                 .ok_or_else(|| invalid("group", "missing"))?;
+            g.name = ns.group("group name", &g.name).map_err(to_status)?;
             let mut config = self
                 .broker
                 .default_group(&g.name, convert::mode_from_pb(g.mode).map_err(to_status)?);
@@ -119,7 +131,7 @@ impl AdminService for AdminApi {
                 .upsert_group(config.clone())
                 .map_err(to_status)?;
             Ok(Response::new(pb::CreateGroupResponse {
-                group: Some(convert::group(config)),
+                group: Some(shown_group(&ns, config)),
                 created,
             }))
         })
@@ -131,9 +143,11 @@ impl AdminService for AdminApi {
         req: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         observed(self.broker.metrics(), "DeleteGroup", async move {
-            self.broker
-                .delete_group(&req.into_inner().name)
+            let ns = namespace::of_request(&req)?;
+            let name = ns
+                .group("group name", &req.into_inner().name)
                 .map_err(to_status)?;
+            self.broker.delete_group(&name).map_err(to_status)?;
             Ok(Response::new(pb::DeleteGroupResponse {}))
         })
         .await
@@ -141,15 +155,17 @@ impl AdminService for AdminApi {
 
     async fn list_groups(
         &self,
-        _: Request<pb::ListGroupsRequest>,
+        req: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         observed(self.broker.metrics(), "ListGroups", async move {
+            let ns = namespace::of_request(&req)?;
             Ok(Response::new(pb::ListGroupsResponse {
                 groups: self
                     .broker
                     .list_groups()
                     .into_iter()
-                    .map(convert::group)
+                    .filter(|g| ns.holds(&g.name))
+                    .map(|g| shown_group(&ns, g))
                     .collect(),
             }))
         })
@@ -161,13 +177,18 @@ impl AdminService for AdminApi {
         req: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         observed(self.broker.metrics(), "DescribeGroup", async move {
-            let d = self
-                .broker
-                .describe_group(&req.into_inner().name)
+            let ns = namespace::of_request(&req)?;
+            let name = ns
+                .group("group name", &req.into_inner().name)
                 .map_err(to_status)?;
+            let d = self.broker.describe_group(&name).map_err(to_status)?;
             Ok(Response::new(pb::DescribeGroupResponse {
-                group: Some(convert::group(d.config)),
-                queues: d.queues.into_iter().map(convert::progress).collect(),
+                group: Some(shown_group(&ns, d.config)),
+                queues: d
+                    .queues
+                    .into_iter()
+                    .map(|q| shown_progress(&ns, q))
+                    .collect(),
                 members: d
                     .members
                     .into_iter()
@@ -178,7 +199,7 @@ impl AdminService for AdminApi {
                             MemberKind::Pull => pb::ConsumerKind::Pull,
                             MemberKind::Producer => pb::ConsumerKind::Producer,
                         } as i32,
-                        topics: member.topics.into_iter().collect(),
+                        topics: member.topics.into_iter().map(|t| ns.shown(t)).collect(),
                         last_heartbeat_ms: member.last_seen_ms,
                     })
                     .collect(),
@@ -193,7 +214,10 @@ impl AdminService for AdminApi {
         req: Request<pb::ResetOffsetRequest>,
     ) -> Result<Response<pb::ResetOffsetResponse>, Status> {
         observed(self.broker.metrics(), "ResetOffset", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             let to = match r.to {
                 Some(pb::reset_offset_request::To::Earliest(_)) => ResetTarget::Earliest,
                 Some(pb::reset_offset_request::To::Latest(_)) => ResetTarget::Latest,
@@ -211,7 +235,7 @@ impl AdminService for AdminApi {
                 .reset_offset(&r.group, &r.topic, to)
                 .map_err(to_status)?;
             Ok(Response::new(pb::ResetOffsetResponse {
-                queues: queues.into_iter().map(convert::progress).collect(),
+                queues: queues.into_iter().map(|q| shown_progress(&ns, q)).collect(),
             }))
         })
         .await
@@ -222,10 +246,17 @@ impl AdminService for AdminApi {
         req: Request<pb::LookupMessageRequest>,
     ) -> Result<Response<pb::LookupMessageResponse>, Status> {
         observed(self.broker.metrics(), "LookupMessage", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             let found = match r.by {
                 Some(pb::lookup_message_request::By::MessageId(id)) => {
-                    vec![self.broker.lookup_by_id(&id).map_err(to_status)?]
+                    let found = self.broker.lookup_by_id(&id).map_err(to_status)?;
+                    // A message of another namespace is not found from this one.
+                    if !ns.holds(&found.record.topic) {
+                        return Err(to_status(StoreError::MessageNotFound(id).into()));
+                    }
+                    vec![found]
                 }
                 Some(pb::lookup_message_request::By::Key(key)) => {
                     if r.topic.is_empty() {
@@ -242,7 +273,10 @@ impl AdminService for AdminApi {
                 None => return Err(invalid("by", "message_id or key")),
             };
             Ok(Response::new(pb::LookupMessageResponse {
-                messages: found.into_iter().map(convert::message).collect(),
+                messages: found
+                    .into_iter()
+                    .map(|d| ns.message(convert::message(d)))
+                    .collect(),
             }))
         })
         .await
@@ -298,4 +332,22 @@ impl AdminService for AdminApi {
         })
         .await
     }
+}
+
+/// A topic as the caller's namespace names it.
+fn shown_topic(ns: &Namespace, mut topic: TopicConfig) -> pb::Topic {
+    topic.name = ns.shown(topic.name);
+    convert::topic(topic)
+}
+
+/// A group as the caller's namespace names it.
+fn shown_group(ns: &Namespace, mut group: GroupConfig) -> pb::Group {
+    group.name = ns.shown(group.name);
+    convert::group(group)
+}
+
+/// A queue's progress as the caller's namespace names its topic.
+fn shown_progress(ns: &Namespace, mut progress: QueueProgress) -> pb::GroupQueueStatus {
+    progress.topic = ns.shown(progress.topic);
+    convert::progress(progress)
 }

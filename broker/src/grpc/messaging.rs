@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::namespace::{self, Names};
 use super::receive_streams::{ReceiveStreams, StreamSlot};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
@@ -24,6 +25,7 @@ use crate::messaging::{
     RouteAnswer, Schedule, SendMessage,
 };
 use crate::store::now_millis;
+use dduomq_proto::Namespace;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
@@ -49,8 +51,10 @@ impl MessagingService for MessagingApi {
         req: Request<pb::QueryRouteRequest>,
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         observed(self.broker.metrics(), "QueryRoute", async move {
+            let ns = namespace::of_request(&req)?;
             let topic = req.into_inner().topic;
-            let RouteAnswer { route, epoch } = self.broker.route(&topic).map_err(to_status)?;
+            let stored = ns.topic(&topic).map_err(to_status)?;
+            let RouteAnswer { route, epoch } = self.broker.route(&stored).map_err(to_status)?;
             Ok(Response::new(pb::QueryRouteResponse {
                 message_type: convert::message_type_to_pb(route.message_type) as i32,
                 queues: route.queues.into_iter().map(convert::queue_route).collect(),
@@ -66,13 +70,14 @@ impl MessagingService for MessagingApi {
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         observed(self.broker.metrics(), "Send", async move {
+            let ns = namespace::of_request(&req)?;
             let messages = req
                 .into_inner()
                 .messages
                 .into_iter()
                 .map(|m| {
                     Ok(SendMessage {
-                        topic: m.topic,
+                        topic: ns.topic(&m.topic)?,
                         body: m.body,
                         tag: m.tag,
                         keys: m.keys,
@@ -86,7 +91,7 @@ impl MessagingService for MessagingApi {
                         schedule: Schedule::from_wire(m.deliver_at_ms, m.delay_ms)?,
                         transaction: convert::transaction_from_pb(
                             m.transactional,
-                            m.producer_group,
+                            ns.group("producer_group", &m.producer_group)?,
                         )?,
                         lane: m.lane,
                     })
@@ -99,7 +104,7 @@ impl MessagingService for MessagingApi {
                     .into_iter()
                     .map(|r| pb::SendReceipt {
                         message_id: r.message_id,
-                        topic: r.topic,
+                        topic: ns.shown(r.topic),
                         queue_id: r.queue_id,
                         offset: r.offset,
                         store_timestamp_ms: r.store_timestamp,
@@ -119,7 +124,10 @@ impl MessagingService for MessagingApi {
         req: Request<pb::ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveStream>, Status> {
         observed(self.broker.metrics(), "Receive", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             // Everything is checked before the stream joins its group.
             let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
             let mode = convert::mode_from_pb(r.mode).map_err(to_status)?;
@@ -157,6 +165,7 @@ impl MessagingService for MessagingApi {
                 limits,
                 tx,
                 slot,
+                ns,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
@@ -165,7 +174,10 @@ impl MessagingService for MessagingApi {
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         observed(self.broker.metrics(), "Ack", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             let results = self.broker.ack(&r.group, &r.topic, &r.receipt_handles);
             Ok(Response::new(pb::AckResponse {
                 results: r
@@ -197,7 +209,10 @@ impl MessagingService for MessagingApi {
             self.broker.metrics(),
             "ChangeInvisibleDuration",
             async move {
-                let r = req.into_inner();
+                let ns = namespace::of_request(&req)?;
+                let mut r = req.into_inner();
+                r.group = ns.group("group", &r.group).map_err(to_status)?;
+                r.topic = ns.topic(&r.topic).map_err(to_status)?;
                 let until = self
                     .broker
                     .change_invisible(
@@ -220,7 +235,10 @@ impl MessagingService for MessagingApi {
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         observed(self.broker.metrics(), "Nack", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             let outcome = self
                 .broker
                 .nack(&r.group, &r.topic, &r.receipt_handle)
@@ -245,7 +263,10 @@ impl MessagingService for MessagingApi {
         req: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
         observed(self.broker.metrics(), "Pull", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
             let pulled = self
                 .broker
@@ -271,7 +292,7 @@ impl MessagingService for MessagingApi {
                 messages: pulled
                     .deliveries
                     .into_iter()
-                    .map(convert::message)
+                    .map(|d| ns.message(convert::message(d)))
                     .collect(),
                 next_offset: pulled.next_offset,
                 min_offset: pulled.min_offset,
@@ -286,7 +307,10 @@ impl MessagingService for MessagingApi {
         req: Request<pb::CommitOffsetRequest>,
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
         observed(self.broker.metrics(), "CommitOffset", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             self.broker
                 .commit_offset(
                     &r.group,
@@ -307,7 +331,10 @@ impl MessagingService for MessagingApi {
         req: Request<pb::QueryOffsetRequest>,
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
         observed(self.broker.metrics(), "QueryOffset", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
             let offset = self
                 .broker
                 .query_offset(&r.group, &r.topic, r.queue_id)
@@ -326,7 +353,15 @@ impl MessagingService for MessagingApi {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         observed(self.broker.metrics(), "Heartbeat", async move {
+            let ns = namespace::of_request(&req)?;
             let r = req.into_inner();
+            let group = ns.group("group", &r.group).map_err(to_status)?;
+            let topics = r
+                .topics
+                .iter()
+                .map(|t| ns.topic(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
             let kind =
                 match pb::ConsumerKind::try_from(r.kind).unwrap_or(pb::ConsumerKind::Unspecified) {
                     pb::ConsumerKind::Push => MemberKind::Push,
@@ -338,7 +373,7 @@ impl MessagingService for MessagingApi {
                 };
             let a = self
                 .broker
-                .heartbeat(&r.group, &r.client_id, kind, r.topics)
+                .heartbeat(&group, &r.client_id, kind, topics)
                 .map_err(to_status)?;
             Ok(Response::new(pb::HeartbeatResponse {
                 generation: a.generation,
@@ -346,7 +381,7 @@ impl MessagingService for MessagingApi {
                     .queues
                     .into_iter()
                     .map(|AssignedQueue { topic, queue_id }| pb::QueueAssignment {
-                        topic,
+                        topic: ns.shown(topic),
                         queue_id,
                     })
                     .collect(),
@@ -361,7 +396,12 @@ impl MessagingService for MessagingApi {
         req: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
         observed(self.broker.metrics(), "EndTransaction", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.producer_group = ns
+                .group("producer_group", &r.producer_group)
+                .map_err(to_status)?;
             let resolution = match pb::TransactionResolution::try_from(r.resolution)
                 .unwrap_or(pb::TransactionResolution::Unspecified)
             {
@@ -387,7 +427,11 @@ impl MessagingService for MessagingApi {
         req: Request<pb::TransactionChecksRequest>,
     ) -> Result<Response<Self::TransactionChecksStream>, Status> {
         observed(self.broker.metrics(), "TransactionChecks", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.producer_group = ns
+                .group("producer_group", &r.producer_group)
+                .map_err(to_status)?;
             let (id, checks) = self
                 .broker
                 .add_checker(&r.producer_group, &r.client_id)
@@ -404,6 +448,7 @@ impl MessagingService for MessagingApi {
                 id,
                 checks,
                 tx,
+                ns,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
@@ -421,6 +466,7 @@ async fn push_loop(
     limits: ReceiveLimits,
     tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
     slot: StreamSlot,
+    ns: Namespace,
 ) {
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
@@ -445,7 +491,10 @@ async fn push_loop(
         if !batch.is_empty() {
             // One response per lease round: fewer frames and writes per message.
             let response = pb::ReceiveResponse {
-                messages: batch.into_iter().map(convert::message).collect(),
+                messages: batch
+                    .into_iter()
+                    .map(|d| ns.message(convert::message(d)))
+                    .collect(),
             };
             if tx.send(Ok(response)).await.is_err() {
                 break; // the client went away
@@ -479,6 +528,7 @@ async fn check_loop(
     id: u64,
     mut checks: mpsc::Receiver<TransactionCheck>,
     tx: mpsc::Sender<Result<pb::TransactionCheck, Status>>,
+    ns: Namespace,
 ) {
     let mut stop = broker.shutdown_signal();
     loop {
@@ -490,7 +540,7 @@ async fn check_loop(
         let Some(c) = check else { break };
         let msg = pb::TransactionCheck {
             transaction_id: c.transaction_id,
-            message: Some(convert::message(c.message)),
+            message: Some(ns.message(convert::message(c.message))),
             check_attempt: c.attempt,
         };
         if tx.send(Ok(msg)).await.is_err() {
