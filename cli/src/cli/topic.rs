@@ -1,11 +1,11 @@
 //! `dduomq topic …`
 
 use clap::{Subcommand, ValueEnum};
-use dduomq_client::Admin;
 use dduomq_client::proto as pb;
 use serde_json::json;
 
 use super::output::{Format, json_line, table, type_name};
+use super::target::Target;
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
@@ -48,8 +48,8 @@ fn topic_json(t: &pb::Topic) -> serde_json::Value {
     json!({"name": t.name, "queues": t.queues, "type": type_name(t.message_type)})
 }
 
-pub async fn run(server: &str, format: Format, cmd: TopicCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(server)?;
+pub async fn run(server: &Target, format: Format, cmd: TopicCommand) -> anyhow::Result<()> {
+    let admin = server.admin()?;
     match cmd {
         TopicCommand::Create {
             name,
