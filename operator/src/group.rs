@@ -14,11 +14,13 @@ use kube::{Api, ResourceExt};
 
 use crate::context::{
     Context, MANAGED, MANAGER, PAUSED, ReconcileError, annotated, readiness, ready_condition,
+    stored_name,
 };
 use crate::controller::Reconciled;
 use crate::crd::{
     AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, TopicLag,
 };
+use dduomq_proto::namespace::MAX_STORED_GROUP_LEN;
 
 impl Reconciled for ConsumerGroup {
     const KIND: &'static str = "ConsumerGroup";
@@ -90,8 +92,9 @@ async fn apply(
         return Ok(Action::requeue(ctx.resync));
     }
     let name = group.name_any();
-    let owner = ctx.name_taken_elsewhere(group).await;
-    let managed = !annotated(group, MANAGED, "false") && owner.is_none();
+    let name_problem = stored_name(group, MAX_STORED_GROUP_LEN).err();
+    let managed = !annotated(group, MANAGED, "false") && name_problem.is_none();
+    let pool = ctx.pool.for_resource(group);
     let ready = ctx.ready_brokers();
     let previous = group.status.clone().unwrap_or_default();
     let mut problems = Vec::new();
@@ -99,7 +102,7 @@ async fn apply(
     if managed && !ready.is_empty() {
         let settings = broker_group(&name, group)?;
         for b in &ready {
-            if let Err(e) = ctx.pool.create_group(&b.address, settings.clone()).await {
+            if let Err(e) = pool.create_group(&b.address, settings.clone()).await {
                 problems.push(e.to_string());
             }
         }
@@ -115,7 +118,7 @@ async fn apply(
                     continue;
                 };
                 for b in &ready {
-                    if let Err(e) = ctx.pool.reset_offset(&b.address, &name, &s.topic, to).await {
+                    if let Err(e) = pool.reset_offset(&b.address, &name, &s.topic, to).await {
                         reset_problems.push(e.to_string());
                     }
                 }
@@ -147,7 +150,7 @@ async fn apply(
     let mut members = BTreeSet::new();
     let mut lag: BTreeMap<String, u64> = topics.iter().map(|t| (t.to_string(), 0)).collect();
     for b in &ready {
-        if let Ok(d) = ctx.pool.describe_group(&b.address, &name).await {
+        if let Ok(d) = pool.describe_group(&b.address, &name).await {
             members.extend(d.members.into_iter().map(|m| m.client_id));
             for q in d
                 .queues
@@ -159,7 +162,7 @@ async fn apply(
         }
     }
     let (ok, reason, message) = readiness(
-        owner.as_deref(),
+        name_problem.as_deref(),
         managed,
         ready.is_empty(),
         &problems,
@@ -203,7 +206,8 @@ async fn apply(
 }
 
 async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, ReconcileError> {
-    if ctx.name_taken_elsewhere(group).await.is_some() || annotated(group, MANAGED, "false") {
+    // A name too long for the brokers never reached them.
+    if stored_name(group, MAX_STORED_GROUP_LEN).is_err() || annotated(group, MANAGED, "false") {
         return Ok(Action::await_change());
     }
     let ready = ctx.ready_brokers();
@@ -219,7 +223,12 @@ async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Reconci
     }
     let mut failed = Vec::new();
     for b in &ready {
-        if let Err(e) = ctx.pool.delete_group(&b.address, &group.name_any()).await {
+        if let Err(e) = ctx
+            .pool
+            .for_resource(group)
+            .delete_group(&b.address, &group.name_any())
+            .await
+        {
             failed.push(e.to_string());
         }
     }

@@ -17,6 +17,11 @@ pub const NAMESPACE_METADATA: &str = "x-dduomq-namespace";
 pub const SEPARATOR: char = '%';
 /// Longest namespace: a Kubernetes namespace (a DNS label) always fits.
 pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest stored topic name (the store's rule), namespace included.
+pub const MAX_STORED_TOPIC_LEN: usize = 127;
+/// Longest stored group name, namespace included: its dead-letter topic
+/// (`%DLQ%` first) must fit [`MAX_STORED_TOPIC_LEN`].
+pub const MAX_STORED_GROUP_LEN: usize = MAX_STORED_TOPIC_LEN - "%DLQ%".len();
 /// The spelling of the default namespace besides the empty string, so the
 /// Kubernetes namespace `default` is the broker's default namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -36,11 +36,11 @@ impl AdminService for AdminApi {
             let CreatedTopic { topic, created } = self
                 .broker
                 .create_topic(
-                    &ns.topic(&r.name).map_err(to_status)?,
+                    &ns.topic(&r.name).map_err(|e| ns.refusal(e))?,
                     r.queues,
-                    convert::message_type_from_pb(r.message_type).map_err(to_status)?,
+                    convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?,
                 )
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateTopicResponse {
                 topic: Some(shown_topic(&ns, topic)),
                 created,
@@ -55,8 +55,10 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         observed(self.broker.metrics(), "DeleteTopic", async move {
             let ns = namespace::of_request(&req)?;
-            let name = ns.topic(&req.into_inner().name).map_err(to_status)?;
-            self.broker.delete_topic(&name).map_err(to_status)?;
+            let name = ns
+                .topic(&req.into_inner().name)
+                .map_err(|e| ns.refusal(e))?;
+            self.broker.delete_topic(&name).map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteTopicResponse {}))
         })
         .await
@@ -87,9 +89,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         observed(self.broker.metrics(), "DescribeTopic", async move {
             let ns = namespace::of_request(&req)?;
-            let name = ns.topic(&req.into_inner().name).map_err(to_status)?;
-            let TopicDescription { topic, queues } =
-                self.broker.describe_topic(&name).map_err(to_status)?;
+            let name = ns
+                .topic(&req.into_inner().name)
+                .map_err(|e| ns.refusal(e))?;
+            let TopicDescription { topic, queues } = self
+                .broker
+                .describe_topic(&name)
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DescribeTopicResponse {
                 topic: Some(shown_topic(&ns, topic)),
                 queues: queues
@@ -115,10 +121,11 @@ impl AdminService for AdminApi {
                 .into_inner()
                 .group
                 .ok_or_else(|| invalid("group", "missing"))?;
-            g.name = ns.group("group name", &g.name).map_err(to_status)?;
-            let mut config = self
-                .broker
-                .default_group(&g.name, convert::mode_from_pb(g.mode).map_err(to_status)?);
+            g.name = ns.group("group name", &g.name).map_err(|e| ns.refusal(e))?;
+            let mut config = self.broker.default_group(
+                &g.name,
+                convert::mode_from_pb(g.mode).map_err(|e| ns.refusal(e))?,
+            );
             if g.max_delivery_attempts > 0 {
                 config.max_delivery_attempts = g.max_delivery_attempts;
             }
@@ -129,7 +136,7 @@ impl AdminService for AdminApi {
             let created = self
                 .broker
                 .upsert_group(config.clone())
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateGroupResponse {
                 group: Some(shown_group(&ns, config)),
                 created,
@@ -146,8 +153,8 @@ impl AdminService for AdminApi {
             let ns = namespace::of_request(&req)?;
             let name = ns
                 .group("group name", &req.into_inner().name)
-                .map_err(to_status)?;
-            self.broker.delete_group(&name).map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
+            self.broker.delete_group(&name).map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteGroupResponse {}))
         })
         .await
@@ -180,8 +187,11 @@ impl AdminService for AdminApi {
             let ns = namespace::of_request(&req)?;
             let name = ns
                 .group("group name", &req.into_inner().name)
-                .map_err(to_status)?;
-            let d = self.broker.describe_group(&name).map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
+            let d = self
+                .broker
+                .describe_group(&name)
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DescribeGroupResponse {
                 group: Some(shown_group(&ns, d.config)),
                 queues: d
@@ -216,8 +226,8 @@ impl AdminService for AdminApi {
         observed(self.broker.metrics(), "ResetOffset", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.group = ns.group("group", &r.group).map_err(to_status)?;
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let to = match r.to {
                 Some(pb::reset_offset_request::To::Earliest(_)) => ResetTarget::Earliest,
                 Some(pb::reset_offset_request::To::Latest(_)) => ResetTarget::Latest,
@@ -233,7 +243,7 @@ impl AdminService for AdminApi {
             let queues = self
                 .broker
                 .reset_offset(&r.group, &r.topic, to)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::ResetOffsetResponse {
                 queues: queues.into_iter().map(|q| shown_progress(&ns, q)).collect(),
             }))
@@ -248,13 +258,13 @@ impl AdminService for AdminApi {
         observed(self.broker.metrics(), "LookupMessage", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let found = match r.by {
                 Some(pb::lookup_message_request::By::MessageId(id)) => {
-                    let found = self.broker.lookup_by_id(&id).map_err(to_status)?;
+                    let found = self.broker.lookup_by_id(&id).map_err(|e| ns.refusal(e))?;
                     // A message of another namespace is not found from this one.
                     if !ns.holds(&found.record.topic) {
-                        return Err(to_status(StoreError::MessageNotFound(id).into()));
+                        return Err(ns.refusal(StoreError::MessageNotFound(id).into()));
                     }
                     vec![found]
                 }
@@ -268,7 +278,7 @@ impl AdminService for AdminApi {
                     };
                     self.broker
                         .lookup_by_key(&r.topic, &key, r.begin_ms, r.end_ms, max)
-                        .map_err(to_status)?
+                        .map_err(|e| ns.refusal(e))?
                 }
                 None => return Err(invalid("by", "message_id or key")),
             };

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::namespace::{self, Names};
 use super::receive_streams::{ReceiveStreams, StreamSlot};
-use super::status::{invalid, to_status};
+use super::status::invalid;
 use super::{convert, observed};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
@@ -53,8 +53,9 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "QueryRoute", async move {
             let ns = namespace::of_request(&req)?;
             let topic = req.into_inner().topic;
-            let stored = ns.topic(&topic).map_err(to_status)?;
-            let RouteAnswer { route, epoch } = self.broker.route(&stored).map_err(to_status)?;
+            let stored = ns.topic(&topic).map_err(|e| ns.refusal(e))?;
+            let RouteAnswer { route, epoch } =
+                self.broker.route(&stored).map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::QueryRouteResponse {
                 message_type: convert::message_type_to_pb(route.message_type) as i32,
                 queues: route.queues.into_iter().map(convert::queue_route).collect(),
@@ -97,8 +98,12 @@ impl MessagingService for MessagingApi {
                     })
                 })
                 .collect::<Result<_, BrokerError>>()
-                .map_err(to_status)?;
-            let receipts = self.broker.send(messages).await.map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
+            let receipts = self
+                .broker
+                .send(messages)
+                .await
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::SendResponse {
                 receipts: receipts
                     .into_iter()
@@ -126,11 +131,12 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "Receive", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.group = ns.group("group", &r.group).map_err(to_status)?;
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             // Everything is checked before the stream joins its group.
-            let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
-            let mode = convert::mode_from_pb(r.mode).map_err(to_status)?;
+            let filter =
+                convert::filter(r.filter_type, &r.filter_expression).map_err(|e| ns.refusal(e))?;
+            let mode = convert::mode_from_pb(r.mode).map_err(|e| ns.refusal(e))?;
             let limits = ReceiveLimits {
                 max_messages: match r.max_in_flight_messages {
                     0 => DEFAULT_MAX_IN_FLIGHT,
@@ -141,19 +147,19 @@ impl MessagingService for MessagingApi {
                     n => n,
                 },
                 invisible: limits::receive_invisible(r.invisible_duration_ms, self.broker.config())
-                    .map_err(to_status)?,
+                    .map_err(|e| ns.refusal(e))?,
             };
             let slot = self
                 .streams
                 .open(&r.group, &r.client_id)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let ReceiveStream {
                 subscription: sub,
                 consumer,
             } = self
                 .broker
                 .open_receive(&r.group, &r.topic, &r.client_id, mode, filter, r.lane)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             if let Some(m) = self.broker.metrics() {
                 m.grpc_streams.inc();
@@ -176,8 +182,8 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "Ack", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.group = ns.group("group", &r.group).map_err(to_status)?;
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let results = self.broker.ack(&r.group, &r.topic, &r.receipt_handles);
             Ok(Response::new(pb::AckResponse {
                 results: r
@@ -211,8 +217,8 @@ impl MessagingService for MessagingApi {
             async move {
                 let ns = namespace::of_request(&req)?;
                 let mut r = req.into_inner();
-                r.group = ns.group("group", &r.group).map_err(to_status)?;
-                r.topic = ns.topic(&r.topic).map_err(to_status)?;
+                r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+                r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
                 let until = self
                     .broker
                     .change_invisible(
@@ -221,7 +227,7 @@ impl MessagingService for MessagingApi {
                         &r.receipt_handle,
                         r.invisible_duration_ms.into(),
                     )
-                    .map_err(to_status)?;
+                    .map_err(|e| ns.refusal(e))?;
                 Ok(Response::new(pb::ChangeInvisibleDurationResponse {
                     invisible_until_ms: until,
                 }))
@@ -237,13 +243,13 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "Nack", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.group = ns.group("group", &r.group).map_err(to_status)?;
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let outcome = self
                 .broker
                 .nack(&r.group, &r.topic, &r.receipt_handle)
                 .await
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(match outcome {
                 NackOutcome::Redeliver { at } => pb::NackResponse {
                     redeliver_at_ms: at,
@@ -265,9 +271,10 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "Pull", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.group = ns.group("group", &r.group).map_err(to_status)?;
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
-            let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            let filter =
+                convert::filter(r.filter_type, &r.filter_expression).map_err(|e| ns.refusal(e))?;
             let pulled = self
                 .broker
                 .pull(PullSpec {
@@ -287,7 +294,7 @@ impl MessagingService for MessagingApi {
                     wait: Duration::from_millis(r.wait_ms as u64),
                 })
                 .await
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::PullResponse {
                 messages: pulled
                     .deliveries
@@ -309,8 +316,8 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "CommitOffset", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.group = ns.group("group", &r.group).map_err(to_status)?;
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             self.broker
                 .commit_offset(
                     &r.group,
@@ -320,7 +327,7 @@ impl MessagingService for MessagingApi {
                     &r.client_id,
                     r.generation,
                 )
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CommitOffsetResponse {}))
         })
         .await
@@ -333,12 +340,12 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "QueryOffset", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.group = ns.group("group", &r.group).map_err(to_status)?;
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let offset = self
                 .broker
                 .query_offset(&r.group, &r.topic, r.queue_id)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::QueryOffsetResponse {
                 committed_offset: offset.committed,
                 min_offset: offset.min_offset,
@@ -355,13 +362,13 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "Heartbeat", async move {
             let ns = namespace::of_request(&req)?;
             let r = req.into_inner();
-            let group = ns.group("group", &r.group).map_err(to_status)?;
+            let group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             let topics = r
                 .topics
                 .iter()
                 .map(|t| ns.topic(t))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let kind =
                 match pb::ConsumerKind::try_from(r.kind).unwrap_or(pb::ConsumerKind::Unspecified) {
                     pb::ConsumerKind::Push => MemberKind::Push,
@@ -374,7 +381,7 @@ impl MessagingService for MessagingApi {
             let a = self
                 .broker
                 .heartbeat(&group, &r.client_id, kind, topics)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::HeartbeatResponse {
                 generation: a.generation,
                 assignments: a
@@ -398,10 +405,10 @@ impl MessagingService for MessagingApi {
         observed(self.broker.metrics(), "EndTransaction", async move {
             let ns = namespace::of_request(&req)?;
             let mut r = req.into_inner();
-            r.topic = ns.topic(&r.topic).map_err(to_status)?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             r.producer_group = ns
                 .group("producer_group", &r.producer_group)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let resolution = match pb::TransactionResolution::try_from(r.resolution)
                 .unwrap_or(pb::TransactionResolution::Unspecified)
             {
@@ -414,7 +421,7 @@ impl MessagingService for MessagingApi {
             self.broker
                 .end_transaction(&r.topic, &r.transaction_id, &r.producer_group, resolution)
                 .await
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::EndTransactionResponse {}))
         })
         .await
@@ -431,11 +438,11 @@ impl MessagingService for MessagingApi {
             let mut r = req.into_inner();
             r.producer_group = ns
                 .group("producer_group", &r.producer_group)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let (id, checks) = self
                 .broker
                 .add_checker(&r.producer_group, &r.client_id)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             tracing::info!(
                 group = r.producer_group,
@@ -484,7 +491,7 @@ async fn push_loop(
         } = match broker.lease(&sub, consumer, limits, LEASE_BATCH).await {
             Ok(round) => round,
             Err(e) => {
-                let _ = tx.send(Err(to_status(e))).await;
+                let _ = tx.send(Err(ns.refusal(e))).await;
                 break;
             }
         };

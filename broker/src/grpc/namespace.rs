@@ -8,7 +8,7 @@ use dduomq_proto::namespace::{NAMESPACE_METADATA, Namespace, NamespaceError};
 use dduomq_proto::v1 as pb;
 use tonic::{Request, Status};
 
-use super::status::to_status;
+use super::status::{to_status, to_status_shown};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits::{MAX_GROUP_NAME_LEN, MAX_TOPIC_LEN};
 use crate::messaging::properties::DLQ_ORIGIN_TOPIC;
@@ -46,6 +46,10 @@ pub trait Names {
     fn shown(&self, stored: String) -> String;
     /// Whether a stored name is in this namespace (for lists).
     fn holds(&self, stored: &str) -> bool;
+    /// The refusal of `e`, with stored names in its message spelt as this
+    /// namespace's clients spell them (`%` is in no name a client sends, so
+    /// `"shop%` and `%shop%` only ever start a qualified name).
+    fn refusal(&self, e: BrokerError) -> Status;
     /// A message as this namespace's clients see it: its topic and, for a
     /// dead-lettered copy, its origin topic.
     fn message(&self, m: pb::Message) -> pb::Message;
@@ -71,6 +75,17 @@ impl Names for Namespace {
 
     fn holds(&self, stored: &str) -> bool {
         self.strip(stored).is_some()
+    }
+
+    fn refusal(&self, e: BrokerError) -> Status {
+        let Some(ns) = self.metadata_value() else {
+            return to_status(e);
+        };
+        to_status_shown(e, |message| {
+            message
+                .replace(&format!("\"{ns}%"), "\"")
+                .replace(&format!("%{ns}%"), "%")
+        })
     }
 
     fn message(&self, mut m: pb::Message) -> pb::Message {

@@ -12,6 +12,7 @@ use crate::context::ReconcileError;
 use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec};
 use crate::test_support::{
     NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
+    tenant_admin,
 };
 use dduomq_testkit::{Broker, free_port};
 
@@ -59,7 +60,7 @@ async fn a_new_topic_first_gets_the_finalizer_and_no_broker_is_touched() {
             {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
         ])
     );
-    assert_eq!(broker.admin().list_topics().await.expect("list"), []);
+    assert_eq!(tenant_admin(&broker).list_topics().await.expect("list"), []);
 }
 
 #[tokio::test]
@@ -73,21 +74,21 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement
     assert_eq!(out.action(), &Action::requeue(RESYNC));
     for broker in [&a, &b] {
         assert_eq!(
-            broker.admin().list_topics().await.expect("list"),
+            tenant_admin(&broker).list_topics().await.expect("list"),
             hosted(4, pb::MessageType::Fifo)
         );
     }
-    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
     assert_eq!(
-        out.event(1),
+        out.event(0),
         Published::normal("Reconciled", "4 queues on 2 brokers")
     );
     assert_eq!(
-        out.sent[2].content_type.as_deref(),
+        out.sent[1].content_type.as_deref(),
         Some("application/apply-patch+yaml")
     );
     assert_eq!(
-        out.status_patch(2),
+        out.status_patch(1),
         json!({
             "apiVersion": "dduomq.io/v1alpha1",
             "kind": "Topic",
@@ -114,7 +115,7 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement
 async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
     let r = Requests::new("topics", "orders");
     let (a, b) = (Broker::start(), Broker::start());
-    b.admin()
+    tenant_admin(&b)
         .create_topic("orders", 4, pb::MessageType::Normal)
         .await
         .expect("a NORMAL topic of the same name on b");
@@ -129,17 +130,17 @@ async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
         b.grpc
     );
     assert_eq!(
-        a.admin().list_topics().await.expect("list a"),
+        tenant_admin(&a).list_topics().await.expect("list a"),
         hosted(4, pb::MessageType::Fifo)
     );
     assert_eq!(
-        b.admin().list_topics().await.expect("list b"),
+        tenant_admin(&b).list_topics().await.expect("list b"),
         hosted(4, pb::MessageType::Normal),
         "the refusing broker keeps its topic"
     );
-    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
-    assert_eq!(out.event(1), Published::warning("BrokerError", &refusal));
-    let status = &out.status_patch(2)["status"];
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
+    assert_eq!(out.event(0), Published::warning("BrokerError", &refusal));
+    let status = &out.status_patch(1)["status"];
     assert_eq!(
         status["conditions"],
         json!([{
@@ -154,7 +155,7 @@ async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
 async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer() {
     let r = Requests::new("topics", "orders");
     let (a, b) = (Broker::start(), Broker::start());
-    a.admin()
+    tenant_admin(&a)
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create on a");
@@ -165,10 +166,10 @@ async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer(
 
     assert_eq!(out.action(), &Action::await_change());
     for broker in [&a, &b] {
-        assert_eq!(broker.admin().list_topics().await.expect("list"), []);
+        assert_eq!(tenant_admin(&broker).list_topics().await.expect("list"), []);
     }
-    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
-    assert_eq!(out.sent[1].body, release(FINALIZER));
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(out.sent[0].body, release(FINALIZER));
     assert!(out.woke_routes());
 }
 
@@ -176,8 +177,7 @@ async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer(
 async fn cleanup_with_the_retain_policy_keeps_the_topic_and_releases_the_finalizer() {
     let r = Requests::new("topics", "orders");
     let broker = Broker::start();
-    broker
-        .admin()
+    tenant_admin(&broker)
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create");
@@ -186,18 +186,18 @@ async fn cleanup_with_the_retain_policy_keeps_the_topic_and_releases_the_finaliz
 
     assert_eq!(out.action(), &Action::await_change());
     assert_eq!(
-        broker.admin().list_topics().await.expect("list"),
+        tenant_admin(&broker).list_topics().await.expect("list"),
         hosted(4, pb::MessageType::Fifo)
     );
-    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
-    assert_eq!(out.sent[1].body, release(FINALIZER));
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(out.sent[0].body, release(FINALIZER));
 }
 
 #[tokio::test]
 async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
     let r = Requests::new("topics", "orders");
     let live = Broker::start();
-    live.admin()
+    tenant_admin(&live)
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create");
@@ -215,10 +215,10 @@ async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
         ),
         other => panic!("expected a failed cleanup, got {other:?}"),
     }
-    assert_eq!(live.admin().list_topics().await.expect("list"), []);
+    assert_eq!(tenant_admin(&live).list_topics().await.expect("list"), []);
     assert_eq!(
         out.request_lines(),
-        [r.same_name(), r.namespace()],
+        [r.namespace()],
         "the namespace is not terminating: no finalizer patch"
     );
 }
