@@ -60,7 +60,7 @@ fn hosted() -> Vec<pb::Group> {
 
 /// Creates topic `orders` (one queue) on `broker` and sends it `count` messages.
 async fn orders_with_messages(broker: &Broker, count: usize) {
-    tenant_admin(&broker)
+    tenant_admin(broker)
         .create_topic("orders", 1, pb::MessageType::Normal)
         .await
         .expect("create orders");
@@ -103,7 +103,7 @@ async fn apply_creates_the_group_on_every_ready_broker_and_reports_members_and_l
     assert_eq!(out.action(), &Action::requeue(RESYNC));
     for broker in [&a, &b] {
         assert_eq!(
-            tenant_admin(&broker).list_groups().await.expect("list"),
+            tenant_admin(broker).list_groups().await.expect("list"),
             hosted()
         );
     }
@@ -244,7 +244,7 @@ async fn cleanup_deletes_the_group_from_every_broker_and_releases_the_finalizer(
 
     assert_eq!(out.action(), &Action::await_change());
     for broker in [&a, &b] {
-        assert_eq!(tenant_admin(&broker).list_groups().await.expect("list"), []);
+        assert_eq!(tenant_admin(broker).list_groups().await.expect("list"), []);
     }
     assert_eq!(out.request_lines(), [r.finalizers()]);
     assert_eq!(out.sent[0].body, release(FINALIZER));

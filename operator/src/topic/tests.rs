@@ -74,7 +74,7 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement
     assert_eq!(out.action(), &Action::requeue(RESYNC));
     for broker in [&a, &b] {
         assert_eq!(
-            tenant_admin(&broker).list_topics().await.expect("list"),
+            tenant_admin(broker).list_topics().await.expect("list"),
             hosted(4, pb::MessageType::Fifo)
         );
     }
@@ -166,7 +166,7 @@ async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer(
 
     assert_eq!(out.action(), &Action::await_change());
     for broker in [&a, &b] {
-        assert_eq!(tenant_admin(&broker).list_topics().await.expect("list"), []);
+        assert_eq!(tenant_admin(broker).list_topics().await.expect("list"), []);
     }
     assert_eq!(out.request_lines(), [r.finalizers()]);
     assert_eq!(out.sent[0].body, release(FINALIZER));
