@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_client::{
-    Admin, ClientError, Message, ProducerBuilder, PushConsumerBuilder, ReceivedMessage, Reason,
+    Admin, ClientError, Message, ProducerBuilder, PushConsumerBuilder, Reason, ReceivedMessage,
 };
 use dduomq_testkit::{Broker, eventually};
 use parking_lot::Mutex;
@@ -30,7 +30,10 @@ async fn send(b: &Broker, namespace: &str, topic: &str, bodies: &[&str]) {
         .build()
         .unwrap();
     for body in bodies {
-        let receipt = producer.send(Message::new(topic, *body)).await.unwrap();
+        let receipt = producer
+            .send(Message::new(topic, body.to_string()))
+            .await
+            .unwrap();
         assert_eq!(receipt.topic, topic, "receipts name the topic as sent");
     }
 }
@@ -64,8 +67,7 @@ async fn consume(
     })
     .await;
     consumer.shutdown().await;
-    let seen = seen.lock().clone();
-    seen
+    seen.lock().clone()
 }
 
 fn bodies(messages: &[ReceivedMessage]) -> Vec<String> {
@@ -123,7 +125,10 @@ async fn the_same_names_in_two_namespaces_are_separate() {
         let described = a.describe_group("readers").await.unwrap();
         assert_eq!(described.group.unwrap().name, "readers");
         assert!(described.queues.iter().all(|q| q.topic == "orders"));
-        assert_eq!(names_of_groups(&a.list_groups().await.unwrap()), ["readers"]);
+        assert_eq!(
+            names_of_groups(&a.list_groups().await.unwrap()),
+            ["readers"]
+        );
         let found = a.lookup_by_id(&shop[0].message_id).await;
         if ns == "shop" {
             assert_eq!(bodies(&[found.unwrap()[0].clone().into()]), ["shop-0"]);
@@ -250,7 +255,11 @@ async fn no_namespace_is_the_namespace_default() {
         .unwrap();
     assert_eq!(
         admin(&b, "default").list_topics().await.unwrap(),
-        Admin::connect(&b.grpc).unwrap().list_topics().await.unwrap()
+        Admin::connect(&b.grpc)
+            .unwrap()
+            .list_topics()
+            .await
+            .unwrap()
     );
     send(&b, "default", "plain", &["one"]).await;
     send(&b, "", "plain", &["two"]).await;
