@@ -352,6 +352,7 @@ async fn operator_scenarios() {
     .await;
 
     tenants::same_name_in_two_namespaces(&env, &client).await;
+    tenants::too_long_with_the_namespace(&env, &client).await;
 
     step("a ConsumerGroup offsetReset is applied exactly once per requestId");
     let reset = |id: &str| json!({"spec": {"offsetReset": {"requestId": id, "to": "Earliest"}}});

@@ -12,6 +12,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use parking_lot::Mutex;
 use serde_json::json;
+use std::process::Command;
 use std::sync::Arc;
 
 use crate::env::*;
@@ -174,4 +175,126 @@ pub(crate) async fn same_name_in_two_namespaces(env: &Env, client: &Client) {
             "broker {i}: namespace apps' orders is untouched"
         );
     }
+}
+
+/// A Topic whose namespace and name together are longer than the brokers store
+/// (here `other%` + 122 characters = 128 > 127): without the chart's admission
+/// policy the operator reports it Ready=False, reason NameTooLong, and leaves
+/// the brokers alone; with the policy (rendered from the chart) the API server
+/// refuses it at `kubectl apply` with the numbers.
+pub(crate) async fn too_long_with_the_namespace(env: &Env, client: &Client) {
+    step(
+        "a namespace + name too long for the brokers: NameTooLong, then refused by the chart's policy",
+    );
+    let long = "t".repeat(122);
+    let yaml =
+        topic_yaml(&long, 1, "").replace(&format!("namespace: {APP_NS}"), "namespace: other");
+    let out = env.kubectl(&["apply", "-f", "-"], Some(&yaml));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let others: Api<Topic> = Api::namespaced(client.clone(), OTHER_NS);
+    let message = eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "a NameTooLong condition",
+        async || {
+            let t = others.get(&long).await.ok()?;
+            t.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.reason == "NameTooLong" && c.status == "False")
+                .map(|c| c.message)
+        },
+    )
+    .await;
+    assert!(
+        message.contains("128 characters") && message.contains("at most 127"),
+        "{message}"
+    );
+    for i in 0..3 {
+        assert!(
+            env.admin_in(i, OTHER_NS)
+                .list_topics()
+                .await
+                .unwrap()
+                .is_empty(),
+            "broker {i}: nothing created"
+        );
+    }
+    others
+        .delete(&long, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "the too-long Topic deleted",
+        async || others.get_opt(&long).await.ok()?.is_none().then_some(()),
+    )
+    .await;
+
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../helm/dduomq");
+    let rendered = Command::new(env.kubectl.with_file_name("helm"))
+        .args([
+            "template",
+            "policy",
+            chart,
+            "-s",
+            "templates/name-length-policy.yaml",
+        ])
+        .args([
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let policy = String::from_utf8(rendered.stdout).unwrap();
+    let out = env.kubectl(&["apply", "-f", "-"], Some(&policy));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The API server takes the new policy into effect shortly after.
+    let refusal = eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "the policy refuses the too-long Topic",
+        async || {
+            let out = env.kubectl(&["apply", "-f", "-"], Some(&yaml));
+            if out.status.success() {
+                // Applied before the policy took effect: remove it, try again.
+                env.kubectl(&["delete", "-f", "-", "--wait=true"], Some(&yaml));
+                return None;
+            }
+            Some(String::from_utf8_lossy(&out.stderr).into_owned())
+        },
+    )
+    .await;
+    assert!(
+        refusal.contains("128 characters") && refusal.contains("at most 127"),
+        "{refusal}"
+    );
+    let fits = topic_yaml(&"t".repeat(121), 1, "")
+        .replace(&format!("namespace: {APP_NS}"), "namespace: other");
+    let out = env.kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&fits));
+    assert!(
+        out.status.success(),
+        "127 characters fit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.kubectl(&["delete", "-f", "-"], Some(&policy));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
