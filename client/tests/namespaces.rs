@@ -3,16 +3,19 @@
 //! each side), lists and lookups see only the caller's namespace, a namespaced
 //! group's dead letters stay in its namespace, and names too long with their
 //! namespace, names with `%` and bad namespaces are refused. No namespace is
-//! the namespace `default`.
+//! the namespace `default`. Transactions and their checks stay in their
+//! namespace.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, ClientError, Message, ProducerBuilder, PushConsumerBuilder, Reason, ReceivedMessage,
+    TransactionProducer, TransactionResolution,
 };
-use dduomq_testkit::{Broker, eventually};
+use dduomq_testkit::{Broker, Options, eventually};
 use parking_lot::Mutex;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -270,4 +273,74 @@ async fn no_namespace_is_the_namespace_default() {
         ["readers"]
     );
     assert_eq!(admin(&b, "shop").list_topics().await.unwrap(), []);
+}
+
+/// Transactions in a namespace: a commit and a check-back commit are
+/// consumed there, the checker sees the topic as the namespace names it, and
+/// the same producer group in another namespace is never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_and_their_checks_stay_in_their_namespace() {
+    let b = Broker::start_with(Options {
+        config: Some(
+            "[broker]\ntransaction_check_after = \"500ms\"\ntransaction_check_interval = \"250ms\"\n"
+                .into(),
+        ),
+        ..Default::default()
+    });
+    for ns in ["shop", ""] {
+        admin(&b, ns)
+            .create_topic("payments", 1, pb::MessageType::Transaction)
+            .await
+            .unwrap();
+    }
+    let asked_elsewhere = Arc::new(AtomicU32::new(0));
+    let counter = asked_elsewhere.clone();
+    let _bystander = TransactionProducer::new(
+        ProducerBuilder::new(&b.grpc),
+        "tx",
+        move |_: &ReceivedMessage| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            TransactionResolution::Unknown
+        },
+    )
+    .unwrap();
+    let checked_topics: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = checked_topics.clone();
+    let producer = TransactionProducer::new(
+        ProducerBuilder::new(&b.grpc).namespace("shop"),
+        "tx",
+        move |m: &ReceivedMessage| {
+            log.lock().push(m.topic.clone());
+            TransactionResolution::Commit
+        },
+    )
+    .unwrap();
+    producer
+        .begin(Message::new("payments", "committed"))
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    let unresolved = producer
+        .begin(Message::new("payments", "checked"))
+        .await
+        .unwrap();
+    assert_eq!(unresolved.receipt.topic, "payments");
+    drop(unresolved);
+
+    let got = consume(&b, "shop", "ledger", "payments", 2, false).await;
+    assert_eq!(bodies(&got), ["committed", "checked"]);
+    assert_eq!(checked_topics.lock().clone(), ["payments"]);
+    assert_eq!(asked_elsewhere.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        admin(&b, "")
+            .describe_topic("payments")
+            .await
+            .unwrap()
+            .queues[0]
+            .max_offset,
+        0,
+        "nothing reached the default namespace's payments"
+    );
 }
