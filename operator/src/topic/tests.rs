@@ -111,6 +111,38 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_the_placement
     assert!(out.woke_routes());
 }
 
+/// `shop%` and 123 characters are 128, one more than the brokers store.
+#[tokio::test]
+async fn a_name_too_long_with_its_namespace_is_not_ready_and_touches_no_broker() {
+    let long = "t".repeat(123);
+    let r = Requests::new("topics", &long);
+    let broker = Broker::start();
+    let mut topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    topic.metadata = metadata(&long, FINALIZER, Stage::Finalized);
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    assert_eq!(out.action(), &Action::requeue(Duration::from_secs(5)));
+    assert_eq!(tenant_admin(&broker).list_topics().await.expect("list"), []);
+    let problem = format!(
+        "\"{long}\" in namespace \"shop\" is stored as 128 characters (shop%{long}); \
+         at most 127 are allowed"
+    );
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
+    assert_eq!(out.event(0), Published::warning("NameTooLong", &problem));
+    assert_eq!(
+        out.status_patch(1)["status"]["conditions"],
+        json!([{
+            "type": "Ready", "status": "False", "reason": "NameTooLong",
+            "message": problem, "observedGeneration": 1,
+        }])
+    );
+
+    // Deleting it releases the finalizer without a broker call.
+    topic.metadata = metadata(&long, FINALIZER, Stage::Deleting);
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+}
+
 #[tokio::test]
 async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
     let r = Requests::new("topics", "orders");
