@@ -526,3 +526,99 @@ fn group_create_declares_subscriptions_that_consumers_must_match() {
         "{stderr}"
     );
 }
+
+/// The namespace comes from `--namespace`/`-n` or `DDUOMQ_NAMESPACE`; each
+/// namespace sees only its own topics and messages.
+#[test]
+fn namespaces_by_flag_and_environment() {
+    let b = Broker::start();
+    let in_env = |namespace: &str, args: &[&str]| -> Vec<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_dduomq"))
+            .env("DDUOMQ_NAMESPACE", namespace)
+            .args(["--server", &b.grpc, "-o", "json"])
+            .args(args)
+            .output()
+            .expect("run dduomq");
+        assert!(
+            out.status.success(),
+            "dduomq {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&String::from_utf8(out.stdout).unwrap())
+    };
+    let names = |listed: &[Value]| -> Vec<String> {
+        listed[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    ok(
+        &b,
+        &["-n", "shop", "topic", "create", "orders", "--queues", "1"],
+    );
+    ok(
+        &b,
+        &[
+            "--namespace",
+            "billing",
+            "topic",
+            "create",
+            "orders",
+            "--queues",
+            "1",
+        ],
+    );
+    assert_eq!(names(&in_env("shop", &["topic", "list"])), ["orders"]);
+    assert_eq!(
+        names(&ok_json(&b, &["topic", "list", "-o", "json"])),
+        Vec::<String>::new()
+    );
+
+    ok(
+        &b,
+        &[
+            "-n", "shop", "produce", "--topic", "orders", "--count", "2", "--size", "8",
+        ],
+    );
+    let got = in_env(
+        "billing",
+        &[
+            "consume",
+            "--topic",
+            "orders",
+            "--group",
+            "g",
+            "--count",
+            "1",
+            "--timeout",
+            "2s",
+        ],
+    );
+    assert_eq!(got, Vec::<Value>::new(), "billing's orders is empty");
+    let got = in_env(
+        "shop",
+        &[
+            "consume",
+            "--topic",
+            "orders",
+            "--group",
+            "g",
+            "--count",
+            "2",
+            "--timeout",
+            "10s",
+        ],
+    );
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m["topic"] == "orders"), "{got:?}");
+
+    let out = dduomq(&b, &["-n", "not valid", "topic", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("namespace \"not valid\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -8,7 +8,8 @@ use dduomq_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
 use crate::connection::{
-    CONNECT_TIMEOUT, MAX_GRPC_MESSAGE, channel_with_connect_timeout, with_deadline,
+    CONNECT_TIMEOUT, MAX_GRPC_MESSAGE, NamespaceHeader, Transport, channel_with_connect_timeout,
+    with_deadline,
 };
 use crate::error::Result;
 
@@ -83,8 +84,17 @@ impl Default for AdminTimeouts {
 /// The administration client.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    client: AdminServiceClient<Channel>,
+    /// The connection, shared by the clients of every namespace.
+    channel: Channel,
+    client: AdminServiceClient<Transport>,
     timeout: Duration,
+}
+
+/// An administration client on `channel` whose requests carry `namespace`.
+fn admin_client(channel: Channel, namespace: NamespaceHeader) -> AdminServiceClient<Transport> {
+    AdminServiceClient::with_interceptor(channel, namespace)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE)
 }
 
 impl Admin {
@@ -97,14 +107,22 @@ impl Admin {
     /// [`Admin::connect`] with other deadlines: a controller that walks many
     /// brokers in turn wants a dead one to cost it little.
     pub fn connect_with(endpoint: &str, timeouts: AdminTimeouts) -> Result<Admin> {
+        let channel = channel_with_connect_timeout(endpoint, timeouts.connect)?;
         Ok(Admin {
-            client: AdminServiceClient::new(channel_with_connect_timeout(
-                endpoint,
-                timeouts.connect,
-            )?)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE),
+            client: admin_client(channel.clone(), NamespaceHeader::default()),
+            channel,
             timeout: timeouts.call,
+        })
+    }
+
+    /// This client in `namespace` (`""` or `"default"`: the default one), on
+    /// the same connection: cheap, so a caller serving many namespaces makes
+    /// one per call.
+    pub fn in_namespace(&self, namespace: &str) -> Result<Admin> {
+        Ok(Admin {
+            client: admin_client(self.channel.clone(), NamespaceHeader::new(namespace)?),
+            channel: self.channel.clone(),
+            timeout: self.timeout,
         })
     }
 

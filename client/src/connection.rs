@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
+use dduomq_proto::namespace::{NAMESPACE_METADATA, Namespace};
 use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, Result};
@@ -49,11 +53,54 @@ pub fn channel_with_connect_timeout(address: &str, connect_timeout: Duration) ->
     Ok(endpoint.connect_lazy())
 }
 
-/// A messaging client for `address` (lazily connected).
-pub fn client(address: &str) -> Result<MessagingServiceClient<Channel>> {
-    Ok(MessagingServiceClient::new(channel(address)?)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE))
+/// Puts the client's namespace on every request (nothing for the default
+/// namespace, which is what a request without it means).
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceHeader {
+    value: Option<MetadataValue<Ascii>>,
+}
+
+impl NamespaceHeader {
+    /// The header of `namespace` (`""` or `"default"`: the default namespace).
+    pub fn new(namespace: &str) -> Result<NamespaceHeader> {
+        let parsed =
+            Namespace::parse(namespace).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        Ok(NamespaceHeader {
+            // A valid namespace is ASCII letters, digits, '_' and '-'.
+            value: parsed
+                .metadata_value()
+                .map(|v| v.parse().expect("a namespace is a valid header value")),
+        })
+    }
+}
+
+impl Interceptor for NamespaceHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.value {
+            request
+                .metadata_mut()
+                .insert(NAMESPACE_METADATA, value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry the client's namespace.
+pub type Transport = InterceptedService<Channel, NamespaceHeader>;
+/// A messaging client in one namespace.
+pub type MessagingClient = MessagingServiceClient<Transport>;
+
+/// A messaging client for `address` (lazily connected) in `namespace`.
+pub fn client(address: &str, namespace: &str) -> Result<MessagingClient> {
+    Ok(MessagingServiceClient::with_interceptor(
+        channel(address)?,
+        NamespaceHeader::new(namespace)?,
+    )
+    .max_decoding_message_size(MAX_GRPC_MESSAGE)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE))
 }
 
 /// Runs a unary call with a deadline.

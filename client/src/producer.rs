@@ -24,14 +24,12 @@ use std::time::{Duration, Instant};
 
 use dduomq_proto::Reason;
 use dduomq_proto::v1 as pb;
-use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tonic::transport::Channel;
 
 use crate::route::Route;
 
-use crate::connection::{client, with_deadline};
+use crate::connection::{MessagingClient, client, with_deadline};
 use crate::error::{ClientError, Result};
 use crate::message::{Message, SendReceipt};
 
@@ -47,6 +45,7 @@ pub struct ProducerBuilder {
     route_ttl: Duration,
     compress_from: usize,
     idempotent: bool,
+    namespace: String,
 }
 
 impl ProducerBuilder {
@@ -62,7 +61,15 @@ impl ProducerBuilder {
             route_ttl: Duration::from_secs(30),
             compress_from: 4096,
             idempotent: true,
+            namespace: String::new(),
         }
+    }
+    /// The namespace (tenant) of every name this client uses; `""` or
+    /// `"default"` (the default) is the namespace of names made before
+    /// namespaces existed. Checked when the client is built.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
     }
     /// Give every message a producer id and sequence number, so that a retried
     /// send is stored once (default on).
@@ -113,7 +120,7 @@ impl ProducerBuilder {
 
     /// Creates the producer (connections are made lazily).
     pub fn build(self) -> Result<Producer> {
-        let bootstrap = client(&self.endpoint)?;
+        let bootstrap = client(&self.endpoint, &self.namespace)?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 bootstrap,
@@ -153,7 +160,7 @@ struct Pending {
 #[derive(Debug)]
 struct Inner {
     config: ProducerBuilder,
-    bootstrap: MessagingServiceClient<Channel>,
+    bootstrap: MessagingClient,
     /// Batcher queue per broker address.
     links: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     routes: Mutex<HashMap<String, Route>>,
@@ -253,7 +260,14 @@ impl Producer {
                 .min(config.per_broker());
             let address = queue.broker_address;
             let fail_fast = sharding_key.is_empty() && self.inner.has_alternative(topic, &address);
-            match send_with_retry(client(&address)?, messages.clone(), budget, fail_fast).await {
+            match send_with_retry(
+                client(&address, &config.namespace)?,
+                messages.clone(),
+                budget,
+                fail_fast,
+            )
+            .await
+            {
                 Ok(receipts) => return Ok((receipts, address)),
                 Err(e) if e.is_retryable() && Instant::now() + RETRY_PAUSE < deadline => {
                     tracing::debug!(broker = %address, error = %e, "send failed; failing over");
@@ -291,6 +305,10 @@ impl Producer {
 
     pub(crate) fn endpoint(&self) -> &str {
         &self.inner.config.endpoint
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.inner.config.namespace
     }
 
     pub(crate) fn send_timeout(&self) -> Duration {
@@ -414,7 +432,7 @@ impl Inner {
             Some(_) => self.config.send_timeout.min(Duration::from_secs(1)),
             None => self.config.send_timeout,
         };
-        let query = |client: MessagingServiceClient<Channel>| {
+        let query = |client: MessagingClient| {
             retry(timeout, move || {
                 let mut client = client.clone();
                 let request = pb::QueryRouteRequest {
@@ -457,7 +475,7 @@ impl Inner {
             others.sort_unstable();
             others.dedup();
             for address in others {
-                if let Ok(c) = client(address)
+                if let Ok(c) = client(address, &self.config.namespace)
                     && let Ok(r) = query(c).await
                     && current(&r)
                 {
@@ -520,7 +538,7 @@ impl Inner {
         }
         let (tx, rx) = mpsc::channel(4 * inner.config.max_batch_messages);
         tokio::spawn(run_batcher(
-            client(address)?,
+            client(address, &inner.config.namespace)?,
             address.to_string(),
             Arc::downgrade(inner),
             inner.config.clone(),
@@ -584,7 +602,7 @@ impl Inner {
             return;
         }
         tokio::time::sleep(RETRY_PAUSE).await;
-        match client(address) {
+        match client(address, &inner.config.namespace) {
             Ok(c) => {
                 let (weak, per_broker) = (Arc::downgrade(inner), inner.config.per_broker());
                 Box::pin(deliver(
@@ -622,7 +640,7 @@ fn answer(p: Pending, result: Result<SendReceipt>) {
 
 /// Collects queued messages into batches and sends them, several at a time.
 async fn run_batcher(
-    client: MessagingServiceClient<Channel>,
+    client: MessagingClient,
     address: String,
     producer: Weak<Inner>,
     config: ProducerBuilder,
@@ -695,7 +713,7 @@ async fn run_batcher(
 /// unreachable for `per_broker`, the batch fails over (while its deadline
 /// allows).
 async fn deliver(
-    client: MessagingServiceClient<Channel>,
+    client: MessagingClient,
     address: String,
     producer: Weak<Inner>,
     batch: Vec<Pending>,
@@ -749,7 +767,7 @@ async fn deliver(
 /// with `fail_fast`, an unreachable broker is given up at once (the caller
 /// fails over).
 async fn send_with_retry(
-    client: MessagingServiceClient<Channel>,
+    client: MessagingClient,
     messages: Vec<pb::OutgoingMessage>,
     timeout: Duration,
     fail_fast: bool,

@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_proto::v1 as pb;
-use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-use crate::connection::{MAX_GRPC_MESSAGE, channel, with_deadline};
+use crate::connection::{MessagingClient, client, with_deadline};
 use crate::error::Result;
 use crate::message::ReceivedMessage;
 use crate::push_consumer::{Filter, default_client_id};
@@ -30,6 +28,7 @@ pub struct PullConsumerBuilder {
     client_id: String,
     request_timeout: Duration,
     filter: Filter,
+    namespace: String,
 }
 
 impl PullConsumerBuilder {
@@ -41,7 +40,15 @@ impl PullConsumerBuilder {
             client_id: default_client_id(),
             request_timeout: Duration::from_secs(10),
             filter: Filter::All,
+            namespace: String::new(),
         }
+    }
+    /// The namespace (tenant) of every name this client uses; `""` or
+    /// `"default"` (the default) is the namespace of names made before
+    /// namespaces existed. Checked when the client is built.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
     }
     /// Only messages passing `filter` are returned; positions move past the rest.
     pub fn filter(mut self, filter: Filter) -> Self {
@@ -55,9 +62,7 @@ impl PullConsumerBuilder {
 
     /// Joins the group (first heartbeat) and starts heartbeating.
     pub async fn build(self) -> Result<PullConsumer> {
-        let client = MessagingServiceClient::new(channel(&self.endpoint)?)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let client = client(&self.endpoint, &self.namespace)?;
         let shared = Arc::new(Shared {
             client,
             cfg: self,
@@ -87,7 +92,7 @@ struct State {
 
 #[derive(Debug)]
 struct Shared {
-    client: MessagingServiceClient<Channel>,
+    client: MessagingClient,
     cfg: PullConsumerBuilder,
     state: Mutex<State>,
 }

@@ -10,12 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_proto::v1 as pb;
-use dduomq_proto::v1::messaging_service_client::MessagingServiceClient;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-use crate::connection::{client, with_deadline};
+use crate::connection::{MessagingClient, client, with_deadline};
 use crate::error::{ClientError, Result};
 use crate::message::ReceivedMessage;
 
@@ -54,6 +52,7 @@ pub struct PushConsumerBuilder {
     route_refresh: Duration,
     filter: Filter,
     lane: String,
+    namespace: String,
 }
 
 /// A broker-side filter: a tag expression or SQL92 (see docs/architecture.md).
@@ -110,7 +109,15 @@ impl PushConsumerBuilder {
             route_refresh: Duration::from_secs(5),
             filter: Filter::All,
             lane: String::new(),
+            namespace: String::new(),
         }
+    }
+    /// The namespace (tenant) of every name this client uses; `""` or
+    /// `"default"` (the default) is the namespace of names made before
+    /// namespaces existed. Checked when the client is built.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
     }
     /// Consume on a gray-release lane: this consumer gets the lane's messages
     /// (and only those) while it is online.
@@ -163,12 +170,12 @@ impl PushConsumerBuilder {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let bootstrap = client(&self.endpoint)?;
+        let bootstrap = client(&self.endpoint, &self.namespace)?;
         let (stop, stopped) = watch::channel(false);
         let handler = Arc::new(handler);
         let mut streams = Streams::default();
         for address in readable_brokers(bootstrap.clone(), &self).await? {
-            let broker = client(&address)?;
+            let broker = client(&address, &self.namespace)?;
             let first = match open_stream(broker.clone(), &self).await {
                 Ok(first) => first,
                 Err(e) if e.is_retryable() => {
@@ -202,7 +209,7 @@ impl Streams {
     fn start<F, Fut, E>(
         &mut self,
         address: String,
-        broker: MessagingServiceClient<Channel>,
+        broker: MessagingClient,
         cfg: &PushConsumerBuilder,
         handler: &Arc<F>,
         first: Stream,
@@ -250,7 +257,7 @@ impl Streams {
 
 /// Addresses of the brokers holding readable queues of the topic.
 async fn readable_brokers(
-    bootstrap: MessagingServiceClient<Channel>,
+    bootstrap: MessagingClient,
     cfg: &PushConsumerBuilder,
 ) -> Result<BTreeSet<String>> {
     let route = with_deadline(
@@ -270,7 +277,7 @@ async fn readable_brokers(
 
 /// Starts a stream on every broker that appears in the topic's route later.
 async fn follow_route<F, Fut, E>(
-    bootstrap: MessagingServiceClient<Channel>,
+    bootstrap: MessagingClient,
     cfg: PushConsumerBuilder,
     handler: Arc<F>,
     mut streams: Streams,
@@ -293,7 +300,7 @@ where
             if addresses.is_some() {
                 break;
             }
-            if let Ok(c) = client(known_address) {
+            if let Ok(c) = client(known_address, &cfg.namespace) {
                 addresses = readable_brokers(c, &cfg).await.ok();
             }
         }
@@ -305,7 +312,7 @@ where
             if streams.running.contains_key(address) {
                 continue;
             }
-            let Ok(broker) = client(address) else {
+            let Ok(broker) = client(address, &cfg.namespace) else {
                 continue;
             };
             match open_stream(broker.clone(), &cfg).await {
@@ -344,10 +351,7 @@ impl PushConsumer {
 
 type Stream = tonic::Streaming<pb::ReceiveResponse>;
 
-async fn open_stream(
-    mut client: MessagingServiceClient<Channel>,
-    cfg: &PushConsumerBuilder,
-) -> Result<Stream> {
+async fn open_stream(mut client: MessagingClient, cfg: &PushConsumerBuilder) -> Result<Stream> {
     let request = pb::ReceiveRequest {
         group: cfg.group.clone(),
         topic: cfg.topic.clone(),
@@ -371,7 +375,7 @@ async fn open_stream(
 }
 
 async fn run<F, Fut, E>(
-    client: MessagingServiceClient<Channel>,
+    client: MessagingClient,
     cfg: PushConsumerBuilder,
     handler: Arc<F>,
     first: Stream,
@@ -479,7 +483,7 @@ const ACKS_IN_FLIGHT: usize = 2;
 /// earlier requests were in flight goes in the next request, so a busy consumer
 /// sends few large requests and an idle one acks at once.
 fn spawn_ack_batcher(
-    client: MessagingServiceClient<Channel>,
+    client: MessagingClient,
     cfg: PushConsumerBuilder,
 ) -> mpsc::UnboundedSender<PendingAck> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PendingAck>();

@@ -122,6 +122,7 @@ impl TransactionProducer {
             address,
             topic,
             group: self.group.clone(),
+            namespace: self.producer.namespace().to_string(),
             timeout: self.producer.send_timeout(),
         })
     }
@@ -135,6 +136,7 @@ impl TransactionProducer {
         let task = tokio::spawn(run_checks(
             address.to_string(),
             self.group.clone(),
+            self.producer.namespace().to_string(),
             self.checker.clone(),
             self.producer.send_timeout(),
         ));
@@ -157,6 +159,7 @@ pub struct Transaction {
     address: String,
     topic: String,
     group: String,
+    namespace: String,
     timeout: Duration,
 }
 
@@ -178,6 +181,7 @@ impl Transaction {
     async fn end(self, resolution: pb::TransactionResolution) -> Result<()> {
         end_transaction(
             &self.address,
+            &self.namespace,
             pb::EndTransactionRequest {
                 topic: self.topic,
                 transaction_id: self.receipt.transaction_id,
@@ -193,10 +197,11 @@ impl Transaction {
 
 async fn end_transaction(
     address: &str,
+    namespace: &str,
     request: pb::EndTransactionRequest,
     timeout: Duration,
 ) -> Result<()> {
-    let client = client(address)?;
+    let client = client(address, namespace)?;
     retry(timeout, || {
         let (mut client, request) = (client.clone(), request.clone());
         async move { client.end_transaction(request).await }
@@ -209,6 +214,7 @@ async fn end_transaction(
 async fn run_checks(
     address: String,
     group: String,
+    namespace: String,
     checker: Arc<dyn TransactionChecker>,
     timeout: Duration,
 ) {
@@ -218,7 +224,7 @@ async fn run_checks(
             producer_group: group.clone(),
             client_id: client_id.clone(),
         };
-        let opened = match client(&address) {
+        let opened = match client(&address, &namespace) {
             Ok(mut c) => c
                 .transaction_checks(request)
                 .await
@@ -245,9 +251,11 @@ async fn run_checks(
                         resolution: resolution as i32,
                         from_check: true,
                     };
-                    let address = address.clone();
+                    let (address, namespace) = (address.clone(), namespace.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = end_transaction(&address, request, timeout).await {
+                        if let Err(e) =
+                            end_transaction(&address, &namespace, request, timeout).await
+                        {
                             tracing::warn!(error = %e, "answering a transaction check failed");
                         }
                     });

@@ -7,7 +7,8 @@
 //! transaction, idempotent resends and the groups' progress all carry over.
 //! Reserved properties are not user properties; the ones consumers see keep
 //! their values, dead-letter origins under the current names, and a SQL filter
-//! on the sharding key matches old and new records under either name.
+//! on the sharding key matches old and new records under either name. The
+//! old names are in the default namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -107,9 +108,32 @@ async fn consume(
     consume_filtered(b, group, topic, Filter::All, count).await
 }
 
+/// [`consume`] as a group of `namespace`.
+async fn consume_in(
+    b: &Broker,
+    namespace: &str,
+    group: &str,
+    topic: &str,
+    count: usize,
+) -> BTreeMap<String, Vec<ReceivedMessage>> {
+    consume_as(b, namespace, group, topic, Filter::All, count).await
+}
+
 /// [`consume`] with the group's `filter`.
 async fn consume_filtered(
     b: &Broker,
+    group: &str,
+    topic: &str,
+    filter: Filter,
+    count: usize,
+) -> BTreeMap<String, Vec<ReceivedMessage>> {
+    consume_as(b, "", group, topic, filter, count).await
+}
+
+/// [`consume_filtered`] as a group of `namespace`.
+async fn consume_as(
+    b: &Broker,
+    namespace: &str,
     group: &str,
     topic: &str,
     filter: Filter,
@@ -119,6 +143,7 @@ async fn consume_filtered(
     let log = seen.clone();
     // One handler at a time: bodies are seen in delivery order.
     let consumer = PushConsumerBuilder::new(&b.grpc, group, topic)
+        .namespace(namespace)
         .filter(filter)
         .concurrency(1)
         .start(move |m| {
@@ -339,5 +364,53 @@ async fn a_data_directory_of_the_previous_release_is_read_back_whole() {
     assert_eq!(
         after.keys().collect::<BTreeSet<_>>(),
         BTreeSet::from([&"p-5".to_string()])
+    );
+}
+
+/// Names stored before namespaces existed are in the default namespace: seen
+/// and consumed alike with no namespace and with `default`, invisible from
+/// any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_of_the_previous_release_are_in_the_default_namespace() {
+    let b = broker_on_fixture();
+    let plain = Admin::connect(&b.grpc).unwrap();
+    let default = plain.in_namespace("default").unwrap();
+    let shop = plain.in_namespace("shop").unwrap();
+    let topics = plain.list_topics().await.unwrap();
+    let names: BTreeSet<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+    assert!(
+        names.contains("fx-normal") && names.contains("%DLQ%fx-dlq"),
+        "{names:?}"
+    );
+    assert_eq!(default.list_topics().await.unwrap(), topics);
+    assert_eq!(
+        default.list_groups().await.unwrap(),
+        plain.list_groups().await.unwrap()
+    );
+    assert_eq!(shop.list_topics().await.unwrap(), []);
+    assert_eq!(shop.list_groups().await.unwrap(), []);
+    for topic in ["fx-normal", "%DLQ%fx-dlq"] {
+        assert_eq!(
+            shop.describe_topic(topic).await.unwrap_err().reason(),
+            Some(dduomq_client::Reason::TopicNotFound),
+            "{topic} from namespace shop"
+        );
+    }
+    assert_eq!(
+        shop.describe_group("fx-dlq").await.unwrap_err().reason(),
+        Some(dduomq_client::Reason::GroupNotFound)
+    );
+
+    let as_default = consume_in(&b, "default", "readback-default", "fx-normal", 9).await;
+    let without = consume(&b, "readback", "fx-normal", 9).await;
+    assert_eq!(
+        as_default.keys().collect::<Vec<_>>(),
+        without.keys().collect::<Vec<_>>(),
+        "the same 9 messages either way"
+    );
+    let dead = consume_in(&b, "default", "dlq-default", "%DLQ%fx-dlq", 2).await;
+    assert_eq!(
+        dead.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["poison-0", "poison-1"]
     );
 }

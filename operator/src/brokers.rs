@@ -10,7 +10,10 @@ use std::time::Duration;
 use dduomq_client::{
     Admin, AdminTimeouts, ClientError, Reason, ResetTo, TopicSettings, proto as pb,
 };
+use kube::ResourceExt;
 use parking_lot::Mutex;
+
+use crate::context::broker_namespace;
 
 /// Deadlines of every admin call to a broker.
 const TIMEOUTS: AdminTimeouts = AdminTimeouts {
@@ -41,22 +44,38 @@ impl BrokerCallError {
     }
 }
 
-/// Admin clients by broker address.
+/// Admin clients by broker address, in one broker namespace.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerPool {
+    /// Connections, shared by the pools of every namespace.
     clients: Arc<Mutex<HashMap<String, Admin>>>,
+    /// The namespace of the names this pool's calls use; the default one for
+    /// calls that name nothing or carry qualified names (routes).
+    namespace: String,
 }
 
 impl BrokerPool {
-    /// The client of `address`, created on first use.
+    /// This pool for the names of `obj`: calls use its broker namespace.
+    pub fn for_resource<K: ResourceExt>(&self, obj: &K) -> BrokerPool {
+        BrokerPool {
+            clients: self.clients.clone(),
+            namespace: broker_namespace(obj),
+        }
+    }
+
+    /// The client of `address` in this pool's namespace; the connection is
+    /// made on first use.
     fn admin(&self, address: &str) -> dduomq_client::Result<Admin> {
         let mut clients = self.clients.lock();
-        if let Some(admin) = clients.get(address) {
-            return Ok(admin.clone());
-        }
-        let admin = Admin::connect_with(address, TIMEOUTS)?;
-        clients.insert(address.to_string(), admin.clone());
-        Ok(admin)
+        let admin = match clients.get(address) {
+            Some(admin) => admin.clone(),
+            None => {
+                let admin = Admin::connect_with(address, TIMEOUTS)?;
+                clients.insert(address.to_string(), admin.clone());
+                admin
+            }
+        };
+        admin.in_namespace(&self.namespace)
     }
 
     /// Runs `call` with the client of `address`; a failure names the broker.

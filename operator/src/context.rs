@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dduomq_proto::Namespace as BrokerNamespace;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
@@ -122,37 +123,6 @@ impl Context {
         }
     }
 
-    /// Broker-side names are cluster-wide, so the same name in two namespaces
-    /// would share one topic (or group). The oldest resource owns the name;
-    /// returns the owner's namespace when it is another one.
-    pub async fn name_taken_elsewhere<K>(&self, obj: &K) -> Option<String>
-    where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        let name = obj.name_any();
-        let mine = (
-            obj.meta().creation_timestamp.clone().map(|t| t.0),
-            obj.namespace(),
-        );
-        let others = Api::<K>::all(self.client.clone())
-            .list(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
-            .await
-            .ok()?;
-        others
-            .items
-            .iter()
-            .filter(|o| o.namespace() != obj.namespace())
-            .map(|o| {
-                (
-                    o.meta().creation_timestamp.clone().map(|t| t.0),
-                    o.namespace(),
-                )
-            })
-            .filter(|other| other < &mine)
-            .min()
-            .and_then(|(_, ns)| ns)
-    }
-
     /// Whether the object's namespace is being deleted.
     pub async fn namespace_terminating<K: ResourceExt>(&self, obj: &K) -> bool {
         let Some(ns) = obj.namespace() else {
@@ -167,6 +137,22 @@ impl Context {
             Err(_) => false,
         }
     }
+}
+
+/// A resource's namespace on the brokers: its Kubernetes namespace (the
+/// Kubernetes namespace `default` is the brokers' default namespace).
+pub fn broker_namespace<K: ResourceExt>(obj: &K) -> String {
+    obj.namespace().unwrap_or_default()
+}
+
+/// A resource's name as the brokers store it (namespace included), or why it
+/// cannot be stored: with its namespace it is longer than `max` characters.
+/// CEL at the CRD's root cannot see `metadata.namespace`, so this is checked
+/// here.
+pub fn stored_name<K: ResourceExt>(obj: &K, max: usize) -> Result<String, String> {
+    BrokerNamespace::parse(&broker_namespace(obj))
+        .and_then(|ns| ns.qualify(&obj.name_any(), max))
+        .map_err(|e| e.to_string())
 }
 
 /// Whether a resource carries `annotation: value`.
@@ -252,20 +238,14 @@ pub fn backoff_key<K: Resource>(obj: &K) -> String {
 
 /// The `Ready` verdict of a reconcile that reached the brokers (or chose not to).
 pub fn readiness(
-    name_owner: Option<&str>,
+    name_problem: Option<&str>,
     managed: bool,
     no_brokers: bool,
     problems: &[String],
     success: impl FnOnce() -> String,
 ) -> Verdict {
-    let (ok, reason, message) = if let Some(ns) = name_owner {
-        (
-            false,
-            "NameConflict",
-            format!(
-                "the name already belongs to namespace {ns:?}; broker-side names are cluster-wide"
-            ),
-        )
+    let (ok, reason, message) = if let Some(problem) = name_problem {
+        (false, "NameTooLong", problem.to_string())
     } else if !managed {
         (
             true,
@@ -341,8 +321,8 @@ mod tests {
     fn readiness_reasons_in_priority_order() {
         let ok = || "fine".to_string();
         assert_eq!(
-            readiness(Some("a"), true, false, &[], ok).reason,
-            "NameConflict"
+            readiness(Some("too long"), true, false, &[], ok),
+            Verdict::failed("NameTooLong", "too long".into())
         );
         assert_eq!(readiness(None, false, true, &[], ok).reason, "Unmanaged");
         assert_eq!(readiness(None, true, true, &[], ok).reason, "NoBrokers");

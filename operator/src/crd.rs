@@ -100,7 +100,7 @@ pub struct QueueAssignment {
 pub struct TopicStatus {
     /// `Ready`: `True` (reason `Reconciled` or `Unmanaged`) once the topic
     /// exists on every ready broker; otherwise `False` with the reason and a
-    /// message: `InvalidSpec`, `NoBrokers`, `BrokerError`, `NameConflict`,
+    /// message: `InvalidSpec`, `NoBrokers`, `BrokerError`, `NameTooLong`,
     /// `CleanupFailed`, `KubernetesApiError`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
@@ -271,7 +271,7 @@ pub struct TopicLag {
 pub struct ConsumerGroupStatus {
     /// `Ready`: `True` (reason `Reconciled` or `Unmanaged`) once the group
     /// exists on every ready broker; otherwise `False` with the reason and a
-    /// message: `InvalidSpec`, `NoBrokers`, `BrokerError`, `NameConflict`,
+    /// message: `InvalidSpec`, `NoBrokers`, `BrokerError`, `NameTooLong`,
     /// `CleanupFailed`, `KubernetesApiError`.
     #[serde(default)]
     pub conditions: Vec<Condition>,

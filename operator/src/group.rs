@@ -12,13 +12,14 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness,
+    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness, stored_name,
 };
 use crate::controller::Reconciled;
 use crate::crd::{
     AppliedReset, ConsumeMode, ConsumerGroup, ConsumerGroupStatus, ResetTarget, Subscription,
     TopicLag,
 };
+use dduomq_proto::namespace::MAX_STORED_GROUP_LEN;
 
 impl Reconciled for ConsumerGroup {
     const KIND: &'static str = "ConsumerGroup";
@@ -118,15 +119,16 @@ async fn apply(
     // The spec is checked whole before any broker is touched.
     let settings = broker_group(&name, group)?;
     let reset_to = reset_target(group)?;
-    let owner = ctx.name_taken_elsewhere(group).await;
-    let managed = !annotated(group, MANAGED, "false") && owner.is_none();
+    let name_problem = stored_name(group, MAX_STORED_GROUP_LEN).err();
+    let managed = !annotated(group, MANAGED, "false") && name_problem.is_none();
+    let pool = ctx.pool.for_resource(group);
     let ready = ctx.ready_brokers();
     let previous = group.status.clone().unwrap_or_default();
     let mut problems = Vec::new();
     let mut applied = previous.last_applied_reset.clone();
     if managed && !ready.is_empty() {
         for b in &ready {
-            if let Err(e) = ctx.pool.create_group(&b.address, settings.clone()).await {
+            if let Err(e) = pool.create_group(&b.address, settings.clone()).await {
                 problems.push(e.to_string());
             }
         }
@@ -139,7 +141,7 @@ async fn apply(
             let mut reset_problems = Vec::new();
             for s in &group.spec.subscriptions {
                 for b in &ready {
-                    if let Err(e) = ctx.pool.reset_offset(&b.address, &name, &s.topic, to).await {
+                    if let Err(e) = pool.reset_offset(&b.address, &name, &s.topic, to).await {
                         reset_problems.push(e.to_string());
                     }
                 }
@@ -171,7 +173,7 @@ async fn apply(
     let mut members = BTreeSet::new();
     let mut lag: BTreeMap<String, u64> = topics.iter().map(|t| (t.to_string(), 0)).collect();
     for b in &ready {
-        if let Ok(d) = ctx.pool.describe_group(&b.address, &name).await {
+        if let Ok(d) = pool.describe_group(&b.address, &name).await {
             members.extend(d.members.into_iter().map(|m| m.client_id));
             for q in d
                 .queues
@@ -183,7 +185,7 @@ async fn apply(
         }
     }
     let verdict = readiness(
-        owner.as_deref(),
+        name_problem.as_deref(),
         managed,
         ready.is_empty(),
         &problems,
@@ -224,7 +226,8 @@ async fn apply(
 }
 
 async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, ReconcileError> {
-    if ctx.name_taken_elsewhere(group).await.is_some() || annotated(group, MANAGED, "false") {
+    // A name too long for the brokers never reached them.
+    if stored_name(group, MAX_STORED_GROUP_LEN).is_err() || annotated(group, MANAGED, "false") {
         return Ok(Action::await_change());
     }
     let ready = ctx.ready_brokers();
@@ -240,7 +243,12 @@ async fn cleanup(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Reconci
     }
     let mut failed = Vec::new();
     for b in &ready {
-        if let Err(e) = ctx.pool.delete_group(&b.address, &group.name_any()).await {
+        if let Err(e) = ctx
+            .pool
+            .for_resource(group)
+            .delete_group(&b.address, &group.name_any())
+            .await
+        {
             failed.push(e.to_string());
         }
     }

@@ -16,10 +16,11 @@ use dduomq_proto::v1 as pb;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::context::{Context, MANAGED, annotated};
+use crate::context::{Context, MANAGED, annotated, stored_name};
 use crate::crd::{QueueAssignment, Topic};
 use crate::placement::{self, Assignment, QueuesWithData};
 use crate::topic::message_type;
+use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
 
 /// How often routes are recomputed even without a trigger.
 const PERIOD: Duration = Duration::from_secs(3);
@@ -42,7 +43,7 @@ pub async fn recorded_placements(client: &Client) -> Placements {
         Ok(list) => list
             .items
             .iter()
-            .map(|t| (t.name_any(), recorded(t)))
+            .filter_map(|t| Some((stored_name(t, MAX_STORED_TOPIC_LEN).ok()?, recorded(t))))
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "reading the recorded placements failed");
@@ -131,11 +132,7 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
                 draining.push(b.name.clone());
             }
         }
-        // The oldest Topic owns a name (broker-side names are cluster-wide).
-        let mut topics = topics;
-        topics.sort_by_key(|t| t.metadata.creation_timestamp.clone().map(|c| c.0));
         let mut seen = std::collections::BTreeSet::new();
-        topics.retain(|t| seen.insert(t.name_any()));
         let refs: Vec<_> = ready.iter().collect();
         let mut routes = Vec::new();
         for t in topics
@@ -143,10 +140,17 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
             .filter(|t| t.metadata.deletion_timestamp.is_none() && !annotated(*t, MANAGED, "false"))
         {
             let name = t.name_any();
+            // Routes carry stored names; one too long for the brokers has none
+            // (its Topic says so).
+            let Ok(stored) = stored_name(t, MAX_STORED_TOPIC_LEN) else {
+                continue;
+            };
+            seen.insert(stored.clone());
+            let pool = ctx.pool.for_resource(t);
             let mut data: BTreeMap<String, QueuesWithData> = BTreeMap::new();
             for b in &ready {
-                let key = (b.name.clone(), name.clone());
-                let queues = match ctx.pool.describe_topic(&b.address, &name).await {
+                let key = (b.name.clone(), stored.clone());
+                let queues = match pool.describe_topic(&b.address, &name).await {
                     Ok(d) => Some(
                         d.queues
                             .iter()
@@ -164,7 +168,7 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
                 data.insert(b.name.clone(), queues);
             }
             let units = placement::write_units(&refs, &draining, &data);
-            let previous = placed.entry(name.clone()).or_insert_with(|| recorded(t));
+            let previous = placed.entry(stored.clone()).or_insert_with(|| recorded(t));
             let assignment = placement::rebalance(previous, &units, t.spec.queues);
             // Without any write unit, remember where the queues were.
             if !assignment.is_empty() {
@@ -172,7 +176,7 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
             }
             record(&ctx, t, &assignment).await;
             if let Some(route) = placement::topic_route(
-                &name,
+                &stored,
                 message_type(t.spec.message_type),
                 t.spec.queues,
                 &refs,

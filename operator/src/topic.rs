@@ -12,10 +12,11 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness,
+    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness, stored_name,
 };
 use crate::controller::Reconciled;
 use crate::crd::{DeletionPolicy, MessageType, Topic, TopicStatus};
+use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
 
 pub fn message_type(t: MessageType) -> pb::MessageType {
     match t {
@@ -77,20 +78,21 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         return Ok(Action::requeue(ctx.resync));
     }
     let name = topic.name_any();
-    let owner = ctx.name_taken_elsewhere(topic).await;
-    let managed = !annotated(topic, MANAGED, "false") && owner.is_none();
+    let name_problem = stored_name(topic, MAX_STORED_TOPIC_LEN).err();
+    let managed = !annotated(topic, MANAGED, "false") && name_problem.is_none();
+    let pool = ctx.pool.for_resource(topic);
     let ready = ctx.ready_brokers();
     let mut problems = Vec::new();
     if managed {
         let settings = broker_topic(&name, topic)?;
         for b in &ready {
-            if let Err(e) = ctx.pool.create_topic(&b.address, &settings).await {
+            if let Err(e) = pool.create_topic(&b.address, &settings).await {
                 problems.push(e.to_string());
             }
         }
     }
     let verdict = readiness(
-        owner.as_deref(),
+        name_problem.as_deref(),
         managed,
         ready.is_empty(),
         &problems,
@@ -135,8 +137,8 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
 /// or the namespace is being torn down, gives up instead of blocking deletion.
 async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = topic.name_any();
-    let conflict = ctx.name_taken_elsewhere(topic).await.is_some();
-    if conflict
+    // A name too long for the brokers never reached them.
+    if stored_name(topic, MAX_STORED_TOPIC_LEN).is_err()
         || annotated(topic, MANAGED, "false")
         || topic.spec.deletion_policy == DeletionPolicy::Retain
     {
@@ -156,7 +158,12 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, ReconcileError>
     }
     let mut failed = Vec::new();
     for b in &ready {
-        if let Err(e) = ctx.pool.delete_topic(&b.address, &name).await {
+        if let Err(e) = ctx
+            .pool
+            .for_resource(topic)
+            .delete_topic(&b.address, &name)
+            .await
+        {
             failed.push(e.to_string());
         }
     }

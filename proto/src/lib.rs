@@ -10,9 +10,11 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/dduomq_descriptor.bin"));
 
+pub mod namespace;
 mod reason;
 mod sharding;
 
+pub use namespace::Namespace;
 pub use reason::Reason;
 pub use sharding::queue_for_sharding_key;
 

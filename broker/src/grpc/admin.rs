@@ -6,11 +6,18 @@ use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use super::namespace::{self, Names};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
+use crate::messaging::groups::GroupConfig;
 use crate::messaging::membership::MemberKind;
 use crate::messaging::topic_settings::TopicSettings;
-use crate::messaging::{Broker, CreatedTopic, GroupMember, ResetTarget, TopicDescription};
+use crate::messaging::topics::TopicConfig;
+use crate::messaging::{
+    Broker, CreatedTopic, GroupMember, QueueProgress, ResetTarget, TopicDescription,
+};
+use crate::store::StoreError;
+use dduomq_proto::Namespace;
 
 /// The gRPC face of broker administration.
 #[derive(Debug, Clone)]
@@ -25,18 +32,19 @@ impl AdminService for AdminApi {
         req: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         observed(self.broker.metrics(), "CreateTopic", async move {
+            let ns = namespace::of_request(&req)?;
             let r = req.into_inner();
             let CreatedTopic { topic, created } = self
                 .broker
                 .upsert_topic(
-                    &r.name,
+                    &ns.topic(&r.name).map_err(|e| ns.refusal(e))?,
                     r.queues,
-                    convert::message_type_from_pb(r.message_type).map_err(to_status)?,
+                    convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?,
                     TopicSettings::from_wire(r.max_message_bytes, r.retention_ms),
                 )
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateTopicResponse {
-                topic: Some(convert::topic(topic)),
+                topic: Some(shown_topic(&ns, topic)),
                 created,
             }))
         })
@@ -48,9 +56,11 @@ impl AdminService for AdminApi {
         req: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         observed(self.broker.metrics(), "DeleteTopic", async move {
-            self.broker
-                .delete_topic(&req.into_inner().name)
-                .map_err(to_status)?;
+            let ns = namespace::of_request(&req)?;
+            let name = ns
+                .topic(&req.into_inner().name)
+                .map_err(|e| ns.refusal(e))?;
+            self.broker.delete_topic(&name).map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteTopicResponse {}))
         })
         .await
@@ -58,15 +68,17 @@ impl AdminService for AdminApi {
 
     async fn list_topics(
         &self,
-        _: Request<pb::ListTopicsRequest>,
+        req: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         observed(self.broker.metrics(), "ListTopics", async move {
+            let ns = namespace::of_request(&req)?;
             Ok(Response::new(pb::ListTopicsResponse {
                 topics: self
                     .broker
                     .list_topics()
                     .into_iter()
-                    .map(convert::topic)
+                    .filter(|t| ns.holds(&t.name))
+                    .map(|t| shown_topic(&ns, t))
                     .collect(),
             }))
         })
@@ -78,12 +90,16 @@ impl AdminService for AdminApi {
         req: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         observed(self.broker.metrics(), "DescribeTopic", async move {
+            let ns = namespace::of_request(&req)?;
+            let name = ns
+                .topic(&req.into_inner().name)
+                .map_err(|e| ns.refusal(e))?;
             let TopicDescription { topic, queues } = self
                 .broker
-                .describe_topic(&req.into_inner().name)
-                .map_err(to_status)?;
+                .describe_topic(&name)
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DescribeTopicResponse {
-                topic: Some(convert::topic(topic)),
+                topic: Some(shown_topic(&ns, topic)),
                 queues: queues
                     .into_iter()
                     .map(|q| pb::QueueStatus {
@@ -102,13 +118,16 @@ impl AdminService for AdminApi {
         req: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::CreateGroupResponse>, Status> {
         observed(self.broker.metrics(), "CreateGroup", async move {
-            let g = req
+            let ns = namespace::of_request(&req)?;
+            let mut g = req
                 .into_inner()
                 .group
                 .ok_or_else(|| invalid("group", "missing"))?;
-            let mut config = self
-                .broker
-                .default_group(&g.name, convert::mode_from_pb(g.mode).map_err(to_status)?);
+            g.name = ns.group("group name", &g.name).map_err(|e| ns.refusal(e))?;
+            let mut config = self.broker.default_group(
+                &g.name,
+                convert::mode_from_pb(g.mode).map_err(|e| ns.refusal(e))?,
+            );
             if g.max_delivery_attempts > 0 {
                 config.max_delivery_attempts = g.max_delivery_attempts;
             }
@@ -116,15 +135,18 @@ impl AdminService for AdminApi {
                 config.retry_backoff_ms = g.retry_backoff_ms;
             }
             config.dead_letter = !g.disable_dead_letter;
+            for subscription in &mut g.subscriptions {
+                subscription.topic = ns.topic(&subscription.topic).map_err(|e| ns.refusal(e))?;
+            }
             config.subscriptions =
-                convert::subscriptions_from_pb(g.subscriptions).map_err(to_status)?;
+                convert::subscriptions_from_pb(g.subscriptions).map_err(|e| ns.refusal(e))?;
             config.ordered = g.ordered;
             let created = self
                 .broker
                 .upsert_group(config.clone())
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateGroupResponse {
-                group: Some(convert::group(config)),
+                group: Some(shown_group(&ns, config)),
                 created,
             }))
         })
@@ -136,9 +158,11 @@ impl AdminService for AdminApi {
         req: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         observed(self.broker.metrics(), "DeleteGroup", async move {
-            self.broker
-                .delete_group(&req.into_inner().name)
-                .map_err(to_status)?;
+            let ns = namespace::of_request(&req)?;
+            let name = ns
+                .group("group name", &req.into_inner().name)
+                .map_err(|e| ns.refusal(e))?;
+            self.broker.delete_group(&name).map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteGroupResponse {}))
         })
         .await
@@ -146,15 +170,17 @@ impl AdminService for AdminApi {
 
     async fn list_groups(
         &self,
-        _: Request<pb::ListGroupsRequest>,
+        req: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         observed(self.broker.metrics(), "ListGroups", async move {
+            let ns = namespace::of_request(&req)?;
             Ok(Response::new(pb::ListGroupsResponse {
                 groups: self
                     .broker
                     .list_groups()
                     .into_iter()
-                    .map(convert::group)
+                    .filter(|g| ns.holds(&g.name))
+                    .map(|g| shown_group(&ns, g))
                     .collect(),
             }))
         })
@@ -166,13 +192,21 @@ impl AdminService for AdminApi {
         req: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         observed(self.broker.metrics(), "DescribeGroup", async move {
+            let ns = namespace::of_request(&req)?;
+            let name = ns
+                .group("group name", &req.into_inner().name)
+                .map_err(|e| ns.refusal(e))?;
             let d = self
                 .broker
-                .describe_group(&req.into_inner().name)
-                .map_err(to_status)?;
+                .describe_group(&name)
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DescribeGroupResponse {
-                group: Some(convert::group(d.config)),
-                queues: d.queues.into_iter().map(convert::progress).collect(),
+                group: Some(shown_group(&ns, d.config)),
+                queues: d
+                    .queues
+                    .into_iter()
+                    .map(|q| shown_progress(&ns, q))
+                    .collect(),
                 members: d
                     .members
                     .into_iter()
@@ -183,7 +217,7 @@ impl AdminService for AdminApi {
                             MemberKind::Pull => pb::ConsumerKind::Pull,
                             MemberKind::Producer => pb::ConsumerKind::Producer,
                         } as i32,
-                        topics: member.topics.into_iter().collect(),
+                        topics: member.topics.into_iter().map(|t| ns.shown(t)).collect(),
                         last_heartbeat_ms: member.last_seen_ms,
                     })
                     .collect(),
@@ -198,7 +232,10 @@ impl AdminService for AdminApi {
         req: Request<pb::ResetOffsetRequest>,
     ) -> Result<Response<pb::ResetOffsetResponse>, Status> {
         observed(self.broker.metrics(), "ResetOffset", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let to = match r.to {
                 Some(pb::reset_offset_request::To::Earliest(_)) => ResetTarget::Earliest,
                 Some(pb::reset_offset_request::To::Latest(_)) => ResetTarget::Latest,
@@ -214,9 +251,9 @@ impl AdminService for AdminApi {
             let queues = self
                 .broker
                 .reset_offset(&r.group, &r.topic, to)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::ResetOffsetResponse {
-                queues: queues.into_iter().map(convert::progress).collect(),
+                queues: queues.into_iter().map(|q| shown_progress(&ns, q)).collect(),
             }))
         })
         .await
@@ -227,10 +264,17 @@ impl AdminService for AdminApi {
         req: Request<pb::LookupMessageRequest>,
     ) -> Result<Response<pb::LookupMessageResponse>, Status> {
         observed(self.broker.metrics(), "LookupMessage", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let found = match r.by {
                 Some(pb::lookup_message_request::By::MessageId(id)) => {
-                    vec![self.broker.lookup_by_id(&id).map_err(to_status)?]
+                    let found = self.broker.lookup_by_id(&id).map_err(|e| ns.refusal(e))?;
+                    // A message of another namespace is not found from this one.
+                    if !ns.holds(&found.record.topic) {
+                        return Err(ns.refusal(StoreError::MessageNotFound(id).into()));
+                    }
+                    vec![found]
                 }
                 Some(pb::lookup_message_request::By::Key(key)) => {
                     if r.topic.is_empty() {
@@ -242,12 +286,15 @@ impl AdminService for AdminApi {
                     };
                     self.broker
                         .lookup_by_key(&r.topic, &key, r.begin_ms, r.end_ms, max)
-                        .map_err(to_status)?
+                        .map_err(|e| ns.refusal(e))?
                 }
                 None => return Err(invalid("by", "message_id or key")),
             };
             Ok(Response::new(pb::LookupMessageResponse {
-                messages: found.into_iter().map(convert::message).collect(),
+                messages: found
+                    .into_iter()
+                    .map(|d| ns.message(convert::message(d)))
+                    .collect(),
             }))
         })
         .await
@@ -303,4 +350,25 @@ impl AdminService for AdminApi {
         })
         .await
     }
+}
+
+/// A topic as the caller's namespace names it.
+fn shown_topic(ns: &Namespace, mut topic: TopicConfig) -> pb::Topic {
+    topic.name = ns.shown(topic.name);
+    convert::topic(topic)
+}
+
+/// A group as the caller's namespace names it.
+fn shown_group(ns: &Namespace, mut group: GroupConfig) -> pb::Group {
+    group.name = ns.shown(group.name);
+    for subscription in &mut group.subscriptions {
+        subscription.topic = ns.shown(std::mem::take(&mut subscription.topic));
+    }
+    convert::group(group)
+}
+
+/// A queue's progress as the caller's namespace names its topic.
+fn shown_progress(ns: &Namespace, mut progress: QueueProgress) -> pb::GroupQueueStatus {
+    progress.topic = ns.shown(progress.topic);
+    convert::progress(progress)
 }

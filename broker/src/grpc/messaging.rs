@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::namespace::{self, Names};
 use super::receive_streams::{ReceiveStreams, StreamSlot};
-use super::status::{invalid, to_status};
+use super::status::invalid;
 use super::{convert, observed};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
@@ -24,6 +25,7 @@ use crate::messaging::{
     RouteAnswer, Schedule, SendMessage,
 };
 use crate::store::now_millis;
+use dduomq_proto::Namespace;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
@@ -49,8 +51,11 @@ impl MessagingService for MessagingApi {
         req: Request<pb::QueryRouteRequest>,
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         observed(self.broker.metrics(), "QueryRoute", async move {
+            let ns = namespace::of_request(&req)?;
             let topic = req.into_inner().topic;
-            let RouteAnswer { route, epoch } = self.broker.route(&topic).map_err(to_status)?;
+            let stored = ns.topic(&topic).map_err(|e| ns.refusal(e))?;
+            let RouteAnswer { route, epoch } =
+                self.broker.route(&stored).map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::QueryRouteResponse {
                 message_type: convert::message_type_to_pb(route.message_type) as i32,
                 queues: route.queues.into_iter().map(convert::queue_route).collect(),
@@ -66,13 +71,14 @@ impl MessagingService for MessagingApi {
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         observed(self.broker.metrics(), "Send", async move {
+            let ns = namespace::of_request(&req)?;
             let messages = req
                 .into_inner()
                 .messages
                 .into_iter()
                 .map(|m| {
                     Ok(SendMessage {
-                        topic: m.topic,
+                        topic: ns.topic(&m.topic)?,
                         body: m.body,
                         tag: m.tag,
                         keys: m.keys,
@@ -86,20 +92,24 @@ impl MessagingService for MessagingApi {
                         schedule: Schedule::from_wire(m.deliver_at_ms, m.delay_ms)?,
                         transaction: convert::transaction_from_pb(
                             m.transactional,
-                            m.producer_group,
+                            ns.group("producer_group", &m.producer_group)?,
                         )?,
                         lane: m.lane,
                     })
                 })
                 .collect::<Result<_, BrokerError>>()
-                .map_err(to_status)?;
-            let receipts = self.broker.send(messages).await.map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
+            let receipts = self
+                .broker
+                .send(messages)
+                .await
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::SendResponse {
                 receipts: receipts
                     .into_iter()
                     .map(|r| pb::SendReceipt {
                         message_id: r.message_id,
-                        topic: r.topic,
+                        topic: ns.shown(r.topic),
                         queue_id: r.queue_id,
                         offset: r.offset,
                         store_timestamp_ms: r.store_timestamp,
@@ -119,10 +129,14 @@ impl MessagingService for MessagingApi {
         req: Request<pb::ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveStream>, Status> {
         observed(self.broker.metrics(), "Receive", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             // Everything is checked before the stream joins its group.
-            let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
-            let mode = convert::mode_from_pb(r.mode).map_err(to_status)?;
+            let filter =
+                convert::filter(r.filter_type, &r.filter_expression).map_err(|e| ns.refusal(e))?;
+            let mode = convert::mode_from_pb(r.mode).map_err(|e| ns.refusal(e))?;
             let limits = ReceiveLimits {
                 max_messages: match r.max_in_flight_messages {
                     0 => DEFAULT_MAX_IN_FLIGHT,
@@ -133,19 +147,19 @@ impl MessagingService for MessagingApi {
                     n => n,
                 },
                 invisible: limits::receive_invisible(r.invisible_duration_ms, self.broker.config())
-                    .map_err(to_status)?,
+                    .map_err(|e| ns.refusal(e))?,
             };
             let slot = self
                 .streams
                 .open(&r.group, &r.client_id)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let ReceiveStream {
                 subscription: sub,
                 consumer,
             } = self
                 .broker
                 .open_receive(&r.group, &r.topic, &r.client_id, mode, &filter, r.lane)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             if let Some(m) = self.broker.metrics() {
                 m.grpc_streams.inc();
@@ -157,6 +171,7 @@ impl MessagingService for MessagingApi {
                 limits,
                 tx,
                 slot,
+                ns,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
@@ -165,7 +180,10 @@ impl MessagingService for MessagingApi {
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         observed(self.broker.metrics(), "Ack", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let results = self.broker.ack(&r.group, &r.topic, &r.receipt_handles);
             Ok(Response::new(pb::AckResponse {
                 results: r
@@ -197,7 +215,10 @@ impl MessagingService for MessagingApi {
             self.broker.metrics(),
             "ChangeInvisibleDuration",
             async move {
-                let r = req.into_inner();
+                let ns = namespace::of_request(&req)?;
+                let mut r = req.into_inner();
+                r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+                r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
                 let until = self
                     .broker
                     .change_invisible(
@@ -206,7 +227,7 @@ impl MessagingService for MessagingApi {
                         &r.receipt_handle,
                         r.invisible_duration_ms.into(),
                     )
-                    .map_err(to_status)?;
+                    .map_err(|e| ns.refusal(e))?;
                 Ok(Response::new(pb::ChangeInvisibleDurationResponse {
                     invisible_until_ms: until,
                 }))
@@ -220,12 +241,15 @@ impl MessagingService for MessagingApi {
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         observed(self.broker.metrics(), "Nack", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let outcome = self
                 .broker
                 .nack(&r.group, &r.topic, &r.receipt_handle)
                 .await
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(match outcome {
                 NackOutcome::Redeliver { at } => pb::NackResponse {
                     redeliver_at_ms: at,
@@ -245,8 +269,12 @@ impl MessagingService for MessagingApi {
         req: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
         observed(self.broker.metrics(), "Pull", async move {
-            let r = req.into_inner();
-            let filter = convert::filter(r.filter_type, &r.filter_expression).map_err(to_status)?;
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            let filter =
+                convert::filter(r.filter_type, &r.filter_expression).map_err(|e| ns.refusal(e))?;
             let pulled = self
                 .broker
                 .pull(PullSpec {
@@ -266,12 +294,12 @@ impl MessagingService for MessagingApi {
                     wait: Duration::from_millis(r.wait_ms as u64),
                 })
                 .await
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::PullResponse {
                 messages: pulled
                     .deliveries
                     .into_iter()
-                    .map(convert::message)
+                    .map(|d| ns.message(convert::message(d)))
                     .collect(),
                 next_offset: pulled.next_offset,
                 min_offset: pulled.min_offset,
@@ -286,7 +314,10 @@ impl MessagingService for MessagingApi {
         req: Request<pb::CommitOffsetRequest>,
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
         observed(self.broker.metrics(), "CommitOffset", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             self.broker
                 .commit_offset(
                     &r.group,
@@ -296,7 +327,7 @@ impl MessagingService for MessagingApi {
                     &r.client_id,
                     r.generation,
                 )
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CommitOffsetResponse {}))
         })
         .await
@@ -307,11 +338,14 @@ impl MessagingService for MessagingApi {
         req: Request<pb::QueryOffsetRequest>,
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
         observed(self.broker.metrics(), "QueryOffset", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let offset = self
                 .broker
                 .query_offset(&r.group, &r.topic, r.queue_id)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::QueryOffsetResponse {
                 committed_offset: offset.committed,
                 min_offset: offset.min_offset,
@@ -326,7 +360,15 @@ impl MessagingService for MessagingApi {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         observed(self.broker.metrics(), "Heartbeat", async move {
+            let ns = namespace::of_request(&req)?;
             let r = req.into_inner();
+            let group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
+            let topics = r
+                .topics
+                .iter()
+                .map(|t| ns.topic(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ns.refusal(e))?;
             let kind =
                 match pb::ConsumerKind::try_from(r.kind).unwrap_or(pb::ConsumerKind::Unspecified) {
                     pb::ConsumerKind::Push => MemberKind::Push,
@@ -338,15 +380,15 @@ impl MessagingService for MessagingApi {
                 };
             let a = self
                 .broker
-                .heartbeat(&r.group, &r.client_id, kind, r.topics)
-                .map_err(to_status)?;
+                .heartbeat(&group, &r.client_id, kind, topics)
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::HeartbeatResponse {
                 generation: a.generation,
                 assignments: a
                     .queues
                     .into_iter()
                     .map(|AssignedQueue { topic, queue_id }| pb::QueueAssignment {
-                        topic,
+                        topic: ns.shown(topic),
                         queue_id,
                     })
                     .collect(),
@@ -361,7 +403,12 @@ impl MessagingService for MessagingApi {
         req: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
         observed(self.broker.metrics(), "EndTransaction", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            r.producer_group = ns
+                .group("producer_group", &r.producer_group)
+                .map_err(|e| ns.refusal(e))?;
             let resolution = match pb::TransactionResolution::try_from(r.resolution)
                 .unwrap_or(pb::TransactionResolution::Unspecified)
             {
@@ -374,7 +421,7 @@ impl MessagingService for MessagingApi {
             self.broker
                 .end_transaction(&r.topic, &r.transaction_id, &r.producer_group, resolution)
                 .await
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::EndTransactionResponse {}))
         })
         .await
@@ -387,11 +434,15 @@ impl MessagingService for MessagingApi {
         req: Request<pb::TransactionChecksRequest>,
     ) -> Result<Response<Self::TransactionChecksStream>, Status> {
         observed(self.broker.metrics(), "TransactionChecks", async move {
-            let r = req.into_inner();
+            let ns = namespace::of_request(&req)?;
+            let mut r = req.into_inner();
+            r.producer_group = ns
+                .group("producer_group", &r.producer_group)
+                .map_err(|e| ns.refusal(e))?;
             let (id, checks) = self
                 .broker
                 .add_checker(&r.producer_group, &r.client_id)
-                .map_err(to_status)?;
+                .map_err(|e| ns.refusal(e))?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             tracing::info!(
                 group = r.producer_group,
@@ -404,6 +455,7 @@ impl MessagingService for MessagingApi {
                 id,
                 checks,
                 tx,
+                ns,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
@@ -421,6 +473,7 @@ async fn push_loop(
     limits: ReceiveLimits,
     tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
     slot: StreamSlot,
+    ns: Namespace,
 ) {
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
@@ -438,14 +491,17 @@ async fn push_loop(
         } = match broker.lease(&sub, consumer, limits, LEASE_BATCH).await {
             Ok(round) => round,
             Err(e) => {
-                let _ = tx.send(Err(to_status(e))).await;
+                let _ = tx.send(Err(ns.refusal(e))).await;
                 break;
             }
         };
         if !batch.is_empty() {
             // One response per lease round: fewer frames and writes per message.
             let response = pb::ReceiveResponse {
-                messages: batch.into_iter().map(convert::message).collect(),
+                messages: batch
+                    .into_iter()
+                    .map(|d| ns.message(convert::message(d)))
+                    .collect(),
             };
             if tx.send(Ok(response)).await.is_err() {
                 break; // the client went away
@@ -479,6 +535,7 @@ async fn check_loop(
     id: u64,
     mut checks: mpsc::Receiver<TransactionCheck>,
     tx: mpsc::Sender<Result<pb::TransactionCheck, Status>>,
+    ns: Namespace,
 ) {
     let mut stop = broker.shutdown_signal();
     loop {
@@ -490,7 +547,7 @@ async fn check_loop(
         let Some(c) = check else { break };
         let msg = pb::TransactionCheck {
             transaction_id: c.transaction_id,
-            message: Some(convert::message(c.message)),
+            message: Some(ns.message(convert::message(c.message))),
             check_attempt: c.attempt,
         };
         if tx.send(Ok(msg)).await.is_err() {

@@ -4,6 +4,7 @@
 mod admin;
 mod convert;
 mod messaging;
+mod namespace;
 mod receive_streams;
 pub mod status;
 

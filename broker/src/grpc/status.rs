@@ -12,6 +12,12 @@ use crate::store::StoreError;
 
 /// The gRPC status for a broker error.
 pub fn to_status(err: BrokerError) -> Status {
+    to_status_shown(err, |message| message)
+}
+
+/// [`to_status`] with the message rewritten by `show` (names as the
+/// client's namespace spells them).
+pub fn to_status_shown(err: BrokerError, show: impl FnOnce(String) -> String) -> Status {
     let reason = err.code();
     let mut metadata = HashMap::new();
     if let BrokerError::Store(StoreError::OffsetOutOfRange { min, max, .. }) = &err {
@@ -23,7 +29,7 @@ pub fn to_status(err: BrokerError) -> Status {
     }
     Status::with_error_details(
         err.grpc_code(),
-        capped(err.to_string()),
+        capped(show(err.to_string())),
         ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata),
     )
 }

@@ -12,7 +12,7 @@ use crate::store::validate_topic_name;
 
 /// Longest topic name: the store's rule (`store::record::MAX_TOPIC_LEN`, which
 /// the store does not export), checked here first so a long name is not echoed.
-pub const MAX_TOPIC_LEN: usize = 127;
+pub const MAX_TOPIC_LEN: usize = dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
 
 /// Prefix of a group's dead-letter topic.
 pub const DEAD_LETTER_PREFIX: &str = "%DLQ%";

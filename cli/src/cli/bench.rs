@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder, Reason, ResetTo};
+use dduomq_client::{Message, Reason, ResetTo};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::output::{Format, json_line};
 use super::parse_duration;
+use super::target::Target;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -113,7 +114,7 @@ fn now_nanos() -> u64 {
 /// Runs `producers` senders for `duration`; each acked send records its latency
 /// in `hist` (µs). Bodies start with the send time in ns (for e2e).
 async fn produce(
-    server: &str,
+    server: &Target,
     args: &BenchArgs,
     hist: Hist,
     sent: Arc<AtomicU64>,
@@ -121,7 +122,8 @@ async fn produce(
 ) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for p in 0..args.producers {
-        let producer = ProducerBuilder::new(server)
+        let producer = server
+            .producer()
             .compress_from(args.compress_from)
             .build()?;
         let (args, hist, sent, errors) = (args.clone(), hist.clone(), sent.clone(), errors.clone());
@@ -176,14 +178,15 @@ async fn produce(
 /// A push consumer (256 handlers, 4,096 in flight) that calls `record` with
 /// each message and counts it in `received`.
 async fn counting_consumer(
-    server: &str,
+    server: &Target,
     group: String,
     topic: &str,
     received: Arc<AtomicU64>,
     record: impl Fn(&dduomq_client::ReceivedMessage) + Send + Sync + 'static,
 ) -> anyhow::Result<dduomq_client::PushConsumer> {
     let record = Arc::new(record);
-    Ok(PushConsumerBuilder::new(server, group, topic)
+    Ok(server
+        .push_consumer(group, topic)
         .concurrency(256)
         .max_in_flight(4096)
         .start(move |m| {
@@ -237,8 +240,8 @@ fn summary(
     }
 }
 
-async fn fresh_group(server: &str, args: &BenchArgs) -> anyhow::Result<String> {
-    let admin = Admin::connect(server)?;
+async fn fresh_group(server: &Target, args: &BenchArgs) -> anyhow::Result<String> {
+    let admin = server.admin()?;
     admin
         .create_topic(&args.topic, 4, pb::MessageType::Normal)
         .await
@@ -262,7 +265,7 @@ async fn fresh_group(server: &str, args: &BenchArgs) -> anyhow::Result<String> {
     Ok(group)
 }
 
-pub async fn run(server: &str, format: Format, cmd: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(server: &Target, format: Format, cmd: BenchCommand) -> anyhow::Result<()> {
     let (mode, args) = match &cmd {
         BenchCommand::Produce(a) => ("produce", a.clone()),
         BenchCommand::Consume(a) => ("consume", a.clone()),
@@ -301,7 +304,8 @@ pub async fn run(server: &str, format: Format, cmd: BenchCommand) -> anyhow::Res
             let group = fresh_group(server, &a).await?;
             let e2e = mode == "e2e";
             if e2e {
-                Admin::connect(server)?
+                server
+                    .admin()?
                     .reset_offset(&group, &a.topic, ResetTo::Latest)
                     .await?;
             }
@@ -350,8 +354,8 @@ pub async fn run(server: &str, format: Format, cmd: BenchCommand) -> anyhow::Res
 
 /// `bench delay`: lateness (arrival minus delivery time) of delayed messages
 /// while `messages` of them are pending.
-async fn delay(server: &str, format: Format, a: DelayBenchArgs) -> anyhow::Result<()> {
-    let admin = Admin::connect(server)?;
+async fn delay(server: &Target, format: Format, a: DelayBenchArgs) -> anyhow::Result<()> {
+    let admin = server.admin()?;
     match admin
         .create_topic(&a.topic, 4, pb::MessageType::Delay)
         .await
@@ -377,7 +381,7 @@ async fn delay(server: &str, format: Format, a: DelayBenchArgs) -> anyhow::Resul
         let _ = h.lock().record(late_ms * 1000 + 1);
     })
     .await?;
-    let producer = ProducerBuilder::new(server).build()?;
+    let producer = server.producer().build()?;
     let first_due = dduomq_client::now_millis() + a.lead.as_millis() as i64;
     let step = a.spread.as_millis() as f64 / a.messages.max(1) as f64;
     let window = Arc::new(Semaphore::new(a.window));

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use dduomq_client::Admin;
 use serde_json::json;
 
 use super::output::{Format, json_line};
 use super::parse_duration;
+use super::target::Target;
 
 #[derive(Debug, Subcommand)]
 pub enum BrokerCommand {
@@ -27,8 +27,8 @@ pub enum BrokerCommand {
     Undrain,
 }
 
-pub async fn run(server: &str, format: Format, cmd: BrokerCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(server)?;
+pub async fn run(server: &Target, format: Format, cmd: BrokerCommand) -> anyhow::Result<()> {
+    let admin = server.admin()?;
     match cmd {
         BrokerCommand::Info => {
             let i = admin.broker_info().await?;

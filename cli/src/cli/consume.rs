@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use clap::Args;
-use dduomq_client::{
-    ConsumeMode, Filter, PullConsumerBuilder, PushConsumerBuilder, ReceivedMessage,
-};
+use dduomq_client::{ConsumeMode, Filter, ReceivedMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use super::output::{Format, print_message};
+use super::target::Target;
 use super::{Mode, parse_duration};
 
 #[derive(Debug, Args)]
@@ -49,7 +48,7 @@ impl ConsumeArgs {
     }
 }
 
-pub async fn run(server: &str, format: Format, args: ConsumeArgs) -> anyhow::Result<()> {
+pub async fn run(server: &Target, format: Format, args: ConsumeArgs) -> anyhow::Result<()> {
     let limit = args.count.unwrap_or(u64::MAX);
     match args.mode {
         Mode::Pull => pull(server, format, &args, limit).await,
@@ -58,9 +57,15 @@ pub async fn run(server: &str, format: Format, args: ConsumeArgs) -> anyhow::Res
 }
 
 /// Each message is printed, then acked; messages past `--count` are handed back.
-async fn push(server: &str, format: Format, args: &ConsumeArgs, limit: u64) -> anyhow::Result<()> {
+async fn push(
+    server: &Target,
+    format: Format,
+    args: &ConsumeArgs,
+    limit: u64,
+) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<(ReceivedMessage, oneshot::Sender<bool>)>(64);
-    let mut builder = PushConsumerBuilder::new(server, args.group.clone(), args.topic.clone())
+    let mut builder = server
+        .push_consumer(args.group.clone(), args.topic.clone())
         .mode(if args.mode == Mode::Broadcast {
             ConsumeMode::Broadcast
         } else {
@@ -107,9 +112,13 @@ async fn push(server: &str, format: Format, args: &ConsumeArgs, limit: u64) -> a
     Ok(())
 }
 
-async fn pull(server: &str, format: Format, args: &ConsumeArgs, limit: u64) -> anyhow::Result<()> {
-    let mut builder =
-        PullConsumerBuilder::new(server, args.group.clone(), vec![args.topic.clone()]);
+async fn pull(
+    server: &Target,
+    format: Format,
+    args: &ConsumeArgs,
+    limit: u64,
+) -> anyhow::Result<()> {
+    let mut builder = server.pull_consumer(args.group.clone(), vec![args.topic.clone()]);
     if let Some(id) = &args.client_id {
         builder = builder.client_id(id.clone());
     }

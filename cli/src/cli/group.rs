@@ -1,11 +1,12 @@
 //! `dduomq group …`
 
 use clap::Subcommand;
+use dduomq_client::ResetTo;
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, ResetTo};
 use serde_json::json;
 
 use super::output::{Format, json_line, table};
+use super::target::Target;
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
@@ -160,8 +161,8 @@ const PROGRESS_HEADERS: [&str; 7] = [
     "IN-FLIGHT",
 ];
 
-pub async fn run(server: &str, format: Format, cmd: GroupCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(server)?;
+pub async fn run(server: &Target, format: Format, cmd: GroupCommand) -> anyhow::Result<()> {
+    let admin = server.admin()?;
     match cmd {
         GroupCommand::Create(a) => {
             let mut subscriptions = Vec::new();

@@ -1,9 +1,10 @@
 //! `dduomq lookup`
 
 use clap::Args;
-use dduomq_client::{Admin, ReceivedMessage};
+use dduomq_client::ReceivedMessage;
 
 use super::output::{Format, print_message};
+use super::target::Target;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("by").required(true).args(["id", "key"])))]
@@ -18,8 +19,8 @@ pub struct LookupArgs {
     pub topic: Option<String>,
 }
 
-pub async fn run(server: &str, format: Format, args: LookupArgs) -> anyhow::Result<()> {
-    let admin = Admin::connect(server)?;
+pub async fn run(server: &Target, format: Format, args: LookupArgs) -> anyhow::Result<()> {
+    let admin = server.admin()?;
     let found = match (&args.id, &args.key) {
         (Some(id), _) => admin.lookup_by_id(id).await?,
         (None, Some(key)) => {

@@ -8,6 +8,7 @@ mod group;
 mod lookup;
 mod output;
 mod produce;
+mod target;
 mod topic;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use output::Format;
+pub use target::Target;
 
 /// The DduoMQ command-line client.
 #[derive(Debug, Parser)]
@@ -28,6 +30,17 @@ pub struct Cli {
         default_value = "127.0.0.1:6086"
     )]
     pub server: String,
+    /// Namespace (tenant) of the topics and groups named; a Kubernetes
+    /// resource's namespace is its broker namespace. Empty or `default`: the
+    /// default namespace.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "DDUOMQ_NAMESPACE",
+        default_value = ""
+    )]
+    pub namespace: String,
     /// Output format.
     #[arg(
         short = 'o',
@@ -88,7 +101,12 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (server, format) = (cli.server.as_str(), cli.format);
+    let format = cli.format;
+    let target = Target {
+        server: cli.server,
+        namespace: cli.namespace,
+    };
+    let server = &target;
     match cli.command {
         Command::Topic(c) => topic::run(server, format, c).await,
         Command::Group(c) => group::run(server, format, c).await,

@@ -4,12 +4,11 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use dduomq_client::{
-    Message, ProducerBuilder, SendReceipt, TransactionProducer, TransactionResolution,
-};
+use dduomq_client::{Message, SendReceipt, TransactionProducer, TransactionResolution};
 use serde_json::json;
 
 use super::output::{Format, json_line};
+use super::target::Target;
 use super::{parse_duration, parse_rfc3339_ms};
 
 #[derive(Debug, Args)]
@@ -152,11 +151,11 @@ fn bodies(args: &ProduceArgs) -> Box<dyn Iterator<Item = std::io::Result<Vec<u8>
     }
 }
 
-pub async fn run(server: &str, format: Format, args: ProduceArgs) -> anyhow::Result<()> {
+pub async fn run(server: &Target, format: Format, args: ProduceArgs) -> anyhow::Result<()> {
     if let Some(end) = args.transaction {
         // The CLI cannot answer checks about its transactions: it says Unknown.
         let producer = TransactionProducer::new(
-            ProducerBuilder::new(server),
+            server.producer(),
             args.producer_group.clone(),
             |_: &dduomq_client::ReceivedMessage| TransactionResolution::Unknown,
         )?;
@@ -172,7 +171,7 @@ pub async fn run(server: &str, format: Format, args: ProduceArgs) -> anyhow::Res
         }
         return Ok(());
     }
-    let producer = ProducerBuilder::new(server).build()?;
+    let producer = server.producer().build()?;
     if args.count.is_some() {
         // Sends run concurrently (the producer batches them); receipts print in order.
         let mut pending = std::collections::VecDeque::new();

@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
+use dduomq_client::TopicSettings;
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, TopicSettings};
 use serde_json::json;
 
 use super::output::{Format, json_line, table, type_name};
 use super::parse_duration;
+use super::target::Target;
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
@@ -81,8 +82,8 @@ fn settings_text(t: &pb::Topic) -> String {
     format!("max message size: {max}; retention: {retention}")
 }
 
-pub async fn run(server: &str, format: Format, cmd: TopicCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(server)?;
+pub async fn run(server: &Target, format: Format, cmd: TopicCommand) -> anyhow::Result<()> {
+    let admin = server.admin()?;
     match cmd {
         TopicCommand::Create {
             name,

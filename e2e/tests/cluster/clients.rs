@@ -15,6 +15,8 @@ use crate::{CLIENT_SERVICE, GROUP, NS, POLL, TOPIC};
 
 pub fn build_producer(bootstrap: &str) -> Producer {
     ProducerBuilder::new(bootstrap)
+        // The Topic's Kubernetes namespace is its namespace on the brokers.
+        .namespace(NS)
         // Follow route changes (a broker leaving or joining) within a second.
         .route_ttl(Duration::from_secs(1))
         .send_timeout(Duration::from_secs(10))
@@ -45,6 +47,7 @@ pub async fn start_consumer(
 ) -> dduomq_client::Result<PushConsumer> {
     let sink = ledger.clone();
     PushConsumerBuilder::new(bootstrap, GROUP, TOPIC)
+        .namespace(NS)
         .concurrency(64)
         .max_in_flight(1024)
         .start(move |m: ReceivedMessage| {

@@ -7,7 +7,7 @@ use dduomq_client::Admin;
 use dduomq_client::proto as pb;
 
 use crate::pods::View;
-use crate::{QUEUES, TOPIC};
+use crate::{NS, QUEUES, TOPIC};
 
 /// A topic route as queue sets per broker address.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,12 +67,17 @@ pub async fn query_route(address: &str) -> Result<RouteView, String> {
         ))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-        c.query_route(pb::QueryRouteRequest {
+        let mut request = tonic::Request::new(pb::QueryRouteRequest {
             topic: TOPIC.into(),
-        })
-        .await
-        .map(|r| RouteView::of(&r.into_inner()))
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        });
+        request.metadata_mut().insert(
+            dduomq_proto::namespace::NAMESPACE_METADATA,
+            NS.parse().expect("a namespace is a header value"),
+        );
+        c.query_route(request)
+            .await
+            .map(|r| RouteView::of(&r.into_inner()))
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     };
     tokio::time::timeout(Duration::from_secs(5), call)
         .await
@@ -127,6 +132,8 @@ pub async fn wait_balanced(
 pub async fn stored_on(address: &str) -> u64 {
     let d = Admin::connect(address)
         .expect("admin client")
+        .in_namespace(NS)
+        .expect("the release namespace")
         .describe_topic(TOPIC)
         .await
         .unwrap_or_else(|e| panic!("DescribeTopic {TOPIC} on {address}: {e}"));

@@ -16,7 +16,8 @@ use crate::crd::{
 };
 use crate::group::broker_group;
 use crate::test_support::{
-    Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
+    NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_once, release,
+    tenant_admin,
 };
 use dduomq_testkit::Broker;
 
@@ -105,8 +106,7 @@ fn subscriptions_and_ordered_reach_the_broker_group() {
 
 /// Creates topic `orders` (one queue) on `broker` and sends it `count` messages.
 async fn orders_with_messages(broker: &Broker, count: usize) {
-    broker
-        .admin()
+    tenant_admin(broker)
         .create_topic("orders", 1, pb::MessageType::Normal)
         .await
         .expect("create orders");
@@ -115,6 +115,7 @@ async fn orders_with_messages(broker: &Broker, count: usize) {
 
 async fn send(broker: &Broker, count: usize) {
     let producer = ProducerBuilder::new(&broker.grpc)
+        .namespace(NAMESPACE)
         .build()
         .expect("producer");
     for i in 0..count {
@@ -147,15 +148,18 @@ async fn apply_creates_the_group_on_every_ready_broker_and_reports_members_and_l
 
     assert_eq!(out.action(), &Action::requeue(RESYNC));
     for broker in [&a, &b] {
-        assert_eq!(broker.admin().list_groups().await.expect("list"), hosted());
+        assert_eq!(
+            tenant_admin(broker).list_groups().await.expect("list"),
+            hosted()
+        );
     }
-    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
     assert_eq!(
-        out.event(1),
+        out.event(0),
         Published::normal("Reconciled", "on 2 brokers")
     );
     assert_eq!(
-        out.status_patch(2),
+        out.status_patch(1),
         json!({
             "apiVersion": "dduomq.io/v1alpha1",
             "kind": "ConsumerGroup",
@@ -189,27 +193,24 @@ async fn an_offset_reset_is_applied_once_per_request_id() {
     let first = reconcile_once(&group, vec![], brokers.clone()).await;
 
     assert_eq!(first.action(), &Action::requeue(RESYNC));
-    let admin = broker.admin();
+    let admin = tenant_admin(&broker);
     let described = admin.describe_group("billing").await.expect("describe");
     assert_eq!(
         described.queues,
         progress(3, 3),
         "moved past the 3 messages"
     );
+    assert_eq!(first.request_lines(), [r.event(), r.event(), r.status()]);
     assert_eq!(
-        first.request_lines(),
-        [r.same_name(), r.event(), r.event(), r.status()]
-    );
-    assert_eq!(
-        first.event(1),
+        first.event(0),
         Published::normal("OffsetReset", "offsets reset (Latest) for request r1")
     );
     assert_eq!(
-        first.event(2),
+        first.event(1),
         Published::normal("Reconciled", "on 1 brokers")
     );
     let status: ConsumerGroupStatus =
-        serde_json::from_value(first.sent[3].body["status"].clone()).expect("status");
+        serde_json::from_value(first.sent[2].body["status"].clone()).expect("status");
     let applied = status
         .last_applied_reset
         .clone()
@@ -226,10 +227,10 @@ async fn an_offset_reset_is_applied_once_per_request_id() {
     assert_eq!(described.queues, progress(3, 5), "the 2 new messages wait");
     assert_eq!(
         again.request_lines(),
-        [r.same_name(), r.status()],
+        [r.status()],
         "no reset and no event: nothing changed"
     );
-    let status = &again.sent[1].body["status"];
+    let status = &again.sent[0].body["status"];
     assert_eq!(status["lag"], json!([{"topic": "orders", "lag": 2}]));
     assert_eq!(status["totalLag"], json!(2));
     assert_eq!(
@@ -252,16 +253,16 @@ async fn a_broker_refusal_makes_the_group_not_ready_and_holds_the_reset_back() {
     let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.grpc)]).await;
 
     assert_eq!(out.action(), &Action::requeue(Duration::from_secs(5)));
-    assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+    assert_eq!(tenant_admin(&broker).list_groups().await.expect("list"), []);
     let refusal = format!(
         "broker {}: invalid retry_backoff_ms: a step of 172800000 ms; \
          each step is 1 to 86400000 ms [INVALID_ARGUMENT]",
         broker.grpc
     );
-    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
-    assert_eq!(out.event(1), Published::warning("BrokerError", &refusal));
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
+    assert_eq!(out.event(0), Published::warning("BrokerError", &refusal));
     assert_eq!(
-        out.status_patch(2)["status"],
+        out.status_patch(1)["status"],
         json!({
             "conditions": [{
                 "type": "Ready", "status": "False", "reason": "BrokerError",
@@ -293,7 +294,7 @@ async fn an_unparsable_retry_backoff_is_an_invalid_spec_and_no_broker_is_touched
         }
         other => panic!("expected an invalid spec, got {other:?}"),
     }
-    assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+    assert_eq!(tenant_admin(&broker).list_groups().await.expect("list"), []);
     let message = "spec.retryBackoff[1] \"soon\": expected number at 0";
     assert_eq!(
         out.request_lines(),
@@ -357,7 +358,7 @@ async fn a_bad_offset_reset_timestamp_keeps_the_rest_of_the_status_and_is_announ
         "{:?}",
         out.result
     );
-    assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+    assert_eq!(tenant_admin(&broker).list_groups().await.expect("list"), []);
     assert_eq!(
         out.request_lines(),
         [r.status()],
@@ -396,7 +397,7 @@ async fn cleanup_deletes_the_group_from_every_broker_and_releases_the_finalizer(
     let r = Requests::new("consumergroups", "billing");
     let (a, b) = (Broker::start(), Broker::start());
     let group = billing(Stage::Deleting, &["1s", "5s"], None);
-    a.admin()
+    tenant_admin(&a)
         .create_group(hosted().remove(0))
         .await
         .expect("create on a");
@@ -406,18 +407,17 @@ async fn cleanup_deletes_the_group_from_every_broker_and_releases_the_finalizer(
 
     assert_eq!(out.action(), &Action::await_change());
     for broker in [&a, &b] {
-        assert_eq!(broker.admin().list_groups().await.expect("list"), []);
+        assert_eq!(tenant_admin(broker).list_groups().await.expect("list"), []);
     }
-    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
-    assert_eq!(out.sent[1].body, release(FINALIZER));
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(out.sent[0].body, release(FINALIZER));
 }
 
 #[tokio::test]
 async fn cleanup_of_an_unmanaged_group_leaves_the_brokers_alone() {
     let r = Requests::new("consumergroups", "billing");
     let broker = Broker::start();
-    broker
-        .admin()
+    tenant_admin(&broker)
         .create_group(hosted().remove(0))
         .await
         .expect("create");
@@ -426,7 +426,10 @@ async fn cleanup_of_an_unmanaged_group_leaves_the_brokers_alone() {
     let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.grpc)]).await;
 
     assert_eq!(out.action(), &Action::await_change());
-    assert_eq!(broker.admin().list_groups().await.expect("list"), hosted());
-    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
-    assert_eq!(out.sent[1].body, release(FINALIZER));
+    assert_eq!(
+        tenant_admin(&broker).list_groups().await.expect("list"),
+        hosted()
+    );
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(out.sent[0].body, release(FINALIZER));
 }

@@ -59,6 +59,15 @@ pub fn context(client: Client, brokers: Vec<BrokerEndpoint>) -> Context {
     }
 }
 
+/// An admin client of `broker` in the broker namespace of the resources under
+/// test (their Kubernetes namespace).
+pub fn tenant_admin(broker: &dduomq_testkit::Broker) -> dduomq_client::Admin {
+    broker
+        .admin()
+        .in_namespace(NAMESPACE)
+        .expect("a valid namespace")
+}
+
 /// How far along its life a resource under test is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -92,28 +101,14 @@ pub fn metadata(name: &str, finalizer: &str, stage: Stage) -> ObjectMeta {
 pub struct Requests {
     /// The resource's path.
     object: String,
-    /// Its collection across namespaces.
-    collection: String,
-    name: String,
 }
 
 impl Requests {
     /// Requests about `name` of the operator's kind `plural` (`topics`, ...).
     pub fn new(plural: &str, name: &str) -> Requests {
-        let collection = format!("/apis/dduomq.io/v1alpha1/{plural}");
         Requests {
             object: format!("/apis/dduomq.io/v1alpha1/namespaces/{NAMESPACE}/{plural}/{name}"),
-            collection,
-            name: name.to_string(),
         }
-    }
-
-    /// Lists the resources of the same name in every namespace (who owns the name?).
-    pub fn same_name(&self) -> String {
-        format!(
-            "GET {}?&fieldSelector=metadata.name%3D{}",
-            self.collection, self.name
-        )
     }
 
     /// Publishes an event.

@@ -12,7 +12,7 @@ use crate::context::ReconcileError;
 use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec};
 use crate::test_support::{
     NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_against,
-    reconcile_once, release,
+    reconcile_once, release, tenant_admin,
 };
 use dduomq_testkit::{Broker, free_port};
 
@@ -61,7 +61,7 @@ async fn a_new_topic_first_gets_the_finalizer_and_no_broker_is_touched() {
             {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
         ])
     );
-    assert_eq!(broker.admin().list_topics().await.expect("list"), []);
+    assert_eq!(tenant_admin(&broker).list_topics().await.expect("list"), []);
 }
 
 #[tokio::test]
@@ -76,21 +76,21 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_readiness_wit
     assert_eq!(out.action(), &Action::requeue(RESYNC));
     for broker in [&a, &b] {
         assert_eq!(
-            broker.admin().list_topics().await.expect("list"),
+            tenant_admin(broker).list_topics().await.expect("list"),
             hosted(4, pb::MessageType::Fifo)
         );
     }
-    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
     assert_eq!(
-        out.event(1),
+        out.event(0),
         Published::normal("Reconciled", "4 queues on 2 brokers")
     );
     assert_eq!(
-        out.sent[2].content_type.as_deref(),
+        out.sent[1].content_type.as_deref(),
         Some("application/apply-patch+yaml")
     );
     assert_eq!(
-        out.status_patch(2),
+        out.status_patch(1),
         json!({
             "apiVersion": "dduomq.io/v1alpha1",
             "kind": "Topic",
@@ -107,11 +107,43 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_readiness_wit
     assert!(out.woke_routes());
 }
 
+/// `shop%` and 123 characters are 128, one more than the brokers store.
+#[tokio::test]
+async fn a_name_too_long_with_its_namespace_is_not_ready_and_touches_no_broker() {
+    let long = "t".repeat(123);
+    let r = Requests::new("topics", &long);
+    let broker = Broker::start();
+    let mut topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    topic.metadata = metadata(&long, FINALIZER, Stage::Finalized);
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    assert_eq!(out.action(), &Action::requeue(Duration::from_secs(5)));
+    assert_eq!(tenant_admin(&broker).list_topics().await.expect("list"), []);
+    let problem = format!(
+        "\"{long}\" in namespace \"shop\" is stored as 128 characters (shop%{long}); \
+         at most 127 are allowed"
+    );
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
+    assert_eq!(out.event(0), Published::warning("NameTooLong", &problem));
+    assert_eq!(
+        out.status_patch(1)["status"]["conditions"],
+        json!([{
+            "type": "Ready", "status": "False", "reason": "NameTooLong",
+            "message": problem, "observedGeneration": 1,
+        }])
+    );
+
+    // Deleting it releases the finalizer without a broker call.
+    topic.metadata = metadata(&long, FINALIZER, Stage::Deleting);
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+}
+
 #[tokio::test]
 async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
     let r = Requests::new("topics", "orders");
     let (a, b) = (Broker::start(), Broker::start());
-    b.admin()
+    tenant_admin(&b)
         .create_topic("orders", 4, pb::MessageType::Normal)
         .await
         .expect("a NORMAL topic of the same name on b");
@@ -126,17 +158,17 @@ async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
         b.grpc
     );
     assert_eq!(
-        a.admin().list_topics().await.expect("list a"),
+        tenant_admin(&a).list_topics().await.expect("list a"),
         hosted(4, pb::MessageType::Fifo)
     );
     assert_eq!(
-        b.admin().list_topics().await.expect("list b"),
+        tenant_admin(&b).list_topics().await.expect("list b"),
         hosted(4, pb::MessageType::Normal),
         "the refusing broker keeps its topic"
     );
-    assert_eq!(out.request_lines(), [r.same_name(), r.event(), r.status()]);
-    assert_eq!(out.event(1), Published::warning("BrokerError", &refusal));
-    let status = &out.status_patch(2)["status"];
+    assert_eq!(out.request_lines(), [r.event(), r.status()]);
+    assert_eq!(out.event(0), Published::warning("BrokerError", &refusal));
+    let status = &out.status_patch(1)["status"];
     assert_eq!(
         status["conditions"],
         json!([{
@@ -151,7 +183,7 @@ async fn a_broker_refusal_makes_the_topic_not_ready_with_the_brokers_reason() {
 async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer() {
     let r = Requests::new("topics", "orders");
     let (a, b) = (Broker::start(), Broker::start());
-    a.admin()
+    tenant_admin(&a)
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create on a");
@@ -162,10 +194,10 @@ async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer(
 
     assert_eq!(out.action(), &Action::await_change());
     for broker in [&a, &b] {
-        assert_eq!(broker.admin().list_topics().await.expect("list"), []);
+        assert_eq!(tenant_admin(broker).list_topics().await.expect("list"), []);
     }
-    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
-    assert_eq!(out.sent[1].body, release(FINALIZER));
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(out.sent[0].body, release(FINALIZER));
     assert!(out.woke_routes());
 }
 
@@ -173,8 +205,7 @@ async fn cleanup_deletes_the_topic_from_every_broker_and_releases_the_finalizer(
 async fn cleanup_with_the_retain_policy_keeps_the_topic_and_releases_the_finalizer() {
     let r = Requests::new("topics", "orders");
     let broker = Broker::start();
-    broker
-        .admin()
+    tenant_admin(&broker)
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create");
@@ -183,18 +214,18 @@ async fn cleanup_with_the_retain_policy_keeps_the_topic_and_releases_the_finaliz
 
     assert_eq!(out.action(), &Action::await_change());
     assert_eq!(
-        broker.admin().list_topics().await.expect("list"),
+        tenant_admin(&broker).list_topics().await.expect("list"),
         hosted(4, pb::MessageType::Fifo)
     );
-    assert_eq!(out.request_lines(), [r.same_name(), r.finalizers()]);
-    assert_eq!(out.sent[1].body, release(FINALIZER));
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(out.sent[0].body, release(FINALIZER));
 }
 
 #[tokio::test]
 async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
     let r = Requests::new("topics", "orders");
     let live = Broker::start();
-    live.admin()
+    tenant_admin(&live)
         .create_topic("orders", 4, pb::MessageType::Fifo)
         .await
         .expect("create");
@@ -213,16 +244,16 @@ async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
         failed.starts_with(&format!("broker {dead}: ")) && failed.ends_with(" []"),
         "one failure, of the dead broker, without a reason code: {failed}"
     );
-    assert_eq!(live.admin().list_topics().await.expect("list"), []);
+    assert_eq!(tenant_admin(&live).list_topics().await.expect("list"), []);
     assert_eq!(
         out.request_lines(),
-        [r.same_name(), r.namespace(), r.event(), r.status()],
+        [r.namespace(), r.event(), r.status()],
         "the namespace is not terminating: no finalizer patch, the failure reported"
     );
     let message = format!("cleanup on the brokers failed: {failed}");
-    assert_eq!(out.event(2), Published::warning("CleanupFailed", &message));
+    assert_eq!(out.event(1), Published::warning("CleanupFailed", &message));
     assert_eq!(
-        out.status_patch(3),
+        out.status_patch(2),
         json!({
             "apiVersion": "dduomq.io/v1alpha1",
             "kind": "Topic",
@@ -250,24 +281,24 @@ async fn a_failed_status_write_is_reported_as_a_kubernetes_api_error() {
         other => panic!("expected a Kubernetes API error, got {other:?}"),
     };
     assert_eq!(
-        broker.admin().list_topics().await.expect("list"),
+        tenant_admin(&broker).list_topics().await.expect("list"),
         hosted(4, pb::MessageType::Fifo)
     );
     assert_eq!(
         out.request_lines(),
-        [r.same_name(), r.event(), r.status(), r.event(), r.status()],
+        [r.event(), r.status(), r.event(), r.status()],
         "the failed status write, then the failure's event and status"
     );
     assert_eq!(
-        out.event(1),
+        out.event(0),
         Published::normal("Reconciled", "4 queues on 1 brokers")
     );
     assert_eq!(
-        out.event(3),
+        out.event(2),
         Published::warning("KubernetesApiError", &error)
     );
     assert_eq!(
-        out.status_patch(4)["status"]["conditions"],
+        out.status_patch(3)["status"]["conditions"],
         json!([{
             "type": "Ready", "status": "False", "reason": "KubernetesApiError",
             "message": error, "observedGeneration": 1,

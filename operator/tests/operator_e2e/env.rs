@@ -126,6 +126,21 @@ impl Env {
     pub(crate) fn grpc(&self, i: usize) -> String {
         format!("{}:6086", self.ips[i])
     }
+
+    /// An admin client of broker `i` in `namespace` (the broker namespace of
+    /// the resources in that Kubernetes namespace).
+    pub(crate) fn admin_in(&self, i: usize, namespace: &str) -> Admin {
+        Admin::connect(&self.grpc(i))
+            .unwrap()
+            .in_namespace(namespace)
+            .unwrap()
+    }
+
+    /// An admin client of broker `i` in [`APP_NS`], where the scenario's
+    /// resources live.
+    pub(crate) fn admin(&self, i: usize) -> Admin {
+        self.admin_in(i, APP_NS)
+    }
 }
 
 /// How often the waits check: the API server and the operator get time to act
@@ -211,11 +226,7 @@ pub(crate) fn ready(status: Option<&dduomq_operator::crd::TopicStatus>) -> bool 
 
 /// Queue count of a topic on broker `i` (None: not there).
 pub(crate) async fn queues_on(env: &Env, i: usize, topic: &str) -> Option<u32> {
-    let d = Admin::connect(&env.grpc(i))
-        .ok()?
-        .describe_topic(topic)
-        .await
-        .ok()?;
+    let d = env.admin(i).describe_topic(topic).await.ok()?;
     Some(d.queues.len() as u32)
 }
 
@@ -232,11 +243,7 @@ pub(crate) async fn queues_everywhere(env: &Env, topic: &str, n: u32) -> bool {
 /// Messages ever written to `topic` on broker `i`: the sum of its queues' max
 /// offsets (None: not there).
 pub(crate) async fn messages_on(env: &Env, i: usize, topic: &str) -> Option<u64> {
-    let d = Admin::connect(&env.grpc(i))
-        .ok()?
-        .describe_topic(topic)
-        .await
-        .ok()?;
+    let d = env.admin(i).describe_topic(topic).await.ok()?;
     Some(d.queues.iter().map(|q| q.max_offset).sum())
 }
 
@@ -248,13 +255,14 @@ pub(crate) async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, 
     ))
     .await
     .ok()?;
-    let r = c
-        .query_route(pb::QueryRouteRequest {
-            topic: topic.into(),
-        })
-        .await
-        .ok()?
-        .into_inner();
+    let mut request = tonic::Request::new(pb::QueryRouteRequest {
+        topic: topic.into(),
+    });
+    request.metadata_mut().insert(
+        dduomq_proto::namespace::NAMESPACE_METADATA,
+        APP_NS.parse().unwrap(),
+    );
+    let r = c.query_route(request).await.ok()?.into_inner();
     if r.epoch == 0 {
         return None;
     }
@@ -270,11 +278,7 @@ pub(crate) async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, 
 pub(crate) async fn total_lag(env: &Env, group: &str) -> u64 {
     let mut lag = 0;
     for i in 0..env.ips.len() {
-        if let Ok(d) = Admin::connect(&env.grpc(i))
-            .unwrap()
-            .describe_group(group)
-            .await
-        {
+        if let Ok(d) = env.admin(i).describe_group(group).await {
             lag += d.queues.iter().map(|q| q.lag).sum::<u64>();
         }
     }
@@ -286,6 +290,7 @@ pub(crate) async fn consume(env: &Env, group: &str, topic: &str, n: usize) -> Ve
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = seen.clone();
     let consumer = PushConsumerBuilder::new(env.grpc(0), group, topic)
+        .namespace(APP_NS)
         .start(move |m| {
             let sink = sink.clone();
             async move {

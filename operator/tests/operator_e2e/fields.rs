@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
-use dduomq_client::{Admin, Message, ProducerBuilder, now_millis};
+use dduomq_client::{Message, ProducerBuilder, now_millis};
 use dduomq_operator::crd::{ConsumerGroup, Topic};
 use dduomq_testkit::eventually_every;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -17,12 +17,7 @@ use crate::env::*;
 
 /// The topic as broker `i` has it.
 async fn topic_on(env: &Env, i: usize, topic: &str) -> Option<pb::Topic> {
-    Admin::connect(&env.grpc(i))
-        .ok()?
-        .describe_topic(topic)
-        .await
-        .ok()?
-        .topic
+    env.admin(i).describe_topic(topic).await.ok()?.topic
 }
 
 /// Waits until every broker has `topic` with settings that `settled` accepts.
@@ -49,15 +44,20 @@ async fn send_to(env: &Env, i: usize, topic: &str, size: usize) -> Result<(), St
     let mut client = MessagingServiceClient::connect(format!("http://{}", env.grpc(i)))
         .await
         .unwrap();
+    let mut request = tonic::Request::new(pb::SendRequest {
+        messages: vec![pb::OutgoingMessage {
+            topic: topic.into(),
+            body: vec![b'x'; size].into(),
+            born_timestamp_ms: now_millis(),
+            ..Default::default()
+        }],
+    });
+    request.metadata_mut().insert(
+        dduomq_proto::namespace::NAMESPACE_METADATA,
+        APP_NS.parse().expect("an ASCII namespace"),
+    );
     client
-        .send(pb::SendRequest {
-            messages: vec![pb::OutgoingMessage {
-                topic: topic.into(),
-                body: vec![b'x'; size].into(),
-                born_timestamp_ms: now_millis(),
-                ..Default::default()
-            }],
-        })
+        .send(request)
         .await
         .map(|_| ())
         .map_err(|status| status.message().to_string())
@@ -119,7 +119,10 @@ pub(crate) async fn topic_fields_reach_the_brokers(env: &Env, client: &Client) {
         t.retention_ms == 2000
     })
     .await;
-    let producer = ProducerBuilder::new(env.grpc(0)).build().unwrap();
+    let producer = ProducerBuilder::new(env.grpc(0))
+        .namespace(APP_NS)
+        .build()
+        .unwrap();
     let old = producer.send(Message::new("brief", "old")).await.unwrap();
     let expired_at = old.store_timestamp_ms + 2000;
     tokio::time::sleep(Duration::from_millis(
@@ -128,11 +131,7 @@ pub(crate) async fn topic_fields_reach_the_brokers(env: &Env, client: &Client) {
     .await;
     // Every queue's minimum moved past it.
     for i in 0..env.ips.len() {
-        let d = Admin::connect(&env.grpc(i))
-            .unwrap()
-            .describe_topic("brief")
-            .await
-            .unwrap();
+        let d = env.admin(i).describe_topic("brief").await.unwrap();
         assert!(
             d.queues.iter().all(|q| q.min_offset == q.max_offset),
             "broker {i}: {:?}",

@@ -9,13 +9,14 @@ mod fields;
 mod placement;
 mod status;
 mod subscriptions;
+mod tenants;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use dduomq_client::{Admin, Message, ProducerBuilder};
+use dduomq_client::{Message, ProducerBuilder};
 use dduomq_operator::crd::{ConsumerGroup, Topic};
 use dduomq_testkit::eventually_every;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -110,7 +111,10 @@ async fn operator_scenarios() {
             .then_some(())
     })
     .await;
-    let producer = ProducerBuilder::new(env.grpc(0)).build().unwrap();
+    let producer = ProducerBuilder::new(env.grpc(0))
+        .namespace(APP_NS)
+        .build()
+        .unwrap();
     let mut used = BTreeSet::new();
     for i in 0..60 {
         let r = producer
@@ -164,6 +168,7 @@ async fn operator_scenarios() {
     .await;
     let before = messages_on(&env, 1, "orders").await;
     let producer = ProducerBuilder::new(env.grpc(0))
+        .namespace(APP_NS)
         .route_ttl(Duration::ZERO)
         .build()
         .unwrap();
@@ -265,11 +270,7 @@ async fn operator_scenarios() {
         Some(20),
         "broker 1 holds its share before the deletion"
     );
-    Admin::connect(&env.grpc(1))
-        .unwrap()
-        .delete_topic("orders")
-        .await
-        .unwrap();
+    env.admin(1).delete_topic("orders").await.unwrap();
     // A reconcile already under way may re-create the topic at once, so the
     // deletion shows in what comes back: the re-created topic is empty.
     eventually_every(
@@ -321,56 +322,8 @@ async fn operator_scenarios() {
     )
     .await;
 
-    step(
-        "the same topic name in another namespace is refused, and its deletion leaves the owner alone",
-    );
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let clash =
-        topic_yaml("orders", 3, "").replace(&format!("namespace: {APP_NS}"), "namespace: other");
-    assert!(
-        env.kubectl(&["apply", "-f", "-"], Some(&clash))
-            .status
-            .success()
-    );
-    let others: Api<Topic> = Api::namespaced(client.clone(), "other");
-    eventually_every(
-        POLL,
-        Duration::from_secs(30),
-        "a NameConflict condition",
-        async || {
-            let t = others.get("orders").await.ok()?;
-            t.status?
-                .conditions
-                .iter()
-                .any(|c| c.reason == "NameConflict" && c.status == "False")
-                .then_some(())
-        },
-    )
-    .await;
-    others
-        .delete("orders", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually_every(
-        POLL,
-        Duration::from_secs(30),
-        "the clashing Topic deleted",
-        async || others.get_opt("orders").await.ok()?.is_none().then_some(()),
-    )
-    .await;
-    for i in 0..3 {
-        assert_eq!(
-            queues_on(&env, i, "orders").await,
-            Some(10),
-            "the owner's topic is untouched on broker {i}"
-        );
-    }
+    tenants::same_name_in_two_namespaces(&env, &client).await;
+    tenants::too_long_with_the_namespace(&env, &client).await;
 
     step("a ConsumerGroup offsetReset is applied exactly once per requestId");
     let reset = |id: &str| json!({"spec": {"offsetReset": {"requestId": id, "to": "Earliest"}}});

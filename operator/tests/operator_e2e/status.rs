@@ -88,7 +88,10 @@ pub(crate) async fn group_lag_column(env: &Env, topics: &Api<Topic>, groups: &Ap
     .await;
     // The brokers count lag from a group's progress: a member consumes the
     // first 3 messages and leaves, then 7 more wait.
-    let producer = ProducerBuilder::new(env.grpc(0)).build().unwrap();
+    let producer = ProducerBuilder::new(env.grpc(0))
+        .namespace(APP_NS)
+        .build()
+        .unwrap();
     let send = async |range: std::ops::Range<usize>| {
         for i in range {
             producer

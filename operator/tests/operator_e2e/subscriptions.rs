@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_client::proto as pb;
-use dduomq_client::{Admin, Filter, Message, ProducerBuilder, PushConsumerBuilder, Reason};
+use dduomq_client::{Filter, Message, ProducerBuilder, PushConsumerBuilder, Reason};
 use dduomq_operator::crd::{ConsumerGroup, Topic};
 use dduomq_testkit::eventually_every;
 use kube::api::DeleteParams;
@@ -33,9 +33,7 @@ fn declared() -> Vec<pb::GroupSubscription> {
 /// Whether every broker holds the group with its declared subscription.
 async fn declared_everywhere(env: &Env) -> bool {
     for i in 0..env.ips.len() {
-        let Ok(admin) = Admin::connect(&env.grpc(i)) else {
-            return false;
-        };
+        let admin = env.admin(i);
         let held = admin
             .describe_group(GROUP)
             .await
@@ -78,7 +76,10 @@ pub(crate) async fn a_declared_tag_filter_takes_effect(env: &Env, client: &Clien
     )
     .await;
 
-    let producer = ProducerBuilder::new(env.grpc(0)).build().unwrap();
+    let producer = ProducerBuilder::new(env.grpc(0))
+        .namespace(APP_NS)
+        .build()
+        .unwrap();
     let mut tagged_a = BTreeSet::new();
     for i in 0..SENT {
         let (tag, body) = if i % 2 == 0 {
@@ -96,6 +97,7 @@ pub(crate) async fn a_declared_tag_filter_takes_effect(env: &Env, client: &Clien
     }
 
     let refused = PushConsumerBuilder::new(env.grpc(0), GROUP, TOPIC)
+        .namespace(APP_NS)
         .filter(Filter::Tag("B".into()))
         .start(|_| async { Ok::<(), String>(()) })
         .await
@@ -116,6 +118,7 @@ pub(crate) async fn a_declared_tag_filter_takes_effect(env: &Env, client: &Clien
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = seen.clone();
     let consumer = PushConsumerBuilder::new(env.grpc(0), GROUP, TOPIC)
+        .namespace(APP_NS)
         .filter(Filter::Tag("A".into()))
         .start(move |m| {
             let sink = sink.clone();
