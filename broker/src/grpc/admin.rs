@@ -268,6 +268,7 @@ impl AdminService for AdminApi {
                 draining: drain.draining,
                 unconsumed_messages: drain.unconsumed,
                 route_epoch: self.broker.route_epoch(),
+                staged_messages: drain.staged,
             }))
         })
         .await
