@@ -406,3 +406,6 @@ impl Fleet {
             .map(|b| b.address.clone())
     }
 }
+
+#[cfg(test)]
+mod tests;
