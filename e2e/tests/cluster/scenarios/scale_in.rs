@@ -153,12 +153,15 @@ impl Cluster {
             "broker 4 held messages of the load before it left"
         );
         let acked_per_s = stats.acked as f64 / load_took.as_secs_f64();
-        assert!(
-            acked_per_s >= f64::from(SCALE_IN_LOAD.messages_per_second) * 0.95,
-            "the load acknowledged {acked_per_s:.0} msg/s, below {} msg/s",
-            SCALE_IN_LOAD.messages_per_second
-        );
         stats.record(&step);
+        let timeline: Vec<usize> = (0..load_took.as_secs())
+            .map(|s| {
+                let from = load_started + Duration::from_secs(s);
+                self.ledger
+                    .acks_between(from, from + Duration::from_secs(1))
+            })
+            .collect();
+        step.set("acks_per_second_timeline", json!(timeline));
         step.set("acked_per_s", json!(acked_per_s.round()));
         step.set("acked_on_departing_broker", acked_on_departing as u64);
         step.set("helm_upgrade_s", secs(helm.took));
@@ -174,6 +177,11 @@ impl Cluster {
         );
         step.set("route_over_4_after_s", secs(balanced));
         step.set("consumed_after_stop_s", secs(consumed));
+        assert!(
+            acked_per_s >= f64::from(SCALE_IN_LOAD.messages_per_second) * 0.95,
+            "the load acknowledged {acked_per_s:.0} msg/s, below {} msg/s",
+            SCALE_IN_LOAD.messages_per_second
+        );
         step.done();
     }
 }
