@@ -186,6 +186,14 @@ impl BrokerPool {
             .await
     }
 
+    /// Starts or stops draining the broker (it then refuses new messages).
+    pub async fn set_draining(&self, address: &str, draining: bool) -> Result<(), BrokerCallError> {
+        self.on(address, |admin| async move {
+            admin.set_draining(draining).await
+        })
+        .await
+    }
+
     pub async fn update_routes(
         &self,
         address: &str,

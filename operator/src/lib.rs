@@ -1,6 +1,7 @@
 //! The DduoMQ operator: the `Topic` and `ConsumerGroup` custom resources, the
-//! broker registry (EndpointSlices), queue placement and the route table, and
-//! the controllers that make the brokers match the resources.
+//! broker registry (EndpointSlices), queue placement and the route table, the
+//! controllers that make the brokers match the resources, and the fleet loop
+//! that owns the broker count (safe scale-in).
 
 pub mod backoff;
 pub mod brokers;
@@ -9,6 +10,7 @@ pub mod controller;
 pub mod crd;
 pub mod crd_upgrade;
 pub mod crdgen;
+pub mod fleet;
 pub mod group;
 pub mod leader;
 pub mod metrics;

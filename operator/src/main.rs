@@ -13,7 +13,9 @@ use clap::Parser;
 use dduomq_operator::brokers::BrokerPool;
 use dduomq_operator::context::Context;
 use dduomq_operator::crd::{ConsumerGroup, Topic};
-use dduomq_operator::{controller, crd_upgrade, leader, metrics, registry, routes, uninstall};
+use dduomq_operator::{
+    controller, crd_upgrade, fleet, leader, metrics, registry, routes, uninstall,
+};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
@@ -67,6 +69,11 @@ struct Args {
     /// Label selector of the operator's pods (with `--uninstall`).
     #[arg(long)]
     operator_pods: Option<String>,
+    /// The broker StatefulSet (in the brokers' namespace) whose replicas the
+    /// operator owns: it grows it and drains departing brokers before shrinking
+    /// it to the count in its `dduomq.io/desired-replicas` annotation.
+    #[arg(long, env = "DDUOMQ_BROKER_STATEFULSET")]
+    broker_statefulset: Option<String>,
     /// Periodic resync, which repairs drift on the brokers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     resync: Duration,
@@ -154,13 +161,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (tx, brokers) = watch::channel(Vec::new());
+    let broker_namespace = args
+        .broker_namespace
+        .clone()
+        .unwrap_or_else(|| args.namespace.clone());
     tokio::spawn(registry::run(
         client.clone(),
-        Some(
-            args.broker_namespace
-                .clone()
-                .unwrap_or_else(|| args.namespace.clone()),
-        ),
+        Some(broker_namespace.clone()),
         args.broker_selector.clone(),
         args.broker_port,
         tx,
@@ -186,11 +193,22 @@ async fn main() -> anyhow::Result<()> {
     // recorded by an older operator under their field manager.
     let placed = routes::recorded_placements(&ctx.client).await;
     tokio::spawn(routes::run(ctx.clone(), placed));
+    let fleet = args.broker_statefulset.clone().map(|sts| {
+        tokio::spawn(fleet::run(
+            ctx.clone(),
+            broker_namespace,
+            sts,
+            shutdown.clone(),
+        ))
+    });
     let client = ctx.client.clone();
     tokio::join!(
         controller::run::<Topic>(ctx.clone(), shutdown.clone(), SHUTDOWN_GRACE),
         controller::run::<ConsumerGroup>(ctx, shutdown, SHUTDOWN_GRACE)
     );
+    if let Some(fleet) = fleet {
+        let _ = fleet.await;
+    }
     if let Some(deployment) = &args.deployment {
         match uninstall::deployment_removed(&client, &args.namespace, deployment).await {
             Ok(true) => match uninstall::release_finalizers(&client).await {

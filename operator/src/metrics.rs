@@ -1,5 +1,5 @@
 //! Operator metrics (catalogue: docs/metrics.md): reconciles, errors and durations
-//! per kind, ready brokers in the registry, leadership.
+//! per kind, ready brokers in the registry, leadership, scale-in progress.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -16,6 +16,10 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     pub brokers_ready: IntGauge,
     pub leader: IntGauge,
+    /// Departing write units not drained yet (0 when no scale-in is under way).
+    pub scale_in_pending: IntGauge,
+    /// Unconsumed and staged messages left on the departing write units.
+    pub scale_in_remaining_messages: IntGauge,
 }
 
 impl Default for Metrics {
@@ -53,11 +57,23 @@ impl Metrics {
             "1 while this replica holds the leader lease.",
         ))
         .expect("valid metric");
+        let scale_in_pending = IntGauge::with_opts(Opts::new(
+            "dduomq_operator_scale_in_pending",
+            "Departing write units (brokers) of a scale-in that are not drained yet.",
+        ))
+        .expect("valid metric");
+        let scale_in_remaining_messages = IntGauge::with_opts(Opts::new(
+            "dduomq_operator_scale_in_remaining_messages",
+            "Unconsumed and staged messages left on the departing write units.",
+        ))
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
             Box::new(brokers_ready.clone()),
             Box::new(leader.clone()),
+            Box::new(scale_in_pending.clone()),
+            Box::new(scale_in_remaining_messages.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -81,6 +97,8 @@ impl Metrics {
             reconcile_duration,
             brokers_ready,
             leader,
+            scale_in_pending,
+            scale_in_remaining_messages,
         }
     }
 
@@ -122,5 +140,6 @@ mod tests {
             text.contains("dduomq_operator_reconcile_duration_seconds_count{kind=\"Topic\"} 1")
         );
         assert!(text.contains("dduomq_operator_brokers_ready 0"));
+        assert!(text.contains("dduomq_operator_scale_in_pending 0"));
     }
 }

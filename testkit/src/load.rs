@@ -77,19 +77,28 @@ impl Load {
         let first = ledger.allocated();
         let flag = stop.clone();
         let task = tokio::spawn(async move {
-            let per_tick = (rate.messages_per_second / 50).max(1);
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut in_flight = tokio::task::JoinSet::new();
+            // Each tick sends what is due since the start, so late ticks (a busy
+            // machine) do not lower the rate below `messages_per_second`.
+            let paced_from = Instant::now();
+            let mut started_sends = 0u64;
             while !flag.load(Ordering::SeqCst) {
                 tick.tick().await;
                 while let Some(done) = in_flight.try_join_next() {
                     done.expect("send task");
                 }
-                for _ in 0..per_tick {
+                let due = (paced_from.elapsed().as_secs_f64() * f64::from(rate.messages_per_second))
+                    as u64;
+                while started_sends < due {
                     if in_flight.len() >= rate.max_in_flight {
+                        // A stall: what was due meanwhile is skipped, not
+                        // sent in a burst afterwards.
+                        started_sends = due;
                         break;
                     }
+                    started_sends += 1;
                     let index = ledger.allocate();
                     let producer = producer.clone();
                     let ledger = ledger.clone();

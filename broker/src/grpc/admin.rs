@@ -320,6 +320,7 @@ impl AdminService for AdminApi {
                 draining: drain.draining,
                 unconsumed_messages: drain.unconsumed,
                 route_epoch: self.broker.route_epoch(),
+                staged_messages: drain.staged,
             }))
         })
         .await

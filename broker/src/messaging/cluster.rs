@@ -21,12 +21,14 @@ pub struct RouteUpdate {
     pub applied: bool,
 }
 
-/// Whether the broker is draining, and how many stored messages some group has
-/// not consumed yet (with sends still being stored).
+/// Whether the broker is draining, how many stored messages some group has
+/// not consumed yet (with sends still being stored), and how many staged
+/// (delayed or half) messages have yet to reach their topic here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainState {
     pub draining: bool,
     pub unconsumed: u64,
+    pub staged: u64,
 }
 
 impl Broker {
@@ -86,8 +88,9 @@ impl Broker {
         tracing::info!(draining, "drain state changed");
     }
 
-    /// Whether this broker is draining, and how many stored messages some group
-    /// has not consumed yet (a drained broker reports 0).
+    /// Whether this broker is draining, how many stored messages some group has
+    /// not consumed yet and how many staged ones wait (a drained broker reports
+    /// 0 for both).
     pub fn drain_state(&self) -> DrainState {
         let unconsumed = self
             .groups
@@ -103,6 +106,7 @@ impl Broker {
         DrainState {
             draining: self.draining.load(Ordering::SeqCst),
             unconsumed: unconsumed + in_flight,
+            staged: (self.staged.delayed_pending() + self.staged.halves_pending()) as u64,
         }
     }
 

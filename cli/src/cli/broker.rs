@@ -35,7 +35,8 @@ pub async fn run(server: &Target, format: Format, cmd: BrokerCommand) -> anyhow:
             let v = json!({"version": i.version, "broker_id": i.broker_id, "flush": i.flush_mode, "uptime_ms": i.uptime_ms,
                 "commit_log_min": i.commit_log_min, "commit_log_max": i.commit_log_max, "segments": i.segments,
                 "topics": i.topics, "groups": i.groups, "draining": i.draining,
-                "unconsumed_messages": i.unconsumed_messages, "route_epoch": i.route_epoch});
+                "unconsumed_messages": i.unconsumed_messages, "staged_messages": i.staged_messages,
+                "route_epoch": i.route_epoch});
             match format {
                 Format::Json => json_line(&v),
                 Format::Table => {
@@ -50,18 +51,20 @@ pub async fn run(server: &Target, format: Format, cmd: BrokerCommand) -> anyhow:
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 let i = admin.broker_info().await?;
-                let drained = i.unconsumed_messages == 0;
+                // Staged (delayed, half) messages still have to reach their topic here.
+                let drained = i.unconsumed_messages == 0 && i.staged_messages == 0;
                 if no_wait || drained || tokio::time::Instant::now() >= deadline {
                     match format {
                         Format::Json => json_line(
-                            &json!({"draining": true, "drained": drained, "unconsumed_messages": i.unconsumed_messages}),
+                            &json!({"draining": true, "drained": drained, "unconsumed_messages": i.unconsumed_messages,
+                                "staged_messages": i.staged_messages}),
                         ),
                         Format::Table if drained => {
                             println!("drained: every group has consumed what this broker holds")
                         }
                         Format::Table => println!(
-                            "draining: {} messages left to consume",
-                            i.unconsumed_messages
+                            "draining: {} messages left to consume, {} staged (delayed or half) messages waiting",
+                            i.unconsumed_messages, i.staged_messages
                         ),
                     }
                     anyhow::ensure!(drained || no_wait, "not drained within {timeout:?}");

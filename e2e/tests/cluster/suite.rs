@@ -23,7 +23,7 @@ pub enum Scenario {
     Bulk,
     ScaleOut,
     Disruptions,
-    DrainAndScaleIn,
+    ScaleIn,
     RollingUpgrade,
     Teardown,
 }
@@ -34,7 +34,7 @@ impl Scenario {
         Scenario::Bulk,
         Scenario::ScaleOut,
         Scenario::Disruptions,
-        Scenario::DrainAndScaleIn,
+        Scenario::ScaleIn,
         Scenario::RollingUpgrade,
         Scenario::Teardown,
     ];
@@ -42,16 +42,14 @@ impl Scenario {
     /// The scenarios whose outcome this one starts from: the release (install),
     /// the Topic, the group's consumer and an unused ledger (bulk), five brokers
     /// (scale-out; teardown expects their five claims), four brokers
-    /// (drain and scale-in).
+    /// (scale-in).
     fn builds_on(self) -> &'static [Scenario] {
         match self {
             Scenario::Install => &[],
             Scenario::Bulk => &[Scenario::Install],
             Scenario::ScaleOut => &[Scenario::Bulk],
-            Scenario::Disruptions | Scenario::DrainAndScaleIn | Scenario::Teardown => {
-                &[Scenario::ScaleOut]
-            }
-            Scenario::RollingUpgrade => &[Scenario::DrainAndScaleIn],
+            Scenario::Disruptions | Scenario::ScaleIn | Scenario::Teardown => &[Scenario::ScaleOut],
+            Scenario::RollingUpgrade => &[Scenario::ScaleIn],
         }
     }
 
@@ -170,11 +168,9 @@ impl Suite {
                 let producer = self.load_producer().await;
                 self.cluster.disruptions(self.view(), &producer).await;
             }
-            Scenario::DrainAndScaleIn => {
+            Scenario::ScaleIn => {
                 let producer = self.load_producer().await;
-                self.cluster
-                    .drain_and_scale_in(self.view(), &producer)
-                    .await;
+                self.cluster.scale_in(self.view(), &producer).await;
             }
             Scenario::RollingUpgrade => {
                 let producer = self.load_producer().await;

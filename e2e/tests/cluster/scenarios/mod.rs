@@ -2,9 +2,9 @@
 
 mod bulk;
 mod disruptions;
-mod drain;
 mod install;
 mod rolling_upgrade;
+mod scale_in;
 mod scale_out;
 mod teardown;
 
