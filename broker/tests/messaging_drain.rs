@@ -6,9 +6,11 @@
 mod common;
 
 use common::api::{
-    LONG_LEASE, ack, create_group, create_topic, lease_exactly, message, send, subscribe,
+    LONG_LEASE, ack, create_group, create_topic, declare_group, lease_exactly, message, send,
+    subscribe,
 };
 use common::broker::{Loops, TestBroker, messaging_config, poll_until};
+use dduomq_broker::filter::FilterSpec;
 use dduomq_broker::messaging::{DrainState, Schedule, SendMessage};
 use dduomq_broker::store::MessageType;
 
@@ -65,6 +67,38 @@ async fn a_staged_delayed_message_keeps_a_draining_broker_from_being_drained() {
         DrainState {
             draining: true,
             unconsumed: 0,
+            staged: 0
+        }
+    );
+    b.close().await;
+}
+
+/// A group that declares a subscription but never consumed on this broker
+/// still has the topic's messages to consume: they keep the broker from
+/// being drained (a scale-in must wait for them).
+#[tokio::test]
+async fn a_declared_group_that_never_consumed_keeps_a_draining_broker_from_being_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::open(dir.path(), messaging_config(), Loops::Running);
+    create_topic(&b.broker, "orders", 2, MessageType::Normal);
+    declare_group(
+        &b.broker,
+        "billing",
+        &[("orders", FilterSpec::all())],
+        false,
+    )
+    .unwrap();
+    for i in 0..5 {
+        send(&b.broker, message("orders", &format!("order-{i}")))
+            .await
+            .unwrap();
+    }
+    b.broker.set_draining(true);
+    assert_eq!(
+        b.broker.drain_state(),
+        DrainState {
+            draining: true,
+            unconsumed: 5,
             staged: 0
         }
     );

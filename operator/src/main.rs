@@ -192,7 +192,12 @@ async fn main() -> anyhow::Result<()> {
     // Before the controllers, whose status applies would drop an assignment
     // recorded by an older operator under their field manager.
     let placed = routes::recorded_placements(&ctx.client).await;
-    tokio::spawn(routes::run(ctx.clone(), placed));
+    // Stopped and awaited before the lease is released, so a successor never
+    // publishes routes while this one still does.
+    let routes = tokio::spawn({
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        async move { shutdown.run_until_cancelled(routes::run(ctx, placed)).await }
+    });
     let fleet = args.broker_statefulset.clone().map(|sts| {
         tokio::spawn(fleet::run(
             ctx.clone(),
@@ -209,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(fleet) = fleet {
         let _ = fleet.await;
     }
+    let _ = routes.await;
     if let Some(deployment) = &args.deployment {
         match uninstall::deployment_removed(&client, &args.namespace, deployment).await {
             Ok(true) => match uninstall::release_finalizers(&client).await {

@@ -93,13 +93,17 @@ async fn record(ctx: &Context, topic: &Topic, assignment: &Assignment) {
     }
 }
 
-/// Runs until the process stops, starting from the `placed` assignments.
+/// Runs until the caller drops it (at shutdown), starting from the `placed`
+/// assignments.
 pub async fn run(mut ctx: Context, mut placed: Placements) {
     let mut epoch = 0u64;
     let mut last: Option<Vec<pb::TopicRoute>> = None;
     // (broker, topic) → queues with data, as last described: a broker that
     // fails to answer keeps its place instead of looking as if it had no topic.
     let mut known: BTreeMap<(String, String), QueuesWithData> = BTreeMap::new();
+    // Broker → whether it was draining when it last answered: one failed call
+    // must not hand a draining broker its queues back.
+    let mut draining_known: BTreeMap<String, bool> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(PERIOD) => {}
@@ -123,15 +127,20 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
         };
         let mut draining = Vec::new();
         for b in &ready {
-            if ctx
-                .pool
-                .broker_info(&b.address)
-                .await
-                .is_ok_and(|i| i.draining)
-            {
+            let was = draining_known.get(&b.name).copied().unwrap_or(false);
+            let is = match ctx.pool.broker_info(&b.address).await {
+                Ok(info) => info.draining,
+                Err(e) => {
+                    tracing::debug!(broker = %b.name, error = %e, "broker info failed; keeping what was known");
+                    was
+                }
+            };
+            draining_known.insert(b.name.clone(), is);
+            if is {
                 draining.push(b.name.clone());
             }
         }
+        draining_known.retain(|name, _| ready.iter().any(|b| b.name == *name));
         let mut seen = std::collections::BTreeSet::new();
         let refs: Vec<_> = ready.iter().collect();
         let mut routes = Vec::new();
@@ -159,9 +168,12 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
                             .collect(),
                     ),
                     Err(e) if e.reason() == Some(Reason::TopicNotFound) => None,
+                    // Not known yet (an operator that just started): count
+                    // it as hosting the topic, so one failed call does not
+                    // move its queues away.
                     Err(e) => {
                         tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
-                        known.get(&key).cloned().flatten()
+                        known.get(&key).cloned().unwrap_or(Some(Vec::new()))
                     }
                 };
                 known.insert(key, queues.clone());

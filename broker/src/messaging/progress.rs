@@ -128,11 +128,13 @@ impl Broker {
                 )
             })
         };
-        for m in &members {
-            for t in &m.member.topics {
-                if config.mode == ConsumeMode::Clustering {
-                    keys.insert((t.clone(), String::new()));
-                }
+        if config.mode == ConsumeMode::Clustering {
+            // A declared subscription counts before anyone consumed: its
+            // backlog is lag, and keeps a draining broker from being drained.
+            let declared = config.subscriptions.iter().map(|s| &s.topic);
+            let joined = members.iter().flat_map(|m| &m.member.topics);
+            for t in declared.chain(joined) {
+                keys.insert((t.clone(), String::new()));
             }
         }
         let mut queues = Vec::new();
