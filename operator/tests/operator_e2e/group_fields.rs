@@ -383,6 +383,11 @@ pub(crate) async fn failed_messages_are_retried_then_dead_lettered_or_dropped(
     assert_eq!(&dead[0].body[..], b"poison");
     assert_eq!(dead[0].properties["__DLQ_ORIGIN_TOPIC"], "fragile");
     assert_eq!(dead[0].properties["__DLQ_DELIVERY_ATTEMPTS"], "2");
+    let mut stored = 0;
+    for i in 0..env.ips.len() {
+        stored += messages_on(env, i, "%DLQ%fails").await.unwrap_or(0);
+    }
+    assert_eq!(stored, 1, "one dead letter, seen as the drop check counts");
 
     step("deadLetter false: the message is dropped after its attempts");
     apply_topic(env, "fragile-too", 1, "").await;
