@@ -21,7 +21,7 @@ async fn topic_on(env: &Env, i: usize, topic: &str) -> Option<pb::Topic> {
 }
 
 /// Waits until every broker has `topic` with settings that `settled` accepts.
-async fn settled_everywhere(
+pub(crate) async fn settled_everywhere(
     env: &Env,
     topic: &str,
     what: &str,
@@ -63,7 +63,7 @@ async fn send_to(env: &Env, i: usize, topic: &str, size: usize) -> Result<(), St
         .map_err(|status| status.message().to_string())
 }
 
-fn kubectl_apply(env: &Env, yaml: &str) {
+pub(crate) fn kubectl_apply(env: &Env, yaml: &str) {
     let out = env.kubectl(&["apply", "-f", "-"], Some(yaml));
     assert!(
         out.status.success(),

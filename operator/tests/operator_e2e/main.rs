@@ -6,6 +6,7 @@
 mod crds;
 mod env;
 mod fields;
+mod group_fields;
 mod placement;
 mod status;
 mod subscriptions;
@@ -232,6 +233,11 @@ async fn operator_scenarios() {
     .await;
 
     fields::topic_fields_reach_the_brokers(&env, &client).await;
+    group_fields::an_sql_subscription_filters_deliveries(&env, &client).await;
+    group_fields::an_ordered_group_holds_the_queue_until_the_ack(&env, &client).await;
+    group_fields::a_broadcast_group_gives_every_member_everything(&env, &client).await;
+    group_fields::failed_messages_are_retried_then_dead_lettered_or_dropped(&env, &client).await;
+    group_fields::a_fifo_topic_is_fifo_on_every_broker(&env, &client).await;
 
     step("a broker turning not-ready leaves the write route, and returns");
     publish_slice(&client, &env, &[true, true, false]).await;
