@@ -177,6 +177,48 @@ async fn transactions_ended_before_a_crash_answer_a_repeated_end_as_before() {
     repeated_ends_after_a_restart(Shutdown::WithoutSaving).await;
 }
 
+/// Whether every way a stranger could ask about `receipt` (another producer
+/// group, another topic, either resolution) is answered "not found", as for
+/// an unknown id: how a transaction ended is its owner's to learn.
+async fn hidden_from_strangers(b: &TestBroker, receipt: &SendReceipt) -> bool {
+    let mut answers = Vec::new();
+    for resolution in [Resolution::Commit, Resolution::Rollback] {
+        answers.push(end(b, receipt, "intruders", resolution).await);
+        answers.push(end_transaction(&b.broker, "elsewhere", receipt, PRODUCERS, resolution).await);
+    }
+    answers
+        .into_iter()
+        .all(|a| matches!(a, Err(BrokerError::TransactionNotFound(_))))
+}
+
+/// Ended transactions, answered from memory and (after a restart) from their
+/// markers, tell only their own producer group and topic how they ended.
+#[tokio::test]
+async fn how_a_transaction_ended_is_not_told_to_another_producer_group_or_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, r) =
+        halves_across_restart(dir.path(), &["t1", "t2"], Shutdown::Clean, no_checks()).await;
+    end(&b, &r[0], PRODUCERS, Resolution::Commit).await.unwrap();
+    end(&b, &r[1], PRODUCERS, Resolution::Rollback)
+        .await
+        .unwrap();
+    assert!(hidden_from_strangers(&b, &r[0]).await);
+    assert!(hidden_from_strangers(&b, &r[1]).await);
+    save_metadata(&b.broker);
+    let b = b
+        .restart(Shutdown::Clean, no_checks(), Loops::Running)
+        .await;
+    assert!(hidden_from_strangers(&b, &r[0]).await);
+    assert!(hidden_from_strangers(&b, &r[1]).await);
+    // The owner still gets its answers.
+    end(&b, &r[0], PRODUCERS, Resolution::Commit).await.unwrap();
+    assert!(resolved_as(
+        end(&b, &r[1], PRODUCERS, Resolution::Commit).await,
+        "rollback"
+    ));
+    b.close().await;
+}
+
 /// Waits for the next check, failing after [`PATIENCE`].
 async fn next_check(checks: &mut mpsc::Receiver<TransactionCheck>) -> TransactionCheck {
     tokio::time::timeout(PATIENCE, checks.recv())

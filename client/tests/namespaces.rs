@@ -4,7 +4,7 @@
 //! group's dead letters stay in its namespace, and names too long with their
 //! namespace, names with `%` and bad namespaces are refused. No namespace is
 //! the namespace `default`. Transactions and their checks stay in their
-//! namespace.
+//! namespace. Refusals name topics and groups as the namespace does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, ClientError, Message, ProducerBuilder, PushConsumerBuilder, Reason, ReceivedMessage,
-    TransactionProducer, TransactionResolution,
+    TopicSettings, TransactionProducer, TransactionResolution, now_millis,
 };
 use dduomq_testkit::{Broker, Options, eventually};
 use parking_lot::Mutex;
@@ -342,5 +342,85 @@ async fn transactions_and_their_checks_stay_in_their_namespace() {
             .max_offset,
         0,
         "nothing reached the default namespace's payments"
+    );
+}
+
+/// `inner` as a request of namespace `namespace`, sent without the SDK so
+/// the broker's own words reach the test.
+fn in_namespace<T>(namespace: &str, inner: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(inner);
+    request
+        .metadata_mut()
+        .insert("x-dduomq-namespace", namespace.parse().unwrap());
+    request
+}
+
+/// Refusals name topics and groups as the namespace's clients do: a pull
+/// below a queue's minimum (its message expired) and an ack of a lease the
+/// group does not hold, both in namespace `shop`.
+#[tokio::test]
+async fn errors_name_topics_and_groups_as_the_namespace_does() {
+    const RETENTION: Duration = Duration::from_millis(50);
+    let b = Broker::start();
+    admin(&b, "shop")
+        .create_topic_with(
+            TopicSettings::new("orders", 1, pb::MessageType::Normal).retention(RETENTION),
+        )
+        .await
+        .unwrap();
+    let receipt = ProducerBuilder::new(&b.grpc)
+        .namespace("shop")
+        .build()
+        .unwrap()
+        .send(Message::new("orders", "gone"))
+        .await
+        .unwrap();
+    // The message expires once its retention has passed; a pull expires it.
+    let expired_at = receipt.store_timestamp_ms + RETENTION.as_millis() as i64 + 1;
+    let wait = expired_at - now_millis();
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64 + 1)).await;
+
+    let mut raw =
+        pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{}", b.grpc))
+            .await
+            .unwrap();
+    let pull = pb::PullRequest {
+        group: "readers".into(),
+        topic: "orders".into(),
+        queue_id: 0,
+        offset: 0,
+        max_messages: 1,
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let status = raw.pull(in_namespace("shop", pull)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
+    assert_eq!(
+        status.message(),
+        "offset 0 is out of range for \"orders\"/0: valid offsets are 1..=1 (1 means 'next')"
+    );
+
+    // A well-formed handle ("1|0|0|1|": queue 0, offset 0, delivery 1) of a
+    // group with no lease on the topic.
+    let handle = "MXwwfDB8MXw".to_string();
+    let ack = pb::AckRequest {
+        group: "readers".into(),
+        topic: "orders".into(),
+        receipt_handles: vec![handle.clone()],
+    };
+    let results = raw
+        .ack(in_namespace("shop", ack))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        results,
+        [pb::AckResult {
+            receipt_handle: handle,
+            error_reason: "INVALID_RECEIPT_HANDLE".into(),
+            error_message:
+                "invalid receipt handle: no lease of group \"readers\" on topic \"orders\"".into(),
+        }]
     );
 }

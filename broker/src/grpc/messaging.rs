@@ -193,7 +193,7 @@ impl MessagingService for MessagingApi {
                     .map(|(h, res)| {
                         let (error_reason, error_message) = match res {
                             Ok(()) => (String::new(), String::new()),
-                            Err(e) => (e.code().to_string(), e.to_string()),
+                            Err(e) => (e.code().to_string(), ns.shown_message(e.to_string())),
                         };
                         pb::AckResult {
                             receipt_handle: h,

@@ -46,9 +46,12 @@ pub trait Names {
     fn shown(&self, stored: String) -> String;
     /// Whether a stored name is in this namespace (for lists).
     fn holds(&self, stored: &str) -> bool;
-    /// The refusal of `e`, with stored names in its message spelt as this
+    /// An error message with the stored names in it spelt as this
     /// namespace's clients spell them (`%` is in no name a client sends, so
-    /// `"shop%` and `%shop%` only ever start a qualified name).
+    /// `"shop%` and `%shop%` only ever start a qualified name; names in
+    /// messages are quoted for this).
+    fn shown_message(&self, message: String) -> String;
+    /// The refusal of `e`, its message as [`Names::shown_message`] shows it.
     fn refusal(&self, e: BrokerError) -> Status;
     /// A message as this namespace's clients see it: its topic and, for a
     /// dead-lettered copy, its origin topic.
@@ -77,15 +80,17 @@ impl Names for Namespace {
         self.strip(stored).is_some()
     }
 
-    fn refusal(&self, e: BrokerError) -> Status {
+    fn shown_message(&self, message: String) -> String {
         let Some(ns) = self.metadata_value() else {
-            return to_status(e);
+            return message;
         };
-        to_status_shown(e, |message| {
-            message
-                .replace(&format!("\"{ns}%"), "\"")
-                .replace(&format!("%{ns}%"), "%")
-        })
+        message
+            .replace(&format!("\"{ns}%"), "\"")
+            .replace(&format!("%{ns}%"), "%")
+    }
+
+    fn refusal(&self, e: BrokerError) -> Status {
+        to_status_shown(e, |message| self.shown_message(message))
     }
 
     fn message(&self, mut m: pb::Message) -> pb::Message {

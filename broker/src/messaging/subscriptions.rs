@@ -14,6 +14,9 @@
 //!   their streams, not their membership entry, so closing the last stream
 //!   frees the filter at once; pull requests are stateless, so heartbeats are
 //!   what keeps a pull consumer's filter.
+//! - A changed declaration reaches the live streams, and a stream joining
+//!   meanwhile installs the declaration as stored when it registers, not as
+//!   it was when its filter was checked.
 //!
 //! Filters are compared by what they match (`*` and empty are the same tag
 //! filter; tag order and spacing do not matter; SQL by its parse).
@@ -200,6 +203,25 @@ impl Broker {
                 sub.notify.notify_waiters();
             }
         }
+    }
+
+    /// The filter a joining push consumer installs, asked while it holds its
+    /// subscription's lock: the group's declaration as stored now, else the
+    /// `checked` one [`Broker::subscribe`] accepted it with. A CreateGroup
+    /// between that check and the install stored its declaration before its
+    /// [`Broker::apply_declared_subscriptions`] took the lock (or missed the
+    /// not yet registered consumer), so the install cannot put back the
+    /// filter that declaration replaced.
+    pub(super) fn filter_to_install(
+        &self,
+        group: &str,
+        topic: &str,
+        checked: Arc<Filter>,
+    ) -> Arc<Filter> {
+        self.groups
+            .get(group)
+            .and_then(|config| config.declared(topic)?.filter.parse().ok())
+            .map_or(checked, Arc::new)
     }
 
     /// Forgets the first-subscriber claims of a deleted group.

@@ -55,7 +55,28 @@ impl Broker {
             physical: id.physical_offset,
             crc: id.crc,
         };
-        let half = match self.staged.claim(position) {
+        let owned = |group: &str, half_topic: &str| {
+            group == producer_group && (topic.is_empty() || half_topic == topic)
+        };
+        let claim = self.staged.claim(position);
+        // Only the owner learns how (or whether) a transaction ended: anyone
+        // else gets "not found", as for an unknown id.
+        if !matches!(claim, Claim::Pending(_)) {
+            match self.store.lookup_by_id(&id) {
+                Ok(rec)
+                    if rec.topic == staged::HALF_TOPIC
+                        && owned(
+                            properties::PRODUCER_GROUP
+                                .get(&rec.properties)
+                                .unwrap_or_default(),
+                            properties::REAL_TOPIC
+                                .get(&rec.properties)
+                                .unwrap_or_default(),
+                        ) => {}
+                _ => return Err(not_found()),
+            }
+        }
+        let half = match claim {
             Claim::Pending(h) => h,
             Claim::Resolving => {
                 return Err(BrokerError::TransactionInProgress(
@@ -63,13 +84,9 @@ impl Broker {
                 ));
             }
             Claim::Resolved(ended) => return repeated_end(transaction_id, ended, resolution),
+            // Resolved longer ago than memory holds (or before a restart):
+            // its marker tells how.
             Claim::Unknown => {
-                // Resolved longer ago than memory holds (or before a
-                // restart): its marker tells how.
-                match self.store.lookup_by_id(&id) {
-                    Ok(rec) if rec.topic == staged::HALF_TOPIC => {}
-                    _ => return Err(not_found()),
-                }
                 return match self.marked_resolution(&id)? {
                     Some(ended) => repeated_end(transaction_id, ended, resolution),
                     // Ended by an earlier version, which wrote no commit
@@ -82,7 +99,7 @@ impl Broker {
                 };
             }
         };
-        if half.group != producer_group || !(topic.is_empty() || half.topic == topic) {
+        if !owned(&half.group, &half.topic) {
             self.staged.unclaim(half);
             return Err(not_found());
         }

@@ -23,7 +23,7 @@ pub enum StoreError {
 
     /// A read asked for an offset that is not (or no longer) stored.
     #[error(
-        "offset {offset} is out of range for {topic}/{queue_id}: valid offsets are {min}..={max} ({max} means 'next')"
+        "offset {offset} is out of range for {topic:?}/{queue_id}: valid offsets are {min}..={max} ({max} means 'next')"
     )]
     OffsetOutOfRange {
         topic: String,

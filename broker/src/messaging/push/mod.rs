@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::filter::FilterSpec;
+use crate::filter::{Filter, FilterSpec};
 use crate::messaging::error::{BrokerError, Result, brief};
 use crate::messaging::groups::{ConsumeMode, GroupConfig};
 use crate::messaging::membership::MemberKind;
@@ -92,21 +92,39 @@ impl Broker {
         let topic = self.topic_for_use(topic)?;
         let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         // A refused consumer leaves no subscription behind.
-        let sub = self.subscribe(&group.name, &topic.name, filter, |group_filter| {
-            let sub = self.subscription(Self::sub_key(&group, &topic.name, client_id));
-            sub.state.lock().add_consumer(consumer, lane, group_filter);
-            self.touch_member(
-                &group.name,
-                client_id,
-                MemberKind::Push,
-                [topic.name.clone()],
-            );
-            sub
+        let sub = self.subscribe(&group.name, &topic.name, filter, |checked| {
+            self.join_stream(&group, &topic.name, client_id, consumer, lane, checked)
         })?;
         Ok(ReceiveStream {
             subscription: sub,
             consumer,
         })
+    }
+
+    /// Registers consumer stream `consumer` on its subscription, once
+    /// [`Broker::subscribe`] accepted it with the group's filter `checked`.
+    pub(super) fn join_stream(
+        &self,
+        group: &GroupConfig,
+        topic: &str,
+        client_id: &str,
+        consumer: u64,
+        lane: String,
+        checked: Arc<Filter>,
+    ) -> Arc<Subscription> {
+        let sub = self.subscription(Self::sub_key(group, topic, client_id));
+        {
+            let mut state = sub.state.lock();
+            let filter = self.filter_to_install(&group.name, topic, checked);
+            state.add_consumer(consumer, lane, filter);
+        }
+        self.touch_member(
+            &group.name,
+            client_id,
+            MemberKind::Push,
+            [topic.to_string()],
+        );
+        sub
     }
 
     /// Ends a consumer stream: its leases end now and are redelivered per backoff.
@@ -247,3 +265,6 @@ fn stale_handle(handle: &str) -> BrokerError {
         brief(handle)
     ))
 }
+
+#[cfg(test)]
+mod tests;
