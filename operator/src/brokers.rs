@@ -10,10 +10,9 @@ use std::time::Duration;
 use dduomq_client::{
     Admin, AdminTimeouts, ClientError, Reason, ResetTo, TopicSettings, proto as pb,
 };
-use kube::ResourceExt;
 use parking_lot::Mutex;
 
-use crate::context::broker_namespace;
+use crate::context::{BrokerNamespaced, broker_namespace};
 
 /// Deadlines of every admin call to a broker.
 const TIMEOUTS: AdminTimeouts = AdminTimeouts {
@@ -56,7 +55,7 @@ pub struct BrokerPool {
 
 impl BrokerPool {
     /// This pool for the names of `obj`: calls use its broker namespace.
-    pub fn for_resource<K: ResourceExt>(&self, obj: &K) -> BrokerPool {
+    pub fn for_resource<K: BrokerNamespaced>(&self, obj: &K) -> BrokerPool {
         BrokerPool {
             clients: self.clients.clone(),
             namespace: broker_namespace(obj),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_proto::Namespace as BrokerNamespace;
+use dduomq_proto::namespace::DEFAULT_NAMESPACE;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
@@ -139,17 +140,43 @@ impl Context {
     }
 }
 
-/// A resource's namespace on the brokers: its Kubernetes namespace (the
-/// Kubernetes namespace `default` is the brokers' default namespace).
-pub fn broker_namespace<K: ResourceExt>(obj: &K) -> String {
-    obj.namespace().unwrap_or_default()
+/// What a resource's status records about its names on the brokers. Only the
+/// operator writes a status (tenants cannot), so a tenant cannot point its
+/// resource at another namespace's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRecord<'a> {
+    /// Set once any operator reconciled the resource.
+    pub observed_generation: Option<i64>,
+    /// The broker namespace the operator decided on; absent when the resource
+    /// was never reconciled, or only by an operator from before namespaces.
+    pub broker_namespace: Option<&'a str>,
+}
+
+/// A resource whose names live in a broker namespace.
+pub trait BrokerNamespaced: ResourceExt {
+    fn status_record(&self) -> StatusRecord<'_>;
+}
+
+/// A resource's namespace on the brokers. The one the status records if any;
+/// `default` for a resource an operator from before namespaces reconciled
+/// (status without the record: its names were stored unqualified, with their
+/// backlog and progress); otherwise its Kubernetes namespace (the Kubernetes
+/// namespace `default` is the brokers' default namespace). A default-namespace
+/// name is never taken over just because it exists on a broker.
+pub fn broker_namespace<K: BrokerNamespaced>(obj: &K) -> String {
+    let record = obj.status_record();
+    match (record.broker_namespace, record.observed_generation) {
+        (Some(recorded), _) => recorded.to_string(),
+        (None, Some(_)) => DEFAULT_NAMESPACE.to_string(),
+        (None, None) => obj.namespace().unwrap_or_default(),
+    }
 }
 
 /// A resource's name as the brokers store it (namespace included), or why it
 /// cannot be stored: with its namespace it is longer than `max` characters.
 /// CEL at the CRD's root cannot see `metadata.namespace`, so this is checked
 /// here.
-pub fn stored_name<K: ResourceExt>(obj: &K, max: usize) -> Result<String, String> {
+pub fn stored_name<K: BrokerNamespaced>(obj: &K, max: usize) -> Result<String, String> {
     BrokerNamespace::parse(&broker_namespace(obj))
         .and_then(|ns| ns.qualify(&obj.name_any(), max))
         .map_err(|e| e.to_string())

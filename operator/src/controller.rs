@@ -12,16 +12,20 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{Context, MANAGER, Previous, ReconcileError, Verdict, backoff_key};
+use crate::context::{
+    BrokerNamespaced, Context, MANAGER, Previous, ReconcileError, Verdict, backoff_key,
+    broker_namespace,
+};
 
 /// A resource the operator reconciles into the brokers.
 pub trait Reconciled:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + BrokerNamespaced
     + Clone
     + Debug
     + Serialize
@@ -157,6 +161,12 @@ async fn report_failure<K: Reconciled>(obj: &K, api: &Api<K>, ctx: &Context, ver
     status.insert(
         "observedGeneration".into(),
         serde_json::json!(obj.meta().generation),
+    );
+    // The record that tells this operator's resources from a pre-namespace
+    // one's: written with every status, failures included.
+    status.insert(
+        "brokerNamespace".into(),
+        serde_json::json!(broker_namespace(obj)),
     );
     let patch = serde_json::json!({
         "apiVersion": object["apiVersion"],

@@ -107,6 +107,12 @@ pub struct TopicStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The namespace on the brokers that holds this resource's names, as the
+    /// operator decided on its first reconcile: its Kubernetes namespace, or
+    /// `default` for a resource an operator from before namespaces reconciled
+    /// (its names were stored unqualified). Written only by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_namespace: Option<String>,
     /// Which broker takes writes for each queue.
     #[serde(default)]
     pub assignment: Vec<QueueAssignment>,
@@ -278,6 +284,12 @@ pub struct ConsumerGroupStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The namespace on the brokers that holds this resource's names, as the
+    /// operator decided on its first reconcile: its Kubernetes namespace, or
+    /// `default` for a resource an operator from before namespaces reconciled
+    /// (its names were stored unqualified). Written only by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_namespace: Option<String>,
     /// Client ids of live members, over all brokers.
     #[serde(default)]
     pub members: Vec<String>,

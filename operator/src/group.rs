@@ -12,7 +12,8 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness, stored_name,
+    BrokerNamespaced, Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, StatusRecord,
+    annotated, broker_namespace, readiness, stored_name,
 };
 use crate::controller::Reconciled;
 use crate::crd::{
@@ -20,6 +21,18 @@ use crate::crd::{
     TopicLag,
 };
 use dduomq_proto::namespace::MAX_STORED_GROUP_LEN;
+
+impl BrokerNamespaced for ConsumerGroup {
+    fn status_record(&self) -> StatusRecord<'_> {
+        StatusRecord {
+            observed_generation: self.status.as_ref().and_then(|s| s.observed_generation),
+            broker_namespace: self
+                .status
+                .as_ref()
+                .and_then(|s| s.broker_namespace.as_deref()),
+        }
+    }
+}
 
 impl Reconciled for ConsumerGroup {
     const KIND: &'static str = "ConsumerGroup";
@@ -209,6 +222,7 @@ async fn apply(
     let status = ConsumerGroupStatus {
         conditions: vec![condition],
         observed_generation: group.metadata.generation,
+        broker_namespace: Some(broker_namespace(group)),
         member_count: members.len() as u32,
         members: members.into_iter().collect(),
         total_lag: lag.iter().map(|t| t.lag).sum(),

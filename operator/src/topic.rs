@@ -12,7 +12,8 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use crate::context::{
-    Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, annotated, readiness, stored_name,
+    BrokerNamespaced, Context, MANAGED, MANAGER, PAUSED, Previous, ReconcileError, StatusRecord,
+    annotated, broker_namespace, readiness, stored_name,
 };
 use crate::controller::Reconciled;
 use crate::crd::{DeletionPolicy, MessageType, Topic, TopicStatus};
@@ -51,6 +52,18 @@ pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, Reconcil
         })
         .transpose()?;
     Ok(settings)
+}
+
+impl BrokerNamespaced for Topic {
+    fn status_record(&self) -> StatusRecord<'_> {
+        StatusRecord {
+            observed_generation: self.status.as_ref().and_then(|s| s.observed_generation),
+            broker_namespace: self
+                .status
+                .as_ref()
+                .and_then(|s| s.broker_namespace.as_deref()),
+        }
+    }
 }
 
 impl Reconciled for Topic {
@@ -113,6 +126,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
     let status = TopicStatus {
         conditions: vec![condition],
         observed_generation: topic.metadata.generation,
+        broker_namespace: Some(broker_namespace(topic)),
         assignment: Vec::new(),
         broker_count: ready.len() as u32,
     };

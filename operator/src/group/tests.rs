@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dduomq_client::{Message, ProducerBuilder, proto as pb};
+use dduomq_client::{Message, ProducerBuilder, ResetTo, proto as pb};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Error as FinalizerError;
 use serde_json::json;
@@ -110,12 +110,13 @@ async fn orders_with_messages(broker: &Broker, count: usize) {
         .create_topic("orders", 1, pb::MessageType::Normal)
         .await
         .expect("create orders");
-    send(broker, count).await;
+    send(broker, NAMESPACE, count).await;
 }
 
-async fn send(broker: &Broker, count: usize) {
+/// Sends `count` messages to `orders` of broker namespace `namespace`.
+async fn send(broker: &Broker, namespace: &str, count: usize) {
     let producer = ProducerBuilder::new(&broker.grpc)
-        .namespace(NAMESPACE)
+        .namespace(namespace)
         .build()
         .expect("producer");
     for i in 0..count {
@@ -169,6 +170,7 @@ async fn apply_creates_the_group_on_every_ready_broker_and_reports_members_and_l
                     "message": "on 2 brokers", "observedGeneration": 1,
                 }],
                 "observedGeneration": 1,
+                "brokerNamespace": "shop",
                 "members": [],
                 "memberCount": 0,
                 "lag": [{"topic": "orders", "lag": 0}],
@@ -218,7 +220,7 @@ async fn an_offset_reset_is_applied_once_per_request_id() {
     assert_eq!(applied.request_id, "r1");
 
     // The same request again, as the next reconcile sees it: no second reset.
-    send(&broker, 2).await;
+    send(&broker, NAMESPACE, 2).await;
     group.status = Some(status);
     let again = reconcile_once(&group, vec![], brokers).await;
 
@@ -269,6 +271,7 @@ async fn a_broker_refusal_makes_the_group_not_ready_and_holds_the_reset_back() {
                 "message": refusal, "observedGeneration": 1,
             }],
             "observedGeneration": 1,
+            "brokerNamespace": "shop",
             "members": [],
             "memberCount": 0,
             "lag": [{"topic": "orders", "lag": 0}],
@@ -313,6 +316,7 @@ async fn an_unparsable_retry_backoff_is_an_invalid_spec_and_no_broker_is_touched
                     "message": message, "observedGeneration": 1,
                 }],
                 "observedGeneration": 1,
+                "brokerNamespace": "shop",
             },
         })
     );
@@ -339,6 +343,7 @@ async fn a_bad_offset_reset_timestamp_keeps_the_rest_of_the_status_and_is_announ
                 "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z",
             }],
             "observedGeneration": 1,
+            "brokerNamespace": "shop",
             "members": ["c1"],
             "memberCount": 1,
             "lag": [{"topic": "orders", "lag": 7}],
@@ -375,6 +380,7 @@ async fn a_bad_offset_reset_timestamp_keeps_the_rest_of_the_status_and_is_announ
                 "message": message, "observedGeneration": 1,
             }],
             "observedGeneration": 1,
+            "brokerNamespace": "shop",
             "members": ["c1"],
             "memberCount": 1,
             "lag": [{"topic": "orders", "lag": 7}],
@@ -432,4 +438,67 @@ async fn cleanup_of_an_unmanaged_group_leaves_the_brokers_alone() {
     );
     assert_eq!(out.request_lines(), [r.finalizers()]);
     assert_eq!(out.sent[0].body, release(FINALIZER));
+}
+
+#[tokio::test]
+async fn a_group_reconciled_before_namespaces_keeps_its_default_namespace_progress() {
+    let r = Requests::new("consumergroups", "billing");
+    let broker = Broker::start();
+    // What the pre-namespace operator made: plain `orders`, and progress of
+    // plain `billing` with a backlog of 2.
+    broker
+        .admin()
+        .create_topic("orders", 1, pb::MessageType::Normal)
+        .await
+        .expect("create orders");
+    let mut group = billing(Stage::Finalized, &["1s", "5s"], None);
+    broker
+        .admin()
+        .create_group(broker_group("billing", &group).expect("settings"))
+        .await
+        .expect("create billing");
+    send(&broker, "default", 2).await;
+    broker
+        .admin()
+        .reset_offset("billing", "orders", ResetTo::Earliest)
+        .await
+        .expect("progress of billing");
+    // Its status as that operator wrote it: no record of a broker namespace.
+    group.status = Some(
+        serde_json::from_value(json!({
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "Reconciled",
+                "message": "on 1 brokers", "observedGeneration": 1,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
+            "observedGeneration": 1,
+            "lag": [{"topic": "orders", "lag": 0}],
+        }))
+        .expect("status"),
+    );
+    let out = reconcile_once(&group, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    assert_eq!(out.action(), &Action::requeue(RESYNC));
+    assert_eq!(broker.admin().list_groups().await.expect("list"), hosted());
+    assert_eq!(
+        tenant_admin(&broker).list_groups().await.expect("list"),
+        [],
+        "no new group without progress in the Kubernetes namespace"
+    );
+    assert_eq!(out.request_lines(), [r.status()], "no event: nothing new");
+    assert_eq!(
+        out.status_patch(0)["status"],
+        json!({
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "Reconciled",
+                "message": "on 1 brokers", "observedGeneration": 1,
+            }],
+            "observedGeneration": 1,
+            "brokerNamespace": "default",
+            "members": [],
+            "memberCount": 0,
+            "lag": [{"topic": "orders", "lag": 2}],
+            "totalLag": 2,
+        })
+    );
 }

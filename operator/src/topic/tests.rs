@@ -9,7 +9,7 @@ use kube::runtime::finalizer::Error as FinalizerError;
 use serde_json::json;
 
 use crate::context::ReconcileError;
-use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec};
+use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec, TopicStatus};
 use crate::test_support::{
     NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_against,
     reconcile_once, release, tenant_admin,
@@ -100,6 +100,7 @@ async fn apply_creates_the_topic_on_every_ready_broker_and_reports_readiness_wit
                     "message": "4 queues on 2 brokers", "observedGeneration": 1,
                 }],
                 "observedGeneration": 1,
+                "brokerNamespace": "shop",
                 "brokerCount": 2,
             },
         })
@@ -263,6 +264,7 @@ async fn cleanup_keeps_the_finalizer_while_a_broker_cannot_be_reached() {
                     "message": message, "observedGeneration": 1,
                 }],
                 "observedGeneration": 1,
+                "brokerNamespace": "shop",
             },
         })
     );
@@ -322,5 +324,83 @@ fn the_spec_settings_reach_the_broker_topic_and_a_bad_retention_is_an_error() {
             .to_string()
             .starts_with("spec.retention \"1fortnight\": "),
         "{refused}"
+    );
+}
+
+/// A status as an operator from before namespaces wrote it: reconciled at
+/// generation 1, without a record of the broker namespace.
+fn reconciled_before_namespaces() -> TopicStatus {
+    serde_json::from_value(json!({
+        "conditions": [{
+            "type": "Ready", "status": "True", "reason": "Reconciled",
+            "message": "4 queues on 1 brokers", "observedGeneration": 1,
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }],
+        "observedGeneration": 1,
+        "brokerCount": 1,
+    }))
+    .expect("status")
+}
+
+#[tokio::test]
+async fn a_topic_reconciled_before_namespaces_keeps_its_default_namespace_name_to_the_end() {
+    let r = Requests::new("topics", "orders");
+    let broker = Broker::start();
+    // What the pre-namespace operator made: plain `orders`.
+    broker
+        .admin()
+        .create_topic("orders", 4, pb::MessageType::Fifo)
+        .await
+        .expect("create orders");
+    let mut topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    topic.status = Some(reconciled_before_namespaces());
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    assert_eq!(out.action(), &Action::requeue(RESYNC));
+    assert_eq!(
+        broker.admin().list_topics().await.expect("list"),
+        hosted(4, pb::MessageType::Fifo)
+    );
+    assert_eq!(
+        tenant_admin(&broker).list_topics().await.expect("list"),
+        [],
+        "no new empty topic in the Kubernetes namespace"
+    );
+    assert_eq!(out.request_lines(), [r.status()], "no event: nothing new");
+    let status = out.sent[0].body["status"].clone();
+    assert_eq!(status["brokerNamespace"], json!("default"));
+
+    // With the record in its status, deleting it deletes plain `orders`.
+    topic.metadata = metadata("orders", FINALIZER, Stage::Deleting);
+    topic.status = Some(serde_json::from_value(status).expect("status"));
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+    assert_eq!(out.request_lines(), [r.finalizers()]);
+    assert_eq!(broker.admin().list_topics().await.expect("list"), []);
+}
+
+#[tokio::test]
+async fn a_new_topic_never_takes_over_a_default_namespace_topic_of_its_name() {
+    let broker = Broker::start();
+    broker
+        .admin()
+        .create_topic("orders", 2, pb::MessageType::Normal)
+        .await
+        .expect("create orders");
+    let topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    let out = reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+
+    assert_eq!(out.action(), &Action::requeue(RESYNC));
+    assert_eq!(
+        broker.admin().list_topics().await.expect("list"),
+        hosted(2, pb::MessageType::Normal),
+        "the default namespace's topic is left alone"
+    );
+    assert_eq!(
+        tenant_admin(&broker).list_topics().await.expect("list"),
+        hosted(4, pb::MessageType::Fifo)
+    );
+    assert_eq!(
+        out.status_patch(1)["status"]["brokerNamespace"],
+        json!(NAMESPACE)
     );
 }

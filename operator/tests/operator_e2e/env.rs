@@ -287,10 +287,22 @@ pub(crate) async fn total_lag(env: &Env, group: &str) -> u64 {
 
 /// Consumes `n` messages of `topic` for `group` from every broker.
 pub(crate) async fn consume(env: &Env, group: &str, topic: &str, n: usize) -> Vec<String> {
+    consume_in(env, APP_NS, group, topic, n).await
+}
+
+/// Consumes `n` messages of `topic` of broker namespace `namespace` for
+/// `group` from every broker.
+pub(crate) async fn consume_in(
+    env: &Env,
+    namespace: &str,
+    group: &str,
+    topic: &str,
+    n: usize,
+) -> Vec<String> {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = seen.clone();
     let consumer = PushConsumerBuilder::new(env.grpc(0), group, topic)
-        .namespace(APP_NS)
+        .namespace(namespace)
         .start(move |m| {
             let sink = sink.clone();
             async move {

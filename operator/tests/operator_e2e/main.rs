@@ -11,6 +11,7 @@ mod placement;
 mod status;
 mod subscriptions;
 mod tenants;
+mod upgrade;
 
 use env::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -330,6 +331,7 @@ async fn operator_scenarios() {
 
     tenants::same_name_in_two_namespaces(&env, &client).await;
     tenants::too_long_with_the_namespace(&env, &client).await;
+    upgrade::resources_of_a_pre_namespace_operator_keep_their_names(&env, &client).await;
 
     step("a ConsumerGroup offsetReset is applied exactly once per requestId");
     let reset = |id: &str| json!({"spec": {"offsetReset": {"requestId": id, "to": "Earliest"}}});
