@@ -249,6 +249,34 @@ pub(crate) async fn messages_on(env: &Env, i: usize, topic: &str) -> Option<u64>
 
 /// `(writable, readable)` queue counts per broker address in broker 0's route.
 pub(crate) async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, (usize, usize)>> {
+    route_in(env, APP_NS, topic).await
+}
+
+/// Waits until broker 0 routes writes of `topic` in `namespace`: a Topic is
+/// Ready once it is on every broker, and the route publisher's next round
+/// (moments later, longer on a loaded machine) makes it routable.
+pub(crate) async fn wait_routed(env: &Env, namespace: &str, topic: &str) {
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        &format!("a route for {topic} in {namespace}"),
+        async || {
+            let route = route_in(env, namespace, topic).await?;
+            route
+                .values()
+                .any(|(writable, _)| *writable > 0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// [`route_on`] for a topic of `namespace`.
+pub(crate) async fn route_in(
+    env: &Env,
+    namespace: &str,
+    topic: &str,
+) -> Option<BTreeMap<String, (usize, usize)>> {
     let mut c = pb::messaging_service_client::MessagingServiceClient::connect(format!(
         "http://{}",
         env.grpc(0)
@@ -260,7 +288,7 @@ pub(crate) async fn route_on(env: &Env, topic: &str) -> Option<BTreeMap<String, 
     });
     request.metadata_mut().insert(
         dduomq_proto::namespace::NAMESPACE_METADATA,
-        APP_NS.parse().unwrap(),
+        namespace.parse().unwrap(),
     );
     let r = c.query_route(request).await.ok()?.into_inner();
     if r.epoch == 0 {

@@ -119,6 +119,7 @@ pub(crate) async fn topic_fields_reach_the_brokers(env: &Env, client: &Client) {
         t.retention_ms == 2000
     })
     .await;
+    wait_routed(env, APP_NS, "brief").await;
     let producer = ProducerBuilder::new(env.grpc(0))
         .namespace(APP_NS)
         .build()

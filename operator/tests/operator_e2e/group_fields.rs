@@ -57,6 +57,7 @@ async fn apply_topic(env: &Env, name: &str, queues: u32, extra: &str) {
         async || queues_everywhere(env, name, queues).await.then_some(()),
     )
     .await;
+    wait_routed(env, APP_NS, name).await;
 }
 
 /// Whether the group has nothing left to deliver on any broker.

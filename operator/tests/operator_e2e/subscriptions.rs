@@ -75,6 +75,7 @@ pub(crate) async fn a_declared_tag_filter_takes_effect(env: &Env, client: &Clien
         },
     )
     .await;
+    wait_routed(env, APP_NS, TOPIC).await;
 
     let producer = ProducerBuilder::new(env.grpc(0))
         .namespace(APP_NS)

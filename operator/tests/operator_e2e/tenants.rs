@@ -94,6 +94,7 @@ pub(crate) async fn same_name_in_two_namespaces(env: &Env, client: &Client) {
         v
     };
 
+    wait_routed(env, OTHER_NS, "orders").await;
     let producer = ProducerBuilder::new(env.grpc(0))
         .namespace(OTHER_NS)
         .build()
