@@ -352,3 +352,13 @@ pub(crate) async fn consume_in(
     consumer.shutdown().await;
     seen.lock().clone()
 }
+
+/// `kubectl apply -f -` of `yaml`; panics with kubectl's stderr if it fails.
+pub(crate) fn kubectl_apply(env: &Env, yaml: &str) {
+    let out = env.kubectl(&["apply", "-f", "-"], Some(yaml));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -63,15 +63,6 @@ async fn send_to(env: &Env, i: usize, topic: &str, size: usize) -> Result<(), St
         .map_err(|status| status.message().to_string())
 }
 
-pub(crate) fn kubectl_apply(env: &Env, yaml: &str) {
-    let out = env.kubectl(&["apply", "-f", "-"], Some(yaml));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn patch_spec(topics: &Api<Topic>, name: &str, spec: serde_json::Value) {
     topics
         .patch(

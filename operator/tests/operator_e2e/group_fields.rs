@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::env::*;
-use crate::fields::{kubectl_apply, settled_everywhere};
+use crate::fields::settled_everywhere;
 
 /// A ConsumerGroup of one subscription to `topic`, with more spec lines.
 fn group_yaml(name: &str, topic: &str, subscription: &str, extra: &str) -> String {

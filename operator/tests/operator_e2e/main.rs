@@ -46,12 +46,7 @@ async fn operator_scenarios() {
     let suite = Instant::now();
 
     let t = step("kubectl apply a Topic → Ready, on every broker, queues spread");
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("orders", 6, "")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply(&env, &topic_yaml("orders", 6, ""));
     // Readiness is the Topic controller's; the placement, the route publisher's.
     let status = eventually_every(
         POLL,

@@ -79,12 +79,7 @@ pub(crate) async fn a_joining_broker_moves_only_what_balance_needs(env: &Env, cl
         async || (!route_on(env, "orders").await?.contains_key(&gone)).then_some(()),
     )
     .await;
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml(TOPIC, QUEUES, "")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply(env, &topic_yaml(TOPIC, QUEUES, ""));
     let on_two = settled(env, &topics, [4, 4, 0], "8 queues on brokers 0 and 1").await;
 
     publish_slice(client, env, &[true, true, true]).await;

@@ -51,21 +51,11 @@ pub(crate) async fn a_declared_tag_filter_takes_effect(env: &Env, client: &Clien
     step("a ConsumerGroup with tag A never receives B; a subscriber with tag B is refused");
     let topics: Api<Topic> = Api::namespaced(client.clone(), APP_NS);
     let groups: Api<ConsumerGroup> = Api::namespaced(client.clone(), APP_NS);
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml(TOPIC, 3, "")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply(env, &topic_yaml(TOPIC, 3, ""));
     let group = format!(
         "apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: {GROUP}\n  namespace: {APP_NS}\nspec:\n  subscriptions:\n  - topic: {TOPIC}\n    tag: A\n"
     );
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&group));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply(env, &group);
     eventually_every(
         POLL,
         Duration::from_secs(30),

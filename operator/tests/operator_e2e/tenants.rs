@@ -190,12 +190,7 @@ pub(crate) async fn too_long_with_the_namespace(env: &Env, client: &Client) {
     let long = "t".repeat(122);
     let yaml =
         topic_yaml(&long, 1, "").replace(&format!("namespace: {APP_NS}"), "namespace: other");
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&yaml));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply(env, &yaml);
     let others: Api<Topic> = Api::namespaced(client.clone(), OTHER_NS);
     let message = eventually_every(
         POLL,
@@ -255,12 +250,7 @@ pub(crate) async fn too_long_with_the_namespace(env: &Env, client: &Client) {
         String::from_utf8_lossy(&rendered.stderr)
     );
     let policy = String::from_utf8(rendered.stdout).unwrap();
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&policy));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply(env, &policy);
     // The API server takes the new policy into effect shortly after.
     let refusal = eventually_every(
         POLL,

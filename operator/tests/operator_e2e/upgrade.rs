@@ -171,12 +171,7 @@ pub(crate) async fn resources_of_a_pre_namespace_operator_keep_their_names(
     assert_eq!(got, sent, "the backlog of plain legacy, consumed exactly");
 
     step("a Topic created after the upgrade gets its Kubernetes namespace");
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&topic_yaml("fresh", 2, "")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply(env, &topic_yaml("fresh", 2, ""));
     eventually_every(
         POLL,
         Duration::from_secs(30),
