@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/dduomq/v1/common.proto",
         "proto/dduomq/v1/messaging.proto",
+        "proto/dduomq/v1/replication.proto",
         "proto/dduomq/v1/admin.proto",
     ];
     for f in &files {
@@ -21,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // the encoder and received bodies to the store without copying them.
         .bytes(".dduomq.v1.Message.body")
         .bytes(".dduomq.v1.OutgoingMessage.body")
+        .bytes(".dduomq.v1.LogChunk.data")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

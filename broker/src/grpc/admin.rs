@@ -321,6 +321,7 @@ impl AdminService for AdminApi {
                 unconsumed_messages: drain.unconsumed,
                 route_epoch: self.broker.route_epoch(),
                 staged_messages: drain.staged,
+                replication: None,
             }))
         })
         .await
@@ -350,6 +351,15 @@ impl AdminService for AdminApi {
             Ok(Response::new(pb::SetDrainingResponse {}))
         })
         .await
+    }
+
+    async fn assign_role(
+        &self,
+        _: Request<pb::AssignRoleRequest>,
+    ) -> Result<Response<pb::AssignRoleResponse>, Status> {
+        Err(Status::unimplemented(
+            "this broker does not replicate yet (AssignRole)",
+        ))
     }
 }
 
