@@ -127,8 +127,8 @@ pub enum Decision {
     /// Compare-and-swap this record (new master, next epoch), then assign
     /// every member its role.
     Elect(GroupRecord),
-    /// The master failed and no in-sync member is alive: wait for one (or
-    /// for the master) to come back.
+    /// The master failed and no other in-sync member is alive: wait for one
+    /// (or for the master) to come back.
     NoCandidate,
 }
 
@@ -162,7 +162,14 @@ pub fn decide(
     };
     let view = members.iter().find(|view| view.member == master);
     let ready = view.is_some_and(|view| view.ready);
-    if ready && !contact.lapsed(now, timing.lease) {
+    let answering = ready && !contact.lapsed(now, timing.lease);
+    // A master that answers but does not act as master of this epoch (it
+    // restarted and refused to resume it) needs a new epoch as much as a
+    // silent one.
+    let acting = view
+        .and_then(|view| view.report.as_ref())
+        .is_none_or(|report| report.is_master && report.epoch == record.epoch);
+    if answering && acting {
         let group_size = members.len() as u32;
         return match validate_proposal(record, view.and_then(|v| v.report.as_ref()), group_size) {
             Ok(next) => Decision::RecordInSync(next),
@@ -178,7 +185,23 @@ pub fn decide(
     if now < elect_at {
         return Decision::Fence { elect_at };
     }
-    elect(record, members).map_or(Decision::NoCandidate, Decision::Elect)
+    match elect(record, members) {
+        Some(next) => Decision::Elect(next),
+        None if ready && !acting => Decision::Elect(reelect(record)),
+        None => Decision::NoCandidate,
+    }
+}
+
+/// The record that makes the recorded master master again in a new epoch: for
+/// a ready master that refused to resume its epoch after a restart,
+/// when no other in-sync member is alive (it holds every acknowledged
+/// message: it was in sync).
+pub fn reelect(record: &GroupRecord) -> GroupRecord {
+    GroupRecord {
+        epoch: record.epoch + 1,
+        in_sync_version: record.in_sync_version + 1,
+        ..record.clone()
+    }
 }
 
 /// The election rule alone: among alive (ready) members of the recorded
@@ -275,9 +298,10 @@ mod tests {
         }
     }
 
+    /// Member 0 is the recorded master in these tests.
     fn view(member: MemberId, ready: bool, log_end: u64) -> MemberView {
         let report = MemberReport {
-            is_master: false,
+            is_master: member == 0,
             epoch: 3,
             log_end,
             proposal: None,
@@ -462,5 +486,42 @@ mod tests {
             in_sync_version: 1,
         };
         assert_eq!(first, Decision::Elect(expected));
+    }
+
+    #[test]
+    fn a_master_that_refused_its_epoch_is_replaced_or_reelected() {
+        let mut members = [view(0, true, 10), view(1, true, 8), view(2, false, 9)];
+        members[0].report = Some(MemberReport {
+            is_master: false,
+            epoch: 3,
+            log_end: 10,
+            proposal: None,
+        });
+        let contact = renewed_at(ms(5000));
+        let current = record(0, &[0, 1, 2]);
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(5100)),
+            Decision::Fence { elect_at: ms(6200) }
+        );
+        let replaced = GroupRecord {
+            master: Some(1),
+            epoch: 4,
+            in_sync: vec![1, 2],
+            in_sync_version: 10,
+        };
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(6200)),
+            Decision::Elect(replaced)
+        );
+        members[1].ready = false;
+        let reelected = GroupRecord {
+            epoch: 4,
+            in_sync_version: 10,
+            ..current.clone()
+        };
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(6200)),
+            Decision::Elect(reelected)
+        );
     }
 }
