@@ -26,6 +26,21 @@ fn reopen(store: Store, dir: &Path) -> Store {
     open(dir, flush)
 }
 
+fn begin_epochs(store: &Store, starts: &[(u64, u64)]) {
+    for &(epoch, start) in starts {
+        store.begin_epoch(epoch, start).unwrap();
+    }
+}
+
+fn epochs(store: &Store) -> Vec<(u64, u64)> {
+    store
+        .epochs()
+        .starts()
+        .iter()
+        .map(|s| (s.epoch, s.start_offset))
+        .collect()
+}
+
 /// A master `a`, and `a2`: a store that has `a`'s log up to `cut` and then
 /// its own tail (a new master's, after a failover).
 struct Histories {
@@ -54,8 +69,14 @@ fn truncate_then_follow(flush: FlushMode, cut_at: usize) {
     let (b_dir, c_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let b = open(b_dir.path(), flush);
     run(copy_log(&h.a, &b, h.a.log_end(), &CHUNKS));
+    begin_epochs(&b, &[(1, 0), (2, h.cut - 1), (3, h.cut), (5, h.cut + 1)]);
     run(b.truncate_log(h.cut)).unwrap();
     assert_eq!(b.log_end(), h.cut);
+    assert_eq!(
+        epochs(&b),
+        [(1, 0), (2, h.cut - 1)],
+        "epochs from the cut on go"
+    );
     assert_same_log(b_dir.path(), h.dirs[1].path());
     assert_same_reads(&b, &h.a2);
     let b = reopen(b, b_dir.path());
@@ -65,6 +86,7 @@ fn truncate_then_follow(flush: FlushMode, cut_at: usize) {
         b.recovery_report().repairs
     );
     assert_same_reads(&b, &h.a2);
+    assert_eq!(epochs(&b), [(1, 0), (2, h.cut - 1)]);
 
     fill(&h.a2, 7, 60);
     run(copy_log(&h.a2, &b, h.a2.log_end(), &CHUNKS));
@@ -122,9 +144,46 @@ fn a_position_that_is_not_a_frame_boundary_is_refused() {
         "{past_end}"
     );
     let before = all_queues(&h.a);
+    begin_epochs(&h.a, &[(1, 0), (4, end)]);
     run(h.a.truncate_log(end)).unwrap();
     assert_eq!(h.a.log_end(), end);
     assert_eq!(all_queues(&h.a), before);
+    assert_eq!(
+        epochs(&h.a),
+        [(1, 0)],
+        "an epoch begun at the end holds no records"
+    );
+}
+
+#[test]
+fn epochs_are_durable_and_a_damaged_history_stops_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), FlushMode::Sync);
+    begin_epochs(&store, &[(1, 0), (2, 0), (7, 4096)]);
+    store.begin_epoch(7, 4096).unwrap();
+    let refused = store.begin_epoch(6, 8192).unwrap_err();
+    assert_eq!(
+        refused.code(),
+        dduomq_proto::Reason::InvalidArgument,
+        "{refused}"
+    );
+    assert!(
+        store.begin_epoch(8, 100).is_err(),
+        "starts before the latest"
+    );
+    let store = reopen(store, dir.path());
+    assert_eq!(epochs(&store), [(1, 0), (2, 0), (7, 4096)]);
+    store.close().unwrap();
+    drop(store);
+    let path = dir.path().join("epochs");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Store::open(replica_config(dir.path(), FlushMode::Sync)).unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 /// Records a truncation as `Store::truncate_log` does before carrying it out
@@ -166,6 +225,7 @@ fn a_truncation_interrupted_at_any_step_is_finished_on_open() {
         run(copy_log(&h.a, &b, h.a.log_end(), &CHUNKS));
         let end = b.log_end();
         let segment = b.config().segment_size_bytes;
+        begin_epochs(&b, &[(1, 0), (2, h.cut), (3, h.cut + 1)]);
         if let CrashedAfter::Checkpointing = crash {
             run(b.truncate_log(h.cut)).unwrap();
         }
@@ -205,6 +265,7 @@ fn a_truncation_interrupted_at_any_step_is_finished_on_open() {
         assert_eq!((report.holes, report.lost_bytes), (0, 0), "{crash:?}");
         assert_eq!(b.log_end(), h.cut, "{crash:?}");
         assert!(!b_dir.path().join("truncating").exists(), "{crash:?}");
+        assert_eq!(epochs(&b), [(1, 0)], "{crash:?}");
         assert_same_log(b_dir.path(), h.dirs[1].path());
         assert_same_reads(&b, &h.a2);
         // Nothing comes back on the next open, and following goes on.
