@@ -68,3 +68,33 @@ fn a_record_whose_topic_is_not_a_valid_name_is_refused() {
         assert_eq!(outside, ["replica"], "{forged}");
     }
 }
+
+#[test]
+fn positions_near_the_end_of_the_position_space_are_refused_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(dir.path());
+    let segment = replica.config().segment_size_bytes;
+    let record = Bytes::from(first_record("orders"));
+    // An empty replica may start at any segment base, also the last one.
+    let last_base = u64::MAX - u64::MAX % segment;
+    let err = run(replica.append_replicated(last_base, record.clone())).unwrap_err();
+    assert_bad_frame(err, last_base, "past the largest log position");
+    assert_eq!(replica.log_end(), 0);
+    assert!(files(dir.path(), "commitlog").is_empty());
+    let err = run(replica.heal(u64::MAX - 2, record.clone())).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::RawLog {
+                problem: RawLogProblem::NotDamaged,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Still usable from the start.
+    assert_eq!(
+        run(replica.append_replicated(0, record.clone())).unwrap(),
+        record.len() as u64
+    );
+}

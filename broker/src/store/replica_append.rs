@@ -64,6 +64,20 @@ impl Writer {
                 },
             });
         }
+        // Every position of the chunk's last segment must be representable.
+        let fits = start
+            .checked_add(bytes.len() as u64)
+            .and_then(|end| log.segment_base(end).checked_add(log.segment_size()))
+            .is_some();
+        if !fits {
+            return Err(StoreError::RawLog {
+                position: start,
+                problem: RawLogProblem::BadFrame(format!(
+                    "a chunk of {} bytes here would reach past the largest log position",
+                    bytes.len()
+                )),
+            });
+        }
         let log_begins_late = if fresh { start } else { log.min_offset() } > 0;
         let runs = self.validate(start, bytes, log_begins_late)?;
         self.write_pos = start;
