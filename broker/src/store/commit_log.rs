@@ -329,10 +329,15 @@ impl CommitLog {
                 .unwrap_or(segments.len());
             segments.drain(keep..).collect()
         };
+        if doomed.is_empty() {
+            return Ok(());
+        }
         for seg in doomed {
             seg.remove()?;
         }
-        Ok(())
+        // Durably gone: a truncated tail that came back after a power loss
+        // would follow the zeroed cut as "damage", its records kept.
+        mapped_file::sync_dir(&self.dir)
     }
 
     /// Retention: deletes the oldest segment. Never the one holding `visible`.

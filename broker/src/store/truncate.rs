@@ -117,7 +117,7 @@ impl Writer {
         self.write_pos = to;
         inner.arrivals.send_replace(to);
         for cq in inner.queues.all() {
-            cq.truncate_from_physical(to);
+            cq.truncate_from_physical(to)?;
         }
         inner.index.lock().truncate_from(to);
         cut_log(&inner.commit_log, to, cut.end)?;
