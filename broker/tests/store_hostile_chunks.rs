@@ -98,3 +98,36 @@ fn positions_near_the_end_of_the_position_space_are_refused_without_panicking() 
         record.len() as u64
     );
 }
+
+#[test]
+fn a_late_queue_starting_at_an_offset_no_log_could_reach_is_refused() {
+    const OFF_QUEUE_OFFSET: usize = 24;
+    const OFF_PHYSICAL: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(dir.path());
+    // A replica joining late starts a queue it lacks at its first record's
+    // offset; every lower offset was a record, at least a header long, earlier
+    // in the log, so the offset is at most the position over a header's size.
+    let segment = replica.config().segment_size_bytes;
+    for offset in [u64::MAX, segment / 72 + 1] {
+        let mut record = first_record("orders");
+        record[OFF_QUEUE_OFFSET..OFF_QUEUE_OFFSET + 8].copy_from_slice(&offset.to_le_bytes());
+        record[OFF_PHYSICAL..OFF_PHYSICAL + 8].copy_from_slice(&segment.to_le_bytes());
+        reseal(&mut record);
+        let err = run(replica.append_replicated(segment, Bytes::from(record))).unwrap_err();
+        assert_bad_frame(err, segment, "than a log could hold");
+        assert_eq!(replica.log_end(), 0);
+        assert!(replica.topics().is_empty());
+        assert!(files(dir.path(), "consumequeue").is_empty());
+    }
+    let mut record = first_record("orders");
+    let reachable = segment / 72;
+    record[OFF_QUEUE_OFFSET..OFF_QUEUE_OFFSET + 8].copy_from_slice(&reachable.to_le_bytes());
+    record[OFF_PHYSICAL..OFF_PHYSICAL + 8].copy_from_slice(&segment.to_le_bytes());
+    reseal(&mut record);
+    run(replica.append_replicated(segment, Bytes::from(record))).unwrap();
+    assert_eq!(
+        replica.queue_offsets("orders", 0),
+        (reachable, reachable + 1)
+    );
+}
