@@ -181,7 +181,12 @@ pub(crate) fn resume(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<Re
     inner.epochs.truncate_from(cut.to)?;
     let checkpoint = checkpoint.map(|c| {
         if c.recover_from <= cut.to {
-            return c;
+            // It may call the log durable past the cut (flushed on after the
+            // point it recovers from): bytes the cut dropped are not lost.
+            return Checkpoint {
+                commit_log_flushed: c.commit_log_flushed.min(cut.to),
+                ..c
+            };
         }
         // What it recorded of the derived files was past the cut: recovery
         // truncates them to the cut and does not compare.
