@@ -118,3 +118,37 @@ fn a_damaged_replica_heals_from_its_master() {
     assert_same_log(a_dir.path(), b_dir.path());
     assert_same_reads(&a, &b);
 }
+
+#[test]
+fn a_crash_right_after_healing_keeps_what_was_healed() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(a_dir.path());
+    let acks = fill(&a, 3, 150);
+    let b = open(b_dir.path());
+    run(copy_log(&a, &b, a.log_end(), &[65536]));
+    let segment = b.config().segment_size_bytes;
+    b.close().unwrap();
+    drop(b);
+    // Message 90 has keys: after the crash, looking them up must find it.
+    let zeroed = acks[90].physical_offset;
+    damage(b_dir.path(), segment, zeroed, &[0u8; 80]);
+    std::fs::remove_file(b_dir.path().join("checkpoint")).unwrap();
+    let b = open(b_dir.path());
+    let [range] = b.damaged_ranges().try_into().unwrap();
+    let intact = a
+        .read_log(range.start, (range.end - range.start) as usize)
+        .unwrap();
+    run(b.heal(range.start, intact.data)).unwrap();
+    // The process dies before anything else is written: its files as they
+    // are now (page cache included) are what the next open finds.
+    let crashed = tempfile::tempdir().unwrap();
+    dduomq_testkit::copy_dir(b_dir.path(), crashed.path());
+    drop(b);
+    std::fs::remove_file(crashed.path().join("LOCK")).ok();
+    let c = open(crashed.path());
+    let report = c.recovery_report();
+    assert!(report.corrupt_ranges.is_empty(), "{report:?}");
+    assert!(report.repairs.is_empty(), "{report:?}");
+    assert_same_log(a_dir.path(), crashed.path());
+    assert_same_reads(&a, &c);
+}

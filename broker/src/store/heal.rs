@@ -8,9 +8,12 @@
 //! `frames.rs`), each record's queue offset being a hole (or the placeholder
 //! of the damaged record) in its queue. They are written in place, durably,
 //! and the holes get their entries back. The key index learns the healed
-//! records' keys at the next open: until then every checkpoint starts
-//! recovery no later than the healed range, so that open scans it again, in
-//! order, and also fills any hole whose entry a crash kept from being stored.
+//! records' keys at the next open: from the checkpoint a heal writes before
+//! it returns until then, every checkpoint starts recovery no later than the
+//! healed range, so that open scans it again, in order, and also fills any
+//! hole whose entry a crash kept from being stored. (A crash during the heal,
+//! before that checkpoint, can leave the healed records' holes and keys
+//! missing: what the damage had lost stays lost, as if not healed.)
 //!
 //! Damage found at an open is known until the store closes: a member that
 //! restarts before healing finds its holes when they are read (as without
@@ -116,10 +119,15 @@ impl Writer {
         for fill in fills {
             fill.queue.fill_hole(fill.offset, &fill.entry)?;
         }
-        let mut damage = inner.damage.lock();
-        damage.unhealed.retain(|range| *range != (start..end));
-        damage.rescan_from = Some(damage.rescan_from.map_or(start, |s| s.min(start)));
-        Ok(())
+        {
+            let mut damage = inner.damage.lock();
+            damage.unhealed.retain(|range| *range != (start..end));
+            damage.rescan_from = Some(damage.rescan_from.map_or(start, |s| s.min(start)));
+        }
+        // Durable on return: the checkpoint on disk starts the next open's
+        // recovery no later than the range, so it gives the key index the
+        // healed keys even after a crash.
+        super::write_checkpoint(&inner, true)
     }
 }
 
