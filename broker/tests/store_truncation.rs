@@ -353,3 +353,66 @@ fn an_interrupted_truncation_below_what_a_checkpoint_called_durable_loses_nothin
     assert_same_log(b_dir.path(), h.dirs[1].path());
     assert_same_reads(&b, &h.a2);
 }
+
+/// Overwrites `len` bytes at log position `pos` of the (closed) store in `dir`
+/// with zeros.
+fn zero(dir: &Path, segment_size: u64, pos: u64, len: usize) {
+    let base = pos - pos % segment_size;
+    let path = dir.join("commitlog").join(format!("{base:020}"));
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&vec![0u8; len], pos - base).unwrap();
+}
+
+#[test]
+fn a_cut_where_this_members_damage_starts_is_taken() {
+    // The divergence point comes from the master's history; where this
+    // member's own bytes there are damaged, it has no frame to check, but
+    // everything from the cut on goes anyway, the holes the damage left
+    // included (else the master's records would not fit its queues). A cut
+    // inside a damaged range is refused: the holes before it cannot be told
+    // from those after it.
+    let h = histories(FlushMode::Async, 90);
+    let mut before_cut = 0;
+    while h.a.read_log(before_cut, 1).unwrap().end() < h.cut {
+        before_cut = h.a.read_log(before_cut, 1).unwrap().end();
+    }
+    fill(&h.a2, 9, 40);
+    // Damage at the cut, past it (a cut at a frame before it), and across it.
+    let after_cut = h.a.read_log(h.cut, 1).unwrap().end();
+    for damaged_from in [h.cut, after_cut, before_cut] {
+        let b_dir = tempfile::tempdir().unwrap();
+        let b = open(b_dir.path(), FlushMode::Async);
+        run(copy_log(&h.a, &b, h.a.log_end(), &CHUNKS));
+        let segment = b.config().segment_size_bytes;
+        b.close().unwrap();
+        drop(b);
+        zero(b_dir.path(), segment, damaged_from, 80);
+        if damaged_from < h.cut {
+            zero(b_dir.path(), segment, h.cut, 80);
+        }
+        std::fs::remove_file(b_dir.path().join("checkpoint")).unwrap();
+        let b = open(b_dir.path(), FlushMode::Async);
+        let [damage] = b.damaged_ranges().try_into().unwrap();
+        assert_eq!(damage.start, damaged_from);
+        assert!(damage.end > h.cut);
+        if damaged_from < h.cut {
+            let err = run(b.truncate_log(h.cut)).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::RawLog { position, problem: RawLogProblem::NotAFrame(_) }
+                    if *position == h.cut),
+                "{err}"
+            );
+            assert_eq!(b.damaged_ranges(), [damage]);
+            continue;
+        }
+        run(b.truncate_log(h.cut)).unwrap();
+        assert_eq!(b.log_end(), h.cut);
+        assert!(b.damaged_ranges().is_empty());
+        run(copy_log(&h.a2, &b, h.a2.log_end(), &CHUNKS));
+        assert_same_log(b_dir.path(), h.dirs[1].path());
+        assert_same_reads(&b, &h.a2);
+        let b = reopen(b, b_dir.path());
+        assert!(b.recovery_report().repairs.is_empty());
+        assert_same_reads(&b, &h.a2);
+    }
+}

@@ -435,7 +435,12 @@ impl ConsumeQueue {
     /// stale entries past the end, back after a power loss, would make the
     /// next recovery rebuild the queue.
     pub fn truncate_from_physical(&self, physical_offset: u64) -> Result<()> {
-        let end = self.end_before(physical_offset);
+        self.truncate_to(self.end_before(physical_offset))
+    }
+
+    /// Drops the entries from queue offset `end` on (see
+    /// [`Self::truncate_from_physical`]).
+    pub fn truncate_to(&self, end: u64) -> Result<()> {
         self.max.fetch_min(end, Ordering::AcqRel);
         let written = self.written.load(Ordering::Relaxed);
         let mut at = end;

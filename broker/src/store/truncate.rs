@@ -1,7 +1,9 @@
 //! Truncating the commit log: a follower whose tail diverges from its master's
 //! history drops it (`Store::truncate_log`), then appends the master's bytes.
 //!
-//! Everything from the cut on goes: log bytes are zeroed and later segments
+//! The cut must be a frame boundary, or the start of a range recovery found
+//! damaged at this open (no frame to check there). Everything from the cut
+//! on goes: log bytes are zeroed and later segments
 //! deleted, consume-queue entries of records at or after it are dropped (the
 //! queues end lower: a deliberate truncation gives the offsets out again, with
 //! the master's records), key-index entries too, and epochs that start at or
@@ -28,11 +30,13 @@
 //! truncation to the cut or below succeeds (or the store is reopened): the
 //! next open would otherwise zero what was written meanwhile.
 
+use std::ops::Range;
 use std::path::Path;
 
 use super::Inner;
 use super::checkpoint::Checkpoint;
 use super::commit_log::CommitLog;
+use super::consume_queue::ConsumeQueue;
 use super::error::{Result, StoreError};
 use super::mapped_file::{replace_file, sync_dir};
 use super::writer::Writer;
@@ -102,7 +106,15 @@ impl Writer {
             Some(cut) => (self.write_pos, cut.end),
             None => (self.write_pos, self.write_pos),
         };
-        super::raw_log::check_boundary(&inner, to, end)?;
+        // Where this member's own bytes are damaged there is no frame to
+        // check (the cut comes from the master's history); all from the cut
+        // on goes anyway, and the damage before it stays healable.
+        let damage = inner.damage.lock().unhealed.clone();
+        let damage_starts_here =
+            to >= inner.commit_log.min_offset() && damage.iter().any(|r| r.start == to);
+        if !damage_starts_here {
+            super::raw_log::check_boundary(&inner, to, end)?;
+        }
         if to == zero_to {
             // Nothing to cut from the log; epochs begun at its end hold no
             // records (a master that wrote nothing) and go.
@@ -117,7 +129,7 @@ impl Writer {
         self.write_pos = to;
         inner.arrivals.send_replace(to);
         for cq in inner.queues.all() {
-            cq.truncate_from_physical(to)?;
+            cq.truncate_to(queue_end_at_cut(&cq, to, &damage))?;
         }
         inner.index.lock().truncate_from(to);
         cut_log(&inner.commit_log, to, cut.end)?;
@@ -128,6 +140,44 @@ impl Writer {
         self.unfinished_cut = None;
         Ok(())
     }
+}
+
+/// Where a queue ends once the log is cut at `to`: entries of records at or
+/// past it go, and so do holes before a dropped entry when no damage this
+/// open found lies between the record before them and the cut, since their
+/// records were past it (left, they would shift every offset the master's
+/// records bring). Otherwise they may stand for records before the cut, and
+/// stay, as recovery keeps holes.
+fn queue_end_at_cut(cq: &ConsumeQueue, to: u64, damage: &[Range<u64>]) -> u64 {
+    let min = cq.min_offset();
+    let mut end = cq.next_offset();
+    while end > min {
+        let Some(entry) = cq.entry(end - 1) else {
+            break;
+        };
+        if !entry.is_hole() {
+            if entry.physical_offset < to {
+                break;
+            }
+            end -= 1;
+            continue;
+        }
+        let mut holes_from = end - 1;
+        while holes_from > min && cq.entry(holes_from - 1).is_some_and(|e| e.is_hole()) {
+            holes_from -= 1;
+        }
+        let after_previous = (holes_from > min)
+            .then(|| cq.entry(holes_from - 1))
+            .flatten()
+            .map(|e| e.physical_offset + e.size as u64);
+        let maybe_before_cut =
+            after_previous.is_none_or(|from| damage.iter().any(|r| r.start < to && r.end > from));
+        if maybe_before_cut {
+            break;
+        }
+        end = holes_from;
+    }
+    end
 }
 
 /// Zeroes the log bytes in `to..end`, durably, and deletes the segments after
