@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = BrokerConfig::load(args.config.as_deref())?;
     args.apply(&mut config);
     config.broker.validate()?;
+    config.replication.validate()?;
 
     // Bind first, so a taken port fails fast, before recovery.
     let grpc_listener = TcpListener::bind(config.broker.grpc_addr)
