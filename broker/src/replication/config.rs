@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use dduomq_replication::GroupLayout;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
@@ -54,9 +55,14 @@ impl ReplicationConfig {
     /// `min_in_sync` with 0 resolved to the majority.
     pub fn min_in_sync(&self) -> u32 {
         match self.min_in_sync {
-            0 => self.factor / 2 + 1,
+            0 => self.layout().default_min_in_sync(),
             n => n,
         }
+    }
+
+    /// How broker ordinals form groups.
+    pub fn layout(&self) -> GroupLayout {
+        GroupLayout::new(self.factor)
     }
 
     /// Checks the settings against each other.
@@ -107,27 +113,6 @@ impl ReplicationConfig {
     }
 }
 
-/// Where a broker sits: its group and its index in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    pub group: u32,
-    pub member: u32,
-    /// Members in the group.
-    pub size: u32,
-}
-
-impl Placement {
-    /// Ordinal `broker_id` with replication factor `factor`: groups are
-    /// consecutive ordinals.
-    pub fn of(broker_id: u32, factor: u32) -> Placement {
-        Placement {
-            group: broker_id / factor,
-            member: broker_id % factor,
-            size: factor,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,20 +139,6 @@ mod tests {
         }
         cfg.min_in_sync = 3;
         assert_eq!(cfg.min_in_sync(), 3);
-    }
-
-    #[test]
-    fn groups_are_consecutive_ordinals() {
-        assert_eq!(
-            Placement::of(7, 3),
-            Placement {
-                group: 2,
-                member: 1,
-                size: 3
-            }
-        );
-        assert_eq!(Placement::of(7, 1).group, 7);
-        assert_eq!(Placement::of(7, 1).member, 0);
     }
 
     #[test]
