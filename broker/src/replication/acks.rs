@@ -91,15 +91,25 @@ impl Replication {
         }
     }
 
-    /// A follower reports that it stored everything below `stored_end`.
-    pub(super) fn follower_stored(&self, member: MemberId, stored_end: u64) {
+    /// A follower reports that it stored everything below `stored_end`;
+    /// `sent_all` is where the last chunk that held everything the master
+    /// had ended. A member the master waits for counts as caught up when it
+    /// stored that much (under steady writes it never holds the very end); a
+    /// member outside the waiting set joins only when it holds the very end.
+    pub(super) fn follower_stored(&self, member: MemberId, stored_end: u64, sent_all: u64) {
         let master_end = self.store.log_end();
         let now = self.now();
         let mut state = self.state.lock();
         let epoch = state.role.epoch;
         if let Some(m) = state.master.as_mut() {
+            // 0: no chunk reached the end yet (the follower is catching up).
+            let caught_up_at = if sent_all > 0 && m.tracker.waiting().contains(&member) {
+                sent_all.min(master_end)
+            } else {
+                master_end
+            };
             m.tracker
-                .follower_stored(member, stored_end, master_end, now);
+                .follower_stored(member, stored_end, caught_up_at, now);
             let committed = m.advance(self.config.ack_policy, master_end);
             let lease_until = self.lease_until(m);
             self.publish_open(epoch, committed, lease_until);

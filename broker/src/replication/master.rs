@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dduomq_proto::v1 as pb;
@@ -73,21 +74,27 @@ impl Replication {
                 let from = from.max(self.store.stats().commit_log_min);
                 let epochs = history.starts_within(from, u64::MAX).into();
                 tracing::info!(member, from, "follower connected");
-                tokio::spawn(self.clone().stream_log(term, from, epochs, tx));
-                tokio::spawn(self.clone().read_progress(member, progress));
+                let sent = Arc::new(AtomicU64::new(0));
+                tokio::spawn(
+                    self.clone()
+                        .stream_log(term, from, epochs, tx, sent.clone()),
+                );
+                tokio::spawn(self.clone().read_progress(member, progress, sent));
             }
         }
         Ok(rx)
     }
 
     /// Sends the log from `pos` on until the follower goes away or this
-    /// member stops being master of `term`.
+    /// member stops being master of `term`. `sent_all` is the end of the
+    /// last chunk that held everything the master had when it was read.
     async fn stream_log(
         self: Arc<Self>,
         term: Term,
         mut pos: u64,
         mut epochs: VecDeque<EpochStart>,
         tx: mpsc::Sender<Result<pb::FollowResponse, Status>>,
+        sent_all: Arc<AtomicU64>,
     ) {
         let mut arrivals = self.store.subscribe();
         loop {
@@ -105,6 +112,9 @@ impl Replication {
                 }
             };
             let end = raw.end();
+            if end >= self.store.log_end() {
+                sent_all.fetch_max(end, Ordering::Relaxed);
+            }
             let mut starts = Vec::new();
             while epochs.front().is_some_and(|e| e.start_offset <= end) {
                 let e = epochs.pop_front().expect("checked above");
@@ -148,12 +158,13 @@ impl Replication {
         self: Arc<Self>,
         member: MemberId,
         mut requests: tonic::Streaming<pb::FollowRequest>,
+        sent_all: Arc<AtomicU64>,
     ) {
         loop {
             match requests.message().await {
                 Ok(Some(pb::FollowRequest {
                     kind: Some(pb::follow_request::Kind::Progress(p)),
-                })) => self.follower_stored(member, p.log_end),
+                })) => self.follower_stored(member, p.log_end, sent_all.load(Ordering::Relaxed)),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
