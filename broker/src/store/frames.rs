@@ -15,7 +15,10 @@ use super::record::{self, BLANK_HEADER_SIZE, Checked, Frame};
 /// A frame found valid at its position.
 #[derive(Debug)]
 pub(crate) enum ValidFrame<'a> {
-    Record(Checked<'a>),
+    Record {
+        record: Checked<'a>,
+        keys: Vec<&'a str>,
+    },
     Filler(u32),
 }
 
@@ -23,7 +26,7 @@ impl ValidFrame<'_> {
     /// Its length in the log.
     pub fn len(&self) -> u64 {
         match self {
-            ValidFrame::Record(r) => r.header.total_size as u64,
+            ValidFrame::Record { record, .. } => record.header.total_size as u64,
             ValidFrame::Filler(len) => *len as u64,
         }
     }
@@ -85,8 +88,9 @@ pub(crate) fn check(bytes: &[u8], pos: u64, limits: FrameLimits) -> Result<Valid
                     "record leaves {after} bytes before the segment end, too few for a filler"
                 ));
             }
-            record::check(whole(len)?, pos)
-                .map(ValidFrame::Record)
+            let mut keys = Vec::new();
+            record::check_with(whole(len)?, pos, |k| keys.push(k), |_, _| {})
+                .map(|record| ValidFrame::Record { record, keys })
                 .map_err(|e| match e {
                     super::StoreError::Corrupt { reason, .. } => reason,
                     other => other.to_string(),
