@@ -84,7 +84,7 @@ impl Replication {
 
     /// The rule's answer; stale and refused assignments are errors.
     fn change_for(&self, state: &State, a: &Assignment) -> Result<RoleChange, BrokerError> {
-        match role_change(state.role, &self.epochs(), a.epoch, a.role) {
+        match role_change(state.role, &self.store.epochs(), a.epoch, a.role) {
             RoleChange::Stale => Err(BrokerError::invalid(
                 "epoch",
                 format!(
@@ -215,8 +215,8 @@ impl Replication {
         self.target.send_replace(None);
         state.upstream_committed = None;
         let log_end = self.store.log_end();
-        if self.epochs().latest_epoch() < a.epoch {
-            self.begin_epoch(a.epoch, log_end)?;
+        if self.store.epochs().latest_epoch() < a.epoch {
+            self.store.begin_epoch(a.epoch, log_end)?;
         }
         let mut lease = MasterLease::default();
         lease.grant(received, a.lease);

@@ -115,7 +115,7 @@ impl Replication {
             member: self.placement.member,
             epoch: target.epoch,
             log_end,
-            last_record_epoch: self.epochs().last_record_epoch(log_end),
+            last_record_epoch: self.store.epochs().last_record_epoch(log_end),
         };
         let (progress, requests) = mpsc::channel(4);
         let _ = progress
@@ -166,14 +166,17 @@ impl Replication {
             return Err(StreamEnd::Reassigned);
         }
         let own_end = self.store.log_end();
-        let to = self.epochs().truncation_end(t.offset, t.epoch, own_end);
+        let to = self
+            .store
+            .epochs()
+            .truncation_end(t.offset, t.epoch, own_end);
         tracing::warn!(
             from = to,
             own_end,
             master_epoch = t.epoch,
             "truncating the log's divergent tail"
         );
-        self.truncate_log(to).await?;
+        self.store.truncate_log(to).await?;
         Ok(())
     }
 
@@ -194,11 +197,12 @@ impl Replication {
         if first
             && chunk.start == self.store.log_end()
             && self
+                .store
                 .epochs()
                 .latest()
                 .is_some_and(|e| e.start_offset >= chunk.start)
         {
-            self.truncate_log(chunk.start).await?;
+            self.store.truncate_log(chunk.start).await?;
         }
         let mut end = self.store.log_end();
         if !chunk.data.is_empty() {
@@ -208,7 +212,7 @@ impl Replication {
                 .await?;
         }
         for e in chunk.epoch_starts {
-            self.begin_epoch(e.epoch, e.start_offset)?;
+            self.store.begin_epoch(e.epoch, e.start_offset)?;
         }
         self.note_upstream(chunk.committed_end);
         Ok(end)

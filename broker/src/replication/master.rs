@@ -53,7 +53,7 @@ impl Replication {
         if start.epoch > term.epoch {
             return Err(self.not_master(NotMasterCause::Deposed).into());
         }
-        let history = self.epochs();
+        let history = self.store.epochs();
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         match history.follow_from(start.last_record_epoch, start.log_end, self.store.log_end()) {
             FollowFrom::Truncate { offset, epoch } => {

@@ -8,7 +8,6 @@
 //!
 //! ```text
 //! config.rs    the [replication] table
-//! epochs.rs    this member's epoch history
 //! error.rs     NOT_MASTER and QUORUM_TIMEOUT refusals
 //! acks.rs      the write path: who may append, and waiting for acknowledgements
 //! assign.rs    AssignRole: role changes and lease renewals
@@ -21,7 +20,6 @@
 mod acks;
 mod assign;
 mod config;
-mod epochs;
 mod error;
 mod follower;
 mod master;
@@ -36,7 +34,7 @@ pub use metrics::ReplicationMetrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dduomq_replication::{AckTracker, EpochHistory, MasterLease, MemberRole, Monotonic, Placement};
+use dduomq_replication::{AckTracker, MasterLease, MemberRole, Monotonic, Placement};
 use parking_lot::Mutex;
 use tokio::sync::{RwLock, watch};
 
@@ -60,7 +58,6 @@ pub struct Replication {
     /// appends lands after the switch.
     gate: RwLock<()>,
     state: Mutex<State>,
-    history: Mutex<EpochHistory>,
     /// What writes waiting for acknowledgements watch.
     acks: watch::Sender<Acks>,
     /// The master the follower task follows (`None`: follow nobody).
@@ -99,7 +96,7 @@ impl Replication {
         metrics: Option<Arc<Metrics>>,
     ) -> crate::store::Result<Arc<Replication>> {
         let placement = config.layout().placement(ordinal);
-        let role = MemberRole::at_start(&EpochHistory::new());
+        let role = MemberRole::at_start(&store.epochs());
         let replication = Arc::new(Replication {
             placement,
             gate: RwLock::new(()),
@@ -108,7 +105,6 @@ impl Replication {
                 master: None,
                 upstream_committed: None,
             }),
-            history: Mutex::new(EpochHistory::new()),
             acks: watch::channel(Acks::Closed).0,
             target: watch::channel(None).0,
             origin: Instant::now(),

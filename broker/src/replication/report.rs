@@ -22,7 +22,7 @@ impl Replication {
             role: wire_role(state.role.role) as i32,
             epoch: state.role.epoch,
             log_end,
-            last_record_epoch: self.epochs().last_record_epoch(log_end),
+            last_record_epoch: self.store.epochs().last_record_epoch(log_end),
             ack_policy: match self.config.ack_policy {
                 AckPolicy::Quorum => pb::AckPolicy::Quorum,
                 AckPolicy::Master => pb::AckPolicy::Master,
