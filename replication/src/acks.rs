@@ -125,7 +125,8 @@ impl AckTracker {
     }
 
     /// A follower reports what it has stored, while the master's log ends at
-    /// `master_end`. A member outside the waiting set that caught up joins it
+    /// `master_end`. Only ends the master checked are a prefix of its own log
+    /// count (`FollowFrom::Stream`, and the progress of that stream). A member outside the waiting set that caught up joins it
     /// at once (and is proposed), before the master appends anything more.
     pub fn follower_stored(
         &mut self,
@@ -180,9 +181,10 @@ impl AckTracker {
 
     /// The in-sync set to ask the controller for, if it differs from the
     /// recorded one: recorded and joining members that held the master's end
-    /// within `lag_max`, and the master. It never shrinks below
-    /// `min_in_sync`: a smaller set could not acknowledge anything either, and
-    /// a larger one leaves more members to elect.
+    /// within `lag_max`, and the master. Below `min_in_sync` it keeps the
+    /// recorded members instead of removing them: a smaller set could not
+    /// acknowledge anything either, and a larger one leaves more members to
+    /// elect.
     pub fn proposal(&self, now: Monotonic, lag_max: Duration) -> Option<InSyncProposal> {
         let candidates: BTreeSet<MemberId> = self.waiting().into_iter().collect();
         let mut members: BTreeSet<MemberId> = candidates
@@ -193,7 +195,7 @@ impl AckTracker {
             })
             .collect();
         if (members.len() as u32) < self.min_in_sync {
-            members = candidates;
+            members.extend(self.recorded.iter().copied());
         }
         (members != self.recorded).then(|| InSyncProposal {
             members: members.into_iter().collect(),
@@ -263,6 +265,20 @@ mod tests {
         tracker.follower_stored(1, 10, 100, ms(1000));
         tracker.follower_stored(2, 10, 100, ms(1000));
         assert_eq!(tracker.proposal(ms(1000), LAG_MAX), None);
+    }
+
+    #[test]
+    fn a_lagging_joiner_is_not_proposed_to_keep_min_in_sync() {
+        let mut tracker = AckTracker::new(0, 3, 2, &[0, 1], 4, ms(0));
+        tracker.follower_stored(2, 100, 100, ms(10));
+        tracker.follower_stored(1, 50, 100, ms(700));
+        tracker.follower_stored(2, 50, 100, ms(700));
+        assert_eq!(tracker.waiting(), vec![0, 1, 2]);
+        assert_eq!(
+            tracker.proposal(ms(700), LAG_MAX),
+            None,
+            "keeps {{0, 1}}, adds no laggard"
+        );
     }
 
     #[test]
