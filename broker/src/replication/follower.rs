@@ -154,7 +154,18 @@ impl Replication {
                         return Err(StreamEnd::Ended);
                     }
                 }
-                pb::follow_response::Kind::Heartbeat(h) => self.note_upstream(h.committed_end),
+                pb::follow_response::Kind::Heartbeat(h) => {
+                    // Idle, it still holds everything: saying so keeps it in sync.
+                    self.note_upstream(h.committed_end);
+                    let report = pb::FollowRequest {
+                        kind: Some(pb::follow_request::Kind::Progress(pb::FollowProgress {
+                            log_end: self.store.log_end(),
+                        })),
+                    };
+                    if progress.send(report).await.is_err() {
+                        return Err(StreamEnd::Ended);
+                    }
+                }
             }
         }
     }

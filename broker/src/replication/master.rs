@@ -22,8 +22,9 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks in flight to one follower before the master waits for the stream.
 const CHUNKS_IN_FLIGHT: usize = 8;
 /// An idle stream carries a heartbeat this often (the follower's sign that
-/// the master lives, and its view of the committed end).
-pub(super) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+/// the master lives, and its view of the committed end; its answer keeps it
+/// in sync), and at least four times per `replica_lag_max`.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What the Follow RPC answers with.
 pub type FollowResponses = mpsc::Receiver<Result<pb::FollowResponse, Status>>;
@@ -97,6 +98,7 @@ impl Replication {
         sent_all: Arc<AtomicU64>,
     ) {
         let mut arrivals = self.store.subscribe();
+        let heartbeat = HEARTBEAT_INTERVAL.min(self.config.replica_lag_max / 4);
         loop {
             if self.term() != Ok(term) {
                 let refusal = BrokerError::from(self.not_master(NotMasterCause::Deposed));
@@ -135,7 +137,7 @@ impl Replication {
             } else {
                 tokio::select! {
                     _ = arrivals.changed() => continue,
-                    _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+                    _ = tokio::time::sleep(heartbeat) => {}
                     _ = tx.closed() => return,
                 }
                 pb::follow_response::Kind::Heartbeat(pb::Heartbeat {
