@@ -41,6 +41,73 @@ async fn assert_serves(b: &dduomq_testkit::Broker, acked: &[(String, Vec<u8>)]) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_master_with_a_valid_lease_takes_writes() {
+    let a = start_member(0, "");
+    let b = start_member(1, "");
+    let refused = send(&a, b"early").await.unwrap_err();
+    assert_eq!(refused.reason(), Some(Reason::NotMaster), "{refused}");
+    assert!(
+        refused.to_string().contains("no master is assigned yet"),
+        "{refused}"
+    );
+
+    make_replica(&b, 1, 0, &a.grpc).await;
+    let lease = group::master_assignment(&a.grpc, 0, 1, &[0, 1], 1);
+    let short = pb::AssignRoleRequest {
+        lease_ms: 1000,
+        ..lease.clone()
+    };
+    group::assign(&a.grpc, short.clone()).await.expect("master");
+    send(&a, b"in time").await.expect("acknowledged");
+    let refused = send(&b, b"to a replica").await.unwrap_err();
+    assert_eq!(refused.reason(), Some(Reason::NotMaster), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("the master is at {}", a.grpc)),
+        "{refused}"
+    );
+
+    // Not renewed: it stops acknowledging when the lease lapses.
+    let lapsed = eventually(Duration::from_secs(5), "the lease to lapse", async || {
+        send(&a, b"late").await.err()
+    })
+    .await;
+    assert_eq!(lapsed.reason(), Some(Reason::NotMaster), "{lapsed}");
+    assert!(lapsed.to_string().contains("lease lapsed"), "{lapsed}");
+    assert_eq!(state(&a).await.lease_remaining_ms, 0);
+    // Renewed: it takes writes again.
+    group::assign(&a.grpc, short).await.expect("renewal");
+    send(&a, b"renewed").await.expect("acknowledged");
+
+    // An older epoch than the member knows is refused and changes nothing.
+    group::assign(&a.grpc, pb::AssignRoleRequest { epoch: 2, ..lease })
+        .await
+        .expect("epoch 2");
+    let stale = group::assign(
+        &b.grpc,
+        pb::AssignRoleRequest {
+            role: pb::ReplicaRole::Replica as i32,
+            ..group::master_assignment(&a.grpc, 0, 1, &[], 0)
+        },
+    )
+    .await;
+    assert!(stale.is_ok(), "b still knows only epoch 1: {stale:?}");
+    make_replica(&b, 2, 0, &a.grpc).await;
+    let stale = group::assign(
+        &b.grpc,
+        pb::AssignRoleRequest {
+            role: pb::ReplicaRole::Replica as i32,
+            ..group::master_assignment(&a.grpc, 0, 1, &[], 0)
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::InvalidArgument, "{stale:?}");
+    assert_eq!(state(&b).await.epoch, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_replica_catches_up_byte_for_byte() {
     let a = start_member(0, "");
     let b = start_member(1, "");

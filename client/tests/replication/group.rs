@@ -46,6 +46,28 @@ pub async fn assign(
         .map(|r| r.into_inner().state.expect("state in the reply"))
 }
 
+/// AssignRole(MASTER) for member `member` (at `address`) in `epoch`, with
+/// the recorded in-sync set `in_sync` of `version` and a long lease.
+pub fn master_assignment(
+    address: &str,
+    member: u32,
+    epoch: u64,
+    in_sync: &[u32],
+    version: u64,
+) -> pb::AssignRoleRequest {
+    pb::AssignRoleRequest {
+        group: 0,
+        epoch,
+        role: pb::ReplicaRole::Master as i32,
+        master_member: member,
+        master_address: address.to_string(),
+        in_sync: in_sync.to_vec(),
+        lease_ms: LONG_LEASE_MS,
+        group_size: FACTOR,
+        in_sync_version: version,
+    }
+}
+
 /// Makes member `member` (at `address`) master of `epoch` with the
 /// recorded in-sync set `in_sync` of `version` (again: a renewal).
 pub async fn make_master(
@@ -57,17 +79,7 @@ pub async fn make_master(
 ) -> pb::ReplicaState {
     assign(
         address,
-        pb::AssignRoleRequest {
-            group: 0,
-            epoch,
-            role: pb::ReplicaRole::Master as i32,
-            master_member: member,
-            master_address: address.to_string(),
-            in_sync: in_sync.to_vec(),
-            lease_ms: LONG_LEASE_MS,
-            group_size: FACTOR,
-            in_sync_version: version,
-        },
+        master_assignment(address, member, epoch, in_sync, version),
     )
     .await
     .expect("assign master")
