@@ -47,9 +47,10 @@ impl Writer {
     /// Stores `bytes` (whole frames) at `start`, which must be the log end;
     /// returns the new end. See the module documentation.
     pub fn replicate(&mut self, start: u64, bytes: &[u8]) -> Result<u64> {
+        self.check_no_unfinished_cut()?;
         super::refuse_if_full(&self.inner)?;
         let log = &self.inner.commit_log;
-        let fresh = log.segment_count() == 0 && self.write_pos == 0;
+        let fresh = log.segment_count() == 0;
         let expected = if fresh && start.is_multiple_of(log.segment_size()) {
             start
         } else {
