@@ -98,8 +98,12 @@ impl Replication {
         sent_all: Arc<AtomicU64>,
     ) {
         let mut arrivals = self.store.subscribe();
+        let mut stopping = self.stopping.subscribe();
         let heartbeat = HEARTBEAT_INTERVAL.min(self.config.replica_lag_max / 4);
         loop {
+            if *stopping.borrow() {
+                return;
+            }
             if self.term() != Ok(term) {
                 let refusal = BrokerError::from(self.not_master(NotMasterCause::Deposed));
                 let _ = tx.send(Err(crate::grpc::status::to_status(refusal))).await;
@@ -139,6 +143,7 @@ impl Replication {
                     _ = arrivals.changed() => continue,
                     _ = tokio::time::sleep(heartbeat) => {}
                     _ = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
                 pb::follow_response::Kind::Heartbeat(pb::Heartbeat {
                     committed_end,

@@ -62,6 +62,9 @@ pub struct Replication {
     acks: watch::Sender<Acks>,
     /// The master the follower task follows (`None`: follow nobody).
     target: watch::Sender<Option<FollowTarget>>,
+    /// Turns true at shutdown: Follow streams end, so the gRPC server's
+    /// graceful stop does not wait for them.
+    stopping: watch::Sender<bool>,
     /// The origin of this process's monotonic readings.
     origin: Instant,
     metrics: Option<Arc<Metrics>>,
@@ -107,6 +110,7 @@ impl Replication {
             }),
             acks: watch::channel(Acks::Closed).0,
             target: watch::channel(None).0,
+            stopping: watch::channel(false).0,
             origin: Instant::now(),
             metrics,
             store,
@@ -122,15 +126,16 @@ impl Replication {
     /// of its own in-sync proposals, until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let follower = tokio::spawn(self.clone().run_follower(shutdown.clone()));
-        if self.config.static_master.is_some() {
-            let mut tick = tokio::time::interval(self.config.replica_lag_max / 2);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => self.record_own_proposal(),
-                    _ = shutdown.wait_for(|s| *s) => break,
+        let mut tick = tokio::time::interval(self.config.replica_lag_max / 2);
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if self.config.static_master.is_some() => {
+                    self.record_own_proposal();
                 }
+                _ = shutdown.wait_for(|s| *s) => break,
             }
         }
+        self.stopping.send_replace(true);
         let _ = follower.await;
     }
 
