@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
     let store = Arc::new(store);
     let broker = Arc::new(Broker::open(config.broker.clone(), store.clone(), metrics)?);
     ready.attach(broker.clone());
-    let maintenance = tokio::spawn(broker.clone().run_maintenance());
+    // Attached before any background work appends: on a replica nothing may.
     let replication = if config.replication.enabled() {
         let r = Replication::start(
             config.replication.clone(),
@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let maintenance = tokio::spawn(broker.clone().run_maintenance());
 
     tracing::info!(
         grpc = %config.broker.grpc_addr,

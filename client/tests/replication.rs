@@ -306,3 +306,48 @@ async fn without_a_quorum_sends_fail_and_nothing_is_acknowledged() {
     assert_serves(&a, &retried).await;
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_group_replicates_without_a_controller() {
+    let ports: Vec<u16> = (0..group::FACTOR)
+        .map(|_| dduomq_testkit::free_port())
+        .collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let settings = format!(
+        "peers = [{}]\nstatic_master = 0\nreplica_lag_max = \"300ms\"",
+        peers.join(", ")
+    );
+    let members: Vec<dduomq_testkit::Broker> = (0..group::FACTOR)
+        .map(|ordinal| group::start_static_member(ordinal, &settings, ports[ordinal as usize]))
+        .collect();
+    let [a, b, mut c] = <[_; 3]>::try_from(members).expect("three members");
+    let mut acked = send_all(&a, 0..100).await;
+    assert_eq!(state(&a).await.in_sync, vec![0, 1, 2]);
+
+    // A member down: the master records its own proposal and goes on.
+    c.kill();
+    acked.extend(send_all(&a, 100..150).await);
+    assert_eq!(state(&a).await.in_sync, vec![0, 1]);
+    c.start_again();
+    eventually(
+        Duration::from_secs(20),
+        "the member back in the set",
+        async || (state(&a).await.in_sync == vec![0, 1, 2]).then_some(()),
+    )
+    .await;
+    acked.extend(send_all(&a, 150..160).await);
+    let end = state(&a).await.log_end;
+    wait_log_end(&b, end).await;
+    wait_log_end(&c, end).await;
+    let log = whole_log(&a).await;
+    assert!(whole_log(&b).await == log, "replica b holds other bytes");
+    assert!(whole_log(&c).await == log, "replica c holds other bytes");
+    assert_serves(&c, &acked).await;
+    let refused = group::assign(
+        &a.grpc,
+        group::master_assignment(&a.grpc, 0, 2, &[0, 1, 2], 2),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+}

@@ -19,13 +19,25 @@ pub const TOPIC: &str = "orders";
 /// Starts broker `ordinal` of a group of [`FACTOR`], with `extra` TOML lines
 /// in its `[replication]` table.
 pub fn start_member(ordinal: u32, extra: &str) -> Broker {
+    Broker::start_with(member_options(ordinal, extra))
+}
+
+/// Starts broker `ordinal` of a static group on gRPC port `port`.
+pub fn start_static_member(ordinal: u32, extra: &str, port: u16) -> Broker {
     Broker::start_with(Options {
+        grpc_port: Some(port),
+        ..member_options(ordinal, extra)
+    })
+}
+
+fn member_options(ordinal: u32, extra: &str) -> Options {
+    Options {
         config: Some(format!(
             "[store]\nbroker_id = {ordinal}\nsegment_size_bytes = 65536\nmax_record_size_bytes = 16384\n\
              [replication]\nfactor = {FACTOR}\n{extra}\n"
         )),
         ..Options::default()
-    })
+    }
 }
 
 async fn admin(address: &str) -> AdminServiceClient<tonic::transport::Channel> {
