@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release -p dduomq-replication --example election_sim -- --schedules 100000 --seed 0
-//! cargo run --release -p dduomq-replication --example election_sim -- --schedules 1 --seed 4711   # replay one
+//! cargo run --release -p dduomq-replication --example election_sim -- --schedules 1 --seed 4711 --trace  # replay one, every event on stderr
 //! cargo run --release -p dduomq-replication --example election_sim -- --variant ack-before-recorded
 //! ```
 //!
@@ -14,14 +14,19 @@ mod sim;
 
 use std::process::ExitCode;
 
-use sim::{Variant, run_schedules};
+use sim::{Run, Stop, Trace, Variant, run_schedules};
 
 fn main() -> ExitCode {
     let mut schedules = 10_000;
     let mut seed = 0;
     let mut variant = Variant::Correct;
+    let mut trace = Trace::Quiet;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--trace" {
+            trace = Trace::Events;
+            continue;
+        }
         let value = args.next().unwrap_or_default();
         match flag.as_str() {
             "--schedules" => schedules = value.parse().expect("--schedules takes a number"),
@@ -32,10 +37,17 @@ fn main() -> ExitCode {
                     panic!("unknown variant {value:?}, one of {}", names.join(", "))
                 })
             }
-            other => panic!("unknown flag {other:?} (--schedules N, --seed S, --variant NAME)"),
+            other => {
+                panic!("unknown flag {other:?} (--schedules N, --seed S, --variant NAME, --trace)")
+            }
         }
     }
-    let summary = run_schedules(seed, schedules, variant, false);
+    let run = Run {
+        variant,
+        stop: Stop::AfterAll,
+        trace,
+    };
+    let summary = run_schedules(seed, schedules, run);
     println!(
         "{} rules, seeds {seed}..{}: {summary}",
         variant.name(),

@@ -4,7 +4,7 @@
 
 mod sim;
 
-use sim::{Variant, run_schedules};
+use sim::{Run, Stop, Trace, Variant, run_schedules};
 
 const SCHEDULES: u64 = 1000;
 /// Seeds tried per broken rule before giving up on finding its violation.
@@ -12,7 +12,12 @@ const BROKEN_SEEDS: u64 = 1000;
 
 #[test]
 fn every_acknowledged_record_survives_1000_fault_schedules() {
-    let summary = run_schedules(0, SCHEDULES, Variant::Correct, false);
+    let run = Run {
+        variant: Variant::Correct,
+        stop: Stop::AfterAll,
+        trace: Trace::Quiet,
+    };
+    let summary = run_schedules(0, SCHEDULES, run);
     println!("correct rules: {summary}");
     assert_eq!(summary.schedules, SCHEDULES);
     assert_eq!(summary.first_failure, None, "{summary}");
@@ -26,7 +31,12 @@ fn every_acknowledged_record_survives_1000_fault_schedules() {
 #[test]
 fn each_broken_rule_is_caught() {
     for variant in Variant::ALL.into_iter().filter(|&v| v != Variant::Correct) {
-        let summary = run_schedules(0, BROKEN_SEEDS, variant, true);
+        let run = Run {
+            variant,
+            stop: Stop::AtFirstFailure,
+            trace: Trace::Quiet,
+        };
+        let summary = run_schedules(0, BROKEN_SEEDS, run);
         println!("{}: {summary}", variant.name());
         assert!(
             summary.first_failure.is_some(),

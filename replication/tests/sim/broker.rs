@@ -13,7 +13,7 @@ use dduomq_replication::{
 
 use super::checker::Checker;
 use super::net::{
-    Assignment, Caller, Entry, FetchAnswer, FetchRequest, Msg, Node, Outbox, Time, Timer,
+    Answer, Assignment, Caller, Entry, FetchAnswer, FetchRequest, Msg, Node, Outbox, Time, Timer,
 };
 use super::{GROUP_SIZE, Variant};
 
@@ -50,6 +50,7 @@ pub struct SimBroker {
     committed: u64,
     parked: BTreeMap<MemberId, Parked>,
     fetch_sent_at: Option<Time>,
+    fetch_seq: u64,
 }
 
 impl SimBroker {
@@ -70,6 +71,7 @@ impl SimBroker {
             committed: 0,
             parked: BTreeMap::new(),
             fetch_sent_at: None,
+            fetch_seq: 0,
         }
     }
 
@@ -131,6 +133,7 @@ impl SimBroker {
         out: &mut Outbox,
     ) {
         let local = self.local(now);
+        let before = self.role;
         let change = role_change(self.role, &self.history, assignment.epoch, assignment.role);
         match change {
             RoleChange::Stale | RoleChange::RefuseMaster => {}
@@ -179,7 +182,8 @@ impl SimBroker {
                 report,
             },
         );
-        if matches!(change, RoleChange::Follow { .. }) {
+        let newly_following = matches!(change, RoleChange::Follow { .. }) && self.role != before;
+        if newly_following || self.fetch_sent_at.is_none() {
             self.fetch(now, out);
         }
     }
@@ -254,8 +258,15 @@ impl SimBroker {
         out: &mut Outbox,
     ) -> Option<u64> {
         let follower = Node::Broker(request.member);
+        let seq = request.seq;
         if self.role.role != Role::Master || request.epoch != self.role.epoch {
-            out.send(follower, Msg::Fetched(FetchAnswer::NotMaster));
+            out.send(
+                follower,
+                Msg::Fetched {
+                    seq,
+                    answer: FetchAnswer::NotMaster,
+                },
+            );
             return None;
         }
         let log_end = self.log_end();
@@ -272,7 +283,10 @@ impl SimBroker {
             FollowFrom::Truncate { offset, epoch } => {
                 out.send(
                     follower,
-                    Msg::Fetched(FetchAnswer::Truncate { offset, epoch }),
+                    Msg::Fetched {
+                        seq,
+                        answer: FetchAnswer::Truncate { offset, epoch },
+                    },
                 );
                 None
             }
@@ -296,7 +310,7 @@ impl SimBroker {
                         entries: self.log[from as usize..end].to_vec(),
                         epoch_starts: self.history.starts_within(from, end as u64),
                     };
-                    out.send(follower, Msg::Fetched(chunk));
+                    out.send(follower, Msg::Fetched { seq, answer: chunk });
                 }
                 self.acknowledge(now, checker);
                 Some(from)
@@ -325,7 +339,8 @@ impl SimBroker {
                         entries: Vec::new(),
                         epoch_starts: self.history.starts_within(from, from),
                     };
-                    out.send(Node::Broker(member), Msg::Fetched(empty));
+                    let seq = parked.request.seq;
+                    out.send(Node::Broker(member), Msg::Fetched { seq, answer: empty });
                 }
             }
             Role::Replica { .. } => {
@@ -350,7 +365,9 @@ impl SimBroker {
             log_end: self.log_end(),
             last_record_epoch: self.history.last_record_epoch(self.log_end()),
             truncations: self.truncations,
+            seq: self.fetch_seq + 1,
         };
+        self.fetch_seq += 1;
         out.send(Node::Broker(master), Msg::Fetch(request));
         self.fetch_sent_at = Some(now);
     }
@@ -359,15 +376,15 @@ impl SimBroker {
     pub fn on_fetched(
         &mut self,
         now: Time,
-        answer: FetchAnswer,
+        answer: Answer,
         checker: &mut Checker,
         out: &mut Outbox,
     ) {
-        if !matches!(self.role.role, Role::Replica { .. }) {
+        if !matches!(self.role.role, Role::Replica { .. }) || answer.seq != self.fetch_seq {
             return;
         }
         self.fetch_sent_at = None;
-        match answer {
+        match answer.answer {
             FetchAnswer::NotMaster => return,
             FetchAnswer::Truncate { offset, epoch } => {
                 let end = self.history.truncation_end(offset, epoch, self.log_end());

@@ -4,7 +4,8 @@
 //! 2. two members never acknowledge in the same epoch;
 //! 3. a follower streams only from a point below which its log equals the
 //!    master's (a returning former master truncated to the epoch boundary);
-//! 4. fencing: no master acknowledges once a master of a newer epoch began.
+//! 4. fencing: no master acknowledges once the record of a newer epoch was
+//!    written (so neither once a newer master began).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ pub struct Checker {
     acked: Vec<Acked>,
     acking_member: BTreeMap<u64, MemberId>,
     newest_begun_epoch: u64,
+    newest_recorded_epoch: u64,
     pub violation: Option<String>,
 }
 
@@ -67,6 +69,15 @@ impl Checker {
                 ),
             );
         }
+        if self.newest_recorded_epoch > epoch {
+            self.fail(
+                at,
+                format!(
+                    "invariant 4: member {member} acknowledged record {id} in epoch {epoch} after epoch {} was recorded",
+                    self.newest_recorded_epoch
+                ),
+            );
+        }
         if self.newest_begun_epoch > epoch {
             self.fail(
                 at,
@@ -77,6 +88,11 @@ impl Checker {
             );
         }
         self.acked.push(Acked { offset, id });
+    }
+
+    /// The API server stored a record of `epoch`.
+    pub fn recorded(&mut self, epoch: u64) {
+        self.newest_recorded_epoch = self.newest_recorded_epoch.max(epoch);
     }
 
     /// Invariant 3: the master streams to `follower` from `from`.

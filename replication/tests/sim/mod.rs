@@ -16,7 +16,7 @@ use checker::Checker;
 use controller::{ASSIGN_TIMEOUT_MS, SimController};
 use dduomq_replication::{GroupRecord, MemberId};
 use faults::{ACTIVE_MS, Endpoint, Fault, Faults, Target};
-use net::{Caller, Event, Msg, Node, Outbox, Queue, Stored, Time, Timer};
+use net::{Answer, Caller, Event, Msg, Node, Outbox, Queue, Stored, Time, Timer};
 use rng::Rng;
 
 pub const GROUP_SIZE: u32 = 3;
@@ -97,17 +97,32 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Seeds `first_seed..first_seed + count`; with `stop_at_first`, it stops at
-/// the first failing one.
-pub fn run_schedules(
-    first_seed: u64,
-    count: u64,
-    variant: Variant,
-    stop_at_first: bool,
-) -> Summary {
+/// When a run of schedules stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    AtFirstFailure,
+    AfterAll,
+}
+
+/// Whether a schedule prints every event (to replay a failing seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trace {
+    Quiet,
+    Events,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub variant: Variant,
+    pub stop: Stop,
+    pub trace: Trace,
+}
+
+/// Seeds `first_seed..first_seed + count`.
+pub fn run_schedules(first_seed: u64, count: u64, run: Run) -> Summary {
     let mut summary = Summary::default();
     for seed in first_seed..first_seed + count {
-        let outcome = run_schedule(seed, variant);
+        let outcome = run_schedule(seed, run);
         summary.schedules += 1;
         summary.faults += outcome.faults;
         summary.elections += outcome.elections;
@@ -115,7 +130,7 @@ pub fn run_schedules(
         if let Some(violation) = outcome.violation {
             summary.failures += 1;
             summary.first_failure.get_or_insert((seed, violation));
-            if stop_at_first {
+            if run.stop == Stop::AtFirstFailure {
                 break;
             }
         }
@@ -123,8 +138,9 @@ pub fn run_schedules(
     summary
 }
 
-pub fn run_schedule(seed: u64, variant: Variant) -> Outcome {
-    let mut world = World::new(seed, variant);
+fn run_schedule(seed: u64, run: Run) -> Outcome {
+    let mut world = World::new(seed, run.variant);
+    world.trace = run.trace;
     world.run();
     Outcome {
         faults: world.faults.planned.len(),
@@ -137,6 +153,7 @@ pub fn run_schedule(seed: u64, variant: Variant) -> Outcome {
 struct World {
     now: Time,
     variant: Variant,
+    trace: Trace,
     rng: Rng,
     queue: Queue,
     faults: Faults,
@@ -162,6 +179,7 @@ impl World {
         let mut world = Self {
             now: 0,
             variant,
+            trace: Trace::Quiet,
             rng,
             queue: Queue::default(),
             brokers,
@@ -350,6 +368,9 @@ impl World {
     }
 
     fn handle(&mut self, event: Event) {
+        if self.trace == Trace::Events {
+            eprintln!("{:>5} ms {event:?}", self.now);
+        }
         let mut out = Outbox::default();
         match event {
             Event::Deliver {
@@ -358,7 +379,10 @@ impl World {
                 to_incarnation,
                 msg,
             } => {
-                if self.faults.blocked(from, to, self.now) || self.incarnation(to) != to_incarnation
+                let down = matches!(to, Node::Broker(member) if !self.brokers[member as usize].up);
+                if down
+                    || self.faults.blocked(from, to, self.now)
+                    || self.incarnation(to) != to_incarnation
                 {
                     return;
                 }
@@ -445,7 +469,9 @@ impl World {
                         broker.on_query(now, Caller { node: from, call }, variant, out)
                     }
                     Msg::Write { id } => broker.on_write(now, id, variant, checker, out),
-                    Msg::Fetched(answer) => broker.on_fetched(now, answer, checker, out),
+                    Msg::Fetched { seq, answer } => {
+                        broker.on_fetched(now, Answer { seq, answer }, checker, out)
+                    }
                     Msg::Fetch(request) => self.on_fetch(member, request, out),
                     _ => {}
                 }
@@ -496,6 +522,7 @@ impl World {
                 let stored = (expected == self.stored.version).then(|| {
                     if record.epoch > self.stored.record.epoch {
                         self.elections += 1;
+                        self.checker.recorded(record.epoch);
                     }
                     self.stored = Stored {
                         record,

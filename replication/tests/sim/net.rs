@@ -57,6 +57,17 @@ pub struct FetchRequest {
     /// How often the follower truncated: lets the checker tell whether the
     /// log it compares is the one the request described.
     pub truncations: u64,
+    /// Answers carry it back: a follower acts only on the answer to its
+    /// latest fetch, as it acts only on its current Follow stream (a stale
+    /// Truncate applied after newer chunks would cut acknowledged records).
+    pub seq: u64,
+}
+
+/// A fetch answer with the sequence number of the fetch it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub seq: u64,
+    pub answer: FetchAnswer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +115,10 @@ pub enum Msg {
         report: MemberReport,
     },
     Fetch(FetchRequest),
-    Fetched(FetchAnswer),
+    Fetched {
+        seq: u64,
+        answer: FetchAnswer,
+    },
     Write {
         id: u64,
     },
