@@ -464,6 +464,38 @@ impl ConsumeQueue {
         }
     }
 
+    /// Whether the written entry at `offset` stands for a lost record: a hole,
+    /// or the placeholder recovery wrote for the damaged record at
+    /// `physical_offset`.
+    pub fn holds_placeholder(&self, offset: u64, physical_offset: u64) -> bool {
+        if offset < self.min_offset() || offset >= self.written.load(Ordering::Acquire) {
+            return false;
+        }
+        self.file_for(offset).is_some_and(|file| {
+            let current = Self::entry_in(&file, offset - file.base());
+            current.is_hole() || current.physical_offset == physical_offset
+        })
+    }
+
+    /// Puts the entry of a record found again (healed from another member,
+    /// or re-read by recovery) where [`Self::holds_placeholder`]; durable on
+    /// return. Returns whether it did. A reader racing it sees the offset
+    /// corrupt, as before, or the record.
+    pub fn fill_hole(&self, offset: u64, entry: &CqEntry) -> Result<bool> {
+        if !self.holds_placeholder(offset, entry.physical_offset) {
+            return Ok(false);
+        }
+        let Some(file) = self.file_for(offset) else {
+            return Ok(false);
+        };
+        let pos = (offset - file.base()) as usize * ENTRY_SIZE;
+        // SAFETY: the entry names no readable record; the writer (or
+        // recovery) is the only one writing entries.
+        unsafe { file.write(pos, &entry.encode()) };
+        file.flush_range(pos, ENTRY_SIZE)?;
+        Ok(true)
+    }
+
     /// Recovery: writes holes up to (not including) `offset`, so that the next
     /// entry lands at its recorded queue offset.
     pub fn fill_holes_until(&self, offset: u64) -> Result<u64> {

@@ -101,9 +101,10 @@ impl Writer {
                 position: pos,
                 problem: RawLogProblem::BadFrame(problem),
             };
-            let frame = frames::check(&bytes[at..], pos, limits).map_err(bad)?;
+            let mut keys = Vec::new();
+            let frame = frames::check(&bytes[at..], pos, limits, |k| keys.push(k)).map_err(bad)?;
             let len = frame.len();
-            if let ValidFrame::Record { record, keys } = frame {
+            if let ValidFrame::Record(record) = frame {
                 let h = &record.header;
                 if keys.len() > index_capacity {
                     return Err(bad(format!(

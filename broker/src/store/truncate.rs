@@ -120,6 +120,7 @@ impl Writer {
         inner.index.lock().truncate_from(to);
         cut_log(&inner.commit_log, to, cut.end)?;
         inner.epochs.truncate_from(to)?;
+        inner.damage.lock().unhealed.retain(|range| range.end <= to);
         super::checkpoint_locked(&inner, &mut checkpointed, true)?;
         finished(&inner.config.data_dir)?;
         self.unfinished_cut = None;
