@@ -351,3 +351,42 @@ async fn a_static_group_replicates_without_a_controller() {
     .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_replica_heals_from_its_master() {
+    let a = start_member(0, "");
+    let mut b = start_member(1, "");
+    make_replica(&b, 1, 0, &a.grpc).await;
+    make_master(&a.grpc, 0, 1, &[0, 1], 1).await;
+    let acked = send_all(&a, 0..100).await;
+    let end = state(&a).await.log_end;
+    wait_log_end(&b, end).await;
+
+    // A flipped byte in the body of a record in the middle of b's log, and
+    // no checkpoint, so recovery scans the whole log and finds it.
+    b.stop();
+    group::flip_byte(&b, group::position_of(&acked[40].0) + 60);
+    std::fs::remove_file(b.data_dir().join("checkpoint")).expect("remove the checkpoint");
+    b.start_again();
+    assert_eq!(
+        body_on(&b, &acked[40].0).await,
+        None,
+        "the damaged record is not served"
+    );
+    make_replica(&b, 1, 0, &a.grpc).await;
+    eventually(
+        Duration::from_secs(20),
+        "the damaged record healed",
+        async || {
+            body_on(&b, &acked[40].0)
+                .await
+                .filter(|body| *body == acked[40].1)
+        },
+    )
+    .await;
+    assert!(
+        whole_log(&b).await == whole_log(&a).await,
+        "b holds other bytes"
+    );
+    assert_serves(&b, &acked).await;
+}

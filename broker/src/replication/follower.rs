@@ -34,7 +34,7 @@ pub(super) struct FollowTarget {
 
 /// Why one Follow stream ended.
 #[derive(Debug, thiserror::Error)]
-enum StreamEnd {
+pub(super) enum StreamEnd {
     /// The assignment changed: follow the new target at once.
     #[error("the assignment changed")]
     Reassigned,
@@ -127,7 +127,7 @@ impl Replication {
             .follow(ReceiverStream::new(requests))
             .await?
             .into_inner();
-        let mut first_chunk = true;
+        let mut first_answer = true;
         loop {
             let response = tokio::select! {
                 r = responses.message() => r?,
@@ -136,14 +136,24 @@ impl Replication {
             let Some(pb::FollowResponse { kind: Some(kind) }) = response else {
                 return Err(StreamEnd::Ended);
             };
+            // Streaming (not truncating) means this log is a prefix of the
+            // master's: its damaged ranges are intact there.
+            let streaming = !matches!(kind, pb::follow_response::Kind::Truncate(_));
+            if first_answer
+                && streaming
+                && let Err(e) = self.heal_from(&mut client).await
+            {
+                // Following goes on; the holes stay (reads skip them).
+                tracing::error!(error = %e, "healing damaged log ranges from the master failed");
+            }
             match kind {
                 pb::follow_response::Kind::Truncate(t) => {
                     self.truncate(target, t).await?;
                     return Ok(StreamEnd::Truncated);
                 }
                 pb::follow_response::Kind::Chunk(chunk) => {
-                    let stored_end = self.store_chunk(target, chunk, first_chunk).await?;
-                    first_chunk = false;
+                    let stored_end = self.store_chunk(target, chunk, first_answer).await?;
+                    first_answer = false;
                     *retry = RETRY_FIRST;
                     let report = pb::FollowRequest {
                         kind: Some(pb::follow_request::Kind::Progress(pb::FollowProgress {
@@ -155,6 +165,7 @@ impl Replication {
                     }
                 }
                 pb::follow_response::Kind::Heartbeat(h) => {
+                    first_answer = false;
                     // Idle, it still holds everything: saying so keeps it in sync.
                     self.note_upstream(h.committed_end);
                     let report = pb::FollowRequest {

@@ -13,6 +13,7 @@
 //! assign.rs    AssignRole: role changes and lease renewals
 //! master.rs    serving a follower's Follow stream
 //! follower.rs  the follower task: follows the assigned master
+//! heal.rs      a replica heals damaged ranges of its log from the master
 //! report.rs    ReplicaState (BrokerInfo, AssignRole replies) and gauges
 //! metrics.rs   the replication metrics
 //! ```
@@ -22,6 +23,7 @@ mod assign;
 mod config;
 mod error;
 mod follower;
+mod heal;
 mod master;
 mod metrics;
 mod report;

@@ -205,3 +205,30 @@ pub async fn body_on(b: &Broker, id: &str) -> Option<Vec<u8>> {
         .ok()?;
     found.into_iter().next().map(|m| m.body.to_vec())
 }
+
+/// Flips the bits of the byte at log position `pos` in `b`'s stopped store
+/// (64 KiB segments, see [`start_member`]).
+pub fn flip_byte(b: &Broker, pos: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const SEGMENT: u64 = 65536;
+    let path = b
+        .data_dir()
+        .join("commitlog")
+        .join(format!("{:020}", pos / SEGMENT * SEGMENT));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("segment file");
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(pos % SEGMENT)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(pos % SEGMENT)).unwrap();
+    file.write_all(&[!byte[0]]).unwrap();
+}
+
+/// The log position a message id names (docs/architecture.md, "Message id":
+/// 8 hex digits of group, then 16 of position).
+pub fn position_of(message_id: &str) -> u64 {
+    u64::from_str_radix(&message_id[8..24], 16).expect("hex position in the message id")
+}
