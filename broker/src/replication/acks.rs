@@ -143,7 +143,8 @@ impl Replication {
         let deadline = started + self.config.ack_timeout;
         let mut acks = self.acks.subscribe();
         loop {
-            let lease_until = match *acks.borrow_and_update() {
+            let current = *acks.borrow_and_update();
+            let lease_until = match current {
                 Acks::Closed => return Err(self.not_master(NotMasterCause::Deposed)),
                 Acks::Open { epoch, .. } if epoch != term.epoch => {
                     return Err(self.not_master(NotMasterCause::Deposed));
