@@ -192,6 +192,8 @@ async fn main() -> anyhow::Result<()> {
 
     maintenance.await?;
     broker.persist_offsets()?;
+    // A master's last progress record (nothing without replication).
+    broker.flush_metadata_log().await?;
     drop(broker);
     // Stops the writer after queued appends, flushes and checkpoints; what still
     // holds the store (the HTTP state) only reads.

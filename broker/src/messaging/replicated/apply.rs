@@ -1,0 +1,259 @@
+//! The replica's side: it applies the metadata records of its log (the
+//! master's) in order, through the normal read path, to its own metadata
+//! files, and saves how far it got in `metadata/replica.json`, so a restart
+//! resumes there and a promotion needs nothing from the network.
+//!
+//! Applying is idempotent (records hold whole entries, progress records whole
+//! snapshots): a crash between applying and saving the position applies some
+//! records twice, to the same result. A log truncated below what was applied
+//! (the replica followed a master whose tail a new master did not have) is
+//! noticed by the applied tail no longer being in the log; applying then
+//! starts again from the oldest record, and the snapshots the log always
+//! holds (see `outbox.rs`) replace whatever the lost tail had changed.
+
+use serde::{Deserialize, Serialize};
+
+use super::super::error::Result;
+use super::super::journal::{Change, Decision, Named, Table};
+use super::super::offsets::OffsetTable;
+use super::super::{Broker, metadata};
+use super::records::{self, META_TOPIC, MetaRecord, PROGRESS_TOPIC, TableOp};
+use crate::store::Record;
+
+/// Records read per pass of the apply loop.
+const APPLY_BATCH: usize = 256;
+
+/// A record's identity in the log: a record at the same queue offset with
+/// another identity replaced the one applied (the log was truncated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    physical: u64,
+    crc: u32,
+}
+
+/// How far one queue of metadata records was applied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct QueueTail {
+    /// The queue offset to apply next.
+    next: u64,
+    /// The record at `next - 1`, when one was applied.
+    last: Option<Applied>,
+}
+
+/// What `replica.json` holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ApplyPosition {
+    meta: QueueTail,
+    progress: QueueTail,
+    /// The master's retention floor from its newest progress record.
+    pub(super) retention_floor: u64,
+}
+
+/// What one [`Broker::apply_replicated_metadata`] pass applied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedMetadata {
+    /// `%META%` records (changes and snapshots).
+    pub meta_records: usize,
+    /// Progress snapshots loaded (only the newest of a pass counts).
+    pub progress_records: usize,
+}
+
+impl ApplyPosition {
+    pub(super) fn load(path: &std::path::Path) -> Result<ApplyPosition> {
+        Ok(metadata::load(path)?)
+    }
+}
+
+/// Applies `op` to `table`, journaling only what differs; returns the names
+/// it removed.
+fn apply_op<T: Named + PartialEq>(table: &Table<T>, op: TableOp<T>) -> Result<Vec<String>> {
+    let changes: Vec<Change<T>> = table.read_locked(|entries| match op {
+        TableOp::Put(entry) => (entries.get(entry.name()) != Some(&entry))
+            .then_some(Change::Put(entry))
+            .into_iter()
+            .collect(),
+        TableOp::Delete(name) => entries
+            .contains_key(&name)
+            .then_some(Change::Delete(name))
+            .into_iter()
+            .collect(),
+        TableOp::Snapshot(list) => {
+            let keep: std::collections::HashSet<&str> = list.iter().map(|e| e.name()).collect();
+            let gone = entries
+                .keys()
+                .filter(|name| !keep.contains(name.as_str()))
+                .map(|name| Change::Delete(name.clone()));
+            let differing = list
+                .iter()
+                .filter(|e| entries.get(e.name()) != Some(*e))
+                .map(|e| Change::Put(e.clone()));
+            gone.collect::<Vec<_>>()
+                .into_iter()
+                .chain(differing)
+                .collect()
+        }
+    });
+    let mut removed = Vec::new();
+    for change in changes {
+        if let Change::Delete(name) = &change {
+            removed.push(name.clone());
+        }
+        table.update(|_| Ok(Decision::change(change, ())))?;
+    }
+    Ok(removed)
+}
+
+impl Broker {
+    /// Applies the metadata records the log holds beyond what was applied
+    /// (replica only; a no-op otherwise): topic and group changes in order,
+    /// then the newest progress snapshot. Saves the position it reached.
+    pub fn apply_replicated_metadata(&self) -> Result<AppliedMetadata> {
+        let mut done = AppliedMetadata::default();
+        if *self.replicated.outbox.role.borrow() != super::LogRole::Replica {
+            return Ok(done);
+        }
+        let mut position = self.replicated.applied.lock();
+        let before = *position;
+        let mut next = self.resume_at(META_TOPIC, &position.meta)?;
+        let (_, end) = self.store.queue_offsets(META_TOPIC, 0);
+        let mut topics_changed = false;
+        while next < end {
+            let read = self.store.read(META_TOPIC, 0, next, APPLY_BATCH, 1 << 20)?;
+            for offset in &read.corrupt_offsets {
+                tracing::error!(offset, "damaged metadata record skipped");
+            }
+            for rec in &read.records {
+                topics_changed |= self.apply_meta(rec)?;
+                done.meta_records += 1;
+                position.meta.last = Some(Applied {
+                    physical: rec.physical_offset,
+                    crc: rec.crc,
+                });
+            }
+            next = read.next_offset;
+            position.meta.next = next;
+        }
+        let from = self.resume_at(PROGRESS_TOPIC, &position.progress)?;
+        let (_, end) = self.store.queue_offsets(PROGRESS_TOPIC, 0);
+        if from < end {
+            // Each record is a whole snapshot: only the newest counts.
+            let read = self.store.read(PROGRESS_TOPIC, 0, end - 1, 1, 1 << 20)?;
+            if let Some(rec) = read.records.first() {
+                position.retention_floor = self.apply_progress(rec, position.retention_floor)?;
+                position.progress.last = Some(Applied {
+                    physical: rec.physical_offset,
+                    crc: rec.crc,
+                });
+                done.progress_records += 1;
+            }
+            position.progress.next = end;
+        }
+        if topics_changed {
+            self.refresh_log_retention();
+        }
+        if *position != before {
+            metadata::save(&self.replicated.applied_path, &*position)?;
+        }
+        self.store.pin_retention(position.retention_floor);
+        Ok(done)
+    }
+
+    /// Counts every metadata record of the log as applied (a demoted master
+    /// wrote them).
+    pub(super) fn applied_to_end(&self) -> Result<()> {
+        let mut position = self.replicated.applied.lock();
+        position.meta = self.tail_at_end(META_TOPIC)?;
+        position.progress = self.tail_at_end(PROGRESS_TOPIC)?;
+        metadata::save(&self.replicated.applied_path, &*position)?;
+        Ok(())
+    }
+
+    fn tail_at_end(&self, topic: &str) -> Result<QueueTail> {
+        let (_, end) = self.store.queue_offsets(topic, 0);
+        let last = match end {
+            0 => None,
+            _ => self
+                .store
+                .read(topic, 0, end - 1, 1, 1 << 20)?
+                .records
+                .first()
+                .map(|r| Applied {
+                    physical: r.physical_offset,
+                    crc: r.crc,
+                }),
+        };
+        Ok(QueueTail { next: end, last })
+    }
+
+    /// Where applying `topic` goes on: after its applied tail, or from the
+    /// oldest record when that tail is no longer in the log.
+    fn resume_at(&self, topic: &str, tail: &QueueTail) -> Result<u64> {
+        let (min, max) = self.store.queue_offsets(topic, 0);
+        let intact = match tail.last {
+            None => tail.next == 0,
+            Some(last) => {
+                tail.next > min
+                    && tail.next <= max
+                    && self
+                        .store
+                        .read(topic, 0, tail.next - 1, 1, 1 << 20)?
+                        .records
+                        .first()
+                        .is_some_and(|r| r.physical_offset == last.physical && r.crc == last.crc)
+            }
+        };
+        if !intact && tail.last.is_some() {
+            tracing::warn!(
+                topic,
+                applied_to = tail.next,
+                "the applied metadata records are no longer in the log; applying from the oldest"
+            );
+        }
+        Ok(if intact { tail.next.max(min) } else { min })
+    }
+
+    /// Applies one `%META%` record; returns whether it changed topics.
+    fn apply_meta(&self, rec: &Record) -> Result<bool> {
+        let record = match records::decode_meta(&rec.body) {
+            Ok(r) => r,
+            Err(reason) => {
+                tracing::error!(offset = rec.queue_offset, %reason, "undecodable metadata record skipped");
+                return Ok(false);
+            }
+        };
+        match record {
+            MetaRecord::Topics(op) => {
+                for name in apply_op(self.topics.table(), op)? {
+                    self.store.delete_topic(&name)?;
+                    self.subscriptions.lock().retain(|k, _| k.topic != name);
+                }
+                Ok(true)
+            }
+            MetaRecord::Groups(op) => {
+                for name in apply_op(self.groups.table(), op)? {
+                    self.subscriptions.lock().retain(|k, _| k.group != name);
+                    self.forget_claims(&name);
+                    self.members.lock().remove(&name);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Loads a progress snapshot as this broker's progress (file and
+    /// memory); returns the master's retention floor it names (`floor`, the
+    /// one known so far, when the record is damaged).
+    fn apply_progress(&self, rec: &Record, floor: u64) -> Result<u64> {
+        let progress = match records::decode_progress(&rec.body) {
+            Ok(p) => p,
+            Err(reason) => {
+                tracing::error!(offset = rec.queue_offset, %reason, "undecodable progress record skipped");
+                return Ok(floor);
+            }
+        };
+        let path = self.replicated.offsets_path.clone();
+        metadata::save(&path, &progress.offsets)?;
+        *self.offsets.lock() = OffsetTable::open(path)?;
+        Ok(progress.retention_floor)
+    }
+}
