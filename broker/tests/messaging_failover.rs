@@ -1,0 +1,207 @@
+//! Everything a new master needs travels in the replicated log: broker A
+//! (master) is copied chunk by chunk into broker B (a replica) as a follower
+//! copies it, B applies the metadata records, A is abandoned and B promoted.
+//! B then has A's topics and groups, resumes consumers from A's last
+//! progress record, deduplicates A's idempotent producer, releases A's
+//! delayed message once and commits A's half message.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::{
+    ack, apply_replicated, bodies, body_of, create_group, declare_group, end_transaction,
+    flush_metadata_log, lease_all, message, promote, queue_bodies, queue_until, save_metadata,
+    send, send_bodies, subscribe, upsert_topic,
+};
+use common::broker::{Loops, Shutdown, TestBroker, messaging_config, wait_past};
+use dduomq_broker::filter::FilterSpec;
+use dduomq_broker::messaging::replicated::{META_TOPIC, PROGRESS_TOPIC};
+use dduomq_broker::messaging::staged::Resolution;
+use dduomq_broker::messaging::topic_settings::TopicSettings;
+use dduomq_broker::messaging::{AppliedMetadata, LogRole, Schedule, SendMessage};
+use dduomq_broker::store::{MessageType, Store, now_millis};
+
+const ORDERS: &str = "orders";
+const PAYMENTS: &str = "payments";
+const LATER: &str = "later";
+const TRANSFERS: &str = "transfers";
+const BILLING: &str = "billing";
+const PRODUCER_GROUP: &str = "bank";
+
+/// Copies `master`'s log into `replica` from the replica's end until it
+/// reaches `until`, in chunks of about `chunk` bytes, as a follower does.
+async fn copy_log(master: &Store, replica: &Store, until: u64, chunk: usize) {
+    while replica.log_end() < until {
+        let raw = master
+            .read_log(replica.log_end(), chunk)
+            .expect("master's log read");
+        replica
+            .append_replicated(raw.start, raw.data)
+            .await
+            .expect("chunk appended to the replica");
+    }
+    assert_eq!(replica.log_end(), until, "copied up to a frame boundary");
+}
+
+/// Records a queue of the store holds.
+fn queue_len(store: &Store, topic: &str) -> u64 {
+    let (min, max) = store.queue_offsets(topic, 0);
+    max - min
+}
+
+fn idempotent(sequence: u64) -> SendMessage {
+    SendMessage {
+        producer_id: "producer-1".into(),
+        sequence,
+        queue_id: Some(0),
+        ..message(PAYMENTS, "pay-1")
+    }
+}
+
+#[tokio::test]
+async fn a_promoted_replica_continues_where_the_master_was() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestBroker::open_replica(dir_a.path(), messaging_config(), Loops::Stopped);
+    promote(&a.broker).await;
+    assert_eq!(a.broker.log_role(), LogRole::Master);
+
+    // Topics with settings, groups with filters and settings, a deletion.
+    let limited = TopicSettings::from_wire(2048, 3_600_000);
+    upsert_topic(&a.broker, ORDERS, 2, MessageType::Normal, limited).unwrap();
+    upsert_topic(&a.broker, "scratch", 1, MessageType::Normal, limited).unwrap();
+    a.broker.delete_topic("scratch").unwrap();
+    for (topic, kind) in [
+        (PAYMENTS, MessageType::Normal),
+        (LATER, MessageType::Delay),
+        (TRANSFERS, MessageType::Transaction),
+    ] {
+        upsert_topic(&a.broker, topic, 1, kind, TopicSettings::default()).unwrap();
+    }
+    create_group(&a.broker, BILLING, 5, &[20, 40]);
+    declare_group(
+        &a.broker,
+        "audit",
+        &[(ORDERS, FilterSpec::sql("amount > 100"))],
+        true,
+    )
+    .unwrap();
+    flush_metadata_log(&a.broker).await;
+    let setup_end = a.store().log_end();
+
+    // A consumer acks some messages before the last progress record, one after.
+    let sent: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    send_bodies(
+        &a.broker,
+        ORDERS,
+        0,
+        &sent.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let consumer = subscribe(&a.broker, BILLING, ORDERS, "c1");
+    let leased = lease_all(&a.broker, &consumer).await;
+    assert_eq!(bodies(&leased), sent);
+    for i in [0, 1, 2, 3, 4, 7] {
+        ack(&a.broker, &consumer, &leased[i]).unwrap();
+    }
+    let original = send(&a.broker, idempotent(1)).await.unwrap();
+    let deliver_at = now_millis() + 2_000;
+    let delayed = SendMessage {
+        schedule: Schedule::At(deliver_at),
+        ..message(LATER, "due-later")
+    };
+    send(&a.broker, delayed).await.unwrap();
+    let half = SendMessage {
+        transaction: Some(PRODUCER_GROUP.into()),
+        ..message(TRANSFERS, "half")
+    };
+    let half = send(&a.broker, half).await.unwrap();
+    save_metadata(&a.broker);
+    flush_metadata_log(&a.broker).await;
+    // Acked after the last progress record: redelivered by the new master.
+    ack(&a.broker, &consumer, &leased[8]).unwrap();
+    let (topics, groups) = (a.broker.list_topics(), a.broker.list_groups());
+    assert!(
+        topics
+            .iter()
+            .all(|t| t.name != META_TOPIC && t.name != PROGRESS_TOPIC),
+        "metadata topics are not listed: {topics:?}"
+    );
+
+    // B follows: the setup first, applied, then a restart before the rest.
+    let b = TestBroker::open_replica(dir_b.path(), messaging_config(), Loops::Running);
+    assert_eq!(b.broker.log_role(), LogRole::Replica);
+    copy_log(a.store(), b.store(), setup_end, 700).await;
+    let first = apply_replicated(&b.broker);
+    assert_eq!(first.meta_records as u64, queue_len(b.store(), META_TOPIC));
+    assert_eq!(b.broker.list_topics(), topics);
+    assert_eq!(b.broker.list_groups(), groups);
+    b.shut_down(Shutdown::Clean).await;
+    let b = TestBroker::open_replica(dir_b.path(), messaging_config(), Loops::Running);
+    assert_eq!(
+        apply_replicated(&b.broker),
+        AppliedMetadata::default(),
+        "a restarted replica resumes where it was"
+    );
+    copy_log(a.store(), b.store(), a.store().log_end(), 64 << 10).await;
+    let meta_total = queue_len(a.store(), META_TOPIC);
+    let progress_total = queue_len(a.store(), PROGRESS_TOPIC);
+    assert_eq!(
+        apply_replicated(&b.broker),
+        AppliedMetadata {
+            meta_records: (meta_total - first.meta_records as u64) as usize,
+            progress_records: 1,
+        }
+    );
+    a.kill().await;
+
+    // A replica releases nothing, also once the message is due.
+    wait_past(deliver_at).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(queue_bodies(&b.broker, LATER, 0).await, Vec::<String>::new());
+
+    promote(&b.broker).await;
+    assert_eq!(b.broker.log_role(), LogRole::Master);
+    assert_eq!(
+        (
+            queue_len(b.store(), META_TOPIC),
+            queue_len(b.store(), PROGRESS_TOPIC)
+        ),
+        (meta_total + 2, progress_total + 1),
+        "the new master snapshots both tables and its progress"
+    );
+    assert_eq!(b.broker.list_topics(), topics);
+    assert_eq!(b.broker.list_groups(), groups);
+
+    // Exactly what was not acked before the last progress record comes again.
+    let consumer = subscribe(&b.broker, BILLING, ORDERS, "c2");
+    let mut again = bodies(&lease_all(&b.broker, &consumer).await);
+    again.sort();
+    assert_eq!(again, ["m5", "m6", "m8", "m9"]);
+
+    // The idempotent producer's retry gets the original receipt.
+    assert_eq!(send(&b.broker, idempotent(1)).await.unwrap(), original);
+    assert_eq!(queue_bodies(&b.broker, PAYMENTS, 0).await, ["pay-1"]);
+
+    // The delayed message is released once: a later one released after it
+    // finds it alone in the queue.
+    let released = queue_until(&b.broker, LATER, 0, 1).await;
+    assert_eq!(released.iter().map(body_of).collect::<Vec<_>>(), ["due-later"]);
+    let next = SendMessage {
+        schedule: Schedule::After(50),
+        ..message(LATER, "next")
+    };
+    send(&b.broker, next).await.unwrap();
+    let released = queue_until(&b.broker, LATER, 0, 2).await;
+    assert_eq!(
+        released.iter().map(body_of).collect::<Vec<_>>(),
+        ["due-later", "next"]
+    );
+
+    // The half message is committed on the new master.
+    end_transaction(&b.broker, TRANSFERS, &half, PRODUCER_GROUP, Resolution::Commit)
+        .await
+        .unwrap();
+    assert_eq!(queue_bodies(&b.broker, TRANSFERS, 0).await, ["half"]);
+    b.close().await;
+}
