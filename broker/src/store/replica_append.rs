@@ -29,6 +29,9 @@ use super::writer::Writer;
 struct Landing<'a> {
     pos: u64,
     record: Checked<'a>,
+    /// The first record of a queue this store does not have yet, in a log
+    /// that does not begin at 0: the queue starts at its offset.
+    starts_queue: bool,
 }
 
 /// Consecutive frames of a validated chunk whose keys fit one index file:
@@ -107,11 +110,15 @@ impl Writer {
                     )));
                 }
                 let queue = (record.topic, h.queue_id);
+                let mut starts_queue = false;
                 let next = match next_offsets.get(&queue) {
                     Some(&next) => next,
                     None => match inner.queues.get(record.topic, h.queue_id) {
                         Some(cq) => cq.next_offset(),
-                        None if log_begins_late => h.queue_offset,
+                        None if log_begins_late => {
+                            starts_queue = true;
+                            h.queue_offset
+                        }
                         None => 0,
                     },
                 };
@@ -130,7 +137,11 @@ impl Writer {
                     run_keys = 0;
                 }
                 run_keys += record.keys.len();
-                run.push(Landing { pos, record });
+                run.push(Landing {
+                    pos,
+                    record,
+                    starts_queue,
+                });
             }
             at += len as usize;
         }
@@ -168,7 +179,7 @@ impl Writer {
                 let cq = inner
                     .queues
                     .get_or_create(landing.record.topic, h.queue_id)?;
-                if cq.is_empty() && cq.next_offset() < h.queue_offset {
+                if landing.starts_queue {
                     cq.start_at(h.queue_offset);
                 }
                 cq.ensure_capacity(h.queue_offset)?;
