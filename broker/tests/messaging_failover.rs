@@ -33,9 +33,10 @@ const PRODUCER_GROUP: &str = "bank";
 /// reaches `until`, in chunks of about `chunk` bytes, as a follower does.
 async fn copy_log(master: &Store, replica: &Store, until: u64, chunk: usize) {
     while replica.log_end() < until {
-        let raw = master
-            .read_log(replica.log_end(), chunk)
-            .expect("master's log read");
+        let from = replica.log_end();
+        // At most `until - from` bytes, so the copy stops at `until`.
+        let max = chunk.min((until - from) as usize);
+        let raw = master.read_log(from, max).expect("master's log read");
         replica
             .append_replicated(raw.start, raw.data)
             .await
@@ -158,7 +159,10 @@ async fn a_promoted_replica_continues_where_the_master_was() {
     // A replica releases nothing, also once the message is due.
     wait_past(deliver_at).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(queue_bodies(&b.broker, LATER, 0).await, Vec::<String>::new());
+    assert_eq!(
+        queue_bodies(&b.broker, LATER, 0).await,
+        Vec::<String>::new()
+    );
 
     promote(&b.broker).await;
     assert_eq!(b.broker.log_role(), LogRole::Master);
@@ -186,7 +190,10 @@ async fn a_promoted_replica_continues_where_the_master_was() {
     // The delayed message is released once: a later one released after it
     // finds it alone in the queue.
     let released = queue_until(&b.broker, LATER, 0, 1).await;
-    assert_eq!(released.iter().map(body_of).collect::<Vec<_>>(), ["due-later"]);
+    assert_eq!(
+        released.iter().map(body_of).collect::<Vec<_>>(),
+        ["due-later"]
+    );
     let next = SendMessage {
         schedule: Schedule::After(50),
         ..message(LATER, "next")
@@ -199,9 +206,15 @@ async fn a_promoted_replica_continues_where_the_master_was() {
     );
 
     // The half message is committed on the new master.
-    end_transaction(&b.broker, TRANSFERS, &half, PRODUCER_GROUP, Resolution::Commit)
-        .await
-        .unwrap();
+    end_transaction(
+        &b.broker,
+        TRANSFERS,
+        &half,
+        PRODUCER_GROUP,
+        Resolution::Commit,
+    )
+    .await
+    .unwrap();
     assert_eq!(queue_bodies(&b.broker, TRANSFERS, 0).await, ["half"]);
     b.close().await;
 }
