@@ -218,3 +218,76 @@ async fn a_promoted_replica_continues_where_the_master_was() {
     assert_eq!(queue_bodies(&b.broker, TRANSFERS, 0).await, ["half"]);
     b.close().await;
 }
+
+/// A failover with a lost tail: A (master) wrote metadata records that only
+/// B got; C, which had them up to `cut`, is promoted. B, and A once demoted,
+/// truncate their logs to `cut` and follow C: what the lost tail changed is
+/// forgotten (applying starts again from the oldest record, whose snapshots
+/// replace it) and both end with C's topics and groups.
+#[tokio::test]
+async fn members_that_lose_a_tail_forget_what_it_changed() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = TestBroker::open_replica(dirs[0].path(), messaging_config(), Loops::Running);
+    promote(&a.broker).await;
+    upsert_topic(
+        &a.broker,
+        "kept",
+        1,
+        MessageType::Normal,
+        TopicSettings::default(),
+    )
+    .unwrap();
+    create_group(&a.broker, "kept-group", 3, &[20]);
+    flush_metadata_log(&a.broker).await;
+    let cut = a.store().log_end();
+    upsert_topic(
+        &a.broker,
+        "lost",
+        1,
+        MessageType::Normal,
+        TopicSettings::default(),
+    )
+    .unwrap();
+    create_group(&a.broker, "kept-group", 9, &[50]);
+    a.broker.delete_topic("kept").unwrap();
+    flush_metadata_log(&a.broker).await;
+
+    let b = TestBroker::open_replica(dirs[1].path(), messaging_config(), Loops::Running);
+    copy_log(a.store(), b.store(), a.store().log_end(), 64 << 10).await;
+    apply_replicated(&b.broker);
+    assert_eq!(b.broker.list_topics(), a.broker.list_topics());
+    let c = TestBroker::open_replica(dirs[2].path(), messaging_config(), Loops::Running);
+    copy_log(a.store(), c.store(), cut, 64 << 10).await;
+
+    // C takes over and changes something of its own.
+    promote(&c.broker).await;
+    upsert_topic(
+        &c.broker,
+        "other",
+        2,
+        MessageType::Fifo,
+        TopicSettings::default(),
+    )
+    .unwrap();
+    flush_metadata_log(&c.broker).await;
+    let names = |t: &TestBroker| -> Vec<String> {
+        t.broker.list_topics().into_iter().map(|t| t.name).collect()
+    };
+    assert_eq!(names(&c), ["%DLQ%kept-group", "kept", "other"]);
+
+    // The old master steps down; its own records count as applied.
+    a.broker.demote().unwrap();
+    assert_eq!(a.broker.log_role(), LogRole::Replica);
+    assert_eq!(apply_replicated(&a.broker), AppliedMetadata::default());
+    for follower in [&b, &a] {
+        follower.store().truncate_log(cut).await.unwrap();
+        copy_log(c.store(), follower.store(), c.store().log_end(), 700).await;
+        apply_replicated(&follower.broker);
+        assert_eq!(names(follower), names(&c));
+        assert_eq!(follower.broker.list_topics(), c.broker.list_topics());
+        assert_eq!(follower.broker.list_groups(), c.broker.list_groups());
+    }
+    for member in [a, b, c] {
+        member.close().await;
+    }
+}
