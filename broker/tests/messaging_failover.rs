@@ -10,9 +10,9 @@ mod common;
 use std::time::Duration;
 
 use common::api::{
-    ack, apply_replicated, bodies, body_of, create_group, declare_group, end_transaction,
-    flush_metadata_log, lease_all, message, promote, queue_bodies, queue_until, save_metadata,
-    send, send_bodies, subscribe, upsert_topic,
+    ack, apply_replicated, bodies, body_of, committed_offsets, create_group, declare_group,
+    end_transaction, flush_metadata_log, lease_all, message, promote, queue_bodies, queue_until,
+    save_metadata, send, send_bodies, subscribe, upsert_topic,
 };
 use common::broker::{Loops, Shutdown, TestBroker, messaging_config, wait_past};
 use dduomq_broker::filter::FilterSpec;
@@ -163,6 +163,15 @@ async fn a_promoted_replica_continues_where_the_master_was() {
         queue_bodies(&b.broker, LATER, 0).await,
         Vec::<String>::new()
     );
+
+    // A consumer of the replica reads A's progress; what it does there is
+    // not A's progress and does not count once B is promoted.
+    let on_replica = subscribe(&b.broker, BILLING, ORDERS, "c0");
+    let read = lease_all(&b.broker, &on_replica).await;
+    assert_eq!(bodies(&read), ["m5", "m6", "m8", "m9"]);
+    ack(&b.broker, &on_replica, &read[0]).unwrap();
+    assert_eq!(committed_offsets(&b.broker, BILLING, ORDERS), [6, 0]);
+    save_metadata(&b.broker);
 
     promote(&b.broker).await;
     assert_eq!(b.broker.log_role(), LogRole::Master);

@@ -75,6 +75,11 @@ impl Broker {
     /// [`Broker::persist_offsets`], saving the dedupe windows only when the last
     /// save is older than `dedupe_interval`.
     pub(super) fn persist_progress(&self, dedupe_interval: Duration) -> Result<()> {
+        if !self.writes_log() {
+            // A replica's progress, staged and dedupe state are the master's,
+            // from its log (see `replicated/`).
+            return Ok(());
+        }
         let _one_at_a_time = self.persisting.lock();
         self.sync_offsets();
         self.refresh_replicated_snapshots();
@@ -90,10 +95,6 @@ impl Broker {
         let stats = self.store.stats();
         self.store
             .pin_retention(self.retention_floor(stats.commit_log_max));
-        if !self.writes_log() {
-            // A replica's log is the master's: a promotion rescans it.
-            return Ok(());
-        }
         // Saved positions never pass what is durable: after a power loss the
         // records beyond it may be gone, and what they resolved with them.
         self.staged.save(stats.commit_log_flushed)?;

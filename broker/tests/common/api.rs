@@ -327,6 +327,18 @@ pub async fn nack(
 
 // ---- progress ----------------------------------------------------------------------
 
+/// The group's committed offset per queue of `topic` (describe group).
+pub fn committed_offsets(broker: &Broker, group: &str, topic: &str) -> Vec<u64> {
+    broker
+        .describe_group(group)
+        .expect("group described")
+        .queues
+        .iter()
+        .filter(|q| q.topic == topic)
+        .map(|q| q.committed)
+        .collect()
+}
+
 pub fn query_offset(broker: &Broker, group: &str, topic: &str, queue_id: u32) -> GroupOffset {
     broker
         .query_offset(group, topic, queue_id)

@@ -134,19 +134,8 @@ impl Broker {
             position.meta.next = next;
         }
         let from = self.resume_at(PROGRESS_TOPIC, &position.progress)?;
-        let (_, end) = self.store.queue_offsets(PROGRESS_TOPIC, 0);
-        if from < end {
-            // Each record is a whole snapshot: only the newest counts.
-            let read = self.store.read(PROGRESS_TOPIC, 0, end - 1, 1, 1 << 20)?;
-            if let Some(rec) = read.records.first() {
-                position.retention_floor = self.apply_progress(rec, position.retention_floor)?;
-                position.progress.last = Some(Applied {
-                    physical: rec.physical_offset,
-                    crc: rec.crc,
-                });
-                done.progress_records += 1;
-            }
-            position.progress.next = end;
+        if from < self.store.queue_offsets(PROGRESS_TOPIC, 0).1 {
+            done.progress_records += usize::from(self.load_newest_progress(&mut position)?);
         }
         if topics_changed {
             self.refresh_log_retention();
@@ -156,6 +145,43 @@ impl Broker {
         }
         self.store.pin_retention(position.retention_floor);
         Ok(done)
+    }
+
+    /// Loads the newest progress record (each is a whole snapshot, so only
+    /// the newest counts) and counts every progress record as applied;
+    /// false when the log holds none.
+    fn load_newest_progress(&self, position: &mut ApplyPosition) -> Result<bool> {
+        let (_, end) = self.store.queue_offsets(PROGRESS_TOPIC, 0);
+        let newest = match end {
+            0 => None,
+            _ => self
+                .store
+                .read(PROGRESS_TOPIC, 0, end - 1, 1, 1 << 20)?
+                .records
+                .pop(),
+        };
+        let Some(rec) = newest else {
+            return Ok(false);
+        };
+        position.retention_floor = self.apply_progress(&rec, position.retention_floor)?;
+        position.progress = QueueTail {
+            next: end,
+            last: Some(Applied {
+                physical: rec.physical_offset,
+                crc: rec.crc,
+            }),
+        };
+        Ok(true)
+    }
+
+    /// Loads the newest progress record again, whatever was applied: what
+    /// the broker's own consumers did as a replica does not count.
+    pub(super) fn reload_progress(&self) -> Result<()> {
+        let mut position = self.replicated.applied.lock();
+        if self.load_newest_progress(&mut position)? {
+            metadata::save(&self.replicated.applied_path, &*position)?;
+        }
+        Ok(())
     }
 
     /// Counts every metadata record of the log as applied (a demoted master
