@@ -18,8 +18,8 @@
 //! The two topics have no metadata entry, so they stay out of listings,
 //! routes, drains and lag. A replica writes nothing to the log: it does not
 //! run delayed releases or transaction checks (the master's releases arrive
-//! through the log), and saves no dedupe or staged positions (its log is the
-//! master's; a promotion rescans it).
+//! through the log), and saves no progress, dedupe or staged positions of its
+//! own (its log is the master's; a promotion reloads and rescans it).
 
 mod apply;
 mod outbox;
