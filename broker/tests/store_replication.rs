@@ -29,7 +29,10 @@ fn a_copied_log_is_byte_identical_and_reads_the_same_in_both_flush_modes() {
         let acks = fill(&a, 1, 150);
         assert!(a.stats().segments >= 4, "the log spans several segments");
         let b = open(b_dir.path(), flush);
+        let arrivals = b.subscribe();
         run(copy_log(&a, &b, a.log_end(), &CHUNKS));
+        assert!(arrivals.has_changed().unwrap(), "waiting readers are woken");
+        assert_eq!(*arrivals.borrow(), a.log_end());
         assert_same_log(a_dir.path(), b_dir.path());
         assert_same_reads(&a, &b);
         for ack in &acks {

@@ -76,6 +76,10 @@ pub enum StoreError {
         problem: RawLogProblem,
     },
 
+    /// An epoch start that does not fit the epoch history; nothing was changed.
+    #[error("epoch history: {0}")]
+    Epoch(#[from] dduomq_replication::EpochError),
+
     /// The store is shutting down and takes no more appends.
     #[error("store is closed")]
     Closed,
@@ -98,6 +102,7 @@ impl StoreError {
             StoreError::MessageNotFound(_) => Reason::MessageNotFound,
             StoreError::InvalidConfig(_) | StoreError::DataFormat { .. } => Reason::InvalidConfig,
             StoreError::RawLog { problem, .. } => problem.code(),
+            StoreError::Epoch(_) => Reason::InvalidArgument,
             StoreError::Closed => Reason::StoreClosed,
             StoreError::Io { .. } => Reason::IoError,
         }

@@ -8,14 +8,20 @@
 //!   physical offset is `pos`, it is at most `max_record_size_bytes`, and it
 //!   ends at `segment_end` or leaves room for a filler header after it (as the
 //!   writer always does);
-//! - a filler: it ends exactly at `segment_end` and is zeros after its header.
+//! - a filler: it ends exactly at `segment_end`. What follows its header is
+//!   copied verbatim, not checked: recovery does not read it either, and a
+//!   write that failed before the filler took its place may have left bytes
+//!   there, which must not stop replication.
 
 use super::record::{self, BLANK_HEADER_SIZE, Checked, Frame};
 
 /// A frame found valid at its position.
 #[derive(Debug)]
 pub(crate) enum ValidFrame<'a> {
-    Record(Checked<'a>),
+    Record {
+        record: Checked<'a>,
+        keys: Vec<&'a str>,
+    },
     Filler(u32),
 }
 
@@ -23,7 +29,7 @@ impl ValidFrame<'_> {
     /// Its length in the log.
     pub fn len(&self) -> u64 {
         match self {
-            ValidFrame::Record(r) => r.header.total_size as u64,
+            ValidFrame::Record { record, .. } => record.header.total_size as u64,
             ValidFrame::Filler(len) => *len as u64,
         }
     }
@@ -64,10 +70,7 @@ pub(crate) fn check(bytes: &[u8], pos: u64, limits: FrameLimits) -> Result<Valid
                     "filler of {len} bytes does not end at the segment end {segment_end}"
                 ));
             }
-            let frame = whole(len)?;
-            if frame[BLANK_HEADER_SIZE..].iter().any(|&b| b != 0) {
-                return Err("filler holds nonzero bytes after its header".into());
-            }
+            whole(len)?;
             Ok(ValidFrame::Filler(len))
         }
         Frame::Record(len) => {
@@ -85,8 +88,9 @@ pub(crate) fn check(bytes: &[u8], pos: u64, limits: FrameLimits) -> Result<Valid
                     "record leaves {after} bytes before the segment end, too few for a filler"
                 ));
             }
-            record::check(whole(len)?, pos)
-                .map(ValidFrame::Record)
+            let mut keys = Vec::new();
+            record::check_with(whole(len)?, pos, |k| keys.push(k), |_, _| {})
+                .map(|record| ValidFrame::Record { record, keys })
                 .map_err(|e| match e {
                     super::StoreError::Corrupt { reason, .. } => reason,
                     other => other.to_string(),

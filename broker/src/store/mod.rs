@@ -5,6 +5,8 @@
 //!    LOCK                                  flock: one process per data directory
 //!    FORMAT                                data-format version (format.rs)
 //!    checkpoint                            where recovery starts (checkpoint.rs)
+//!    epochs                                where each master's epoch began (epochs.rs)
+//!    truncating                            a log truncation in progress (truncate.rs)
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
 //!    consumequeue/<topic>/<queue>/<20-digit first offset>   32-byte entries
 //!    consumequeue/<topic>/deleted          tombstone of a deleted topic (queues.rs)
@@ -19,6 +21,7 @@ mod checkpoint;
 mod commit_log;
 mod config;
 mod consume_queue;
+mod epochs;
 mod error;
 mod format;
 mod frames;
@@ -79,6 +82,7 @@ pub(crate) struct Inner {
     commit_log: CommitLog,
     queues: QueueTable,
     index: Mutex<Index>,
+    epochs: epochs::Epochs,
     /// The published commit-log end, for consumers waiting for new messages.
     arrivals: watch::Sender<u64>,
     observer: Arc<dyn StoreObserver>,
@@ -158,6 +162,7 @@ impl Store {
                 config.segment_size_bytes
             )));
         }
+        let epochs = epochs::Epochs::load(&dir)?;
         // The read-only checks passed; recovery below is the first write.
         format::stamp(&dir, opened_format)?;
         let commit_log = CommitLog::open(
@@ -186,6 +191,7 @@ impl Store {
                 config.index_slots,
                 config.index_entries,
             )?),
+            epochs,
             arrivals,
             observer,
             log_retention_ms: AtomicU64::new(config.retention.as_millis() as u64),

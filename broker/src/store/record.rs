@@ -374,21 +374,26 @@ pub fn parse_header(buf: &[u8]) -> Header {
     }
 }
 
-/// A whole record validated in place: its header and borrowed sections.
+/// A whole record validated in place: its header and borrowed sections (keys
+/// and properties go to the callbacks of [`check_with`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked<'a> {
     pub header: Header,
     pub born_timestamp: i64,
     pub topic: &'a str,
     pub tag: &'a str,
-    pub keys: Vec<&'a str>,
-    pub properties: Vec<(&'a str, &'a str)>,
     pub body: &'a [u8],
 }
 
 /// Validates a whole record found at `physical_offset` (magic, size, CRC32C,
-/// stored position, section lengths, UTF-8) without copying it.
-pub fn check(buf: &[u8], physical_offset: u64) -> Result<Checked<'_>> {
+/// stored position, section lengths, UTF-8) without copying it, handing each
+/// key and property to the callbacks in order.
+pub fn check_with<'a>(
+    buf: &'a [u8],
+    physical_offset: u64,
+    mut on_key: impl FnMut(&'a str),
+    mut on_property: impl FnMut(&'a str, &'a str),
+) -> Result<Checked<'a>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         offset: physical_offset,
         reason,
@@ -450,17 +455,15 @@ pub fn check(buf: &[u8], physical_offset: u64) -> Result<Checked<'_>> {
     let props_buf = take(props_len);
     let body = take(body_len);
 
-    let mut keys = Vec::new();
     let mut p = 0;
     while p < keys_buf.len() {
         let len = read_len(keys_buf, p).ok_or_else(|| corrupt("truncated key".into()))?;
         let key = keys_buf
             .get(p + 2..p + 2 + len)
             .ok_or_else(|| corrupt("truncated key".into()))?;
-        keys.push(utf8(key, "key", physical_offset)?);
+        on_key(utf8(key, "key", physical_offset)?);
         p += 2 + len;
     }
-    let mut properties = Vec::new();
     let mut p = 0;
     while p < props_buf.len() {
         let klen = read_len(props_buf, p).ok_or_else(|| corrupt("truncated property".into()))?;
@@ -473,25 +476,30 @@ pub fn check(buf: &[u8], physical_offset: u64) -> Result<Checked<'_>> {
             .get(p + 2..p + 2 + vlen)
             .ok_or_else(|| corrupt("truncated property".into()))?;
         p += 2 + vlen;
-        properties.push((
+        on_property(
             utf8(k, "property name", physical_offset)?,
             utf8(v, "property value", physical_offset)?,
-        ));
+        );
     }
     Ok(Checked {
         header,
         born_timestamp: u64_at(buf, OFF_BORN) as i64,
         topic,
         tag,
-        keys,
-        properties,
         body,
     })
 }
 
 /// Validates and decodes a whole record found at `physical_offset`.
 pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
-    let c = check(buf, physical_offset)?;
+    let mut keys = Vec::new();
+    let mut properties = Vec::new();
+    let c = check_with(
+        buf,
+        physical_offset,
+        |k| keys.push(k.to_string()),
+        |k, v| properties.push((k.to_string(), v.to_string())),
+    )?;
     Ok(Record {
         topic: c.topic.to_string(),
         queue_id: c.header.queue_id,
@@ -501,17 +509,14 @@ pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
         store_timestamp: c.header.store_timestamp,
         flags: c.header.flags,
         tag: c.tag.to_string(),
-        keys: c.keys.iter().map(|k| k.to_string()).collect(),
-        properties: c
-            .properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        keys,
+        properties,
         body: Bytes::copy_from_slice(c.body),
         crc: c.header.crc,
         size: c.header.total_size,
     })
 }
+
 fn read_len(buf: &[u8], at: usize) -> Option<usize> {
     (at + 2 <= buf.len()).then(|| u16_at(buf, at) as usize)
 }

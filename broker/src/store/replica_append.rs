@@ -29,6 +29,7 @@ use super::writer::Writer;
 struct Landing<'a> {
     pos: u64,
     record: Checked<'a>,
+    keys: Vec<&'a str>,
     /// The first record of a queue this store does not have yet, in a log
     /// that does not begin at 0: the queue starts at its offset.
     starts_queue: bool,
@@ -101,12 +102,12 @@ impl Writer {
             };
             let frame = frames::check(&bytes[at..], pos, limits).map_err(bad)?;
             let len = frame.len();
-            if let ValidFrame::Record(record) = frame {
+            if let ValidFrame::Record { record, keys } = frame {
                 let h = &record.header;
-                if record.keys.len() > index_capacity {
+                if keys.len() > index_capacity {
                     return Err(bad(format!(
                         "{} keys, more than index_entries {index_capacity}",
-                        record.keys.len()
+                        keys.len()
                     )));
                 }
                 let queue = (record.topic, h.queue_id);
@@ -129,17 +130,18 @@ impl Writer {
                     )));
                 }
                 next_offsets.insert(queue, next + 1);
-                if run_keys + record.keys.len() > index_capacity {
+                if run_keys + keys.len() > index_capacity {
                     runs.push(Run {
                         end: pos,
                         records: std::mem::take(&mut run),
                     });
                     run_keys = 0;
                 }
-                run_keys += record.keys.len();
+                run_keys += keys.len();
                 run.push(Landing {
                     pos,
                     record,
+                    keys,
                     starts_queue,
                 });
             }
@@ -185,7 +187,7 @@ impl Writer {
                 cq.ensure_capacity(h.queue_offset)?;
                 slots.push(cq);
             }
-            index.ensure_capacity(records.iter().map(|l| l.record.keys.len()).sum())?;
+            index.ensure_capacity(records.iter().map(|l| l.keys.len()).sum())?;
             let run_bytes = &bytes[(from - start) as usize..(end - start) as usize];
             // SAFETY: the writer owns everything past `visible` (= write_pos
             // once published), and the segments were ensured above.
@@ -202,7 +204,7 @@ impl Writer {
                         store_timestamp: h.store_timestamp,
                     },
                 );
-                for key in &record.keys {
+                for key in &landing.keys {
                     index.put(
                         key_hash(record.topic, key),
                         IndexHit {

@@ -5,7 +5,7 @@
 //! deleted, consume-queue entries of records at or after it are dropped (the
 //! queues end lower: a deliberate truncation gives the offsets out again, with
 //! the master's records), key-index entries too, and epochs that start at or
-//! after it. A truncation is recorded first, so a crash part-way is finished
+//! after it (also when the cut is the log end: such epochs hold no records). A truncation is recorded first, so a crash part-way is finished
 //! on the next open:
 //!
 //! ```text
@@ -18,7 +18,7 @@
 //!
 //! Order: record the cut; lower the watermarks (readers stop before it); drop
 //! queue and index entries; zero the log bytes and delete later segments;
-//! flush; write a checkpoint (it never claims more than remains); delete the
+//! flush; drop the epochs; write a checkpoint (it never claims more than remains); delete the
 //! record. On open, a recorded cut is applied to the log before recovery, and
 //! recovery starts no later than the cut without comparing the derived files
 //! with a checkpoint taken past it; the record goes once the checkpoint after
@@ -93,21 +93,25 @@ impl Writer {
         let inner = self.inner.clone();
         let end = self.write_pos;
         super::raw_log::check_boundary(&inner, to, end)?;
-        let mut checkpointed = inner.checkpointed.lock();
-        if to < end {
-            let dir = &inner.config.data_dir;
-            replace_file(dir, FILE, &Cut { to, end }.encode())?;
-            inner.commit_log.lower_watermarks(to);
-            self.write_pos = to;
-            inner.arrivals.send_replace(to);
-            for cq in inner.queues.all() {
-                cq.truncate_from_physical(to);
-            }
-            inner.index.lock().truncate_from(to);
-            cut_log(&inner.commit_log, to, end)?;
+        if to == end {
+            // Nothing to cut from the log; epochs begun at its end hold no
+            // records (a master that wrote nothing) and go.
+            return inner.epochs.truncate_from(to);
         }
+        let mut checkpointed = inner.checkpointed.lock();
+        let dir = &inner.config.data_dir;
+        replace_file(dir, FILE, &Cut { to, end }.encode())?;
+        inner.commit_log.lower_watermarks(to);
+        self.write_pos = to;
+        inner.arrivals.send_replace(to);
+        for cq in inner.queues.all() {
+            cq.truncate_from_physical(to);
+        }
+        inner.index.lock().truncate_from(to);
+        cut_log(&inner.commit_log, to, end)?;
+        inner.epochs.truncate_from(to)?;
         super::checkpoint_locked(&inner, &mut checkpointed, true)?;
-        finished(&inner.config.data_dir)
+        finished(dir)
     }
 }
 
@@ -159,6 +163,7 @@ pub(crate) fn resume(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<Re
     );
     let log = &inner.commit_log;
     cut_log(log, cut.to, cut.end.min(log.stored_end()))?;
+    inner.epochs.truncate_from(cut.to)?;
     let checkpoint = checkpoint.map(|c| {
         if c.recover_from <= cut.to {
             return c;
