@@ -12,15 +12,18 @@ use std::time::Duration;
 use common::api::{
     ack, apply_replicated, bodies, body_of, committed_offsets, create_group, declare_group,
     end_transaction, flush_metadata_log, lease_all, message, promote, queue_bodies, queue_until,
-    save_metadata, send, send_bodies, subscribe, upsert_topic,
+    reset, save_metadata, send, send_bodies, subscribe, upsert_topic,
 };
 use common::broker::{Loops, Shutdown, TestBroker, messaging_config, wait_past};
 use dduomq_broker::filter::FilterSpec;
+use dduomq_broker::messaging::replicated::records::{
+    MetaRecord, TableOp, decode_meta, decode_progress,
+};
 use dduomq_broker::messaging::replicated::{META_TOPIC, PROGRESS_TOPIC};
 use dduomq_broker::messaging::staged::Resolution;
 use dduomq_broker::messaging::topic_settings::TopicSettings;
-use dduomq_broker::messaging::{AppliedMetadata, LogRole, Schedule, SendMessage};
-use dduomq_broker::store::{MessageType, Store, now_millis};
+use dduomq_broker::messaging::{AppliedMetadata, LogRole, ResetTarget, Schedule, SendMessage};
+use dduomq_broker::store::{MessageType, Record, Store, now_millis};
 
 const ORDERS: &str = "orders";
 const PAYMENTS: &str = "payments";
@@ -299,4 +302,91 @@ async fn members_that_lose_a_tail_forget_what_it_changed() {
     for member in [a, b, c] {
         member.close().await;
     }
+}
+
+/// Every record of queue 0 of `topic`.
+fn all_records(store: &Store, topic: &str) -> Vec<Record> {
+    let (min, max) = store.queue_offsets(topic, 0);
+    let read = store.read(topic, 0, min, (max - min) as usize, 64 << 20);
+    let records = read.unwrap().records;
+    assert_eq!(records.len() as u64, max - min);
+    records
+}
+
+/// Snapshots larger than a record travel in parts. A replica that joins
+/// late (its log starts at the segment of the master's newest snapshot, as
+/// after retention deleted what came before) gets the first parts before
+/// the last (each copy is smaller than a part), applies the snapshot once
+/// it is whole, and ends with the master's tables and progress.
+#[tokio::test]
+async fn snapshots_larger_than_a_record_travel_in_parts() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestBroker::open_replica(dir_a.path(), messaging_config(), Loops::Stopped);
+    promote(&a.broker).await;
+    for i in 0..300 {
+        let name = format!("topic-with-a-long-name-{i:03}");
+        upsert_topic(
+            &a.broker,
+            &name,
+            1,
+            MessageType::Normal,
+            TopicSettings::default(),
+        )
+        .unwrap();
+    }
+    const WIDE: &str = "wide";
+    upsert_topic(
+        &a.broker,
+        WIDE,
+        300,
+        MessageType::Normal,
+        TopicSettings::default(),
+    )
+    .unwrap();
+    create_group(&a.broker, BILLING, 5, &[20]);
+    let body = "x".repeat(1000);
+    for q in 0..300 {
+        send_bodies(&a.broker, WIDE, q, &[&body]).await;
+    }
+    // The log grew by segments: the save snapshots both tables and progress.
+    reset(&a.broker, BILLING, WIDE, ResetTarget::Latest);
+    flush_metadata_log(&a.broker).await;
+    let snapshot_start = all_records(a.store(), META_TOPIC)
+        .iter()
+        .filter(|r| {
+            let record = decode_meta(&r.body).unwrap();
+            matches!(record, MetaRecord::Topics(TableOp::Snapshot(_), part) if part.part == 1 && part.parts > 1)
+        })
+        .map(|r| r.physical_offset)
+        .max()
+        .expect("a topics snapshot in parts");
+    assert!(
+        all_records(a.store(), PROGRESS_TOPIC)
+            .iter()
+            .any(|r| decode_progress(&r.body).unwrap().part.parts > 1)
+    );
+
+    let b = TestBroker::open_replica(dir_b.path(), messaging_config(), Loops::Stopped);
+    let segment = b.store().config().segment_size_bytes;
+    let mut from = snapshot_start - snapshot_start % segment;
+    while from < a.store().log_end() {
+        let raw = a.store().read_log(from, 700).unwrap();
+        from = b
+            .store()
+            .append_replicated(raw.start, raw.data)
+            .await
+            .unwrap();
+        apply_replicated(&b.broker);
+    }
+    let (mine, masters) = (b.broker.list_topics(), a.broker.list_topics());
+    assert!(
+        mine == masters,
+        "the replica has {} topics, the master {}",
+        mine.len(),
+        masters.len()
+    );
+    assert_eq!(b.broker.list_groups(), a.broker.list_groups());
+    assert_eq!(committed_offsets(&b.broker, BILLING, WIDE), vec![1; 300]);
+    a.close().await;
+    b.close().await;
 }

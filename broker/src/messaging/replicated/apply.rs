@@ -17,7 +17,9 @@ use super::super::error::Result;
 use super::super::journal::{Change, Decision, Named, Table};
 use super::super::offsets::OffsetTable;
 use super::super::{Broker, metadata};
-use super::records::{self, META_TOPIC, MetaRecord, PROGRESS_TOPIC, TableOp};
+use super::records::{
+    self, META_TOPIC, MetaRecord, PROGRESS_TOPIC, Part, ProgressEntries, ProgressRecord, TableOp,
+};
 use crate::store::Record;
 
 /// Records read per pass of the apply loop.
@@ -47,6 +49,43 @@ pub(super) struct ApplyPosition {
     progress: QueueTail,
     /// The master's retention floor from its newest progress record.
     pub(super) retention_floor: u64,
+}
+
+/// A snapshot split over several records, gathered until its last part.
+struct Gathering {
+    /// Where applying resumes when a pass ends before the last part is in
+    /// the log: the parts are read again from the first.
+    resume: QueueTail,
+    records: usize,
+    /// The parts so far, as one snapshot (its part: the last one added).
+    snapshot: MetaRecord,
+}
+
+impl Gathering {
+    /// Adds the next part of the same snapshot; false when `record` is not it.
+    fn add(&mut self, record: MetaRecord) -> bool {
+        let follows =
+            |seen: &Part, part: &Part| part.parts == seen.parts && part.part == seen.part + 1;
+        match (&mut self.snapshot, record) {
+            (
+                MetaRecord::Topics(TableOp::Snapshot(all), seen),
+                MetaRecord::Topics(TableOp::Snapshot(more), part),
+            ) if follows(seen, &part) => {
+                all.extend(more);
+                *seen = part;
+            }
+            (
+                MetaRecord::Groups(TableOp::Snapshot(all), seen),
+                MetaRecord::Groups(TableOp::Snapshot(more), part),
+            ) if follows(seen, &part) => {
+                all.extend(more);
+                *seen = part;
+            }
+            _ => return false,
+        }
+        self.records += 1;
+        true
+    }
 }
 
 /// What one [`Broker::apply_replicated_metadata`] pass applied.
@@ -117,21 +156,58 @@ impl Broker {
         let mut next = self.resume_at(META_TOPIC, &position.meta)?;
         let (_, end) = self.store.queue_offsets(META_TOPIC, 0);
         let mut topics_changed = false;
+        let mut gathering: Option<Gathering> = None;
         while next < end {
             let read = self.store.read(META_TOPIC, 0, next, APPLY_BATCH, 1 << 20)?;
             for offset in &read.corrupt_offsets {
                 tracing::error!(offset, "damaged metadata record skipped");
             }
             for rec in &read.records {
-                topics_changed |= self.apply_meta(rec)?;
+                let before_it = QueueTail {
+                    next: rec.queue_offset,
+                    last: position.meta.last,
+                };
                 done.meta_records += 1;
                 position.meta.last = Some(Applied {
                     physical: rec.physical_offset,
                     crc: rec.crc,
                 });
+                let record = match records::decode_meta(&rec.body) {
+                    Ok(r) => r,
+                    Err(reason) => {
+                        tracing::error!(offset = rec.queue_offset, %reason, "undecodable metadata record skipped");
+                        continue;
+                    }
+                };
+                let part = record.part();
+                if part.parts == 1 {
+                    topics_changed |= self.apply_meta(record)?;
+                } else if part.part == 1 {
+                    gathering = Some(Gathering {
+                        resume: before_it,
+                        records: 1,
+                        snapshot: record,
+                    });
+                } else if gathering.as_mut().is_some_and(|g| g.add(record)) {
+                    if part.is_last() {
+                        let g = gathering.take().expect("gathering");
+                        topics_changed |= self.apply_meta(g.snapshot)?;
+                    }
+                } else {
+                    tracing::warn!(
+                        offset = rec.queue_offset,
+                        "part of a snapshot without its first part skipped"
+                    );
+                    gathering = None;
+                }
             }
             next = read.next_offset;
             position.meta.next = next;
+        }
+        if let Some(g) = gathering {
+            // Its last part is not in the log yet: read it again from the first.
+            position.meta = g.resume;
+            done.meta_records -= g.records;
         }
         let from = self.resume_at(PROGRESS_TOPIC, &position.progress)?;
         if from < self.store.queue_offsets(PROGRESS_TOPIC, 0).1 {
@@ -147,31 +223,77 @@ impl Broker {
         Ok(done)
     }
 
-    /// Loads the newest progress record (each is a whole snapshot, so only
-    /// the newest counts) and counts every progress record as applied;
-    /// false when the log holds none.
+    /// Loads the newest progress snapshot (each is whole, so only the
+    /// newest counts) and counts every progress record as applied; false when
+    /// the log holds none.
     fn load_newest_progress(&self, position: &mut ApplyPosition) -> Result<bool> {
-        let (_, end) = self.store.queue_offsets(PROGRESS_TOPIC, 0);
-        let newest = match end {
-            0 => None,
-            _ => self
-                .store
-                .read(PROGRESS_TOPIC, 0, end - 1, 1, 1 << 20)?
-                .records
-                .pop(),
-        };
-        let Some(rec) = newest else {
+        let (min, end) = self.store.queue_offsets(PROGRESS_TOPIC, 0);
+        if end == min {
+            return Ok(false);
+        }
+        let read = self.store.read(PROGRESS_TOPIC, 0, end - 1, 1, 1 << 20)?;
+        let Some(last) = read.records.first() else {
             return Ok(false);
         };
-        position.retention_floor = self.apply_progress(&rec, position.retention_floor)?;
         position.progress = QueueTail {
             next: end,
             last: Some(Applied {
-                physical: rec.physical_offset,
-                crc: rec.crc,
+                physical: last.physical_offset,
+                crc: last.crc,
             }),
         };
+        let Some(progress) = self.progress_ending_with(last)? else {
+            return Ok(false);
+        };
+        let path = self.replicated.offsets_path.clone();
+        metadata::save(&path, &progress.offsets)?;
+        *self.offsets.lock() = OffsetTable::open(path)?;
+        position.retention_floor = progress.retention_floor;
         Ok(true)
+    }
+
+    /// The progress snapshot whose last part is `last`, its parts joined;
+    /// `None` (logged) when one is damaged or missing.
+    fn progress_ending_with(&self, last: &Record) -> Result<Option<ProgressRecord>> {
+        let damaged = |reason: String| {
+            tracing::error!(offset = last.queue_offset, %reason, "progress record skipped");
+            Ok(None)
+        };
+        let newest = match records::decode_progress(&last.body) {
+            Ok(p) => p,
+            Err(reason) => return damaged(reason),
+        };
+        let parts = u64::from(newest.part.parts);
+        if !newest.part.is_last() || parts == 0 || last.queue_offset + 1 < parts {
+            return damaged(format!("part {:?} ends the queue", newest.part));
+        }
+        let mut records = Vec::new();
+        let mut at = last.queue_offset + 1 - parts;
+        while at < last.queue_offset {
+            let read = self
+                .store
+                .read(PROGRESS_TOPIC, 0, at, APPLY_BATCH, 16 << 20)?;
+            records.extend(read.records);
+            at = read.next_offset;
+        }
+        let mut entries = Vec::new();
+        for (i, rec) in records.iter().take((parts - 1) as usize).enumerate() {
+            match records::decode_progress(&rec.body) {
+                Ok(p) if p.part.part as usize == i + 1 && p.part.parts == newest.part.parts => {
+                    entries.extend(p.offsets.entries)
+                }
+                Ok(p) => return damaged(format!("part {:?} where part {} belongs", p.part, i + 1)),
+                Err(reason) => return damaged(reason),
+            }
+        }
+        if entries.len() + newest.offsets.entries.len() == 0 && parts > 1 {
+            return damaged("a split snapshot without entries".into());
+        }
+        entries.extend(newest.offsets.entries);
+        Ok(Some(ProgressRecord {
+            offsets: ProgressEntries { entries },
+            ..newest
+        }))
     }
 
     /// Loads the newest progress record again, whatever was applied: what
@@ -238,24 +360,18 @@ impl Broker {
         Ok(if intact { tail.next.max(min) } else { min })
     }
 
-    /// Applies one `%META%` record; returns whether it changed topics.
-    fn apply_meta(&self, rec: &Record) -> Result<bool> {
-        let record = match records::decode_meta(&rec.body) {
-            Ok(r) => r,
-            Err(reason) => {
-                tracing::error!(offset = rec.queue_offset, %reason, "undecodable metadata record skipped");
-                return Ok(false);
-            }
-        };
+    /// Applies one `%META%` record (a whole snapshot, once gathered); returns
+    /// whether it changed topics.
+    fn apply_meta(&self, record: MetaRecord) -> Result<bool> {
         match record {
-            MetaRecord::Topics(op) => {
+            MetaRecord::Topics(op, _) => {
                 for name in apply_op(self.topics.table(), op)? {
                     self.store.delete_topic(&name)?;
                     self.subscriptions.lock().retain(|k, _| k.topic != name);
                 }
                 Ok(true)
             }
-            MetaRecord::Groups(op) => {
+            MetaRecord::Groups(op, _) => {
                 for name in apply_op(self.groups.table(), op)? {
                     self.subscriptions.lock().retain(|k, _| k.group != name);
                     self.forget_claims(&name);
@@ -264,22 +380,5 @@ impl Broker {
                 Ok(false)
             }
         }
-    }
-
-    /// Loads a progress snapshot as this broker's progress (file and
-    /// memory); returns the master's retention floor it names (`floor`, the
-    /// one known so far, when the record is damaged).
-    fn apply_progress(&self, rec: &Record, floor: u64) -> Result<u64> {
-        let progress = match records::decode_progress(&rec.body) {
-            Ok(p) => p,
-            Err(reason) => {
-                tracing::error!(offset = rec.queue_offset, %reason, "undecodable progress record skipped");
-                return Ok(floor);
-            }
-        };
-        let path = self.replicated.offsets_path.clone();
-        metadata::save(&path, &progress.offsets)?;
-        *self.offsets.lock() = OffsetTable::open(path)?;
-        Ok(progress.retention_floor)
     }
 }

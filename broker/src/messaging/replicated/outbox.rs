@@ -23,7 +23,7 @@ use super::super::Broker;
 use super::super::error::Result;
 use super::super::journal::ChangeObserver;
 use super::{LogRole, records};
-use crate::store::Message;
+use crate::store::{Appended, Message};
 
 /// No record of the kind was appended (yet) by this master.
 const NONE: u64 = u64::MAX;
@@ -31,17 +31,25 @@ const NONE: u64 = u64::MAX;
 /// Records whose position the master keeps track of once they are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tracked {
-    Change,
-    /// The first record of a full snapshot of the tables.
+    Untracked,
+    /// The first table's snapshot (retention keeps both from there).
     SnapshotStart,
     Progress,
+}
+
+/// Records that go into the log together (one append: a snapshot's parts
+/// stay contiguous).
+#[derive(Debug)]
+struct Unit {
+    tracked: Tracked,
+    records: Vec<Message>,
 }
 
 /// Metadata records waiting for the log, and where the latest snapshots are.
 #[derive(Debug)]
 pub struct Outbox {
     pub(super) role: watch::Sender<LogRole>,
-    pending: Mutex<Vec<(Tracked, Message)>>,
+    pending: Mutex<Vec<Unit>>,
     /// Wakes the task that appends them.
     pub(super) wake: Notify,
     /// One append at a time, so the log keeps the outbox's order.
@@ -58,7 +66,7 @@ pub struct Outbox {
 impl ChangeObserver for Outbox {
     fn journaled(&self, table: &str, payload: &[u8]) {
         if self.is_master() {
-            self.push(Tracked::Change, records::change(table, payload));
+            self.push(Tracked::Untracked, vec![records::change(table, payload)]);
         }
     }
 }
@@ -80,9 +88,19 @@ impl Outbox {
         *self.role.borrow() == LogRole::Master
     }
 
-    fn push(&self, tracked: Tracked, message: Message) {
-        self.pending.lock().push((tracked, message));
+    fn push(&self, tracked: Tracked, records: Vec<Message>) {
+        self.pending.lock().push(Unit { tracked, records });
         self.wake.notify_one();
+    }
+
+    /// Remembers where a tracked unit landed.
+    fn stored(&self, unit: &Unit, first: &Appended) {
+        match unit.tracked {
+            Tracked::SnapshotStart => &self.last_snapshot,
+            Tracked::Progress => &self.last_progress,
+            Tracked::Untracked => return,
+        }
+        .store(first.physical_offset, Ordering::Relaxed);
     }
 
     /// The lowest position this master's retention must keep: its newest
@@ -122,12 +140,15 @@ impl Broker {
         }
         let log_end = self.store.stats().commit_log_max;
         outbox.last_snapshot.store(log_end, Ordering::Relaxed);
+        let max_record = self.store.config().max_record_size_bytes as usize;
         let [topics, groups] = records::TABLES;
         self.topics.table().read_locked(|entries| {
-            outbox.push(Tracked::SnapshotStart, records::snapshot(topics, entries));
+            let snapshot = records::snapshot(topics, entries, max_record);
+            outbox.push(Tracked::SnapshotStart, snapshot);
         });
         self.groups.table().read_locked(|entries| {
-            outbox.push(Tracked::Change, records::snapshot(groups, entries));
+            let snapshot = records::snapshot(groups, entries, max_record);
+            outbox.push(Tracked::Untracked, snapshot);
         });
     }
 
@@ -160,13 +181,17 @@ impl Broker {
         let log_end = self.store.stats().commit_log_max;
         outbox.last_progress.store(log_end, Ordering::Relaxed);
         let floor = self.retention_floor(log_end);
-        outbox.push(Tracked::Progress, records::progress(offsets_json, floor));
+        let max_record = self.store.config().max_record_size_bytes as usize;
+        let progress = records::progress(offsets_json, floor, max_record);
+        outbox.push(Tracked::Progress, progress);
     }
 
-    /// Appends the queued metadata records to the log, in order. Not master:
-    /// they are dropped (a replica's log is the master's). A failed append
-    /// drops them too and makes the next progress save queue a full
-    /// snapshot, which carries every change they held.
+    /// Appends the queued metadata records to the log, in order, in one
+    /// append (or, if that fails, one per change or snapshot, so one that
+    /// cannot be stored does not take the others with it). Not master: they
+    /// are dropped (a replica's log is the master's). What could not be
+    /// stored makes the next progress save queue full snapshots, which carry
+    /// every change it held.
     pub async fn flush_metadata_log(&self) -> Result<()> {
         let outbox = &self.replicated.outbox;
         let _in_order = outbox.appending.lock().await;
@@ -174,24 +199,26 @@ impl Broker {
         if batch.is_empty() || !outbox.is_master() {
             return Ok(());
         }
-        let (tracked, messages): (Vec<Tracked>, Vec<Message>) = batch.into_iter().unzip();
-        match self.store.append(messages).await {
-            Ok(appended) => {
-                for (t, a) in tracked.iter().zip(&appended) {
-                    match t {
-                        Tracked::SnapshotStart => &outbox.last_snapshot,
-                        Tracked::Progress => &outbox.last_progress,
-                        Tracked::Change => continue,
-                    }
-                    .store(a.physical_offset, Ordering::Relaxed);
-                }
-                Ok(())
+        let all: Vec<Message> = batch.iter().flat_map(|u| u.records.clone()).collect();
+        if let Ok(appended) = self.store.append(all).await {
+            let mut at = 0;
+            for unit in &batch {
+                outbox.stored(unit, &appended[at]);
+                at += unit.records.len();
             }
-            Err(e) => {
-                tracing::error!(error = %e, records = tracked.len(), "appending metadata records failed; a full snapshot follows");
-                outbox.lost_records.store(true, Ordering::Relaxed);
-                Err(e.into())
+            return Ok(());
+        }
+        let mut failed = None;
+        for unit in &batch {
+            match self.store.append(unit.records.clone()).await {
+                Ok(appended) => outbox.stored(unit, &appended[0]),
+                Err(e) => {
+                    tracing::error!(error = %e, records = unit.records.len(), "appending metadata records failed; full snapshots follow");
+                    outbox.lost_records.store(true, Ordering::Relaxed);
+                    failed = Some(e);
+                }
             }
         }
+        failed.map_or(Ok(()), |e| Err(e.into()))
     }
 }

@@ -6,15 +6,20 @@
 //! ```text
 //! %META%      {"table": "topics", "put": {<TopicConfig>}}     a journal record
 //!             {"table": "groups", "delete": "<name>"}          with its table
-//!             {"table": "topics", "snapshot": [<entries>]}     the whole table
-//! %PROGRESS%  {"retention_floor": <u64>, "offsets": <offsets.json>}
+//!             {"table": "topics", "part": 1, "parts": 2,       the whole table, in
+//!              "snapshot": [<entries>]}                        one record or more
+//! %PROGRESS%  {"retention_floor": <u64>, "part": 1, "parts": 1,
+//!              "offsets": {"entries": [<offsets.json entries>]}}
 //! ```
 //!
 //! A change record is the journal record of the change (see
 //! `super::super::journal`) with the table's name added, so a replica applies
-//! exactly what the master journaled. `retention_floor` is the commit-log
-//! position below which the master lets retention delete segments; a replica
-//! pins its own retention there, so it keeps what a promotion will need.
+//! exactly what the master journaled. A snapshot larger than a record may be
+//! is split into parts (`part` of `parts`, 1-based; absent: one record), which
+//! the master appends in one append, so they are contiguous in their queue.
+//! `retention_floor` is the commit-log position below which the master lets
+//! retention delete segments; a replica pins its own retention there, so it
+//! keeps what a promotion will need.
 
 use std::collections::BTreeMap;
 
@@ -47,11 +52,40 @@ pub enum TableOp<T> {
     Snapshot(Vec<T>),
 }
 
+/// A record's place among the records a snapshot is split into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Part {
+    /// 1-based.
+    pub part: u32,
+    pub parts: u32,
+}
+
+impl Default for Part {
+    fn default() -> Part {
+        Part { part: 1, parts: 1 }
+    }
+}
+
+impl Part {
+    pub fn is_last(self) -> bool {
+        self.part == self.parts
+    }
+}
+
 /// A decoded `%META%` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaRecord {
-    Topics(TableOp<TopicConfig>),
-    Groups(TableOp<GroupConfig>),
+    Topics(TableOp<TopicConfig>, Part),
+    Groups(TableOp<GroupConfig>, Part),
+}
+
+impl MetaRecord {
+    pub fn part(&self) -> Part {
+        match self {
+            MetaRecord::Topics(_, part) | MetaRecord::Groups(_, part) => *part,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -59,20 +93,33 @@ struct TableName {
     table: String,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Tagged<T> {
-    table: String,
     #[serde(flatten)]
     op: TableOp<T>,
+    #[serde(flatten)]
+    part: Part,
 }
 
-/// The `%PROGRESS%` record's body.
+/// A `%PROGRESS%` record's body.
 #[derive(Debug, Deserialize)]
 pub struct ProgressRecord {
     pub retention_floor: u64,
-    /// The master's `offsets.json`, as it wrote it.
-    pub offsets: serde_json::Value,
+    #[serde(flatten)]
+    pub part: Part,
+    /// Entries of the master's `offsets.json` (all of them, or this part's).
+    pub offsets: ProgressEntries,
 }
+
+/// The `offsets.json` form: `{"entries": [...]}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ProgressEntries {
+    pub entries: Vec<serde_json::Value>,
+}
+
+/// Room left in a record for a snapshot's entries: the largest record less
+/// the record's header, topic, and the JSON around the entries.
+const RECORD_OVERHEAD: usize = 1024;
 
 fn record(topic: &str, body: Vec<u8>) -> Message {
     Message {
@@ -96,36 +143,104 @@ pub fn change(table: &str, payload: &[u8]) -> Message {
     record(META_TOPIC, body)
 }
 
-/// The `%META%` record holding the whole of `table`.
-pub fn snapshot<T: Serialize + Clone>(table: &str, entries: &BTreeMap<String, T>) -> Message {
-    let tagged = Tagged {
-        table: table.to_string(),
-        op: TableOp::Snapshot(entries.values().cloned().collect()),
-    };
-    record(
-        META_TOPIC,
-        serde_json::to_vec(&tagged).expect("metadata serializes"),
-    )
+/// Splits JSON `items` into groups of at most `budget` bytes (an item
+/// larger than that goes alone); always at least one group.
+fn pack(items: Vec<Vec<u8>>, budget: usize) -> Vec<Vec<Vec<u8>>> {
+    let mut groups: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+    let mut size = 0;
+    for item in items {
+        let last = groups.last_mut().expect("one group");
+        if !last.is_empty() && size + item.len() + 1 > budget {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += item.len() + 1;
+        groups.last_mut().expect("one group").push(item);
+    }
+    groups
 }
 
-/// The `%PROGRESS%` record of `offsets_json` (the bytes of `offsets.json`).
-pub fn progress(offsets_json: &[u8], retention_floor: u64) -> Message {
-    let mut body = format!("{{\"retention_floor\":{retention_floor},\"offsets\":").into_bytes();
-    body.extend_from_slice(offsets_json);
-    body.push(b'}');
-    record(PROGRESS_TOPIC, body)
+/// `[item,item,...]`
+fn json_array(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    out
 }
 
-fn op<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<TableOp<T>> {
-    Ok(serde_json::from_slice::<Tagged<T>>(body)?.op)
+/// The `%META%` records holding the whole of `table`, each at most
+/// `max_record` bytes (unless one entry is larger).
+pub fn snapshot<T: Serialize>(
+    table: &str,
+    entries: &BTreeMap<String, T>,
+    max_record: usize,
+) -> Vec<Message> {
+    let items = entries
+        .values()
+        .map(|e| serde_json::to_vec(e).expect("metadata serializes"))
+        .collect();
+    let groups = pack(items, max_record.saturating_sub(RECORD_OVERHEAD));
+    let name = serde_json::to_string(table).expect("a name serializes");
+    let parts = groups.len();
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let mut body = format!(
+                "{{\"table\":{name},\"part\":{},\"parts\":{parts},\"snapshot\":",
+                i + 1
+            )
+            .into_bytes();
+            body.extend_from_slice(&json_array(group));
+            body.push(b'}');
+            record(META_TOPIC, body)
+        })
+        .collect()
+}
+
+/// The `%PROGRESS%` records of `offsets_json` (the bytes of `offsets.json`),
+/// each at most `max_record` bytes (unless one entry is larger).
+pub fn progress(offsets_json: &[u8], retention_floor: u64, max_record: usize) -> Vec<Message> {
+    let all: ProgressEntries = serde_json::from_slice(offsets_json).expect("offsets.json as saved");
+    let items = all
+        .entries
+        .iter()
+        .map(|e| serde_json::to_vec(e).expect("progress serializes"))
+        .collect();
+    let groups = pack(items, max_record.saturating_sub(RECORD_OVERHEAD));
+    let parts = groups.len();
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let mut body = format!(
+                "{{\"retention_floor\":{retention_floor},\"part\":{},\"parts\":{parts},\"offsets\":{{\"entries\":",
+                i + 1
+            )
+            .into_bytes();
+            body.extend_from_slice(&json_array(group));
+            body.extend_from_slice(b"}}");
+            record(PROGRESS_TOPIC, body)
+        })
+        .collect()
+}
+
+fn op<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<(TableOp<T>, Part)> {
+    let tagged: Tagged<T> = serde_json::from_slice(body)?;
+    Ok((tagged.op, tagged.part))
 }
 
 /// Decodes a `%META%` record; the error says what is wrong with it.
 pub fn decode_meta(body: &[u8]) -> Result<MetaRecord, String> {
     let name: TableName = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     match name.table.as_str() {
-        TOPICS => op(body).map(MetaRecord::Topics),
-        GROUPS => op(body).map(MetaRecord::Groups),
+        TOPICS => op(body).map(|(op, part)| MetaRecord::Topics(op, part)),
+        GROUPS => op(body).map(|(op, part)| MetaRecord::Groups(op, part)),
         other => return Err(format!("unknown table {other:?}")),
     }
     .map_err(|e| e.to_string())
@@ -163,29 +278,84 @@ mod tests {
         assert_eq!(m.queue_id, 0);
         assert_eq!(
             decode_meta(&m.body).unwrap(),
-            MetaRecord::Topics(TableOp::Put(topic("t")))
+            MetaRecord::Topics(TableOp::Put(topic("t")), Part::default())
         );
         let m = change("groups", br#"{"delete":"g"}"#);
         assert_eq!(&m.body[..], br#"{"table":"groups","delete":"g"}"#);
         assert_eq!(
             decode_meta(&m.body).unwrap(),
-            MetaRecord::Groups(TableOp::Delete("g".into()))
+            MetaRecord::Groups(TableOp::Delete("g".into()), Part::default())
         );
     }
 
     #[test]
-    fn snapshots_and_progress_read_back() {
-        let entries: BTreeMap<String, TopicConfig> =
-            [("a".to_string(), topic("a")), ("b".to_string(), topic("b"))].into();
+    fn snapshots_are_split_into_records_that_fit() {
+        let entries: BTreeMap<String, TopicConfig> = (0..40)
+            .map(|i| (format!("t{i:02}"), topic(&format!("t{i:02}"))))
+            .collect();
+        let one = snapshot("topics", &entries, 1 << 20);
+        assert_eq!(one.len(), 1);
         assert_eq!(
-            decode_meta(&snapshot("topics", &entries).body).unwrap(),
-            MetaRecord::Topics(TableOp::Snapshot(vec![topic("a"), topic("b")]))
+            decode_meta(&one[0].body).unwrap(),
+            MetaRecord::Topics(
+                TableOp::Snapshot(entries.values().cloned().collect()),
+                Part::default()
+            )
         );
-        let p = progress(br#"{"entries": []}"#, 4096);
-        assert_eq!(p.topic, PROGRESS_TOPIC);
-        let back = decode_progress(&p.body).unwrap();
-        assert_eq!(back.retention_floor, 4096);
-        assert_eq!(back.offsets, serde_json::json!({"entries": []}));
+        let max = 2048;
+        let parts = snapshot("topics", &entries, max);
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let mut back = Vec::new();
+        for (i, m) in parts.iter().enumerate() {
+            assert!(
+                m.body.len() <= max - RECORD_OVERHEAD + 64,
+                "{}",
+                m.body.len()
+            );
+            let MetaRecord::Topics(TableOp::Snapshot(list), part) = decode_meta(&m.body).unwrap()
+            else {
+                panic!("a topics snapshot");
+            };
+            assert_eq!(
+                part,
+                Part {
+                    part: i as u32 + 1,
+                    parts: parts.len() as u32
+                }
+            );
+            back.extend(list);
+        }
+        assert_eq!(back, entries.values().cloned().collect::<Vec<_>>());
+        let empty: BTreeMap<String, TopicConfig> = BTreeMap::new();
+        assert_eq!(
+            decode_meta(&snapshot("topics", &empty, max)[0].body).unwrap(),
+            MetaRecord::Topics(TableOp::Snapshot(Vec::new()), Part::default())
+        );
+    }
+
+    #[test]
+    fn progress_is_split_into_records_that_fit() {
+        let entries: Vec<serde_json::Value> = (0..100)
+            .map(|q| serde_json::json!({"group": "g", "topic": "t", "member": "", "queue_id": q, "committed": q * 7}))
+            .collect();
+        let json = serde_json::to_vec_pretty(&serde_json::json!({"entries": entries})).unwrap();
+        let records = progress(&json, 4096, 2048);
+        assert!(records.len() > 2, "{} parts", records.len());
+        let mut back = Vec::new();
+        for (i, m) in records.iter().enumerate() {
+            assert_eq!(m.topic, PROGRESS_TOPIC);
+            let p = decode_progress(&m.body).unwrap();
+            assert_eq!(p.retention_floor, 4096);
+            assert_eq!(
+                p.part,
+                Part {
+                    part: i as u32 + 1,
+                    parts: records.len() as u32
+                }
+            );
+            back.extend(p.offsets.entries);
+        }
+        assert_eq!(back, entries);
     }
 
     #[test]
@@ -193,6 +363,7 @@ mod tests {
         let unknown = decode_meta(br#"{"table":"x","delete":"a"}"#).unwrap_err();
         assert!(unknown.contains("unknown table"), "{unknown}");
         assert!(decode_meta(b"{").is_err());
+        assert!(decode_progress(br#"{"offsets": {"entries": []}}"#).is_err());
         let group = crate::messaging::groups::GroupConfig {
             name: "g".into(),
             mode: ConsumeMode::Broadcast,
@@ -205,7 +376,7 @@ mod tests {
         let put = serde_json::to_vec(&serde_json::json!({"put": group})).unwrap();
         assert_eq!(
             decode_meta(&change("groups", &put).body).unwrap(),
-            MetaRecord::Groups(TableOp::Put(group))
+            MetaRecord::Groups(TableOp::Put(group), Part::default())
         );
     }
 }
