@@ -265,3 +265,44 @@ fn an_empty_replica_may_start_at_a_segment_base() {
         assert_eq!(b_records, &kept, "{queue:?}");
     }
 }
+
+#[test]
+fn copying_while_the_master_appends_and_readers_read_the_replica() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(a_dir.path(), FlushMode::Sync);
+    let b = open(b_dir.path(), FlushMode::Sync);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for seed in 0..8 {
+                fill(&a, 10 + seed, 40);
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        s.spawn(|| {
+            // Every read of the replica sees whole, valid records: a prefix of
+            // what the master holds.
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for ((topic, queue), (_, _, records)) in all_queues(&b) {
+                    for (i, r) in records.iter().enumerate() {
+                        assert_eq!(r.queue_offset, i as u64, "{topic}/{queue}");
+                    }
+                }
+            }
+        });
+        run(async {
+            let mut sizes = CHUNKS.iter().cycle();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || b.log_end() < a.log_end() {
+                let at = b.log_end();
+                let chunk = a.read_log(at, *sizes.next().unwrap()).unwrap();
+                if chunk.data.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                b.append_replicated(at, chunk.data).await.unwrap();
+            }
+        });
+    });
+    assert_same_log(a_dir.path(), b_dir.path());
+    assert_same_reads(&a, &b);
+}

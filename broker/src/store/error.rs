@@ -136,6 +136,10 @@ pub enum RawLogProblem {
     /// A frame of a replicated chunk is invalid; the chunk was refused whole.
     #[error("invalid replicated frame: {0}")]
     BadFrame(String),
+    /// A truncation to this position failed part-way: nothing is written until
+    /// a `truncate_log` to it (or below) succeeds, or the store is reopened.
+    #[error("a truncation to here failed part-way; writes wait until it is finished")]
+    TruncationUnfinished,
 }
 
 impl RawLogProblem {
@@ -144,6 +148,7 @@ impl RawLogProblem {
             RawLogProblem::OutOfRange { .. } => Reason::OffsetOutOfRange,
             RawLogProblem::NotAtEnd { .. } | RawLogProblem::NotAFrame(_) => Reason::InvalidArgument,
             RawLogProblem::BadFrame(_) => Reason::CorruptRecord,
+            RawLogProblem::TruncationUnfinished => Reason::IoError,
         }
     }
 }

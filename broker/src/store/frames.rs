@@ -18,10 +18,7 @@ use super::record::{self, BLANK_HEADER_SIZE, Checked, Frame};
 /// A frame found valid at its position.
 #[derive(Debug)]
 pub(crate) enum ValidFrame<'a> {
-    Record {
-        record: Checked<'a>,
-        keys: Vec<&'a str>,
-    },
+    Record(Checked<'a>),
     Filler(u32),
 }
 
@@ -29,7 +26,7 @@ impl ValidFrame<'_> {
     /// Its length in the log.
     pub fn len(&self) -> u64 {
         match self {
-            ValidFrame::Record { record, .. } => record.header.total_size as u64,
+            ValidFrame::Record(record) => record.header.total_size as u64,
             ValidFrame::Filler(len) => *len as u64,
         }
     }
@@ -43,8 +40,14 @@ pub(crate) struct FrameLimits {
 }
 
 /// Validates the frame at the start of `bytes` (the log from `pos` on, as far
-/// as available); the error says what is wrong, for a message naming `pos`.
-pub(crate) fn check(bytes: &[u8], pos: u64, limits: FrameLimits) -> Result<ValidFrame<'_>, String> {
+/// as available), handing a record's keys to `on_key`; the error says what is
+/// wrong, for a message naming `pos`.
+pub(crate) fn check<'a>(
+    bytes: &'a [u8],
+    pos: u64,
+    limits: FrameLimits,
+    on_key: impl FnMut(&'a str),
+) -> Result<ValidFrame<'a>, String> {
     let segment_end = pos - pos % limits.segment_size + limits.segment_size;
     let room = segment_end - pos;
     if bytes.len() < BLANK_HEADER_SIZE {
@@ -88,9 +91,8 @@ pub(crate) fn check(bytes: &[u8], pos: u64, limits: FrameLimits) -> Result<Valid
                     "record leaves {after} bytes before the segment end, too few for a filler"
                 ));
             }
-            let mut keys = Vec::new();
-            record::check_with(whole(len)?, pos, |k| keys.push(k), |_, _| {})
-                .map(|record| ValidFrame::Record { record, keys })
+            record::check_with(whole(len)?, pos, on_key, |_, _| {})
+                .map(ValidFrame::Record)
                 .map_err(|e| match e {
                     super::StoreError::Corrupt { reason, .. } => reason,
                     other => other.to_string(),

@@ -53,7 +53,7 @@ fn frame_len(inner: &Inner, pos: u64, end: u64) -> Result<u64> {
     let stop = end.min(seg.end());
     // SAFETY: below `end`, which nothing writes any more (see above).
     let bytes = unsafe { seg.slice((pos - seg.base()) as usize, (stop - pos) as usize) };
-    frames::check(bytes, pos, limits(inner))
+    frames::check(bytes, pos, limits(inner), |_| {})
         .map(|frame| frame.len())
         .map_err(|reason| StoreError::RawLog {
             position: pos,

@@ -47,9 +47,10 @@ impl Writer {
     /// Stores `bytes` (whole frames) at `start`, which must be the log end;
     /// returns the new end. See the module documentation.
     pub fn replicate(&mut self, start: u64, bytes: &[u8]) -> Result<u64> {
+        self.check_no_unfinished_cut()?;
         super::refuse_if_full(&self.inner)?;
         let log = &self.inner.commit_log;
-        let fresh = log.segment_count() == 0 && self.write_pos == 0;
+        let fresh = log.segment_count() == 0;
         let expected = if fresh && start.is_multiple_of(log.segment_size()) {
             start
         } else {
@@ -100,9 +101,10 @@ impl Writer {
                 position: pos,
                 problem: RawLogProblem::BadFrame(problem),
             };
-            let frame = frames::check(&bytes[at..], pos, limits).map_err(bad)?;
+            let mut keys = Vec::new();
+            let frame = frames::check(&bytes[at..], pos, limits, |k| keys.push(k)).map_err(bad)?;
             let len = frame.len();
-            if let ValidFrame::Record { record, keys } = frame {
+            if let ValidFrame::Record(record) = frame {
                 let h = &record.header;
                 if keys.len() > index_capacity {
                     return Err(bad(format!(

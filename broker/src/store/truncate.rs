@@ -22,7 +22,10 @@
 //! record. On open, a recorded cut is applied to the log before recovery, and
 //! recovery starts no later than the cut without comparing the derived files
 //! with a checkpoint taken past it; the record goes once the checkpoint after
-//! recovery is written.
+//! recovery is written. A truncation that fails part-way (an I/O error after
+//! the cut was recorded) leaves the writer refusing every write until a
+//! truncation to the cut or below succeeds (or the store is reopened): the
+//! next open would otherwise zero what was written meanwhile.
 
 use std::path::Path;
 
@@ -39,10 +42,10 @@ const SIZE: usize = 24;
 
 /// A truncation recorded before it is carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cut {
-    to: u64,
+pub(super) struct Cut {
+    pub to: u64,
     /// The log end when it began: bytes up to here may need zeroing.
-    end: u64,
+    pub end: u64,
 }
 
 impl Cut {
@@ -91,16 +94,23 @@ impl Writer {
     /// See the module documentation.
     pub fn truncate(&mut self, to: u64) -> Result<()> {
         let inner = self.inner.clone();
-        let end = self.write_pos;
+        // After a failed truncation, bytes up to where the log then ended may
+        // still need zeroing; only a cut at or below it finishes it.
+        let (end, zero_to) = match self.unfinished_cut {
+            Some(cut) if to > cut.to => return self.check_no_unfinished_cut(),
+            Some(cut) => (self.write_pos, cut.end),
+            None => (self.write_pos, self.write_pos),
+        };
         super::raw_log::check_boundary(&inner, to, end)?;
-        if to == end {
+        if to == zero_to {
             // Nothing to cut from the log; epochs begun at its end hold no
             // records (a master that wrote nothing) and go.
             return inner.epochs.truncate_from(to);
         }
+        let cut = Cut { to, end: zero_to };
         let mut checkpointed = inner.checkpointed.lock();
-        let dir = &inner.config.data_dir;
-        replace_file(dir, FILE, &Cut { to, end }.encode())?;
+        replace_file(&inner.config.data_dir, FILE, &cut.encode())?;
+        self.unfinished_cut = Some(cut);
         inner.commit_log.lower_watermarks(to);
         self.write_pos = to;
         inner.arrivals.send_replace(to);
@@ -108,10 +118,12 @@ impl Writer {
             cq.truncate_from_physical(to);
         }
         inner.index.lock().truncate_from(to);
-        cut_log(&inner.commit_log, to, end)?;
+        cut_log(&inner.commit_log, to, cut.end)?;
         inner.epochs.truncate_from(to)?;
         super::checkpoint_locked(&inner, &mut checkpointed, true)?;
-        finished(dir)
+        finished(&inner.config.data_dir)?;
+        self.unfinished_cut = None;
+        Ok(())
     }
 }
 

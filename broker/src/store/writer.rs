@@ -18,10 +18,11 @@ use super::Inner;
 use super::commit_log::CommitLog;
 use super::config::FlushMode;
 use super::consume_queue::{ConsumeQueue, CqEntry};
-use super::error::{Result, StoreError};
+use super::error::{RawLogProblem, Result, StoreError};
 use super::index::{Index, IndexHit};
 use super::message_id::MessageId;
 use super::record::{self, BLANK_HEADER_SIZE};
+use super::truncate::Cut;
 
 /// A message encoded by the caller's thread, ready for the writer.
 #[derive(Debug)]
@@ -91,6 +92,10 @@ pub(crate) struct Writer {
     /// The newest store timestamp written; local appends never go below it,
     /// replicated ones raise it (so a promoted replica keeps time monotone).
     pub(super) last_timestamp: i64,
+    /// A truncation that failed part-way (an I/O error after it was
+    /// recorded): nothing is written until one finishes it, or the next open
+    /// would cut what was written meanwhile.
+    pub(super) unfinished_cut: Option<Cut>,
     /// Reused for every append (its buffer keeps its capacity).
     run: LogRun,
 }
@@ -110,6 +115,7 @@ impl Writer {
             inner,
             write_pos,
             last_timestamp: 0,
+            unfinished_cut: None,
             run: LogRun::default(),
         }
     }
@@ -174,6 +180,16 @@ impl Writer {
     }
 
     fn process(&mut self, group: Vec<AppendRequest>) {
+        if let Err(e) = self.check_no_unfinished_cut() {
+            let text = e.to_string();
+            for req in group {
+                let _ = req.reply.send(Err(StoreError::Io {
+                    context: "appending".into(),
+                    source: std::io::Error::other(text.clone()),
+                }));
+            }
+            return;
+        }
         let mut outcomes = Vec::with_capacity(group.len());
         let mut touched: HashMap<*const ConsumeQueue, Arc<ConsumeQueue>> = HashMap::new();
         {
@@ -203,6 +219,18 @@ impl Writer {
         for (reply, queued, result) in outcomes {
             self.inner.observer.appended(queued.elapsed());
             let _ = reply.send(result);
+        }
+    }
+
+    /// Refuses to write while a truncation is unfinished (see
+    /// `unfinished_cut`).
+    pub(super) fn check_no_unfinished_cut(&self) -> Result<()> {
+        match self.unfinished_cut {
+            Some(cut) => Err(StoreError::RawLog {
+                position: cut.to,
+                problem: RawLogProblem::TruncationUnfinished,
+            }),
+            None => Ok(()),
         }
     }
 
