@@ -390,3 +390,31 @@ async fn snapshots_larger_than_a_record_travel_in_parts() {
     a.close().await;
     b.close().await;
 }
+
+/// Without replication nothing of this runs: a standalone broker's log holds
+/// no metadata records, whatever it changes and saves.
+#[tokio::test]
+async fn a_standalone_broker_writes_no_metadata_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::open(dir.path(), messaging_config(), Loops::Running);
+    assert_eq!(b.broker.log_role(), LogRole::Standalone);
+    upsert_topic(
+        &b.broker,
+        ORDERS,
+        2,
+        MessageType::Normal,
+        TopicSettings::default(),
+    )
+    .unwrap();
+    create_group(&b.broker, BILLING, 5, &[20]);
+    send_bodies(&b.broker, ORDERS, 0, &["m0"]).await;
+    let consumer = subscribe(&b.broker, BILLING, ORDERS, "c1");
+    let leased = lease_all(&b.broker, &consumer).await;
+    ack(&b.broker, &consumer, &leased[0]).unwrap();
+    save_metadata(&b.broker);
+    flush_metadata_log(&b.broker).await;
+    promote(&b.broker).await;
+    assert_eq!(b.broker.log_role(), LogRole::Standalone);
+    assert_eq!(b.store().topics(), [ORDERS]);
+    b.close().await;
+}
