@@ -163,7 +163,13 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .context("opening the store")?;
     let store = Arc::new(store);
-    let broker = Arc::new(Broker::open(config.broker.clone(), store.clone(), metrics)?);
+    // A member of a replicated group starts as a replica; it is promoted
+    // when it is made master (AssignRole, or at once as a static master).
+    let broker = Arc::new(if config.replication.enabled() {
+        Broker::open_replica(config.broker.clone(), store.clone(), metrics)?
+    } else {
+        Broker::open(config.broker.clone(), store.clone(), metrics)?
+    });
     ready.attach(broker.clone());
     // Attached before any background work appends: on a replica nothing may.
     let replication = if config.replication.enabled() {
@@ -175,6 +181,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .context("starting replication")?;
         broker.attach_replication(r.clone());
+        broker
+            .follow_replication_role()
+            .await
+            .context("taking the static role")?;
         Some(tokio::spawn(r.run(broker.shutdown_signal())))
     } else {
         None
@@ -216,6 +226,8 @@ async fn main() -> anyhow::Result<()> {
         replication.await?;
     }
     broker.persist_offsets()?;
+    // A master's last progress record (nothing without replication).
+    broker.flush_metadata_log().await?;
     drop(broker);
     // Stops the writer after queued appends, flushes and checkpoints; what still
     // holds the store (the HTTP state) only reads.

@@ -365,8 +365,9 @@ impl AdminService for AdminApi {
             };
             // A master's lease counts from receipt, before any waiting.
             let received = replication.clock();
-            let state = replication
-                .assign_role(req.into_inner(), received)
+            let state = self
+                .broker
+                .assign_role(replication, req.into_inner(), received)
                 .await
                 .map_err(to_status)?;
             Ok(Response::new(pb::AssignRoleResponse { state: Some(state) }))

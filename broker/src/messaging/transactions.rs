@@ -174,6 +174,9 @@ impl Broker {
                 _ = ticks.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            if !self.writes_log() {
+                continue; // the master checks; its outcomes arrive through the log
+            }
             let (checks, expired) = self.staged.due_checks(
                 now_millis(),
                 interval.as_millis() as i64,

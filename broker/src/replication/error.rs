@@ -18,6 +18,9 @@ pub enum NotMasterCause {
     /// The member stopped being master (a newer epoch) while the write waited
     /// for its acknowledgements.
     Deposed,
+    /// The member was made master and is still taking over (metadata applied,
+    /// dedupe windows and staged messages rebuilt from the log).
+    Promoting,
 }
 
 impl fmt::Display for NotMasterCause {
@@ -27,6 +30,7 @@ impl fmt::Display for NotMasterCause {
             NotMasterCause::Unassigned => "no master is assigned yet",
             NotMasterCause::LeaseLapsed => "its master lease lapsed",
             NotMasterCause::Deposed => "it stopped being master before the write was acknowledged",
+            NotMasterCause::Promoting => "it is taking over as master",
         })
     }
 }

@@ -161,8 +161,17 @@ impl Replication {
         self.now()
     }
 
+    /// Whether the controller (or the static configuration) made this member
+    /// its group's master, whatever the state of its lease.
+    pub fn is_master(&self) -> bool {
+        matches!(
+            self.state.lock().role.role,
+            dduomq_replication::Role::Master
+        )
+    }
+
     /// A NOT_MASTER refusal naming the master's address when known.
-    fn not_master(&self, cause: NotMasterCause) -> ReplicationError {
+    pub fn not_master(&self, cause: NotMasterCause) -> ReplicationError {
         ReplicationError::NotMaster {
             group: self.placement.group,
             member: self.placement.member,

@@ -6,15 +6,16 @@
 
 use std::sync::Arc;
 
-use super::Broker;
-use super::error::Result;
-use super::send::SendReceipt;
-use crate::replication::{Replication, Term};
+use super::super::Broker;
+use super::super::error::Result;
+use super::super::send::SendReceipt;
+use super::LogRole;
+use crate::replication::{NotMasterCause, Replication, Term};
 use crate::store::{Appended, Message, MessageId};
 
 /// Under which rule a write is appended and acknowledged.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum WriteTerm {
+pub(in crate::messaging) enum WriteTerm {
     /// No replication: stored is acknowledged.
     Standalone,
     /// Appended by the master of this term's epoch.
@@ -35,16 +36,23 @@ impl Broker {
     }
 
     /// The rule for a write starting now (NOT_MASTER unless this member may
-    /// write).
-    pub(super) fn write_term(&self) -> Result<WriteTerm> {
+    /// write; a master still taking over refuses too, so nothing is written
+    /// before its metadata, dedupe windows and staged messages are rebuilt).
+    pub(in crate::messaging) fn write_term(&self) -> Result<WriteTerm> {
         match self.replication.get() {
             None => Ok(WriteTerm::Standalone),
-            Some(r) => Ok(WriteTerm::Master(r.term()?)),
+            Some(r) => {
+                let term = r.term()?;
+                if self.log_role() != LogRole::Master {
+                    return Err(r.not_master(NotMasterCause::Promoting).into());
+                }
+                Ok(WriteTerm::Master(term))
+            }
         }
     }
 
     /// Appends `messages` under `term`.
-    pub(super) async fn append_in(
+    pub(in crate::messaging) async fn append_in(
         &self,
         term: WriteTerm,
         messages: Vec<Message>,
@@ -57,13 +65,19 @@ impl Broker {
 
     /// Appends records the broker writes itself (released delayed messages,
     /// dead letters): only a master does.
-    pub(super) async fn append_as_master(&self, messages: Vec<Message>) -> Result<Vec<Appended>> {
+    pub(in crate::messaging) async fn append_as_master(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Appended>> {
         let term = self.write_term()?;
         self.append_in(term, messages).await
     }
 
     /// Appends `messages` and waits until they are acknowledged.
-    pub(super) async fn append_acknowledged(&self, messages: Vec<Message>) -> Result<()> {
+    pub(in crate::messaging) async fn append_acknowledged(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<()> {
         let term = self.write_term()?;
         let appended = self.append_in(term, messages).await?;
         self.acknowledged(term, appended.iter().map(|a| a.id.physical_offset))
@@ -71,7 +85,7 @@ impl Broker {
     }
 
     /// Waits until the records at `positions` are acknowledged under `term`.
-    pub(super) async fn acknowledged(
+    pub(in crate::messaging) async fn acknowledged(
         &self,
         term: WriteTerm,
         positions: impl IntoIterator<Item = u64>,
@@ -88,7 +102,7 @@ impl Broker {
     /// Waits until the records the receipts name are acknowledged under
     /// `term` (a retry answered from the dedupe window waits too: its first
     /// attempt may not have been acknowledged).
-    pub(super) async fn receipts_acknowledged(
+    pub(in crate::messaging) async fn receipts_acknowledged(
         &self,
         term: WriteTerm,
         receipts: &[SendReceipt],
