@@ -373,4 +373,9 @@ async fn a_promoted_replica_serves_everything_the_master_acknowledged() {
     )
     .await;
     assert_eq!(state(&a).await.epoch, 2);
+    for topic in [TOPIC, "later", "payments"] {
+        assert_eq!(stored(&a, topic).await, stored(&b, topic).await, "{topic}");
+    }
+    let (id, body) = &paid(&receipts, 0..BEFORE + AFTER)[0];
+    assert_eq!(group::body_on(&a, id).await.as_ref(), Some(body));
 }

@@ -181,7 +181,7 @@ impl Broker {
                 };
                 let part = record.part();
                 if part.parts == 1 {
-                    topics_changed |= self.apply_meta(record)?;
+                    topics_changed |= self.apply_meta(record, rec.physical_offset)?;
                 } else if part.part == 1 {
                     gathering = Some(Gathering {
                         resume: before_it,
@@ -191,7 +191,7 @@ impl Broker {
                 } else if gathering.as_mut().is_some_and(|g| g.add(record)) {
                     if part.is_last() {
                         let g = gathering.take().expect("gathering");
-                        topics_changed |= self.apply_meta(g.snapshot)?;
+                        topics_changed |= self.apply_meta(g.snapshot, rec.physical_offset)?;
                     }
                 } else {
                     tracing::warn!(
@@ -360,14 +360,38 @@ impl Broker {
         Ok(if intact { tail.next.max(min) } else { min })
     }
 
-    /// Applies one `%META%` record (a whole snapshot, once gathered); returns
-    /// whether it changed topics.
-    fn apply_meta(&self, record: MetaRecord) -> Result<bool> {
+    /// Whether the log holds a record of `topic` after position `at`: the
+    /// topic then existed after a snapshot at `at` that lacks it, so its
+    /// queues are the log's and must stay.
+    fn has_records_after(&self, topic: &str, at: u64) -> Result<bool> {
+        for queue in self.store.queue_ids(topic) {
+            let (_, end) = self.store.queue_offsets(topic, queue);
+            if end == 0 {
+                continue;
+            }
+            let last = self.store.read(topic, queue, end - 1, 1, 1 << 20)?;
+            if last.records.first().is_some_and(|r| r.physical_offset > at) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Applies one `%META%` record (a whole snapshot, once gathered), stored
+    /// at log position `at`; returns whether it changed topics.
+    fn apply_meta(&self, record: MetaRecord, at: u64) -> Result<bool> {
         match record {
             MetaRecord::Topics(op, _) => {
+                let snapshot = matches!(op, TableOp::Snapshot(_));
                 for name in apply_op(self.topics.table(), op)? {
-                    self.store.delete_topic(&name)?;
                     self.subscriptions.lock().retain(|k, _| k.topic != name);
+                    if snapshot && self.has_records_after(&name, at)? {
+                        // Applying from an older snapshot than the tables
+                        // (a former master's, or after a truncation): the
+                        // topic was created after it, and its record follows.
+                        continue;
+                    }
+                    self.store.delete_topic(&name)?;
                 }
                 Ok(true)
             }
