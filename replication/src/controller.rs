@@ -75,6 +75,11 @@ pub struct MasterContact {
     /// before it (a record written late by a timed-out compare-and-swap, or
     /// by another controller, must not end a lease this controller granted).
     pub promote_not_before: Option<Monotonic>,
+    /// This controller sent a record replacing this master and does not know
+    /// whether it was written (the call failed or timed out): it may still
+    /// land, so the master gets no new lease, which could outlive the
+    /// election ([`MasterContact::replacement_attempted`]).
+    pub replacement_pending: bool,
 }
 
 impl MasterContact {
@@ -84,7 +89,14 @@ impl MasterContact {
             last_success_end: None,
             fence: FenceDeadline::default(),
             promote_not_before: None,
+            replacement_pending: false,
         }
+    }
+
+    /// A write of a record replacing this master ended without an answer
+    /// (a conflict is an answer: nothing was written).
+    pub fn replacement_attempted(&mut self) {
+        self.replacement_pending = true;
     }
 
     /// The contact with the master a new record names, after `previous` (the
@@ -153,7 +165,8 @@ pub enum Decision {
     /// every member its role.
     Elect(GroupRecord),
     /// The master failed and no other in-sync member is alive: keep renewing
-    /// everyone (the master may come back) and wait.
+    /// everyone (the master may come back) and wait. (While a replacement is
+    /// pending, `Fence` instead: the master is not renewed.)
     NoCandidate,
 }
 
@@ -212,22 +225,23 @@ pub fn decide(
     let promote_at = contact
         .promote_not_before
         .map_or(timing.not_before(), |at| at.max(timing.not_before()));
-    let healthy = match status {
-        MasterStatus::Acting => ready && !contact.lapsed(now, timing.lease),
-        MasterStatus::NotPromoted if now < promote_at => {
-            return Decision::Fence {
-                elect_at: promote_at,
-            };
-        }
-        MasterStatus::NotPromoted => {
-            let since = contact
-                .last_success_end
-                .unwrap_or(contact.since)
-                .max(promote_at);
-            ready && now < since + timing.lease
-        }
-        MasterStatus::Refused => false,
-    };
+    let healthy = !contact.replacement_pending
+        && match status {
+            MasterStatus::Acting => ready && !contact.lapsed(now, timing.lease),
+            MasterStatus::NotPromoted if now < promote_at => {
+                return Decision::Fence {
+                    elect_at: promote_at,
+                };
+            }
+            MasterStatus::NotPromoted => {
+                let since = contact
+                    .last_success_end
+                    .unwrap_or(contact.since)
+                    .max(promote_at);
+                ready && now < since + timing.lease
+            }
+            MasterStatus::Refused => false,
+        };
     if healthy {
         let group_size = members.len() as u32;
         return match validate_proposal(record, report, group_size) {
@@ -245,6 +259,8 @@ pub fn decide(
     match elect(record, members) {
         Some(next) => Decision::Elect(next),
         None if ready && status == MasterStatus::Refused => Decision::Elect(reelect(record)),
+        // Renewing the master could overlap the pending election: try again.
+        None if contact.replacement_pending => Decision::Fence { elect_at: now },
         None => Decision::NoCandidate,
     }
 }
@@ -640,6 +656,35 @@ mod tests {
             ),
             Decision::Fence { elect_at: ms(5200) },
             "no report yet: it may not be master yet"
+        );
+    }
+
+    #[test]
+    fn a_master_whose_replacement_may_still_land_is_not_renewed() {
+        let members = [view(0, true, 10), view(1, true, 10), view(2, false, 10)];
+        let mut contact = renewed_at(ms(5000));
+        contact.replacement_attempted();
+        let current = record(0, &[0, 1, 2]);
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(5100)),
+            Decision::Fence { elect_at: ms(6200) }
+        );
+        let elected = GroupRecord {
+            master: Some(1),
+            epoch: 4,
+            in_sync: vec![1, 2],
+            in_sync_version: 10,
+        };
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(6200)),
+            Decision::Elect(elected),
+            "the election is tried again"
+        );
+        let alone = [view(0, true, 10), view(1, false, 10), view(2, false, 10)];
+        assert_eq!(
+            decide(&current, &alone, &contact, &TIMING, ms(6300)),
+            Decision::Fence { elect_at: ms(6300) },
+            "no candidate: still not renewed"
         );
     }
 }

@@ -49,7 +49,7 @@ impl Writer {
     pub fn heal(&mut self, start: u64, bytes: &[u8]) -> Result<()> {
         self.check_no_unfinished_cut()?;
         let inner = self.inner.clone();
-        let end = start + bytes.len() as u64;
+        let end = start.saturating_add(bytes.len() as u64);
         if !inner.damage.lock().unhealed.contains(&(start..end)) {
             return Err(StoreError::RawLog {
                 position: start,

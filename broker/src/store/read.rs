@@ -70,6 +70,22 @@ impl Store {
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<ReadResult> {
+        // A truncation (a replica's) that began meanwhile may have zeroed what
+        // was read, which would look like corrupt records: read again.
+        self.inner
+            .commit_log
+            .read_stable(|| self.read_once(topic, queue_id, offset, max_messages, max_bytes))
+    }
+
+    /// [`Store::read`], unless a truncation ran meanwhile.
+    fn read_once(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
         let out_of_range = |min, max| StoreError::OffsetOutOfRange {
             topic: topic.to_string(),
             queue_id,

@@ -294,7 +294,7 @@ fn check_queues(
         let damage = match cq.damage() {
             Some(damage) => Some(damage),
             None => {
-                cq.truncate_from_physical(start);
+                cq.truncate_from_physical(start)?;
                 let expected = queue_ends
                     .map(|ends| ends.get(&name).copied().unwrap_or_else(|| cq.min_offset()));
                 expected.filter(|&end| end != cq.next_offset()).map(|end| {

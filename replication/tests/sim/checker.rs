@@ -4,8 +4,8 @@
 //! 2. two members never acknowledge in the same epoch;
 //! 3. a follower streams only from a point below which its log equals the
 //!    master's (a returning former master truncated to the epoch boundary);
-//! 4. fencing: no master acknowledges once the record of a newer epoch was
-//!    written (so neither once a newer master began).
+//! 4. fencing: no master acknowledges once a master of a newer epoch began,
+//!    nor once the leading controller wrote the record of a newer epoch.
 
 use std::collections::BTreeMap;
 
@@ -90,7 +90,8 @@ impl Checker {
         self.acked.push(Acked { offset, id });
     }
 
-    /// The API server stored a record of `epoch`.
+    /// The API server stored a record of `epoch`, written by the leading
+    /// controller.
     pub fn recorded(&mut self, epoch: u64) {
         self.newest_recorded_epoch = self.newest_recorded_epoch.max(epoch);
     }

@@ -27,7 +27,10 @@ const ROUND_MS: Time = 100;
 #[derive(Debug, Clone)]
 enum Call {
     Read,
-    Write,
+    /// A write of the in-sync set.
+    Record,
+    /// A write electing a new master.
+    Elect,
     /// `to_master`: the (member, epoch) of the master this assignment renews.
     Assign {
         member: MemberId,
@@ -182,8 +185,14 @@ impl SimController {
     }
 
     pub fn on_timeout(&mut self, now: Time, call: u64) {
-        if let Some(Call::Assign { to_master, .. }) = self.calls.remove(&call) {
-            self.attempt_ended(now, to_master, false);
+        match self.calls.remove(&call) {
+            Some(Call::Assign { to_master, .. }) => self.attempt_ended(now, to_master, false),
+            Some(Call::Elect) => {
+                if let Some(contact) = self.contact.as_mut() {
+                    contact.contact.replacement_attempted();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -227,21 +236,23 @@ impl SimController {
         match decide(&stored.record, &members, &contact, &timing, local) {
             Decision::Renew | Decision::NoCandidate => self.assign(None, out),
             Decision::Fence { .. } => self.assign(stored.record.master, out),
-            Decision::RecordInSync(record) | Decision::Elect(record) => {
-                let expected = stored.version;
-                self.call(
-                    Node::Api,
-                    Call::Write,
-                    |call| Msg::WriteRecord {
-                        call,
-                        expected,
-                        record,
-                    },
-                    API_TIMEOUT_MS,
-                    out,
-                );
-            }
+            Decision::RecordInSync(record) => self.write(stored.version, record, Call::Record, out),
+            Decision::Elect(record) => self.write(stored.version, record, Call::Elect, out),
         }
+    }
+
+    fn write(&mut self, expected: u64, record: GroupRecord, call: Call, out: &mut Outbox) {
+        self.call(
+            Node::Api,
+            call,
+            |call| Msg::WriteRecord {
+                call,
+                expected,
+                record,
+            },
+            API_TIMEOUT_MS,
+            out,
+        );
     }
 
     /// AssignRole to every member but `skip` (which only gets its state read).

@@ -71,6 +71,16 @@ pub struct Outcome {
     pub violation: Option<String>,
 }
 
+/// A schedule that broke an invariant: replay it with its seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub seed: u64,
+    pub violation: String,
+}
+
+/// How many failing seeds a summary lists.
+const LISTED_FAILURES: usize = 20;
+
 /// What a run of schedules did.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -79,8 +89,9 @@ pub struct Summary {
     pub elections: u64,
     pub acked: usize,
     pub failures: u64,
-    /// The first failing seed and what it violated.
-    pub first_failure: Option<(u64, String)>,
+    pub first_failure: Option<Failure>,
+    /// The first failing seeds (up to 20).
+    pub failing_seeds: Vec<u64>,
 }
 
 impl std::fmt::Display for Summary {
@@ -90,8 +101,12 @@ impl std::fmt::Display for Summary {
             "{} schedules, {} faults injected, {} elections, {} acknowledged records, {} failing",
             self.schedules, self.faults, self.elections, self.acked, self.failures
         )?;
-        if let Some((seed, violation)) = &self.first_failure {
-            write!(f, "; first failing seed {seed}: {violation}")?;
+        if let Some(failure) = &self.first_failure {
+            write!(
+                f,
+                "; first failing seed {}: {}; failing seeds {:?}",
+                failure.seed, failure.violation, self.failing_seeds
+            )?;
         }
         Ok(())
     }
@@ -129,7 +144,12 @@ pub fn run_schedules(first_seed: u64, count: u64, run: Run) -> Summary {
         summary.acked += outcome.acked;
         if let Some(violation) = outcome.violation {
             summary.failures += 1;
-            summary.first_failure.get_or_insert((seed, violation));
+            if summary.failing_seeds.len() < LISTED_FAILURES {
+                summary.failing_seeds.push(seed);
+            }
+            summary
+                .first_failure
+                .get_or_insert(Failure { seed, violation });
             if run.stop == Stop::AtFirstFailure {
                 break;
             }
@@ -519,10 +539,17 @@ impl World {
                 expected,
                 record,
             } => {
+                // Invariant 4 counts from an election written while its
+                // writer leads; a former leader's write landing late is held
+                // to "not after the successor began" only.
+                let by_leader =
+                    matches!(from, Node::Controller(index) if self.leader == Some(index));
                 let stored = (expected == self.stored.version).then(|| {
                     if record.epoch > self.stored.record.epoch {
                         self.elections += 1;
-                        self.checker.recorded(record.epoch);
+                        if by_leader {
+                            self.checker.recorded(record.epoch);
+                        }
                     }
                     self.stored = Stored {
                         record,
