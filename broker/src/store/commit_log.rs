@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -30,7 +30,25 @@ pub struct CommitLog {
     segments: RwLock<Vec<Arc<MappedFile>>>,
     visible: AtomicU64,
     flushed: AtomicU64,
+    /// Twice the number of truncations, plus one while one runs (a seqlock):
+    /// a reader that saw it change, or odd, may have seen a truncation's
+    /// lowered watermarks or zeroed bytes half-way, and reads again.
+    truncations: AtomicU64,
+    /// Held by a running truncation; a reader that met one waits on it.
+    truncating: Mutex<()>,
     flush_lock: Mutex<()>,
+}
+
+/// A truncation in progress (see [`CommitLog::begin_truncation`]).
+pub struct Truncation<'a> {
+    log: &'a CommitLog,
+    _lock: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for Truncation<'_> {
+    fn drop(&mut self) {
+        self.log.truncations.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl CommitLog {
@@ -103,6 +121,8 @@ impl CommitLog {
             segments: RwLock::new(segments),
             visible: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            truncations: AtomicU64::new(0),
+            truncating: Mutex::new(()),
             flush_lock: Mutex::new(()),
         })
     }
@@ -266,6 +286,37 @@ impl CommitLog {
         self.flushed.fetch_min(to, Ordering::AcqRel);
     }
 
+    /// Truncation, before any watermark is lowered: until the guard drops,
+    /// [`Self::read_stable`] readers wait and read again.
+    pub fn begin_truncation(&self) -> Truncation<'_> {
+        let lock = self.truncating.lock();
+        self.truncations.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::Release);
+        Truncation {
+            log: self,
+            _lock: lock,
+        }
+    }
+
+    /// Runs `read` (of the log, or of a consume queue and the log) until no
+    /// truncation ran meanwhile: then all it saw was below the watermarks it
+    /// read, and intact. Without truncations (replication factor 1) it runs
+    /// once, for two atomic loads.
+    pub fn read_stable<T>(&self, mut read: impl FnMut() -> T) -> T {
+        loop {
+            let before = self.truncations.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                drop(self.truncating.lock());
+                continue;
+            }
+            let out = read();
+            fence(Ordering::Acquire);
+            if self.truncations.load(Ordering::Relaxed) == before {
+                return out;
+            }
+        }
+    }
+
     /// Recovery and truncation: deletes segments that start after the segment holding `end`; they
     /// can only hold unacknowledged leftovers (or be empty spares).
     pub fn remove_segments_after(&self, end: u64) -> Result<()> {
@@ -278,10 +329,15 @@ impl CommitLog {
                 .unwrap_or(segments.len());
             segments.drain(keep..).collect()
         };
+        if doomed.is_empty() {
+            return Ok(());
+        }
         for seg in doomed {
             seg.remove()?;
         }
-        Ok(())
+        // Durably gone: a truncated tail that came back after a power loss
+        // would follow the zeroed cut as "damage", its records kept.
+        mapped_file::sync_dir(&self.dir)
     }
 
     /// Retention: deletes the oldest segment. Never the one holding `visible`.

@@ -431,23 +431,33 @@ impl ConsumeQueue {
     /// Drops entries that point at or past `physical_offset`: in recovery
     /// (they are re-dispatched from the commit log), and when the writer
     /// truncates the log (readers stop before them first).
-    pub fn truncate_from_physical(&self, physical_offset: u64) {
+    /// The zeroed entries are flushed: `flush` covers only written ones, and
+    /// stale entries past the end, back after a power loss, would make the
+    /// next recovery rebuild the queue.
+    pub fn truncate_from_physical(&self, physical_offset: u64) -> Result<()> {
         let end = self.end_before(physical_offset);
         self.max.fetch_min(end, Ordering::AcqRel);
-        for offset in end..self.written.load(Ordering::Relaxed) {
-            let Some(file) = self.file_for(offset) else {
+        let written = self.written.load(Ordering::Relaxed);
+        let mut at = end;
+        while at < written {
+            let Some(file) = self.file_for(at) else {
                 break;
             };
-            let pos = (offset - file.base()) as usize * ENTRY_SIZE;
+            let stop = written.min(self.end_of(&file));
+            let pos = (at - file.base()) as usize * ENTRY_SIZE;
+            let len = (stop - at) as usize * ENTRY_SIZE;
             // SAFETY: past `max` (lowered above), so no reader looks at it;
             // the caller is the writer or recovery.
-            unsafe { file.write(pos, &[0u8; ENTRY_SIZE]) };
+            unsafe { file.write(pos, &vec![0u8; len]) };
+            file.flush_range(pos, len)?;
+            at = stop;
         }
         self.written.store(end, Ordering::Release);
         self.flushed.store(
             end.min(self.flushed.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
+        Ok(())
     }
 
     /// True when the queue holds no entry (new, or rebuilt from scratch).
@@ -462,6 +472,38 @@ impl ConsumeQueue {
         for watermark in [&self.min, &self.max, &self.written, &self.flushed] {
             watermark.store(offset, Ordering::Release);
         }
+    }
+
+    /// Whether the written entry at `offset` stands for a lost record: a hole,
+    /// or the placeholder recovery wrote for the damaged record at
+    /// `physical_offset`.
+    pub fn holds_placeholder(&self, offset: u64, physical_offset: u64) -> bool {
+        if offset < self.min_offset() || offset >= self.written.load(Ordering::Acquire) {
+            return false;
+        }
+        self.file_for(offset).is_some_and(|file| {
+            let current = Self::entry_in(&file, offset - file.base());
+            current.is_hole() || current.physical_offset == physical_offset
+        })
+    }
+
+    /// Puts the entry of a record found again (healed from another member,
+    /// or re-read by recovery) where [`Self::holds_placeholder`]; durable on
+    /// return. Returns whether it did. A reader racing it sees the offset
+    /// corrupt, as before, or the record.
+    pub fn fill_hole(&self, offset: u64, entry: &CqEntry) -> Result<bool> {
+        if !self.holds_placeholder(offset, entry.physical_offset) {
+            return Ok(false);
+        }
+        let Some(file) = self.file_for(offset) else {
+            return Ok(false);
+        };
+        let pos = (offset - file.base()) as usize * ENTRY_SIZE;
+        // SAFETY: the entry names no readable record; the writer (or
+        // recovery) is the only one writing entries.
+        unsafe { file.write(pos, &entry.encode()) };
+        file.flush_range(pos, ENTRY_SIZE)?;
+        Ok(true)
     }
 
     /// Recovery: writes holes up to (not including) `offset`, so that the next
@@ -605,7 +647,7 @@ mod tests {
     fn truncate_and_holes() {
         let dir = tempfile::tempdir().unwrap();
         let cq = filled(dir.path(), 10);
-        cq.truncate_from_physical(700);
+        cq.truncate_from_physical(700).unwrap();
         assert_eq!(cq.max_offset(), 7);
         assert_eq!(cq.fill_holes_until(9).unwrap(), 2);
         cq.ensure_capacity(9).unwrap();
@@ -616,7 +658,7 @@ mod tests {
         assert!(got[1].is_hole() && got[2].is_hole());
         assert_eq!(got[3], entry(9));
         // Trailing holes stand for offsets given out: truncation keeps them.
-        cq.truncate_from_physical(900);
+        cq.truncate_from_physical(900).unwrap();
         assert_eq!(cq.next_offset(), 9);
         assert_eq!(cq.end_before(900), 9);
     }

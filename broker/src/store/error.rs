@@ -136,6 +136,9 @@ pub enum RawLogProblem {
     /// A frame of a replicated chunk is invalid; the chunk was refused whole.
     #[error("invalid replicated frame: {0}")]
     BadFrame(String),
+    /// Healing bytes must cover exactly one range `Store::damaged_ranges` lists.
+    #[error("not the start and length of a damaged range")]
+    NotDamaged,
     /// A truncation to this position failed part-way: nothing is written until
     /// a `truncate_log` to it (or below) succeeds, or the store is reopened.
     #[error("a truncation to here failed part-way; writes wait until it is finished")]
@@ -146,7 +149,9 @@ impl RawLogProblem {
     fn code(&self) -> Reason {
         match self {
             RawLogProblem::OutOfRange { .. } => Reason::OffsetOutOfRange,
-            RawLogProblem::NotAtEnd { .. } | RawLogProblem::NotAFrame(_) => Reason::InvalidArgument,
+            RawLogProblem::NotAtEnd { .. }
+            | RawLogProblem::NotAFrame(_)
+            | RawLogProblem::NotDamaged => Reason::InvalidArgument,
             RawLogProblem::BadFrame(_) => Reason::CorruptRecord,
             RawLogProblem::TruncationUnfinished => Reason::IoError,
         }

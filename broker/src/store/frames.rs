@@ -7,7 +7,8 @@
 //! - a record: magic, size, CRC32C and section lengths check out, its stored
 //!   physical offset is `pos`, it is at most `max_record_size_bytes`, and it
 //!   ends at `segment_end` or leaves room for a filler header after it (as the
-//!   writer always does);
+//!   writer always does), and its topic is a valid topic name (it names a
+//!   directory);
 //! - a filler: it ends exactly at `segment_end`. What follows its header is
 //!   copied verbatim, not checked: recovery does not read it either, and a
 //!   write that failed before the filler took its place may have left bytes
@@ -91,12 +92,15 @@ pub(crate) fn check<'a>(
                     "record leaves {after} bytes before the segment end, too few for a filler"
                 ));
             }
-            record::check_with(whole(len)?, pos, on_key, |_, _| {})
-                .map(ValidFrame::Record)
-                .map_err(|e| match e {
+            let checked =
+                record::check_with(whole(len)?, pos, on_key, |_, _| {}).map_err(|e| match e {
                     super::StoreError::Corrupt { reason, .. } => reason,
                     other => other.to_string(),
-                })
+                })?;
+            // The topic names a directory of the queue table: a name the
+            // writer would refuse could point anywhere.
+            record::validate_topic_name(checked.topic).map_err(|e| e.to_string())?;
+            Ok(ValidFrame::Record(checked))
         }
     }
 }

@@ -25,6 +25,7 @@ mod epochs;
 mod error;
 mod format;
 mod frames;
+mod heal;
 mod index;
 mod mapped_file;
 mod message_id;
@@ -83,6 +84,8 @@ pub(crate) struct Inner {
     queues: QueueTable,
     index: Mutex<Index>,
     epochs: epochs::Epochs,
+    /// Damage recovery skipped at this open, and what was healed since.
+    damage: Mutex<heal::Damage>,
     /// The published commit-log end, for consumers waiting for new messages.
     arrivals: watch::Sender<u64>,
     observer: Arc<dyn StoreObserver>,
@@ -192,6 +195,7 @@ impl Store {
                 config.index_entries,
             )?),
             epochs,
+            damage: Mutex::new(heal::Damage::default()),
             arrivals,
             observer,
             log_retention_ms: AtomicU64::new(config.retention.as_millis() as u64),
@@ -204,6 +208,11 @@ impl Store {
         let resumed = truncate::resume(&inner, checkpoint)?;
         let recovery = recovery::recover(&inner, resumed.checkpoint.as_ref(), repairs)?;
         inner.observer.corrupt(recovery.corrupt_ranges.len() as u64);
+        inner.damage.lock().unhealed = recovery
+            .corrupt_ranges
+            .iter()
+            .map(|&(start, end)| start..end)
+            .collect();
         inner.observer.repaired(recovery.repairs.len() as u64);
         let min = inner.commit_log.min_offset();
         for cq in inner.queues.all() {
@@ -526,7 +535,8 @@ fn write_checkpoint(inner: &Inner, force: bool) -> Result<()> {
 /// truncation keeps it, so no checkpoint is taken half-way through).
 fn checkpoint_locked(inner: &Inner, checkpointed: &mut Option<u64>, force: bool) -> Result<()> {
     let log = &inner.commit_log;
-    let recover_from = log.visible();
+    let rescan_from = inner.damage.lock().rescan_from;
+    let recover_from = rescan_from.map_or(log.visible(), |at| at.min(log.visible()));
     if !force && *checkpointed == Some(recover_from) {
         return Ok(());
     }

@@ -73,6 +73,43 @@ pub(crate) fn check_boundary(inner: &Inner, to: u64, end: u64) -> Result<()> {
     frame_len(inner, to, end).map(|_| ())
 }
 
+/// [`Store::read_log`], unless a truncation runs meanwhile.
+fn read_frames(inner: &Inner, from: u64, max_bytes: usize) -> Result<RawLog> {
+    let end = inner.commit_log.visible();
+    if from == end {
+        return Ok(RawLog {
+            start: from,
+            data: Bytes::new(),
+        });
+    }
+    if from > end || from < inner.commit_log.min_offset() {
+        return Err(out_of_range(inner, from, end));
+    }
+    let mut stop = from + frame_len(inner, from, end)?;
+    while stop < end {
+        match frame_len(inner, stop, end) {
+            Ok(len) if stop + len - from <= max_bytes as u64 => stop += len,
+            _ => break,
+        }
+    }
+    let mut data = Vec::with_capacity((stop - from) as usize);
+    let mut pos = from;
+    while pos < stop {
+        let seg = inner
+            .commit_log
+            .segment(pos)
+            .ok_or_else(|| out_of_range(inner, pos, end))?;
+        let run = stop.min(seg.end()) - pos;
+        // SAFETY: below the published end read above.
+        data.extend_from_slice(unsafe { seg.slice((pos - seg.base()) as usize, run as usize) });
+        pos += run;
+    }
+    Ok(RawLog {
+        start: from,
+        data: Bytes::from(data),
+    })
+}
+
 impl Store {
     /// The end of the published log: where the next byte goes.
     pub fn log_end(&self) -> u64 {
@@ -84,44 +121,10 @@ impl Store {
     /// first; the read stops before a damaged one (which, at `from`, is an
     /// error naming it). `from` at the end gives no bytes. One copy.
     pub fn read_log(&self, from: u64, max_bytes: usize) -> Result<RawLog> {
-        let inner = &self.inner;
-        let end = inner.commit_log.visible();
-        if from == end {
-            return Ok(RawLog {
-                start: from,
-                data: Bytes::new(),
-            });
-        }
-        if from > end || from < inner.commit_log.min_offset() {
-            return Err(out_of_range(inner, from, end));
-        }
-        let mut stop = from + frame_len(inner, from, end)?;
-        while stop < end {
-            match frame_len(inner, stop, end) {
-                Ok(len) if stop + len - from <= max_bytes as u64 => stop += len,
-                _ => break,
-            }
-        }
-        let mut data = Vec::with_capacity((stop - from) as usize);
-        let mut pos = from;
-        while pos < stop {
-            let seg = inner
-                .commit_log
-                .segment(pos)
-                .ok_or_else(|| out_of_range(inner, pos, end))?;
-            let run = stop.min(seg.end()) - pos;
-            // SAFETY: below the published end read above.
-            data.extend_from_slice(unsafe { seg.slice((pos - seg.base()) as usize, run as usize) });
-            pos += run;
-        }
-        // A truncation (on a replica) that ran meanwhile may have zeroed them.
-        if inner.commit_log.visible() < stop {
-            return Err(out_of_range(inner, from, inner.commit_log.visible()));
-        }
-        Ok(RawLog {
-            start: from,
-            data: Bytes::from(data),
-        })
+        // A truncation (a replica's) running meanwhile may zero what is copied.
+        self.inner
+            .commit_log
+            .read_stable(|| read_frames(&self.inner, from, max_bytes))
     }
 
     /// Stores a chunk of a master's log (whole frames, as [`Store::read_log`]

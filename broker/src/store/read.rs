@@ -70,6 +70,22 @@ impl Store {
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<ReadResult> {
+        // A truncation (a replica's) that began meanwhile may have zeroed what
+        // was read, which would look like corrupt records: read again.
+        self.inner
+            .commit_log
+            .read_stable(|| self.read_once(topic, queue_id, offset, max_messages, max_bytes))
+    }
+
+    /// [`Store::read`], unless a truncation ran meanwhile.
+    fn read_once(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
         let out_of_range = |min, max| StoreError::OffsetOutOfRange {
             topic: topic.to_string(),
             queue_id,
@@ -268,6 +284,21 @@ impl Store {
     /// Every message of `topic` carrying `key`, newest first, stored within
     /// `[begin_ms, end_ms]`, at most `max`.
     pub fn lookup_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<Record>> {
+        // A truncation meanwhile would make the records it zeroes look corrupt.
+        self.inner
+            .commit_log
+            .read_stable(|| self.lookup_by_key_once(topic, key, begin_ms, end_ms, max))
+    }
+
+    /// [`Store::lookup_by_key`], unless a truncation runs meanwhile.
+    fn lookup_by_key_once(
         &self,
         topic: &str,
         key: &str,

@@ -294,7 +294,7 @@ fn check_queues(
         let damage = match cq.damage() {
             Some(damage) => Some(damage),
             None => {
-                cq.truncate_from_physical(start);
+                cq.truncate_from_physical(start)?;
                 let expected = queue_ends
                     .map(|ends| ends.get(&name).copied().unwrap_or_else(|| cq.min_offset()));
                 expected.filter(|&end| end != cq.next_offset()).map(|end| {
@@ -444,26 +444,28 @@ fn dispatch_to_queue(
         );
         return Ok(());
     }
+    let entry = CqEntry {
+        physical_offset: rec.physical_offset,
+        size: rec.size,
+        tag_hash: tag_hash(&rec.tag),
+        store_timestamp: rec.store_timestamp,
+    };
     if rec.queue_offset < cq.next_offset() {
-        tracing::error!(
-            topic = %rec.topic,
-            queue = rec.queue_id,
-            offset = rec.queue_offset,
-            "record repeats a queue offset; ignoring it"
-        );
+        // A record healed from the group after damage left a hole for it is
+        // found again here when the scan starts before it (heal.rs).
+        if !cq.fill_hole(rec.queue_offset, &entry)? {
+            tracing::error!(
+                topic = %rec.topic,
+                queue = rec.queue_id,
+                offset = rec.queue_offset,
+                "record repeats a queue offset; ignoring it"
+            );
+        }
         return Ok(());
     }
     report.holes += cq.fill_holes_until(rec.queue_offset)?;
     cq.ensure_capacity(rec.queue_offset)?;
-    cq.write(
-        rec.queue_offset,
-        &CqEntry {
-            physical_offset: rec.physical_offset,
-            size: rec.size,
-            tag_hash: tag_hash(&rec.tag),
-            store_timestamp: rec.store_timestamp,
-        },
-    );
+    cq.write(rec.queue_offset, &entry);
     Ok(())
 }
 

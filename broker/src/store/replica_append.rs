@@ -13,7 +13,9 @@
 //! An empty store (no segment yet) may start at any segment base: a member
 //! that joins after retention deleted its master's oldest segments. Where the
 //! log does not begin at 0, a queue this store does not have yet starts at
-//! its first record's offset; otherwise every queue starts at 0.
+//! its first record's offset (at most the record's position over a header's
+//! size: each lower offset was an earlier record); otherwise every queue
+//! starts at 0.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use super::consume_queue::{ConsumeQueue, CqEntry, tag_hash};
 use super::error::{RawLogProblem, Result, StoreError};
 use super::frames::{self, FrameLimits, ValidFrame};
 use super::index::{IndexHit, key_hash};
-use super::record::Checked;
+use super::record::{Checked, RECORD_HEADER_SIZE};
 use super::writer::Writer;
 
 /// A record of a chunk, with where it lands.
@@ -62,6 +64,20 @@ impl Writer {
                 problem: RawLogProblem::NotAtEnd {
                     end: self.write_pos,
                 },
+            });
+        }
+        // Every position of the chunk's last segment must be representable.
+        let fits = start
+            .checked_add(bytes.len() as u64)
+            .and_then(|end| log.segment_base(end).checked_add(log.segment_size()))
+            .is_some();
+        if !fits {
+            return Err(StoreError::RawLog {
+                position: start,
+                problem: RawLogProblem::BadFrame(format!(
+                    "a chunk of {} bytes here would reach past the largest log position",
+                    bytes.len()
+                )),
             });
         }
         let log_begins_late = if fresh { start } else { log.min_offset() } > 0;
@@ -118,6 +134,16 @@ impl Writer {
                     Some(&next) => next,
                     None => match inner.queues.get(record.topic, h.queue_id) {
                         Some(cq) => cq.next_offset(),
+                        // Each lower offset was a record, at least a header
+                        // long, earlier in the log.
+                        None if log_begins_late
+                            && h.queue_offset > pos / RECORD_HEADER_SIZE as u64 =>
+                        {
+                            return Err(bad(format!(
+                                "offset {} of {}/{} is more records than a log could hold before {pos}",
+                                h.queue_offset, record.topic, h.queue_id
+                            )));
+                        }
                         None if log_begins_late => {
                             starts_queue = true;
                             h.queue_offset

@@ -16,7 +16,8 @@
 //!  magic 0xDD0A7C07; `end`: the log end when the truncation began
 //! ```
 //!
-//! Order: record the cut; lower the watermarks (readers stop before it); drop
+//! Order: record the cut; mark the truncation running (readers that meet it
+//! wait and read again: `CommitLog::read_stable`); lower the watermarks; drop
 //! queue and index entries; zero the log bytes and delete later segments;
 //! flush; drop the epochs; write a checkpoint (it never claims more than remains); delete the
 //! record. On open, a recorded cut is applied to the log before recovery, and
@@ -111,15 +112,17 @@ impl Writer {
         let mut checkpointed = inner.checkpointed.lock();
         replace_file(&inner.config.data_dir, FILE, &cut.encode())?;
         self.unfinished_cut = Some(cut);
+        let _readers_wait = inner.commit_log.begin_truncation();
         inner.commit_log.lower_watermarks(to);
         self.write_pos = to;
         inner.arrivals.send_replace(to);
         for cq in inner.queues.all() {
-            cq.truncate_from_physical(to);
+            cq.truncate_from_physical(to)?;
         }
         inner.index.lock().truncate_from(to);
         cut_log(&inner.commit_log, to, cut.end)?;
         inner.epochs.truncate_from(to)?;
+        inner.damage.lock().unhealed.retain(|range| range.end <= to);
         super::checkpoint_locked(&inner, &mut checkpointed, true)?;
         finished(&inner.config.data_dir)?;
         self.unfinished_cut = None;

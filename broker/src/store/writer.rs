@@ -50,8 +50,8 @@ impl AppendRequest {
 }
 
 /// Everything that changes the commit log goes through the one writer, in
-/// the order it was queued: local appends (grouped), replicated chunks and
-/// truncations (each alone).
+/// the order it was queued: local appends (grouped), replicated chunks,
+/// truncations and heals (each alone).
 #[derive(Debug)]
 pub(crate) enum WriterRequest {
     Append(AppendRequest),
@@ -62,6 +62,11 @@ pub(crate) enum WriterRequest {
     },
     Truncate {
         to: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Heal {
+        start: u64,
+        bytes: bytes::Bytes,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -164,6 +169,13 @@ impl Writer {
             }
             WriterRequest::Truncate { to, reply } => {
                 let _ = reply.send(self.truncate(to));
+            }
+            WriterRequest::Heal {
+                start,
+                bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.heal(start, &bytes));
             }
         }
     }
