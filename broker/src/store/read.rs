@@ -291,6 +291,21 @@ impl Store {
         end_ms: i64,
         max: usize,
     ) -> Result<Vec<Record>> {
+        // A truncation meanwhile would make the records it zeroes look corrupt.
+        self.inner
+            .commit_log
+            .read_stable(|| self.lookup_by_key_once(topic, key, begin_ms, end_ms, max))
+    }
+
+    /// [`Store::lookup_by_key`], unless a truncation runs meanwhile.
+    fn lookup_by_key_once(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<Record>> {
         let log = &self.inner.commit_log;
         let hits = self.inner.index.lock().lookup(
             index::key_hash(topic, key),

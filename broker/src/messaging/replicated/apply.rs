@@ -98,8 +98,10 @@ pub struct AppliedMetadata {
 }
 
 impl ApplyPosition {
+    /// A damaged file counts as missing: applying starts again from the
+    /// oldest record, which gives the same tables (see the module doc).
     pub(super) fn load(path: &std::path::Path) -> Result<ApplyPosition> {
-        Ok(metadata::load(path)?)
+        Ok(metadata::load_derived(path)?)
     }
 }
 

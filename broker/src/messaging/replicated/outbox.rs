@@ -1,9 +1,9 @@
 //! The master's side: metadata records wait in an outbox, in the order the
-//! changes were made, until one append puts them in the log. Changes are
-//! queued while the table's write lock is held (so the log has them in
-//! journal order) and appended off that lock by
-//! [`Broker::flush_metadata_log`], which the maintenance task runs whenever
-//! the outbox fills.
+//! changes were made, until they are appended to the log. Changes are queued
+//! while the table's write lock is held (so the log has them in journal
+//! order) and appended off that lock by [`Broker::flush_metadata_log`], which
+//! the maintenance task runs whenever records are queued (and shutdown once
+//! more).
 //!
 //! Retention: old `%META%` records may go with their segment, because a
 //! master appends a full snapshot of both tables when it is promoted and
