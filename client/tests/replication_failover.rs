@@ -33,7 +33,11 @@ const CONSUMED: u64 = 20;
 const AFTER: u64 = 10;
 
 fn tag(seq: u64) -> &'static str {
-    if seq % 3 == 0 { "draft" } else { FILTER }
+    if seq.is_multiple_of(3) {
+        "draft"
+    } else {
+        FILTER
+    }
 }
 
 /// Message `seq` of the idempotent producer.
