@@ -81,6 +81,10 @@ pub struct Options {
     pub auto_create_topics: Option<bool>,
     /// The address clients are told to dial (routes).
     pub advertised_address: Option<String>,
+    /// The gRPC port, when the test must know it before the broker starts
+    /// (e.g. members of a static replicated group list each other); else a
+    /// free one.
+    pub grpc_port: Option<u16>,
 }
 
 /// Runs blocking process control without stalling an async test's runtime (tests
@@ -112,7 +116,7 @@ impl Broker {
     pub fn start_with(options: Options) -> Broker {
         let mut b = Broker {
             child: None,
-            grpc: format!("127.0.0.1:{}", free_port()),
+            grpc: format!("127.0.0.1:{}", options.grpc_port.unwrap_or_else(free_port)),
             http: format!("127.0.0.1:{}", free_port()),
             dir: tempfile::tempdir().expect("temp dir"),
             options,
@@ -234,6 +238,23 @@ impl Broker {
             let _ = child.kill();
             let _ = blocking(|| child.wait());
         }
+    }
+
+    /// SIGSTOP: the process stands still (a hung or partitioned broker)
+    /// until [`Broker::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Broker::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain syscall on a child we own.
+        let sent = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to the broker");
     }
 
     /// Starts the broker again on the same data directory and ports.

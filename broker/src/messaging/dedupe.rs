@@ -150,6 +150,13 @@ impl Dedupe {
         }
     }
 
+    /// Forgets every window (a replica's are rebuilt by a scan when it is
+    /// promoted).
+    pub fn clear(&self) {
+        self.producers.write().clear();
+        self.saved.lock().clear();
+    }
+
     /// Adds a stored message found in the commit log (startup scan).
     pub fn record(&self, producer: &str, sequence: u64, receipt: &SendReceipt) {
         remember(&mut self.window(producer).lock(), sequence, receipt.clone());

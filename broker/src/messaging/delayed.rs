@@ -31,6 +31,10 @@ impl Broker {
     pub async fn run_delayed_delivery(self: Arc<Self>) {
         let mut stop = self.shutdown_signal();
         loop {
+            // A replica's releases arrive through the log.
+            if !self.wait_until_writer(&mut stop).await {
+                return;
+            }
             let due = self.staged.take_due(now_millis());
             for chunk in due.chunks(RELEASE_BATCH) {
                 self.release_delayed(chunk).await;
@@ -64,7 +68,7 @@ impl Broker {
         if copies.is_empty() {
             return;
         }
-        match self.store.append(copies).await {
+        match self.append_as_master(copies).await {
             Ok(_) => {
                 for p in released {
                     self.staged.delivered(p.physical);

@@ -176,6 +176,11 @@ impl Groups {
     pub fn list(&self) -> Vec<GroupConfig> {
         self.table.list()
     }
+
+    /// The table itself, for replicating it (see `super::replicated`).
+    pub(super) fn table(&self) -> &Table<GroupConfig> {
+        &self.table
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@
 //! delivery.rs    what consumers see; lookups by id and key
 //! cluster.rs     routes, drain, gauges
 //! properties.rs  every reserved property name
+//! log_scan.rs    the scan that rebuilds dedupe windows and staged messages
+//! replicated/    with replication: master or replica, metadata records in the log
 //! ```
 
 mod catalog;
@@ -28,6 +30,7 @@ mod expiry;
 pub mod groups;
 mod journal;
 pub mod limits;
+mod log_scan;
 pub mod membership;
 mod metadata;
 pub mod offsets;
@@ -36,6 +39,7 @@ pub mod properties;
 mod pull;
 pub mod push;
 pub mod receipt;
+pub mod replicated;
 pub mod routes;
 mod send;
 pub mod staged;
@@ -52,6 +56,7 @@ pub use membership::AssignedQueue;
 pub use progress::{GroupDescription, GroupMember, QueueProgress, ResetTarget};
 pub use pull::{Assignment, GroupOffset, PullSpec, Pulled};
 pub use push::{LeaseRound, NackOutcome, ReceiveLimits, ReceiveStream};
+pub use replicated::{AppliedMetadata, LogRole};
 pub use send::{Schedule, SendMessage, SendReceipt};
 
 use std::collections::HashMap;
@@ -64,7 +69,7 @@ use tokio::sync::watch;
 
 use crate::config::MessagingConfig;
 use crate::metrics::Metrics;
-use crate::store::{MessageId, Store};
+use crate::store::Store;
 use error::Result;
 use groups::Groups;
 use membership::Membership;
@@ -114,6 +119,11 @@ pub struct Broker {
     /// One save of the metadata files at a time (they share temporary names,
     /// and a later snapshot must not be overwritten by an earlier one).
     persisting: Mutex<()>,
+    /// Whether this broker writes its log or follows a master's, and the
+    /// metadata records that travel in the log (see [`replicated`]).
+    replicated: replicated::Replicated,
+    /// Set when the broker is a member of a replicated group.
+    replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
 }
 
 impl Broker {
@@ -143,11 +153,24 @@ impl Broker {
     }
 
     /// Loads topics, groups and progress from `<data_dir>/metadata/`. Metrics are
-    /// recorded when `metrics` is given.
+    /// recorded when `metrics` is given. The broker writes its log alone (no
+    /// replication; see [`Broker::open_replica`] for a replicated one).
     pub fn open(
         config: MessagingConfig,
         store: Arc<Store>,
         metrics: Option<Arc<Metrics>>,
+    ) -> Result<Broker> {
+        Broker::open_as(config, store, metrics, LogRole::Standalone)
+    }
+
+    /// [`Broker::open`] in `role`. A replica defers what it derives from the
+    /// log (dedupe windows, staged messages, topics without metadata) to its
+    /// promotion: its log is the master's, not what its own saves covered.
+    fn open_as(
+        config: MessagingConfig,
+        store: Arc<Store>,
+        metrics: Option<Arc<Metrics>>,
+        role: LogRole,
     ) -> Result<Broker> {
         let meta = store.config().data_dir.join("metadata");
         // Idempotent producers: the saved windows, plus what was stored after them.
@@ -155,40 +178,22 @@ impl Broker {
         // Staged messages: those stored after the saved position, minus those
         // whose release or rollback marker follows them.
         let (staged, staged_from) = staged::Staged::open(meta.join("staged.json"))?;
-        // Nothing the scan may need goes while it runs.
-        store.pin_retention(staged_from);
-        let broker_id = store.config().broker_id;
-        let check_after = config.transaction_check_after.as_millis() as i64;
-        store.scan(dedupe_from.min(staged_from), |rec| {
-            if rec.physical_offset >= staged_from {
-                staged.recover(rec, check_after);
-            }
-            if rec.physical_offset >= dedupe_from
-                && let Some(identity) = properties::producer_sequence(&rec.properties)
-            {
-                let id = MessageId {
-                    broker_id,
-                    physical_offset: rec.physical_offset,
-                    crc: rec.crc,
-                };
-                let receipt = SendReceipt::of(
-                    &send::Stage::of_record(&rec.topic, &rec.properties),
-                    send::Stored {
-                        id: &id,
-                        topic: &rec.topic,
-                        queue_id: rec.queue_id,
-                        offset: rec.queue_offset,
-                        store_timestamp: rec.store_timestamp,
-                    },
-                );
-                dedupe.record(&identity.producer_id, identity.sequence, &receipt);
-            }
-        })?;
-        store.pin_retention(staged.floor(store.stats().commit_log_max));
+        if role != LogRole::Replica {
+            // Nothing the scan may need goes while it runs.
+            store.pin_retention(staged_from);
+            let from = log_scan::ScanFrom {
+                dedupe: dedupe_from,
+                staged: staged_from,
+            };
+            let check_after = config.transaction_check_after.as_millis() as i64;
+            log_scan::recover_from_log(&store, &dedupe, &staged, from, check_after)?;
+        }
         let broker = Broker {
             dedupe,
             staged,
             persisting: Mutex::new(()),
+            replicated: replicated::Replicated::open(&meta, role)?,
+            replication: Default::default(),
             topics: Topics::open(
                 &meta,
                 TopicLimits {
@@ -213,7 +218,13 @@ impl Broker {
             config,
             store,
         };
-        broker.restore_topics_from_store()?;
+        broker.observe_metadata_changes();
+        broker
+            .store
+            .pin_retention(broker.retention_floor(broker.store.stats().commit_log_max));
+        if role != LogRole::Replica {
+            broker.restore_topics_from_store()?;
+        }
         broker.refresh_log_retention();
         // Queue minimums are not saved: expired messages stay hidden after a
         // restart because every topic is expired before the broker serves.
@@ -264,6 +275,7 @@ impl Broker {
     pub async fn run_maintenance(self: Arc<Self>) {
         let delayed = tokio::spawn(self.clone().run_delayed_delivery());
         let checks = tokio::spawn(self.clone().run_transaction_checks());
+        let replicated = tokio::spawn(self.clone().run_replicated_metadata());
         let mut stop = self.shutdown_signal();
         let mut tick = tokio::time::interval(self.config.offsets_persist_interval);
         loop {
@@ -272,7 +284,7 @@ impl Broker {
                 _ = stop.wait_for(|s| *s) => true,
             };
             if stopping {
-                let _ = tokio::join!(delayed, checks);
+                let _ = tokio::join!(delayed, checks, replicated);
                 return;
             }
             // Serializing and fsyncing the metadata files takes milliseconds:

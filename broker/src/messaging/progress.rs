@@ -75,19 +75,26 @@ impl Broker {
     /// [`Broker::persist_offsets`], saving the dedupe windows only when the last
     /// save is older than `dedupe_interval`.
     pub(super) fn persist_progress(&self, dedupe_interval: Duration) -> Result<()> {
+        if !self.writes_log() {
+            // A replica's progress, staged and dedupe state are the master's,
+            // from its log (see `replicated/`).
+            return Ok(());
+        }
         let _one_at_a_time = self.persisting.lock();
         self.sync_offsets();
+        self.refresh_replicated_snapshots();
         // Rewritten only when some progress moved since the last save.
         let changes = self.offsets.lock().changes();
-        if let Some((path, json)) = changes
-            && let Err(e) = metadata::save_bytes(&path, &json)
-        {
-            self.offsets.lock().save_failed();
-            return Err(e.into());
+        if let Some((path, json)) = changes {
+            if let Err(e) = metadata::save_bytes(&path, &json) {
+                self.offsets.lock().save_failed();
+                return Err(e.into());
+            }
+            self.queue_progress(&json);
         }
         let stats = self.store.stats();
         self.store
-            .pin_retention(self.staged.floor(stats.commit_log_max));
+            .pin_retention(self.retention_floor(stats.commit_log_max));
         // Saved positions never pass what is durable: after a power loss the
         // records beyond it may be gone, and what they resolved with them.
         self.staged.save(stats.commit_log_flushed)?;

@@ -153,6 +153,21 @@ struct State {
     sleeping_until: i64,
 }
 
+impl State {
+    fn empty() -> State {
+        State {
+            wheel: TimingWheel::new(0),
+            delayed: BTreeSet::new(),
+            halves: BTreeMap::new(),
+            resolving: BTreeSet::new(),
+            resolved: HashMap::new(),
+            resolved_order: VecDeque::new(),
+            appending: BTreeMap::new(),
+            sleeping_until: i64::MAX,
+        }
+    }
+}
+
 /// A connected checker stream of a producer group: its id and its queue.
 type Checker = (u64, mpsc::Sender<TransactionCheck>);
 
@@ -176,22 +191,19 @@ impl Staged {
         let saved: Saved = metadata::load_derived(&path)?;
         let staged = Staged {
             path,
-            state: Mutex::new(State {
-                wheel: TimingWheel::new(0),
-                delayed: BTreeSet::new(),
-                halves: BTreeMap::new(),
-                resolving: BTreeSet::new(),
-                resolved: HashMap::new(),
-                resolved_order: VecDeque::new(),
-                appending: BTreeMap::new(),
-                sleeping_until: i64::MAX,
-            }),
+            state: Mutex::new(State::empty()),
             checkers: Mutex::new(HashMap::new()),
             next_checker: Default::default(),
             saved_scan_from: Mutex::new(saved.scan_from),
             wake: Notify::new(),
         };
         Ok((staged, saved.scan_from))
+    }
+
+    /// Forgets every staged message (a replica's log is rebuilt by a scan
+    /// when it is promoted); checker streams stay.
+    pub fn clear(&self) {
+        *self.state.lock() = State::empty();
     }
 
     /// Replays one record of the startup scan.

@@ -209,6 +209,11 @@ impl Topics {
     pub fn count(&self) -> usize {
         self.table.count()
     }
+
+    /// The table itself, for replicating it (see `super::replicated`).
+    pub(super) fn table(&self) -> &Table<TopicConfig> {
+        &self.table
+    }
 }
 
 #[cfg(test)]

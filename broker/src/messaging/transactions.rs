@@ -146,8 +146,8 @@ impl Broker {
             Resolution::Rollback => Ok(vec![marker]),
         };
         let stored = match outcome {
-            Ok(records) => self.store.append(records).await.map(|_| ()),
-            Err(e) => Err(e),
+            Ok(records) => self.append_acknowledged(records).await,
+            Err(e) => Err(e.into()),
         };
         match stored {
             Ok(()) => {
@@ -157,7 +157,7 @@ impl Broker {
             }
             Err(e) => {
                 self.staged.unclaim(half);
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -173,6 +173,9 @@ impl Broker {
             tokio::select! {
                 _ = ticks.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
+            }
+            if !self.writes_log() {
+                continue; // the master checks; its outcomes arrive through the log
             }
             let (checks, expired) = self.staged.due_checks(
                 now_millis(),

@@ -14,8 +14,9 @@ use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
 use dduomq_broker::messaging::topic_settings::TopicSettings;
 use dduomq_broker::messaging::topics::TopicConfig;
 use dduomq_broker::messaging::{
-    Broker, Delivery, GroupOffset, LeaseRound, NackOutcome, PullSpec, Pulled, QueueProgress,
-    ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt, TopicDescription,
+    AppliedMetadata, Broker, Delivery, GroupOffset, LeaseRound, NackOutcome, PullSpec, Pulled,
+    QueueProgress, ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt,
+    TopicDescription,
 };
 use dduomq_broker::store::{MessageType, Record};
 use tokio::sync::mpsc;
@@ -326,6 +327,18 @@ pub async fn nack(
 
 // ---- progress ----------------------------------------------------------------------
 
+/// The group's committed offset per queue of `topic` (describe group).
+pub fn committed_offsets(broker: &Broker, group: &str, topic: &str) -> Vec<u64> {
+    broker
+        .describe_group(group)
+        .expect("group described")
+        .queues
+        .iter()
+        .filter(|q| q.topic == topic)
+        .map(|q| q.committed)
+        .collect()
+}
+
 pub fn query_offset(broker: &Broker, group: &str, topic: &str, queue_id: u32) -> GroupOffset {
     broker
         .query_offset(group, topic, queue_id)
@@ -461,4 +474,26 @@ pub fn add_checker(broker: &Broker, producer_group: &str) -> mpsc::Receiver<Tran
         .add_checker(producer_group, "checker")
         .expect("checker registered")
         .1
+}
+
+// ---- replicated metadata -------------------------------------------------------------
+
+/// Makes a replica the master (as `AssignRole` does).
+pub async fn promote(broker: &Arc<Broker>) {
+    broker.promote().await.expect("promoted");
+}
+
+/// Appends a master's queued metadata records to its log now.
+pub async fn flush_metadata_log(broker: &Broker) {
+    broker
+        .flush_metadata_log()
+        .await
+        .expect("metadata records appended");
+}
+
+/// Applies the metadata records a replica's log holds beyond what it applied.
+pub fn apply_replicated(broker: &Broker) -> AppliedMetadata {
+    broker
+        .apply_replicated_metadata()
+        .expect("replicated metadata applied")
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use dduomq_broker::config::{BrokerConfig, MessagingConfig};
 use dduomq_broker::messaging::Broker;
+use dduomq_broker::messaging::error::Result;
+use dduomq_broker::metrics::Metrics;
 use dduomq_broker::store::Store;
 use tokio::task::JoinHandle;
 
@@ -50,8 +52,23 @@ pub struct TestBroker {
 impl TestBroker {
     /// Opens the store and the broker on `dir` (recovering what is there).
     pub fn open(dir: &Path, config: MessagingConfig, loops: Loops) -> TestBroker {
+        TestBroker::open_as(dir, config, loops, Broker::open)
+    }
+
+    /// [`TestBroker::open`] as a member of a replicated group: a replica
+    /// until promoted.
+    pub fn open_replica(dir: &Path, config: MessagingConfig, loops: Loops) -> TestBroker {
+        TestBroker::open_as(dir, config, loops, Broker::open_replica)
+    }
+
+    fn open_as(
+        dir: &Path,
+        config: MessagingConfig,
+        loops: Loops,
+        open: impl FnOnce(MessagingConfig, Arc<Store>, Option<Arc<Metrics>>) -> Result<Broker>,
+    ) -> TestBroker {
         let store = Arc::new(Store::open(super::config(dir)).expect("store opens"));
-        let broker = Arc::new(Broker::open(config, store.clone(), None).expect("broker opens"));
+        let broker = Arc::new(open(config, store.clone(), None).expect("broker opens"));
         let loops = match loops {
             Loops::Stopped => Vec::new(),
             Loops::Running => vec![

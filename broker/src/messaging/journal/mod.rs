@@ -37,6 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
@@ -114,11 +115,21 @@ fn snapshot<T: Serialize>(entries: &BTreeMap<String, T>) -> Vec<u8> {
     metadata::to_json(&entries.values().collect::<Vec<_>>())
 }
 
+/// Told of every change a table journals, in journal order (while the
+/// table's write lock is held): a master copies them into its replicated log.
+pub trait ChangeObserver: std::fmt::Debug + Send + Sync {
+    /// `payload` is the journal record's JSON (`{"put": ...}` or
+    /// `{"delete": ...}`) of table `table`.
+    fn journaled(&self, table: &str, payload: &[u8]);
+}
+
 /// A table of named entries, persisted as snapshot plus journal.
 #[derive(Debug)]
 pub struct Table<T> {
+    name: String,
     entries: RwLock<BTreeMap<String, T>>,
     journal: Journal,
+    observer: OnceLock<Arc<dyn ChangeObserver>>,
 }
 
 impl<T: Named> Table<T> {
@@ -147,9 +158,21 @@ impl<T: Named> Table<T> {
             journal.finish_compaction(&snapshot(&entries))?;
         }
         Ok(Table {
+            name: name.to_string(),
             entries: RwLock::new(entries),
             journal,
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` of every change from now on (set once).
+    pub fn observe(&self, observer: Arc<dyn ChangeObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Runs `f` on the entries while no change can be made (nor observed).
+    pub fn read_locked<R>(&self, f: impl FnOnce(&BTreeMap<String, T>) -> R) -> R {
+        f(&self.entries.read())
     }
 
     pub fn get(&self, name: &str) -> Option<T> {
@@ -179,7 +202,11 @@ impl<T: Named> Table<T> {
                 // still on its way to disk.
                 None => (self.journal.end(), answer),
                 Some(change) => {
-                    let written = self.journal.append(&encode(&change)?)?;
+                    let record = encode(&change)?;
+                    let written = self.journal.append(&record)?;
+                    if let Some(observer) = self.observer.get() {
+                        observer.journaled(&self.name, &record[RECORD_HEADER..]);
+                    }
                     change.apply(&mut entries);
                     (written, answer)
                 }

@@ -17,6 +17,13 @@ impl Broker {
         jobs: Vec<QueueOffset>,
     ) {
         for at in jobs {
+            if !self.writes_log() {
+                // A replica writes nothing to its log (the master's copy): the
+                // message comes again, and its master dead-letters it.
+                let later = now_millis() + group.backoff(1).as_millis() as i64;
+                sub.state.lock().retry_at(at, later);
+                continue;
+            }
             if let Err(e) = self.dead_letter(sub, group, at).await {
                 tracing::error!(group = %group.name, queue_id = at.queue_id, offset = at.offset, error = %e, "dead-lettering failed; will retry");
                 // Deliver it again later so it is neither lost nor stuck.
@@ -63,18 +70,17 @@ impl Broker {
                 properties::DLQ_ORIGIN_MESSAGE_ID.with(self.message_id_of(&rec)),
                 properties::DLQ_DELIVERY_ATTEMPTS.with(attempts),
             ]);
-            self.store
-                .append(vec![Message {
-                    topic: dlq,
-                    queue_id: 0,
-                    flags: rec.flags,
-                    born_timestamp: rec.born_timestamp,
-                    tag: rec.tag,
-                    keys: rec.keys,
-                    properties,
-                    body: rec.body,
-                }])
-                .await?;
+            self.append_as_master(vec![Message {
+                topic: dlq,
+                queue_id: 0,
+                flags: rec.flags,
+                born_timestamp: rec.born_timestamp,
+                tag: rec.tag,
+                keys: rec.keys,
+                properties,
+                body: rec.body,
+            }])
+            .await?;
             tracing::info!(group = %group.name, topic, queue_id, offset, attempts, "message dead-lettered");
             if let Some(m) = &self.metrics {
                 m.dead_lettered

@@ -225,6 +225,17 @@ impl SubState {
         }
     }
 
+    /// Ends every lease and drops every cursor, so each is loaded again from
+    /// the saved progress on its next use (a promoted replica's progress is
+    /// the master's, not what its own consumers did).
+    pub fn forget_cursors(&mut self) {
+        for (_, mut cursor) in std::mem::take(&mut self.cursors) {
+            for lease in cursor.reset(0) {
+                self.refund(&lease);
+            }
+        }
+    }
+
     /// Messages waiting for a retry.
     pub fn retry_pending(&self) -> usize {
         self.cursors.values().map(QueueCursor::retry_pending).sum()
