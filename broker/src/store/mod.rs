@@ -19,6 +19,7 @@ mod checkpoint;
 mod commit_log;
 mod config;
 mod consume_queue;
+mod data_extents;
 mod error;
 mod format;
 mod index;
