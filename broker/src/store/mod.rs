@@ -21,6 +21,7 @@ mod checkpoint;
 mod commit_log;
 mod config;
 mod consume_queue;
+mod data_extents;
 mod epochs;
 mod error;
 mod format;

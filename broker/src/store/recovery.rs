@@ -10,8 +10,9 @@
 //! * **damage in the middle** — zeros or garbage followed, anywhere later in the
 //!   log, by a valid record (one whose CRC and stored physical offset both check
 //!   out); the bad bytes are reported and skipped, and the records after them are
-//!   kept. The search for the next record only reads ranges the file system says
-//!   hold data (`SEEK_DATA`), and only where a frame's magic occurs.
+//!   kept. The search for the next record only reads ranges the file system said
+//!   held data (`SEEK_DATA`) before recovery read anything (see
+//!   [`DataExtents`]), and only where a frame's magic occurs.
 //!
 //! Segments past the one holding the end hold no valid record (they are empty
 //! spares or leftovers) and are deleted.
@@ -21,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use super::Inner;
 use super::checkpoint::{Checkpoint, QueueName};
 use super::consume_queue::{CqEntry, tag_hash};
+use super::data_extents::DataExtents;
 use super::error::Result;
 use super::index::{Index, IndexHit, IndexTip, key_hash};
 use super::mapped_file::MappedFile;
@@ -98,15 +100,22 @@ const MAGIC_TAIL_AT: u64 = 6;
 /// before `limit`, anywhere in the log. Reads nothing at or past `limit`, so a
 /// reader may call it with the published end as the limit.
 pub(crate) fn next_frame(inner: &Inner, from: u64, limit: u64) -> Option<u64> {
+    find_frame(inner, from, limit, |seg, rel| seg.next_data(rel))
+}
+
+/// [`next_frame`], reading only the ranges `next_data(segment, at)` names.
+fn find_frame(
+    inner: &Inner,
+    from: u64,
+    limit: u64,
+    next_data: impl Fn(&MappedFile, u64) -> Option<std::ops::Range<u64>>,
+) -> Option<u64> {
     let log = &inner.commit_log;
     let mut pos = from;
     while let Some(seg) = log.segment(pos).filter(|_| pos < limit) {
         let seg_limit = (limit.min(seg.end()) - seg.base()) as usize;
         let mut rel = pos - seg.base();
-        while let Some(data) = seg
-            .next_data(rel)
-            .filter(|d| (d.start as usize) < seg_limit)
-        {
+        while let Some(data) = next_data(&seg, rel).filter(|d| (d.start as usize) < seg_limit) {
             let data_end = (data.end as usize).min(seg_limit);
             // SAFETY: below `limit`: either recovery runs alone, or the caller
             // passed the published end, below which nothing is written.
@@ -169,6 +178,8 @@ pub(crate) fn recover(
         repairs,
         ..RecoveryReport::default()
     };
+    // Before anything below reads the log (and reads ahead past its end).
+    let extents = DataExtents::take(log);
     let recover_from = checkpoint.map_or(0, |c| c.recover_from);
     let stored_end = log.stored_end();
     if recover_from > stored_end {
@@ -224,7 +235,9 @@ pub(crate) fn recover(
                 pos += len;
             }
             Step::Blank(len) => pos += len,
-            Step::End | Step::Invalid => match next_frame(inner, pos + 1, u64::MAX) {
+            Step::End | Step::Invalid => match find_frame(inner, pos + 1, u64::MAX, |seg, rel| {
+                extents.next_data(seg, rel)
+            }) {
                 Some(next) => {
                     tracing::error!(
                         start = pos,
