@@ -12,7 +12,7 @@ use common::replica::{
     restart_clean, run,
 };
 use common::{message, read_all};
-use dduomq_broker::store::{DELETION_TOPIC, FlushMode, Store, StoreError};
+use dduomq_broker::store::{DELETION_TOPIC, FlushMode, RawLogProblem, Store, StoreError};
 
 /// Whole log in one chunk (marker, old and new records together), one frame
 /// per chunk (marker apart), and cuts at many places.
@@ -149,4 +149,33 @@ fn the_marker_topic_is_reserved() {
         "{refused}"
     );
     assert_eq!(a.log_end(), 0);
+}
+
+#[test]
+fn a_truncation_that_would_drop_a_deletion_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), FlushMode::Sync);
+    let marker = fill_delete_fill(&a);
+    let end = a.log_end();
+    let before = all_queues(&a);
+    let refused = run(a.truncate_log(marker)).unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            StoreError::RawLog { position, problem: RawLogProblem::CutsDeletion { topic, at } }
+                if *position == marker && topic == "orders" && *at == marker
+        ),
+        "{refused}"
+    );
+    assert_eq!(a.log_end(), end);
+    assert_eq!(all_queues(&a), before);
+    // Past the marker the cut goes as usual.
+    let after_marker = read_all(&a, DELETION_TOPIC, 0)[0].size as u64 + marker;
+    run(a.truncate_log(after_marker)).unwrap();
+    assert_eq!(a.log_end(), after_marker);
+    assert!(
+        a.queue_ids("orders")
+            .iter()
+            .all(|&q| a.queue_offsets("orders", q) == (0, 0))
+    );
 }

@@ -177,6 +177,15 @@ impl QueueTable {
             .is_some_and(|&at| at >= physical_offset)
     }
 
+    /// A topic deleted at or after `physical_offset`, with where, if any.
+    pub fn deletion_since(&self, physical_offset: u64) -> Option<(String, u64)> {
+        self.tombstones
+            .read()
+            .iter()
+            .find(|&(_, &at)| at >= physical_offset && at != u64::MAX)
+            .map(|(topic, &at)| (topic.clone(), at))
+    }
+
     /// Retention: drops tombstones below which no segment is left.
     pub fn drop_tombstones_below(&self, commit_log_min: u64) {
         self.tombstones.write().retain(|topic, at| {
