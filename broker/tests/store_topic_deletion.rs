@@ -72,7 +72,8 @@ fn a_replica_deletes_at_the_marker_in_every_chunking_and_flush_mode() {
             // a second deletion of the same topic.
             let b = restart_clean(b, b_dir.path(), flush, &a);
             let second = a.log_end();
-            a.delete_topic("orders").unwrap();
+            // Called from a runtime thread, as the admin service does.
+            run(async { a.delete_topic("orders") }).unwrap();
             fill(&a, 3, 30);
             run(copy_log(&a, &b, a.log_end(), chunks));
             assert_same_log(a_dir.path(), b_dir.path());
