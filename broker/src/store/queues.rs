@@ -178,7 +178,7 @@ impl QueueTable {
     }
 
     /// A topic deleted at or after `physical_offset`, with where, if any.
-    pub fn deletion_since(&self, physical_offset: u64) -> Option<(String, u64)> {
+    pub fn deletion_at_or_after(&self, physical_offset: u64) -> Option<(String, u64)> {
         self.tombstones
             .read()
             .iter()

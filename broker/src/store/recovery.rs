@@ -300,7 +300,7 @@ fn check_queues(
             Some(damage) => Some(damage),
             None => {
                 cq.truncate_from_physical(start)?;
-                // A topic deleted past the checkpoint: what it recorded was
+                // A topic deleted at or past the checkpoint: what it recorded was
                 // the deleted topic's; a topic created again starts empty.
                 let recorded_deleted = inner.queues.deleted_since(&name.topic, start);
                 let expected = queue_ends.map(|ends| {

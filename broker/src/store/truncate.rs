@@ -118,7 +118,11 @@ impl Writer {
             super::raw_log::check_boundary(&inner, to, end)?;
         }
         // Only a tombstone's marker lies at its position (deletion.rs).
-        if let Some((topic, at)) = inner.queues.deletion_since(to).filter(|&(_, at)| at < end) {
+        if let Some((topic, at)) = inner
+            .queues
+            .deletion_at_or_after(to)
+            .filter(|&(_, at)| at < end)
+        {
             return Err(StoreError::RawLog {
                 position: to,
                 problem: RawLogProblem::CutsDeletion { topic, at },
