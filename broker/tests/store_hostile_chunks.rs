@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::message;
 use common::replica::{files, replica_config, run};
-use dduomq_broker::store::{FlushMode, RawLogProblem, Store, StoreError};
+use dduomq_broker::store::{DELETION_TOPIC, FlushMode, RawLogProblem, Store, StoreError};
 
 /// Record layout facts (record.rs) a forger needs: where the CRC is stored,
 /// where the bytes it covers start, where the topic starts.
@@ -130,4 +130,25 @@ fn a_late_queue_starting_at_an_offset_no_log_could_reach_is_refused() {
         replica.queue_offsets("orders", 0),
         (reachable, reachable + 1)
     );
+}
+
+#[test]
+fn a_deletion_marker_naming_no_deletable_topic_is_refused() {
+    for (body, says) in [(&b"or/ers"[..], "topic name"), (b"%DELETED%", "reserved")] {
+        // A marker cannot be appended by a producer: forge one from a record
+        // of a topic with a name as long as the marker topic's.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("master"));
+        store
+            .append_blocking(vec![message("ADELETED%", 0, body, &[], "")])
+            .unwrap();
+        let mut record = store.read_log(0, 1).unwrap().data.to_vec();
+        record[OFF_TOPIC..OFF_TOPIC + 9].copy_from_slice(DELETION_TOPIC.as_bytes());
+        reseal(&mut record);
+        let replica = open(&dir.path().join("replica"));
+        let err = run(replica.append_replicated(0, Bytes::from(record))).unwrap_err();
+        assert_bad_frame(err, 0, says);
+        assert_eq!(replica.log_end(), 0);
+        assert!(replica.topics().is_empty());
+    }
 }

@@ -8,7 +8,8 @@ mod common;
 
 use bytes::Bytes;
 use common::replica::{
-    all_queues, assert_same_log, assert_same_reads, copy_log, files, fill, replica_config, run,
+    all_queues, assert_same_log, assert_same_reads, copy_log, files, fill, replica_config,
+    restart_clean, run,
 };
 use common::{body, message};
 use dduomq_broker::store::{FlushMode, RawLogProblem, Store, StoreError};
@@ -43,13 +44,7 @@ fn a_copied_log_is_byte_identical_and_reads_the_same_in_both_flush_modes() {
         }
 
         // The replica recovers what it stored, unchanged, and keeps following.
-        b.close().unwrap();
-        drop(b);
-        let b = open(b_dir.path(), flush);
-        let report = b.recovery_report();
-        assert!(report.repairs.is_empty(), "{:?}", report.repairs);
-        assert!(report.corrupt_ranges.is_empty());
-        assert_same_reads(&a, &b);
+        let b = restart_clean(b, b_dir.path(), flush, &a);
         fill(&a, 2, 40);
         run(copy_log(&a, &b, a.log_end(), &CHUNKS[1..]));
         assert_same_log(a_dir.path(), b_dir.path());

@@ -10,6 +10,7 @@
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
 //!    consumequeue/<topic>/<queue>/<20-digit first offset>   32-byte entries
 //!    consumequeue/<topic>/deleted          tombstone of a deleted topic (queues.rs)
+//!    consumequeue/%DELETED%/0/...          deletion markers' queue (deletion.rs)
 //!    index/<20-digit sequence>             key hash index (index.rs)
 //! ```
 //!
@@ -22,6 +23,7 @@ mod commit_log;
 mod config;
 mod consume_queue;
 mod data_extents;
+mod deletion;
 mod epochs;
 mod error;
 mod format;
@@ -55,6 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use checkpoint::{Checkpoint, QueueName};
 pub use config::{DiskFullPolicy, FlushMode, StoreConfig};
 pub use consume_queue::tag_hash;
+pub use deletion::DELETION_TOPIC;
 pub use error::{RawLogProblem, Result, StoreError};
 pub use format::{DATA_FORMAT, OpenedFormat, UNVERSIONED_FORMAT};
 pub use mapped_file::sync_dir;
@@ -292,23 +295,28 @@ impl Store {
 
     fn encode(&self, messages: Vec<Message>) -> Result<Vec<Encoded>> {
         refuse_if_full(&self.inner)?;
-        let max = self.inner.config.max_record_size_bytes;
         messages
             .into_iter()
             .map(|m| {
-                Ok(Encoded {
-                    buf: m.encode(max)?,
-                    tag_hash: tag_hash(&m.tag),
-                    key_hashes: m
-                        .keys
-                        .iter()
-                        .map(|k| index::key_hash(&m.topic, k))
-                        .collect(),
-                    topic: m.topic,
-                    queue_id: m.queue_id,
-                })
+                deletion::refuse_reserved(&m)?;
+                self.encode_one(m)
             })
             .collect()
+    }
+
+    fn encode_one(&self, m: Message) -> Result<Encoded> {
+        let max = self.inner.config.max_record_size_bytes;
+        Ok(Encoded {
+            buf: m.encode(max)?,
+            tag_hash: tag_hash(&m.tag),
+            key_hashes: m
+                .keys
+                .iter()
+                .map(|k| index::key_hash(&m.topic, k))
+                .collect(),
+            topic: m.topic,
+            queue_id: m.queue_id,
+        })
     }
 
     /// `async` mode: appends on the calling thread. Gives the messages back in
@@ -355,7 +363,12 @@ impl Store {
     /// oversized message, or a full disk, fails the whole call). Resolves per the
     /// flush mode.
     pub async fn append(&self, messages: Vec<Message>) -> Result<Vec<Appended>> {
-        let messages = match self.append_inline(self.encode(messages)?) {
+        self.append_encoded(self.encode(messages)?).await
+    }
+
+    /// [`Store::append`] of encoded messages.
+    async fn append_encoded(&self, messages: Vec<Encoded>) -> Result<Vec<Appended>> {
+        let messages = match self.append_inline(messages) {
             Ok(result) => return result,
             Err(messages) => messages,
         };
@@ -399,12 +412,15 @@ impl Store {
     }
 
     /// Deletes a topic's consume queues; its records age out with retention.
+    /// The deletion is a marker record in the log (deletion.rs), so replicas
+    /// and recovery delete it at the same place: only a master (or a store
+    /// without replication) calls this; a replica learns it from the log.
+    /// Blocks until the marker is stored (callable inside a runtime too).
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
-        // Records of the topic appended from now on belong to a new topic of
-        // the same name.
-        self.inner
-            .queues
-            .remove_topic(topic, self.inner.commit_log.visible())?;
+        let marker = self.encode_one(deletion::marker(topic)?)?;
+        // The writer deletes the topic when it appends the marker: records
+        // of the topic appended after it belong to a new topic of that name.
+        futures::executor::block_on(self.append_encoded(vec![marker]))?;
         // The checkpoint names every queue it expects: a crash before the next
         // one would otherwise bring the deleted queues back as damaged.
         write_checkpoint(&self.inner, true)

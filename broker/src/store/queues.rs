@@ -166,6 +166,26 @@ impl QueueTable {
             .is_some_and(|&at| physical_offset < at)
     }
 
+    /// Whether `topic` was deleted at or after `physical_offset`: a
+    /// checkpoint taken there predates the deletion (its marker lies at or
+    /// past it), so what it recorded of the topic's queues is the deleted
+    /// topic's.
+    pub fn deleted_since(&self, topic: &str, physical_offset: u64) -> bool {
+        self.tombstones
+            .read()
+            .get(topic)
+            .is_some_and(|&at| at >= physical_offset)
+    }
+
+    /// A topic deleted at or after `physical_offset`, with where, if any.
+    pub fn deletion_at_or_after(&self, physical_offset: u64) -> Option<(String, u64)> {
+        self.tombstones
+            .read()
+            .iter()
+            .find(|&(_, &at)| at >= physical_offset && at != u64::MAX)
+            .map(|(topic, &at)| (topic.clone(), at))
+    }
+
     /// Retention: drops tombstones below which no segment is left.
     pub fn drop_tombstones_below(&self, commit_log_min: u64) {
         self.tombstones.write().retain(|topic, at| {

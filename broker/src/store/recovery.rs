@@ -23,6 +23,7 @@ use super::Inner;
 use super::checkpoint::{Checkpoint, QueueName};
 use super::consume_queue::{CqEntry, tag_hash};
 use super::data_extents::DataExtents;
+use super::deletion;
 use super::error::Result;
 use super::index::{Index, IndexHit, IndexTip, key_hash};
 use super::mapped_file::MappedFile;
@@ -232,6 +233,10 @@ pub(crate) fn recover(
                     }
                 };
                 dispatch(inner, &mut index, &rec, targets, &mut report)?;
+                // A marker below the checkpoint was applied before it was taken.
+                if pos >= start {
+                    replay_deletion(inner, &rec)?;
+                }
                 pos += len;
             }
             Step::Blank(len) => pos += len,
@@ -298,7 +303,7 @@ fn check_queues(
     for (name, &end) in queue_ends.into_iter().flatten() {
         if end > 0
             && inner.queues.get(&name.topic, name.queue_id).is_none()
-            && !inner.queues.is_deleted(&name.topic, start)
+            && !inner.queues.deleted_since(&name.topic, start)
         {
             inner.queues.get_or_create(&name.topic, name.queue_id)?;
         }
@@ -308,8 +313,15 @@ fn check_queues(
             Some(damage) => Some(damage),
             None => {
                 cq.truncate_from_physical(start)?;
-                let expected = queue_ends
-                    .map(|ends| ends.get(&name).copied().unwrap_or_else(|| cq.min_offset()));
+                // A topic deleted at or past the checkpoint: what it recorded was
+                // the deleted topic's; a topic created again starts empty.
+                let recorded_deleted = inner.queues.deleted_since(&name.topic, start);
+                let expected = queue_ends.map(|ends| {
+                    ends.get(&name)
+                        .copied()
+                        .filter(|_| !recorded_deleted)
+                        .unwrap_or_else(|| cq.min_offset())
+                });
                 expected.filter(|&end| end != cq.next_offset()).map(|end| {
                     format!(
                         "it holds {} entries below the checkpoint, which recorded {end}",
@@ -386,7 +398,7 @@ fn keep_checkpointed_offsets(
         .queue_ends
         .iter()
         .flatten()
-        .filter(|(name, end)| **end > 0 && !inner.queues.is_deleted(&name.topic, taken))
+        .filter(|(name, end)| **end > 0 && !inner.queues.deleted_since(&name.topic, taken))
     {
         let cq = inner.queues.get_or_create(&name.topic, name.queue_id)?;
         if cq.next_offset() >= end {
@@ -406,6 +418,19 @@ fn keep_checkpointed_offsets(
         report.repairs.push(repair);
     }
     Ok(())
+}
+
+/// Deletes the topic a replayed deletion marker names, as the writer did
+/// (or, after a crash, did not get to do) when it appended it.
+fn replay_deletion(inner: &Inner, rec: &record::Record) -> Result<()> {
+    match deletion::deleted_topic(&rec.topic, &rec.body) {
+        Ok(Some(topic)) => deletion::apply(&inner.queues, topic, rec.physical_offset),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::error!(at = rec.physical_offset, error = %e, "ignoring a bad deletion marker");
+            Ok(())
+        }
+    }
 }
 
 /// Rebuilds the consume-queue entry and index entries of a valid record.

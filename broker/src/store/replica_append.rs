@@ -16,11 +16,15 @@
 //! its first record's offset (at most the record's position over a header's
 //! size: each lower offset was an earlier record); otherwise every queue
 //! starts at 0.
+//!
+//! A deletion marker (deletion.rs) deletes its topic when it is stored; the
+//! topic's records after it in the chunk start its queues again at 0.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::consume_queue::{ConsumeQueue, CqEntry, tag_hash};
+use super::deletion;
 use super::error::{RawLogProblem, Result, StoreError};
 use super::frames::{self, FrameLimits, ValidFrame};
 use super::index::{IndexHit, key_hash};
@@ -35,6 +39,9 @@ struct Landing<'a> {
     /// The first record of a queue this store does not have yet, in a log
     /// that does not begin at 0: the queue starts at its offset.
     starts_queue: bool,
+    /// A deletion marker: the topic it deletes (at `pos`). It ends its run, so
+    /// the next run allocates the queues of a topic created again afresh.
+    deletes: Option<&'a str>,
 }
 
 /// Consecutive frames of a validated chunk whose keys fit one index file:
@@ -107,6 +114,9 @@ impl Writer {
         };
         let index_capacity = inner.config.index_entries as usize;
         let mut next_offsets: HashMap<(&str, u32), u64> = HashMap::new();
+        // Topics a marker earlier in the chunk deletes: their queues start
+        // again at 0 after it.
+        let mut deleted: HashSet<&str> = HashSet::new();
         let mut runs = Vec::new();
         let mut run = Vec::new();
         let mut run_keys = 0;
@@ -128,10 +138,13 @@ impl Writer {
                         keys.len()
                     )));
                 }
+                let deletes = deletion::deleted_topic(record.topic, record.body)
+                    .map_err(|e| bad(e.to_string()))?;
                 let queue = (record.topic, h.queue_id);
                 let mut starts_queue = false;
                 let next = match next_offsets.get(&queue) {
                     Some(&next) => next,
+                    None if deleted.contains(record.topic) => 0,
                     None => match inner.queues.get(record.topic, h.queue_id) {
                         Some(cq) => cq.next_offset(),
                         // Each lower offset was a record, at least a header
@@ -171,7 +184,17 @@ impl Writer {
                     record,
                     keys,
                     starts_queue,
+                    deletes,
                 });
+                if let Some(topic) = deletes {
+                    next_offsets.retain(|(t, _), _| *t != topic);
+                    deleted.insert(topic);
+                    runs.push(Run {
+                        end: pos + len,
+                        records: std::mem::take(&mut run),
+                    });
+                    run_keys = 0;
+                }
             }
             at += len as usize;
         }
@@ -246,6 +269,11 @@ impl Writer {
                 touched.entry(Arc::as_ptr(&cq)).or_insert(cq);
             }
             self.write_pos = end;
+            for landing in &records {
+                if let Some(topic) = landing.deletes {
+                    deletion::apply(&inner.queues, topic, landing.pos)?;
+                }
+            }
         }
         Ok(())
     }

@@ -7,8 +7,10 @@
 //! deleted, consume-queue entries of records at or after it are dropped (the
 //! queues end lower: a deliberate truncation gives the offsets out again, with
 //! the master's records), key-index entries too, and epochs that start at or
-//! after it (also when the cut is the log end: such epochs hold no records). A truncation is recorded first, so a crash part-way is finished
-//! on the next open:
+//! after it (also when the cut is the log end: such epochs hold no records).
+//! A cut that would drop a topic deletion's marker is refused (the deleted
+//! queues are gone; the member must be rebuilt from its group). A truncation
+//! is recorded first, so a crash part-way is finished on the next open:
 //!
 //! ```text
 //!  truncating   (little-endian, 24 bytes; replaced atomically: tmp, fsync, rename)
@@ -37,7 +39,7 @@ use super::Inner;
 use super::checkpoint::Checkpoint;
 use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueue;
-use super::error::{Result, StoreError};
+use super::error::{RawLogProblem, Result, StoreError};
 use super::mapped_file::{replace_file, sync_dir};
 use super::writer::Writer;
 
@@ -114,6 +116,17 @@ impl Writer {
             to >= inner.commit_log.min_offset() && damage.iter().any(|r| r.start == to);
         if !damage_starts_here {
             super::raw_log::check_boundary(&inner, to, end)?;
+        }
+        // Only a tombstone's marker lies at its position (deletion.rs).
+        if let Some((topic, at)) = inner
+            .queues
+            .deletion_at_or_after(to)
+            .filter(|&(_, at)| at < end)
+        {
+            return Err(StoreError::RawLog {
+                position: to,
+                problem: RawLogProblem::CutsDeletion { topic, at },
+            });
         }
         if to == zero_to {
             // Nothing to cut from the log; epochs begun at its end hold no

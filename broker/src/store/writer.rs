@@ -18,6 +18,7 @@ use super::Inner;
 use super::commit_log::CommitLog;
 use super::config::FlushMode;
 use super::consume_queue::{ConsumeQueue, CqEntry};
+use super::deletion::{self, DELETION_TOPIC};
 use super::error::{RawLogProblem, Result, StoreError};
 use super::index::{Index, IndexHit};
 use super::message_id::MessageId;
@@ -326,7 +327,14 @@ impl Writer {
         run.flush(log)?;
         self.last_timestamp = timestamp;
         let mut out = Vec::with_capacity(sealed.len());
+        let mut deletions = Vec::new();
         for (m, pos, cq, queue_offset, crc) in sealed {
+            if m.topic == DELETION_TOPIC {
+                deletions.push(Deletion {
+                    body: record::decode(&m.buf, pos)?.body,
+                    position: pos,
+                });
+            }
             let size = m.buf.len() as u32;
             cq.write(
                 queue_offset,
@@ -361,8 +369,19 @@ impl Writer {
             touched.entry(Arc::as_ptr(&cq)).or_insert(cq);
         }
         self.write_pos = plan.end;
+        for Deletion { body, position } in deletions {
+            if let Some(topic) = deletion::deleted_topic(DELETION_TOPIC, &body)? {
+                deletion::apply(&self.inner.queues, topic, position)?;
+            }
+        }
         Ok(out)
     }
+}
+
+/// A deletion marker written by a local append, applied once it is written.
+struct Deletion {
+    body: bytes::Bytes,
+    position: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -156,3 +156,16 @@ pub fn assert_same_reads(a: &Store, b: &Store) {
     assert_eq!(queues, all_queues(b), "queue reads differ");
     assert_eq!(all_keys(a), all_keys(b), "key lookups differ");
 }
+
+/// Restarts `replica` (close, reopen in `dir`) and asserts that it recovered
+/// what it stored without repairs and answers as `master` does.
+pub fn restart_clean(replica: Store, dir: &Path, flush: FlushMode, master: &Store) -> Store {
+    replica.close().unwrap();
+    drop(replica);
+    let replica = Store::open(replica_config(dir, flush)).unwrap();
+    let report = replica.recovery_report();
+    assert!(report.repairs.is_empty(), "{:?}", report.repairs);
+    assert!(report.corrupt_ranges.is_empty());
+    assert_same_reads(master, &replica);
+    replica
+}

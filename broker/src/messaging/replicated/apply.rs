@@ -183,7 +183,7 @@ impl Broker {
                 };
                 let part = record.part();
                 if part.parts == 1 {
-                    topics_changed |= self.apply_meta(record, rec.physical_offset)?;
+                    topics_changed |= self.apply_meta(record)?;
                 } else if part.part == 1 {
                     gathering = Some(Gathering {
                         resume: before_it,
@@ -193,7 +193,7 @@ impl Broker {
                 } else if gathering.as_mut().is_some_and(|g| g.add(record)) {
                     if part.is_last() {
                         let g = gathering.take().expect("gathering");
-                        topics_changed |= self.apply_meta(g.snapshot, rec.physical_offset)?;
+                        topics_changed |= self.apply_meta(g.snapshot)?;
                     }
                 } else {
                     tracing::warn!(
@@ -362,38 +362,16 @@ impl Broker {
         Ok(if intact { tail.next.max(min) } else { min })
     }
 
-    /// Whether the log holds a record of `topic` after position `at`: the
-    /// topic then existed after a snapshot at `at` that lacks it, so its
-    /// queues are the log's and must stay.
-    fn has_records_after(&self, topic: &str, at: u64) -> Result<bool> {
-        for queue in self.store.queue_ids(topic) {
-            let (_, end) = self.store.queue_offsets(topic, queue);
-            if end == 0 {
-                continue;
-            }
-            let last = self.store.read(topic, queue, end - 1, 1, 1 << 20)?;
-            if last.records.first().is_some_and(|r| r.physical_offset > at) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Applies one `%META%` record (a whole snapshot, once gathered), stored
-    /// at log position `at`; returns whether it changed topics.
-    fn apply_meta(&self, record: MetaRecord, at: u64) -> Result<bool> {
+    /// Applies one `%META%` record (a whole snapshot, once gathered); returns
+    /// whether it changed topics.
+    fn apply_meta(&self, record: MetaRecord) -> Result<bool> {
         match record {
             MetaRecord::Topics(op, _) => {
-                let snapshot = matches!(op, TableOp::Snapshot(_));
+                // The topic's queues go when the store stores the master's
+                // deletion marker (`store::DELETION_TOPIC`), at its place in
+                // the log; a replica never deletes them on its own.
                 for name in apply_op(self.topics.table(), op)? {
                     self.subscriptions.lock().retain(|k, _| k.topic != name);
-                    if snapshot && self.has_records_after(&name, at)? {
-                        // Applying from an older snapshot than the tables
-                        // (a former master's, or after a truncation): the
-                        // topic was created after it, and its record follows.
-                        continue;
-                    }
-                    self.store.delete_topic(&name)?;
                 }
                 Ok(true)
             }
