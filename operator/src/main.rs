@@ -14,7 +14,7 @@ use dduomq_operator::brokers::BrokerPool;
 use dduomq_operator::context::Context;
 use dduomq_operator::crd::{ConsumerGroup, Topic};
 use dduomq_operator::{
-    controller, crd_upgrade, fleet, leader, metrics, registry, routes, uninstall,
+    controller, crd_upgrade, fleet, leader, metrics, registry, route_epoch, routes, uninstall,
 };
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -196,7 +196,12 @@ async fn main() -> anyhow::Result<()> {
     // publishes routes while this one still does.
     let routes = tokio::spawn({
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-        async move { shutdown.run_until_cancelled(routes::run(ctx, placed)).await }
+        let epochs = route_epoch::RouteEpochCounter::new(ctx.client.clone(), &args.namespace);
+        async move {
+            shutdown
+                .run_until_cancelled(routes::run(ctx, placed, epochs))
+                .await
+        }
     });
     let fleet = args.broker_statefulset.clone().map(|sts| {
         tokio::spawn(fleet::run(
