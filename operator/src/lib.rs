@@ -17,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod registry;
+pub mod replication;
 pub mod route_epoch;
 pub mod routes;
 pub mod topic;

@@ -13,12 +13,17 @@ use std::time::Duration;
 
 use dduomq_client::Reason;
 use dduomq_proto::v1 as pb;
+use dduomq_replication::GroupLayout;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
 
 use crate::context::{Context, MANAGED, annotated, stored_name};
 use crate::crd::{QueueAssignment, Topic};
+use crate::placement::groups::{GroupUnits, group_units};
 use crate::placement::{self, Assignment, QueuesWithData};
+use crate::registry::BrokerEndpoint;
+use crate::replication::GroupStates;
 use crate::route_epoch::RouteEpochCounter;
 use crate::topic::message_type;
 use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
@@ -94,9 +99,49 @@ async fn record(ctx: &Context, topic: &Topic, assignment: &Assignment) {
     }
 }
 
+/// What queues are placed over.
+#[derive(Debug, Clone)]
+pub enum WriteUnits {
+    /// Each broker (replication factor 1).
+    Brokers,
+    /// Each replication group, through its master, as the replication
+    /// controller last left it.
+    Groups {
+        layout: GroupLayout,
+        states: watch::Receiver<GroupStates>,
+    },
+}
+
+impl WriteUnits {
+    /// The units over the ready brokers, with their draining state and data.
+    fn over(
+        &self,
+        ready: &[&BrokerEndpoint],
+        draining: &[String],
+        data: &BTreeMap<String, QueuesWithData>,
+    ) -> GroupUnits {
+        match self {
+            WriteUnits::Brokers => GroupUnits {
+                endpoints: ready.iter().map(|b| (*b).clone()).collect(),
+                draining: draining.to_vec(),
+                data: data.clone(),
+                read_only: Vec::new(),
+            },
+            WriteUnits::Groups { layout, states } => {
+                group_units(*layout, &states.borrow(), ready, draining, data)
+            }
+        }
+    }
+}
+
 /// Runs until the caller drops it (at shutdown), starting from the `placed`
-/// assignments; each new table takes its epoch from `epochs`.
-pub async fn run(mut ctx: Context, mut placed: Placements, epochs: RouteEpochCounter) {
+/// assignments over `units`; each new table takes its epoch from `epochs`.
+pub async fn run(
+    mut ctx: Context,
+    mut placed: Placements,
+    epochs: RouteEpochCounter,
+    units: WriteUnits,
+) {
     let mut epoch = 0u64;
     let mut last: Option<Vec<pb::TopicRoute>> = None;
     // (broker, topic) → queues with data, as last described: a broker that
@@ -185,9 +230,11 @@ pub async fn run(mut ctx: Context, mut placed: Placements, epochs: RouteEpochCou
                 known.insert(key, queues.clone());
                 data.insert(b.name.clone(), queues);
             }
-            let units = placement::write_units(&refs, &draining, &data);
+            let view = units.over(&refs, &draining, &data);
+            let unit_refs: Vec<_> = view.endpoints.iter().collect();
+            let eligible = placement::write_units(&unit_refs, &view.draining, &view.data);
             let previous = placed.entry(stored.clone()).or_insert_with(|| recorded(t));
-            let assignment = placement::rebalance(previous, &units, t.spec.queues);
+            let assignment = placement::rebalance(previous, &eligible, t.spec.queues);
             // Without any write unit, remember where the queues were.
             if !assignment.is_empty() {
                 *previous = assignment.clone();
@@ -197,9 +244,10 @@ pub async fn run(mut ctx: Context, mut placed: Placements, epochs: RouteEpochCou
                 &stored,
                 message_type(t.spec.message_type),
                 t.spec.queues,
-                &refs,
+                &unit_refs,
+                &view.read_only,
                 &assignment,
-                &data,
+                &view.data,
             ) {
                 routes.push(route);
             }

@@ -36,6 +36,8 @@ pub struct Sent {
 pub struct FakeApi {
     objects: Arc<Mutex<Vec<Value>>>,
     sent: Arc<Mutex<Vec<Sent>>>,
+    /// Another client's write, stored just before the next create or replace.
+    interleaved: Arc<Mutex<Option<Value>>>,
 }
 
 impl FakeApi {
@@ -43,6 +45,7 @@ impl FakeApi {
         FakeApi {
             objects: Arc::new(Mutex::new(objects)),
             sent: Arc::default(),
+            interleaved: Arc::default(),
         }
     }
 
@@ -77,8 +80,22 @@ impl FakeApi {
         objects.push(object);
     }
 
+    /// Makes another client [`write`](FakeApi::write) `object` just before the
+    /// next create or replace is handled: a write that races the operator's.
+    pub fn before_next_write(&self, object: Value) {
+        *self.interleaved.lock() = Some(object);
+    }
+
+    /// Stores the racing write, if one is set.
+    fn race(&self) {
+        if let Some(object) = self.interleaved.lock().take() {
+            self.write(object);
+        }
+    }
+
     /// A create: refused with 409 when the name is taken.
     fn create(&self, collection: &str, mut object: Value) -> (StatusCode, Value) {
+        self.race();
         let mut objects = self.objects.lock();
         let (root, plural) = collection.rsplit_once('/').expect("collection path");
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
@@ -94,6 +111,7 @@ impl FakeApi {
     /// A replace: applied only when the body carries the stored object's
     /// resourceVersion (409 otherwise), as the real API server does.
     fn replace(&self, path: &str, mut object: Value) -> (StatusCode, Value) {
+        self.race();
         let mut objects = self.objects.lock();
         let Some(at) = objects.iter().position(|o| path_of(o) == path) else {
             return failure(StatusCode::NOT_FOUND, "NotFound", path);
