@@ -64,13 +64,17 @@ pub struct MemberView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MasterContact {
     /// When this controller started dealing with this master (it became
-    /// leader, or it elected it): a master never renewed since is failed
-    /// after one lease.
+    /// leader, or the record named it): a master never renewed since is
+    /// failed after one lease.
     pub since: Monotonic,
     /// The end of the last AssignRole that the master answered.
     pub last_success_end: Option<Monotonic>,
     /// The end of the last AssignRole attempt to the master, answered or not.
     pub fence: FenceDeadline,
+    /// The previous master's fencing deadline: this one is not promoted
+    /// before it (a record written late by a timed-out compare-and-swap, or
+    /// by another controller, must not end a lease this controller granted).
+    pub promote_not_before: Option<Monotonic>,
 }
 
 impl MasterContact {
@@ -79,6 +83,21 @@ impl MasterContact {
             since,
             last_success_end: None,
             fence: FenceDeadline::default(),
+            promote_not_before: None,
+        }
+    }
+
+    /// The contact with the master a new record names, after `previous` (the
+    /// contact with the master before it, if this controller had one).
+    pub fn succeeding(
+        previous: Option<&MasterContact>,
+        now: Monotonic,
+        lease: Duration,
+        margin: Duration,
+    ) -> Self {
+        Self {
+            promote_not_before: previous.and_then(|p| p.fence.deadline(lease, margin)),
+            ..Self::new(now)
         }
     }
 
@@ -90,7 +109,9 @@ impl MasterContact {
         }
     }
 
-    /// The master's lease, as granted by this controller, has lapsed.
+    /// The master's lease, as granted by this controller, has lapsed (or, if
+    /// it was never granted one, it did not answer within a lease of
+    /// `not_before`).
     pub fn lapsed(&self, now: Monotonic, lease: Duration) -> bool {
         now >= self.last_success_end.unwrap_or(self.since) + lease
     }
@@ -117,19 +138,42 @@ impl ElectionTiming {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// The master is healthy: send the record (AssignRole) to every member.
+    /// The master is healthy (or due to be promoted): send the record
+    /// (AssignRole) to every member.
     Renew,
     /// Compare-and-swap this record (the master's proposal), then renew.
     RecordInSync(GroupRecord),
-    /// The master failed: stop sending it AssignRole (each attempt would move
-    /// the fencing deadline) and decide again at `elect_at`.
+    /// Do not send the recorded master AssignRole before `elect_at` (each
+    /// attempt would move its fencing deadline, and promoting it earlier
+    /// could overlap a lease still held by its predecessor); keep assigning
+    /// the others and reading the master's state (BrokerInfo), and decide
+    /// again then.
     Fence { elect_at: Monotonic },
     /// Compare-and-swap this record (new master, next epoch), then assign
     /// every member its role.
     Elect(GroupRecord),
-    /// The master failed and no in-sync member is alive: wait for one (or
-    /// for the master) to come back.
+    /// The master failed and no other in-sync member is alive: keep renewing
+    /// everyone (the master may come back) and wait.
     NoCandidate,
+}
+
+/// Where the recorded master stands, from its last report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MasterStatus {
+    /// It acts as master of the recorded epoch.
+    Acting,
+    /// No report of the recorded epoch yet: assigning it would promote it.
+    NotPromoted,
+    /// It knows the epoch but does not act as its master (it restarted).
+    Refused,
+}
+
+fn master_status(record: &GroupRecord, report: Option<&MemberReport>) -> MasterStatus {
+    match report {
+        Some(report) if report.is_master && report.epoch == record.epoch => MasterStatus::Acting,
+        Some(report) if report.epoch >= record.epoch => MasterStatus::Refused,
+        _ => MasterStatus::NotPromoted,
+    }
 }
 
 /// Why a master's proposal is not recorded.
@@ -149,7 +193,8 @@ pub enum ProposalRejected {
     Absent,
 }
 
-/// The next step for one group.
+/// The next step for one group. `members` holds every member of the group;
+/// `contact` is this controller's contact with the recorded master.
 pub fn decide(
     record: &GroupRecord,
     members: &[MemberView],
@@ -162,9 +207,30 @@ pub fn decide(
     };
     let view = members.iter().find(|view| view.member == master);
     let ready = view.is_some_and(|view| view.ready);
-    if ready && !contact.lapsed(now, timing.lease) {
+    let report = view.and_then(|view| view.report.as_ref());
+    let status = master_status(record, report);
+    let promote_at = contact
+        .promote_not_before
+        .map_or(timing.not_before(), |at| at.max(timing.not_before()));
+    let healthy = match status {
+        MasterStatus::Acting => ready && !contact.lapsed(now, timing.lease),
+        MasterStatus::NotPromoted if now < promote_at => {
+            return Decision::Fence {
+                elect_at: promote_at,
+            };
+        }
+        MasterStatus::NotPromoted => {
+            let since = contact
+                .last_success_end
+                .unwrap_or(contact.since)
+                .max(promote_at);
+            ready && now < since + timing.lease
+        }
+        MasterStatus::Refused => false,
+    };
+    if healthy {
         let group_size = members.len() as u32;
-        return match validate_proposal(record, view.and_then(|v| v.report.as_ref()), group_size) {
+        return match validate_proposal(record, report, group_size) {
             Ok(next) => Decision::RecordInSync(next),
             Err(_) => Decision::Renew,
         };
@@ -172,13 +238,27 @@ pub fn decide(
     let elect_at = contact
         .fence
         .deadline(timing.lease, timing.margin)
-        .map_or(timing.not_before(), |deadline| {
-            deadline.max(timing.not_before())
-        });
+        .map_or(promote_at, |deadline| deadline.max(promote_at));
     if now < elect_at {
         return Decision::Fence { elect_at };
     }
-    elect(record, members).map_or(Decision::NoCandidate, Decision::Elect)
+    match elect(record, members) {
+        Some(next) => Decision::Elect(next),
+        None if ready && status == MasterStatus::Refused => Decision::Elect(reelect(record)),
+        None => Decision::NoCandidate,
+    }
+}
+
+/// The record that makes the recorded master master again in a new epoch: for
+/// a ready master that refused to resume its epoch after a restart,
+/// when no other in-sync member is alive (it holds every acknowledged
+/// message: it was in sync).
+pub fn reelect(record: &GroupRecord) -> GroupRecord {
+    GroupRecord {
+        epoch: record.epoch + 1,
+        in_sync_version: record.in_sync_version + 1,
+        ..record.clone()
+    }
 }
 
 /// The election rule alone: among alive (ready) members of the recorded
@@ -275,9 +355,10 @@ mod tests {
         }
     }
 
+    /// Member 0 is the recorded master in these tests.
     fn view(member: MemberId, ready: bool, log_end: u64) -> MemberView {
         let report = MemberReport {
-            is_master: false,
+            is_master: member == 0,
             epoch: 3,
             log_end,
             proposal: None,
@@ -462,5 +543,103 @@ mod tests {
             in_sync_version: 1,
         };
         assert_eq!(first, Decision::Elect(expected));
+    }
+
+    #[test]
+    fn a_master_that_refused_its_epoch_is_replaced_or_reelected() {
+        let mut members = [view(0, true, 10), view(1, true, 8), view(2, false, 9)];
+        members[0].report = Some(MemberReport {
+            is_master: false,
+            epoch: 3,
+            log_end: 10,
+            proposal: None,
+        });
+        let contact = renewed_at(ms(5000));
+        let current = record(0, &[0, 1, 2]);
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(5100)),
+            Decision::Fence { elect_at: ms(6200) }
+        );
+        let replaced = GroupRecord {
+            master: Some(1),
+            epoch: 4,
+            in_sync: vec![1, 2],
+            in_sync_version: 10,
+        };
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(6200)),
+            Decision::Elect(replaced)
+        );
+        members[1].ready = false;
+        let reelected = GroupRecord {
+            epoch: 4,
+            in_sync_version: 10,
+            ..current.clone()
+        };
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(6200)),
+            Decision::Elect(reelected)
+        );
+    }
+
+    #[test]
+    fn a_master_named_late_is_promoted_only_after_its_predecessors_deadline() {
+        // This controller renewed master 0 until 5000, then the record (written
+        // late, e.g. by a timed-out compare-and-swap) names member 1.
+        let previous = renewed_at(ms(5000));
+        let contact =
+            MasterContact::succeeding(Some(&previous), ms(5100), TIMING.lease, TIMING.margin);
+        let next = GroupRecord {
+            master: Some(1),
+            epoch: 4,
+            in_sync: vec![1, 2],
+            in_sync_version: 10,
+        };
+        let members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
+        assert_eq!(
+            decide(&next, &members, &contact, &TIMING, ms(5100)),
+            Decision::Fence { elect_at: ms(6200) }
+        );
+        assert_eq!(
+            decide(&next, &members, &contact, &TIMING, ms(6200)),
+            Decision::Renew
+        );
+        assert_eq!(
+            decide(&next, &members, &contact, &TIMING, ms(7199)),
+            Decision::Renew,
+            "it has a full lease from the gate to answer"
+        );
+    }
+
+    #[test]
+    fn a_new_leader_renews_an_acting_master_at_once_but_holds_a_promotion() {
+        let timing = ElectionTiming {
+            leader_since: ms(4000),
+            ..TIMING
+        };
+        let contact = MasterContact::new(ms(4000));
+        let mut members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
+        assert_eq!(
+            decide(
+                &record(0, &[0, 1, 2]),
+                &members,
+                &contact,
+                &timing,
+                ms(4010)
+            ),
+            Decision::Renew
+        );
+        members[0].report = None;
+        assert_eq!(
+            decide(
+                &record(0, &[0, 1, 2]),
+                &members,
+                &contact,
+                &timing,
+                ms(4010)
+            ),
+            Decision::Fence { elect_at: ms(5200) },
+            "no report yet: it may not be master yet"
+        );
     }
 }

@@ -12,15 +12,17 @@ pub mod controller;
 pub mod epochs;
 pub mod layout;
 pub mod lease;
+pub mod role;
 
 pub use acks::{AckTracker, FollowerProgress, InSyncProposal};
 pub use controller::{
     Decision, ElectionTiming, GroupRecord, MasterContact, MemberReport, MemberView,
-    ProposalRejected, decide, elect, validate_proposal,
+    ProposalRejected, decide, elect, reelect, validate_proposal,
 };
 pub use epochs::{EpochError, EpochHistory, EpochStart, FollowFrom};
 pub use layout::{GroupLayout, Placement, majority};
 pub use lease::{FenceDeadline, MasterLease};
+pub use role::{AssignedRole, MemberRole, Role, RoleChange, role_change};
 
 /// A member's index inside its group (0-based; `ordinal % factor`).
 pub type MemberId = u32;
