@@ -374,8 +374,21 @@ pub fn parse_header(buf: &[u8]) -> Header {
     }
 }
 
-/// Validates and decodes a whole record found at `physical_offset`.
-pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
+/// A whole record validated in place: its header and borrowed sections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<'a> {
+    pub header: Header,
+    pub born_timestamp: i64,
+    pub topic: &'a str,
+    pub tag: &'a str,
+    pub keys: Vec<&'a str>,
+    pub properties: Vec<(&'a str, &'a str)>,
+    pub body: &'a [u8],
+}
+
+/// Validates a whole record found at `physical_offset` (magic, size, CRC32C,
+/// stored position, section lengths, UTF-8) without copying it.
+pub fn check(buf: &[u8], physical_offset: u64) -> Result<Checked<'_>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         offset: physical_offset,
         reason,
@@ -425,14 +438,17 @@ pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
         at += n;
         s
     };
-    let utf8 = |b: &[u8], what: &str| {
-        String::from_utf8(b.to_vec()).map_err(|_| corrupt(format!("{what} is not UTF-8")))
-    };
-    let topic = utf8(take(topic_len), "topic")?;
-    let tag = utf8(take(tag_len), "tag")?;
+    fn utf8<'a>(b: &'a [u8], what: &str, physical_offset: u64) -> Result<&'a str> {
+        std::str::from_utf8(b).map_err(|_| StoreError::Corrupt {
+            offset: physical_offset,
+            reason: format!("{what} is not UTF-8"),
+        })
+    }
+    let topic = utf8(take(topic_len), "topic", physical_offset)?;
+    let tag = utf8(take(tag_len), "tag", physical_offset)?;
     let keys_buf = take(keys_len);
     let props_buf = take(props_len);
-    let body = Bytes::copy_from_slice(take(body_len));
+    let body = take(body_len);
 
     let mut keys = Vec::new();
     let mut p = 0;
@@ -441,7 +457,7 @@ pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
         let key = keys_buf
             .get(p + 2..p + 2 + len)
             .ok_or_else(|| corrupt("truncated key".into()))?;
-        keys.push(utf8(key, "key")?);
+        keys.push(utf8(key, "key", physical_offset)?);
         p += 2 + len;
     }
     let mut properties = Vec::new();
@@ -457,25 +473,45 @@ pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
             .get(p + 2..p + 2 + vlen)
             .ok_or_else(|| corrupt("truncated property".into()))?;
         p += 2 + vlen;
-        properties.push((utf8(k, "property name")?, utf8(v, "property value")?));
+        properties.push((
+            utf8(k, "property name", physical_offset)?,
+            utf8(v, "property value", physical_offset)?,
+        ));
     }
-    Ok(Record {
-        topic,
-        queue_id: header.queue_id,
-        queue_offset: header.queue_offset,
-        physical_offset,
+    Ok(Checked {
+        header,
         born_timestamp: u64_at(buf, OFF_BORN) as i64,
-        store_timestamp: header.store_timestamp,
-        flags: header.flags,
+        topic,
         tag,
         keys,
         properties,
         body,
-        crc: header.crc,
-        size: header.total_size,
     })
 }
 
+/// Validates and decodes a whole record found at `physical_offset`.
+pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
+    let c = check(buf, physical_offset)?;
+    Ok(Record {
+        topic: c.topic.to_string(),
+        queue_id: c.header.queue_id,
+        queue_offset: c.header.queue_offset,
+        physical_offset,
+        born_timestamp: c.born_timestamp,
+        store_timestamp: c.header.store_timestamp,
+        flags: c.header.flags,
+        tag: c.tag.to_string(),
+        keys: c.keys.iter().map(|k| k.to_string()).collect(),
+        properties: c
+            .properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: Bytes::copy_from_slice(c.body),
+        crc: c.header.crc,
+        size: c.header.total_size,
+    })
+}
 fn read_len(buf: &[u8], at: usize) -> Option<usize> {
     (at + 2 <= buf.len()).then(|| u16_at(buf, at) as usize)
 }
