@@ -101,6 +101,12 @@ pub async fn run(ctx: Context, settings: ReplicationSettings, states: watch::Sen
                         "group master failed; fenced until its lease surely lapsed"
                     );
                 }
+                Ok(RoundOutcome::Contended) => {
+                    tracing::warn!(
+                        group,
+                        "the group record kept changing under this round; trying again next round"
+                    );
+                }
                 Ok(RoundOutcome::NoCandidate) => {
                     tracing::warn!(group, "group master failed and no in-sync member is ready");
                 }

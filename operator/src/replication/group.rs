@@ -57,6 +57,8 @@ pub enum RoundOutcome {
     NoCandidate,
     /// The record could not be read: the last one read was renewed.
     RenewedLastKnown,
+    /// Every compare-and-swap of this round lost; the next round tries again.
+    Contended,
 }
 
 /// The master this controller deals with, and its renewals.
@@ -135,7 +137,7 @@ impl GroupController {
                 }
             };
             self.follow_record(&read.record, timing, now());
-            let views = self.views(&read.record, members);
+            let views = self.views(members);
             let contact = self
                 .contact
                 .as_ref()
@@ -159,16 +161,19 @@ impl GroupController {
                         continue;
                     };
                     tracing::info!(group = self.group, master = ?next.master, epoch = next.epoch, in_sync = ?next.in_sync, "elected a master");
-                    self.contact = None;
                     self.follow_record(&next, timing, now());
                     self.serve(written, members, timing, now).await;
                     return Ok(RoundOutcome::Elected(next));
                 }
                 Decision::Fence { elect_at } => {
                     // The replicas keep answering, so their log ends are
-                    // known when the election comes.
+                    // known when the election comes; the master is only
+                    // asked what it is.
                     self.state = GroupState::Masterless;
                     self.assign(&read.record, members, false, timing, now).await;
+                    if let Some(master) = read.record.master {
+                        self.query(master, members).await;
+                    }
                     self.last = Some(read);
                     return Ok(RoundOutcome::Fenced { elect_at });
                 }
@@ -209,10 +214,10 @@ impl GroupController {
     }
 
     /// Starts a new contact when the record names another master or epoch
-    /// than the one this controller dealt with.
+    /// than the one this controller dealt with; it is not promoted before
+    /// the previous master's fencing deadline.
     fn follow_record(&mut self, record: &GroupRecord, timing: &RoundTiming, now: Monotonic) {
         let Some(master) = record.master else {
-            self.contact = None;
             return;
         };
         if self
@@ -222,38 +227,47 @@ impl GroupController {
         {
             return;
         }
-        // A master first seen from a record this controller did not write
-        // counts from when it started leading; one it elected, from now.
-        let since = if self.last.is_none() {
-            timing.election.leader_since
-        } else {
-            now
-        };
+        let previous = self.contact.as_ref().map(|c| c.renewals);
         self.contact = Some(Contact {
             master,
             epoch: record.epoch,
-            renewals: MasterContact::new(since),
+            renewals: MasterContact::succeeding(
+                previous.as_ref(),
+                now,
+                timing.election.lease,
+                timing.election.margin,
+            ),
         });
     }
 
-    fn views(&self, record: &GroupRecord, members: &[Member]) -> Vec<MemberView> {
+    fn views(&self, members: &[Member]) -> Vec<MemberView> {
         (0..self.size)
             .map(|member| MemberView {
                 member,
                 ready: members
                     .iter()
                     .any(|m| m.member == member && m.endpoint.ready),
-                report: self.reports.get(&member).map(|r| MemberReport {
-                    // A proposal is taken as based on the record the member
-                    // was last sent (AssignRole carries no record version).
-                    proposal: r.proposal.as_ref().map(|p| InSyncProposal {
-                        members: p.members.clone(),
-                        based_on: record.in_sync_version,
-                    }),
-                    ..r.clone()
-                }),
+                report: self.reports.get(&member).cloned(),
             })
             .collect()
+    }
+
+    /// Reads what the fenced master says of itself (BrokerInfo), without
+    /// calling AssignRole, which would move its fencing deadline.
+    async fn query(&mut self, master: MemberId, members: &[Member]) {
+        let Some(m) = members.iter().find(|m| m.member == master) else {
+            return;
+        };
+        match self.pool.broker_info(&m.endpoint.address).await {
+            Ok(info) => {
+                if let Some(state) = info.replication {
+                    self.reports.insert(master, report(&state));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(group = self.group, member = master, error = %e, "BrokerInfo failed")
+            }
+        }
     }
 
     /// Sends every listed member its role under `record`, at once; the
@@ -294,6 +308,7 @@ impl GroupController {
                     in_sync: record.in_sync.clone(),
                     lease_ms,
                     group_size: self.size,
+                    in_sync_version: record.in_sync_version,
                 };
                 let pool = self.pool.clone();
                 async move {
@@ -321,7 +336,7 @@ impl GroupController {
     }
 }
 
-/// A member's AssignRole answer as the rules read it.
+/// A member's answer (AssignRole or BrokerInfo) as the rules read it.
 fn report(state: &pb::ReplicaState) -> MemberReport {
     let is_master = state.role() == pb::ReplicaRole::Master;
     MemberReport {
@@ -333,7 +348,7 @@ fn report(state: &pb::ReplicaState) -> MemberReport {
             members.sort_unstable();
             InSyncProposal {
                 members,
-                based_on: 0,
+                based_on: state.proposal_based_on,
             }
         }),
     }

@@ -84,28 +84,38 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
         }
     );
 
-    // Within its lease the master is renewed (the attempt, unanswered, ends
-    // at 1000 ms and moves the fencing deadline to 1000 + lease + margin).
+    // No answer of the new epoch from it yet: a controller that just took
+    // over does not call it before one full lease (and margin) after it
+    // started leading (its predecessor may have granted a lease).
     at(1000);
+    assert_eq!(
+        group.round(&members, &timing, &now).await.unwrap(),
+        RoundOutcome::Fenced {
+            elect_at: Duration::from_millis(7000)
+        }
+    );
+    // Then it is renewed for a lease; the attempt, unanswered, ends at
+    // 7000 ms and moves the fencing deadline to 7000 + lease + margin.
+    at(7000);
     assert_eq!(
         group.round(&members, &timing, &now).await.unwrap(),
         RoundOutcome::Renewed
     );
-    // Its lease (counted from the controller's start: it never answered)
-    // lapsed: fenced, no longer called, and nobody elected before 8000 ms.
-    for ms in [6000, 7000, 7999] {
+    // It never answered within that lease: fenced, no longer called, and
+    // nobody elected before 14000 ms.
+    for ms in [13000, 13500, 13999] {
         at(ms);
         assert_eq!(
             group.round(&members, &timing, &now).await.unwrap(),
             RoundOutcome::Fenced {
-                elect_at: Duration::from_millis(8000)
+                elect_at: Duration::from_millis(14000)
             },
             "at {ms} ms"
         );
         assert_eq!(group.state(), &GroupState::Masterless);
         assert_eq!(record_data(&api)["epoch"], "1", "at {ms} ms");
     }
-    at(8000);
+    at(14000);
     let next = GroupRecord {
         master: Some(1),
         epoch: 2,
@@ -137,19 +147,20 @@ async fn a_lost_compare_and_swap_rereads_and_decides_from_the_winner() {
         .round(&members(), &timing(), &|| Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(outcome, RoundOutcome::Renewed);
+    // The winner's master has not answered as master of epoch 7 yet: this
+    // controller, just started, does not call it before a full lease.
+    assert_eq!(
+        outcome,
+        RoundOutcome::Fenced {
+            elect_at: LEASE + MARGIN
+        }
+    );
     assert_eq!(
         record_data(&api),
         json!({"master": "2", "epoch": "7", "inSync": "0,2", "inSyncVersion": "9"}),
         "the losing write changed nothing"
     );
-    assert_eq!(
-        group.state(),
-        &GroupState::Serving {
-            master: 2,
-            epoch: 7
-        }
-    );
+    assert_eq!(group.state(), &GroupState::Masterless);
     let writes: Vec<String> = api
         .sent()
         .iter()
@@ -159,6 +170,6 @@ async fn a_lost_compare_and_swap_rereads_and_decides_from_the_winner() {
     assert_eq!(
         writes,
         vec![format!("POST /api/v1/namespaces/{NAMESPACE}/configmaps?")],
-        "one create, lost; the winner's record is renewed, not overwritten"
+        "one create, lost; the winner's record is not overwritten"
     );
 }
