@@ -220,18 +220,19 @@ async fn main() -> anyhow::Result<()> {
         })
     });
     let units = if layout.factor() > 1 {
-        routes::WriteUnits::Groups {
+        replication::WriteUnits::Groups {
             layout,
             states: groups,
         }
     } else {
-        routes::WriteUnits::Brokers
+        replication::WriteUnits::Brokers
     };
     // Stopped and awaited before the lease is released, so a successor never
     // publishes routes while this one still does.
     let routes = tokio::spawn({
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         let epochs = route_epoch::RouteEpochCounter::new(ctx.client.clone(), &args.namespace);
+        let units = units.clone();
         async move {
             shutdown
                 .run_until_cancelled(routes::run(ctx, placed, epochs, units))
@@ -243,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
             ctx.clone(),
             broker_namespace,
             sts,
+            units.clone(),
             shutdown.clone(),
         ))
     });

@@ -17,6 +17,8 @@ use dduomq_replication::{ElectionTiming, GroupLayout};
 use tokio::sync::watch;
 
 use crate::context::Context;
+use crate::placement::QueuesWithData;
+use crate::placement::groups::{GroupUnits, group_units};
 use crate::registry::BrokerEndpoint;
 use group::{GroupController, GroupState, Member, RoundOutcome, RoundTiming};
 use record::RecordStore;
@@ -24,6 +26,41 @@ use record::RecordStore;
 /// Each group's state after the last round, by group id: the route
 /// publisher routes a group's queues to its master only while it serves.
 pub type GroupStates = BTreeMap<u32, GroupState>;
+
+/// What queues are placed over.
+#[derive(Debug, Clone)]
+pub enum WriteUnits {
+    /// Each broker (replication factor 1).
+    Brokers,
+    /// Each replication group, through its master, as the replication
+    /// controller last left it.
+    Groups {
+        layout: GroupLayout,
+        states: watch::Receiver<GroupStates>,
+    },
+}
+
+impl WriteUnits {
+    /// The units over the ready brokers, with their draining state and data.
+    pub fn over(
+        &self,
+        ready: &[&BrokerEndpoint],
+        draining: &[String],
+        data: &BTreeMap<String, QueuesWithData>,
+    ) -> GroupUnits {
+        match self {
+            WriteUnits::Brokers => GroupUnits {
+                endpoints: ready.iter().map(|b| (*b).clone()).collect(),
+                draining: draining.to_vec(),
+                data: data.clone(),
+                read_only: Vec::new(),
+            },
+            WriteUnits::Groups { layout, states } => {
+                group_units(*layout, &states.borrow(), ready, draining, data)
+            }
+        }
+    }
+}
 
 /// Where the controller keeps its records and how groups are formed.
 #[derive(Debug, Clone)]

@@ -13,17 +13,13 @@ use std::time::Duration;
 
 use dduomq_client::Reason;
 use dduomq_proto::v1 as pb;
-use dduomq_replication::GroupLayout;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::watch;
 
 use crate::context::{Context, MANAGED, annotated, stored_name};
 use crate::crd::{QueueAssignment, Topic};
-use crate::placement::groups::{GroupUnits, group_units};
 use crate::placement::{self, Assignment, QueuesWithData};
-use crate::registry::BrokerEndpoint;
-use crate::replication::GroupStates;
+use crate::replication::WriteUnits;
 use crate::route_epoch::RouteEpochCounter;
 use crate::topic::message_type;
 use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
@@ -96,41 +92,6 @@ async fn record(ctx: &Context, topic: &Topic, assignment: &Assignment) {
         .await
     {
         tracing::warn!(topic = %topic.name_any(), error = %e, "recording the placement failed");
-    }
-}
-
-/// What queues are placed over.
-#[derive(Debug, Clone)]
-pub enum WriteUnits {
-    /// Each broker (replication factor 1).
-    Brokers,
-    /// Each replication group, through its master, as the replication
-    /// controller last left it.
-    Groups {
-        layout: GroupLayout,
-        states: watch::Receiver<GroupStates>,
-    },
-}
-
-impl WriteUnits {
-    /// The units over the ready brokers, with their draining state and data.
-    fn over(
-        &self,
-        ready: &[&BrokerEndpoint],
-        draining: &[String],
-        data: &BTreeMap<String, QueuesWithData>,
-    ) -> GroupUnits {
-        match self {
-            WriteUnits::Brokers => GroupUnits {
-                endpoints: ready.iter().map(|b| (*b).clone()).collect(),
-                draining: draining.to_vec(),
-                data: data.clone(),
-                read_only: Vec::new(),
-            },
-            WriteUnits::Groups { layout, states } => {
-                group_units(*layout, &states.borrow(), ready, draining, data)
-            }
-        }
     }
 }
 
