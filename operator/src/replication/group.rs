@@ -172,7 +172,19 @@ impl GroupController {
                     self.state = GroupState::Masterless;
                     self.assign(&read.record, members, false, timing, now).await;
                     if let Some(master) = read.record.master {
+                        let acting = |reports: &BTreeMap<MemberId, MemberReport>| {
+                            reports
+                                .get(&master)
+                                .is_some_and(|r| r.is_master && r.epoch == read.record.epoch)
+                        };
+                        let was_acting = acting(&self.reports);
                         self.query(master, members).await;
+                        // A controller that just took over finds the master
+                        // acting: renew it now, not a round later, so its
+                        // lease does not lapse in the handover.
+                        if !was_acting && acting(&self.reports) {
+                            continue;
+                        }
                     }
                     self.last = Some(read);
                     return Ok(RoundOutcome::Fenced { elect_at });
