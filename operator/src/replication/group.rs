@@ -199,11 +199,7 @@ impl GroupController {
                 }
             }
         }
-        tracing::warn!(
-            group = self.group,
-            "the group record kept changing under this round; trying again next round"
-        );
-        Ok(RoundOutcome::Fenced { elect_at: now() })
+        Ok(RoundOutcome::Contended)
     }
 
     /// Renews the record's master and assigns the replicas.
