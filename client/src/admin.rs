@@ -279,4 +279,14 @@ impl Admin {
         let req = pb::UpdateRoutesRequest { epoch, topics };
         with_deadline(self.timeout, self.client.clone().update_routes(req)).await
     }
+
+    /// Assigns the broker its role in its replication group (the operator's
+    /// job, as the groups' controller); the answer is what the broker knows of
+    /// its group.
+    pub async fn assign_role(
+        &self,
+        request: pb::AssignRoleRequest,
+    ) -> Result<pb::AssignRoleResponse> {
+        with_deadline(self.timeout, self.client.clone().assign_role(request)).await
+    }
 }

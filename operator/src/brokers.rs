@@ -193,6 +193,23 @@ impl BrokerPool {
         .await
     }
 
+    /// Assigns a group member its role; `timeout` bounds the whole call (the
+    /// controller's renewal round must not wait on a dead member).
+    pub async fn assign_role(
+        &self,
+        address: &str,
+        request: pb::AssignRoleRequest,
+        timeout: Duration,
+    ) -> Result<pb::ReplicaState, BrokerCallError> {
+        self.on(address, |admin| async move {
+            match tokio::time::timeout(timeout, admin.assign_role(request)).await {
+                Ok(answer) => Ok(answer?.state.unwrap_or_default()),
+                Err(_) => Err(ClientError::Timeout(timeout)),
+            }
+        })
+        .await
+    }
+
     pub async fn update_routes(
         &self,
         address: &str,

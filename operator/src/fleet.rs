@@ -2,7 +2,8 @@
 //! the chart only declares the count it wants (annotation
 //! `dduomq.io/desired-replicas`). Growing is immediate; shrinking first drains
 //! the departing write units (the highest ordinals; one broker each with
-//! replication factor 1): they refuse new messages, the route publisher moves
+//! replication factor 1, whole groups above it: every member drains, and a
+//! group counts as drained when its serving master says so): they refuse new messages, the route publisher moves
 //! their write queues away, and the replicas are lowered only once each
 //! reports nothing left to consume and nothing staged (delayed or half
 //! messages), so no acknowledged message is stranded on a volume nobody reads.
@@ -30,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::brokers::BrokerCallError;
 use crate::context::{Context, MANAGER};
+use crate::placement::groups::unit_name;
+use crate::replication::WriteUnits;
+use crate::replication::group::GroupState;
+use dduomq_replication::{GroupLayout, Placement};
 use plan::{BadAnnotation, FORCE_SCALE_IN, FleetSpec, Plan, SCALE_IN_DRAINING, format_ordinals};
 
 /// How often the StatefulSet and the departing brokers are checked.
@@ -83,15 +88,25 @@ pub enum FleetError {
     Broker(#[from] BrokerCallError),
     #[error("no endpoint for broker {0}")]
     NoEndpoint(String),
+    #[error("{desired} brokers wanted is not a whole number of groups of {factor}")]
+    NotWholeGroups { desired: u32, factor: u32 },
 }
 
 /// Runs the fleet loop for the StatefulSet `name` in `namespace` until
-/// `shutdown`.
-pub async fn run(ctx: Context, namespace: String, name: String, shutdown: CancellationToken) {
+/// `shutdown`; departing write units are brokers or whole groups, as `units`
+/// says.
+pub async fn run(
+    ctx: Context,
+    namespace: String,
+    name: String,
+    units: WriteUnits,
+    shutdown: CancellationToken,
+) {
     let mut fleet = Fleet {
         api: Api::namespaced(ctx.client.clone(), &namespace),
         ctx,
         name,
+        units,
         progress: None,
     };
     tracing::info!(statefulset = %fleet.name, "fleet loop running");
@@ -111,6 +126,7 @@ struct Fleet {
     ctx: Context,
     api: Api<StatefulSet>,
     name: String,
+    units: WriteUnits,
     /// How the scale-in under way progresses (`None` when none is).
     progress: Option<DrainProgress>,
 }
@@ -133,6 +149,14 @@ impl Fleet {
         };
         let current = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) as u32;
         let spec = FleetSpec::read(current, |k| sts.annotations().get(k).cloned())?;
+        if let (WriteUnits::Groups { layout, .. }, Some(desired)) = (&self.units, spec.desired)
+            && desired % layout.factor() != 0
+        {
+            return Err(FleetError::NotWholeGroups {
+                desired,
+                factor: layout.factor(),
+            });
+        }
         match spec.plan() {
             Plan::Unmanaged => self.idle(),
             Plan::Grow { to, undrain } => {
@@ -210,11 +234,28 @@ impl Fleet {
         force: bool,
     ) -> Result<(), FleetError> {
         let mut units = Vec::new();
-        for ordinal in departing {
-            units.push(DepartingUnit {
-                pod: self.pod(ordinal),
-                drain: self.drain_unit(ordinal).await,
-            });
+        match &self.units {
+            WriteUnits::Brokers => {
+                for ordinal in departing {
+                    units.push(DepartingUnit {
+                        pod: self.pod(ordinal),
+                        drain: self.drain_unit(ordinal).await,
+                    });
+                }
+            }
+            WriteUnits::Groups { layout, states } => {
+                let factor = layout.factor();
+                for group in departing.start / factor..departing.end.div_ceil(factor) {
+                    let master = match states.borrow().get(&group) {
+                        Some(GroupState::Serving { master, .. }) => Some(*master),
+                        _ => None,
+                    };
+                    units.push(DepartingUnit {
+                        pod: unit_name(group),
+                        drain: self.drain_group(*layout, group, master).await,
+                    });
+                }
+            }
         }
         let pending = units
             .iter()
@@ -335,6 +376,22 @@ impl Fleet {
             unconsumed: info.unconsumed_messages,
             staged: info.staged_messages,
         }
+    }
+
+    /// Makes every member of `group` drain (so a master elected during the
+    /// drain drains too) and reads the group's state from its serving
+    /// `master`: replicas keep no consumer progress of their own.
+    async fn drain_group(&self, layout: GroupLayout, group: u32, master: Option<u32>) -> UnitDrain {
+        let mut drain = UnitDrain::Unreachable("no serving master".into());
+        for member in 0..layout.factor() {
+            let state = self
+                .drain_unit(layout.ordinal(Placement { group, member }))
+                .await;
+            if master == Some(member) {
+                drain = state;
+            }
+        }
+        drain
     }
 
     /// Undrains `undrain` (those still running) and drops them from the marks;

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod brokers;
+pub mod cas;
 pub mod context;
 pub mod controller;
 pub mod crd;
@@ -16,6 +17,8 @@ pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod registry;
+pub mod replication;
+pub mod route_epoch;
 pub mod routes;
 pub mod topic;
 pub mod uninstall;

@@ -14,8 +14,10 @@ use dduomq_operator::brokers::BrokerPool;
 use dduomq_operator::context::Context;
 use dduomq_operator::crd::{ConsumerGroup, Topic};
 use dduomq_operator::{
-    controller, crd_upgrade, fleet, leader, metrics, registry, routes, uninstall,
+    controller, crd_upgrade, fleet, leader, metrics, registry, replication, route_epoch, routes,
+    uninstall,
 };
+use dduomq_replication::GroupLayout;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
@@ -74,6 +76,13 @@ struct Args {
     /// it to the count in its `dduomq.io/desired-replicas` annotation.
     #[arg(long, env = "DDUOMQ_BROKER_STATEFULSET")]
     broker_statefulset: Option<String>,
+    /// Brokers per replication group (the chart's broker.replicationFactor).
+    /// Above 1 the operator is the groups' controller: it records each
+    /// group in ConfigMap `<broker statefulset>-group-<g>` (default
+    /// statefulset name `dduomq-broker`), elects masters, and routes each
+    /// group's queues to its master.
+    #[arg(long, env = "DDUOMQ_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replication_factor: u32,
     /// Periodic resync, which repairs drift on the brokers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     resync: Duration,
@@ -192,17 +201,50 @@ async fn main() -> anyhow::Result<()> {
     // Before the controllers, whose status applies would drop an assignment
     // recorded by an older operator under their field manager.
     let placed = routes::recorded_placements(&ctx.client).await;
+    let layout = GroupLayout::new(args.replication_factor);
+    let (group_states, groups) = watch::channel(replication::GroupStates::new());
+    let replication = (layout.factor() > 1).then(|| {
+        let settings = replication::ReplicationSettings {
+            layout,
+            namespace: broker_namespace.clone(),
+            statefulset: args
+                .broker_statefulset
+                .clone()
+                .unwrap_or_else(|| "dduomq-broker".into()),
+        };
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown
+                .run_until_cancelled(replication::run(ctx, settings, group_states))
+                .await
+        })
+    });
+    let units = if layout.factor() > 1 {
+        replication::WriteUnits::Groups {
+            layout,
+            states: groups,
+        }
+    } else {
+        replication::WriteUnits::Brokers
+    };
     // Stopped and awaited before the lease is released, so a successor never
     // publishes routes while this one still does.
     let routes = tokio::spawn({
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-        async move { shutdown.run_until_cancelled(routes::run(ctx, placed)).await }
+        let epochs = route_epoch::RouteEpochCounter::new(ctx.client.clone(), &args.namespace);
+        let units = units.clone();
+        async move {
+            shutdown
+                .run_until_cancelled(routes::run(ctx, placed, epochs, units))
+                .await
+        }
     });
     let fleet = args.broker_statefulset.clone().map(|sts| {
         tokio::spawn(fleet::run(
             ctx.clone(),
             broker_namespace,
             sts,
+            units.clone(),
             shutdown.clone(),
         ))
     });
@@ -213,6 +255,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(fleet) = fleet {
         let _ = fleet.await;
+    }
+    if let Some(replication) = replication {
+        let _ = replication.await;
     }
     let _ = routes.await;
     if let Some(deployment) = &args.deployment {

@@ -2,7 +2,8 @@
 //! per kind, ready brokers in the registry, leadership, scale-in progress.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The kinds the operator reconciles.
@@ -20,6 +21,8 @@ pub struct Metrics {
     pub scale_in_pending: IntGauge,
     /// Unconsumed and staged messages left on the departing write units.
     pub scale_in_remaining_messages: IntGauge,
+    /// Masters elected by this replica (replication groups).
+    pub elections: IntCounter,
 }
 
 impl Default for Metrics {
@@ -67,6 +70,11 @@ impl Metrics {
             "Unconsumed and staged messages left on the departing write units.",
         ))
         .expect("valid metric");
+        let elections = IntCounter::with_opts(Opts::new(
+            "dduomq_operator_elections_total",
+            "Replication group masters this replica elected (recorded by compare-and-swap).",
+        ))
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
@@ -74,6 +82,7 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(scale_in_pending.clone()),
             Box::new(scale_in_remaining_messages.clone()),
+            Box::new(elections.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -99,6 +108,7 @@ impl Metrics {
             leader,
             scale_in_pending,
             scale_in_remaining_messages,
+            elections,
         }
     }
 

@@ -7,6 +7,7 @@
 //! * A queue is readable on every ready broker where it is writable or still
 //!   holds messages (a queue that moved away keeps being consumed where it was).
 
+pub mod groups;
 mod sticky;
 
 use std::collections::BTreeMap;
@@ -38,29 +39,32 @@ pub fn write_units(
         .collect()
 }
 
-/// The route of a topic over the ready brokers: queues are writable where
-/// `assignment` puts them. With no writer at all (every broker draining), the
-/// queues that hold messages stay readable. Returns `None` when no broker has
-/// the topic.
+/// The route of a topic over the ready brokers (or group units): queues are
+/// writable where `assignment` puts them, except on `read_only` units (a
+/// group without a master), where they are only readable. With no writer at
+/// all (every broker draining), the queues that hold messages stay readable.
+/// Returns `None` when no broker has the topic.
 pub fn topic_route(
     topic: &str,
     message_type: pb::MessageType,
     queues: u32,
     ready: &[&BrokerEndpoint],
+    read_only: &[String],
     assignment: &Assignment,
     data: &BTreeMap<String, QueuesWithData>,
 ) -> Option<pb::TopicRoute> {
     let mut entries = Vec::new();
     for b in ready {
         let has = data.get(&b.name).cloned().flatten();
-        let writes: Vec<u32> = assignment
+        let assigned: Vec<u32> = assignment
             .iter()
             .filter(|(_, owner)| **owner == b.name)
             .map(|(q, _)| *q)
             .collect();
+        let takes_writes = !read_only.contains(&b.name);
         for q in 0..queues {
-            let writable = writes.contains(&q);
-            let readable = writable || has.as_ref().is_some_and(|h| h.contains(&q));
+            let writable = takes_writes && assigned.contains(&q);
+            let readable = assigned.contains(&q) || has.as_ref().is_some_and(|h| h.contains(&q));
             if writable || readable {
                 entries.push(pb::QueueRoute {
                     queue_id: q,
@@ -113,6 +117,7 @@ mod tests {
             pb::MessageType::Normal,
             queues,
             ready,
+            &[],
             &assignment,
             data,
         )

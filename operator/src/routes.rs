@@ -19,6 +19,8 @@ use kube::{Api, Client, ResourceExt};
 use crate::context::{Context, MANAGED, annotated, stored_name};
 use crate::crd::{QueueAssignment, Topic};
 use crate::placement::{self, Assignment, QueuesWithData};
+use crate::replication::WriteUnits;
+use crate::route_epoch::RouteEpochCounter;
 use crate::topic::message_type;
 use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
 
@@ -94,8 +96,13 @@ async fn record(ctx: &Context, topic: &Topic, assignment: &Assignment) {
 }
 
 /// Runs until the caller drops it (at shutdown), starting from the `placed`
-/// assignments.
-pub async fn run(mut ctx: Context, mut placed: Placements) {
+/// assignments over `units`; each new table takes its epoch from `epochs`.
+pub async fn run(
+    mut ctx: Context,
+    mut placed: Placements,
+    epochs: RouteEpochCounter,
+    units: WriteUnits,
+) {
     let mut epoch = 0u64;
     let mut last: Option<Vec<pb::TopicRoute>> = None;
     // (broker, topic) → queues with data, as last described: a broker that
@@ -126,10 +133,15 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
             }
         };
         let mut draining = Vec::new();
+        // The highest epoch any broker holds: a new one must exceed it.
+        let mut held_epoch = epoch;
         for b in &ready {
             let was = draining_known.get(&b.name).copied().unwrap_or(false);
             let is = match ctx.pool.broker_info(&b.address).await {
-                Ok(info) => info.draining,
+                Ok(info) => {
+                    held_epoch = held_epoch.max(info.route_epoch);
+                    info.draining
+                }
                 Err(e) => {
                     tracing::debug!(broker = %b.name, error = %e, "broker info failed; keeping what was known");
                     was
@@ -179,9 +191,11 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
                 known.insert(key, queues.clone());
                 data.insert(b.name.clone(), queues);
             }
-            let units = placement::write_units(&refs, &draining, &data);
+            let view = units.over(&refs, &draining, &data);
+            let unit_refs: Vec<_> = view.endpoints.iter().collect();
+            let eligible = placement::write_units(&unit_refs, &view.draining, &view.data);
             let previous = placed.entry(stored.clone()).or_insert_with(|| recorded(t));
-            let assignment = placement::rebalance(previous, &units, t.spec.queues);
+            let assignment = placement::rebalance(previous, &eligible, t.spec.queues);
             // Without any write unit, remember where the queues were.
             if !assignment.is_empty() {
                 *previous = assignment.clone();
@@ -191,9 +205,10 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
                 &stored,
                 message_type(t.spec.message_type),
                 t.spec.queues,
-                &refs,
+                &unit_refs,
+                &view.read_only,
                 &assignment,
-                &data,
+                &view.data,
             ) {
                 routes.push(route);
             }
@@ -204,8 +219,14 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
         placed.retain(|topic, _| seen.contains(topic));
         routes.sort_by(|a, b| a.topic.cmp(&b.topic));
         if last.as_ref() != Some(&routes) {
-            let now = k8s_openapi::jiff::Timestamp::now().as_millisecond() as u64;
-            epoch = now.max(epoch + 1);
+            epoch = match epochs.advance(held_epoch).await {
+                Ok(next) => next,
+                // The table stays unpublished; the next round tries again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "advancing the route epoch failed");
+                    continue;
+                }
+            };
             tracing::info!(
                 epoch,
                 topics = routes.len(),
@@ -215,12 +236,20 @@ pub async fn run(mut ctx: Context, mut placed: Placements) {
             last = Some(routes.clone());
         }
         for b in &ready {
-            if let Err(e) = ctx
+            match ctx
                 .pool
                 .update_routes(&b.address, epoch, routes.clone())
                 .await
             {
-                tracing::warn!(broker = %b.name, error = %e, "pushing routes failed");
+                // The broker holds a newer epoch than this table's (one this
+                // operator did not know of): publish the table again above it.
+                Ok(held) if held.epoch > epoch => {
+                    tracing::info!(broker = %b.name, held = held.epoch, epoch, "a broker holds a newer route epoch; republishing");
+                    epoch = held.epoch;
+                    last = None;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(broker = %b.name, error = %e, "pushing routes failed"),
             }
         }
     }

@@ -112,3 +112,37 @@ The client Service's address, for the CLI (`--server`).
 {{- define "dduomq.clientAddress" -}}
 {{- printf "%s.%s.svc:%v" (include "dduomq.fullname" .) .Release.Namespace .Values.broker.service.grpcPort }}
 {{- end }}
+
+{{/*
+The replication factor, validated: the broker count must be whole groups.
+*/}}
+{{- define "dduomq.replicationFactor" -}}
+{{- $factor := int .Values.broker.replicationFactor }}
+{{- if ne (mod (int .Values.broker.replicas) $factor) 0 }}
+{{- fail (printf "broker.replicas (%v) must be a multiple of broker.replicationFactor (%v): scaling adds or removes whole groups" .Values.broker.replicas $factor) }}
+{{- end }}
+{{- $factor }}
+{{- end }}
+
+{{/*
+The broker config overlay with `[replication] factor` set from
+broker.replicationFactor when it is above 1 (a factor of 1 renders the overlay
+unchanged). A `[replication]` table in broker.config keeps its other keys: the
+factor goes in at its top; a `factor` key of its own is refused (two sources).
+*/}}
+{{- define "dduomq.broker.configOverlay" -}}
+{{- $factor := int (include "dduomq.replicationFactor" .) }}
+{{- $overlay := .Values.broker.config | default "" }}
+{{- if gt $factor 1 }}
+{{- if regexMatch "(?m)^\\s*\\[replication\\]" $overlay }}
+{{- if regexMatch "(?ms)^\\s*\\[replication\\][^\\[]*^\\s*factor\\s*=" $overlay }}
+{{- fail "broker.config sets [replication] factor: set broker.replicationFactor instead" }}
+{{- end }}
+{{- regexReplaceAll "(?m)^\\s*\\[replication\\][ \\t]*$" $overlay (printf "[replication]\nfactor = %d" $factor) }}
+{{- else }}
+{{- printf "%s\n[replication]\nfactor = %d\n" $overlay $factor }}
+{{- end }}
+{{- else }}
+{{- $overlay }}
+{{- end }}
+{{- end }}

@@ -8,8 +8,11 @@ use serde_json::{Value, json};
 
 use super::plan::{DESIRED_REPLICAS, FORCE_SCALE_IN, SCALE_IN_DRAINING};
 use super::{Fleet, FleetError};
+use crate::replication::group::GroupState;
+use crate::replication::{GroupStates, WriteUnits};
 use crate::test_support::fake_api::{FakeApi, Sent};
 use crate::test_support::{NAMESPACE, context, ready_broker};
+use dduomq_replication::GroupLayout;
 
 const STS: &str = "dduomq-broker";
 
@@ -38,6 +41,11 @@ struct Pass {
 
 impl Pass {
     async fn run(sts: Value, brokers: &[&Broker]) -> Pass {
+        Pass::run_over(sts, brokers, WriteUnits::Brokers).await
+    }
+
+    /// [`Pass::run`] with departing write units `units`.
+    async fn run_over(sts: Value, brokers: &[&Broker], units: WriteUnits) -> Pass {
         let api = FakeApi::new(vec![sts]);
         let registry = brokers
             .iter()
@@ -49,6 +57,7 @@ impl Pass {
             api: kube::Api::namespaced(ctx.client.clone(), NAMESPACE),
             ctx: ctx.clone(),
             name: STS.into(),
+            units,
             progress: None,
         };
         let result = fleet.pass().await;
@@ -215,4 +224,77 @@ async fn a_higher_count_raises_the_replicas_and_no_count_leaves_them_alone() {
     assert_eq!(grow.events(), ["ScaleOut"]);
     let unmanaged = Pass::run(statefulset(3, &[]), &[&a]).await;
     assert_eq!(unmanaged.patches(), Vec::<Value>::new());
+}
+
+/// Groups of two, group 1 (brokers 2 and 3) departing, its master member 1
+/// (broker 3) serving.
+fn departing_group() -> WriteUnits {
+    let states = GroupStates::from([
+        (
+            0,
+            GroupState::Serving {
+                master: 0,
+                epoch: 1,
+            },
+        ),
+        (
+            1,
+            GroupState::Serving {
+                master: 1,
+                epoch: 3,
+            },
+        ),
+    ]);
+    WriteUnits::Groups {
+        layout: GroupLayout::new(2),
+        states: tokio::sync::watch::channel(states).1,
+    }
+}
+
+#[tokio::test]
+async fn with_replication_a_whole_group_drains_and_its_master_says_when_it_is_drained() {
+    let brokers: Vec<Broker> = (0..4).map(|_| Broker::start()).collect();
+    let refs: Vec<&Broker> = brokers.iter().collect();
+    unconsumed(&brokers[3], 2).await;
+    let sts = statefulset(4, &[(DESIRED_REPLICAS, "2"), (SCALE_IN_DRAINING, "2,3")]);
+    let waiting = Pass::run_over(sts.clone(), &refs, departing_group()).await;
+    assert_eq!(waiting.patches(), Vec::<Value>::new());
+    assert!(draining(&brokers[2]).await && draining(&brokers[3]).await);
+    assert!(!draining(&brokers[0]).await && !draining(&brokers[1]).await);
+    // Broker 2 alone holds nothing unconsumed; the group waits for its master.
+    assert_eq!((waiting.pending, waiting.remaining), (1, 2));
+
+    brokers[3]
+        .admin()
+        .reset_offset("billing", "orders", ResetTo::Latest)
+        .await
+        .expect("consumed (skipped)");
+    let done = Pass::run_over(sts, &refs, departing_group()).await;
+    assert_eq!(
+        done.patches(),
+        [json!({
+            "metadata": {"annotations": {SCALE_IN_DRAINING: null, FORCE_SCALE_IN: null}},
+            "spec": {"replicas": 2},
+        })]
+    );
+    assert_eq!((done.pending, done.remaining), (0, 0));
+}
+
+#[tokio::test]
+async fn with_replication_a_count_that_is_not_whole_groups_is_refused() {
+    let a = Broker::start();
+    let pass = Pass::run_over(
+        statefulset(4, &[(DESIRED_REPLICAS, "3")]),
+        &[&a],
+        departing_group(),
+    )
+    .await;
+    assert_eq!(
+        pass.result.map_err(|e| e.to_string()),
+        Err("3 brokers wanted is not a whole number of groups of 2".to_string())
+    );
+    assert!(
+        pass.sent.iter().all(|s| s.method == "GET"),
+        "nothing written"
+    );
 }

@@ -2,8 +2,11 @@
 //! axum router is the `kube::Client`'s HTTP service. It holds a few objects and
 //! answers what the operator asks the way the real one would: gets and lists from
 //! them, a patch with the object as stored (patches are recorded, not applied:
-//! each test reconciles one state), an event creation with the event. Anything
-//! else is 404. Every request is recorded, in order, for the tests to check.
+//! each test reconciles one state), an event creation with the event. Creates
+//! and replaces (PUT) are applied as the real one does, compare-and-swap on
+//! `metadata.resourceVersion` (409 on a stale version or an existing name), so
+//! the replication controller's writes can be tested. Anything else is 404.
+//! Every request is recorded, in order, for the tests to check.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,15 +34,18 @@ pub struct Sent {
 /// The fake server: its objects and what it was sent.
 #[derive(Debug, Clone)]
 pub struct FakeApi {
-    objects: Arc<Vec<Value>>,
+    objects: Arc<Mutex<Vec<Value>>>,
     sent: Arc<Mutex<Vec<Sent>>>,
+    /// Another client's write, stored just before the next create or replace.
+    interleaved: Arc<Mutex<Option<Value>>>,
 }
 
 impl FakeApi {
     pub fn new(objects: Vec<Value>) -> FakeApi {
         FakeApi {
-            objects: Arc::new(objects),
+            objects: Arc::new(Mutex::new(objects)),
             sent: Arc::default(),
+            interleaved: Arc::default(),
         }
     }
 
@@ -55,9 +61,92 @@ impl FakeApi {
     }
 
     /// The object stored at `path`.
-    fn object(&self, path: &str) -> Option<Value> {
-        self.objects.iter().find(|o| path_of(o) == path).cloned()
+    pub fn object(&self, path: &str) -> Option<Value> {
+        self.objects
+            .lock()
+            .iter()
+            .find(|o| path_of(o) == path)
+            .cloned()
     }
+
+    /// Stores `object` as another client's write would: replaces the one at
+    /// its path (or adds it) with the next resourceVersion.
+    pub fn write(&self, mut object: Value) {
+        let path = path_of(&object);
+        let mut objects = self.objects.lock();
+        let version = next_version(&objects);
+        object["metadata"]["resourceVersion"] = json!(version);
+        objects.retain(|o| path_of(o) != path);
+        objects.push(object);
+    }
+
+    /// Makes another client [`write`](FakeApi::write) `object` just before the
+    /// next create or replace is handled: a write that races the operator's.
+    pub fn before_next_write(&self, object: Value) {
+        *self.interleaved.lock() = Some(object);
+    }
+
+    /// Stores the racing write, if one is set.
+    fn race(&self) {
+        if let Some(object) = self.interleaved.lock().take() {
+            self.write(object);
+        }
+    }
+
+    /// A create: refused with 409 when the name is taken.
+    fn create(&self, collection: &str, mut object: Value) -> (StatusCode, Value) {
+        self.race();
+        let mut objects = self.objects.lock();
+        let (root, plural) = collection.rsplit_once('/').expect("collection path");
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let path = format!("{root}/{plural}/{name}");
+        if objects.iter().any(|o| path_of(o) == path) {
+            return failure(StatusCode::CONFLICT, "AlreadyExists", &path);
+        }
+        object["metadata"]["resourceVersion"] = json!(next_version(&objects));
+        objects.push(object.clone());
+        (StatusCode::CREATED, object)
+    }
+
+    /// A replace: applied only when the body carries the stored object's
+    /// resourceVersion (409 otherwise), as the real API server does.
+    fn replace(&self, path: &str, mut object: Value) -> (StatusCode, Value) {
+        self.race();
+        let mut objects = self.objects.lock();
+        let Some(at) = objects.iter().position(|o| path_of(o) == path) else {
+            return failure(StatusCode::NOT_FOUND, "NotFound", path);
+        };
+        if objects[at]["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+            return failure(StatusCode::CONFLICT, "Conflict", path);
+        }
+        object["metadata"]["resourceVersion"] = json!(next_version(&objects));
+        objects[at] = object.clone();
+        (StatusCode::OK, object)
+    }
+}
+
+/// A resourceVersion above every stored one.
+fn next_version(objects: &[Value]) -> String {
+    let highest = objects
+        .iter()
+        .filter_map(|o| {
+            o["metadata"]["resourceVersion"]
+                .as_str()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    (highest + 1).to_string()
+}
+
+/// A `Status` failure answer.
+fn failure(status: StatusCode, reason: &str, path: &str) -> (StatusCode, Value) {
+    let body = json!({
+        "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+        "reason": reason, "code": status.as_u16(), "message": format!("{path}: {reason}"),
+    });
+    (status, body)
 }
 
 /// A client whose every request the API server holds unanswered, like an API
@@ -125,15 +214,12 @@ async fn answer(
             .object(path.strip_suffix("/status").unwrap_or(path))
             .map(|o| (StatusCode::OK, o)),
         Method::POST if path.ends_with("/events") => Some((StatusCode::CREATED, body)),
+        Method::POST => Some(api.create(path, body)),
+        Method::PUT => Some(api.replace(path, body)),
         _ => None,
     };
-    let (status, object) = answer.unwrap_or_else(|| {
-        let status = json!({
-            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-            "reason": "NotFound", "code": 404, "message": format!("{path} not found"),
-        });
-        (StatusCode::NOT_FOUND, status)
-    });
+    let (status, object) =
+        answer.unwrap_or_else(|| failure(StatusCode::NOT_FOUND, "NotFound", path));
     (status, Json(object))
 }
 
@@ -141,8 +227,8 @@ async fn answer(
 /// field selector; `None` when no object belongs to such a collection.
 fn list(api: &FakeApi, path: &str, fields: Option<&String>) -> Option<(StatusCode, Value)> {
     let name = fields.and_then(|f| f.strip_prefix("metadata.name="));
-    let members: Vec<&Value> = api
-        .objects
+    let objects = api.objects.lock();
+    let members: Vec<&Value> = objects
         .iter()
         .filter(|o| collection_of(o) == path)
         .collect();

@@ -277,9 +277,19 @@ pub(crate) async fn route_in(
     namespace: &str,
     topic: &str,
 ) -> Option<BTreeMap<String, (usize, usize)>> {
+    route_via(env, 0, namespace, topic).await
+}
+
+/// [`route_in`] as broker `broker` answers it.
+pub(crate) async fn route_via(
+    env: &Env,
+    broker: usize,
+    namespace: &str,
+    topic: &str,
+) -> Option<BTreeMap<String, (usize, usize)>> {
     let mut c = pb::messaging_service_client::MessagingServiceClient::connect(format!(
         "http://{}",
-        env.grpc(0)
+        env.grpc(broker)
     ))
     .await
     .ok()?;
@@ -327,9 +337,21 @@ pub(crate) async fn consume_in(
     topic: &str,
     n: usize,
 ) -> Vec<String> {
+    consume_via(env, 0, namespace, group, topic, n).await
+}
+
+/// [`consume_in`], bootstrapped from broker `broker`.
+pub(crate) async fn consume_via(
+    env: &Env,
+    broker: usize,
+    namespace: &str,
+    group: &str,
+    topic: &str,
+    n: usize,
+) -> Vec<String> {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = seen.clone();
-    let consumer = PushConsumerBuilder::new(env.grpc(0), group, topic)
+    let consumer = PushConsumerBuilder::new(env.grpc(broker), group, topic)
         .namespace(namespace)
         .start(move |m| {
             let sink = sink.clone();

@@ -8,6 +8,7 @@ mod env;
 mod fields;
 mod group_fields;
 mod placement;
+mod replication;
 mod status;
 mod subscriptions;
 mod tenants;
@@ -626,5 +627,9 @@ async fn operator_scenarios() {
     )
     .await;
     crds::the_operator_upgrades_older_crds_and_keeps_newer_ones(&env, &client).await;
+    replication::a_group_fails_over_to_a_new_master_without_losing_acknowledged_messages(
+        &env, &client,
+    )
+    .await;
     eprintln!("operator scenarios passed in {:?}", suite.elapsed());
 }

@@ -1,0 +1,192 @@
+//! Where a group's record lives: ConfigMap `<broker statefulset>-group-<g>` in
+//! the brokers' namespace, keys `master` (absent before the first election),
+//! `epoch`, `inSync` (comma-separated members) and `inSyncVersion`. Read and
+//! written only through [`CasConfigMap`], so two controllers can never both
+//! win a decision taken from the same record.
+
+use std::collections::BTreeMap;
+
+use dduomq_replication::{GroupRecord, MemberId};
+use kube::Client;
+
+use crate::cas::{CasConfigMap, Swap, Versioned};
+
+const MASTER: &str = "master";
+const EPOCH: &str = "epoch";
+const IN_SYNC: &str = "inSync";
+const IN_SYNC_VERSION: &str = "inSyncVersion";
+
+/// A group's record as read, with the version its next write must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    pub record: GroupRecord,
+    pub stored: Versioned,
+}
+
+/// A record that cannot be decoded (edited by hand, or by a newer operator).
+#[derive(Debug, thiserror::Error)]
+#[error("ConfigMap {configmap}: {key} {value:?} is not valid")]
+pub struct CorruptRecord {
+    pub configmap: String,
+    pub key: &'static str,
+    pub value: String,
+}
+
+/// Why a record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+}
+
+/// The name of group `group`'s ConfigMap.
+pub fn configmap_name(statefulset: &str, group: u32) -> String {
+    format!("{statefulset}-group-{group}")
+}
+
+/// The record store of one group.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    cell: CasConfigMap,
+    group_size: u32,
+}
+
+impl RecordStore {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        statefulset: &str,
+        group: u32,
+        group_size: u32,
+    ) -> RecordStore {
+        RecordStore {
+            cell: CasConfigMap::new(client, namespace, &configmap_name(statefulset, group)),
+            group_size,
+        }
+    }
+
+    /// The record (a new group's initial one when the ConfigMap is absent).
+    pub async fn read(&self) -> Result<ReadRecord, RecordError> {
+        let stored = self.cell.read().await?;
+        let record = if stored.resource_version.is_none() {
+            GroupRecord::initial(self.group_size)
+        } else {
+            decode(self.cell.name(), &stored.data)?
+        };
+        Ok(ReadRecord { record, stored })
+    }
+
+    /// Writes `record` if the ConfigMap is still as `read` saw it.
+    pub async fn write(
+        &self,
+        read: &ReadRecord,
+        record: &GroupRecord,
+    ) -> Result<Option<ReadRecord>, RecordError> {
+        Ok(match self.cell.write(&read.stored, encode(record)).await? {
+            Swap::Written(stored) => Some(ReadRecord {
+                record: record.clone(),
+                stored,
+            }),
+            Swap::Conflict => None,
+        })
+    }
+}
+
+fn encode(record: &GroupRecord) -> BTreeMap<String, String> {
+    let in_sync: Vec<String> = record.in_sync.iter().map(u32::to_string).collect();
+    let mut data = BTreeMap::from([
+        (EPOCH.to_string(), record.epoch.to_string()),
+        (IN_SYNC.to_string(), in_sync.join(",")),
+        (
+            IN_SYNC_VERSION.to_string(),
+            record.in_sync_version.to_string(),
+        ),
+    ]);
+    if let Some(master) = record.master {
+        data.insert(MASTER.to_string(), master.to_string());
+    }
+    data
+}
+
+fn decode(configmap: &str, data: &BTreeMap<String, String>) -> Result<GroupRecord, CorruptRecord> {
+    let corrupt = |key: &'static str, value: &str| CorruptRecord {
+        configmap: configmap.to_string(),
+        key,
+        value: value.to_string(),
+    };
+    let number = |key: &'static str| -> Result<u64, CorruptRecord> {
+        let value = data.get(key).map(String::as_str).unwrap_or_default();
+        value.parse().map_err(|_| corrupt(key, value))
+    };
+    let master = match data.get(MASTER) {
+        None => None,
+        Some(m) => Some(m.parse::<MemberId>().map_err(|_| corrupt(MASTER, m))?),
+    };
+    let in_sync_text = data.get(IN_SYNC).map(String::as_str).unwrap_or_default();
+    let in_sync = in_sync_text
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.parse::<MemberId>()
+                .map_err(|_| corrupt(IN_SYNC, in_sync_text))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GroupRecord {
+        master,
+        epoch: number(EPOCH)?,
+        in_sync,
+        in_sync_version: number(IN_SYNC_VERSION)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::NAMESPACE;
+    use crate::test_support::fake_api::FakeApi;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn records_round_trip_and_a_stale_write_is_refused() {
+        let api = FakeApi::new(Vec::new());
+        let store = RecordStore::new(api.client(), NAMESPACE, "dduomq-broker", 1, 3);
+        let first = store.read().await.unwrap();
+        assert_eq!(first.record, GroupRecord::initial(3));
+        let elected = GroupRecord {
+            master: Some(2),
+            epoch: 1,
+            in_sync: vec![0, 1, 2],
+            in_sync_version: 1,
+        };
+        let written = store.write(&first, &elected).await.unwrap().unwrap();
+        assert_eq!(written.record, elected);
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/configmaps/dduomq-broker-group-1");
+        assert_eq!(
+            api.object(&path).unwrap()["data"],
+            json!({"master": "2", "epoch": "1", "inSync": "0,1,2", "inSyncVersion": "1"})
+        );
+        assert_eq!(store.read().await.unwrap(), written);
+        // A decision taken from the first read loses: nothing changes.
+        let other = GroupRecord {
+            master: Some(0),
+            ..elected.clone()
+        };
+        assert!(store.write(&first, &other).await.unwrap().is_none());
+        assert_eq!(store.read().await.unwrap().record, elected);
+    }
+
+    #[test]
+    fn a_record_edited_into_nonsense_is_reported_not_guessed() {
+        let data = BTreeMap::from([
+            (EPOCH.to_string(), "3".to_string()),
+            (IN_SYNC.to_string(), "0,x".to_string()),
+            (IN_SYNC_VERSION.to_string(), "4".to_string()),
+        ]);
+        let err = decode("g", &data).unwrap_err();
+        assert_eq!(err.to_string(), "ConfigMap g: inSync \"0,x\" is not valid");
+        let data = BTreeMap::from([(IN_SYNC.to_string(), String::new())]);
+        assert_eq!(decode("g", &data).unwrap_err().key, EPOCH);
+    }
+}

@@ -1,0 +1,28 @@
+//! The controller's lease timing, sized from the API server's latency
+//! measured under load on the CI machine (`examples/api_latency.rs`; the
+//! figures are in docs/architecture.md, "Replication: the controller"): a
+//! round's GET took at most 150 ms (p99.9 75 ms) with `stress-ng --cpu 1`
+//! on top of the other builds, so a round (GET + AssignRole bounded by
+//! [`CALL_TIMEOUT`]) fits in [`RENEW_EVERY`], and a lease of four rounds
+//! survives three slow or lost ones in a row without the master stepping
+//! down, while a failed master is replaced within about lease + margin +
+//! one round.
+//!
+//! A master is renewed every [`RENEW_EVERY`]; each round first reads the
+//! group's record (one GET), so a master stays renewed as long as a round
+//! completes within the lease. The lease covers several rounds plus the
+//! slowest API answers seen under load, so a loaded API server does not make
+//! masters flap; the margin covers clock-rate differences and scheduling
+//! between the master's receipt of a grant and the controller's end of the
+//! call.
+
+use std::time::Duration;
+
+/// How often every group's master is renewed (and replicas re-assigned).
+pub const RENEW_EVERY: Duration = Duration::from_millis(1000);
+/// The lease granted with each AssignRole to a master.
+pub const LEASE: Duration = Duration::from_millis(4000);
+/// Added to every fencing deadline.
+pub const MARGIN: Duration = Duration::from_millis(500);
+/// Bound of one AssignRole call: a dead member costs a round at most this.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
