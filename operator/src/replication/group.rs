@@ -130,7 +130,13 @@ impl GroupController {
                         return Err(e);
                     };
                     tracing::warn!(group = self.group, error = %e, "reading the group record failed; renewing the last one read");
-                    if self.state != GroupState::Masterless {
+                    // Not while an election write of unknown outcome may
+                    // still land: that record would replace this master.
+                    let replacing = self
+                        .contact
+                        .as_ref()
+                        .is_some_and(|c| c.renewals.replacement_pending);
+                    if self.state != GroupState::Masterless && !replacing {
                         self.assign(&last.record, members, true, timing, now).await;
                     }
                     return Ok(RoundOutcome::RenewedLastKnown);
@@ -157,8 +163,17 @@ impl GroupController {
                     return Ok(RoundOutcome::RecordedInSync(next));
                 }
                 Decision::Elect(next) => {
-                    let Some(written) = self.store.write(&read, &next).await? else {
-                        continue;
+                    let written = match self.store.write(&read, &next).await {
+                        Ok(Some(written)) => written,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            // The write may still land: the old master gets
+                            // no new lease until the record is read again.
+                            if let Some(contact) = self.contact.as_mut() {
+                                contact.renewals.replacement_attempted();
+                            }
+                            return Err(e);
+                        }
                     };
                     tracing::info!(group = self.group, master = ?next.master, epoch = next.epoch, in_sync = ?next.in_sync, "elected a master");
                     self.follow_record(&next, timing, now());
