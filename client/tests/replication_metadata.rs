@@ -1,7 +1,8 @@
 //! Topic and group changes in a replicated group of real broker processes,
 //! with the test as the controller: only the master changes them (a replica
 //! refuses changes and auto-creates nothing, its tables follow the master's
-//! `%META%` records).
+//! `%META%` records), and the master answers a change only once its record
+//! is acknowledged by the in-sync set.
 
 #[path = "replication/group.rs"]
 #[allow(dead_code)] // shared with the other replication suites
@@ -14,7 +15,7 @@ use dduomq_client::proto::admin_service_client::AdminServiceClient;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{ClientError, Reason};
 use dduomq_testkit::{Broker, eventually};
-use group::{make_master, make_replica, start_member};
+use group::{make_master, make_replica, start_member, state};
 
 type AdminClient = AdminServiceClient<tonic::transport::Channel>;
 
@@ -157,4 +158,73 @@ async fn replicas_refuse_topic_and_group_changes() {
     assert_eq!(topics(&b).await, expected_topics);
     assert_eq!(groups(&b).await, ["billing"]);
     assert_eq!(topics(&a).await, expected_topics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_answered_once_the_quorum_stored_it() {
+    let settings = "ack_timeout = \"1s\"";
+    let a = start_member(0, settings);
+    let mut b = start_member(1, settings);
+    let mut c = start_member(2, settings);
+    for replica in [&b, &c] {
+        make_replica(replica, 1, 0, &a.grpc).await;
+    }
+    make_master(&a.grpc, 0, 1, &[0, 1, 2], 1).await;
+    create_topic(&a, "orders").await.expect("acknowledged");
+    create_group(&a, "billing").await.expect("acknowledged");
+    let committed = state(&a).await.committed_end;
+    b.kill();
+    c.kill();
+
+    for (what, result) in [
+        ("create topic", create_topic(&a, "later").await),
+        ("delete topic", delete_topic(&a, "orders").await),
+        ("create group", create_group(&a, "audit").await),
+        ("delete group", delete_group(&a, "billing").await),
+    ] {
+        let refused = result.expect_err(what);
+        assert_eq!(
+            refused.reason(),
+            Some(Reason::QuorumTimeout),
+            "{what}: {refused}"
+        );
+        assert!(refused.is_retryable(), "{what}");
+    }
+    assert_eq!(
+        state(&a).await.committed_end,
+        committed,
+        "nothing acknowledged"
+    );
+
+    // One member back and recorded in sync: the retried changes are answered.
+    b.start_again();
+    make_replica(&b, 1, 0, &a.grpc).await;
+    let proposal = eventually(
+        Duration::from_secs(20),
+        "a proposal without the dead member",
+        async || {
+            let s = state(&a).await;
+            (s.proposed_in_sync == vec![0, 1]).then_some(s.proposal_based_on)
+        },
+    )
+    .await;
+    make_master(&a.grpc, 0, 1, &[0, 1], proposal + 1).await;
+    // The refused changes were made on the master (not acknowledged, they
+    // might have been lost in a failover); a retry answers once they are.
+    create_topic(&a, "later").await.expect("acknowledged");
+    create_group(&a, "audit").await.expect("acknowledged");
+    let expected_topics: Vec<String> = ["%DLQ%audit", "%DLQ%billing", "later"]
+        .map(String::from)
+        .into();
+    assert_eq!(topics(&a).await, expected_topics);
+    assert_eq!(groups(&a).await, ["audit"]);
+    eventually(
+        Duration::from_secs(20),
+        "the replica to hold the acknowledged changes",
+        async || {
+            (topics(&b).await == expected_topics && groups(&b).await == ["audit"]).then_some(())
+        },
+    )
+    .await;
+    drop(c);
 }

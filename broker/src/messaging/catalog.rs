@@ -1,7 +1,8 @@
 //! Topics and groups as the broker manages them: creation, deletion, listing,
 //! auto-creation on first use, and the lookups that refuse unknown names.
 //! In a replicated group only the master changes topics and groups
-//! ([`Broker::change_term`]).
+//! ([`Broker::change_term`]); [`Broker::acknowledged_change`] answers once the
+//! change's metadata record is acknowledged.
 
 use super::error::{BrokerError, Result};
 use super::groups::{ConsumeMode, GroupConfig};
