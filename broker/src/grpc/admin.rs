@@ -34,14 +34,14 @@ impl AdminService for AdminApi {
         observed(self.broker.metrics(), "CreateTopic", async move {
             let ns = namespace::of_request(&req)?;
             let r = req.into_inner();
+            let name = ns.topic(&r.name).map_err(|e| ns.refusal(e))?;
+            let message_type =
+                convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?;
+            let settings = TopicSettings::from_wire(r.max_message_bytes, r.retention_ms);
             let CreatedTopic { topic, created } = self
                 .broker
-                .upsert_topic(
-                    &ns.topic(&r.name).map_err(|e| ns.refusal(e))?,
-                    r.queues,
-                    convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?,
-                    TopicSettings::from_wire(r.max_message_bytes, r.retention_ms),
-                )
+                .acknowledged_change(|b| b.upsert_topic(&name, r.queues, message_type, settings))
+                .await
                 .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateTopicResponse {
                 topic: Some(shown_topic(&ns, topic)),
@@ -60,7 +60,10 @@ impl AdminService for AdminApi {
             let name = ns
                 .topic(&req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
-            self.broker.delete_topic(&name).map_err(|e| ns.refusal(e))?;
+            self.broker
+                .acknowledged_change(|b| b.delete_topic(&name))
+                .await
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteTopicResponse {}))
         })
         .await
@@ -143,7 +146,8 @@ impl AdminService for AdminApi {
             config.ordered = g.ordered;
             let created = self
                 .broker
-                .upsert_group(config.clone())
+                .acknowledged_change(|b| b.upsert_group(config.clone()))
+                .await
                 .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateGroupResponse {
                 group: Some(shown_group(&ns, config)),
@@ -162,7 +166,10 @@ impl AdminService for AdminApi {
             let name = ns
                 .group("group name", &req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
-            self.broker.delete_group(&name).map_err(|e| ns.refusal(e))?;
+            self.broker
+                .acknowledged_change(|b| b.delete_group(&name))
+                .await
+                .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteGroupResponse {}))
         })
         .await

@@ -1,5 +1,8 @@
 //! Topics and groups as the broker manages them: creation, deletion, listing,
 //! auto-creation on first use, and the lookups that refuse unknown names.
+//! In a replicated group only the master changes topics and groups
+//! ([`Broker::change_term`]); [`Broker::acknowledged_change`] answers once the
+//! change's metadata record is acknowledged.
 
 use super::error::{BrokerError, Result};
 use super::groups::{ConsumeMode, GroupConfig};
@@ -41,6 +44,7 @@ impl Broker {
         message_type: MessageType,
     ) -> Result<CreatedTopic> {
         topics::validate_user_topic(name)?;
+        self.change_term()?;
         let (topic, created) = self.topics.create(name, queues, message_type)?;
         Ok(CreatedTopic { topic, created })
     }
@@ -55,6 +59,7 @@ impl Broker {
         settings: TopicSettings,
     ) -> Result<CreatedTopic> {
         topics::validate_user_topic(name)?;
+        self.change_term()?;
         let (topic, created) = self.topics.upsert(name, queues, message_type, settings)?;
         self.refresh_log_retention();
         Ok(CreatedTopic { topic, created })
@@ -62,6 +67,7 @@ impl Broker {
 
     /// Deletes a topic, its queues and every group's progress on it.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.change_term()?;
         self.topics.delete(name)?;
         self.refresh_log_retention();
         self.store.delete_topic(name)?;
@@ -101,6 +107,7 @@ impl Broker {
             return Err(BrokerError::TopicNotFound(name.to_string()));
         }
         topics::validate_user_topic(name)?;
+        self.change_term()?;
         Ok(self
             .topics
             .create(name, self.config.default_queues, MessageType::Normal)?
@@ -141,6 +148,7 @@ impl Broker {
     pub fn upsert_group(&self, group: GroupConfig) -> Result<bool> {
         // Refusals first, so a refused group leaves no dead-letter topic.
         self.groups.check(&group)?;
+        self.change_term()?;
         self.topics
             .create(&group.dead_letter_topic(), 1, MessageType::Normal)?;
         let before = self.groups.get(&group.name);
@@ -151,6 +159,7 @@ impl Broker {
 
     /// Deletes a group, its live subscriptions, members and progress.
     pub fn delete_group(&self, name: &str) -> Result<()> {
+        self.change_term()?;
         self.groups.delete(name)?;
         self.subscriptions.lock().retain(|k, _| k.group != name);
         self.forget_claims(name);

@@ -3,7 +3,8 @@
 //! while the table's write lock is held (so the log has them in journal
 //! order) and appended off that lock by [`Broker::flush_metadata_log`], which
 //! the maintenance task runs whenever records are queued (and shutdown once
-//! more).
+//! more), and a topic or group change from a client before it is answered
+//! ([`Broker::acknowledged_change`]: once its record is acknowledged).
 //!
 //! Retention: old `%META%` records may go with their segment, because a
 //! master appends a full snapshot of both tables when it is promoted and
@@ -14,6 +15,7 @@
 //! whole log; snapshots without a pin could lose the only snapshot to a
 //! retention pass.
 
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -22,8 +24,8 @@ use tokio::sync::{Notify, watch};
 use super::super::Broker;
 use super::super::error::Result;
 use super::super::journal::ChangeObserver;
-use super::{LogRole, records};
-use crate::store::{Appended, Message};
+use super::{LogRole, WriteTerm, records};
+use crate::store::{Appended, Message, StoreError};
 
 /// No record of the kind was appended (yet) by this master.
 const NONE: u64 = u64::MAX;
@@ -41,6 +43,8 @@ enum Tracked {
 /// stay contiguous).
 #[derive(Debug)]
 struct Unit {
+    /// Its place in the outbox's order (1 for the first unit queued).
+    seq: u64,
     tracked: Tracked,
     records: Vec<Message>,
 }
@@ -61,6 +65,12 @@ pub struct Outbox {
     /// An append of metadata records failed: the next save queues both
     /// snapshots, which carry every change that was lost.
     lost_records: AtomicBool,
+    /// Units queued so far, the highest `seq` of a unit that did not reach
+    /// the log (0: none), and where the last record appended begins: a
+    /// change answers once its unit is appended and acknowledged.
+    queued: AtomicU64,
+    lost_through: AtomicU64,
+    last_appended: AtomicU64,
 }
 
 impl ChangeObserver for Outbox {
@@ -81,6 +91,9 @@ impl Outbox {
             last_snapshot: AtomicU64::new(NONE),
             last_progress: AtomicU64::new(NONE),
             lost_records: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            lost_through: AtomicU64::new(0),
+            last_appended: AtomicU64::new(NONE),
         }
     }
 
@@ -89,12 +102,33 @@ impl Outbox {
     }
 
     fn push(&self, tracked: Tracked, records: Vec<Message>) {
-        self.pending.lock().push(Unit { tracked, records });
+        let mut pending = self.pending.lock();
+        let seq = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        pending.push(Unit {
+            seq,
+            tracked,
+            records,
+        });
+        drop(pending);
         self.wake.notify_one();
     }
 
+    /// Units that will not reach the log.
+    fn lost(&self, units: &[Unit]) {
+        if let Some(last) = units.iter().map(|u| u.seq).max() {
+            self.lost_through.fetch_max(last, Ordering::Relaxed);
+        }
+    }
+
     /// Remembers where a tracked unit landed.
-    fn stored(&self, unit: &Unit, first: &Appended) {
+    fn stored(&self, unit: &Unit, appended: &[Appended]) {
+        if let Some(last) = appended.last() {
+            self.last_appended
+                .store(last.physical_offset, Ordering::Relaxed);
+        }
+        let Some(first) = appended.first() else {
+            return;
+        };
         match unit.tracked {
             Tracked::SnapshotStart => &self.last_snapshot,
             Tracked::Progress => &self.last_progress,
@@ -113,7 +147,13 @@ impl Outbox {
 
     /// Forgets what is queued and where the snapshots were (no longer master).
     pub(super) fn reset(&self) {
-        self.pending.lock().clear();
+        let mut pending = self.pending.lock();
+        pending.clear();
+        // What it appended is not acknowledged by this member any more.
+        self.lost_through
+            .fetch_max(self.queued.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.last_appended.store(NONE, Ordering::Relaxed);
+        drop(pending);
         self.lost_records.store(false, Ordering::Relaxed);
         self.last_snapshot.store(NONE, Ordering::Relaxed);
         self.last_progress.store(NONE, Ordering::Relaxed);
@@ -186,6 +226,40 @@ impl Broker {
         outbox.push(Tracked::Progress, progress);
     }
 
+    /// Runs `change` (a topic or group change, refused on a replica); the
+    /// master of a replicated group answers only once the change's metadata
+    /// record is appended and acknowledged (QUORUM_TIMEOUT or NOT_MASTER
+    /// otherwise, the change then may or may not survive a failover, as an
+    /// unacknowledged send), so an acknowledged change is on every in-sync
+    /// member. Without replication: `change` as it was.
+    pub async fn acknowledged_change<T>(
+        &self,
+        change: impl FnOnce(&Broker) -> Result<T>,
+    ) -> Result<T> {
+        let WriteTerm::Master(term) = self.change_term()? else {
+            return change(self);
+        };
+        let outbox = &self.replicated.outbox;
+        let before = outbox.queued.load(Ordering::Relaxed);
+        let answer = change(self)?;
+        // Every unit queued so far is appended (or lost) once this returns:
+        // a concurrent flush holding some of them finishes first.
+        self.flush_metadata_log().await?;
+        if outbox.lost_through.load(Ordering::Relaxed) > before {
+            self.write_term()?;
+            return Err(StoreError::Io {
+                context: "appending a metadata record".into(),
+                source: io::Error::other("it was not stored; full snapshots follow"),
+            }
+            .into());
+        }
+        match outbox.last_appended.load(Ordering::Relaxed) {
+            NONE => {}
+            last => self.acknowledged(WriteTerm::Master(term), [last]).await?,
+        }
+        Ok(answer)
+    }
+
     /// Appends the queued metadata records to the log, in order, in one
     /// append (or, if that fails, one per change or snapshot, so one that
     /// cannot be stored does not take the others with it), through the
@@ -198,22 +272,25 @@ impl Broker {
         let _in_order = outbox.appending.lock().await;
         let batch = std::mem::take(&mut *outbox.pending.lock());
         if batch.is_empty() || !outbox.is_master() {
+            outbox.lost(&batch);
             return Ok(());
         }
         let all: Vec<Message> = batch.iter().flat_map(|u| u.records.clone()).collect();
         if let Ok(appended) = self.append_as_master(all).await {
             let mut at = 0;
             for unit in &batch {
-                outbox.stored(unit, &appended[at]);
-                at += unit.records.len();
+                let end = at + unit.records.len();
+                outbox.stored(unit, &appended[at..end]);
+                at = end;
             }
             return Ok(());
         }
         let mut failed = None;
         for unit in &batch {
             match self.append_as_master(unit.records.clone()).await {
-                Ok(appended) => outbox.stored(unit, &appended[0]),
+                Ok(appended) => outbox.stored(unit, &appended),
                 Err(e) => {
+                    outbox.lost(std::slice::from_ref(unit));
                     tracing::error!(error = %e, records = unit.records.len(), "appending metadata records failed; full snapshots follow");
                     outbox.lost_records.store(true, Ordering::Relaxed);
                     failed = Some(e);

@@ -10,7 +10,7 @@ use super::super::Broker;
 use super::super::error::Result;
 use super::super::send::SendReceipt;
 use super::LogRole;
-use crate::replication::{NotMasterCause, Replication, Term};
+use crate::replication::{NotMasterCause, Replication, ReplicationError, Term};
 use crate::store::{Appended, Message, MessageId};
 
 /// Under which rule a write is appended and acknowledged.
@@ -48,6 +48,23 @@ impl Broker {
                 }
                 Ok(WriteTerm::Master(term))
             }
+        }
+    }
+
+    /// The rule for a topic or group change starting now: a replica refuses
+    /// it with NOT_MASTER (its tables follow the master's `%META%` records; a
+    /// change of its own would diverge from them, a deleted topic would wedge
+    /// its follower), as does a master still taking over.
+    pub(in crate::messaging) fn change_term(&self) -> Result<WriteTerm> {
+        match (self.log_role(), self.replication.get()) {
+            (LogRole::Replica, None) => Err(ReplicationError::NotMaster {
+                group: self.store.config().broker_id,
+                member: 0,
+                cause: NotMasterCause::Replica,
+                master_address: None,
+            }
+            .into()),
+            _ => self.write_term(),
         }
     }
 
