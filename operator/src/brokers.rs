@@ -102,7 +102,7 @@ impl BrokerPool {
         topic: &TopicSettings,
     ) -> Result<(), BrokerCallError> {
         self.on(address, |admin| async move {
-            admin.create_topic_with(topic.clone()).await.map(|_| ())
+            changed_or_replica(admin.create_topic_with(topic.clone()).await.map(|_| ()))
         })
         .await
     }
@@ -112,7 +112,7 @@ impl BrokerPool {
         self.on(address, |admin| async move {
             match admin.delete_topic(name).await {
                 Err(e) if e.reason() == Some(Reason::TopicNotFound) => Ok(()),
-                other => other,
+                other => changed_or_replica(other),
             }
         })
         .await
@@ -136,7 +136,7 @@ impl BrokerPool {
         group: pb::Group,
     ) -> Result<(), BrokerCallError> {
         self.on(address, |admin| async move {
-            admin.create_group(group).await.map(|_| ())
+            changed_or_replica(admin.create_group(group).await.map(|_| ()))
         })
         .await
     }
@@ -146,7 +146,7 @@ impl BrokerPool {
         self.on(address, |admin| async move {
             match admin.delete_group(name).await {
                 Err(e) if e.reason() == Some(Reason::GroupNotFound) => Ok(()),
-                other => other,
+                other => changed_or_replica(other),
             }
         })
         .await
@@ -220,5 +220,15 @@ impl BrokerPool {
             admin.update_routes(epoch, topics).await
         })
         .await
+    }
+}
+
+/// A topic or group change a replica refused with `NOT_MASTER` counts as
+/// done there: the replica takes it from its group's master through the
+/// replicated log, which the same reconcile changes too.
+fn changed_or_replica(result: dduomq_client::Result<()>) -> dduomq_client::Result<()> {
+    match result {
+        Err(e) if e.reason() == Some(Reason::NotMaster) => Ok(()),
+        other => other,
     }
 }
