@@ -41,6 +41,7 @@ mod recovery;
 mod replica_append;
 mod retention;
 mod truncate;
+mod undelete;
 mod writer;
 
 use std::fs::File;
@@ -211,6 +212,9 @@ impl Store {
         let started = Instant::now();
         let resumed = truncate::resume(&inner, checkpoint)?;
         let recovery = recovery::recover(&inner, resumed.checkpoint.as_ref(), repairs)?;
+        if let Some(cut) = &resumed.pending {
+            truncate::finish_undeletions(&inner, cut)?;
+        }
         inner.observer.corrupt(recovery.corrupt_ranges.len() as u64);
         inner.damage.lock().unhealed = recovery
             .corrupt_ranges
@@ -226,7 +230,7 @@ impl Store {
         // A full volume must not keep the broker down (retention could never
         // free space then): the previous checkpoint stays valid, only older.
         match write_checkpoint(&inner, true) {
-            Ok(()) if resumed.pending => truncate::finished(&dir)?,
+            Ok(()) if resumed.pending.is_some() => truncate::finished(&dir)?,
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "could not write a checkpoint after recovery; continuing")
