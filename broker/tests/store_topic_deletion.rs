@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::replica::{
-    all_queues, assert_same_log, assert_same_reads, copy_log, files, fill, replica_config,
-    restart_clean, run,
+    all_queues, assert_same_log, assert_same_reads, copy_log, files, fill, record_cut,
+    replica_config, restart_clean, run,
 };
 use common::{message, read_all};
 use dduomq_broker::store::{DELETION_TOPIC, FlushMode, Store, StoreError};
@@ -250,24 +250,6 @@ fn a_truncation_that_drops_a_deletion_undoes_it() {
             "{case}"
         );
     }
-}
-
-/// Records a truncation undoing the deletion of `undeleted` as
-/// `Store::truncate_log` does before carrying it out (the `truncating` file,
-/// format in `broker/src/store/truncate.rs`).
-fn record_cut(dir: &Path, to: u64, end: u64, undeleted: &[&str]) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&0xDD0A_7C07u32.to_le_bytes());
-    b.extend_from_slice(&to.to_le_bytes());
-    b.extend_from_slice(&end.to_le_bytes());
-    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-    b.extend_from_slice(&(undeleted.len() as u16).to_le_bytes());
-    for topic in undeleted {
-        b.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-        b.extend_from_slice(topic.as_bytes());
-    }
-    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-    std::fs::write(dir.join("truncating"), b).unwrap();
 }
 
 /// How far an interrupted undoing truncation got before the crash.

@@ -141,10 +141,7 @@ impl QueueTable {
     /// commit log until retention removes them), leaving a tombstone at `at`,
     /// the end of the log when it was deleted.
     pub fn remove_topic(&self, topic: &str, at: u64) -> Result<()> {
-        let removed = self.topics.write().remove(topic);
-        for cq in removed.into_iter().flat_map(|q| q.into_values()) {
-            cq.destroy()?;
-        }
+        self.destroy_queues(topic)?;
         let dir = self.root.join(topic);
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
@@ -160,10 +157,7 @@ impl QueueTable {
     /// Drops a topic's queues and its tombstone (a truncation undoing its
     /// deletion rebuilds it from the log: undelete.rs).
     pub fn forget_topic(&self, topic: &str) -> Result<()> {
-        let removed = self.topics.write().remove(topic);
-        for cq in removed.into_iter().flat_map(|q| q.into_values()) {
-            cq.destroy()?;
-        }
+        self.destroy_queues(topic)?;
         let dir = self.root.join(topic);
         match std::fs::remove_file(dir.join(TOMBSTONE)) {
             Ok(()) => sync_dir(&dir)?,
@@ -176,6 +170,14 @@ impl QueueTable {
             }
         }
         self.tombstones.write().remove(topic);
+        Ok(())
+    }
+
+    fn destroy_queues(&self, topic: &str) -> Result<()> {
+        let removed = self.topics.write().remove(topic);
+        for cq in removed.into_iter().flat_map(|q| q.into_values()) {
+            cq.destroy()?;
+        }
         Ok(())
     }
 
