@@ -6,7 +6,8 @@
 //!    FORMAT                                data-format version (format.rs)
 //!    checkpoint                            where recovery starts (checkpoint.rs)
 //!    epochs                                where each master's epoch began (epochs.rs)
-//!    truncating                            a log truncation in progress (truncate.rs)
+//!    truncating                            a log truncation in progress (truncate.rs; the
+//!                                          deletions it undoes: undelete.rs)
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
 //!    consumequeue/<topic>/<queue>/<20-digit first offset>   32-byte entries
 //!    consumequeue/<topic>/deleted          tombstone of a deleted topic (queues.rs)
