@@ -180,7 +180,7 @@ impl Writer {
         };
         let mut checkpointed = inner.checkpointed.lock();
         replace_file(&inner.config.data_dir, FILE, &cut.encode())?;
-        let (zero_to, undeleted) = (cut.end, cut.undeleted.clone());
+        let undeleted = cut.undeleted.clone();
         self.unfinished_cut = Some(cut);
         let _readers_wait = inner.commit_log.begin_truncation();
         inner.commit_log.lower_watermarks(to);
