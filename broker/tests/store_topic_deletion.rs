@@ -8,11 +8,11 @@ mod common;
 use std::path::Path;
 
 use common::replica::{
-    all_queues, assert_same_log, assert_same_reads, copy_log, files, fill, replica_config,
-    restart_clean, run,
+    all_queues, assert_same_log, assert_same_reads, copy_log, files, fill, record_cut,
+    replica_config, restart_clean, run,
 };
 use common::{message, read_all};
-use dduomq_broker::store::{DELETION_TOPIC, FlushMode, RawLogProblem, Store, StoreError};
+use dduomq_broker::store::{DELETION_TOPIC, FlushMode, Store, StoreError};
 
 /// Whole log in one chunk (marker, old and new records together), one frame
 /// per chunk (marker apart), and cuts at many places.
@@ -152,31 +152,140 @@ fn the_marker_topic_is_reserved() {
     assert_eq!(a.log_end(), 0);
 }
 
+/// What happens to `orders` between the state a cut must bring back and the
+/// cut (at the deletion's marker).
+#[derive(Debug, Clone, Copy)]
+enum AfterSnapshot {
+    /// Deleted; nothing written after.
+    Deleted,
+    /// Deleted, then created again by writing to it.
+    DeletedAndRecreated,
+}
+
+/// Whether `orders` was deleted (and created again) before the snapshot too,
+/// so the cut must bring back that earlier deletion's tombstone.
+#[derive(Debug, Clone, Copy)]
+enum BeforeSnapshot {
+    Filled,
+    DeletedOnce,
+}
+
+/// Fills as `before` says, snapshots every queue but the markers', deletes
+/// `orders` and goes on as `after` says. Returns the snapshot and the
+/// position of the last deletion's marker.
+fn delete_after_snapshot(
+    store: &Store,
+    before: BeforeSnapshot,
+    after: AfterSnapshot,
+) -> (Queues, u64) {
+    fill(store, 1, 40);
+    if let BeforeSnapshot::DeletedOnce = before {
+        store.delete_topic("orders").unwrap();
+        fill(store, 2, 40);
+    }
+    let snapshot = queues_but_markers(store);
+    let marker = store.log_end();
+    store.delete_topic("orders").unwrap();
+    if let AfterSnapshot::DeletedAndRecreated = after {
+        fill(store, 3, 40);
+    }
+    (snapshot, marker)
+}
+
+type Queues =
+    std::collections::BTreeMap<(String, u32), (u64, u64, Vec<dduomq_broker::store::Record>)>;
+
+/// Every queue's records except the deletion markers' queue.
+fn queues_but_markers(store: &Store) -> Queues {
+    let mut queues = all_queues(store);
+    queues.retain(|(topic, _), _| topic != DELETION_TOPIC);
+    queues
+}
+
+/// The store holds exactly `snapshot` and takes writes to `orders` after it.
+fn assert_restored(store: &Store, snapshot: &Queues, marker: u64, case: &str) {
+    assert_eq!(store.log_end(), marker, "{case}");
+    assert_eq!(&queues_but_markers(store), snapshot, "{case}");
+    let markers = read_all(store, DELETION_TOPIC, 0);
+    assert!(markers.iter().all(|m| m.physical_offset < marker), "{case}");
+    assert!(store.topics().contains(&"orders".to_string()), "{case}");
+}
+
+fn every_case() -> Vec<(BeforeSnapshot, AfterSnapshot)> {
+    let mut cases = Vec::new();
+    for before in [BeforeSnapshot::Filled, BeforeSnapshot::DeletedOnce] {
+        for after in [AfterSnapshot::Deleted, AfterSnapshot::DeletedAndRecreated] {
+            cases.push((before, after));
+        }
+    }
+    cases
+}
+
 #[test]
-fn a_truncation_that_would_drop_a_deletion_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = open(dir.path(), FlushMode::Sync);
-    let marker = fill_delete_fill(&a);
-    let end = a.log_end();
-    let before = all_queues(&a);
-    let refused = run(a.truncate_log(marker)).unwrap_err();
-    assert!(
-        matches!(
-            &refused,
-            StoreError::RawLog { position, problem: RawLogProblem::CutsDeletion { topic, at } }
-                if *position == marker && topic == "orders" && *at == marker
-        ),
-        "{refused}"
-    );
-    assert_eq!(a.log_end(), end);
-    assert_eq!(all_queues(&a), before);
-    // Past the marker the cut goes as usual.
-    let after_marker = read_all(&a, DELETION_TOPIC, 0)[0].size as u64 + marker;
-    run(a.truncate_log(after_marker)).unwrap();
-    assert_eq!(a.log_end(), after_marker);
-    assert!(
-        a.queue_ids("orders")
-            .iter()
-            .all(|&q| a.queue_offsets("orders", q) == (0, 0))
-    );
+fn a_truncation_that_drops_a_deletion_undoes_it() {
+    for (before, after) in every_case() {
+        let case = format!("{before:?}, {after:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path(), FlushMode::Sync);
+        let (snapshot, marker) = delete_after_snapshot(&a, before, after);
+        run(a.truncate_log(marker)).unwrap();
+        assert_restored(&a, &snapshot, marker, &case);
+        assert!(!dir.path().join("truncating").exists(), "{case}");
+        // Writes go on where the restored queue ended, and the restored
+        // state survives a reopen.
+        let next = snapshot[&("orders".to_string(), 0)].1;
+        let ack = a
+            .append_blocking(vec![message("orders", 0, b"later", &[], "")])
+            .unwrap();
+        assert_eq!(ack[0].queue_offset, next, "{case}");
+        a.close().unwrap();
+        drop(a);
+        let a = open(dir.path(), FlushMode::Sync);
+        assert!(a.recovery_report().repairs.is_empty(), "{case}");
+        let orders_0 = read_all(&a, "orders", 0);
+        assert_eq!(orders_0.last().unwrap().queue_offset, next, "{case}");
+        assert_eq!(
+            orders_0[..orders_0.len() - 1],
+            snapshot[&("orders".to_string(), 0)].2[..],
+            "{case}"
+        );
+    }
+}
+
+/// How far an interrupted undoing truncation got before the crash.
+#[derive(Debug, Clone, Copy)]
+enum CrashedAfter {
+    /// Only the cut was recorded.
+    Recording,
+    /// The deleted topic's queues and tombstone were dropped.
+    Forgetting,
+}
+
+#[test]
+fn an_interrupted_truncation_that_drops_a_deletion_is_undone_on_open() {
+    for (before, after) in every_case() {
+        for crash in [CrashedAfter::Recording, CrashedAfter::Forgetting] {
+            let case = format!("{before:?}, {after:?}, {crash:?}");
+            let dir = tempfile::tempdir().unwrap();
+            let a = open(dir.path(), FlushMode::Sync);
+            let (snapshot, marker) = delete_after_snapshot(&a, before, after);
+            let end = a.log_end();
+            a.close().unwrap();
+            drop(a);
+            record_cut(dir.path(), marker, end, &["orders"]);
+            if let CrashedAfter::Forgetting = crash {
+                std::fs::remove_dir_all(dir.path().join("consumequeue/orders")).unwrap();
+            }
+            let a = open(dir.path(), FlushMode::Sync);
+            let report = a.recovery_report();
+            assert!(report.repairs.is_empty(), "{case}: {:?}", report.repairs);
+            assert_eq!((report.holes, report.lost_bytes), (0, 0), "{case}");
+            assert_restored(&a, &snapshot, marker, &case);
+            assert!(!dir.path().join("truncating").exists(), "{case}");
+            a.close().unwrap();
+            drop(a);
+            let a = open(dir.path(), FlushMode::Sync);
+            assert_restored(&a, &snapshot, marker, &case);
+        }
+    }
 }

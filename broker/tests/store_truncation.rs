@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use common::replica::{
-    all_queues, assert_same_log, assert_same_reads, copy_log, fill, replica_config, run,
+    all_queues, assert_same_log, assert_same_reads, copy_log, fill, record_cut, replica_config, run,
 };
 use dduomq_broker::store::{Checkpoint, FlushMode, RawLogProblem, Store, StoreError};
 
@@ -186,18 +186,6 @@ fn epochs_are_durable_and_a_damaged_history_stops_the_open() {
     );
 }
 
-/// Records a truncation as `Store::truncate_log` does before carrying it out
-/// (the `truncating` file, format in `broker/src/store/truncate.rs`).
-fn record_cut(dir: &Path, to: u64, end: u64) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&0xDD0A_7C07u32.to_le_bytes());
-    b.extend_from_slice(&to.to_le_bytes());
-    b.extend_from_slice(&end.to_le_bytes());
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    std::fs::write(dir.join("truncating"), b).unwrap();
-}
-
 /// How far an interrupted truncation got before the crash.
 #[derive(Debug, Clone, Copy)]
 enum CrashedAfter {
@@ -231,7 +219,7 @@ fn a_truncation_interrupted_at_any_step_is_finished_on_open() {
         }
         b.close().unwrap();
         drop(b);
-        record_cut(b_dir.path(), h.cut, end);
+        record_cut(b_dir.path(), h.cut, end, &[]);
         let log = b_dir.path().join("commitlog");
         let segment_file = |base: u64| log.join(format!("{base:020}"));
         let cut_base = h.cut - h.cut % segment;
@@ -343,7 +331,7 @@ fn an_interrupted_truncation_below_what_a_checkpoint_called_durable_loses_nothin
     }
     .store(b_dir.path())
     .unwrap();
-    record_cut(b_dir.path(), h.cut, end);
+    record_cut(b_dir.path(), h.cut, end, &[]);
     let b = open(b_dir.path(), FlushMode::Async);
     let report = b.recovery_report();
     assert_eq!((report.lost_bytes, report.holes), (0, 0));

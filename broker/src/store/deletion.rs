@@ -7,7 +7,8 @@
 //! ordered with the data on every member of a group: records of the topic
 //! before the marker belong to the deleted topic (its tombstone is the
 //! marker's position), records after it to a topic created again, whose
-//! queues start at 0.
+//! queues start at 0. A log truncation that cuts a marker undoes its
+//! deletion (undelete.rs).
 
 use super::error::{Result, StoreError};
 use super::queues::QueueTable;

@@ -143,13 +143,6 @@ pub enum RawLogProblem {
     /// a `truncate_log` to it (or below) succeeds, or the store is reopened.
     #[error("a truncation to here failed part-way; writes wait until it is finished")]
     TruncationUnfinished,
-    /// The cut would drop the marker of a topic deletion: the deleted topic's
-    /// queues are gone, so the store cannot give them back.
-    #[error(
-        "a cut here drops the deletion of topic {topic:?} at {at}, which cannot be undone; \
-         rebuild this member's data directory from its group"
-    )]
-    CutsDeletion { topic: String, at: u64 },
 }
 
 impl RawLogProblem {
@@ -158,8 +151,7 @@ impl RawLogProblem {
             RawLogProblem::OutOfRange { .. } => Reason::OffsetOutOfRange,
             RawLogProblem::NotAtEnd { .. }
             | RawLogProblem::NotAFrame(_)
-            | RawLogProblem::NotDamaged
-            | RawLogProblem::CutsDeletion { .. } => Reason::InvalidArgument,
+            | RawLogProblem::NotDamaged => Reason::InvalidArgument,
             RawLogProblem::BadFrame(_) => Reason::CorruptRecord,
             RawLogProblem::TruncationUnfinished => Reason::IoError,
         }

@@ -6,7 +6,8 @@
 //!    FORMAT                                data-format version (format.rs)
 //!    checkpoint                            where recovery starts (checkpoint.rs)
 //!    epochs                                where each master's epoch began (epochs.rs)
-//!    truncating                            a log truncation in progress (truncate.rs)
+//!    truncating                            a log truncation in progress (truncate.rs; the
+//!                                          deletions it undoes: undelete.rs)
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
 //!    consumequeue/<topic>/<queue>/<20-digit first offset>   32-byte entries
 //!    consumequeue/<topic>/deleted          tombstone of a deleted topic (queues.rs)
@@ -41,6 +42,7 @@ mod recovery;
 mod replica_append;
 mod retention;
 mod truncate;
+mod undelete;
 mod writer;
 
 use std::fs::File;
@@ -211,6 +213,9 @@ impl Store {
         let started = Instant::now();
         let resumed = truncate::resume(&inner, checkpoint)?;
         let recovery = recovery::recover(&inner, resumed.checkpoint.as_ref(), repairs)?;
+        if let Some(cut) = &resumed.pending {
+            truncate::finish_undeletions(&inner, cut)?;
+        }
         inner.observer.corrupt(recovery.corrupt_ranges.len() as u64);
         inner.damage.lock().unhealed = recovery
             .corrupt_ranges
@@ -226,7 +231,7 @@ impl Store {
         // A full volume must not keep the broker down (retention could never
         // free space then): the previous checkpoint stays valid, only older.
         match write_checkpoint(&inner, true) {
-            Ok(()) if resumed.pending => truncate::finished(&dir)?,
+            Ok(()) if resumed.pending.is_some() => truncate::finished(&dir)?,
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "could not write a checkpoint after recovery; continuing")

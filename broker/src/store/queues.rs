@@ -141,10 +141,7 @@ impl QueueTable {
     /// commit log until retention removes them), leaving a tombstone at `at`,
     /// the end of the log when it was deleted.
     pub fn remove_topic(&self, topic: &str, at: u64) -> Result<()> {
-        let removed = self.topics.write().remove(topic);
-        for cq in removed.into_iter().flat_map(|q| q.into_values()) {
-            cq.destroy()?;
-        }
+        self.destroy_queues(topic)?;
         let dir = self.root.join(topic);
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
@@ -154,6 +151,33 @@ impl QueueTable {
             .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
         sync_dir(&dir)?;
         self.tombstones.write().insert(topic.to_string(), at);
+        Ok(())
+    }
+
+    /// Drops a topic's queues and its tombstone (a truncation undoing its
+    /// deletion rebuilds it from the log: undelete.rs).
+    pub fn forget_topic(&self, topic: &str) -> Result<()> {
+        self.destroy_queues(topic)?;
+        let dir = self.root.join(topic);
+        match std::fs::remove_file(dir.join(TOMBSTONE)) {
+            Ok(()) => sync_dir(&dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("deleting the tombstone in {}", dir.display()),
+                    e,
+                ));
+            }
+        }
+        self.tombstones.write().remove(topic);
+        Ok(())
+    }
+
+    fn destroy_queues(&self, topic: &str) -> Result<()> {
+        let removed = self.topics.write().remove(topic);
+        for cq in removed.into_iter().flat_map(|q| q.into_values()) {
+            cq.destroy()?;
+        }
         Ok(())
     }
 
@@ -177,13 +201,17 @@ impl QueueTable {
             .is_some_and(|&at| at >= physical_offset)
     }
 
-    /// A topic deleted at or after `physical_offset`, with where, if any.
-    pub fn deletion_at_or_after(&self, physical_offset: u64) -> Option<(String, u64)> {
-        self.tombstones
+    /// Topics last deleted at or after `from` and before `end`, sorted.
+    pub fn deleted_within(&self, from: u64, end: u64) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .tombstones
             .read()
             .iter()
-            .find(|&(_, &at)| at >= physical_offset && at != u64::MAX)
-            .map(|(topic, &at)| (topic.clone(), at))
+            .filter(|&(_, &at)| at >= from && at < end)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        topics.sort();
+        topics
     }
 
     /// Retention: drops tombstones below which no segment is left.

@@ -59,7 +59,7 @@ impl RecoveryReport {
     }
 }
 
-enum Step {
+pub(super) enum Step {
     Record(record::Record, u64),
     Blank(u64),
     End,
@@ -69,7 +69,7 @@ enum Step {
 /// What starts at `pos`, given the bytes from there to the end of its segment.
 /// Any valid record counts, even one larger than today's `max_record_size`: the
 /// limit may have been lowered since it was written.
-fn step(bytes: &[u8], pos: u64) -> Step {
+pub(super) fn step(bytes: &[u8], pos: u64) -> Step {
     if bytes.len() < record::BLANK_HEADER_SIZE {
         return Step::Invalid;
     }
@@ -460,7 +460,7 @@ fn dispatch(
     Ok(())
 }
 
-fn dispatch_to_queue(
+pub(super) fn dispatch_to_queue(
     inner: &Inner,
     rec: &record::Record,
     report: &mut RecoveryReport,

@@ -8,26 +8,33 @@
 //! queues end lower: a deliberate truncation gives the offsets out again, with
 //! the master's records), key-index entries too, and epochs that start at or
 //! after it (also when the cut is the log end: such epochs hold no records).
-//! A cut that would drop a topic deletion's marker is refused (the deleted
-//! queues are gone; the member must be rebuilt from its group). A truncation
-//! is recorded first, so a crash part-way is finished on the next open:
+//! A cut that drops a topic deletion's marker undoes the deletion: the topic
+//! is rebuilt from its records below the cut (undelete.rs). A truncation is
+//! recorded first, with the topics whose deletion it undoes, so a crash
+//! part-way is finished on the next open:
 //!
 //! ```text
-//!  truncating   (little-endian, 24 bytes; replaced atomically: tmp, fsync, rename)
+//!  truncating   (little-endian; replaced atomically: tmp, fsync, rename)
 //!  +-----------+--------+---------+------------+
 //!  | magic u32 | to u64 | end u64 | crc32c u32 |   crc32c covers the first 20 bytes
 //!  +-----------+--------+---------+------------+
-//!  magic 0xDD0A7C07; `end`: the log end when the truncation began
+//!  then, only when the cut undoes deletions:
+//!  +-----------+---------------------------------+------------+
+//!  | count u16 | count x (len u16, name: len B)  | crc32c u32 |   crc32c covers
+//!  +-----------+---------------------------------+------------+   every byte before it
+//!  magic 0xDD0A7C07; `end`: the log end when the truncation began; a record
+//!  of exactly 24 bytes (the only form before undoing existed) undoes nothing
 //! ```
 //!
 //! Order: record the cut; mark the truncation running (readers that meet it
 //! wait and read again: `CommitLog::read_stable`); lower the watermarks; drop
-//! queue and index entries; zero the log bytes and delete later segments;
+//! queue entries; rebuild the topics whose deletion is undone; drop index
+//! entries; zero the log bytes and delete later segments;
 //! flush; drop the epochs; write a checkpoint (it never claims more than remains); delete the
 //! record. On open, a recorded cut is applied to the log before recovery, and
 //! recovery starts no later than the cut without comparing the derived files
-//! with a checkpoint taken past it; the record goes once the checkpoint after
-//! recovery is written. A truncation that fails part-way (an I/O error after
+//! with a checkpoint taken past it; the undone topics are rebuilt after
+//! recovery; the record goes once the checkpoint after that is written. A truncation that fails part-way (an I/O error after
 //! the cut was recorded) leaves the writer refusing every write until a
 //! truncation to the cut or below succeeds (or the store is reopened): the
 //! next open would otherwise zero what was written meanwhile.
@@ -39,31 +46,67 @@ use super::Inner;
 use super::checkpoint::Checkpoint;
 use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueue;
-use super::error::{RawLogProblem, Result, StoreError};
+use super::error::{Result, StoreError};
 use super::mapped_file::{replace_file, sync_dir};
 use super::writer::Writer;
 
 const FILE: &str = "truncating";
 const MAGIC: u32 = 0xDD0A_7C07;
-const SIZE: usize = 24;
+/// The fixed part of the record.
+const HEAD_SIZE: usize = 24;
 
 /// A truncation recorded before it is carried out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Cut {
     pub to: u64,
     /// The log end when it began: bytes up to here may need zeroing.
     pub end: u64,
+    /// Topics whose deletion marker lies in the cut tail, sorted.
+    pub undeleted: Vec<String>,
 }
 
 impl Cut {
-    fn encode(&self) -> [u8; SIZE] {
-        let mut b = [0u8; SIZE];
-        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        b[4..12].copy_from_slice(&self.to.to_le_bytes());
-        b[12..20].copy_from_slice(&self.end.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..20]);
-        b[20..24].copy_from_slice(&crc.to_le_bytes());
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HEAD_SIZE);
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&self.to.to_le_bytes());
+        b.extend_from_slice(&self.end.to_le_bytes());
+        b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+        if self.undeleted.is_empty() {
+            return b;
+        }
+        b.extend_from_slice(&(self.undeleted.len() as u16).to_le_bytes());
+        for topic in &self.undeleted {
+            b.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+            b.extend_from_slice(topic.as_bytes());
+        }
+        b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
         b
+    }
+
+    /// The undeleted topics a whole record names, `None` if it is damaged.
+    fn decode_undeleted(bytes: &[u8]) -> Option<Vec<String>> {
+        if bytes.len() == HEAD_SIZE {
+            return Some(Vec::new());
+        }
+        let (covered, crc) = bytes.split_last_chunk::<4>()?;
+        if crc32c::crc32c(covered) != u32::from_le_bytes(*crc) {
+            return None;
+        }
+        let mut rest = covered.get(HEAD_SIZE..)?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (taken, after) = rest.split_at_checked(n)?;
+            rest = after;
+            Some(taken)
+        };
+        let u16_of = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) as usize;
+        let count = u16_of(take(2)?);
+        let mut topics = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = u16_of(take(2)?);
+            topics.push(String::from_utf8(take(len)?.to_vec()).ok()?);
+        }
+        rest.is_empty().then_some(topics)
     }
 
     fn load(dir: &Path) -> Result<Option<Cut>> {
@@ -74,12 +117,14 @@ impl Cut {
             Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
         };
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-        let valid = bytes.len() == SIZE
+        let head_valid = bytes.len() >= HEAD_SIZE
             && bytes[0..4] == MAGIC.to_le_bytes()
             && bytes[20..24] == crc32c::crc32c(&bytes[..20]).to_le_bytes();
-        if !valid {
-            // Which bytes the interrupted truncation would have dropped is
-            // unknown: guessing could keep a divergent tail.
+        let undeleted = head_valid.then(|| Self::decode_undeleted(&bytes)).flatten();
+        let Some(undeleted) = undeleted else {
+            // Which bytes the interrupted truncation would have dropped (or
+            // which deletions it undid) is unknown: guessing could keep a
+            // divergent tail.
             return Err(StoreError::Corrupt {
                 offset: 0,
                 reason: format!(
@@ -88,10 +133,11 @@ impl Cut {
                     path.display()
                 ),
             });
-        }
+        };
         Ok(Some(Cut {
             to: u64_at(4),
             end: u64_at(12),
+            undeleted,
         }))
     }
 }
@@ -103,10 +149,11 @@ impl Writer {
         let inner = self.inner.clone();
         // After a failed truncation, bytes up to where the log then ended may
         // still need zeroing; only a cut at or below it finishes it.
-        let (end, zero_to) = match self.unfinished_cut {
+        let (end, zero_to, mut undeleted) = match &self.unfinished_cut {
             Some(cut) if to > cut.to => return self.check_no_unfinished_cut(),
-            Some(cut) => (self.write_pos, cut.end),
-            None => (self.write_pos, self.write_pos),
+            // Its undoing may have dropped tombstones already.
+            Some(cut) => (self.write_pos, cut.end, cut.undeleted.clone()),
+            None => (self.write_pos, self.write_pos, Vec::new()),
         };
         // Where this member's own bytes are damaged there is no frame to
         // check (the cut comes from the master's history); all from the cut
@@ -117,25 +164,23 @@ impl Writer {
         if !damage_starts_here {
             super::raw_log::check_boundary(&inner, to, end)?;
         }
-        // Only a tombstone's marker lies at its position (deletion.rs).
-        if let Some((topic, at)) = inner
-            .queues
-            .deletion_at_or_after(to)
-            .filter(|&(_, at)| at < end)
-        {
-            return Err(StoreError::RawLog {
-                position: to,
-                problem: RawLogProblem::CutsDeletion { topic, at },
-            });
-        }
         if to == zero_to {
             // Nothing to cut from the log; epochs begun at its end hold no
             // records (a master that wrote nothing) and go.
             return inner.epochs.truncate_from(to);
         }
-        let cut = Cut { to, end: zero_to };
+        // Only a tombstone's marker lies at its position (deletion.rs).
+        undeleted.extend(inner.queues.deleted_within(to, end));
+        undeleted.sort();
+        undeleted.dedup();
+        let cut = Cut {
+            to,
+            end: zero_to,
+            undeleted,
+        };
         let mut checkpointed = inner.checkpointed.lock();
         replace_file(&inner.config.data_dir, FILE, &cut.encode())?;
+        let undeleted = cut.undeleted.clone();
         self.unfinished_cut = Some(cut);
         let _readers_wait = inner.commit_log.begin_truncation();
         inner.commit_log.lower_watermarks(to);
@@ -144,8 +189,9 @@ impl Writer {
         for cq in inner.queues.all() {
             cq.truncate_to(queue_end_at_cut(&cq, to, &damage))?;
         }
+        super::undelete::restore(&inner, &undeleted, to)?;
         inner.index.lock().truncate_from(to);
-        cut_log(&inner.commit_log, to, cut.end)?;
+        cut_log(&inner.commit_log, to, zero_to)?;
         inner.epochs.truncate_from(to)?;
         inner.damage.lock().unhealed.retain(|range| range.end <= to);
         super::checkpoint_locked(&inner, &mut checkpointed, true)?;
@@ -222,8 +268,9 @@ fn cut_log(log: &CommitLog, to: u64, end: u64) -> Result<()> {
 pub(crate) struct Resumed {
     /// The checkpoint recovery may use: never one that claims data past the cut.
     pub checkpoint: Option<Checkpoint>,
-    /// A cut was recorded: [`finished`] once a checkpoint after it is written.
-    pub pending: bool,
+    /// The recorded cut: once recovery ran, [`finish_undeletions`], and
+    /// [`finished`] once a checkpoint after that is written.
+    pub pending: Option<Cut>,
 }
 
 /// Open, before recovery: carries out a recorded truncation on the log.
@@ -231,7 +278,7 @@ pub(crate) fn resume(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<Re
     let Some(cut) = Cut::load(&inner.config.data_dir)? else {
         return Ok(Resumed {
             checkpoint,
-            pending: false,
+            pending: None,
         });
     };
     tracing::warn!(
@@ -263,8 +310,14 @@ pub(crate) fn resume(inner: &Inner, checkpoint: Option<Checkpoint>) -> Result<Re
     });
     Ok(Resumed {
         checkpoint,
-        pending: true,
+        pending: Some(cut),
     })
+}
+
+/// Open, after recovery: rebuilds the topics whose deletion the recorded cut
+/// undoes (recovery left them as the tombstones the cut tail set said).
+pub(crate) fn finish_undeletions(inner: &Inner, cut: &Cut) -> Result<()> {
+    super::undelete::restore(inner, &cut.undeleted, cut.to)
 }
 
 /// Deletes the record of a truncation that is complete.

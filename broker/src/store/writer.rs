@@ -238,7 +238,7 @@ impl Writer {
     /// Refuses to write while a truncation is unfinished (see
     /// `unfinished_cut`).
     pub(super) fn check_no_unfinished_cut(&self) -> Result<()> {
-        match self.unfinished_cut {
+        match &self.unfinished_cut {
             Some(cut) => Err(StoreError::RawLog {
                 position: cut.to,
                 problem: RawLogProblem::TruncationUnfinished,

@@ -169,3 +169,23 @@ pub fn restart_clean(replica: Store, dir: &Path, flush: FlushMode, master: &Stor
     assert_same_reads(master, &replica);
     replica
 }
+
+/// Records a truncation (undoing the deletion of `undeleted`) as
+/// `Store::truncate_log` does before carrying it out (the `truncating` file,
+/// format in `broker/src/store/truncate.rs`).
+pub fn record_cut(dir: &Path, to: u64, end: u64, undeleted: &[&str]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xDD0A_7C07u32.to_le_bytes());
+    b.extend_from_slice(&to.to_le_bytes());
+    b.extend_from_slice(&end.to_le_bytes());
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    if !undeleted.is_empty() {
+        b.extend_from_slice(&(undeleted.len() as u16).to_le_bytes());
+        for topic in undeleted {
+            b.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+            b.extend_from_slice(topic.as_bytes());
+        }
+        b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    }
+    std::fs::write(dir.join("truncating"), b).unwrap();
+}
