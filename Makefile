@@ -1,7 +1,7 @@
 # DduoMQ build and test entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench fuzz
+.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench fuzz sim
 
 test: fmt-check clippy unit e2e-operator e2e-cluster bench-smoke
 
@@ -44,6 +44,16 @@ bench-smoke:
 
 run:
 	$(CARGO) run -p dduomq-broker --bin dduomq-broker --release
+
+# The election-safety simulation over many more seeded fault schedules than
+# `cargo test` runs (replay one failing seed with SIM_SCHEDULES=1 SIM_SEED=<seed>;
+# SIM_VARIANT names a deliberately broken rule set, see replication/tests/sim/).
+SIM_SCHEDULES ?= 100000
+SIM_SEED ?= 0
+SIM_VARIANT ?= correct
+sim:
+	$(CARGO) run --release -p dduomq-replication --example election_sim -- \
+		--schedules $(SIM_SCHEDULES) --seed $(SIM_SEED) --variant $(SIM_VARIANT)
 
 # Storage-engine microbenchmarks (criterion).
 bench:

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::replication::ReplicationConfig;
 use crate::store::StoreConfig;
 
 /// The embedded default configuration file.
@@ -19,6 +20,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/dduomq.toml");
 pub struct BrokerConfig {
     pub broker: MessagingConfig,
     pub store: StoreConfig,
+    pub replication: ReplicationConfig,
 }
 
 /// The `[broker]` table: network endpoints and messaging defaults.
@@ -183,6 +185,8 @@ pub enum ConfigError {
     },
     #[error("invalid config: [broker] {key} {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("invalid config: [replication] {key} {reason}")]
+    InvalidReplication { key: &'static str, reason: String },
 }
 
 impl BrokerConfig {

@@ -9,4 +9,5 @@ pub mod grpc;
 pub mod http;
 pub mod messaging;
 pub mod metrics;
+pub mod replication;
 pub mod store;

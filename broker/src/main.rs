@@ -12,6 +12,7 @@ use dduomq_broker::connections::{Gate, GatedListener, Listener};
 use dduomq_broker::http::Readiness;
 use dduomq_broker::messaging::Broker;
 use dduomq_broker::metrics::Metrics;
+use dduomq_broker::replication::Replication;
 use dduomq_broker::store::{FlushMode, NoObserver, Store, StoreObserver};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -113,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = BrokerConfig::load(args.config.as_deref())?;
     args.apply(&mut config);
     config.broker.validate()?;
+    config.replication.validate()?;
 
     // Bind first, so a taken port fails fast, before recovery.
     let grpc_listener = TcpListener::bind(config.broker.grpc_addr)
@@ -147,7 +149,12 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
 
-    let store_config = config.store.clone();
+    let mut store_config = config.store.clone();
+    let ordinal = config.store.broker_id;
+    if config.replication.enabled() {
+        // Message ids name the group: an id is valid on every member.
+        store_config.broker_id = config.replication.layout().placement(ordinal).group;
+    }
     let observer: Arc<dyn StoreObserver> = match &metrics {
         Some(m) => m.clone(),
         None => Arc::new(NoObserver),
@@ -159,6 +166,19 @@ async fn main() -> anyhow::Result<()> {
     let broker = Arc::new(Broker::open(config.broker.clone(), store.clone(), metrics)?);
     ready.attach(broker.clone());
     let maintenance = tokio::spawn(broker.clone().run_maintenance());
+    let replication = if config.replication.enabled() {
+        let r = Replication::start(
+            config.replication.clone(),
+            ordinal,
+            store.clone(),
+            broker.metrics().cloned(),
+        )
+        .context("starting replication")?;
+        broker.attach_replication(r.clone());
+        Some(tokio::spawn(r.run(broker.shutdown_signal())))
+    } else {
+        None
+    };
 
     tracing::info!(
         grpc = %config.broker.grpc_addr,
@@ -191,6 +211,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     maintenance.await?;
+    if let Some(replication) = replication {
+        replication.await?;
+    }
     broker.persist_offsets()?;
     drop(broker);
     // Stops the writer after queued appends, flushes and checkpoints; what still

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub grpc_connections: IntGauge,
     pub grpc_streams: IntGauge,
     pub connections_closed: IntCounterVec,
+    pub replication: crate::replication::ReplicationMetrics,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -134,7 +135,9 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process collector");
+        let replication = crate::replication::ReplicationMetrics::register(&registry);
         Arc::new(Metrics {
+            replication,
             messages_in: counter_vec(
                 "dduomq_messages_in_total",
                 "Messages stored by sends.",

@@ -137,6 +137,17 @@ mod tests {
         ));
         assert!(draining.is_retryable());
         assert_eq!(draining.reason(), Some(Reason::BrokerDraining));
+        // A replicated group's refusals: retried (a replica's after a route
+        // refresh; an unacknowledged write's retry is stored once).
+        for reason in [Reason::NotMaster, Reason::QuorumTimeout] {
+            let refusal = ClientError::from(Status::with_error_details(
+                reason.grpc_code(),
+                "replication",
+                ErrorDetails::with_error_info(reason.as_str(), "dduomq.io", HashMap::new()),
+            ));
+            assert!(refusal.is_retryable(), "{reason}");
+            assert_eq!(refusal.reason(), Some(reason));
+        }
     }
 
     #[test]

@@ -78,6 +78,12 @@ reasons! {
     BrokerDraining = "BROKER_DRAINING" => Unavailable,
     /// An idempotent producer's retry arrived while the first attempt is stored.
     DuplicateInFlight = "DUPLICATE_IN_FLIGHT" => Unavailable,
+    /// A write to a member of a replicated group that is not its master (a
+    /// replica, one without a master yet, or a master whose lease lapsed).
+    NotMaster = "NOT_MASTER" => Unavailable,
+    /// A write the group could not store on its quorum before the deadline;
+    /// it was not acknowledged.
+    QuorumTimeout = "QUORUM_TIMEOUT" => Unavailable,
     /// A tag or SQL92 filter that does not parse or passes a limit.
     InvalidFilter = "INVALID_FILTER" => InvalidArgument,
     /// A consumer's filter differs from its group's subscription on the

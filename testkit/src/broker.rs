@@ -236,6 +236,23 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: the process stands still (a hung or partitioned broker)
+    /// until [`Broker::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Broker::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain syscall on a child we own.
+        let sent = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to the broker");
+    }
+
     /// Starts the broker again on the same data directory and ports.
     pub fn restart(&mut self) {
         self.stop();

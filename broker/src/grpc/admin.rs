@@ -321,7 +321,7 @@ impl AdminService for AdminApi {
                 unconsumed_messages: drain.unconsumed,
                 route_epoch: self.broker.route_epoch(),
                 staged_messages: drain.staged,
-                replication: None,
+                replication: self.broker.replication().map(|r| r.report()),
             }))
         })
         .await
@@ -355,11 +355,23 @@ impl AdminService for AdminApi {
 
     async fn assign_role(
         &self,
-        _: Request<pb::AssignRoleRequest>,
+        req: Request<pb::AssignRoleRequest>,
     ) -> Result<Response<pb::AssignRoleResponse>, Status> {
-        Err(Status::unimplemented(
-            "this broker does not replicate yet (AssignRole)",
-        ))
+        observed(self.broker.metrics(), "AssignRole", async move {
+            let Some(replication) = self.broker.replication() else {
+                return Err(Status::failed_precondition(
+                    "this broker does not replicate ([replication] factor is 1)",
+                ));
+            };
+            // A master's lease counts from receipt, before any waiting.
+            let received = replication.clock();
+            let state = replication
+                .assign_role(req.into_inner(), received)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(pb::AssignRoleResponse { state: Some(state) }))
+        })
+        .await
     }
 }
 

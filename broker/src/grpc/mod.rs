@@ -1,4 +1,5 @@
-//! The gRPC server: `MessagingService`, `AdminService`, `grpc.health.v1` and
+//! The gRPC server: `MessagingService`, `AdminService`, `ReplicationService`,
+//! `grpc.health.v1` and
 //! server reflection (so `grpcurl` works without .proto files).
 
 mod admin;
@@ -6,6 +7,7 @@ mod convert;
 mod messaging;
 mod namespace;
 mod receive_streams;
+mod replication;
 pub mod status;
 
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::time::Instant;
 
 use dduomq_proto::v1::admin_service_server::AdminServiceServer;
 use dduomq_proto::v1::messaging_service_server::MessagingServiceServer;
+use dduomq_proto::v1::replication_service_server::ReplicationServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -62,6 +65,11 @@ pub async fn serve(
         config.connection_idle_timeout,
         broker.metrics().cloned(),
     );
+    let replication = ReplicationServiceServer::new(replication::ReplicationApi {
+        broker: broker.clone(),
+    })
+    .max_decoding_message_size(MAX_GRPC_MESSAGE)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE);
     let admin = AdminServiceServer::new(admin::AdminApi { broker })
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -78,6 +86,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(messaging)
         .add_service(admin)
+        .add_service(replication)
         .serve_with_incoming_shutdown(
             // Connections over the limit are closed as soon as accepted.
             TcpListenerStream::new(listener).filter_map(move |conn| match conn {

@@ -122,6 +122,9 @@ impl Broker {
         m.commit_log_bytes
             .set((stats.commit_log_max - stats.commit_log_min) as i64);
         m.segments.set(stats.segments as i64);
+        if let Some(r) = self.replication.get() {
+            r.update_gauges();
+        }
         if let Ok(ratio) = crate::store::disk_usage_ratio(&self.store.config().data_dir) {
             m.disk_usage_ratio.set(ratio);
         }

@@ -64,7 +64,7 @@ impl Broker {
         if copies.is_empty() {
             return;
         }
-        match self.store.append(copies).await {
+        match self.append_as_master(copies).await {
             Ok(_) => {
                 for p in released {
                     self.staged.delivered(p.physical);

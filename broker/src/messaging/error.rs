@@ -119,6 +119,8 @@ pub enum BrokerError {
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Replication(#[from] crate::replication::ReplicationError),
     /// A request's task failed (it panicked or was cancelled at shutdown): the
     /// broker's fault, not the request's.
     #[error("a request's task failed: {0}")]
@@ -150,6 +152,7 @@ impl BrokerError {
             BrokerError::LimitReached { limit, .. } => limit.code(),
             BrokerError::ReservedTopic(_) => Reason::ReservedTopic,
             BrokerError::Store(e) => e.code(),
+            BrokerError::Replication(e) => e.code(),
             BrokerError::TaskFailed(_) => Reason::Internal,
         }
     }

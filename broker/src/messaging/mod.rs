@@ -15,6 +15,7 @@
 //! subscriptions.rs  a group's one filter per topic: declared or first subscriber's
 //! delivery.rs    what consumers see; lookups by id and key
 //! cluster.rs     routes, drain, gauges
+//! replicated.rs  appends and acknowledgements in a replicated group
 //! properties.rs  every reserved property name
 //! ```
 
@@ -36,6 +37,7 @@ pub mod properties;
 mod pull;
 pub mod push;
 pub mod receipt;
+mod replicated;
 pub mod routes;
 mod send;
 pub mod staged;
@@ -114,6 +116,8 @@ pub struct Broker {
     /// One save of the metadata files at a time (they share temporary names,
     /// and a later snapshot must not be overwritten by an earlier one).
     persisting: Mutex<()>,
+    /// Set when the broker is a member of a replicated group.
+    replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
 }
 
 impl Broker {
@@ -189,6 +193,7 @@ impl Broker {
             dedupe,
             staged,
             persisting: Mutex::new(()),
+            replication: Default::default(),
             topics: Topics::open(
                 &meta,
                 TopicLimits {

@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::error::{BrokerError, Result};
 use super::properties::{self, ProducerSequence};
+use super::replicated::WriteTerm;
 use super::{Broker, dedupe, limits, run_to_completion, staged, topics};
 use crate::store::{Message, MessageId, MessageType, now_millis};
 
@@ -406,6 +407,7 @@ impl Broker {
             .into_iter()
             .map(|m| self.prepare(m))
             .collect::<Result<Vec<_>>>()?;
+        let term = self.write_term()?;
         // Which messages are new; a duplicate in flight asks the producer to retry.
         let log_end = self.store.stats().commit_log_max;
         let mut receipts: Vec<Option<SendReceipt>> = vec![None; batch.len()];
@@ -447,16 +449,20 @@ impl Broker {
             // RPC): a claimed sequence is always either recorded or released.
             let this = self.clone();
             let stored =
-                run_to_completion(async move { this.store_fresh(fresh, claimed, started).await })
-                    .await?;
+                run_to_completion(
+                    async move { this.store_fresh(term, fresh, claimed, started).await },
+                )
+                .await?;
             for (slot, receipt) in stored {
                 receipts[slot] = Some(receipt);
             }
         }
-        Ok(receipts
+        let receipts: Vec<SendReceipt> = receipts
             .into_iter()
             .map(|r| r.expect("every slot answered"))
-            .collect())
+            .collect();
+        self.receipts_acknowledged(term, &receipts).await?;
+        Ok(receipts)
     }
 
     /// Gives up the dedupe claims of a send that stored nothing.
@@ -471,6 +477,7 @@ impl Broker {
     /// returns `(slot, receipt)` per message.
     async fn store_fresh(
         &self,
+        term: WriteTerm,
         fresh: Vec<Fresh>,
         claimed: Vec<Claim>,
         started: Instant,
@@ -496,7 +503,7 @@ impl Broker {
         if let Some(log_end) = staging {
             self.staged.begin_append(log_end);
         }
-        let appended = self.store.append(batch).await;
+        let appended = self.append_in(term, batch).await;
         let acks = match appended {
             Ok(acks) => acks,
             Err(e) => {
@@ -504,7 +511,7 @@ impl Broker {
                     self.staged.end_append(log_end);
                 }
                 self.release_claims(&claimed);
-                return Err(e.into());
+                return Err(e);
             }
         };
         let mut sizes: Vec<(String, usize)> = Vec::with_capacity(acks.len());

@@ -146,8 +146,8 @@ impl Broker {
             Resolution::Rollback => Ok(vec![marker]),
         };
         let stored = match outcome {
-            Ok(records) => self.store.append(records).await.map(|_| ()),
-            Err(e) => Err(e),
+            Ok(records) => self.append_acknowledged(records).await,
+            Err(e) => Err(e.into()),
         };
         match stored {
             Ok(()) => {
@@ -157,7 +157,7 @@ impl Broker {
             }
             Err(e) => {
                 self.staged.unclaim(half);
-                Err(e.into())
+                Err(e)
             }
         }
     }

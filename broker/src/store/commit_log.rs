@@ -257,7 +257,16 @@ impl CommitLog {
         self.flushed.store(flushed.min(visible), Ordering::Release);
     }
 
-    /// Recovery: deletes segments that start after the segment holding `end`; they
+    /// Truncation: moves the end back to `to`, so readers stop before it, and
+    /// the flushed mark with it. Waits for a flush in progress, which would
+    /// otherwise set the flushed mark past the new end afterwards.
+    pub fn lower_watermarks(&self, to: u64) {
+        let _guard = self.flush_lock.lock();
+        self.visible.fetch_min(to, Ordering::AcqRel);
+        self.flushed.fetch_min(to, Ordering::AcqRel);
+    }
+
+    /// Recovery and truncation: deletes segments that start after the segment holding `end`; they
     /// can only hold unacknowledged leftovers (or be empty spares).
     pub fn remove_segments_after(&self, end: u64) -> Result<()> {
         let keep_base = self.segment_base(end);

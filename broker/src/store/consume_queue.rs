@@ -428,20 +428,22 @@ impl ConsumeQueue {
         end
     }
 
-    /// Recovery: drops entries that point at or past `physical_offset` (they are
-    /// re-dispatched from the commit log). Runs before the writer starts.
+    /// Drops entries that point at or past `physical_offset`: in recovery
+    /// (they are re-dispatched from the commit log), and when the writer
+    /// truncates the log (readers stop before them first).
     pub fn truncate_from_physical(&self, physical_offset: u64) {
         let end = self.end_before(physical_offset);
+        self.max.fetch_min(end, Ordering::AcqRel);
         for offset in end..self.written.load(Ordering::Relaxed) {
             let Some(file) = self.file_for(offset) else {
                 break;
             };
             let pos = (offset - file.base()) as usize * ENTRY_SIZE;
-            // SAFETY: recovery runs before readers and the writer exist.
+            // SAFETY: past `max` (lowered above), so no reader looks at it;
+            // the caller is the writer or recovery.
             unsafe { file.write(pos, &[0u8; ENTRY_SIZE]) };
         }
-        self.written.store(end, Ordering::Relaxed);
-        self.max.store(end, Ordering::Relaxed);
+        self.written.store(end, Ordering::Release);
         self.flushed.store(
             end.min(self.flushed.load(Ordering::Relaxed)),
             Ordering::Relaxed,

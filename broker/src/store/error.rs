@@ -67,6 +67,19 @@ pub enum StoreError {
     #[error("{}: {problem}", path.display())]
     DataFormat { path: PathBuf, problem: String },
 
+    /// A raw-log operation (replication: [`crate::store::Store::read_log`],
+    /// `append_replicated`, `truncate_log`) named a position or carried bytes
+    /// this log cannot take; nothing was changed.
+    #[error("commit log at {position}: {problem}")]
+    RawLog {
+        position: u64,
+        problem: RawLogProblem,
+    },
+
+    /// An epoch start that does not fit the epoch history; nothing was changed.
+    #[error("epoch history: {0}")]
+    Epoch(#[from] dduomq_replication::EpochError),
+
     /// The store is shutting down and takes no more appends.
     #[error("store is closed")]
     Closed,
@@ -88,6 +101,8 @@ impl StoreError {
             StoreError::InvalidMessageId { .. } => Reason::InvalidMessageId,
             StoreError::MessageNotFound(_) => Reason::MessageNotFound,
             StoreError::InvalidConfig(_) | StoreError::DataFormat { .. } => Reason::InvalidConfig,
+            StoreError::RawLog { problem, .. } => problem.code(),
+            StoreError::Epoch(_) => Reason::InvalidArgument,
             StoreError::Closed => Reason::StoreClosed,
             StoreError::Io { .. } => Reason::IoError,
         }
@@ -100,6 +115,40 @@ impl StoreError {
             StoreError::DiskFull { context, source }
         } else {
             StoreError::Io { context, source }
+        }
+    }
+}
+
+/// What is wrong with a raw-log request, so that a follower can tell "start
+/// elsewhere" from "the bytes are bad".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RawLogProblem {
+    /// The position is not stored: below the oldest segment or past the end.
+    #[error("not stored here: the log holds {min}..{end}")]
+    OutOfRange { min: u64, end: u64 },
+    /// Replicated bytes must continue the log exactly where it ends.
+    #[error("the log ends at {end}; replicated bytes must start there")]
+    NotAtEnd { end: u64 },
+    /// No valid frame starts at the position (it is inside a record, or the
+    /// record there is damaged).
+    #[error("not a frame boundary: {0}")]
+    NotAFrame(String),
+    /// A frame of a replicated chunk is invalid; the chunk was refused whole.
+    #[error("invalid replicated frame: {0}")]
+    BadFrame(String),
+    /// A truncation to this position failed part-way: nothing is written until
+    /// a `truncate_log` to it (or below) succeeds, or the store is reopened.
+    #[error("a truncation to here failed part-way; writes wait until it is finished")]
+    TruncationUnfinished,
+}
+
+impl RawLogProblem {
+    fn code(&self) -> Reason {
+        match self {
+            RawLogProblem::OutOfRange { .. } => Reason::OffsetOutOfRange,
+            RawLogProblem::NotAtEnd { .. } | RawLogProblem::NotAFrame(_) => Reason::InvalidArgument,
+            RawLogProblem::BadFrame(_) => Reason::CorruptRecord,
+            RawLogProblem::TruncationUnfinished => Reason::IoError,
         }
     }
 }

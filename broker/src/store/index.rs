@@ -199,16 +199,16 @@ impl IndexFile {
         self.put_bytes(H_COUNT, &number.to_le_bytes());
     }
 
-    /// Recovery: forgets entries at or past `physical_offset` and unlinks them from
-    /// the chains.
-    fn truncate_from(&self, physical_offset: u64) {
+    /// Forgets entries at or past `physical_offset` and unlinks them from the
+    /// chains; returns whether it changed anything.
+    fn truncate_from(&self, physical_offset: u64) -> bool {
         let written = self.count();
         let mut count = written;
         while count > 0 && self.entry(count).1.physical_offset >= physical_offset {
             count -= 1;
         }
         if count == self.count() {
-            return;
+            return false;
         }
         for s in 0..self.slots as usize {
             let pos = HEADER_SIZE + s * 4;
@@ -232,6 +232,7 @@ impl IndexFile {
             self.put_bytes(H_END_PHYS, &last.physical_offset.to_le_bytes());
         }
         self.put_bytes(H_COUNT, &count.to_le_bytes());
+        true
     }
 }
 
@@ -395,10 +396,13 @@ impl Index {
         IndexTip::default()
     }
 
-    /// Recovery: drops entries at or past `physical_offset`.
+    /// Drops entries at or past `physical_offset` (recovery, log truncation);
+    /// the files changed are flushed by the next checkpoint.
     pub fn truncate_from(&mut self, physical_offset: u64) {
-        for f in &self.files {
-            f.truncate_from(physical_offset);
+        for (i, f) in self.files.iter().enumerate() {
+            if f.truncate_from(physical_offset) {
+                self.unflushed_from = self.unflushed_from.min(i);
+            }
         }
     }
 

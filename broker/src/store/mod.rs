@@ -5,6 +5,8 @@
 //!    LOCK                                  flock: one process per data directory
 //!    FORMAT                                data-format version (format.rs)
 //!    checkpoint                            where recovery starts (checkpoint.rs)
+//!    epochs                                where each master's epoch began (epochs.rs)
+//!    truncating                            a log truncation in progress (truncate.rs)
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
 //!    consumequeue/<topic>/<queue>/<20-digit first offset>   32-byte entries
 //!    consumequeue/<topic>/deleted          tombstone of a deleted topic (queues.rs)
@@ -19,17 +21,22 @@ mod checkpoint;
 mod commit_log;
 mod config;
 mod consume_queue;
+mod epochs;
 mod error;
 mod format;
+mod frames;
 mod index;
 mod mapped_file;
 mod message_id;
 mod observer;
 mod queues;
+mod raw_log;
 mod read;
 mod record;
 mod recovery;
+mod replica_append;
 mod retention;
+mod truncate;
 mod writer;
 
 use std::fs::File;
@@ -46,11 +53,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use checkpoint::{Checkpoint, QueueName};
 pub use config::{DiskFullPolicy, FlushMode, StoreConfig};
 pub use consume_queue::tag_hash;
-pub use error::{Result, StoreError};
+pub use error::{RawLogProblem, Result, StoreError};
 pub use format::{DATA_FORMAT, OpenedFormat, UNVERSIONED_FORMAT};
 pub use mapped_file::sync_dir;
 pub use message_id::MessageId;
 pub use observer::{DeleteReason, NoObserver, StoreObserver};
+pub use raw_log::RawLog;
 pub use read::ReadResult;
 pub use record::{
     Codec, Message, MessageType, Record, RecordFlags, TransactionState, validate_topic_name,
@@ -62,7 +70,7 @@ pub use writer::{Appended, now_millis};
 use commit_log::CommitLog;
 use index::Index;
 use queues::QueueTable;
-use writer::{AppendRequest, Encoded, Writer};
+use writer::{AppendRequest, Encoded, Writer, WriterRequest};
 
 /// Append requests that may wait for the writer before callers feel backpressure.
 const REQUEST_QUEUE_DEPTH: usize = 4096;
@@ -74,6 +82,7 @@ pub(crate) struct Inner {
     commit_log: CommitLog,
     queues: QueueTable,
     index: Mutex<Index>,
+    epochs: epochs::Epochs,
     /// The published commit-log end, for consumers waiting for new messages.
     arrivals: watch::Sender<u64>,
     observer: Arc<dyn StoreObserver>,
@@ -104,7 +113,7 @@ pub struct StoreStats {
 pub struct Store {
     inner: Arc<Inner>,
     /// `sync` mode: the writer thread's queue (group commit shares fsyncs).
-    requests: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    requests: Mutex<Option<mpsc::Sender<WriterRequest>>>,
     /// `async` mode: the writer itself, run by the appending thread under this
     /// lock. With nothing to share but an fsync-free write, handing each append
     /// to a thread and back only added two context switches (and, on a busy
@@ -153,6 +162,7 @@ impl Store {
                 config.segment_size_bytes
             )));
         }
+        let epochs = epochs::Epochs::load(&dir)?;
         // The read-only checks passed; recovery below is the first write.
         format::stamp(&dir, opened_format)?;
         let commit_log = CommitLog::open(
@@ -181,6 +191,7 @@ impl Store {
                 config.index_slots,
                 config.index_entries,
             )?),
+            epochs,
             arrivals,
             observer,
             log_retention_ms: AtomicU64::new(config.retention.as_millis() as u64),
@@ -190,7 +201,8 @@ impl Store {
             checkpointed: Mutex::new(None),
         });
         let started = Instant::now();
-        let recovery = recovery::recover(&inner, checkpoint.as_ref(), repairs)?;
+        let resumed = truncate::resume(&inner, checkpoint)?;
+        let recovery = recovery::recover(&inner, resumed.checkpoint.as_ref(), repairs)?;
         inner.observer.corrupt(recovery.corrupt_ranges.len() as u64);
         inner.observer.repaired(recovery.repairs.len() as u64);
         let min = inner.commit_log.min_offset();
@@ -200,8 +212,12 @@ impl Store {
         inner.arrivals.send_replace(recovery.end);
         // A full volume must not keep the broker down (retention could never
         // free space then): the previous checkpoint stays valid, only older.
-        if let Err(e) = write_checkpoint(&inner, true) {
-            tracing::warn!(error = %e, "could not write a checkpoint after recovery; continuing");
+        match write_checkpoint(&inner, true) {
+            Ok(()) if resumed.pending => truncate::finished(&dir)?,
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write a checkpoint after recovery; continuing")
+            }
         }
         check_disk_usage(&inner);
         tracing::info!(
@@ -265,12 +281,7 @@ impl Store {
     }
 
     fn encode(&self, messages: Vec<Message>) -> Result<Vec<Encoded>> {
-        if self.inner.refusing_writes.load(Ordering::Relaxed) {
-            return Err(StoreError::DiskUsageLimit {
-                usage: disk_usage_ratio(&self.inner.config.data_dir).unwrap_or(1.0),
-                limit: self.inner.config.disk_usage_limit,
-            });
-        }
+        refuse_if_full(&self.inner)?;
         let max = self.inner.config.max_record_size_bytes;
         messages
             .into_iter()
@@ -305,8 +316,29 @@ impl Store {
         })
     }
 
-    fn sender(&self) -> Result<mpsc::Sender<AppendRequest>> {
+    fn sender(&self) -> Result<mpsc::Sender<WriterRequest>> {
         self.requests.lock().clone().ok_or(StoreError::Closed)
+    }
+
+    /// Runs `work` on the writer: on this thread in `async` mode, queued to
+    /// the writer thread (as the request `queued` makes) in `sync` mode.
+    async fn with_writer<T>(
+        &self,
+        work: impl FnOnce(&mut Writer) -> Result<T>,
+        queued: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterRequest,
+    ) -> Result<T> {
+        if self.inner.config.flush == FlushMode::Async {
+            return match self.inline.lock().as_mut() {
+                Some(writer) => work(writer),
+                None => Err(StoreError::Closed),
+            };
+        }
+        let (reply, done) = oneshot::channel();
+        self.sender()?
+            .send(queued(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Appends messages as one unit: all land, in order, or none does (a bad or
@@ -319,11 +351,11 @@ impl Store {
         };
         let (reply, done) = oneshot::channel();
         self.sender()?
-            .send(AppendRequest {
+            .send(WriterRequest::Append(AppendRequest {
                 messages,
                 reply,
                 queued: Instant::now(),
-            })
+            }))
             .await
             .map_err(|_| StoreError::Closed)?;
         done.await.map_err(|_| StoreError::Closed)?
@@ -337,11 +369,11 @@ impl Store {
         };
         let (reply, done) = oneshot::channel();
         self.sender()?
-            .blocking_send(AppendRequest {
+            .blocking_send(WriterRequest::Append(AppendRequest {
                 messages,
                 reply,
                 queued: Instant::now(),
-            })
+            }))
             .map_err(|_| StoreError::Closed)?;
         done.blocking_recv().map_err(|_| StoreError::Closed)?
     }
@@ -487,7 +519,12 @@ pub(crate) fn flush_log(inner: &Inner, to: u64) -> Result<()> {
 /// Nothing is written when nothing was appended since the last one, unless
 /// `force` (the set of queues changed).
 fn write_checkpoint(inner: &Inner, force: bool) -> Result<()> {
-    let mut checkpointed = inner.checkpointed.lock();
+    checkpoint_locked(inner, &mut inner.checkpointed.lock(), force)
+}
+
+/// [`write_checkpoint`] for a caller holding the checkpoint lock (a
+/// truncation keeps it, so no checkpoint is taken half-way through).
+fn checkpoint_locked(inner: &Inner, checkpointed: &mut Option<u64>, force: bool) -> Result<()> {
     let log = &inner.commit_log;
     let recover_from = log.visible();
     if !force && *checkpointed == Some(recover_from) {
@@ -523,6 +560,18 @@ fn write_checkpoint(inner: &Inner, force: bool) -> Result<()> {
     }
     .store(&inner.config.data_dir)?;
     *checkpointed = Some(recover_from);
+    Ok(())
+}
+
+/// Refuses new data while the volume is above `disk_usage_limit` under the
+/// `refuse` policy.
+fn refuse_if_full(inner: &Inner) -> Result<()> {
+    if inner.refusing_writes.load(Ordering::Relaxed) {
+        return Err(StoreError::DiskUsageLimit {
+            usage: disk_usage_ratio(&inner.config.data_dir).unwrap_or(1.0),
+            limit: inner.config.disk_usage_limit,
+        });
+    }
     Ok(())
 }
 

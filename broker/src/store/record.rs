@@ -374,8 +374,26 @@ pub fn parse_header(buf: &[u8]) -> Header {
     }
 }
 
-/// Validates and decodes a whole record found at `physical_offset`.
-pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
+/// A whole record validated in place: its header and borrowed sections (keys
+/// and properties go to the callbacks of [`check_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<'a> {
+    pub header: Header,
+    pub born_timestamp: i64,
+    pub topic: &'a str,
+    pub tag: &'a str,
+    pub body: &'a [u8],
+}
+
+/// Validates a whole record found at `physical_offset` (magic, size, CRC32C,
+/// stored position, section lengths, UTF-8) without copying it, handing each
+/// key and property to the callbacks in order.
+pub fn check_with<'a>(
+    buf: &'a [u8],
+    physical_offset: u64,
+    mut on_key: impl FnMut(&'a str),
+    mut on_property: impl FnMut(&'a str, &'a str),
+) -> Result<Checked<'a>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         offset: physical_offset,
         reason,
@@ -425,26 +443,27 @@ pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
         at += n;
         s
     };
-    let utf8 = |b: &[u8], what: &str| {
-        String::from_utf8(b.to_vec()).map_err(|_| corrupt(format!("{what} is not UTF-8")))
-    };
-    let topic = utf8(take(topic_len), "topic")?;
-    let tag = utf8(take(tag_len), "tag")?;
+    fn utf8<'a>(b: &'a [u8], what: &str, physical_offset: u64) -> Result<&'a str> {
+        std::str::from_utf8(b).map_err(|_| StoreError::Corrupt {
+            offset: physical_offset,
+            reason: format!("{what} is not UTF-8"),
+        })
+    }
+    let topic = utf8(take(topic_len), "topic", physical_offset)?;
+    let tag = utf8(take(tag_len), "tag", physical_offset)?;
     let keys_buf = take(keys_len);
     let props_buf = take(props_len);
-    let body = Bytes::copy_from_slice(take(body_len));
+    let body = take(body_len);
 
-    let mut keys = Vec::new();
     let mut p = 0;
     while p < keys_buf.len() {
         let len = read_len(keys_buf, p).ok_or_else(|| corrupt("truncated key".into()))?;
         let key = keys_buf
             .get(p + 2..p + 2 + len)
             .ok_or_else(|| corrupt("truncated key".into()))?;
-        keys.push(utf8(key, "key")?);
+        on_key(utf8(key, "key", physical_offset)?);
         p += 2 + len;
     }
-    let mut properties = Vec::new();
     let mut p = 0;
     while p < props_buf.len() {
         let klen = read_len(props_buf, p).ok_or_else(|| corrupt("truncated property".into()))?;
@@ -457,22 +476,44 @@ pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
             .get(p + 2..p + 2 + vlen)
             .ok_or_else(|| corrupt("truncated property".into()))?;
         p += 2 + vlen;
-        properties.push((utf8(k, "property name")?, utf8(v, "property value")?));
+        on_property(
+            utf8(k, "property name", physical_offset)?,
+            utf8(v, "property value", physical_offset)?,
+        );
     }
-    Ok(Record {
-        topic,
-        queue_id: header.queue_id,
-        queue_offset: header.queue_offset,
-        physical_offset,
+    Ok(Checked {
+        header,
         born_timestamp: u64_at(buf, OFF_BORN) as i64,
-        store_timestamp: header.store_timestamp,
-        flags: header.flags,
+        topic,
         tag,
+        body,
+    })
+}
+
+/// Validates and decodes a whole record found at `physical_offset`.
+pub fn decode(buf: &[u8], physical_offset: u64) -> Result<Record> {
+    let mut keys = Vec::new();
+    let mut properties = Vec::new();
+    let c = check_with(
+        buf,
+        physical_offset,
+        |k| keys.push(k.to_string()),
+        |k, v| properties.push((k.to_string(), v.to_string())),
+    )?;
+    Ok(Record {
+        topic: c.topic.to_string(),
+        queue_id: c.header.queue_id,
+        queue_offset: c.header.queue_offset,
+        physical_offset,
+        born_timestamp: c.born_timestamp,
+        store_timestamp: c.header.store_timestamp,
+        flags: c.header.flags,
+        tag: c.tag.to_string(),
         keys,
         properties,
-        body,
-        crc: header.crc,
-        size: header.total_size,
+        body: Bytes::copy_from_slice(c.body),
+        crc: c.header.crc,
+        size: c.header.total_size,
     })
 }
 

@@ -18,10 +18,11 @@ use super::Inner;
 use super::commit_log::CommitLog;
 use super::config::FlushMode;
 use super::consume_queue::{ConsumeQueue, CqEntry};
-use super::error::{Result, StoreError};
+use super::error::{RawLogProblem, Result, StoreError};
 use super::index::{Index, IndexHit};
 use super::message_id::MessageId;
 use super::record::{self, BLANK_HEADER_SIZE};
+use super::truncate::Cut;
 
 /// A message encoded by the caller's thread, ready for the writer.
 #[derive(Debug)]
@@ -48,6 +49,23 @@ impl AppendRequest {
     }
 }
 
+/// Everything that changes the commit log goes through the one writer, in
+/// the order it was queued: local appends (grouped), replicated chunks and
+/// truncations (each alone).
+#[derive(Debug)]
+pub(crate) enum WriterRequest {
+    Append(AppendRequest),
+    Replicate {
+        start: u64,
+        bytes: bytes::Bytes,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Truncate {
+        to: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
 /// Where an appended message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -68,9 +86,16 @@ struct Plan {
 }
 
 pub(crate) struct Writer {
-    inner: Arc<Inner>,
-    write_pos: u64,
-    last_timestamp: i64,
+    pub(super) inner: Arc<Inner>,
+    /// Where the next byte goes: the log end once a request is done.
+    pub(super) write_pos: u64,
+    /// The newest store timestamp written; local appends never go below it,
+    /// replicated ones raise it (so a promoted replica keeps time monotone).
+    pub(super) last_timestamp: i64,
+    /// A truncation that failed part-way (an I/O error after it was
+    /// recorded): nothing is written until one finishes it, or the next open
+    /// would cut what was written meanwhile.
+    pub(super) unfinished_cut: Option<Cut>,
     /// Reused for every append (its buffer keeps its capacity).
     run: LogRun,
 }
@@ -90,26 +115,56 @@ impl Writer {
             inner,
             write_pos,
             last_timestamp: 0,
+            unfinished_cut: None,
             run: LogRun::default(),
         }
     }
 
     /// Serves requests until every sender is gone.
-    pub fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
+    pub fn run(mut self, mut requests: mpsc::Receiver<WriterRequest>) {
         let max_group = self.inner.config.max_group_bytes;
-        while let Some(first) = requests.blocking_recv() {
+        let mut next = None;
+        while let Some(request) = next.take().or_else(|| requests.blocking_recv()) {
+            let first = match request {
+                WriterRequest::Append(first) => first,
+                other => {
+                    self.serve_alone(other);
+                    continue;
+                }
+            };
             let mut bytes = first.bytes();
             let mut group = vec![first];
             while bytes < max_group {
                 match requests.try_recv() {
-                    Ok(req) => {
+                    Ok(WriterRequest::Append(req)) => {
                         bytes += req.bytes();
                         group.push(req);
+                    }
+                    Ok(other) => {
+                        next = Some(other);
+                        break;
                     }
                     Err(_) => break,
                 }
             }
             self.process(group);
+        }
+    }
+
+    /// Serves a request that is not grouped with others.
+    pub fn serve_alone(&mut self, request: WriterRequest) {
+        match request {
+            WriterRequest::Append(req) => self.process(vec![req]),
+            WriterRequest::Replicate {
+                start,
+                bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.replicate(start, &bytes));
+            }
+            WriterRequest::Truncate { to, reply } => {
+                let _ = reply.send(self.truncate(to));
+            }
         }
     }
 
@@ -125,6 +180,16 @@ impl Writer {
     }
 
     fn process(&mut self, group: Vec<AppendRequest>) {
+        if let Err(e) = self.check_no_unfinished_cut() {
+            let text = e.to_string();
+            for req in group {
+                let _ = req.reply.send(Err(StoreError::Io {
+                    context: "appending".into(),
+                    source: std::io::Error::other(text.clone()),
+                }));
+            }
+            return;
+        }
         let mut outcomes = Vec::with_capacity(group.len());
         let mut touched: HashMap<*const ConsumeQueue, Arc<ConsumeQueue>> = HashMap::new();
         {
@@ -150,15 +215,33 @@ impl Writer {
                 });
             }
         }
-        self.inner.commit_log.publish(self.write_pos);
-        for cq in touched.values() {
-            cq.publish();
-        }
-        self.inner.arrivals.send_replace(self.write_pos);
+        self.publish(touched.values());
         for (reply, queued, result) in outcomes {
             self.inner.observer.appended(queued.elapsed());
             let _ = reply.send(result);
         }
+    }
+
+    /// Refuses to write while a truncation is unfinished (see
+    /// `unfinished_cut`).
+    pub(super) fn check_no_unfinished_cut(&self) -> Result<()> {
+        match self.unfinished_cut {
+            Some(cut) => Err(StoreError::RawLog {
+                position: cut.to,
+                problem: RawLogProblem::TruncationUnfinished,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes everything written so far readable: the log up to `write_pos`,
+    /// the consume queues written to, and wakes waiting readers.
+    pub(super) fn publish<'a>(&self, touched: impl IntoIterator<Item = &'a Arc<ConsumeQueue>>) {
+        self.inner.commit_log.publish(self.write_pos);
+        for cq in touched {
+            cq.publish();
+        }
+        self.inner.arrivals.send_replace(self.write_pos);
     }
 
     /// Chooses positions and allocates every file the request needs.

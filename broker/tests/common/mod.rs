@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod replica;
 
 use std::path::Path;
 use std::process::Command;

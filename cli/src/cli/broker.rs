@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::json;
 
+use dduomq_client::proto as pb;
+
 use super::output::{Format, json_line};
 use super::parse_duration;
 use super::target::Target;
@@ -32,11 +34,15 @@ pub async fn run(server: &Target, format: Format, cmd: BrokerCommand) -> anyhow:
     match cmd {
         BrokerCommand::Info => {
             let i = admin.broker_info().await?;
-            let v = json!({"version": i.version, "broker_id": i.broker_id, "flush": i.flush_mode, "uptime_ms": i.uptime_ms,
+            let mut v = json!({"version": i.version, "broker_id": i.broker_id, "flush": i.flush_mode, "uptime_ms": i.uptime_ms,
                 "commit_log_min": i.commit_log_min, "commit_log_max": i.commit_log_max, "segments": i.segments,
                 "topics": i.topics, "groups": i.groups, "draining": i.draining,
                 "unconsumed_messages": i.unconsumed_messages, "staged_messages": i.staged_messages,
                 "route_epoch": i.route_epoch});
+            if let Some(r) = &i.replication {
+                let fields = v.as_object_mut().expect("object");
+                fields.extend(replication_fields(r));
+            }
             match format {
                 Format::Json => json_line(&v),
                 Format::Table => {
@@ -82,4 +88,34 @@ pub async fn run(server: &Target, format: Format, cmd: BrokerCommand) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// A replicated broker's group, role, epoch and (on a master) its followers'
+/// lag, as `broker info` fields.
+fn replication_fields(r: &pb::ReplicaState) -> serde_json::Map<String, serde_json::Value> {
+    let role = match pb::ReplicaRole::try_from(r.role) {
+        Ok(pb::ReplicaRole::Master) => "master",
+        Ok(pb::ReplicaRole::Replica) => "replica",
+        _ => "none assigned",
+    };
+    let lag: serde_json::Map<String, serde_json::Value> = r
+        .followers
+        .iter()
+        .map(|f| {
+            let lag = json!({"bytes": f.lag_bytes, "ms": f.lag_ms, "in_sync": f.in_sync});
+            (format!("member {}", f.member), lag)
+        })
+        .collect();
+    [
+        ("group", json!(r.group)),
+        ("member", json!(r.member)),
+        ("role", json!(role)),
+        ("epoch", json!(r.epoch)),
+        ("committed_end", json!(r.committed_end)),
+        ("in_sync", json!(r.in_sync)),
+        ("lag", json!(lag)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }

@@ -166,10 +166,12 @@ pub(super) async fn send_with_retry(
     fail_fast: bool,
 ) -> Result<Vec<pb::SendReceipt>> {
     let request = pb::SendRequest { messages };
-    // A draining broker will not take the request later either: the caller
-    // fails over at once.
+    // A draining broker will not take the request later either, nor will a
+    // replica of a replicated group (the route names its master once the
+    // controller republishes it): the caller fails over at once.
     let give_up = |e: &ClientError| {
-        e.reason() == Some(Reason::BrokerDraining) || (fail_fast && e.is_unreachable())
+        matches!(e.reason(), Some(Reason::BrokerDraining | Reason::NotMaster))
+            || (fail_fast && e.is_unreachable())
     };
     retry_unless(timeout, give_up, || {
         let (mut client, request) = (client.clone(), request.clone());

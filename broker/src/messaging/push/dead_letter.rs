@@ -63,18 +63,17 @@ impl Broker {
                 properties::DLQ_ORIGIN_MESSAGE_ID.with(self.message_id_of(&rec)),
                 properties::DLQ_DELIVERY_ATTEMPTS.with(attempts),
             ]);
-            self.store
-                .append(vec![Message {
-                    topic: dlq,
-                    queue_id: 0,
-                    flags: rec.flags,
-                    born_timestamp: rec.born_timestamp,
-                    tag: rec.tag,
-                    keys: rec.keys,
-                    properties,
-                    body: rec.body,
-                }])
-                .await?;
+            self.append_as_master(vec![Message {
+                topic: dlq,
+                queue_id: 0,
+                flags: rec.flags,
+                born_timestamp: rec.born_timestamp,
+                tag: rec.tag,
+                keys: rec.keys,
+                properties,
+                body: rec.body,
+            }])
+            .await?;
             tracing::info!(group = %group.name, topic, queue_id, offset, attempts, "message dead-lettered");
             if let Some(m) = &self.metrics {
                 m.dead_lettered

@@ -1,0 +1,236 @@
+//! The follower task: while this member is a replica, it follows the
+//! assigned master on one Follow stream, stores every chunk at the same
+//! positions, cuts a divergent tail when the master says so, and reports how
+//! far it stored. It reconnects with backoff and stops when the role changes
+//! or the broker shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dduomq_proto::v1 as pb;
+use dduomq_proto::v1::replication_service_client::ReplicationServiceClient;
+use dduomq_replication::MemberId;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::Replication;
+use crate::store::StoreError;
+
+/// First and longest pause before reconnecting to the master.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest chunk a follower accepts (the master sends about 1 MiB, or one
+/// record of up to the store's maximum record size).
+const MAX_CHUNK_MESSAGE: usize = 64 << 20;
+
+/// The master a replica follows in an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FollowTarget {
+    pub epoch: u64,
+    pub master: MemberId,
+    pub address: String,
+}
+
+/// Why one Follow stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    /// The assignment changed: follow the new target at once.
+    #[error("the assignment changed")]
+    Reassigned,
+    /// The tail was cut as the master asked: start again at once.
+    #[error("truncated to the master's history")]
+    Truncated,
+    #[error("cannot reach the master: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the master refused or ended the stream: {0}")]
+    Refused(#[from] tonic::Status),
+    #[error("the master ended the stream")]
+    Ended,
+    #[error("storing what the master sent failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Replication {
+    /// Follows whichever master is assigned, until `shutdown` turns true.
+    pub async fn run_follower(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut targets = self.target.subscribe();
+        let mut retry = RETRY_FIRST;
+        loop {
+            let target = targets.borrow_and_update().clone();
+            let Some(target) = target else {
+                tokio::select! {
+                    changed = targets.changed() => if changed.is_err() { return },
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                continue;
+            };
+            let end = tokio::select! {
+                end = self.follow(&target, &mut targets, &mut retry) => end,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match end {
+                StreamEnd::Reassigned | StreamEnd::Truncated => retry = RETRY_FIRST,
+                failure => {
+                    tracing::warn!(master = target.address, error = %failure, ?retry, "following the master failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = targets.changed() => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One Follow stream to `target`'s master.
+    async fn follow(
+        &self,
+        target: &FollowTarget,
+        targets: &mut watch::Receiver<Option<FollowTarget>>,
+        retry: &mut Duration,
+    ) -> StreamEnd {
+        match self.follow_stream(target, targets, retry).await {
+            Ok(end) | Err(end) => end,
+        }
+    }
+
+    async fn follow_stream(
+        &self,
+        target: &FollowTarget,
+        targets: &mut watch::Receiver<Option<FollowTarget>>,
+        retry: &mut Duration,
+    ) -> Result<StreamEnd, StreamEnd> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", target.address))
+            .map_err(StreamEnd::Connect)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await?;
+        let mut client =
+            ReplicationServiceClient::new(channel).max_decoding_message_size(MAX_CHUNK_MESSAGE);
+        let log_end = self.store.log_end();
+        let start = pb::FollowStart {
+            group: self.placement.group,
+            member: self.placement.member,
+            epoch: target.epoch,
+            log_end,
+            last_record_epoch: self.store.epochs().last_record_epoch(log_end),
+        };
+        let (progress, requests) = mpsc::channel(4);
+        let _ = progress
+            .send(pb::FollowRequest {
+                kind: Some(pb::follow_request::Kind::Start(start)),
+            })
+            .await;
+        let mut responses = client
+            .follow(ReceiverStream::new(requests))
+            .await?
+            .into_inner();
+        let mut first_chunk = true;
+        loop {
+            let response = tokio::select! {
+                r = responses.message() => r?,
+                _ = targets.changed() => return Ok(StreamEnd::Reassigned),
+            };
+            let Some(pb::FollowResponse { kind: Some(kind) }) = response else {
+                return Err(StreamEnd::Ended);
+            };
+            match kind {
+                pb::follow_response::Kind::Truncate(t) => {
+                    self.truncate(target, t).await?;
+                    return Ok(StreamEnd::Truncated);
+                }
+                pb::follow_response::Kind::Chunk(chunk) => {
+                    let stored_end = self.store_chunk(target, chunk, first_chunk).await?;
+                    first_chunk = false;
+                    *retry = RETRY_FIRST;
+                    let report = pb::FollowRequest {
+                        kind: Some(pb::follow_request::Kind::Progress(pb::FollowProgress {
+                            log_end: stored_end,
+                        })),
+                    };
+                    if progress.send(report).await.is_err() {
+                        return Err(StreamEnd::Ended);
+                    }
+                }
+                pb::follow_response::Kind::Heartbeat(h) => {
+                    // Idle, it still holds everything: saying so keeps it in sync.
+                    self.note_upstream(h.committed_end);
+                    let report = pb::FollowRequest {
+                        kind: Some(pb::follow_request::Kind::Progress(pb::FollowProgress {
+                            log_end: self.store.log_end(),
+                        })),
+                    };
+                    if progress.send(report).await.is_err() {
+                        return Err(StreamEnd::Ended);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cuts the tail the master's history does not share.
+    async fn truncate(&self, target: &FollowTarget, t: pb::Truncate) -> Result<(), StreamEnd> {
+        let _applying = self.gate.read().await;
+        if self.target.borrow().as_ref() != Some(target) {
+            return Err(StreamEnd::Reassigned);
+        }
+        let own_end = self.store.log_end();
+        let to = self
+            .store
+            .epochs()
+            .truncation_end(t.offset, t.epoch, own_end);
+        tracing::warn!(
+            from = to,
+            own_end,
+            master_epoch = t.epoch,
+            "truncating the log's divergent tail"
+        );
+        self.store.truncate_log(to).await?;
+        Ok(())
+    }
+
+    /// Stores a chunk (and the epochs beginning in it); returns the log end.
+    async fn store_chunk(
+        &self,
+        target: &FollowTarget,
+        chunk: pb::LogChunk,
+        first: bool,
+    ) -> Result<u64, StreamEnd> {
+        // Not cancelled halfway: the role switch waits for the gate.
+        let _applying = self.gate.read().await;
+        if self.target.borrow().as_ref() != Some(target) {
+            return Err(StreamEnd::Reassigned);
+        }
+        // The master streams from where this log ends: epochs this member
+        // began there (as a master that wrote nothing) are not the master's.
+        if first
+            && chunk.start == self.store.log_end()
+            && self
+                .store
+                .epochs()
+                .latest()
+                .is_some_and(|e| e.start_offset >= chunk.start)
+        {
+            self.store.truncate_log(chunk.start).await?;
+        }
+        let mut end = self.store.log_end();
+        if !chunk.data.is_empty() {
+            end = self
+                .store
+                .append_replicated(chunk.start, chunk.data)
+                .await?;
+        }
+        for e in chunk.epoch_starts {
+            self.store.begin_epoch(e.epoch, e.start_offset)?;
+        }
+        self.note_upstream(chunk.committed_end);
+        Ok(end)
+    }
+
+    /// Remembers the master's committed end (reported in ReplicaState).
+    fn note_upstream(&self, committed_end: u64) {
+        self.state.lock().upstream_committed = Some(committed_end);
+    }
+}

@@ -1,0 +1,166 @@
+//! Replication inside a broker group: one master and its replicas hold the
+//! same commit log byte for byte (see docs/architecture.md, "Replication").
+//! The rules (epochs, acknowledgements, leases, role changes) are the pure
+//! crate `dduomq-replication`; this module is their I/O: the master streams
+//! its log to followers and acknowledges writes once its in-sync set stored
+//! them, the follower task stores what it receives, and AssignRole switches
+//! roles.
+//!
+//! ```text
+//! config.rs    the [replication] table
+//! error.rs     NOT_MASTER and QUORUM_TIMEOUT refusals
+//! acks.rs      the write path: who may append, and waiting for acknowledgements
+//! assign.rs    AssignRole: role changes and lease renewals
+//! master.rs    serving a follower's Follow stream
+//! follower.rs  the follower task: follows the assigned master
+//! report.rs    ReplicaState (BrokerInfo, AssignRole replies) and gauges
+//! metrics.rs   the replication metrics
+//! ```
+
+mod acks;
+mod assign;
+mod config;
+mod error;
+mod follower;
+mod master;
+mod metrics;
+mod report;
+
+pub use acks::Term;
+pub use config::{AckPolicy, ReplicationConfig};
+pub use error::{NotMasterCause, ReplicationError};
+pub use metrics::ReplicationMetrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dduomq_replication::{AckTracker, MasterLease, MemberRole, Monotonic, Placement};
+use parking_lot::Mutex;
+use tokio::sync::{RwLock, watch};
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use acks::Acks;
+use follower::FollowTarget;
+
+/// The lease of a static group's master: it never lapses (no controller
+/// renews it; a static group has no failover).
+const STATIC_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// This broker's part in its group.
+#[derive(Debug)]
+pub struct Replication {
+    config: ReplicationConfig,
+    placement: Placement,
+    store: Arc<Store>,
+    /// Appends (a master's writes, a replica's received chunks) hold it
+    /// shared; a role switch holds it exclusively, so nothing the old role
+    /// appends lands after the switch.
+    gate: RwLock<()>,
+    state: Mutex<State>,
+    /// What writes waiting for acknowledgements watch.
+    acks: watch::Sender<Acks>,
+    /// The master the follower task follows (`None`: follow nobody).
+    target: watch::Sender<Option<FollowTarget>>,
+    /// The origin of this process's monotonic readings.
+    origin: Instant,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The member's role and, as master, its bookkeeping.
+#[derive(Debug)]
+struct State {
+    role: MemberRole,
+    master: Option<Mastership>,
+    /// Replica: the master's committed end, as it last told.
+    upstream_committed: Option<u64>,
+}
+
+/// A master's bookkeeping for its epoch.
+#[derive(Debug)]
+struct Mastership {
+    tracker: AckTracker,
+    lease: MasterLease,
+    /// The highest committed end published (it never moves back).
+    committed_end: u64,
+}
+
+impl Replication {
+    /// The replication of broker `ordinal` on `store`. A static group assigns
+    /// its roles at once; otherwise the broker waits for the controller's
+    /// AssignRole, taking no writes.
+    pub fn start(
+        config: ReplicationConfig,
+        ordinal: u32,
+        store: Arc<Store>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> crate::store::Result<Arc<Replication>> {
+        let placement = config.layout().placement(ordinal);
+        let role = MemberRole::at_start(&store.epochs());
+        let replication = Arc::new(Replication {
+            placement,
+            gate: RwLock::new(()),
+            state: Mutex::new(State {
+                role,
+                master: None,
+                upstream_committed: None,
+            }),
+            acks: watch::channel(Acks::Closed).0,
+            target: watch::channel(None).0,
+            origin: Instant::now(),
+            metrics,
+            store,
+            config,
+        });
+        if let Some(master) = replication.config.static_master {
+            replication.assign_static(master)?;
+        }
+        Ok(replication)
+    }
+
+    /// Runs the follower task and, in a static group, the master's recording
+    /// of its own in-sync proposals, until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let follower = tokio::spawn(self.clone().run_follower(shutdown.clone()));
+        if self.config.static_master.is_some() {
+            let mut tick = tokio::time::interval(self.config.replica_lag_max / 2);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => self.record_own_proposal(),
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+            }
+        }
+        let _ = follower.await;
+    }
+
+    /// The group and member index of this broker.
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    /// A reading of this process's monotonic clock.
+    fn now(&self) -> Monotonic {
+        self.origin.elapsed()
+    }
+
+    /// A reading of the clock leases count on (e.g. when an AssignRole
+    /// arrived).
+    pub fn clock(&self) -> Monotonic {
+        self.now()
+    }
+
+    /// A NOT_MASTER refusal naming the master's address when known.
+    fn not_master(&self, cause: NotMasterCause) -> ReplicationError {
+        ReplicationError::NotMaster {
+            group: self.placement.group,
+            member: self.placement.member,
+            cause,
+            master_address: self.target.borrow().as_ref().map(|t| t.address.clone()),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! A replicated broker group of real broker processes, with the test as its
+//! controller: it assigns roles with AssignRole and records in-sync sets.
+
+use std::time::Duration;
+
+use dduomq_client::ClientError;
+use dduomq_client::proto as pb;
+use dduomq_client::proto::admin_service_client::AdminServiceClient;
+use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
+use dduomq_client::proto::replication_service_client::ReplicationServiceClient;
+use dduomq_testkit::{Broker, Options, eventually};
+
+/// Members per group in these tests.
+pub const FACTOR: u32 = 3;
+/// Long enough that no test's master lease lapses unless the test wants it.
+pub const LONG_LEASE_MS: u64 = 120_000;
+pub const TOPIC: &str = "orders";
+
+/// Starts broker `ordinal` of a group of [`FACTOR`], with `extra` TOML lines
+/// in its `[replication]` table.
+pub fn start_member(ordinal: u32, extra: &str) -> Broker {
+    Broker::start_with(Options {
+        config: Some(format!(
+            "[store]\nbroker_id = {ordinal}\nsegment_size_bytes = 65536\nmax_record_size_bytes = 16384\n\
+             [replication]\nfactor = {FACTOR}\n{extra}\n"
+        )),
+        ..Options::default()
+    })
+}
+
+async fn admin(address: &str) -> AdminServiceClient<tonic::transport::Channel> {
+    AdminServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("admin connection")
+}
+
+/// One AssignRole to the broker at `address`.
+pub async fn assign(
+    address: &str,
+    req: pb::AssignRoleRequest,
+) -> Result<pb::ReplicaState, tonic::Status> {
+    admin(address)
+        .await
+        .assign_role(req)
+        .await
+        .map(|r| r.into_inner().state.expect("state in the reply"))
+}
+
+/// AssignRole(MASTER) for member `member` (at `address`) in `epoch`, with
+/// the recorded in-sync set `in_sync` of `version` and a long lease.
+pub fn master_assignment(
+    address: &str,
+    member: u32,
+    epoch: u64,
+    in_sync: &[u32],
+    version: u64,
+) -> pb::AssignRoleRequest {
+    pb::AssignRoleRequest {
+        group: 0,
+        epoch,
+        role: pb::ReplicaRole::Master as i32,
+        master_member: member,
+        master_address: address.to_string(),
+        in_sync: in_sync.to_vec(),
+        lease_ms: LONG_LEASE_MS,
+        group_size: FACTOR,
+        in_sync_version: version,
+    }
+}
+
+/// Makes member `member` (at `address`) master of `epoch` with the
+/// recorded in-sync set `in_sync` of `version` (again: a renewal).
+pub async fn make_master(
+    address: &str,
+    member: u32,
+    epoch: u64,
+    in_sync: &[u32],
+    version: u64,
+) -> pb::ReplicaState {
+    assign(
+        address,
+        master_assignment(address, member, epoch, in_sync, version),
+    )
+    .await
+    .expect("assign master")
+}
+
+/// Makes `b` a replica of member `master` at `master_address` in `epoch`.
+pub async fn make_replica(b: &Broker, epoch: u64, master: u32, master_address: &str) {
+    assign(
+        &b.grpc,
+        pb::AssignRoleRequest {
+            group: 0,
+            epoch,
+            role: pb::ReplicaRole::Replica as i32,
+            master_member: master,
+            master_address: master_address.to_string(),
+            in_sync: Vec::new(),
+            lease_ms: 0,
+            group_size: FACTOR,
+            in_sync_version: 0,
+        },
+    )
+    .await
+    .expect("assign replica");
+}
+
+/// What the broker at `address` reports about its group.
+pub async fn state_at(address: &str) -> pb::ReplicaState {
+    admin(address)
+        .await
+        .broker_info(pb::BrokerInfoRequest {})
+        .await
+        .expect("broker info")
+        .into_inner()
+        .replication
+        .expect("a replicated broker reports its state")
+}
+
+/// What `b` reports about its group.
+pub async fn state(b: &Broker) -> pb::ReplicaState {
+    state_at(&b.grpc).await
+}
+
+/// The whole log of `b`, as ReadLog gives it.
+pub async fn whole_log(b: &Broker) -> Vec<u8> {
+    let mut client = ReplicationServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .expect("replication connection")
+        .max_decoding_message_size(64 << 20);
+    let mut log = Vec::new();
+    loop {
+        let chunk = client
+            .read_log(pb::ReadLogRequest {
+                group: 0,
+                start: log.len() as u64,
+                max_bytes: 1 << 20,
+            })
+            .await
+            .expect("read log")
+            .into_inner();
+        if chunk.data.is_empty() {
+            return log;
+        }
+        assert_eq!(chunk.start, log.len() as u64);
+        log.extend_from_slice(&chunk.data);
+    }
+}
+
+/// Waits until `b`'s log ends at `end`.
+pub async fn wait_log_end(b: &Broker, end: u64) {
+    eventually(
+        Duration::from_secs(20),
+        "the replica to reach the master's end",
+        async || (state(b).await.log_end == end).then_some(()),
+    )
+    .await;
+}
+
+/// One Send request of `body` to `b`, without the SDK's retries.
+pub async fn send(b: &Broker, body: &[u8]) -> Result<pb::SendReceipt, ClientError> {
+    let message = pb::OutgoingMessage {
+        topic: TOPIC.into(),
+        body: body.to_vec().into(),
+        ..Default::default()
+    };
+    send_message(b, message).await
+}
+
+/// One Send request of `message` to `b`, without the SDK's retries.
+pub async fn send_message(
+    b: &Broker,
+    message: pb::OutgoingMessage,
+) -> Result<pb::SendReceipt, ClientError> {
+    let mut client = MessagingServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .expect("messaging connection");
+    client
+        .send(pb::SendRequest {
+            messages: vec![message],
+        })
+        .await
+        .map(|r| r.into_inner().receipts.remove(0))
+        .map_err(ClientError::from)
+}
+
+/// The body of message `id` as `b` serves it.
+pub async fn body_on(b: &Broker, id: &str) -> Option<Vec<u8>> {
+    let found = dduomq_client::Admin::connect(&b.grpc)
+        .expect("admin client")
+        .lookup_by_id(id)
+        .await
+        .ok()?;
+    found.into_iter().next().map(|m| m.body.to_vec())
+}
