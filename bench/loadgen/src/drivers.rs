@@ -76,7 +76,10 @@ impl Driver {
     }
 
     /// Creates `topic` with `queues` queues/partitions (NATS: subjects of one
-    /// stream). `sync` asks the peers for a flush before each acknowledgement
+    /// stream), kept on `replicas` servers where that is a per-topic setting
+    /// (Kafka: replication factor with a majority as `min.insync.replicas`;
+    /// JetStream: the stream's replicas; DduoMQ's group size is the brokers'
+    /// configuration). `sync` asks the peers for a flush before each acknowledgement
     /// where that is a per-topic setting (Kafka `flush.messages=1`); DduoMQ and
     /// JetStream take it as a server setting.
     pub async fn create_topic(
@@ -84,6 +87,7 @@ impl Driver {
         addr: &str,
         topic: &str,
         queues: u32,
+        replicas: u32,
         sync: bool,
     ) -> Result<()> {
         match system {
@@ -98,7 +102,7 @@ impl Driver {
                     name: topic.to_string(),
                     subjects: vec![format!("{topic}.>")],
                     storage: async_nats::jetstream::stream::StorageType::File,
-                    num_replicas: 1,
+                    num_replicas: replicas as usize,
                     // About 30 s of data, as the other systems keep in bench/run.
                     max_age: Duration::from_secs(30),
                     ..Default::default()
@@ -110,7 +114,15 @@ impl Driver {
                 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
                 let admin: AdminClient<rdkafka::client::DefaultClientContext> =
                     kafka_config(addr).create()?;
-                let mut t = NewTopic::new(topic, queues as i32, TopicReplication::Fixed(1));
+                let mut t = NewTopic::new(
+                    topic,
+                    queues as i32,
+                    TopicReplication::Fixed(replicas as i32),
+                );
+                let majority = (replicas / 2 + 1).to_string();
+                if replicas > 1 {
+                    t = t.set("min.insync.replicas", &majority);
+                }
                 if sync {
                     t = t.set("flush.messages", "1");
                 }
@@ -219,4 +231,29 @@ impl Driver {
             }
         }
     }
+}
+
+/// Waits (up to `within`) until a Kafka cluster's metadata lists `brokers`
+/// brokers: a topic with that replication factor cannot be created before
+/// every broker has registered with the controllers.
+pub async fn wait_for_kafka_brokers(addr: &str, brokers: usize, within: Duration) -> Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let client: BaseConsumer = kafka_config(addr).create()?;
+    let deadline = std::time::Instant::now() + within;
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let listed = client
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map_or(0, |m| m.brokers().len());
+            if listed >= brokers {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "Kafka lists {listed} of {brokers} brokers after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await?
 }

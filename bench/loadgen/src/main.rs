@@ -3,7 +3,9 @@
 //! the report. `bench/run` orchestrates it.
 
 mod ceilings;
+mod cpu;
 mod drivers;
+mod replication_report;
 mod report;
 mod workloads;
 
@@ -28,6 +30,13 @@ enum Command {
     Ceilings {
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Waits until the Kafka cluster at ADDR lists BROKERS brokers.
+    KafkaReady {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        brokers: usize,
     },
     /// The median acked rate of LABEL for SYSTEM in a results file.
     MedianRate {
@@ -77,6 +86,10 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => println!("{}", workloads::run(args).await?),
         Command::Ceilings { dir } => println!("{}", ceilings::measure(&dir)?),
+        Command::KafkaReady { addr, brokers } => {
+            drivers::wait_for_kafka_brokers(&addr, brokers, std::time::Duration::from_secs(60))
+                .await?
+        }
         Command::MedianRate {
             results,
             label,

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::cpu::{CpuReading, Processes};
 use crate::drivers::{Driver, System};
 
 /// What a run was asked to do.
@@ -54,6 +55,15 @@ pub struct RunArgs {
     /// configured for it by bench/run).
     #[arg(long)]
     pub sync: bool,
+    /// Copies of each message the system keeps: the topic's replication
+    /// factor (Kafka, with `min.insync.replicas` a majority) or the stream's
+    /// replicas (JetStream); recorded for DduoMQ, whose group size is a broker
+    /// setting made by bench/run.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// A server process whose CPU time the run reports (repeat for each).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -96,7 +106,7 @@ pub async fn run(a: RunArgs) -> Result<serde_json::Value> {
             .replace(|c: char| !c.is_ascii_alphanumeric(), ""),
         now_ns() / 1000
     );
-    Driver::create_topic(a.system, &a.addr, &topic, a.queues, a.sync).await?;
+    Driver::create_topic(a.system, &a.addr, &topic, a.queues, a.replicas, a.sync).await?;
     let seen = Arc::new(Seen {
         arrivals: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
@@ -149,6 +159,16 @@ pub async fn run(a: RunArgs) -> Result<serde_json::Value> {
     let measure_from = now_ns() + warmup.as_nanos() as u64;
     seen.measuring_from_ns
         .store(measure_from, Ordering::Relaxed);
+    let processes = Processes {
+        servers: a.server_pids.clone(),
+    };
+    let cpu_at_measure_start = {
+        let processes = processes.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until((start + warmup).into()).await;
+            processes.read()
+        })
+    };
 
     match a.workload.as_str() {
         "throughput" | "latency" => {
@@ -252,6 +272,9 @@ pub async fn run(a: RunArgs) -> Result<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let consume_secs = start.elapsed().saturating_sub(warmup).as_secs_f64();
+    // CPU over the measurement: from the end of the warm-up until the consumer
+    // has every measured message (or the drain gave up).
+    let cpu = cpu_used(&processes, cpu_at_measure_start.await??)?;
     consumer.stop().await;
     let produced = produced.load(Ordering::Relaxed);
     let consumed = seen.consumed.load(Ordering::Relaxed);
@@ -275,5 +298,25 @@ pub async fn run(a: RunArgs) -> Result<serde_json::Value> {
         "mb_per_sec": produced as f64 * a.size as f64 / send_done / 1e6,
         "e2e_latency_us": {"p50": q(&lat, 0.5), "p99": q(&lat, 0.99), "p999": q(&lat, 0.999), "max": lat.max()},
         "send_latency_us": {"p50": q(&send, 0.5), "p99": q(&send, 0.99), "p999": q(&send, 0.999), "max": send.max()},
+        "replicas": a.replicas, "servers": a.server_pids.len(),
+        "server_cpu_seconds": cpu.servers,
+        "load_generator_cpu_seconds": cpu.load_generator,
+        "server_cpu_s_per_million": per_million(cpu.servers, produced),
+        "load_generator_cpu_s_per_million": per_million(cpu.load_generator, produced),
     }))
+}
+
+/// CPU-seconds used since `before`.
+fn cpu_used(processes: &Processes, before: CpuReading) -> Result<CpuReading> {
+    let after = processes.read()?;
+    Ok(CpuReading {
+        servers: after.servers - before.servers,
+        load_generator: after.load_generator - before.load_generator,
+    })
+}
+
+/// CPU-seconds per million acknowledged messages; none without servers to
+/// measure or messages to divide by.
+fn per_million(cpu_seconds: f64, messages: u64) -> Option<f64> {
+    (cpu_seconds > 0.0 && messages > 0).then(|| cpu_seconds * 1e6 / messages as f64)
 }
