@@ -14,7 +14,8 @@ use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_testkit::{eventually, stored};
 use group::{
-    TOPIC, body_on, make_master, make_replica, send, start_member, state, wait_log_end, whole_log,
+    TOPIC, body_on, make_master, make_replica, send, start_member, state, wait_log_end,
+    wait_same_log,
 };
 
 fn body(i: usize) -> Vec<u8> {
@@ -121,11 +122,8 @@ async fn an_empty_replica_catches_up_byte_for_byte() {
 
     let c = start_member(2, "");
     make_replica(&c, 1, 0, &a.grpc).await;
-    wait_log_end(&c, master.log_end).await;
-    let log = whole_log(&a).await;
-    assert_eq!(log.len() as u64, master.log_end);
-    assert!(whole_log(&b).await == log, "replica b holds other bytes");
-    assert!(whole_log(&c).await == log, "replica c holds other bytes");
+    let log = wait_same_log(&a, &[&b, &c]).await;
+    assert!(log.len() as u64 >= master.log_end);
     assert_serves(&c, &acked).await;
     // Caught up, it joins the set the master waits for and is proposed.
     let master = state(&a).await;
@@ -165,15 +163,7 @@ async fn a_former_master_truncates_its_divergent_tail() {
     acked.extend(send_all(&b, 70..100).await);
     a.start_again();
     make_replica(&a, 2, 1, &b.grpc).await;
-    let end = state(&b).await.log_end;
-    wait_log_end(&a, end).await;
-    wait_log_end(&c, end).await;
-    let log = whole_log(&b).await;
-    assert!(
-        whole_log(&a).await == log,
-        "the former master holds other bytes"
-    );
-    assert!(whole_log(&c).await == log, "replica c holds other bytes");
+    wait_same_log(&b, &[&a, &c]).await;
     assert_serves(&a, &acked).await;
     for (id, body) in &tail {
         assert_ne!(
@@ -235,9 +225,7 @@ async fn a_lagging_replica_leaves_and_rejoins_the_in_sync_set() {
     assert_eq!(master.in_sync, vec![0, 1, 2]);
     assert_eq!(master.in_sync_version, 3);
     acked.extend(send_all(&a, 80..90).await);
-    let end = state(&a).await.log_end;
-    wait_log_end(&c, end).await;
-    assert!(whole_log(&c).await == whole_log(&a).await);
+    wait_same_log(&a, &[&c]).await;
     assert_serves(&c, &acked).await;
 }
 
@@ -336,12 +324,7 @@ async fn a_static_group_replicates_without_a_controller() {
     )
     .await;
     acked.extend(send_all(&a, 150..160).await);
-    let end = state(&a).await.log_end;
-    wait_log_end(&b, end).await;
-    wait_log_end(&c, end).await;
-    let log = whole_log(&a).await;
-    assert!(whole_log(&b).await == log, "replica b holds other bytes");
-    assert!(whole_log(&c).await == log, "replica c holds other bytes");
+    wait_same_log(&a, &[&b, &c]).await;
     assert_serves(&c, &acked).await;
     let refused = group::assign(
         &a.grpc,
@@ -384,9 +367,6 @@ async fn a_damaged_replica_heals_from_its_master() {
         },
     )
     .await;
-    assert!(
-        whole_log(&b).await == whole_log(&a).await,
-        "b holds other bytes"
-    );
+    wait_same_log(&a, &[&b]).await;
     assert_serves(&b, &acked).await;
 }

@@ -164,9 +164,30 @@ pub async fn wait_log_end(b: &Broker, end: u64) {
     eventually(
         Duration::from_secs(20),
         "the replica to reach the master's end",
-        async || (state(b).await.log_end == end).then_some(()),
+        async || (state(b).await.log_end >= end).then_some(()),
     )
     .await;
+}
+
+/// Waits until every replica holds exactly the master's log and returns it.
+/// Both are read again on each try: a master appends records of its own at
+/// any time (a metadata snapshot once its log grew by a segment), so an end
+/// read earlier is not where the logs meet.
+pub async fn wait_same_log(master: &Broker, replicas: &[&Broker]) -> Vec<u8> {
+    eventually(
+        Duration::from_secs(20),
+        "the replicas to hold the master's log byte for byte",
+        async || {
+            let log = whole_log(master).await;
+            for replica in replicas {
+                if whole_log(replica).await != log {
+                    return None;
+                }
+            }
+            Some(log)
+        },
+    )
+    .await
 }
 
 /// One Send request of `body` to `b`, without the SDK's retries.
