@@ -87,7 +87,7 @@ impl Broker {
         self.expire_topic(&topic, crate::store::now_millis())?;
         let queues = (0..topic.queues)
             .map(|queue_id| {
-                let (min_offset, max_offset) = self.store.queue_offsets(name, queue_id);
+                let (min_offset, max_offset) = self.store.acknowledged_offsets(name, queue_id);
                 QueueRange {
                     queue_id,
                     min_offset,

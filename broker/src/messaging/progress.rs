@@ -165,7 +165,7 @@ impl Broker {
                     member: member.clone(),
                     queue_id: q,
                 };
-                let (min, max) = self.store.queue_offsets(&topic, q);
+                let (min, max) = self.store.acknowledged_offsets(&topic, q);
                 let committed = self.offsets.lock().get(&key).unwrap_or(min).max(min);
                 let in_flight = sub
                     .as_ref()
@@ -201,11 +201,13 @@ impl Broker {
         let t = self.topics.require(topic)?;
         let mut targets = Vec::with_capacity(t.queues as usize);
         for q in 0..t.queues {
-            let (min, max) = self.store.queue_offsets(topic, q);
+            let (min, max) = self.store.acknowledged_offsets(topic, q);
             let target = match to {
                 ResetTarget::Earliest => min,
                 ResetTarget::Latest => max,
-                ResetTarget::Timestamp(ms) => self.store.offset_for_timestamp(topic, q, ms),
+                ResetTarget::Timestamp(ms) => {
+                    self.store.offset_for_timestamp(topic, q, ms).min(max)
+                }
                 ResetTarget::Offset(o) if o < 0 => {
                     return Err(BrokerError::invalid(
                         "offset",

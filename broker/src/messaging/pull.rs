@@ -76,7 +76,7 @@ impl Broker {
         loop {
             arrivals.borrow_and_update();
             self.expire_queue(&topic_config, queue_id, crate::store::now_millis())?;
-            let r = self.store.read(
+            let r = self.store.read_acknowledged(
                 topic,
                 queue_id,
                 offset,
@@ -144,7 +144,7 @@ impl Broker {
                 });
             }
         }
-        let (min, max) = self.store.queue_offsets(topic, queue_id);
+        let (min, max) = self.store.acknowledged_offsets(topic, queue_id);
         if offset > max {
             return Err(StoreError::OffsetOutOfRange {
                 topic: topic.to_string(),
@@ -170,7 +170,7 @@ impl Broker {
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<GroupOffset> {
         self.require_group(group)?;
         self.topics.require(topic)?;
-        let (min, max) = self.store.queue_offsets(topic, queue_id);
+        let (min, max) = self.store.acknowledged_offsets(topic, queue_id);
         let key = ProgressKey {
             group: group.to_string(),
             topic: topic.to_string(),

@@ -122,6 +122,7 @@ impl Replication {
     }
 
     pub(super) fn publish_open(&self, epoch: u64, committed_end: u64, lease_until: Instant) {
+        self.store.acknowledged_to(committed_end);
         self.acks.send_if_modified(|acks| {
             let open = Acks::Open {
                 epoch,

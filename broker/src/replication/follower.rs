@@ -240,8 +240,10 @@ impl Replication {
         Ok(end)
     }
 
-    /// Remembers the master's committed end (reported in ReplicaState).
+    /// Remembers the master's committed end (reported in ReplicaState); this
+    /// member's consumers may see the records below it.
     fn note_upstream(&self, committed_end: u64) {
+        self.store.acknowledged_to(committed_end);
         self.state.lock().upstream_committed = Some(committed_end);
     }
 }

@@ -118,6 +118,11 @@ impl Replication {
             store,
             config,
         });
+        if replication.config.ack_policy == AckPolicy::Quorum {
+            // Consumers see acknowledged records only: until a master's
+            // committed end arrives, nothing this log holds is known to be.
+            replication.store.hide_unacknowledged();
+        }
         if let Some(master) = replication.config.static_master {
             replication.assign_static(master)?;
         }

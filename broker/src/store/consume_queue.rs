@@ -428,6 +428,17 @@ impl ConsumeQueue {
         end
     }
 
+    /// One past the last published entry whose record lies below
+    /// `physical_offset` (records lie in queue order in the log, so a binary
+    /// search; holes are judged by the next real entry).
+    pub fn end_below(&self, physical_offset: u64) -> u64 {
+        let max = self.max_offset();
+        match max.checked_sub(1).and_then(|last| self.entry(last)) {
+            Some(last) if !last.is_hole() && last.physical_offset < physical_offset => max,
+            _ => self.partition_point(|e| e.physical_offset >= physical_offset),
+        }
+    }
+
     /// Drops entries that point at or past `physical_offset`: in recovery
     /// (they are re-dispatched from the commit log), and when the writer
     /// truncates the log (readers stop before them first).

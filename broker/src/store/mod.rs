@@ -19,6 +19,7 @@
 //! memory-mapped files below the published watermarks. A housekeeping thread
 //! flushes (in `async` mode), writes checkpoints and enforces retention.
 
+mod acknowledged;
 mod checkpoint;
 mod commit_log;
 mod config;
@@ -97,6 +98,9 @@ pub(crate) struct Inner {
     observer: Arc<dyn StoreObserver>,
     /// Retention keeps every segment holding this commit-log position or later.
     retention_floor: AtomicU64,
+    /// Consumers see records below this position only (`u64::MAX`: all); see
+    /// acknowledged.rs.
+    acknowledged_end: AtomicU64,
     /// Segments whose newest record is older than this (ms) are deleted: the
     /// configured retention, raised by topics that keep messages longer.
     log_retention_ms: AtomicU64,
@@ -207,6 +211,7 @@ impl Store {
             log_retention_ms: AtomicU64::new(config.retention.as_millis() as u64),
             config,
             retention_floor: AtomicU64::new(u64::MAX),
+            acknowledged_end: AtomicU64::new(u64::MAX),
             refusing_writes: AtomicBool::new(false),
             checkpointed: Mutex::new(None),
         });

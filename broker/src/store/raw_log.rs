@@ -153,6 +153,7 @@ impl Store {
     /// entries, and epochs starting at or after it. Durable and crash-safe:
     /// an interrupted truncation is finished on the next open.
     pub async fn truncate_log(&self, to: u64) -> Result<()> {
+        self.unacknowledge_from(to);
         self.with_writer(
             |writer| writer.truncate(to),
             |reply| WriterRequest::Truncate { to, reply },

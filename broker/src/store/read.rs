@@ -72,19 +72,21 @@ impl Store {
     ) -> Result<ReadResult> {
         // A truncation (a replica's) that began meanwhile may have zeroed what
         // was read, which would look like corrupt records: read again.
-        self.inner
-            .commit_log
-            .read_stable(|| self.read_once(topic, queue_id, offset, max_messages, max_bytes))
+        self.inner.commit_log.read_stable(|| {
+            self.read_once(topic, queue_id, offset, max_messages, max_bytes, u64::MAX)
+        })
     }
 
-    /// [`Store::read`], unless a truncation ran meanwhile.
-    fn read_once(
+    /// [`Store::read`] of the records below position `limit` (`u64::MAX`:
+    /// all published ones), unless a truncation ran meanwhile.
+    pub(super) fn read_once(
         &self,
         topic: &str,
         queue_id: u32,
         offset: u64,
         max_messages: usize,
         max_bytes: usize,
+        limit: u64,
     ) -> Result<ReadResult> {
         let out_of_range = |min, max| StoreError::OffsetOutOfRange {
             topic: topic.to_string(),
@@ -100,10 +102,18 @@ impl Store {
                 Err(out_of_range(0, 0))
             };
         };
-        let (min, max) = (cq.min_offset(), cq.max_offset());
+        let (min, max) = match limit {
+            u64::MAX => (cq.min_offset(), cq.max_offset()),
+            limit => (cq.min_offset(), cq.end_below(limit)),
+        };
         if offset < min || offset > max {
             return Err(out_of_range(min, max));
         }
+        // Limited, entries published past `max` stay unread.
+        let max_messages = match limit {
+            u64::MAX => max_messages,
+            _ => max_messages.min((max - offset) as usize),
+        };
         let mut out = ReadResult {
             next_offset: offset,
             min_offset: min,

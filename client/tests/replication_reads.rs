@@ -1,0 +1,151 @@
+//! Under quorum acks consumers see acknowledged records only (review finding
+//! 8): a record the quorum did not store may be cut by a failover, and its
+//! send failed. The master serves reads up to its committed end, a replica
+//! up to the committed end its master told it; both wake waiting pulls when
+//! that end moves.
+
+#[path = "replication/group.rs"]
+#[allow(dead_code)]
+mod group;
+
+use std::time::{Duration, Instant};
+
+use dduomq_client::Reason;
+use dduomq_client::proto as pb;
+use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
+use dduomq_testkit::{Broker, eventually};
+use group::{TOPIC, make_master, make_replica, send_message, start_member, state};
+
+const GROUP: &str = "billing";
+
+/// A message for queue 0 of the topic.
+fn to_queue_0(body: &str) -> pb::OutgoingMessage {
+    pb::OutgoingMessage {
+        topic: TOPIC.into(),
+        body: body.as_bytes().to_vec().into(),
+        queue_id: Some(0),
+        ..Default::default()
+    }
+}
+
+/// One Pull of queue 0 from `offset`, waiting up to `wait` for a message.
+async fn pull(b: &Broker, offset: u64, wait: Duration) -> pb::PullResponse {
+    MessagingServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .expect("messaging connection")
+        .pull(pb::PullRequest {
+            group: GROUP.into(),
+            topic: TOPIC.into(),
+            queue_id: 0,
+            offset,
+            max_messages: 32,
+            max_bytes: 1 << 20,
+            wait_ms: wait.as_millis() as u32,
+            ..Default::default()
+        })
+        .await
+        .expect("pull")
+        .into_inner()
+}
+
+fn bodies(pulled: &pb::PullResponse) -> Vec<&[u8]> {
+    pulled.messages.iter().map(|m| m.body.as_ref()).collect()
+}
+
+/// The queue's end as the group's offset query reports it.
+async fn max_offset(b: &Broker) -> u64 {
+    MessagingServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .expect("messaging connection")
+        .query_offset(pb::QueryOffsetRequest {
+            group: GROUP.into(),
+            topic: TOPIC.into(),
+            queue_id: 0,
+        })
+        .await
+        .expect("query offset")
+        .into_inner()
+        .max_offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_see_only_acknowledged_records() {
+    let settings = "ack_timeout = \"1s\"";
+    let a = start_member(0, settings);
+    let mut b = start_member(1, settings);
+    let mut c = start_member(2, settings);
+    for replica in [&b, &c] {
+        make_replica(replica, 1, 0, &a.grpc).await;
+    }
+    make_master(&a.grpc, 0, 1, &[0, 1, 2], 1).await;
+    dduomq_client::Admin::connect(&a.grpc)
+        .expect("admin client")
+        .create_group(pb::Group {
+            name: GROUP.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("group created");
+    for body in ["one", "two"] {
+        send_message(&a, to_queue_0(body))
+            .await
+            .expect("acknowledged");
+    }
+    assert_eq!(
+        bodies(&pull(&a, 0, Duration::ZERO).await),
+        [b"one".as_slice(), b"two"]
+    );
+
+    // Without its quorum the master stores the record but does not
+    // acknowledge it: its consumers do not see it.
+    b.kill();
+    c.kill();
+    let refused = send_message(&a, to_queue_0("three")).await.unwrap_err();
+    assert_eq!(refused.reason(), Some(Reason::QuorumTimeout), "{refused}");
+    assert!(state(&a).await.log_end > state(&a).await.committed_end);
+    let unseen = pull(&a, 2, Duration::ZERO).await;
+    assert_eq!(bodies(&unseen), Vec::<&[u8]>::new());
+    assert_eq!((unseen.next_offset, unseen.max_offset), (2, 2));
+    assert_eq!(max_offset(&a).await, 2);
+
+    // A member back stores it, but the recorded in-sync set still waits for
+    // the dead one: the replica does not show it either.
+    b.start_again();
+    make_replica(&b, 1, 0, &a.grpc).await;
+    let master_end = state(&a).await.log_end;
+    let proposal = eventually(
+        Duration::from_secs(20),
+        "the replica holding the master's log and a proposal without the dead member",
+        async || {
+            let s = state(&a).await;
+            let caught_up = state(&b).await.log_end == master_end;
+            (caught_up && s.proposed_in_sync == vec![0, 1]).then_some(s.proposal_based_on)
+        },
+    )
+    .await;
+    assert_eq!(bodies(&pull(&b, 0, Duration::ZERO).await).len(), 2);
+    assert_eq!(max_offset(&b).await, 2);
+
+    // Recording the smaller set acknowledges it: a pull already waiting on
+    // the master and one on the replica get it then.
+    let (master_pull, replica_pull) = {
+        let (a, b) = (&a, &b);
+        let waiting = Duration::from_secs(30);
+        let started = Instant::now();
+        let (on_a, on_b, _) = tokio::join!(pull(a, 2, waiting), pull(b, 2, waiting), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            make_master(&a.grpc, 0, 1, &[0, 1], proposal + 1).await;
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the pulls waited {:?}",
+            started.elapsed()
+        );
+        (on_a, on_b)
+    };
+    assert_eq!(bodies(&master_pull), [b"three".as_slice()]);
+    assert_eq!(bodies(&replica_pull), [b"three".as_slice()]);
+    assert_eq!(max_offset(&a).await, 3);
+    assert_eq!(max_offset(&b).await, 3);
+    drop(c);
+}
