@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::super::Broker;
-use super::super::error::Result;
+use super::super::error::{BrokerError, Result};
 use super::super::send::SendReceipt;
 use super::LogRole;
 use crate::replication::{NotMasterCause, Replication, Term};
@@ -59,7 +59,10 @@ impl Broker {
     ) -> Result<Vec<Appended>> {
         match (term, self.replication.get()) {
             (WriteTerm::Master(term), Some(r)) => Ok(r.append(term, messages).await?),
-            _ => Ok(self.store.append(messages).await?),
+            (WriteTerm::Standalone, None) => Ok(self.store.append(messages).await?),
+            // Never appended directly: a standalone term meeting replication
+            // (attached after the term was taken) checked no role.
+            _ => Err(BrokerError::WriteTermMismatch),
         }
     }
 
