@@ -252,6 +252,10 @@ impl Replication {
     fn step_to_replica(&self, state: &mut State, a: &Assignment, master: MemberId) {
         let was = state.role;
         if state.master.take().is_some() {
+            // Under the gate and the state lock, before following anyone.
+            if let Some(observer) = self.stepping_down.get().and_then(|o| o.upgrade()) {
+                observer.stepping_down();
+            }
             tracing::warn!(
                 group = self.placement.group,
                 epoch = was.epoch,
