@@ -2,9 +2,9 @@
 //! is promoted to master or demoted back to replica when the replication layer
 //! changes its role. A promotion rebuilds from the whole log, which can take
 //! longer than an AssignRole call may: it runs as one task of its own per
-//! epoch, which no cancelled call stops and later calls find rather than
-//! repeat; the new master takes writes once it finished. A demotion happens
-//! inside the replication layer's switch ([`SteppingDown`]).
+//! epoch, which no cancelled call stops and later calls (renewals) find
+//! rather than repeat; the new master takes writes once it finished. A
+//! demotion happens inside the replication layer's switch ([`SteppingDown`]).
 
 use std::sync::Arc;
 
@@ -23,9 +23,8 @@ use crate::store::Store;
 
 impl Broker {
     /// Applies the controller's AssignRole received at `received` (a master's
-    /// lease counts from it) to this broker's `replication`, and answers once
-    /// the replication layer switched: a new master's promotion goes on in
-    /// its own task (writes are refused with NOT_MASTER until it finished).
+    /// lease counts from it) to this broker's `replication`: the replication
+    /// layer switches, then the messaging layer follows it.
     pub async fn assign_role(
         self: &Arc<Self>,
         replication: &Replication,
@@ -33,13 +32,17 @@ impl Broker {
         received: Monotonic,
     ) -> Result<pb::ReplicaState> {
         let state = replication.assign_role(req, received).await?;
-        // Detached: it finishes whether or not the caller waits.
-        drop(self.start_promotion());
+        self.follow_replication_role().await?;
         Ok(state)
     }
 
-    /// At startup: a static group's master is promoted before the broker
-    /// serves (an error stops the start).
+    /// Promotes the messaging layer when the replication layer made this
+    /// member master (on every assignment, and at startup for a static
+    /// master). The call that starts a promotion answers once it finished;
+    /// the promotion is a task of its own, so a caller that gives up (the
+    /// controller's call timeout) does not stop it, and later calls, which
+    /// find it started, answer at once. A demotion happens in the
+    /// replication layer's switch ([`SteppingDown`]).
     pub async fn follow_replication_role(self: &Arc<Self>) -> Result<()> {
         match self.start_promotion() {
             Some(promotion) => promotion.await?,
