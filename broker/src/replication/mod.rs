@@ -104,7 +104,7 @@ impl Replication {
     /// The replication of broker `ordinal` on `store`. A static group assigns
     /// its roles at once; otherwise the broker waits for the controller's
     /// AssignRole, taking no writes.
-    pub fn start(
+    pub async fn start(
         config: ReplicationConfig,
         ordinal: u32,
         store: Arc<Store>,
@@ -130,7 +130,7 @@ impl Replication {
             config,
         });
         if let Some(master) = replication.config.static_master {
-            replication.assign_static(master)?;
+            replication.assign_static(master).await?;
         }
         Ok(replication)
     }
