@@ -10,9 +10,10 @@ mod common;
 use std::time::Duration;
 
 use common::api::{
-    ack, apply_replicated, bodies, body_of, committed_offsets, create_group, declare_group,
-    end_transaction, flush_metadata_log, lease_all, message, promote, queue_bodies, queue_until,
-    reset, save_metadata, send, send_bodies, subscribe, upsert_topic,
+    LONG_LEASE, ack, apply_replicated, bodies, body_of, committed_offsets, create_group,
+    declare_group, end_transaction, flush_metadata_log, lease_all, lease_exactly, message, nack,
+    promote, queue_bodies, queue_until, reset, save_metadata, send, send_bodies, subscribe,
+    upsert_topic,
 };
 use common::broker::{Loops, Shutdown, TestBroker, messaging_config, wait_past};
 use dduomq_broker::filter::FilterSpec;
@@ -416,5 +417,40 @@ async fn a_standalone_broker_writes_no_metadata_records() {
     promote(&b.broker).await;
     assert_eq!(b.broker.log_role(), LogRole::Standalone);
     assert_eq!(b.store().topics(), [ORDERS]);
+    b.close().await;
+}
+
+/// A replica writes nothing to its log: a message that used up its attempts
+/// with a consumer of the replica is not dead-lettered there but comes again
+/// (the master dead-letters it).
+#[tokio::test]
+async fn a_replica_dead_letters_nothing() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestBroker::open_replica(dir_a.path(), messaging_config(), Loops::Stopped);
+    promote(&a.broker).await;
+    upsert_topic(
+        &a.broker,
+        ORDERS,
+        1,
+        MessageType::Normal,
+        TopicSettings::default(),
+    )
+    .unwrap();
+    create_group(&a.broker, BILLING, 1, &[20]);
+    send_bodies(&a.broker, ORDERS, 0, &["m0"]).await;
+    flush_metadata_log(&a.broker).await;
+    let b = TestBroker::open_replica(dir_b.path(), messaging_config(), Loops::Stopped);
+    copy_log(a.store(), b.store(), a.store().log_end(), 64 << 10).await;
+    apply_replicated(&b.broker);
+
+    let end = b.store().log_end();
+    let consumer = subscribe(&b.broker, BILLING, ORDERS, "c1");
+    let leased = lease_all(&b.broker, &consumer).await;
+    assert_eq!(bodies(&leased), ["m0"]);
+    nack(&b.broker, &consumer, &leased[0]).await.unwrap();
+    let again = lease_exactly(&b.broker, &consumer, LONG_LEASE, 1).await;
+    assert_eq!(bodies(&again), ["m0"]);
+    assert_eq!(b.store().log_end(), end, "nothing appended");
+    a.close().await;
     b.close().await;
 }

@@ -17,6 +17,13 @@ impl Broker {
         jobs: Vec<QueueOffset>,
     ) {
         for at in jobs {
+            if !self.writes_log() {
+                // A replica writes nothing to its log (the master's copy): the
+                // message comes again, and its master dead-letters it.
+                let later = now_millis() + group.backoff(1).as_millis() as i64;
+                sub.state.lock().retry_at(at, later);
+                continue;
+            }
             if let Err(e) = self.dead_letter(sub, group, at).await {
                 tracing::error!(group = %group.name, queue_id = at.queue_id, offset = at.offset, error = %e, "dead-lettering failed; will retry");
                 // Deliver it again later so it is neither lost nor stuck.
