@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             store.clone(),
             broker.metrics().cloned(),
         )
+        .await
         .context("starting replication")?;
         broker.attach_replication(r.clone());
         broker

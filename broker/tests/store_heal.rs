@@ -152,3 +152,49 @@ fn a_crash_right_after_healing_keeps_what_was_healed() {
     assert_same_log(a_dir.path(), crashed.path());
     assert_same_reads(&a, &c);
 }
+
+/// A damaged range heals in pieces of whole frames (a replica never holds a
+/// whole range, up to a segment, at once): each piece leaves the rest
+/// damaged; a piece ending inside a frame changes nothing.
+#[test]
+fn a_damaged_range_heals_in_pieces() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(a_dir.path());
+    let acks = fill(&a, 1, 150);
+    let b = open(b_dir.path());
+    run(copy_log(&a, &b, a.log_end(), &[65536]));
+    let segment = b.config().segment_size_bytes;
+    b.close().unwrap();
+    drop(b);
+
+    // Zeros over two neighbours' headers: one damaged range of both.
+    let (first, second, after) = (
+        acks[90].physical_offset,
+        acks[91].physical_offset,
+        acks[92].physical_offset,
+    );
+    damage(b_dir.path(), segment, first, &[0u8; 80]);
+    damage(b_dir.path(), segment, second, &[0u8; 80]);
+    std::fs::remove_file(b_dir.path().join("checkpoint")).unwrap();
+    let b = open(b_dir.path());
+    assert_eq!(b.damaged_ranges(), vec![first..after]);
+
+    let piece = a.read_log(first, 1).unwrap();
+    assert_eq!(piece.end(), second, "one frame");
+    assert_refused(
+        run(b.heal(first, piece.data.slice(..100))).unwrap_err(),
+        &RawLogProblem::NotDamaged,
+    );
+    assert_eq!(b.damaged_ranges(), vec![first..after]);
+    run(b.heal(first, piece.data)).unwrap();
+    assert_eq!(b.damaged_ranges(), vec![second..after]);
+    let rest = a.read_log(second, (after - second) as usize).unwrap();
+    run(b.heal(second, rest.data)).unwrap();
+    assert!(b.damaged_ranges().is_empty());
+    assert_same_log(a_dir.path(), b_dir.path());
+    assert_eq!(
+        all_queues(&b),
+        all_queues(&a),
+        "the holes hold their records again"
+    );
+}

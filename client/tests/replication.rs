@@ -335,6 +335,34 @@ async fn a_static_group_replicates_without_a_controller() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 }
 
+/// Review finding 4: a restarted static master continued epoch 1, so a
+/// replica holding bytes the master lost (an unflushed tail) would have been
+/// streamed on after them. It begins a new epoch at its log end on each start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_master_begins_a_new_epoch() {
+    let ports: Vec<u16> = (0..group::FACTOR)
+        .map(|_| dduomq_testkit::free_port())
+        .collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let settings = format!("peers = [{}]\nstatic_master = 0", peers.join(", "));
+    let members: Vec<dduomq_testkit::Broker> = (0..group::FACTOR)
+        .map(|ordinal| group::start_static_member(ordinal, &settings, ports[ordinal as usize]))
+        .collect();
+    let [mut a, b, c] = <[_; 3]>::try_from(members).expect("three members");
+    assert_eq!(state(&a).await.epoch, 1);
+    let mut acked = send_all(&a, 0..50).await;
+
+    a.kill();
+    a.start_again();
+    assert_eq!(state(&a).await.epoch, 2);
+    acked.extend(send_all(&a, 50..80).await);
+    wait_same_log(&a, &[&b, &c]).await;
+    for replica in [&b, &c] {
+        assert_eq!(state(replica).await.last_record_epoch, 2);
+        assert_serves(replica, &acked).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_replica_heals_from_its_master() {
     let a = start_member(0, "");

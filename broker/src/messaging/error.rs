@@ -121,6 +121,10 @@ pub enum BrokerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Replication(#[from] crate::replication::ReplicationError),
+    /// A write's term was taken under another replication setup than the
+    /// broker's now (the broker's fault: replication is attached at startup).
+    #[error("a write's term does not match this broker's replication; nothing was written")]
+    WriteTermMismatch,
     /// A request's task failed (it panicked or was cancelled at shutdown): the
     /// broker's fault, not the request's.
     #[error("a request's task failed: {0}")]
@@ -153,7 +157,7 @@ impl BrokerError {
             BrokerError::ReservedTopic(_) => Reason::ReservedTopic,
             BrokerError::Store(e) => e.code(),
             BrokerError::Replication(e) => e.code(),
-            BrokerError::TaskFailed(_) => Reason::Internal,
+            BrokerError::TaskFailed(_) | BrokerError::WriteTermMismatch => Reason::Internal,
         }
     }
 

@@ -96,10 +96,13 @@ impl Replication {
     /// had ended. A member the master waits for counts as caught up when it
     /// stored that much (under steady writes it never holds the very end); a
     /// member outside the waiting set joins only when it holds the very end.
+    /// The master's end is read under the state lock: a write appended
+    /// after a stale reading could otherwise be acknowledged without a member
+    /// that then joins the waiting set as if it held it (review finding 5).
     pub(super) fn follower_stored(&self, member: MemberId, stored_end: u64, sent_all: u64) {
-        let master_end = self.store.log_end();
         let now = self.now();
         let mut state = self.state.lock();
+        let master_end = self.store.log_end();
         let epoch = state.role.epoch;
         if let Some(m) = state.master.as_mut() {
             // 0: no chunk reached the end yet (the follower is catching up).

@@ -16,8 +16,9 @@ use super::{Acks, Mastership, Replication, STATIC_LEASE, State};
 use crate::messaging::error::BrokerError;
 use crate::store::StoreError;
 
-/// The epoch a static group's master writes in.
-const STATIC_EPOCH: u64 = 1;
+/// The epoch a static group's replica follows in: any master epoch at least
+/// this (the master begins a new one on each start).
+const STATIC_REPLICA_EPOCH: u64 = 1;
 
 /// A validated AssignRole.
 #[derive(Debug, Clone)]
@@ -252,6 +253,10 @@ impl Replication {
     fn step_to_replica(&self, state: &mut State, a: &Assignment, master: MemberId) {
         let was = state.role;
         if state.master.take().is_some() {
+            // Under the gate and the state lock, before following anyone.
+            if let Some(observer) = self.stepping_down.get().and_then(|o| o.upgrade()) {
+                observer.stepping_down();
+            }
             tracing::warn!(
                 group = self.placement.group,
                 epoch = was.epoch,
@@ -279,35 +284,47 @@ impl Replication {
         }
     }
 
-    /// A static group: the configured master writes in epoch 1 with every
+    /// A static group: the configured master begins a new epoch (the newest
+    /// its history knows + 1) at its log end on every start, with every
     /// member recorded in sync and a lease that never lapses; the others
-    /// follow it. It resumes the same way after a restart.
-    pub(super) fn assign_static(&self, master: MemberId) -> Result<(), StoreError> {
-        let mut state = self.state.lock();
+    /// follow it. A new epoch on each start makes a replica holding bytes the
+    /// master lost at a restart (an unflushed tail) cut them rather than
+    /// continue after them. Epochs the lost tail held are dropped first.
+    pub(super) async fn assign_static(&self, master: MemberId) -> Result<(), StoreError> {
+        let role = if master == self.placement.member {
+            AssignedRole::Master
+        } else {
+            AssignedRole::Replica { master }
+        };
+        let epoch = match role {
+            AssignedRole::Master => {
+                let newest = self.store.epochs().latest_epoch();
+                self.store.truncate_log(self.store.log_end()).await?;
+                newest + 1
+            }
+            AssignedRole::Replica { .. } => STATIC_REPLICA_EPOCH,
+        };
         let assignment = Assignment {
-            epoch: STATIC_EPOCH,
-            role: if master == self.placement.member {
-                AssignedRole::Master
-            } else {
-                AssignedRole::Replica { master }
-            },
+            epoch,
+            role,
             master_address: self.config.peers[master as usize].clone(),
             in_sync: (0..self.config.factor).collect(),
             in_sync_version: 1,
             lease: STATIC_LEASE,
         };
+        let mut state = self.state.lock();
         match assignment.role {
             AssignedRole::Master => {
                 self.become_master(&mut state, &assignment, self.now())?;
                 state.role = MemberRole {
-                    epoch: STATIC_EPOCH,
+                    epoch,
                     role: Role::Master,
                 };
             }
             AssignedRole::Replica { master } => {
                 self.step_to_replica(&mut state, &assignment, master);
                 state.role = MemberRole {
-                    epoch: STATIC_EPOCH,
+                    epoch,
                     role: Role::Replica { master },
                 };
             }

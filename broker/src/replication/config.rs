@@ -9,6 +9,11 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 
+/// The shortest `replica_lag_max`: the master checks lag every half of it
+/// and sends heartbeats every quarter, so it must leave those a usable
+/// period (a zero period panics the timer; a tiny one spins).
+const MIN_REPLICA_LAG_MAX: Duration = Duration::from_millis(10);
+
 /// When the master acknowledges a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +87,11 @@ impl ReplicationConfig {
         if self.ack_timeout.is_zero() {
             return invalid("ack_timeout", "must be longer than 0s".into());
         }
-        if self.replica_lag_max.is_zero() {
-            return invalid("replica_lag_max", "must be longer than 0s".into());
+        if self.replica_lag_max < MIN_REPLICA_LAG_MAX {
+            return invalid(
+                "replica_lag_max",
+                format!("must be at least {MIN_REPLICA_LAG_MAX:?}"),
+            );
         }
         if !self.peers.is_empty() && self.peers.len() != self.factor as usize {
             return invalid(
@@ -149,6 +157,9 @@ mod tests {
             ("factor = 0", "factor"),
             ("factor = 3\nmin_in_sync = 4", "min_in_sync"),
             ("ack_timeout = \"0s\"", "ack_timeout"),
+            ("replica_lag_max = \"0s\"", "replica_lag_max"),
+            ("replica_lag_max = \"1ns\"", "replica_lag_max"),
+            ("replica_lag_max = \"9ms\"", "replica_lag_max"),
             ("factor = 3\npeers = [\"a:1\", \"b:1\"]", "peers"),
             ("factor = 2\npeers = [\"a:1\", \"b:1\"]", "static_master"),
             (

@@ -4,7 +4,6 @@
 //! answer on a Follow stream showed the replica's log is a prefix of the
 //! master's (so the master holds the same bytes at those positions).
 
-use bytes::BytesMut;
 use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::replication_service_client::ReplicationServiceClient;
 use tonic::transport::Channel;
@@ -12,8 +11,9 @@ use tonic::transport::Channel;
 use super::Replication;
 use super::follower::StreamEnd;
 
-/// Most bytes one ReadLog of a damaged range asks for.
-const HEAL_READ_BYTES: u32 = 4 << 20;
+/// Most bytes one ReadLog of a damaged range asks for: the range (up to a
+/// segment) heals in pieces of about this size, never held whole.
+const HEAL_PIECE_BYTES: u32 = 1 << 20;
 
 impl Replication {
     /// Heals every damaged range this member's store reported, from the
@@ -23,23 +23,24 @@ impl Replication {
         client: &mut ReplicationServiceClient<Channel>,
     ) -> Result<(), StreamEnd> {
         for range in self.store.damaged_ranges() {
-            let mut intact = BytesMut::with_capacity((range.end - range.start) as usize);
-            while (intact.len() as u64) < range.end - range.start {
-                let start = range.start + intact.len() as u64;
-                let chunk = client
+            let mut start = range.start;
+            while start < range.end {
+                // Whole frames: a piece ends where a frame does.
+                let piece = client
                     .read_log(pb::ReadLogRequest {
                         group: self.placement.group,
                         start,
-                        max_bytes: HEAL_READ_BYTES.min((range.end - start) as u32),
+                        max_bytes: HEAL_PIECE_BYTES.min((range.end - start) as u32),
                     })
                     .await?
                     .into_inner();
-                if chunk.data.is_empty() || chunk.start != start {
+                let end = start + piece.data.len() as u64;
+                if piece.data.is_empty() || piece.start != start || end > range.end {
                     return Err(StreamEnd::Ended);
                 }
-                intact.extend_from_slice(&chunk.data);
+                self.store.heal(start, piece.data).await?;
+                start = end;
             }
-            self.store.heal(range.start, intact.freeze()).await?;
             tracing::warn!(
                 start = range.start,
                 end = range.end,

@@ -33,7 +33,7 @@ pub use config::{AckPolicy, ReplicationConfig};
 pub use error::{NotMasterCause, ReplicationError};
 pub use metrics::ReplicationMetrics;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use dduomq_replication::{AckTracker, MasterLease, MemberRole, Monotonic, Placement};
@@ -48,6 +48,14 @@ use follower::FollowTarget;
 /// The lease of a static group's master: it never lapses (no controller
 /// renews it; a static group has no failover).
 const STATIC_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// What the messaging layer does when this member stops being master. It is
+/// called during the switch, while nothing of the old role appends any more
+/// and before the follower task stores anything of the new master, so what
+/// it records of the log is the old master's own.
+pub trait SteppingDown: Send + Sync {
+    fn stepping_down(&self);
+}
 
 /// This broker's part in its group.
 #[derive(Debug)]
@@ -70,6 +78,8 @@ pub struct Replication {
     /// The origin of this process's monotonic readings.
     origin: Instant,
     metrics: Option<Arc<Metrics>>,
+    /// Told when this member stops being master (the messaging layer).
+    stepping_down: OnceLock<Weak<dyn SteppingDown>>,
 }
 
 /// The member's role and, as master, its bookkeeping.
@@ -94,7 +104,7 @@ impl Replication {
     /// The replication of broker `ordinal` on `store`. A static group assigns
     /// its roles at once; otherwise the broker waits for the controller's
     /// AssignRole, taking no writes.
-    pub fn start(
+    pub async fn start(
         config: ReplicationConfig,
         ordinal: u32,
         store: Arc<Store>,
@@ -115,6 +125,7 @@ impl Replication {
             stopping: watch::channel(false).0,
             origin: Instant::now(),
             metrics,
+            stepping_down: OnceLock::new(),
             store,
             config,
         });
@@ -124,7 +135,7 @@ impl Replication {
             replication.store.hide_unacknowledged();
         }
         if let Some(master) = replication.config.static_master {
-            replication.assign_static(master)?;
+            replication.assign_static(master).await?;
         }
         Ok(replication)
     }
@@ -173,6 +184,31 @@ impl Replication {
             self.state.lock().role.role,
             dduomq_replication::Role::Master
         )
+    }
+
+    /// The epoch this member is master of, whatever the state of its lease.
+    pub fn master_epoch(&self) -> Option<u64> {
+        let state = self.state.lock();
+        state.master.as_ref().map(|_| state.role.epoch)
+    }
+
+    /// Runs `f` if this member is still master of `epoch`, with no role
+    /// switch in between (a step-down waits for it, or `f` does not run);
+    /// whether it ran.
+    pub fn while_master_of(&self, epoch: u64, f: impl FnOnce()) -> bool {
+        let state = self.state.lock();
+        let current = state.master.is_some() && state.role.epoch == epoch;
+        if current {
+            f();
+        }
+        current
+    }
+
+    /// Makes `observer` hear when this member stops being master (once).
+    pub fn observe_stepping_down(&self, observer: Weak<dyn SteppingDown>) {
+        if self.stepping_down.set(observer).is_err() {
+            tracing::error!("a step-down observer was set twice; keeping the first");
+        }
     }
 
     /// A NOT_MASTER refusal naming the master's address when known.

@@ -136,8 +136,9 @@ pub enum RawLogProblem {
     /// A frame of a replicated chunk is invalid; the chunk was refused whole.
     #[error("invalid replicated frame: {0}")]
     BadFrame(String),
-    /// Healing bytes must cover exactly one range `Store::damaged_ranges` lists.
-    #[error("not the start and length of a damaged range")]
+    /// Healing bytes must cover one range `Store::damaged_ranges` lists, or
+    /// whole frames at its start.
+    #[error("not a damaged range, or whole frames at the start of one")]
     NotDamaged,
     /// A truncation to this position failed part-way: nothing is written until
     /// a `truncate_log` to it (or below) succeeds, or the store is reopened.

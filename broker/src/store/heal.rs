@@ -3,8 +3,9 @@
 //! replicated group fetches the intact bytes of such a range from another
 //! member (`Store::read_log` there) and writes them back with `Store::heal`.
 //!
-//! The bytes must cover exactly one range recovery reported at this open
-//! (`Store::damaged_ranges`), and are checked as replicated bytes are (see
+//! The bytes must cover one range recovery reported at this open
+//! (`Store::damaged_ranges`), or a piece of whole frames at its start (the
+//! rest stays damaged, so a large range heals in bounded pieces), and are checked as replicated bytes are (see
 //! `frames.rs`), each record's queue offset being a hole (or the placeholder
 //! of the damaged record) in its queue. They are written in place, durably,
 //! and the holes get their entries back. The key index learns the healed
@@ -28,6 +29,7 @@ use super::Store;
 use super::consume_queue::{ConsumeQueue, CqEntry, tag_hash};
 use super::error::{RawLogProblem, Result, StoreError};
 use super::frames::{self, FrameLimits, ValidFrame};
+use super::record::{self, Frame};
 use super::writer::{Writer, WriterRequest};
 
 /// Damage this open found in the middle of the log, and what was healed.
@@ -53,12 +55,19 @@ impl Writer {
         self.check_no_unfinished_cut()?;
         let inner = self.inner.clone();
         let end = start.saturating_add(bytes.len() as u64);
-        if !inner.damage.lock().unhealed.contains(&(start..end)) {
+        let range = inner
+            .damage
+            .lock()
+            .unhealed
+            .iter()
+            .find(|r| r.start == start && start < end && end <= r.end)
+            .cloned();
+        let Some(range) = range.filter(|r| end == r.end || ends_on_a_frame(bytes)) else {
             return Err(StoreError::RawLog {
                 position: start,
                 problem: RawLogProblem::NotDamaged,
             });
-        }
+        };
         let limits = FrameLimits {
             segment_size: inner.commit_log.segment_size(),
             max_record_size: inner.config.max_record_size_bytes,
@@ -121,7 +130,13 @@ impl Writer {
         }
         {
             let mut damage = inner.damage.lock();
-            damage.unhealed.retain(|range| *range != (start..end));
+            if let Some(i) = damage.unhealed.iter().position(|r| *r == range) {
+                if end == range.end {
+                    damage.unhealed.remove(i);
+                } else {
+                    damage.unhealed[i] = end..range.end;
+                }
+            }
             damage.rescan_from = Some(damage.rescan_from.map_or(start, |s| s.min(start)));
         }
         // Durable on return: the checkpoint on disk starts the next open's
@@ -129,6 +144,23 @@ impl Writer {
         // healed keys even after a crash.
         super::write_checkpoint(&inner, true)
     }
+}
+
+/// Whether `bytes` are whole frames by their claimed sizes (a piece of a
+/// damaged range ends where a frame does; the frames are validated after).
+fn ends_on_a_frame(bytes: &[u8]) -> bool {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        if bytes.len() - at < record::BLANK_HEADER_SIZE {
+            return false;
+        }
+        let len = match record::peek_frame(&bytes[at..]) {
+            Frame::Blank(len) | Frame::Record(len) => len as usize,
+            Frame::End | Frame::Garbage => return false,
+        };
+        at += len;
+    }
+    at == bytes.len()
 }
 
 impl Store {
@@ -147,8 +179,9 @@ impl Store {
     }
 
     /// Writes back the intact bytes of a damaged range (fetched from another
-    /// member with [`Store::read_log`]): they must cover exactly one range of
-    /// [`Store::damaged_ranges`]; they are validated as replicated bytes are,
+    /// member with [`Store::read_log`]): they must cover one range of
+    /// [`Store::damaged_ranges`], or whole frames at its start (the rest
+    /// stays damaged); they are validated as replicated bytes are,
     /// written in place durably, and the queues' holes get their records
     /// back. Key lookups find the healed records after the next open.
     pub async fn heal(&self, start: u64, bytes: Bytes) -> Result<()> {

@@ -10,11 +10,13 @@
 //!  snapshots (promotion, every   ┘  (appended in order)   Store::read; own metadata files,
 //!  segment of log growth)                                  position in metadata/replica.json
 //!
-//!  promote (roles.rs): apply what is left, rebuild dedupe windows and staged
-//!  messages by the startup scan (log_scan.rs) from the log start, become master,
-//!  queue snapshots. demote: stop writing; its own records count as applied.
-//!  Broker::assign_role (roles.rs) is the one place the replication layer's
-//!  role reaches promote/demote; writes.rs is the one door of every append.
+//!  promote (roles.rs, one owned task per epoch): apply what is left, rebuild
+//!  dedupe windows and staged messages by the startup scan (log_scan.rs) from
+//!  the log start, become master if still master of that epoch, queue
+//!  snapshots. demote (told by the replication layer as it steps down, before
+//!  it follows anyone): stop writing; its own records count as applied.
+//!  Broker::assign_role (roles.rs) starts promotions; writes.rs is the one
+//!  door of every append.
 //! ```
 //!
 //! The two topics have no metadata entry, so they stay out of listings,
@@ -65,9 +67,12 @@ pub(super) struct Replicated {
     applied: Mutex<ApplyPosition>,
     applied_path: PathBuf,
     offsets_path: PathBuf,
-    /// One role assignment at a time reaches the messaging layer, so a
-    /// promotion is finished before a later assignment is applied.
-    switching: tokio::sync::Mutex<()>,
+    /// The epoch whose promotion was started (and not failed): later
+    /// assignments of that epoch find it rather than start another.
+    promotion: Mutex<Option<u64>>,
+    /// One rebuild at a time: a promotion of a later epoch waits for an
+    /// earlier one to finish (or find its epoch gone).
+    rebuilding: tokio::sync::Mutex<()>,
 }
 
 impl Replicated {
@@ -79,7 +84,8 @@ impl Replicated {
             applied: Mutex::new(ApplyPosition::load(&applied_path)?),
             applied_path,
             offsets_path: meta.join("offsets.json"),
-            switching: tokio::sync::Mutex::new(()),
+            promotion: Mutex::new(None),
+            rebuilding: tokio::sync::Mutex::new(()),
         })
     }
 }

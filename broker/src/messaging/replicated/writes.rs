@@ -4,13 +4,13 @@
 //! a replicated group appends only as master, and what it acknowledges to a
 //! client waits until its in-sync set stored it (`ack_policy`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::super::Broker;
-use super::super::error::Result;
+use super::super::error::{BrokerError, Result};
 use super::super::send::SendReceipt;
 use super::LogRole;
-use crate::replication::{NotMasterCause, Replication, ReplicationError, Term};
+use crate::replication::{NotMasterCause, Replication, ReplicationError, SteppingDown, Term};
 use crate::store::{Appended, Message, MessageId};
 
 /// Under which rule a write is appended and acknowledged.
@@ -23,8 +23,11 @@ pub(in crate::messaging) enum WriteTerm {
 }
 
 impl Broker {
-    /// Makes this broker a member of a replicated group (once, at startup).
-    pub fn attach_replication(&self, replication: Arc<Replication>) {
+    /// Makes this broker a member of a replicated group (once, at startup);
+    /// it is demoted as the replication layer steps down.
+    pub fn attach_replication(self: &Arc<Self>, replication: Arc<Replication>) {
+        let observer: Weak<dyn SteppingDown> = Arc::downgrade(self) as Weak<Broker>;
+        replication.observe_stepping_down(observer);
         if self.replication.set(replication).is_err() {
             tracing::error!("replication attached twice; keeping the first");
         }
@@ -76,7 +79,10 @@ impl Broker {
     ) -> Result<Vec<Appended>> {
         match (term, self.replication.get()) {
             (WriteTerm::Master(term), Some(r)) => Ok(r.append(term, messages).await?),
-            _ => Ok(self.store.append(messages).await?),
+            (WriteTerm::Standalone, None) => Ok(self.store.append(messages).await?),
+            // Never appended directly: a standalone term meeting replication
+            // (attached after the term was taken) checked no role.
+            _ => Err(BrokerError::WriteTermMismatch),
         }
     }
 
