@@ -15,7 +15,9 @@ use dduomq_client::proto::admin_service_client::AdminServiceClient;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{ClientError, Reason};
 use dduomq_testkit::{Broker, eventually};
-use group::{make_master, make_replica, start_member, state};
+use group::{
+    make_master, make_replica, record_proposal, start_group_of_three, start_member, state,
+};
 
 type AdminClient = AdminServiceClient<tonic::transport::Channel>;
 
@@ -163,13 +165,7 @@ async fn replicas_refuse_topic_and_group_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_is_answered_once_the_quorum_stored_it() {
     let settings = "ack_timeout = \"1s\"";
-    let a = start_member(0, settings);
-    let mut b = start_member(1, settings);
-    let mut c = start_member(2, settings);
-    for replica in [&b, &c] {
-        make_replica(replica, 1, 0, &a.grpc).await;
-    }
-    make_master(&a.grpc, 0, 1, &[0, 1, 2], 1).await;
+    let [a, mut b, mut c] = start_group_of_three(settings).await;
     create_topic(&a, "orders").await.expect("acknowledged");
     create_group(&a, "billing").await.expect("acknowledged");
     let committed = state(&a).await.committed_end;
@@ -199,16 +195,7 @@ async fn a_change_is_answered_once_the_quorum_stored_it() {
     // One member back and recorded in sync: the retried changes are answered.
     b.start_again();
     make_replica(&b, 1, 0, &a.grpc).await;
-    let proposal = eventually(
-        Duration::from_secs(20),
-        "a proposal without the dead member",
-        async || {
-            let s = state(&a).await;
-            (s.proposed_in_sync == vec![0, 1]).then_some(s.proposal_based_on)
-        },
-    )
-    .await;
-    make_master(&a.grpc, 0, 1, &[0, 1], proposal + 1).await;
+    record_proposal(&a, &[0, 1]).await;
     // The refused changes were made on the master (not acknowledged, they
     // might have been lost in a failover); a retry answers once they are.
     create_topic(&a, "later").await.expect("acknowledged");

@@ -14,7 +14,7 @@ use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_testkit::{Broker, eventually};
-use group::{TOPIC, make_master, make_replica, send_message, start_member, state};
+use group::{TOPIC, make_master, make_replica, send_message, start_group_of_three, state};
 
 const GROUP: &str = "billing";
 
@@ -71,13 +71,7 @@ async fn max_offset(b: &Broker) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_see_only_acknowledged_records() {
     let settings = "ack_timeout = \"1s\"";
-    let a = start_member(0, settings);
-    let mut b = start_member(1, settings);
-    let mut c = start_member(2, settings);
-    for replica in [&b, &c] {
-        make_replica(replica, 1, 0, &a.grpc).await;
-    }
-    make_master(&a.grpc, 0, 1, &[0, 1, 2], 1).await;
+    let [a, mut b, mut c] = start_group_of_three(settings).await;
     dduomq_client::Admin::connect(&a.grpc)
         .expect("admin client")
         .create_group(pb::Group {

@@ -134,6 +134,32 @@ pub async fn state(b: &Broker) -> pb::ReplicaState {
     state_at(&b.grpc).await
 }
 
+/// Three members started with `settings`: member 0 master of epoch 1 (the
+/// in-sync set's version 1), all three in sync, the others its replicas.
+pub async fn start_group_of_three(settings: &str) -> [Broker; 3] {
+    let members = [0, 1, 2].map(|ordinal| start_member(ordinal, settings));
+    for replica in &members[1..] {
+        make_replica(replica, 1, 0, &members[0].grpc).await;
+    }
+    make_master(&members[0].grpc, 0, 1, &[0, 1, 2], 1).await;
+    members
+}
+
+/// Plays the controller once a member is gone: waits for the master of
+/// epoch 1 to propose the in-sync set `members`, and records it.
+pub async fn record_proposal(master: &Broker, members: &[u32]) {
+    let based_on = eventually(
+        Duration::from_secs(20),
+        "the master's proposal of the in-sync set",
+        async || {
+            let s = state(master).await;
+            (s.proposed_in_sync == members).then_some(s.proposal_based_on)
+        },
+    )
+    .await;
+    make_master(&master.grpc, 0, 1, members, based_on + 1).await;
+}
+
 /// The whole log of `b`, as ReadLog gives it.
 pub async fn whole_log(b: &Broker) -> Vec<u8> {
     let mut client = ReplicationServiceClient::connect(format!("http://{}", b.grpc))
