@@ -213,11 +213,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "dduomq-broker".into()),
         };
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown
-                .run_until_cancelled(replication::run(ctx, settings, group_states))
-                .await
-        })
+        tokio::spawn(replication::run(ctx, settings, group_states, shutdown))
     });
     let units = if layout.factor() > 1 {
         replication::WriteUnits::Groups {

@@ -8,6 +8,7 @@
 
 pub mod group;
 pub mod record;
+pub mod rounds;
 pub mod timing;
 
 use std::collections::BTreeMap;
@@ -15,15 +16,18 @@ use std::time::Instant;
 
 use dduomq_replication::{ElectionTiming, GroupLayout};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::placement::QueuesWithData;
 use crate::placement::groups::{GroupUnits, group_units};
 use crate::registry::BrokerEndpoint;
-use group::{GroupController, GroupState, Member, RoundOutcome, RoundTiming};
+use group::{GroupController, GroupState, Member, RoundTiming};
 use record::RecordStore;
+use rounds::GroupRounds;
 
-/// Each group's state after the last round, by group id: the route
+/// Each group's state after its last round, by group id: the route
 /// publisher routes a group's queues to its master only while it serves.
 pub type GroupStates = BTreeMap<u32, GroupState>;
 
@@ -85,82 +89,94 @@ pub fn groups_of(layout: GroupLayout, brokers: &[BrokerEndpoint]) -> BTreeMap<u3
     groups
 }
 
-/// Runs the rounds until the caller drops it (at shutdown), publishing each
-/// group's state on `states`; a change wakes the route publisher at once.
-pub async fn run(ctx: Context, settings: ReplicationSettings, states: watch::Sender<GroupStates>) {
+/// Runs every group's controller on its own task with its own ticker
+/// ([`rounds`]), so one group's slow calls never delay another's renewals,
+/// and publishes each group's state on `states`. Starts a group's task when
+/// its first member appears in the registry and stops it when its last one
+/// leaves (scaled in); on `shutdown` stops them all and returns once none
+/// runs, so a successor never runs a controller while this one does.
+pub async fn run(
+    ctx: Context,
+    settings: ReplicationSettings,
+    states: watch::Sender<GroupStates>,
+    shutdown: CancellationToken,
+) {
     let origin = Instant::now();
-    let now = move || origin.elapsed();
     let timing = RoundTiming {
         election: ElectionTiming {
-            leader_since: now(),
+            leader_since: origin.elapsed(),
             lease: timing::LEASE,
             margin: timing::MARGIN,
         },
         call_timeout: timing::CALL_TIMEOUT,
     };
-    let factor = settings.layout.factor();
-    let mut controllers: BTreeMap<u32, GroupController> = BTreeMap::new();
+    let mut tasks: BTreeMap<u32, GroupTask> = BTreeMap::new();
     let mut ticker = tokio::time::interval(timing::RENEW_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        let brokers = ctx.brokers.borrow().clone();
-        let groups = groups_of(settings.layout, &brokers);
-        // A group whose members all left the registry (scaled in) is dropped.
-        controllers.retain(|g, _| groups.contains_key(g));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let groups = groups_of(settings.layout, &ctx.brokers.borrow());
+        tasks.retain(|g, task| {
+            if groups.contains_key(g) {
+                return true;
+            }
+            // Cancelled before its state is removed: a stopped task never
+            // publishes again (it checks under the same lock).
+            task.stop.cancel();
+            task.handle.abort();
+            if states.send_if_modified(|s| s.remove(g).is_some()) {
+                ctx.routes_changed.notify_one();
+            }
+            false
+        });
         for g in groups.keys() {
-            controllers.entry(*g).or_insert_with(|| {
-                let store = RecordStore::new(
-                    ctx.client.clone(),
-                    &settings.namespace,
-                    &settings.statefulset,
-                    *g,
-                    factor,
-                );
-                GroupController::new(*g, factor, store, ctx.pool.clone())
+            tasks.entry(*g).or_insert_with(|| {
+                let stop = shutdown.child_token();
+                let rounds = GroupRounds {
+                    group: *g,
+                    layout: settings.layout,
+                    controller: GroupController::new(
+                        *g,
+                        settings.layout.factor(),
+                        RecordStore::new(
+                            ctx.client.clone(),
+                            &settings.namespace,
+                            &settings.statefulset,
+                            *g,
+                            settings.layout.factor(),
+                        ),
+                        ctx.pool.clone(),
+                    ),
+                    timing,
+                    origin,
+                    ctx: ctx.clone(),
+                    states: states.clone(),
+                    stop: stop.clone(),
+                };
+                let handle = tokio::spawn({
+                    let stop = stop.clone();
+                    async move {
+                        stop.run_until_cancelled(rounds.run()).await;
+                    }
+                });
+                GroupTask { stop, handle }
             });
         }
-        let rounds = controllers.iter_mut().map(|(g, controller)| {
-            let members = &groups[g];
-            let (timing, now) = (&timing, &now);
-            async move { (*g, controller.round(members, timing, now).await) }
-        });
-        for (group, outcome) in futures::future::join_all(rounds).await {
-            match outcome {
-                Ok(RoundOutcome::Elected(record)) => {
-                    ctx.metrics.elections.inc();
-                    tracing::info!(group, master = ?record.master, epoch = record.epoch, "group master elected");
-                }
-                Ok(RoundOutcome::Fenced { elect_at }) => {
-                    tracing::info!(
-                        group,
-                        ?elect_at,
-                        "group master failed; fenced until its lease surely lapsed"
-                    );
-                }
-                Ok(RoundOutcome::Contended) => {
-                    tracing::warn!(
-                        group,
-                        "the group record kept changing under this round; trying again next round"
-                    );
-                }
-                Ok(RoundOutcome::NoCandidate) => {
-                    tracing::warn!(group, "group master failed and no in-sync member is ready");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(group, error = %e, "group round failed"),
-            }
-        }
-        let current: GroupStates = controllers
-            .iter()
-            .map(|(g, c)| (*g, c.state().clone()))
-            .collect();
-        if states.send_if_modified(|s| {
-            let changed = *s != current;
-            *s = current;
-            changed
-        }) {
-            ctx.routes_changed.notify_one();
-        }
+    }
+    for task in tasks.into_values() {
+        task.stop.cancel();
+        let _ = task.handle.await;
     }
 }
+
+/// A running group controller's task.
+struct GroupTask {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+#[cfg(test)]
+mod tests;

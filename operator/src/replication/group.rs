@@ -88,7 +88,7 @@ pub struct GroupController {
 #[derive(Debug, Clone, Copy)]
 pub struct RoundTiming {
     pub election: ElectionTiming,
-    /// Bound of each AssignRole call.
+    /// Bound of each AssignRole and BrokerInfo call.
     pub call_timeout: Duration,
 }
 
@@ -125,7 +125,8 @@ impl GroupController {
                     // Only the leader writes records, and it stops leading
                     // (exits) before a successor could elect: renewing what
                     // it last read keeps the group serving through a slow
-                    // API server.
+                    // API server (the read fails or times out, bounded by
+                    // `RECORD_CALL_TIMEOUT`).
                     let Some(last) = self.last.clone() else {
                         return Err(e);
                     };
@@ -193,7 +194,7 @@ impl GroupController {
                                 .is_some_and(|r| r.is_master && r.epoch == read.record.epoch)
                         };
                         let was_acting = acting(&self.reports);
-                        self.query(master, members).await;
+                        self.query(master, members, timing.call_timeout).await;
                         // A controller that just took over finds the master
                         // acting: renew it now, not a round later, so its
                         // lease does not lapse in the handover.
@@ -276,18 +277,28 @@ impl GroupController {
     }
 
     /// Reads what the fenced master says of itself (BrokerInfo), without
-    /// calling AssignRole, which would move its fencing deadline.
-    async fn query(&mut self, master: MemberId, members: &[Member]) {
+    /// calling AssignRole, which would move its fencing deadline. Bounded by
+    /// `timeout` like AssignRole, not by the pool's longer admin deadline: a
+    /// stopped master must not hold up the round.
+    async fn query(&mut self, master: MemberId, members: &[Member], timeout: Duration) {
         let Some(m) = members.iter().find(|m| m.member == master) else {
             return;
         };
-        match self.pool.broker_info(&m.endpoint.address).await {
-            Ok(info) => {
+        match tokio::time::timeout(timeout, self.pool.broker_info(&m.endpoint.address)).await {
+            Err(_) => {
+                tracing::debug!(
+                    group = self.group,
+                    member = master,
+                    ?timeout,
+                    "BrokerInfo timed out"
+                )
+            }
+            Ok(Ok(info)) => {
                 if let Some(state) = info.replication {
                     self.reports.insert(master, report(&state));
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(group = self.group, member = master, error = %e, "BrokerInfo failed")
             }
         }

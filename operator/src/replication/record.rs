@@ -5,11 +5,14 @@
 //! win a decision taken from the same record.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
 
 use dduomq_replication::{GroupRecord, MemberId};
 use kube::Client;
 
 use crate::cas::{CasConfigMap, Swap, Versioned};
+use crate::replication::timing::RECORD_CALL_TIMEOUT;
 
 const MASTER: &str = "master";
 const EPOCH: &str = "epoch";
@@ -39,6 +42,18 @@ pub enum RecordError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
+    /// The API server did not answer in time; a write may still land.
+    #[error("the API server did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Bounds one API call, so a stalled API server costs a round a known time
+/// (the kube client itself waits for an answer without limit).
+async fn bounded<T>(call: impl Future<Output = kube::Result<T>>) -> Result<T, RecordError> {
+    match tokio::time::timeout(RECORD_CALL_TIMEOUT, call).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(RecordError::TimedOut(RECORD_CALL_TIMEOUT)),
+    }
 }
 
 /// The name of group `group`'s ConfigMap.
@@ -67,9 +82,10 @@ impl RecordStore {
         }
     }
 
-    /// The record (a new group's initial one when the ConfigMap is absent).
+    /// The record (a new group's initial one when the ConfigMap is absent);
+    /// bounded by [`RECORD_CALL_TIMEOUT`].
     pub async fn read(&self) -> Result<ReadRecord, RecordError> {
-        let stored = self.cell.read().await?;
+        let stored = bounded(self.cell.read()).await?;
         let record = if stored.resource_version.is_none() {
             GroupRecord::initial(self.group_size)
         } else {
@@ -78,19 +94,22 @@ impl RecordStore {
         Ok(ReadRecord { record, stored })
     }
 
-    /// Writes `record` if the ConfigMap is still as `read` saw it.
+    /// Writes `record` if the ConfigMap is still as `read` saw it; bounded by
+    /// [`RECORD_CALL_TIMEOUT`] (a timed-out write may still land).
     pub async fn write(
         &self,
         read: &ReadRecord,
         record: &GroupRecord,
     ) -> Result<Option<ReadRecord>, RecordError> {
-        Ok(match self.cell.write(&read.stored, encode(record)).await? {
-            Swap::Written(stored) => Some(ReadRecord {
-                record: record.clone(),
-                stored,
-            }),
-            Swap::Conflict => None,
-        })
+        Ok(
+            match bounded(self.cell.write(&read.stored, encode(record))).await? {
+                Swap::Written(stored) => Some(ReadRecord {
+                    record: record.clone(),
+                    stored,
+                }),
+                Swap::Conflict => None,
+            },
+        )
     }
 }
 

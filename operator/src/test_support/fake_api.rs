@@ -6,6 +6,7 @@
 //! and replaces (PUT) are applied as the real one does, compare-and-swap on
 //! `metadata.resourceVersion` (409 on a stale version or an existing name), so
 //! the replication controller's writes can be tested. Anything else is 404.
+//! GETs of chosen objects can be held unanswered, as a stalled API server.
 //! Every request is recorded, in order, for the tests to check.
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub struct FakeApi {
     sent: Arc<Mutex<Vec<Sent>>>,
     /// Another client's write, stored just before the next create or replace.
     interleaved: Arc<Mutex<Option<Value>>>,
+    /// Paths whose GETs are never answered (a stalled API server).
+    held: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeApi {
@@ -46,6 +49,7 @@ impl FakeApi {
             objects: Arc::new(Mutex::new(objects)),
             sent: Arc::default(),
             interleaved: Arc::default(),
+            held: Arc::default(),
         }
     }
 
@@ -84,6 +88,12 @@ impl FakeApi {
     /// next create or replace is handled: a write that races the operator's.
     pub fn before_next_write(&self, object: Value) {
         *self.interleaved.lock() = Some(object);
+    }
+
+    /// Leaves every GET of `path` from now on unanswered, as an API server
+    /// stalled on that object would (the request is still recorded).
+    pub fn hold_reads(&self, path: &str) {
+        self.held.lock().push(path.to_string());
     }
 
     /// Stores the racing write, if one is set.
@@ -205,6 +215,9 @@ async fn answer(
         body: body.clone(),
     });
     let path = uri.path();
+    if method == Method::GET && api.held.lock().iter().any(|h| h == path) {
+        std::future::pending::<()>().await;
+    }
     let answer = match method {
         Method::GET => api
             .object(path)

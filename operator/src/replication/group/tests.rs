@@ -1,14 +1,17 @@
 //! Rounds against the fake API server (records are compare-and-swapped as the
 //! real one does) with members that cannot be reached (nothing listens on
 //! their port): the master is never renewed, so these tests show the fence
-//! wait and what a lost compare-and-swap does. The clock is the test's.
+//! wait, what a lost compare-and-swap does and what a stalled record read
+//! does. The clock is the test's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::http::Method;
 use serde_json::json;
 
 use super::*;
+use crate::replication::timing::RECORD_CALL_TIMEOUT;
 use crate::test_support::NAMESPACE;
 use crate::test_support::fake_api::FakeApi;
 
@@ -171,5 +174,44 @@ async fn a_lost_compare_and_swap_rereads_and_decides_from_the_winner() {
         writes,
         vec![format!("POST /api/v1/namespaces/{NAMESPACE}/configmaps?")],
         "one create, lost; the winner's record is not overwritten"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_record_read_renews_the_last_record_within_the_read_timeout() {
+    let api = FakeApi::new(Vec::new());
+    let mut group = controller(&api);
+    let now = || Duration::ZERO;
+    let (members, timing) = (members(), timing());
+    let elected = group.round(&members, &timing, &now).await.unwrap();
+    assert!(matches!(elected, RoundOutcome::Elected(_)), "{elected:?}");
+
+    // The API server stops answering GETs of the record.
+    let path = format!("/api/v1/namespaces/{NAMESPACE}/configmaps/dduomq-broker-group-0");
+    api.hold_reads(&path);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        group.round(&members, &timing, &now).await.unwrap(),
+        RoundOutcome::RenewedLastKnown
+    );
+    let took = started.elapsed();
+    // The read's bound, then the assignments (refused at once here, bounded
+    // by the call timeout).
+    assert!(
+        took >= RECORD_CALL_TIMEOUT && took < RECORD_CALL_TIMEOUT + timing.call_timeout,
+        "the round took {took:?}"
+    );
+    let last = api.sent().pop().expect("a request");
+    assert_eq!((last.method, last.target), (Method::GET, path));
+    assert_eq!(
+        group.state(),
+        &GroupState::Serving {
+            master: 0,
+            epoch: 1
+        }
+    );
+    assert_eq!(
+        record_data(&api),
+        json!({"master": "0", "epoch": "1", "inSync": "0,1,2", "inSyncVersion": "1"})
     );
 }
