@@ -136,7 +136,9 @@ impl SimBroker {
         let before = self.role;
         let change = role_change(self.role, &self.history, assignment.epoch, assignment.role);
         match change {
-            RoleChange::Stale | RoleChange::RefuseMaster => {}
+            RoleChange::Stale
+            | RoleChange::RefuseMaster
+            | RoleChange::RefuseMasterWithoutHistory => {}
             RoleChange::RenewMaster => {
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.apply_recorded(&assignment.in_sync, assignment.in_sync_version);
