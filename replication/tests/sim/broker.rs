@@ -99,6 +99,14 @@ impl SimBroker {
         self.fetch_sent_at = None;
     }
 
+    /// The process dies and its volume is replaced by an empty one.
+    pub fn lose_volume(&mut self) {
+        self.log.clear();
+        self.history = EpochHistory::new();
+        self.committed = 0;
+        self.crash();
+    }
+
     pub fn restart(&mut self, out: &mut Outbox) {
         self.up = true;
         out.after(TICK_MS, Timer::BrokerTick);
