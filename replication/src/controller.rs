@@ -80,6 +80,11 @@ pub struct MasterContact {
     /// land, so the master gets no new lease, which could outlive the
     /// election ([`MasterContact::replacement_attempted`]).
     pub replacement_pending: bool,
+    /// This controller wrote the election naming this master and the master
+    /// has not answered an AssignRole since: a report of an older epoch is
+    /// the one it gave before the election, not a sign that it lost its log
+    /// ([`MasterContact::election_written`]).
+    pub untold_since_election: bool,
 }
 
 impl MasterContact {
@@ -90,7 +95,13 @@ impl MasterContact {
             fence: FenceDeadline::default(),
             promote_not_before: None,
             replacement_pending: false,
+            untold_since_election: false,
         }
+    }
+
+    /// This controller wrote the record naming this master.
+    pub fn election_written(&mut self) {
+        self.untold_since_election = true;
     }
 
     /// A write of a record replacing this master ended without an answer
@@ -100,7 +111,9 @@ impl MasterContact {
     }
 
     /// The contact with the master a new record names, after `previous` (the
-    /// contact with the master before it, if this controller had one).
+    /// contact with the master before it, if this controller had one). If
+    /// `previous` had a replacement pending, the record is taken as that
+    /// replacement, written late.
     pub fn succeeding(
         previous: Option<&MasterContact>,
         now: Monotonic,
@@ -109,6 +122,7 @@ impl MasterContact {
     ) -> Self {
         Self {
             promote_not_before: previous.and_then(|p| p.fence.deadline(lease, margin)),
+            untold_since_election: previous.is_some_and(|p| p.replacement_pending),
             ..Self::new(now)
         }
     }
@@ -117,6 +131,7 @@ impl MasterContact {
     pub fn attempt_ended(&mut self, at: Monotonic, answered: bool) {
         self.fence.attempt_ended(at);
         if answered {
+            self.untold_since_election = false;
             self.last_success_end = Some(self.last_success_end.map_or(at, |last| last.max(at)));
         }
     }
@@ -179,12 +194,22 @@ enum MasterStatus {
     NotPromoted,
     /// It knows the epoch but does not act as its master (it restarted).
     Refused,
+    /// It reports an older epoch than recorded, and not because this
+    /// controller elected it and has not told it yet: it may have lost its
+    /// volume, and as master it would make the replicas cut acknowledged
+    /// messages. Not renewed; re-elected only if it reports some history.
+    Behind,
 }
 
-fn master_status(record: &GroupRecord, report: Option<&MemberReport>) -> MasterStatus {
+fn master_status(
+    record: &GroupRecord,
+    report: Option<&MemberReport>,
+    contact: &MasterContact,
+) -> MasterStatus {
     match report {
         Some(report) if report.is_master && report.epoch == record.epoch => MasterStatus::Acting,
         Some(report) if report.epoch >= record.epoch => MasterStatus::Refused,
+        Some(_) if !contact.untold_since_election => MasterStatus::Behind,
         _ => MasterStatus::NotPromoted,
     }
 }
@@ -221,7 +246,7 @@ pub fn decide(
     let view = members.iter().find(|view| view.member == master);
     let ready = view.is_some_and(|view| view.ready);
     let report = view.and_then(|view| view.report.as_ref());
-    let status = master_status(record, report);
+    let status = master_status(record, report, contact);
     let promote_at = contact
         .promote_not_before
         .map_or(timing.not_before(), |at| at.max(timing.not_before()));
@@ -240,7 +265,7 @@ pub fn decide(
                     .max(promote_at);
                 ready && now < since + timing.lease
             }
-            MasterStatus::Refused => false,
+            MasterStatus::Refused | MasterStatus::Behind => false,
         };
     if healthy {
         let group_size = members.len() as u32;
@@ -259,6 +284,11 @@ pub fn decide(
     match elect(record, members) {
         Some(next) => Decision::Elect(next),
         None if ready && status == MasterStatus::Refused => Decision::Elect(reelect(record)),
+        // An empty member must not become master: wait for one with the log.
+        None if ready && status == MasterStatus::Behind && report.is_some_and(|r| r.epoch > 0) => {
+            Decision::Elect(reelect(record))
+        }
+        None if status == MasterStatus::Behind => Decision::Fence { elect_at: now },
         // Renewing the master could overlap the pending election: try again.
         None if contact.replacement_pending => Decision::Fence { elect_at: now },
         None => Decision::NoCandidate,
@@ -278,8 +308,10 @@ pub fn reelect(record: &GroupRecord) -> GroupRecord {
 }
 
 /// The election rule alone: among alive (ready) members of the recorded
-/// in-sync set other than the failed master, the one with the largest
-/// reported log end (lowest member on ties); the record it becomes master of
+/// in-sync set other than the failed master, one reporting the recorded
+/// epoch (a member that restarted without its volume reports less until it
+/// is assigned a role), then the largest reported log end, then the lowest
+/// member; the record it becomes master of
 /// has the next epoch and the in-sync set without the old master. Callers
 /// must have waited for the fencing deadline ([`decide`] does).
 pub fn elect(record: &GroupRecord, members: &[MemberView]) -> Option<GroupRecord> {
@@ -289,8 +321,10 @@ pub fn elect(record: &GroupRecord, members: &[MemberView]) -> Option<GroupRecord
         .filter(|view| record.in_sync.contains(&view.member))
         .filter(|view| Some(view.member) != record.master)
         .max_by_key(|view| {
-            let log_end = view.report.as_ref().map_or(0, |report| report.log_end);
-            (log_end, std::cmp::Reverse(view.member))
+            let report = view.report.as_ref();
+            let knows_epoch = report.is_some_and(|report| report.epoch >= record.epoch);
+            let log_end = report.map_or(0, |report| report.log_end);
+            (knows_epoch, log_end, std::cmp::Reverse(view.member))
         })?;
     let in_sync = record
         .in_sync
@@ -602,7 +636,8 @@ mod tests {
     fn a_master_named_late_is_promoted_only_after_its_predecessors_deadline() {
         // This controller renewed master 0 until 5000, then the record (written
         // late, e.g. by a timed-out compare-and-swap) names member 1.
-        let previous = renewed_at(ms(5000));
+        let mut previous = renewed_at(ms(5000));
+        previous.replacement_attempted();
         let contact =
             MasterContact::succeeding(Some(&previous), ms(5100), TIMING.lease, TIMING.margin);
         let next = GroupRecord {
@@ -686,5 +721,91 @@ mod tests {
             Decision::Fence { elect_at: ms(6300) },
             "no candidate: still not renewed"
         );
+    }
+
+    /// What a member that lost its volume reports after its restart.
+    fn empty_report() -> Option<MemberReport> {
+        Some(MemberReport {
+            is_master: false,
+            epoch: 0,
+            log_end: 0,
+            proposal: None,
+        })
+    }
+
+    #[test]
+    fn a_master_that_lost_its_volume_is_replaced_not_renewed() {
+        let mut members = [view(0, true, 10), view(1, true, 8), view(2, false, 9)];
+        members[0].report = empty_report();
+        let contact = renewed_at(ms(5000));
+        let current = record(0, &[0, 1, 2]);
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(5100)),
+            Decision::Fence { elect_at: ms(6200) }
+        );
+        let replaced = GroupRecord {
+            master: Some(1),
+            epoch: 4,
+            in_sync: vec![1, 2],
+            in_sync_version: 10,
+        };
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(6200)),
+            Decision::Elect(replaced)
+        );
+        members[1].ready = false;
+        assert_eq!(
+            decide(&current, &members, &contact, &TIMING, ms(6200)),
+            Decision::Fence { elect_at: ms(6200) },
+            "alone, it is neither renewed nor re-elected: wait for a member with the log"
+        );
+    }
+
+    #[test]
+    fn a_master_this_controller_just_elected_may_report_its_old_epoch() {
+        let previous = renewed_at(ms(5000));
+        let mut contact =
+            MasterContact::succeeding(Some(&previous), ms(6200), TIMING.lease, TIMING.margin);
+        contact.election_written();
+        let next = GroupRecord {
+            master: Some(1),
+            epoch: 4,
+            in_sync: vec![1, 2],
+            in_sync_version: 10,
+        };
+        let members = [view(0, false, 10), view(1, true, 10), view(2, true, 10)];
+        assert_eq!(
+            decide(&next, &members, &contact, &TIMING, ms(6300)),
+            Decision::Renew,
+            "not told yet: assigning it promotes it"
+        );
+        contact.attempt_ended(ms(6400), true);
+        assert_eq!(
+            decide(&next, &members, &contact, &TIMING, ms(6500)),
+            Decision::Fence { elect_at: ms(7600) },
+            "it answered, yet still reports epoch 3: it lost its state since"
+        );
+        let by_another = MasterContact::succeeding(None, ms(6200), TIMING.lease, TIMING.margin);
+        assert_eq!(
+            decide(&next, &members, &by_another, &TIMING, ms(6300)),
+            Decision::Elect(GroupRecord {
+                master: Some(2),
+                epoch: 5,
+                in_sync: vec![2],
+                in_sync_version: 11,
+            }),
+            "a record this controller did not write: an older epoch is not trusted"
+        );
+    }
+
+    #[test]
+    fn members_reporting_the_recorded_epoch_are_elected_first() {
+        let mut members = [view(0, false, 10), view(1, true, 8), view(2, true, 9)];
+        members[2].report = Some(MemberReport {
+            epoch: 0,
+            ..members[2].report.clone().unwrap()
+        });
+        let elected = elect(&record(0, &[0, 1, 2]), &members).unwrap();
+        assert_eq!(elected.master, Some(1));
     }
 }

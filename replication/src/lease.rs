@@ -1,7 +1,9 @@
 //! Leases that fence a master without comparing two machines' clocks: the
 //! master counts its lease from when it RECEIVED the grant, the controller
-//! counts its fencing deadline from when its last attempt to renew ENDED, so
-//! the master's lease always lapses first (plus a margin for clock rates).
+//! counts its fencing deadline from when its last attempt to renew ENDED, plus
+//! a margin, so the master's lease lapses first. The margin must cover how
+//! late after the attempt ended a grant may still be received (assumed: at
+//! most the call timeout; nothing enforces it) plus clock-rate differences.
 
 use std::time::Duration;
 

@@ -58,6 +58,10 @@ pub enum RoleChange {
     /// It was master of this epoch before it restarted: refuse (stay
     /// unassigned); the controller elects anew.
     RefuseMaster,
+    /// Its epoch history is empty but the epoch is a later one than a new
+    /// group's first: it lost its volume, and as master it would make the
+    /// replicas cut every acknowledged message. Refuse; elect another.
+    RefuseMasterWithoutHistory,
     /// Follow `master` in this epoch (reconnecting if it changed); a master
     /// steps down and drops its lease first.
     Follow { master: MemberId },
@@ -67,7 +71,9 @@ impl RoleChange {
     /// The role the member has after applying this change to `current`.
     pub fn apply(self, current: MemberRole, epoch: u64) -> MemberRole {
         match self {
-            RoleChange::Stale | RoleChange::RefuseMaster => MemberRole {
+            RoleChange::Stale
+            | RoleChange::RefuseMaster
+            | RoleChange::RefuseMasterWithoutHistory => MemberRole {
                 epoch: current.epoch.max(epoch),
                 role: current.role,
             },
@@ -84,7 +90,9 @@ impl RoleChange {
 }
 
 /// The rule: `assigned` for `epoch`, received by a member in `current` whose
-/// log's epoch history is `history`.
+/// log's epoch history is `history`. Only epoch 1 (a new group's first
+/// election) may make a member with an empty history master: this holds even
+/// if a controller errs.
 pub fn role_change(
     current: MemberRole,
     history: &EpochHistory,
@@ -99,6 +107,9 @@ pub fn role_change(
             RoleChange::RenewMaster
         }
         AssignedRole::Master if history.latest_epoch() >= epoch => RoleChange::RefuseMaster,
+        AssignedRole::Master if history.latest().is_none() && epoch > 1 => {
+            RoleChange::RefuseMasterWithoutHistory
+        }
         AssignedRole::Master => RoleChange::BecomeMaster,
         AssignedRole::Replica { .. } if current.role == Role::Master && epoch == current.epoch => {
             RoleChange::Stale
@@ -181,6 +192,31 @@ mod tests {
                 epoch: 4,
                 role: Role::Replica { master: 1 }
             }
+        );
+    }
+
+    #[test]
+    fn an_empty_member_is_master_only_of_a_new_groups_first_epoch() {
+        let start = MemberRole::at_start(&history(0));
+        assert_eq!(
+            role_change(start, &history(0), 1, AssignedRole::Master),
+            RoleChange::BecomeMaster
+        );
+        assert_eq!(
+            role_change(start, &history(0), 4, AssignedRole::Master),
+            RoleChange::RefuseMasterWithoutHistory,
+            "it lost its volume: its empty log would cut the replicas'"
+        );
+        assert_eq!(
+            RoleChange::RefuseMasterWithoutHistory.apply(start, 4),
+            MemberRole {
+                epoch: 4,
+                role: Role::Unassigned
+            }
+        );
+        assert_eq!(
+            role_change(start, &history(0), 4, AssignedRole::Replica { master: 1 }),
+            RoleChange::Follow { master: 1 }
         );
     }
 }

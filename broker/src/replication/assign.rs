@@ -77,7 +77,9 @@ impl Replication {
                 self.become_master(&mut state, &assignment, received)?;
             }
             RoleChange::Follow { master } => self.step_to_replica(&mut state, &assignment, master),
-            RoleChange::Stale | RoleChange::RefuseMaster => unreachable!("refused above"),
+            RoleChange::Stale
+            | RoleChange::RefuseMaster
+            | RoleChange::RefuseMasterWithoutHistory => unreachable!("refused above"),
         }
         state.role = change.apply(state.role, assignment.epoch);
         Ok(self.report_of(&state))
@@ -97,6 +99,13 @@ impl Replication {
                 "epoch",
                 format!(
                     "this member already began epoch {} (it restarted since); elect with a new epoch",
+                    a.epoch
+                ),
+            )),
+            RoleChange::RefuseMasterWithoutHistory => Err(BrokerError::invalid(
+                "epoch",
+                format!(
+                    "this member has no history: it lost its volume; elect another for epoch {}",
                     a.epoch
                 ),
             )),

@@ -178,6 +178,9 @@ impl GroupController {
                     };
                     tracing::info!(group = self.group, master = ?next.master, epoch = next.epoch, in_sync = ?next.in_sync, "elected a master");
                     self.follow_record(&next, timing, now());
+                    if let Some(contact) = self.contact.as_mut() {
+                        contact.renewals.election_written();
+                    }
                     self.serve(written, members, timing, now).await;
                     return Ok(RoundOutcome::Elected(next));
                 }

@@ -12,9 +12,15 @@
 //! group's record (one GET), so a master stays renewed as long as a round
 //! completes within the lease. The lease covers several rounds plus the
 //! slowest API answers seen under load, so a loaded API server does not make
-//! masters flap; the margin covers clock-rate differences and scheduling
-//! between the master's receipt of a grant and the controller's end of the
-//! call.
+//! masters flap.
+//!
+//! The margin covers a grant received after the controller's attempt ended
+//! (a timed-out call whose request still arrives) plus clock-rate
+//! differences. The broker cannot tell how old a request is without
+//! comparing clocks, so this is an assumption, not enforced: an AssignRole is
+//! received within [`CALL_TIMEOUT`] of being sent, or never. Hence the margin
+//! exceeds the call timeout (checked at compile time below); the rest of it
+//! (200 ms over a 4 s lease) is for clock rates.
 
 use std::time::Duration;
 
@@ -23,7 +29,7 @@ pub const RENEW_EVERY: Duration = Duration::from_millis(1000);
 /// The lease granted with each AssignRole to a master.
 pub const LEASE: Duration = Duration::from_millis(4000);
 /// Added to every fencing deadline.
-pub const MARGIN: Duration = Duration::from_millis(500);
+pub const MARGIN: Duration = Duration::from_millis(1000);
 /// Bound of one AssignRole call: a dead member costs a round at most this.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 /// Bound of one read or compare-and-swap of a group's record: a stalled API
@@ -31,3 +37,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 /// last read (a GET) or tries again next round (a write). Over three times
 /// the slowest answer measured under load.
 pub const RECORD_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+const _: () = assert!(
+    MARGIN.as_millis() >= CALL_TIMEOUT.as_millis(),
+    "a grant received up to a call timeout late must still lapse before the fencing deadline"
+);

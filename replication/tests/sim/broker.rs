@@ -99,6 +99,14 @@ impl SimBroker {
         self.fetch_sent_at = None;
     }
 
+    /// The process dies and its volume is replaced by an empty one.
+    pub fn lose_volume(&mut self) {
+        self.log.clear();
+        self.history = EpochHistory::new();
+        self.committed = 0;
+        self.crash();
+    }
+
     pub fn restart(&mut self, out: &mut Outbox) {
         self.up = true;
         out.after(TICK_MS, Timer::BrokerTick);
@@ -136,7 +144,9 @@ impl SimBroker {
         let before = self.role;
         let change = role_change(self.role, &self.history, assignment.epoch, assignment.role);
         match change {
-            RoleChange::Stale | RoleChange::RefuseMaster => {}
+            RoleChange::Stale
+            | RoleChange::RefuseMaster
+            | RoleChange::RefuseMasterWithoutHistory => {}
             RoleChange::RenewMaster => {
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.apply_recorded(&assignment.in_sync, assignment.in_sync_version);

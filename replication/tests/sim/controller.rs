@@ -165,10 +165,15 @@ impl SimController {
                 self.act(now, ready, variant, out);
             }
             Msg::RecordWritten { call, stored } => {
-                if self.calls.remove(&call).is_some()
+                if let Some(kind) = self.calls.remove(&call)
                     && let Some(stored) = stored
                 {
                     self.adopt(now, stored);
+                    if matches!(kind, Call::Elect)
+                        && let Some(contact) = self.contact.as_mut()
+                    {
+                        contact.contact.election_written();
+                    }
                     self.assign(None, out);
                 }
             }

@@ -1,7 +1,7 @@
 //! The faults of one schedule, drawn from its seed: broker crashes, network
 //! partitions (controller↔broker, broker↔broker, broker↔API server, a broker
 //! cut off from everything), a slow or unreachable API server, controller
-//! leader changes, and delayed (hence reordered) messages. A fault may aim at
+//! leader changes, a master losing its volume, and delayed (hence reordered) messages. A fault may aim at
 //! "the master" or "a follower": resolved when it strikes, so schedules hit
 //! failover often.
 
@@ -56,6 +56,15 @@ pub enum Fault {
     },
     ApiOutage {
         lasts: Time,
+    },
+    /// The master of an epoch above 1 crashes and comes back `down_for`
+    /// later with an empty volume (pod and claim deleted): it must not be
+    /// made master again, or its empty log would cut the replicas'. Only
+    /// the first of a schedule loses the volume (two could lose every copy),
+    /// others are plain crashes; a first epoch's master that never answered
+    /// its promotion is not modelled (see the replication docs).
+    LoseVolume {
+        down_for: Time,
     },
     /// The leading controller stops; the other leads after `gap`.
     LeaderChange {
@@ -126,7 +135,7 @@ fn draw_target(rng: &mut Rng) -> Target {
 fn draw_fault(rng: &mut Rng) -> Fault {
     let lasts = rng.range(100, 2500);
     let target = draw_target(rng);
-    match rng.range(0, 10) {
+    match rng.range(0, 11) {
         0..2 => Fault::Crash {
             target,
             down_for: lasts,
@@ -158,6 +167,7 @@ fn draw_fault(rng: &mut Rng) -> Fault {
             other_after: rng.range(0, 300),
             down_for: rng.range(300, 2000),
         },
+        9 => Fault::LoseVolume { down_for: lasts },
         _ => Fault::LeaderChange {
             gap: rng.range(0, 300),
         },

@@ -14,7 +14,7 @@ mod rng;
 use broker::SimBroker;
 use checker::Checker;
 use controller::{ASSIGN_TIMEOUT_MS, SimController};
-use dduomq_replication::{GroupRecord, MemberId};
+use dduomq_replication::{GroupRecord, MemberId, Role};
 use faults::{ACTIVE_MS, Endpoint, Fault, Faults, Target};
 use net::{Answer, Caller, Event, Msg, Node, Outbox, Queue, Stored, Time, Timer};
 use rng::Rng;
@@ -184,6 +184,8 @@ struct World {
     elections: u64,
     checker: Checker,
     next_write: u64,
+    /// A member lost its volume in this schedule (at most one does).
+    volume_lost: bool,
 }
 
 impl World {
@@ -212,6 +214,7 @@ impl World {
             elections: 0,
             checker: Checker::default(),
             next_write: 0,
+            volume_lost: false,
             faults,
         };
         world.schedule_faults();
@@ -259,6 +262,21 @@ impl World {
                 let broker = &mut self.brokers[member as usize];
                 if broker.up {
                     broker.crash();
+                    self.queue.push(now + down_for, Event::Restart { member });
+                }
+            }
+            Fault::LoseVolume { down_for } => {
+                let member = self.resolve(Target::Master);
+                let broker = &mut self.brokers[member as usize];
+                if broker.up {
+                    let master_after_first =
+                        broker.role.role == Role::Master && broker.role.epoch > 1;
+                    if master_after_first && !self.volume_lost {
+                        self.volume_lost = true;
+                        broker.lose_volume();
+                    } else {
+                        broker.crash();
+                    }
                     self.queue.push(now + down_for, Event::Restart { member });
                 }
             }
