@@ -19,13 +19,14 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 use crate::controller::Reconciled;
 use crate::crd::{ConsumerGroup, Topic};
+use crate::route_epoch::ROUTE_EPOCH_CONFIGMAP;
 
 /// The pre-delete hook: stops the operator (Deployment `name` to 0 replicas,
 /// then waits up to `wait` for pods matching `pods` to go) and releases the
@@ -63,6 +64,17 @@ pub async fn uninstall(
             "{left} operator pods ({pods}) still running after {wait:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // No operator runs any more: its route-epoch counter goes with the
+    // release (a reinstalled operator starts above the brokers' epochs).
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    match config_maps
+        .delete(ROUTE_EPOCH_CONFIGMAP, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => tracing::info!("deleted ConfigMap {ROUTE_EPOCH_CONFIGMAP}"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(release_finalizers(client).await?)
 }
