@@ -165,6 +165,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .is_none()
     {
+        // A signal during startup is still a stop: an uninstalled operator
+        // releases its finalizers here too.
+        release_if_uninstalled(&client, &args).await;
         leadership.release().await;
         return Ok(());
     }
@@ -256,23 +259,30 @@ async fn main() -> anyhow::Result<()> {
         let _ = replication.await;
     }
     let _ = routes.await;
-    if let Some(deployment) = &args.deployment {
-        match uninstall::deployment_removed(&client, &args.namespace, deployment).await {
-            Ok(true) => match uninstall::release_finalizers(&client).await {
-                Ok(n) => tracing::info!(
-                    released = n,
-                    "Deployment {deployment} removed: finalizers released"
-                ),
-                Err(e) => tracing::error!(error = %e, "releasing finalizers failed"),
-            },
-            Ok(false) => tracing::info!("stopping; Deployment {deployment} stays, finalizers kept"),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot tell whether Deployment {deployment} is being deleted; finalizers kept")
-            }
-        }
-    }
+    release_if_uninstalled(&client, &args).await;
     leadership.release().await;
     Ok(())
+}
+
+/// On the way out: when the operator's Deployment (`--deployment`) is gone
+/// or being deleted, no operator will run again, so its finalizers go.
+async fn release_if_uninstalled(client: &Client, args: &Args) {
+    let Some(deployment) = &args.deployment else {
+        return;
+    };
+    match uninstall::deployment_removed(client, &args.namespace, deployment).await {
+        Ok(true) => match uninstall::release_finalizers(client).await {
+            Ok(n) => tracing::info!(
+                released = n,
+                "Deployment {deployment} removed: finalizers released"
+            ),
+            Err(e) => tracing::error!(error = %e, "releasing finalizers failed"),
+        },
+        Ok(false) => tracing::info!("stopping; Deployment {deployment} stays, finalizers kept"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot tell whether Deployment {deployment} is being deleted; finalizers kept")
+        }
+    }
 }
 
 /// The operator's one shutdown signal, cancelled on SIGTERM or Ctrl-C. Installed
