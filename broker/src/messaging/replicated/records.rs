@@ -173,6 +173,30 @@ fn json_array(items: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// Records of `topic` holding `items` as JSON arrays, each at most
+/// `max_record` bytes (unless one item is larger): part `i` of `n` is
+/// `head(i, n).0`, the array, then `head(i, n).1`.
+fn in_parts(
+    topic: &str,
+    items: Vec<Vec<u8>>,
+    max_record: usize,
+    head: impl Fn(usize, usize) -> (String, &'static str),
+) -> Vec<Message> {
+    let groups = pack(items, max_record.saturating_sub(RECORD_OVERHEAD));
+    let parts = groups.len();
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let (open, close) = head(i + 1, parts);
+            let mut body = open.into_bytes();
+            body.extend_from_slice(&json_array(group));
+            body.extend_from_slice(close.as_bytes());
+            record(topic, body)
+        })
+        .collect()
+}
+
 /// The `%META%` records holding the whole of `table`, each at most
 /// `max_record` bytes (unless one entry is larger).
 pub fn snapshot<T: Serialize>(
@@ -184,23 +208,13 @@ pub fn snapshot<T: Serialize>(
         .values()
         .map(|e| serde_json::to_vec(e).expect("metadata serializes"))
         .collect();
-    let groups = pack(items, max_record.saturating_sub(RECORD_OVERHEAD));
     let name = serde_json::to_string(table).expect("a name serializes");
-    let parts = groups.len();
-    groups
-        .iter()
-        .enumerate()
-        .map(|(i, group)| {
-            let mut body = format!(
-                "{{\"table\":{name},\"part\":{},\"parts\":{parts},\"snapshot\":",
-                i + 1
-            )
-            .into_bytes();
-            body.extend_from_slice(&json_array(group));
-            body.push(b'}');
-            record(META_TOPIC, body)
-        })
-        .collect()
+    in_parts(META_TOPIC, items, max_record, |part, parts| {
+        (
+            format!("{{\"table\":{name},\"part\":{part},\"parts\":{parts},\"snapshot\":"),
+            "}",
+        )
+    })
 }
 
 /// The `%PROGRESS%` records of `offsets_json` (the bytes of `offsets.json`),
@@ -212,22 +226,14 @@ pub fn progress(offsets_json: &[u8], retention_floor: u64, max_record: usize) ->
         .iter()
         .map(|e| serde_json::to_vec(e).expect("progress serializes"))
         .collect();
-    let groups = pack(items, max_record.saturating_sub(RECORD_OVERHEAD));
-    let parts = groups.len();
-    groups
-        .iter()
-        .enumerate()
-        .map(|(i, group)| {
-            let mut body = format!(
-                "{{\"retention_floor\":{retention_floor},\"part\":{},\"parts\":{parts},\"offsets\":{{\"entries\":",
-                i + 1
-            )
-            .into_bytes();
-            body.extend_from_slice(&json_array(group));
-            body.extend_from_slice(b"}}");
-            record(PROGRESS_TOPIC, body)
-        })
-        .collect()
+    in_parts(PROGRESS_TOPIC, items, max_record, |part, parts| {
+        (
+            format!(
+                "{{\"retention_floor\":{retention_floor},\"part\":{part},\"parts\":{parts},\"offsets\":{{\"entries\":"
+            ),
+            "}}",
+        )
+    })
 }
 
 fn op<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<(TableOp<T>, Part)> {
