@@ -1,7 +1,7 @@
 # DduoMQ build and test entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench fuzz sim
+.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench fuzz sim soak
 
 test: fmt-check clippy unit e2e-operator e2e-cluster bench-smoke
 
@@ -35,6 +35,16 @@ e2e-operator: bins
 # those whose test names match SCENARIO, e.g. `make e2e-cluster SCENARIO=scale_in`).
 e2e-cluster: bins
 	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-e2e cluster)" e2e/run cluster $(SCENARIO)
+
+# The soak (not part of `make test`): the replicated installation of the cluster
+# scenarios under continuous produce and consume, a master SIGKILLed every
+# SOAK_KILL_EVERY_S seconds, for SOAK_MINUTES; prints lost, duplicated, failover
+# times and broker RSS (also in the work dir's cluster-report.json).
+SOAK_MINUTES ?= 30
+SOAK_KILL_EVERY_S ?= 60
+soak: bins
+	DDUOMQ_SOAK_MINUTES=$(SOAK_MINUTES) DDUOMQ_SOAK_KILL_EVERY_S=$(SOAK_KILL_EVERY_S) \
+		DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-e2e cluster)" e2e/run cluster --ignored soak
 
 # A short pass of the side-by-side benchmark (DduoMQ, NATS JetStream, Kafka):
 # proves the harness, the peers and every driver work; `bench/run` is the full

@@ -46,6 +46,13 @@ pub struct FailedSend {
     pub error: String,
 }
 
+/// One acknowledged send: when, and the broker id of its message id.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    at: Instant,
+    broker: u32,
+}
+
 /// Every send and every delivery of a suite on one topic; message bodies are
 /// [`body_of`] their index, so each delivery is checked byte for byte.
 #[derive(Debug)]
@@ -54,7 +61,8 @@ pub struct Ledger {
     next: AtomicU64,
     /// Acknowledged: index → broker id of its message id.
     acked: Mutex<HashMap<u64, u32>>,
-    ack_times: Mutex<Vec<Instant>>,
+    /// Every acknowledgement, in the order they arrived.
+    acks: Mutex<Vec<Ack>>,
     /// How long each acknowledged send of the continuous load waited.
     ack_latency: Mutex<HashMap<u64, Duration>>,
     failed: Mutex<Vec<FailedSend>>,
@@ -70,7 +78,7 @@ impl Ledger {
             topic: topic.to_string(),
             next: AtomicU64::new(0),
             acked: Mutex::default(),
-            ack_times: Mutex::default(),
+            acks: Mutex::default(),
             ack_latency: Mutex::default(),
             failed: Mutex::default(),
             received: Mutex::default(),
@@ -104,7 +112,10 @@ impl Ledger {
             Ok(r) => {
                 let broker = broker_of(&r.message_id).unwrap_or(u32::MAX);
                 self.acked.lock().insert(index, broker);
-                self.ack_times.lock().push(Instant::now());
+                self.acks.lock().push(Ack {
+                    at: Instant::now(),
+                    broker,
+                });
                 if let Some(took) = took {
                     self.ack_latency.lock().insert(index, took);
                 }
@@ -188,20 +199,31 @@ impl Ledger {
     }
 
     pub fn acks_between(&self, from: Instant, to: Instant) -> usize {
-        self.ack_times
+        self.acks
             .lock()
             .iter()
-            .filter(|t| **t >= from && **t <= to)
+            .filter(|a| a.at >= from && a.at <= to)
             .count()
+    }
+
+    /// When broker id `broker` (of message ids) first acknowledged a send at
+    /// or after `since`.
+    pub fn first_ack_by(&self, broker: u32, since: Instant) -> Option<Instant> {
+        self.acks
+            .lock()
+            .iter()
+            .filter(|a| a.broker == broker && a.at >= since)
+            .map(|a| a.at)
+            .min()
     }
 
     /// The longest time without an acknowledgement within `[from, to]`.
     pub fn longest_stall(&self, from: Instant, to: Instant) -> Duration {
         let mut times: Vec<Instant> = self
-            .ack_times
+            .acks
             .lock()
             .iter()
-            .copied()
+            .map(|a| a.at)
             .filter(|t| *t >= from && *t <= to)
             .collect();
         times.sort_unstable();

@@ -10,11 +10,12 @@ use dduomq_testkit::{Ledger, Report, secs};
 use kube::Client;
 use serde_json::json;
 
-use crate::TOPIC;
+use crate::groups::FACTOR;
+use crate::{REPLICATED_GROUPS, TOPIC};
 use crate::clients::{build_producer, service_address};
 use crate::env::{Env, install_panic_hook};
 use crate::pods::View;
-use crate::scenarios::Cluster;
+use crate::scenarios::{Cluster, Layout, MasterLoss, SoakSettings};
 
 /// The scenarios, in suite order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +27,18 @@ pub enum Scenario {
     ScaleIn,
     RollingUpgrade,
     Teardown,
+    ReplicatedInstall,
+    MasterKill,
+    MasterVolumeLoss,
+    MasterIsolated,
+    ReplicatedRollingUpgrade,
+    GroupScale,
+    ReplicatedTeardown,
+    Soak,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 15] = [
         Scenario::Install,
         Scenario::Bulk,
         Scenario::ScaleOut,
@@ -37,19 +46,36 @@ impl Scenario {
         Scenario::ScaleIn,
         Scenario::RollingUpgrade,
         Scenario::Teardown,
+        Scenario::ReplicatedInstall,
+        Scenario::MasterKill,
+        Scenario::MasterVolumeLoss,
+        Scenario::MasterIsolated,
+        Scenario::ReplicatedRollingUpgrade,
+        Scenario::GroupScale,
+        Scenario::ReplicatedTeardown,
+        Scenario::Soak,
     ];
 
     /// The scenarios whose outcome this one starts from: the release (install),
     /// the Topic, the group's consumer and an unused ledger (bulk), five brokers
     /// (scale-out; teardown expects their five claims), four brokers
-    /// (scale-in).
+    /// (scale-in); the replicated installation, which has the release and the
+    /// namespace to itself (so it runs after the teardown when the first
+    /// installation is there, see [`run`]); nine claims (the group scale).
     fn builds_on(self) -> &'static [Scenario] {
         match self {
-            Scenario::Install => &[],
+            Scenario::Install | Scenario::ReplicatedInstall => &[],
             Scenario::Bulk => &[Scenario::Install],
             Scenario::ScaleOut => &[Scenario::Bulk],
             Scenario::Disruptions | Scenario::ScaleIn | Scenario::Teardown => &[Scenario::ScaleOut],
             Scenario::RollingUpgrade => &[Scenario::ScaleIn],
+            Scenario::MasterKill
+            | Scenario::MasterVolumeLoss
+            | Scenario::MasterIsolated
+            | Scenario::ReplicatedRollingUpgrade
+            | Scenario::GroupScale
+            | Scenario::Soak => &[Scenario::ReplicatedInstall],
+            Scenario::ReplicatedTeardown => &[Scenario::GroupScale],
         }
     }
 
@@ -97,7 +123,17 @@ pub fn run(scenario: Scenario) {
             *suite = Some(Suite::start().await);
         }
         let suite = suite.as_mut().expect("started");
-        for s in scenario.with_prerequisites() {
+        let mut order = scenario.with_prerequisites();
+        let first_installed = suite.passed.contains(&Scenario::Install);
+        if order.contains(&Scenario::ReplicatedInstall)
+            && first_installed
+            && !suite.passed.contains(&Scenario::Teardown)
+        {
+            let mut teardown = Scenario::Teardown.with_prerequisites();
+            teardown.append(&mut order);
+            order = teardown;
+        }
+        for s in order {
             if !suite.passed.contains(&s) {
                 suite.run(s).await;
                 suite.passed.push(s);
@@ -174,20 +210,69 @@ impl Suite {
             }
             Scenario::RollingUpgrade => {
                 let producer = self.load_producer().await;
-                self.cluster.rolling_upgrade(self.view(), &producer).await;
+                let layout = Layout::Unreplicated { brokers: 4 };
+                self.cluster.rolling_upgrade(self.view(), &producer, layout).await;
             }
-            Scenario::Teardown => self.teardown().await,
+            Scenario::Teardown => {
+                self.stop_clients("totals").await;
+                self.cluster.teardown().await;
+                self.finish();
+            }
+            Scenario::ReplicatedInstall => {
+                // A ledger, a view and clients of its own.
+                self.cluster.ledger = Arc::new(Ledger::new(TOPIC));
+                self.load_producer = None;
+                let (view, consumer) = self.cluster.replicated_install().await;
+                self.view = Some(view);
+                self.consumer = Some(consumer);
+            }
+            Scenario::MasterKill => {
+                let producer = self.load_producer().await;
+                let loss = MasterLoss::Process;
+                self.cluster.lose_master(self.view(), &producer, 0, loss).await;
+            }
+            Scenario::MasterVolumeLoss => {
+                let producer = self.load_producer().await;
+                let loss = MasterLoss::PodAndVolume;
+                self.cluster.lose_master(self.view(), &producer, 1, loss).await;
+            }
+            Scenario::MasterIsolated => {
+                let producer = self.load_producer().await;
+                self.cluster.isolate_master(self.view(), &producer, 0).await;
+            }
+            Scenario::ReplicatedRollingUpgrade => {
+                let producer = self.load_producer().await;
+                let layout = Layout::Replicated { groups: REPLICATED_GROUPS };
+                self.cluster.rolling_upgrade(self.view(), &producer, layout).await;
+            }
+            Scenario::GroupScale => {
+                let producer = self.load_producer().await;
+                self.cluster.group_scale(self.view(), &producer, REPLICATED_GROUPS).await;
+            }
+            Scenario::Soak => {
+                let producer = self.load_producer().await;
+                let settings = SoakSettings::from_env();
+                self.cluster.soak(self.view(), &producer, REPLICATED_GROUPS, settings).await;
+            }
+            Scenario::ReplicatedTeardown => {
+                self.stop_clients("replicated_totals").await;
+                // The group scale left nine claims.
+                self.cluster.replicated_teardown((REPLICATED_GROUPS + 1) * FACTOR).await;
+                self.finish();
+            }
         }
     }
 
-    async fn teardown(&mut self) {
-        // Every acknowledged message was consumed (checked after each scenario);
-        // the consumer stops before the topic goes.
+    /// Every acknowledged message was consumed (checked after each scenario);
+    /// the consumer stops before the topic goes. The ledger's totals go to the
+    /// report under `key`.
+    async fn stop_clients(&mut self, key: &str) {
         self.consumer
             .take()
-            .expect("the group's consumer (scenario 2 starts it)")
+            .expect("the group's consumer (scenario 2 or 8 starts it)")
             .shutdown()
             .await;
+        self.load_producer = None;
         let cluster = &self.cluster;
         let ledger = &cluster.ledger;
         let totals = json!({
@@ -197,10 +282,12 @@ impl Suite {
             "duplicate_deliveries": ledger.duplicates(),
             "delivered_although_send_failed": ledger.delivered_unacked(),
         });
-        cluster.report.set("totals", "messages", totals);
+        cluster.report.set(key, "messages", totals);
         self.view().stop();
-        cluster.teardown().await;
+    }
 
+    fn finish(&self) {
+        let cluster = &self.cluster;
         cluster
             .report
             .set("totals", "suite_s", secs(self.started.elapsed()));

@@ -26,43 +26,8 @@ impl Cluster {
             key,
             "kubectl apply a Topic and a ConsumerGroup → Ready; 100k messages produced and consumed byte-exact",
         );
-        let manifest = format!(
-            "apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {TOPIC}\n  namespace: {NS}\n\
-             spec:\n  queues: {QUEUES}\n  messageType: Normal\n  deletionPolicy: Delete\n---\n\
-             apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: {GROUP}\n  namespace: {NS}\n\
-             spec:\n  subscriptions:\n    - topic: {TOPIC}\n  consumeMode: Clustering\n  maxDeliveryAttempts: 16\n  retryBackoff: [\"1s\"]\n"
-        );
         let t = Instant::now();
-        self.env
-            .kubectl_ok(&["apply", "-f", "-"], Some(&manifest))
-            .await;
-        let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
-        let groups: Api<ConsumerGroup> = Api::namespaced(self.client.clone(), NS);
-        eventually_every(
-            POLL,
-            Duration::from_secs(60),
-            "the Topic Ready on 3 brokers, every queue placed",
-            async || {
-                let s = topics.get(TOPIC).await.ok()?.status?;
-                // Readiness is the Topic controller's, the placement the route
-                // publisher's: both must show.
-                (ready_condition(&s.conditions)
-                    && s.broker_count == 3
-                    && s.assignment.len() == QUEUES as usize)
-                    .then_some(())
-            },
-        )
-        .await;
-        eventually_every(
-            POLL,
-            Duration::from_secs(60),
-            "the ConsumerGroup Ready",
-            async || {
-                let s = groups.get(GROUP).await.ok()?.status?;
-                ready_condition(&s.conditions).then_some(())
-            },
-        )
-        .await;
+        self.apply_topic_and_group(Some(3)).await;
         let (route, _, _) = wait_balanced(view, 3, Duration::from_secs(60)).await;
         let ready_s = t.elapsed();
         step.set("topic_and_group_ready_s", secs(ready_s));
@@ -130,5 +95,46 @@ impl Cluster {
         step.set("acked_per_broker_id", json!(per_broker));
         step.done();
         consumer
+    }
+
+    /// `kubectl apply` the suite's Topic and ConsumerGroup; waits until both are
+    /// Ready and every queue is placed (on `brokers` brokers, when given).
+    pub(super) async fn apply_topic_and_group(&self, brokers: Option<u32>) {
+        let manifest = format!(
+            "apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {TOPIC}\n  namespace: {NS}\n\
+             spec:\n  queues: {QUEUES}\n  messageType: Normal\n  deletionPolicy: Delete\n---\n\
+             apiVersion: dduomq.io/v1alpha1\nkind: ConsumerGroup\nmetadata:\n  name: {GROUP}\n  namespace: {NS}\n\
+             spec:\n  subscriptions:\n    - topic: {TOPIC}\n  consumeMode: Clustering\n  maxDeliveryAttempts: 16\n  retryBackoff: [\"1s\"]\n"
+        );
+        self.env
+            .kubectl_ok(&["apply", "-f", "-"], Some(&manifest))
+            .await;
+        let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
+        let groups: Api<ConsumerGroup> = Api::namespaced(self.client.clone(), NS);
+        eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            "the Topic Ready, every queue placed",
+            async || {
+                let s = topics.get(TOPIC).await.ok()?.status?;
+                // Readiness is the Topic controller's, the placement the route
+                // publisher's: both must show.
+                (ready_condition(&s.conditions)
+                    && brokers.is_none_or(|n| s.broker_count == n)
+                    && s.assignment.len() == QUEUES as usize)
+                    .then_some(())
+            },
+        )
+        .await;
+        eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            "the ConsumerGroup Ready",
+            async || {
+                let s = groups.get(GROUP).await.ok()?.status?;
+                ready_condition(&s.conditions).then_some(())
+            },
+        )
+        .await;
     }
 }

@@ -20,30 +20,17 @@ impl Cluster {
             "1-install",
             "helm install → 3 brokers and the operator Ready; helm test passes",
         );
-        let values = self.env.work.join("cluster-values.yaml");
-        std::fs::write(&values, VALUES).expect("write the values file");
-        let values = values.display().to_string();
-        let chart = self.env.chart();
         let t = Instant::now();
-        self.env
-            .helm_ok(&[
-                "install",
-                RELEASE,
-                &chart,
-                "-n",
-                NS,
-                "--create-namespace",
+        self.helm_install(
+            VALUES,
+            &[
                 "--set",
                 "broker.flush=sync",
                 "--set",
-                "operator.resync=5s",
-                "-f",
-                &values,
-                "--wait",
-                "--timeout",
-                "5m",
-            ])
-            .await;
+                "broker.replicationFactor=1",
+            ],
+        )
+        .await;
         let to_ready = t.elapsed();
 
         let pods = broker_pods(&self.client).await.expect("broker pods");
@@ -110,5 +97,31 @@ impl Cluster {
         }
         step.set("helm_test_s", secs(t.elapsed()));
         step.done();
+    }
+
+    /// `helm install` of the release with the values file `values` and `sets`
+    /// (the operator resyncs every 5 s); waits until everything is Ready.
+    pub(super) async fn helm_install(&self, values: &str, sets: &[&str]) {
+        let file = self.env.work.join("cluster-values.yaml");
+        std::fs::write(&file, values).expect("write the values file");
+        let file = file.display().to_string();
+        let chart = self.env.chart();
+        let mut args = vec![
+            "install",
+            RELEASE,
+            &chart,
+            "-n",
+            NS,
+            "--create-namespace",
+            "--set",
+            "operator.resync=5s",
+            "-f",
+            &file,
+            "--wait",
+            "--timeout",
+            "5m",
+        ];
+        args.extend_from_slice(sets);
+        self.env.helm_ok(&args).await;
     }
 }

@@ -2,8 +2,13 @@
 
 mod bulk;
 mod disruptions;
+mod group_scale;
 mod install;
+mod isolation;
+mod master_loss;
+mod replicated_install;
 mod rolling_upgrade;
+mod soak;
 mod scale_in;
 mod scale_out;
 mod teardown;
@@ -16,7 +21,11 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Api, Client};
 
+pub use master_loss::MasterLoss;
+pub use soak::SoakSettings;
+
 use crate::env::{CmdOut, Env};
+use crate::groups::FACTOR;
 use crate::pods::claim_name;
 use crate::{NS, RELEASE, STS};
 
@@ -63,6 +72,24 @@ impl Cluster {
         ];
         args.extend_from_slice(sets);
         self.env.helm_ok(&args).await
+    }
+}
+
+/// The installation a scenario both installations run works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Replication factor 1: every broker takes writes.
+    Unreplicated { brokers: u32 },
+    /// Groups of [`FACTOR`] brokers, each with one master taking writes.
+    Replicated { groups: u32 },
+}
+
+impl Layout {
+    pub fn brokers(self) -> u32 {
+        match self {
+            Layout::Unreplicated { brokers } => brokers,
+            Layout::Replicated { groups } => groups * FACTOR,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Scenario 6: a `helm upgrade` that changes the broker pod template (rolling
-//! restart) under load; every acknowledged message is consumed.
+//! Scenarios 6 and 12: a `helm upgrade` that changes the broker pod template
+//! (rolling restart) under load; every acknowledged message is consumed. With
+//! replication (12) every group keeps a master throughout, so no send fails.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,22 +10,30 @@ use dduomq_client::Producer;
 use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually_every, secs};
 use kube::ResourceExt;
 
-use super::Cluster;
+use super::{Cluster, Layout};
+use crate::groups::{wait_healthy, wait_routed_to_masters};
 use crate::pods::{View, broker_pods};
 use crate::routes::wait_balanced;
 use crate::{LOAD, POLL};
 
 impl Cluster {
-    /// Scenario 6.
-    pub async fn rolling_upgrade(&self, view: &Arc<View>, producer: &Producer) {
-        let key = "6-rolling-upgrade";
-        let step = Step::start(
-            &self.report,
-            key,
-            "helm upgrade changing the broker pod template under load (rolling restart): nothing acknowledged lost",
-        );
+    /// Scenario 6 (`Unreplicated`) or 12 (`Replicated`).
+    pub async fn rolling_upgrade(&self, view: &Arc<View>, producer: &Producer, layout: Layout) {
+        let step = match layout {
+            Layout::Unreplicated { .. } => Step::start(
+                &self.report,
+                "6-rolling-upgrade",
+                "helm upgrade changing the broker pod template under load (rolling restart): nothing acknowledged lost",
+            ),
+            Layout::Replicated { .. } => Step::start(
+                &self.report,
+                "12-replicated-rolling-upgrade",
+                "helm upgrade changing the broker pod template of every group under quorum-acked load: no send fails, nothing acknowledged lost",
+            ),
+        };
+        let brokers = layout.brokers();
         let before = broker_pods(&self.client).await.expect("broker pods");
-        assert_eq!(before.len(), 4);
+        assert_eq!(before.len(), brokers as usize);
         let revision_before = self
             .statefulset()
             .await
@@ -51,9 +60,9 @@ impl Cluster {
                 let generation = sts.metadata.generation;
                 let s = sts.status.clone()?;
                 let done = s.observed_generation >= generation
-                    && s.replicas == 4
-                    && s.updated_replicas == Some(4)
-                    && s.ready_replicas == Some(4)
+                    && s.replicas == brokers as i32
+                    && s.updated_replicas == Some(brokers as i32)
+                    && s.ready_replicas == Some(brokers as i32)
                     && s.current_revision.is_some()
                     && s.current_revision == s.update_revision
                     && s.update_revision.as_deref() != Some(revision_before.as_str());
@@ -71,7 +80,7 @@ impl Cluster {
             "every broker pod restarted with the new template and Ready",
             async || {
                 let pods = broker_pods(&self.client).await.ok()?;
-                let done = pods.len() == 4
+                let done = pods.len() == brokers as usize
                     && pods.iter().all(|p| {
                         p.serving()
                             && p.revision.as_deref() == Some(revision.as_str())
@@ -92,9 +101,29 @@ impl Cluster {
                 a.name
             );
         }
-        let (_, balanced, _) = wait_balanced(view, 4, Duration::from_secs(120)).await;
+        let balanced = Instant::now();
+        match layout {
+            Layout::Unreplicated { brokers } => {
+                wait_balanced(view, brokers as usize, Duration::from_secs(120)).await;
+            }
+            Layout::Replicated { groups } => {
+                for g in 0..groups {
+                    wait_healthy(&self.client, view, g, Duration::from_secs(120)).await;
+                }
+                wait_routed_to_masters(&self.client, view, groups, Duration::from_secs(60)).await;
+            }
+        }
+        let balanced = balanced.elapsed();
         acks_flowing(&self.ledger, 400).await;
         let stats = load.stop(&self.ledger).await;
+        if let Layout::Replicated { .. } = layout {
+            assert!(
+                stats.failed.is_empty(),
+                "{} sends failed during the rolling upgrade; first: {:?}",
+                stats.failed.len(),
+                stats.failed.iter().take(5).map(|f| &f.error).collect::<Vec<_>>()
+            );
+        }
         let consumed = all_acked_consumed(
             &self.ledger,
             "every acknowledged message after the rolling restart",

@@ -18,7 +18,9 @@ use kube::{Api, Client, ResourceExt};
 
 use super::Cluster;
 use crate::pods::claim_name;
-use crate::{GROUP, NS, OPERATOR, OPERATOR_SELECTOR, POLL, RELEASE, RELEASE_SELECTOR, TOPIC};
+use crate::{
+    GROUP, NS, OPERATOR, OPERATOR_SELECTOR, POLL, RELEASE, RELEASE_SELECTOR, STS, TOPIC,
+};
 
 impl Cluster {
     /// Scenario 7.
@@ -163,6 +165,20 @@ impl Cluster {
             releases.stdout
         );
 
+        let ns_gone = self.delete_claims_and_namespace(5).await;
+
+        step.set("operator_gone_s", secs(operator_gone));
+        step.set("topics_and_groups_deleted_s", secs(deleted));
+        step.set("helm_uninstall_s", secs(uninstall));
+        step.set("release_objects_gone_after_s", secs(gone));
+        step.set("namespace_deleted_s", secs(ns_gone));
+        step.done();
+    }
+
+    /// Deletes the brokers' claims, which the chart retains (whenDeleted and
+    /// whenScaled: Retain; exactly those of brokers `0..brokers` are left), and
+    /// the namespace. Returns how long the namespace took to go.
+    async fn delete_claims_and_namespace(&self, brokers: u32) -> Duration {
         // The chart retains the brokers' claims (whenDeleted/whenScaled: Retain).
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
         let mut names: Vec<String> = claims
@@ -176,7 +192,7 @@ impl Cluster {
         names.sort();
         assert_eq!(
             names,
-            (0..5).map(claim_name).collect::<Vec<_>>(),
+            (0..brokers).map(claim_name).collect::<Vec<_>>(),
             "the brokers' claims are retained"
         );
         for name in &names {
@@ -198,11 +214,47 @@ impl Cluster {
             async || namespaces.get_opt(NS).await.ok()?.is_none().then_some(()),
         )
         .await;
-        let ns_gone = t_ns.elapsed();
+        t_ns.elapsed()
 
-        step.set("operator_gone_s", secs(operator_gone));
-        step.set("topics_and_groups_deleted_s", secs(deleted));
-        step.set("helm_uninstall_s", secs(uninstall));
+    }
+
+    /// Scenario 14: the replicated installation's Topic and ConsumerGroup
+    /// deleted, `helm uninstall`, the claims and the namespace deleted.
+    pub async fn replicated_teardown(&self, brokers: u32) {
+        let step = Step::start(
+            &self.report,
+            "14-replicated-teardown",
+            "delete the Topic and ConsumerGroup, helm uninstall, delete the claims and the namespace",
+        );
+        let t = Instant::now();
+        Api::<Topic>::namespaced(self.client.clone(), NS)
+            .delete(TOPIC, &DeleteParams::default())
+            .await
+            .expect("delete the Topic");
+        Api::<ConsumerGroup>::namespaced(self.client.clone(), NS)
+            .delete(GROUP, &DeleteParams::default())
+            .await
+            .expect("delete the ConsumerGroup");
+        let out = self
+            .env
+            .helm_ok(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m"])
+            .await;
+        // The groups' records stay with the retained claims: a reinstall on
+        // them continues from the recorded epochs.
+        let record = format!("configmap/{STS}-group-");
+        eventually_every(
+            POLL,
+            Duration::from_secs(180),
+            "the release's objects gone, but the groups' records",
+            async || {
+                let left = self.release_leftovers().await;
+                left.iter().all(|o| o.starts_with(&record)).then_some(())
+            },
+        )
+        .await;
+        let gone = t.elapsed();
+        let ns_gone = self.delete_claims_and_namespace(brokers).await;
+        step.set("helm_uninstall_s", secs(out.took));
         step.set("release_objects_gone_after_s", secs(gone));
         step.set("namespace_deleted_s", secs(ns_gone));
         step.done();
