@@ -9,13 +9,16 @@
 //! reshuffling every topic.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
-use dduomq_client::Reason;
+use dduomq_client::{ClientError, Reason};
 use dduomq_proto::v1 as pb;
+use futures::future::join_all;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
+use crate::brokers::BrokerCallError;
 use crate::context::{Context, MANAGED, annotated, stored_name};
 use crate::crd::{QueueAssignment, Topic};
 use crate::placement::{self, Assignment, QueuesWithData};
@@ -26,6 +29,26 @@ use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
 
 /// How often routes are recomputed even without a trigger.
 const PERIOD: Duration = Duration::from_secs(3);
+
+/// How long a round waits for one broker's answer. A broker that does not
+/// answer in time (cut off from the operator, yet still Ready) is taken as it
+/// was last known: it delays the round by this much, not by the call timeout.
+const ROUND_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `call` to the broker at `address`, given up after [`ROUND_CALL_TIMEOUT`].
+async fn within_round<T>(
+    address: &str,
+    call: impl Future<Output = Result<T, BrokerCallError>>,
+) -> Result<T, BrokerCallError> {
+    tokio::time::timeout(ROUND_CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BrokerCallError {
+                address: address.to_string(),
+                error: ClientError::Timeout(ROUND_CALL_TIMEOUT),
+            })
+        })
+}
 
 /// The field manager of `Topic.status.assignment`: apart from the Topic
 /// controller's, so neither status apply removes the other's fields.
@@ -135,9 +158,18 @@ pub async fn run(
         let mut draining = Vec::new();
         // The highest epoch any broker holds: a new one must exceed it.
         let mut held_epoch = epoch;
-        for b in &ready {
+        // Every broker is asked at once (here and below): a broker that does
+        // not answer (cut off, but still Ready) costs one call timeout, not
+        // one per broker after it.
+        let infos = join_all(
+            ready
+                .iter()
+                .map(|b| within_round(&b.address, ctx.pool.broker_info(&b.address))),
+        )
+        .await;
+        for (b, info) in ready.iter().zip(infos) {
             let was = draining_known.get(&b.name).copied().unwrap_or(false);
-            let is = match ctx.pool.broker_info(&b.address).await {
+            let is = match info {
                 Ok(info) => {
                     held_epoch = held_epoch.max(info.route_epoch);
                     info.draining
@@ -169,9 +201,15 @@ pub async fn run(
             seen.insert(stored.clone());
             let pool = ctx.pool.for_resource(t);
             let mut data: BTreeMap<String, QueuesWithData> = BTreeMap::new();
-            for b in &ready {
+            let described = join_all(
+                ready
+                    .iter()
+                    .map(|b| within_round(&b.address, pool.describe_topic(&b.address, &name))),
+            )
+            .await;
+            for (b, described) in ready.iter().zip(described) {
                 let key = (b.name.clone(), stored.clone());
-                let queues = match pool.describe_topic(&b.address, &name).await {
+                let queues = match described {
                     Ok(d) => Some(
                         d.queues
                             .iter()
@@ -218,6 +256,7 @@ pub async fn run(
         });
         placed.retain(|topic, _| seen.contains(topic));
         routes.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let mut republish_above = 0u64;
         if last.as_ref() != Some(&routes) {
             epoch = match epochs.advance(held_epoch).await {
                 Ok(next) => next,
@@ -235,22 +274,27 @@ pub async fn run(
             );
             last = Some(routes.clone());
         }
-        for b in &ready {
-            match ctx
-                .pool
-                .update_routes(&b.address, epoch, routes.clone())
-                .await
-            {
+        let pushed = join_all(
+            ready
+                .iter()
+                .map(|b| ctx.pool.update_routes(&b.address, epoch, routes.clone())),
+        )
+        .await;
+        for (b, pushed) in ready.iter().zip(pushed) {
+            match pushed {
                 // The broker holds a newer epoch than this table's (one this
                 // operator did not know of): publish the table again above it.
                 Ok(held) if held.epoch > epoch => {
                     tracing::info!(broker = %b.name, held = held.epoch, epoch, "a broker holds a newer route epoch; republishing");
-                    epoch = held.epoch;
                     last = None;
+                    republish_above = republish_above.max(held.epoch);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(broker = %b.name, error = %e, "pushing routes failed"),
             }
+        }
+        if republish_above > epoch {
+            epoch = republish_above;
         }
     }
 }

@@ -34,7 +34,15 @@ pub struct DrainState {
 impl Broker {
     /// The route of a topic and the table's epoch: from the pushed route table in
     /// a cluster, else (standalone) every queue on this broker.
+    ///
+    /// A master whose lease lapsed answers NOT_MASTER instead: cut off from
+    /// the operator, its table may still route writes to it after a successor
+    /// was elected (and with the same epoch, so clients would take it); they
+    /// ask another broker.
     pub fn route(&self, topic: &str) -> Result<RouteAnswer> {
+        if let Some(refusal) = self.replication.get().and_then(|r| r.lapsed_master()) {
+            return Err(refusal.into());
+        }
         let table = self.routes.read();
         if table.epoch > 0 {
             return table

@@ -62,6 +62,18 @@ impl Replication {
         }
     }
 
+    /// The refusal of a master whose lease lapsed, if this member is one: it
+    /// is cut off from the controller, so a successor may be elected and the
+    /// route table it holds may still name it as master.
+    pub fn lapsed_master(&self) -> Option<ReplicationError> {
+        let state = self.state.lock();
+        match (&state.role.role, &state.master) {
+            (Role::Master, Some(m)) if m.lease.valid(self.now()) => None,
+            (Role::Master, _) => Some(self.not_master(NotMasterCause::LeaseLapsed)),
+            _ => None,
+        }
+    }
+
     /// Appends `messages` as the master of `term`'s epoch (refused once it is
     /// not, so a deposed master never writes into its successor's log).
     pub async fn append(

@@ -88,7 +88,10 @@ pub async fn healthy_group(client: &Client, view: &View, group: u32) -> Option<G
         return None;
     }
     let pods = view.pods();
-    let members: Vec<&BrokerPod> = pods.iter().filter(|p| p.ordinal / FACTOR == group).collect();
+    let members: Vec<&BrokerPod> = pods
+        .iter()
+        .filter(|p| p.ordinal / FACTOR == group)
+        .collect();
     if members.len() != FACTOR as usize || !members.iter().all(|p| p.serving()) {
         return None;
     }
@@ -100,7 +103,12 @@ pub async fn healthy_group(client: &Client, view: &View, group: u32) -> Option<G
 }
 
 /// Waits until group `group` is healthy (see [`healthy_group`]).
-pub async fn wait_healthy(client: &Client, view: &View, group: u32, timeout: Duration) -> GroupRecord {
+pub async fn wait_healthy(
+    client: &Client,
+    view: &View,
+    group: u32,
+    timeout: Duration,
+) -> GroupRecord {
     let started = Instant::now();
     loop {
         if let Some(r) = healthy_group(client, view, group).await {
@@ -131,7 +139,10 @@ pub async fn wait_routed_to_masters(
     loop {
         let mut masters = Vec::new();
         for g in 0..groups {
-            if let Some(o) = group_record(client, g).await.and_then(|r| r.master_ordinal()) {
+            if let Some(o) = group_record(client, g)
+                .await
+                .and_then(|r| r.master_ordinal())
+            {
                 masters.push(o);
             }
         }

@@ -10,12 +10,12 @@ use dduomq_testkit::{Ledger, Report, secs};
 use kube::Client;
 use serde_json::json;
 
-use crate::groups::FACTOR;
-use crate::{REPLICATED_GROUPS, TOPIC};
 use crate::clients::{build_producer, service_address};
 use crate::env::{Env, install_panic_hook};
+use crate::groups::FACTOR;
 use crate::pods::View;
 use crate::scenarios::{Cluster, Layout, MasterLoss, SoakSettings};
+use crate::{REPLICATED_GROUPS, TOPIC};
 
 /// The scenarios, in suite order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +211,9 @@ impl Suite {
             Scenario::RollingUpgrade => {
                 let producer = self.load_producer().await;
                 let layout = Layout::Unreplicated { brokers: 4 };
-                self.cluster.rolling_upgrade(self.view(), &producer, layout).await;
+                self.cluster
+                    .rolling_upgrade(self.view(), &producer, layout)
+                    .await;
             }
             Scenario::Teardown => {
                 self.stop_clients("totals").await;
@@ -229,12 +231,16 @@ impl Suite {
             Scenario::MasterKill => {
                 let producer = self.load_producer().await;
                 let loss = MasterLoss::Process;
-                self.cluster.lose_master(self.view(), &producer, 0, loss).await;
+                self.cluster
+                    .lose_master(self.view(), &producer, 0, loss)
+                    .await;
             }
             Scenario::MasterVolumeLoss => {
                 let producer = self.load_producer().await;
                 let loss = MasterLoss::PodAndVolume;
-                self.cluster.lose_master(self.view(), &producer, 1, loss).await;
+                self.cluster
+                    .lose_master(self.view(), &producer, 1, loss)
+                    .await;
             }
             Scenario::MasterIsolated => {
                 let producer = self.load_producer().await;
@@ -242,22 +248,32 @@ impl Suite {
             }
             Scenario::ReplicatedRollingUpgrade => {
                 let producer = self.load_producer().await;
-                let layout = Layout::Replicated { groups: REPLICATED_GROUPS };
-                self.cluster.rolling_upgrade(self.view(), &producer, layout).await;
+                let layout = Layout::Replicated {
+                    groups: REPLICATED_GROUPS,
+                };
+                self.cluster
+                    .rolling_upgrade(self.view(), &producer, layout)
+                    .await;
             }
             Scenario::GroupScale => {
                 let producer = self.load_producer().await;
-                self.cluster.group_scale(self.view(), &producer, REPLICATED_GROUPS).await;
+                self.cluster
+                    .group_scale(self.view(), &producer, REPLICATED_GROUPS)
+                    .await;
             }
             Scenario::Soak => {
                 let producer = self.load_producer().await;
                 let settings = SoakSettings::from_env();
-                self.cluster.soak(self.view(), &producer, REPLICATED_GROUPS, settings).await;
+                self.cluster
+                    .soak(self.view(), &producer, REPLICATED_GROUPS, settings)
+                    .await;
             }
             Scenario::ReplicatedTeardown => {
                 self.stop_clients("replicated_totals").await;
                 // The group scale left nine claims.
-                self.cluster.replicated_teardown((REPLICATED_GROUPS + 1) * FACTOR).await;
+                self.cluster
+                    .replicated_teardown((REPLICATED_GROUPS + 1) * FACTOR)
+                    .await;
                 self.finish();
             }
         }

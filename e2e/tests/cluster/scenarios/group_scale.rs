@@ -31,25 +31,38 @@ impl Cluster {
         let helm_out = self.helm_upgrade(&["--set", &more]).await;
         let added = wait_healthy(&self.client, view, groups, Duration::from_secs(300)).await;
         wait_routed_to_masters(&self.client, view, groups + 1, Duration::from_secs(120)).await;
-        let new_master = added.master_ordinal().expect("a healthy group has a master");
+        let new_master = added
+            .master_ordinal()
+            .expect("a healthy group has a master");
         // Message ids of a replicated group carry the group.
-        eventually_every(POLL, Duration::from_secs(60), "the new group to acknowledge sends", async || {
-            self.ledger.first_ack_by(groups, t)
-        })
+        eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            "the new group to acknowledge sends",
+            async || self.ledger.first_ack_by(groups, t),
+        )
         .await;
         let scaled_out = t.elapsed();
 
         let t = Instant::now();
         let fewer = format!("broker.replicas={}", groups * FACTOR);
         let helm_in = self.helm_upgrade(&["--set", &fewer]).await;
-        eventually_every(POLL, Duration::from_secs(300), "the added group's pods gone", async || {
-            for member in 0..FACTOR {
-                if broker_pod(&self.client, groups * FACTOR + member).await.is_some() {
-                    return None;
+        eventually_every(
+            POLL,
+            Duration::from_secs(300),
+            "the added group's pods gone",
+            async || {
+                for member in 0..FACTOR {
+                    if broker_pod(&self.client, groups * FACTOR + member)
+                        .await
+                        .is_some()
+                    {
+                        return None;
+                    }
                 }
-            }
-            Some(())
-        })
+                Some(())
+            },
+        )
         .await;
         wait_routed_to_masters(&self.client, view, groups, Duration::from_secs(120)).await;
         let scaled_in = t.elapsed();
@@ -65,7 +78,10 @@ impl Cluster {
         step.set("added_group_master", new_master);
         step.set("scale_out_to_first_ack_s", secs(scaled_out));
         step.set("scale_in_s", secs(scaled_in));
-        step.set("helm_upgrade_s", json!([secs(helm_out.took), secs(helm_in.took)]));
+        step.set(
+            "helm_upgrade_s",
+            json!([secs(helm_out.took), secs(helm_in.took)]),
+        );
         step.set("consumed_after_stop_s", secs(consumed));
         step.done();
     }

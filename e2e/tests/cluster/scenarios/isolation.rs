@@ -37,10 +37,17 @@ async fn nft_in_pod(pod: &BrokerPod, script: &str) {
     {
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(script.as_bytes()).await.expect("nft script");
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .expect("nft script");
     }
     let status = child.wait().await.expect("nft");
-    assert!(status.success(), "nft in {} failed ({status}):\n{script}", pod.name);
+    assert!(
+        status.success(),
+        "nft in {} failed ({status}):\n{script}",
+        pod.name
+    );
 }
 
 /// Rules that drop the pod's traffic with the API server and every other pod,
@@ -69,9 +76,18 @@ impl Cluster {
         );
         let groups = view.pods().len() as u32 / FACTOR;
         let before = wait_healthy(&self.client, view, group, Duration::from_secs(120)).await;
-        let old = before.master_ordinal().expect("a healthy group has a master");
-        let pod = broker_pod(&self.client, old).await.expect("the master's pod");
-        let ip: Ipv4Addr = pod.ip.as_deref().expect("pod IP").parse().expect("an IPv4 pod IP");
+        let old = before
+            .master_ordinal()
+            .expect("a healthy group has a master");
+        let pod = broker_pod(&self.client, old)
+            .await
+            .expect("the master's pod");
+        let ip: Ipv4Addr = pod
+            .ip
+            .as_deref()
+            .expect("pod IP")
+            .parse()
+            .expect("an IPv4 pod IP");
         let apiserver = Api::<Service>::namespaced(self.client.clone(), "default")
             .get("kubernetes")
             .await
@@ -84,13 +100,21 @@ impl Cluster {
         acks_flowing(&self.ledger, 200).await;
         let t = Instant::now();
         nft_in_pod(&pod, &isolation_rules(ip, &apiserver)).await;
-        eprintln!("    isolated master {} of group {group} (epoch {})", pod.name, before.epoch);
+        eprintln!(
+            "    isolated master {} of group {group} (epoch {})",
+            pod.name, before.epoch
+        );
         // Clients still reach the isolated broker: it must stop acting as
         // master (refusing sends) once its lease has lapsed.
-        let isolated = eventually_every(POLL, Duration::from_secs(30), "the isolated broker to stop acting as master", async || {
-            let s = replica_state(&pod.addr()?).await?;
-            (s.lease_remaining_ms == 0 || s.role != pb::ReplicaRole::Master as i32).then_some(s)
-        })
+        let isolated = eventually_every(
+            POLL,
+            Duration::from_secs(30),
+            "the isolated broker to stop acting as master",
+            async || {
+                let s = replica_state(&pod.addr()?).await?;
+                (s.lease_remaining_ms == 0 || s.role != pb::ReplicaRole::Master as i32).then_some(s)
+            },
+        )
         .await;
         let stopped_after = t.elapsed();
         assert!(
@@ -134,10 +158,15 @@ impl Cluster {
 
         let healed_at = Instant::now();
         nft_in_pod(&pod, &format!("delete table inet {TABLE}\n")).await;
-        let state = eventually_every(POLL, Duration::from_secs(120), "the old master to follow the new one", async || {
-            let s = replica_state(&pod.addr()?).await?;
-            (s.role == pb::ReplicaRole::Replica as i32 && s.epoch >= elected.epoch).then_some(s)
-        })
+        let state = eventually_every(
+            POLL,
+            Duration::from_secs(120),
+            "the old master to follow the new one",
+            async || {
+                let s = replica_state(&pod.addr()?).await?;
+                (s.role == pb::ReplicaRole::Replica as i32 && s.epoch >= elected.epoch).then_some(s)
+            },
+        )
         .await;
         wait_healthy(&self.client, view, group, Duration::from_secs(120)).await;
         let rejoined = healed_at.elapsed();
@@ -155,8 +184,14 @@ impl Cluster {
         step.set("new_master", new_master);
         step.set("epochs", json!([before.epoch, elected.epoch]));
         step.set("elected_after_s", secs(elected_after));
-        step.set("isolation_to_first_ack_by_new_master_s", secs(first_ack - t));
-        step.set("new_epoch_seen_to_first_ack_s", secs(first_ack - elected_seen));
+        step.set(
+            "isolation_to_first_ack_by_new_master_s",
+            secs(first_ack - t),
+        );
+        step.set(
+            "new_epoch_seen_to_first_ack_s",
+            secs(first_ack - elected_seen),
+        );
         step.set("stopped_acting_as_master_after_s", secs(stopped_after));
         step.set("isolated_role_then", isolated.role);
         step.set("isolated_acknowledged_end", end_at_election);

@@ -54,19 +54,29 @@ impl Cluster {
         let step = Step::start(&self.report, key, title);
         let groups = view.pods().len() as u32 / crate::groups::FACTOR;
         let before = wait_healthy(&self.client, view, group, Duration::from_secs(120)).await;
-        let old = before.master_ordinal().expect("a healthy group has a master");
-        let victim = broker_pod(&self.client, old).await.expect("the master's pod");
+        let old = before
+            .master_ordinal()
+            .expect("a healthy group has a master");
+        let victim = broker_pod(&self.client, old)
+            .await
+            .expect("the master's pod");
         let claim_before = self.claim(old).await.expect("the master's PVC");
 
         let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 200).await;
         // Message ids of a replicated group carry the group, not the member.
         let since = Instant::now();
-        eventually_every(POLL, Duration::from_secs(30), "the group to acknowledge sends", async || {
-            self.ledger.first_ack_by(group, since)
-        })
+        eventually_every(
+            POLL,
+            Duration::from_secs(30),
+            "the group to acknowledge sends",
+            async || self.ledger.first_ack_by(group, since),
+        )
         .await;
-        eprintln!("    {loss:?}: master {} of group {group}, epoch {}", victim.name, before.epoch);
+        eprintln!(
+            "    {loss:?}: master {} of group {group}, epoch {}",
+            victim.name, before.epoch
+        );
         let t = Instant::now();
         match loss {
             MasterLoss::Process => sigkill(&victim),
@@ -113,32 +123,46 @@ impl Cluster {
         // The lost member returns and rejoins; when it returns empty, how fast
         // it copies the log.
         let mut running_at = None;
-        let rejoined = eventually_every(POLL, Duration::from_secs(300), "the lost member back in sync", async || {
-            let pod = broker_pod(&self.client, old).await?;
-            let replaced = match loss {
-                MasterLoss::Process => pod.restarts > victim.restarts,
-                MasterLoss::PodAndVolume => pod.uid != victim.uid,
-            };
-            if !replaced || pod.ip.is_none() {
-                return None;
-            }
-            running_at.get_or_insert_with(Instant::now);
-            let r = group_record(&self.client, group).await?;
-            r.in_sync.contains(&(old % crate::groups::FACTOR)).then_some((r, pod))
-        })
+        let rejoined = eventually_every(
+            POLL,
+            Duration::from_secs(300),
+            "the lost member back in sync",
+            async || {
+                let pod = broker_pod(&self.client, old).await?;
+                let replaced = match loss {
+                    MasterLoss::Process => pod.restarts > victim.restarts,
+                    MasterLoss::PodAndVolume => pod.uid != victim.uid,
+                };
+                if !replaced || pod.ip.is_none() {
+                    return None;
+                }
+                running_at.get_or_insert_with(Instant::now);
+                let r = group_record(&self.client, group).await?;
+                r.in_sync
+                    .contains(&(old % crate::groups::FACTOR))
+                    .then_some((r, pod))
+            },
+        )
         .await;
         let (record, returned) = rejoined;
         let in_sync_after = t.elapsed();
         let catch_up = running_at.map_or(Duration::ZERO, |at| at.elapsed());
-        let state = eventually_every(POLL, Duration::from_secs(60), "the returned member to follow", async || {
-            let s = replica_state(&returned.addr()?).await?;
-            (s.role == pb::ReplicaRole::Replica as i32 && s.epoch >= record.epoch).then_some(s)
-        })
+        let state = eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            "the returned member to follow",
+            async || {
+                let s = replica_state(&returned.addr()?).await?;
+                (s.role == pb::ReplicaRole::Replica as i32 && s.epoch >= record.epoch).then_some(s)
+            },
+        )
         .await;
         let claim_after = self.claim(old).await.expect("the returned member's PVC");
         match loss {
             MasterLoss::Process => assert_eq!(claim_after.uid(), claim_before.uid(), "same volume"),
-            MasterLoss::PodAndVolume => assert_ne!(claim_after.uid(), claim_before.uid(), "a new, empty volume"),
+            MasterLoss::PodAndVolume => {
+                assert_ne!(claim_after.uid(), claim_before.uid(), "a new, empty volume")
+            }
         }
         wait_healthy(&self.client, view, group, Duration::from_secs(120)).await;
         wait_routed_to_masters(&self.client, view, groups, Duration::from_secs(60)).await;
@@ -163,7 +187,9 @@ impl Cluster {
             step.set("catch_up_s", secs(catch_up));
             step.set(
                 "catch_up_mib_per_s",
-                (state.log_end as f64 / 1048576.0 / catch_up.as_secs_f64().max(0.25) * 10.0).round() / 10.0,
+                (state.log_end as f64 / 1048576.0 / catch_up.as_secs_f64().max(0.25) * 10.0)
+                    .round()
+                    / 10.0,
             );
         }
         step.set("consumed_after_stop_s", secs(consumed));

@@ -8,9 +8,9 @@ mod isolation;
 mod master_loss;
 mod replicated_install;
 mod rolling_upgrade;
-mod soak;
 mod scale_in;
 mod scale_out;
+mod soak;
 mod teardown;
 
 use std::sync::Arc;

@@ -65,7 +65,8 @@ impl Cluster {
             assert_eq!(state.ack_policy, pb::AckPolicy::Quorum as i32, "{}", p.name);
         }
         self.apply_topic_and_group(None).await;
-        let masters = wait_routed_to_masters(&self.client, &view, groups, Duration::from_secs(60)).await;
+        let masters =
+            wait_routed_to_masters(&self.client, &view, groups, Duration::from_secs(60)).await;
         step.set("installed_and_routed_s", secs(t.elapsed()));
 
         let consumer =
@@ -78,7 +79,14 @@ impl Cluster {
             .map(|_| {
                 let index = ledger.allocate();
                 let producer = producer.clone();
-                async move { (index, producer.send(Message::new(ledger.topic(), body_of(index))).await) }
+                async move {
+                    (
+                        index,
+                        producer
+                            .send(Message::new(ledger.topic(), body_of(index)))
+                            .await,
+                    )
+                }
             })
             .buffer_unordered(256)
             .for_each(|(index, result)| {
@@ -99,7 +107,10 @@ impl Cluster {
             .filter_map(|i| (ledger.deliveries(i) != 1).then(|| (i, ledger.deliveries(i))))
             .take(20)
             .collect();
-        assert!(wrong.is_empty(), "exactly once; (index, deliveries): {wrong:?}");
+        assert!(
+            wrong.is_empty(),
+            "exactly once; (index, deliveries): {wrong:?}"
+        );
         // A replicated group's message ids carry the group, valid on every
         // member: both groups took writes.
         let per_group = ledger.acked_per_broker();
@@ -110,13 +121,18 @@ impl Cluster {
         );
         step.set(
             "records",
-            json!(records
-                .iter()
-                .map(|r| json!({"group": r.group, "master": r.master, "epoch": r.epoch}))
-                .collect::<Vec<_>>()),
+            json!(
+                records
+                    .iter()
+                    .map(|r| json!({"group": r.group, "master": r.master, "epoch": r.epoch}))
+                    .collect::<Vec<_>>()
+            ),
         );
         step.set("masters", json!(masters));
-        step.set("quorum_sends_per_s", (FIRST_SENDS as f64 / produce.as_secs_f64()).round());
+        step.set(
+            "quorum_sends_per_s",
+            (FIRST_SENDS as f64 / produce.as_secs_f64()).round(),
+        );
         step.done();
         (view, consumer)
     }

@@ -121,7 +121,12 @@ impl Cluster {
                 stats.failed.is_empty(),
                 "{} sends failed during the rolling upgrade; first: {:?}",
                 stats.failed.len(),
-                stats.failed.iter().take(5).map(|f| &f.error).collect::<Vec<_>>()
+                stats
+                    .failed
+                    .iter()
+                    .take(5)
+                    .map(|f| &f.error)
+                    .collect::<Vec<_>>()
             );
         }
         let consumed = all_acked_consumed(

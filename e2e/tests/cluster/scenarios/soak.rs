@@ -74,13 +74,22 @@ fn rss_kib(view: &View) -> BTreeMap<u32, u64> {
 
 impl Cluster {
     /// The soak over `groups` groups.
-    pub async fn soak(&self, view: &Arc<View>, producer: &Producer, groups: u32, settings: SoakSettings) {
+    pub async fn soak(
+        &self,
+        view: &Arc<View>,
+        producer: &Producer,
+        groups: u32,
+        settings: SoakSettings,
+    ) {
         let step = Step::start(
             &self.report,
             "soak",
             "quorum-acked produce and consume with a master SIGKILLed at every interval: lost, duplicated, failover times, RSS",
         );
-        eprintln!("    soak for {:?}, a master killed every {:?}", settings.duration, settings.kill_every);
+        eprintln!(
+            "    soak for {:?}, a master killed every {:?}",
+            settings.duration, settings.kill_every
+        );
         let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 200).await;
         let rss_start = rss_kib(view);
@@ -93,15 +102,21 @@ impl Cluster {
             let group = round % groups;
             round += 1;
             let before = wait_healthy(&self.client, view, group, Duration::from_secs(120)).await;
-            let old = before.master_ordinal().expect("a healthy group has a master");
-            let victim = broker_pod(&self.client, old).await.expect("the master's pod");
+            let old = before
+                .master_ordinal()
+                .expect("a healthy group has a master");
+            let victim = broker_pod(&self.client, old)
+                .await
+                .expect("the master's pod");
             let t = Instant::now();
             sigkill(&victim);
-            let elected = eventually_every(POLL, Duration::from_secs(60), "a new master", async || {
-                let r = group_record(&self.client, group).await?;
-                (r.epoch > before.epoch && r.master.is_some() && r.master != before.master).then_some(r)
-            })
-            .await;
+            let elected =
+                eventually_every(POLL, Duration::from_secs(60), "a new master", async || {
+                    let r = group_record(&self.client, group).await?;
+                    (r.epoch > before.epoch && r.master.is_some() && r.master != before.master)
+                        .then_some(r)
+                })
+                .await;
             let elected_seen = Instant::now();
             let first_ack = eventually_every(
                 POLL,
@@ -136,7 +151,10 @@ impl Cluster {
         let total = |m: &BTreeMap<u32, u64>| m.values().sum::<u64>();
         step.set("soak_s", secs(started.elapsed()));
         step.set("master_kills", failovers.len() as u64);
-        step.set("failover_s", json!(failovers.iter().map(|d| secs(*d)).collect::<Vec<_>>()));
+        step.set(
+            "failover_s",
+            json!(failovers.iter().map(|d| secs(*d)).collect::<Vec<_>>()),
+        );
         if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
             step.set("failover_min_s", secs(*min));
             step.set("failover_median_s", secs(sorted[sorted.len() / 2]));
@@ -144,7 +162,10 @@ impl Cluster {
         }
         step.set("lost", self.ledger.missing().len() as u64);
         step.set("duplicates", self.ledger.duplicates() as u64);
-        step.set("delivered_although_send_failed", self.ledger.delivered_unacked() as u64);
+        step.set(
+            "delivered_although_send_failed",
+            self.ledger.delivered_unacked() as u64,
+        );
         step.set("rss_kib_start", json!(rss_start));
         step.set("rss_kib_end", json!(rss_end));
         step.set("rss_total_kib", json!([total(&rss_start), total(&rss_end)]));

@@ -18,9 +18,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::Cluster;
 use crate::pods::claim_name;
-use crate::{
-    GROUP, NS, OPERATOR, OPERATOR_SELECTOR, POLL, RELEASE, RELEASE_SELECTOR, STS, TOPIC,
-};
+use crate::{GROUP, NS, OPERATOR, OPERATOR_SELECTOR, POLL, RELEASE, RELEASE_SELECTOR, STS, TOPIC};
 
 impl Cluster {
     /// Scenario 7.
@@ -215,7 +213,6 @@ impl Cluster {
         )
         .await;
         t_ns.elapsed()
-
     }
 
     /// Scenario 14: the replicated installation's Topic and ConsumerGroup
