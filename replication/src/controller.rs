@@ -4,6 +4,13 @@
 //! before its lease has surely lapsed, and only among members that hold every
 //! acknowledged message (the recorded in-sync set).
 //!
+//! The record also names the data directory (store identity) the master was
+//! elected on, and every AssignRole carries it: a master whose volume was
+//! replaced comes back empty with another identity, refuses to be master
+//! (even before it reported anything: right after its restart the controller
+//! renews it blind) and is elected away, instead of making the replicas cut
+//! the messages it lost.
+//!
 //! The record lives in the API server and every write is a compare-and-swap;
 //! these functions only say what to write.
 
@@ -25,6 +32,11 @@ pub struct GroupRecord {
     /// Bumped by every write of the record (elections included): the master
     /// applies only newer versions and bases its proposals on one.
     pub in_sync_version: u64,
+    /// The store identity of `master`'s data directory, from its report when
+    /// it was elected; `None` in records written before identities (or
+    /// electing a release that reports none) until the master reports one
+    /// while acting ([`Decision::Record`] adds it then).
+    pub master_store: Option<u64>,
 }
 
 impl GroupRecord {
@@ -35,6 +47,7 @@ impl GroupRecord {
             epoch: 0,
             in_sync: (0..group_size).collect(),
             in_sync_version: 0,
+            master_store: None,
         }
     }
 }
@@ -48,6 +61,8 @@ pub struct MemberReport {
     pub log_end: u64,
     /// Master only: the in-sync set it wants recorded.
     pub proposal: Option<InSyncProposal>,
+    /// Its store identity (`None`: a release that reports none).
+    pub store_id: Option<u64>,
 }
 
 /// The controller's view of one member.
@@ -168,8 +183,10 @@ pub enum Decision {
     /// The master is healthy (or due to be promoted): send the record
     /// (AssignRole) to every member.
     Renew,
-    /// Compare-and-swap this record (the master's proposal), then renew.
-    RecordInSync(GroupRecord),
+    /// Compare-and-swap this record (the master's in-sync proposal, or the
+    /// store identity of a master acting under a record that lacked it),
+    /// then renew.
+    Record(GroupRecord),
     /// Do not send the recorded master AssignRole before `elect_at` (each
     /// attempt would move its fencing deadline, and promoting it earlier
     /// could overlap a lease still held by its predecessor); keep assigning
@@ -179,9 +196,10 @@ pub enum Decision {
     /// Compare-and-swap this record (new master, next epoch), then assign
     /// every member its role.
     Elect(GroupRecord),
-    /// The master failed and no other in-sync member is alive: keep renewing
-    /// everyone (the master may come back) and wait. (While a replacement is
-    /// pending, `Fence` instead: the master is not renewed.)
+    /// The master failed and no other in-sync member is alive (or has
+    /// reported): keep renewing everyone (the master may come back), read
+    /// the state of members that have not reported, and wait. (While a
+    /// replacement is pending, `Fence` instead: the master is not renewed.)
     NoCandidate,
 }
 
@@ -191,6 +209,10 @@ enum MasterStatus {
     /// It acts as master of the recorded epoch.
     Acting,
     /// No report of the recorded epoch yet: assigning it would promote it.
+    /// Also a master that restarted and has not reported since: if it came
+    /// back on an empty volume, the AssignRole carries the recorded store
+    /// identity and it refuses (`RefuseMasterOfReplacedStore`) instead of
+    /// becoming master; its next report shows it `Replaced`.
     NotPromoted,
     /// It knows the epoch but does not act as its master (it restarted).
     Refused,
@@ -199,6 +221,10 @@ enum MasterStatus {
     /// volume, and as master it would make the replicas cut acknowledged
     /// messages. Not renewed; re-elected only if it reports some history.
     Behind,
+    /// It runs on another data directory than the record's: its volume was
+    /// replaced and it lost the epoch's messages. Like `Behind`, but never
+    /// re-elected (its history, if any, is not the group's).
+    Replaced,
 }
 
 fn master_status(
@@ -207,6 +233,14 @@ fn master_status(
     contact: &MasterContact,
 ) -> MasterStatus {
     match report {
+        Some(report)
+            if record
+                .master_store
+                .zip(report.store_id)
+                .is_some_and(|(recorded, own)| recorded != own) =>
+        {
+            MasterStatus::Replaced
+        }
         Some(report) if report.is_master && report.epoch == record.epoch => MasterStatus::Acting,
         Some(report) if report.epoch >= record.epoch => MasterStatus::Refused,
         Some(_) if !contact.untold_since_election => MasterStatus::Behind,
@@ -265,12 +299,15 @@ pub fn decide(
                     .max(promote_at);
                 ready && now < since + timing.lease
             }
-            MasterStatus::Refused | MasterStatus::Behind => false,
+            MasterStatus::Refused | MasterStatus::Behind | MasterStatus::Replaced => false,
         };
     if healthy {
+        if let Some(next) = adopt_master_store(record, report, status) {
+            return Decision::Record(next);
+        }
         let group_size = members.len() as u32;
         return match validate_proposal(record, report, group_size) {
-            Ok(next) => Decision::RecordInSync(next),
+            Ok(next) => Decision::Record(next),
             Err(_) => Decision::Renew,
         };
     }
@@ -288,17 +325,44 @@ pub fn decide(
         None if ready && status == MasterStatus::Behind && report.is_some_and(|r| r.epoch > 0) => {
             Decision::Elect(reelect(record))
         }
-        None if status == MasterStatus::Behind => Decision::Fence { elect_at: now },
+        None if matches!(status, MasterStatus::Behind | MasterStatus::Replaced) => {
+            Decision::Fence { elect_at: now }
+        }
         // Renewing the master could overlap the pending election: try again.
         None if contact.replacement_pending => Decision::Fence { elect_at: now },
         None => Decision::NoCandidate,
     }
 }
 
+/// A record written before store identities (or electing a member of a
+/// release that reports none) names no master store: the first time the
+/// master reports one while acting in the recorded epoch, it is recorded (a
+/// compare-and-swap like a proposal's, bumping the version like every write;
+/// the master of the epoch holds the epoch's log, so its identity is the one
+/// to keep). Until then AssignRole carries none and the member cannot check
+/// it; the followers' guard against cutting records of the master's own
+/// epoch still holds.
+fn adopt_master_store(
+    record: &GroupRecord,
+    report: Option<&MemberReport>,
+    status: MasterStatus,
+) -> Option<GroupRecord> {
+    if record.master_store.is_some() || status != MasterStatus::Acting {
+        return None;
+    }
+    let store_id = report?.store_id?;
+    Some(GroupRecord {
+        master_store: Some(store_id),
+        in_sync_version: record.in_sync_version + 1,
+        ..record.clone()
+    })
+}
+
 /// The record that makes the recorded master master again in a new epoch: for
 /// a ready master that refused to resume its epoch after a restart,
 /// when no other in-sync member is alive (it holds every acknowledged
-/// message: it was in sync).
+/// message: it was in sync). It keeps the recorded store identity: the
+/// member must still run on that data directory.
 pub fn reelect(record: &GroupRecord) -> GroupRecord {
     GroupRecord {
         epoch: record.epoch + 1,
@@ -308,23 +372,29 @@ pub fn reelect(record: &GroupRecord) -> GroupRecord {
 }
 
 /// The election rule alone: among alive (ready) members of the recorded
-/// in-sync set other than the failed master, one reporting the recorded
-/// epoch (a member that restarted without its volume reports less until it
-/// is assigned a role), then the largest reported log end, then the lowest
-/// member; the record it becomes master of
-/// has the next epoch and the in-sync set without the old master. Callers
+/// in-sync set other than the failed master that have reported, one
+/// reporting the recorded epoch (a member that restarted without its volume
+/// reports less until it is assigned a role), then the largest reported log
+/// end, then the lowest member; the record it becomes master of has the next
+/// epoch, the in-sync set without the old master and the candidate's
+/// reported store identity (none from a release that reports none). Callers
 /// must have waited for the fencing deadline ([`decide`] does).
+///
+/// Only reported members: a master acknowledges writes from its promotion
+/// on, so the record must name its store by then, or a restart on an empty
+/// volume could make it master of the same epoch again (the seeded
+/// simulation found this with a first election taken before any report).
+/// While no member reported, the controller reads their state.
 pub fn elect(record: &GroupRecord, members: &[MemberView]) -> Option<GroupRecord> {
     let candidate = members
         .iter()
         .filter(|view| view.ready)
         .filter(|view| record.in_sync.contains(&view.member))
         .filter(|view| Some(view.member) != record.master)
-        .max_by_key(|view| {
-            let report = view.report.as_ref();
-            let knows_epoch = report.is_some_and(|report| report.epoch >= record.epoch);
-            let log_end = report.map_or(0, |report| report.log_end);
-            (knows_epoch, log_end, std::cmp::Reverse(view.member))
+        .filter_map(|view| Some((view.member, view.report.as_ref()?)))
+        .max_by_key(|&(member, report)| {
+            let knows_epoch = report.epoch >= record.epoch;
+            (knows_epoch, report.log_end, std::cmp::Reverse(member))
         })?;
     let in_sync = record
         .in_sync
@@ -332,11 +402,13 @@ pub fn elect(record: &GroupRecord, members: &[MemberView]) -> Option<GroupRecord
         .copied()
         .filter(|&member| Some(member) != record.master)
         .collect();
+    let (candidate, report) = candidate;
     Some(GroupRecord {
-        master: Some(candidate.member),
+        master: Some(candidate),
         epoch: record.epoch + 1,
         in_sync,
         in_sync_version: record.in_sync_version + 1,
+        master_store: report.store_id,
     })
 }
 
@@ -383,429 +455,4 @@ pub fn validate_proposal(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    const TIMING: ElectionTiming = ElectionTiming {
-        leader_since: ms(0),
-        lease: ms(1000),
-        margin: ms(200),
-    };
-
-    fn record(master: MemberId, in_sync: &[MemberId]) -> GroupRecord {
-        GroupRecord {
-            master: Some(master),
-            epoch: 3,
-            in_sync: in_sync.to_vec(),
-            in_sync_version: 9,
-        }
-    }
-
-    /// Member 0 is the recorded master in these tests.
-    fn view(member: MemberId, ready: bool, log_end: u64) -> MemberView {
-        let report = MemberReport {
-            is_master: member == 0,
-            epoch: 3,
-            log_end,
-            proposal: None,
-        };
-        MemberView {
-            member,
-            ready,
-            report: Some(report),
-        }
-    }
-
-    fn renewed_at(at: Monotonic) -> MasterContact {
-        let mut contact = MasterContact::new(ms(0));
-        contact.attempt_ended(at, true);
-        contact
-    }
-
-    #[test]
-    fn a_healthy_master_is_renewed() {
-        let members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
-        let decision = decide(
-            &record(0, &[0, 1, 2]),
-            &members,
-            &renewed_at(ms(5000)),
-            &TIMING,
-            ms(5500),
-        );
-        assert_eq!(decision, Decision::Renew);
-    }
-
-    #[test]
-    fn a_current_proposal_is_recorded_with_the_next_version() {
-        let mut members = [view(0, true, 10), view(1, true, 10), view(2, true, 3)];
-        members[0].report = Some(MemberReport {
-            is_master: true,
-            epoch: 3,
-            log_end: 10,
-            proposal: Some(InSyncProposal {
-                members: vec![1, 0],
-                based_on: 9,
-            }),
-        });
-        let decision = decide(
-            &record(0, &[0, 1, 2]),
-            &members,
-            &renewed_at(ms(5000)),
-            &TIMING,
-            ms(5500),
-        );
-        let expected = GroupRecord {
-            in_sync: vec![0, 1],
-            in_sync_version: 10,
-            ..record(0, &[0, 1, 2])
-        };
-        assert_eq!(decision, Decision::RecordInSync(expected));
-    }
-
-    #[test]
-    fn stale_or_foreign_proposals_are_rejected() {
-        let proposal = |members: Vec<MemberId>, based_on| MemberReport {
-            is_master: true,
-            epoch: 3,
-            log_end: 10,
-            proposal: Some(InSyncProposal { members, based_on }),
-        };
-        let current = record(0, &[0, 1, 2]);
-        assert_eq!(
-            validate_proposal(&current, Some(&proposal(vec![0, 1], 8)), 3),
-            Err(ProposalRejected::StaleVersion {
-                based_on: 8,
-                current: 9
-            })
-        );
-        assert_eq!(
-            validate_proposal(&current, Some(&proposal(vec![1, 2], 9)), 3),
-            Err(ProposalRejected::MissingMaster)
-        );
-        assert_eq!(
-            validate_proposal(&current, Some(&proposal(vec![0, 3], 9)), 3),
-            Err(ProposalRejected::UnknownMember(3))
-        );
-        assert_eq!(
-            validate_proposal(&current, Some(&proposal(vec![0, 1, 2], 9)), 3),
-            Err(ProposalRejected::Unchanged)
-        );
-        let mut old_epoch = proposal(vec![0, 1], 9);
-        old_epoch.epoch = 2;
-        assert_eq!(
-            validate_proposal(&current, Some(&old_epoch), 3),
-            Err(ProposalRejected::NotCurrentMaster)
-        );
-        assert_eq!(
-            validate_proposal(&current, None, 3),
-            Err(ProposalRejected::Absent)
-        );
-    }
-
-    #[test]
-    fn a_failed_master_is_fenced_until_its_lease_surely_lapsed() {
-        let members = [view(0, false, 10), view(1, true, 8), view(2, true, 9)];
-        let contact = renewed_at(ms(5000));
-        let current = record(0, &[0, 1, 2]);
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(5100)),
-            Decision::Fence { elect_at: ms(6200) }
-        );
-        let elected = GroupRecord {
-            master: Some(2),
-            epoch: 4,
-            in_sync: vec![1, 2],
-            in_sync_version: 10,
-        };
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(6200)),
-            Decision::Elect(elected)
-        );
-    }
-
-    #[test]
-    fn an_unanswered_attempt_moves_the_deadline() {
-        let members = [view(0, true, 10), view(1, true, 8), view(2, true, 9)];
-        let mut contact = renewed_at(ms(5000));
-        contact.attempt_ended(ms(5900), false);
-        assert_eq!(
-            decide(
-                &record(0, &[0, 1, 2]),
-                &members,
-                &contact,
-                &TIMING,
-                ms(6000)
-            ),
-            Decision::Fence { elect_at: ms(7100) },
-            "ready, but not renewed for a lease"
-        );
-    }
-
-    #[test]
-    fn a_new_leader_waits_one_full_lease() {
-        let members = [view(0, false, 10), view(1, true, 8), view(2, true, 9)];
-        let timing = ElectionTiming {
-            leader_since: ms(4000),
-            ..TIMING
-        };
-        let contact = MasterContact::new(ms(4000));
-        assert_eq!(
-            decide(
-                &record(0, &[0, 1, 2]),
-                &members,
-                &contact,
-                &timing,
-                ms(4100)
-            ),
-            Decision::Fence { elect_at: ms(5200) }
-        );
-    }
-
-    #[test]
-    fn only_alive_in_sync_members_are_elected() {
-        let members = [view(0, false, 10), view(1, false, 8), view(2, true, 12)];
-        let current = record(0, &[0, 1]);
-        assert_eq!(elect(&current, &members), None);
-        assert_eq!(
-            decide(&current, &members, &renewed_at(ms(0)), &TIMING, ms(9000)),
-            Decision::NoCandidate
-        );
-    }
-
-    #[test]
-    fn ties_go_to_the_lowest_member_and_the_first_election_keeps_everyone() {
-        let members = [view(0, true, 0), view(1, true, 0), view(2, false, 0)];
-        let first = decide(
-            &GroupRecord::initial(3),
-            &members,
-            &MasterContact::new(ms(0)),
-            &TIMING,
-            ms(0),
-        );
-        let expected = GroupRecord {
-            master: Some(0),
-            epoch: 1,
-            in_sync: vec![0, 1, 2],
-            in_sync_version: 1,
-        };
-        assert_eq!(first, Decision::Elect(expected));
-    }
-
-    #[test]
-    fn a_master_that_refused_its_epoch_is_replaced_or_reelected() {
-        let mut members = [view(0, true, 10), view(1, true, 8), view(2, false, 9)];
-        members[0].report = Some(MemberReport {
-            is_master: false,
-            epoch: 3,
-            log_end: 10,
-            proposal: None,
-        });
-        let contact = renewed_at(ms(5000));
-        let current = record(0, &[0, 1, 2]);
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(5100)),
-            Decision::Fence { elect_at: ms(6200) }
-        );
-        let replaced = GroupRecord {
-            master: Some(1),
-            epoch: 4,
-            in_sync: vec![1, 2],
-            in_sync_version: 10,
-        };
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(6200)),
-            Decision::Elect(replaced)
-        );
-        members[1].ready = false;
-        let reelected = GroupRecord {
-            epoch: 4,
-            in_sync_version: 10,
-            ..current.clone()
-        };
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(6200)),
-            Decision::Elect(reelected)
-        );
-    }
-
-    #[test]
-    fn a_master_named_late_is_promoted_only_after_its_predecessors_deadline() {
-        // This controller renewed master 0 until 5000, then the record (written
-        // late, e.g. by a timed-out compare-and-swap) names member 1.
-        let mut previous = renewed_at(ms(5000));
-        previous.replacement_attempted();
-        let contact =
-            MasterContact::succeeding(Some(&previous), ms(5100), TIMING.lease, TIMING.margin);
-        let next = GroupRecord {
-            master: Some(1),
-            epoch: 4,
-            in_sync: vec![1, 2],
-            in_sync_version: 10,
-        };
-        let members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
-        assert_eq!(
-            decide(&next, &members, &contact, &TIMING, ms(5100)),
-            Decision::Fence { elect_at: ms(6200) }
-        );
-        assert_eq!(
-            decide(&next, &members, &contact, &TIMING, ms(6200)),
-            Decision::Renew
-        );
-        assert_eq!(
-            decide(&next, &members, &contact, &TIMING, ms(7199)),
-            Decision::Renew,
-            "it has a full lease from the gate to answer"
-        );
-    }
-
-    #[test]
-    fn a_new_leader_renews_an_acting_master_at_once_but_holds_a_promotion() {
-        let timing = ElectionTiming {
-            leader_since: ms(4000),
-            ..TIMING
-        };
-        let contact = MasterContact::new(ms(4000));
-        let mut members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
-        assert_eq!(
-            decide(
-                &record(0, &[0, 1, 2]),
-                &members,
-                &contact,
-                &timing,
-                ms(4010)
-            ),
-            Decision::Renew
-        );
-        members[0].report = None;
-        assert_eq!(
-            decide(
-                &record(0, &[0, 1, 2]),
-                &members,
-                &contact,
-                &timing,
-                ms(4010)
-            ),
-            Decision::Fence { elect_at: ms(5200) },
-            "no report yet: it may not be master yet"
-        );
-    }
-
-    #[test]
-    fn a_master_whose_replacement_may_still_land_is_not_renewed() {
-        let members = [view(0, true, 10), view(1, true, 10), view(2, false, 10)];
-        let mut contact = renewed_at(ms(5000));
-        contact.replacement_attempted();
-        let current = record(0, &[0, 1, 2]);
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(5100)),
-            Decision::Fence { elect_at: ms(6200) }
-        );
-        let elected = GroupRecord {
-            master: Some(1),
-            epoch: 4,
-            in_sync: vec![1, 2],
-            in_sync_version: 10,
-        };
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(6200)),
-            Decision::Elect(elected),
-            "the election is tried again"
-        );
-        let alone = [view(0, true, 10), view(1, false, 10), view(2, false, 10)];
-        assert_eq!(
-            decide(&current, &alone, &contact, &TIMING, ms(6300)),
-            Decision::Fence { elect_at: ms(6300) },
-            "no candidate: still not renewed"
-        );
-    }
-
-    /// What a member that lost its volume reports after its restart.
-    fn empty_report() -> Option<MemberReport> {
-        Some(MemberReport {
-            is_master: false,
-            epoch: 0,
-            log_end: 0,
-            proposal: None,
-        })
-    }
-
-    #[test]
-    fn a_master_that_lost_its_volume_is_replaced_not_renewed() {
-        let mut members = [view(0, true, 10), view(1, true, 8), view(2, false, 9)];
-        members[0].report = empty_report();
-        let contact = renewed_at(ms(5000));
-        let current = record(0, &[0, 1, 2]);
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(5100)),
-            Decision::Fence { elect_at: ms(6200) }
-        );
-        let replaced = GroupRecord {
-            master: Some(1),
-            epoch: 4,
-            in_sync: vec![1, 2],
-            in_sync_version: 10,
-        };
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(6200)),
-            Decision::Elect(replaced)
-        );
-        members[1].ready = false;
-        assert_eq!(
-            decide(&current, &members, &contact, &TIMING, ms(6200)),
-            Decision::Fence { elect_at: ms(6200) },
-            "alone, it is neither renewed nor re-elected: wait for a member with the log"
-        );
-    }
-
-    #[test]
-    fn a_master_this_controller_just_elected_may_report_its_old_epoch() {
-        let previous = renewed_at(ms(5000));
-        let mut contact =
-            MasterContact::succeeding(Some(&previous), ms(6200), TIMING.lease, TIMING.margin);
-        contact.election_written();
-        let next = GroupRecord {
-            master: Some(1),
-            epoch: 4,
-            in_sync: vec![1, 2],
-            in_sync_version: 10,
-        };
-        let members = [view(0, false, 10), view(1, true, 10), view(2, true, 10)];
-        assert_eq!(
-            decide(&next, &members, &contact, &TIMING, ms(6300)),
-            Decision::Renew,
-            "not told yet: assigning it promotes it"
-        );
-        contact.attempt_ended(ms(6400), true);
-        assert_eq!(
-            decide(&next, &members, &contact, &TIMING, ms(6500)),
-            Decision::Fence { elect_at: ms(7600) },
-            "it answered, yet still reports epoch 3: it lost its state since"
-        );
-        let by_another = MasterContact::succeeding(None, ms(6200), TIMING.lease, TIMING.margin);
-        assert_eq!(
-            decide(&next, &members, &by_another, &TIMING, ms(6300)),
-            Decision::Elect(GroupRecord {
-                master: Some(2),
-                epoch: 5,
-                in_sync: vec![2],
-                in_sync_version: 11,
-            }),
-            "a record this controller did not write: an older epoch is not trusted"
-        );
-    }
-
-    #[test]
-    fn members_reporting_the_recorded_epoch_are_elected_first() {
-        let mut members = [view(0, false, 10), view(1, true, 8), view(2, true, 9)];
-        members[2].report = Some(MemberReport {
-            epoch: 0,
-            ..members[2].report.clone().unwrap()
-        });
-        let elected = elect(&record(0, &[0, 1, 2]), &members).unwrap();
-        assert_eq!(elected.master, Some(1));
-    }
-}
+mod tests;

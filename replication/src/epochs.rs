@@ -196,6 +196,18 @@ impl EpochHistory {
         own_end.min(offset).min(self.end_of(master_epoch, own_end))
     }
 
+    /// Follower side: whether cutting this log (ending at `own_end`) to end
+    /// at `to` drops records of `epoch`. For the master's current epoch that
+    /// must never happen: within one epoch only its master appends and its
+    /// log only grows, so the followers hold a prefix of it; a master holding
+    /// less of its own epoch than a follower lost data (e.g. its volume).
+    pub fn cuts_epoch(&self, epoch: u64, to: u64, own_end: u64) -> bool {
+        self.starts
+            .iter()
+            .find(|start| start.epoch == epoch)
+            .is_some_and(|start| start.start_offset.max(to) < self.end_of(epoch, own_end))
+    }
+
     /// The epochs that begin in `start..=end`: what a log chunk covering that
     /// range carries so the follower's history matches the master's.
     pub fn starts_within(&self, start: u64, end: u64) -> Vec<EpochStart> {
@@ -340,6 +352,35 @@ mod tests {
                 offset: 100,
                 epoch: 1
             }
+        );
+    }
+
+    #[test]
+    fn a_cut_into_an_epoch_is_seen() {
+        let h = history(&[(1, 0), (2, 100), (4, 300)]);
+        assert!(h.cuts_epoch(1, 50, 400), "inside epoch 1");
+        assert!(!h.cuts_epoch(1, 100, 400), "at its end: epoch 1 kept whole");
+        assert!(h.cuts_epoch(2, 0, 400), "epoch 2 lies above the cut");
+        assert!(!h.cuts_epoch(3, 0, 400), "an epoch this log never saw");
+        assert!(h.cuts_epoch(4, 350, 400));
+        assert!(!h.cuts_epoch(4, 400, 400), "nothing cut");
+        // The lost-volume case: the master of epoch 1 holds 405 bytes, the
+        // follower 1,600,000 of epoch 1.
+        let follower = history(&[(1, 0)]);
+        let to = follower.truncation_end(405, 1, 1_600_000);
+        assert_eq!(to, 405);
+        assert!(follower.cuts_epoch(1, to, 1_600_000));
+        // A master re-elected at a new epoch after a restart that lost an
+        // unflushed tail: the follower cuts only the old epoch's tail.
+        let master = history(&[(1, 0), (2, 900)]);
+        let FollowFrom::Truncate { offset, epoch } = master.follow_from(1, 1000, 950) else {
+            panic!("the follower's tail diverges");
+        };
+        assert_eq!((offset, epoch), (900, 1));
+        let to = follower.truncation_end(offset, epoch, 1000);
+        assert!(
+            !follower.cuts_epoch(2, to, 1000),
+            "epoch 2 is the master's current one"
         );
     }
 }

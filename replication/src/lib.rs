@@ -22,7 +22,7 @@ pub use controller::{
 pub use epochs::{EpochError, EpochHistory, EpochStart, FollowFrom};
 pub use layout::{GroupLayout, Placement, majority};
 pub use lease::{FenceDeadline, MasterLease};
-pub use role::{AssignedRole, MemberRole, Role, RoleChange, role_change};
+pub use role::{AssignedRole, MemberRole, Role, RoleChange, StoreCheck, role_change};
 
 /// A member's index inside its group (0-based; `ordinal % factor`).
 pub type MemberId = u32;

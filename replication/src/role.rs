@@ -3,7 +3,9 @@
 //! it lost the bookkeeping of which members it waited for, and an old,
 //! reordered AssignRole could hand it back a smaller in-sync set than the one
 //! recorded. It refuses, and the controller elects again with a new epoch
-//! (whose first record is unambiguous).
+//! (whose first record is unambiguous). And a member named master of an
+//! epoch on another data directory than the controller recorded for it (its
+//! volume was replaced) refuses: its log lacks the epoch's messages.
 
 use crate::MemberId;
 use crate::epochs::EpochHistory;
@@ -44,6 +46,28 @@ pub enum AssignedRole {
     Replica { master: MemberId },
 }
 
+/// How the store identity an AssignRole expects of its master compares with
+/// the member's own (the identity is drawn when a data directory is first
+/// initialised, so a replaced volume has a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCheck {
+    /// The controller's record predates identities (expected 0 on the wire).
+    Unchecked,
+    Matches,
+    Differs,
+}
+
+impl StoreCheck {
+    /// `expected` as sent (0: not checked) against the member's `own`.
+    pub fn of(expected: u64, own: u64) -> Self {
+        match expected {
+            0 => StoreCheck::Unchecked,
+            e if e == own => StoreCheck::Matches,
+            _ => StoreCheck::Differs,
+        }
+    }
+}
+
 /// What the member does with an assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleChange {
@@ -62,6 +86,10 @@ pub enum RoleChange {
     /// group's first: it lost its volume, and as master it would make the
     /// replicas cut every acknowledged message. Refuse; elect another.
     RefuseMasterWithoutHistory,
+    /// It is named master on another data directory than the one the
+    /// controller recorded for the master (its volume was replaced, maybe
+    /// before it wrote any epoch history of its own): refuse; elect another.
+    RefuseMasterOfReplacedStore,
     /// Follow `master` in this epoch (reconnecting if it changed); a master
     /// steps down and drops its lease first.
     Follow { master: MemberId },
@@ -73,7 +101,8 @@ impl RoleChange {
         match self {
             RoleChange::Stale
             | RoleChange::RefuseMaster
-            | RoleChange::RefuseMasterWithoutHistory => MemberRole {
+            | RoleChange::RefuseMasterWithoutHistory
+            | RoleChange::RefuseMasterOfReplacedStore => MemberRole {
                 epoch: current.epoch.max(epoch),
                 role: current.role,
             },
@@ -90,19 +119,25 @@ impl RoleChange {
 }
 
 /// The rule: `assigned` for `epoch`, received by a member in `current` whose
-/// log's epoch history is `history`. Only epoch 1 (a new group's first
-/// election) may make a member with an empty history master: this holds even
-/// if a controller errs.
+/// log's epoch history is `history`, with `store` comparing the identity the
+/// controller recorded for the master with the member's. Only epoch 1 (a new
+/// group's first election) may make a member with an empty history master:
+/// this holds even if a controller errs. A master of epoch 1 that lost its
+/// volume also has an empty history; the store identity tells it apart.
 pub fn role_change(
     current: MemberRole,
     history: &EpochHistory,
     epoch: u64,
     assigned: AssignedRole,
+    store: StoreCheck,
 ) -> RoleChange {
     if epoch < current.epoch {
         return RoleChange::Stale;
     }
     match assigned {
+        AssignedRole::Master if store == StoreCheck::Differs => {
+            RoleChange::RefuseMasterOfReplacedStore
+        }
         AssignedRole::Master if current.role == Role::Master && epoch == current.epoch => {
             RoleChange::RenewMaster
         }
@@ -143,7 +178,13 @@ mod tests {
                 role: Role::Unassigned
             }
         );
-        let change = role_change(start, &history(2), 3, AssignedRole::Master);
+        let change = role_change(
+            start,
+            &history(2),
+            3,
+            AssignedRole::Master,
+            StoreCheck::Matches,
+        );
         assert_eq!(change, RoleChange::BecomeMaster);
         let master = change.apply(start, 3);
         assert_eq!(
@@ -154,7 +195,13 @@ mod tests {
             }
         );
         assert_eq!(
-            role_change(master, &history(3), 3, AssignedRole::Master),
+            role_change(
+                master,
+                &history(3),
+                3,
+                AssignedRole::Master,
+                StoreCheck::Matches
+            ),
             RoleChange::RenewMaster
         );
     }
@@ -163,7 +210,13 @@ mod tests {
     fn a_restarted_master_does_not_resume_its_epoch() {
         let start = MemberRole::at_start(&history(3));
         assert_eq!(
-            role_change(start, &history(3), 3, AssignedRole::Master),
+            role_change(
+                start,
+                &history(3),
+                3,
+                AssignedRole::Master,
+                StoreCheck::Matches
+            ),
             RoleChange::RefuseMaster
         );
         assert_eq!(RoleChange::RefuseMaster.apply(start, 3), start);
@@ -176,15 +229,33 @@ mod tests {
             role: Role::Master,
         };
         assert_eq!(
-            role_change(master, &history(3), 2, AssignedRole::Master),
+            role_change(
+                master,
+                &history(3),
+                2,
+                AssignedRole::Master,
+                StoreCheck::Matches
+            ),
             RoleChange::Stale
         );
         assert_eq!(
-            role_change(master, &history(3), 3, AssignedRole::Replica { master: 1 }),
+            role_change(
+                master,
+                &history(3),
+                3,
+                AssignedRole::Replica { master: 1 },
+                StoreCheck::Matches
+            ),
             RoleChange::Stale,
             "one epoch has one master"
         );
-        let change = role_change(master, &history(3), 4, AssignedRole::Replica { master: 1 });
+        let change = role_change(
+            master,
+            &history(3),
+            4,
+            AssignedRole::Replica { master: 1 },
+            StoreCheck::Matches,
+        );
         assert_eq!(change, RoleChange::Follow { master: 1 });
         assert_eq!(
             change.apply(master, 4),
@@ -199,11 +270,23 @@ mod tests {
     fn an_empty_member_is_master_only_of_a_new_groups_first_epoch() {
         let start = MemberRole::at_start(&history(0));
         assert_eq!(
-            role_change(start, &history(0), 1, AssignedRole::Master),
+            role_change(
+                start,
+                &history(0),
+                1,
+                AssignedRole::Master,
+                StoreCheck::Matches
+            ),
             RoleChange::BecomeMaster
         );
         assert_eq!(
-            role_change(start, &history(0), 4, AssignedRole::Master),
+            role_change(
+                start,
+                &history(0),
+                4,
+                AssignedRole::Master,
+                StoreCheck::Matches
+            ),
             RoleChange::RefuseMasterWithoutHistory,
             "it lost its volume: its empty log would cut the replicas'"
         );
@@ -215,8 +298,55 @@ mod tests {
             }
         );
         assert_eq!(
-            role_change(start, &history(0), 4, AssignedRole::Replica { master: 1 }),
+            role_change(
+                start,
+                &history(0),
+                4,
+                AssignedRole::Replica { master: 1 },
+                StoreCheck::Matches
+            ),
             RoleChange::Follow { master: 1 }
+        );
+    }
+
+    #[test]
+    fn a_master_on_a_replaced_store_refuses_even_epoch_1() {
+        let start = MemberRole::at_start(&history(0));
+        let replaced = StoreCheck::of(7, 8);
+        assert_eq!(replaced, StoreCheck::Differs);
+        assert_eq!(
+            role_change(start, &history(0), 1, AssignedRole::Master, replaced),
+            RoleChange::RefuseMasterOfReplacedStore,
+            "the recorded master of epoch 1 lost its volume"
+        );
+        assert_eq!(
+            RoleChange::RefuseMasterOfReplacedStore.apply(start, 1),
+            MemberRole {
+                epoch: 1,
+                role: Role::Unassigned
+            }
+        );
+        assert_eq!(
+            role_change(
+                start,
+                &history(0),
+                1,
+                AssignedRole::Master,
+                StoreCheck::of(0, 8)
+            ),
+            RoleChange::BecomeMaster,
+            "a record from before identities is not checked"
+        );
+        assert_eq!(
+            role_change(
+                start,
+                &history(0),
+                1,
+                AssignedRole::Replica { master: 1 },
+                replaced
+            ),
+            RoleChange::Follow { master: 1 },
+            "a replica's own store is not checked: it copies the master's log"
         );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dduomq_proto::v1 as pb;
 use dduomq_replication::{
     AckTracker, AssignedRole, MasterLease, MemberId, MemberRole, Monotonic, Role, RoleChange,
-    role_change,
+    StoreCheck, role_change,
 };
 
 use super::follower::FollowTarget;
@@ -29,6 +29,8 @@ struct Assignment {
     in_sync: Vec<MemberId>,
     in_sync_version: u64,
     lease: Duration,
+    /// The store identity the record names for the master (0: unchecked).
+    master_store: u64,
 }
 
 impl Replication {
@@ -79,7 +81,8 @@ impl Replication {
             RoleChange::Follow { master } => self.step_to_replica(&mut state, &assignment, master),
             RoleChange::Stale
             | RoleChange::RefuseMaster
-            | RoleChange::RefuseMasterWithoutHistory => unreachable!("refused above"),
+            | RoleChange::RefuseMasterWithoutHistory
+            | RoleChange::RefuseMasterOfReplacedStore => unreachable!("refused above"),
         }
         state.role = change.apply(state.role, assignment.epoch);
         Ok(self.report_of(&state))
@@ -87,7 +90,8 @@ impl Replication {
 
     /// The rule's answer; stale and refused assignments are errors.
     fn change_for(&self, state: &State, a: &Assignment) -> Result<RoleChange, BrokerError> {
-        match role_change(state.role, &self.store.epochs(), a.epoch, a.role) {
+        let store = StoreCheck::of(a.master_store, self.store.store_id());
+        match role_change(state.role, &self.store.epochs(), a.epoch, a.role, store) {
             RoleChange::Stale => Err(BrokerError::invalid(
                 "epoch",
                 format!(
@@ -106,6 +110,16 @@ impl Replication {
                 "epoch",
                 format!(
                     "this member has no history: it lost its volume; elect another for epoch {}",
+                    a.epoch
+                ),
+            )),
+            RoleChange::RefuseMasterOfReplacedStore => Err(BrokerError::invalid(
+                "master_store",
+                format!(
+                    "this member's store is {:016x}, the record's master ran on store {:016x}: its \
+                     volume was replaced and it lacks epoch {}'s messages; elect another",
+                    self.store.store_id(),
+                    a.master_store,
                     a.epoch
                 ),
             )),
@@ -196,6 +210,7 @@ impl Replication {
             in_sync: req.in_sync,
             in_sync_version: req.in_sync_version,
             lease: Duration::from_millis(req.lease_ms),
+            master_store: req.master_store,
         })
     }
 
@@ -320,6 +335,7 @@ impl Replication {
             in_sync: (0..self.config.factor).collect(),
             in_sync_version: 1,
             lease: STATIC_LEASE,
+            master_store: self.store.store_id(),
         };
         let mut state = self.state.lock();
         match assignment.role {

@@ -49,6 +49,14 @@ pub(super) enum StreamEnd {
     Ended,
     #[error("storing what the master sent failed: {0}")]
     Store(#[from] StoreError),
+    /// The master asked to cut records of its own current epoch: it holds
+    /// less of the epoch than this member (it lost data, e.g. its volume).
+    /// Nothing is cut; the stream is retried (a new election fixes it).
+    #[error(
+        "the master of epoch {epoch} asked to cut this log to {to} (it ends at {own_end}), \
+         dropping records of the master's own epoch: the master lost data; not truncating"
+    )]
+    MasterLostItsEpoch { epoch: u64, to: u64, own_end: u64 },
 }
 
 impl Replication {
@@ -192,6 +200,19 @@ impl Replication {
             .store
             .epochs()
             .truncation_end(t.offset, t.epoch, own_end);
+        // 0: a master from before this check.
+        if t.master_epoch != 0
+            && t.epoch == t.master_epoch
+            && self.store.epochs().cuts_epoch(t.epoch, to, own_end)
+        {
+            let refusal = StreamEnd::MasterLostItsEpoch {
+                epoch: t.epoch,
+                to,
+                own_end,
+            };
+            tracing::error!(master = target.address, error = %refusal, "refusing to truncate");
+            return Err(refusal);
+        }
         tracing::warn!(
             from = to,
             own_end,

@@ -64,7 +64,11 @@ impl Replication {
                     epoch,
                     "follower's tail diverges: truncating it"
                 );
-                let truncate = pb::follow_response::Kind::Truncate(pb::Truncate { offset, epoch });
+                let truncate = pb::follow_response::Kind::Truncate(pb::Truncate {
+                    offset,
+                    epoch,
+                    master_epoch: term.epoch,
+                });
                 // The follower truncates and starts again on a new stream.
                 let _ = tx.try_send(Ok(pb::FollowResponse {
                     kind: Some(truncate),

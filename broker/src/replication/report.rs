@@ -23,6 +23,7 @@ impl Replication {
             epoch: state.role.epoch,
             log_end,
             last_record_epoch: self.store.epochs().last_record_epoch(log_end),
+            store_id: self.store.store_id(),
             ack_policy: match self.config.ack_policy {
                 AckPolicy::Quorum => pb::AckPolicy::Quorum,
                 AckPolicy::Master => pb::AckPolicy::Master,

@@ -6,6 +6,7 @@
 //!    FORMAT                                data-format version (format.rs)
 //!    checkpoint                            where recovery starts (checkpoint.rs)
 //!    epochs                                where each master's epoch began (epochs.rs)
+//!    STORE_ID                              this directory's random identity (identity.rs)
 //!    truncating                            a log truncation in progress (truncate.rs; the
 //!                                          deletions it undoes: undelete.rs)
 //!    commitlog/<20-digit base offset>      records (record.rs, commit_log.rs)
@@ -31,6 +32,7 @@ mod error;
 mod format;
 mod frames;
 mod heal;
+mod identity;
 mod index;
 mod mapped_file;
 mod message_id;
@@ -136,6 +138,7 @@ pub struct Store {
     stop_housekeeper: Mutex<Option<std_mpsc::Sender<()>>>,
     recovery: RecoveryReport,
     opened_format: OpenedFormat,
+    store_id: u64,
     _lock: File,
 }
 
@@ -176,8 +179,10 @@ impl Store {
             )));
         }
         let epochs = epochs::Epochs::load(&dir)?;
+        let stored_id = identity::read(&dir)?;
         // The read-only checks passed; recovery below is the first write.
         format::stamp(&dir, opened_format)?;
+        let store_id = identity::establish(&dir, stored_id)?;
         let commit_log = CommitLog::open(
             dir.join("commitlog"),
             config.segment_size_bytes,
@@ -284,6 +289,7 @@ impl Store {
             stop_housekeeper: Mutex::new(Some(stop_tx)),
             recovery,
             opened_format,
+            store_id,
             _lock: lock,
         })
     }
@@ -301,6 +307,12 @@ impl Store {
     /// [`DATA_FORMAT`] now).
     pub fn opened_format(&self) -> OpenedFormat {
         self.opened_format
+    }
+
+    /// This data directory's random identity (identity.rs): a replaced
+    /// volume has another one.
+    pub fn store_id(&self) -> u64 {
+        self.store_id
     }
 
     fn encode(&self, messages: Vec<Message>) -> Result<Vec<Encoded>> {

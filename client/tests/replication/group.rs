@@ -77,6 +77,7 @@ pub fn master_assignment(
         lease_ms: LONG_LEASE_MS,
         group_size: FACTOR,
         in_sync_version: version,
+        master_store: 0,
     }
 }
 
@@ -111,6 +112,7 @@ pub async fn make_replica(b: &Broker, epoch: u64, master: u32, master_address: &
             lease_ms: 0,
             group_size: FACTOR,
             in_sync_version: 0,
+            master_store: 0,
         },
     )
     .await

@@ -49,7 +49,7 @@ pub enum GroupState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoundOutcome {
     Renewed,
-    RecordedInSync(GroupRecord),
+    Recorded(GroupRecord),
     Elected(GroupRecord),
     Fenced {
         elect_at: Monotonic,
@@ -156,12 +156,12 @@ impl GroupController {
                     self.serve(read, members, timing, now).await;
                     return Ok(RoundOutcome::Renewed);
                 }
-                Decision::RecordInSync(next) => {
+                Decision::Record(next) => {
                     let Some(written) = self.store.write(&read, &next).await? else {
                         continue;
                     };
                     self.serve(written, members, timing, now).await;
-                    return Ok(RoundOutcome::RecordedInSync(next));
+                    return Ok(RoundOutcome::Recorded(next));
                 }
                 Decision::Elect(next) => {
                     let written = match self.store.write(&read, &next).await {
@@ -213,6 +213,15 @@ impl GroupController {
                     // serve: should it come back, its renewal resumes.
                     self.state = GroupState::Masterless;
                     self.assign(&read.record, members, true, timing, now).await;
+                    // Only members that reported are elected (their store
+                    // identity is recorded): a new group's members are told
+                    // nothing before, so ask them.
+                    for member in members.iter().filter(|m| m.endpoint.ready) {
+                        if !self.reports.contains_key(&member.member) {
+                            self.query(member.member, members, timing.call_timeout)
+                                .await;
+                        }
+                    }
                     self.last = Some(read);
                     return Ok(RoundOutcome::NoCandidate);
                 }
@@ -279,30 +288,26 @@ impl GroupController {
             .collect()
     }
 
-    /// Reads what the fenced master says of itself (BrokerInfo), without
-    /// calling AssignRole, which would move its fencing deadline. Bounded by
-    /// `timeout` like AssignRole, not by the pool's longer admin deadline: a
-    /// stopped master must not hold up the round.
-    async fn query(&mut self, master: MemberId, members: &[Member], timeout: Duration) {
-        let Some(m) = members.iter().find(|m| m.member == master) else {
+    /// Reads what a member says of itself (BrokerInfo): the fenced master,
+    /// without calling AssignRole, which would move its fencing deadline, or
+    /// a member that has not reported. Bounded by `timeout` like AssignRole,
+    /// not by the pool's longer admin deadline: a stopped member must not
+    /// hold up the round.
+    async fn query(&mut self, member: MemberId, members: &[Member], timeout: Duration) {
+        let Some(m) = members.iter().find(|m| m.member == member) else {
             return;
         };
         match tokio::time::timeout(timeout, self.pool.broker_info(&m.endpoint.address)).await {
             Err(_) => {
-                tracing::debug!(
-                    group = self.group,
-                    member = master,
-                    ?timeout,
-                    "BrokerInfo timed out"
-                )
+                tracing::debug!(group = self.group, member, ?timeout, "BrokerInfo timed out")
             }
             Ok(Ok(info)) => {
                 if let Some(state) = info.replication {
-                    self.reports.insert(master, report(&state));
+                    self.reports.insert(member, report(&state));
                 }
             }
             Ok(Err(e)) => {
-                tracing::debug!(group = self.group, member = master, error = %e, "BrokerInfo failed")
+                tracing::debug!(group = self.group, member, error = %e, "BrokerInfo failed")
             }
         }
     }
@@ -346,6 +351,7 @@ impl GroupController {
                     lease_ms,
                     group_size: self.size,
                     in_sync_version: record.in_sync_version,
+                    master_store: record.master_store.unwrap_or(0),
                 };
                 let pool = self.pool.clone();
                 async move {
@@ -380,6 +386,7 @@ fn report(state: &pb::ReplicaState) -> MemberReport {
         is_master,
         epoch: state.epoch,
         log_end: state.log_end,
+        store_id: (state.store_id != 0).then_some(state.store_id),
         proposal: (is_master && !state.proposed_in_sync.is_empty()).then(|| {
             let mut members = state.proposed_in_sync.clone();
             members.sort_unstable();

@@ -1,6 +1,9 @@
 //! Where a group's record lives: ConfigMap `<broker statefulset>-group-<g>` in
 //! the brokers' namespace, keys `master` (absent before the first election),
-//! `epoch`, `inSync` (comma-separated members) and `inSyncVersion`. Read and
+//! `epoch`, `inSync` (comma-separated members), `inSyncVersion` and
+//! `masterStore` (the master's store identity, 16 hex digits; absent in
+//! records written before identities, or while the master's release reports
+//! none). Read and
 //! written only through [`CasConfigMap`], so two controllers can never both
 //! win a decision taken from the same record.
 
@@ -18,6 +21,7 @@ const MASTER: &str = "master";
 const EPOCH: &str = "epoch";
 const IN_SYNC: &str = "inSync";
 const IN_SYNC_VERSION: &str = "inSyncVersion";
+const MASTER_STORE: &str = "masterStore";
 
 /// A group's record as read, with the version its next write must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +130,9 @@ fn encode(record: &GroupRecord) -> BTreeMap<String, String> {
     if let Some(master) = record.master {
         data.insert(MASTER.to_string(), master.to_string());
     }
+    if let Some(store) = record.master_store {
+        data.insert(MASTER_STORE.to_string(), format!("{store:016x}"));
+    }
     data
 }
 
@@ -152,11 +159,19 @@ fn decode(configmap: &str, data: &BTreeMap<String, String>) -> Result<GroupRecor
                 .map_err(|_| corrupt(IN_SYNC, in_sync_text))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let master_store = match data.get(MASTER_STORE) {
+        None => None,
+        Some(s) => match u64::from_str_radix(s, 16) {
+            Ok(store) if store != 0 && s.len() == 16 => Some(store),
+            _ => return Err(corrupt(MASTER_STORE, s)),
+        },
+    };
     Ok(GroupRecord {
         master,
         epoch: number(EPOCH)?,
         in_sync,
         in_sync_version: number(IN_SYNC_VERSION)?,
+        master_store,
     })
 }
 
@@ -178,13 +193,20 @@ mod tests {
             epoch: 1,
             in_sync: vec![0, 1, 2],
             in_sync_version: 1,
+            master_store: Some(0x00c0_ffee_0000_0001),
         };
         let written = store.write(&first, &elected).await.unwrap().unwrap();
         assert_eq!(written.record, elected);
         let path = format!("/api/v1/namespaces/{NAMESPACE}/configmaps/dduomq-broker-group-1");
         assert_eq!(
             api.object(&path).unwrap()["data"],
-            json!({"master": "2", "epoch": "1", "inSync": "0,1,2", "inSyncVersion": "1"})
+            json!({
+                "master": "2",
+                "epoch": "1",
+                "inSync": "0,1,2",
+                "inSyncVersion": "1",
+                "masterStore": "00c0ffee00000001"
+            })
         );
         assert_eq!(store.read().await.unwrap(), written);
         // A decision taken from the first read loses: nothing changes.
@@ -207,5 +229,49 @@ mod tests {
         assert_eq!(err.to_string(), "ConfigMap g: inSync \"0,x\" is not valid");
         let data = BTreeMap::from([(IN_SYNC.to_string(), String::new())]);
         assert_eq!(decode("g", &data).unwrap_err().key, EPOCH);
+        let with_store = |store: &str| {
+            BTreeMap::from([
+                (MASTER.to_string(), "1".to_string()),
+                (EPOCH.to_string(), "3".to_string()),
+                (IN_SYNC.to_string(), "0,1".to_string()),
+                (IN_SYNC_VERSION.to_string(), "4".to_string()),
+                (MASTER_STORE.to_string(), store.to_string()),
+            ])
+        };
+        for bad in ["xyz", "", "0000000000000000", "1", "00000000000000001"] {
+            let err = decode("g", &with_store(bad)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("ConfigMap g: masterStore {bad:?} is not valid")
+            );
+        }
+        assert_eq!(
+            decode("g", &with_store("ffffffffffffffff"))
+                .unwrap()
+                .master_store,
+            Some(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn a_record_from_before_store_identities_names_none() {
+        let data = BTreeMap::from([
+            (MASTER.to_string(), "1".to_string()),
+            (EPOCH.to_string(), "3".to_string()),
+            (IN_SYNC.to_string(), "0,1".to_string()),
+            (IN_SYNC_VERSION.to_string(), "4".to_string()),
+        ]);
+        let record = decode("g", &data).unwrap();
+        assert_eq!(
+            record,
+            GroupRecord {
+                master: Some(1),
+                epoch: 3,
+                in_sync: vec![0, 1],
+                in_sync_version: 4,
+                master_store: None,
+            }
+        );
+        assert_eq!(encode(&record), data, "and writes none back");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dduomq_replication::{
     AckTracker, EpochHistory, FollowFrom, MasterLease, MemberId, MemberReport, MemberRole, Role,
-    RoleChange, role_change,
+    RoleChange, StoreCheck, role_change,
 };
 
 use super::checker::Checker;
@@ -41,6 +41,8 @@ pub struct SimBroker {
     clock_offset: Time,
     pub log: Vec<Entry>,
     history: EpochHistory,
+    /// The identity of its volume: a new one when the volume is replaced.
+    store_id: u64,
     pub truncations: u64,
     pub role: MemberRole,
     tracker: Option<AckTracker>,
@@ -64,6 +66,7 @@ impl SimBroker {
             log: Vec::new(),
             role: MemberRole::at_start(&history),
             history,
+            store_id: u64::from(member) + 1,
             truncations: 0,
             tracker: None,
             lease: MasterLease::default(),
@@ -103,6 +106,8 @@ impl SimBroker {
     pub fn lose_volume(&mut self) {
         self.log.clear();
         self.history = EpochHistory::new();
+        // Unique among the group's volumes, past and present.
+        self.store_id += u64::from(GROUP_SIZE);
         self.committed = 0;
         self.crash();
     }
@@ -128,6 +133,7 @@ impl SimBroker {
             epoch: self.role.epoch,
             log_end: self.log_end(),
             proposal,
+            store_id: Some(self.store_id),
         }
     }
 
@@ -142,11 +148,23 @@ impl SimBroker {
     ) {
         let local = self.local(now);
         let before = self.role;
-        let change = role_change(self.role, &self.history, assignment.epoch, assignment.role);
+        let store = match variant {
+            // Broken on purpose: the rules before store identities.
+            Variant::IgnoreStoreIdentity => StoreCheck::Unchecked,
+            _ => StoreCheck::of(assignment.master_store.unwrap_or(0), self.store_id),
+        };
+        let change = role_change(
+            self.role,
+            &self.history,
+            assignment.epoch,
+            assignment.role,
+            store,
+        );
         match change {
             RoleChange::Stale
             | RoleChange::RefuseMaster
-            | RoleChange::RefuseMasterWithoutHistory => {}
+            | RoleChange::RefuseMasterWithoutHistory
+            | RoleChange::RefuseMasterOfReplacedStore => {}
             RoleChange::RenewMaster => {
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.apply_recorded(&assignment.in_sync, assignment.in_sync_version);

@@ -27,7 +27,7 @@ const ROUND_MS: Time = 100;
 #[derive(Debug, Clone)]
 enum Call {
     Read,
-    /// A write of the in-sync set.
+    /// A write of the in-sync set or the master's store identity.
     Record,
     /// A write electing a new master.
     Elect,
@@ -239,9 +239,13 @@ impl SimController {
             timing.margin = Duration::ZERO;
         }
         match decide(&stored.record, &members, &contact, &timing, local) {
-            Decision::Renew | Decision::NoCandidate => self.assign(None, out),
+            Decision::Renew => self.assign(None, out),
+            Decision::NoCandidate => {
+                self.assign(None, out);
+                self.query_unreported(out);
+            }
             Decision::Fence { .. } => self.assign(stored.record.master, out),
-            Decision::RecordInSync(record) => self.write(stored.version, record, Call::Record, out),
+            Decision::Record(record) => self.write(stored.version, record, Call::Record, out),
             Decision::Elect(record) => self.write(stored.version, record, Call::Elect, out),
         }
     }
@@ -258,6 +262,22 @@ impl SimController {
             API_TIMEOUT_MS,
             out,
         );
+    }
+
+    /// Reads the state of every member that has not reported (no election
+    /// before: a new group's members are assigned nothing until then).
+    fn query_unreported(&mut self, out: &mut Outbox) {
+        for member in 0..GROUP_SIZE {
+            if self.reports[member as usize].is_none() {
+                self.call(
+                    Node::Broker(member),
+                    Call::Query { member },
+                    |call| Msg::QueryState { call },
+                    ASSIGN_TIMEOUT_MS,
+                    out,
+                );
+            }
+        }
     }
 
     /// AssignRole to every member but `skip` (which only gets its state read).
@@ -292,6 +312,7 @@ impl SimController {
                 in_sync: record.in_sync.clone(),
                 in_sync_version: record.in_sync_version,
                 lease: LEASE,
+                master_store: record.master_store,
             };
             let to_master = (member == master).then_some((master, record.epoch));
             self.call(

@@ -38,14 +38,19 @@ pub enum Variant {
     /// The master streams to a follower from its end without checking the
     /// epoch history (no truncation of a divergent tail).
     SkipDivergenceCheck,
+    /// A member named master does not check the store identity the record
+    /// names (the rules before identities): the master of epoch 1 that lost
+    /// its volume is made master of epoch 1 again, empty.
+    IgnoreStoreIdentity,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Correct,
         Variant::AckBeforeRecorded,
         Variant::ElectWithoutFence,
         Variant::SkipDivergenceCheck,
+        Variant::IgnoreStoreIdentity,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +59,7 @@ impl Variant {
             Variant::AckBeforeRecorded => "ack-before-recorded",
             Variant::ElectWithoutFence => "elect-without-fence",
             Variant::SkipDivergenceCheck => "skip-divergence-check",
+            Variant::IgnoreStoreIdentity => "ignore-store-identity",
         }
     }
 
@@ -269,9 +275,7 @@ impl World {
                 let member = self.resolve(Target::Master);
                 let broker = &mut self.brokers[member as usize];
                 if broker.up {
-                    let master_after_first =
-                        broker.role.role == Role::Master && broker.role.epoch > 1;
-                    if master_after_first && !self.volume_lost {
+                    if broker.role.role == Role::Master && !self.volume_lost {
                         self.volume_lost = true;
                         broker.lose_volume();
                     } else {

@@ -46,6 +46,8 @@ pub struct Assignment {
     pub in_sync: Vec<MemberId>,
     pub in_sync_version: u64,
     pub lease: Duration,
+    /// The recorded master's store identity (`GroupRecord::master_store`).
+    pub master_store: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,9 +44,21 @@ fn members() -> Vec<Member> {
         .collect()
 }
 
+/// A controller that has each member's BrokerInfo (empty members on stores
+/// `0x100 + member`, as a new group's report before the first election),
+/// since nobody answers it here: only members that reported are elected.
 fn controller(api: &FakeApi) -> GroupController {
     let store = RecordStore::new(api.client(), NAMESPACE, "dduomq-broker", 0, 3);
-    GroupController::new(0, 3, store, BrokerPool::default())
+    let mut group = GroupController::new(0, 3, store, BrokerPool::default());
+    for member in 0..3 {
+        let state = pb::ReplicaState {
+            member,
+            store_id: 0x100 + u64::from(member),
+            ..Default::default()
+        };
+        group.reports.insert(member, report(&state));
+    }
+    group
 }
 
 fn record_data(api: &FakeApi) -> serde_json::Value {
@@ -73,11 +85,18 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
         epoch: 1,
         in_sync: vec![0, 1, 2],
         in_sync_version: 1,
+        master_store: Some(0x100),
     };
     assert_eq!(first, RoundOutcome::Elected(elected));
     assert_eq!(
         record_data(&api),
-        json!({"master": "0", "epoch": "1", "inSync": "0,1,2", "inSyncVersion": "1"})
+        json!({
+            "master": "0",
+            "epoch": "1",
+            "inSync": "0,1,2",
+            "inSyncVersion": "1",
+            "masterStore": "0000000000000100"
+        })
     );
     assert_eq!(
         group.state(),
@@ -124,6 +143,7 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
         epoch: 2,
         in_sync: vec![1, 2],
         in_sync_version: 2,
+        master_store: Some(0x101),
     };
     assert_eq!(
         group.round(&members, &timing, &now).await.unwrap(),
@@ -131,7 +151,13 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
     );
     assert_eq!(
         record_data(&api),
-        json!({"master": "1", "epoch": "2", "inSync": "1,2", "inSyncVersion": "2"})
+        json!({
+            "master": "1",
+            "epoch": "2",
+            "inSync": "1,2",
+            "inSyncVersion": "2",
+            "masterStore": "0000000000000101"
+        })
     );
 }
 
@@ -212,6 +238,12 @@ async fn a_hung_record_read_renews_the_last_record_within_the_read_timeout() {
     );
     assert_eq!(
         record_data(&api),
-        json!({"master": "0", "epoch": "1", "inSync": "0,1,2", "inSyncVersion": "1"})
+        json!({
+            "master": "0",
+            "epoch": "1",
+            "inSync": "0,1,2",
+            "inSyncVersion": "1",
+            "masterStore": "0000000000000100"
+        })
     );
 }
