@@ -4,7 +4,7 @@
 //! consumers see them, while a quorum topic's sends fail with QUORUM_TIMEOUT
 //! and nothing more is acknowledged; under a `master` default, a `quorum`
 //! topic's sends wait for the replicas. The policy travels to the replicas
-//! with the topic's metadata.
+//! with the topic's metadata, and a new master keeps it.
 
 #[path = "replication/group.rs"]
 #[allow(dead_code)] // shared with the other replication suites
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use dduomq_client::proto as pb;
 use dduomq_client::{ClientError, Reason, TopicSettings};
 use dduomq_testkit::{Broker, eventually};
-use group::{start_group_of_three, state, wait_same_log};
+use group::{make_master, make_replica, start_group_of_three, state, wait_same_log};
 
 /// Sends go to topics of one queue, so a queue's end counts its messages.
 const FAST: &str = "fast";
@@ -86,7 +86,7 @@ fn assert_quorum_timeout(refused: ClientError, waited: Duration, ack_timeout: Du
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_topic_acknowledges_without_its_replicas_a_quorum_topic_does_not() {
-    let [a, b, c] = start_group_of_three("ack_timeout = \"1s\"").await;
+    let [mut a, b, c] = start_group_of_three("ack_timeout = \"1s\"").await;
     // Created under the default, then changed: an update replaces it.
     assert_eq!(
         create(&a, FAST, None).await.ack_policy(),
@@ -140,6 +140,30 @@ async fn a_master_topic_acknowledges_without_its_replicas_a_quorum_topic_does_no
     send_to(&a, SAFE, 5).await.expect("the quorum is back");
     wait_same_log(&a, &[&b, &c]).await;
     assert_eq!(described(&b, FAST).await, (pb::AckPolicy::Master, 8));
+
+    // A new master (epoch 2, in-sync set {1, 2}) keeps the topics' policies:
+    // with its one replica paused, the master topic is acknowledged, the
+    // quorum topic is not.
+    a.kill();
+    make_master(&b.grpc, 1, 2, &[1, 2], 2).await;
+    make_replica(&c, 2, 1, &b.grpc).await;
+    eventually(
+        Duration::from_secs(20),
+        "the new master to take writes",
+        async || send_to(&b, SAFE, 6).await.ok(),
+    )
+    .await;
+    c.pause();
+    let started = Instant::now();
+    send_to(&b, FAST, 8)
+        .await
+        .expect("acknowledged by the new master alone");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    let started = Instant::now();
+    let refused = send_to(&b, SAFE, 7).await.unwrap_err();
+    assert_quorum_timeout(refused, started.elapsed(), Duration::from_secs(1));
+    assert_eq!(described(&b, FAST).await, (pb::AckPolicy::Master, 9));
+    c.resume();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
