@@ -30,14 +30,14 @@ fn open(dir: &std::path::Path) -> TestBroker {
 fn limited(max_message_bytes: u32) -> TopicSettings {
     TopicSettings {
         max_message_bytes: Some(max_message_bytes),
-        retention_ms: None,
+        ..TopicSettings::default()
     }
 }
 
 fn retained(retention: Duration) -> TopicSettings {
     TopicSettings {
-        max_message_bytes: None,
         retention_ms: Some(retention.as_millis() as u64),
+        ..TopicSettings::default()
     }
 }
 

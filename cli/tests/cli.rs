@@ -421,19 +421,37 @@ fn topic_settings_are_applied_and_shown() {
             "1024",
             "--retention",
             "1h",
+            "--ack-policy",
+            "master",
             "-o",
             "json",
         ],
     );
     assert_eq!(created[0]["max_message_bytes"], 1024);
     assert_eq!(created[0]["retention_ms"], 3_600_000);
+    assert_eq!(created[0]["ack_policy"], "master");
     let described = ok_json(&b, &["topic", "describe", "capped", "-o", "json"]);
     assert_eq!(described[0]["max_message_bytes"], 1024);
     assert_eq!(described[0]["retention_ms"], 3_600_000);
+    assert_eq!(described[0]["ack_policy"], "master");
+    let listed = ok_json(&b, &["topic", "list", "-o", "json"]);
+    let capped = listed[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "capped");
+    assert_eq!(capped.unwrap()["ack_policy"], "master", "{listed:?}");
     let text = ok(&b, &["topic", "describe", "capped"]);
     assert!(
-        text.contains("max message size: 1024 bytes; retention: 1h"),
+        text.contains("max message size: 1024 bytes; retention: 1h; ack policy: master"),
         "{text}"
+    );
+    let out = dduomq(&b, &["topic", "create", "capped", "--ack-policy", "all"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value 'all' for '--ack-policy"),
+        "{stderr}"
     );
     let out = dduomq(
         &b,
@@ -457,10 +475,10 @@ fn topic_settings_are_applied_and_shown() {
         &["topic", "create", "capped", "--queues", "1", "-o", "json"],
     );
     assert_eq!(plain[0].get("max_message_bytes"), None);
-    assert!(
-        ok(&b, &["topic", "describe", "capped"])
-            .contains("max message size: broker default; retention: broker default")
-    );
+    assert_eq!(plain[0].get("ack_policy"), None);
+    assert!(ok(&b, &["topic", "describe", "capped"]).contains(
+        "max message size: broker default; retention: broker default; ack policy: broker default"
+    ));
 }
 
 #[test]

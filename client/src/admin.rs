@@ -37,6 +37,9 @@ pub struct TopicSettings {
     /// Messages stored longer ago than this are no longer delivered (at
     /// most ten years; zero, like `None`, means the broker's retention).
     pub retention: Option<Duration>,
+    /// When a send to the topic is acknowledged in a replicated group
+    /// (`None`: the brokers' `ack_policy`).
+    pub ack_policy: Option<pb::AckPolicy>,
 }
 
 impl TopicSettings {
@@ -48,6 +51,7 @@ impl TopicSettings {
             message_type,
             max_message_bytes: None,
             retention: None,
+            ack_policy: None,
         }
     }
 
@@ -58,6 +62,11 @@ impl TopicSettings {
 
     pub fn retention(mut self, retention: Duration) -> TopicSettings {
         self.retention = Some(retention);
+        self
+    }
+
+    pub fn ack_policy(mut self, policy: pb::AckPolicy) -> TopicSettings {
+        self.ack_policy = Some(policy);
         self
     }
 }
@@ -140,8 +149,8 @@ impl Admin {
     }
 
     /// Creates a topic, or updates an existing one to `topic`: queues may grow,
-    /// the maximum message size and retention are replaced (unset: the
-    /// broker's), the message type never changes.
+    /// the maximum message size, retention and ack policy are replaced (unset:
+    /// the broker's), the message type never changes.
     pub async fn create_topic_with(&self, topic: TopicSettings) -> Result<pb::CreateTopicResponse> {
         let req = pb::CreateTopicRequest {
             name: topic.name,
@@ -149,6 +158,7 @@ impl Admin {
             message_type: topic.message_type as i32,
             max_message_bytes: topic.max_message_bytes.unwrap_or(0),
             retention_ms: topic.retention.map_or(0, |d| d.as_millis() as u64),
+            ack_policy: topic.ack_policy.unwrap_or(pb::AckPolicy::Unspecified) as i32,
         };
         with_deadline(self.timeout, self.client.clone().create_topic(req)).await
     }

@@ -587,6 +587,15 @@ async fn unknown_enum_values_are_refused() {
         .await;
     assert_invalid(r, "message_type");
     let r = a
+        .create_topic(pb::CreateTopicRequest {
+            name: "acked".into(),
+            queues: 1,
+            ack_policy: 7,
+            ..Default::default()
+        })
+        .await;
+    assert_invalid(r, "ack_policy");
+    let r = a
         .create_group(pb::CreateGroupRequest {
             group: Some(pb::Group {
                 name: "moded".into(),

@@ -37,6 +37,23 @@ pub enum DeletionPolicy {
     Retain,
 }
 
+// `kubectl explain` shows this doc for `spec.ackPolicy` (an optional enum field
+// takes its type's description).
+/// When a send to the topic is acknowledged in a replicated broker group:
+/// `Master` once the group's master stored it (a failover can lose what the
+/// replicas had not received yet), `Quorum` once a quorum of the group did.
+/// Empty means the brokers' configured `[replication] ack_policy` (default
+/// `quorum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum AckPolicy {
+    /// Once the group's master stored it: sends go on while the replicas are
+    /// away, and a failover can lose what they had not received yet.
+    Master,
+    /// Once a quorum of the group stored it: no acknowledged send is lost on
+    /// failover; sends fail with QUORUM_TIMEOUT while no quorum is reachable.
+    Quorum,
+}
+
 /// A DduoMQ topic: a named stream of messages split over queues, placed on the
 /// brokers by the operator.
 #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +96,9 @@ pub struct TopicSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4194304))]
     pub max_message_bytes: Option<u32>,
+    /// When a send is acknowledged: see [`AckPolicy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_policy: Option<AckPolicy>,
     /// Whether deleting the resource deletes the topic on the brokers.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,

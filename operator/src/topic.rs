@@ -16,7 +16,7 @@ use crate::context::{
     annotated, broker_namespace, readiness, stored_name,
 };
 use crate::controller::Reconciled;
-use crate::crd::{DeletionPolicy, MessageType, Topic, TopicStatus};
+use crate::crd::{AckPolicy, DeletionPolicy, MessageType, Topic, TopicStatus};
 use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
 
 pub fn message_type(t: MessageType) -> pb::MessageType {
@@ -28,6 +28,13 @@ pub fn message_type(t: MessageType) -> pb::MessageType {
     }
 }
 
+pub fn ack_policy(p: AckPolicy) -> pb::AckPolicy {
+    match p {
+        AckPolicy::Master => pb::AckPolicy::Master,
+        AckPolicy::Quorum => pb::AckPolicy::Quorum,
+    }
+}
+
 /// The topic as the brokers take it, from its spec.
 pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, ReconcileError> {
     let mut settings = TopicSettings::new(
@@ -36,6 +43,7 @@ pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, Reconcil
         message_type(topic.spec.message_type),
     );
     settings.max_message_bytes = topic.spec.max_message_bytes;
+    settings.ack_policy = topic.spec.ack_policy.map(ack_policy);
     settings.retention = topic
         .spec
         .retention

@@ -37,7 +37,10 @@ impl AdminService for AdminApi {
             let name = ns.topic(&r.name).map_err(|e| ns.refusal(e))?;
             let message_type =
                 convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?;
-            let settings = TopicSettings::from_wire(r.max_message_bytes, r.retention_ms);
+            let settings = TopicSettings {
+                ack_policy: convert::ack_policy_from_pb(r.ack_policy).map_err(|e| ns.refusal(e))?,
+                ..TopicSettings::from_wire(r.max_message_bytes, r.retention_ms)
+            };
             let CreatedTopic { topic, created } = self
                 .broker
                 .acknowledged_change(|b| b.upsert_topic(&name, r.queues, message_type, settings))

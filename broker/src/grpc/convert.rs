@@ -10,6 +10,7 @@ use crate::messaging::groups::{
 use crate::messaging::topics::TopicConfig;
 use crate::messaging::{Delivery, QueueProgress};
 use crate::messaging::{limits, properties};
+use crate::replication::AckPolicy;
 use crate::store::{Codec, MessageType};
 
 pub fn message(d: Delivery) -> pb::Message {
@@ -67,6 +68,24 @@ pub fn message_type_from_pb(t: i32) -> Result<MessageType, BrokerError> {
     )
 }
 
+/// A topic's acknowledgement policy; unspecified means the broker's.
+pub fn ack_policy_from_pb(p: i32) -> Result<Option<AckPolicy>, BrokerError> {
+    Ok(
+        match pb::AckPolicy::try_from(p).map_err(|_| unknown("ack_policy", p))? {
+            pb::AckPolicy::Master => Some(AckPolicy::Master),
+            pb::AckPolicy::Quorum => Some(AckPolicy::Quorum),
+            pb::AckPolicy::Unspecified => None,
+        },
+    )
+}
+
+pub fn ack_policy_to_pb(p: AckPolicy) -> pb::AckPolicy {
+    match p {
+        AckPolicy::Master => pb::AckPolicy::Master,
+        AckPolicy::Quorum => pb::AckPolicy::Quorum,
+    }
+}
+
 /// A message body's codec.
 pub fn codec_from_pb(c: i32) -> Result<Codec, BrokerError> {
     Ok(
@@ -97,6 +116,10 @@ pub fn topic(t: TopicConfig) -> pb::Topic {
         message_type: message_type_to_pb(t.message_type) as i32,
         max_message_bytes: t.settings.max_message_bytes.unwrap_or(0),
         retention_ms: t.settings.retention_ms.unwrap_or(0),
+        ack_policy: t
+            .settings
+            .ack_policy
+            .map_or(pb::AckPolicy::Unspecified, ack_policy_to_pb) as i32,
     }
 }
 

@@ -3,7 +3,7 @@
 //! server reflection (so `grpcurl` works without .proto files).
 
 mod admin;
-mod convert;
+pub(crate) mod convert;
 mod messaging;
 mod namespace;
 mod receive_streams;

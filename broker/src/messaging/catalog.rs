@@ -87,7 +87,9 @@ impl Broker {
         self.expire_topic(&topic, crate::store::now_millis())?;
         let queues = (0..topic.queues)
             .map(|queue_id| {
-                let (min_offset, max_offset) = self.store.acknowledged_offsets(name, queue_id);
+                let (min_offset, max_offset) =
+                    self.store
+                        .visible_offsets(name, queue_id, self.visibility(&topic.settings));
                 QueueRange {
                     queue_id,
                     min_offset,

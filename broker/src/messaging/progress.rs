@@ -158,6 +158,7 @@ impl Broker {
                     member: member.clone(),
                 })
                 .cloned();
+            let visibility = self.visibility(&t.settings);
             for q in 0..t.queues {
                 let key = ProgressKey {
                     group: name.to_string(),
@@ -165,7 +166,7 @@ impl Broker {
                     member: member.clone(),
                     queue_id: q,
                 };
-                let (min, max) = self.store.acknowledged_offsets(&topic, q);
+                let (min, max) = self.store.visible_offsets(&topic, q, visibility);
                 let committed = self.offsets.lock().get(&key).unwrap_or(min).max(min);
                 let in_flight = sub
                     .as_ref()
@@ -201,7 +202,9 @@ impl Broker {
         let t = self.topics.require(topic)?;
         let mut targets = Vec::with_capacity(t.queues as usize);
         for q in 0..t.queues {
-            let (min, max) = self.store.acknowledged_offsets(topic, q);
+            let (min, max) = self
+                .store
+                .visible_offsets(topic, q, self.visibility(&t.settings));
             let target = match to {
                 ResetTarget::Earliest => min,
                 ResetTarget::Latest => max,

@@ -76,12 +76,13 @@ impl Broker {
         loop {
             arrivals.borrow_and_update();
             self.expire_queue(&topic_config, queue_id, crate::store::now_millis())?;
-            let r = self.store.read_acknowledged(
+            let r = self.store.read_visible(
                 topic,
                 queue_id,
                 offset,
                 max_messages.max(1),
                 max_bytes.max(1),
+                self.visibility(&topic_config.settings),
             )?;
             if !r.records.is_empty() || r.next_offset > offset {
                 let deliveries: Vec<Delivery> = r
@@ -144,7 +145,9 @@ impl Broker {
                 });
             }
         }
-        let (min, max) = self.store.acknowledged_offsets(topic, queue_id);
+        let (min, max) = self
+            .store
+            .visible_offsets(topic, queue_id, self.visibility_of(topic));
         if offset > max {
             return Err(StoreError::OffsetOutOfRange {
                 topic: topic.to_string(),
@@ -169,8 +172,10 @@ impl Broker {
     /// without progress starts at the oldest stored message.
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<GroupOffset> {
         self.require_group(group)?;
-        self.topics.require(topic)?;
-        let (min, max) = self.store.acknowledged_offsets(topic, queue_id);
+        let t = self.topics.require(topic)?;
+        let (min, max) = self
+            .store
+            .visible_offsets(topic, queue_id, self.visibility(&t.settings));
         let key = ProgressKey {
             group: group.to_string(),
             topic: topic.to_string(),

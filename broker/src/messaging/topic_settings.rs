@@ -1,5 +1,6 @@
 //! Per-topic settings that override the broker's own: the largest message a
-//! topic takes and how long its messages stay deliverable.
+//! topic takes, how long its messages stay deliverable and, in a replicated
+//! group, when a send to it is acknowledged.
 //!
 //! Sizes count what the broker-wide `max_record_size_bytes` counts: the
 //! encoded record of the message in its own topic (a 72-byte header, topic
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{BrokerError, Result};
+use crate::replication::AckPolicy;
 
 /// Longest per-topic retention: ten years (keeps cutoffs far from overflow).
 pub const MAX_TOPIC_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
@@ -24,6 +26,11 @@ pub struct TopicSettings {
     /// Messages stored longer ago than this are no longer delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_ms: Option<u64>,
+    /// When a send is acknowledged (replicated groups; a standalone broker
+    /// acknowledges what it stored either way). Absent in metadata written
+    /// before topics had it: the broker's `[replication] ack_policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_policy: Option<AckPolicy>,
 }
 
 impl TopicSettings {
@@ -32,6 +39,7 @@ impl TopicSettings {
         TopicSettings {
             max_message_bytes: (max_message_bytes != 0).then_some(max_message_bytes),
             retention_ms: (retention_ms != 0).then_some(retention_ms),
+            ack_policy: None,
         }
     }
 
@@ -105,6 +113,27 @@ mod tests {
             Reason::InvalidArgument
         );
         assert_eq!(TopicSettings::from_wire(0, 0), TopicSettings::default());
+    }
+
+    #[test]
+    fn the_ack_policy_is_stored_by_name() {
+        let master: TopicSettings = serde_json::from_str(r#"{"ack_policy":"master"}"#).unwrap();
+        assert_eq!(master.ack_policy, Some(AckPolicy::Master));
+        assert_eq!(
+            serde_json::to_string(&master).unwrap(),
+            r#"{"ack_policy":"master"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&TopicSettings::default()).unwrap(),
+            "{}"
+        );
+        let unknown = serde_json::from_str::<TopicSettings>(r#"{"ack_policy":"all"}"#);
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown variant `all`")
+        );
     }
 
     #[test]

@@ -186,6 +186,14 @@ impl Topics {
         self.table.get(name)
     }
 
+    /// A topic's own settings (the broker's for a topic without metadata),
+    /// without copying its config.
+    pub fn settings(&self, name: &str) -> TopicSettings {
+        self.table
+            .read_locked(|topics| topics.get(name).map(|t| t.settings))
+            .unwrap_or_default()
+    }
+
     /// The topic, or TOPIC_NOT_FOUND.
     pub fn require(&self, name: &str) -> Result<TopicConfig> {
         self.get(name)

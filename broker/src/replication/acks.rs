@@ -1,7 +1,9 @@
 //! The write path of a replicated group: only the master appends, in its
-//! epoch and under a valid lease; a write is acknowledged once the committed
-//! end (every member the master waits for stored it, and the recorded
-//! in-sync set is large enough) passes it.
+//! epoch and under a valid lease; a write under the `quorum` policy is
+//! acknowledged once the committed end (every member the master waits for
+//! stored it, and the recorded in-sync set is large enough) passes it, one
+//! under `master` once the master stored it. The policy is the topic's own
+//! or the broker's default; both kinds share one log and one committed end.
 
 use std::time::{Duration, Instant};
 
@@ -33,14 +35,16 @@ pub struct Term {
 }
 
 impl Mastership {
-    /// Publishes what may be acknowledged now that the master's own log ends
-    /// at `master_end`.
-    pub(super) fn advance(&mut self, policy: AckPolicy, master_end: u64) -> u64 {
-        let committed = match policy {
-            AckPolicy::Master => Some(master_end),
-            AckPolicy::Quorum => self.tracker.committed_end(master_end),
-        };
-        if let Some(c) = committed {
+    /// Publishes the quorum point now that the master's own log ends at
+    /// `master_end`: everything below it is on every member the master waits
+    /// for. It is the committed end whatever the policies (the broker's
+    /// default and each topic's own): replicas hide what lies past it from
+    /// consumers of quorum topics and a failover keeps it, so it never claims
+    /// a byte the quorum has not stored. A `master` write needs no point of
+    /// its own: it is acknowledged once appended (see
+    /// [`Replication::acknowledged`]).
+    pub(super) fn advance(&mut self, master_end: u64) -> u64 {
+        if let Some(c) = self.tracker.committed_end(master_end) {
             self.committed_end = self.committed_end.max(c);
         }
         self.committed_end
@@ -97,7 +101,7 @@ impl Replication {
         let mut state = self.state.lock();
         let epoch = state.role.epoch;
         if let Some(m) = state.master.as_mut() {
-            let committed = m.advance(self.config.ack_policy, master_end);
+            let committed = m.advance(master_end);
             let lease_until = self.lease_until(m);
             self.publish_open(epoch, committed, lease_until);
         }
@@ -125,7 +129,7 @@ impl Replication {
             };
             m.tracker
                 .follower_stored(member, stored_end, caught_up_at, now);
-            let committed = m.advance(self.config.ack_policy, master_end);
+            let committed = m.advance(master_end);
             let lease_until = self.lease_until(m);
             self.publish_open(epoch, committed, lease_until);
         }
@@ -151,10 +155,18 @@ impl Replication {
     }
 
     /// Waits until the write that ends past `through` (the position of its
-    /// last record) is acknowledged in `term`: fails with QUORUM_TIMEOUT
-    /// after `ack_timeout`, and with NOT_MASTER when the member stops being
-    /// master of that epoch or its lease lapses first.
-    pub async fn acknowledged(&self, term: Term, through: u64) -> Result<(), ReplicationError> {
+    /// last record, appended in `term`) is acknowledged under `policy`:
+    /// `quorum` once the committed end passes it, `master` at once (the
+    /// master stored it, per the store's flush policy) while this member is
+    /// still master of that epoch with a valid lease. Fails with
+    /// QUORUM_TIMEOUT after `ack_timeout`, and with NOT_MASTER when the member
+    /// stops being master of that epoch or its lease lapses first.
+    pub async fn acknowledged(
+        &self,
+        term: Term,
+        through: u64,
+        policy: AckPolicy,
+    ) -> Result<(), ReplicationError> {
         let started = Instant::now();
         let deadline = started + self.config.ack_timeout;
         let mut acks = self.acks.subscribe();
@@ -168,6 +180,7 @@ impl Replication {
                 Acks::Open { lease_until, .. } if lease_until <= Instant::now() => {
                     return Err(self.not_master(NotMasterCause::LeaseLapsed));
                 }
+                Acks::Open { .. } if policy == AckPolicy::Master => return Ok(()),
                 Acks::Open { committed_end, .. } if committed_end > through => return Ok(()),
                 Acks::Open { lease_until, .. } => lease_until,
             };

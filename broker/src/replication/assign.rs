@@ -223,7 +223,7 @@ impl Replication {
         };
         m.lease.grant(received, a.lease);
         m.tracker.apply_recorded(&a.in_sync, a.in_sync_version);
-        let committed = m.advance(self.config.ack_policy, master_end);
+        let committed = m.advance(master_end);
         let lease_until = self.lease_until(m);
         self.publish_open(epoch, committed, lease_until);
     }
@@ -257,7 +257,7 @@ impl Replication {
             lease,
             committed_end: 0,
         };
-        let committed = master.advance(self.config.ack_policy, log_end);
+        let committed = master.advance(log_end);
         self.publish_open(a.epoch, committed, self.lease_until(&master));
         state.master = Some(master);
         self.count_role_change();
@@ -371,7 +371,7 @@ impl Replication {
         if let Some(p) = m.tracker.proposal(now, self.config.replica_lag_max) {
             tracing::info!(in_sync = ?p.members, "static group: in-sync set changed");
             m.tracker.apply_recorded(&p.members, p.based_on + 1);
-            let committed = m.advance(self.config.ack_policy, master_end);
+            let committed = m.advance(master_end);
             let lease_until = self.lease_until(m);
             self.publish_open(epoch, committed, lease_until);
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dduomq_replication::GroupLayout;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
@@ -14,8 +14,9 @@ use crate::config::ConfigError;
 /// period (a zero period panics the timer; a tiny one spins).
 const MIN_REPLICA_LAG_MAX: Duration = Duration::from_millis(10);
 
-/// When the master acknowledges a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// When the master acknowledges a write: the broker's default, and a
+/// topic's own (its metadata stores it by these lowercase names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AckPolicy {
     /// Once every member of the in-sync set stored it, and that set is at

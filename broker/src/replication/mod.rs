@@ -129,11 +129,10 @@ impl Replication {
             store,
             config,
         });
-        if replication.config.ack_policy == AckPolicy::Quorum {
-            // Consumers see acknowledged records only: until a master's
-            // committed end arrives, nothing this log holds is known to be.
-            replication.store.hide_unacknowledged();
-        }
+        // Consumers of quorum topics see acknowledged records only: until a
+        // master's committed end arrives, nothing this log holds is known to
+        // be. Any topic may be one (its own ack_policy), whatever the default.
+        replication.store.hide_unacknowledged();
         if let Some(master) = replication.config.static_master {
             replication.assign_static(master).await?;
         }

@@ -5,7 +5,7 @@
 use dduomq_proto::v1 as pb;
 use dduomq_replication::Role;
 
-use super::{AckPolicy, Replication, State};
+use super::{Replication, State};
 
 impl Replication {
     /// This member's state now.
@@ -24,10 +24,7 @@ impl Replication {
             log_end,
             last_record_epoch: self.store.epochs().last_record_epoch(log_end),
             store_id: self.store.store_id(),
-            ack_policy: match self.config.ack_policy {
-                AckPolicy::Quorum => pb::AckPolicy::Quorum,
-                AckPolicy::Master => pb::AckPolicy::Master,
-            } as i32,
+            ack_policy: crate::grpc::convert::ack_policy_to_pb(self.config.ack_policy) as i32,
             ..Default::default()
         };
         if let Some(committed) = state.upstream_committed {

@@ -1,10 +1,12 @@
-//! What consumers see of a replicated group's log under quorum acks: only
-//! acknowledged records (Kafka's high watermark). A record past the committed
-//! end may be cut by a failover; a consumer that processed it would have
-//! processed a message whose send failed. Internal readers (metadata tailing,
-//! rebuilds on promotion) read everything. Without a limit (a standalone
-//! store, ack policy `master`) consumers see every published record, at the
-//! cost of one atomic load per read.
+//! What consumers see of a replicated group's log: of a topic under quorum
+//! acks, only acknowledged records (Kafka's high watermark). A record past the
+//! committed end may be cut by a failover; a consumer that processed it would
+//! have processed a message whose send failed. Topics under ack policy
+//! `master` see every published record (their sends are acknowledged once
+//! stored; a failover can cut both alike). Internal readers (metadata
+//! tailing, rebuilds on promotion) read everything. Without a limit (a
+//! standalone store) consumers see every published record, at the cost of one
+//! atomic load per read.
 
 use std::sync::atomic::Ordering;
 
@@ -14,6 +16,15 @@ use super::read::ReadResult;
 
 /// No limit: consumers see every published record.
 const UNLIMITED: u64 = u64::MAX;
+
+/// Which records of a queue its consumers see (the topic's ack policy picks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Those below the acknowledged end.
+    Acknowledged,
+    /// Every published record.
+    Stored,
+}
 
 impl Store {
     /// From now on consumers see only records below an acknowledged end,
@@ -51,10 +62,23 @@ impl Store {
         self.inner.acknowledged_end.load(Ordering::Acquire)
     }
 
+    /// The position consumers under `visibility` see records below.
+    fn visible_end(&self, visibility: Visibility) -> u64 {
+        match visibility {
+            Visibility::Acknowledged => self.acknowledged_end(),
+            Visibility::Stored => UNLIMITED,
+        }
+    }
+
     /// `(min, max)` offsets of a queue as consumers see them: `max` is one past
-    /// its last acknowledged record.
-    pub fn acknowledged_offsets(&self, topic: &str, queue_id: u32) -> (u64, u64) {
-        let limit = self.acknowledged_end();
+    /// its last visible record.
+    pub fn visible_offsets(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        visibility: Visibility,
+    ) -> (u64, u64) {
+        let limit = self.visible_end(visibility);
         if limit == UNLIMITED {
             return self.queue_offsets(topic, queue_id);
         }
@@ -64,16 +88,17 @@ impl Store {
             .map_or((0, 0), |cq| (cq.min_offset(), cq.end_below(limit)))
     }
 
-    /// [`Store::read`] as consumers see the queue: acknowledged records only.
-    pub fn read_acknowledged(
+    /// [`Store::read`] as consumers see the queue: visible records only.
+    pub fn read_visible(
         &self,
         topic: &str,
         queue_id: u32,
         offset: u64,
         max_messages: usize,
         max_bytes: usize,
+        visibility: Visibility,
     ) -> Result<ReadResult> {
-        let limit = self.acknowledged_end();
+        let limit = self.visible_end(visibility);
         self.inner
             .commit_log
             .read_stable(|| self.read_once(topic, queue_id, offset, max_messages, max_bytes, limit))

@@ -59,6 +59,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use acknowledged::Visibility;
 pub use checkpoint::{Checkpoint, QueueName};
 pub use config::{DiskFullPolicy, FlushMode, StoreConfig};
 pub use consume_queue::tag_hash;

@@ -14,7 +14,7 @@ use super::target::Target;
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
     /// Create a topic, or update one (grow its queues, replace its maximum
-    /// message size and retention).
+    /// message size, retention and ack policy).
     Create {
         name: String,
         #[arg(long, default_value_t = 4)]
@@ -29,6 +29,11 @@ pub enum TopicCommand {
         /// delivered; default: the broker's retention.
         #[arg(long, value_parser = parse_duration)]
         retention: Option<Duration>,
+        /// When a send is acknowledged in a replicated group: once the
+        /// master stored it, or once a quorum did; default: the brokers'
+        /// ack_policy.
+        #[arg(long, value_enum)]
+        ack_policy: Option<AckPolicy>,
     },
     /// List topics.
     List,
@@ -57,6 +62,30 @@ impl TopicType {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckPolicy {
+    Master,
+    Quorum,
+}
+
+impl AckPolicy {
+    fn to_proto(self) -> pb::AckPolicy {
+        match self {
+            AckPolicy::Master => pb::AckPolicy::Master,
+            AckPolicy::Quorum => pb::AckPolicy::Quorum,
+        }
+    }
+}
+
+/// A topic's own ack policy by name (`None`: the brokers').
+fn ack_policy_name(t: &pb::Topic) -> Option<&'static str> {
+    match t.ack_policy() {
+        pb::AckPolicy::Master => Some("master"),
+        pb::AckPolicy::Quorum => Some("quorum"),
+        pb::AckPolicy::Unspecified => None,
+    }
+}
+
 /// A topic as JSON; its own settings only when it has them.
 fn topic_json(t: &pb::Topic) -> serde_json::Value {
     let mut v = json!({"name": t.name, "queues": t.queues, "type": type_name(t.message_type)});
@@ -65,6 +94,9 @@ fn topic_json(t: &pb::Topic) -> serde_json::Value {
     }
     if t.retention_ms != 0 {
         v["retention_ms"] = json!(t.retention_ms);
+    }
+    if let Some(policy) = ack_policy_name(t) {
+        v["ack_policy"] = json!(policy);
     }
     v
 }
@@ -79,7 +111,8 @@ fn settings_text(t: &pb::Topic) -> String {
         0 => "broker default".to_string(),
         ms => humantime::format_duration(Duration::from_millis(ms)).to_string(),
     };
-    format!("max message size: {max}; retention: {retention}")
+    let ack = ack_policy_name(t).unwrap_or("broker default");
+    format!("max message size: {max}; retention: {retention}; ack policy: {ack}")
 }
 
 pub async fn run(server: &Target, format: Format, cmd: TopicCommand) -> anyhow::Result<()> {
@@ -91,10 +124,12 @@ pub async fn run(server: &Target, format: Format, cmd: TopicCommand) -> anyhow::
             message_type,
             max_message_bytes,
             retention,
+            ack_policy,
         } => {
             let mut settings = TopicSettings::new(&name, queues, message_type.to_proto());
             settings.max_message_bytes = max_message_bytes;
             settings.retention = retention;
+            settings.ack_policy = ack_policy.map(AckPolicy::to_proto);
             let r = admin.create_topic_with(settings).await?;
             let t = r.topic.unwrap_or_default();
             match format {

@@ -9,7 +9,7 @@ use kube::runtime::finalizer::Error as FinalizerError;
 use serde_json::json;
 
 use crate::context::ReconcileError;
-use crate::crd::{DeletionPolicy, MessageType, Topic, TopicSpec, TopicStatus};
+use crate::crd::{AckPolicy, DeletionPolicy, MessageType, Topic, TopicSpec, TopicStatus};
 use crate::test_support::{
     NAMESPACE, Published, RESYNC, Requests, Stage, metadata, ready_broker, reconcile_against,
     reconcile_once, release, tenant_admin,
@@ -27,6 +27,7 @@ fn orders(stage: Stage, deletion_policy: DeletionPolicy) -> Topic {
             message_type: MessageType::Fifo,
             retention: None,
             max_message_bytes: None,
+            ack_policy: None,
             deletion_policy,
         },
         status: None,
@@ -317,6 +318,7 @@ fn the_spec_settings_reach_the_broker_topic_and_a_bad_retention_is_an_error() {
     assert_eq!(settings.max_message_bytes, Some(1024));
     assert_eq!(settings.retention, Some(Duration::from_secs(5400)));
     assert_eq!(settings.message_type, pb::MessageType::Fifo);
+    assert_eq!(settings.ack_policy, None, "unset: the brokers' policy");
     topic.spec.retention = Some("1fortnight".into());
     let refused = super::broker_topic("orders", &topic).unwrap_err();
     assert!(
@@ -329,6 +331,26 @@ fn the_spec_settings_reach_the_broker_topic_and_a_bad_retention_is_an_error() {
 
 /// A status as an operator from before namespaces wrote it: reconciled at
 /// generation 1, without a record of the broker namespace.
+#[tokio::test]
+async fn the_ack_policy_reaches_the_brokers_and_an_unknown_one_is_refused() {
+    let broker = Broker::start();
+    let mut topic = orders(Stage::Finalized, DeletionPolicy::Delete);
+    topic.spec.ack_policy = Some(AckPolicy::Master);
+    reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+    let hosted = tenant_admin(&broker).list_topics().await.expect("list");
+    assert_eq!(hosted[0].ack_policy(), pb::AckPolicy::Master);
+
+    let spec = json!({"queues": 1, "ackPolicy": "Quorum"});
+    let parsed: TopicSpec = serde_json::from_value(spec).unwrap();
+    assert_eq!(parsed.ack_policy, Some(AckPolicy::Quorum));
+    let unknown = json!({"queues": 1, "ackPolicy": "All"});
+    let refused = serde_json::from_value::<TopicSpec>(unknown).unwrap_err();
+    assert!(
+        refused.to_string().contains("unknown variant `All`"),
+        "{refused}"
+    );
+}
+
 fn reconciled_before_namespaces() -> TopicStatus {
     serde_json::from_value(json!({
         "conditions": [{

@@ -84,7 +84,10 @@ impl SubState {
             match broker.offsets.lock().cursor(&key.progress(queue_id)) {
                 Some(progress) => QueueCursor::restore(
                     progress,
-                    broker.store.acknowledged_offsets(&key.topic, queue_id).1,
+                    broker
+                        .store
+                        .visible_offsets(&key.topic, queue_id, broker.visibility_of(&key.topic))
+                        .1,
                 ),
                 // New progress starts at the oldest stored message.
                 None => QueueCursor::new(broker.store.queue_offsets(&key.topic, queue_id).0),
@@ -123,7 +126,11 @@ impl SubState {
             let q = (start + i) % spec.topic.queues;
             // Checked each round, so nothing is leased after its expiry.
             broker.expire_queue(spec.topic, q, spec.now)?;
-            let (min, max_offset) = broker.store.acknowledged_offsets(&spec.topic.name, q);
+            let (min, max_offset) = broker.store.visible_offsets(
+                &spec.topic.name,
+                q,
+                broker.visibility(&spec.topic.settings),
+            );
             let passed = passed_by_queue.entry(q).or_default();
             for lease in self.cursor(broker, spec.key, q).skip_below(min) {
                 self.refund(&lease);

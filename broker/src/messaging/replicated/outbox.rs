@@ -255,7 +255,10 @@ impl Broker {
         }
         match outbox.last_appended.load(Ordering::Relaxed) {
             NONE => {}
-            last => self.acknowledged(WriteTerm::Master(term), [last]).await?,
+            last => {
+                self.acknowledged(WriteTerm::Master(term), [last], self.default_ack_policy())
+                    .await?
+            }
         }
         Ok(answer)
     }

@@ -265,6 +265,7 @@ mod tests {
     use super::*;
     use crate::messaging::groups::ConsumeMode;
     use crate::messaging::topic_settings::TopicSettings;
+    use crate::replication::AckPolicy;
     use crate::store::MessageType;
 
     fn topic(name: &str) -> TopicConfig {
@@ -272,7 +273,10 @@ mod tests {
             name: name.into(),
             queues: 4,
             message_type: MessageType::Delay,
-            settings: TopicSettings::from_wire(1024, 60_000),
+            settings: TopicSettings {
+                ack_policy: Some(AckPolicy::Master),
+                ..TopicSettings::from_wire(1024, 60_000)
+            },
         }
     }
 
@@ -292,6 +296,16 @@ mod tests {
             decode_meta(&m.body).unwrap(),
             MetaRecord::Groups(TableOp::Delete("g".into()), Part::default())
         );
+    }
+
+    #[test]
+    fn a_topic_record_of_an_older_broker_has_no_ack_policy() {
+        let old = br#"{"table":"topics","put":{"name":"t","queues":1,"message_type":"normal","retention_ms":5}}"#;
+        let MetaRecord::Topics(TableOp::Put(t), _) = decode_meta(old).unwrap() else {
+            panic!("a topic record");
+        };
+        assert_eq!(t.settings.ack_policy, None);
+        assert_eq!(t.settings.retention_ms, Some(5));
     }
 
     #[test]

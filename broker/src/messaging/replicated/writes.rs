@@ -2,16 +2,22 @@
 //! a client or of the broker itself goes through here: a broker without
 //! replication appends as before (no waiting, nothing allocated); a member of
 //! a replicated group appends only as master, and what it acknowledges to a
-//! client waits until its in-sync set stored it (`ack_policy`).
+//! client waits per the topic's ack policy (its own, else the broker's
+//! `ack_policy`): under `quorum` until its in-sync set stored it, under
+//! `master` only until the master did. The broker's own records (metadata,
+//! transaction outcomes) follow the broker's policy.
 
 use std::sync::{Arc, Weak};
 
 use super::super::Broker;
 use super::super::error::{BrokerError, Result};
 use super::super::send::SendReceipt;
+use super::super::topic_settings::TopicSettings;
 use super::LogRole;
-use crate::replication::{NotMasterCause, Replication, ReplicationError, SteppingDown, Term};
-use crate::store::{Appended, Message, MessageId};
+use crate::replication::{
+    AckPolicy, NotMasterCause, Replication, ReplicationError, SteppingDown, Term,
+};
+use crate::store::{Appended, Message, MessageId, Visibility};
 
 /// Under which rule a write is appended and acknowledged.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +42,36 @@ impl Broker {
     /// The broker's group membership, when it replicates.
     pub fn replication(&self) -> Option<&Arc<Replication>> {
         self.replication.get()
+    }
+
+    /// The broker's own policy: the `[replication] ack_policy` (standalone:
+    /// `master`, which is what it does, acknowledging what it stored).
+    pub(in crate::messaging) fn default_ack_policy(&self) -> AckPolicy {
+        self.replication
+            .get()
+            .map_or(AckPolicy::Master, |r| r.config().ack_policy)
+    }
+
+    /// When a send to a topic with `settings` is acknowledged.
+    pub(in crate::messaging) fn ack_policy(&self, settings: &TopicSettings) -> AckPolicy {
+        settings
+            .ack_policy
+            .unwrap_or_else(|| self.default_ack_policy())
+    }
+
+    /// What consumers of a topic with `settings` see: under `master` every
+    /// stored record (as its sends were acknowledged), under `quorum` those
+    /// below the committed end only.
+    pub(in crate::messaging) fn visibility(&self, settings: &TopicSettings) -> Visibility {
+        match self.ack_policy(settings) {
+            AckPolicy::Master => Visibility::Stored,
+            AckPolicy::Quorum => Visibility::Acknowledged,
+        }
+    }
+
+    /// [`Self::visibility`] of the topic `name`.
+    pub(in crate::messaging) fn visibility_of(&self, name: &str) -> Visibility {
+        self.visibility(&self.topics.settings(name))
     }
 
     /// The rule for a write starting now (NOT_MASTER unless this member may
@@ -96,35 +132,41 @@ impl Broker {
         self.append_in(term, messages).await
     }
 
-    /// Appends `messages` and waits until they are acknowledged.
+    /// Appends the broker's own `messages` and waits until they are
+    /// acknowledged under the broker's policy.
     pub(in crate::messaging) async fn append_acknowledged(
         &self,
         messages: Vec<Message>,
     ) -> Result<()> {
         let term = self.write_term()?;
         let appended = self.append_in(term, messages).await?;
-        self.acknowledged(term, appended.iter().map(|a| a.id.physical_offset))
+        let positions = appended.iter().map(|a| a.id.physical_offset);
+        self.acknowledged(term, positions, self.default_ack_policy())
             .await
     }
 
-    /// Waits until the records at `positions` are acknowledged under `term`.
+    /// Waits until the records at `positions` are acknowledged under `term`
+    /// and `policy`.
     pub(in crate::messaging) async fn acknowledged(
         &self,
         term: WriteTerm,
         positions: impl IntoIterator<Item = u64>,
+        policy: AckPolicy,
     ) -> Result<()> {
         let (WriteTerm::Master(term), Some(r)) = (term, self.replication.get()) else {
             return Ok(());
         };
         match positions.into_iter().max() {
-            Some(last) => Ok(r.acknowledged(term, last).await?),
+            Some(last) => Ok(r.acknowledged(term, last, policy).await?),
             None => Ok(()),
         }
     }
 
     /// Waits until the records the receipts name are acknowledged under
-    /// `term` (a retry answered from the dedupe window waits too: its first
-    /// attempt may not have been acknowledged).
+    /// `term`, each per its topic's policy (a retry answered from the dedupe
+    /// window waits too: its first attempt may not have been acknowledged).
+    /// One wait for the last quorum record is enough: it also checks the
+    /// term, which is all the master's records need.
     pub(in crate::messaging) async fn receipts_acknowledged(
         &self,
         term: WriteTerm,
@@ -133,12 +175,22 @@ impl Broker {
         if let WriteTerm::Standalone = term {
             return Ok(());
         }
-        let positions = receipts.iter().filter_map(|r| {
+        let position = |r: &SendReceipt| {
             r.message_id
                 .parse::<MessageId>()
                 .ok()
                 .map(|id| id.physical_offset)
-        });
-        self.acknowledged(term, positions).await
+        };
+        let quorum: Vec<u64> = receipts
+            .iter()
+            .filter(|r| self.ack_policy(&self.topics.settings(&r.topic)) == AckPolicy::Quorum)
+            .filter_map(position)
+            .collect();
+        if quorum.is_empty() {
+            let positions = receipts.iter().filter_map(position);
+            self.acknowledged(term, positions, AckPolicy::Master).await
+        } else {
+            self.acknowledged(term, quorum, AckPolicy::Quorum).await
+        }
     }
 }
