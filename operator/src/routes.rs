@@ -40,14 +40,13 @@ async fn within_round<T>(
     address: &str,
     call: impl Future<Output = Result<T, BrokerCallError>>,
 ) -> Result<T, BrokerCallError> {
-    tokio::time::timeout(ROUND_CALL_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(BrokerCallError {
-                address: address.to_string(),
-                error: ClientError::Timeout(ROUND_CALL_TIMEOUT),
-            })
-        })
+    match tokio::time::timeout(ROUND_CALL_TIMEOUT, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(BrokerCallError {
+            address: address.to_string(),
+            error: ClientError::Timeout(ROUND_CALL_TIMEOUT),
+        }),
+    }
 }
 
 /// The field manager of `Topic.status.assignment`: apart from the Topic

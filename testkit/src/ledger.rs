@@ -241,6 +241,23 @@ impl Ledger {
         self.failed.lock().len()
     }
 
+    /// Asserts that every index in `range` was delivered exactly once (no
+    /// failure happened, so nothing may be redelivered).
+    #[track_caller]
+    pub fn assert_exactly_once(&self, range: std::ops::Range<u64>) {
+        let wrong: Vec<(u64, u32)> = range
+            .filter_map(|i| {
+                let n = self.deliveries(i);
+                (n != 1).then_some((i, n))
+            })
+            .take(20)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "every message delivered exactly once; (index, deliveries): {wrong:?}"
+        );
+    }
+
     /// How often `index` was delivered with the exact bytes sent.
     pub fn deliveries(&self, index: u64) -> u32 {
         self.received.lock().get(&index).copied().unwrap_or(0)

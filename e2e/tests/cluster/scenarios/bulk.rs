@@ -69,17 +69,7 @@ impl Cluster {
         all_acked_consumed(&self.ledger, "the 100k messages", Duration::from_secs(600)).await;
         let consumed = t.elapsed();
         // No failure happened: exactly once.
-        let wrong: Vec<(u64, u32)> = (0..BULK)
-            .filter_map(|i| {
-                let n = self.ledger.deliveries(i);
-                (n != 1).then_some((i, n))
-            })
-            .take(20)
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "every message delivered exactly once; (index, deliveries): {wrong:?}"
-        );
+        self.ledger.assert_exactly_once(0..BULK);
         let per_broker = self.ledger.acked_per_broker();
         assert_eq!(
             per_broker.keys().copied().collect::<Vec<_>>(),

@@ -103,14 +103,7 @@ impl Cluster {
             failed.iter().take(5).map(|f| &f.error).collect::<Vec<_>>()
         );
         all_acked_consumed(ledger, "the first sends", Duration::from_secs(120)).await;
-        let wrong: Vec<(u64, u32)> = (0..FIRST_SENDS)
-            .filter_map(|i| (ledger.deliveries(i) != 1).then(|| (i, ledger.deliveries(i))))
-            .take(20)
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "exactly once; (index, deliveries): {wrong:?}"
-        );
+        ledger.assert_exactly_once(0..FIRST_SENDS);
         // A replicated group's message ids carry the group, valid on every
         // member: both groups took writes.
         let per_group = ledger.acked_per_broker();
