@@ -157,15 +157,17 @@ pub async fn run(
         let mut draining = Vec::new();
         // The highest epoch any broker holds: a new one must exceed it.
         let mut held_epoch = epoch;
-        // Every broker is asked at once (here and below): a broker that does
-        // not answer (cut off, but still Ready) costs one call timeout, not
-        // one per broker after it.
+        // Every broker is asked at once (here and below), each call bounded: a
+        // broker that does not answer (cut off, but still Ready) costs the
+        // round one bound, not one per broker after it or per topic.
         let infos = join_all(
             ready
                 .iter()
                 .map(|b| within_round(&b.address, ctx.pool.broker_info(&b.address))),
         )
         .await;
+        // Brokers that did not answer are not asked again this round.
+        let mut unanswered = std::collections::BTreeSet::new();
         for (b, info) in ready.iter().zip(infos) {
             let was = draining_known.get(&b.name).copied().unwrap_or(false);
             let is = match info {
@@ -175,6 +177,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::debug!(broker = %b.name, error = %e, "broker info failed; keeping what was known");
+                    unanswered.insert(b.name.clone());
                     was
                 }
             };
@@ -200,28 +203,31 @@ pub async fn run(
             seen.insert(stored.clone());
             let pool = ctx.pool.for_resource(t);
             let mut data: BTreeMap<String, QueuesWithData> = BTreeMap::new();
-            let described = join_all(
-                ready
-                    .iter()
-                    .map(|b| within_round(&b.address, pool.describe_topic(&b.address, &name))),
-            )
+            let described = join_all(ready.iter().map(|b| async {
+                if unanswered.contains(&b.name) {
+                    return None;
+                }
+                Some(within_round(&b.address, pool.describe_topic(&b.address, &name)).await)
+            }))
             .await;
             for (b, described) in ready.iter().zip(described) {
                 let key = (b.name.clone(), stored.clone());
                 let queues = match described {
-                    Ok(d) => Some(
+                    Some(Ok(d)) => Some(
                         d.queues
                             .iter()
                             .filter(|q| q.max_offset > 0)
                             .map(|q| q.queue_id)
                             .collect(),
                     ),
-                    Err(e) if e.reason() == Some(Reason::TopicNotFound) => None,
+                    Some(Err(e)) if e.reason() == Some(Reason::TopicNotFound) => None,
                     // Not known yet (an operator that just started): count
                     // it as hosting the topic, so one failed call does not
                     // move its queues away.
-                    Err(e) => {
-                        tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
+                    failed => {
+                        if let Some(Err(e)) = failed {
+                            tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
+                        }
                         known.get(&key).cloned().unwrap_or(Some(Vec::new()))
                     }
                 };
@@ -273,11 +279,12 @@ pub async fn run(
             );
             last = Some(routes.clone());
         }
-        let pushed = join_all(
-            ready
-                .iter()
-                .map(|b| ctx.pool.update_routes(&b.address, epoch, routes.clone())),
-        )
+        let pushed = join_all(ready.iter().map(|b| {
+            within_round(
+                &b.address,
+                ctx.pool.update_routes(&b.address, epoch, routes.clone()),
+            )
+        }))
         .await;
         for (b, pushed) in ready.iter().zip(pushed) {
             match pushed {

@@ -35,24 +35,31 @@ impl Broker {
     /// The route of a topic and the table's epoch: from the pushed route table in
     /// a cluster, else (standalone) every queue on this broker.
     ///
-    /// A master whose lease lapsed answers NOT_MASTER instead: cut off from
-    /// the operator, its table may still route writes to it after a successor
-    /// was elected (and with the same epoch, so clients would take it); they
-    /// ask another broker.
+    /// A master whose lease lapsed routes no writes to itself: cut off from
+    /// the operator, its table may still name it after a successor was
+    /// elected (with the same epoch, so clients would take it); reads stay.
     pub fn route(&self, topic: &str) -> Result<RouteAnswer> {
-        if let Some(refusal) = self.replication.get().and_then(|r| r.lapsed_master()) {
-            return Err(refusal.into());
-        }
+        let lapsed = self
+            .replication
+            .get()
+            .is_some_and(|r| r.master_lease_lapsed());
         let table = self.routes.read();
         if table.epoch > 0 {
-            return table
+            let mut route = table
                 .topics
                 .get(topic)
-                .map(|r| RouteAnswer {
-                    route: r.clone(),
-                    epoch: table.epoch,
-                })
-                .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()));
+                .cloned()
+                .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()))?;
+            if lapsed {
+                let own = self.config.advertised_address();
+                for q in route.queues.iter_mut().filter(|q| q.broker_address == own) {
+                    q.writable = false;
+                }
+            }
+            return Ok(RouteAnswer {
+                route,
+                epoch: table.epoch,
+            });
         }
         drop(table);
         let t = self.topic_for_use(topic)?;

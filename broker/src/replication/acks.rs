@@ -66,15 +66,15 @@ impl Replication {
         }
     }
 
-    /// The refusal of a master whose lease lapsed, if this member is one: it
-    /// is cut off from the controller, so a successor may be elected and the
-    /// route table it holds may still name it as master.
-    pub fn lapsed_master(&self) -> Option<ReplicationError> {
+    /// Whether this member is a master whose lease lapsed: it is cut off from
+    /// the controller, so a successor may be elected while the route table
+    /// it holds still names it.
+    pub fn master_lease_lapsed(&self) -> bool {
         let state = self.state.lock();
         match (&state.role.role, &state.master) {
-            (Role::Master, Some(m)) if m.lease.valid(self.now()) => None,
-            (Role::Master, _) => Some(self.not_master(NotMasterCause::LeaseLapsed)),
-            _ => None,
+            (Role::Master, Some(m)) => !m.lease.valid(self.now()),
+            (Role::Master, None) => true,
+            _ => false,
         }
     }
 

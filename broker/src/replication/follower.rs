@@ -49,6 +49,15 @@ pub(super) enum StreamEnd {
     Ended,
     #[error("storing what the master sent failed: {0}")]
     Store(#[from] StoreError),
+    /// This log holds records but no epoch: it was written without
+    /// replication, so it shares no history with any master; following would
+    /// mix the master's bytes into it or cut it.
+    #[error(
+        "this log ({log_end} bytes) was written without replication (it has no epoch history): \
+         it shares nothing with the group's master; not following (run it with the replication \
+         factor it was written with, or give this member an empty volume)"
+    )]
+    StandaloneLog { log_end: u64 },
     /// The master asked to cut records of its own current epoch: it holds
     /// less of the epoch than this member (it lost data, e.g. its volume).
     /// Nothing is cut; the stream is retried (a new election fixes it).
@@ -110,6 +119,10 @@ impl Replication {
         targets: &mut watch::Receiver<Option<FollowTarget>>,
         retry: &mut Duration,
     ) -> Result<StreamEnd, StreamEnd> {
+        let held = self.store.log_end();
+        if held > 0 && self.store.epochs().latest().is_none() {
+            return Err(StreamEnd::StandaloneLog { log_end: held });
+        }
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", target.address))
             .map_err(StreamEnd::Connect)?
             .connect_timeout(CONNECT_TIMEOUT)

@@ -1,7 +1,8 @@
 //! Scenario 13: under quorum-acked load, `helm upgrade` adds one group (6 → 9
 //! brokers): it elects a master, the route writes on it and it acknowledges
 //! sends; then back to 6: the operator drains the departing group before it
-//! removes it, and nothing acknowledged is lost.
+//! removes it, and nothing acknowledged is lost. First, an upgrade that
+//! changes the replication factor is refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use serde_json::json;
 use super::Cluster;
 use crate::groups::{FACTOR, wait_healthy, wait_routed_to_masters};
 use crate::pods::{View, broker_pod};
-use crate::{LOAD, POLL};
+use crate::{LOAD, NS, POLL, RELEASE};
 
 impl Cluster {
     /// Scenario 13, from `groups` groups to one more and back.
@@ -23,6 +24,28 @@ impl Cluster {
             "13-group-scale-out-and-in",
             "under load, helm upgrade adds a group (6 → 9 brokers): it gets a master and writes; back to 6: the group is drained first; nothing lost",
         );
+        // The brokers' logs were written with replication factor 3: the chart
+        // refuses to change it (the brokers would follow unrelated logs).
+        let chart = self.env.chart();
+        let refused = self
+            .env
+            .helm(&[
+                "upgrade",
+                RELEASE,
+                &chart,
+                "-n",
+                NS,
+                "--reuse-values",
+                "--set",
+                "broker.replicationFactor=1",
+            ])
+            .await;
+        assert!(
+            !refused.success && refused.stderr.contains("which cannot change"),
+            "changing the replication factor of a release must fail: {}",
+            refused.describe()
+        );
+
         let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 200).await;
 

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use dduomq_client::Producer;
 use dduomq_client::proto as pb;
 use dduomq_operator::replication::timing::LEASE;
-use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually_every, secs};
+use dduomq_testkit::{
+    Load, Step, acks_flowing, all_acked_consumed, body_of, eventually_every, secs,
+};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use serde_json::json;
@@ -21,7 +23,7 @@ use serde_json::json;
 use super::Cluster;
 use crate::groups::{FACTOR, group_record, replica_state, wait_healthy, wait_routed_to_masters};
 use crate::pods::{BrokerPod, View, broker_pod};
-use crate::{LOAD, POLL};
+use crate::{LOAD, NS, POLL, TOPIC};
 
 /// The nftables table the scenario adds to the pod's network namespace.
 const TABLE: &str = "dduomq_e2e_isolation";
@@ -48,6 +50,28 @@ async fn nft_in_pod(pod: &BrokerPod, script: &str) {
         "nft in {} failed ({status}):\n{script}",
         pod.name
     );
+}
+
+/// One message sent straight to `address` (no routing), to queue 0 of the
+/// suite's topic; the broker's refusal if it refuses.
+async fn send_straight_to(address: &str, body: Vec<u8>) -> Result<(), tonic::Status> {
+    let mut client =
+        pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(pb::SendRequest {
+        messages: vec![pb::OutgoingMessage {
+            topic: TOPIC.into(),
+            body: body.into(),
+            queue_id: Some(0),
+            ..Default::default()
+        }],
+    });
+    request.metadata_mut().insert(
+        dduomq_proto::namespace::NAMESPACE_METADATA,
+        NS.parse().expect("a namespace is a header value"),
+    );
+    client.send(request).await.map(drop)
 }
 
 /// Rules that drop the pod's traffic with the API server and every other pod,
@@ -120,6 +144,15 @@ impl Cluster {
         assert!(
             stopped_after < LEASE + Duration::from_secs(1),
             "the isolated master still acted as master {stopped_after:?} after it was cut off (lease {LEASE:?})"
+        );
+        // A client that still reaches it is refused.
+        let index = self.ledger.allocate();
+        let refusal = send_straight_to(&pod.addr().expect("pod IP"), body_of(index))
+            .await
+            .expect_err("the isolated master must refuse a send");
+        assert!(
+            refusal.message().contains("takes no writes"),
+            "the isolated master refused with {refusal:?}"
         );
         let elected = eventually_every(POLL, Duration::from_secs(60), "a new master", async || {
             let r = group_record(&self.client, group).await?;
