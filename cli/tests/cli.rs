@@ -469,13 +469,17 @@ fn topic_settings_are_applied_and_shown() {
             "produce", "--topic", "capped", "--count", "1", "--size", "500",
         ],
     );
-    // Created again without them: the broker's own limits.
+    // Created again without them: the broker's own limits, but its own ack
+    // policy stays (leaving it out must not weaken a topic) until reset.
     let plain = ok_json(
         &b,
         &["topic", "create", "capped", "--queues", "1", "-o", "json"],
     );
     assert_eq!(plain[0].get("max_message_bytes"), None);
-    assert_eq!(plain[0].get("ack_policy"), None);
+    assert_eq!(plain[0]["ack_policy"], "master");
+    let args = ["topic", "create", "capped", "--ack-policy", "default"];
+    let reset = ok_json(&b, &[&args[..], &["--queues", "1", "-o", "json"]].concat());
+    assert_eq!(reset[0].get("ack_policy"), None);
     assert!(ok(&b, &["topic", "describe", "capped"]).contains(
         "max message size: broker default; retention: broker default; ack policy: broker default"
     ));

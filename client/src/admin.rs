@@ -38,7 +38,9 @@ pub struct TopicSettings {
     /// most ten years; zero, like `None`, means the broker's retention).
     pub retention: Option<Duration>,
     /// When a send to the topic is acknowledged in a replicated group
-    /// (`None`: the brokers' `ack_policy`).
+    /// (`BrokerDefault`: the brokers' `ack_policy`). `None` keeps an existing
+    /// topic's (a new one follows the brokers'): an update that leaves it out
+    /// does not weaken the topic.
     pub ack_policy: Option<pb::AckPolicy>,
 }
 

@@ -4,7 +4,10 @@
 //! consumers see them, while a quorum topic's sends fail with QUORUM_TIMEOUT
 //! and nothing more is acknowledged; under a `master` default, a `quorum`
 //! topic's sends wait for the replicas. The policy travels to the replicas
-//! with the topic's metadata, and a new master keeps it.
+//! with the topic's metadata, and a new master keeps it. What the broker
+//! writes about a quorum topic (a transaction's outcome, the topic's
+//! metadata) waits for the replicas too, and an update that leaves the
+//! policy out keeps it.
 
 #[path = "replication/group.rs"]
 #[allow(dead_code)] // shared with the other replication suites
@@ -20,6 +23,7 @@ use group::{make_master, make_replica, start_group_of_three, state, wait_same_lo
 /// Sends go to topics of one queue, so a queue's end counts its messages.
 const FAST: &str = "fast";
 const SAFE: &str = "safe";
+const PAY: &str = "pay";
 
 async fn send_to(b: &Broker, topic: &str, i: usize) -> Result<pb::SendReceipt, ClientError> {
     let message = pb::OutgoingMessage {
@@ -35,6 +39,36 @@ async fn create(b: &Broker, topic: &str, policy: Option<pb::AckPolicy>) -> pb::T
     settings.ack_policy = policy;
     let created = b.admin().create_topic_with(settings).await.expect("create");
     created.topic.expect("the topic")
+}
+
+/// Creates or grows the transaction topic PAY, its ack policy left out
+/// unless `policy`.
+async fn upsert_pay(
+    grpc: &str,
+    queues: u32,
+    policy: Option<pb::AckPolicy>,
+) -> Result<pb::Topic, ClientError> {
+    let mut settings = TopicSettings::new(PAY, queues, pb::MessageType::Transaction);
+    settings.ack_policy = policy;
+    let admin = dduomq_client::Admin::connect(grpc)?;
+    let created = admin.create_topic_with(settings).await?;
+    Ok(created.topic.expect("the topic"))
+}
+
+/// Commits the transaction `id` on PAY through the master at `grpc`.
+async fn commit(grpc: &str, id: &str) -> Result<(), tonic::Status> {
+    pb::messaging_service_client::MessagingServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("messaging connection")
+        .end_transaction(pb::EndTransactionRequest {
+            topic: PAY.into(),
+            transaction_id: id.into(),
+            producer_group: "payers".into(),
+            resolution: pb::TransactionResolution::Commit as i32,
+            from_check: false,
+        })
+        .await
+        .map(|_| ())
 }
 
 /// The topic's ack policy and its one queue's end, as `b` shows them to
@@ -234,4 +268,64 @@ async fn a_quorum_topic_waits_for_its_replicas_under_a_master_default() {
     sent.expect("acknowledged once the replicas stored it");
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     assert!(state(&a).await.committed_end > committed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_topics_commits_and_changes_wait_for_its_replicas_under_a_master_default() {
+    let settings = "ack_policy = \"master\"\nack_timeout = \"3s\"";
+    let [a, b, c] = start_group_of_three(settings).await;
+    let quorum = Some(pb::AckPolicy::Quorum);
+    upsert_pay(&a.grpc, 1, quorum).await.expect("create");
+    // Growing it without a policy keeps quorum.
+    let grown = upsert_pay(&a.grpc, 2, None).await.expect("grow");
+    assert_eq!(
+        (grown.queues, grown.ack_policy()),
+        (2, pb::AckPolicy::Quorum)
+    );
+    let half = pb::OutgoingMessage {
+        topic: PAY.into(),
+        body: b"paid".to_vec().into(),
+        transactional: true,
+        producer_group: "payers".into(),
+        ..Default::default()
+    };
+    let id = group::send_message(&a, half)
+        .await
+        .expect("half sent")
+        .transaction_id;
+    for replica in [&b, &c] {
+        replica_knows(replica, PAY, pb::AckPolicy::Quorum).await;
+    }
+    settled_committed_end(&a).await;
+
+    b.pause();
+    c.pause();
+    let master = a.grpc.clone();
+    let committing = tokio::spawn(async move { commit(&master, &id).await });
+    let master = a.grpc.clone();
+    let growing = tokio::spawn(async move { upsert_pay(&master, 4, None).await });
+    // A change to a topic under the `master` default does not wait.
+    let started = Instant::now();
+    create(&a, FAST, None).await;
+    assert!(started.elapsed() < Duration::from_millis(900));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!committing.is_finished(), "committed without its replicas");
+    assert!(!growing.is_finished(), "changed without its replicas");
+    b.resume();
+    c.resume();
+    committing
+        .await
+        .unwrap()
+        .expect("committed once the replicas stored it");
+    let grown = growing.await.unwrap().expect("changed once they stored it");
+    assert_eq!(
+        (grown.queues, grown.ack_policy()),
+        (4, pb::AckPolicy::Quorum)
+    );
+    // The operator's and the CLI's way back to the brokers' policy.
+    let reset = upsert_pay(&a.grpc, 4, Some(pb::AckPolicy::BrokerDefault)).await;
+    assert_eq!(
+        reset.expect("reset").ack_policy(),
+        pb::AckPolicy::Unspecified
+    );
 }

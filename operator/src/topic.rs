@@ -43,7 +43,14 @@ pub fn broker_topic(name: &str, topic: &Topic) -> Result<TopicSettings, Reconcil
         message_type(topic.spec.message_type),
     );
     settings.max_message_bytes = topic.spec.max_message_bytes;
-    settings.ack_policy = topic.spec.ack_policy.map(ack_policy);
+    // Unset is sent as "the brokers'": left out, the brokers would keep the
+    // topic's policy, and removing ackPolicy from the spec would not reset it.
+    settings.ack_policy = Some(
+        topic
+            .spec
+            .ack_policy
+            .map_or(pb::AckPolicy::BrokerDefault, ack_policy),
+    );
     settings.retention = topic
         .spec
         .retention

@@ -37,13 +37,17 @@ impl AdminService for AdminApi {
             let name = ns.topic(&r.name).map_err(|e| ns.refusal(e))?;
             let message_type =
                 convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?;
+            let (ack, ack_policy) =
+                convert::ack_policy_from_pb(r.ack_policy).map_err(|e| ns.refusal(e))?;
             let settings = TopicSettings {
-                ack_policy: convert::ack_policy_from_pb(r.ack_policy).map_err(|e| ns.refusal(e))?,
+                ack_policy,
                 ..TopicSettings::from_wire(r.max_message_bytes, r.retention_ms)
             };
             let CreatedTopic { topic, created } = self
                 .broker
-                .acknowledged_change(|b| b.upsert_topic(&name, r.queues, message_type, settings))
+                .acknowledged_change(Some(&name), |b| {
+                    b.upsert_topic(&name, r.queues, message_type, settings, ack)
+                })
                 .await
                 .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateTopicResponse {
@@ -64,7 +68,7 @@ impl AdminService for AdminApi {
                 .topic(&req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
             self.broker
-                .acknowledged_change(|b| b.delete_topic(&name))
+                .acknowledged_change(Some(&name), |b| b.delete_topic(&name))
                 .await
                 .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteTopicResponse {}))
@@ -149,7 +153,7 @@ impl AdminService for AdminApi {
             config.ordered = g.ordered;
             let created = self
                 .broker
-                .acknowledged_change(|b| b.upsert_group(config.clone()))
+                .acknowledged_change(None, |b| b.upsert_group(config.clone()))
                 .await
                 .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::CreateGroupResponse {
@@ -170,7 +174,7 @@ impl AdminService for AdminApi {
                 .group("group name", &req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
             self.broker
-                .acknowledged_change(|b| b.delete_group(&name))
+                .acknowledged_change(None, |b| b.delete_group(&name))
                 .await
                 .map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::DeleteGroupResponse {}))

@@ -7,6 +7,7 @@ use crate::messaging::error::BrokerError;
 use crate::messaging::groups::{
     ConsumeMode, GroupConfig, GroupSubscription, MAX_GROUP_SUBSCRIPTIONS,
 };
+use crate::messaging::topic_settings::AckPolicyUpdate;
 use crate::messaging::topics::TopicConfig;
 use crate::messaging::{Delivery, QueueProgress};
 use crate::messaging::{limits, properties};
@@ -68,13 +69,16 @@ pub fn message_type_from_pb(t: i32) -> Result<MessageType, BrokerError> {
     )
 }
 
-/// A topic's acknowledgement policy; unspecified means the broker's.
-pub fn ack_policy_from_pb(p: i32) -> Result<Option<AckPolicy>, BrokerError> {
+/// A CreateTopicRequest's acknowledgement policy: what an existing topic's
+/// becomes, and the policy a new topic (or a replaced one) takes (`None`: the
+/// broker's). Unspecified keeps an existing topic's (see admin.proto).
+pub fn ack_policy_from_pb(p: i32) -> Result<(AckPolicyUpdate, Option<AckPolicy>), BrokerError> {
     Ok(
         match pb::AckPolicy::try_from(p).map_err(|_| unknown("ack_policy", p))? {
-            pb::AckPolicy::Master => Some(AckPolicy::Master),
-            pb::AckPolicy::Quorum => Some(AckPolicy::Quorum),
-            pb::AckPolicy::Unspecified => None,
+            pb::AckPolicy::Master => (AckPolicyUpdate::Replace, Some(AckPolicy::Master)),
+            pb::AckPolicy::Quorum => (AckPolicyUpdate::Replace, Some(AckPolicy::Quorum)),
+            pb::AckPolicy::BrokerDefault => (AckPolicyUpdate::Replace, None),
+            pb::AckPolicy::Unspecified => (AckPolicyUpdate::Keep, None),
         },
     )
 }

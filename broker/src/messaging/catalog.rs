@@ -6,7 +6,7 @@
 
 use super::error::{BrokerError, Result};
 use super::groups::{ConsumeMode, GroupConfig};
-use super::topic_settings::TopicSettings;
+use super::topic_settings::{AckPolicyUpdate, TopicSettings};
 use super::topics::TopicConfig;
 use super::{Broker, topics};
 use crate::store::MessageType;
@@ -50,17 +50,21 @@ impl Broker {
     }
 
     /// Creates a user topic or updates it: queues may grow, `settings`
-    /// replace the topic's (the message type never changes).
+    /// replace the topic's, its ack policy per `ack` (the message type never
+    /// changes).
     pub fn upsert_topic(
         &self,
         name: &str,
         queues: u32,
         message_type: MessageType,
         settings: TopicSettings,
+        ack: AckPolicyUpdate,
     ) -> Result<CreatedTopic> {
         topics::validate_user_topic(name)?;
         self.change_term()?;
-        let (topic, created) = self.topics.upsert(name, queues, message_type, settings)?;
+        let (topic, created) = self
+            .topics
+            .upsert(name, queues, message_type, settings, ack)?;
         self.refresh_log_retention();
         Ok(CreatedTopic { topic, created })
     }

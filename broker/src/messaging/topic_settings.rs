@@ -33,6 +33,19 @@ pub struct TopicSettings {
     pub ack_policy: Option<AckPolicy>,
 }
 
+/// What an upsert does with an existing topic's ack policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPolicyUpdate {
+    /// Keeps it, whatever the upsert's settings say (a new topic takes
+    /// theirs): a request that leaves the policy out, such as one only adding
+    /// queues, must not turn a quorum topic into one that follows a `master`
+    /// default.
+    Keep,
+    /// Replaces it with the settings' (`None`: the topic follows the
+    /// broker's).
+    Replace,
+}
+
 impl TopicSettings {
     /// The settings of the wire's fields, where 0 means the broker's.
     pub fn from_wire(max_message_bytes: u32, retention_ms: u64) -> TopicSettings {

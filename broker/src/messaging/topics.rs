@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{BrokerError, Limit, Result};
 use super::journal::{Change, Decision, Named, Table};
-use super::topic_settings::TopicSettings;
+use super::topic_settings::{AckPolicyUpdate, TopicSettings};
 use crate::store::{MessageType, validate_topic_name};
 
 /// Prefix of broker-owned topics.
@@ -116,16 +116,18 @@ impl Topics {
         self.put(name, queues, message_type, None)
     }
 
-    /// [`Self::create`] that also replaces the topic's settings.
+    /// [`Self::create`] that also replaces the topic's settings (its ack
+    /// policy per `ack`).
     pub fn upsert(
         &self,
         name: &str,
         queues: u32,
         message_type: MessageType,
         settings: TopicSettings,
+        ack: AckPolicyUpdate,
     ) -> Result<(TopicConfig, bool)> {
         settings.check(self.limits.max_message_bytes)?;
-        self.put(name, queues, message_type, Some(settings))
+        self.put(name, queues, message_type, Some((settings, ack)))
     }
 
     /// Creates or updates a topic; `settings: None` keeps an existing topic's.
@@ -134,7 +136,7 @@ impl Topics {
         name: &str,
         queues: u32,
         message_type: MessageType,
-        settings: Option<TopicSettings>,
+        settings: Option<(TopicSettings, AckPolicyUpdate)>,
     ) -> Result<(TopicConfig, bool)> {
         validate_topic_name(name)?;
         let max_queues = self.limits.max_queues;
@@ -148,6 +150,15 @@ impl Topics {
         }
         self.table.update(|topics| {
             let existing = topics.get(name);
+            // Resolved under the table's lock: a concurrent upsert's policy
+            // is kept, not one read before it.
+            let settings = settings.map(|(s, ack)| match (ack, existing) {
+                (AckPolicyUpdate::Keep, Some(e)) => TopicSettings {
+                    ack_policy: e.settings.ack_policy,
+                    ..s
+                },
+                _ => s,
+            });
             if let Some(existing) = existing {
                 let conflict = |reason: &str| BrokerError::TopicConflict {
                     name: name.to_string(),
@@ -234,6 +245,7 @@ mod tests {
         max_queues: 16,
         max_message_bytes: 4096,
     };
+    const REPLACE: AckPolicyUpdate = AckPolicyUpdate::Replace;
 
     #[test]
     fn create_grow_conflict_persist() {
@@ -305,18 +317,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let topics = Topics::open(dir.path(), LIMITS).unwrap();
         let limited = TopicSettings::from_wire(1024, 60_000);
-        let (t, changed) = topics.upsert("a", 4, MessageType::Normal, limited).unwrap();
+        let (t, changed) = topics
+            .upsert("a", 4, MessageType::Normal, limited, REPLACE)
+            .unwrap();
         assert!(changed);
         assert_eq!(t.settings, limited);
         // The same settings again change nothing; new ones replace them.
         assert!(
             !topics
-                .upsert("a", 4, MessageType::Normal, limited)
+                .upsert("a", 4, MessageType::Normal, limited, REPLACE)
                 .unwrap()
                 .1
         );
         let wider = TopicSettings::from_wire(2048, 0);
-        assert!(topics.upsert("a", 4, MessageType::Normal, wider).unwrap().1);
+        assert!(
+            topics
+                .upsert("a", 4, MessageType::Normal, wider, REPLACE)
+                .unwrap()
+                .1
+        );
         // A plain create (auto-create, growing) keeps them.
         assert_eq!(
             topics
@@ -332,6 +351,7 @@ mod tests {
                 8,
                 MessageType::Normal,
                 TopicSettings::from_wire(4097, 0),
+                REPLACE,
             )
             .unwrap_err();
         assert_eq!(refused.code(), Reason::InvalidArgument);
@@ -341,6 +361,44 @@ mod tests {
         let topics = Topics::open(dir.path(), LIMITS).unwrap();
         let reopened = topics.require("a").unwrap();
         assert_eq!((reopened.queues, reopened.settings), (8, wider));
+    }
+
+    #[test]
+    fn an_upsert_without_an_ack_policy_keeps_the_topics() {
+        use crate::replication::AckPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Topics::open(dir.path(), LIMITS).unwrap();
+        let keep = AckPolicyUpdate::Keep;
+        let with = |p| TopicSettings {
+            ack_policy: p,
+            ..TopicSettings::from_wire(1024, 0)
+        };
+        // A new topic takes the settings' policy either way.
+        let (t, _) = topics
+            .upsert(
+                "a",
+                4,
+                MessageType::Normal,
+                with(Some(AckPolicy::Quorum)),
+                keep,
+            )
+            .unwrap();
+        assert_eq!(t.settings.ack_policy, Some(AckPolicy::Quorum));
+        // Growing it without one keeps quorum (the other settings replace).
+        let (t, changed) = topics
+            .upsert("a", 8, MessageType::Normal, TopicSettings::default(), keep)
+            .unwrap();
+        assert!(changed);
+        let quorum_only = TopicSettings {
+            ack_policy: Some(AckPolicy::Quorum),
+            ..TopicSettings::default()
+        };
+        assert_eq!(t.settings, quorum_only);
+        // Replacing it clears it: the broker's again.
+        let (t, _) = topics
+            .upsert("a", 8, MessageType::Normal, with(None), REPLACE)
+            .unwrap();
+        assert_eq!(t.settings.ack_policy, None);
     }
 
     #[test]

@@ -145,8 +145,12 @@ impl Broker {
             },
             Resolution::Rollback => Ok(vec![marker]),
         };
+        // Either outcome is as safe as a send to its topic: a commit lost in
+        // a failover would leave the half to be rolled back, a rollback lost
+        // would leave it to be checked and maybe committed.
+        let policy = self.strictest_ack_policy(&half.topic);
         let stored = match outcome {
-            Ok(records) => self.append_acknowledged(records).await,
+            Ok(records) => self.append_acknowledged(records, policy).await,
             Err(e) => Err(e.into()),
         };
         match stored {

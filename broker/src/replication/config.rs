@@ -26,6 +26,19 @@ pub enum AckPolicy {
     Master,
 }
 
+impl AckPolicy {
+    /// The safer of two policies: a record two policies apply to (a
+    /// transaction's outcome under the broker's and its topic's) waits for
+    /// the one that loses nothing if either does.
+    pub fn stricter(self, other: AckPolicy) -> AckPolicy {
+        if self == AckPolicy::Quorum || other == AckPolicy::Quorum {
+            AckPolicy::Quorum
+        } else {
+            AckPolicy::Master
+        }
+    }
+}
+
 /// The `[replication]` table of the broker config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

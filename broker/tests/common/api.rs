@@ -11,7 +11,7 @@ use dduomq_broker::messaging::groups::{ConsumeMode, GroupConfig, GroupSubscripti
 use dduomq_broker::messaging::membership::MemberKind;
 use dduomq_broker::messaging::push::subscription::Subscription;
 use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
-use dduomq_broker::messaging::topic_settings::TopicSettings;
+use dduomq_broker::messaging::topic_settings::{AckPolicyUpdate, TopicSettings};
 use dduomq_broker::messaging::topics::TopicConfig;
 use dduomq_broker::messaging::{
     AppliedMetadata, Broker, Delivery, GroupOffset, LeaseRound, NackOutcome, PullSpec, Pulled,
@@ -42,7 +42,13 @@ pub fn upsert_topic(
     settings: TopicSettings,
 ) -> Result<TopicConfig> {
     Ok(broker
-        .upsert_topic(name, queues, message_type, settings)?
+        .upsert_topic(
+            name,
+            queues,
+            message_type,
+            settings,
+            AckPolicyUpdate::Replace,
+        )?
         .topic)
 }
 

@@ -30,8 +30,10 @@ pub enum TopicCommand {
         #[arg(long, value_parser = parse_duration)]
         retention: Option<Duration>,
         /// When a send is acknowledged in a replicated group: once the
-        /// master stored it, or once a quorum did; default: the brokers'
-        /// ack_policy.
+        /// master stored it, once a quorum did, or per the brokers'
+        /// ack_policy (default). Left out, an existing topic keeps its own
+        /// (a new one follows the brokers'), so adding queues never weakens
+        /// a quorum topic.
         #[arg(long, value_enum)]
         ack_policy: Option<AckPolicy>,
     },
@@ -66,6 +68,8 @@ impl TopicType {
 pub enum AckPolicy {
     Master,
     Quorum,
+    /// The brokers' ack_policy: clears a topic's own.
+    Default,
 }
 
 impl AckPolicy {
@@ -73,6 +77,7 @@ impl AckPolicy {
         match self {
             AckPolicy::Master => pb::AckPolicy::Master,
             AckPolicy::Quorum => pb::AckPolicy::Quorum,
+            AckPolicy::Default => pb::AckPolicy::BrokerDefault,
         }
     }
 }
@@ -82,7 +87,7 @@ fn ack_policy_name(t: &pb::Topic) -> Option<&'static str> {
     match t.ack_policy() {
         pb::AckPolicy::Master => Some("master"),
         pb::AckPolicy::Quorum => Some("quorum"),
-        pb::AckPolicy::Unspecified => None,
+        pb::AckPolicy::Unspecified | pb::AckPolicy::BrokerDefault => None,
     }
 }
 

@@ -318,7 +318,11 @@ fn the_spec_settings_reach_the_broker_topic_and_a_bad_retention_is_an_error() {
     assert_eq!(settings.max_message_bytes, Some(1024));
     assert_eq!(settings.retention, Some(Duration::from_secs(5400)));
     assert_eq!(settings.message_type, pb::MessageType::Fifo);
-    assert_eq!(settings.ack_policy, None, "unset: the brokers' policy");
+    assert_eq!(
+        settings.ack_policy,
+        Some(pb::AckPolicy::BrokerDefault),
+        "unset: the brokers' policy, sent as such"
+    );
     topic.spec.retention = Some("1fortnight".into());
     let refused = super::broker_topic("orders", &topic).unwrap_err();
     assert!(
@@ -339,6 +343,11 @@ async fn the_ack_policy_reaches_the_brokers_and_an_unknown_one_is_refused() {
     reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
     let hosted = tenant_admin(&broker).list_topics().await.expect("list");
     assert_eq!(hosted[0].ack_policy(), pb::AckPolicy::Master);
+    // Removed from the spec: the topic follows the brokers' again.
+    topic.spec.ack_policy = None;
+    reconcile_once(&topic, vec![], vec![ready_broker(0, &broker.grpc)]).await;
+    let hosted = tenant_admin(&broker).list_topics().await.expect("list");
+    assert_eq!(hosted[0].ack_policy(), pb::AckPolicy::Unspecified);
 
     let spec = json!({"queues": 1, "ackPolicy": "Quorum"});
     let parsed: TopicSpec = serde_json::from_value(spec).unwrap();

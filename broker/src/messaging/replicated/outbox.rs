@@ -230,18 +230,28 @@ impl Broker {
     /// master of a replicated group answers only once the change's metadata
     /// record is appended and acknowledged (QUORUM_TIMEOUT or NOT_MASTER
     /// otherwise, the change then may or may not survive a failover, as an
-    /// unacknowledged send), so an acknowledged change is on every in-sync
-    /// member. Without replication: `change` as it was.
+    /// unacknowledged send). It waits under the broker's policy, or under
+    /// quorum when the changed `topic` is a quorum topic before or after the
+    /// change: a lost change could otherwise turn a quorum topic into a
+    /// `master` one, or bring back a deleted one. Metadata does not always
+    /// wait for quorum: under a `master` default, with the replicas down,
+    /// `master` topics and groups can still be changed. Without replication:
+    /// `change` as it was.
     pub async fn acknowledged_change<T>(
         &self,
+        topic: Option<&str>,
         change: impl FnOnce(&Broker) -> Result<T>,
     ) -> Result<T> {
         let WriteTerm::Master(term) = self.change_term()? else {
             return change(self);
         };
+        let policy_of =
+            |b: &Broker| topic.map_or(b.default_ack_policy(), |t| b.strictest_ack_policy(t));
+        let policy_before = policy_of(self);
         let outbox = &self.replicated.outbox;
         let before = outbox.queued.load(Ordering::Relaxed);
         let answer = change(self)?;
+        let policy = policy_before.stricter(policy_of(self));
         // Every unit queued so far is appended (or lost) once this returns:
         // a concurrent flush holding some of them finishes first.
         self.flush_metadata_log().await?;
@@ -256,7 +266,7 @@ impl Broker {
         match outbox.last_appended.load(Ordering::Relaxed) {
             NONE => {}
             last => {
-                self.acknowledged(WriteTerm::Master(term), [last], self.default_ack_policy())
+                self.acknowledged(WriteTerm::Master(term), [last], policy)
                     .await?
             }
         }

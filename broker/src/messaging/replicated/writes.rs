@@ -4,8 +4,11 @@
 //! a replicated group appends only as master, and what it acknowledges to a
 //! client waits per the topic's ack policy (its own, else the broker's
 //! `ack_policy`): under `quorum` until its in-sync set stored it, under
-//! `master` only until the master did. The broker's own records (metadata,
-//! transaction outcomes) follow the broker's policy.
+//! `master` only until the master did. The broker's own records follow the
+//! broker's policy, or the stricter of it and their topic's when a client
+//! relies on them as on a send to it (a transaction's outcome, a topic's
+//! metadata): otherwise a quorum topic under a `master` default could lose a
+//! commit it acknowledged.
 
 use std::sync::{Arc, Weak};
 
@@ -57,6 +60,13 @@ impl Broker {
         settings
             .ack_policy
             .unwrap_or_else(|| self.default_ack_policy())
+    }
+
+    /// The policy a record the broker writes about the topic `name` waits
+    /// for: the stricter of the broker's and the topic's (see the module).
+    pub(in crate::messaging) fn strictest_ack_policy(&self, name: &str) -> AckPolicy {
+        self.ack_policy(&self.topics.settings(name))
+            .stricter(self.default_ack_policy())
     }
 
     /// What consumers of a topic with `settings` see: under `master` every
@@ -133,16 +143,16 @@ impl Broker {
     }
 
     /// Appends the broker's own `messages` and waits until they are
-    /// acknowledged under the broker's policy.
+    /// acknowledged under `policy`.
     pub(in crate::messaging) async fn append_acknowledged(
         &self,
         messages: Vec<Message>,
+        policy: AckPolicy,
     ) -> Result<()> {
         let term = self.write_term()?;
         let appended = self.append_in(term, messages).await?;
         let positions = appended.iter().map(|a| a.id.physical_offset);
-        self.acknowledged(term, positions, self.default_ack_policy())
-            .await
+        self.acknowledged(term, positions, policy).await
     }
 
     /// Waits until the records at `positions` are acknowledged under `term`
