@@ -10,15 +10,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dduomq_client::Producer;
 use dduomq_client::proto as pb;
+use dduomq_client::{Message, Producer};
+use dduomq_operator::crd::Topic;
 use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually_every, secs};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::Cluster;
+use crate::clients::{build_producer, service_address};
 use crate::groups::{group_record, replica_state, wait_healthy, wait_routed_to_masters};
 use crate::pods::{View, broker_pod, claim_name, sigkill};
 use crate::{LOAD, NS, POLL};
@@ -32,7 +35,105 @@ pub enum MasterLoss {
     PodAndVolume,
 }
 
+/// How a member that returned with an empty volume copied the log.
+struct CatchUp {
+    /// What the master held when the member returned.
+    bytes: u64,
+    /// From the moment its new pod had an address (the broker still
+    /// starting) until it held all of that: an upper bound of the copy time
+    /// (polled every 50 ms).
+    took: Duration,
+}
+
+/// Watches the member at `member`, whose pod got its address at `since`,
+/// copy the log of the master at `master`.
+async fn catch_up(member: &str, master: &str, since: Instant) -> CatchUp {
+    let bytes = replica_state(master)
+        .await
+        .expect("the new master reports its state")
+        .log_end;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(s) = replica_state(member).await
+            && s.log_end >= bytes
+        {
+            return CatchUp {
+                bytes,
+                took: since.elapsed(),
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{member} did not copy the master's {bytes} bytes within 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The topic that gives a returning member something to copy (no group
+/// consumes it), and what is written to it before the volume is lost.
+const FILL_TOPIC: &str = "e2e-catch-up";
+const FILL_MESSAGES: usize = 1_600;
+const FILL_MESSAGE_BYTES: usize = 64 * 1024;
+
 impl Cluster {
+    /// Writes [`FILL_MESSAGES`] of [`FILL_MESSAGE_BYTES`] (100 MiB, spread
+    /// over both groups) to [`FILL_TOPIC`], every send acknowledged.
+    async fn fill_for_catch_up(&self, groups: u32) {
+        let manifest = format!(
+            "apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {FILL_TOPIC}\n  namespace: {NS}\n\
+             spec:\n  queues: 8\n  messageType: Normal\n  deletionPolicy: Delete\n"
+        );
+        self.env
+            .kubectl_ok(&["apply", "-f", "-"], Some(&manifest))
+            .await;
+        // Placed on every group before the fill, so each group's log grows.
+        let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
+        eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            "the fill topic placed on every group",
+            async || {
+                let s = topics.get(FILL_TOPIC).await.ok()?.status?;
+                let owners: std::collections::BTreeSet<&str> =
+                    s.assignment.iter().map(|a| a.broker.as_str()).collect();
+                (s.assignment.len() == 8 && owners.len() as u32 == groups).then_some(())
+            },
+        )
+        .await;
+        let producer = build_producer(&service_address(&self.client).await);
+        // Incompressible (the producer compresses large bodies): xorshift bytes.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let body: Vec<u8> = (0..FILL_MESSAGE_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let sent = eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            "the fill topic routed",
+            async || {
+                producer
+                    .send(Message::new(FILL_TOPIC, body.clone()))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        drop(sent);
+        let failed = futures::stream::iter(1..FILL_MESSAGES)
+            .map(|_| producer.send(Message::new(FILL_TOPIC, body.clone())))
+            .buffer_unordered(16)
+            .filter(|r| std::future::ready(r.is_err()))
+            .count()
+            .await;
+        assert_eq!(failed, 0, "every send of the fill acknowledged");
+    }
+
     /// Scenario 9 (`Process`, group 0) or 10 (`PodAndVolume`, group 1).
     pub async fn lose_master(
         &self,
@@ -62,6 +163,9 @@ impl Cluster {
             .expect("the master's pod");
         let claim_before = self.claim(old).await.expect("the master's PVC");
 
+        if loss == MasterLoss::PodAndVolume {
+            self.fill_for_catch_up(groups).await;
+        }
         let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 200).await;
         // Message ids of a replicated group carry the group, not the member.
@@ -120,33 +224,46 @@ impl Cluster {
             failover.as_secs_f64()
         );
 
-        // The lost member returns and rejoins; when it returns empty, how fast
-        // it copies the log.
-        let mut running_at = None;
-        let rejoined = eventually_every(
+        // The lost member returns; when it returns empty, how fast it copies
+        // the log; then it rejoins the in-sync set.
+        let returned = eventually_every(
             POLL,
             Duration::from_secs(300),
-            "the lost member back in sync",
+            "the lost member back",
             async || {
                 let pod = broker_pod(&self.client, old).await?;
                 let replaced = match loss {
                     MasterLoss::Process => pod.restarts > victim.restarts,
                     MasterLoss::PodAndVolume => pod.uid != victim.uid,
                 };
-                if !replaced || pod.ip.is_none() {
-                    return None;
-                }
-                running_at.get_or_insert_with(Instant::now);
-                let r = group_record(&self.client, group).await?;
-                r.in_sync
-                    .contains(&(old % crate::groups::FACTOR))
-                    .then_some((r, pod))
+                (replaced && pod.ip.is_some()).then_some(pod)
             },
         )
         .await;
-        let (record, returned) = rejoined;
+        let back_at = Instant::now();
+        let catch_up = match loss {
+            MasterLoss::Process => None,
+            MasterLoss::PodAndVolume => {
+                let master = broker_pod(&self.client, new_master)
+                    .await
+                    .and_then(|p| p.addr())
+                    .expect("the new master's address");
+                Some(catch_up(&returned.addr().expect("pod IP"), &master, back_at).await)
+            }
+        };
+        let record = eventually_every(
+            POLL,
+            Duration::from_secs(300),
+            "the lost member back in sync",
+            async || {
+                let r = group_record(&self.client, group).await?;
+                r.in_sync
+                    .contains(&(old % crate::groups::FACTOR))
+                    .then_some(r)
+            },
+        )
+        .await;
         let in_sync_after = t.elapsed();
-        let catch_up = running_at.map_or(Duration::ZERO, |at| at.elapsed());
         let state = eventually_every(
             POLL,
             Duration::from_secs(60),
@@ -182,18 +299,24 @@ impl Cluster {
         step.set("kill_to_first_ack_by_new_master_s", secs(failover));
         step.set("lost_member_in_sync_after_s", secs(in_sync_after));
         step.set("rejoined_log_bytes", state.log_end);
-        if loss == MasterLoss::PodAndVolume {
-            // From the new pod's start to the in-sync record (polled every 250 ms).
-            step.set("catch_up_s", secs(catch_up));
+        if let Some(c) = catch_up {
+            step.set("catch_up_bytes", c.bytes);
+            step.set("catch_up_at_most_s", secs(c.took));
             step.set(
-                "catch_up_mib_per_s",
-                (state.log_end as f64 / 1048576.0 / catch_up.as_secs_f64().max(0.25) * 10.0)
-                    .round()
-                    / 10.0,
+                "catch_up_mib_per_s_at_least",
+                (c.bytes as f64 / 1048576.0 / c.took.as_secs_f64().max(0.05) * 10.0).round() / 10.0,
             );
         }
         step.set("consumed_after_stop_s", secs(consumed));
         step.set("duplicates_so_far", self.ledger.duplicates() as u64);
+        if loss == MasterLoss::PodAndVolume {
+            self.env
+                .kubectl_ok(
+                    &["delete", "topic", FILL_TOPIC, "-n", NS, "--wait=true"],
+                    None,
+                )
+                .await;
+        }
         step.done();
     }
 }
