@@ -11,9 +11,16 @@
 //! renews it blind) and is elected away, instead of making the replicas cut
 //! the messages it lost.
 //!
+//! The record also names the store each in-sync member was in sync on: a
+//! replica whose volume was replaced comes back empty with another identity
+//! and stays in the recorded set until the master proposes it out; if the
+//! master and the others fail in that window, electing it would lose every
+//! acknowledged message, so [`elect`] skips it.
+//!
 //! The record lives in the API server and every write is a compare-and-swap;
 //! these functions only say what to write.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::acks::InSyncProposal;
@@ -37,6 +44,12 @@ pub struct GroupRecord {
     /// electing a release that reports none) until the master reports one
     /// while acting ([`Decision::Record`] adds it then).
     pub master_store: Option<u64>,
+    /// The store identity each member of `in_sync` had when the controller
+    /// recorded it in sync (the master's included): a member reporting
+    /// another one lost what it held and is not elected. A member without an
+    /// entry (a record written before these, or a member that had not
+    /// reported an identity) is not checked.
+    pub in_sync_stores: BTreeMap<MemberId, u64>,
 }
 
 impl GroupRecord {
@@ -48,6 +61,7 @@ impl GroupRecord {
             in_sync: (0..group_size).collect(),
             in_sync_version: 0,
             master_store: None,
+            in_sync_stores: BTreeMap::new(),
         }
     }
 }
@@ -184,8 +198,8 @@ pub enum Decision {
     /// (AssignRole) to every member.
     Renew,
     /// Compare-and-swap this record (the master's in-sync proposal, or the
-    /// store identity of a master acting under a record that lacked it),
-    /// then renew.
+    /// store identities of an acting master and its in-sync members that a
+    /// record written before them lacked), then renew.
     Record(GroupRecord),
     /// Do not send the recorded master AssignRole before `elect_at` (each
     /// attempt would move its fencing deadline, and promoting it earlier
@@ -302,11 +316,10 @@ pub fn decide(
             MasterStatus::Refused | MasterStatus::Behind | MasterStatus::Replaced => false,
         };
     if healthy {
-        if let Some(next) = adopt_master_store(record, report, status) {
+        if let Some(next) = adopt_stores(record, members, report, status) {
             return Decision::Record(next);
         }
-        let group_size = members.len() as u32;
-        return match validate_proposal(record, report, group_size) {
+        return match validate_proposal(record, members, report) {
             Ok(next) => Decision::Record(next),
             Err(_) => Decision::Renew,
         };
@@ -341,28 +354,70 @@ pub fn decide(
 /// the master of the epoch holds the epoch's log, so its identity is the one
 /// to keep). Until then AssignRole carries none and the member cannot check
 /// it; the followers' guard against cutting records of the master's own
-/// epoch still holds.
-fn adopt_master_store(
+/// epoch still holds. In-sync members without a recorded store get their
+/// reported one the same way, so an upgraded group does not wait for its
+/// next election or proposal to be checked.
+fn adopt_stores(
     record: &GroupRecord,
+    members: &[MemberView],
     report: Option<&MemberReport>,
     status: MasterStatus,
 ) -> Option<GroupRecord> {
-    if record.master_store.is_some() || status != MasterStatus::Acting {
+    if status != MasterStatus::Acting {
         return None;
     }
-    let store_id = report?.store_id?;
+    let master_store = record.master_store.or(report?.store_id);
+    let in_sync_stores = recorded_stores(record, &record.in_sync, members);
+    if master_store == record.master_store && in_sync_stores == record.in_sync_stores {
+        return None;
+    }
     Some(GroupRecord {
-        master_store: Some(store_id),
+        master_store,
+        in_sync_stores,
         in_sync_version: record.in_sync_version + 1,
         ..record.clone()
     })
 }
 
+/// The store identities to record for `in_sync`. A member keeps the one
+/// already recorded for it: it was in sync on that directory, and its
+/// current report may come from a replacement the master has not proposed
+/// out yet (overwriting it would make the empty member eligible). A member
+/// without one takes its reported identity, or none (unchecked).
+fn recorded_stores(
+    record: &GroupRecord,
+    in_sync: &[MemberId],
+    members: &[MemberView],
+) -> BTreeMap<MemberId, u64> {
+    in_sync
+        .iter()
+        .filter_map(|&member| {
+            let reported = || {
+                let view = members.iter().find(|view| view.member == member)?;
+                view.report.as_ref()?.store_id
+            };
+            let store = record.in_sync_stores.get(&member).copied();
+            Some((member, store.or_else(reported)?))
+        })
+        .collect()
+}
+
+/// `member` reports another store than the one it was recorded in sync on:
+/// its volume was replaced and it may hold nothing.
+fn store_replaced(record: &GroupRecord, member: MemberId, report: &MemberReport) -> bool {
+    record
+        .in_sync_stores
+        .get(&member)
+        .zip(report.store_id)
+        .is_some_and(|(&recorded, own)| recorded != own)
+}
+
 /// The record that makes the recorded master master again in a new epoch: for
 /// a ready master that refused to resume its epoch after a restart,
 /// when no other in-sync member is alive (it holds every acknowledged
-/// message: it was in sync). It keeps the recorded store identity: the
-/// member must still run on that data directory.
+/// message: it was in sync). It keeps the recorded store identities: the
+/// member must still run on that data directory, and the in-sync set does
+/// not change.
 pub fn reelect(record: &GroupRecord) -> GroupRecord {
     GroupRecord {
         epoch: record.epoch + 1,
@@ -380,6 +435,10 @@ pub fn reelect(record: &GroupRecord) -> GroupRecord {
 /// reported store identity (none from a release that reports none). Callers
 /// must have waited for the fencing deadline ([`decide`] does).
 ///
+/// A member reporting another store than the one it was recorded in sync on
+/// is not a candidate: its volume was replaced, and until the master
+/// proposes it out it is in the set without the messages.
+///
 /// Only reported members: a master acknowledges writes from its promotion
 /// on, so the record must name its store by then, or a restart on an empty
 /// volume could make it master of the same epoch again (the seeded
@@ -392,11 +451,12 @@ pub fn elect(record: &GroupRecord, members: &[MemberView]) -> Option<GroupRecord
         .filter(|view| record.in_sync.contains(&view.member))
         .filter(|view| Some(view.member) != record.master)
         .filter_map(|view| Some((view.member, view.report.as_ref()?)))
+        .filter(|&(member, report)| !store_replaced(record, member, report))
         .max_by_key(|&(member, report)| {
             let knows_epoch = report.epoch >= record.epoch;
             (knows_epoch, report.log_end, std::cmp::Reverse(member))
         })?;
-    let in_sync = record
+    let in_sync: Vec<MemberId> = record
         .in_sync
         .iter()
         .copied()
@@ -406,6 +466,7 @@ pub fn elect(record: &GroupRecord, members: &[MemberView]) -> Option<GroupRecord
     Some(GroupRecord {
         master: Some(candidate),
         epoch: record.epoch + 1,
+        in_sync_stores: recorded_stores(record, &in_sync, members),
         in_sync,
         in_sync_version: record.in_sync_version + 1,
         master_store: report.store_id,
@@ -415,12 +476,15 @@ pub fn elect(record: &GroupRecord, members: &[MemberView]) -> Option<GroupRecord
 /// The record after the master's in-sync proposal, if it may be recorded:
 /// it comes from the recorded master acting in the recorded epoch, is based
 /// on the current version (a later record wins over an older proposal),
-/// keeps the master, names only members of the group and changes the set.
+/// keeps the master, names only members of the group (`members` holds every
+/// member) and changes the set. The new set's stores are recorded as
+/// [`recorded_stores`] says.
 pub fn validate_proposal(
     record: &GroupRecord,
+    members: &[MemberView],
     master_report: Option<&MemberReport>,
-    group_size: u32,
 ) -> Result<GroupRecord, ProposalRejected> {
+    let group_size = members.len() as u32;
     let report = master_report.ok_or(ProposalRejected::Absent)?;
     let proposal = report.proposal.as_ref().ok_or(ProposalRejected::Absent)?;
     if !report.is_master || report.epoch != record.epoch {
@@ -448,6 +512,7 @@ pub fn validate_proposal(
         return Err(ProposalRejected::Unchanged);
     }
     Ok(GroupRecord {
+        in_sync_stores: recorded_stores(record, &in_sync, members),
         in_sync,
         in_sync_version: record.in_sync_version + 1,
         ..record.clone()

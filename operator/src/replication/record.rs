@@ -3,8 +3,9 @@
 //! `epoch`, `inSync` (comma-separated members), `inSyncVersion` and
 //! `masterStore` (the master's store identity, 16 hex digits; absent in
 //! records written before identities, or while the master's release reports
-//! none). Read and
-//! written only through [`CasConfigMap`], so two controllers can never both
+//! none) and `inSyncStores` (`member:identity,...`, the store each in-sync
+//! member was recorded in sync on; members without one, or the whole key in
+//! older records, are unchecked). Read and written only through [`CasConfigMap`], so two controllers can never both
 //! win a decision taken from the same record.
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ const EPOCH: &str = "epoch";
 const IN_SYNC: &str = "inSync";
 const IN_SYNC_VERSION: &str = "inSyncVersion";
 const MASTER_STORE: &str = "masterStore";
+const IN_SYNC_STORES: &str = "inSyncStores";
 
 /// A group's record as read, with the version its next write must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +135,14 @@ fn encode(record: &GroupRecord) -> BTreeMap<String, String> {
     if let Some(store) = record.master_store {
         data.insert(MASTER_STORE.to_string(), format!("{store:016x}"));
     }
+    if !record.in_sync_stores.is_empty() {
+        let stores: Vec<String> = record
+            .in_sync_stores
+            .iter()
+            .map(|(member, store)| format!("{member}:{store:016x}"))
+            .collect();
+        data.insert(IN_SYNC_STORES.to_string(), stores.join(","));
+    }
     data
 }
 
@@ -161,18 +171,38 @@ fn decode(configmap: &str, data: &BTreeMap<String, String>) -> Result<GroupRecor
         .collect::<Result<Vec<_>, _>>()?;
     let master_store = match data.get(MASTER_STORE) {
         None => None,
-        Some(s) => match u64::from_str_radix(s, 16) {
-            Ok(store) if store != 0 && s.len() == 16 => Some(store),
-            _ => return Err(corrupt(MASTER_STORE, s)),
-        },
+        Some(s) => Some(store_id(s).ok_or_else(|| corrupt(MASTER_STORE, s))?),
     };
+    let stores_text = data
+        .get(IN_SYNC_STORES)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let entries: Vec<&str> = stores_text.split(',').filter(|e| !e.is_empty()).collect();
+    let in_sync_stores = entries
+        .iter()
+        .map(|entry| {
+            let (member, store) = entry.split_once(':')?;
+            Some((member.parse::<MemberId>().ok()?, store_id(store)?))
+        })
+        .collect::<Option<BTreeMap<_, _>>>()
+        .filter(|stores| stores.len() == entries.len())
+        .ok_or_else(|| corrupt(IN_SYNC_STORES, stores_text))?;
     Ok(GroupRecord {
         master,
         epoch: number(EPOCH)?,
         in_sync,
         in_sync_version: number(IN_SYNC_VERSION)?,
         master_store,
+        in_sync_stores,
     })
+}
+
+/// A store identity as written: exactly 16 hex digits, never 0 (the
+/// brokers' "none").
+fn store_id(text: &str) -> Option<u64> {
+    u64::from_str_radix(text, 16)
+        .ok()
+        .filter(|&store| store != 0 && text.len() == 16)
 }
 
 #[cfg(test)]
@@ -194,6 +224,7 @@ mod tests {
             in_sync: vec![0, 1, 2],
             in_sync_version: 1,
             master_store: Some(0x00c0_ffee_0000_0001),
+            in_sync_stores: BTreeMap::from([(0, 0xa), (2, 0x00c0_ffee_0000_0001)]),
         };
         let written = store.write(&first, &elected).await.unwrap().unwrap();
         assert_eq!(written.record, elected);
@@ -205,7 +236,8 @@ mod tests {
                 "epoch": "1",
                 "inSync": "0,1,2",
                 "inSyncVersion": "1",
-                "masterStore": "00c0ffee00000001"
+                "masterStore": "00c0ffee00000001",
+                "inSyncStores": "0:000000000000000a,2:00c0ffee00000001"
             })
         );
         assert_eq!(store.read().await.unwrap(), written);
@@ -254,6 +286,46 @@ mod tests {
     }
 
     #[test]
+    fn in_sync_stores_are_read_back_and_nonsense_is_reported() {
+        let with_stores = |stores: &str| {
+            BTreeMap::from([
+                (MASTER.to_string(), "1".to_string()),
+                (EPOCH.to_string(), "3".to_string()),
+                (IN_SYNC.to_string(), "0,1".to_string()),
+                (IN_SYNC_VERSION.to_string(), "4".to_string()),
+                (IN_SYNC_STORES.to_string(), stores.to_string()),
+            ])
+        };
+        let data = with_stores("0:00000000000000ff,1:ffffffffffffffff");
+        let record = decode("g", &data).unwrap();
+        assert_eq!(
+            record.in_sync_stores,
+            BTreeMap::from([(0, 0xff), (1, u64::MAX)])
+        );
+        assert_eq!(encode(&record), data);
+        let partial = decode("g", &with_stores("1:00000000000000ff")).unwrap();
+        assert_eq!(
+            partial.in_sync_stores,
+            BTreeMap::from([(1, 0xff)]),
+            "member 0 is unchecked"
+        );
+        for bad in [
+            "0",
+            "0:ff",
+            "x:00000000000000ff",
+            "0:0000000000000000",
+            "0:00000000000000ff,0:00000000000000fe",
+            "0:00000000000000ff;1:00000000000000fe",
+        ] {
+            let err = decode("g", &with_stores(bad)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("ConfigMap g: inSyncStores {bad:?} is not valid")
+            );
+        }
+    }
+
+    #[test]
     fn a_record_from_before_store_identities_names_none() {
         let data = BTreeMap::from([
             (MASTER.to_string(), "1".to_string()),
@@ -270,6 +342,7 @@ mod tests {
                 in_sync: vec![0, 1],
                 in_sync_version: 4,
                 master_store: None,
+                in_sync_stores: BTreeMap::new(),
             }
         );
         assert_eq!(encode(&record), data, "and writes none back");

@@ -19,7 +19,13 @@ fn record(master: MemberId, in_sync: &[MemberId]) -> GroupRecord {
         in_sync: in_sync.to_vec(),
         in_sync_version: 9,
         master_store: Some(100 + u64::from(master)),
+        in_sync_stores: stores(in_sync),
     }
+}
+
+/// The stores of `members` as recorded in sync: their own (`100 + m`).
+fn stores(members: &[MemberId]) -> BTreeMap<MemberId, u64> {
+    members.iter().map(|&m| (m, 100 + u64::from(m))).collect()
 }
 
 /// Member 0 is the recorded master in these tests.
@@ -80,6 +86,7 @@ fn a_current_proposal_is_recorded_with_the_next_version() {
     let expected = GroupRecord {
         in_sync: vec![0, 1],
         in_sync_version: 10,
+        in_sync_stores: stores(&[0, 1]),
         ..record(0, &[0, 1, 2])
     };
     assert_eq!(decision, Decision::Record(expected));
@@ -95,33 +102,34 @@ fn stale_or_foreign_proposals_are_rejected() {
         store_id: Some(100),
     };
     let current = record(0, &[0, 1, 2]);
+    let members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
     assert_eq!(
-        validate_proposal(&current, Some(&proposal(vec![0, 1], 8)), 3),
+        validate_proposal(&current, &members, Some(&proposal(vec![0, 1], 8))),
         Err(ProposalRejected::StaleVersion {
             based_on: 8,
             current: 9
         })
     );
     assert_eq!(
-        validate_proposal(&current, Some(&proposal(vec![1, 2], 9)), 3),
+        validate_proposal(&current, &members, Some(&proposal(vec![1, 2], 9))),
         Err(ProposalRejected::MissingMaster)
     );
     assert_eq!(
-        validate_proposal(&current, Some(&proposal(vec![0, 3], 9)), 3),
+        validate_proposal(&current, &members, Some(&proposal(vec![0, 3], 9))),
         Err(ProposalRejected::UnknownMember(3))
     );
     assert_eq!(
-        validate_proposal(&current, Some(&proposal(vec![0, 1, 2], 9)), 3),
+        validate_proposal(&current, &members, Some(&proposal(vec![0, 1, 2], 9))),
         Err(ProposalRejected::Unchanged)
     );
     let mut old_epoch = proposal(vec![0, 1], 9);
     old_epoch.epoch = 2;
     assert_eq!(
-        validate_proposal(&current, Some(&old_epoch), 3),
+        validate_proposal(&current, &members, Some(&old_epoch)),
         Err(ProposalRejected::NotCurrentMaster)
     );
     assert_eq!(
-        validate_proposal(&current, None, 3),
+        validate_proposal(&current, &members, None),
         Err(ProposalRejected::Absent)
     );
 }
@@ -141,6 +149,7 @@ fn a_failed_master_is_fenced_until_its_lease_surely_lapsed() {
         in_sync: vec![1, 2],
         in_sync_version: 10,
         master_store: Some(102),
+        in_sync_stores: stores(&[1, 2]),
     };
     assert_eq!(
         decide(&current, &members, &contact, &TIMING, ms(6200)),
@@ -213,6 +222,7 @@ fn ties_go_to_the_lowest_member_and_the_first_election_keeps_everyone() {
         in_sync: vec![0, 1, 2],
         in_sync_version: 1,
         master_store: Some(100),
+        in_sync_stores: stores(&[0, 1, 2]),
     };
     assert_eq!(first, Decision::Elect(expected));
 }
@@ -239,6 +249,7 @@ fn a_master_that_refused_its_epoch_is_replaced_or_reelected() {
         in_sync: vec![1, 2],
         in_sync_version: 10,
         master_store: Some(101),
+        in_sync_stores: stores(&[1, 2]),
     };
     assert_eq!(
         decide(&current, &members, &contact, &TIMING, ms(6200)),
@@ -269,6 +280,7 @@ fn a_master_named_late_is_promoted_only_after_its_predecessors_deadline() {
         in_sync: vec![1, 2],
         in_sync_version: 10,
         master_store: Some(101),
+        in_sync_stores: stores(&[1, 2]),
     };
     let members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
     assert_eq!(
@@ -334,6 +346,7 @@ fn a_master_whose_replacement_may_still_land_is_not_renewed() {
         in_sync: vec![1, 2],
         in_sync_version: 10,
         master_store: Some(101),
+        in_sync_stores: stores(&[1, 2]),
     };
     assert_eq!(
         decide(&current, &members, &contact, &TIMING, ms(6200)),
@@ -376,6 +389,7 @@ fn a_master_that_lost_its_volume_is_replaced_not_renewed() {
         in_sync: vec![1, 2],
         in_sync_version: 10,
         master_store: Some(101),
+        in_sync_stores: stores(&[1, 2]),
     };
     assert_eq!(
         decide(&current, &members, &contact, &TIMING, ms(6200)),
@@ -401,6 +415,7 @@ fn a_master_this_controller_just_elected_may_report_its_old_epoch() {
         in_sync: vec![1, 2],
         in_sync_version: 10,
         master_store: Some(101),
+        in_sync_stores: stores(&[1, 2]),
     };
     let members = [view(0, false, 10), view(1, true, 10), view(2, true, 10)];
     assert_eq!(
@@ -423,6 +438,7 @@ fn a_master_this_controller_just_elected_may_report_its_old_epoch() {
             in_sync: vec![2],
             in_sync_version: 11,
             master_store: Some(102),
+            in_sync_stores: stores(&[2]),
         }),
         "a record this controller did not write: an older epoch is not trusted"
     );
@@ -447,6 +463,10 @@ fn first_epoch(master_store: Option<u64>) -> GroupRecord {
         epoch: 1,
         in_sync: vec![0, 1, 2],
         in_sync_version: 1,
+        in_sync_stores: match master_store {
+            Some(_) => stores(&[0, 1, 2]),
+            None => BTreeMap::new(),
+        },
         master_store,
     }
 }
@@ -479,6 +499,7 @@ fn a_master_on_another_store_is_not_renewed_and_elected_away_after_the_fence() {
             in_sync: vec![1, 2],
             in_sync_version: 2,
             master_store: Some(102),
+            in_sync_stores: stores(&[1, 2]),
         })
     );
     members[1].ready = false;
@@ -522,14 +543,18 @@ fn an_acting_master_under_a_record_without_a_store_gets_it_recorded() {
             ..first_epoch(Some(100))
         })
     );
-    members[0].report.as_mut().unwrap().store_id = None;
+    for member in &mut members {
+        member.report.as_mut().unwrap().store_id = None;
+    }
     assert_eq!(
         decide(&first_epoch(None), &members, &contact, &TIMING, ms(5100)),
         Decision::Renew,
         "a release that reports no identity: nothing to record"
     );
     members[0].report.as_mut().unwrap().is_master = false;
-    members[0].report.as_mut().unwrap().store_id = Some(100);
+    for (m, member) in members.iter_mut().enumerate() {
+        member.report.as_mut().unwrap().store_id = Some(100 + m as u64);
+    }
     assert_eq!(
         elect(&first_epoch(None), &members).map(|next| next.master_store),
         Some(Some(101)),
@@ -544,4 +569,90 @@ fn an_acting_master_under_a_record_without_a_store_gets_it_recorded() {
     );
     let reelected = reelect(&first_epoch(Some(100)));
     assert_eq!(reelected.master_store, Some(100));
+}
+
+#[test]
+fn a_replica_on_a_replaced_store_is_not_elected() {
+    // Member 1 came back empty on a new volume: the master has not proposed
+    // it out yet, then the master and member 2 failed.
+    let mut members = [view(0, false, 10), view(1, true, 0), view(2, false, 10)];
+    members[1].report.as_mut().unwrap().store_id = Some(901);
+    let current = record(0, &[0, 1, 2]);
+    assert_eq!(elect(&current, &members), None);
+    assert_eq!(
+        decide(&current, &members, &renewed_at(ms(0)), &TIMING, ms(9000)),
+        Decision::NoCandidate,
+        "wait for a member with the log"
+    );
+    members[2].ready = true;
+    let elected = elect(&current, &members).unwrap();
+    assert_eq!(elected.master, Some(2));
+    assert_eq!(
+        elected.in_sync_stores,
+        stores(&[1, 2]),
+        "member 1 keeps the store it was in sync on"
+    );
+    members[2].ready = false;
+    members[1].report.as_mut().unwrap().store_id = Some(101);
+    assert_eq!(
+        elect(&current, &members).map(|next| next.master),
+        Some(Some(1)),
+        "on the same store it holds what it held"
+    );
+}
+
+#[test]
+fn recorded_stores_are_kept_and_new_members_take_their_reported_one() {
+    let proposal = |members: Vec<MemberId>| MemberReport {
+        is_master: true,
+        epoch: 3,
+        log_end: 10,
+        proposal: Some(InSyncProposal {
+            members,
+            based_on: 9,
+        }),
+        store_id: Some(100),
+    };
+    let mut members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
+    members[1].report.as_mut().unwrap().store_id = Some(901);
+    let next = validate_proposal(
+        &record(0, &[0, 1]),
+        &members,
+        Some(&proposal(vec![0, 1, 2])),
+    );
+    assert_eq!(next.unwrap().in_sync_stores, stores(&[0, 1, 2]));
+    let before_stores = GroupRecord {
+        in_sync_stores: BTreeMap::new(),
+        ..record(0, &[0, 1])
+    };
+    members[1].report.as_mut().unwrap().store_id = Some(101);
+    members[2].report = None;
+    let next = validate_proposal(&before_stores, &members, Some(&proposal(vec![0, 1, 2])));
+    assert_eq!(
+        next.unwrap().in_sync_stores,
+        stores(&[0, 1]),
+        "a member that has not reported is recorded unchecked"
+    );
+}
+
+#[test]
+fn an_acting_master_gets_its_in_sync_members_stores_recorded() {
+    let members = [view(0, true, 10), view(1, true, 10), view(2, true, 10)];
+    let before_stores = GroupRecord {
+        in_sync_stores: BTreeMap::new(),
+        ..record(0, &[0, 1])
+    };
+    assert_eq!(
+        decide(
+            &before_stores,
+            &members,
+            &renewed_at(ms(5000)),
+            &TIMING,
+            ms(5100)
+        ),
+        Decision::Record(GroupRecord {
+            in_sync_version: 10,
+            ..record(0, &[0, 1])
+        })
+    );
 }

@@ -215,13 +215,23 @@ impl SimController {
         let Some(stored) = self.stored.clone() else {
             return;
         };
-        let members: Vec<MemberView> = (0..GROUP_SIZE)
+        let mut members: Vec<MemberView> = (0..GROUP_SIZE)
             .map(|member| MemberView {
                 member,
                 ready: ready[member as usize],
                 report: self.reports[member as usize].clone(),
             })
             .collect();
+        if variant == Variant::IgnoreReplicaStores {
+            // Broken on purpose: the replicas' stores are neither recorded
+            // nor compared (only the master's is).
+            let replicas = members
+                .iter_mut()
+                .filter(|view| Some(view.member) != stored.record.master);
+            for report in replicas.filter_map(|view| view.report.as_mut()) {
+                report.store_id = None;
+            }
+        }
         let local = self.local(now);
         let mut contact = self
             .contact

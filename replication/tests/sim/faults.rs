@@ -1,7 +1,7 @@
 //! The faults of one schedule, drawn from its seed: broker crashes, network
 //! partitions (controller↔broker, broker↔broker, broker↔API server, a broker
 //! cut off from everything), a slow or unreachable API server, controller
-//! leader changes, a master losing its volume, and delayed (hence reordered) messages. A fault may aim at
+//! leader changes, a master or a follower losing its volume, and delayed (hence reordered) messages. A fault may aim at
 //! "the master" or "a follower": resolved when it strikes, so schedules hit
 //! failover often.
 
@@ -82,6 +82,18 @@ pub enum Fault {
         other_after: Time,
         down_for: Time,
     },
+    /// A follower loses its volume and comes back empty `down_for` later,
+    /// still in the recorded in-sync set; the master crashes `master_after`
+    /// after the loss and the other follower `other_after` after that, both
+    /// for `crashed_for`. The empty member must not be elected (it is in
+    /// the set and ready): only its store identity tells. Shares the
+    /// one-loss-per-schedule rule of `LoseVolume`.
+    FollowerLosesVolume {
+        down_for: Time,
+        master_after: Time,
+        other_after: Time,
+        crashed_for: Time,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +149,7 @@ fn draw_target(rng: &mut Rng) -> Target {
 fn draw_fault(rng: &mut Rng) -> Fault {
     let lasts = rng.range(100, 2500);
     let target = draw_target(rng);
-    match rng.range(0, 12) {
+    match rng.range(0, 13) {
         0..2 => Fault::Crash {
             target,
             down_for: lasts,
@@ -172,6 +184,12 @@ fn draw_fault(rng: &mut Rng) -> Fault {
         9 => Fault::LoseVolume { down_for: lasts },
         10 => Fault::LoseVolume {
             down_for: rng.range(50, 300),
+        },
+        11 => Fault::FollowerLosesVolume {
+            down_for: rng.range(50, 300),
+            master_after: rng.range(100, 1200),
+            other_after: rng.range(0, 300),
+            crashed_for: rng.range(300, 2000),
         },
         _ => Fault::LeaderChange {
             gap: rng.range(0, 300),

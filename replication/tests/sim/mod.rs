@@ -42,15 +42,20 @@ pub enum Variant {
     /// names (the rules before identities): the master of epoch 1 that lost
     /// its volume is made master of epoch 1 again, empty.
     IgnoreStoreIdentity,
+    /// The controller records no store for the in-sync replicas (the rules
+    /// before them): a follower back empty on a new volume, still in the
+    /// recorded set, is elected once the others fail.
+    IgnoreReplicaStores,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Correct,
         Variant::AckBeforeRecorded,
         Variant::ElectWithoutFence,
         Variant::SkipDivergenceCheck,
         Variant::IgnoreStoreIdentity,
+        Variant::IgnoreReplicaStores,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +65,7 @@ impl Variant {
             Variant::ElectWithoutFence => "elect-without-fence",
             Variant::SkipDivergenceCheck => "skip-divergence-check",
             Variant::IgnoreStoreIdentity => "ignore-store-identity",
+            Variant::IgnoreReplicaStores => "ignore-replica-stores",
         }
     }
 
@@ -299,6 +305,35 @@ impl World {
             }
             Fault::SlowApi { lasts, extra_ms } => self.faults.slow_api(now, lasts, extra_ms),
             Fault::ApiOutage { lasts } => self.faults.api_outage(now, lasts),
+            Fault::FollowerLosesVolume {
+                down_for,
+                master_after,
+                other_after,
+                crashed_for,
+            } => {
+                let (master, lost, other) = (
+                    self.resolve(Target::Master),
+                    self.resolve(Target::Follower(0)),
+                    self.resolve(Target::Follower(1)),
+                );
+                let broker = &mut self.brokers[lost as usize];
+                if self.volume_lost || !broker.up || broker.is_master() {
+                    return;
+                }
+                self.volume_lost = true;
+                broker.lose_volume();
+                self.queue
+                    .push(now + down_for, Event::Restart { member: lost });
+                let crash = |member| {
+                    Event::Fault(Fault::Crash {
+                        target: Target::Member(member),
+                        down_for: crashed_for,
+                    })
+                };
+                self.queue.push(now + master_after, crash(master));
+                self.queue
+                    .push(now + master_after + other_after, crash(other));
+            }
             Fault::Cascade {
                 lasts,
                 master_after,

@@ -4,6 +4,7 @@
 //! wait, what a lost compare-and-swap does and what a stalled record read
 //! does. The clock is the test's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -86,6 +87,7 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
         in_sync: vec![0, 1, 2],
         in_sync_version: 1,
         master_store: Some(0x100),
+        in_sync_stores: BTreeMap::from([(0, 0x100), (1, 0x101), (2, 0x102)]),
     };
     assert_eq!(first, RoundOutcome::Elected(elected));
     assert_eq!(
@@ -95,7 +97,8 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
             "epoch": "1",
             "inSync": "0,1,2",
             "inSyncVersion": "1",
-            "masterStore": "0000000000000100"
+            "masterStore": "0000000000000100",
+            "inSyncStores": "0:0000000000000100,1:0000000000000101,2:0000000000000102"
         })
     );
     assert_eq!(
@@ -144,6 +147,7 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
         in_sync: vec![1, 2],
         in_sync_version: 2,
         master_store: Some(0x101),
+        in_sync_stores: BTreeMap::from([(1, 0x101), (2, 0x102)]),
     };
     assert_eq!(
         group.round(&members, &timing, &now).await.unwrap(),
@@ -156,7 +160,8 @@ async fn a_silent_master_is_replaced_only_after_its_fencing_deadline() {
             "epoch": "2",
             "inSync": "1,2",
             "inSyncVersion": "2",
-            "masterStore": "0000000000000101"
+            "masterStore": "0000000000000101",
+            "inSyncStores": "1:0000000000000101,2:0000000000000102"
         })
     );
 }
@@ -243,7 +248,8 @@ async fn a_hung_record_read_renews_the_last_record_within_the_read_timeout() {
             "epoch": "1",
             "inSync": "0,1,2",
             "inSyncVersion": "1",
-            "masterStore": "0000000000000100"
+            "masterStore": "0000000000000100",
+            "inSyncStores": "0:0000000000000100,1:0000000000000101,2:0000000000000102"
         })
     );
 }
