@@ -9,16 +9,14 @@
 //! reshuffling every topic.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
-use dduomq_client::{ClientError, Reason};
+use dduomq_client::Reason;
 use dduomq_proto::v1 as pb;
 use futures::future::join_all;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::brokers::BrokerCallError;
 use crate::context::{Context, MANAGED, annotated, stored_name};
 use crate::crd::{QueueAssignment, Topic};
 use crate::placement::{self, Assignment, QueuesWithData};
@@ -29,25 +27,6 @@ use dduomq_proto::namespace::MAX_STORED_TOPIC_LEN;
 
 /// How often routes are recomputed even without a trigger.
 const PERIOD: Duration = Duration::from_secs(3);
-
-/// How long a round waits for one broker's answer. A broker that does not
-/// answer in time (cut off from the operator, yet still Ready) is taken as it
-/// was last known: it delays the round by this much, not by the call timeout.
-const ROUND_CALL_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// `call` to the broker at `address`, given up after [`ROUND_CALL_TIMEOUT`].
-async fn within_round<T>(
-    address: &str,
-    call: impl Future<Output = Result<T, BrokerCallError>>,
-) -> Result<T, BrokerCallError> {
-    match tokio::time::timeout(ROUND_CALL_TIMEOUT, call).await {
-        Ok(answer) => answer,
-        Err(_) => Err(BrokerCallError {
-            address: address.to_string(),
-            error: ClientError::Timeout(ROUND_CALL_TIMEOUT),
-        }),
-    }
-}
 
 /// The field manager of `Topic.status.assignment`: apart from the Topic
 /// controller's, so neither status apply removes the other's fields.
@@ -157,27 +136,15 @@ pub async fn run(
         let mut draining = Vec::new();
         // The highest epoch any broker holds: a new one must exceed it.
         let mut held_epoch = epoch;
-        // Every broker is asked at once (here and below), each call bounded: a
-        // broker that does not answer (cut off, but still Ready) costs the
-        // round one bound, not one per broker after it or per topic.
-        let infos = join_all(
-            ready
-                .iter()
-                .map(|b| within_round(&b.address, ctx.pool.broker_info(&b.address))),
-        )
-        .await;
-        // Brokers that did not answer are not asked again this round.
-        let mut unanswered = std::collections::BTreeSet::new();
-        for (b, info) in ready.iter().zip(infos) {
+        for b in &ready {
             let was = draining_known.get(&b.name).copied().unwrap_or(false);
-            let is = match info {
+            let is = match ctx.pool.broker_info(&b.address).await {
                 Ok(info) => {
                     held_epoch = held_epoch.max(info.route_epoch);
                     info.draining
                 }
                 Err(e) => {
                     tracing::debug!(broker = %b.name, error = %e, "broker info failed; keeping what was known");
-                    unanswered.insert(b.name.clone());
                     was
                 }
             };
@@ -203,31 +170,22 @@ pub async fn run(
             seen.insert(stored.clone());
             let pool = ctx.pool.for_resource(t);
             let mut data: BTreeMap<String, QueuesWithData> = BTreeMap::new();
-            let described = join_all(ready.iter().map(|b| async {
-                if unanswered.contains(&b.name) {
-                    return None;
-                }
-                Some(within_round(&b.address, pool.describe_topic(&b.address, &name)).await)
-            }))
-            .await;
-            for (b, described) in ready.iter().zip(described) {
+            for b in &ready {
                 let key = (b.name.clone(), stored.clone());
-                let queues = match described {
-                    Some(Ok(d)) => Some(
+                let queues = match pool.describe_topic(&b.address, &name).await {
+                    Ok(d) => Some(
                         d.queues
                             .iter()
                             .filter(|q| q.max_offset > 0)
                             .map(|q| q.queue_id)
                             .collect(),
                     ),
-                    Some(Err(e)) if e.reason() == Some(Reason::TopicNotFound) => None,
+                    Err(e) if e.reason() == Some(Reason::TopicNotFound) => None,
                     // Not known yet (an operator that just started): count
                     // it as hosting the topic, so one failed call does not
                     // move its queues away.
-                    failed => {
-                        if let Some(Err(e)) = failed {
-                            tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
-                        }
+                    Err(e) => {
+                        tracing::debug!(broker = %b.name, topic = %name, error = %e, "describe failed; keeping what was known");
                         known.get(&key).cloned().unwrap_or(Some(Vec::new()))
                     }
                 };
@@ -261,7 +219,6 @@ pub async fn run(
         });
         placed.retain(|topic, _| seen.contains(topic));
         routes.sort_by(|a, b| a.topic.cmp(&b.topic));
-        let mut republish_above = 0u64;
         if last.as_ref() != Some(&routes) {
             epoch = match epochs.advance(held_epoch).await {
                 Ok(next) => next,
@@ -279,28 +236,29 @@ pub async fn run(
             );
             last = Some(routes.clone());
         }
-        let pushed = join_all(ready.iter().map(|b| {
-            within_round(
-                &b.address,
-                ctx.pool.update_routes(&b.address, epoch, routes.clone()),
-            )
-        }))
+        // Pushed to every broker at once: one that does not answer (cut off
+        // from the operator, yet still Ready) must not hold back the others
+        // for a call timeout (it delayed a failover's new route by 5 s).
+        let pushed = join_all(
+            ready
+                .iter()
+                .map(|b| ctx.pool.update_routes(&b.address, epoch, routes.clone())),
+        )
         .await;
+        let mut republish_above = epoch;
         for (b, pushed) in ready.iter().zip(pushed) {
             match pushed {
                 // The broker holds a newer epoch than this table's (one this
                 // operator did not know of): publish the table again above it.
                 Ok(held) if held.epoch > epoch => {
                     tracing::info!(broker = %b.name, held = held.epoch, epoch, "a broker holds a newer route epoch; republishing");
-                    last = None;
                     republish_above = republish_above.max(held.epoch);
+                    last = None;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(broker = %b.name, error = %e, "pushing routes failed"),
             }
         }
-        if republish_above > epoch {
-            epoch = republish_above;
-        }
+        epoch = republish_above;
     }
 }
