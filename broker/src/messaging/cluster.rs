@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::Broker;
 use super::error::{BrokerError, Result};
 use super::routes::{QueueRoute, RouteTable, TopicRoute};
+use crate::replication::NotMasterCause;
 
 /// A topic's route and the epoch of the table it comes from (0: standalone).
 #[derive(Debug, Clone)]
@@ -35,31 +36,26 @@ impl Broker {
     /// The route of a topic and the table's epoch: from the pushed route table in
     /// a cluster, else (standalone) every queue on this broker.
     ///
-    /// A master whose lease lapsed routes no writes to itself: cut off from
+    /// A master whose lease lapsed answers NOT_MASTER instead: cut off from
     /// the operator, its table may still name it after a successor was
-    /// elected (with the same epoch, so clients would take it); reads stay.
+    /// elected, under the same epoch, which clients would take; refused, they
+    /// ask the other brokers of the route they hold.
     pub fn route(&self, topic: &str) -> Result<RouteAnswer> {
-        let lapsed = self
-            .replication
-            .get()
-            .is_some_and(|r| r.master_lease_lapsed());
+        if let Some(r) = self.replication.get()
+            && r.master_lease_lapsed()
+        {
+            return Err(r.not_master(NotMasterCause::LeaseLapsed).into());
+        }
         let table = self.routes.read();
         if table.epoch > 0 {
-            let mut route = table
+            return table
                 .topics
                 .get(topic)
-                .cloned()
-                .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()))?;
-            if lapsed {
-                let own = self.config.advertised_address();
-                for q in route.queues.iter_mut().filter(|q| q.broker_address == own) {
-                    q.writable = false;
-                }
-            }
-            return Ok(RouteAnswer {
-                route,
-                epoch: table.epoch,
-            });
+                .map(|r| RouteAnswer {
+                    route: r.clone(),
+                    epoch: table.epoch,
+                })
+                .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()));
         }
         drop(table);
         let t = self.topic_for_use(topic)?;
