@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use dduomq_client::Admin;
 use dduomq_client::proto as pb;
+use dduomq_testkit::{Ledger, eventually_every};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
 use crate::pods::{BrokerPod, View, pod_name};
 use crate::routes::query_route;
-use crate::{NS, QUEUES, STS};
+use crate::{NS, POLL, QUEUES, STS};
 
 /// Brokers per group: the chart's default replication factor.
 pub const FACTOR: u32 = 3;
@@ -177,5 +178,48 @@ pub async fn wait_routed_to_masters(
             masters.iter().map(|o| pod_name(*o)).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A group's next master: the record naming it, when the test saw that
+/// record, and the group's first acknowledged send after that.
+pub struct Succession {
+    pub record: GroupRecord,
+    pub seen: Instant,
+    pub first_ack: Instant,
+}
+
+impl Succession {
+    pub fn master_ordinal(&self) -> u32 {
+        self.record
+            .master_ordinal()
+            .expect("a successor names a master")
+    }
+}
+
+/// Waits for a record naming another master than `before` at a higher epoch,
+/// then for the group's first acknowledged send once that record was seen (at
+/// most one poll late). Message ids of a replicated group carry the group, not
+/// the member: callers make sure the old master can no longer acknowledge (it
+/// is dead, or its lease lapsed before the election).
+pub async fn wait_succession(client: &Client, ledger: &Ledger, before: &GroupRecord) -> Succession {
+    let group = before.group;
+    let record = eventually_every(POLL, Duration::from_secs(60), "a new master", async || {
+        let r = group_record(client, group).await?;
+        (r.epoch > before.epoch && r.master.is_some() && r.master != before.master).then_some(r)
+    })
+    .await;
+    let seen = Instant::now();
+    let first_ack = eventually_every(
+        POLL,
+        Duration::from_secs(60),
+        "the new master to acknowledge a send",
+        async || ledger.first_ack_by(group, seen),
+    )
+    .await;
+    Succession {
+        record,
+        seen,
+        first_ack,
     }
 }

@@ -21,7 +21,7 @@ use kube::Api;
 use serde_json::json;
 
 use super::Cluster;
-use crate::groups::{FACTOR, group_record, replica_state, wait_healthy, wait_routed_to_masters};
+use crate::groups::{FACTOR, replica_state, wait_healthy, wait_routed_to_masters, wait_succession};
 use crate::pods::{BrokerPod, View, broker_pod};
 use crate::{LOAD, NS, POLL, TOPIC};
 
@@ -154,23 +154,11 @@ impl Cluster {
             refusal.message().contains("takes no writes"),
             "the isolated master refused with {refusal:?}"
         );
-        let elected = eventually_every(POLL, Duration::from_secs(60), "a new master", async || {
-            let r = group_record(&self.client, group).await?;
-            (r.epoch > before.epoch && r.master.is_some() && r.master != before.master).then_some(r)
-        })
-        .await;
-        let elected_seen = Instant::now();
-        let elected_after = t.elapsed();
-        let new_master = elected.master_ordinal().expect("elected");
-        // The isolated master's lease lapsed before the election: what the
-        // group acknowledges from here on is the new master's.
-        let first_ack = eventually_every(
-            POLL,
-            Duration::from_secs(60),
-            "the new master to acknowledge a send",
-            async || self.ledger.first_ack_by(group, elected_seen),
-        )
-        .await;
+        // The isolated master's lease lapsed before the election.
+        let next = wait_succession(&self.client, &self.ledger, &before).await;
+        let elected = &next.record;
+        let elected_after = next.seen - t;
+        let new_master = next.master_ordinal();
         // Nothing more is acknowledged on the isolated side in the new epoch:
         // its acknowledged end stays where it was (what it wrote beyond that is
         // cut when it follows; every acknowledged message is checked consumed).
@@ -219,11 +207,11 @@ impl Cluster {
         step.set("elected_after_s", secs(elected_after));
         step.set(
             "isolation_to_first_ack_by_new_master_s",
-            secs(first_ack - t),
+            secs(next.first_ack - t),
         );
         step.set(
             "new_epoch_seen_to_first_ack_s",
-            secs(first_ack - elected_seen),
+            secs(next.first_ack - next.seen),
         );
         step.set("stopped_acting_as_master_after_s", secs(stopped_after));
         step.set("isolated_role_then", isolated.role);

@@ -22,7 +22,9 @@ use serde_json::json;
 
 use super::Cluster;
 use crate::clients::{build_producer, service_address};
-use crate::groups::{group_record, replica_state, wait_healthy, wait_routed_to_masters};
+use crate::groups::{
+    group_record, replica_state, wait_healthy, wait_routed_to_masters, wait_succession,
+};
 use crate::pods::{View, broker_pod, claim_name, sigkill};
 use crate::{LOAD, NS, POLL};
 
@@ -198,24 +200,12 @@ impl Cluster {
                     .expect("delete the master's pod");
             }
         }
-        let elected = eventually_every(POLL, Duration::from_secs(60), "a new master", async || {
-            let r = group_record(&self.client, group).await?;
-            (r.epoch > before.epoch && r.master.is_some() && r.master != before.master).then_some(r)
-        })
-        .await;
-        let elected_seen = Instant::now();
-        let elected_after = t.elapsed();
-        let new_master = elected.master_ordinal().expect("elected");
-        // The old master is gone, so what the group acknowledges from here on
-        // is the new master's (counted from when the new record was seen: at
-        // most one poll late).
-        let first_ack = eventually_every(
-            POLL,
-            Duration::from_secs(60),
-            "the new master to acknowledge a send",
-            async || self.ledger.first_ack_by(group, elected_seen),
-        )
-        .await;
+        // The old master is gone.
+        let next = wait_succession(&self.client, &self.ledger, &before).await;
+        let elected = &next.record;
+        let elected_after = next.seen - t;
+        let new_master = next.master_ordinal();
+        let first_ack = next.first_ack;
         let failover = first_ack - t;
         eprintln!(
             "    new master {new_master} (epoch {}) elected after {:.1}s, first ack after {:.1}s",

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dduomq_client::Producer;
-use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually_every, secs};
+use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, secs};
 use serde_json::json;
 
 use super::Cluster;
-use crate::groups::{group_record, wait_healthy, wait_routed_to_masters};
+use crate::LOAD;
+use crate::groups::{wait_healthy, wait_routed_to_masters, wait_succession};
 use crate::pods::{View, broker_pod, sigkill};
-use crate::{LOAD, POLL};
 
 /// How long the soak runs and how often it kills a master.
 #[derive(Debug, Clone, Copy)]
@@ -110,21 +110,8 @@ impl Cluster {
                 .expect("the master's pod");
             let t = Instant::now();
             sigkill(&victim);
-            let elected =
-                eventually_every(POLL, Duration::from_secs(60), "a new master", async || {
-                    let r = group_record(&self.client, group).await?;
-                    (r.epoch > before.epoch && r.master.is_some() && r.master != before.master)
-                        .then_some(r)
-                })
-                .await;
-            let elected_seen = Instant::now();
-            let first_ack = eventually_every(
-                POLL,
-                Duration::from_secs(60),
-                "the new master to acknowledge a send",
-                async || self.ledger.first_ack_by(group, elected_seen),
-            )
-            .await;
+            let next = wait_succession(&self.client, &self.ledger, &before).await;
+            let (elected, first_ack) = (&next.record, next.first_ack);
             let failover = first_ack - t;
             eprintln!(
                 "    kill {round}: {} (group {group}, epoch {} → {}), first ack by the new master after {:.1}s",
