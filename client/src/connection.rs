@@ -32,6 +32,11 @@ pub fn uri(address: &str) -> String {
 /// Default limit on establishing a connection to a broker.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Calls given up (reset) whose late answers are recognised, and for how
+/// long; a few hundred bytes each (h2's default: 50, for 1 s).
+const REMEMBERED_RESETS: usize = 4096;
+const REMEMBER_RESETS_FOR: Duration = Duration::from_secs(30);
+
 /// A lazily connected channel to `address`. Per-request deadlines are set by the
 /// callers (a channel-wide timeout would cut long-lived Receive streams).
 pub fn channel(address: &str) -> Result<Channel> {
@@ -49,7 +54,17 @@ pub fn channel_with_connect_timeout(address: &str, connect_timeout: Duration) ->
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        // A call given up at its deadline is reset; the broker's late answer
+        // to it is dropped quietly while the reset is remembered. Once
+        // forgotten, the answer counts as a protocol error against a limit
+        // that never resets over the connection's life, and reaching it
+        // closes the connection with every call and Receive stream on it (a
+        // consumer's leases are then redelivered). A loaded broker answers
+        // late often, so: remember many resets, and do not count them.
+        .http2_max_concurrent_reset_streams(REMEMBERED_RESETS)
+        .http2_reset_stream_duration(REMEMBER_RESETS_FOR)
+        .http2_max_local_error_reset_streams(None);
     Ok(endpoint.connect_lazy())
 }
 

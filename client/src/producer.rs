@@ -7,7 +7,9 @@
 //! broker can take it), refuses it as draining, or fails retryably for a fifth
 //! of the send timeout (at least 1 s) is sent again through a fresh route, as
 //! is every batch still queued for that broker, and that broker is avoided for
-//! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A route
+//! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A batch
+//! left unanswered stays with its broker until its deadline: it may be stored
+//! there, and elsewhere it would be stored twice. A route
 //! that cannot be refreshed (the bootstrap broker is down) is used stale; so
 //! is one whose refresh is older (a lower epoch: a restarted broker that has
 //! not been pushed the route table again claims every queue), but only for a
@@ -30,8 +32,8 @@ use crate::route::Route;
 
 mod batcher;
 
-pub(crate) use batcher::retry;
-use batcher::{RETRY_PAUSE, answer, deliver, run_batcher, send_with_retry};
+use batcher::{RETRY_PAUSE, answer, deliver, run_batcher, send_or_wait};
+pub(crate) use batcher::{retry, retry_within};
 
 use crate::connection::{MessagingClient, client};
 use crate::error::{ClientError, Result};
@@ -264,11 +266,14 @@ impl Producer {
                 .min(config.per_broker());
             let address = queue.broker_address;
             let fail_fast = sharding_key.is_empty() && self.inner.has_alternative(topic, &address);
-            match send_with_retry(
+            let unanswered = || self.inner.mark_faulty(&address);
+            match send_or_wait(
                 client(&address, &config.namespace)?,
                 messages.clone(),
                 budget,
+                deadline,
                 fail_fast,
+                unanswered,
             )
             .await
             {

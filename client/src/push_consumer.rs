@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dduomq_proto::Reason;
 use dduomq_proto::v1 as pb;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::connection::{MessagingClient, client, with_deadline};
 use crate::error::{ClientError, Result};
 use crate::message::ReceivedMessage;
+use crate::producer::retry_within;
 
 /// How a group shares messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -498,25 +500,39 @@ fn spawn_ack_batcher(
                     Err(_) => break,
                 }
             }
-            let mut client = client.clone();
-            let (group, topic, timeout) =
-                (cfg.group.clone(), cfg.topic.clone(), cfg.request_timeout);
+            let (client, group, topic) = (client.clone(), cfg.group.clone(), cfg.topic.clone());
+            // An ack that failed in transport (a loaded broker answering
+            // late, a connection lost) is sent again until the leases end:
+            // giving up early would redeliver messages that were handled.
+            let patience = cfg.invisible.max(cfg.request_timeout);
+            let per_attempt = cfg.request_timeout;
             tokio::spawn(async move {
                 let (handles, waiters): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
-                let answer = with_deadline(
-                    timeout,
-                    client.ack(pb::AckRequest {
-                        group,
-                        topic,
-                        receipt_handles: handles,
-                    }),
-                )
+                let request = pb::AckRequest {
+                    group,
+                    topic,
+                    receipt_handles: handles,
+                };
+                let mut attempts = 0;
+                let answer = retry_within(patience, per_attempt, || {
+                    attempts += 1;
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.ack(request).await }
+                })
                 .await;
+                // After a lost answer, a handle the broker no longer knows
+                // was most likely acked by the attempt that got no answer
+                // (else its lease ended, and it is redelivered either way).
+                let settled =
+                    |reason: &str| attempts > 1 && reason == Reason::InvalidReceiptHandle.as_str();
                 match answer {
                     Ok(r) => {
                         for (i, waiter) in waiters.into_iter().enumerate() {
                             let result = match r.results.get(i) {
-                                Some(res) if !res.error_reason.is_empty() => {
+                                Some(res)
+                                    if !res.error_reason.is_empty()
+                                        && !settled(&res.error_reason) =>
+                                {
                                     Err(ClientError::Broker {
                                         code: tonic::Code::InvalidArgument,
                                         reason: res.error_reason.clone(),

@@ -371,8 +371,8 @@ async fn a_promoted_replica_serves_everything_the_master_acknowledged() {
         Duration::from_secs(30),
         "the old master's log to equal the new master's",
         async || {
-            let master = whole_log(&b).await;
-            (whole_log(&a).await == master).then_some(())
+            let master = whole_log(&b).await?;
+            (whole_log(&a).await? == master).then_some(())
         },
     )
     .await;

@@ -143,3 +143,84 @@ async fn consumers_see_only_acknowledged_records() {
     assert_eq!(max_offset(&b).await, 3);
     drop(c);
 }
+
+/// Opens a Receive stream on `b` and returns its first answer: messages, or
+/// the refusal.
+async fn first_receive(b: &Broker) -> Result<Vec<Vec<u8>>, tonic::Status> {
+    let mut stream = MessagingServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .expect("messaging connection")
+        .receive(pb::ReceiveRequest {
+            group: GROUP.into(),
+            topic: TOPIC.into(),
+            client_id: "reader-1".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let answer = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("an answer within 20 s")?
+        .expect("the stream answers before it ends");
+    Ok(answer
+        .messages
+        .into_iter()
+        .map(|m| m.body.to_vec())
+        .collect())
+}
+
+/// A replica that follows a live master leases nothing (a consumer of both
+/// would get every message twice, and its acks there count nowhere); once
+/// its master stops answering, it serves the group's consumers (reads
+/// without a master).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_consumers_only_while_no_master_answers() {
+    let [mut a, b, c] = start_group_of_three("").await;
+    dduomq_client::Admin::connect(&a.grpc)
+        .expect("admin client")
+        .create_group(pb::Group {
+            name: GROUP.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("group created");
+    send_message(&a, to_queue_0("one"))
+        .await
+        .expect("acknowledged");
+    let refused = eventually(
+        Duration::from_secs(20),
+        "the replica refusing a consumer while it follows the master",
+        async || first_receive(&b).await.err(),
+    )
+    .await;
+    assert_eq!(
+        dduomq_client::ClientError::from(refused.clone()).reason(),
+        Some(Reason::NotMaster),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("serves no consumers while it follows the master"),
+        "{}",
+        refused.message()
+    );
+
+    // The replica shows what it knows was acknowledged.
+    let acknowledged = state(&a).await.committed_end;
+    eventually(
+        Duration::from_secs(20),
+        "the replica told the master's committed end",
+        async || (state(&b).await.committed_end >= acknowledged).then_some(()),
+    )
+    .await;
+    a.kill();
+    let served = eventually(
+        Duration::from_secs(30),
+        "the replica serving the consumer once the master is gone",
+        async || first_receive(&b).await.ok(),
+    )
+    .await;
+    assert_eq!(served, vec![b"one".to_vec()]);
+    drop(c);
+}

@@ -2,6 +2,7 @@
 //! each scenario can be "every acknowledged message was delivered with
 //! identical bytes".
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -68,9 +69,59 @@ pub struct Ledger {
     failed: Mutex<Vec<FailedSend>>,
     /// Deliveries per index (only deliveries with the exact bytes sent).
     received: Mutex<HashMap<u64, u32>>,
+    /// Where each index was first delivered from, to explain a repeat.
+    first_seen: Mutex<HashMap<u64, Seen>>,
+    /// The first repeated deliveries: the first and the repeat.
+    repeats: Mutex<Vec<String>>,
+    /// Repeats per second (Unix time), to tell which event caused them.
+    repeat_seconds: Mutex<BTreeMap<u64, u32>>,
+    /// Repeats of another stored copy (a send stored twice).
+    stored_twice: AtomicU64,
+    /// Repeats of the same stored message (a redelivery).
+    redelivered: AtomicU64,
     /// Deliveries that are not exactly a message that was sent.
     corrupt: Mutex<Vec<String>>,
 }
+
+/// Which stored message a delivery was: a repeat with another message id is
+/// a second copy stored by a retried send; with the same id, a redelivery.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// When (Unix seconds), to line up with the brokers' logs.
+    at_s: f64,
+    message_id: String,
+    queue_id: u32,
+    offset: u64,
+    attempt: u32,
+}
+
+impl Seen {
+    fn of(m: &ReceivedMessage) -> Seen {
+        Seen {
+            at_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            message_id: m.message_id.clone(),
+            queue_id: m.queue_id,
+            offset: m.offset,
+            attempt: m.delivery_attempt,
+        }
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (queue {}, offset {}, attempt {}, at {:.3})",
+            self.message_id, self.queue_id, self.offset, self.attempt, self.at_s
+        )
+    }
+}
+
+/// Repeated deliveries kept to explain a failure.
+const KEPT_REPEATS: usize = 20;
 
 impl Ledger {
     pub fn new(topic: &str) -> Ledger {
@@ -82,6 +133,11 @@ impl Ledger {
             ack_latency: Mutex::default(),
             failed: Mutex::default(),
             received: Mutex::default(),
+            first_seen: Mutex::default(),
+            repeats: Mutex::default(),
+            repeat_seconds: Mutex::default(),
+            stored_twice: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             corrupt: Mutex::default(),
         }
     }
@@ -150,7 +206,32 @@ impl Ledger {
                 m.body.len(),
                 preview()
             )),
-            Some(i) => *self.received.lock().entry(i).or_default() += 1,
+            Some(i) => {
+                *self.received.lock().entry(i).or_default() += 1;
+                let seen = Seen::of(m);
+                match self.first_seen.lock().entry(i) {
+                    Entry::Vacant(e) => {
+                        e.insert(seen);
+                    }
+                    Entry::Occupied(e) => {
+                        let kind = if e.get().message_id == seen.message_id {
+                            &self.redelivered
+                        } else {
+                            &self.stored_twice
+                        };
+                        kind.fetch_add(1, Ordering::Relaxed);
+                        *self
+                            .repeat_seconds
+                            .lock()
+                            .entry(seen.at_s as u64)
+                            .or_default() += 1;
+                        let mut repeats = self.repeats.lock();
+                        if repeats.len() < KEPT_REPEATS {
+                            repeats.push(format!("index {i}: {} then {seen}", e.get()));
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -254,7 +335,8 @@ impl Ledger {
             .collect();
         assert!(
             wrong.is_empty(),
-            "every message delivered exactly once; (index, deliveries): {wrong:?}"
+            "every message delivered exactly once; (index, deliveries): {wrong:?}; first repeats: {:#?}",
+            self.repeats.lock()
         );
     }
 
@@ -277,6 +359,16 @@ impl Ledger {
     /// Indexes delivered more than once.
     pub fn duplicates(&self) -> usize {
         self.received.lock().values().filter(|n| **n > 1).count()
+    }
+
+    /// Repeated deliveries by cause, for a step's report.
+    pub fn repeats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stored_twice": self.stored_twice.load(Ordering::Relaxed),
+            "redelivered": self.redelivered.load(Ordering::Relaxed),
+            "first": self.repeats.lock().iter().take(3).collect::<Vec<_>>(),
+            "per_second": self.repeat_seconds.lock().iter().map(|(s, n)| format!("{s}:{n}")).collect::<Vec<_>>(),
+        })
     }
 
     /// Failed sends that were stored anyway (delivered although not acked).

@@ -477,6 +477,10 @@ async fn push_loop(
 ) {
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
+    // A replica that starts following its master ends its consumers' streams.
+    let mut following = broker
+        .replication()
+        .map(|r| r.watch_streaming_from_master());
     loop {
         // Yield now and then even when there is always work, so a busy stream
         // never keeps the consumers it woke from running on this worker.
@@ -518,6 +522,8 @@ async fn push_loop(
             _ = tokio::time::sleep(idle) => {}
             _ = tx.closed() => break,
             _ = stop.wait_for(|s| *s) => break,
+            // The next lease round refuses it.
+            _ = async { following.as_mut()?.wait_for(|f| *f).await.ok() }, if following.is_some() => {}
         }
     }
     broker.close_receive(&sub, consumer).await;

@@ -30,6 +30,10 @@ use crate::metrics::Metrics;
 /// Largest gRPC message either way: a batch of maximum-size messages.
 const MAX_GRPC_MESSAGE: usize = 64 << 20;
 
+/// Most requests and streams a connection has open at once (more wait in the
+/// client for a place).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// Serves the gRPC API on `listener` until `shutdown` resolves, then finishes
 /// in-flight requests.
 pub async fn serve(
@@ -81,6 +85,13 @@ pub async fn serve(
         // Dead peers (no PING answer) are closed, releasing their streams.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        // A client's open requests are bounded; so are those it opened and
+        // cancelled before this broker took them up. A loaded broker takes
+        // requests up late, and a client whose deadlines pass cancels many
+        // at once: h2's default of 20 of the latter would close the
+        // connection, and with it the client's other calls and streams.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_pending_accept_reset_streams(Some(MAX_STREAMS_PER_CONNECTION as usize))
         .layer(TrackRequestsLayer)
         .add_service(health_service)
         .add_service(reflection)

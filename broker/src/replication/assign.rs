@@ -238,6 +238,7 @@ impl Replication {
         // The follower task stops at its next chunk (it checks its target
         // under the gate this switch holds).
         self.target.send_replace(None);
+        self.streaming_from_master.send_replace(false);
         state.upstream_committed = None;
         let log_end = self.store.log_end();
         if self.store.epochs().latest_epoch() < a.epoch {

@@ -1,4 +1,4 @@
-//! Why a replicated broker refuses or fails a write.
+//! Why a replicated broker refuses or fails a write, or serves no consumers.
 
 use std::fmt;
 use std::time::Duration;
@@ -35,7 +35,7 @@ impl fmt::Display for NotMasterCause {
     }
 }
 
-/// A refusal of a write by the replication layer.
+/// A refusal by the replication layer: of a write, or of a consumer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicationError {
     #[error(
@@ -46,6 +46,15 @@ pub enum ReplicationError {
         group: u32,
         member: u32,
         cause: NotMasterCause,
+        master_address: Option<String>,
+    },
+    #[error(
+        "member {member} of broker group {group} serves no consumers while it follows the master{}",
+        master_hint(.master_address)
+    )]
+    ConsumersAtMaster {
+        group: u32,
+        member: u32,
         master_address: Option<String>,
     },
     #[error(
@@ -65,7 +74,9 @@ impl ReplicationError {
     /// The stable reason code.
     pub fn code(&self) -> Reason {
         match self {
-            ReplicationError::NotMaster { .. } => Reason::NotMaster,
+            ReplicationError::NotMaster { .. } | ReplicationError::ConsumersAtMaster { .. } => {
+                Reason::NotMaster
+            }
             ReplicationError::QuorumTimeout { .. } => Reason::QuorumTimeout,
         }
     }

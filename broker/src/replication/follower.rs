@@ -20,6 +20,8 @@ use crate::store::StoreError;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 PINGs on the Follow connection, and how long one may go unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// Largest chunk a follower accepts (the master sends about 1 MiB, or one
 /// record of up to the store's maximum record size).
 const MAX_CHUNK_MESSAGE: usize = 64 << 20;
@@ -47,6 +49,11 @@ pub(super) enum StreamEnd {
     Refused(#[from] tonic::Status),
     #[error("the master ended the stream")]
     Ended,
+    /// Nothing arrived for twice `replica_lag_max` (an idle master sends a
+    /// heartbeat at least four times per it): a frozen or cut-off master
+    /// whose connection did not break.
+    #[error("the master sent nothing for {0:?}")]
+    Silent(Duration),
     #[error("storing what the master sent failed: {0}")]
     Store(#[from] StoreError),
     /// This log holds records but no epoch: it was written without
@@ -108,9 +115,11 @@ impl Replication {
         targets: &mut watch::Receiver<Option<FollowTarget>>,
         retry: &mut Duration,
     ) -> StreamEnd {
-        match self.follow_stream(target, targets, retry).await {
+        let end = match self.follow_stream(target, targets, retry).await {
             Ok(end) | Err(end) => end,
-        }
+        };
+        self.streaming_from_master.send_replace(false);
+        end
     }
 
     async fn follow_stream(
@@ -126,6 +135,8 @@ impl Replication {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", target.address))
             .map_err(StreamEnd::Connect)?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_INTERVAL)
             .connect()
             .await?;
         let mut client =
@@ -150,8 +161,11 @@ impl Replication {
             .into_inner();
         let mut first_answer = true;
         loop {
+            let silence = self.config().replica_lag_max * 2;
             let response = tokio::select! {
-                r = responses.message() => r?,
+                r = tokio::time::timeout(silence, responses.message()) => {
+                    r.map_err(|_| StreamEnd::Silent(silence))??
+                }
                 _ = targets.changed() => return Ok(StreamEnd::Reassigned),
             };
             let Some(pb::FollowResponse { kind: Some(kind) }) = response else {
@@ -160,6 +174,16 @@ impl Replication {
             // Streaming (not truncating) means this log is a prefix of the
             // master's: its damaged ranges are intact there.
             let streaming = !matches!(kind, pb::follow_response::Kind::Truncate(_));
+            if streaming
+                && self
+                    .streaming_from_master
+                    .send_if_modified(|f| !std::mem::replace(f, true))
+            {
+                tracing::info!(
+                    master = target.address,
+                    "streaming from the master; consumers read there"
+                );
+            }
             if first_answer
                 && streaming
                 && let Err(e) = self.heal_from(&mut client).await

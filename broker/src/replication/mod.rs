@@ -72,6 +72,9 @@ pub struct Replication {
     acks: watch::Sender<Acks>,
     /// The master the follower task follows (`None`: follow nobody).
     target: watch::Sender<Option<FollowTarget>>,
+    /// True while a Follow stream is answered by the master: this replica's
+    /// consumers belong with the master then (see [`Replication::serves_consumers`]).
+    streaming_from_master: watch::Sender<bool>,
     /// Turns true at shutdown: Follow streams end, so the gRPC server's
     /// graceful stop does not wait for them.
     stopping: watch::Sender<bool>,
@@ -122,6 +125,7 @@ impl Replication {
             }),
             acks: watch::channel(Acks::Closed).0,
             target: watch::channel(None).0,
+            streaming_from_master: watch::channel(false).0,
             stopping: watch::channel(false).0,
             origin: Instant::now(),
             metrics,
@@ -208,6 +212,26 @@ impl Replication {
         if self.stepping_down.set(observer).is_err() {
             tracing::error!("a step-down observer was set twice; keeping the first");
         }
+    }
+
+    /// Whether consumers may lease messages here: on a master, or on a
+    /// replica while no master answers it (reads without a master). A replica
+    /// streaming from its master serves none: a consumer of both would be
+    /// leased the same messages twice, and what it acks here counts nowhere.
+    pub fn serves_consumers(&self) -> Result<(), ReplicationError> {
+        if !*self.streaming_from_master.borrow() || self.is_master() {
+            return Ok(());
+        }
+        Err(ReplicationError::ConsumersAtMaster {
+            group: self.placement.group,
+            member: self.placement.member,
+            master_address: self.target.borrow().as_ref().map(|t| t.address.clone()),
+        })
+    }
+
+    /// Changes when this replica starts or stops following a live master.
+    pub fn watch_streaming_from_master(&self) -> watch::Receiver<bool> {
+        self.streaming_from_master.subscribe()
     }
 
     /// A NOT_MASTER refusal naming the master's address when known.

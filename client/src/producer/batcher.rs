@@ -104,7 +104,7 @@ pub(super) async fn run_batcher(
 /// batch for a reason that may concern one message only, each is sent alone, so
 /// one bad message does not fail its neighbours. If the broker stays
 /// unreachable for `per_broker`, the batch fails over (while its deadline
-/// allows).
+/// allows); a broker that is slow to answer is waited for.
 pub(super) async fn deliver(
     client: MessagingClient,
     address: String,
@@ -126,7 +126,20 @@ pub(super) async fn deliver(
     let fail_fast = producer
         .upgrade()
         .is_some_and(|i| i.has_alternative(&messages[0].topic, &address));
-    match send_with_retry(client.clone(), messages, timeout, fail_fast).await {
+    let unanswered = || {
+        if let Some(inner) = producer.upgrade() {
+            inner.mark_faulty(&address);
+        }
+    };
+    let sent = send_or_wait(
+        client.clone(),
+        messages,
+        timeout,
+        deadline,
+        fail_fast,
+        unanswered,
+    );
+    match sent.await {
         Ok(receipts) => {
             for (p, r) in batch.into_iter().zip(receipts) {
                 answer(p, Ok(r.into()));
@@ -159,7 +172,7 @@ pub(super) async fn deliver(
 /// One Send request, retried on retryable errors until `timeout` has passed;
 /// with `fail_fast`, an unreachable broker is given up at once (the caller
 /// fails over).
-pub(super) async fn send_with_retry(
+async fn send_with_retry(
     client: MessagingClient,
     messages: Vec<pb::OutgoingMessage>,
     timeout: Duration,
@@ -173,7 +186,7 @@ pub(super) async fn send_with_retry(
         matches!(e.reason(), Some(Reason::BrokerDraining | Reason::NotMaster))
             || (fail_fast && e.is_unreachable())
     };
-    retry_unless(timeout, give_up, || {
+    retry_unless(timeout, timeout, give_up, || {
         let (mut client, request) = (client.clone(), request.clone());
         async move { client.send(request).await }
     })
@@ -181,18 +194,62 @@ pub(super) async fn send_with_retry(
     .map(|r| r.receipts)
 }
 
+/// [`send_with_retry`] within `budget`, except that a batch left unanswered
+/// stays with its broker until `deadline`: the broker may have stored it, and
+/// sent to another broker it would be stored twice (a producer's dedupe
+/// window is per broker). `unanswered` runs first (the caller marks the
+/// broker faulty, so batches not sent yet go elsewhere). A broker that goes
+/// away or refuses is still given up.
+pub(super) async fn send_or_wait(
+    client: MessagingClient,
+    messages: Vec<pb::OutgoingMessage>,
+    budget: Duration,
+    deadline: Instant,
+    fail_fast: bool,
+    unanswered: impl FnOnce(),
+) -> Result<Vec<pb::SendReceipt>> {
+    match send_with_retry(client.clone(), messages.clone(), budget, fail_fast).await {
+        Err(ClientError::Timeout(waited)) => {
+            unanswered();
+            let rest = deadline.saturating_duration_since(Instant::now());
+            if rest < MIN_WAIT {
+                return Err(ClientError::Timeout(waited));
+            }
+            send_with_retry(client, messages, rest, fail_fast).await
+        }
+        other => other,
+    }
+}
+
+/// Shortest wait worth a new attempt.
+const MIN_WAIT: Duration = Duration::from_millis(50);
+
 /// Runs a unary call, retrying retryable failures with backoff until `timeout`.
 pub(crate) async fn retry<T, F, Fut>(timeout: Duration, call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 {
-    retry_unless(timeout, |_| false, call).await
+    retry_unless(timeout, timeout, |_| false, call).await
+}
+
+/// [`retry`], each attempt given at most `per_attempt`.
+pub(crate) async fn retry_within<T, F, Fut>(
+    timeout: Duration,
+    per_attempt: Duration,
+    call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    retry_unless(timeout, per_attempt, |_| false, call).await
 }
 
 /// [`retry`], except for failures `give_up` picks.
 async fn retry_unless<T, F, Fut>(
     timeout: Duration,
+    per_attempt: Duration,
     give_up: impl Fn(&ClientError) -> bool,
     mut call: F,
 ) -> Result<T>
@@ -204,7 +261,7 @@ where
     let mut backoff = Duration::from_millis(20);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match with_deadline(remaining, call()).await {
+        match with_deadline(remaining.min(per_attempt), call()).await {
             Ok(r) => return Ok(r),
             Err(e) if e.is_retryable() && !give_up(&e) && Instant::now() + backoff < deadline => {
                 tracing::debug!(error = %e, "request failed; retrying");

@@ -162,25 +162,30 @@ pub async fn record_proposal(master: &Broker, members: &[u32]) {
     make_master(&master.grpc, 0, 1, members, based_on + 1).await;
 }
 
-/// The whole log of `b`, as ReadLog gives it.
-pub async fn whole_log(b: &Broker) -> Vec<u8> {
+/// The whole log of `b`, as ReadLog gives it; `None` when it was cut while
+/// being read (read it again).
+pub async fn whole_log(b: &Broker) -> Option<Vec<u8>> {
     let mut client = ReplicationServiceClient::connect(format!("http://{}", b.grpc))
         .await
         .expect("replication connection")
         .max_decoding_message_size(64 << 20);
     let mut log = Vec::new();
     loop {
-        let chunk = client
+        let chunk = match client
             .read_log(pb::ReadLogRequest {
                 group: 0,
                 start: log.len() as u64,
                 max_bytes: 1 << 20,
             })
             .await
-            .expect("read log")
-            .into_inner();
+        {
+            Ok(chunk) => chunk.into_inner(),
+            // Cut below the part read (a former master truncating).
+            Err(status) if status.code() == tonic::Code::OutOfRange => return None,
+            Err(status) => panic!("read log: {status:?}"),
+        };
         if chunk.data.is_empty() {
-            return log;
+            return Some(log);
         }
         assert_eq!(chunk.start, log.len() as u64);
         log.extend_from_slice(&chunk.data);
@@ -206,9 +211,9 @@ pub async fn wait_same_log(master: &Broker, replicas: &[&Broker]) -> Vec<u8> {
         Duration::from_secs(20),
         "the replicas to hold the master's log byte for byte",
         async || {
-            let log = whole_log(master).await;
+            let log = whole_log(master).await?;
             for replica in replicas {
-                if whole_log(replica).await != log {
+                if whole_log(replica).await? != log {
                     return None;
                 }
             }

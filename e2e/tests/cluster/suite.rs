@@ -159,6 +159,15 @@ impl Suite {
     async fn start() -> Suite {
         let env = Env::load();
         install_panic_hook(env.clone());
+        // The SDK's warnings (a stream broke, an ack failed) explain a
+        // redelivery; they go to the test's stderr, which the CI log keeps.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("DDUOMQ_E2E_CLIENT_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .try_init();
         let client = Client::try_default()
             .await
             .expect("admin kubeconfig (KUBECONFIG)");

@@ -240,6 +240,9 @@ impl Broker {
         limits: ReceiveLimits,
         max: usize,
     ) -> Result<LeaseRound> {
+        if let Some(r) = self.replication() {
+            r.serves_consumers()?;
+        }
         let group = self.require_group(&sub.key.group)?;
         let topic = self.topics.require(&sub.key.topic)?;
         let spec = RoundSpec {

@@ -84,6 +84,9 @@ impl Broker {
     ) -> Result<ReceiveStream> {
         limits::check_id("client_id", client_id, limits::MAX_CLIENT_ID_LEN, false)?;
         limits::check_id("lane", &lane, limits::MAX_LANE_LEN, true)?;
+        if let Some(r) = self.replication() {
+            r.serves_consumers()?;
+        }
         // Both names first: a refusal must not leave an auto-created group.
         limits::check_group_name("group", group)?;
         self.check_topic_for_use(topic)?;

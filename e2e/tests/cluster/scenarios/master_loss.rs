@@ -299,6 +299,7 @@ impl Cluster {
         }
         step.set("consumed_after_stop_s", secs(consumed));
         step.set("duplicates_so_far", self.ledger.duplicates() as u64);
+        step.set("repeats_so_far", self.ledger.repeats());
         if loss == MasterLoss::PodAndVolume {
             self.env
                 .kubectl_ok(

@@ -141,6 +141,7 @@ impl Cluster {
         step.set("route_balanced_after_s", secs(balanced));
         step.set("consumed_after_stop_s", secs(consumed));
         step.set("duplicates_so_far", self.ledger.duplicates() as u64);
+        step.set("repeats_so_far", self.ledger.repeats());
         step.set(
             "delivered_unacked_so_far",
             self.ledger.delivered_unacked() as u64,

@@ -149,6 +149,7 @@ impl Cluster {
         }
         step.set("lost", self.ledger.missing().len() as u64);
         step.set("duplicates", self.ledger.duplicates() as u64);
+        step.set("repeats", self.ledger.repeats());
         step.set(
             "delivered_although_send_failed",
             self.ledger.delivered_unacked() as u64,
