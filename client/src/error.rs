@@ -78,6 +78,20 @@ impl ClientError {
         }
     }
 
+    /// Whether a failed send may have been stored all the same: it went
+    /// unanswered (timed out, or the connection broke mid-request) rather
+    /// than refused or never sent (a connection that could not be made).
+    pub fn may_have_been_stored(&self) -> bool {
+        match self {
+            ClientError::Timeout(_) => true,
+            ClientError::Broker { code, reason, .. } => {
+                reason.is_empty()
+                    && matches!(code, Code::Internal | Code::Unknown | Code::Cancelled)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the broker could not be reached or dropped the connection (as
     /// opposed to answering): a reason-less transport failure.
     pub fn is_unreachable(&self) -> bool {
@@ -116,6 +130,11 @@ mod tests {
     fn transport_failures_are_retryable_and_refusals_are_not() {
         let transport = ClientError::from(Status::internal("h2 protocol error: http2 error"));
         assert!(transport.is_retryable(), "{transport}");
+        // Cut mid-request or unanswered: maybe stored; not connected: not.
+        assert!(transport.may_have_been_stored());
+        assert!(ClientError::Timeout(Duration::from_secs(2)).may_have_been_stored());
+        let not_connected = ClientError::from(Status::unavailable("tcp connect error"));
+        assert!(not_connected.is_retryable() && !not_connected.may_have_been_stored());
         let refusal = ClientError::from(Status::with_error_details(
             Code::Internal,
             "corrupt",

@@ -8,8 +8,9 @@
 //! of the send timeout (at least 1 s) is sent again through a fresh route, as
 //! is every batch still queued for that broker, and that broker is avoided for
 //! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A batch
-//! left unanswered stays with its broker until its deadline: it may be stored
-//! there, and elsewhere it would be stored twice. A route
+//! that may have been stored (unanswered, or cut mid-request) keeps its
+//! queue, so the dedupe window that may hold it sees it again: the same
+//! broker while it is slow, the group's new master after a failover. A route
 //! that cannot be refreshed (the bootstrap broker is down) is used stale; so
 //! is one whose refresh is older (a lower epoch: a restarted broker that has
 //! not been pushed the route table again claims every queue), but only for a
@@ -32,7 +33,7 @@ use crate::route::Route;
 
 mod batcher;
 
-use batcher::{RETRY_PAUSE, answer, deliver, run_batcher, send_or_wait};
+use batcher::{RETRY_PAUSE, answer, deliver, run_batcher, send_with_retry};
 pub(crate) use batcher::{retry, retry_within};
 
 use crate::connection::{MessagingClient, client};
@@ -255,9 +256,14 @@ impl Producer {
     ) -> Result<(Vec<pb::SendReceipt>, String)> {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.send_timeout;
+        // After a failure that may have stored them, the queue they went to.
+        let mut kept = None;
         loop {
             let route = self.inner.route(topic).await?;
-            let queue = self.inner.pick_queue(&route, sharding_key);
+            let queue = match kept.and_then(|q| queue_writer(&route, q)) {
+                Some(queue) => queue,
+                None => self.inner.pick_queue(&route, sharding_key),
+            };
             for m in &mut messages {
                 m.queue_id = Some(queue.queue_id);
             }
@@ -266,20 +272,19 @@ impl Producer {
                 .min(config.per_broker());
             let address = queue.broker_address;
             let fail_fast = sharding_key.is_empty() && self.inner.has_alternative(topic, &address);
-            let unanswered = || self.inner.mark_faulty(&address);
-            match send_or_wait(
+            match send_with_retry(
                 client(&address, &config.namespace)?,
                 messages.clone(),
                 budget,
-                deadline,
                 fail_fast,
-                unanswered,
             )
             .await
             {
                 Ok(receipts) => return Ok((receipts, address)),
                 Err(e) if e.is_retryable() && Instant::now() + RETRY_PAUSE < deadline => {
                     tracing::debug!(broker = %address, error = %e, "send failed; failing over");
+                    // As `fail_over` does: maybe stored, so the same queue.
+                    kept = e.may_have_been_stored().then_some(queue.queue_id);
                     self.inner.mark_faulty(&address);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
@@ -363,6 +368,17 @@ impl Producer {
     }
 }
 
+/// The route entry of `queue_id` that takes writes, else any of its entries
+/// (its broker refuses the send until the route moves on).
+fn queue_writer(route: &Route, queue_id: u32) -> Option<pb::QueueRoute> {
+    let mut entries = route.queues.iter().filter(|q| q.queue_id == queue_id);
+    entries
+        .clone()
+        .find(|q| q.writable)
+        .or_else(|| entries.next())
+        .cloned()
+}
+
 impl Inner {
     /// Same sharding key → same queue (stable hash over all queues); otherwise
     /// round robin over the writable queues.
@@ -377,13 +393,8 @@ impl Inner {
                 .max()
                 .unwrap_or(1);
             let queue_id = dduomq_proto::queue_for_sharding_key(sharding_key, queues);
-            let mut entries = route.queues.iter().filter(|q| q.queue_id == queue_id);
-            if let Some(q) = entries
-                .clone()
-                .find(|q| q.writable)
-                .or_else(|| entries.next())
-            {
-                return q.clone();
+            if let Some(q) = queue_writer(route, queue_id) {
+                return q;
             }
         }
         let writable: Vec<&pb::QueueRoute> = route.queues.iter().filter(|q| q.writable).collect();
@@ -576,8 +587,18 @@ impl Inner {
     /// takes it (a single broker, or a sharding key's queue) — to `address`
     /// again after a pause. Every message is answered by its deadline. Runs
     /// without a request slot of any batcher, so it never waits on itself.
+    ///
+    /// A batch that may have been stored (unanswered, or cut mid-request)
+    /// keeps its queue: sent to that queue's writer again — the same broker
+    /// while it is slow, the group's new master once the route names it —
+    /// the idempotent producer's sequence finds it in the dedupe window there
+    /// (replicated with the group) and it is stored once. Sent to another
+    /// queue, it would be stored twice. Once that broker refuses connections
+    /// (it is gone), the batch goes to any queue, as availability comes
+    /// first then: a broker killed mid-request may hold it (at least once).
     async fn fail_over(inner: &Arc<Inner>, address: &str, batch: Vec<Pending>, error: ClientError) {
         tracing::debug!(broker = address, error = %error, messages = batch.len(), "send failed; failing over");
+        let keep_queue = error.may_have_been_stored();
         let mut stay = Vec::new();
         for mut p in batch {
             let remaining = p.deadline.saturating_duration_since(Instant::now());
@@ -592,7 +613,11 @@ impl Inner {
                     continue;
                 }
             };
-            let queue = inner.pick_queue(&route, &p.message.sharding_key);
+            let kept = p.message.queue_id.filter(|_| keep_queue);
+            let queue = match kept.and_then(|q| queue_writer(&route, q)) {
+                Some(queue) => queue,
+                None => inner.pick_queue(&route, &p.message.sharding_key),
+            };
             p.message.queue_id = Some(queue.queue_id);
             if queue.broker_address == address {
                 stay.push(p);

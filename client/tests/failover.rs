@@ -232,6 +232,58 @@ async fn sends_fail_over_from_a_dead_broker_and_outlive_the_bootstrap_broker() {
     assert_eq!(stored(&b, TOPIC).await, 10 + 50);
 }
 
+/// A broker that stops answering (SIGSTOP: its sockets still take the
+/// requests) is not failed over from for the batches it holds: they may be
+/// stored once it goes on, so they are sent to their queue again (the dedupe
+/// window answers the repeat), while sends not yet made go to the other
+/// broker. Every message is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_a_stalled_broker_holds_keep_their_queue_and_are_stored_once() {
+    let (a, b) = two_brokers().await;
+    let producer = ProducerBuilder::new(&b.grpc)
+        .send_timeout(Duration::from_secs(10))
+        .route_ttl(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    // Connections to both brokers are open before `a` stalls.
+    for i in 0..8 {
+        producer
+            .send(Message::new(TOPIC, format!("warm-{i}")))
+            .await
+            .unwrap();
+    }
+    a.pause();
+    let sends = (0..40).map(|i| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(Message::new(TOPIC, format!("stalled-{i}")))
+                .await
+        }
+    });
+    let resume = async {
+        // Past the producer's time per broker (a fifth of the send timeout).
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        a.resume();
+    };
+    let (receipts, ()) = tokio::join!(futures::future::join_all(sends), resume);
+    let on_a = receipts
+        .iter()
+        .map(|r| r.as_ref().unwrap_or_else(|e| panic!("send failed: {e}")))
+        .filter(|r| r.queue_id <= 1)
+        .count() as u64;
+    assert_eq!(
+        stored(&a, TOPIC).await + stored(&b, TOPIC).await,
+        8 + 40,
+        "every message stored exactly once"
+    );
+    assert_eq!(stored(&a, TOPIC).await, 4 + on_a);
+    assert!(
+        on_a > 0,
+        "the batches the stalled broker held were stored there"
+    );
+}
+
 /// A restarted broker has lost the pushed route table and, until the operator
 /// pushes it again, answers routes as a standalone broker (every queue on
 /// itself). A producer whose bootstrap broker died must keep its cached

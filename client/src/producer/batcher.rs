@@ -104,7 +104,8 @@ pub(super) async fn run_batcher(
 /// batch for a reason that may concern one message only, each is sent alone, so
 /// one bad message does not fail its neighbours. If the broker stays
 /// unreachable for `per_broker`, the batch fails over (while its deadline
-/// allows); a broker that is slow to answer is waited for.
+/// allows), keeping its queues when it may have been stored (see
+/// [`Inner::fail_over`]).
 pub(super) async fn deliver(
     client: MessagingClient,
     address: String,
@@ -126,20 +127,7 @@ pub(super) async fn deliver(
     let fail_fast = producer
         .upgrade()
         .is_some_and(|i| i.has_alternative(&messages[0].topic, &address));
-    let unanswered = || {
-        if let Some(inner) = producer.upgrade() {
-            inner.mark_faulty(&address);
-        }
-    };
-    let sent = send_or_wait(
-        client.clone(),
-        messages,
-        timeout,
-        deadline,
-        fail_fast,
-        unanswered,
-    );
-    match sent.await {
+    match send_with_retry(client.clone(), messages, timeout, fail_fast).await {
         Ok(receipts) => {
             for (p, r) in batch.into_iter().zip(receipts) {
                 answer(p, Ok(r.into()));
@@ -172,7 +160,7 @@ pub(super) async fn deliver(
 /// One Send request, retried on retryable errors until `timeout` has passed;
 /// with `fail_fast`, an unreachable broker is given up at once (the caller
 /// fails over).
-async fn send_with_retry(
+pub(super) async fn send_with_retry(
     client: MessagingClient,
     messages: Vec<pb::OutgoingMessage>,
     timeout: Duration,
@@ -193,36 +181,6 @@ async fn send_with_retry(
     .await
     .map(|r| r.receipts)
 }
-
-/// [`send_with_retry`] within `budget`, except that a batch left unanswered
-/// stays with its broker until `deadline`: the broker may have stored it, and
-/// sent to another broker it would be stored twice (a producer's dedupe
-/// window is per broker). `unanswered` runs first (the caller marks the
-/// broker faulty, so batches not sent yet go elsewhere). A broker that goes
-/// away or refuses is still given up.
-pub(super) async fn send_or_wait(
-    client: MessagingClient,
-    messages: Vec<pb::OutgoingMessage>,
-    budget: Duration,
-    deadline: Instant,
-    fail_fast: bool,
-    unanswered: impl FnOnce(),
-) -> Result<Vec<pb::SendReceipt>> {
-    match send_with_retry(client.clone(), messages.clone(), budget, fail_fast).await {
-        Err(ClientError::Timeout(waited)) => {
-            unanswered();
-            let rest = deadline.saturating_duration_since(Instant::now());
-            if rest < MIN_WAIT {
-                return Err(ClientError::Timeout(waited));
-            }
-            send_with_retry(client, messages, rest, fail_fast).await
-        }
-        other => other,
-    }
-}
-
-/// Shortest wait worth a new attempt.
-const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// Runs a unary call, retrying retryable failures with backoff until `timeout`.
 pub(crate) async fn retry<T, F, Fut>(timeout: Duration, call: F) -> Result<T>
