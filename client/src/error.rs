@@ -79,15 +79,21 @@ impl ClientError {
     }
 
     /// Whether a failed send may have been stored all the same: it went
-    /// unanswered (timed out, or the connection broke mid-request) rather
-    /// than refused or never sent (a connection that could not be made).
+    /// unanswered (timed out, or the connection broke mid-request), or the
+    /// broker holds it unacknowledged (still storing an earlier try of it;
+    /// stored without its quorum), rather than refused or never sent (a
+    /// connection that could not be made, a call still queued when the
+    /// connection closed).
     pub fn may_have_been_stored(&self) -> bool {
         match self {
             ClientError::Timeout(_) => true,
-            ClientError::Broker { code, reason, .. } => {
-                reason.is_empty()
-                    && matches!(code, Code::Internal | Code::Unknown | Code::Cancelled)
+            ClientError::Broker { code, reason, .. } if reason.is_empty() => {
+                matches!(code, Code::Internal | Code::Unknown)
             }
+            ClientError::Broker { .. } => matches!(
+                self.reason(),
+                Some(Reason::DuplicateInFlight | Reason::QuorumTimeout)
+            ),
             _ => false,
         }
     }
@@ -166,7 +172,16 @@ mod tests {
             ));
             assert!(refusal.is_retryable(), "{reason}");
             assert_eq!(refusal.reason(), Some(reason));
+            // Stored without its quorum: maybe there after a failover.
+            assert_eq!(
+                refusal.may_have_been_stored(),
+                reason == Reason::QuorumTimeout,
+                "{reason}"
+            );
         }
+        assert!(!draining.may_have_been_stored() && !refusal.may_have_been_stored());
+        // A call still queued when its connection closed was never written.
+        assert!(!ClientError::from(Status::cancelled("connection closed")).may_have_been_stored());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! of the send timeout (at least 1 s) is sent again through a fresh route, as
 //! is every batch still queued for that broker, and that broker is avoided for
 //! [`FAULT_ISOLATION`] (as RocketMQ's latency fault tolerance does). A batch
-//! that may have been stored (unanswered, or cut mid-request) keeps its
-//! queue, so the dedupe window that may hold it sees it again: the same
+//! that may have been stored (unanswered, cut mid-request, or held
+//! unacknowledged) keeps its queue, so the dedupe window that may hold it sees it again: the same
 //! broker while it is slow, the group's new master after a failover. A route
 //! that cannot be refreshed (the bootstrap broker is down) is used stale; so
 //! is one whose refresh is older (a lower epoch: a restarted broker that has
@@ -588,8 +588,8 @@ impl Inner {
     /// again after a pause. Every message is answered by its deadline. Runs
     /// without a request slot of any batcher, so it never waits on itself.
     ///
-    /// A batch that may have been stored (unanswered, or cut mid-request)
-    /// keeps its queue: sent to that queue's writer again — the same broker
+    /// A batch that may have been stored (see
+    /// [`ClientError::may_have_been_stored`]) keeps its queue: sent to that queue's writer again — the same broker
     /// while it is slow, the group's new master once the route names it —
     /// the idempotent producer's sequence finds it in the dedupe window there
     /// (replicated with the group) and it is stored once. Sent to another
@@ -632,10 +632,21 @@ impl Inner {
                 Err(e) => answer(p, Err(e)),
             }
         }
+        let Some(earliest) = stay.iter().map(|p| p.deadline).min() else {
+            return;
+        };
+        tokio::time::sleep(RETRY_PAUSE.min(earliest.saturating_duration_since(Instant::now())))
+            .await;
+        // Those out of time are answered with what went wrong.
+        let now = Instant::now();
+        let (expired, stay): (Vec<Pending>, Vec<Pending>) =
+            stay.into_iter().partition(|p| p.deadline <= now);
+        for p in expired {
+            answer(p, Err(error.clone()));
+        }
         if stay.is_empty() {
             return;
         }
-        tokio::time::sleep(RETRY_PAUSE).await;
         match client(address, &inner.config.namespace) {
             Ok(c) => {
                 let (weak, per_broker) = (Arc::downgrade(inner), inner.config.per_broker());

@@ -20,6 +20,9 @@ use crate::store::StoreError;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Shortest silence that ends a Follow stream: long enough for one large
+/// chunk on a slow link; a dead peer is found sooner by the keepalive.
+const MIN_SILENCE: Duration = Duration::from_secs(10);
 /// HTTP/2 PINGs on the Follow connection, and how long one may go unanswered.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// Largest chunk a follower accepts (the master sends about 1 MiB, or one
@@ -50,8 +53,8 @@ pub(super) enum StreamEnd {
     #[error("the master ended the stream")]
     Ended,
     /// Nothing arrived for twice `replica_lag_max` (an idle master sends a
-    /// heartbeat at least four times per it): a frozen or cut-off master
-    /// whose connection did not break.
+    /// heartbeat at least four times per it), and at least [`MIN_SILENCE`]:
+    /// a master stuck although its connection (and its PING answers) lives.
     #[error("the master sent nothing for {0:?}")]
     Silent(Duration),
     #[error("storing what the master sent failed: {0}")]
@@ -161,7 +164,7 @@ impl Replication {
             .into_inner();
         let mut first_answer = true;
         loop {
-            let silence = self.config().replica_lag_max * 2;
+            let silence = (self.config().replica_lag_max * 2).max(MIN_SILENCE);
             let response = tokio::select! {
                 r = tokio::time::timeout(silence, responses.message()) => {
                     r.map_err(|_| StreamEnd::Silent(silence))??
