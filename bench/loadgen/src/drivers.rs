@@ -52,6 +52,8 @@ fn nats_subject(topic: &str, i: u64, queues: u32) -> String {
 fn kafka_config(addr: &str) -> rdkafka::ClientConfig {
     let mut c = rdkafka::ClientConfig::new();
     c.set("bootstrap.servers", addr);
+    // TCP_NODELAY, as Kafka's Java clients and its brokers always set it.
+    c.set("socket.nagle.disable", "true");
     c
 }
 
