@@ -175,7 +175,7 @@ async fn first_receive(b: &Broker) -> Result<Vec<Vec<u8>>, tonic::Status> {
 /// without a master).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_consumers_only_while_no_master_answers() {
-    let [mut a, b, c] = start_group_of_three("").await;
+    let [mut a, b, mut c] = start_group_of_three("").await;
     dduomq_client::Admin::connect(&a.grpc)
         .expect("admin client")
         .create_group(pb::Group {
@@ -204,6 +204,27 @@ async fn replicas_serve_consumers_only_while_no_master_answers() {
             .contains("serves no consumers while it follows the master"),
         "{}",
         refused.message()
+    );
+
+    // Restarted, a member serves no consumers until a master tells it what
+    // is acknowledged: a master may be serving, and it hides its records
+    // until then (a restarted member of the soak answered a consumer that
+    // its group did not exist).
+    c.restart();
+    let unassigned = first_receive(&c)
+        .await
+        .expect_err("a restarted member refuses consumers");
+    assert_eq!(
+        dduomq_client::ClientError::from(unassigned.clone()).reason(),
+        Some(Reason::NotMaster),
+        "{unassigned:?}"
+    );
+    assert!(
+        unassigned
+            .message()
+            .contains("serves no consumers until a master tells it which records are acknowledged"),
+        "{}",
+        unassigned.message()
     );
 
     // The replica shows what it knows was acknowledged.

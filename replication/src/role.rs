@@ -13,7 +13,8 @@ use crate::epochs::EpochHistory;
 /// What the member currently does (volatile: lost on restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Just started (or never assigned): takes no writes, serves reads.
+    /// Just started (or never assigned): takes no writes and, until a master
+    /// tells it what is acknowledged, serves no consumers.
     Unassigned,
     Replica {
         master: MemberId,

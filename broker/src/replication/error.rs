@@ -58,6 +58,10 @@ pub enum ReplicationError {
         master_address: Option<String>,
     },
     #[error(
+        "member {member} of broker group {group} serves no consumers until a master tells it which records are acknowledged"
+    )]
+    ConsumersNotReady { group: u32, member: u32 },
+    #[error(
         "broker group {group} did not store the write on its in-sync set within {waited:?}; it was not acknowledged (retry)"
     )]
     QuorumTimeout { group: u32, waited: Duration },
@@ -74,9 +78,9 @@ impl ReplicationError {
     /// The stable reason code.
     pub fn code(&self) -> Reason {
         match self {
-            ReplicationError::NotMaster { .. } | ReplicationError::ConsumersAtMaster { .. } => {
-                Reason::NotMaster
-            }
+            ReplicationError::NotMaster { .. }
+            | ReplicationError::ConsumersAtMaster { .. }
+            | ReplicationError::ConsumersNotReady { .. } => Reason::NotMaster,
             ReplicationError::QuorumTimeout { .. } => Reason::QuorumTimeout,
         }
     }

@@ -36,7 +36,7 @@ pub use metrics::ReplicationMetrics;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use dduomq_replication::{AckTracker, MasterLease, MemberRole, Monotonic, Placement};
+use dduomq_replication::{AckTracker, MasterLease, MemberRole, Monotonic, Placement, Role};
 use parking_lot::Mutex;
 use tokio::sync::{RwLock, watch};
 
@@ -183,10 +183,7 @@ impl Replication {
     /// Whether the controller (or the static configuration) made this member
     /// its group's master, whatever the state of its lease.
     pub fn is_master(&self) -> bool {
-        matches!(
-            self.state.lock().role.role,
-            dduomq_replication::Role::Master
-        )
+        matches!(self.state.lock().role.role, Role::Master)
     }
 
     /// The epoch this member is master of, whatever the state of its lease.
@@ -218,15 +215,28 @@ impl Replication {
     /// replica while no master answers it (reads without a master). A replica
     /// streaming from its master serves none: a consumer of both would be
     /// leased the same messages twice, and what it acks here counts nowhere.
+    /// Nor does a member that no master has told which records are
+    /// acknowledged since it started (unassigned, or following one that does
+    /// not answer): it hides them all, a master may well be serving, and a
+    /// restarted member of the soak answered a consumer that its group did
+    /// not exist.
     pub fn serves_consumers(&self) -> Result<(), ReplicationError> {
-        if !*self.streaming_from_master.borrow() || self.is_master() {
-            return Ok(());
+        let role = self.state.lock().role.role;
+        match role {
+            Role::Master => Ok(()),
+            Role::Replica { .. } if *self.streaming_from_master.borrow() => {
+                Err(ReplicationError::ConsumersAtMaster {
+                    group: self.placement.group,
+                    member: self.placement.member,
+                    master_address: self.target.borrow().as_ref().map(|t| t.address.clone()),
+                })
+            }
+            Role::Replica { .. } if self.store.knows_acknowledged_end() => Ok(()),
+            Role::Replica { .. } | Role::Unassigned => Err(ReplicationError::ConsumersNotReady {
+                group: self.placement.group,
+                member: self.placement.member,
+            }),
         }
-        Err(ReplicationError::ConsumersAtMaster {
-            group: self.placement.group,
-            member: self.placement.member,
-            master_address: self.target.borrow().as_ref().map(|t| t.address.clone()),
-        })
     }
 
     /// Changes when this replica starts or stops following a live master.

@@ -57,6 +57,12 @@ impl Store {
                 });
     }
 
+    /// Whether consumers see anything under quorum acks: a limit was raised
+    /// since [`Store::hide_unacknowledged`] (or there is none).
+    pub fn knows_acknowledged_end(&self) -> bool {
+        self.acknowledged_end() > 0
+    }
+
     /// The position consumers see records below (`u64::MAX`: all).
     pub(super) fn acknowledged_end(&self) -> u64 {
         self.inner.acknowledged_end.load(Ordering::Acquire)
