@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dduomq_proto::v1 as pb;
@@ -135,6 +135,7 @@ impl ProducerBuilder {
                 routes: Mutex::new(HashMap::new()),
                 faulty: Mutex::new(HashMap::new()),
                 faults: tokio::sync::Notify::new(),
+                revalidating: AtomicBool::new(false),
                 round_robin: AtomicU64::new(0),
                 producer_id: format!(
                     "{:016x}{:016x}",
@@ -156,6 +157,18 @@ fn avoided(faulty: &HashMap<String, Instant>, address: &str, now: Instant) -> bo
 /// How long a broker that failed a send is avoided by new sends.
 pub const FAULT_ISOLATION: Duration = Duration::from_secs(5);
 
+/// How often a cached route naming a broker avoided as faulty is fetched
+/// again (the controller republishes it once it elects a successor).
+const SUSPECT_ROUTE_TTL: Duration = Duration::from_millis(500);
+
+/// Who asks for a route: a send that waits for it, or a refresh in the
+/// background while sends use the cached one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    Foreground,
+    Background,
+}
+
 /// A message waiting for its batch, and who to tell the outcome.
 struct Pending {
     message: pb::OutgoingMessage,
@@ -175,6 +188,9 @@ struct Inner {
     faulty: Mutex<HashMap<String, Instant>>,
     /// Signalled when a broker is found faulty.
     faults: tokio::sync::Notify,
+    /// A background refresh of a route naming a faulty broker is running
+    /// (one at a time: a refresh may take seconds when brokers are down).
+    revalidating: AtomicBool,
     round_robin: AtomicU64,
     /// Idempotence: this producer's id and its next sequence number.
     producer_id: String,
@@ -443,11 +459,66 @@ impl Inner {
     /// The topic's route: cached for `route_ttl`; when refreshing fails, the
     /// stale one (if any) after a short try, so sends go on while the
     /// bootstrap broker is down.
-    async fn route(&self, topic: &str) -> Result<Route> {
-        let cached = match self.routes.lock().get(topic).cloned() {
-            Some(r) if !r.expired && r.fetched.elapsed() < self.config.route_ttl => return Ok(r),
-            other => other,
+    ///
+    /// A cached route naming a broker avoided as faulty is also fetched again
+    /// in the background every [`SUSPECT_ROUTE_TTL`] while it is used: after
+    /// a master dies, the route fetched before the controller elected its
+    /// successor named the dead master for a whole `route_ttl`, and its
+    /// queues got no sends until the fault isolation ended and a send failed
+    /// there again (about 6 s of a failover's 12 in the soak).
+    async fn route(self: &Arc<Self>, topic: &str) -> Result<Route> {
+        let cached = {
+            let mut routes = self.routes.lock();
+            match routes.get_mut(topic) {
+                Some(r) if !r.expired && r.fetched.elapsed() < self.config.route_ttl => {
+                    if r.revalidated.elapsed() >= SUSPECT_ROUTE_TTL
+                        && self.names_faulty(r)
+                        && !self.revalidating.swap(true, Ordering::AcqRel)
+                    {
+                        r.revalidated = Instant::now();
+                        let (producer, topic) = (Arc::downgrade(self), topic.to_string());
+                        tokio::spawn(async move {
+                            if let Some(inner) = producer.upgrade() {
+                                let cached = inner.routes.lock().get(&topic).cloned();
+                                let _ =
+                                    inner.fetch_route(&topic, cached, Refresh::Background).await;
+                                inner.revalidating.store(false, Ordering::Release);
+                            }
+                        });
+                    }
+                    return Ok(r.clone());
+                }
+                other => other.cloned(),
+            }
         };
+        self.fetch_route(topic, cached, Refresh::Foreground).await
+    }
+
+    /// Whether `route` has a writable queue on a broker avoided as faulty.
+    fn names_faulty(&self, route: &Route) -> bool {
+        let mut faulty = self.faulty.lock();
+        if faulty.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        faulty.retain(|_, until| *until > now);
+        route
+            .queues
+            .iter()
+            .any(|q| q.writable && faulty.contains_key(&q.broker_address))
+    }
+
+    /// Asks for the topic's route (replacing `cached` unless the answer is
+    /// older) and caches it. A background refresh leaves the cache alone
+    /// unless it got an answer at least as new as what the cache holds by
+    /// then: a send may have marked it expired, or stored a newer route,
+    /// meanwhile.
+    async fn fetch_route(
+        &self,
+        topic: &str,
+        cached: Option<Route>,
+        refresh: Refresh,
+    ) -> Result<Route> {
         let timeout = match cached {
             Some(_) => self.config.send_timeout.min(Duration::from_secs(1)),
             None => self.config.send_timeout,
@@ -513,12 +584,12 @@ impl Inner {
                     topic,
                     "only older routes answered; using the cached route"
                 );
-                return Ok(self.keep_stale(topic, stale));
+                return Ok(self.keep_stale(topic, stale, refresh));
             }
             (Ok(r), _) => r,
             (Err(e), Some(stale)) if e.is_retryable() => {
                 tracing::debug!(error = %e, topic, "route refresh failed; using the cached route");
-                return Ok(self.keep_stale(topic, stale));
+                return Ok(self.keep_stale(topic, stale, refresh));
             }
             (Err(e), _) => return Err(e),
         };
@@ -531,18 +602,29 @@ impl Inner {
         let route = Route {
             fetched: now,
             confirmed: now,
+            revalidated: now,
             expired: false,
             epoch: response.epoch,
             queues: response.queues,
         };
-        self.routes.lock().insert(topic.to_string(), route.clone());
+        let mut routes = self.routes.lock();
+        if refresh == Refresh::Background
+            && routes.get(topic).is_some_and(|r| r.epoch > route.epoch)
+        {
+            return Ok(route);
+        }
+        routes.insert(topic.to_string(), route.clone());
         Ok(route)
     }
 
     /// Keeps a route that could not be refreshed for another `route_ttl`, so
     /// sends do not each wait for an unreachable bootstrap broker (it stays
-    /// unconfirmed: see [`Route::accepts`]).
-    fn keep_stale(&self, topic: &str, mut stale: Route) -> Route {
+    /// unconfirmed: see [`Route::accepts`]). A background refresh keeps
+    /// nothing: the cache stays as it is.
+    fn keep_stale(&self, topic: &str, mut stale: Route, refresh: Refresh) -> Route {
+        if refresh == Refresh::Background {
+            return stale;
+        }
         stale.fetched = Instant::now();
         stale.expired = false;
         self.routes.lock().insert(topic.to_string(), stale.clone());

@@ -391,16 +391,30 @@ async fn run<F, Fut, E>(
     let acks = spawn_ack_batcher(client.clone(), cfg.clone());
     let mut stream = Some(first);
     let mut backoff = Duration::from_millis(100);
+    let mut refusals = 0u32;
     while !*stopped.borrow() {
         let mut s = match stream.take() {
             Some(s) => s,
             None => match open_stream(client.clone(), &cfg).await {
                 Ok(s) => {
                     backoff = Duration::from_millis(100);
+                    refusals = 0;
                     s
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "receive stream unavailable; retrying");
+                    // A replica refuses while its master answers: expected
+                    // until the route retires it, so a warning only every
+                    // tenth refusal in a row (one that lasts).
+                    if e.reason() == Some(Reason::NotMaster) {
+                        refusals += 1;
+                        if refusals.is_multiple_of(10) {
+                            tracing::warn!(error = %e, refusals, "receive stream still refused; retrying");
+                        } else {
+                            tracing::debug!(error = %e, "receive stream refused; retrying");
+                        }
+                    } else {
+                        tracing::warn!(error = %e, "receive stream unavailable; retrying");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stopped.changed() => {}

@@ -20,6 +20,9 @@ pub(crate) struct Route {
     pub(crate) fetched: Instant,
     /// When an answer last had its epoch (or it was first fetched).
     pub(crate) confirmed: Instant,
+    /// When it was fetched or last refreshed in the background because it
+    /// named a broker avoided as faulty.
+    pub(crate) revalidated: Instant,
     /// Set after a send failed: refresh before the next use.
     pub(crate) expired: bool,
     /// The route table's epoch (0: a standalone broker's own view).
@@ -50,6 +53,7 @@ mod tests {
         Route {
             fetched: confirmed,
             confirmed,
+            revalidated: confirmed,
             expired: false,
             epoch,
             queues: Vec::new(),

@@ -15,9 +15,10 @@ use dduomq_testkit::{Broker, create_topics, stored};
 
 const TOPIC: &str = "payments";
 
-/// Two brokers; queues 0 and 1 written on `a`, 2 and 3 on `b`.
-async fn two_brokers() -> (Broker, Broker) {
-    let (a, b) = (Broker::start(), Broker::start());
+/// The route table of `epoch`: queues 0 and 1 on `low` (broker id 0), 2 and
+/// 3 on `high` (broker id 1, or 0 when it is `low` too).
+fn route_table(epoch: u64, low: &Broker, high: &Broker) -> pb::UpdateRoutesRequest {
+    let high_id = if high.grpc == low.grpc { 0 } else { 1 };
     let route = |q: u32, on: &Broker, id: u32| pb::QueueRoute {
         queue_id: q,
         broker_id: id,
@@ -25,25 +26,36 @@ async fn two_brokers() -> (Broker, Broker) {
         writable: true,
         readable: true,
     };
-    let table = pb::UpdateRoutesRequest {
-        epoch: 1,
+    pb::UpdateRoutesRequest {
+        epoch,
         topics: vec![pb::TopicRoute {
             topic: TOPIC.into(),
             message_type: pb::MessageType::Normal as i32,
             queues: vec![
-                route(0, &a, 0),
-                route(1, &a, 0),
-                route(2, &b, 1),
-                route(3, &b, 1),
+                route(0, low, 0),
+                route(1, low, 0),
+                route(2, high, high_id),
+                route(3, high, high_id),
             ],
         }],
-    };
+    }
+}
+
+async fn push_routes(to: &Broker, table: pb::UpdateRoutesRequest) {
+    AdminServiceClient::connect(format!("http://{}", to.grpc))
+        .await
+        .unwrap()
+        .update_routes(table)
+        .await
+        .unwrap();
+}
+
+/// Two brokers; queues 0 and 1 written on `a`, 2 and 3 on `b`.
+async fn two_brokers() -> (Broker, Broker) {
+    let (a, b) = (Broker::start(), Broker::start());
     for broker in [&a, &b] {
         create_topics(broker, &[(TOPIC, 4, pb::MessageType::Normal)]).await;
-        let mut admin = AdminServiceClient::connect(format!("http://{}", broker.grpc))
-            .await
-            .unwrap();
-        admin.update_routes(table.clone()).await.unwrap();
+        push_routes(broker, route_table(1, &a, &b)).await;
     }
     (a, b)
 }
@@ -316,4 +328,57 @@ async fn a_restarted_brokers_standalone_route_does_not_replace_the_pushed_one() 
         );
     }
     assert_eq!(stored(&b, TOPIC).await, 2 + 20);
+}
+
+/// A route republished while a broker is avoided reaches sends at once: the
+/// cached route names the avoided broker, so it is fetched again in the
+/// background while sends go on. (Before, the route fetched when the broker
+/// died was used for the whole route TTL, and the queues it named there got
+/// no sends until the avoidance ended and a send failed there again: about 6
+/// s of a 12 s failover in the soak.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_republished_while_a_broker_is_avoided_is_used_at_once() {
+    let (a, mut b) = two_brokers().await;
+    let producer = ProducerBuilder::new(&a.grpc).build().unwrap();
+    for i in 0..8 {
+        producer
+            .send(Message::new(TOPIC, format!("warm-{i}")))
+            .await
+            .unwrap();
+    }
+    b.kill();
+    for i in 0..8 {
+        let r = producer
+            .send(Message::new(TOPIC, format!("after-kill-{i}")))
+            .await
+            .unwrap();
+        assert!(
+            r.queue_id <= 1,
+            "queue {} is on the dead broker",
+            r.queue_id
+        );
+    }
+    // The operator moves the dead broker's queues to `a`.
+    push_routes(&a, route_table(2, &a, &a)).await;
+    let moved = Instant::now();
+    for i in 0.. {
+        let r = producer
+            .send(Message::new(TOPIC, format!("moved-{i}")))
+            .await
+            .unwrap();
+        if r.queue_id >= 2 {
+            break;
+        }
+        // The avoidance lasts 5 s from the kill: well before it ends.
+        assert!(
+            moved.elapsed() < Duration::from_secs(3),
+            "queues 2 and 3 unused {:?} after the route moved them",
+            moved.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "the moved queues were used {:?} after the route changed",
+        moved.elapsed()
+    );
 }
