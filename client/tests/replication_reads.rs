@@ -14,7 +14,9 @@ use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_testkit::{Broker, eventually};
-use group::{TOPIC, make_master, make_replica, send_message, start_group_of_three, state};
+use group::{
+    TOPIC, make_master, make_replica, send_message, start_group_of_three, state, wait_same_log,
+};
 
 const GROUP: &str = "billing";
 
@@ -244,4 +246,114 @@ async fn replicas_serve_consumers_only_while_no_master_answers() {
     .await;
     assert_eq!(served, vec![b"one".to_vec()]);
     drop(c);
+}
+
+/// Receives from `b` until `n` messages came, acks them all there, and
+/// returns their bodies.
+async fn receive_and_ack(b: &Broker, n: usize) -> Vec<Vec<u8>> {
+    let mut client = MessagingServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .expect("messaging connection");
+    let mut stream = client
+        .receive(pb::ReceiveRequest {
+            group: GROUP.into(),
+            topic: TOPIC.into(),
+            client_id: "reader-2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    let (mut bodies, mut handles) = (Vec::new(), Vec::new());
+    while bodies.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("messages within 20 s")
+            .expect("receive stream")
+            .expect("the stream answers before it ends");
+        for m in batch.messages {
+            bodies.push(m.body.to_vec());
+            handles.push(m.receipt_handle);
+        }
+    }
+    let acked = client
+        .ack(pb::AckRequest {
+            group: GROUP.into(),
+            topic: TOPIC.into(),
+            receipt_handles: handles,
+        })
+        .await
+        .expect("ack")
+        .into_inner();
+    assert!(
+        acked.results.iter().all(|r| r.error_reason.is_empty()),
+        "{acked:?}"
+    );
+    bodies
+}
+
+/// A replica that served consumers while its group had no master forgets
+/// what it leased then once the master's progress reaches it: at the next
+/// gap it serves from the master's progress, not from its own old cursor
+/// (the soak redelivered up to 19,000 messages per failover from such
+/// cursors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_serving_again_without_a_master_starts_from_the_masters_progress() {
+    let settings = "[broker]\noffsets_persist_interval = \"300ms\"\n";
+    let [mut a, mut b, c] = start_group_of_three(settings).await;
+    dduomq_client::Admin::connect(&a.grpc)
+        .expect("admin client")
+        .create_group(pb::Group {
+            name: GROUP.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("group created");
+    let early: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
+    for body in &early {
+        send_message(&a, to_queue_0(std::str::from_utf8(body).unwrap()))
+            .await
+            .expect("acknowledged");
+    }
+    wait_same_log(&a, &[&b, &c]).await;
+
+    // Gap 1: `c` serves the group and leases everything; the stream ends
+    // without acks (its leases go back).
+    a.kill();
+    let leased = eventually(
+        Duration::from_secs(30),
+        "the replica serving the consumer once the master is gone",
+        async || first_receive(&c).await.ok(),
+    )
+    .await;
+    assert_eq!(leased.first(), Some(&early[0]));
+
+    // `b` becomes master, its consumer acks every message there, and one
+    // more is acknowledged; `c` follows it and gets its progress.
+    make_replica(&c, 2, 1, &b.grpc).await;
+    make_master(&b.grpc, 1, 2, &[1, 2], 2).await;
+    let mut consumed = receive_and_ack(&b, early.len()).await;
+    consumed.sort();
+    let mut expected = early.clone();
+    expected.sort();
+    assert_eq!(consumed, expected);
+    send_message(&b, to_queue_0("m10"))
+        .await
+        .expect("acknowledged");
+    // A progress record follows the acks within the persist interval.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_same_log(&b, &[&c]).await;
+    // Applying what arrived is prompt; leave it ample time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Gap 2: `c` serves from `b`'s progress: only the message `b` did not
+    // deliver.
+    b.kill();
+    let served = eventually(
+        Duration::from_secs(30),
+        "the replica serving the consumer again once its new master is gone",
+        async || first_receive(&c).await.ok(),
+    )
+    .await;
+    assert_eq!(served, vec![b"m10".to_vec()]);
 }

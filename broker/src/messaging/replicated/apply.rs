@@ -250,6 +250,7 @@ impl Broker {
         let path = self.replicated.offsets_path.clone();
         metadata::save(&path, &progress.offsets)?;
         *self.offsets.lock() = OffsetTable::open(path)?;
+        self.forget_push_cursors();
         position.retention_floor = progress.retention_floor;
         Ok(true)
     }

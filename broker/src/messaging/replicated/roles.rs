@@ -124,11 +124,7 @@ impl Broker {
     fn rebuild_for_promotion(&self, epoch: Option<u64>) -> Result<bool> {
         self.apply_replicated_metadata()?;
         self.reload_progress()?;
-        let subscriptions: Vec<_> = self.subscriptions.lock().values().cloned().collect();
-        for sub in subscriptions {
-            sub.state.lock().forget_cursors();
-            sub.notify.notify_waiters();
-        }
+        self.forget_push_cursors();
         self.restore_topics_from_store()?;
         self.dedupe.clear();
         self.staged.clear();
