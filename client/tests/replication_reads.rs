@@ -171,6 +171,16 @@ async fn first_receive(b: &Broker) -> Result<Vec<Vec<u8>>, tonic::Status> {
         .collect())
 }
 
+/// `refused` is a NOT_MASTER refusal whose message says `says`.
+fn assert_not_master(refused: &tonic::Status, says: &str) {
+    assert_eq!(
+        dduomq_client::ClientError::from(refused.clone()).reason(),
+        Some(Reason::NotMaster),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains(says), "{}", refused.message());
+}
+
 /// A replica that follows a live master leases nothing (a consumer of both
 /// would get every message twice, and its acks there count nowhere); once
 /// its master stops answering, it serves the group's consumers (reads
@@ -195,18 +205,7 @@ async fn replicas_serve_consumers_only_while_no_master_answers() {
         async || first_receive(&b).await.err(),
     )
     .await;
-    assert_eq!(
-        dduomq_client::ClientError::from(refused.clone()).reason(),
-        Some(Reason::NotMaster),
-        "{refused:?}"
-    );
-    assert!(
-        refused
-            .message()
-            .contains("serves no consumers while it follows the master"),
-        "{}",
-        refused.message()
-    );
+    assert_not_master(&refused, "serves no consumers while it follows the master");
 
     // Restarted, a member serves no consumers until a master tells it what
     // is acknowledged: a master may be serving, and it hides its records
@@ -216,17 +215,9 @@ async fn replicas_serve_consumers_only_while_no_master_answers() {
     let unassigned = first_receive(&c)
         .await
         .expect_err("a restarted member refuses consumers");
-    assert_eq!(
-        dduomq_client::ClientError::from(unassigned.clone()).reason(),
-        Some(Reason::NotMaster),
-        "{unassigned:?}"
-    );
-    assert!(
-        unassigned
-            .message()
-            .contains("serves no consumers until a master tells it which records are acknowledged"),
-        "{}",
-        unassigned.message()
+    assert_not_master(
+        &unassigned,
+        "serves no consumers until a master tells it which records are acknowledged",
     );
 
     // The replica shows what it knows was acknowledged.
