@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::route::Route;
 
 mod batcher;
+mod routing;
 
 use batcher::{RETRY_PAUSE, answer, deliver, run_batcher, send_with_retry};
 pub(crate) use batcher::{retry, retry_within};
@@ -136,6 +137,7 @@ impl ProducerBuilder {
                 faulty: Mutex::new(HashMap::new()),
                 faults: tokio::sync::Notify::new(),
                 revalidating: AtomicBool::new(false),
+                fetching: Mutex::new(HashMap::new()),
                 round_robin: AtomicU64::new(0),
                 producer_id: format!(
                     "{:016x}{:016x}",
@@ -149,25 +151,22 @@ impl ProducerBuilder {
     }
 }
 
+/// Why new sends avoid a broker, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    until: Instant,
+    /// The newest route epoch the producer knew when the broker failed: a
+    /// newer route that names it a queue's writer ends the avoidance.
+    route_epoch: u64,
+}
+
 /// Whether new sends avoid `address` at `now`.
-fn avoided(faulty: &HashMap<String, Instant>, address: &str, now: Instant) -> bool {
-    faulty.get(address).is_some_and(|until| *until > now)
+fn avoided(faulty: &HashMap<String, Fault>, address: &str, now: Instant) -> bool {
+    faulty.get(address).is_some_and(|f| f.until > now)
 }
 
 /// How long a broker that failed a send is avoided by new sends.
 pub const FAULT_ISOLATION: Duration = Duration::from_secs(5);
-
-/// How often a cached route naming a broker avoided as faulty is fetched
-/// again (the controller republishes it once it elects a successor).
-const SUSPECT_ROUTE_TTL: Duration = Duration::from_millis(500);
-
-/// Who asks for a route: a send that waits for it, or a refresh in the
-/// background while sends use the cached one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refresh {
-    Foreground,
-    Background,
-}
 
 /// A message waiting for its batch, and who to tell the outcome.
 struct Pending {
@@ -184,13 +183,16 @@ struct Inner {
     /// Batcher queue per broker address.
     links: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     routes: Mutex<HashMap<String, Route>>,
-    /// Broker address → until when new sends avoid it.
-    faulty: Mutex<HashMap<String, Instant>>,
+    /// Broker address → why and until when new sends avoid it.
+    faulty: Mutex<HashMap<String, Fault>>,
     /// Signalled when a broker is found faulty.
     faults: tokio::sync::Notify,
     /// A background refresh of a route naming a faulty broker is running
     /// (one at a time: a refresh may take seconds when brokers are down).
     revalidating: AtomicBool,
+    /// Topic → the foreground route fetch in flight, shared by the sends
+    /// waiting for it.
+    fetching: Mutex<HashMap<String, routing::SharedFetch>>,
     round_robin: AtomicU64,
     /// Idempotence: this producer's id and its next sequence number.
     producer_id: String,
@@ -456,181 +458,6 @@ impl Inner {
         })
     }
 
-    /// The topic's route: cached for `route_ttl`; when refreshing fails, the
-    /// stale one (if any) after a short try, so sends go on while the
-    /// bootstrap broker is down.
-    ///
-    /// A cached route naming a broker avoided as faulty is also fetched again
-    /// in the background every [`SUSPECT_ROUTE_TTL`] while it is used: after
-    /// a master dies, the route fetched before the controller elected its
-    /// successor named the dead master for a whole `route_ttl`, and its
-    /// queues got no sends until the fault isolation ended and a send failed
-    /// there again (about 6 s of a failover's 12 in the soak).
-    async fn route(self: &Arc<Self>, topic: &str) -> Result<Route> {
-        let cached = {
-            let mut routes = self.routes.lock();
-            match routes.get_mut(topic) {
-                Some(r) if !r.expired && r.fetched.elapsed() < self.config.route_ttl => {
-                    if r.revalidated.elapsed() >= SUSPECT_ROUTE_TTL
-                        && self.names_faulty(r)
-                        && !self.revalidating.swap(true, Ordering::AcqRel)
-                    {
-                        r.revalidated = Instant::now();
-                        let (producer, topic) = (Arc::downgrade(self), topic.to_string());
-                        tokio::spawn(async move {
-                            if let Some(inner) = producer.upgrade() {
-                                let cached = inner.routes.lock().get(&topic).cloned();
-                                let _ =
-                                    inner.fetch_route(&topic, cached, Refresh::Background).await;
-                                inner.revalidating.store(false, Ordering::Release);
-                            }
-                        });
-                    }
-                    return Ok(r.clone());
-                }
-                other => other.cloned(),
-            }
-        };
-        self.fetch_route(topic, cached, Refresh::Foreground).await
-    }
-
-    /// Whether `route` has a writable queue on a broker avoided as faulty.
-    fn names_faulty(&self, route: &Route) -> bool {
-        let mut faulty = self.faulty.lock();
-        if faulty.is_empty() {
-            return false;
-        }
-        let now = Instant::now();
-        faulty.retain(|_, until| *until > now);
-        route
-            .queues
-            .iter()
-            .any(|q| q.writable && faulty.contains_key(&q.broker_address))
-    }
-
-    /// Asks for the topic's route (replacing `cached` unless the answer is
-    /// older) and caches it. A background refresh leaves the cache alone
-    /// unless it got an answer at least as new as what the cache holds by
-    /// then: a send may have marked it expired, or stored a newer route,
-    /// meanwhile.
-    async fn fetch_route(
-        &self,
-        topic: &str,
-        cached: Option<Route>,
-        refresh: Refresh,
-    ) -> Result<Route> {
-        let timeout = match cached {
-            Some(_) => self.config.send_timeout.min(Duration::from_secs(1)),
-            None => self.config.send_timeout,
-        };
-        let query = |client: MessagingClient| {
-            retry(timeout, move || {
-                let mut client = client.clone();
-                let request = pb::QueryRouteRequest {
-                    topic: topic.to_string(),
-                };
-                async move { client.query_route(request).await }
-            })
-        };
-        // An answer older than the cached route is no refresh: a broker that
-        // restarted has lost the pushed route table until the operator pushes
-        // it again, and meanwhile answers as a standalone broker (epoch 0)
-        // with every queue on itself, queues other brokers hold included.
-        // Only for a while, though: epochs can go back for good.
-        let (grace, asked) = (
-            Route::lower_epoch_grace(self.config.route_ttl),
-            Instant::now(),
-        );
-        let current = |r: &pb::QueryRouteResponse| {
-            cached
-                .as_ref()
-                .is_none_or(|c| c.accepts(r.epoch, grace, asked))
-        };
-        let mut fetched = query(self.bootstrap.clone()).await;
-        // The bootstrap broker is down (or restarted): any healthy broker of
-        // the old route holds the same route table.
-        let unanswered = match &fetched {
-            Ok(r) => !current(r),
-            Err(e) => e.is_retryable(),
-        };
-        if let Some(stale) = &cached
-            && unanswered
-        {
-            let faulty = self.faulty.lock().clone();
-            let mut others: Vec<&str> = stale
-                .queues
-                .iter()
-                .map(|q| q.broker_address.as_str())
-                .filter(|a| !faulty.contains_key(*a))
-                .collect();
-            others.sort_unstable();
-            others.dedup();
-            for address in others {
-                if let Ok(c) = client(address, &self.config.namespace)
-                    && let Ok(r) = query(c).await
-                    && current(&r)
-                {
-                    fetched = Ok(r);
-                    break;
-                }
-            }
-        }
-        let older = matches!(&fetched, Ok(r) if !current(r));
-        let response = match (fetched, cached) {
-            (Ok(r), Some(stale)) if older => {
-                tracing::debug!(
-                    epoch = r.epoch,
-                    cached = stale.epoch,
-                    topic,
-                    "only older routes answered; using the cached route"
-                );
-                return Ok(self.keep_stale(topic, stale, refresh));
-            }
-            (Ok(r), _) => r,
-            (Err(e), Some(stale)) if e.is_retryable() => {
-                tracing::debug!(error = %e, topic, "route refresh failed; using the cached route");
-                return Ok(self.keep_stale(topic, stale, refresh));
-            }
-            (Err(e), _) => return Err(e),
-        };
-        if response.queues.is_empty() {
-            return Err(ClientError::InvalidArgument(format!(
-                "topic {topic:?} has no queues"
-            )));
-        }
-        let now = Instant::now();
-        let route = Route {
-            fetched: now,
-            confirmed: now,
-            revalidated: now,
-            expired: false,
-            epoch: response.epoch,
-            queues: response.queues,
-        };
-        let mut routes = self.routes.lock();
-        if refresh == Refresh::Background
-            && routes.get(topic).is_some_and(|r| r.epoch > route.epoch)
-        {
-            return Ok(route);
-        }
-        routes.insert(topic.to_string(), route.clone());
-        Ok(route)
-    }
-
-    /// Keeps a route that could not be refreshed for another `route_ttl`, so
-    /// sends do not each wait for an unreachable bootstrap broker (it stays
-    /// unconfirmed: see [`Route::accepts`]). A background refresh keeps
-    /// nothing: the cache stays as it is.
-    fn keep_stale(&self, topic: &str, mut stale: Route, refresh: Refresh) -> Route {
-        if refresh == Refresh::Background {
-            return stale;
-        }
-        stale.fetched = Instant::now();
-        stale.expired = false;
-        self.routes.lock().insert(topic.to_string(), stale.clone());
-        stale
-    }
-
     /// The batcher queue for a broker, started on first use. Batchers hold the
     /// producer weakly: dropping the last `Producer` ends them.
     fn link(inner: &Arc<Inner>, address: &str) -> Result<mpsc::Sender<Pending>> {
@@ -650,13 +477,19 @@ impl Inner {
         Ok(tx)
     }
 
-    /// Marks `address` faulty for [`FAULT_ISOLATION`] and expires the routes
-    /// (they may be out of date).
+    /// Marks `address` faulty for [`FAULT_ISOLATION`] (or until a route newer
+    /// than every cached one names it a writer) and expires the routes (they
+    /// may be out of date).
     fn mark_faulty(&self, address: &str) {
+        let route_epoch = self.routes.lock().values().map(|r| r.epoch).max();
         let now = Instant::now();
         let mut faulty = self.faulty.lock();
-        faulty.retain(|_, until| *until > now);
-        faulty.insert(address.to_string(), now + FAULT_ISOLATION);
+        faulty.retain(|_, f| f.until > now);
+        let fault = Fault {
+            until: now + FAULT_ISOLATION,
+            route_epoch: route_epoch.unwrap_or(0),
+        };
+        faulty.insert(address.to_string(), fault);
         drop(faulty);
         self.faults.notify_waiters();
         for route in self.routes.lock().values_mut() {

@@ -382,3 +382,92 @@ async fn a_route_republished_while_a_broker_is_avoided_is_used_at_once() {
         moved.elapsed()
     );
 }
+
+/// A failed send expires every cached route at once; the sends that then
+/// need the route share one fetch instead of each asking the bootstrap broker.
+/// (Each asked before: under a busy machine's load, that herd of route queries
+/// stalled every send for 6 s while a broker drained for a scale-in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_waiting_for_an_expired_route_share_one_fetch() {
+    const SENDERS: usize = 200;
+    const EACH: usize = 10;
+    let (a, b) = two_brokers().await;
+    let producer = ProducerBuilder::new(&a.grpc).build().unwrap();
+    let route_queries =
+        || a.metric(r#"dduomq_grpc_request_duration_seconds_count{method="QueryRoute"}"#);
+    let before = route_queries().expect("metrics");
+    Admin::connect(&b.grpc)
+        .unwrap()
+        .set_draining(true)
+        .await
+        .unwrap();
+    // Senders that each await their sends, as request handlers do: every
+    // next send after a failure at `b` finds the routes expired.
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let r = producer
+                        .send(Message::new(TOPIC, format!("s{s}-{i}")))
+                        .await
+                        .unwrap();
+                    assert!(r.queue_id <= 1, "stored on the draining broker");
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let asked = route_queries().expect("metrics") - before;
+    assert_eq!(stored(&a, TOPIC).await, (SENDERS * EACH) as u64);
+    // One shared fetch per expiry, and a background one every 500 ms while
+    // `b` is avoided: a handful (each send asking made it about 200).
+    assert!(
+        asked <= 50.0,
+        "{asked} route queries for {} sends",
+        SENDERS * EACH
+    );
+}
+
+/// A broker avoided after it refused sends is used as soon as a newer route
+/// names it a queue's writer, not when its avoidance ends: a replica refuses
+/// sends until it is elected master, and the route of its election must
+/// reach sends at once. (Avoided on, the new master got no sends for up to
+/// 5 s: half of a 12 s failover in the soak.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_route_naming_an_avoided_broker_a_writer_ends_the_avoidance() {
+    let (a, b) = two_brokers().await;
+    let producer = ProducerBuilder::new(&a.grpc).build().unwrap();
+    let b_admin = Admin::connect(&b.grpc).unwrap();
+    b_admin.set_draining(true).await.unwrap();
+    // Those that reach `b` are refused there and fail over: `b` is avoided.
+    for i in 0..8 {
+        let r = producer
+            .send(Message::new(TOPIC, format!("refused-{i}")))
+            .await
+            .unwrap();
+        assert!(r.queue_id <= 1, "stored on the draining broker");
+    }
+    b_admin.set_draining(false).await.unwrap();
+    // The operator republishes, `b` writing queues 2 and 3 again.
+    push_routes(&a, route_table(2, &a, &b)).await;
+    let republished = Instant::now();
+    for i in 0.. {
+        let r = producer
+            .send(Message::new(TOPIC, format!("after-{i}")))
+            .await
+            .unwrap();
+        if r.queue_id >= 2 {
+            break;
+        }
+        // The avoidance lasts 5 s from the last refusal.
+        assert!(
+            republished.elapsed() < Duration::from_secs(3),
+            "queues 2 and 3 unused {:?} after the route named their writer",
+            republished.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -14,7 +14,7 @@ use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
 use dduomq_client::{Admin, ClientError};
-use dduomq_testkit::{Broker, Options, eventually, http_get};
+use dduomq_testkit::{Broker, Options, eventually};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -51,17 +51,7 @@ fn watch(conn: &mut TcpStream, wait: Duration) -> Peer {
 
 /// The value of one sample of the broker's metrics (0 when absent).
 fn metric(b: &Broker, sample: &str) -> f64 {
-    try_metric(b, sample).expect("metrics answer")
-}
-
-/// A sample's value, or `None` when the HTTP port refused the scrape.
-fn try_metric(b: &Broker, sample: &str) -> Option<f64> {
-    let (_, text) = http_get(&b.http, "/metrics")?;
-    Some(
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0),
-    )
+    b.metric(sample).expect("metrics answer")
 }
 
 fn broker_with(config: &str) -> Broker {
@@ -135,7 +125,7 @@ async fn connections_over_the_limit_are_closed_and_the_broker_still_serves() {
     drop(held);
     let refused = r#"dduomq_connections_closed_total{listener="http",reason="limit"}"#;
     let count = eventually(Duration::from_secs(20), "HTTP served again", async || {
-        try_metric(&b, refused)
+        b.metric(refused)
     })
     .await;
     assert!(count >= 1.0, "{count}");

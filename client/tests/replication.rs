@@ -6,6 +6,7 @@
 //! and nothing is acknowledged (an idempotent retry is stored once).
 
 #[path = "replication/group.rs"]
+#[allow(dead_code)] // shared with the other replication suites
 mod group;
 
 use std::time::{Duration, Instant};

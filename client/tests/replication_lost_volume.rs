@@ -4,7 +4,10 @@
 //! identity the controller recorded, it refuses; named master by a record
 //! from before identities (nothing to check), it is made master, but its
 //! followers refuse to cut the records of its own epoch it no longer holds.
-//! Either way the replicas keep every acknowledged message.
+//! Either way the replicas keep every acknowledged message. A replica that
+//! loses its volume after the master's retention deleted the log's first
+//! segments copies the master from its oldest segment, and follows again
+//! after a restart.
 
 #[path = "replication/group.rs"]
 #[allow(dead_code)]
@@ -14,7 +17,10 @@ use std::time::Duration;
 
 use dduomq_client::proto as pb;
 use dduomq_testkit::{Broker, eventually, stored};
-use group::{TOPIC, body_on, master_assignment, send, start_group_of_three, state, wait_log_end};
+use group::{
+    TOPIC, body_on, make_master, make_replica, master_assignment, send, start_group_of_three,
+    start_member_with_store, state, wait_log_end,
+};
 
 /// Messages acknowledged by the first master before it loses its volume.
 const ACKED: usize = 60;
@@ -112,4 +118,75 @@ async fn a_first_epoch_master_back_on_an_empty_volume_cuts_no_replica() {
         "no replica streams from the empty master: {:?}",
         lonely.followers
     );
+}
+
+/// A replica on an empty volume starts at the master's oldest segment, in
+/// the middle of epoch 1 once retention deleted the epoch's start. It must
+/// record that epoch for its first records: without it, its log looked
+/// written without replication after a restart, and it refused to follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_emptied_after_retention_copies_the_master_from_its_oldest_segment() {
+    // The master acknowledges alone: a member that is gone delays nothing.
+    // Only the master deletes its oldest segments soon.
+    let acks_alone = "ack_policy = \"master\"";
+    let master = start_member_with_store(
+        0,
+        "retention = \"1s\"\nretention_check_interval = \"200ms\"",
+        acks_alone,
+    );
+    let [b, mut c] = [1, 2].map(|ordinal| start_member_with_store(ordinal, "", acks_alone));
+    for replica in [&b, &c] {
+        make_replica(replica, 1, 0, &master.grpc).await;
+    }
+    make_master(&master.grpc, 0, 1, &[0, 1, 2], 1).await;
+    // About five 64 KiB segments, then the oldest are deleted.
+    for i in 0..1000 {
+        send(&master, &body(i)).await.expect("acknowledged");
+    }
+    let admin = dduomq_client::Admin::connect(&master.grpc).unwrap();
+    let oldest = eventually(
+        Duration::from_secs(20),
+        "the master's retention to delete its oldest segments",
+        async || {
+            let min = admin.broker_info().await.ok()?.commit_log_min;
+            (min > 0).then_some(min)
+        },
+    )
+    .await;
+
+    c.kill();
+    std::fs::remove_dir_all(c.data_dir()).expect("remove the data directory");
+    c.start_again();
+    make_replica(&c, 1, 0, &master.grpc).await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let receipt = send(&master, &body(i)).await.expect("acknowledged");
+        acked.push((receipt.message_id, body(i)));
+    }
+    wait_log_end(&c, state(&master).await.log_end).await;
+    let copied = dduomq_client::Admin::connect(&c.grpc)
+        .unwrap()
+        .broker_info()
+        .await
+        .unwrap();
+    assert!(
+        copied.commit_log_min >= oldest,
+        "the empty replica starts at the master's oldest segment ({oldest}), not at {}",
+        copied.commit_log_min
+    );
+
+    // Restarted, it follows again from where it ends.
+    c.restart();
+    make_replica(&c, 1, 0, &master.grpc).await;
+    for i in 20..40 {
+        let receipt = send(&master, &body(i)).await.expect("acknowledged");
+        acked.push((receipt.message_id, body(i)));
+    }
+    wait_log_end(&c, state(&master).await.log_end).await;
+    // Made master, it serves every message acknowledged since it emptied.
+    drop(master);
+    make_master(&c.grpc, 2, 2, &[1, 2], 2).await;
+    for (id, body) in &acked {
+        assert_eq!(body_on(&c, id).await.as_ref(), Some(body), "message {id}");
+    }
 }

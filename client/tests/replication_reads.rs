@@ -219,6 +219,12 @@ async fn replicas_serve_consumers_only_while_no_master_answers() {
         &unassigned,
         "serves no consumers until a master tells it which records are acknowledged",
     );
+    // Nor does it take writes, with the reason producers retry elsewhere on
+    // (not, say, that a topic its hidden records hold does not exist).
+    let write = send_message(&c, to_queue_0("two"))
+        .await
+        .expect_err("a restarted member refuses writes");
+    assert_eq!(write.reason(), Some(Reason::NotMaster), "{write}");
 
     // The replica shows what it knows was acknowledged.
     let acknowledged = state(&a).await.committed_end;

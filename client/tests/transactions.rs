@@ -83,10 +83,7 @@ async fn end(
 /// without touching any transaction).
 async fn all_resolved(b: &Broker) {
     eventually(Duration::from_secs(20), "no open transaction", async || {
-        let (_, text) = dduomq_testkit::http_get(&b.http, "/metrics")?;
-        text.lines()
-            .any(|l| l == "dduomq_transactions_pending 0")
-            .then_some(())
+        (b.metric("dduomq_transactions_pending")? == 0.0).then_some(())
     })
     .await;
 }

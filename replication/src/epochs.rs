@@ -217,11 +217,41 @@ impl EpochHistory {
             .copied()
             .collect()
     }
+
+    /// What a follower whose log begins at `offset` (it was empty, and the
+    /// master no longer keeps what came before) needs: the epoch of the record
+    /// there, with its true start, and every epoch beginning after it.
+    /// Without the first, that follower's history would hold no epoch for
+    /// its records until the next election.
+    pub fn starts_for_log_beginning_at(&self, offset: u64) -> Vec<EpochStart> {
+        let after = self.starts.partition_point(|s| s.start_offset <= offset);
+        self.starts[after.saturating_sub(1)..].to_vec()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_beginning_late_gets_the_epoch_of_its_first_record() {
+        let h = history(&[(1, 0), (3, 4096), (4, 9000)]);
+        let starts = |offset| -> Vec<(u64, u64)> {
+            h.starts_for_log_beginning_at(offset)
+                .iter()
+                .map(|s| (s.epoch, s.start_offset))
+                .collect()
+        };
+        assert_eq!(starts(8192), vec![(3, 4096), (4, 9000)]);
+        assert_eq!(starts(4096), vec![(3, 4096), (4, 9000)]);
+        assert_eq!(starts(0), vec![(1, 0), (3, 4096), (4, 9000)]);
+        assert_eq!(starts(20000), vec![(4, 9000)]);
+        assert!(
+            EpochHistory::new()
+                .starts_for_log_beginning_at(4096)
+                .is_empty()
+        );
+    }
 
     fn history(starts: &[(u64, u64)]) -> EpochHistory {
         let starts = starts

@@ -268,6 +268,17 @@ impl Broker {
         assert!(self.child.is_none(), "broker still running");
         self.spawn();
     }
+
+    /// The value of one sample of its `/metrics` (`name{labels}` as written
+    /// there; 0 when absent), or `None` while its HTTP port does not answer.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, text) = http_get(&self.http, "/metrics")?;
+        Some(
+            text.lines()
+                .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0.0),
+        )
+    }
 }
 
 impl Drop for Broker {

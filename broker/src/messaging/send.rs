@@ -403,11 +403,14 @@ impl Broker {
         // Counted before the drain check, so a drain that starts meanwhile
         // sees this send in `drain_state` until it is stored.
         let _in_flight = InFlight::enter(&self.sends_in_flight);
+        // A member that takes no writes says so first, whatever else is
+        // wrong with the send: its tables may lag the master's, and only
+        // NOT_MASTER sends the producer on to the master.
+        let term = self.write_term()?;
         let batch = messages
             .into_iter()
             .map(|m| self.prepare(m))
             .collect::<Result<Vec<_>>>()?;
-        let term = self.write_term()?;
         // Which messages are new; a duplicate in flight asks the producer to retry.
         let log_end = self.store.stats().commit_log_max;
         let mut receipts: Vec<Option<SendReceipt>> = vec![None; batch.len()];

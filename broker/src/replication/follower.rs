@@ -76,6 +76,14 @@ pub(super) enum StreamEnd {
          dropping records of the master's own epoch: the master lost data; not truncating"
     )]
     MasterLostItsEpoch { epoch: u64, to: u64, own_end: u64 },
+    /// The master's retention deleted what this member lacks: it can never
+    /// hold the master's log byte for byte from where it ends.
+    #[error(
+        "this log ends at {own_end}, before the oldest byte the master keeps ({oldest}): \
+         retention there deleted what this member lacks, so it cannot catch up; give it an \
+         empty volume and it copies the master from there"
+    )]
+    BehindMastersRetention { own_end: u64, oldest: u64 },
 }
 
 impl Replication {
@@ -275,19 +283,27 @@ impl Replication {
         if self.target.borrow().as_ref() != Some(target) {
             return Err(StreamEnd::Reassigned);
         }
-        // The master streams from where this log ends: epochs this member
-        // began there (as a master that wrote nothing) are not the master's.
+        // The master streams from where this log ends (or, to an empty one,
+        // from its oldest segment): epochs this member began at its end (as a
+        // master that wrote nothing) are not the master's.
+        let own_end = self.store.log_end();
         if first
-            && chunk.start == self.store.log_end()
+            && (chunk.start == own_end || own_end == 0)
             && self
                 .store
                 .epochs()
                 .latest()
-                .is_some_and(|e| e.start_offset >= chunk.start)
+                .is_some_and(|e| e.start_offset >= own_end)
         {
-            self.store.truncate_log(chunk.start).await?;
+            self.store.truncate_log(own_end).await?;
         }
         let mut end = self.store.log_end();
+        if end > 0 && chunk.start > end {
+            return Err(StreamEnd::BehindMastersRetention {
+                own_end: end,
+                oldest: chunk.start,
+            });
+        }
         if !chunk.data.is_empty() {
             end = self
                 .store

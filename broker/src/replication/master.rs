@@ -75,9 +75,16 @@ impl Replication {
                 }));
             }
             FollowFrom::Stream { from } => {
-                // An empty follower starts at the oldest byte the master keeps.
-                let from = from.max(self.store.stats().commit_log_min);
-                let epochs = history.starts_within(from, u64::MAX).into();
+                // An empty follower starts at the oldest byte the master keeps,
+                // in the middle of an epoch when retention took its start.
+                let oldest = self.store.stats().commit_log_min;
+                let epochs = if from < oldest {
+                    history.starts_for_log_beginning_at(oldest)
+                } else {
+                    history.starts_within(from, u64::MAX)
+                }
+                .into();
+                let from = from.max(oldest);
                 tracing::info!(member, from, "follower connected");
                 let sent = Arc::new(AtomicU64::new(0));
                 tokio::spawn(

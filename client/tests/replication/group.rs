@@ -22,6 +22,14 @@ pub fn start_member(ordinal: u32, extra: &str) -> Broker {
     Broker::start_with(member_options(ordinal, extra))
 }
 
+/// Starts broker `ordinal` with `store` TOML lines in its `[store]` table.
+pub fn start_member_with_store(ordinal: u32, store: &str, extra: &str) -> Broker {
+    Broker::start_with(Options {
+        config: Some(member_config(ordinal, store, extra)),
+        ..Options::default()
+    })
+}
+
 /// Starts broker `ordinal` of a static group on gRPC port `port`.
 pub fn start_static_member(ordinal: u32, extra: &str, port: u16) -> Broker {
     Broker::start_with(Options {
@@ -32,12 +40,16 @@ pub fn start_static_member(ordinal: u32, extra: &str, port: u16) -> Broker {
 
 fn member_options(ordinal: u32, extra: &str) -> Options {
     Options {
-        config: Some(format!(
-            "[store]\nbroker_id = {ordinal}\nsegment_size_bytes = 65536\nmax_record_size_bytes = 16384\n\
-             [replication]\nfactor = {FACTOR}\n{extra}\n"
-        )),
+        config: Some(member_config(ordinal, "", extra)),
         ..Options::default()
     }
+}
+
+fn member_config(ordinal: u32, store: &str, extra: &str) -> String {
+    format!(
+        "[store]\nbroker_id = {ordinal}\nsegment_size_bytes = 65536\nmax_record_size_bytes = 16384\n\
+         {store}\n[replication]\nfactor = {FACTOR}\n{extra}\n"
+    )
 }
 
 async fn admin(address: &str) -> AdminServiceClient<tonic::transport::Channel> {

@@ -3,8 +3,8 @@
 //! `DDUOMQ_SOAK_MINUTES` minutes while a master is SIGKILLed every
 //! `DDUOMQ_SOAK_KILL_EVERY_S` seconds, the groups taking turns. Reports lost
 //! and duplicated messages, failed sends, every failover time (kill to the
-//! first send the new master acknowledged) and the brokers' memory (RSS) at
-//! the start and the end.
+//! first send the new master acknowledged) and the brokers' resident memory
+//! (anonymous and file-backed) at the start and the end.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use dduomq_client::Producer;
 use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, secs};
+use serde::Serialize;
 use serde_json::json;
 
 use super::Cluster;
@@ -53,21 +54,38 @@ impl SoakSettings {
     }
 }
 
-/// Resident memory of every broker pod's process, by ordinal.
-fn rss_kib(view: &View) -> BTreeMap<u32, u64> {
+/// A broker process's resident memory: anonymous (heap, caches) and
+/// file-backed (its mapped log segments and queue files, which the kernel
+/// reclaims as needed).
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Memory {
+    pid: i32,
+    anon_kib: u64,
+    file_kib: u64,
+}
+
+/// The resident memory of every broker pod's process, by ordinal.
+fn memory(view: &View) -> BTreeMap<u32, Memory> {
     view.pods()
         .iter()
         .filter_map(|p| {
             let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).ok()?;
-            let kib = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some((p.ordinal, kib))
+            let kib = |field: &str| -> Option<u64> {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            let memory = Memory {
+                pid: p.pid(),
+                anon_kib: kib("RssAnon:")?,
+                file_kib: kib("RssFile:")?,
+            };
+            Some((p.ordinal, memory))
         })
         .collect()
 }
@@ -92,7 +110,7 @@ impl Cluster {
         );
         let load = Load::start(producer.clone(), self.ledger.clone(), LOAD);
         acks_flowing(&self.ledger, 200).await;
-        let rss_start = rss_kib(view);
+        let memory_start = memory(view);
         let started = Instant::now();
         let mut failovers = Vec::new();
         let mut round = 0u32;
@@ -125,7 +143,7 @@ impl Cluster {
         }
         wait_routed_to_masters(&self.client, view, groups, Duration::from_secs(60)).await;
         let stats = load.stop(&self.ledger).await;
-        let rss_end = rss_kib(view);
+        let memory_end = memory(view);
         let consumed = all_acked_consumed(
             &self.ledger,
             "every acknowledged message of the soak",
@@ -135,7 +153,16 @@ impl Cluster {
         stats.record(&step);
         let mut sorted = failovers.clone();
         sorted.sort();
-        let total = |m: &BTreeMap<u32, u64>| m.values().sum::<u64>();
+        let total =
+            |m: &BTreeMap<u32, Memory>, of: fn(&Memory) -> u64| m.values().map(of).sum::<u64>();
+        // Kills restart processes: only one that ran the whole soak shows drift.
+        let anon_growth: BTreeMap<u32, i64> = memory_end
+            .iter()
+            .filter_map(|(ordinal, end)| {
+                let start = memory_start.get(ordinal).filter(|s| s.pid == end.pid)?;
+                Some((*ordinal, end.anon_kib as i64 - start.anon_kib as i64))
+            })
+            .collect();
         step.set("soak_s", secs(started.elapsed()));
         step.set("master_kills", failovers.len() as u64);
         step.set(
@@ -154,9 +181,26 @@ impl Cluster {
             "delivered_although_send_failed",
             self.ledger.delivered_unacked() as u64,
         );
-        step.set("rss_kib_start", json!(rss_start));
-        step.set("rss_kib_end", json!(rss_end));
-        step.set("rss_total_kib", json!([total(&rss_start), total(&rss_end)]));
+        step.set("memory_start", json!(memory_start));
+        step.set("memory_end", json!(memory_end));
+        step.set(
+            "anon_total_kib",
+            json!([
+                total(&memory_start, |m| m.anon_kib),
+                total(&memory_end, |m| m.anon_kib)
+            ]),
+        );
+        step.set(
+            "file_total_kib",
+            json!([
+                total(&memory_start, |m| m.file_kib),
+                total(&memory_end, |m| m.file_kib)
+            ]),
+        );
+        step.set(
+            "anon_growth_kib_of_processes_never_killed",
+            json!(anon_growth),
+        );
         step.set("consumed_after_stop_s", secs(consumed));
         step.done();
         self.report.save();
