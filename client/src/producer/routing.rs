@@ -239,9 +239,9 @@ impl Inner {
     /// Ends the avoidance of every broker that `route`, newer than the
     /// failure, names a queue's writer. A replica refuses sends (NOT_MASTER)
     /// until it is elected, and the route that elects it must be used at
-    /// once: avoided on, the new master got no sends for up to
-    /// [`super::FAULT_ISOLATION`] (half of a 12 s failover in the soak). A
-    /// broker named by mistake fails the next send and is avoided again.
+    /// once: avoided on, the new master got no new sends for up to
+    /// [`super::FAULT_ISOLATION`]. A broker named by mistake fails the next
+    /// send and is avoided again.
     fn forgive_named_writers(&self, route: &Route) {
         let mut faulty = self.faulty.lock();
         if faulty.is_empty() {
