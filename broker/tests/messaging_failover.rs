@@ -305,6 +305,59 @@ async fn members_that_lose_a_tail_forget_what_it_changed() {
     }
 }
 
+/// A replica derives an idempotent producer's window and a delayed message
+/// from records its log then loses (it followed a master whose tail the new
+/// master did not have). Promoted later, it forgets both: the producer's
+/// retry of that sequence is stored, not answered with the lost record's
+/// receipt, and nothing is released for the lost delayed message.
+#[tokio::test]
+async fn a_replica_forgets_what_it_derived_from_a_lost_tail() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = TestBroker::open_replica(dirs[0].path(), messaging_config(), Loops::Stopped);
+    promote(&a.broker).await;
+    for (topic, kind) in [(PAYMENTS, MessageType::Normal), (LATER, MessageType::Delay)] {
+        upsert_topic(&a.broker, topic, 1, kind, TopicSettings::default()).unwrap();
+    }
+    flush_metadata_log(&a.broker).await;
+    let cut = a.store().log_end();
+    let lost = send(&a.broker, idempotent(1)).await.unwrap();
+    let deliver_at = now_millis() + 1_000;
+    let delayed = SendMessage {
+        schedule: Schedule::At(deliver_at),
+        ..message(LATER, "lost-later")
+    };
+    send(&a.broker, delayed).await.unwrap();
+
+    let b = TestBroker::open_replica(dirs[1].path(), messaging_config(), Loops::Running);
+    copy_log(a.store(), b.store(), a.store().log_end(), 64 << 10).await;
+    apply_replicated(&b.broker);
+    let c = TestBroker::open_replica(dirs[2].path(), messaging_config(), Loops::Stopped);
+    copy_log(a.store(), c.store(), cut, 64 << 10).await;
+    a.kill().await;
+    promote(&c.broker).await;
+    flush_metadata_log(&c.broker).await;
+
+    b.store().truncate_log(cut).await.unwrap();
+    copy_log(c.store(), b.store(), c.store().log_end(), 64 << 10).await;
+    apply_replicated(&b.broker);
+    c.kill().await;
+    promote(&b.broker).await;
+
+    let stored = send(&b.broker, idempotent(1)).await.unwrap();
+    assert_ne!(
+        stored, lost,
+        "the retry is stored, not answered from the lost tail"
+    );
+    assert_eq!(queue_bodies(&b.broker, PAYMENTS, 0).await, ["pay-1"]);
+    wait_past(deliver_at).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        queue_bodies(&b.broker, LATER, 0).await,
+        Vec::<String>::new()
+    );
+    b.close().await;
+}
+
 /// Every record of queue 0 of `topic`.
 fn all_records(store: &Store, topic: &str) -> Vec<Record> {
     let (min, max) = store.queue_offsets(topic, 0);

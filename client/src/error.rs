@@ -164,7 +164,11 @@ mod tests {
         assert_eq!(draining.reason(), Some(Reason::BrokerDraining));
         // A replicated group's refusals: retried (a replica's after a route
         // refresh; an unacknowledged write's retry is stored once).
-        for reason in [Reason::NotMaster, Reason::QuorumTimeout] {
+        for reason in [
+            Reason::NotMaster,
+            Reason::MasterTakingOver,
+            Reason::QuorumTimeout,
+        ] {
             let refusal = ClientError::from(Status::with_error_details(
                 reason.grpc_code(),
                 "replication",

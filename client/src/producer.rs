@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dduomq_proto::Reason;
 use dduomq_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,8 @@ use crate::route::Route;
 
 mod batcher;
 mod routing;
+#[cfg(test)]
+mod tests;
 
 use batcher::{RETRY_PAUSE, answer, deliver, run_batcher, send_with_retry};
 pub(crate) use batcher::{retry, retry_within};
@@ -303,7 +306,7 @@ impl Producer {
                     tracing::debug!(broker = %address, error = %e, "send failed; failing over");
                     // As `fail_over` does: maybe stored, so the same queue.
                     kept = e.may_have_been_stored().then_some(queue.queue_id);
-                    self.inner.mark_faulty(&address);
+                    self.inner.mark_faulty(&address, &e);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
@@ -477,10 +480,15 @@ impl Inner {
         Ok(tx)
     }
 
-    /// Marks `address` faulty for [`FAULT_ISOLATION`] (or until a route newer
-    /// than every cached one names it a writer) and expires the routes (they
-    /// may be out of date).
-    fn mark_faulty(&self, address: &str) {
+    /// After a send to `address` failed with `error`: marks `address` faulty
+    /// for [`FAULT_ISOLATION`] (or until a route newer than every cached one
+    /// names it a writer) and expires the routes (they may be out of date).
+    /// A master still taking over is neither: the route is right, and it
+    /// takes writes within moments.
+    fn mark_faulty(&self, address: &str, error: &ClientError) {
+        if error.reason() == Some(Reason::MasterTakingOver) {
+            return;
+        }
         let route_epoch = self.routes.lock().values().map(|r| r.epoch).max();
         let now = Instant::now();
         let mut faulty = self.faulty.lock();

@@ -81,6 +81,9 @@ reasons! {
     /// A write to a member of a replicated group that is not its master (a
     /// replica, one without a master yet, or a master whose lease lapsed).
     NotMaster = "NOT_MASTER" => Unavailable,
+    /// A write to a member just made master of its group that is still
+    /// taking over (rebuilding what it derives from its log); retry it.
+    MasterTakingOver = "MASTER_TAKING_OVER" => Unavailable,
     /// A write the group could not store on its quorum before the deadline;
     /// it was not acknowledged.
     QuorumTimeout = "QUORUM_TIMEOUT" => Unavailable,

@@ -187,6 +187,11 @@ impl Broker {
             };
             let check_after = config.transaction_check_after.as_millis() as i64;
             log_scan::recover_from_log(&store, &dedupe, &staged, from, check_after)?;
+        } else {
+            // Its own saves may cover a tail the group has since replaced:
+            // a replica derives both from its log as records arrive.
+            dedupe.clear();
+            staged.clear();
         }
         let broker = Broker {
             dedupe,

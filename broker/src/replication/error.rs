@@ -78,6 +78,10 @@ impl ReplicationError {
     /// The stable reason code.
     pub fn code(&self) -> Reason {
         match self {
+            ReplicationError::NotMaster {
+                cause: NotMasterCause::Promoting,
+                ..
+            } => Reason::MasterTakingOver,
             ReplicationError::NotMaster { .. }
             | ReplicationError::ConsumersAtMaster { .. }
             | ReplicationError::ConsumersNotReady { .. } => Reason::NotMaster,

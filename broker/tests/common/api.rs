@@ -497,9 +497,10 @@ pub async fn flush_metadata_log(broker: &Broker) {
         .expect("metadata records appended");
 }
 
-/// Applies the metadata records a replica's log holds beyond what it applied.
+/// Applies the metadata records a replica's log holds beyond what it
+/// applied, and derives dedupe windows and staged messages from its records.
 pub fn apply_replicated(broker: &Broker) -> AppliedMetadata {
     broker
-        .apply_replicated_metadata()
-        .expect("replicated metadata applied")
+        .follow_replicated_log()
+        .expect("replicated log applied")
 }

@@ -147,7 +147,7 @@ pub(super) async fn deliver(
             drop(permit);
             match producer.upgrade() {
                 Some(inner) => {
-                    inner.mark_faulty(&address);
+                    inner.mark_faulty(&address, &e);
                     Inner::fail_over(&inner, &address, batch, e).await
                 }
                 None => batch.into_iter().for_each(|p| answer(p, Err(e.clone()))),

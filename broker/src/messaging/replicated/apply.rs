@@ -148,7 +148,7 @@ impl Broker {
     /// Applies the metadata records the log holds beyond what was applied
     /// (replica only; a no-op otherwise): topic and group changes in order,
     /// then the newest progress snapshot. Saves the position it reached.
-    pub fn apply_replicated_metadata(&self) -> Result<AppliedMetadata> {
+    pub(super) fn apply_replicated_metadata(&self) -> Result<AppliedMetadata> {
         let mut done = AppliedMetadata::default();
         if *self.replicated.outbox.role.borrow() != super::LogRole::Replica {
             return Ok(done);

@@ -10,11 +10,13 @@
 //!  snapshots (promotion, every   ┘  (appended in order)   Store::read; own metadata files,
 //!  segment of log growth)                                  position in metadata/replica.json
 //!
-//!  promote (roles.rs, one owned task per epoch): apply what is left, rebuild
-//!  dedupe windows and staged messages by the startup scan (log_scan.rs) from
-//!  the log start, become master if still master of that epoch, queue
-//!  snapshots. demote (told by the replication layer as it steps down, before
-//!  it follows anyone): stop writing; its own records count as applied.
+//!  derive.rs: a replica feeds arriving records to its dedupe windows and
+//!  staged messages (the startup scan, log_scan.rs), from its log's start.
+//!  promote (roles.rs, one owned task per epoch): apply and derive what is
+//!  left, become master if still master of that epoch, queue snapshots.
+//!  demote (told by the replication layer as it steps down, before it
+//!  follows anyone): stop writing; its own records count as applied; what
+//!  it derived is derived again from its log.
 //!  Broker::assign_role (roles.rs) starts promotions; writes.rs is the one
 //!  door of every append.
 //! ```
@@ -23,9 +25,11 @@
 //! routes, drains and lag. A replica writes nothing to the log: it does not
 //! run delayed releases or transaction checks (the master's releases arrive
 //! through the log), and saves no progress, dedupe or staged positions of its
-//! own (its log is the master's; a promotion reloads and rescans it).
+//! own (its log is the master's: a promotion reloads progress from it, and the
+//! rest was derived from it as it arrived).
 
 mod apply;
+mod derive;
 mod outbox;
 pub mod records;
 mod roles;
@@ -43,6 +47,7 @@ use tokio::sync::watch;
 
 use super::Broker;
 use super::error::Result;
+use super::log_scan::ScanTail;
 use apply::ApplyPosition;
 use outbox::Outbox;
 
@@ -73,6 +78,9 @@ pub(super) struct Replicated {
     /// One rebuild at a time: a promotion of a later epoch waits for an
     /// earlier one to finish (or find its epoch gone).
     rebuilding: tokio::sync::Mutex<()>,
+    /// How far a replica fed its log to the dedupe windows and staged
+    /// messages (`derive.rs`); in memory, so a restart derives from the start.
+    derived: Mutex<ScanTail>,
 }
 
 impl Replicated {
@@ -86,6 +94,7 @@ impl Replicated {
             offsets_path: meta.join("offsets.json"),
             promotion: Mutex::new(None),
             rebuilding: tokio::sync::Mutex::new(()),
+            derived: Mutex::new(ScanTail::default()),
         })
     }
 }
@@ -129,7 +138,7 @@ impl Broker {
     }
 
     /// Until shutdown: a master appends its queued metadata records, a
-    /// replica applies those arriving in its log. Nothing for a standalone
+    /// replica applies those arriving in its log and derives from them. Nothing for a standalone
     /// broker.
     pub async fn run_replicated_metadata(self: Arc<Self>) {
         if self.log_role() == LogRole::Standalone {
@@ -148,9 +157,9 @@ impl Broker {
                 LogRole::Replica => {
                     let this = self.clone();
                     let applied =
-                        tokio::task::spawn_blocking(move || this.apply_replicated_metadata()).await;
+                        tokio::task::spawn_blocking(move || this.follow_replicated_log()).await;
                     if let Ok(Err(e)) = applied {
-                        tracing::error!(error = %e, "applying replicated metadata failed");
+                        tracing::error!(error = %e, "applying the replicated log failed");
                     }
                 }
                 LogRole::Standalone => {}

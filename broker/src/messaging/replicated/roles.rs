@@ -1,7 +1,8 @@
 //! Role changes: a replica opens without deriving anything from its log, and
 //! is promoted to master or demoted back to replica when the replication layer
-//! changes its role. A promotion rebuilds from the whole log, which can take
-//! longer than an AssignRole call may: it runs as one task of its own per
+//! changes its role. A promotion applies and derives what the replica had not
+//! yet (the records of its last moments), which can take longer than an
+//! AssignRole call may: it runs as one task of its own per
 //! epoch, which no cancelled call stops and later calls (renewals) find
 //! rather than repeat; the new master takes writes once it finished. A
 //! demotion happens inside the replication layer's switch ([`SteppingDown`]).
@@ -14,7 +15,6 @@ use tokio::task::JoinHandle;
 
 use super::super::Broker;
 use super::super::error::Result;
-use super::super::log_scan::{self, ScanFrom};
 use super::LogRole;
 use crate::config::MessagingConfig;
 use crate::metrics::Metrics;
@@ -88,15 +88,14 @@ impl Broker {
         Broker::open_as(config, store, metrics, LogRole::Replica)
     }
 
-    /// Makes a replica the master: applies the metadata records left, then
-    /// rebuilds what the broker derives from its log exactly as startup does
-    /// (topics whose metadata is missing, idempotent producers' windows,
-    /// pending delayed and half messages), scanning from the log's start
-    /// since no save of this broker covers the master's records; then takes
-    /// writes and appends full snapshots. Consumers resume from the applied
-    /// progress. Nothing comes from the network. A master is left as it is;
-    /// with replication, only the epoch this member is master of when the
-    /// rebuild starts is promoted, and only if it still is at the end.
+    /// Makes a replica the master: applies the metadata records left,
+    /// reloads consumer progress, restores topics whose metadata is missing
+    /// and feeds the records its derive passes had not read to the dedupe
+    /// windows and staged messages (`derive.rs`); then takes writes and
+    /// appends full snapshots. Consumers resume from the applied progress.
+    /// Nothing comes from the network. A master is left as it is; with
+    /// replication, only the epoch this member is master of when the rebuild
+    /// starts is promoted, and only if it still is at the end.
     pub async fn promote(self: &Arc<Self>) -> Result<()> {
         let _one_rebuild = self.replicated.rebuilding.lock().await;
         if self.log_role() != LogRole::Replica {
@@ -126,28 +125,19 @@ impl Broker {
         self.reload_progress()?;
         self.forget_push_cursors();
         self.restore_topics_from_store()?;
-        self.dedupe.clear();
-        self.staged.clear();
-        let check_after = self.config.transaction_check_after.as_millis() as i64;
-        let from = ScanFrom {
-            dedupe: 0,
-            staged: 0,
-        };
-        log_scan::recover_from_log(&self.store, &self.dedupe, &self.staged, from, check_after)?;
         let become_master = || {
             self.replicated.outbox.role.send_replace(LogRole::Master);
         };
-        let promoted = match (epoch, self.replication()) {
+        let promoted = self.derive_from_log(|| match (epoch, self.replication()) {
             (Some(epoch), Some(r)) => r.while_master_of(epoch, become_master),
             _ => {
                 become_master();
                 true
             }
-        };
+        })?;
         if !promoted {
+            // Still a replica: what it derived stays right for its log.
             tracing::info!(?epoch, "promotion abandoned: no longer master of its epoch");
-            self.dedupe.clear();
-            self.staged.clear();
             return Ok(false);
         }
         self.queue_metadata_snapshot();
@@ -160,7 +150,7 @@ impl Broker {
 
     /// Makes a master a replica (another member was promoted): it stops
     /// writing metadata records, forgets its staged messages and dedupe
-    /// windows (rebuilt if it is promoted again), and counts the metadata
+    /// windows (derived again from its log as a replica), and counts the metadata
     /// records of its log as applied. With replication it runs inside the
     /// step-down, before the follower stores the new master's records (which
     /// must not count as applied). A replica is left as it is.
@@ -170,8 +160,7 @@ impl Broker {
         }
         self.replicated.outbox.role.send_replace(LogRole::Replica);
         self.replicated.outbox.reset();
-        self.dedupe.clear();
-        self.staged.clear();
+        self.forget_derived();
         self.applied_to_end()
     }
 }
