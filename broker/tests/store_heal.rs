@@ -89,6 +89,7 @@ fn a_damaged_replica_heals_from_its_master() {
         &RawLogProblem::BadFrame(String::new()),
     );
     assert_eq!(b.damaged_ranges(), damaged);
+    assert_eq!(b.rewrites(), 0, "a refused heal rewrites nothing");
 
     for range in &damaged {
         let intact = a
@@ -97,6 +98,7 @@ fn a_damaged_replica_heals_from_its_master() {
         run(b.heal(range.start, intact.data)).unwrap();
     }
     assert!(b.damaged_ranges().is_empty());
+    assert_eq!(b.rewrites(), 2 * damaged.len() as u64);
     assert_same_log(a_dir.path(), b_dir.path());
     assert_eq!(
         all_queues(&b),
@@ -191,6 +193,11 @@ fn a_damaged_range_heals_in_pieces() {
     let rest = a.read_log(second, (after - second) as usize).unwrap();
     run(b.heal(second, rest.data)).unwrap();
     assert!(b.damaged_ranges().is_empty());
+    assert_eq!(
+        b.rewrites(),
+        4,
+        "two heals; the refused piece rewrote nothing"
+    );
     assert_same_log(a_dir.path(), b_dir.path());
     assert_eq!(
         all_queues(&b),

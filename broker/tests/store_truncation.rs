@@ -70,8 +70,10 @@ fn truncate_then_follow(flush: FlushMode, cut_at: usize) {
     let b = open(b_dir.path(), flush);
     run(copy_log(&h.a, &b, h.a.log_end(), &CHUNKS));
     begin_epochs(&b, &[(1, 0), (2, h.cut - 1), (3, h.cut), (5, h.cut + 1)]);
+    assert_eq!(b.rewrites(), 0);
     run(b.truncate_log(h.cut)).unwrap();
     assert_eq!(b.log_end(), h.cut);
+    assert_eq!(b.rewrites(), 2, "one rewrite, ended");
     assert_eq!(
         epochs(&b),
         [(1, 0), (2, h.cut - 1)],
@@ -145,9 +147,11 @@ fn a_position_that_is_not_a_frame_boundary_is_refused() {
     );
     let before = all_queues(&h.a);
     begin_epochs(&h.a, &[(1, 0), (4, end)]);
+    let rewrites = h.a.rewrites();
     run(h.a.truncate_log(end)).unwrap();
     assert_eq!(h.a.log_end(), end);
     assert_eq!(all_queues(&h.a), before);
+    assert_eq!(h.a.rewrites(), rewrites, "nothing was cut: no rewrite");
     assert_eq!(
         epochs(&h.a),
         [(1, 0)],

@@ -150,8 +150,7 @@ impl Dedupe {
         }
     }
 
-    /// Forgets every window (a replica's are rebuilt by a scan when it is
-    /// promoted).
+    /// Forgets every window (a replica derives them from its log again).
     pub fn clear(&self) {
         self.producers.write().clear();
         self.saved.lock().clear();

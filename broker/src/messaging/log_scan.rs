@@ -6,7 +6,7 @@
 
 use super::dedupe::Dedupe;
 use super::send::{self, SendReceipt};
-use super::staged::{Position, Staged};
+use super::staged::Staged;
 use super::{error::Result, properties};
 use crate::store::{MessageId, Store};
 
@@ -17,32 +17,18 @@ pub(super) struct ScanFrom {
     pub staged: u64,
 }
 
-/// How far a scan got: where the next one goes on, and the last record it
-/// fed (`None`: none yet), by which a later scan recognises that the log
-/// still holds what was fed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ScanTail {
-    pub next: u64,
-    pub last: Option<Position>,
-}
-
 /// Feeds every record from `from` on to `dedupe` and `staged`; a half
 /// message's first check is due `check_after_ms` after it was stored.
-/// Returns the end of the log it reached and the last record it fed.
+/// Returns the end of the log it reached.
 pub(super) fn recover_from_log(
     store: &Store,
     dedupe: &Dedupe,
     staged: &Staged,
     from: ScanFrom,
     check_after_ms: i64,
-) -> Result<ScanTail> {
+) -> Result<u64> {
     let broker_id = store.config().broker_id;
-    let mut last = None;
     let end = store.scan(from.dedupe.min(from.staged), |rec| {
-        last = Some(Position {
-            physical: rec.physical_offset,
-            crc: rec.crc,
-        });
         if rec.physical_offset >= from.staged {
             staged.recover(rec, check_after_ms);
         }
@@ -67,5 +53,5 @@ pub(super) fn recover_from_log(
             dedupe.record(&identity.producer_id, identity.sequence, &receipt);
         }
     })?;
-    Ok(ScanTail { next: end, last })
+    Ok(end)
 }

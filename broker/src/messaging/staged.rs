@@ -200,8 +200,8 @@ impl Staged {
         Ok((staged, saved.scan_from))
     }
 
-    /// Forgets every staged message (a replica's log is rebuilt by a scan
-    /// when it is promoted); checker streams stay.
+    /// Forgets every staged message (a replica derives them from its log
+    /// again); checker streams stay.
     pub fn clear(&self) {
         *self.state.lock() = State::empty();
     }
@@ -215,10 +215,12 @@ impl Staged {
         let mut st = self.state.lock();
         if rec.topic == DELAY_TOPIC {
             let at = properties::deliver_at(&rec.properties);
-            st.delayed.insert(position.physical);
             // A copy found later in the scan removes it from `delayed`; the
-            // wheel entry then fires as a no-op.
-            st.wheel.insert(at.max(0) as u64, position);
+            // wheel entry then fires as a no-op. Fed twice (a replica's send
+            // in flight as it was demoted), it is scheduled once.
+            if st.delayed.insert(position.physical) {
+                st.wheel.insert(at.max(0) as u64, position);
+            }
         } else if rec.topic == HALF_TOPIC {
             let get = |p: properties::Reserved| p.get(&rec.properties).unwrap_or_default();
             let half = Half::new(
@@ -265,8 +267,9 @@ impl Staged {
     pub fn add_delayed(&self, position: Position, deliver_at: i64) {
         let earlier = {
             let mut st = self.state.lock();
-            st.delayed.insert(position.physical);
-            st.wheel.insert(deliver_at.max(0) as u64, position);
+            if st.delayed.insert(position.physical) {
+                st.wheel.insert(deliver_at.max(0) as u64, position);
+            }
             deliver_at < st.sleeping_until
         };
         if earlier {
@@ -283,6 +286,19 @@ impl Staged {
             .filter(|(_, p)| st.delayed.contains(&p.physical))
             .map(|(_, p)| p)
             .collect()
+    }
+
+    /// Drops the wheel entries due by `now` whose release is in the log (a
+    /// replica's: the master released them), keeping the others due. A
+    /// replica releases nothing itself, so its wheel would otherwise keep an
+    /// entry for every delayed message it ever saw.
+    pub fn prune_released(&self, now: i64) {
+        let mut st = self.state.lock();
+        for (when, position) in st.wheel.advance(now.max(0) as u64) {
+            if st.delayed.contains(&position.physical) {
+                st.wheel.insert(when, position);
+            }
+        }
     }
 
     /// When the delivery loop should look next (`None`: nothing pending); it

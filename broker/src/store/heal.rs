@@ -30,6 +30,7 @@ use super::consume_queue::{ConsumeQueue, CqEntry, tag_hash};
 use super::error::{RawLogProblem, Result, StoreError};
 use super::frames::{self, FrameLimits, ValidFrame};
 use super::record::{self, Frame};
+use super::rewrites::Rewriting;
 use super::writer::{Writer, WriterRequest};
 
 /// Damage this open found in the middle of the log, and what was healed.
@@ -109,6 +110,7 @@ impl Writer {
             at += frame.len() as usize;
         }
         let log = &inner.commit_log;
+        let _rewriting = Rewriting::begin(&inner.rewrites);
         let mut pos = start;
         while pos < end {
             // Retention may have deleted it meanwhile.

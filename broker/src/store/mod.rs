@@ -44,6 +44,7 @@ mod record;
 mod recovery;
 mod replica_append;
 mod retention;
+mod rewrites;
 mod truncate;
 mod undelete;
 mod writer;
@@ -109,6 +110,8 @@ pub(crate) struct Inner {
     log_retention_ms: AtomicU64,
     /// The volume is above `disk_usage_limit` and the policy is to refuse writes.
     refusing_writes: AtomicBool,
+    /// Truncations and heals, counted for scans outside the store (rewrites.rs).
+    rewrites: AtomicU64,
     /// One checkpoint at a time (the housekeeper, topic deletion, close); holds
     /// the position the last one recorded.
     checkpointed: Mutex<Option<u64>>,
@@ -218,6 +221,7 @@ impl Store {
             config,
             retention_floor: AtomicU64::new(u64::MAX),
             acknowledged_end: AtomicU64::new(u64::MAX),
+            rewrites: AtomicU64::new(0),
             refusing_writes: AtomicBool::new(false),
             checkpointed: Mutex::new(None),
         });

@@ -48,6 +48,7 @@ use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueue;
 use super::error::{Result, StoreError};
 use super::mapped_file::{replace_file, sync_dir};
+use super::rewrites::Rewriting;
 use super::writer::Writer;
 
 const FILE: &str = "truncating";
@@ -179,6 +180,7 @@ impl Writer {
             undeleted,
         };
         let mut checkpointed = inner.checkpointed.lock();
+        let _rewriting = Rewriting::begin(&inner.rewrites);
         replace_file(&inner.config.data_dir, FILE, &cut.encode())?;
         let undeleted = cut.undeleted.clone();
         self.unfinished_cut = Some(cut);

@@ -4,17 +4,35 @@
 //! last pass instead of the whole log: failover must not take longer the
 //! longer the log.
 //!
-//! Each pass first checks that the log still holds the last record the
-//! previous one fed. A log truncated below it (the replica followed a master
-//! whose tail the new master did not have) makes the pass forget everything
-//! and derive again from the oldest record. A record gone to retention is
-//! not a truncation: what it fed stays.
+//! A pass trusts what earlier passes fed only while the store's rewrite
+//! count (truncations and heals, see `store/rewrites.rs`) is what they saw:
+//! after a truncation (the replica followed a master whose tail the new
+//! master did not have) it would hold records that are gone, after a heal it
+//! would miss records that are back. Then, or when a pass fails or a rewrite
+//! ran during it, everything is forgotten and derived again from the oldest
+//! record. Records gone to retention are not a rewrite: what they fed stays.
+
+use std::time::Duration;
 
 use super::super::Broker;
 use super::super::error::Result;
-use super::super::log_scan::{self, ScanFrom, ScanTail};
+use super::super::log_scan::{self, ScanFrom};
 use super::LogRole;
 use super::apply::AppliedMetadata;
+use crate::store::now_millis;
+
+/// How long a pass waits for a running truncation or heal before it looks again.
+const REWRITE_WAIT: Duration = Duration::from_millis(5);
+
+/// How far a replica derived from its log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Derived {
+    /// Where the next pass starts.
+    next: u64,
+    /// The store's rewrite count every pass so far saw throughout; `None`
+    /// before the first complete pass.
+    rewrites: Option<u64>,
+}
 
 impl Broker {
     /// One pass over what arrived in a replica's log (a no-op otherwise):
@@ -34,21 +52,46 @@ impl Broker {
     /// `then`); a step-down holds the state and takes this lock only through
     /// a demotion, which only a master (never one mid-promotion) goes through.
     pub(super) fn derive_from_log<T>(&self, then: impl FnOnce() -> T) -> Result<T> {
-        let mut tail = self.replicated.derived.lock();
+        let mut derived = self.replicated.derived.lock();
         if self.log_role() == LogRole::Replica {
-            if !self.log_holds(&tail) {
-                tracing::warn!(
-                    derived_to = tail.next,
-                    "the log no longer holds the records the dedupe windows and staged messages came from; deriving them again from the oldest"
-                );
-                self.dedupe.clear();
-                self.staged.clear();
-                *tail = ScanTail::default();
+            self.catch_up(&mut derived)?;
+            // The master's releases arrived as records: their wheel entries go.
+            self.staged.prune_released(now_millis());
+        }
+        Ok(then())
+    }
+
+    /// Runs `become_replica` and forgets the derived state, with no pass in
+    /// between (a demoted master: its state came from its own writes, not
+    /// from passes); the next pass derives it again from the oldest record.
+    pub(super) fn forget_derived(&self, become_replica: impl FnOnce()) {
+        let mut derived = self.replicated.derived.lock();
+        become_replica();
+        self.clear_derived(&mut derived);
+    }
+
+    /// Feeds what arrived since the last pass, or everything again after a
+    /// rewrite of the log; returns after a pass no rewrite ran during.
+    fn catch_up(&self, derived: &mut Derived) -> Result<()> {
+        let check_after = self.config.transaction_check_after.as_millis() as i64;
+        loop {
+            let rewrites = self.store.rewrites();
+            if derived.rewrites != Some(rewrites) {
+                if derived.next > 0 {
+                    tracing::warn!(
+                        derived_to = derived.next,
+                        "the log was truncated or healed since the dedupe windows and staged messages were derived from it; deriving them again from the oldest record"
+                    );
+                }
+                self.clear_derived(derived);
             }
-            let check_after = self.config.transaction_check_after.as_millis() as i64;
+            if rewrites % 2 == 1 {
+                std::thread::sleep(REWRITE_WAIT);
+                continue;
+            }
             let from = ScanFrom {
-                dedupe: tail.next,
-                staged: tail.next,
+                dedupe: derived.next,
+                staged: derived.next,
             };
             let scanned = log_scan::recover_from_log(
                 &self.store,
@@ -56,33 +99,27 @@ impl Broker {
                 &self.staged,
                 from,
                 check_after,
-            )?;
-            tail.next = scanned.next;
-            tail.last = scanned.last.or(tail.last);
+            );
+            match scanned {
+                Ok(end) if self.store.rewrites() == rewrites => {
+                    *derived = Derived {
+                        next: end,
+                        rewrites: Some(rewrites),
+                    };
+                    return Ok(());
+                }
+                Ok(_) => self.clear_derived(derived),
+                Err(e) => {
+                    self.clear_derived(derived);
+                    return Err(e);
+                }
+            }
         }
-        Ok(then())
     }
 
-    /// Forgets the derived state (a demoted master: its log may lose a tail
-    /// and it was derived by its own writes, not by a pass); the next pass
-    /// derives it again from the oldest record.
-    pub(super) fn forget_derived(&self) {
-        let mut tail = self.replicated.derived.lock();
+    fn clear_derived(&self, derived: &mut Derived) {
         self.dedupe.clear();
         self.staged.clear();
-        *tail = ScanTail::default();
-    }
-
-    /// Whether the log still holds everything the last pass fed.
-    fn log_holds(&self, tail: &ScanTail) -> bool {
-        let stats = self.store.stats();
-        if tail.next > stats.commit_log_max {
-            return false;
-        }
-        match tail.last {
-            None => true,
-            Some(last) if last.physical < stats.commit_log_min => true,
-            Some(last) => self.store.lookup_by_id(&self.staged_id(last)).is_ok(),
-        }
+        *derived = Derived::default();
     }
 }

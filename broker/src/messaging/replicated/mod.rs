@@ -47,8 +47,8 @@ use tokio::sync::watch;
 
 use super::Broker;
 use super::error::Result;
-use super::log_scan::ScanTail;
 use apply::ApplyPosition;
+use derive::Derived;
 use outbox::Outbox;
 
 /// How a broker relates to the log it holds.
@@ -80,7 +80,7 @@ pub(super) struct Replicated {
     rebuilding: tokio::sync::Mutex<()>,
     /// How far a replica fed its log to the dedupe windows and staged
     /// messages (`derive.rs`); in memory, so a restart derives from the start.
-    derived: Mutex<ScanTail>,
+    derived: Mutex<Derived>,
 }
 
 impl Replicated {
@@ -94,7 +94,7 @@ impl Replicated {
             offsets_path: meta.join("offsets.json"),
             promotion: Mutex::new(None),
             rebuilding: tokio::sync::Mutex::new(()),
-            derived: Mutex::new(ScanTail::default()),
+            derived: Mutex::new(Derived::default()),
         })
     }
 }

@@ -158,9 +158,10 @@ impl Broker {
         if self.log_role() != LogRole::Master {
             return Ok(());
         }
-        self.replicated.outbox.role.send_replace(LogRole::Replica);
-        self.replicated.outbox.reset();
-        self.forget_derived();
+        self.forget_derived(|| {
+            self.replicated.outbox.role.send_replace(LogRole::Replica);
+            self.replicated.outbox.reset();
+        });
         self.applied_to_end()
     }
 }

@@ -93,7 +93,12 @@ impl Broker {
             Some(r) => {
                 let term = r.term()?;
                 if self.log_role() != LogRole::Master {
-                    return Err(r.not_master(NotMasterCause::Promoting).into());
+                    // Stepped down since `term()`: a replica, not taking over.
+                    let cause = match r.master_epoch() {
+                        Some(_) => NotMasterCause::Promoting,
+                        None => NotMasterCause::Replica,
+                    };
+                    return Err(r.not_master(cause).into());
                 }
                 Ok(WriteTerm::Master(term))
             }

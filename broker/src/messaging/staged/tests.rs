@@ -145,6 +145,31 @@ fn the_scan_keeps_only_delayed_messages_without_a_copy() {
     assert_eq!(staged.sleep_until(), None);
 }
 
+/// A replica feeds every record but releases nothing: fed twice, a delayed
+/// message is due once; entries whose release arrived leave the wheel, the
+/// one still pending stays due.
+#[test]
+fn a_replica_schedules_a_message_fed_twice_once_and_prunes_released_ones() {
+    let (_dir, staged) = staged();
+    for physical in [100, 200, 100] {
+        staged.recover(
+            &record(DELAY_TOPIC, physical, &[(DELIVER_AT.name, "50")]),
+            0,
+        );
+    }
+    staged.recover(&record("t", 300, &[(ORIGIN_ID.name, &origin(100))]), 0);
+    staged.prune_released(60);
+    assert_eq!(staged.delayed_pending(), 1);
+    assert_eq!(
+        staged.state.lock().wheel.len(),
+        1,
+        "only 200's entry is left"
+    );
+    // Promoted: the pending one is released, once.
+    assert_eq!(staged.take_due(70), [position(200)]);
+    assert_eq!(staged.take_due(80), []);
+}
+
 #[test]
 fn the_scan_restores_pending_halves_and_remembers_resolved_ones() {
     let (_dir, staged) = staged();
