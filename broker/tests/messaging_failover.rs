@@ -25,6 +25,7 @@ use dduomq_broker::messaging::staged::Resolution;
 use dduomq_broker::messaging::topic_settings::TopicSettings;
 use dduomq_broker::messaging::{AppliedMetadata, LogRole, ResetTarget, Schedule, SendMessage};
 use dduomq_broker::store::{MessageType, Record, Store, now_millis};
+use dduomq_proto::Reason;
 
 const ORDERS: &str = "orders";
 const PAYMENTS: &str = "payments";
@@ -176,6 +177,19 @@ async fn a_promoted_replica_continues_where_the_master_was() {
     ack(&b.broker, &on_replica, &read[0]).unwrap();
     assert_eq!(committed_offsets(&b.broker, BILLING, ORDERS), [6, 0]);
     save_metadata(&b.broker);
+
+    // A replica resolves no transaction (its master does): the producer is
+    // sent to the master, and the half stays pending for the promotion.
+    let refused = end_transaction(
+        &b.broker,
+        TRANSFERS,
+        &half,
+        PRODUCER_GROUP,
+        Resolution::Rollback,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Reason::NotMaster, "{refused}");
 
     promote(&b.broker).await;
     assert_eq!(b.broker.log_role(), LogRole::Master);

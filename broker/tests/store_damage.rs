@@ -278,7 +278,12 @@ fn check(fx: &Fixture, expect: Expect<'_>) {
     // A scan of the log (how the broker rebuilds its own state) goes on past
     // the damage and sees every intact record exactly once.
     let mut scanned = 0;
-    store.scan(0, |_| scanned += 1).unwrap();
+    store
+        .scan(0, |_| {
+            scanned += 1;
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(scanned, MESSAGES - expect.lost.len(), "scan of the log");
     // Appends continue after the last offset given out, also after one more
     // restart with nothing appended in between.

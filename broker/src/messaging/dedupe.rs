@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,10 @@ pub struct Dedupe {
     last_save: Mutex<Option<std::time::Instant>>,
     /// Logical clock of uses, for evicting the least recently used producer.
     clock: AtomicU64,
+    /// Only records of a replicated log add receipts (a replica): a demoted
+    /// master's send finishing late must not leave a receipt its log may no
+    /// longer hold. Read under the window's lock, set before windows go.
+    follows_log: AtomicBool,
 }
 
 impl Dedupe {
@@ -98,6 +102,7 @@ impl Dedupe {
                 saved: Mutex::new(HashMap::new()),
                 last_save: Mutex::new(None),
                 clock: AtomicU64::new(clock),
+                follows_log: AtomicBool::new(false),
             },
             from,
         ))
@@ -145,20 +150,34 @@ impl Dedupe {
         };
         let mut w = window.lock();
         w.in_flight.remove(&sequence);
-        if let Some(r) = receipt {
+        if let Some(r) = receipt
+            && !self.follows_log.load(Ordering::SeqCst)
+        {
             remember(&mut w, sequence, r.clone());
         }
     }
 
-    /// Forgets every window (a replica derives them from its log again).
-    pub fn clear(&self) {
+    /// Forgets every window and from now on takes receipts only from
+    /// [`Dedupe::record`] (a replica derives them from its log).
+    pub fn follow_log(&self) {
+        self.follows_log.store(true, Ordering::SeqCst);
         self.producers.write().clear();
         self.saved.lock().clear();
     }
 
-    /// Adds a stored message found in the commit log (startup scan).
+    /// Takes the broker's own receipts again (a replica promoted to master).
+    pub fn keep_own_writes(&self) {
+        self.follows_log.store(false, Ordering::SeqCst);
+    }
+
+    /// Adds a stored message found in the commit log (startup scan, or a
+    /// replica's derive pass); the producer counts as used now, as it did
+    /// on the master that stored it.
     pub fn record(&self, producer: &str, sequence: u64, receipt: &SendReceipt) {
-        remember(&mut self.window(producer).lock(), sequence, receipt.clone());
+        let window = self.window(producer);
+        let mut w = window.lock();
+        w.last_used = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        remember(&mut w, sequence, receipt.clone());
     }
 
     /// Saves the windows as covering the commit log up to `log_end` (or less,
@@ -296,5 +315,37 @@ mod tests {
         assert_eq!(d.check("p", 1, 0), Seen::Stored(receipt(7)));
         d.record("q", 9, &receipt(9));
         assert_eq!(d.check("q", 9, 0), Seen::Stored(receipt(9)));
+    }
+
+    /// A replica's windows hold what its log says: a send of its days as
+    /// master that finishes after its demotion leaves no receipt.
+    #[test]
+    fn a_replica_takes_receipts_only_from_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, _) = Dedupe::open(dir.path().join("producers.json")).unwrap();
+        assert_eq!(d.check("p", 1, 0), Seen::New);
+        d.follow_log();
+        d.record("p", 2, &receipt(2));
+        d.finish("p", 1, Some(&receipt(1)));
+        d.keep_own_writes();
+        assert_eq!(
+            d.check("p", 1, 0),
+            Seen::New,
+            "its late receipt was not kept"
+        );
+        assert_eq!(d.check("p", 2, 0), Seen::Stored(receipt(2)));
+    }
+
+    /// Producers a replica reads in its log count as used in log order, so
+    /// it forgets the same least recently used ones its master did.
+    #[test]
+    fn records_from_the_log_count_as_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, _) = Dedupe::open(dir.path().join("producers.json")).unwrap();
+        d.record("old", 1, &receipt(1));
+        d.record("busy", 1, &receipt(2));
+        d.record("old", 2, &receipt(3));
+        let last_used = |p: &str| d.producers.read()[p].lock().last_used;
+        assert!(last_used("old") > last_used("busy"));
     }
 }

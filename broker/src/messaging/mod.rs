@@ -163,9 +163,10 @@ impl Broker {
         Broker::open_as(config, store, metrics, LogRole::Standalone)
     }
 
-    /// [`Broker::open`] in `role`. A replica defers what it derives from the
-    /// log (dedupe windows, staged messages, topics without metadata) to its
-    /// promotion: its log is the master's, not what its own saves covered.
+    /// [`Broker::open`] in `role`. A replica derives its dedupe windows and
+    /// staged messages from its log as records arrive (`replicated/derive.rs`)
+    /// and restores topics without metadata at its promotion: its log is the
+    /// master's, not what its own saves covered.
     fn open_as(
         config: MessagingConfig,
         store: Arc<Store>,
@@ -186,12 +187,12 @@ impl Broker {
                 staged: staged_from,
             };
             let check_after = config.transaction_check_after.as_millis() as i64;
-            log_scan::recover_from_log(&store, &dedupe, &staged, from, check_after)?;
+            log_scan::recover_from_log(&store, &dedupe, &staged, from, check_after, || false)?;
         } else {
             // Its own saves may cover a tail the group has since replaced:
             // a replica derives both from its log as records arrive.
-            dedupe.clear();
-            staged.clear();
+            dedupe.follow_log();
+            staged.follow_log();
         }
         let broker = Broker {
             dedupe,
@@ -281,6 +282,7 @@ impl Broker {
         let delayed = tokio::spawn(self.clone().run_delayed_delivery());
         let checks = tokio::spawn(self.clone().run_transaction_checks());
         let replicated = tokio::spawn(self.clone().run_replicated_metadata());
+        let derive = tokio::spawn(self.clone().run_replica_derive());
         let mut stop = self.shutdown_signal();
         let mut tick = tokio::time::interval(self.config.offsets_persist_interval);
         loop {
@@ -289,7 +291,7 @@ impl Broker {
                 _ = stop.wait_for(|s| *s) => true,
             };
             if stopping {
-                let _ = tokio::join!(delayed, checks, replicated);
+                let _ = tokio::join!(delayed, checks, replicated, derive);
                 return;
             }
             // Serializing and fsyncing the metadata files takes milliseconds:

@@ -135,8 +135,21 @@ struct Saved {
     scan_from: u64,
 }
 
+/// What may change a broker's staged messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keeper {
+    /// Its own sends, releases and resolutions (a master, or a broker
+    /// without replication), besides its startup scan.
+    OwnWrites,
+    /// Only the records of its replicated log (a replica): what a demoted
+    /// master still had in flight, or a request that raced a role change,
+    /// changes nothing, so a later promotion holds exactly what the log says.
+    Log,
+}
+
 #[derive(Debug)]
 struct State {
+    keeper: Keeper,
     wheel: TimingWheel<Position>,
     /// Pending delayed messages by position (the wheel holds their times).
     delayed: BTreeSet<u64>,
@@ -154,8 +167,9 @@ struct State {
 }
 
 impl State {
-    fn empty() -> State {
+    fn empty(keeper: Keeper) -> State {
         State {
+            keeper,
             wheel: TimingWheel::new(0),
             delayed: BTreeSet::new(),
             halves: BTreeMap::new(),
@@ -191,7 +205,7 @@ impl Staged {
         let saved: Saved = metadata::load_derived(&path)?;
         let staged = Staged {
             path,
-            state: Mutex::new(State::empty()),
+            state: Mutex::new(State::empty(Keeper::OwnWrites)),
             checkers: Mutex::new(HashMap::new()),
             next_checker: Default::default(),
             saved_scan_from: Mutex::new(saved.scan_from),
@@ -200,10 +214,23 @@ impl Staged {
         Ok((staged, saved.scan_from))
     }
 
-    /// Forgets every staged message (a replica derives them from its log
-    /// again); checker streams stay.
-    pub fn clear(&self) {
-        *self.state.lock() = State::empty();
+    /// Forgets every staged message and from now on takes changes only from
+    /// [`Staged::recover`] (a replica derives them from its log); checker
+    /// streams stay.
+    pub fn follow_log(&self) {
+        *self.state.lock() = State::empty(Keeper::Log);
+    }
+
+    /// Takes the broker's own changes again (a replica promoted to master:
+    /// what it derived is where the master starts).
+    pub fn keep_own_writes(&self) {
+        self.state.lock().keeper = Keeper::OwnWrites;
+    }
+
+    /// The state, unless only the log may change it.
+    fn own_writes(&self) -> Option<parking_lot::MutexGuard<'_, State>> {
+        let st = self.state.lock();
+        (st.keeper == Keeper::OwnWrites).then_some(st)
     }
 
     /// Replays one record of the startup scan.
@@ -266,7 +293,9 @@ impl Staged {
     /// Schedules a stored delayed message.
     pub fn add_delayed(&self, position: Position, deliver_at: i64) {
         let earlier = {
-            let mut st = self.state.lock();
+            let Some(mut st) = self.own_writes() else {
+                return;
+            };
             if st.delayed.insert(position.physical) {
                 st.wheel.insert(deliver_at.max(0) as u64, position);
             }
@@ -277,15 +306,18 @@ impl Staged {
         }
     }
 
-    /// Takes the delayed messages due by `now`.
+    /// Takes the delayed messages due by `now`, each once.
     pub fn take_due(&self, now: i64) -> Vec<Position> {
-        let mut st = self.state.lock();
-        let fired = st.wheel.advance(now.max(0) as u64);
-        fired
-            .into_iter()
-            .filter(|(_, p)| st.delayed.contains(&p.physical))
-            .map(|(_, p)| p)
-            .collect()
+        let Some(mut st) = self.own_writes() else {
+            return Vec::new();
+        };
+        let mut due = BTreeMap::new();
+        for (_, p) in st.wheel.advance(now.max(0) as u64) {
+            if st.delayed.contains(&p.physical) {
+                due.insert(p.physical, p);
+            }
+        }
+        due.into_values().collect()
     }
 
     /// Drops the wheel entries due by `now` whose release is in the log (a
@@ -312,33 +344,45 @@ impl Staged {
 
     /// A due delayed message is in its topic now.
     pub fn delivered(&self, physical: u64) {
-        self.state.lock().delayed.remove(&physical);
+        if let Some(mut st) = self.own_writes() {
+            st.delayed.remove(&physical);
+        }
     }
 
-    /// Tries a due message again at `at` (its release failed).
+    /// Tries a due message again at `at` (its release failed), unless it is
+    /// no longer pending.
     pub fn retry_delayed(&self, position: Position, at: i64) {
-        self.state.lock().wheel.insert(at as u64, position);
+        if let Some(mut st) = self.own_writes()
+            && st.delayed.contains(&position.physical)
+        {
+            st.wheel.insert(at as u64, position);
+        }
     }
 
+    /// Delayed messages this broker is to release (none on a replica: its
+    /// master releases them).
     pub fn delayed_pending(&self) -> usize {
-        self.state.lock().delayed.len()
+        self.own_writes().map_or(0, |st| st.delayed.len())
     }
 
+    /// Transactions this broker is to resolve (none on a replica).
     pub fn halves_pending(&self) -> usize {
-        self.state.lock().halves.len()
+        self.own_writes().map_or(0, |st| st.halves.len())
     }
 
     /// Records a stored half message.
     pub fn add_half(&self, half: Half) {
-        self.state
-            .lock()
-            .halves
-            .insert(half.position.physical, half);
+        if let Some(mut st) = self.own_writes() {
+            st.halves.insert(half.position.physical, half);
+        }
     }
 
-    /// Claims a transaction for resolving.
+    /// Claims a transaction for resolving (on a replica, which resolves
+    /// nothing, it is always being resolved elsewhere).
     pub fn claim(&self, position: Position) -> Claim {
-        let mut st = self.state.lock();
+        let Some(mut st) = self.own_writes() else {
+            return Claim::Resolving;
+        };
         let physical = position.physical;
         if st.halves.get(&physical).map(|h| h.position) == Some(position) {
             st.resolving.insert(physical);
@@ -355,13 +399,17 @@ impl Staged {
 
     /// Gives back a claimed transaction whose resolution could not be stored.
     pub fn unclaim(&self, half: Half) {
-        let mut st = self.state.lock();
+        let Some(mut st) = self.own_writes() else {
+            return;
+        };
         st.resolving.remove(&half.position.physical);
         st.halves.insert(half.position.physical, half);
     }
 
     pub fn resolved(&self, position: Position, resolution: Resolution) {
-        let mut st = self.state.lock();
+        let Some(mut st) = self.own_writes() else {
+            return;
+        };
         st.resolving.remove(&position.physical);
         remember(&mut st, position, resolution);
     }
@@ -374,7 +422,9 @@ impl Staged {
         interval_ms: i64,
         max_checks: u32,
     ) -> (Vec<(Half, u32)>, Vec<Half>) {
-        let mut st = self.state.lock();
+        let Some(mut st) = self.own_writes() else {
+            return Default::default();
+        };
         let mut checks = Vec::new();
         let mut expired = Vec::new();
         for half in st.halves.values_mut() {

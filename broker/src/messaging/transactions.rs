@@ -46,6 +46,9 @@ impl Broker {
         producer_group: &str,
         resolution: Resolution,
     ) -> Result<()> {
+        // A replica resolves nothing (its master does, and the outcome
+        // arrives through the log): NOT_MASTER sends the producer there.
+        self.change_term()?;
         let not_found = || BrokerError::TransactionNotFound(transaction_id.to_string());
         let id: MessageId = transaction_id.parse().map_err(|_| not_found())?;
         if id.broker_id != self.store.config().broker_id {

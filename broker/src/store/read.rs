@@ -2,6 +2,8 @@
 //! scans of the log. Readers never lock against the writer: they read below the
 //! watermarks it publishes.
 
+use std::ops::ControlFlow;
+
 use super::Store;
 use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueue;
@@ -343,9 +345,10 @@ impl Store {
 
     /// Calls `f` with every readable record from physical offset `from` (a record
     /// boundary, e.g. an earlier [`StoreStats::commit_log_max`]) to the end of
-    /// published data; returns that end. Used to rebuild state kept outside the
-    /// store (such as producer dedupe windows) after a crash.
-    pub fn scan(&self, from: u64, mut f: impl FnMut(&Record)) -> Result<u64> {
+    /// published data, or until `f` breaks; returns where it ended (that end,
+    /// or the record `f` broke at, which a later scan starts from). Used to
+    /// rebuild state kept outside the store (such as producer dedupe windows).
+    pub fn scan(&self, from: u64, mut f: impl FnMut(&Record) -> ControlFlow<()>) -> Result<u64> {
         let log = &self.inner.commit_log;
         let end = log.visible();
         let mut pos = from.max(log.min_offset());
@@ -354,7 +357,9 @@ impl Store {
             let next = match record::peek_frame(&prefix) {
                 record::Frame::Record(size) => match log.read(pos, size) {
                     Ok(rec) => {
-                        f(&rec);
+                        if f(&rec).is_break() {
+                            return Ok(pos);
+                        }
                         Some(pos + size as u64)
                     }
                     Err(_) => next_frame(&self.inner, pos + 1, end),

@@ -12,6 +12,7 @@
 //! ran during it, everything is forgotten and derived again from the oldest
 //! record. Records gone to retention are not a rewrite: what they fed stays.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::super::Broker;
@@ -34,14 +35,25 @@ pub(super) struct Derived {
     rewrites: Option<u64>,
 }
 
+/// How far a pass reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PassEnd {
+    /// The end of the log: a promotion needs every record.
+    LogEnd,
+    /// The end of the log, or sooner once the broker shuts down (the next
+    /// start derives from its oldest record anyway).
+    LogEndOrShutdown,
+}
+
 impl Broker {
     /// One pass over what arrived in a replica's log (a no-op otherwise):
     /// its metadata records applied (`apply.rs`), then every record fed to
-    /// the dedupe windows and staged messages.
+    /// the dedupe windows and staged messages. Blocking: a pass after a
+    /// restart or a rewrite reads the whole log.
     pub fn follow_replicated_log(&self) -> Result<AppliedMetadata> {
-        let applied = self.apply_replicated_metadata()?;
-        self.derive_from_log(|| ())?;
-        Ok(applied)
+        let applied = self.apply_replicated_metadata();
+        self.derive_from_log(PassEnd::LogEndOrShutdown, || ())?;
+        applied
     }
 
     /// Feeds the records that arrived since the last pass to the dedupe
@@ -51,10 +63,10 @@ impl Broker {
     /// Lock order: this pass's lock, then the replication layer's state (in
     /// `then`); a step-down holds the state and takes this lock only through
     /// a demotion, which only a master (never one mid-promotion) goes through.
-    pub(super) fn derive_from_log<T>(&self, then: impl FnOnce() -> T) -> Result<T> {
+    pub(super) fn derive_from_log<T>(&self, end: PassEnd, then: impl FnOnce() -> T) -> Result<T> {
         let mut derived = self.replicated.derived.lock();
         if self.log_role() == LogRole::Replica {
-            self.catch_up(&mut derived)?;
+            self.catch_up(&mut derived, end)?;
             // The master's releases arrived as records: their wheel entries go.
             self.staged.prune_released(now_millis());
         }
@@ -63,7 +75,8 @@ impl Broker {
 
     /// Runs `become_replica` and forgets the derived state, with no pass in
     /// between (a demoted master: its state came from its own writes, not
-    /// from passes); the next pass derives it again from the oldest record.
+    /// from passes); from then on only passes change it, and the next one
+    /// derives it again from the oldest record.
     pub(super) fn forget_derived(&self, become_replica: impl FnOnce()) {
         let mut derived = self.replicated.derived.lock();
         become_replica();
@@ -72,8 +85,9 @@ impl Broker {
 
     /// Feeds what arrived since the last pass, or everything again after a
     /// rewrite of the log; returns after a pass no rewrite ran during.
-    fn catch_up(&self, derived: &mut Derived) -> Result<()> {
+    fn catch_up(&self, derived: &mut Derived, end: PassEnd) -> Result<()> {
         let check_after = self.config.transaction_check_after.as_millis() as i64;
+        let stop = || end == PassEnd::LogEndOrShutdown && *self.shutdown.borrow();
         loop {
             let rewrites = self.store.rewrites();
             if derived.rewrites != Some(rewrites) {
@@ -99,16 +113,18 @@ impl Broker {
                 &self.staged,
                 from,
                 check_after,
+                stop,
             );
             match scanned {
-                Ok(end) if self.store.rewrites() == rewrites => {
+                // A read that failed because a rewrite ran is read again.
+                _ if self.store.rewrites() != rewrites => self.clear_derived(derived),
+                Ok(reached) => {
                     *derived = Derived {
-                        next: end,
+                        next: reached,
                         rewrites: Some(rewrites),
                     };
                     return Ok(());
                 }
-                Ok(_) => self.clear_derived(derived),
                 Err(e) => {
                     self.clear_derived(derived);
                     return Err(e);
@@ -117,9 +133,34 @@ impl Broker {
         }
     }
 
+    /// Until shutdown: a replica derives from each arrival (in a task of its
+    /// own, so a pass over the whole log holds up neither the metadata
+    /// records nor their retention floor).
+    pub async fn run_replica_derive(self: Arc<Self>) {
+        if self.log_role() == LogRole::Standalone {
+            return;
+        }
+        let mut wakeups = self.wakeups();
+        loop {
+            if self.log_role() == LogRole::Replica {
+                let this = self.clone();
+                let derived = tokio::task::spawn_blocking(move || {
+                    this.derive_from_log(PassEnd::LogEndOrShutdown, || ())
+                })
+                .await;
+                if let Ok(Err(e)) = derived {
+                    tracing::error!(error = %e, "deriving from the replicated log failed");
+                }
+            }
+            if !wakeups.wait(true, None).await {
+                return;
+            }
+        }
+    }
+
     fn clear_derived(&self, derived: &mut Derived) {
-        self.dedupe.clear();
-        self.staged.clear();
+        self.dedupe.follow_log();
+        self.staged.follow_log();
         *derived = Derived::default();
     }
 }

@@ -138,15 +138,13 @@ impl Broker {
     }
 
     /// Until shutdown: a master appends its queued metadata records, a
-    /// replica applies those arriving in its log and derives from them. Nothing for a standalone
-    /// broker.
+    /// replica applies those arriving in its log (`derive.rs` derives the
+    /// rest). Nothing for a standalone broker.
     pub async fn run_replicated_metadata(self: Arc<Self>) {
         if self.log_role() == LogRole::Standalone {
             return;
         }
-        let mut stop = self.shutdown_signal();
-        let mut arrivals = self.store.subscribe();
-        let mut role = self.replicated.outbox.role.subscribe();
+        let mut wakeups = self.wakeups();
         loop {
             match self.log_role() {
                 LogRole::Master => {
@@ -157,7 +155,7 @@ impl Broker {
                 LogRole::Replica => {
                     let this = self.clone();
                     let applied =
-                        tokio::task::spawn_blocking(move || this.follow_replicated_log()).await;
+                        tokio::task::spawn_blocking(move || this.apply_replicated_metadata()).await;
                     if let Ok(Err(e)) = applied {
                         tracing::error!(error = %e, "applying the replicated log failed");
                     }
@@ -165,12 +163,46 @@ impl Broker {
                 LogRole::Standalone => {}
             }
             let replica = self.log_role() == LogRole::Replica;
-            tokio::select! {
-                _ = self.replicated.outbox.wake.notified() => {}
-                _ = arrivals.changed(), if replica => {}
-                _ = role.changed() => {}
-                _ = stop.wait_for(|s| *s) => return,
+            if !wakeups
+                .wait(replica, Some(&self.replicated.outbox.wake))
+                .await
+            {
+                return;
             }
+        }
+    }
+
+    fn wakeups(&self) -> Wakeups {
+        Wakeups {
+            stop: self.shutdown_signal(),
+            arrivals: self.store.subscribe(),
+            role: self.replicated.outbox.role.subscribe(),
+        }
+    }
+}
+
+/// What the replicated log's background loops wake for.
+struct Wakeups {
+    stop: watch::Receiver<bool>,
+    arrivals: watch::Receiver<u64>,
+    role: watch::Receiver<LogRole>,
+}
+
+impl Wakeups {
+    /// Waits for a role change, records arriving (when `arrivals`) or
+    /// `notify`; false once the broker shuts down.
+    async fn wait(&mut self, arrivals: bool, notify: Option<&tokio::sync::Notify>) -> bool {
+        let notified = async {
+            match notify {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = notified => true,
+            _ = self.arrivals.changed(), if arrivals => true,
+            _ = self.role.changed() => true,
+            _ = self.stop.wait_for(|s| *s) => false,
         }
     }
 }

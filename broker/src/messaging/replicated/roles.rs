@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use super::super::Broker;
 use super::super::error::Result;
 use super::LogRole;
+use super::derive::PassEnd;
 use crate::config::MessagingConfig;
 use crate::metrics::Metrics;
 use crate::replication::{Replication, SteppingDown};
@@ -126,15 +127,18 @@ impl Broker {
         self.forget_push_cursors();
         self.restore_topics_from_store()?;
         let become_master = || {
+            self.dedupe.keep_own_writes();
+            self.staged.keep_own_writes();
             self.replicated.outbox.role.send_replace(LogRole::Master);
         };
-        let promoted = self.derive_from_log(|| match (epoch, self.replication()) {
-            (Some(epoch), Some(r)) => r.while_master_of(epoch, become_master),
-            _ => {
-                become_master();
-                true
-            }
-        })?;
+        let promoted =
+            self.derive_from_log(PassEnd::LogEnd, || match (epoch, self.replication()) {
+                (Some(epoch), Some(r)) => r.while_master_of(epoch, become_master),
+                _ => {
+                    become_master();
+                    true
+                }
+            })?;
         if !promoted {
             // Still a replica: what it derived stays right for its log.
             tracing::info!(?epoch, "promotion abandoned: no longer master of its epoch");

@@ -84,9 +84,10 @@ impl Broker {
         self.visibility(&self.topics.settings(name))
     }
 
-    /// The rule for a write starting now (NOT_MASTER unless this member may
-    /// write; a master still taking over refuses too, so nothing is written
-    /// before its metadata, dedupe windows and staged messages are rebuilt).
+    /// The rule for a write starting now: NOT_MASTER unless this member may
+    /// write; a master still taking over refuses with MASTER_TAKING_OVER, so
+    /// nothing is written before its metadata, dedupe windows and staged
+    /// messages are complete.
     pub(in crate::messaging) fn write_term(&self) -> Result<WriteTerm> {
         match self.replication.get() {
             None => Ok(WriteTerm::Standalone),
@@ -108,7 +109,7 @@ impl Broker {
     /// The rule for a topic or group change starting now: a replica refuses
     /// it with NOT_MASTER (its tables follow the master's `%META%` records; a
     /// change of its own would diverge from them, a deleted topic would wedge
-    /// its follower), as does a master still taking over.
+    /// its follower), a master still taking over with MASTER_TAKING_OVER.
     pub(in crate::messaging) fn change_term(&self) -> Result<WriteTerm> {
         match (self.log_role(), self.replication.get()) {
             (LogRole::Replica, None) => Err(ReplicationError::NotMaster {

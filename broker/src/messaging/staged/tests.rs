@@ -147,10 +147,12 @@ fn the_scan_keeps_only_delayed_messages_without_a_copy() {
 
 /// A replica feeds every record but releases nothing: fed twice, a delayed
 /// message is due once; entries whose release arrived leave the wheel, the
-/// one still pending stays due.
+/// one still pending stays due; its own calls (a demoted master's release
+/// failing late) change nothing.
 #[test]
 fn a_replica_schedules_a_message_fed_twice_once_and_prunes_released_ones() {
     let (_dir, staged) = staged();
+    staged.follow_log();
     for physical in [100, 200, 100] {
         staged.recover(
             &record(DELAY_TOPIC, physical, &[(DELIVER_AT.name, "50")]),
@@ -159,15 +161,47 @@ fn a_replica_schedules_a_message_fed_twice_once_and_prunes_released_ones() {
     }
     staged.recover(&record("t", 300, &[(ORIGIN_ID.name, &origin(100))]), 0);
     staged.prune_released(60);
-    assert_eq!(staged.delayed_pending(), 1);
+    assert_eq!(staged.take_due(60), [], "a replica releases nothing");
+    assert_eq!(
+        staged.delayed_pending(),
+        0,
+        "nothing for a replica to release"
+    );
+    staged.retry_delayed(position(200), 65);
+    staged.add_delayed(position(400), 65);
+    staged.delivered(200);
     assert_eq!(
         staged.state.lock().wheel.len(),
         1,
         "only 200's entry is left"
     );
     // Promoted: the pending one is released, once.
+    staged.keep_own_writes();
+    assert_eq!(staged.delayed_pending(), 1);
     assert_eq!(staged.take_due(70), [position(200)]);
     assert_eq!(staged.take_due(80), []);
+}
+
+/// A replica resolves no transaction: a claim finds it being resolved (by
+/// the master), and a half added or given back by a demoted master's late
+/// work is not kept, so a commit that arrives through the log ends it.
+#[test]
+fn a_replica_claims_no_transaction_and_keeps_only_what_its_log_says() {
+    let (_dir, staged) = staged();
+    staged.follow_log();
+    staged.recover(&half_record(100), 0);
+    assert!(matches!(staged.claim(position(100)), Claim::Resolving));
+    staged.unclaim(Half::new(position(500), "t", "pg", 0));
+    staged.add_half(Half::new(position(600), "t", "pg", 0));
+    assert_eq!(staged.due_checks(i64::MAX, 1, 3), (vec![], vec![]));
+    staged.recover(&record("t", 300, &[(ORIGIN_ID.name, &origin(100))]), 0);
+    staged.keep_own_writes();
+    assert_eq!(staged.halves_pending(), 0);
+    assert!(matches!(
+        staged.claim(position(100)),
+        Claim::Resolved(Resolution::Commit)
+    ));
+    assert!(matches!(staged.claim(position(500)), Claim::Unknown));
 }
 
 #[test]
