@@ -1,7 +1,7 @@
 //! Topics and groups as the broker manages them: creation, deletion, listing,
 //! auto-creation on first use, and the lookups that refuse unknown names.
 //! In a replicated group only the master changes topics and groups
-//! ([`Broker::change_term`]); [`Broker::acknowledged_change`] answers once the
+//! ([`Broker::write_term`]); [`Broker::acknowledged_change`] answers once the
 //! change's metadata record is acknowledged.
 
 use super::error::{BrokerError, Result};
@@ -44,7 +44,7 @@ impl Broker {
         message_type: MessageType,
     ) -> Result<CreatedTopic> {
         topics::validate_user_topic(name)?;
-        self.change_term()?;
+        self.write_term()?;
         let (topic, created) = self.topics.create(name, queues, message_type)?;
         Ok(CreatedTopic { topic, created })
     }
@@ -61,7 +61,7 @@ impl Broker {
         ack: AckPolicyUpdate,
     ) -> Result<CreatedTopic> {
         topics::validate_user_topic(name)?;
-        self.change_term()?;
+        self.write_term()?;
         let (topic, created) = self
             .topics
             .upsert(name, queues, message_type, settings, ack)?;
@@ -71,7 +71,7 @@ impl Broker {
 
     /// Deletes a topic, its queues and every group's progress on it.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        self.change_term()?;
+        self.write_term()?;
         self.topics.delete(name)?;
         self.refresh_log_retention();
         self.store.delete_topic(name)?;
@@ -113,7 +113,7 @@ impl Broker {
             return Err(BrokerError::TopicNotFound(name.to_string()));
         }
         topics::validate_user_topic(name)?;
-        self.change_term()?;
+        self.write_term()?;
         Ok(self
             .topics
             .create(name, self.config.default_queues, MessageType::Normal)?
@@ -154,7 +154,7 @@ impl Broker {
     pub fn upsert_group(&self, group: GroupConfig) -> Result<bool> {
         // Refusals first, so a refused group leaves no dead-letter topic.
         self.groups.check(&group)?;
-        self.change_term()?;
+        self.write_term()?;
         self.topics
             .create(&group.dead_letter_topic(), 1, MessageType::Normal)?;
         let before = self.groups.get(&group.name);
@@ -165,7 +165,7 @@ impl Broker {
 
     /// Deletes a group, its live subscriptions, members and progress.
     pub fn delete_group(&self, name: &str) -> Result<()> {
-        self.change_term()?;
+        self.write_term()?;
         self.groups.delete(name)?;
         self.subscriptions.lock().retain(|k, _| k.group != name);
         self.forget_claims(name);

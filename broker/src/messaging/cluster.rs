@@ -117,7 +117,7 @@ impl Broker {
         DrainState {
             draining: self.draining.load(Ordering::SeqCst),
             unconsumed: unconsumed + in_flight,
-            staged: (self.staged.delayed_pending() + self.staged.halves_pending()) as u64,
+            staged: self.staged_to_drain() as u64,
         }
     }
 

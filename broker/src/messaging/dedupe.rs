@@ -337,7 +337,8 @@ mod tests {
     }
 
     /// Producers a replica reads in its log count as used in log order, so
-    /// it forgets the same least recently used ones its master did.
+    /// it forgets about the least recently used ones its master did (the
+    /// master also counts sends that stored nothing).
     #[test]
     fn records_from_the_log_count_as_uses() {
         let dir = tempfile::tempdir().unwrap();

@@ -306,18 +306,18 @@ impl Staged {
         }
     }
 
-    /// Takes the delayed messages due by `now`, each once.
+    /// Takes the delayed messages due by `now`, each once, in time order.
     pub fn take_due(&self, now: i64) -> Vec<Position> {
         let Some(mut st) = self.own_writes() else {
             return Vec::new();
         };
-        let mut due = BTreeMap::new();
-        for (_, p) in st.wheel.advance(now.max(0) as u64) {
-            if st.delayed.contains(&p.physical) {
-                due.insert(p.physical, p);
-            }
-        }
-        due.into_values().collect()
+        let mut taken = std::collections::HashSet::new();
+        let fired = st.wheel.advance(now.max(0) as u64);
+        fired
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| st.delayed.contains(&p.physical) && taken.insert(p.physical))
+            .collect()
     }
 
     /// Drops the wheel entries due by `now` whose release is in the log (a
@@ -368,6 +368,13 @@ impl Staged {
     /// Transactions this broker is to resolve (none on a replica).
     pub fn halves_pending(&self) -> usize {
         self.own_writes().map_or(0, |st| st.halves.len())
+    }
+
+    /// Delayed and half messages the log holds unreleased, whoever is to
+    /// release them.
+    pub fn unreleased(&self) -> usize {
+        let st = self.state.lock();
+        st.delayed.len() + st.halves.len()
     }
 
     /// Records a stored half message.

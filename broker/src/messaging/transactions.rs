@@ -48,7 +48,7 @@ impl Broker {
     ) -> Result<()> {
         // A replica resolves nothing (its master does, and the outcome
         // arrives through the log): NOT_MASTER sends the producer there.
-        self.change_term()?;
+        self.write_term()?;
         let not_found = || BrokerError::TransactionNotFound(transaction_id.to_string());
         let id: MessageId = transaction_id.parse().map_err(|_| not_found())?;
         if id.broker_id != self.store.config().broker_id {

@@ -73,6 +73,21 @@ impl Broker {
         Ok(then())
     }
 
+    /// The staged messages a drain waits for: those the log holds
+    /// unreleased, also on a member that does not write its log (a master
+    /// still taking over is drained only once it has them all). While a pass
+    /// runs, or before one completed, a replica cannot tell: at least one.
+    pub(in crate::messaging) fn staged_to_drain(&self) -> usize {
+        let unreleased = self.staged.unreleased();
+        if self.writes_log() {
+            return unreleased;
+        }
+        match self.replicated.derived.try_lock() {
+            Some(derived) if derived.rewrites.is_some() => unreleased,
+            _ => unreleased.max(1),
+        }
+    }
+
     /// Runs `become_replica` and forgets the derived state, with no pass in
     /// between (a demoted master: its state came from its own writes, not
     /// from passes); from then on only passes change it, and the next one
@@ -152,7 +167,8 @@ impl Broker {
                     tracing::error!(error = %e, "deriving from the replicated log failed");
                 }
             }
-            if !wakeups.wait(true, None).await {
+            let replica = self.log_role() == LogRole::Replica;
+            if !wakeups.wait(replica, None).await {
                 return;
             }
         }

@@ -242,7 +242,7 @@ impl Broker {
         topic: Option<&str>,
         change: impl FnOnce(&Broker) -> Result<T>,
     ) -> Result<T> {
-        let WriteTerm::Master(term) = self.change_term()? else {
+        let WriteTerm::Master(term) = self.write_term()? else {
             return change(self);
         };
         let policy_of =

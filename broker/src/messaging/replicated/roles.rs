@@ -1,5 +1,5 @@
-//! Role changes: a replica opens without deriving anything from its log, and
-//! is promoted to master or demoted back to replica when the replication layer
+//! Role changes: a replica opens with nothing derived from its log (its
+//! derive passes start from the oldest record), and is promoted to master or demoted back to replica when the replication layer
 //! changes its role. A promotion applies and derives what the replica had not
 //! yet (the records of its last moments), which can take longer than an
 //! AssignRole call may: it runs as one task of its own per

@@ -84,12 +84,16 @@ impl Broker {
         self.visibility(&self.topics.settings(name))
     }
 
-    /// The rule for a write starting now: NOT_MASTER unless this member may
-    /// write; a master still taking over refuses with MASTER_TAKING_OVER, so
-    /// nothing is written before its metadata, dedupe windows and staged
-    /// messages are complete.
+    /// The rule for a write (a send, a release, a topic or group change)
+    /// starting now: NOT_MASTER unless this member may write (a replica's
+    /// tables follow the master's `%META%` records; a change of its own would
+    /// diverge from them, a deleted topic would wedge its follower); a master
+    /// still taking over refuses with MASTER_TAKING_OVER, so nothing is
+    /// written before its metadata, dedupe windows and staged messages are
+    /// complete.
     pub(in crate::messaging) fn write_term(&self) -> Result<WriteTerm> {
         match self.replication.get() {
+            None if self.log_role() == LogRole::Replica => Err(self.unreplicated_replica()),
             None => Ok(WriteTerm::Standalone),
             Some(r) => {
                 let term = r.term()?;
@@ -106,21 +110,16 @@ impl Broker {
         }
     }
 
-    /// The rule for a topic or group change starting now: a replica refuses
-    /// it with NOT_MASTER (its tables follow the master's `%META%` records; a
-    /// change of its own would diverge from them, a deleted topic would wedge
-    /// its follower), a master still taking over with MASTER_TAKING_OVER.
-    pub(in crate::messaging) fn change_term(&self) -> Result<WriteTerm> {
-        match (self.log_role(), self.replication.get()) {
-            (LogRole::Replica, None) => Err(ReplicationError::NotMaster {
-                group: self.store.config().broker_id,
-                member: 0,
-                cause: NotMasterCause::Replica,
-                master_address: None,
-            }
-            .into()),
-            _ => self.write_term(),
+    /// NOT_MASTER from a replica with no replication layer (one a test
+    /// feeds by hand): it takes no writes either.
+    fn unreplicated_replica(&self) -> BrokerError {
+        ReplicationError::NotMaster {
+            group: self.store.config().broker_id,
+            member: 0,
+            cause: NotMasterCause::Replica,
+            master_address: None,
         }
+        .into()
     }
 
     /// Appends `messages` under `term`.
