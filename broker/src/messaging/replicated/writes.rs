@@ -98,7 +98,8 @@ impl Broker {
             Some(r) => {
                 let term = r.term()?;
                 if self.log_role() != LogRole::Master {
-                    // Stepped down since `term()`: a replica, not taking over.
+                    // Made master but still taking over, or stepped down
+                    // since `term()` (then a replica, not taking over).
                     let cause = match r.master_epoch() {
                         Some(_) => NotMasterCause::Promoting,
                         None => NotMasterCause::Replica,
