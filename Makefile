@@ -1,7 +1,7 @@
 # DduoMQ build and test entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy bins unit e2e-operator e2e-cluster bench-smoke run bench fuzz sim soak
+.PHONY: test fmt-check clippy bins rocketmq-clients unit e2e-operator e2e-cluster bench-smoke run bench fuzz sim soak
 
 test: fmt-check clippy unit e2e-operator e2e-cluster bench-smoke
 
@@ -23,7 +23,12 @@ clippy:
 bins:
 	$(CARGO) build --workspace --bins
 
-unit: bins
+# The official RocketMQ clients the compatibility tests drive (from the
+# package registries, into ~/.cache/dduomq-rocketmq).
+rocketmq-clients:
+	rocketmq-clients/setup
+
+unit: bins rocketmq-clients
 	$(CARGO) test --workspace
 
 # The operator against a real control plane in a network namespace (root).

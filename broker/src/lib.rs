@@ -1,6 +1,7 @@
 //! The DduoMQ broker: the storage engine ([`store`]), the messaging layer
 //! ([`messaging`]), and the gRPC ([`grpc`]) and HTTP ([`http`]) servers. The
-//! `dduomq-broker` binary wires them together.
+//! `dduomq-broker` binary wires them together. [`rocketmq`] serves the Apache
+//! RocketMQ 5 protocol beside our own.
 
 pub mod config;
 pub mod connections;
@@ -10,4 +11,5 @@ pub mod http;
 pub mod messaging;
 pub mod metrics;
 pub mod replication;
+pub mod rocketmq;
 pub mod store;

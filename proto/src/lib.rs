@@ -6,6 +6,16 @@ pub mod v1 {
     tonic::include_proto!("dduomq.v1");
 }
 
+/// The Apache RocketMQ 5 protocol (`apache.rocketmq.v2`), which the broker also
+/// serves so that official RocketMQ 5 clients work against it.
+pub mod rocketmq {
+    /// Version 2 of the RocketMQ gRPC protocol.
+    #[allow(clippy::all, missing_debug_implementations)]
+    pub mod v2 {
+        tonic::include_proto!("apache.rocketmq.v2");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every DduoMQ proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/dduomq_descriptor.bin"));

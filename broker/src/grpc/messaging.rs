@@ -24,7 +24,6 @@ use crate::messaging::{
     AssignedQueue, Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream,
     RouteAnswer, Schedule, SendMessage,
 };
-use crate::store::now_millis;
 use dduomq_proto::Namespace;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
@@ -95,6 +94,7 @@ impl MessagingService for MessagingApi {
                             ns.group("producer_group", &m.producer_group)?,
                         )?,
                         lane: m.lane,
+                        client_message_id: String::new(),
                     })
                 })
                 .collect::<Result<_, BrokerError>>()
@@ -512,10 +512,7 @@ async fn push_loop(
             }
             continue;
         }
-        let idle = wake
-            .map(|at| Duration::from_millis((at - now_millis()).max(1) as u64))
-            .unwrap_or(MAX_IDLE)
-            .min(MAX_IDLE);
+        let idle = LeaseRound::idle(wake, MAX_IDLE);
         tokio::select! {
             _ = &mut notified => {}
             _ = arrivals.changed() => {}

@@ -1,12 +1,13 @@
 //! The gRPC server: `MessagingService`, `AdminService`, `ReplicationService`,
+//! the RocketMQ 5 protocol's `MessagingService` (`crate::rocketmq`),
 //! `grpc.health.v1` and
 //! server reflection (so `grpcurl` works without .proto files).
 
 mod admin;
 pub(crate) mod convert;
 mod messaging;
-mod namespace;
-mod receive_streams;
+pub(crate) mod namespace;
+pub(crate) mod receive_streams;
 mod replication;
 pub mod status;
 
@@ -14,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use dduomq_proto::rocketmq::v2::messaging_service_server::MessagingServiceServer as RocketMqServer;
 use dduomq_proto::v1::admin_service_server::AdminServiceServer;
 use dduomq_proto::v1::messaging_service_server::MessagingServiceServer;
 use dduomq_proto::v1::replication_service_server::ReplicationServiceServer;
@@ -53,13 +55,21 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let config = broker.config().clone();
+    // RocketMQ clients' consumers count under the same limits as our streams.
+    let streams = receive_streams::ReceiveStreams::new(
+        config.max_receive_streams,
+        config.max_receive_streams_per_group,
+        config.max_receive_streams_per_client,
+    );
+    let rocketmq = RocketMqServer::new(crate::rocketmq::RocketMqApi::new(
+        broker.clone(),
+        streams.clone(),
+    ))
+    .max_decoding_message_size(MAX_GRPC_MESSAGE)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE);
     let messaging = MessagingServiceServer::new(messaging::MessagingApi {
         broker: broker.clone(),
-        streams: receive_streams::ReceiveStreams::new(
-            config.max_receive_streams,
-            config.max_receive_streams_per_group,
-            config.max_receive_streams_per_client,
-        ),
+        streams,
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -98,6 +108,7 @@ pub async fn serve(
         .add_service(messaging)
         .add_service(admin)
         .add_service(replication)
+        .add_service(rocketmq)
         .serve_with_incoming_shutdown(
             // Connections over the limit are closed as soon as accepted.
             TcpListenerStream::new(listener).filter_map(move |conn| match conn {

@@ -205,6 +205,16 @@ impl Broker {
         Ok(t)
     }
 
+    /// A topic's message type; the topic must exist.
+    pub fn topic_type(&self, name: &str) -> Result<MessageType> {
+        Ok(self.topics.require(name)?.message_type)
+    }
+
+    /// A group's settings, if it exists.
+    pub fn group_settings(&self, name: &str) -> Option<GroupConfig> {
+        self.groups.get(name)
+    }
+
     /// The group, which must exist.
     pub(super) fn require_group(&self, name: &str) -> Result<GroupConfig> {
         self.groups

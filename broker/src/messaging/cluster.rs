@@ -122,6 +122,28 @@ impl Broker {
     }
 
     /// The epoch of the route table held (0 = standalone).
+    /// The queues of `topic` this broker takes sends for: those the route
+    /// names it the writer of (standalone: all of them).
+    pub fn own_writable_queues(&self, topic: &str) -> Result<Vec<u32>> {
+        let table = self.routes.read();
+        if table.epoch > 0 {
+            let me = self.store.config().broker_id;
+            return table
+                .topics
+                .get(topic)
+                .map(|r| {
+                    r.queues
+                        .iter()
+                        .filter(|q| q.writable && q.broker_id == me)
+                        .map(|q| q.queue_id)
+                        .collect()
+                })
+                .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()));
+        }
+        drop(table);
+        Ok((0..self.topic_for_use(topic)?.queues).collect())
+    }
+
     pub fn route_epoch(&self) -> u64 {
         self.routes.read().epoch
     }

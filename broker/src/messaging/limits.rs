@@ -24,6 +24,8 @@ pub const MAX_CLIENT_ID_LEN: usize = 128;
 pub const MAX_PRODUCER_ID_LEN: usize = 128;
 /// Longest gray-release lane.
 pub const MAX_LANE_LEN: usize = 64;
+/// Longest message id a RocketMQ client may give a message.
+pub const MAX_CLIENT_MESSAGE_ID_LEN: usize = 128;
 /// Longest sharding key.
 pub const MAX_SHARDING_KEY_LEN: usize = 128;
 /// Longest tag.

@@ -70,6 +70,8 @@ pub const DELIVER_AT: Reserved = Reserved::new("__DELIVER_AT");
 pub const PRODUCER_GROUP: Reserved = Reserved::new("__PRODUCER_GROUP");
 /// Released copies and markers: the message id of the staged record.
 pub const ORIGIN_ID: Reserved = Reserved::new("__ORIGIN_ID");
+/// The id a RocketMQ client gave the message.
+pub const CLIENT_MESSAGE_ID: Reserved = Reserved::new("__CLIENT_MESSAGE_ID");
 /// Markers: how the staged record was resolved.
 pub const RESOLUTION: Reserved = Reserved::new("__RESOLUTION");
 /// Dead-lettered copies: where the message came from and how often it was

@@ -81,6 +81,9 @@ pub struct SendMessage {
     pub transaction: Option<String>,
     /// Gray-release lane ("" = base).
     pub lane: String,
+    /// The id a RocketMQ client gave the message ("" for our own clients):
+    /// kept with it, and the id RocketMQ consumers see.
+    pub client_message_id: String,
 }
 
 /// Where a sent message landed (also kept in the idempotent producers' saved
@@ -318,6 +321,15 @@ impl Broker {
         }
         if !m.lane.is_empty() {
             props.push(properties::LANE.with(m.lane));
+        }
+        if !m.client_message_id.is_empty() {
+            limits::check_id(
+                "message_id",
+                &m.client_message_id,
+                limits::MAX_CLIENT_MESSAGE_ID_LEN,
+                false,
+            )?;
+            props.push(properties::CLIENT_MESSAGE_ID.with(m.client_message_id));
         }
         let identity = (!m.producer_id.is_empty()).then_some(ProducerSequence {
             producer_id: m.producer_id,

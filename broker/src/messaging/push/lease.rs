@@ -50,6 +50,17 @@ pub struct LeaseRound {
     pub wake_at: Option<i64>,
 }
 
+impl LeaseRound {
+    /// How long a consumer that got nothing sleeps before its next round:
+    /// until `wake_at`, at most `max` (new messages and acks wake it sooner).
+    pub fn idle(wake_at: Option<i64>, max: std::time::Duration) -> std::time::Duration {
+        wake_at
+            .map(|at| std::time::Duration::from_millis((at - now_millis()).max(1) as u64))
+            .unwrap_or(max)
+            .min(max)
+    }
+}
+
 /// What a lease round is for.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RoundSpec<'a> {

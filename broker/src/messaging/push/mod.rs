@@ -256,6 +256,29 @@ impl Broker {
         }
     }
 
+    /// Dead-letters a leased message now, whatever attempts it has left (a
+    /// client that gave up on it, as RocketMQ push consumers do).
+    pub async fn dead_letter_now(&self, group: &str, topic: &str, handle: &str) -> Result<()> {
+        let h = ReceiptHandle::parse(handle)?;
+        let sub = self.find_subscription(group, topic, &h.member)?;
+        let config = self.require_group(group)?;
+        let last_attempt = GroupConfig {
+            max_delivery_attempts: 1,
+            ..config.clone()
+        };
+        let dead = {
+            let mut st = sub.state.lock();
+            if !st.holds(h.at(), h.delivery_id) {
+                return Err(stale_handle(handle));
+            }
+            self.end_lease(&mut st, &last_attempt, topic, h.at(), now_millis())
+        };
+        sub.notify.notify_waiters();
+        self.dead_letter_all(&sub, &config, dead.into_iter().collect())
+            .await;
+        Ok(())
+    }
+
     /// Moves a lease's end to `now + invisible_ms`; returns the new end.
     pub fn change_invisible(
         &self,
