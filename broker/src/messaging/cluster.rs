@@ -121,7 +121,6 @@ impl Broker {
         }
     }
 
-    /// The epoch of the route table held (0 = standalone).
     /// The queues of `topic` this broker takes sends for: those the route
     /// names it the writer of (standalone: all of them).
     pub fn own_writable_queues(&self, topic: &str) -> Result<Vec<u32>> {
@@ -144,6 +143,7 @@ impl Broker {
         Ok((0..self.topic_for_use(topic)?.queues).collect())
     }
 
+    /// The epoch of the route table held (0 = standalone).
     pub fn route_epoch(&self) -> u64 {
         self.routes.read().epoch
     }

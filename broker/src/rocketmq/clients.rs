@@ -1,13 +1,20 @@
 //! The RocketMQ clients this broker serves. A RocketMQ consumer receives with
 //! one request at a time and holds what it received between requests, so each
 //! (client, group, topic) gets one consumer of the messaging core that lives
-//! as long as the client: until it says it terminates, or its last Telemetry
-//! stream ends (official clients keep one open while they run), or, for a
-//! client that never opened one, until it has not received for
-//! [`IDLE_WITHOUT_TELEMETRY`]. Its leases end then and are redelivered.
+//! as long as the client:
+//!
+//! - NotifyClientTermination closes it, and what it held is redelivered now;
+//! - when the client's last Telemetry stream ends (official clients keep one
+//!   open while they run), or a client that never opened one has not received
+//!   for [`IDLE_WITHOUT_TELEMETRY`], it is detached: what it held stays
+//!   leased to its deadline, so a client that reconnects can still ack it.
+//!
+//! Leases of receives that asked for `auto_renew` (push consumers) are renewed
+//! every [`REAP_EVERY`] while the client is connected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -21,8 +28,10 @@ use crate::messaging::{Broker, ReceiveStream};
 /// How long a consumer of a client without a Telemetry stream stays after its
 /// last receive.
 const IDLE_WITHOUT_TELEMETRY: Duration = Duration::from_secs(120);
-/// How often idle consumers are looked for.
+/// How often idle consumers are looked for and auto-renewed leases renewed.
 const REAP_EVERY: Duration = Duration::from_secs(10);
+/// Receives one consumer may have waiting at once.
+pub const MAX_CONCURRENT_RECEIVES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SessionKey {
@@ -37,8 +46,54 @@ pub struct Session {
     pub stream: ReceiveStream,
     filter: FilterSpec,
     last_used: Mutex<Instant>,
+    /// Set when the consumer is closed or detached: receives under way stop.
+    closed: AtomicBool,
+    /// Its receives asked for their leases to be renewed.
+    auto_renew: AtomicBool,
+    receiving: AtomicUsize,
     /// Its place under the broker's limits on consumer streams.
     _slot: StreamSlot,
+}
+
+impl Session {
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the session as renewing its leases while the client is connected.
+    pub fn renew_leases(&self) {
+        self.auto_renew.store(true, Ordering::Relaxed);
+    }
+
+    /// A place for one more waiting receive; `None` past
+    /// [`MAX_CONCURRENT_RECEIVES`].
+    pub fn begin_receive(self: &Arc<Self>) -> Option<ReceiveSlot> {
+        if self.receiving.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_RECEIVES {
+            self.receiving.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ReceiveSlot(self.clone()))
+    }
+}
+
+/// One receive's place under [`MAX_CONCURRENT_RECEIVES`], held while it waits.
+#[derive(Debug)]
+pub struct ReceiveSlot(Arc<Session>);
+
+impl Drop for ReceiveSlot {
+    fn drop(&mut self) {
+        self.0.receiving.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How a client's consumer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// The client said it terminates: what it held is redelivered now.
+    Terminated,
+    /// The client went away or stopped receiving: what it held stays leased
+    /// to its deadline.
+    Gone,
 }
 
 /// Every RocketMQ client's consumers and Telemetry streams.
@@ -58,8 +113,9 @@ impl Clients {
         })
     }
 
-    /// The consumer of `client_id` on `group` and `topic`, opened on first use;
-    /// one opened with another filter is closed and replaced.
+    /// The consumer of `client_id` on `group` and `topic`, opened on first use
+    /// (concurrent first receives share one); one opened with another filter
+    /// is closed and replaced.
     pub async fn consumer(
         &self,
         broker: &Broker,
@@ -73,58 +129,67 @@ impl Clients {
             group: group.to_string(),
             topic: topic.to_string(),
         };
-        let replaced = {
+        let (session, replaced) = {
             let mut sessions = self.sessions.lock();
             match sessions.get(&key) {
                 Some(s) if s.filter == filter => {
                     *s.last_used.lock() = Instant::now();
                     return Ok(s.clone());
                 }
-                Some(_) => sessions.remove(&key),
-                None => None,
+                _ => {}
             }
+            let replaced = sessions.remove(&key);
+            let opened = self.open(broker, &key, filter);
+            if let Ok(s) = &opened {
+                sessions.insert(key, s.clone());
+            }
+            (opened, replaced)
         };
         if let Some(old) = replaced {
-            close(broker, &old).await;
+            end(broker, &old, Leaving::Terminated).await;
         }
-        let slot = self.streams.open(group, client_id)?;
+        session
+    }
+
+    fn open(&self, broker: &Broker, key: &SessionKey, filter: FilterSpec) -> Result<Arc<Session>> {
+        let slot = self.streams.open(&key.group, &key.client_id)?;
         let stream = broker.open_receive(
-            group,
-            topic,
-            client_id,
+            &key.group,
+            &key.topic,
+            &key.client_id,
             ConsumeMode::Clustering,
             &filter,
             String::new(),
         )?;
-        let session = Arc::new(Session {
+        Ok(Arc::new(Session {
             stream,
             filter,
             last_used: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
+            auto_renew: AtomicBool::new(false),
+            receiving: AtomicUsize::new(0),
             _slot: slot,
-        });
-        let raced = self.sessions.lock().insert(key, session.clone());
-        if let Some(other) = raced {
-            close(broker, &other).await;
-        }
-        Ok(session)
+        }))
     }
 
-    /// Closes every consumer of `client_id`.
-    pub async fn close_client(&self, broker: &Broker, client_id: &str) {
-        let gone: Vec<_> = {
-            let mut sessions = self.sessions.lock();
-            let keys: Vec<_> = sessions
-                .keys()
-                .filter(|k| k.client_id == client_id)
-                .cloned()
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| sessions.remove(&k))
-                .collect()
-        };
+    /// Ends every consumer of `client_id`.
+    pub async fn close_client(&self, broker: &Broker, client_id: &str, leaving: Leaving) {
+        let gone = self.remove(|k, _| k.client_id == client_id);
         for s in gone {
-            close(broker, &s).await;
+            end(broker, &s, leaving).await;
         }
+    }
+
+    fn remove(&self, pick: impl Fn(&SessionKey, &Session) -> bool) -> Vec<Arc<Session>> {
+        let mut sessions = self.sessions.lock();
+        let keys: Vec<_> = sessions
+            .iter()
+            .filter(|(k, s)| pick(k, s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| sessions.remove(&k))
+            .collect()
     }
 
     pub fn telemetry_opened(&self, client_id: &str) {
@@ -149,39 +214,53 @@ impl Clients {
         false
     }
 
-    /// Closes, every [`REAP_EVERY`] until the broker shuts down, the consumers
-    /// of clients without a Telemetry stream that stopped receiving.
-    pub async fn reap_idle(self: Arc<Self>, broker: Arc<Broker>) {
+    /// Every [`REAP_EVERY`] until the broker shuts down: renews the leases of
+    /// connected clients that asked for it, and detaches the consumers of
+    /// clients without a Telemetry stream that stopped receiving.
+    pub async fn maintain(self: Arc<Self>, broker: Arc<Broker>) {
         let mut stop = broker.shutdown_signal();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(REAP_EVERY) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let idle: Vec<_> = {
+            let renewing: Vec<Arc<Session>> = {
                 let live = self.telemetry.lock();
-                let mut sessions = self.sessions.lock();
-                let keys: Vec<_> = sessions
+                self.sessions
+                    .lock()
                     .iter()
                     .filter(|(k, s)| {
-                        !live.contains_key(&k.client_id)
-                            && s.last_used.lock().elapsed() > IDLE_WITHOUT_TELEMETRY
+                        live.contains_key(&k.client_id) && s.auto_renew.load(Ordering::Relaxed)
                     })
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|k| sessions.remove(&k))
+                    .map(|(_, s)| s.clone())
                     .collect()
             };
+            let invisible = broker.config().default_invisible_duration;
+            for s in renewing {
+                broker.renew_leases(&s.stream.subscription, s.stream.consumer, invisible);
+            }
+            let idle = {
+                let live = self.telemetry.lock();
+                self.remove(|k, s| {
+                    !live.contains_key(&k.client_id)
+                        && s.last_used.lock().elapsed() > IDLE_WITHOUT_TELEMETRY
+                })
+            };
             for s in idle {
-                close(&broker, &s).await;
+                end(&broker, &s, Leaving::Gone).await;
             }
         }
     }
 }
 
-async fn close(broker: &Broker, s: &Session) {
-    broker
-        .close_receive(&s.stream.subscription, s.stream.consumer)
-        .await;
+async fn end(broker: &Broker, s: &Session, leaving: Leaving) {
+    s.closed.store(true, Ordering::Release);
+    match leaving {
+        Leaving::Terminated => {
+            broker
+                .close_receive(&s.stream.subscription, s.stream.consumer)
+                .await
+        }
+        Leaving::Gone => broker.detach_receive(&s.stream.subscription, s.stream.consumer),
+    }
 }

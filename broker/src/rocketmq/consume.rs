@@ -9,6 +9,7 @@ use dduomq_proto::rocketmq::v2 as rmq;
 use tokio::time::Instant;
 
 use super::RocketMqApi;
+use super::clients::MAX_CONCURRENT_RECEIVES;
 use super::message::{self, duration_millis};
 use super::names::Scope;
 use super::status::{self, Refusal, ok, refusal};
@@ -16,8 +17,11 @@ use crate::filter::{FilterKind, FilterSpec};
 use crate::messaging::error::BrokerError;
 use crate::messaging::{LeaseRound, ReceiveLimits, limits};
 
-/// Most messages one receive returns, whatever the client asks for.
-const MAX_RECEIVE_BATCH: usize = 256;
+/// Most messages one receive returns, whatever the client asks for (with the
+/// record limit, this bounds what one answer holds in memory).
+const MAX_RECEIVE_BATCH: usize = 32;
+/// Most entries one AckMessage may carry.
+const MAX_ACK_ENTRIES: usize = 1024;
 /// Long polling when the client names no timeout, and the longest allowed.
 const DEFAULT_LONG_POLLING: Duration = Duration::from_secs(20);
 const MAX_LONG_POLLING: Duration = Duration::from_secs(60);
@@ -99,6 +103,17 @@ impl RocketMqApi {
             .clients
             .consumer(&self.broker, &client_id, &group, &topic, filter)
             .await?;
+        let Some(_waiting) = session.begin_receive() else {
+            return Err(Refusal::Coded(
+                rmq::Code::TooManyRequests,
+                format!(
+                    "at most {MAX_CONCURRENT_RECEIVES} receives of one client on one group and topic may wait at once"
+                ),
+            ));
+        };
+        if r.auto_renew {
+            session.renew_leases();
+        }
         let limits = ReceiveLimits {
             max_messages: MAX_HELD_MESSAGES,
             max_bytes: MAX_HELD_BYTES,
@@ -120,7 +135,7 @@ impl RocketMqApi {
                 .broker
                 .lease(sub, session.stream.consumer, limits, batch)
                 .await?;
-            if !deliveries.is_empty() || Instant::now() >= deadline {
+            if !deliveries.is_empty() || Instant::now() >= deadline || session.is_closed() {
                 break deliveries;
             }
             let idle = LeaseRound::idle(wake_at, MAX_IDLE);
@@ -135,12 +150,20 @@ impl RocketMqApi {
         let message_type = self.broker.topic_type(&topic)?;
         let host = self.broker.config().advertised_address();
         let max_body = self.max_body();
-        deliveries
+        // One message the door cannot show (a stored body that does not
+        // inflate) is left leased, to be redelivered and in the end
+        // dead-lettered; the others are answered.
+        Ok(deliveries
             .into_iter()
-            .map(|d| {
-                message::to_rmq(scope, d, message_type, &host, max_body).map_err(Refusal::from)
+            .filter_map(|d| {
+                let id = d.message_id.clone();
+                message::to_rmq(scope, d, message_type, &host, max_body)
+                    .inspect_err(|e| {
+                        tracing::warn!(message_id = id, error = %e, "not delivered to a RocketMQ client")
+                    })
+                    .ok()
             })
-            .collect()
+            .collect())
     }
 
     /// Acks each entry; one status per entry, and OK overall only when all were.
@@ -161,6 +184,18 @@ impl RocketMqApi {
                 };
             }
         };
+        if r.entries.len() > MAX_ACK_ENTRIES {
+            return rmq::AckMessageResponse {
+                status: status::status(
+                    rmq::Code::BadRequest,
+                    format!(
+                        "{} entries; one AckMessage takes at most {MAX_ACK_ENTRIES}",
+                        r.entries.len()
+                    ),
+                ),
+                entries: Vec::new(),
+            };
+        }
         let handles: Vec<String> = r.entries.iter().map(|e| e.receipt_handle.clone()).collect();
         let results = self.broker.ack(&group, &topic, &handles);
         let mut all_ok = true;

@@ -30,12 +30,15 @@ use crate::grpc::receive_streams::ReceiveStreams;
 use crate::messaging::Broker;
 use crate::messaging::error::BrokerError;
 use crate::messaging::staged::Resolution;
-use clients::Clients;
+use clients::{Clients, Leaving};
 use names::Scope;
 use status::{Refusal, ok, refusal};
 
 /// Most messages one SendMessage may carry.
 const MAX_SEND_BATCH: usize = 1024;
+/// Most body bytes one SendMessage may carry once GZIP bodies are inflated
+/// (the largest gRPC message the broker reads).
+const MAX_SEND_BYTES: usize = 64 << 20;
 
 /// The RocketMQ face of the messaging layer.
 #[derive(Debug, Clone)]
@@ -47,11 +50,11 @@ pub struct RocketMqApi {
 }
 
 impl RocketMqApi {
-    /// The door, and the task that closes idle clients' consumers (it ends at
-    /// the broker's shutdown). Its consumers count under `streams`' limits.
+    /// The door, and the task that renews and reaps its clients' consumers
+    /// (it ends at the broker's shutdown). Its consumers count under `streams`' limits.
     pub fn new(broker: Arc<Broker>, streams: Arc<ReceiveStreams>) -> RocketMqApi {
         let clients = Clients::new(streams);
-        tokio::spawn(clients.clone().reap_idle(broker.clone()));
+        tokio::spawn(clients.clone().maintain(broker.clone()));
         RocketMqApi {
             broker,
             clients,
@@ -74,6 +77,7 @@ impl RocketMqApi {
         }
         let max_body = self.max_body();
         let mut sends = Vec::with_capacity(r.messages.len());
+        let mut inflated = 0;
         for m in r.messages {
             let topic = scope.topic(m.topic.as_ref())?;
             let group = m
@@ -82,7 +86,15 @@ impl RocketMqApi {
                 .and_then(|s| s.message_group.as_deref())
                 .unwrap_or_default();
             let queue_id = self.queue_for(&topic, group)?;
-            sends.push(message::to_send(m, topic, queue_id, max_body)?);
+            let send = message::to_send(m, topic, queue_id, max_body)?;
+            inflated += send.body.len();
+            if inflated > MAX_SEND_BYTES {
+                return Err(BrokerError::invalid(
+                    "messages",
+                    format!("bodies of more than {MAX_SEND_BYTES} bytes in one request"),
+                ));
+            }
+            sends.push(send);
         }
         let ids: Vec<String> = sends.iter().map(|s| s.client_message_id.clone()).collect();
         let receipts = self.broker.send(sends).await?;
@@ -452,7 +464,7 @@ impl MessagingService for RocketMqApi {
             let status = match scope_of(&req) {
                 Ok(scope) if !scope.client_id.is_empty() => {
                     self.clients
-                        .close_client(&self.broker, &scope.client_id)
+                        .close_client(&self.broker, &scope.client_id, Leaving::Terminated)
                         .await;
                     ok()
                 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::RocketMqApi;
+use super::clients::Leaving;
 use super::message::{self, duration_ms, transaction_group};
 use super::names::Scope;
 use super::status::{ok, refusal};
@@ -25,7 +26,10 @@ use crate::store::MessageType;
 const RECEIVE_BATCH: i32 = 32;
 /// Long polling a push consumer is told to use.
 const LONG_POLLING_MS: u64 = 20_000;
-/// Topics one producer's settings may name.
+/// Attempts of a send, for a producer that names none.
+const PRODUCER_ATTEMPTS: i32 = 3;
+/// Topics one producer's settings may name, and transaction topics one
+/// Telemetry stream checks.
 const MAX_PUBLISHED_TOPICS: usize = 64;
 
 pub type Outbound = mpsc::Sender<Result<rmq::TelemetryCommand, Status>>;
@@ -64,15 +68,18 @@ impl RocketMqApi {
                     command: None,
                 },
             };
-            if tx.send(Ok(reply)).await.is_err() {
-                break;
+            tokio::select! {
+                sent = tx.send(Ok(reply)) => if sent.is_err() { break },
+                _ = stop.wait_for(|s| *s) => break,
             }
         }
         for (group, id) in checkers {
             self.broker.remove_checker(&group, id);
         }
         if self.clients.telemetry_closed(&client_id) {
-            self.clients.close_client(&self.broker, &client_id).await;
+            self.clients
+                .close_client(&self.broker, &client_id, Leaving::Gone)
+                .await;
         }
     }
 
@@ -107,8 +114,23 @@ impl RocketMqApi {
                 )?;
                 for topic in &p.topics {
                     let stored = scope.topic(Some(topic))?;
-                    self.check_transactions(&scope, &stored, checkers, tx);
+                    if self.broker.topic_type(&stored).ok() == Some(MessageType::Transaction) {
+                        self.check_transactions(&scope, &stored, checkers, tx);
+                    }
                 }
+                // Every client reads a retry policy from the reply (the
+                // Node.js one fails without one): the producer's own, or
+                // exponential from 10 ms to 1 s.
+                reply.backoff_policy = reply.backoff_policy.or(Some(rmq::RetryPolicy {
+                    max_attempts: PRODUCER_ATTEMPTS,
+                    strategy: Some(rmq::retry_policy::Strategy::ExponentialBackoff(
+                        rmq::ExponentialBackoff {
+                            initial: Some(duration_ms(10)),
+                            max: Some(duration_ms(1000)),
+                            multiplier: 2.0,
+                        },
+                    )),
+                }));
                 reply.pub_sub = Some(rmq::settings::PubSub::Publishing(rmq::Publishing {
                     topics: p.topics,
                     max_body_size: self.max_body() as i32,
@@ -164,7 +186,7 @@ impl RocketMqApi {
         tx: &Outbound,
     ) {
         let group = transaction_group(topic);
-        if checkers.iter().any(|(g, _)| *g == group) {
+        if checkers.len() >= MAX_PUBLISHED_TOPICS || checkers.iter().any(|(g, _)| *g == group) {
             return;
         }
         let Ok((id, checks)) = self.broker.add_checker(&group, &scope.client_id) else {
@@ -191,6 +213,7 @@ async fn forward_checks(
     max_body: usize,
 ) {
     let host = broker.config().advertised_address();
+    let mut stop = broker.shutdown_signal();
     while let Some(check) = checks.recv().await {
         let command = match message::to_rmq(
             &scope,
@@ -213,8 +236,9 @@ async fn forward_checks(
                 continue;
             }
         };
-        if tx.send(Ok(command)).await.is_err() {
-            return;
+        tokio::select! {
+            sent = tx.send(Ok(command)) => if sent.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct Lease {
     /// The consumer stream holding it.
     pub consumer: u64,
     pub bytes: u64,
+    /// The consumer set its end (ChangeInvisibleDuration, which RocketMQ
+    /// clients also nack with): when it runs out, the message is due at
+    /// once, not after the group's backoff on top.
+    pub extended: bool,
 }
 
 /// What happened to a lease that ended without an ack.
@@ -243,8 +247,24 @@ impl QueueCursor {
     pub fn extend(&mut self, offset: u64, delivery_id: u64, deadline: i64) -> Option<Lease> {
         let mut lease = *self.lease_of(offset, delivery_id)?;
         lease.deadline = deadline;
+        lease.extended = true;
         self.insert_lease(offset, lease);
         Some(lease)
+    }
+
+    /// Moves the end of every lease `consumer` holds to `deadline` (leases a
+    /// client asked the broker to renew while it holds them).
+    pub fn renew(&mut self, consumer: u64, deadline: i64) {
+        let held: Vec<(u64, Lease)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.consumer == consumer && l.deadline < deadline)
+            .map(|(o, l)| (*o, *l))
+            .collect();
+        for (offset, mut lease) in held {
+            lease.deadline = deadline;
+            self.insert_lease(offset, lease);
+        }
     }
 
     /// Ends a lease without an ack (nack, expiry, consumer gone): schedules a retry
@@ -262,7 +282,11 @@ impl QueueCursor {
         if attempts >= max_attempts {
             return Some((lease, Released::DeadLetter { offset, attempts }));
         }
-        let at = now + backoff_ms(attempts);
+        let at = if lease.extended && lease.deadline <= now {
+            now // ran out at the time the consumer chose
+        } else {
+            now + backoff_ms(attempts)
+        };
         self.retry.insert((at, offset));
         Some((lease, Released::Retry { offset, at }))
     }
@@ -344,6 +368,7 @@ mod tests {
             deadline: 1000,
             consumer: 1,
             bytes: 10,
+            extended: false,
         }
     }
 
@@ -363,6 +388,51 @@ mod tests {
         assert!(c.ack(2, 102).is_some());
         assert_eq!(c.committed(), 3);
         assert_eq!(c.candidate(0, 3, false, &|_, _| false), None);
+    }
+
+    #[test]
+    fn a_lease_the_consumer_timed_is_due_when_it_runs_out_and_renewals_move_only_its_own() {
+        let backoff = |_| 1000;
+        let mut c = QueueCursor::new(0);
+        c.candidate(0, 2, false, &|_, _| false);
+        c.lease(0, lease(1));
+        c.candidate(0, 2, false, &|_, _| false);
+        c.lease(
+            1,
+            Lease {
+                consumer: 2,
+                deadline: 5000,
+                ..lease(2)
+            },
+        );
+        // Extended to 1500, it runs out then: due at once, no backoff on top.
+        assert!(c.extend(0, 1, 1500).is_some());
+        assert_eq!(c.expired(1500), vec![0]);
+        let (_, r) = c.release(0, 1500, 5, backoff).unwrap();
+        assert_eq!(
+            r,
+            Released::Retry {
+                offset: 0,
+                at: 1500
+            }
+        );
+        // Nacked before it runs out: the backoff applies.
+        c.candidate(1500, 2, false, &|_, _| false);
+        c.lease(0, lease(3));
+        assert!(c.extend(0, 3, 5000).is_some());
+        let (_, r) = c.release(0, 2000, 5, backoff).unwrap();
+        assert_eq!(
+            r,
+            Released::Retry {
+                offset: 0,
+                at: 3000
+            }
+        );
+        // Renewal moves consumer 2's lease only, and never backwards.
+        c.renew(2, 9000);
+        assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9000);
+        c.renew(2, 10);
+        assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9000);
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl Broker {
 
     /// Dead-letters one message (or drops it, when the group does not
     /// dead-letter) and marks it done.
-    async fn dead_letter(
+    pub(super) async fn dead_letter(
         &self,
         sub: &Subscription,
         group: &GroupConfig,

@@ -147,7 +147,10 @@ impl SubState {
                 self.refund(&lease);
             }
             while out.len() < spec.max && passed.len() < MAX_PASSES {
-                let usage = self.usage.get(&spec.consumer).copied().unwrap_or_default();
+                // A consumer closed while its round was on the way leases nothing.
+                let Some(usage) = self.usage.get(&spec.consumer).copied() else {
+                    break 'queues;
+                };
                 if usage.messages >= spec.limits.max_messages {
                     capped = true;
                     break 'queues;
@@ -200,6 +203,7 @@ impl SubState {
                     deadline: spec.now + spec.limits.invisible.as_millis() as i64,
                     consumer: spec.consumer,
                     bytes,
+                    extended: false,
                 };
                 let attempt = cursor.lease(offset, lease);
                 self.charge(&lease);

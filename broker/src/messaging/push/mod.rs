@@ -48,6 +48,15 @@ pub enum NackOutcome {
     DeadLettered,
 }
 
+/// A lease ended by its receipt handle.
+struct EndedLease {
+    sub: Arc<Subscription>,
+    config: GroupConfig,
+    at: QueueOffset,
+    /// Set when the message is to be dead-lettered.
+    dead: Option<QueueOffset>,
+}
+
 impl Broker {
     /// The subscription a consumer of `group` joins: one per group and topic,
     /// and per member for broadcast groups.
@@ -147,6 +156,20 @@ impl Broker {
         self.dead_letter_all(sub, &group, dead).await;
     }
 
+    /// Unregisters a consumer stream but leaves its leases to their
+    /// deadlines: its client may come back and ack what it holds.
+    pub fn detach_receive(&self, sub: &Subscription, consumer: u64) {
+        sub.state.lock().detach_consumer(consumer);
+        sub.notify.notify_waiters();
+    }
+
+    /// Moves the end of every lease `consumer` holds to `now + invisible`
+    /// (a client that asked the broker to renew what it holds).
+    pub fn renew_leases(&self, sub: &Subscription, consumer: u64, invisible: Duration) {
+        let deadline = now_millis() + invisible.as_millis() as i64;
+        sub.state.lock().renew(consumer, deadline);
+    }
+
     /// Ends a lease without an ack (counting the retry); returns the offset
     /// when the message has used up its attempts and is to be dead-lettered.
     fn end_lease(
@@ -230,53 +253,74 @@ impl Broker {
     /// Nacks a leased message: redelivered after the group's backoff, or
     /// dead-lettered.
     pub async fn nack(&self, group: &str, topic: &str, handle: &str) -> Result<NackOutcome> {
-        let h = ReceiptHandle::parse(handle)?;
-        let sub = self.find_subscription(group, topic, &h.member)?;
-        let config = self.require_group(group)?;
+        let ended = self.end_leased(group, topic, handle, None)?;
         let now = now_millis();
-        let dead = {
-            let mut st = sub.state.lock();
-            if !st.holds(h.at(), h.delivery_id) {
-                return Err(stale_handle(handle));
-            }
-            self.end_lease(&mut st, &config, topic, h.at(), now)
-        };
-        sub.notify.notify_waiters();
-        match dead {
+        match ended.dead {
             Some(job) => {
-                self.dead_letter_all(&sub, &config, vec![job]).await;
+                self.dead_letter_all(&ended.sub, &ended.config, vec![job])
+                    .await;
                 Ok(NackOutcome::DeadLettered)
             }
             None => {
-                let attempts = sub.state.lock().attempts(h.at()).unwrap_or(1);
+                let attempts = ended.sub.state.lock().attempts(ended.at).unwrap_or(1);
                 Ok(NackOutcome::Redeliver {
-                    at: now + config.backoff(attempts).as_millis() as i64,
+                    at: now + ended.config.backoff(attempts).as_millis() as i64,
                 })
             }
         }
     }
 
     /// Dead-letters a leased message now, whatever attempts it has left (a
-    /// client that gave up on it, as RocketMQ push consumers do).
+    /// client that gave up on it, as RocketMQ push consumers do). Refused on
+    /// a member that does not write its log, and when the copy could not be
+    /// written (the message is then delivered again).
     pub async fn dead_letter_now(&self, group: &str, topic: &str, handle: &str) -> Result<()> {
+        self.write_term()?;
+        let ended = self.end_leased(group, topic, handle, Some(1))?;
+        if let Some(at) = ended.dead {
+            let written = self.dead_letter(&ended.sub, &ended.config, at).await;
+            if written.is_err() {
+                let later = now_millis() + ended.config.backoff(1).as_millis() as i64;
+                ended.sub.state.lock().retry_at(at, later);
+            }
+            written?;
+        }
+        Ok(())
+    }
+
+    /// Ends the lease a receipt handle names, as a nack does; with
+    /// `max_attempts`, as if the group allowed that many deliveries.
+    fn end_leased(
+        &self,
+        group: &str,
+        topic: &str,
+        handle: &str,
+        max_attempts: Option<u32>,
+    ) -> Result<EndedLease> {
         let h = ReceiptHandle::parse(handle)?;
         let sub = self.find_subscription(group, topic, &h.member)?;
         let config = self.require_group(group)?;
-        let last_attempt = GroupConfig {
-            max_delivery_attempts: 1,
-            ..config.clone()
+        let rules = match max_attempts {
+            Some(max) => GroupConfig {
+                max_delivery_attempts: max,
+                ..config.clone()
+            },
+            None => config.clone(),
         };
         let dead = {
             let mut st = sub.state.lock();
             if !st.holds(h.at(), h.delivery_id) {
                 return Err(stale_handle(handle));
             }
-            self.end_lease(&mut st, &last_attempt, topic, h.at(), now_millis())
+            self.end_lease(&mut st, &rules, topic, h.at(), now_millis())
         };
         sub.notify.notify_waiters();
-        self.dead_letter_all(&sub, &config, dead.into_iter().collect())
-            .await;
-        Ok(())
+        Ok(EndedLease {
+            sub,
+            config,
+            at: h.at(),
+            dead,
+        })
     }
 
     /// Moves a lease's end to `now + invisible_ms`; returns the new end.

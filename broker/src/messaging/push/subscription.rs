@@ -123,6 +123,20 @@ impl SubState {
             .collect()
     }
 
+    /// Unregisters a consumer stream but leaves its leases to their deadlines
+    /// (a client that lost its connection may still ack what it holds).
+    pub fn detach_consumer(&mut self, consumer: u64) {
+        self.usage.remove(&consumer);
+        Arc::make_mut(&mut self.lanes).remove(&consumer);
+    }
+
+    /// Moves the end of every lease of `consumer` to `deadline`.
+    pub fn renew(&mut self, consumer: u64, deadline: i64) {
+        for cursor in self.cursors.values_mut() {
+            cursor.renew(consumer, deadline);
+        }
+    }
+
     /// Leases that ran out by `now`.
     pub fn expired(&self, now: i64) -> Vec<QueueOffset> {
         self.cursors
@@ -271,6 +285,7 @@ mod tests {
             deadline: 0,
             consumer,
             bytes,
+            extended: false,
         }
     }
 
