@@ -12,6 +12,7 @@ LOADGEN_TARGET = CARGO_TARGET_DIR=$$HOME/.cache/dduomq-bench-target
 fmt-check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt $(LOADGEN) -- --check
+	$(CARGO) fmt --manifest-path rocketmq-clients/rust/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,7 +1,7 @@
 //! Test support shared by the SDK and CLI tests, the operator e2e and the cluster
 //! e2e: real broker processes, one way of waiting for a condition, and (for the
 //! cluster scenarios) a ledger of sends and deliveries, a steady load and a
-//! report of timings.
+//! report of timings; the official RocketMQ clients' scenario programs.
 
 mod broker;
 mod eventually;
@@ -9,6 +9,7 @@ mod fs;
 mod ledger;
 mod load;
 mod report;
+pub mod rocketmq;
 
 pub use broker::{Broker, Options, create_topics, free_port, http_get, sibling_binary, stored};
 pub use eventually::{eventually, eventually_every};

@@ -21,8 +21,8 @@ use crate::messaging::membership::MemberKind;
 use crate::messaging::push::subscription::Subscription;
 use crate::messaging::staged::{Resolution, TransactionCheck};
 use crate::messaging::{
-    AssignedQueue, Broker, LeaseRound, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream,
-    RouteAnswer, Schedule, SendMessage,
+    AssignedQueue, Broker, LeaseEnd, LeaseRound, NackOutcome, PullSpec, ReceiveLimits,
+    ReceiveStream, RouteAnswer, Schedule, SendMessage,
 };
 use dduomq_proto::Namespace;
 
@@ -226,6 +226,7 @@ impl MessagingService for MessagingApi {
                         &r.topic,
                         &r.receipt_handle,
                         r.invisible_duration_ms.into(),
+                        LeaseEnd::Backoff,
                     )
                     .map_err(|e| ns.refusal(e))?;
                 Ok(Response::new(pb::ChangeInvisibleDurationResponse {

@@ -55,7 +55,7 @@ pub use delivery::Delivery;
 pub use membership::AssignedQueue;
 pub use progress::{GroupDescription, GroupMember, QueueProgress, ResetTarget};
 pub use pull::{Assignment, GroupOffset, PullSpec, Pulled};
-pub use push::{LeaseRound, NackOutcome, ReceiveLimits, ReceiveStream};
+pub use push::{LeaseEnd, LeaseRound, NackOutcome, ReceiveLimits, ReceiveStream};
 pub use replicated::{AppliedMetadata, LogRole};
 pub use send::{Schedule, SendMessage, SendReceipt};
 

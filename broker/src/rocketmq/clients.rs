@@ -4,13 +4,15 @@
 //! as long as the client:
 //!
 //! - NotifyClientTermination closes it, and what it held is redelivered now;
-//! - when the client's last Telemetry stream ends (official clients keep one
-//!   open while they run), or a client that never opened one has not received
-//!   for [`IDLE_WITHOUT_TELEMETRY`], it is detached: what it held stays
-//!   leased to its deadline, so a client that reconnects can still ack it.
+//! - once it has not received for [`IDLE_WITHOUT_TELEMETRY`] while its client
+//!   has no Telemetry stream open (official clients keep one open while they
+//!   run, and open another when it breaks), or for [`IDLE`] in any case, it
+//!   is detached: what it held stays leased to its deadline. A client that
+//!   reconnects before finds its consumer, and its leases, as they were.
 //!
 //! Leases of receives that asked for `auto_renew` (push consumers) are renewed
-//! every [`REAP_EVERY`] while the client is connected.
+//! while the client has a Telemetry stream open (see `LeaseEnd` for those
+//! that are not).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,8 +30,11 @@ use crate::messaging::{Broker, ReceiveStream};
 /// How long a consumer of a client without a Telemetry stream stays after its
 /// last receive.
 const IDLE_WITHOUT_TELEMETRY: Duration = Duration::from_secs(120);
-/// How often idle consumers are looked for and auto-renewed leases renewed.
-const REAP_EVERY: Duration = Duration::from_secs(10);
+/// How long any consumer stays after its last receive.
+const IDLE: Duration = Duration::from_secs(600);
+/// How often leases are renewed (at most; a third of the lease when that is
+/// shorter) and idle consumers looked for.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
 /// Receives one consumer may have waiting at once.
 pub const MAX_CONCURRENT_RECEIVES: usize = 16;
 
@@ -138,7 +143,13 @@ impl Clients {
                 }
                 _ => {}
             }
+            // Another filter: the old consumer leaves its group's
+            // subscription before the new one joins it, then (below) what it
+            // held is redelivered.
             let replaced = sessions.remove(&key);
+            if let Some(old) = &replaced {
+                detach(broker, old);
+            }
             let opened = self.open(broker, &key, filter);
             if let Ok(s) = &opened {
                 sessions.insert(key, s.clone());
@@ -200,28 +211,28 @@ impl Clients {
             .or_default() += 1;
     }
 
-    /// Records a Telemetry stream's end; true when it was the client's last.
-    pub fn telemetry_closed(&self, client_id: &str) -> bool {
+    /// Records a Telemetry stream's end.
+    pub fn telemetry_closed(&self, client_id: &str) {
         let mut open = self.telemetry.lock();
-        let Some(n) = open.get_mut(client_id) else {
-            return true;
-        };
-        *n -= 1;
-        if *n == 0 {
-            open.remove(client_id);
-            return true;
+        if let Some(n) = open.get_mut(client_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(client_id);
+            }
         }
-        false
     }
 
-    /// Every [`REAP_EVERY`] until the broker shuts down: renews the leases of
-    /// connected clients that asked for it, and detaches the consumers of
-    /// clients without a Telemetry stream that stopped receiving.
+    /// Until the broker shuts down: renews the leases of connected clients
+    /// that asked for it, and detaches idle consumers.
     pub async fn maintain(self: Arc<Self>, broker: Arc<Broker>) {
         let mut stop = broker.shutdown_signal();
+        let invisible = broker.config().default_invisible_duration;
+        let every = MAINTAIN_EVERY
+            .min(invisible / 3)
+            .max(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(REAP_EVERY) => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             let renewing: Vec<Arc<Session>> = {
@@ -235,15 +246,15 @@ impl Clients {
                     .map(|(_, s)| s.clone())
                     .collect()
             };
-            let invisible = broker.config().default_invisible_duration;
             for s in renewing {
                 broker.renew_leases(&s.stream.subscription, s.stream.consumer, invisible);
             }
             let idle = {
                 let live = self.telemetry.lock();
                 self.remove(|k, s| {
-                    !live.contains_key(&k.client_id)
-                        && s.last_used.lock().elapsed() > IDLE_WITHOUT_TELEMETRY
+                    let idle = s.last_used.lock().elapsed();
+                    idle > IDLE
+                        || (!live.contains_key(&k.client_id) && idle > IDLE_WITHOUT_TELEMETRY)
                 })
             };
             for s in idle {
@@ -253,14 +264,20 @@ impl Clients {
     }
 }
 
-async fn end(broker: &Broker, s: &Session, leaving: Leaving) {
+/// Unregisters a session's consumer, its leases left to their deadlines.
+fn detach(broker: &Broker, s: &Session) {
     s.closed.store(true, Ordering::Release);
+    broker.detach_receive(&s.stream.subscription, s.stream.consumer);
+}
+
+async fn end(broker: &Broker, s: &Session, leaving: Leaving) {
     match leaving {
         Leaving::Terminated => {
+            s.closed.store(true, Ordering::Release);
             broker
                 .close_receive(&s.stream.subscription, s.stream.consumer)
                 .await
         }
-        Leaving::Gone => broker.detach_receive(&s.stream.subscription, s.stream.consumer),
+        Leaving::Gone => detach(broker, s),
     }
 }

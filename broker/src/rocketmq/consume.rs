@@ -15,7 +15,7 @@ use super::names::Scope;
 use super::status::{self, Refusal, ok, refusal};
 use crate::filter::{FilterKind, FilterSpec};
 use crate::messaging::error::BrokerError;
-use crate::messaging::{LeaseRound, ReceiveLimits, limits};
+use crate::messaging::{LeaseEnd, LeaseRound, ReceiveLimits, limits};
 
 /// Most messages one receive returns, whatever the client asks for (with the
 /// record limit, this bounds what one answer holds in memory).
@@ -150,20 +150,21 @@ impl RocketMqApi {
         let message_type = self.broker.topic_type(&topic)?;
         let host = self.broker.config().advertised_address();
         let max_body = self.max_body();
-        // One message the door cannot show (a stored body that does not
-        // inflate) is left leased, to be redelivered and in the end
-        // dead-lettered; the others are answered.
-        Ok(deliveries
-            .into_iter()
-            .filter_map(|d| {
-                let id = d.message_id.clone();
-                message::to_rmq(scope, d, message_type, &host, max_body)
-                    .inspect_err(|e| {
-                        tracing::warn!(message_id = id, error = %e, "not delivered to a RocketMQ client")
-                    })
-                    .ok()
-            })
-            .collect())
+        // A message the door cannot show (a stored body that does not
+        // inflate) is nacked: delivered again after the group's backoff, in
+        // the end dead-lettered. The others are answered.
+        let mut shown = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let (id, handle) = (d.message_id.clone(), d.receipt_handle.clone());
+            match message::to_rmq(scope, d, message_type, &host, max_body) {
+                Ok(m) => shown.push(m),
+                Err(e) => {
+                    tracing::warn!(message_id = id, error = %e, "not delivered to a RocketMQ client");
+                    let _ = self.broker.nack(&group, &topic, &handle).await;
+                }
+            }
+        }
+        Ok(shown)
     }
 
     /// Acks each entry; one status per entry, and OK overall only when all were.
@@ -236,8 +237,14 @@ impl RocketMqApi {
                 .as_ref()
                 .ok_or_else(|| BrokerError::invalid("invisible_duration", "missing"))?;
             let ms = duration_millis("invisible_duration", d)?;
-            self.broker
-                .change_invisible(&group, &topic, &r.receipt_handle, ms.max(1))
+            // The client times it (its nack too): due when it runs out.
+            self.broker.change_invisible(
+                &group,
+                &topic,
+                &r.receipt_handle,
+                ms.max(1),
+                LeaseEnd::AtDeadline,
+            )
         })();
         match changed {
             Ok(_) => rmq::ChangeInvisibleDurationResponse {

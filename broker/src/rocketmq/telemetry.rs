@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::RocketMqApi;
-use super::clients::Leaving;
 use super::message::{self, duration_ms, transaction_group};
 use super::names::Scope;
 use super::status::{ok, refusal};
@@ -36,8 +35,7 @@ pub type Outbound = mpsc::Sender<Result<rmq::TelemetryCommand, Status>>;
 
 impl RocketMqApi {
     /// Serves one Telemetry stream until the client ends it or the broker
-    /// shuts down; then drops its transaction checkers and, if it was the
-    /// client's last stream, the client's consumers.
+    /// shuts down; then drops its transaction checkers.
     pub(super) async fn run_telemetry(
         self,
         scope: Scope,
@@ -76,11 +74,8 @@ impl RocketMqApi {
         for (group, id) in checkers {
             self.broker.remove_checker(&group, id);
         }
-        if self.clients.telemetry_closed(&client_id) {
-            self.clients
-                .close_client(&self.broker, &client_id, Leaving::Gone)
-                .await;
-        }
+        // The client's consumers stay: it may reconnect (see `clients.rs`).
+        self.clients.telemetry_closed(&client_id);
     }
 
     /// The settings a client is to use; a producer's checkers are registered.

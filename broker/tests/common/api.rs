@@ -14,8 +14,8 @@ use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
 use dduomq_broker::messaging::topic_settings::{AckPolicyUpdate, TopicSettings};
 use dduomq_broker::messaging::topics::TopicConfig;
 use dduomq_broker::messaging::{
-    AppliedMetadata, Broker, Delivery, GroupOffset, LeaseRound, NackOutcome, PullSpec, Pulled,
-    QueueProgress, ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt,
+    AppliedMetadata, Broker, Delivery, GroupOffset, LeaseEnd, LeaseRound, NackOutcome, PullSpec,
+    Pulled, QueueProgress, ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt,
     TopicDescription,
 };
 use dduomq_broker::store::{MessageType, Record};
@@ -310,6 +310,7 @@ pub fn change_invisible(
         &consumer.topic,
         &delivery.receipt_handle,
         invisible.as_millis() as u64,
+        LeaseEnd::Backoff,
     )
 }
 

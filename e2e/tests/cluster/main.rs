@@ -44,6 +44,9 @@
 //!    once.
 //! 9. SIGKILL a master → a new master; the time from the kill to its first
 //!    acknowledged send is reported; the old master returns as a replica.
+//!    Then (9b) the official RocketMQ Java client, through its RocketMQ 5
+//!    protocol, sends through a master SIGKILL on a Topic made with
+//!    `kubectl apply`, then receives every message it saw acknowledged.
 //! 10. Delete a master's pod and its PVC → failover; the member returns empty,
 //!     copies the log from the new master and rejoins the in-sync set.
 //! 11. Cut a master off from the API server and its replicas (nftables in its
@@ -193,6 +196,11 @@ fn scenario_08_replicated_install() {
 #[test]
 fn scenario_09_master_sigkill() {
     suite::run(Scenario::MasterKill);
+}
+
+#[test]
+fn scenario_09b_rocketmq_java_failover() {
+    suite::run(Scenario::RocketMqFailover);
 }
 
 #[test]

@@ -29,6 +29,7 @@ pub enum Scenario {
     Teardown,
     ReplicatedInstall,
     MasterKill,
+    RocketMqFailover,
     MasterVolumeLoss,
     MasterIsolated,
     ReplicatedRollingUpgrade,
@@ -38,7 +39,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 15] = [
+    const ALL: [Scenario; 16] = [
         Scenario::Install,
         Scenario::Bulk,
         Scenario::ScaleOut,
@@ -48,6 +49,7 @@ impl Scenario {
         Scenario::Teardown,
         Scenario::ReplicatedInstall,
         Scenario::MasterKill,
+        Scenario::RocketMqFailover,
         Scenario::MasterVolumeLoss,
         Scenario::MasterIsolated,
         Scenario::ReplicatedRollingUpgrade,
@@ -70,6 +72,7 @@ impl Scenario {
             Scenario::Disruptions | Scenario::ScaleIn | Scenario::Teardown => &[Scenario::ScaleOut],
             Scenario::RollingUpgrade => &[Scenario::ScaleIn],
             Scenario::MasterKill
+            | Scenario::RocketMqFailover
             | Scenario::MasterVolumeLoss
             | Scenario::MasterIsolated
             | Scenario::ReplicatedRollingUpgrade
@@ -243,6 +246,9 @@ impl Suite {
                 self.cluster
                     .lose_master(self.view(), &producer, 0, loss)
                     .await;
+            }
+            Scenario::RocketMqFailover => {
+                self.cluster.rocketmq_java_failover(self.view(), 1).await;
             }
             Scenario::MasterVolumeLoss => {
                 let producer = self.load_producer().await;

@@ -26,11 +26,27 @@ pub struct Lease {
     /// The consumer stream holding it.
     pub consumer: u64,
     pub bytes: u64,
-    /// The consumer set its end (ChangeInvisibleDuration, which RocketMQ
-    /// clients also nack with): when it runs out, the message is due at
-    /// once, not after the group's backoff on top.
-    pub extended: bool,
+    /// How the delivery ends when the lease runs out.
+    pub ending: LeaseEnd,
+    /// When it was leased (ms): renewals stop [`MAX_RENEWED`] after.
+    pub leased_at: i64,
 }
+
+/// What a lease that runs out leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaseEnd {
+    /// Redelivered after the group's backoff.
+    #[default]
+    Backoff,
+    /// Due at once: the consumer timed it (a RocketMQ client's
+    /// ChangeInvisibleDuration, which is also how it nacks with the backoff
+    /// the broker gave it). Never renewed.
+    AtDeadline,
+}
+
+/// The longest a renewed lease is held in all: past it, a message a client
+/// holds (or a receive whose answer was lost) is delivered again.
+pub const MAX_RENEWED: i64 = 3_600_000;
 
 /// What happened to a lease that ended without an ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,21 +260,34 @@ impl QueueCursor {
     }
 
     /// Moves a lease's deadline; `None` if the handle is not valid.
-    pub fn extend(&mut self, offset: u64, delivery_id: u64, deadline: i64) -> Option<Lease> {
+    pub fn extend(
+        &mut self,
+        offset: u64,
+        delivery_id: u64,
+        deadline: i64,
+        ending: LeaseEnd,
+    ) -> Option<Lease> {
         let mut lease = *self.lease_of(offset, delivery_id)?;
         lease.deadline = deadline;
-        lease.extended = true;
+        lease.ending = ending;
         self.insert_lease(offset, lease);
         Some(lease)
     }
 
-    /// Moves the end of every lease `consumer` holds to `deadline` (leases a
-    /// client asked the broker to renew while it holds them).
-    pub fn renew(&mut self, consumer: u64, deadline: i64) {
+    /// Moves the end of the leases `consumer` holds to `deadline` (a client
+    /// asked the broker to renew what it holds): not those it timed itself,
+    /// nor those already run out or held for [`MAX_RENEWED`].
+    pub fn renew(&mut self, consumer: u64, now: i64, deadline: i64) {
         let held: Vec<(u64, Lease)> = self
             .leases
             .iter()
-            .filter(|(_, l)| l.consumer == consumer && l.deadline < deadline)
+            .filter(|(_, l)| {
+                l.consumer == consumer
+                    && l.ending == LeaseEnd::Backoff
+                    && l.deadline > now
+                    && l.deadline < deadline
+                    && now - l.leased_at < MAX_RENEWED
+            })
             .map(|(o, l)| (*o, *l))
             .collect();
         for (offset, mut lease) in held {
@@ -282,7 +311,7 @@ impl QueueCursor {
         if attempts >= max_attempts {
             return Some((lease, Released::DeadLetter { offset, attempts }));
         }
-        let at = if lease.extended && lease.deadline <= now {
+        let at = if lease.ending == LeaseEnd::AtDeadline && lease.deadline <= now {
             now // ran out at the time the consumer chose
         } else {
             now + backoff_ms(attempts)
@@ -368,7 +397,8 @@ mod tests {
             deadline: 1000,
             consumer: 1,
             bytes: 10,
-            extended: false,
+            ending: LeaseEnd::Backoff,
+            leased_at: 0,
         }
     }
 
@@ -391,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_the_consumer_timed_is_due_when_it_runs_out_and_renewals_move_only_its_own() {
+    fn a_lease_the_consumer_timed_is_due_when_it_runs_out_and_renewals_skip_it() {
         let backoff = |_| 1000;
         let mut c = QueueCursor::new(0);
         c.candidate(0, 2, false, &|_, _| false);
@@ -406,7 +436,7 @@ mod tests {
             },
         );
         // Extended to 1500, it runs out then: due at once, no backoff on top.
-        assert!(c.extend(0, 1, 1500).is_some());
+        assert!(c.extend(0, 1, 1500, LeaseEnd::AtDeadline).is_some());
         assert_eq!(c.expired(1500), vec![0]);
         let (_, r) = c.release(0, 1500, 5, backoff).unwrap();
         assert_eq!(
@@ -419,7 +449,7 @@ mod tests {
         // Nacked before it runs out: the backoff applies.
         c.candidate(1500, 2, false, &|_, _| false);
         c.lease(0, lease(3));
-        assert!(c.extend(0, 3, 5000).is_some());
+        assert!(c.extend(0, 3, 5000, LeaseEnd::AtDeadline).is_some());
         let (_, r) = c.release(0, 2000, 5, backoff).unwrap();
         assert_eq!(
             r,
@@ -429,10 +459,19 @@ mod tests {
             }
         );
         // Renewal moves consumer 2's lease only, and never backwards.
-        c.renew(2, 9000);
+        c.renew(2, 2000, 9000);
         assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9000);
-        c.renew(2, 10);
+        c.renew(2, 2000, 10);
         assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9000);
+        // Not a lease the consumer timed, nor one run out, nor one held too long.
+        assert!(c.extend(1, 2, 9500, LeaseEnd::AtDeadline).is_some());
+        c.renew(2, 2000, 20_000);
+        assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9500);
+        assert!(c.extend(1, 2, 9500, LeaseEnd::Backoff).is_some());
+        c.renew(2, 9600, 20_000);
+        assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9500, "run out");
+        c.renew(2, MAX_RENEWED + 1, MAX_RENEWED + 9000);
+        assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9500, "held too long");
     }
 
     #[test]

@@ -36,7 +36,20 @@ impl Broker {
 
     /// Dead-letters one message (or drops it, when the group does not
     /// dead-letter) and marks it done.
-    pub(super) async fn dead_letter(
+    async fn dead_letter(
+        &self,
+        sub: &Subscription,
+        group: &GroupConfig,
+        at: QueueOffset,
+    ) -> Result<()> {
+        self.copy_to_dead_letter(sub, group, at).await?;
+        sub.state.lock().mark_done(at);
+        Ok(())
+    }
+
+    /// Writes the dead-letter copy of one message (nothing, when the group
+    /// does not dead-letter); its progress is left to the caller.
+    pub(super) async fn copy_to_dead_letter(
         &self,
         sub: &Subscription,
         group: &GroupConfig,
@@ -88,7 +101,6 @@ impl Broker {
                     .inc();
             }
         }
-        sub.state.lock().mark_done(at);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::messaging::error::Result;
 use crate::messaging::groups::ConsumeMode;
 use crate::messaging::groups::GroupConfig;
-use crate::messaging::push::cursor::{Lease, QueueCursor};
+use crate::messaging::push::cursor::{Lease, LeaseEnd, QueueCursor};
 use crate::messaging::push::subscription::{QueueOffset, SubKey, SubState, Subscription};
 use crate::messaging::receipt::ReceiptHandle;
 use crate::messaging::topics::TopicConfig;
@@ -203,7 +203,8 @@ impl SubState {
                     deadline: spec.now + spec.limits.invisible.as_millis() as i64,
                     consumer: spec.consumer,
                     bytes,
-                    extended: false,
+                    ending: LeaseEnd::Backoff,
+                    leased_at: spec.now,
                 };
                 let attempt = cursor.lease(offset, lease);
                 self.charge(&lease);

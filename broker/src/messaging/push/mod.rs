@@ -6,6 +6,7 @@ pub mod cursor;
 mod dead_letter;
 mod lease;
 
+pub use cursor::LeaseEnd;
 pub use lease::LeaseRound;
 pub mod subscription;
 
@@ -48,13 +49,11 @@ pub enum NackOutcome {
     DeadLettered,
 }
 
-/// A lease ended by its receipt handle.
-struct EndedLease {
+/// What a receipt handle names: its subscription and group, and the handle.
+struct Leased {
     sub: Arc<Subscription>,
     config: GroupConfig,
-    at: QueueOffset,
-    /// Set when the message is to be dead-lettered.
-    dead: Option<QueueOffset>,
+    handle: ReceiptHandle,
 }
 
 impl Broker {
@@ -163,11 +162,14 @@ impl Broker {
         sub.notify.notify_waiters();
     }
 
-    /// Moves the end of every lease `consumer` holds to `now + invisible`
-    /// (a client that asked the broker to renew what it holds).
+    /// Moves the end of the leases `consumer` holds to `now + invisible` (a
+    /// client that asked the broker to renew what it holds; see
+    /// [`cursor::QueueCursor::renew`] for those left alone).
     pub fn renew_leases(&self, sub: &Subscription, consumer: u64, invisible: Duration) {
-        let deadline = now_millis() + invisible.as_millis() as i64;
-        sub.state.lock().renew(consumer, deadline);
+        let now = now_millis();
+        sub.state
+            .lock()
+            .renew(consumer, now, now + invisible.as_millis() as i64);
     }
 
     /// Ends a lease without an ack (counting the retry); returns the offset
@@ -253,89 +255,87 @@ impl Broker {
     /// Nacks a leased message: redelivered after the group's backoff, or
     /// dead-lettered.
     pub async fn nack(&self, group: &str, topic: &str, handle: &str) -> Result<NackOutcome> {
-        let ended = self.end_leased(group, topic, handle, None)?;
+        let Leased {
+            sub,
+            config,
+            handle: h,
+        } = self.leased(group, topic, handle)?;
         let now = now_millis();
-        match ended.dead {
+        let dead = {
+            let mut st = sub.state.lock();
+            if !st.holds(h.at(), h.delivery_id) {
+                return Err(stale_handle(handle));
+            }
+            self.end_lease(&mut st, &config, topic, h.at(), now)
+        };
+        sub.notify.notify_waiters();
+        match dead {
             Some(job) => {
-                self.dead_letter_all(&ended.sub, &ended.config, vec![job])
-                    .await;
+                self.dead_letter_all(&sub, &config, vec![job]).await;
                 Ok(NackOutcome::DeadLettered)
             }
             None => {
-                let attempts = ended.sub.state.lock().attempts(ended.at).unwrap_or(1);
+                let attempts = sub.state.lock().attempts(h.at()).unwrap_or(1);
                 Ok(NackOutcome::Redeliver {
-                    at: now + ended.config.backoff(attempts).as_millis() as i64,
+                    at: now + config.backoff(attempts).as_millis() as i64,
                 })
             }
         }
     }
 
     /// Dead-letters a leased message now, whatever attempts it has left (a
-    /// client that gave up on it, as RocketMQ push consumers do). Refused on
-    /// a member that does not write its log, and when the copy could not be
-    /// written (the message is then delivered again).
+    /// client that gave up on it, as RocketMQ push consumers do). The copy is
+    /// written while the lease is held, then the lease ends as with an ack;
+    /// refused on a member that does not write its log, and when the copy
+    /// could not be written (the lease is then kept, and the client may try
+    /// again).
     pub async fn dead_letter_now(&self, group: &str, topic: &str, handle: &str) -> Result<()> {
         self.write_term()?;
-        let ended = self.end_leased(group, topic, handle, Some(1))?;
-        if let Some(at) = ended.dead {
-            let written = self.dead_letter(&ended.sub, &ended.config, at).await;
-            if written.is_err() {
-                let later = now_millis() + ended.config.backoff(1).as_millis() as i64;
-                ended.sub.state.lock().retry_at(at, later);
-            }
-            written?;
+        let Leased {
+            sub,
+            config,
+            handle: h,
+        } = self.leased(group, topic, handle)?;
+        if !sub.state.lock().holds(h.at(), h.delivery_id) {
+            return Err(stale_handle(handle));
         }
+        self.copy_to_dead_letter(&sub, &config, h.at()).await?;
+        // Its lease ran out meanwhile: it comes again, and may be
+        // dead-lettered twice (at-least-once).
+        sub.state.lock().ack(h.at(), h.delivery_id);
+        sub.notify.notify_waiters();
         Ok(())
     }
 
-    /// Ends the lease a receipt handle names, as a nack does; with
-    /// `max_attempts`, as if the group allowed that many deliveries.
-    fn end_leased(
-        &self,
-        group: &str,
-        topic: &str,
-        handle: &str,
-        max_attempts: Option<u32>,
-    ) -> Result<EndedLease> {
+    /// The subscription and group a receipt handle belongs to.
+    fn leased(&self, group: &str, topic: &str, handle: &str) -> Result<Leased> {
         let h = ReceiptHandle::parse(handle)?;
-        let sub = self.find_subscription(group, topic, &h.member)?;
-        let config = self.require_group(group)?;
-        let rules = match max_attempts {
-            Some(max) => GroupConfig {
-                max_delivery_attempts: max,
-                ..config.clone()
-            },
-            None => config.clone(),
-        };
-        let dead = {
-            let mut st = sub.state.lock();
-            if !st.holds(h.at(), h.delivery_id) {
-                return Err(stale_handle(handle));
-            }
-            self.end_lease(&mut st, &rules, topic, h.at(), now_millis())
-        };
-        sub.notify.notify_waiters();
-        Ok(EndedLease {
-            sub,
-            config,
-            at: h.at(),
-            dead,
+        Ok(Leased {
+            sub: self.find_subscription(group, topic, &h.member)?,
+            config: self.require_group(group)?,
+            handle: h,
         })
     }
 
     /// Moves a lease's end to `now + invisible_ms`; returns the new end.
+    /// `ending`: what follows when it runs out.
     pub fn change_invisible(
         &self,
         group: &str,
         topic: &str,
         handle: &str,
         invisible_ms: u64,
+        ending: LeaseEnd,
     ) -> Result<i64> {
         let invisible = limits::check_invisible(invisible_ms, self.config.max_invisible_duration)?;
         let h = ReceiptHandle::parse(handle)?;
         let sub = self.find_subscription(group, topic, &h.member)?;
         let deadline = now_millis() + invisible.as_millis() as i64;
-        if !sub.state.lock().extend(h.at(), h.delivery_id, deadline) {
+        if !sub
+            .state
+            .lock()
+            .extend(h.at(), h.delivery_id, deadline, ending)
+        {
             return Err(stale_handle(handle));
         }
         sub.notify.notify_waiters();

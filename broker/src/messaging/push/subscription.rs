@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::cursor::{Lease, QueueCursor, Released};
+use super::cursor::{Lease, LeaseEnd, QueueCursor, Released};
 use crate::filter::Filter;
 use crate::messaging::groups::GroupConfig;
 use crate::messaging::offsets::{Progress, ProgressKey};
@@ -130,10 +130,10 @@ impl SubState {
         Arc::make_mut(&mut self.lanes).remove(&consumer);
     }
 
-    /// Moves the end of every lease of `consumer` to `deadline`.
-    pub fn renew(&mut self, consumer: u64, deadline: i64) {
+    /// Renews the leases of `consumer` to `deadline` (see [`QueueCursor::renew`]).
+    pub fn renew(&mut self, consumer: u64, now: i64, deadline: i64) {
         for cursor in self.cursors.values_mut() {
-            cursor.renew(consumer, deadline);
+            cursor.renew(consumer, now, deadline);
         }
     }
 
@@ -185,10 +185,16 @@ impl SubState {
 
     /// Moves the end of the current lease `delivery_id` of `at`; false if it is
     /// not the current one.
-    pub fn extend(&mut self, at: QueueOffset, delivery_id: u64, deadline: i64) -> bool {
+    pub fn extend(
+        &mut self,
+        at: QueueOffset,
+        delivery_id: u64,
+        deadline: i64,
+        ending: LeaseEnd,
+    ) -> bool {
         self.cursors
             .get_mut(&at.queue_id)
-            .and_then(|c| c.extend(at.offset, delivery_id, deadline))
+            .and_then(|c| c.extend(at.offset, delivery_id, deadline, ending))
             .is_some()
     }
 
@@ -285,7 +291,8 @@ mod tests {
             deadline: 0,
             consumer,
             bytes,
-            extended: false,
+            ending: LeaseEnd::Backoff,
+            leased_at: 0,
         }
     }
 

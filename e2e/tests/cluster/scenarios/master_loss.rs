@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use dduomq_client::proto as pb;
 use dduomq_client::{Message, Producer};
-use dduomq_operator::crd::Topic;
 use dduomq_testkit::{Load, Step, acks_flowing, all_acked_consumed, eventually_every, secs};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -86,23 +85,8 @@ impl Cluster {
             "apiVersion: dduomq.io/v1alpha1\nkind: Topic\nmetadata:\n  name: {FILL_TOPIC}\n  namespace: {NS}\n\
              spec:\n  queues: 8\n  messageType: Normal\n  deletionPolicy: Delete\n"
         );
-        self.env
-            .kubectl_ok(&["apply", "-f", "-"], Some(&manifest))
-            .await;
         // Placed on every group before the fill, so each group's log grows.
-        let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
-        eventually_every(
-            POLL,
-            Duration::from_secs(60),
-            "the fill topic placed on every group",
-            async || {
-                let s = topics.get(FILL_TOPIC).await.ok()?.status?;
-                let owners: std::collections::BTreeSet<&str> =
-                    s.assignment.iter().map(|a| a.broker.as_str()).collect();
-                (s.assignment.len() == 8 && owners.len() as u32 == groups).then_some(())
-            },
-        )
-        .await;
+        self.apply_placed(&manifest, FILL_TOPIC, 8, groups).await;
         let producer = build_producer(&service_address(&self.client).await);
         // Incompressible (the producer compresses large bodies): xorshift bytes.
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;

@@ -7,6 +7,7 @@ mod install;
 mod isolation;
 mod master_loss;
 mod replicated_install;
+mod rocketmq_failover;
 mod rolling_upgrade;
 mod scale_in;
 mod scale_out;
@@ -14,8 +15,10 @@ mod soak;
 mod teardown;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use dduomq_testkit::{Ledger, Report};
+use dduomq_operator::crd::Topic;
+use dduomq_testkit::{Ledger, Report, eventually_every};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -27,7 +30,7 @@ pub use soak::SoakSettings;
 use crate::env::{CmdOut, Env};
 use crate::groups::FACTOR;
 use crate::pods::claim_name;
-use crate::{NS, RELEASE, STS};
+use crate::{NS, POLL, RELEASE, STS};
 
 /// What every scenario works on: the environment, the API client, the report
 /// and the ledger of every send and delivery.
@@ -55,6 +58,28 @@ impl Cluster {
             .get_opt(&claim_name(ordinal))
             .await
             .expect("get PVC")
+    }
+
+    /// Applies `manifest` (a Topic `topic`, and what goes with it) and waits
+    /// until the operator placed its `queues` queues on every one of `groups`
+    /// broker groups.
+    async fn apply_placed(&self, manifest: &str, topic: &str, queues: usize, groups: u32) {
+        self.env
+            .kubectl_ok(&["apply", "-f", "-"], Some(manifest))
+            .await;
+        let topics: Api<Topic> = Api::namespaced(self.client.clone(), NS);
+        eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            &format!("topic {topic} placed on every group"),
+            async || {
+                let s = topics.get(topic).await.ok()?.status?;
+                let owners: std::collections::BTreeSet<&str> =
+                    s.assignment.iter().map(|a| a.broker.as_str()).collect();
+                (s.assignment.len() == queues && owners.len() as u32 == groups).then_some(())
+            },
+        )
+        .await;
     }
 
     async fn helm_upgrade(&self, sets: &[&str]) -> CmdOut {

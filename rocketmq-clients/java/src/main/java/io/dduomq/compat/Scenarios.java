@@ -46,9 +46,12 @@ public final class Scenarios {
 
     private Scenarios(String endpoint) {
         // Plain text until the broker serves TLS (the client's default is TLS).
+        // DDUOMQ_NAMESPACE: the namespace of the topics and groups (on
+        // Kubernetes, that of their Topic and ConsumerGroup resources).
         this.config = ClientConfiguration.newBuilder()
             .setEndpoints(endpoint)
             .enableSsl(false)
+            .setNamespace(System.getenv().getOrDefault("DDUOMQ_NAMESPACE", ""))
             .build();
     }
 
@@ -66,6 +69,7 @@ public final class Scenarios {
                 case "redeliver" -> s.redeliver(name);
                 case "filters" -> s.filters(name);
                 case "push-dlq" -> s.pushDeadLetter(name);
+                case "failover" -> s.failover(name);
                 case "interop-send" -> s.interopSend(name);
                 case "interop-receive" -> s.interopReceive(name);
                 default -> throw new IllegalArgumentException("unknown scenario " + scenario);
@@ -313,6 +317,47 @@ public final class Scenarios {
         }
         try (SimpleConsumer c = consumer(name + "-sql", name, new FilterExpression("n > 3", FilterExpressionType.SQL92))) {
             receive(c, "filters-sql", 2, true, DEADLINE_MS);
+        }
+    }
+
+    /**
+     * Sends FAILOVER_MESSAGES messages, one every few milliseconds, printing
+     * each acknowledged ("sent") or refused ("failed") one, while the cluster
+     * test kills a master; then receives until every acknowledged one came.
+     */
+    private void failover(String name) throws Exception {
+        int count = Integer.parseInt(System.getenv().getOrDefault("FAILOVER_MESSAGES", "3000"));
+        java.util.Set<String> acked = new java.util.HashSet<>();
+        try (Producer p = producer(name)) {
+            for (int i = 0; i < count; i++) {
+                byte[] body = ("failover-" + i).getBytes(StandardCharsets.UTF_8);
+                try {
+                    SendReceipt r = p.send(message(name, body).build());
+                    acked.add(r.getMessageId().toString());
+                    sent("failover", r, body, Map.of("n", i));
+                } catch (org.apache.rocketmq.client.apis.ClientException e) {
+                    String error = String.valueOf(e.getMessage());
+                    emit(Map.of("event", "failed", "scenario", "failover", "n", i,
+                        "error", error.substring(0, Math.min(300, error.length()))));
+                }
+                Thread.sleep(5);
+            }
+        }
+        java.util.Set<String> received = new java.util.HashSet<>();
+        long deadline = System.currentTimeMillis() + 180_000;
+        try (SimpleConsumer c = consumer(name, name, FilterExpression.SUB_ALL)) {
+            while (!received.containsAll(acked) && System.currentTimeMillis() < deadline) {
+                try {
+                    for (MessageView m : c.receive(32, Duration.ofSeconds(30))) {
+                        seen("received", "failover", m);
+                        c.ack(m);
+                        received.add(m.getMessageId().toString());
+                    }
+                } catch (org.apache.rocketmq.client.apis.ClientException e) {
+                    // A broker of the route restarting: receive again.
+                    Thread.sleep(200);
+                }
+            }
         }
     }
 
