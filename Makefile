@@ -39,7 +39,7 @@ e2e-operator: bins
 # The full cluster: helm install on the control plane with the Rust test kubelet
 # (pods as processes), then the scenarios of e2e/tests/cluster/ (all of them, or
 # those whose test names match SCENARIO, e.g. `make e2e-cluster SCENARIO=scale_in`).
-e2e-cluster: bins
+e2e-cluster: bins rocketmq-clients
 	DDUOMQ_E2E_TEST_BIN="$$(e2e/test-binary dduomq-e2e cluster)" e2e/run cluster $(SCENARIO)
 
 # The soak (not part of `make test`): the replicated installation of the cluster

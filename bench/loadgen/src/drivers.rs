@@ -1,4 +1,5 @@
-//! One driver per system, behind the same three operations: create a topic,
+//! One driver per system (DduoMQ twice: through our SDK and through the
+//! RocketMQ protocol), behind the same three operations: create a topic,
 //! send a message and wait for its acknowledgement, and consume (calling back
 //! with each payload). The workloads in `workloads.rs` only see these.
 
@@ -13,6 +14,9 @@ use futures::StreamExt;
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Dduomq,
+    /// DduoMQ through its Apache RocketMQ 5 protocol door (`rocketmq.rs`),
+    /// as RocketMQ clients use it: what the compatibility costs.
+    Rocketmq,
     Nats,
     Kafka,
 }
@@ -24,6 +28,7 @@ pub type OnMessage = Arc<dyn Fn(&[u8]) + Send + Sync>;
 #[derive(Clone)]
 pub enum Driver {
     Dduomq(dduomq_client::Producer),
+    Rocketmq(crate::rocketmq::Producer),
     Nats(Box<async_nats::jetstream::Context>),
     Kafka(rdkafka::producer::FutureProducer),
 }
@@ -61,6 +66,7 @@ impl Driver {
     pub async fn connect(system: System, addr: &str) -> Result<Driver> {
         Ok(match system {
             System::Dduomq => Driver::Dduomq(dduomq_client::ProducerBuilder::new(addr).build()?),
+            System::Rocketmq => Driver::Rocketmq(crate::rocketmq::Producer::connect(addr).await?),
             System::Nats => {
                 let client = async_nats::connect(addr)
                     .await
@@ -100,7 +106,7 @@ impl Driver {
         sync: bool,
     ) -> Result<()> {
         match system {
-            System::Dduomq => {
+            System::Dduomq | System::Rocketmq => {
                 dduomq_client::Admin::connect(addr)?
                     .create_topic(topic, queues, dduomq_client::proto::MessageType::Normal)
                     .await?;
@@ -149,6 +155,7 @@ impl Driver {
             Driver::Dduomq(p) => {
                 p.send(dduomq_client::Message::new(topic, payload)).await?;
             }
+            Driver::Rocketmq(p) => p.send(topic, i, payload).await?,
             Driver::Nats(js) => {
                 js.publish(nats_subject(topic, i, queues), payload.into())
                     .await
@@ -191,6 +198,10 @@ impl Driver {
                     dduomq: Some(consumer),
                 })
             }
+            System::Rocketmq => Ok(Consumer {
+                task: crate::rocketmq::consume(addr, topic, group, on).await?,
+                dduomq: None,
+            }),
             System::Nats => {
                 use async_nats::jetstream::consumer::{AckPolicy, pull};
                 let js = async_nats::jetstream::new(async_nats::connect(addr).await?);

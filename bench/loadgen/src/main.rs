@@ -7,6 +7,7 @@ mod cpu;
 mod drivers;
 mod replication_report;
 mod report;
+mod rocketmq;
 mod workloads;
 
 use std::io::BufRead;

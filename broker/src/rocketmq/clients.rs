@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -53,8 +53,9 @@ pub struct Session {
     last_used: Mutex<Instant>,
     /// Set when the consumer is closed or detached: receives under way stop.
     closed: AtomicBool,
-    /// Its receives asked for their leases to be renewed.
-    auto_renew: AtomicBool,
+    /// Its receives asked for their leases to be renewed: for how long each
+    /// time (ms; 0: not asked).
+    renew_ms: AtomicU64,
     receiving: AtomicUsize,
     /// Its place under the broker's limits on consumer streams.
     _slot: StreamSlot,
@@ -65,9 +66,11 @@ impl Session {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Marks the session as renewing its leases while the client is connected.
-    pub fn renew_leases(&self) {
-        self.auto_renew.store(true, Ordering::Relaxed);
+    /// Marks the session as renewing its leases, by `invisible` at least,
+    /// while the client is connected.
+    pub fn renew_leases(&self, invisible: Duration) {
+        self.renew_ms
+            .fetch_max(invisible.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// A place for one more waiting receive; `None` past
@@ -145,7 +148,8 @@ impl Clients {
             }
             // Another filter: the old consumer leaves its group's
             // subscription before the new one joins it, then (below) what it
-            // held is redelivered.
+            // held is redelivered (also when the new one cannot open: its
+            // receive is refused, and the client receives again).
             let replaced = sessions.remove(&key);
             if let Some(old) = &replaced {
                 detach(broker, old);
@@ -177,7 +181,7 @@ impl Clients {
             filter,
             last_used: Mutex::new(Instant::now()),
             closed: AtomicBool::new(false),
-            auto_renew: AtomicBool::new(false),
+            renew_ms: AtomicU64::new(0),
             receiving: AtomicUsize::new(0),
             _slot: slot,
         }))
@@ -235,19 +239,22 @@ impl Clients {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let renewing: Vec<Arc<Session>> = {
+            let renewing: Vec<(Arc<Session>, Duration)> = {
                 let live = self.telemetry.lock();
                 self.sessions
                     .lock()
                     .iter()
-                    .filter(|(k, s)| {
-                        live.contains_key(&k.client_id) && s.auto_renew.load(Ordering::Relaxed)
+                    .filter(|(k, _)| live.contains_key(&k.client_id))
+                    .filter_map(|(_, s)| match s.renew_ms.load(Ordering::Relaxed) {
+                        0 => None,
+                        // Renewed at least a third of the default ahead of the
+                        // next pass.
+                        ms => Some((s.clone(), Duration::from_millis(ms).max(invisible))),
                     })
-                    .map(|(_, s)| s.clone())
                     .collect()
             };
-            for s in renewing {
-                broker.renew_leases(&s.stream.subscription, s.stream.consumer, invisible);
+            for (s, by) in renewing {
+                broker.renew_leases(&s.stream.subscription, s.stream.consumer, by);
             }
             let idle = {
                 let live = self.telemetry.lock();

@@ -112,7 +112,7 @@ impl RocketMqApi {
             ));
         };
         if r.auto_renew {
-            session.renew_leases();
+            session.renew_leases(invisible);
         }
         let limits = ReceiveLimits {
             max_messages: MAX_HELD_MESSAGES,

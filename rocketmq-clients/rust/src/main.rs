@@ -90,10 +90,17 @@ async fn receive_all(
     let mut got = 0;
     let deadline = Instant::now() + within;
     while got < count && Instant::now() < deadline {
-        let messages: Vec<MessageView> = c
+        let messages: Vec<MessageView> = match c
             .receive_with(topic, filter, 32, Duration::from_secs(10))
             .await
-            .unwrap_or_default();
+        {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("receive: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         for m in messages {
             let line = json!({
                 "tag": m.tag(),

@@ -470,8 +470,16 @@ mod tests {
         assert!(c.extend(1, 2, 9500, LeaseEnd::Backoff).is_some());
         c.renew(2, 9600, 20_000);
         assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9500, "run out");
+        assert!(
+            c.extend(1, 2, MAX_RENEWED + 5000, LeaseEnd::Backoff)
+                .is_some()
+        );
         c.renew(2, MAX_RENEWED + 1, MAX_RENEWED + 9000);
-        assert_eq!(c.lease_of(1, 2).unwrap().deadline, 9500, "held too long");
+        assert_eq!(
+            c.lease_of(1, 2).unwrap().deadline,
+            MAX_RENEWED + 5000,
+            "held too long"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Scenario 9b: the official RocketMQ Java client on the replicated
 //! installation, through the brokers' RocketMQ door. A Topic and a
 //! ConsumerGroup made with `kubectl apply`; the client bootstraps through the
-//! client Service, sends while a group's master is SIGKILLed, then receives:
-//! every send it saw acknowledged is received, byte-exact. QueryRoute keeps
-//! answering through the failover and leads the client to the new master.
+//! client Service, sends while a group's master is SIGKILLed (and keeps
+//! having sends acknowledged after it), then a new consumer receives: every
+//! send the client saw acknowledged is received, byte-exact. The consumer
+//! starts after the failover, so the routes QueryRoute gave it led to the new
+//! master for the messages the old one had stored.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -11,11 +13,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dduomq_client::Message;
 use dduomq_testkit::{Step, eventually_every, rocketmq, secs};
 use serde_json::Value;
 
 use super::Cluster;
-use crate::clients::service_address;
+use crate::clients::{build_producer, service_address};
 use crate::groups::{group_record, wait_healthy};
 use crate::pods::{View, broker_pod, sigkill};
 use crate::{NS, POLL};
@@ -23,9 +26,9 @@ use crate::{NS, POLL};
 /// The topic and group of the scenario (`failover-<run>` in the program).
 const NAME: &str = "failover-e2e";
 /// Sends of the run, one every 5 ms or so.
-const MESSAGES: u32 = 3000;
+const MESSAGES: u32 = 1500;
 /// Acknowledged sends before the master is killed.
-const KILL_AFTER: usize = 600;
+const KILL_AFTER: usize = 400;
 
 impl Cluster {
     /// Scenario 9b, on `group`'s master.
@@ -51,19 +54,38 @@ impl Cluster {
             .await
             .expect("the master's pod");
 
+        // The brokers have the topic's route (the Topic's status is
+        // recorded before the route reaches them): a send through the
+        // Service is acknowledged. That message is received with the rest.
+        let producer = build_producer(&service_address(&self.client).await);
+        eventually_every(
+            POLL,
+            Duration::from_secs(60),
+            "the topic routed",
+            async || producer.send(Message::new(NAME, "routed")).await.ok(),
+        )
+        .await;
+
         let work = tempfile::tempdir().expect("temp dir");
+        let errors = work.path().join("java.stderr");
         let mut java = rocketmq::java_scenarios(work.path());
-        let mut child = java
-            .arg(service_address(&self.client).await)
-            .arg("e2e")
-            .arg("failover")
-            .env("DDUOMQ_NAMESPACE", NS)
-            .env("FAILOVER_MESSAGES", MESSAGES.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run the Java client");
-        let stdout = child.stdout.take().expect("piped");
+        let mut child = Killed(
+            java.arg(service_address(&self.client).await)
+                .arg("e2e")
+                .arg("failover")
+                .env("DDUOMQ_NAMESPACE", NS)
+                .env("FAILOVER_MESSAGES", MESSAGES.to_string())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&errors).expect("stderr file"))
+                .spawn()
+                .expect("run the Java client"),
+        );
+        let stderr_tail = || {
+            let text = std::fs::read_to_string(&errors).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        let stdout = child.0.stdout.take().expect("piped");
         let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -82,7 +104,12 @@ impl Cluster {
         let mut done = false;
         while let Some(l) = tokio::time::timeout(Duration::from_secs(300), lines.recv())
             .await
-            .expect("the Java client prints within 300 s")
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the Java client printed nothing for 300 s:\n{}",
+                    stderr_tail()
+                )
+            })
         {
             let id = l["id"].as_str().unwrap_or_default().to_string();
             let body = l["body"].as_str().unwrap_or_default().to_string();
@@ -109,9 +136,18 @@ impl Cluster {
                 _ => {}
             }
         }
-        let status = child.wait().expect("the Java client exits");
-        assert!(status.success() && done, "the Java client failed: {status}");
+        let status = child.0.wait().expect("the Java client exits");
+        assert!(
+            status.success() && done,
+            "the Java client failed ({status}):\n{}",
+            stderr_tail()
+        );
         assert!(killed_at.is_some(), "the master was killed mid-run");
+        assert!(
+            sent.len() > KILL_AFTER + 100,
+            "sends were acknowledged after the kill: {} in all",
+            sent.len()
+        );
         let missing: Vec<&String> = sent
             .keys()
             .filter(|id| !received.contains_key(*id))
@@ -151,6 +187,22 @@ impl Cluster {
             step.set("fifty_acks_after_kill_s", secs(d));
         }
         step.set("new_master_epoch", after.epoch);
+        // Clean up, and leave the group whole for the next scenario.
+        self.env
+            .kubectl_ok(&["delete", "-f", "-"], Some(&manifest))
+            .await;
+        wait_healthy(&self.client, view, group, Duration::from_secs(300)).await;
         step.done();
+    }
+}
+
+/// Kills the child process when dropped (a failed scenario leaves no client
+/// sending).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -55,7 +55,18 @@ public final class Scenarios {
             .build();
     }
 
-    public static void main(String[] args) throws Exception {
+    public static void main(String[] args) {
+        try {
+            run(args);
+        } catch (Throwable t) {
+            // The client's threads would keep the JVM alive: exit, and say why.
+            t.printStackTrace();
+            System.exit(1);
+        }
+        System.exit(0);
+    }
+
+    private static void run(String[] args) throws Exception {
         Scenarios s = new Scenarios(args[0]);
         String run = args[1];
         for (int i = 2; i < args.length; i++) {
@@ -76,7 +87,6 @@ public final class Scenarios {
             }
             emit(Map.of("event", "done", "scenario", scenario));
         }
-        System.exit(0);
     }
 
     // ---- output -------------------------------------------------------
