@@ -96,7 +96,7 @@ impl Drop for ReceiveSlot {
 
 /// How a client's consumer ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leaving {
+enum Leaving {
     /// The client said it terminates: what it held is redelivered now.
     Terminated,
     /// The client went away or stopped receiving: what it held stays leased
@@ -187,11 +187,12 @@ impl Clients {
         }))
     }
 
-    /// Ends every consumer of `client_id`.
-    pub async fn close_client(&self, broker: &Broker, client_id: &str, leaving: Leaving) {
+    /// Closes every consumer of `client_id`, which said it terminates: what
+    /// it held is redelivered now.
+    pub async fn close_client(&self, broker: &Broker, client_id: &str) {
         let gone = self.remove(|k, _| k.client_id == client_id);
         for s in gone {
-            end(broker, &s, leaving).await;
+            end(broker, &s, Leaving::Terminated).await;
         }
     }
 

@@ -30,7 +30,7 @@ use crate::grpc::receive_streams::ReceiveStreams;
 use crate::messaging::Broker;
 use crate::messaging::error::BrokerError;
 use crate::messaging::staged::Resolution;
-use clients::{Clients, Leaving};
+use clients::Clients;
 use names::Scope;
 use status::{Refusal, ok, refusal};
 
@@ -464,7 +464,7 @@ impl MessagingService for RocketMqApi {
             let status = match scope_of(&req) {
                 Ok(scope) if !scope.client_id.is_empty() => {
                     self.clients
-                        .close_client(&self.broker, &scope.client_id, Leaving::Terminated)
+                        .close_client(&self.broker, &scope.client_id)
                         .await;
                     ok()
                 }
