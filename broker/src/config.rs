@@ -33,6 +33,10 @@ pub struct MessagingConfig {
     pub http_addr: SocketAddr,
     /// Address clients are told to use; empty means `grpc_addr`.
     pub advertised_address: String,
+    /// A listener of its own for the RocketMQ 5 protocol; unset, it is served
+    /// on `grpc_addr` beside ours.
+    #[serde(default)]
+    pub rocketmq_addr: Option<SocketAddr>,
     /// Create unknown topics and groups on first use.
     pub auto_create_topics: bool,
     /// Queues of an auto-created topic.
@@ -149,6 +153,20 @@ impl MessagingConfig {
         if self.max_topics < self.max_groups {
             return invalid("max_topics", "must be at least max_groups");
         }
+        // Clients dial it as given (routes name it, and RocketMQ clients need
+        // its port spelled out).
+        if !self.advertised_address.is_empty() && !is_host_and_port(&self.advertised_address) {
+            return invalid("advertised_address", "must be host:port (port 1 to 65535)");
+        }
+        if self.rocketmq_addr.is_some_and(|a| a.port() == 0) {
+            return invalid("rocketmq_addr", "needs a port (routes name it)");
+        }
+        if self.rocketmq_addr == Some(self.grpc_addr) {
+            return invalid(
+                "rocketmq_addr",
+                "must differ from grpc_addr (leave it out to serve both there)",
+            );
+        }
         Ok(())
     }
 
@@ -160,6 +178,16 @@ impl MessagingConfig {
             self.advertised_address.clone()
         }
     }
+}
+
+/// `host:port` with a host (a bracketed IPv6 address, for one) and a port
+/// from 1 to 65535.
+fn is_host_and_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let bare_ipv6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
+    !host.is_empty() && !bare_ipv6 && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -291,6 +319,17 @@ mod tests {
             ("max_queues_per_topic = 70000", "max_queues_per_topic"),
             ("max_queues_per_topic = 2", "default_queues"),
             ("max_topics = 10", "max_topics"),
+            (
+                "advertised_address = \"broker-0.example\"",
+                "advertised_address",
+            ),
+            (
+                "advertised_address = \"broker-0.example:0\"",
+                "advertised_address",
+            ),
+            ("advertised_address = \"::1\"", "advertised_address"),
+            ("rocketmq_addr = \"127.0.0.1:6086\"", "rocketmq_addr"),
+            ("rocketmq_addr = \"127.0.0.1:0\"", "rocketmq_addr"),
         ] {
             std::fs::write(&path, format!("[broker]\n{line}\n")).unwrap();
             let cfg = BrokerConfig::load(Some(&path)).unwrap();

@@ -42,8 +42,8 @@ impl Listener {
     }
 }
 
-/// Admits connections to one listener within its limit.
-#[derive(Debug)]
+/// Admits connections to one listener within its limit (clones share it).
+#[derive(Debug, Clone)]
 pub struct Gate {
     listener: Listener,
     max: usize,

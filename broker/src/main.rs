@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use dduomq_broker::config::BrokerConfig;
 use dduomq_broker::connections::{Gate, GatedListener, Listener};
+use dduomq_broker::grpc::GrpcListeners;
 use dduomq_broker::http::Readiness;
 use dduomq_broker::messaging::Broker;
 use dduomq_broker::metrics::Metrics;
@@ -123,6 +124,14 @@ async fn main() -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(config.broker.http_addr)
         .await
         .with_context(|| format!("binding HTTP {}", config.broker.http_addr))?;
+    let rocketmq_listener = match config.broker.rocketmq_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding RocketMQ {addr}"))?,
+        ),
+        None => None,
+    };
     let metrics = config.broker.metrics.then(|| {
         Metrics::new(
             env!("CARGO_PKG_VERSION"),
@@ -195,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         grpc = %config.broker.grpc_addr,
         http = %config.broker.http_addr,
+        rocketmq = ?config.broker.rocketmq_addr,
         data_dir = %config.store.data_dir.display(),
         flush = ?config.store.flush,
         "broker ready"
@@ -206,7 +216,11 @@ async fn main() -> anyhow::Result<()> {
     let (term_tx, mut term_rx) = tokio::sync::watch::channel(false);
     let stopping = broker.clone();
     let ready_flag = ready.clone();
-    let serve = dduomq_broker::grpc::serve(broker.clone(), grpc_listener, async move {
+    let listeners = GrpcListeners {
+        main: grpc_listener,
+        rocketmq: rocketmq_listener,
+    };
+    let serve = dduomq_broker::grpc::serve(broker.clone(), listeners, async move {
         terminated(term).await;
         tracing::info!("shutting down: no new requests; finishing in-flight ones");
         ready_flag.set(false);

@@ -6,15 +6,12 @@ use dduomq_client::proto::MessageType;
 use dduomq_proto::rocketmq::v2 as rmq;
 use dduomq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use dduomq_testkit::{Broker, Options, create_topics, stored};
-use tonic::Request;
 use tonic::transport::Channel;
 
-fn resource(name: &str) -> Option<rmq::Resource> {
-    Some(rmq::Resource {
-        resource_namespace: String::new(),
-        name: name.to_string(),
-    })
-}
+#[path = "rocketmq/raw.rs"]
+mod raw;
+
+use raw::{code, request, resource};
 
 fn message(topic: &str, body: Vec<u8>) -> rmq::Message {
     rmq::Message {
@@ -29,13 +26,6 @@ fn message(topic: &str, body: Vec<u8>) -> rmq::Message {
     }
 }
 
-fn request<T>(body: T) -> Request<T> {
-    let mut r = Request::new(body);
-    r.metadata_mut()
-        .insert("x-mq-client-id", "statuses-test".parse().unwrap());
-    r
-}
-
 async fn send(c: &mut MessagingServiceClient<Channel>, m: rmq::Message) -> rmq::Status {
     c.send_message(request(rmq::SendMessageRequest { messages: vec![m] }))
         .await
@@ -43,10 +33,6 @@ async fn send(c: &mut MessagingServiceClient<Channel>, m: rmq::Message) -> rmq::
         .into_inner()
         .status
         .unwrap()
-}
-
-fn code(s: &rmq::Status) -> rmq::Code {
-    rmq::Code::try_from(s.code).unwrap()
 }
 
 #[tokio::test]
@@ -202,7 +188,10 @@ async fn bad_input_gets_the_protocols_status_and_changes_nothing() {
 
     // Unsupported RPCs say so in the protocol's terms.
     let s = c
-        .update_offset(request(rmq::UpdateOffsetRequest::default()))
+        .recall_message(request(rmq::RecallMessageRequest {
+            topic: resource("orders"),
+            recall_handle: "h".into(),
+        }))
         .await
         .unwrap()
         .into_inner()

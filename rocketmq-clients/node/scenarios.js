@@ -10,7 +10,7 @@
 // Topics and groups are named <scenario>-<RUN_ID>; the test creates them.
 'use strict';
 
-const { Producer, SimpleConsumer, FilterExpression } = require('rocketmq-client-nodejs');
+const { Producer, SimpleConsumer, PushConsumer, ConsumeResult, FilterExpression } = require('rocketmq-client-nodejs');
 const { TransactionResolution, FilterType } = require('rocketmq-client-nodejs/proto/apache/rocketmq/v2/definition_pb');
 
 // Long polls of two seconds: long enough for the broker to answer one.
@@ -177,6 +177,39 @@ const scenarios = {
       line('sent', 'interop-send', r.messageId, body);
     }
     await p.shutdown();
+  },
+
+  // A push consumer whose failing message is retried, then dead-lettered
+  // (the group allows three attempts).
+  async 'push-dlq'(endpoint, name) {
+    const good = Buffer.from('push-ok');
+    const bad = Buffer.from('push-fails');
+    const p = await producer(endpoint, name);
+    for (const [ body, fails ] of [[ good, false ], [ bad, true ]]) {
+      const r = await p.send({ topic: name, body });
+      line('sent', 'push-dlq', r.messageId, body, { fails });
+    }
+    await p.shutdown();
+    let third;
+    const thirdCame = new Promise(resolve => { third = resolve; });
+    const messageListener = {
+      consume(m) {
+        line('received', 'push-dlq', m.messageId, m.body, { attempt: m.deliveryAttempt });
+        if (Buffer.from(m.body).equals(bad)) {
+          if (m.deliveryAttempt >= 3) third();
+          return ConsumeResult.FAILURE;
+        }
+        line('acked', 'push-dlq', m.messageId, m.body);
+        return ConsumeResult.SUCCESS;
+      },
+    };
+    const subscriptions = new Map().set(name, FilterExpression.SUB_ALL);
+    const c = new PushConsumer({ endpoints: endpoint, consumerGroup: name, subscriptions, messageListener });
+    await c.startup();
+    await Promise.race([ thirdCame, new Promise(resolve => setTimeout(resolve, DEADLINE_MS)) ]);
+    // Time for the broker to dead-letter it after its last attempt.
+    await new Promise(resolve => setTimeout(resolve, 3000));
+    await c.shutdown();
   },
 
   // Receives what our SDK sent (the test sent 5 first).

@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 
-from rocketmq import (ClientConfiguration, Credentials, FilterExpression,
-                      Message, Producer, SimpleConsumer, TransactionChecker,
+from rocketmq import (ClientConfiguration, ConsumeResult, Credentials,
+                      FilterExpression, Message, MessageListener, Producer,
+                      PushConsumer, SimpleConsumer, TransactionChecker,
                       TransactionResolution)
 from rocketmq.grpc_protocol import FilterType
 
@@ -216,6 +217,43 @@ def interop_receive(endpoint, name):
     c.shutdown()
 
 
+class FailsOne(MessageListener):
+    """Acknowledges every message but the one with body `bad`, which fails
+    each time; says when its third attempt came."""
+
+    def __init__(self, bad):
+        self.bad = bad
+        self.third = threading.Event()
+
+    def consume(self, message):
+        emit("received", "push-dlq", message.message_id, message.body,
+             attempt=message.delivery_attempt)
+        if message.body == self.bad:
+            if message.delivery_attempt >= 3:
+                self.third.set()
+            return ConsumeResult.FAILURE
+        emit("acked", "push-dlq", message.message_id, message.body)
+        return ConsumeResult.SUCCESS
+
+
+def push_dlq(endpoint, name):
+    """A push consumer whose failing message is retried, then dead-lettered
+    (the group allows three attempts)."""
+    good, bad = b"push-ok", b"push-fails"
+    p = producer(endpoint, name)
+    for body, fails in ((good, False), (bad, True)):
+        r = p.send(message(name, body))
+        emit("sent", "push-dlq", r.message_id, body, fails=fails)
+    p.shutdown()
+    listener = FailsOne(bad)
+    c = PushConsumer(config(endpoint), name, listener, {name: FilterExpression()})
+    c.startup()
+    listener.third.wait(DEADLINE_SECONDS)
+    # Time for the broker to dead-letter it after its last attempt.
+    time.sleep(3)
+    c.shutdown()
+
+
 def bad_input(endpoint, name):
     """Errors the client must see, each printed as a refusal."""
     p = producer(endpoint, name)
@@ -241,6 +279,7 @@ SCENARIOS = {
     "filters": filters,
     "interop-send": interop_send,
     "interop-receive": interop_receive,
+    "push-dlq": push_dlq,
     "bad-input": bad_input,
 }
 

@@ -1,7 +1,7 @@
 //! The gRPC server: `MessagingService`, `AdminService`, `ReplicationService`,
-//! the RocketMQ 5 protocol's `MessagingService` (`crate::rocketmq`),
-//! `grpc.health.v1` and
-//! server reflection (so `grpcurl` works without .proto files).
+//! the RocketMQ 5 protocol's `MessagingService` (`crate::rocketmq`, on a
+//! listener of its own where configured), `grpc.health.v1` and server
+//! reflection (so `grpcurl` works without .proto files).
 
 mod admin;
 pub(crate) mod convert;
@@ -22,9 +22,12 @@ use dduomq_proto::v1::replication_service_server::ReplicationServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
 use tonic::{Code, Response, Status};
+use tower_layer::{Identity, Stack};
 use tracing::Instrument;
 
+use crate::config::MessagingConfig;
 use crate::connections::{Gate, Listener, TrackRequestsLayer};
 use crate::messaging::Broker;
 use crate::metrics::Metrics;
@@ -36,11 +39,20 @@ const MAX_GRPC_MESSAGE: usize = 64 << 20;
 /// client for a place).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-/// Serves the gRPC API on `listener` until `shutdown` resolves, then finishes
-/// in-flight requests.
+/// The listeners gRPC is served on.
+#[derive(Debug)]
+pub struct GrpcListeners {
+    /// Every service; the RocketMQ protocol's too unless it has its own.
+    pub main: TcpListener,
+    /// The RocketMQ protocol's own listener (`rocketmq_addr`), if configured.
+    pub rocketmq: Option<TcpListener>,
+}
+
+/// Serves the gRPC API on `listeners` until `shutdown` resolves, then
+/// finishes in-flight requests.
 pub async fn serve(
     broker: Arc<Broker>,
-    listener: TcpListener,
+    listeners: GrpcListeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -73,6 +85,7 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    // One limit on connections, whichever listener they come to.
     let gate = Gate::new(
         Listener::Grpc,
         config.max_connections,
@@ -87,7 +100,50 @@ pub async fn serve(
     let admin = AdminServiceServer::new(admin::AdminApi { broker })
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    tonic::transport::Server::builder()
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let main = server(&config)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(messaging)
+        .add_service(admin)
+        .add_service(replication);
+    let servers = async {
+        match listeners.rocketmq {
+            None => {
+                main.add_service(rocketmq)
+                    .serve_with_incoming_shutdown(admitted(listeners.main, gate), until_stopped())
+                    .await
+            }
+            Some(own) => {
+                let door = server(&config)
+                    .add_service(rocketmq)
+                    .serve_with_incoming_shutdown(admitted(own, gate.clone()), until_stopped());
+                let main = main
+                    .serve_with_incoming_shutdown(admitted(listeners.main, gate), until_stopped());
+                tokio::try_join!(main, door).map(drop)
+            }
+        }
+    };
+    tokio::pin!(servers);
+    tokio::select! {
+        served = &mut servers => return Ok(served?),
+        () = shutdown => {
+            stop.send_replace(true);
+        }
+    }
+    servers.await?;
+    Ok(())
+}
+
+/// A gRPC server configured as every listener of the broker is.
+fn server(config: &MessagingConfig) -> Server<Stack<TrackRequestsLayer, Identity>> {
+    Server::builder()
         // Large HTTP/2 windows: with the 64 KiB default a client's batched
         // sends wait a round trip per 64 KiB.
         .initial_stream_window_size(8 << 20)
@@ -103,22 +159,17 @@ pub async fn serve(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_max_pending_accept_reset_streams(Some(MAX_STREAMS_PER_CONNECTION as usize))
         .layer(TrackRequestsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(messaging)
-        .add_service(admin)
-        .add_service(replication)
-        .add_service(rocketmq)
-        .serve_with_incoming_shutdown(
-            // Connections over the limit are closed as soon as accepted.
-            TcpListenerStream::new(listener).filter_map(move |conn| match conn {
-                Ok(io) => gate.admit(io).map(Ok),
-                Err(e) => Some(Err(e)),
-            }),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+}
+
+/// A listener's connections, those over the limit closed as soon as accepted.
+fn admitted(
+    listener: TcpListener,
+    gate: Gate,
+) -> impl tokio_stream::Stream<Item = std::io::Result<crate::connections::Connection>> {
+    TcpListenerStream::new(listener).filter_map(move |conn| match conn {
+        Ok(io) => gate.admit(io).map(Ok),
+        Err(e) => Some(Err(e)),
+    })
 }
 
 /// Runs one request in a tracing span and records its status and duration.

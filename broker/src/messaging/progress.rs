@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::error::{BrokerError, Result};
 use super::groups::{ConsumeMode, GroupConfig};
 use super::offsets::{Progress, ProgressKey};
-use super::push::subscription::{SubKey, Subscription};
+use super::push::subscription::{QueueOffset, SubKey, Subscription};
+use super::topics::TopicConfig;
 use super::{Broker, membership, metadata};
 use crate::store::StoreError;
 
@@ -30,6 +31,14 @@ pub enum ResetTarget {
     Latest,
     Timestamp(i64),
     Offset(i64),
+}
+
+/// Where a reset moves one queue's progress, and the queue's end.
+#[derive(Debug, Clone, Copy)]
+struct QueueTarget {
+    queue_id: u32,
+    offset: u64,
+    max_offset: u64,
 }
 
 /// A live member of a group, for describe.
@@ -200,37 +209,9 @@ impl Broker {
     ) -> Result<Vec<QueueProgress>> {
         let config = self.require_group(group)?;
         let t = self.topics.require(topic)?;
-        let mut targets = Vec::with_capacity(t.queues as usize);
-        for q in 0..t.queues {
-            let (min, max) = self
-                .store
-                .visible_offsets(topic, q, self.visibility(&t.settings));
-            let target = match to {
-                ResetTarget::Earliest => min,
-                ResetTarget::Latest => max,
-                ResetTarget::Timestamp(ms) => {
-                    self.store.offset_for_timestamp(topic, q, ms).min(max)
-                }
-                ResetTarget::Offset(o) if o < 0 => {
-                    return Err(BrokerError::invalid(
-                        "offset",
-                        format!("{o}: offsets are not negative"),
-                    ));
-                }
-                ResetTarget::Offset(o) if (o as u64) < min || (o as u64) > max => {
-                    return Err(StoreError::OffsetOutOfRange {
-                        topic: topic.to_string(),
-                        queue_id: q,
-                        offset: o as u64,
-                        min,
-                        max,
-                    }
-                    .into());
-                }
-                ResetTarget::Offset(o) => o as u64,
-            };
-            targets.push((q, target, max));
-        }
+        let targets = (0..t.queues)
+            .map(|q| self.target_on(&t, q, to))
+            .collect::<Result<Vec<_>>>()?;
         let mut members: BTreeSet<String> = self
             .offsets
             .lock()
@@ -255,26 +236,22 @@ impl Broker {
                 topic: topic.to_string(),
                 member: member.clone(),
             };
-            if let Some(sub) = self.subscriptions.lock().get(&key).cloned() {
-                let mut st = sub.state.lock();
-                for &(q, target, _) in &targets {
-                    st.reset(q, target);
-                }
-                drop(st);
-                sub.notify.notify_waiters();
-            }
-            let mut table = self.offsets.lock();
-            for &(q, target, max) in &targets {
-                table.set(key.progress(q), Progress::at(target));
-                out.push(QueueProgress {
-                    topic: topic.to_string(),
-                    queue_id: q,
-                    member: member.clone(),
-                    committed: target,
-                    max_offset: max,
-                    in_flight: 0,
-                });
-            }
+            let moves: Vec<QueueOffset> = targets
+                .iter()
+                .map(|t| QueueOffset {
+                    queue_id: t.queue_id,
+                    offset: t.offset,
+                })
+                .collect();
+            self.move_progress(&key, &moves);
+            out.extend(targets.iter().map(|target| QueueProgress {
+                topic: topic.to_string(),
+                queue_id: target.queue_id,
+                member: member.clone(),
+                committed: target.offset,
+                max_offset: target.max_offset,
+                in_flight: 0,
+            }));
         }
         if let Some(m) = self.members.lock().get_mut(group) {
             m.bump();
@@ -282,5 +259,63 @@ impl Broker {
         self.persist_offsets()?;
         tracing::info!(group, topic, ?to, "group offsets reset");
         Ok(out)
+    }
+
+    /// The offset `to` names on one queue (an explicit offset must lie in the
+    /// queue's range).
+    pub fn locate_offset(&self, topic: &str, queue_id: u32, to: ResetTarget) -> Result<u64> {
+        let t = self.require_queue(topic, queue_id)?;
+        Ok(self.target_on(&t, queue_id, to)?.offset)
+    }
+
+    /// Where `to` lies on queue `q` of topic `t`.
+    fn target_on(&self, t: &TopicConfig, q: u32, to: ResetTarget) -> Result<QueueTarget> {
+        let (min, max) = self
+            .store
+            .visible_offsets(&t.name, q, self.visibility(&t.settings));
+        let offset = match to {
+            ResetTarget::Earliest => min,
+            ResetTarget::Latest => max,
+            ResetTarget::Timestamp(ms) => self.store.offset_for_timestamp(&t.name, q, ms).min(max),
+            ResetTarget::Offset(o) if o < 0 => {
+                return Err(BrokerError::invalid(
+                    "offset",
+                    format!("{o}: offsets are not negative"),
+                ));
+            }
+            ResetTarget::Offset(o) if (o as u64) < min || (o as u64) > max => {
+                return Err(StoreError::OffsetOutOfRange {
+                    topic: t.name.clone(),
+                    queue_id: q,
+                    offset: o as u64,
+                    min,
+                    max,
+                }
+                .into());
+            }
+            ResetTarget::Offset(o) => o as u64,
+        };
+        Ok(QueueTarget {
+            queue_id: q,
+            offset,
+            max_offset: max,
+        })
+    }
+
+    /// Moves one member's progress (its live cursor, whose leases end, and
+    /// its saved offsets) to `targets`.
+    pub(super) fn move_progress(&self, key: &SubKey, targets: &[QueueOffset]) {
+        if let Some(sub) = self.subscriptions.lock().get(key).cloned() {
+            let mut st = sub.state.lock();
+            for target in targets {
+                st.reset(target.queue_id, target.offset);
+            }
+            drop(st);
+            sub.notify.notify_waiters();
+        }
+        let mut table = self.offsets.lock();
+        for target in targets {
+            table.set(key.progress(target.queue_id), Progress::at(target.offset));
+        }
     }
 }

@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::error::{BrokerError, Result};
-use super::groups::ConsumeMode;
+use super::groups::{ConsumeMode, GroupConfig};
 use super::membership::{AssignedQueue, MemberKind};
 use super::offsets::{Progress, ProgressKey};
-use super::push::subscription::SubKey;
+use super::push::subscription::{QueueOffset, SubKey};
+use super::topics::TopicConfig;
 use super::{Broker, Delivery, limits};
 use crate::filter::FilterSpec;
-use crate::store::{StoreError, now_millis};
+use crate::store::{StoreError, Visibility, now_millis};
 
 /// Result of a pull.
 #[derive(Debug, Clone)]
@@ -37,6 +38,14 @@ pub struct PullSpec<'a> {
     /// past them). Must be the group's subscription on the topic (see
     /// `subscriptions.rs`).
     pub filter: &'a FilterSpec,
+}
+
+/// A group's progress on a queue, if any, and the queue's range.
+#[derive(Debug, Clone, Copy)]
+struct QueuePosition {
+    committed: Option<u64>,
+    min_offset: u64,
+    max_offset: u64,
 }
 
 /// What a member learns from a heartbeat.
@@ -145,19 +154,7 @@ impl Broker {
                 });
             }
         }
-        let (min, max) = self
-            .store
-            .visible_offsets(topic, queue_id, self.visibility_of(topic));
-        if offset > max {
-            return Err(StoreError::OffsetOutOfRange {
-                topic: topic.to_string(),
-                queue_id,
-                offset,
-                min,
-                max,
-            }
-            .into());
-        }
+        self.oldest_committable(topic, queue_id, offset, self.visibility_of(topic))?;
         let key = ProgressKey {
             group: group.to_string(),
             topic: topic.to_string(),
@@ -173,21 +170,109 @@ impl Broker {
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<GroupOffset> {
         self.require_group(group)?;
         let t = self.topics.require(topic)?;
-        let (min, max) = self
-            .store
-            .visible_offsets(topic, queue_id, self.visibility(&t.settings));
+        let p = self.position(group, &t, queue_id);
+        Ok(GroupOffset {
+            committed: p.committed.unwrap_or(p.min_offset),
+            min_offset: p.min_offset,
+            max_offset: p.max_offset,
+        })
+    }
+
+    /// A group's progress on a queue (live or saved, never below the oldest
+    /// offset kept), with the queue's range.
+    fn position(&self, group: &str, t: &TopicConfig, queue_id: u32) -> QueuePosition {
+        let (min, max) =
+            self.store
+                .visible_offsets(&t.name, queue_id, self.visibility(&t.settings));
         let key = ProgressKey {
             group: group.to_string(),
-            topic: topic.to_string(),
+            topic: t.name.clone(),
             member: String::new(),
             queue_id,
         };
-        let committed = self.live_committed(&key).unwrap_or(min).max(min);
-        Ok(GroupOffset {
-            committed,
+        QueuePosition {
+            committed: self.live_committed(&key).map(|c| c.max(min)),
             min_offset: min,
             max_offset: max,
-        })
+        }
+    }
+
+    /// Stores a clustering group's progress on one queue, as a consumer that
+    /// keeps its own position commits it (RocketMQ's UpdateOffset): the
+    /// group's next message there is the one at `offset` (an offset below
+    /// the oldest kept, which retention just passed, is taken as the
+    /// oldest). A live cursor moves with it, its leases ended, unless it is
+    /// there already. Saved with the other progress, on the next periodic
+    /// save; refused on a member that does not write its log (its progress
+    /// is the master's). The group is created on first use where that is on.
+    pub fn store_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()> {
+        self.write_term()?;
+        let t = self.require_queue(topic, queue_id)?;
+        let min = self.oldest_committable(topic, queue_id, offset, self.visibility(&t.settings))?;
+        if self.group_known(group)?.is_none() {
+            self.group_for_use(group, ConsumeMode::Clustering)?;
+        }
+        let key = SubKey {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            member: String::new(),
+        };
+        let offset = offset.max(min);
+        if self.live_committed(&key.progress(queue_id)) != Some(offset) {
+            self.move_progress(&key, &[QueueOffset { queue_id, offset }]);
+        }
+        Ok(())
+    }
+
+    /// The oldest offset of a queue, checking that a commit of `offset` is
+    /// not past its end (one below the oldest, which retention may pass at
+    /// any time, is taken as the oldest).
+    fn oldest_committable(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        visibility: Visibility,
+    ) -> Result<u64> {
+        let (min, max) = self.store.visible_offsets(topic, queue_id, visibility);
+        if offset > max {
+            return Err(StoreError::OffsetOutOfRange {
+                topic: topic.to_string(),
+                queue_id,
+                offset,
+                min,
+                max,
+            }
+            .into());
+        }
+        Ok(min)
+    }
+
+    /// A clustering group's committed offset on one queue; `None` while the
+    /// group has no progress there (also while it is still to be created on
+    /// first use: nothing is created).
+    pub fn committed_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
+        let t = self.require_queue(topic, queue_id)?;
+        if self.group_known(group)?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.position(group, &t, queue_id).committed)
+    }
+
+    /// A consumer group that exists, or `None` for one that does not yet and
+    /// would be created on first use; refused when neither, or when it
+    /// consumes in broadcast mode (its members each keep their own progress).
+    pub fn group_known(&self, group: &str) -> Result<Option<GroupConfig>> {
+        limits::check_group_name("group", group)?;
+        match self.groups.get(group) {
+            Some(config) if config.mode == ConsumeMode::Clustering => Ok(Some(config)),
+            Some(_) => Err(BrokerError::invalid(
+                "group",
+                format!("{group} consumes in broadcast mode: each member keeps its own progress"),
+            )),
+            None if self.config.auto_create_topics => Ok(None),
+            None => Err(BrokerError::GroupNotFound(group.to_string())),
+        }
     }
 
     /// The committed offset of a live cursor, else the saved one.

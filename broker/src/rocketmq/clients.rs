@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::attempts::Attempts;
 use crate::filter::FilterSpec;
 use crate::grpc::receive_streams::{ReceiveStreams, StreamSlot};
 use crate::messaging::error::Result;
@@ -57,6 +58,8 @@ pub struct Session {
     /// time (ms; 0: not asked).
     renew_ms: AtomicU64,
     receiving: AtomicUsize,
+    /// Its recent answers, for receives that try an attempt again.
+    pub attempts: Attempts,
     /// Its place under the broker's limits on consumer streams.
     _slot: StreamSlot,
 }
@@ -183,6 +186,7 @@ impl Clients {
             closed: AtomicBool::new(false),
             renew_ms: AtomicU64::new(0),
             receiving: AtomicUsize::new(0),
+            attempts: Attempts::default(),
             _slot: slot,
         }))
     }

@@ -9,13 +9,14 @@ use dduomq_proto::rocketmq::v2 as rmq;
 use tokio::time::Instant;
 
 use super::RocketMqApi;
+use super::attempts::{Answered, MAX_ATTEMPT_ID_LEN};
 use super::clients::MAX_CONCURRENT_RECEIVES;
 use super::message::{self, duration_millis};
 use super::names::Scope;
 use super::status::{self, Refusal, ok, refusal};
 use crate::filter::{FilterKind, FilterSpec};
 use crate::messaging::error::BrokerError;
-use crate::messaging::{LeaseEnd, LeaseRound, ReceiveLimits, limits};
+use crate::messaging::{Delivery, LeaseEnd, LeaseRound, ReceiveLimits, limits};
 
 /// Most messages one receive returns, whatever the client asks for (with the
 /// record limit, this bounds what one answer holds in memory).
@@ -33,27 +34,35 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 
 impl RocketMqApi {
     /// Leases up to the asked batch, waiting up to the long-polling timeout;
-    /// the messages, then one status (MESSAGE_NOT_FOUND when none came).
+    /// the messages, when they were handed over (clients time deliveries by
+    /// it; the Python push consumer fails without it), then one status
+    /// (MESSAGE_NOT_FOUND when none came).
     pub(super) async fn receive(
         &self,
         mut scope: Scope,
         r: rmq::ReceiveMessageRequest,
     ) -> Vec<rmq::ReceiveMessageResponse> {
+        use rmq::receive_message_response::Content;
+        let answer = |content: Content| rmq::ReceiveMessageResponse {
+            content: Some(content),
+        };
         let status = |s: Option<rmq::Status>| rmq::ReceiveMessageResponse {
-            content: s.map(rmq::receive_message_response::Content::Status),
+            content: s.map(Content::Status),
         };
         match self.receive_messages(&mut scope, r).await {
             Ok(messages) if messages.is_empty() => vec![status(status::status(
                 rmq::Code::MessageNotFound,
                 "no new message",
             ))],
-            Ok(messages) => messages
-                .into_iter()
-                .map(|m| rmq::ReceiveMessageResponse {
-                    content: Some(rmq::receive_message_response::Content::Message(m)),
-                })
-                .chain([status(ok())])
-                .collect(),
+            Ok(messages) => {
+                let handed_over = message::timestamp(crate::store::now_millis());
+                messages
+                    .into_iter()
+                    .map(|m| answer(Content::Message(m)))
+                    .chain([answer(Content::DeliveryTimestamp(handed_over))])
+                    .chain([status(ok())])
+                    .collect()
+            }
             Err(e) => vec![status(e.status(&scope.ns))],
         }
     }
@@ -68,13 +77,7 @@ impl RocketMqApi {
         let queue = r.message_queue.as_ref();
         let topic = scope.topic(queue.and_then(|q| q.topic.as_ref()))?;
         let filter = filter(r.filter_expression.as_ref())?;
-        if r.batch_size < 1 {
-            return Err(Refusal::Coded(
-                rmq::Code::BadRequest,
-                format!("batch_size {} must be at least 1", r.batch_size),
-            ));
-        }
-        let batch = (r.batch_size as usize).min(MAX_RECEIVE_BATCH);
+        let batch = batch_size(r.batch_size)?;
         let config = self.broker.config();
         let invisible = match &r.invisible_duration {
             None => config.default_invisible_duration,
@@ -82,27 +85,33 @@ impl RocketMqApi {
                 .and_then(|ms| limits::check_invisible(ms.max(1), config.max_invisible_duration))
                 .map_err(|e| Refusal::Coded(rmq::Code::IllegalInvisibleTime, e.to_string()))?,
         };
-        let polling = match &r.long_polling_timeout {
-            None => DEFAULT_LONG_POLLING,
-            Some(d) => {
-                let ms = duration_millis("long_polling_timeout", d)?;
-                let asked = Duration::from_millis(ms);
-                if asked > MAX_LONG_POLLING {
-                    return Err(Refusal::Coded(
-                        rmq::Code::IllegalPollingTime,
-                        format!(
-                            "long_polling_timeout {ms} ms is over the {} ms allowed",
-                            MAX_LONG_POLLING.as_millis()
-                        ),
-                    ));
-                }
-                asked
-            }
-        };
+        let polling = long_polling(r.long_polling_timeout.as_ref())?;
+        let attempt = r.attempt_id.filter(|id| !id.is_empty());
+        if let Some(id) = &attempt {
+            limits::check_id("attempt_id", id, MAX_ATTEMPT_ID_LEN, false)?;
+        }
         let session = self
             .clients
             .consumer(&self.broker, &client_id, &group, &topic, filter)
             .await?;
+        if let Some(answered) = attempt
+            .as_deref()
+            .and_then(|id| session.attempts.answered(id))
+        {
+            // The attempt again: what it was answered and still holds.
+            let held: Vec<_> = answered
+                .into_iter()
+                .filter_map(|a| {
+                    let held =
+                        self.broker
+                            .held_delivery(&session.stream, &a.receipt_handle, a.attempt);
+                    held.ok()
+                })
+                .collect();
+            if !held.is_empty() {
+                return Ok(self.show(scope, &group, &topic, held).await?);
+            }
+        }
         let Some(_waiting) = session.begin_receive() else {
             return Err(Refusal::Coded(
                 rmq::Code::TooManyRequests,
@@ -147,12 +156,38 @@ impl RocketMqApi {
                 _ = stop.wait_for(|s| *s) => break Vec::new(),
             }
         };
-        let message_type = self.broker.topic_type(&topic)?;
+        let shown = self.show(scope, &group, &topic, deliveries).await?;
+        if let Some(id) = attempt
+            && !shown.is_empty()
+        {
+            let answered = shown
+                .iter()
+                .filter_map(|m| {
+                    let sys = m.system_properties.as_ref()?;
+                    Some(Answered {
+                        receipt_handle: sys.receipt_handle.clone()?,
+                        attempt: sys.delivery_attempt.unwrap_or(1) as u32,
+                    })
+                })
+                .collect();
+            session.attempts.keep(id, answered, invisible);
+        }
+        Ok(shown)
+    }
+
+    /// Leased messages as the client receives them. One the door cannot show
+    /// (a stored body that does not inflate) is nacked: delivered again after
+    /// the group's backoff, in the end dead-lettered. The others are answered.
+    async fn show(
+        &self,
+        scope: &Scope,
+        group: &str,
+        topic: &str,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<rmq::Message>, BrokerError> {
+        let message_type = self.broker.topic_type(topic)?;
         let host = self.broker.config().advertised_address();
         let max_body = self.max_body();
-        // A message the door cannot show (a stored body that does not
-        // inflate) is nacked: delivered again after the group's backoff, in
-        // the end dead-lettered. The others are answered.
         let mut shown = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             let (id, handle) = (d.message_id.clone(), d.receipt_handle.clone());
@@ -160,7 +195,7 @@ impl RocketMqApi {
                 Ok(m) => shown.push(m),
                 Err(e) => {
                     tracing::warn!(message_id = id, error = %e, "not delivered to a RocketMQ client");
-                    let _ = self.broker.nack(&group, &topic, &handle).await;
+                    let _ = self.broker.nack(group, topic, &handle).await;
                 }
             }
         }
@@ -281,8 +316,40 @@ impl RocketMqApi {
     }
 }
 
+/// How long a receive or pull may wait: the client's long-polling timeout,
+/// bounded.
+pub(super) fn long_polling(asked: Option<&prost_types::Duration>) -> Result<Duration, Refusal> {
+    let Some(d) = asked else {
+        return Ok(DEFAULT_LONG_POLLING);
+    };
+    let ms = duration_millis("long_polling_timeout", d)?;
+    let asked = Duration::from_millis(ms);
+    if asked > MAX_LONG_POLLING {
+        return Err(Refusal::Coded(
+            rmq::Code::IllegalPollingTime,
+            format!(
+                "long_polling_timeout {ms} ms is over the {} ms allowed",
+                MAX_LONG_POLLING.as_millis()
+            ),
+        ));
+    }
+    Ok(asked)
+}
+
+/// The most messages one receive or pull returns: the client's batch size,
+/// bounded.
+pub(super) fn batch_size(asked: i32) -> Result<usize, Refusal> {
+    if asked < 1 {
+        return Err(Refusal::Coded(
+            rmq::Code::BadRequest,
+            format!("batch_size {asked} must be at least 1"),
+        ));
+    }
+    Ok((asked as usize).min(MAX_RECEIVE_BATCH))
+}
+
 /// A RocketMQ filter expression as ours; none, or a TAG `*`, passes everything.
-fn filter(f: Option<&rmq::FilterExpression>) -> Result<FilterSpec, BrokerError> {
+pub(super) fn filter(f: Option<&rmq::FilterExpression>) -> Result<FilterSpec, BrokerError> {
     let Some(f) = f else {
         return Ok(FilterSpec::all());
     };

@@ -1,17 +1,20 @@
 //! The Apache RocketMQ 5 front door: `apache.rocketmq.v2.MessagingService`,
-//! served on the gRPC port beside `dduomq.v1`, so official RocketMQ 5 clients
-//! work against DduoMQ unmodified. Like `grpc/`, it only translates: names
+//! served on the gRPC port beside `dduomq.v1` (or on a listener of its own),
+//! so official RocketMQ 5 clients work against DduoMQ unmodified. Like `grpc/`, it only translates: names
 //! (`names.rs`), messages (`message.rs`), routes (`route.rs`), consuming
-//! (`consume.rs`, `clients.rs`) and the Telemetry stream (`telemetry.rs`) go
-//! to the messaging core. Every response carries the protocol's own status
-//! (`status.rs`); the gRPC status is OK unless the request could not be read.
+//! (`consume.rs`, `clients.rs`, `attempts.rs`), consuming by offset (`offsets.rs`) and the
+//! Telemetry stream (`telemetry.rs`) go to the messaging core. Every response
+//! carries the protocol's own status (`status.rs`); the gRPC status is OK
+//! unless the request could not be read.
 //! What the core has no counterpart for answers NOT_IMPLEMENTED
 //! (docs/rocketmq.md lists it).
 
+mod attempts;
 mod clients;
 mod consume;
 mod message;
 mod names;
+mod offsets;
 mod route;
 mod status;
 mod telemetry;
@@ -168,6 +171,13 @@ fn not_implemented(what: &str) -> Option<rmq::Status> {
     )
 }
 
+/// A server stream of answers all known before the first is sent.
+type Answers<T> = tokio_stream::Iter<std::vec::IntoIter<Result<T, Status>>>;
+
+fn streamed<T>(answers: Response<Vec<T>>) -> Response<Answers<T>> {
+    answers.map(|all| tokio_stream::iter(all.into_iter().map(Ok).collect::<Vec<_>>()))
+}
+
 /// Runs a handler as one observed request.
 async fn answer<T>(
     api: &RocketMqApi,
@@ -296,8 +306,7 @@ impl MessagingService for RocketMqApi {
         .await
     }
 
-    type ReceiveMessageStream =
-        tokio_stream::Iter<std::vec::IntoIter<Result<rmq::ReceiveMessageResponse, Status>>>;
+    type ReceiveMessageStream = Answers<rmq::ReceiveMessageResponse>;
 
     async fn receive_message(
         &self,
@@ -312,13 +321,7 @@ impl MessagingService for RocketMqApi {
             }
         })
         .await?;
-        Ok(Response::new(tokio_stream::iter(
-            responses
-                .into_inner()
-                .into_iter()
-                .map(Ok)
-                .collect::<Vec<_>>(),
-        )))
+        Ok(streamed(responses))
     }
 
     async fn ack_message(
@@ -355,45 +358,46 @@ impl MessagingService for RocketMqApi {
         .await
     }
 
-    type PullMessageStream = tokio_stream::Once<Result<rmq::PullMessageResponse, Status>>;
+    type PullMessageStream = Answers<rmq::PullMessageResponse>;
 
     async fn pull_message(
         &self,
-        _req: Request<rmq::PullMessageRequest>,
+        req: Request<rmq::PullMessageRequest>,
     ) -> Result<Response<Self::PullMessageStream>, Status> {
-        let status = answer(self, "rocketmq.PullMessage", async {
-            not_implemented("PullMessage")
+        let responses = answer(self, "rocketmq.PullMessage", async move {
+            match scope_of(&req) {
+                Ok(scope) => self.pull(scope, req.into_inner()).await,
+                Err(status) => vec![rmq::PullMessageResponse {
+                    content: status.map(rmq::pull_message_response::Content::Status),
+                }],
+            }
         })
         .await?;
-        Ok(Response::new(tokio_stream::once(Ok(
-            rmq::PullMessageResponse {
-                content: status
-                    .into_inner()
-                    .map(rmq::pull_message_response::Content::Status),
-            },
-        ))))
+        Ok(streamed(responses))
     }
 
     async fn update_offset(
         &self,
-        _req: Request<rmq::UpdateOffsetRequest>,
+        req: Request<rmq::UpdateOffsetRequest>,
     ) -> Result<Response<rmq::UpdateOffsetResponse>, Status> {
-        answer(self, "rocketmq.UpdateOffset", async {
-            rmq::UpdateOffsetResponse {
-                status: not_implemented("UpdateOffset"),
-            }
+        answer(self, "rocketmq.UpdateOffset", async move {
+            let status = match scope_of(&req) {
+                Ok(scope) => self.update_offset(scope, req.into_inner()),
+                Err(status) => status,
+            };
+            rmq::UpdateOffsetResponse { status }
         })
         .await
     }
 
     async fn get_offset(
         &self,
-        _req: Request<rmq::GetOffsetRequest>,
+        req: Request<rmq::GetOffsetRequest>,
     ) -> Result<Response<rmq::GetOffsetResponse>, Status> {
-        answer(self, "rocketmq.GetOffset", async {
-            rmq::GetOffsetResponse {
-                status: not_implemented("GetOffset"),
-                offset: 0,
+        answer(self, "rocketmq.GetOffset", async move {
+            match scope_of(&req) {
+                Ok(scope) => self.get_offset(scope, req.into_inner()),
+                Err(status) => rmq::GetOffsetResponse { status, offset: 0 },
             }
         })
         .await
@@ -401,12 +405,12 @@ impl MessagingService for RocketMqApi {
 
     async fn query_offset(
         &self,
-        _req: Request<rmq::QueryOffsetRequest>,
+        req: Request<rmq::QueryOffsetRequest>,
     ) -> Result<Response<rmq::QueryOffsetResponse>, Status> {
-        answer(self, "rocketmq.QueryOffset", async {
-            rmq::QueryOffsetResponse {
-                status: not_implemented("QueryOffset"),
-                offset: 0,
+        answer(self, "rocketmq.QueryOffset", async move {
+            match scope_of(&req) {
+                Ok(scope) => self.query_offset(scope, req.into_inner()),
+                Err(status) => rmq::QueryOffsetResponse { status, offset: 0 },
             }
         })
         .await

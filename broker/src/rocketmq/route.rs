@@ -33,7 +33,7 @@ impl RocketMqApi {
                 topic: Some(scope.resource(stored.clone())),
                 id: q.queue_id as i32,
                 permission: permission(&q) as i32,
-                broker: Some(broker(&q)),
+                broker: Some(self.broker_of(&q)),
                 accept_message_types: accepts.clone(),
             })
             .collect())
@@ -63,6 +63,24 @@ impl RocketMqApi {
             })
             .collect())
     }
+
+    /// The broker serving a queue, reached on its RocketMQ listener: the
+    /// gRPC port, or this broker's `rocketmq_addr` port where the protocol
+    /// has a listener of its own (the brokers of a cluster share one
+    /// configuration).
+    fn broker_of(&self, q: &QueueRoute) -> rmq::Broker {
+        let mut endpoints = endpoints(&q.broker_address);
+        if let Some(own) = self.broker.config().rocketmq_addr {
+            for a in &mut endpoints.addresses {
+                a.port = own.port().into();
+            }
+        }
+        rmq::Broker {
+            name: format!("broker-{}", q.broker_id),
+            id: 0,
+            endpoints: Some(endpoints),
+        }
+    }
 }
 
 fn permission(q: &QueueRoute) -> rmq::Permission {
@@ -71,14 +89,6 @@ fn permission(q: &QueueRoute) -> rmq::Permission {
         (true, false) => rmq::Permission::Read,
         (false, true) => rmq::Permission::Write,
         (false, false) => rmq::Permission::None,
-    }
-}
-
-fn broker(q: &QueueRoute) -> rmq::Broker {
-    rmq::Broker {
-        name: format!("broker-{}", q.broker_id),
-        id: 0,
-        endpoints: Some(endpoints(&q.broker_address)),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::messaging::membership::MemberKind;
 use crate::messaging::push::cursor::Released;
 use crate::messaging::push::subscription::{QueueOffset, SubKey, SubState, Subscription};
 use crate::messaging::receipt::ReceiptHandle;
-use crate::messaging::{Broker, limits};
+use crate::messaging::{Broker, Delivery, limits};
 use crate::store::now_millis;
 
 /// Flow-control limits of one consumer stream.
@@ -314,6 +314,44 @@ impl Broker {
             sub: self.find_subscription(group, topic, &h.member)?,
             config: self.require_group(group)?,
             handle: h,
+        })
+    }
+
+    /// The message a current lease of `consumer` holds, as that consumer
+    /// received it (its `attempt`, which the lease does not keep, as it was
+    /// answered): for a client that lost the answer and asks for it again
+    /// (RocketMQ's `attempt_id`). Refused when the handle names no current
+    /// lease of that consumer.
+    pub fn held_delivery(
+        &self,
+        stream: &ReceiveStream,
+        handle: &str,
+        attempt: u32,
+    ) -> Result<Delivery> {
+        let h = ReceiptHandle::parse(handle)?;
+        let sub = &stream.subscription;
+        let lease = if sub.key.member == h.member {
+            sub.state.lock().lease(h.at(), h.delivery_id)
+        } else {
+            None
+        };
+        let Some(lease) = lease.filter(|l| l.consumer == stream.consumer) else {
+            return Err(stale_handle(handle));
+        };
+        let r = self
+            .store
+            .read(&sub.key.topic, h.queue_id, h.offset, 1, usize::MAX)?;
+        let record = r
+            .records
+            .into_iter()
+            .next()
+            .ok_or_else(|| stale_handle(handle))?;
+        Ok(Delivery {
+            message_id: self.message_id_of(&record),
+            receipt_handle: handle.to_string(),
+            invisible_until: lease.deadline,
+            attempt,
+            record,
         })
     }
 

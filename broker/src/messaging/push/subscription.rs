@@ -177,10 +177,15 @@ impl SubState {
 
     /// Whether `delivery_id` is the current lease of `at`.
     pub fn holds(&self, at: QueueOffset, delivery_id: u64) -> bool {
+        self.lease(at, delivery_id).is_some()
+    }
+
+    /// The current lease `delivery_id` of `at`, if it is current.
+    pub fn lease(&self, at: QueueOffset, delivery_id: u64) -> Option<Lease> {
         self.cursors
             .get(&at.queue_id)
             .and_then(|c| c.lease_of(at.offset, delivery_id))
-            .is_some()
+            .copied()
     }
 
     /// Moves the end of the current lease `delivery_id` of `at`; false if it is
