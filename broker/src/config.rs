@@ -180,14 +180,12 @@ impl MessagingConfig {
     }
 }
 
-/// `host:port` with a host (a bracketed IPv6 address, for one) and a port
-/// from 1 to 65535.
+/// `host:port` with a host and a port from 1 to 65535 (an IPv6 host is
+/// taken bracketed or not: the port is what follows the last colon).
 fn is_host_and_port(address: &str) -> bool {
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return false;
-    };
-    let bare_ipv6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
-    !host.is_empty() && !bare_ipv6 && port.parse::<u16>().is_ok_and(|p| p > 0)
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -327,7 +325,6 @@ mod tests {
                 "advertised_address = \"broker-0.example:0\"",
                 "advertised_address",
             ),
-            ("advertised_address = \"::1\"", "advertised_address"),
             ("rocketmq_addr = \"127.0.0.1:6086\"", "rocketmq_addr"),
             ("rocketmq_addr = \"127.0.0.1:0\"", "rocketmq_addr"),
         ] {

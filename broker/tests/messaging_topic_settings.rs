@@ -200,6 +200,7 @@ async fn expired_messages_are_not_delivered_while_a_longer_retention_keeps_its_o
             max_bytes: 1 << 20,
             wait: Duration::ZERO,
             filter: &FilterSpec::all(),
+            claim: dduomq_broker::messaging::Claim::Take,
         })
         .await
         .unwrap_err();

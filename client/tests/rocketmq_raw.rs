@@ -123,11 +123,12 @@ async fn get_offset(
 async fn update_offset(
     c: &mut MessagingServiceClient<Channel>,
     group: &str,
+    queue_id: i32,
     offset: i64,
 ) -> rmq::Status {
     c.update_offset(request(rmq::UpdateOffsetRequest {
         group: resource(group),
-        message_queue: queue(0),
+        message_queue: queue(queue_id),
         offset,
     }))
     .await
@@ -306,8 +307,10 @@ async fn pulls_and_offsets_through_the_door() {
     let p = pull(&mut c, pull_request(50, 32, 0)).await;
     assert_eq!(code(&p.status), rmq::Code::IllegalOffset, "{p:?}");
     assert_eq!(p.next_offset, Some(11));
+    let p = pull(&mut c, pull_request(-1, 32, 0)).await;
+    assert_eq!(code(&p.status), rmq::Code::IllegalOffset, "{p:?}");
+    assert_eq!(p.next_offset, Some(0), "the oldest offset");
     for (r, expected) in [
-        (pull_request(-1, 32, 0), rmq::Code::IllegalOffset),
         (pull_request(0, 0, 0), rmq::Code::BadRequest),
         (
             rmq::PullMessageRequest {
@@ -339,7 +342,7 @@ async fn pulls_and_offsets_through_the_door() {
         rmq::Code::OffsetNotFound,
         "{r:?}"
     );
-    let s = update_offset(&mut c, GROUP, 6).await;
+    let s = update_offset(&mut c, GROUP, 0, 6).await;
     assert_eq!(code(&s), rmq::Code::Ok, "{s:?}");
     assert_eq!(get_offset(&mut c, GROUP).await.offset, 6);
     // Refused, and nothing changes.
@@ -349,7 +352,7 @@ async fn pulls_and_offsets_through_the_door() {
         ("fans", 2, rmq::Code::BadRequest),
         ("nobody", 2, rmq::Code::ConsumerGroupNotFound),
     ] {
-        let s = update_offset(&mut c, group, offset).await;
+        let s = update_offset(&mut c, group, 0, offset).await;
         assert_eq!(code(&s), expected, "{group} {offset}: {s:?}");
     }
     let r = get_offset(&mut c, GROUP).await;
@@ -516,6 +519,33 @@ async fn a_repeated_attempt_gets_the_same_messages() {
             .unwrap();
         assert!((1..=30).contains(&left.seconds), "{left:?}");
     }
+    // One acked since: the attempt gets the other only.
+    let ack = |messages: Vec<Held>| rmq::AckMessageRequest {
+        group: resource(GROUP),
+        topic: resource(TOPIC),
+        entries: messages
+            .into_iter()
+            .map(|h| rmq::AckMessageEntry {
+                message_id: h.message_id,
+                receipt_handle: h.receipt_handle,
+                lite_topic: None,
+            })
+            .collect(),
+    };
+    let acked = c
+        .ack_message(request(ack(held(&first[..1]))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        code(acked.status.as_ref().unwrap()),
+        rmq::Code::Ok,
+        "{acked:?}"
+    );
+    let partial = receive(&mut c, receive_request(Some("attempt-1".into()), 2))
+        .await
+        .unwrap();
+    assert_eq!(held(&partial), held(&first[1..]));
     // Another attempt gets the rest.
     let next = receive(&mut c, receive_request(Some("attempt-2".into()), 2))
         .await
@@ -523,34 +553,30 @@ async fn a_repeated_attempt_gets_the_same_messages() {
     assert_eq!(next.len(), 1);
     assert_eq!(&next[0].body[..], &body(2)[..]);
     // The handles are the leases': acks of them succeed.
-    let ack = c
-        .ack_message(request(rmq::AckMessageRequest {
-            group: resource(GROUP),
-            topic: resource(TOPIC),
-            entries: held(&again)
-                .into_iter()
-                .chain(held(&next))
-                .map(|h| rmq::AckMessageEntry {
-                    message_id: h.message_id,
-                    receipt_handle: h.receipt_handle,
-                    lite_topic: None,
-                })
-                .collect(),
-        }))
+    let acked = c
+        .ack_message(request(ack(held(&partial)
+            .into_iter()
+            .chain(held(&next))
+            .collect())))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(code(ack.status.as_ref().unwrap()), rmq::Code::Ok, "{ack:?}");
-    // An attempt id over the limit is refused.
-    let refused = receive(&mut c, receive_request(Some("x".repeat(300)), 2)).await;
-    assert_eq!(code(&refused.unwrap_err()), rmq::Code::BadRequest);
-    // Nothing is left to receive: every message was acknowledged once.
+    assert_eq!(
+        code(acked.status.as_ref().unwrap()),
+        rmq::Code::Ok,
+        "{acked:?}"
+    );
+    // Nothing of the first attempt is held any more: repeated, it receives
+    // anew, and nothing is left.
     assert!(
-        receive(&mut c, receive_request(None, 32))
+        receive(&mut c, receive_request(Some("attempt-1".into()), 2))
             .await
             .unwrap()
             .is_empty()
     );
+    // An attempt id over the limit is refused.
+    let refused = receive(&mut c, receive_request(Some("x".repeat(300)), 2)).await;
+    assert_eq!(code(&refused.unwrap_err()), rmq::Code::BadRequest);
 }
 
 async fn query_route(
@@ -570,7 +596,11 @@ async fn the_protocol_can_have_a_listener_of_its_own() {
     let port = free_port();
     let mut b = Broker::start_with(Options {
         auto_create_topics: Some(false),
-        config: Some(format!("[broker]\nrocketmq_addr = \"127.0.0.1:{port}\"\n")),
+        // A grace far longer than a clean stop takes: a listener that did not
+        // stop would show.
+        config: Some(format!(
+            "[broker]\nrocketmq_addr = \"127.0.0.1:{port}\"\nshutdown_grace = \"60s\"\n"
+        )),
         ..Default::default()
     });
     create_topics(&b, &[(TOPIC, 2, MessageType::Normal)]).await;
@@ -636,9 +666,69 @@ async fn the_protocol_can_have_a_listener_of_its_own() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Exits cleanly (asserted by `stop`).
+    let stopping = std::time::Instant::now();
+    // Exits cleanly (asserted by `stop`), well within the grace.
     tokio::task::spawn_blocking(move || b.stop()).await.unwrap();
-    // The waiting receive ended with the broker (answered, or cut off if it
-    // had not reached the broker yet).
-    let _ = door_wait.await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        stopping.elapsed()
+    );
+    // The waiting receive was answered (or cut off, had it not reached the
+    // broker yet).
+    if let Ok(answer) = door_wait.await.unwrap() {
+        let mut stream = answer.into_inner();
+        if let Ok(Some(first)) = stream.message().await {
+            match first.content {
+                Some(rmq::receive_message_response::Content::Status(s)) => {
+                    assert_eq!(code(&s), rmq::Code::MessageNotFound, "{s:?}")
+                }
+                other => panic!("expected a status, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn refused_requests_create_no_group() {
+    // Groups are created on first use (the default).
+    let b = Broker::start();
+    create_topics(&b, &[(TOPIC, 1, MessageType::Normal)]).await;
+    let mut c = MessagingServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .unwrap();
+    let r = get_offset(&mut c, "ghost-read").await;
+    assert_eq!(
+        code(r.status.as_ref().unwrap()),
+        rmq::Code::OffsetNotFound,
+        "{r:?}"
+    );
+    let s = update_offset(&mut c, "ghost-past-end", 0, 99).await;
+    assert_eq!(code(&s), rmq::Code::IllegalOffset, "{s:?}");
+    let s = update_offset(&mut c, "ghost-no-queue", 7, 0).await;
+    assert_eq!(code(&s), rmq::Code::NotFound, "{s:?}");
+    let p = pull(
+        &mut c,
+        rmq::PullMessageRequest {
+            group: resource("ghost-pull"),
+            ..pull_request(0, 32, 0)
+        },
+    )
+    .await;
+    assert_eq!(code(&p.status), rmq::Code::MessageNotFound, "{p:?}");
+    let groups: Vec<String> = b
+        .admin()
+        .list_groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert!(groups.iter().all(|g| !g.starts_with("ghost")), "{groups:?}");
+    // A stored offset is a first use: the group is created.
+    let s = update_offset(&mut c, "ghost-stored", 0, 0).await;
+    assert_eq!(code(&s), rmq::Code::Ok, "{s:?}");
+    let r = get_offset(&mut c, "ghost-stored").await;
+    assert_eq!(code(r.status.as_ref().unwrap()), rmq::Code::Ok, "{r:?}");
+    assert_eq!(r.offset, 0);
 }

@@ -21,7 +21,7 @@ use crate::messaging::membership::MemberKind;
 use crate::messaging::push::subscription::Subscription;
 use crate::messaging::staged::{Resolution, TransactionCheck};
 use crate::messaging::{
-    AssignedQueue, Broker, LeaseEnd, LeaseRound, NackOutcome, PullSpec, ReceiveLimits,
+    AssignedQueue, Broker, Claim, LeaseEnd, LeaseRound, NackOutcome, PullSpec, ReceiveLimits,
     ReceiveStream, RouteAnswer, Schedule, SendMessage,
 };
 use dduomq_proto::Namespace;
@@ -293,6 +293,8 @@ impl MessagingService for MessagingApi {
                         n => n as usize,
                     },
                     wait: Duration::from_millis(r.wait_ms as u64),
+                    // Our pull members' pulls set their group's filter.
+                    claim: Claim::Take,
                 })
                 .await
                 .map_err(|e| ns.refusal(e))?;

@@ -58,6 +58,7 @@ pub use pull::{Assignment, GroupOffset, PullSpec, Pulled};
 pub use push::{LeaseEnd, LeaseRound, NackOutcome, ReceiveLimits, ReceiveStream};
 pub use replicated::{AppliedMetadata, LogRole};
 pub use send::{Schedule, SendMessage, SendReceipt};
+pub use subscriptions::Claim;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -305,7 +305,9 @@ impl Broker {
     /// Moves one member's progress (its live cursor, whose leases end, and
     /// its saved offsets) to `targets`.
     pub(super) fn move_progress(&self, key: &SubKey, targets: &[QueueOffset]) {
-        if let Some(sub) = self.subscriptions.lock().get(key).cloned() {
+        // The subscriptions lock is not held while waiting for the state's.
+        let sub = self.subscriptions.lock().get(key).cloned();
+        if let Some(sub) = sub {
             let mut st = sub.state.lock();
             for target in targets {
                 st.reset(target.queue_id, target.offset);

@@ -9,6 +9,7 @@ use super::groups::{ConsumeMode, GroupConfig};
 use super::membership::{AssignedQueue, MemberKind};
 use super::offsets::{Progress, ProgressKey};
 use super::push::subscription::{QueueOffset, SubKey};
+use super::subscriptions::Claim;
 use super::topics::TopicConfig;
 use super::{Broker, Delivery, limits};
 use crate::filter::FilterSpec;
@@ -38,6 +39,8 @@ pub struct PullSpec<'a> {
     /// past them). Must be the group's subscription on the topic (see
     /// `subscriptions.rs`).
     pub filter: &'a FilterSpec,
+    /// Whether the pull claims the group's filter (see `subscriptions.rs`).
+    pub claim: Claim,
 }
 
 /// A group's progress on a queue, if any, and the queue's range.
@@ -75,11 +78,12 @@ impl Broker {
             max_bytes,
             wait,
             filter,
+            claim,
         } = req;
         // The group names the metrics the pull is counted in.
         limits::check_group_name("group", group)?;
         let topic_config = self.require_queue(topic, queue_id)?;
-        let filter = self.subscribe(group, topic, filter, |group_filter| group_filter)?;
+        let filter = self.subscribe_as(group, topic, filter, claim, |group_filter| group_filter)?;
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_pull_wait);
         let mut arrivals = self.store.subscribe();
         loop {
@@ -209,7 +213,7 @@ impl Broker {
         self.write_term()?;
         let t = self.require_queue(topic, queue_id)?;
         let min = self.oldest_committable(topic, queue_id, offset, self.visibility(&t.settings))?;
-        if self.group_known(group)?.is_none() {
+        if self.progress_group(group)?.is_none() {
             self.group_for_use(group, ConsumeMode::Clustering)?;
         }
         let key = SubKey {
@@ -253,26 +257,37 @@ impl Broker {
     /// first use: nothing is created).
     pub fn committed_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
         let t = self.require_queue(topic, queue_id)?;
-        if self.group_known(group)?.is_none() {
+        if self.progress_group(group)?.is_none() {
             return Ok(None);
         }
         Ok(self.position(group, &t, queue_id).committed)
     }
 
     /// A consumer group that exists, or `None` for one that does not yet and
-    /// would be created on first use; refused when neither, or when it
-    /// consumes in broadcast mode (its members each keep their own progress).
+    /// would be created on first use; refused when neither.
     pub fn group_known(&self, group: &str) -> Result<Option<GroupConfig>> {
         limits::check_group_name("group", group)?;
         match self.groups.get(group) {
-            Some(config) if config.mode == ConsumeMode::Clustering => Ok(Some(config)),
-            Some(_) => Err(BrokerError::invalid(
-                "group",
-                format!("{group} consumes in broadcast mode: each member keeps its own progress"),
-            )),
+            Some(config) => Ok(Some(config)),
             None if self.config.auto_create_topics => Ok(None),
             None => Err(BrokerError::GroupNotFound(group.to_string())),
         }
+    }
+
+    /// [`Broker::group_known`], for a group whose progress a client keeps:
+    /// refused for a broadcast group (its members each keep their own).
+    fn progress_group(&self, group: &str) -> Result<Option<GroupConfig>> {
+        let known = self.group_known(group)?;
+        if known
+            .as_ref()
+            .is_some_and(|g| g.mode != ConsumeMode::Clustering)
+        {
+            return Err(BrokerError::invalid(
+                "group",
+                format!("{group} consumes in broadcast mode: each member keeps its own progress"),
+            ));
+        }
+        Ok(known)
     }
 
     /// The committed offset of a live cursor, else the saved one.

@@ -67,6 +67,17 @@ impl fmt::Display for HeldSubscription {
     }
 }
 
+/// Whether a subscriber claims the group's filter on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A consumer (or a pull member): its filter is the group's while the
+    /// group has consumers.
+    Take,
+    /// A reader that is no member (a RocketMQ pull): checked against the
+    /// group's filter, it leaves no claim behind.
+    CheckOnly,
+}
+
 impl Broker {
     /// The filter a consumer of `group` on `topic` asking for `wanted` gets:
     /// the group's, if `wanted` matches the same; refused otherwise. `join`
@@ -77,6 +88,19 @@ impl Broker {
         group: &str,
         topic: &str,
         wanted: &FilterSpec,
+        join: impl FnOnce(Arc<Filter>) -> T,
+    ) -> Result<T> {
+        self.subscribe_as(group, topic, wanted, Claim::Take, join)
+    }
+
+    /// [`Broker::subscribe`], claiming the group's filter or only checking
+    /// against it.
+    pub(super) fn subscribe_as<T>(
+        &self,
+        group: &str,
+        topic: &str,
+        wanted: &FilterSpec,
+        claim: Claim,
         join: impl FnOnce(Arc<Filter>) -> T,
     ) -> Result<T> {
         let filter = wanted.parse()?;
@@ -107,7 +131,9 @@ impl Broker {
         {
             return Err(mismatch(HeldSubscription::Filter(held.clone())));
         }
-        claims.insert(key, wanted.clone());
+        if claim == Claim::Take {
+            claims.insert(key, wanted.clone());
+        }
         Ok(join(Arc::new(filter)))
     }
 

@@ -4,7 +4,7 @@
 //! messages of that answer it still holds, under the same receipt handles,
 //! rather than new ones while the first wait out their invisible duration.
 //! Only the handles are kept: the messages are read again, and a handle
-//! whose lease ended (acked, expired, changed) is left out.
+//! whose lease ended (acked, nacked, run out, released) is left out.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

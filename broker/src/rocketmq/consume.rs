@@ -34,9 +34,9 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 
 impl RocketMqApi {
     /// Leases up to the asked batch, waiting up to the long-polling timeout;
-    /// the messages, when they were handed over (clients time deliveries by
-    /// it; the Python push consumer fails without it), then one status
-    /// (MESSAGE_NOT_FOUND when none came).
+    /// the messages, then when they were handed over (clients time
+    /// deliveries by it; the Python push consumer fails without it), then one
+    /// status (MESSAGE_NOT_FOUND when none came).
     pub(super) async fn receive(
         &self,
         mut scope: Scope,
@@ -94,11 +94,20 @@ impl RocketMqApi {
             .clients
             .consumer(&self.broker, &client_id, &group, &topic, filter)
             .await?;
+        let Some(_waiting) = session.begin_receive() else {
+            return Err(Refusal::Coded(
+                rmq::Code::TooManyRequests,
+                format!(
+                    "at most {MAX_CONCURRENT_RECEIVES} receives of one client on one group and topic may wait at once"
+                ),
+            ));
+        };
         if let Some(answered) = attempt
             .as_deref()
             .and_then(|id| session.attempts.answered(id))
         {
-            // The attempt again: what it was answered and still holds.
+            // The attempt again (counted as a waiting receive): what it was
+            // answered and still holds.
             let held: Vec<_> = answered
                 .into_iter()
                 .filter_map(|a| {
@@ -112,14 +121,6 @@ impl RocketMqApi {
                 return Ok(self.show(scope, &group, &topic, held).await?);
             }
         }
-        let Some(_waiting) = session.begin_receive() else {
-            return Err(Refusal::Coded(
-                rmq::Code::TooManyRequests,
-                format!(
-                    "at most {MAX_CONCURRENT_RECEIVES} receives of one client on one group and topic may wait at once"
-                ),
-            ));
-        };
         if r.auto_renew {
             session.renew_leases(invisible);
         }

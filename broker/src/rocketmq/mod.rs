@@ -1,13 +1,13 @@
 //! The Apache RocketMQ 5 front door: `apache.rocketmq.v2.MessagingService`,
 //! served on the gRPC port beside `dduomq.v1` (or on a listener of its own),
-//! so official RocketMQ 5 clients work against DduoMQ unmodified. Like `grpc/`, it only translates: names
-//! (`names.rs`), messages (`message.rs`), routes (`route.rs`), consuming
-//! (`consume.rs`, `clients.rs`, `attempts.rs`), consuming by offset (`offsets.rs`) and the
-//! Telemetry stream (`telemetry.rs`) go to the messaging core. Every response
-//! carries the protocol's own status (`status.rs`); the gRPC status is OK
-//! unless the request could not be read.
-//! What the core has no counterpart for answers NOT_IMPLEMENTED
-//! (docs/rocketmq.md lists it).
+//! so official RocketMQ 5 clients work against DduoMQ unmodified. Like
+//! `grpc/`, it only translates: names (`names.rs`), messages (`message.rs`),
+//! routes (`route.rs`), consuming (`consume.rs`, `clients.rs`,
+//! `attempts.rs`), consuming by offset (`offsets.rs`) and the Telemetry
+//! stream (`telemetry.rs`) go to the messaging core. Every response carries
+//! the protocol's own status (`status.rs`); the gRPC status is OK unless the
+//! request could not be read. What the core has no counterpart for answers
+//! NOT_IMPLEMENTED (docs/rocketmq.md lists it).
 
 mod attempts;
 mod clients;

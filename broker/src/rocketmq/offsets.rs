@@ -5,6 +5,7 @@
 //! position or time. Offsets are queue offsets, as everywhere in DduoMQ; a
 //! committed offset is the next one the group consumes.
 
+use dduomq_proto::Reason;
 use dduomq_proto::rocketmq::v2 as rmq;
 use rmq::pull_message_response::Content;
 
@@ -15,8 +16,11 @@ use super::names::Scope;
 use super::status::{self, Refusal, ok, refusal};
 use crate::grpc::namespace::Names;
 use crate::messaging::error::BrokerError;
-use crate::messaging::{PullSpec, Pulled, ResetTarget};
+use crate::messaging::{Claim, PullSpec, Pulled, ResetTarget};
 use crate::store::StoreError;
+
+/// The reason that starts ILLEGAL_OFFSET messages (see docs/errors.md).
+const OUT_OF_RANGE: Reason = Reason::OffsetOutOfRange;
 
 /// Most bytes one pull answers with (at least one message, whatever its size).
 const MAX_PULL_BYTES: usize = 4 << 20;
@@ -33,8 +37,9 @@ impl RocketMqApi {
     /// the offset to pull from next. MESSAGE_NOT_FOUND when none came (the
     /// next offset may still move, past messages the filter skipped), also
     /// while the broker shuts down; an offset outside the queue is
-    /// ILLEGAL_OFFSET with the nearest offset the queue holds; a message that
-    /// cannot be read is INTERNAL_SERVER_ERROR with the offset after it.
+    /// ILLEGAL_OFFSET with the nearest offset the queue holds (a negative one
+    /// too); a message that cannot be read is INTERNAL_SERVER_ERROR with the
+    /// offset after it.
     pub(super) async fn pull(
         &self,
         mut scope: Scope,
@@ -51,10 +56,10 @@ impl RocketMqApi {
             Ok(PullAnswer {
                 messages,
                 next_offset,
-                unreadable,
+                refusal,
             }) => {
-                let first = match unreadable {
-                    Some(reason) => status::status(rmq::Code::InternalServerError, reason),
+                let first = match refusal {
+                    Some(refused) => Some(refused),
                     None if messages.is_empty() => {
                         status::status(rmq::Code::MessageNotFound, "no new message")
                     }
@@ -75,7 +80,7 @@ impl RocketMqApi {
             }))) => {
                 let nearest = offset.clamp(min, max);
                 let shown = scope.ns.shown_message(format!(
-                    "offset {offset} is outside queue {queue_id} of {topic}, which holds [{min}, {max}); pull from {nearest}"
+                    "{OUT_OF_RANGE}: offset {offset} is outside queue {queue_id} of {topic}, which holds [{min}, {max}); pull from {nearest}"
                 ));
                 vec![
                     status(status::status(rmq::Code::IllegalOffset, shown)),
@@ -102,12 +107,27 @@ impl RocketMqApi {
     ) -> Result<PullAnswer, Refusal> {
         let group = scope.group(r.group.as_ref())?;
         let queue = named_queue(scope, r.message_queue.as_ref())?;
-        let offset = non_negative(r.offset)?;
         let filter = filter(r.filter_expression.as_ref())?;
         let batch = batch_size(r.batch_size)?;
         let wait = long_polling(r.long_polling_timeout.as_ref())?;
         // Known, or to be created on first use (a pull creates nothing).
         self.broker.group_known(&group)?;
+        let Ok(offset) = u64::try_from(r.offset) else {
+            let oldest =
+                self.broker
+                    .locate_offset(&queue.topic, queue.queue_id, ResetTarget::Earliest)?;
+            return Ok(PullAnswer {
+                messages: Vec::new(),
+                next_offset: oldest,
+                refusal: status::status(
+                    rmq::Code::IllegalOffset,
+                    format!(
+                        "{OUT_OF_RANGE}: offset {} is negative; pull from {oldest}",
+                        r.offset
+                    ),
+                ),
+            });
+        };
         let Pulled {
             deliveries,
             next_offset,
@@ -123,6 +143,8 @@ impl RocketMqApi {
                 max_bytes: MAX_PULL_BYTES,
                 wait,
                 filter: &filter,
+                // A RocketMQ pull is no member of its group: it holds nothing.
+                claim: Claim::CheckOnly,
             })
             .await?;
         let message_type = self.broker.topic_type(&queue.topic)?;
@@ -140,17 +162,20 @@ impl RocketMqApi {
                     return Ok(PullAnswer {
                         messages,
                         next_offset: at + 1,
-                        unreadable: Some(format!(
-                            "the message at offset {at} cannot be read ({e}); the next is at {}",
-                            at + 1
-                        )),
+                        refusal: status::status(
+                            rmq::Code::InternalServerError,
+                            format!(
+                                "the message at offset {at} cannot be read ({e}); the next is at {}",
+                                at + 1
+                            ),
+                        ),
                     });
                 }
                 Err(_) => {
                     return Ok(PullAnswer {
                         messages,
                         next_offset: at,
-                        unreadable: None,
+                        refusal: None,
                     });
                 }
             }
@@ -158,7 +183,7 @@ impl RocketMqApi {
         Ok(PullAnswer {
             messages,
             next_offset,
-            unreadable: None,
+            refusal: None,
         })
     }
 
@@ -260,8 +285,9 @@ impl RocketMqApi {
 struct PullAnswer {
     messages: Vec<rmq::Message>,
     next_offset: u64,
-    /// Why the message at the offset could not be answered, when none was.
-    unreadable: Option<String>,
+    /// Why nothing was answered, when that is not simply that no message
+    /// came: an offset before the queue, or a message that cannot be read.
+    refusal: Option<rmq::Status>,
 }
 
 /// The stored topic and the queue id of a request's message queue.
@@ -281,7 +307,7 @@ fn non_negative(offset: i64) -> Result<u64, Refusal> {
     u64::try_from(offset).map_err(|_| {
         Refusal::Coded(
             rmq::Code::IllegalOffset,
-            format!("offset {offset} is negative"),
+            format!("{OUT_OF_RANGE}: offset {offset} is negative"),
         )
     })
 }

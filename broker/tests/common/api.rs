@@ -14,9 +14,9 @@ use dduomq_broker::messaging::staged::{Resolution, TransactionCheck};
 use dduomq_broker::messaging::topic_settings::{AckPolicyUpdate, TopicSettings};
 use dduomq_broker::messaging::topics::TopicConfig;
 use dduomq_broker::messaging::{
-    AppliedMetadata, Broker, Delivery, GroupOffset, LeaseEnd, LeaseRound, NackOutcome, PullSpec,
-    Pulled, QueueProgress, ReceiveLimits, ReceiveStream, ResetTarget, SendMessage, SendReceipt,
-    TopicDescription,
+    AppliedMetadata, Broker, Claim, Delivery, GroupOffset, LeaseEnd, LeaseRound, NackOutcome,
+    PullSpec, Pulled, QueueProgress, ReceiveLimits, ReceiveStream, ResetTarget, SendMessage,
+    SendReceipt, TopicDescription,
 };
 use dduomq_broker::store::{MessageType, Record};
 use tokio::sync::mpsc;
@@ -405,6 +405,7 @@ pub async fn try_pull(
             max_bytes: 1 << 20,
             wait: Duration::ZERO,
             filter,
+            claim: Claim::Take,
         })
         .await
 }

@@ -321,7 +321,7 @@ impl Broker {
     /// received it (its `attempt`, which the lease does not keep, as it was
     /// answered): for a client that lost the answer and asks for it again
     /// (RocketMQ's `attempt_id`). Refused when the handle names no current
-    /// lease of that consumer.
+    /// lease of that consumer, or one past its deadline.
     pub fn held_delivery(
         &self,
         stream: &ReceiveStream,
@@ -335,7 +335,9 @@ impl Broker {
         } else {
             None
         };
-        let Some(lease) = lease.filter(|l| l.consumer == stream.consumer) else {
+        let now = now_millis();
+        let Some(lease) = lease.filter(|l| l.consumer == stream.consumer && l.deadline > now)
+        else {
             return Err(stale_handle(handle));
         };
         let r = self
