@@ -26,6 +26,11 @@ AWAIT_SECONDS = 2
 DEADLINE_SECONDS = 60
 
 
+# The push consumer calls its listener from several threads: one line is
+# written whole, under this lock, or two could interleave.
+OUTPUT = threading.Lock()
+
+
 def emit(event, scenario, message_id, body, **extra):
     line = {
         "event": event,
@@ -34,7 +39,13 @@ def emit(event, scenario, message_id, body, **extra):
         "body": body.hex(),
     }
     line.update(extra)
-    print(json.dumps(line), flush=True)
+    say(line)
+
+
+def say(line):
+    with OUTPUT:
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
 
 
 def config(endpoint):
@@ -263,10 +274,10 @@ def bad_input(endpoint, name):
     ):
         try:
             p.send(m)
-            print(json.dumps({"event": "accepted", "scenario": "bad-input", "what": what}), flush=True)
+            say({"event": "accepted", "scenario": "bad-input", "what": what})
         except Exception as e:  # the client raises its own exception types
-            print(json.dumps({"event": "refused", "scenario": "bad-input", "what": what,
-                              "error": str(e)[:300]}), flush=True)
+            say({"event": "refused", "scenario": "bad-input", "what": what,
+                 "error": str(e)[:300]})
     p.shutdown()
 
 
@@ -288,7 +299,7 @@ def main():
     endpoint, run_id, names = sys.argv[1], sys.argv[2], sys.argv[3:]
     for scenario in names:
         SCENARIOS[scenario](endpoint, f"{scenario}-{run_id}")
-        print(json.dumps({"event": "done", "scenario": scenario}), flush=True)
+        say({"event": "done", "scenario": scenario})
 
 
 if __name__ == "__main__":
