@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::AuthConfig;
 use crate::replication::ReplicationConfig;
 use crate::store::StoreConfig;
+use crate::tls::TlsConfig;
 
 /// The embedded default configuration file.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/dduomq.toml");
@@ -21,6 +23,8 @@ pub struct BrokerConfig {
     pub broker: MessagingConfig,
     pub store: StoreConfig,
     pub replication: ReplicationConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
 }
 
 /// The `[broker]` table: network endpoints and messaging defaults.
@@ -213,6 +217,10 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
     #[error("invalid config: [replication] {key} {reason}")]
     InvalidReplication { key: &'static str, reason: String },
+    #[error("invalid config: [auth] {key} {reason}")]
+    InvalidAuth { key: &'static str, reason: String },
+    #[error("invalid config: [tls] {key} {reason}")]
+    InvalidTls { key: &'static str, reason: String },
 }
 
 impl BrokerConfig {
@@ -265,6 +273,10 @@ mod tests {
         let cfg = BrokerConfig::load(None).unwrap();
         cfg.store.validate().unwrap();
         cfg.broker.validate().unwrap();
+        cfg.auth.validate().unwrap();
+        cfg.tls.validate().unwrap();
+        assert!(!cfg.tls.enabled);
+        assert!(!cfg.auth.enabled);
         assert_eq!(cfg.broker.max_queues_per_topic, 1024);
         assert_eq!(cfg.broker.max_topics, 10_000);
         assert_eq!(cfg.store.segment_size_bytes, 1 << 30);

@@ -266,6 +266,9 @@ impl Connection {
 pub struct ConnectionInfo {
     pub tcp: TcpConnectInfo,
     activity: Arc<Activity>,
+    /// The common name of the client's verified certificate (mutual TLS);
+    /// set by `crate::tls`.
+    pub client_name: Option<Arc<str>>,
 }
 
 impl Connected for Connection {
@@ -274,6 +277,7 @@ impl Connected for Connection {
         ConnectionInfo {
             tcp: self.io.connect_info(),
             activity: self.activity.clone(),
+            client_name: None,
         }
     }
 }
@@ -357,7 +361,7 @@ impl axum::serve::Listener for GatedListener {
                 }
                 Err(e) => {
                     // Out of descriptors, say: wait instead of spinning.
-                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tracing::warn!(error = %e, listener = self.gate.listener.label(), "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -367,6 +371,16 @@ impl axum::serve::Listener for GatedListener {
     fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
     }
+}
+
+/// A listener's admitted connections, as a stream.
+pub fn accepted(
+    listener: GatedListener,
+) -> impl futures::Stream<Item = Connection> + Send + 'static {
+    futures::stream::unfold(listener, |mut l| async move {
+        let (conn, _) = axum::serve::Listener::accept(&mut l).await;
+        Some((conn, l))
+    })
 }
 
 /// Counts each gRPC request as open on its connection until its response

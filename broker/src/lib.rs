@@ -3,6 +3,7 @@
 //! `dduomq-broker` binary wires them together. [`rocketmq`] serves the Apache
 //! RocketMQ 5 protocol beside our own.
 
+pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod filter;
@@ -13,3 +14,4 @@ pub mod metrics;
 pub mod replication;
 pub mod rocketmq;
 pub mod store;
+pub mod tls;

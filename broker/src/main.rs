@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use dduomq_broker::auth::Auth;
 use dduomq_broker::config::BrokerConfig;
 use dduomq_broker::connections::{Gate, GatedListener, Listener};
 use dduomq_broker::grpc::GrpcListeners;
 use dduomq_broker::http::Readiness;
 use dduomq_broker::messaging::Broker;
 use dduomq_broker::metrics::Metrics;
-use dduomq_broker::replication::Replication;
+use dduomq_broker::replication::{Peering, Replication};
 use dduomq_broker::store::{FlushMode, NoObserver, Store, StoreObserver};
+use dduomq_broker::tls::{SecuredHttp, TlsServer};
+use dduomq_proto::signature::Signer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -57,6 +60,36 @@ struct Args {
     /// Log format: text or json. Filter with RUST_LOG.
     #[arg(long, env = "DDUOMQ_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Seals a secret key (read from stdin) for the users file, so that it is
+    /// never stored in plain text: prints the `secret_key` value.
+    ///
+    /// Example: `openssl rand -hex 20 | dduomq-broker seal-secret --key-file sealing.key --access-key orders-app`
+    SealSecret {
+        /// The sealing key file ([auth] sealing_key_file): 64 hex digits.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The access key the secret belongs to (sealed secrets are bound to it).
+        #[arg(long)]
+        access_key: String,
+    },
+}
+
+/// Prints the sealed form of the secret key on stdin.
+fn seal_secret(key_file: &std::path::Path, access_key: &str) -> anyhow::Result<()> {
+    let key = dduomq_broker::auth::sealed::SealingKey::from_file(key_file)?;
+    let mut secret = String::new();
+    std::io::stdin().read_line(&mut secret)?;
+    println!(
+        "{}",
+        key.seal(access_key, secret.trim_end_matches(['\r', '\n']))?
+    );
+    Ok(())
 }
 
 impl Args {
@@ -110,12 +143,31 @@ async fn terminated(mut term: Signal) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::SealSecret {
+        key_file,
+        access_key,
+    }) = args.command.take()
+    {
+        return seal_secret(&key_file, &access_key);
+    }
     init_logging(&args.log_format);
     let mut config = BrokerConfig::load(args.config.as_deref())?;
     args.apply(&mut config);
     config.broker.validate()?;
     config.replication.validate()?;
+    config.auth.validate()?;
+    config.tls.validate()?;
+    if config.tls.enabled
+        && config.replication.enabled()
+        && config.tls.ca_file.as_os_str().is_empty()
+    {
+        anyhow::bail!("invalid config: [tls] ca_file is required to replicate over TLS");
+    }
+    let tls = match config.tls.enabled {
+        true => Some(TlsServer::open(&config.tls).context("starting TLS")?),
+        false => None,
+    };
 
     // Bind first, so a taken port fails fast, before recovery.
     let grpc_listener = TcpListener::bind(config.broker.grpc_addr)
@@ -139,20 +191,30 @@ async fn main() -> anyhow::Result<()> {
             &format!("{:?}", config.store.flush).to_lowercase(),
         )
     });
+    let auth = Auth::open(&config.auth, metrics.clone()).context("starting authentication")?;
+    if config.replication.enabled() && auth.enabled() && auth.own_credentials().is_none() {
+        anyhow::bail!(
+            "invalid config: [auth] broker_user is required to replicate with authentication on"
+        );
+    }
     let ready = Arc::new(Readiness::default());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_listener = GatedListener {
-        listener: http_listener,
-        gate: Gate::new(
-            Listener::Http,
-            config.broker.max_http_connections,
-            config.broker.connection_idle_timeout,
-            metrics.clone(),
-        ),
-    };
+    let http_listener = SecuredHttp::new(
+        GatedListener {
+            listener: http_listener,
+            gate: Gate::new(
+                Listener::Http,
+                config.broker.max_http_connections,
+                config.broker.connection_idle_timeout,
+                metrics.clone(),
+            ),
+        },
+        tls.clone(),
+    )?;
     let http = tokio::spawn(dduomq_broker::http::serve(
         http_listener,
         ready.clone(),
+        auth.clone(),
         async move {
             let _ = http_stopped.await;
         },
@@ -187,6 +249,10 @@ async fn main() -> anyhow::Result<()> {
             ordinal,
             store.clone(),
             broker.metrics().cloned(),
+            Peering {
+                signer: Signer::new(auth.own_credentials()),
+                tls: config.tls.clone(),
+            },
         )
         .await
         .context("starting replication")?;
@@ -200,6 +266,10 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     let maintenance = tokio::spawn(broker.clone().run_maintenance());
+    let users = tokio::spawn(auth.clone().watch_users(broker.shutdown_signal()));
+    let certificates = tls
+        .clone()
+        .map(|tls| tokio::spawn(tls.watch(broker.shutdown_signal())));
 
     tracing::info!(
         grpc = %config.broker.grpc_addr,
@@ -220,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
         main: grpc_listener,
         rocketmq: rocketmq_listener,
     };
-    let serve = dduomq_broker::grpc::serve(broker.clone(), listeners, async move {
+    let serve = dduomq_broker::grpc::serve(broker.clone(), auth, tls, listeners, async move {
         terminated(term).await;
         tracing::info!("shutting down: no new requests; finishing in-flight ones");
         ready_flag.set(false);
@@ -237,6 +307,10 @@ async fn main() -> anyhow::Result<()> {
     }
 
     maintenance.await?;
+    users.await?;
+    if let Some(certificates) = certificates {
+        certificates.await?;
+    }
     if let Some(replication) = replication {
         replication.await?;
     }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub grpc_connections: IntGauge,
     pub grpc_streams: IntGauge,
     pub connections_closed: IntCounterVec,
+    pub auth_refusals: IntCounterVec,
+    pub admin_actions: IntCounterVec,
     pub replication: crate::replication::ReplicationMetrics,
 }
 
@@ -255,6 +257,16 @@ impl Metrics {
                 "dduomq_connections_closed_total",
                 "Connections the broker closed: over the listener's limit, or idle.",
                 &["listener", "reason"],
+            ),
+            auth_refusals: counter_vec(
+                "dduomq_auth_refusals_total",
+                "Requests refused by authentication or authorization, by reason code.",
+                &["reason"],
+            ),
+            admin_actions: counter_vec(
+                "dduomq_admin_actions_total",
+                "Admin actions allowed (drain, role and route changes, resets, deletes), by method.",
+                &["method"],
             ),
             registry,
         })

@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use dduomq_proto::signature::Credentials;
 use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
 use crate::connection::{
-    CONNECT_TIMEOUT, MAX_GRPC_MESSAGE, NamespaceHeader, Transport, channel_with_connect_timeout,
-    with_deadline,
+    Access, CONNECT_TIMEOUT, MAX_GRPC_MESSAGE, RequestHeaders, Transport,
+    channel_with_connect_timeout, with_deadline,
 };
 use crate::error::Result;
 
@@ -97,13 +98,14 @@ impl Default for AdminTimeouts {
 pub struct Admin {
     /// The connection, shared by the clients of every namespace.
     channel: Channel,
+    headers: RequestHeaders,
     client: AdminServiceClient<Transport>,
     timeout: Duration,
 }
 
 /// An administration client on `channel` whose requests carry `namespace`.
-fn admin_client(channel: Channel, namespace: NamespaceHeader) -> AdminServiceClient<Transport> {
-    AdminServiceClient::with_interceptor(channel, namespace)
+fn admin_client(channel: Channel, headers: RequestHeaders) -> AdminServiceClient<Transport> {
+    AdminServiceClient::with_interceptor(channel, headers)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE)
 }
@@ -118,11 +120,32 @@ impl Admin {
     /// [`Admin::connect`] with other deadlines: a controller that walks many
     /// brokers in turn wants a dead one to cost it little.
     pub fn connect_with(endpoint: &str, timeouts: AdminTimeouts) -> Result<Admin> {
-        let channel = channel_with_connect_timeout(endpoint, timeouts.connect)?;
+        Admin::connect_as(endpoint, timeouts, &Access::default())
+    }
+
+    /// [`Admin::connect_with`] in `access`'s namespace, signed with its
+    /// credentials, over TLS if it has TLS options.
+    pub fn connect_as(endpoint: &str, timeouts: AdminTimeouts, access: &Access) -> Result<Admin> {
+        let channel =
+            channel_with_connect_timeout(endpoint, timeouts.connect, access.tls.as_ref())?;
+        let headers = access.headers()?;
         Ok(Admin {
-            client: admin_client(channel.clone(), NamespaceHeader::default()),
+            client: admin_client(channel.clone(), headers.clone()),
+            headers,
             channel,
             timeout: timeouts.call,
+        })
+    }
+
+    /// This client signing every request with `credentials`, on the same
+    /// connection and in the same namespace.
+    pub fn with_credentials(&self, credentials: Option<Credentials>) -> Result<Admin> {
+        let headers = RequestHeaders::new(self.headers.namespace(), credentials)?;
+        Ok(Admin {
+            client: admin_client(self.channel.clone(), headers.clone()),
+            headers,
+            channel: self.channel.clone(),
+            timeout: self.timeout,
         })
     }
 
@@ -130,8 +153,10 @@ impl Admin {
     /// the same connection: cheap, so a caller serving many namespaces makes
     /// one per call.
     pub fn in_namespace(&self, namespace: &str) -> Result<Admin> {
+        let headers = self.headers.in_namespace(namespace)?;
         Ok(Admin {
-            client: admin_client(self.channel.clone(), NamespaceHeader::new(namespace)?),
+            client: admin_client(self.channel.clone(), headers.clone()),
+            headers,
             channel: self.channel.clone(),
             timeout: self.timeout,
         })

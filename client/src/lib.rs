@@ -34,6 +34,7 @@ mod route;
 mod transaction;
 
 pub use admin::{Admin, AdminTimeouts, ResetTo, TopicSettings};
+pub use connection::{Access, ClientIdentity, TlsOptions};
 pub use error::{ClientError, Result};
 pub use message::{DECODE_ERROR_PROPERTY, Message, ReceivedMessage, SendReceipt, now_millis};
 pub use producer::{Producer, ProducerBuilder};
@@ -47,5 +48,6 @@ pub use transaction::{
 
 /// Why a broker refused a request (docs/errors.md).
 pub use dduomq_proto::Reason;
+pub use dduomq_proto::signature::Credentials;
 /// The protobuf types of the gRPC contract.
 pub use dduomq_proto::v1 as proto;

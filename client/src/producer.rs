@@ -40,7 +40,7 @@ mod tests;
 use batcher::{RETRY_PAUSE, answer, deliver, run_batcher, send_with_retry};
 pub(crate) use batcher::{retry, retry_within};
 
-use crate::connection::{MessagingClient, client};
+use crate::connection::{Access, MessagingClient, client};
 use crate::error::{ClientError, Result};
 use crate::message::{Message, SendReceipt};
 
@@ -56,7 +56,7 @@ pub struct ProducerBuilder {
     route_ttl: Duration,
     compress_from: usize,
     idempotent: bool,
-    namespace: String,
+    access: Access,
 }
 
 impl ProducerBuilder {
@@ -72,16 +72,10 @@ impl ProducerBuilder {
             route_ttl: Duration::from_secs(30),
             compress_from: 4096,
             idempotent: true,
-            namespace: String::new(),
+            access: Access::default(),
         }
     }
-    /// The namespace (tenant) of every name this client uses; `""` or
-    /// `"default"` (the default) is the namespace of names made before
-    /// namespaces existed. Checked when the client is built.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
-    }
+    crate::connection::access_setters!();
     /// Give every message a producer id and sequence number, so that a retried
     /// send is stored once (default on).
     pub fn idempotent(mut self, on: bool) -> Self {
@@ -131,7 +125,7 @@ impl ProducerBuilder {
 
     /// Creates the producer (connections are made lazily).
     pub fn build(self) -> Result<Producer> {
-        let bootstrap = client(&self.endpoint, &self.namespace)?;
+        let bootstrap = client(&self.endpoint, &self.access)?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 bootstrap,
@@ -294,7 +288,7 @@ impl Producer {
             let address = queue.broker_address;
             let fail_fast = sharding_key.is_empty() && self.inner.has_alternative(topic, &address);
             match send_with_retry(
-                client(&address, &config.namespace)?,
+                client(&address, &config.access)?,
                 messages.clone(),
                 budget,
                 fail_fast,
@@ -342,8 +336,8 @@ impl Producer {
         &self.inner.config.endpoint
     }
 
-    pub(crate) fn namespace(&self) -> &str {
-        &self.inner.config.namespace
+    pub(crate) fn access(&self) -> &Access {
+        &self.inner.config.access
     }
 
     pub(crate) fn send_timeout(&self) -> Duration {
@@ -470,7 +464,7 @@ impl Inner {
         }
         let (tx, rx) = mpsc::channel(4 * inner.config.max_batch_messages);
         tokio::spawn(run_batcher(
-            client(address, &inner.config.namespace)?,
+            client(address, &inner.config.access)?,
             address.to_string(),
             Arc::downgrade(inner),
             inner.config.clone(),
@@ -570,7 +564,7 @@ impl Inner {
         if stay.is_empty() {
             return;
         }
-        match client(address, &inner.config.namespace) {
+        match client(address, &inner.config.access) {
             Ok(c) => {
                 let (weak, per_broker) = (Arc::downgrade(inner), inner.config.per_broker());
                 Box::pin(deliver(

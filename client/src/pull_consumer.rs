@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::connection::{MessagingClient, client, with_deadline};
+use crate::connection::{Access, MessagingClient, client, with_deadline};
 use crate::error::Result;
 use crate::message::ReceivedMessage;
 use crate::push_consumer::{Filter, default_client_id};
@@ -28,7 +28,7 @@ pub struct PullConsumerBuilder {
     client_id: String,
     request_timeout: Duration,
     filter: Filter,
-    namespace: String,
+    access: Access,
 }
 
 impl PullConsumerBuilder {
@@ -40,16 +40,10 @@ impl PullConsumerBuilder {
             client_id: default_client_id(),
             request_timeout: Duration::from_secs(10),
             filter: Filter::All,
-            namespace: String::new(),
+            access: Access::default(),
         }
     }
-    /// The namespace (tenant) of every name this client uses; `""` or
-    /// `"default"` (the default) is the namespace of names made before
-    /// namespaces existed. Checked when the client is built.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
-    }
+    crate::connection::access_setters!();
     /// Only messages passing `filter` are returned; positions move past the rest.
     pub fn filter(mut self, filter: Filter) -> Self {
         self.filter = filter;
@@ -62,7 +56,7 @@ impl PullConsumerBuilder {
 
     /// Joins the group (first heartbeat) and starts heartbeating.
     pub async fn build(self) -> Result<PullConsumer> {
-        let client = client(&self.endpoint, &self.namespace)?;
+        let client = client(&self.endpoint, &self.access)?;
         let shared = Arc::new(Shared {
             client,
             cfg: self,

@@ -14,7 +14,7 @@ use dduomq_proto::v1 as pb;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::connection::{MessagingClient, client, with_deadline};
+use crate::connection::{Access, MessagingClient, client, with_deadline};
 use crate::error::{ClientError, Result};
 use crate::message::ReceivedMessage;
 use crate::producer::retry_within;
@@ -54,7 +54,7 @@ pub struct PushConsumerBuilder {
     route_refresh: Duration,
     filter: Filter,
     lane: String,
-    namespace: String,
+    access: Access,
 }
 
 /// A broker-side filter: a tag expression or SQL92 (see docs/architecture.md).
@@ -111,16 +111,10 @@ impl PushConsumerBuilder {
             route_refresh: Duration::from_secs(5),
             filter: Filter::All,
             lane: String::new(),
-            namespace: String::new(),
+            access: Access::default(),
         }
     }
-    /// The namespace (tenant) of every name this client uses; `""` or
-    /// `"default"` (the default) is the namespace of names made before
-    /// namespaces existed. Checked when the client is built.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
-    }
+    crate::connection::access_setters!();
     /// Consume on a gray-release lane: this consumer gets the lane's messages
     /// (and only those) while it is online.
     pub fn lane(mut self, lane: impl Into<String>) -> Self {
@@ -172,12 +166,12 @@ impl PushConsumerBuilder {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let bootstrap = client(&self.endpoint, &self.namespace)?;
+        let bootstrap = client(&self.endpoint, &self.access)?;
         let (stop, stopped) = watch::channel(false);
         let handler = Arc::new(handler);
         let mut streams = Streams::default();
         for address in readable_brokers(bootstrap.clone(), &self).await? {
-            let broker = client(&address, &self.namespace)?;
+            let broker = client(&address, &self.access)?;
             let first = match open_stream(broker.clone(), &self).await {
                 Ok(first) => first,
                 Err(e) if e.is_retryable() => {
@@ -302,7 +296,7 @@ where
             if addresses.is_some() {
                 break;
             }
-            if let Ok(c) = client(known_address, &cfg.namespace) {
+            if let Ok(c) = client(known_address, &cfg.access) {
                 addresses = readable_brokers(c, &cfg).await.ok();
             }
         }
@@ -314,7 +308,7 @@ where
             if streams.running.contains_key(address) {
                 continue;
             }
-            let Ok(broker) = client(address, &cfg.namespace) else {
+            let Ok(broker) = client(address, &cfg.access) else {
                 continue;
             };
             match open_stream(broker.clone(), &cfg).await {

@@ -34,7 +34,7 @@ use dduomq_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::connection::client;
+use crate::connection::{Access, client};
 use crate::error::Result;
 use crate::message::{Message, ReceivedMessage, SendReceipt};
 use crate::producer::{Producer, ProducerBuilder, retry};
@@ -122,7 +122,7 @@ impl TransactionProducer {
             address,
             topic,
             group: self.group.clone(),
-            namespace: self.producer.namespace().to_string(),
+            access: self.producer.access().clone(),
             timeout: self.producer.send_timeout(),
         })
     }
@@ -136,7 +136,7 @@ impl TransactionProducer {
         let task = tokio::spawn(run_checks(
             address.to_string(),
             self.group.clone(),
-            self.producer.namespace().to_string(),
+            self.producer.access().clone(),
             self.checker.clone(),
             self.producer.send_timeout(),
         ));
@@ -159,7 +159,7 @@ pub struct Transaction {
     address: String,
     topic: String,
     group: String,
-    namespace: String,
+    access: Access,
     timeout: Duration,
 }
 
@@ -181,7 +181,7 @@ impl Transaction {
     async fn end(self, resolution: pb::TransactionResolution) -> Result<()> {
         end_transaction(
             &self.address,
-            &self.namespace,
+            &self.access,
             pb::EndTransactionRequest {
                 topic: self.topic,
                 transaction_id: self.receipt.transaction_id,
@@ -197,11 +197,11 @@ impl Transaction {
 
 async fn end_transaction(
     address: &str,
-    namespace: &str,
+    access: &Access,
     request: pb::EndTransactionRequest,
     timeout: Duration,
 ) -> Result<()> {
-    let client = client(address, namespace)?;
+    let client = client(address, access)?;
     retry(timeout, || {
         let (mut client, request) = (client.clone(), request.clone());
         async move { client.end_transaction(request).await }
@@ -214,7 +214,7 @@ async fn end_transaction(
 async fn run_checks(
     address: String,
     group: String,
-    namespace: String,
+    access: Access,
     checker: Arc<dyn TransactionChecker>,
     timeout: Duration,
 ) {
@@ -224,7 +224,7 @@ async fn run_checks(
             producer_group: group.clone(),
             client_id: client_id.clone(),
         };
-        let opened = match client(&address, &namespace) {
+        let opened = match client(&address, &access) {
             Ok(mut c) => c
                 .transaction_checks(request)
                 .await
@@ -251,11 +251,9 @@ async fn run_checks(
                         resolution: resolution as i32,
                         from_check: true,
                     };
-                    let (address, namespace) = (address.clone(), namespace.clone());
+                    let (address, access) = (address.clone(), access.clone());
                     tokio::spawn(async move {
-                        if let Err(e) =
-                            end_transaction(&address, &namespace, request, timeout).await
-                        {
+                        if let Err(e) = end_transaction(&address, &access, request, timeout).await {
                             tracing::warn!(error = %e, "answering a transaction check failed");
                         }
                     });

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_client::{
-    Admin, AdminTimeouts, ClientError, Reason, ResetTo, TopicSettings, proto as pb,
+    Admin, AdminTimeouts, ClientError, Credentials, Reason, ResetTo, TopicSettings, proto as pb,
 };
 use parking_lot::Mutex;
 
@@ -51,14 +51,25 @@ pub struct BrokerPool {
     /// The namespace of the names this pool's calls use; the default one for
     /// calls that name nothing or carry qualified names (routes).
     namespace: String,
+    /// What every call is signed with (brokers with authentication on).
+    credentials: Option<Credentials>,
 }
 
 impl BrokerPool {
+    /// An empty pool whose calls are signed with `credentials`.
+    pub fn signing_with(credentials: Option<Credentials>) -> BrokerPool {
+        BrokerPool {
+            credentials,
+            ..BrokerPool::default()
+        }
+    }
+
     /// This pool for the names of `obj`: calls use its broker namespace.
     pub fn for_resource<K: BrokerNamespaced>(&self, obj: &K) -> BrokerPool {
         BrokerPool {
             clients: self.clients.clone(),
             namespace: broker_namespace(obj),
+            credentials: self.credentials.clone(),
         }
     }
 
@@ -69,7 +80,8 @@ impl BrokerPool {
         let admin = match clients.get(address) {
             Some(admin) => admin.clone(),
             None => {
-                let admin = Admin::connect_with(address, TIMEOUTS)?;
+                let admin = Admin::connect_with(address, TIMEOUTS)?
+                    .with_credentials(self.credentials.clone())?;
                 clients.insert(address.to_string(), admin.clone());
                 admin
             }

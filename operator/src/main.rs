@@ -83,6 +83,18 @@ struct Args {
     /// group's queues to its master.
     #[arg(long, env = "DDUOMQ_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     replication_factor: u32,
+    /// The access key the operator signs its broker calls with, when the
+    /// brokers have authentication on (a user with admin on cluster).
+    #[arg(long, env = "DDUOMQ_ACCESS_KEY", requires = "secret_key")]
+    access_key: Option<String>,
+    /// Its secret key (from a Secret, through the environment).
+    #[arg(
+        long,
+        env = "DDUOMQ_SECRET_KEY",
+        hide_env_values = true,
+        requires = "access_key"
+    )]
+    secret_key: Option<String>,
     /// Periodic resync, which repairs drift on the brokers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     resync: Duration,
@@ -194,7 +206,12 @@ async fn main() -> anyhow::Result<()> {
         ),
         client,
         brokers,
-        pool: BrokerPool::default(),
+        pool: BrokerPool::signing_with(args.access_key.clone().zip(args.secret_key.clone()).map(
+            |(access_key, secret_key)| dduomq_client::Credentials {
+                access_key,
+                secret_key,
+            },
+        )),
         metrics: m,
         resync: args.resync,
         routes_changed: Arc::new(Notify::new()),

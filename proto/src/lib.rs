@@ -20,13 +20,42 @@ pub mod rocketmq {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/dduomq_descriptor.bin"));
 
+/// The path (`/package.Service/Method`) of every method the broker serves:
+/// those of [`FILE_DESCRIPTOR_SET`], gRPC health and server reflection.
+pub fn served_methods() -> Vec<String> {
+    let fds = <prost_types::FileDescriptorSet as prost::Message>::decode(FILE_DESCRIPTOR_SET)
+        .expect("the built-in descriptor set decodes");
+    let mut paths: Vec<String> = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ]
+    .map(String::from)
+    .into();
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    paths
+}
+
 pub mod namespace;
 mod reason;
 mod sharding;
+pub mod signature;
 
 pub use namespace::Namespace;
 pub use reason::Reason;
 pub use sharding::queue_for_sharding_key;
+pub use signature::Credentials;
 
 /// The `google.rpc.ErrorInfo` domain of every DduoMQ error.
 pub const ERROR_DOMAIN: &str = "dduomq.io";

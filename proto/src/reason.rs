@@ -123,6 +123,14 @@ reasons! {
     /// A failure inside the broker that is not the request's fault, such as a
     /// request's task that panicked.
     Internal = "INTERNAL" => Internal,
+    /// The request is not signed, and the broker requires it.
+    MissingCredentials = "MISSING_CREDENTIALS" => Unauthenticated,
+    /// An unknown access key, a wrong signature or a malformed header.
+    BadCredentials = "BAD_CREDENTIALS" => Unauthenticated,
+    /// The request's signed time is missing or too far from the broker's clock.
+    RequestExpired = "REQUEST_EXPIRED" => Unauthenticated,
+    /// The user may not do this to this resource.
+    PermissionDenied = "PERMISSION_DENIED" => PermissionDenied,
 }
 
 impl fmt::Display for Reason {

@@ -85,6 +85,9 @@ pub struct Options {
     /// (e.g. members of a static replicated group list each other); else a
     /// free one.
     pub grpc_port: Option<u16>,
+    /// The CA (PEM) of the broker's certificate, when its listeners have TLS:
+    /// readiness is then checked over TLS.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Runs blocking process control without stalling an async test's runtime (tests
@@ -211,7 +214,11 @@ impl Broker {
             {
                 panic!("broker exited during startup: {status}");
             }
-            if http_get(&self.http, "/readyz").is_some_and(|(code, _)| code == 200) {
+            let ready = match &self.options.tls_ca {
+                Some(ca) => https_get(&self.http, "/readyz", ca, None),
+                None => http_get(&self.http, "/readyz"),
+            };
+            if ready.is_some_and(|(code, _)| code == 200) {
                 return;
             }
             assert!(
@@ -294,13 +301,49 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
+    status_and_body(&text)
+}
+
+/// The status code and body of an HTTP/1 response.
+fn status_and_body(text: &str) -> Option<(u16, String)> {
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    Some((code, body))
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Some((code, body.to_string()))
+}
+
+/// [`http_get`] over TLS, verifying the server with `ca_pem` (for
+/// `localhost`), with an `Authorization` header if given.
+pub fn https_get(
+    addr: &str,
+    path: &str,
+    ca_pem: &[u8],
+    authorization: Option<&str>,
+) -> Option<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.ok()?).ok()?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).ok()?;
+    let tcp = TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").ok()?;
+    let mut text = String::new();
+    // A server closing without close_notify still gave its answer.
+    let _ = s.read_to_string(&mut text);
+    status_and_body(&text)
 }
 
 /// Creates topics on a broker: `(name, queues, type)` each.

@@ -11,7 +11,9 @@ mod load;
 mod report;
 pub mod rocketmq;
 
-pub use broker::{Broker, Options, create_topics, free_port, http_get, sibling_binary, stored};
+pub use broker::{
+    Broker, Options, create_topics, free_port, http_get, https_get, sibling_binary, stored,
+};
 pub use eventually::{eventually, eventually_every};
 pub use fs::copy_dir;
 pub use ledger::{FailedSend, Ledger, all_acked_consumed, body_of, broker_of, index_of};

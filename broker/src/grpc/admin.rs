@@ -6,9 +6,11 @@ use dduomq_proto::v1 as pb;
 use dduomq_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use super::access;
 use super::namespace::{self, Names};
 use super::status::{invalid, to_status};
 use super::{convert, observed};
+use crate::auth::{Action, Resource};
 use crate::messaging::groups::GroupConfig;
 use crate::messaging::membership::MemberKind;
 use crate::messaging::topic_settings::TopicSettings;
@@ -33,8 +35,10 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         observed(self.broker.metrics(), "CreateTopic", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let r = req.into_inner();
             let name = ns.topic(&r.name).map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Create, Resource::Topic(&name))?;
             let message_type =
                 convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?;
             let (ack, ack_policy) =
@@ -64,9 +68,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         observed(self.broker.metrics(), "DeleteTopic", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let name = ns
                 .topic(&req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Delete, Resource::Topic(&name))?;
+            caller.admin_action("DeleteTopic");
             self.broker
                 .acknowledged_change(Some(&name), |b| b.delete_topic(&name))
                 .await
@@ -82,12 +89,14 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         observed(self.broker.metrics(), "ListTopics", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             Ok(Response::new(pb::ListTopicsResponse {
                 topics: self
                     .broker
                     .list_topics()
                     .into_iter()
                     .filter(|t| ns.holds(&t.name))
+                    .filter(|t| caller.may(Action::Describe, Resource::Topic(&t.name)))
                     .map(|t| shown_topic(&ns, t))
                     .collect(),
             }))
@@ -101,9 +110,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         observed(self.broker.metrics(), "DescribeTopic", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let name = ns
                 .topic(&req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Describe, Resource::Topic(&name))?;
             let TopicDescription { topic, queues } = self
                 .broker
                 .describe_topic(&name)
@@ -129,11 +140,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::CreateGroupResponse>, Status> {
         observed(self.broker.metrics(), "CreateGroup", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut g = req
                 .into_inner()
                 .group
                 .ok_or_else(|| invalid("group", "missing"))?;
             g.name = ns.group("group name", &g.name).map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Create, Resource::Group(&g.name))?;
             let mut config = self.broker.default_group(
                 &g.name,
                 convert::mode_from_pb(g.mode).map_err(|e| ns.refusal(e))?,
@@ -170,9 +183,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         observed(self.broker.metrics(), "DeleteGroup", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let name = ns
                 .group("group name", &req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Delete, Resource::Group(&name))?;
+            caller.admin_action("DeleteGroup");
             self.broker
                 .acknowledged_change(None, |b| b.delete_group(&name))
                 .await
@@ -188,12 +204,14 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         observed(self.broker.metrics(), "ListGroups", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             Ok(Response::new(pb::ListGroupsResponse {
                 groups: self
                     .broker
                     .list_groups()
                     .into_iter()
                     .filter(|g| ns.holds(&g.name))
+                    .filter(|g| caller.may(Action::Describe, Resource::Group(&g.name)))
                     .map(|g| shown_group(&ns, g))
                     .collect(),
             }))
@@ -207,9 +225,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         observed(self.broker.metrics(), "DescribeGroup", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let name = ns
                 .group("group name", &req.into_inner().name)
                 .map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Describe, Resource::Group(&name))?;
             let d = self
                 .broker
                 .describe_group(&name)
@@ -247,9 +267,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ResetOffsetResponse>, Status> {
         observed(self.broker.metrics(), "ResetOffset", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Admin, Resource::Group(&r.group))?;
+            access::require(&caller, &ns, Action::Describe, Resource::Topic(&r.topic))?;
+            caller.admin_action("ResetOffset");
             let to = match r.to {
                 Some(pb::reset_offset_request::To::Earliest(_)) => ResetTarget::Earliest,
                 Some(pb::reset_offset_request::To::Latest(_)) => ResetTarget::Latest,
@@ -279,6 +303,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::LookupMessageResponse>, Status> {
         observed(self.broker.metrics(), "LookupMessage", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             let found = match r.by {
@@ -288,12 +313,15 @@ impl AdminService for AdminApi {
                     if !ns.holds(&found.record.topic) {
                         return Err(ns.refusal(StoreError::MessageNotFound(id).into()));
                     }
+                    let topic = found.record.topic.as_str();
+                    access::require(&caller, &ns, Action::Subscribe, Resource::Topic(topic))?;
                     vec![found]
                 }
                 Some(pb::lookup_message_request::By::Key(key)) => {
                     if r.topic.is_empty() {
                         return Err(invalid("topic", "required for lookups by key"));
                     }
+                    access::require(&caller, &ns, Action::Subscribe, Resource::Topic(&r.topic))?;
                     let max = match r.max_results {
                         0 => 64,
                         n => n as usize,

@@ -11,10 +11,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::access;
 use super::namespace::{self, Names};
 use super::receive_streams::{ReceiveStreams, StreamSlot};
 use super::status::invalid;
 use super::{convert, observed};
+use crate::auth::{Action, Resource, policy};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
 use crate::messaging::membership::MemberKind;
@@ -51,8 +53,15 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         observed(self.broker.metrics(), "QueryRoute", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let topic = req.into_inner().topic;
             let stored = ns.topic(&topic).map_err(|e| ns.refusal(e))?;
+            access::require_any(
+                &caller,
+                &ns,
+                policy::ROUTE_READERS,
+                Resource::Topic(&stored),
+            )?;
             let RouteAnswer { route, epoch } =
                 self.broker.route(&stored).map_err(|e| ns.refusal(e))?;
             Ok(Response::new(pb::QueryRouteResponse {
@@ -71,6 +80,7 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::SendResponse>, Status> {
         observed(self.broker.metrics(), "Send", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let messages = req
                 .into_inner()
                 .messages
@@ -97,8 +107,11 @@ impl MessagingService for MessagingApi {
                         client_message_id: String::new(),
                     })
                 })
-                .collect::<Result<_, BrokerError>>()
+                .collect::<Result<Vec<_>, BrokerError>>()
                 .map_err(|e| ns.refusal(e))?;
+            for m in &messages {
+                access::require(&caller, &ns, Action::Publish, Resource::Topic(&m.topic))?;
+            }
             let receipts = self
                 .broker
                 .send(messages)
@@ -130,9 +143,11 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<Self::ReceiveStream>, Status> {
         observed(self.broker.metrics(), "Receive", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            access::consume(&caller, &ns, &r.group, &r.topic)?;
             // Everything is checked before the stream joins its group.
             let filter =
                 convert::filter(r.filter_type, &r.filter_expression).map_err(|e| ns.refusal(e))?;
@@ -181,9 +196,11 @@ impl MessagingService for MessagingApi {
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         observed(self.broker.metrics(), "Ack", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            access::consume(&caller, &ns, &r.group, &r.topic)?;
             let results = self.broker.ack(&r.group, &r.topic, &r.receipt_handles);
             Ok(Response::new(pb::AckResponse {
                 results: r
@@ -216,9 +233,11 @@ impl MessagingService for MessagingApi {
             "ChangeInvisibleDuration",
             async move {
                 let ns = namespace::of_request(&req)?;
+                let caller = access::caller(&req)?;
                 let mut r = req.into_inner();
                 r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
                 r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+                access::consume(&caller, &ns, &r.group, &r.topic)?;
                 let until = self
                     .broker
                     .change_invisible(
@@ -243,9 +262,11 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::NackResponse>, Status> {
         observed(self.broker.metrics(), "Nack", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            access::consume(&caller, &ns, &r.group, &r.topic)?;
             let outcome = self
                 .broker
                 .nack(&r.group, &r.topic, &r.receipt_handle)
@@ -271,9 +292,11 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::PullResponse>, Status> {
         observed(self.broker.metrics(), "Pull", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            access::consume(&caller, &ns, &r.group, &r.topic)?;
             let filter =
                 convert::filter(r.filter_type, &r.filter_expression).map_err(|e| ns.refusal(e))?;
             let pulled = self
@@ -318,9 +341,11 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
         observed(self.broker.metrics(), "CommitOffset", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            access::consume(&caller, &ns, &r.group, &r.topic)?;
             self.broker
                 .commit_offset(
                     &r.group,
@@ -342,9 +367,11 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
         observed(self.broker.metrics(), "QueryOffset", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
+            access::consume(&caller, &ns, &r.group, &r.topic)?;
             let offset = self
                 .broker
                 .query_offset(&r.group, &r.topic, r.queue_id)
@@ -364,6 +391,7 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         observed(self.broker.metrics(), "Heartbeat", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let r = req.into_inner();
             let group = ns.group("group", &r.group).map_err(|e| ns.refusal(e))?;
             let topics = r
@@ -381,6 +409,17 @@ impl MessagingService for MessagingApi {
                         return Err(invalid("kind", "must be PUSH, PULL or PRODUCER"));
                     }
                 };
+            // Producers join their producer group; consumers their group.
+            let action = match kind {
+                MemberKind::Producer => Action::Publish,
+                MemberKind::Push | MemberKind::Pull => Action::Subscribe,
+            };
+            if !group.is_empty() {
+                access::require(&caller, &ns, action, Resource::Group(&group))?;
+            }
+            for topic in &topics {
+                access::require(&caller, &ns, action, Resource::Topic(topic))?;
+            }
             let a = self
                 .broker
                 .heartbeat(&group, &r.client_id, kind, topics)
@@ -407,11 +446,13 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
         observed(self.broker.metrics(), "EndTransaction", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.topic = ns.topic(&r.topic).map_err(|e| ns.refusal(e))?;
             r.producer_group = ns
                 .group("producer_group", &r.producer_group)
                 .map_err(|e| ns.refusal(e))?;
+            access::require(&caller, &ns, Action::Publish, Resource::Topic(&r.topic))?;
             let resolution = match pb::TransactionResolution::try_from(r.resolution)
                 .unwrap_or(pb::TransactionResolution::Unspecified)
             {
@@ -438,10 +479,17 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<Self::TransactionChecksStream>, Status> {
         observed(self.broker.metrics(), "TransactionChecks", async move {
             let ns = namespace::of_request(&req)?;
+            let caller = access::caller(&req)?;
             let mut r = req.into_inner();
             r.producer_group = ns
                 .group("producer_group", &r.producer_group)
                 .map_err(|e| ns.refusal(e))?;
+            access::require(
+                &caller,
+                &ns,
+                Action::Publish,
+                Resource::Group(&r.producer_group),
+            )?;
             let (id, checks) = self
                 .broker
                 .add_checker(&r.producer_group, &r.client_id)

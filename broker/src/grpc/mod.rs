@@ -3,6 +3,7 @@
 //! listener of its own where configured), `grpc.health.v1` and server
 //! reflection (so `grpcurl` works without .proto files).
 
+mod access;
 mod admin;
 pub(crate) mod convert;
 mod messaging;
@@ -20,17 +21,18 @@ use dduomq_proto::v1::admin_service_server::AdminServiceServer;
 use dduomq_proto::v1::messaging_service_server::MessagingServiceServer;
 use dduomq_proto::v1::replication_service_server::ReplicationServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Code, Response, Status};
 use tower_layer::{Identity, Stack};
 use tracing::Instrument;
 
+use crate::auth::Auth;
+use crate::auth::layer::AuthLayer;
 use crate::config::MessagingConfig;
-use crate::connections::{Gate, Listener, TrackRequestsLayer};
+use crate::connections::{Gate, GatedListener, Listener, TrackRequestsLayer, accepted};
 use crate::messaging::Broker;
 use crate::metrics::Metrics;
+use crate::tls::{MaybeTls, Served, TlsServer, secured};
 
 /// Largest gRPC message either way: a batch of maximum-size messages.
 const MAX_GRPC_MESSAGE: usize = 64 << 20;
@@ -52,6 +54,8 @@ pub struct GrpcListeners {
 /// finishes in-flight requests.
 pub async fn serve(
     broker: Arc<Broker>,
+    auth: Arc<Auth>,
+    tls: Option<Arc<TlsServer>>,
     listeners: GrpcListeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -107,7 +111,7 @@ pub async fn serve(
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let main = server(&config)
+    let main = server(&config, &auth)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(messaging)
@@ -117,15 +121,23 @@ pub async fn serve(
         match listeners.rocketmq {
             None => {
                 main.add_service(rocketmq)
-                    .serve_with_incoming_shutdown(admitted(listeners.main, gate), until_stopped())
+                    .serve_with_incoming_shutdown(
+                        admitted(listeners.main, gate, &tls),
+                        until_stopped(),
+                    )
                     .await
             }
             Some(own) => {
-                let door = server(&config)
+                let door = server(&config, &auth)
                     .add_service(rocketmq)
-                    .serve_with_incoming_shutdown(admitted(own, gate.clone()), until_stopped());
-                let main = main
-                    .serve_with_incoming_shutdown(admitted(listeners.main, gate), until_stopped());
+                    .serve_with_incoming_shutdown(
+                        admitted(own, gate.clone(), &tls),
+                        until_stopped(),
+                    );
+                let main = main.serve_with_incoming_shutdown(
+                    admitted(listeners.main, gate, &tls),
+                    until_stopped(),
+                );
                 tokio::try_join!(main, door).map(drop)
             }
         }
@@ -142,7 +154,10 @@ pub async fn serve(
 }
 
 /// A gRPC server configured as every listener of the broker is.
-fn server(config: &MessagingConfig) -> Server<Stack<TrackRequestsLayer, Identity>> {
+fn server(
+    config: &MessagingConfig,
+    auth: &Arc<Auth>,
+) -> Server<Stack<AuthLayer, Stack<TrackRequestsLayer, Identity>>> {
     Server::builder()
         // Large HTTP/2 windows: with the 64 KiB default a client's batched
         // sends wait a round trip per 64 KiB.
@@ -159,17 +174,22 @@ fn server(config: &MessagingConfig) -> Server<Stack<TrackRequestsLayer, Identity
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_max_pending_accept_reset_streams(Some(MAX_STREAMS_PER_CONNECTION as usize))
         .layer(TrackRequestsLayer)
+        // Inside the request tracking: a refused request is counted too.
+        .layer(AuthLayer { auth: auth.clone() })
 }
 
-/// A listener's connections, those over the limit closed as soon as accepted.
+/// A listener's connections, those over the limit closed as soon as
+/// accepted, with TLS when configured.
 fn admitted(
     listener: TcpListener,
     gate: Gate,
-) -> impl tokio_stream::Stream<Item = std::io::Result<crate::connections::Connection>> {
-    TcpListenerStream::new(listener).filter_map(move |conn| match conn {
-        Ok(io) => gate.admit(io).map(Ok),
-        Err(e) => Some(Err(e)),
-    })
+    tls: &Option<Arc<TlsServer>>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<MaybeTls>> + use<> {
+    secured(
+        accepted(GatedListener { listener, gate }),
+        tls.clone(),
+        Served::Grpc,
+    )
 }
 
 /// Runs one request in a tracing span and records its status and duration.

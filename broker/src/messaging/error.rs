@@ -118,6 +118,8 @@ pub enum BrokerError {
     #[error(transparent)]
     InvalidFilter(#[from] crate::filter::FilterError),
     #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Replication(#[from] crate::replication::ReplicationError),
@@ -155,6 +157,7 @@ impl BrokerError {
             BrokerError::TransactionInProgress(_) => Reason::TransactionInProgress,
             BrokerError::LimitReached { limit, .. } => limit.code(),
             BrokerError::ReservedTopic(_) => Reason::ReservedTopic,
+            BrokerError::Auth(e) => e.code(),
             BrokerError::Store(e) => e.code(),
             BrokerError::Replication(e) => e.code(),
             BrokerError::TaskFailed(_) | BrokerError::WriteTermMismatch => Reason::Internal,

@@ -48,6 +48,8 @@ pub(super) enum StreamEnd {
     Truncated,
     #[error("cannot reach the master: {0}")]
     Connect(#[from] tonic::transport::Error),
+    #[error("cannot dial the master over TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the master refused or ended the stream: {0}")]
     Refused(#[from] tonic::Status),
     #[error("the master ended the stream")]
@@ -143,15 +145,20 @@ impl Replication {
         if held > 0 && self.store.epochs().latest().is_none() {
             return Err(StreamEnd::StandaloneLog { log_end: held });
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", target.address))
-            .map_err(StreamEnd::Connect)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_INTERVAL)
-            .connect()
-            .await?;
+        let tls = crate::tls::peer_tls(&self.peering.tls)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", target.address))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_INTERVAL);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint.connect().await?;
         let mut client =
-            ReplicationServiceClient::new(channel).max_decoding_message_size(MAX_CHUNK_MESSAGE);
+            ReplicationServiceClient::with_interceptor(channel, self.peering.signer.clone())
+                .max_decoding_message_size(MAX_CHUNK_MESSAGE);
         let log_end = self.store.log_end();
         let start = pb::FollowStart {
             group: self.placement.group,

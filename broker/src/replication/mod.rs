@@ -43,6 +43,7 @@ use tokio::sync::{RwLock, watch};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use acks::Acks;
+use dduomq_proto::signature::Signer;
 use follower::FollowTarget;
 
 /// The lease of a static group's master: it never lapses (no controller
@@ -81,8 +82,18 @@ pub struct Replication {
     /// The origin of this process's monotonic readings.
     origin: Instant,
     metrics: Option<Arc<Metrics>>,
+    /// How this broker dials its master.
+    peering: Peering,
     /// Told when this member stops being master (the messaging layer).
     stepping_down: OnceLock<Weak<dyn SteppingDown>>,
+}
+
+/// How a replica dials its master: its requests signed with the brokers' own
+/// user (authentication), over TLS when the listeners use it.
+#[derive(Debug, Clone)]
+pub struct Peering {
+    pub signer: Signer,
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// The member's role and, as master, its bookkeeping.
@@ -112,6 +123,7 @@ impl Replication {
         ordinal: u32,
         store: Arc<Store>,
         metrics: Option<Arc<Metrics>>,
+        peering: Peering,
     ) -> crate::store::Result<Arc<Replication>> {
         let placement = config.layout().placement(ordinal);
         let role = MemberRole::at_start(&store.epochs());
@@ -129,6 +141,7 @@ impl Replication {
             stopping: watch::channel(false).0,
             origin: Instant::now(),
             metrics,
+            peering,
             stepping_down: OnceLock::new(),
             store,
             config,

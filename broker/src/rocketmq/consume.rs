@@ -14,6 +14,7 @@ use super::clients::MAX_CONCURRENT_RECEIVES;
 use super::message::{self, duration_millis};
 use super::names::Scope;
 use super::status::{self, Refusal, ok, refusal};
+use crate::auth::Action;
 use crate::filter::{FilterKind, FilterSpec};
 use crate::messaging::error::BrokerError;
 use crate::messaging::{Delivery, LeaseEnd, LeaseRound, ReceiveLimits, limits};
@@ -73,9 +74,9 @@ impl RocketMqApi {
         r: rmq::ReceiveMessageRequest,
     ) -> Result<Vec<rmq::Message>, Refusal> {
         let client_id = scope.client_id()?.to_string();
-        let group = scope.group(r.group.as_ref())?;
+        let group = scope.group(r.group.as_ref(), &[Action::Subscribe])?;
         let queue = r.message_queue.as_ref();
-        let topic = scope.topic(queue.and_then(|q| q.topic.as_ref()))?;
+        let topic = scope.topic(queue.and_then(|q| q.topic.as_ref()), &[Action::Subscribe])?;
         let filter = filter(r.filter_expression.as_ref())?;
         let batch = batch_size(r.batch_size)?;
         let config = self.broker.config();
@@ -210,8 +211,8 @@ impl RocketMqApi {
         r: rmq::AckMessageRequest,
     ) -> rmq::AckMessageResponse {
         let names = scope
-            .group(r.group.as_ref())
-            .and_then(|g| Ok((g, scope.topic(r.topic.as_ref())?)));
+            .group(r.group.as_ref(), &[Action::Subscribe])
+            .and_then(|g| Ok((g, scope.topic(r.topic.as_ref(), &[Action::Subscribe])?)));
         let (group, topic) = match names {
             Ok(n) => n,
             Err(e) => {
@@ -266,8 +267,8 @@ impl RocketMqApi {
         r: rmq::ChangeInvisibleDurationRequest,
     ) -> rmq::ChangeInvisibleDurationResponse {
         let changed = (|| {
-            let group = scope.group(r.group.as_ref())?;
-            let topic = scope.topic(r.topic.as_ref())?;
+            let group = scope.group(r.group.as_ref(), &[Action::Subscribe])?;
+            let topic = scope.topic(r.topic.as_ref(), &[Action::Subscribe])?;
             let d = r
                 .invisible_duration
                 .as_ref()
@@ -300,8 +301,8 @@ impl RocketMqApi {
         r: rmq::ForwardMessageToDeadLetterQueueRequest,
     ) -> Option<rmq::Status> {
         let names = scope
-            .group(r.group.as_ref())
-            .and_then(|g| Ok((g, scope.topic(r.topic.as_ref())?)));
+            .group(r.group.as_ref(), &[Action::Subscribe])
+            .and_then(|g| Ok((g, scope.topic(r.topic.as_ref(), &[Action::Subscribe])?)));
         let result = match names {
             Ok((group, topic)) => {
                 self.broker

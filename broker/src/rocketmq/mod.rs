@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Action, policy};
 use crate::grpc::observed;
 use crate::grpc::receive_streams::ReceiveStreams;
 use crate::messaging::Broker;
@@ -82,7 +83,7 @@ impl RocketMqApi {
         let mut sends = Vec::with_capacity(r.messages.len());
         let mut inflated = 0;
         for m in r.messages {
-            let topic = scope.topic(m.topic.as_ref())?;
+            let topic = scope.topic(m.topic.as_ref(), &[Action::Publish])?;
             let group = m
                 .system_properties
                 .as_ref()
@@ -137,7 +138,7 @@ impl RocketMqApi {
         scope: &mut Scope,
         r: rmq::EndTransactionRequest,
     ) -> Result<(), BrokerError> {
-        let topic = scope.topic(r.topic.as_ref())?;
+        let topic = scope.topic(r.topic.as_ref(), &[Action::Publish])?;
         let resolution = match rmq::TransactionResolution::try_from(r.resolution) {
             Ok(rmq::TransactionResolution::Commit) => Resolution::Commit,
             Ok(rmq::TransactionResolution::Rollback) => Resolution::Rollback,
@@ -161,7 +162,9 @@ impl RocketMqApi {
 
 /// The scope of a request, or the status that refuses it.
 fn scope_of<T>(req: &Request<T>) -> Result<Scope, Option<rmq::Status>> {
-    Scope::of(req.metadata()).map_err(|e| refusal(&Default::default(), e))
+    let refused = |e: BrokerError| refusal(&Default::default(), e);
+    let caller = crate::auth::caller(req.extensions()).map_err(|e| refused(e.clone().into()))?;
+    Scope::of(req.metadata(), caller.clone()).map_err(refused)
 }
 
 fn not_implemented(what: &str) -> Option<rmq::Status> {
@@ -206,7 +209,11 @@ impl MessagingService for RocketMqApi {
                     };
                 }
             };
-            match self.route(&mut scope, req.get_ref().topic.as_ref()) {
+            match self.route(
+                &mut scope,
+                req.get_ref().topic.as_ref(),
+                policy::ROUTE_READERS,
+            ) {
                 Ok(message_queues) => rmq::QueryRouteResponse {
                     status: ok(),
                     message_queues,
@@ -227,7 +234,7 @@ impl MessagingService for RocketMqApi {
         answer(self, "rocketmq.Heartbeat", async move {
             let checked = scope_of(&req).and_then(|mut scope| match &req.get_ref().group {
                 Some(g) => scope
-                    .group(Some(g))
+                    .group(Some(g), &[Action::Subscribe])
                     .map(drop)
                     .map_err(|e| refusal(&scope.ns, e)),
                 None => Ok(()),

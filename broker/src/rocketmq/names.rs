@@ -7,6 +7,7 @@ use dduomq_proto::Namespace;
 use dduomq_proto::rocketmq::v2 as rmq;
 use tonic::metadata::MetadataMap;
 
+use crate::auth::{Action, Caller, Resource};
 use crate::grpc::namespace::Names;
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
@@ -16,17 +17,19 @@ const NAMESPACE_HEADER: &str = "x-mq-namespace";
 /// The header official clients name themselves in.
 const CLIENT_ID_HEADER: &str = "x-mq-client-id";
 
-/// One request's view of names: its namespace and its client's id.
+/// One request's view of names: its namespace, its client's id, and who
+/// sent it (every name is resolved together with the rights it needs).
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub ns: Namespace,
     pub client_id: String,
+    pub caller: Caller,
 }
 
 impl Scope {
     /// The scope of a request's headers; the namespace of the resources it
     /// names replaces the header's (see [`Scope::topic`]).
-    pub fn of(metadata: &MetadataMap) -> Result<Scope, BrokerError> {
+    pub fn of(metadata: &MetadataMap, caller: Caller) -> Result<Scope, BrokerError> {
         let header = |name: &str| {
             metadata
                 .get(name)
@@ -43,6 +46,7 @@ impl Scope {
         Ok(Scope {
             ns: namespace(&header(NAMESPACE_HEADER))?,
             client_id,
+            caller,
         })
     }
 
@@ -57,19 +61,31 @@ impl Scope {
         Ok(&self.client_id)
     }
 
-    /// The stored name of a topic resource; its namespace becomes the scope's.
-    pub fn topic(&mut self, r: Option<&rmq::Resource>) -> Result<String, BrokerError> {
+    /// The stored name of a topic resource, on which the caller may do any
+    /// of `need`; its namespace becomes the scope's.
+    pub fn topic(
+        &mut self,
+        r: Option<&rmq::Resource>,
+        need: &[Action],
+    ) -> Result<String, BrokerError> {
         let r = self.adopt("topic", r)?;
         let stored = self.ns.topic(&r.name)?;
         limits::check_topic_name(&stored)?;
+        self.caller.require_any(need, Resource::Topic(&stored))?;
         Ok(stored)
     }
 
-    /// The stored name of a group resource; its namespace becomes the scope's.
-    pub fn group(&mut self, r: Option<&rmq::Resource>) -> Result<String, BrokerError> {
+    /// The stored name of a group resource, on which the caller may do any of
+    /// `need`; its namespace becomes the scope's.
+    pub fn group(
+        &mut self,
+        r: Option<&rmq::Resource>,
+        need: &[Action],
+    ) -> Result<String, BrokerError> {
         let r = self.adopt("group", r)?;
         let stored = self.ns.group("group", &r.name)?;
         limits::check_group_name("group", &stored)?;
+        self.caller.require_any(need, Resource::Group(&stored))?;
         Ok(stored)
     }
 
@@ -111,23 +127,35 @@ mod tests {
 
     #[test]
     fn the_resource_namespace_qualifies_names_and_shows_them_back() {
-        let mut scope = Scope::of(&MetadataMap::new()).unwrap();
-        let stored = scope.topic(Some(&resource("shop", "orders"))).unwrap();
+        let mut scope = Scope::of(&MetadataMap::new(), Caller::anyone()).unwrap();
+        let stored = scope
+            .topic(Some(&resource("shop", "orders")), &[Action::Publish])
+            .unwrap();
         assert_ne!(stored, "orders");
         assert_eq!(scope.resource(stored), resource("shop", "orders"));
-        let mut plain = Scope::of(&MetadataMap::new()).unwrap();
+        let mut plain = Scope::of(&MetadataMap::new(), Caller::anyone()).unwrap();
         assert_eq!(
-            plain.topic(Some(&resource("", "orders"))).unwrap(),
+            plain
+                .topic(Some(&resource("", "orders")), &[Action::Publish])
+                .unwrap(),
             "orders"
         );
     }
 
     #[test]
     fn bad_names_and_missing_resources_are_refused() {
-        let mut scope = Scope::of(&MetadataMap::new()).unwrap();
-        assert!(scope.topic(None).is_err());
-        assert!(scope.topic(Some(&resource("", "a b"))).is_err());
-        assert!(scope.topic(Some(&resource("bad ns", "t"))).is_err());
+        let mut scope = Scope::of(&MetadataMap::new(), Caller::anyone()).unwrap();
+        assert!(scope.topic(None, &[Action::Publish]).is_err());
+        assert!(
+            scope
+                .topic(Some(&resource("", "a b")), &[Action::Publish])
+                .is_err()
+        );
+        assert!(
+            scope
+                .topic(Some(&resource("bad ns", "t")), &[Action::Publish])
+                .is_err()
+        );
         assert!(scope.client_id().is_err());
     }
 }

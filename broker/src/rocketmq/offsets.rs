@@ -14,6 +14,7 @@ use super::consume::{batch_size, filter, long_polling};
 use super::message;
 use super::names::Scope;
 use super::status::{self, Refusal, ok, refusal};
+use crate::auth::Action;
 use crate::grpc::namespace::Names;
 use crate::messaging::error::BrokerError;
 use crate::messaging::{Claim, PullSpec, Pulled, ResetTarget};
@@ -105,7 +106,7 @@ impl RocketMqApi {
         scope: &mut Scope,
         r: rmq::PullMessageRequest,
     ) -> Result<PullAnswer, Refusal> {
-        let group = scope.group(r.group.as_ref())?;
+        let group = scope.group(r.group.as_ref(), &[Action::Subscribe])?;
         let queue = named_queue(scope, r.message_queue.as_ref())?;
         let filter = filter(r.filter_expression.as_ref())?;
         let batch = batch_size(r.batch_size)?;
@@ -196,7 +197,7 @@ impl RocketMqApi {
         r: rmq::UpdateOffsetRequest,
     ) -> Option<rmq::Status> {
         let stored = (|| -> Result<(), Refusal> {
-            let group = scope.group(r.group.as_ref())?;
+            let group = scope.group(r.group.as_ref(), &[Action::Subscribe])?;
             let queue = named_queue(&mut scope, r.message_queue.as_ref())?;
             let offset = non_negative(r.offset)?;
             self.broker
@@ -217,7 +218,7 @@ impl RocketMqApi {
         r: rmq::GetOffsetRequest,
     ) -> rmq::GetOffsetResponse {
         let committed = (|| -> Result<u64, Refusal> {
-            let group = scope.group(r.group.as_ref())?;
+            let group = scope.group(r.group.as_ref(), &[Action::Subscribe])?;
             let queue = named_queue(&mut scope, r.message_queue.as_ref())?;
             self.broker
                 .committed_offset(&group, &queue.topic, queue.queue_id)?
@@ -296,7 +297,7 @@ fn named_queue(
     q: Option<&rmq::MessageQueue>,
 ) -> Result<NamedQueue, BrokerError> {
     let q = q.ok_or_else(|| BrokerError::invalid("message_queue", "missing"))?;
-    let topic = scope.topic(q.topic.as_ref())?;
+    let topic = scope.topic(q.topic.as_ref(), &[Action::Subscribe])?;
     let queue_id = u32::try_from(q.id)
         .map_err(|_| BrokerError::invalid("message_queue.id", format!("{}: not a queue", q.id)))?;
     Ok(NamedQueue { topic, queue_id })

@@ -13,6 +13,7 @@ use dduomq_proto::rocketmq::v2 as rmq;
 use super::RocketMqApi;
 use super::message::type_to_rmq;
 use super::names::Scope;
+use crate::auth::Action;
 use crate::messaging::RouteAnswer;
 use crate::messaging::error::BrokerError;
 use crate::messaging::routes::QueueRoute;
@@ -22,8 +23,9 @@ impl RocketMqApi {
         &self,
         scope: &mut Scope,
         topic: Option<&rmq::Resource>,
+        need: &[Action],
     ) -> Result<Vec<rmq::MessageQueue>, BrokerError> {
-        let stored = scope.topic(topic)?;
+        let stored = scope.topic(topic, need)?;
         let RouteAnswer { route, .. } = self.broker.route(&stored)?;
         let accepts = vec![type_to_rmq(route.message_type) as i32];
         Ok(route
@@ -46,8 +48,8 @@ impl RocketMqApi {
         scope: &mut Scope,
         r: &rmq::QueryAssignmentRequest,
     ) -> Result<Vec<rmq::Assignment>, BrokerError> {
-        scope.group(r.group.as_ref())?;
-        let mut queues = self.route(scope, r.topic.as_ref())?;
+        scope.group(r.group.as_ref(), &[Action::Subscribe])?;
+        let mut queues = self.route(scope, r.topic.as_ref(), &[Action::Subscribe])?;
         queues.retain(|q| {
             matches!(
                 rmq::Permission::try_from(q.permission),

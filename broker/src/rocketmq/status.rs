@@ -99,6 +99,10 @@ pub fn code_of(reason: Reason) -> Code {
             Code::HaNotAvailable
         }
         Reason::QuorumTimeout => Code::SlavePersistenceTimeout,
+        Reason::MissingCredentials | Reason::BadCredentials | Reason::RequestExpired => {
+            Code::Unauthorized
+        }
+        Reason::PermissionDenied => Code::Forbidden,
         Reason::DiskFull
         | Reason::CorruptRecord
         | Reason::InvalidConfig

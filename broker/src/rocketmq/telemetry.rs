@@ -16,6 +16,7 @@ use super::RocketMqApi;
 use super::message::{self, duration_ms, transaction_group};
 use super::names::Scope;
 use super::status::{ok, refusal};
+use crate::auth::Action;
 use crate::messaging::error::BrokerError;
 use crate::messaging::groups::ConsumeMode;
 use crate::messaging::staged::TransactionCheck;
@@ -108,7 +109,7 @@ impl RocketMqApi {
                     MAX_PUBLISHED_TOPICS,
                 )?;
                 for topic in &p.topics {
-                    let stored = scope.topic(Some(topic))?;
+                    let stored = scope.topic(Some(topic), &[Action::Publish])?;
                     if self.broker.topic_type(&stored).ok() == Some(MessageType::Transaction) {
                         self.check_transactions(&scope, &stored, checkers, tx);
                     }
@@ -136,7 +137,7 @@ impl RocketMqApi {
                 rmq::ClientType::PushConsumer | rmq::ClientType::SimpleConsumer,
                 Some(rmq::settings::PubSub::Subscription(s)),
             ) => {
-                let group = scope.group(s.group.as_ref())?;
+                let group = scope.group(s.group.as_ref(), &[Action::Subscribe])?;
                 let config = self
                     .broker
                     .group_settings(&group)

@@ -14,6 +14,7 @@ mod topic;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use dduomq_client::{Access, Credentials, TlsOptions};
 
 pub use output::Format;
 pub use target::Target;
@@ -41,6 +42,37 @@ pub struct Cli {
         default_value = ""
     )]
     pub namespace: String,
+    /// Access key to sign requests with (brokers with authentication on).
+    #[arg(
+        long,
+        global = true,
+        env = "DDUOMQ_ACCESS_KEY",
+        requires = "secret_key"
+    )]
+    pub access_key: Option<String>,
+    /// Secret key of the access key; prefer the environment variable, which
+    /// stays out of the shell history and the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "DDUOMQ_SECRET_KEY",
+        hide_env_values = true,
+        requires = "access_key"
+    )]
+    pub secret_key: Option<String>,
+    /// Dial the broker over TLS, verifying it with the system's roots (or
+    /// --ca-file).
+    #[arg(long, global = true, env = "DDUOMQ_TLS")]
+    pub tls: bool,
+    /// The CA (PEM) that signs the brokers' certificates; implies --tls.
+    #[arg(long, global = true, env = "DDUOMQ_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for mutual TLS; implies --tls; needs --key-file.
+    #[arg(long, global = true, env = "DDUOMQ_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "DDUOMQ_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -102,9 +134,27 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.format;
+    let tls = (cli.tls || cli.ca_file.is_some() || cli.cert_file.is_some())
+        .then(|| {
+            TlsOptions::from_files(
+                cli.ca_file.as_deref(),
+                cli.cert_file.as_deref().zip(cli.key_file.as_deref()),
+            )
+        })
+        .transpose()?;
     let target = Target {
         server: cli.server,
-        namespace: cli.namespace,
+        access: Access {
+            namespace: cli.namespace,
+            credentials: cli
+                .access_key
+                .zip(cli.secret_key)
+                .map(|(access_key, secret_key)| Credentials {
+                    access_key,
+                    secret_key,
+                }),
+            tls,
+        },
     };
     let server = &target;
     match cli.command {

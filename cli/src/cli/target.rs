@@ -1,22 +1,24 @@
-//! Where the CLI's commands go: a broker and the namespace (tenant) whose
-//! names they use.
+//! Where the CLI's commands go: a broker, and who the commands act as there
+//! (namespace, credentials, TLS).
 
-use dduomq_client::{Admin, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder};
+use dduomq_client::{
+    Access, Admin, AdminTimeouts, ProducerBuilder, PullConsumerBuilder, PushConsumerBuilder,
+};
 
-/// The broker address and namespace of every client a command makes.
+/// The broker address and access of every client a command makes.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub server: String,
-    pub namespace: String,
+    pub access: Access,
 }
 
 impl Target {
     pub fn admin(&self) -> dduomq_client::Result<Admin> {
-        Admin::connect(&self.server)?.in_namespace(&self.namespace)
+        Admin::connect_as(&self.server, AdminTimeouts::default(), &self.access)
     }
 
     pub fn producer(&self) -> ProducerBuilder {
-        ProducerBuilder::new(&self.server).namespace(&self.namespace)
+        ProducerBuilder::new(&self.server).access(self.access.clone())
     }
 
     pub fn push_consumer(
@@ -24,7 +26,7 @@ impl Target {
         group: impl Into<String>,
         topic: impl Into<String>,
     ) -> PushConsumerBuilder {
-        PushConsumerBuilder::new(&self.server, group, topic).namespace(&self.namespace)
+        PushConsumerBuilder::new(&self.server, group, topic).access(self.access.clone())
     }
 
     pub fn pull_consumer(
@@ -32,6 +34,6 @@ impl Target {
         group: impl Into<String>,
         topics: Vec<String>,
     ) -> PullConsumerBuilder {
-        PullConsumerBuilder::new(&self.server, group, topics).namespace(&self.namespace)
+        PullConsumerBuilder::new(&self.server, group, topics).access(self.access.clone())
     }
 }

@@ -183,7 +183,7 @@ impl Inner {
             others.sort_unstable();
             others.dedup();
             for address in others {
-                if let Ok(c) = client(address, &self.config.namespace)
+                if let Ok(c) = client(address, &self.config.access)
                     && let Ok(r) = query(c).await
                     && current(&r)
                 {

@@ -133,6 +133,15 @@ factor goes in at its top; a `factor` key of its own is refused (two sources).
 {{- define "dduomq.broker.configOverlay" -}}
 {{- $factor := int (include "dduomq.replicationFactor" .) }}
 {{- $overlay := .Values.broker.config | default "" }}
+{{- if .Values.auth.enabled }}
+{{- if regexMatch "(?m)^\\s*\\[auth\\]" $overlay }}
+{{- fail "broker.config sets [auth]: set the auth values instead" }}
+{{- end }}
+{{- if and (gt $factor 1) (not .Values.auth.brokerUser) }}
+{{- fail "auth.brokerUser is required with broker.replicationFactor above 1: the user (admin on cluster) the brokers replicate as" }}
+{{- end }}
+{{- $overlay = printf "%s\n[auth]\nenabled = true\nusers_file = \"/var/run/dduomq/users/users.toml\"\nsealing_key_file = \"/var/run/dduomq/sealing/sealing.key\"\nbroker_user = %q\nprotect_metrics = %t\n" $overlay (.Values.auth.brokerUser | default "") .Values.auth.protectMetrics }}
+{{- end }}
 {{- if gt $factor 1 }}
 {{- if regexMatch "(?m)^\\s*\\[replication\\]" $overlay }}
 {{- if regexMatch "(?ms)^\\s*\\[replication\\][^\\[]*^\\s*factor\\s*=" $overlay }}

@@ -12,7 +12,9 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 
 import org.apache.rocketmq.client.apis.ClientConfiguration;
+import org.apache.rocketmq.client.apis.ClientConfigurationBuilder;
 import org.apache.rocketmq.client.apis.ClientServiceProvider;
+import org.apache.rocketmq.client.apis.StaticSessionCredentialsProvider;
 import org.apache.rocketmq.client.apis.consumer.ConsumeResult;
 import org.apache.rocketmq.client.apis.consumer.FilterExpression;
 import org.apache.rocketmq.client.apis.consumer.FilterExpressionType;
@@ -48,11 +50,18 @@ public final class Scenarios {
         // Plain text until the broker serves TLS (the client's default is TLS).
         // DDUOMQ_NAMESPACE: the namespace of the topics and groups (on
         // Kubernetes, that of their Topic and ConsumerGroup resources).
-        this.config = ClientConfiguration.newBuilder()
+        // DDUOMQ_ACCESS_KEY and DDUOMQ_SECRET_KEY: the credentials every
+        // request is signed with, when the broker has authentication on.
+        ClientConfigurationBuilder builder = ClientConfiguration.newBuilder()
             .setEndpoints(endpoint)
             .enableSsl(false)
-            .setNamespace(System.getenv().getOrDefault("DDUOMQ_NAMESPACE", ""))
-            .build();
+            .setNamespace(System.getenv().getOrDefault("DDUOMQ_NAMESPACE", ""));
+        String accessKey = System.getenv("DDUOMQ_ACCESS_KEY");
+        String secretKey = System.getenv("DDUOMQ_SECRET_KEY");
+        if (accessKey != null && secretKey != null) {
+            builder.setCredentialProvider(new StaticSessionCredentialsProvider(accessKey, secretKey));
+        }
+        this.config = builder.build();
     }
 
     public static void main(String[] args) {
@@ -83,6 +92,7 @@ public final class Scenarios {
                 case "failover" -> s.failover(name);
                 case "interop-send" -> s.interopSend(name);
                 case "interop-receive" -> s.interopReceive(name);
+                case "refused" -> s.refused(name);
                 default -> throw new IllegalArgumentException("unknown scenario " + scenario);
             }
             emit(Map.of("event", "done", "scenario", scenario));
@@ -235,6 +245,20 @@ public final class Scenarios {
         }
         try (SimpleConsumer c = consumer(name, name, FilterExpression.SUB_ALL)) {
             receive(c, "normal", 20, true, DEADLINE_MS);
+        }
+    }
+
+    /** Sends one message, expecting the broker to refuse it (or the producer). */
+    private void refused(String name) {
+        try (Producer p = producer(name)) {
+            SendReceipt r = p.send(message(name, "refused".getBytes(StandardCharsets.UTF_8)).build());
+            emit(Map.of("event", "accepted", "scenario", "refused", "id", r.getMessageId().toString()));
+        } catch (Throwable t) {
+            StringBuilder why = new StringBuilder();
+            for (Throwable c = t; c != null; c = c.getCause()) {
+                why.append(c).append("; ");
+            }
+            emit(Map.of("event", "refused", "scenario", "refused", "error", why.toString()));
         }
     }
 
