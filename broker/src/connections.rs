@@ -10,8 +10,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::codegen::{Service, http};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::auth::quota::ConnectionPlace;
 use crate::metrics::Metrics;
 
 /// Which listener a connection came in on; it decides what idle means.
@@ -128,6 +129,9 @@ pub struct Activity {
     open_requests: AtomicUsize,
     last_read_ms: AtomicU64,
     last_request_end_ms: AtomicU64,
+    /// The place of the connection's first user among that user's
+    /// connections (quotas), held until the connection closes.
+    user_place: OnceLock<ConnectionPlace>,
 }
 
 impl Activity {
@@ -137,6 +141,7 @@ impl Activity {
             open_requests: AtomicUsize::new(0),
             last_read_ms: AtomicU64::new(0),
             last_request_end_ms: AtomicU64::new(0),
+            user_place: OnceLock::new(),
         }
     }
 
@@ -269,6 +274,13 @@ pub struct ConnectionInfo {
     /// The common name of the client's verified certificate (mutual TLS);
     /// set by `crate::tls`.
     pub client_name: Option<Arc<str>>,
+}
+
+impl ConnectionInfo {
+    /// See `Activity::user_place`.
+    pub fn user_place(&self) -> &OnceLock<ConnectionPlace> {
+        &self.activity.user_place
+    }
 }
 
 impl Connected for Connection {

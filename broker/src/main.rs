@@ -192,6 +192,11 @@ async fn main() -> anyhow::Result<()> {
         )
     });
     let auth = Auth::open(&config.auth, metrics.clone()).context("starting authentication")?;
+    if config.auth.protect_metrics && !config.tls.enabled {
+        tracing::warn!(
+            "[auth] protect_metrics sends secret keys as HTTP basic authentication over plaintext: turn [tls] on"
+        );
+    }
     if config.replication.enabled() && auth.enabled() && auth.own_credentials().is_none() {
         anyhow::bail!(
             "invalid config: [auth] broker_user is required to replicate with authentication on"
@@ -250,7 +255,11 @@ async fn main() -> anyhow::Result<()> {
             store.clone(),
             broker.metrics().cloned(),
             Peering {
-                signer: Signer::new(auth.own_credentials()),
+                signer: {
+                    // Asked at each connection: the brokers' user's keys rotate.
+                    let auth = auth.clone();
+                    Signer::current(move || auth.own_credentials())
+                },
                 tls: config.tls.clone(),
             },
         )

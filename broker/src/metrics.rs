@@ -56,6 +56,7 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub auth_refusals: IntCounterVec,
     pub admin_actions: IntCounterVec,
+    pub quota_throttled_seconds: prometheus::CounterVec,
     pub replication: crate::replication::ReplicationMetrics,
 }
 
@@ -268,6 +269,20 @@ impl Metrics {
                 "Admin actions allowed (drain, role and route changes, resets, deletes), by method.",
                 &["method"],
             ),
+            quota_throttled_seconds: {
+                let c = prometheus::CounterVec::new(
+                    opts(
+                        "dduomq_quota_throttled_seconds_total",
+                        "Time requests waited under users' byte-rate quotas, by direction.",
+                    ),
+                    &["direction"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             registry,
         })
     }

@@ -353,3 +353,201 @@ async fn replicas_follow_their_master_with_the_brokers_own_user() {
         .expect("a replication report");
     assert_eq!(report.in_sync, vec![0, 1, 2], "{report:?}");
 }
+
+const METERED: TestUser = TestUser {
+    name: "metered",
+    access_key: "metered-key",
+    secret_key: "metered-secret-0123456789",
+    grants: r#"[{ actions = ["publish", "subscribe"], resources = ["topic:metered", "group:metered"] }]
+quotas = { produce_bytes_per_second = 20000, consume_bytes_per_second = 20000 }"#,
+};
+const ONE_CONNECTION: TestUser = TestUser {
+    name: "one-connection",
+    access_key: "one-connection-key",
+    secret_key: "one-connection-secret-0123456789",
+    grants: r#"[{ actions = ["describe"], resources = ["topic:*"] }]
+quotas = { connections = 1 }"#,
+};
+
+/// Byte rates shape a user's traffic to them (never faster; a send larger
+/// than 30 s of its rate is refused), and a connection quota bounds its
+/// connections until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_shape_a_users_bytes_and_bound_its_connections() {
+    let secrets = Secrets::new(&[ADMIN, METERED, ONE_CONNECTION]);
+    let b = secrets.start_broker("");
+    admin_of(&b, Some(ADMIN.credentials()))
+        .create_topic("metered", 2, pb::MessageType::Normal)
+        .await
+        .unwrap();
+    // 100 KB at 20 KB/s with a second's burst: at least 4 s.
+    let publisher = producer(&b, Some(METERED.credentials()));
+    let sent: BTreeSet<Vec<u8>> = (0..100u8).map(|i| vec![i; 1000]).collect();
+    let started = std::time::Instant::now();
+    for body in &sent {
+        publisher
+            .send(Message::new("metered", body.clone()))
+            .await
+            .expect("a send within the quota is delayed, not refused");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(3500),
+        "100 KB sent in {took:?}"
+    );
+    // Incompressible: the quota counts the bytes sent (compressed, if they compress).
+    let incompressible: Vec<u8> = (0..700_000).map(|_| rand::random::<u8>()).collect();
+    let huge = publisher
+        .send(Message::new("metered", incompressible))
+        .await
+        .expect_err("more than 30 s of the rate");
+    assert_eq!(reason(&huge), Reason::QuotaExceeded);
+
+    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let sink = got.clone();
+    let started = std::time::Instant::now();
+    let consumer = PushConsumerBuilder::new(&b.grpc, "metered", "metered")
+        .credentials(METERED.credentials())
+        .start(move |m| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().push(m.body.to_vec());
+                Ok::<(), String>(())
+            }
+        })
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "every message", async || {
+        (got.lock().len() >= sent.len()).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    consumer.shutdown().await;
+    // Rounds of at most a second's worth, each paid for before the next:
+    // the first two come at once, the other 60 KB take 3 s.
+    assert!(
+        took >= Duration::from_millis(2500),
+        "100 KB consumed in {took:?}"
+    );
+    assert_eq!(got.lock().iter().cloned().collect::<BTreeSet<_>>(), sent);
+    for direction in ["produce", "consume"] {
+        let sample = format!("dduomq_quota_throttled_seconds_total{{direction=\"{direction}\"}}");
+        assert!(b.metric(&sample).is_some_and(|s| s > 0.5), "{sample}");
+    }
+
+    // One connection: a second is refused until the first closes.
+    let first = admin_of(&b, Some(ONE_CONNECTION.credentials()));
+    first.list_topics().await.expect("the first connection");
+    let second = admin_of(&b, Some(ONE_CONNECTION.credentials()));
+    let refused = second.list_topics().await.expect_err("a second connection");
+    assert_eq!(reason(&refused), Reason::QuotaExceeded);
+    first
+        .list_topics()
+        .await
+        .expect("the first connection still serves");
+    drop(first);
+    eventually(
+        Duration::from_secs(10),
+        "the place given back",
+        async || second.list_topics().await.ok(),
+    )
+    .await;
+}
+
+const CREATOR: TestUser = TestUser {
+    name: "creator",
+    access_key: "creator-key",
+    secret_key: "creator-secret-0123456789",
+    grants: r#"[{ actions = ["create", "describe"], resources = ["topic:*", "group:*"] }]"#,
+};
+const CHECKER: TestUser = TestUser {
+    name: "checker",
+    access_key: "checker-key",
+    secret_key: "checker-secret-0123456789",
+    grants: r#"[{ actions = ["publish"], resources = ["topic:orders", "group:shared"] }]"#,
+};
+
+/// Creating what exists changes it: that needs `update` too.
+#[tokio::test]
+async fn create_rights_do_not_change_what_exists() {
+    let secrets = Secrets::new(&[ADMIN, CREATOR]);
+    let b = secrets.start_broker("");
+    let creator = admin_of(&b, Some(CREATOR.credentials()));
+    creator
+        .create_topic("fresh", 2, pb::MessageType::Normal)
+        .await
+        .expect("a new topic");
+    let refused = creator
+        .create_topic("fresh", 8, pb::MessageType::Normal)
+        .await
+        .expect_err("growing it is an update");
+    assert_eq!(reason(&refused), Reason::PermissionDenied);
+    let group = |attempts| pb::Group {
+        name: "fresh".into(),
+        max_delivery_attempts: attempts,
+        ..Default::default()
+    };
+    creator.create_group(group(5)).await.expect("a new group");
+    let refused = creator.create_group(group(1)).await.expect_err("an update");
+    assert_eq!(reason(&refused), Reason::PermissionDenied);
+    let admin = admin_of(&b, Some(ADMIN.credentials()));
+    assert_eq!(admin.describe_topic("fresh").await.unwrap().queues.len(), 2);
+    let described = admin.describe_group("fresh").await.unwrap().group.unwrap();
+    assert_eq!(described.max_delivery_attempts, 5);
+}
+
+/// A transaction check carries its half message: a checker of the producer
+/// group receives only checks of topics it may publish to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_checks_reach_only_checkers_of_their_topic() {
+    use dduomq_client::proto::messaging_service_client::MessagingServiceClient;
+    use dduomq_proto::signature::Signer;
+    let secrets = Secrets::new(&[ADMIN, CHECKER]);
+    let b = Broker::start_with(dduomq_testkit::Options {
+        config: Some(format!(
+            "[broker]\ntransaction_check_after = \"500ms\"\ntransaction_check_interval = \"500ms\"\n{}",
+            secrets.auth_table("")
+        )),
+        ..Default::default()
+    });
+    admin_of(&b, Some(ADMIN.credentials()))
+        .create_topic("payroll", 1, pb::MessageType::Transaction)
+        .await
+        .unwrap();
+    let client = |user: &TestUser| {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", b.grpc))
+            .unwrap()
+            .connect_lazy();
+        MessagingServiceClient::with_interceptor(channel, Signer::new(Some(user.credentials())))
+    };
+    let checks = |user: &TestUser, client_id: &str| {
+        let mut c = client(user);
+        let request = pb::TransactionChecksRequest {
+            producer_group: "shared".into(),
+            client_id: client_id.into(),
+        };
+        async move { c.transaction_checks(request).await.unwrap().into_inner() }
+    };
+    let mut foreign = checks(&CHECKER, "foreign").await;
+    client(&ADMIN)
+        .send(pb::SendRequest {
+            messages: vec![pb::OutgoingMessage {
+                topic: "payroll".into(),
+                body: b"salaries".to_vec().into(),
+                transactional: true,
+                producer_group: "shared".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("a half message");
+    let nothing = tokio::time::timeout(Duration::from_secs(3), foreign.message()).await;
+    assert!(nothing.is_err(), "a foreign checker got {nothing:?}");
+    let mut own = checks(&ADMIN, "own").await;
+    let check = tokio::time::timeout(Duration::from_secs(20), own.message())
+        .await
+        .expect("the topic's checker is asked")
+        .unwrap()
+        .unwrap();
+    assert_eq!(check.message.unwrap().body.as_ref(), b"salaries");
+}

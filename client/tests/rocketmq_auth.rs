@@ -67,9 +67,24 @@ fn bodies(lines: &[Value], event: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Signed, but granted other topics only.
+const JAVA_OTHER: TestUser = TestUser {
+    name: "java-other",
+    access_key: "java-other-key",
+    secret_key: "java-other-secret-0123456789",
+    grants: r#"[{ actions = ["publish", "subscribe"], resources = ["topic:other-*"] }]"#,
+};
+
+/// The one `refused` line of a run, and its error.
+fn refusal(lines: &[Value]) -> String {
+    let refused: Vec<&Value> = lines.iter().filter(|l| l["event"] == "refused").collect();
+    assert_eq!(refused.len(), 1, "the send was not refused: {lines:?}");
+    refused[0]["error"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_java_client_signs_with_its_access_key_and_a_wrong_secret_is_refused() {
-    let secrets = Secrets::new(&[ADMIN, JAVA_APP]);
+    let secrets = Secrets::new(&[ADMIN, JAVA_APP, JAVA_OTHER]);
     let b = secrets.start_broker("");
     let run = format!("auth{}", std::process::id());
     let topic = format!("normal-{run}");
@@ -96,10 +111,18 @@ async fn the_java_client_signs_with_its_access_key_and_a_wrong_secret_is_refused
     assert_eq!(bodies(&lines, "acked"), sent);
 
     let lines = run_java(&b, &run, "refused", JAVA_APP.access_key, "not-the-secret");
-    let refused: Vec<&Value> = lines.iter().filter(|l| l["event"] == "refused").collect();
-    assert_eq!(refused.len(), 1, "the send was not refused: {lines:?}");
-    let error = refused[0]["error"].as_str().unwrap();
+    let error = refusal(&lines);
     assert!(error.contains("UNAUTHENTICATED"), "{error}");
+    // Signed, without a right on the topic: the protocol's FORBIDDEN.
+    let lines = run_java(
+        &b,
+        &run,
+        "refused",
+        JAVA_OTHER.access_key,
+        JAVA_OTHER.secret_key,
+    );
+    let error = refusal(&lines);
+    assert!(error.contains("PERMISSION_DENIED"), "{error}");
     let stored: u64 = admin
         .describe_topic(&topic)
         .await

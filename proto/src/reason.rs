@@ -131,6 +131,9 @@ reasons! {
     RequestExpired = "REQUEST_EXPIRED" => Unauthenticated,
     /// The user may not do this to this resource.
     PermissionDenied = "PERMISSION_DENIED" => PermissionDenied,
+    /// A user's quota: a send larger than 30 s of its byte rate, or more
+    /// connections than it may open.
+    QuotaExceeded = "QUOTA_EXCEEDED" => ResourceExhausted,
 }
 
 impl fmt::Display for Reason {

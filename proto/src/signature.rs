@@ -79,24 +79,59 @@ impl Credentials {
 
 /// Signs every request of a client (nothing without credentials): the
 /// interceptor of our SDK, CLI, operator and of brokers talking to brokers.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Signer {
-    credentials: Option<Arc<Credentials>>,
+    source: Source,
+}
+
+/// Where a signer's credentials come from.
+#[derive(Clone, Default)]
+enum Source {
+    #[default]
+    Unsigned,
+    Fixed(Arc<Credentials>),
+    /// Asked at each request (a broker's own user, whose keys rotate).
+    Current(Arc<dyn Fn() -> Option<Credentials> + Send + Sync>),
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Unsigned => "unsigned",
+            Source::Fixed(_) => "fixed credentials",
+            Source::Current(_) => "current credentials",
+        };
+        f.debug_tuple("Signer").field(&source).finish()
+    }
 }
 
 impl Signer {
     pub fn new(credentials: Option<Credentials>) -> Signer {
         Signer {
-            credentials: credentials.map(Arc::new),
+            source: match credentials {
+                Some(c) => Source::Fixed(Arc::new(c)),
+                None => Source::Unsigned,
+            },
+        }
+    }
+
+    /// A signer asking `current` for the credentials at each request.
+    pub fn current(current: impl Fn() -> Option<Credentials> + Send + Sync + 'static) -> Signer {
+        Signer {
+            source: Source::Current(Arc::new(current)),
         }
     }
 
     /// Puts the signature headers of a request signed now on `metadata`.
     pub fn sign(&self, metadata: &mut MetadataMap) -> Result<(), tonic::Status> {
-        let Some(credentials) = &self.credentials else {
-            return Ok(());
+        let signed = match &self.source {
+            Source::Unsigned => return Ok(()),
+            Source::Fixed(c) => c.sign(SystemTime::now()),
+            Source::Current(current) => match current() {
+                Some(c) => c.sign(SystemTime::now()),
+                None => return Ok(()),
+            },
         };
-        let signed = credentials.sign(SystemTime::now());
         let authorization = signed.authorization.parse().map_err(|_| {
             tonic::Status::invalid_argument(
                 "the access key is not a valid header value (printable ASCII)",

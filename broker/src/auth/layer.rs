@@ -55,11 +55,8 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let (rule, method) = rules::rule(req.uri().path());
         if rule != Rule::Open {
-            let client_name = req
-                .extensions()
-                .get::<ConnectionInfo>()
-                .and_then(|info| info.client_name.clone());
-            match self.admit(rule, method, req.headers(), client_name.as_deref()) {
+            let connection = req.extensions().get::<ConnectionInfo>().cloned();
+            match self.admit(rule, method, req.headers(), connection.as_ref()) {
                 Ok(caller) => {
                     req.extensions_mut().insert(caller);
                 }
@@ -79,9 +76,13 @@ impl<S> Authenticated<S> {
         rule: Rule,
         method: &'static str,
         headers: &http::HeaderMap,
-        client_name: Option<&str>,
+        connection: Option<&ConnectionInfo>,
     ) -> Result<Caller, AuthError> {
+        let client_name = connection.and_then(|c| c.client_name.as_deref());
         let caller = self.auth.authenticate(headers, client_name)?;
+        if let Some(connection) = connection {
+            caller.hold_connection(connection.user_place())?;
+        }
         if let Rule::Cluster(action) = rule {
             caller.require(action, Resource::Cluster)?;
             if action == super::Action::Admin {

@@ -13,11 +13,12 @@
 mod config;
 pub mod layer;
 pub mod policy;
+pub mod quota;
 pub mod rules;
 pub mod sealed;
 pub mod users;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use dduomq_proto::Reason;
@@ -30,6 +31,7 @@ pub use policy::{Action, Resource};
 
 use crate::messaging::error::brief;
 use crate::metrics::Metrics;
+use quota::{ConnectionPlace, Direction, Meter, Meters, QuotaError};
 use sealed::SealingKey;
 use users::{User, Users};
 
@@ -46,6 +48,8 @@ pub enum AuthError {
     UnknownCertificate,
     #[error("{0}")]
     Signature(SignatureError),
+    #[error("{0}")]
+    Quota(QuotaError),
     #[error("user {} may not {actions} {resource}", brief(.user))]
     Denied {
         user: String,
@@ -64,6 +68,7 @@ impl AuthError {
             | AuthError::Signature(SignatureError::Malformed) => Reason::BadCredentials,
             AuthError::Signature(_) => Reason::RequestExpired,
             AuthError::Denied { .. } => Reason::PermissionDenied,
+            AuthError::Quota(_) => Reason::QuotaExceeded,
         }
     }
 }
@@ -79,7 +84,10 @@ pub struct Caller {
 enum Who {
     /// Authentication is off: anyone may do anything.
     Anyone,
-    User(Arc<User>),
+    User {
+        user: Arc<User>,
+        meter: Arc<Meter>,
+    },
 }
 
 impl Caller {
@@ -88,7 +96,7 @@ impl Caller {
     pub fn may(&self, action: Action, resource: Resource<'_>) -> bool {
         match &self.who {
             Who::Anyone => true,
-            Who::User(user) => policy::allowed(&user.grants, action, resource),
+            Who::User { user, .. } => policy::allowed(&user.grants, action, resource),
         }
     }
 
@@ -111,6 +119,72 @@ impl Caller {
         Err(self.auth.refused(err, self.name()))
     }
 
+    /// How long a request moving `bytes` in `direction` waits under the
+    /// user's quota (refused, audited and counted when too long).
+    fn throttle(&self, direction: Direction, bytes: u64) -> Result<Duration, AuthError> {
+        let Who::User { meter, .. } = &self.who else {
+            return Ok(Duration::ZERO);
+        };
+        let wait = meter
+            .throttle(direction, bytes)
+            .map_err(|e| self.auth.refused(AuthError::Quota(e), self.name()))?;
+        if let Some(m) = &self.auth.metrics
+            && !wait.is_zero()
+        {
+            m.quota_throttled_seconds
+                .with_label_values(&[direction.label()])
+                .inc_by(wait.as_secs_f64());
+        }
+        Ok(wait)
+    }
+
+    /// Waits before a send of `bytes` under the user's produce rate.
+    pub async fn pace_send(&self, bytes: u64) -> Result<(), AuthError> {
+        let wait = self.throttle(Direction::Produce, bytes)?;
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// How long a consumer waits for more after `bytes` were delivered to it,
+    /// under the user's consume rate (deliveries are never refused).
+    pub fn delivery_wait(&self, bytes: u64) -> Duration {
+        self.throttle(Direction::Consume, bytes)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The bytes a consumer stream may hold leased at once: `max`, or one
+    /// second of the user's consume rate if that is less (so deliveries
+    /// come in rounds the rate paces, rather than in one burst).
+    pub fn delivery_window(&self, max: u64) -> u64 {
+        match &self.who {
+            Who::User { meter, .. } => meter.consume_rate().map_or(max, |rate| max.min(rate)),
+            Who::Anyone => max,
+        }
+    }
+
+    /// Waits out [`Caller::delivery_wait`] (before answering a one-shot
+    /// receive or pull).
+    pub async fn pace_delivery(&self, bytes: u64) {
+        tokio::time::sleep(self.delivery_wait(bytes)).await;
+    }
+
+    /// Counts the connection a request came on among the user's (the first
+    /// user of a connection holds its place until it closes).
+    pub fn hold_connection(&self, place: &OnceLock<ConnectionPlace>) -> Result<(), AuthError> {
+        let Who::User { meter, .. } = &self.who else {
+            return Ok(());
+        };
+        if place.get().is_some() {
+            return Ok(());
+        }
+        let held = meter
+            .connect()
+            .map_err(|e| self.auth.refused(AuthError::Quota(e), self.name()))?;
+        // Another request of the connection may have taken it meanwhile.
+        let _ = place.set(held);
+        Ok(())
+    }
+
     /// Logs and counts an admin action this caller was allowed (nothing when
     /// authentication is off).
     pub fn admin_action(&self, method: &'static str) {
@@ -127,7 +201,7 @@ impl Caller {
     pub fn name(&self) -> &str {
         match &self.who {
             Who::Anyone => "",
-            Who::User(user) => &user.name,
+            Who::User { user, .. } => &user.name,
         }
     }
 }
@@ -156,6 +230,7 @@ pub struct Auth {
     max_clock_skew: Duration,
     protect_metrics: bool,
     users: RwLock<Arc<Users>>,
+    meters: Meters,
     /// What [`Auth::reload`] needs; `None` when authentication is off.
     source: Option<UsersSource>,
     metrics: Option<Arc<Metrics>>,
@@ -191,6 +266,7 @@ impl Auth {
             max_clock_skew: Duration::ZERO,
             protect_metrics: false,
             users: RwLock::new(Arc::default()),
+            meters: Meters::default(),
             source: None,
             metrics: None,
         })
@@ -210,14 +286,12 @@ impl Auth {
             seen: parking_lot::Mutex::new(None),
         };
         let users = source.load()?;
-        if !config.broker_user.is_empty() && users.credentials_of(&config.broker_user).is_none() {
-            return Err(StartError::UnknownBrokerUser(config.broker_user.clone()));
-        }
         Ok(Arc::new(Auth {
             enabled: true,
             max_clock_skew: config.max_clock_skew,
             protect_metrics: config.protect_metrics,
             users: RwLock::new(Arc::new(users)),
+            meters: Meters::default(),
             source: Some(source),
             metrics,
         }))
@@ -288,10 +362,7 @@ impl Auth {
             let users = self.users.read().clone();
             return match client_name {
                 Some(name) => match users.named(name) {
-                    Some(user) => Ok(Caller {
-                        who: Who::User(user.clone()),
-                        auth: self.clone(),
-                    }),
+                    Some(user) => Ok(self.caller_of(user)),
                     None => Err(self.refused(AuthError::UnknownCertificate, name)),
                 },
                 None => Err(self.refused(AuthError::Missing, "")),
@@ -305,10 +376,7 @@ impl Auth {
         let users = self.users.read().clone();
         match users.key(&claim.access_key) {
             Some(key) if signature::verify(&claim, date_time, key.secret_key.as_bytes()) => {
-                Ok(Caller {
-                    who: Who::User(key.user.clone()),
-                    auth: self.clone(),
-                })
+                Ok(self.caller_of(&key.user))
             }
             _ => Err(self.refused(AuthError::BadCredentials, &claim.access_key)),
         }
@@ -328,12 +396,19 @@ impl Auth {
         let users = self.users.read().clone();
         match users.key(access_key) {
             Some(key) if constant_time_eq(key.secret_key.as_bytes(), secret_key.as_bytes()) => {
-                Ok(Caller {
-                    who: Who::User(key.user.clone()),
-                    auth: self.clone(),
-                })
+                Ok(self.caller_of(&key.user))
             }
             _ => Err(self.refused(AuthError::BadCredentials, access_key)),
+        }
+    }
+
+    fn caller_of(self: &Arc<Self>, user: &Arc<User>) -> Caller {
+        Caller {
+            who: Who::User {
+                user: user.clone(),
+                meter: self.meters.of(&user.name, user.quotas),
+            },
+            auth: self.clone(),
         }
     }
 
@@ -349,16 +424,24 @@ impl Auth {
 }
 
 impl UsersSource {
+    /// Loads the file, and remembers the bytes it loaded (also when they do
+    /// not load, so they are not re-read and re-logged every interval).
     fn load(&self) -> Result<Users, StartError> {
         let path = &self.config.users_file;
-        let loaded = users::load(path, &self.key).map_err(|source| StartError::Users {
+        let failed = |source| StartError::Users {
             path: path.display().to_string(),
             source,
-        });
-        // Remembered even when it fails to load, so it is not re-read (and
-        // re-logged) every interval until it changes again.
-        *self.seen.lock() = std::fs::read(path).ok();
-        loaded
+        };
+        let bytes = users::read(path).map_err(failed)?;
+        let loaded = users::parse(&bytes, &self.key).map_err(failed);
+        *self.seen.lock() = Some(bytes);
+        let users = loaded?;
+        // The brokers' own user must stay: replicas sign with it.
+        let own = &self.config.broker_user;
+        if !own.is_empty() && users.credentials_of(own).is_none() {
+            return Err(StartError::UnknownBrokerUser(own.clone()));
+        }
+        Ok(users)
     }
 
     fn changed(&self) -> bool {

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! A user may have a second access key while its first is rotated out
-//! (`[[users.keys]]` with `access_key` and `secret_key`).
+//! (`keys = [{ access_key, secret_key }]`), and quotas (`quotas = {
+//! produce_bytes_per_second, consume_bytes_per_second, connections }`, see
+//! [`super::quota`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::policy::Grant;
+use super::quota::Quotas;
 use super::sealed::{SealError, SealingKey};
 
 /// Most users in the file, and most keys, grants and resources each.
@@ -38,6 +41,7 @@ pub const MAX_NAME_LEN: usize = 128;
 pub struct User {
     pub name: String,
     pub grants: Vec<Grant>,
+    pub quotas: Quotas,
 }
 
 impl fmt::Debug for User {
@@ -115,6 +119,8 @@ struct UserEntry {
     keys: Vec<KeyEntry>,
     #[serde(default)]
     grants: Vec<Grant>,
+    #[serde(default)]
+    quotas: Quotas,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +137,8 @@ pub enum UsersError {
     Read(#[from] std::io::Error),
     #[error("it is larger than {MAX_FILE_BYTES} bytes")]
     TooLarge,
+    #[error("it is not UTF-8")]
+    NotUtf8,
     #[error("{0}")]
     Parse(#[from] toml::de::Error),
     #[error("user {user:?}: {reason}")]
@@ -143,15 +151,21 @@ pub enum UsersError {
     },
 }
 
-/// Reads and checks the users file at `path`.
-pub fn load(path: &Path, key: &SealingKey) -> Result<Users, UsersError> {
+/// Reads the users file at `path`: its bytes, to be checked with [`parse`].
+pub fn read(path: &Path) -> Result<Vec<u8>, UsersError> {
     if std::fs::metadata(path)?.len() > MAX_FILE_BYTES {
         return Err(UsersError::TooLarge);
     }
-    parse(&std::fs::read_to_string(path)?, key)
+    Ok(std::fs::read(path)?)
 }
 
-fn parse(text: &str, key: &SealingKey) -> Result<Users, UsersError> {
+/// Checks the contents of a users file.
+pub fn parse(bytes: &[u8], key: &SealingKey) -> Result<Users, UsersError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| UsersError::NotUtf8)?;
+    parse_text(text, key)
+}
+
+fn parse_text(text: &str, key: &SealingKey) -> Result<Users, UsersError> {
     let file: UsersFile = toml::from_str(text)?;
     let invalid = |user: &str, reason: String| UsersError::Invalid {
         user: brief(user),
@@ -212,6 +226,7 @@ fn parse(text: &str, key: &SealingKey) -> Result<Users, UsersError> {
         let user = Arc::new(User {
             name: name.clone(),
             grants: entry.grants,
+            quotas: entry.quotas,
         });
         users.by_name.insert(name.clone(), user.clone());
         for k in keys {
@@ -287,7 +302,7 @@ mod tests {
             key.seal("ak1", "one").unwrap(),
             key.seal("ak2", "two").unwrap()
         );
-        let users = parse(&text, &key).unwrap();
+        let users = parse_text(&text, &key).unwrap();
         let k = users.key("ak2").unwrap();
         assert_eq!(k.secret_key, "two");
         assert_eq!(k.user.name, "orders-app");
@@ -339,7 +354,7 @@ mod tests {
             ),
         ];
         for (text, expected) in cases {
-            let err = parse(&text, &key).unwrap_err().to_string();
+            let err = parse_text(&text, &key).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
     }

@@ -39,6 +39,10 @@ impl AdminService for AdminApi {
             let r = req.into_inner();
             let name = ns.topic(&r.name).map_err(|e| ns.refusal(e))?;
             access::require(&caller, &ns, Action::Create, Resource::Topic(&name))?;
+            // Creating an existing topic changes it.
+            if self.broker.topic_type(&name).is_ok() {
+                access::require(&caller, &ns, Action::Update, Resource::Topic(&name))?;
+            }
             let message_type =
                 convert::message_type_from_pb(r.message_type).map_err(|e| ns.refusal(e))?;
             let (ack, ack_policy) =
@@ -147,6 +151,10 @@ impl AdminService for AdminApi {
                 .ok_or_else(|| invalid("group", "missing"))?;
             g.name = ns.group("group name", &g.name).map_err(|e| ns.refusal(e))?;
             access::require(&caller, &ns, Action::Create, Resource::Group(&g.name))?;
+            // Creating an existing group changes it.
+            if self.broker.group_settings(&g.name).is_some() {
+                access::require(&caller, &ns, Action::Update, Resource::Group(&g.name))?;
+            }
             let mut config = self.broker.default_group(
                 &g.name,
                 convert::mode_from_pb(g.mode).map_err(|e| ns.refusal(e))?,
@@ -310,11 +318,12 @@ impl AdminService for AdminApi {
                 Some(pb::lookup_message_request::By::MessageId(id)) => {
                     let found = self.broker.lookup_by_id(&id).map_err(|e| ns.refusal(e))?;
                     // A message of another namespace is not found from this one.
-                    if !ns.holds(&found.record.topic) {
+                    // A message of another namespace, or of a topic the
+                    // caller may not read, is not found from here.
+                    let topic = found.record.topic.as_str();
+                    if !ns.holds(topic) || !caller.may(Action::Subscribe, Resource::Topic(topic)) {
                         return Err(ns.refusal(StoreError::MessageNotFound(id).into()));
                     }
-                    let topic = found.record.topic.as_str();
-                    access::require(&caller, &ns, Action::Subscribe, Resource::Topic(topic))?;
                     vec![found]
                 }
                 Some(pb::lookup_message_request::By::Key(key)) => {

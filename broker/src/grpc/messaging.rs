@@ -16,15 +16,15 @@ use super::namespace::{self, Names};
 use super::receive_streams::{ReceiveStreams, StreamSlot};
 use super::status::invalid;
 use super::{convert, observed};
-use crate::auth::{Action, Resource, policy};
+use crate::auth::{Action, Caller, Resource, policy};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
 use crate::messaging::membership::MemberKind;
 use crate::messaging::push::subscription::Subscription;
 use crate::messaging::staged::{Resolution, TransactionCheck};
 use crate::messaging::{
-    AssignedQueue, Broker, Claim, LeaseEnd, LeaseRound, NackOutcome, PullSpec, ReceiveLimits,
-    ReceiveStream, RouteAnswer, Schedule, SendMessage,
+    AssignedQueue, Broker, Claim, Delivery, LeaseEnd, LeaseRound, NackOutcome, PullSpec,
+    ReceiveLimits, ReceiveStream, RouteAnswer, Schedule, SendMessage,
 };
 use dduomq_proto::Namespace;
 
@@ -111,7 +111,17 @@ impl MessagingService for MessagingApi {
                 .map_err(|e| ns.refusal(e))?;
             for m in &messages {
                 access::require(&caller, &ns, Action::Publish, Resource::Topic(&m.topic))?;
+                // A transactional message is checked back with its producer
+                // group's checkers: the sender must be one of them.
+                if let Some(group) = &m.transaction {
+                    access::require(&caller, &ns, Action::Publish, Resource::Group(group))?;
+                }
             }
+            let bytes = messages.iter().map(|m| m.body.len() as u64).sum();
+            caller
+                .pace_send(bytes)
+                .await
+                .map_err(|e| ns.refusal(e.into()))?;
             let receipts = self
                 .broker
                 .send(messages)
@@ -157,10 +167,10 @@ impl MessagingService for MessagingApi {
                     0 => DEFAULT_MAX_IN_FLIGHT,
                     n => n as u64,
                 },
-                max_bytes: match r.max_in_flight_bytes {
+                max_bytes: caller.delivery_window(match r.max_in_flight_bytes {
                     0 => DEFAULT_MAX_IN_FLIGHT_BYTES,
                     n => n,
-                },
+                }),
                 invisible: limits::receive_invisible(r.invisible_duration_ms, self.broker.config())
                     .map_err(|e| ns.refusal(e))?,
             };
@@ -181,11 +191,14 @@ impl MessagingService for MessagingApi {
             }
             tokio::spawn(push_loop(
                 self.broker.clone(),
-                sub,
-                consumer,
-                limits,
+                PushStream {
+                    sub,
+                    consumer,
+                    limits,
+                    slot,
+                    caller,
+                },
                 tx,
-                slot,
                 ns,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
@@ -321,6 +334,9 @@ impl MessagingService for MessagingApi {
                 })
                 .await
                 .map_err(|e| ns.refusal(e))?;
+            caller
+                .pace_delivery(delivered_bytes(&pulled.deliveries))
+                .await;
             Ok(Response::new(pb::PullResponse {
                 messages: pulled
                     .deliveries
@@ -453,6 +469,12 @@ impl MessagingService for MessagingApi {
                 .group("producer_group", &r.producer_group)
                 .map_err(|e| ns.refusal(e))?;
             access::require(&caller, &ns, Action::Publish, Resource::Topic(&r.topic))?;
+            access::require(
+                &caller,
+                &ns,
+                Action::Publish,
+                Resource::Group(&r.producer_group),
+            )?;
             let resolution = match pb::TransactionResolution::try_from(r.resolution)
                 .unwrap_or(pb::TransactionResolution::Unspecified)
             {
@@ -507,6 +529,7 @@ impl MessagingService for MessagingApi {
                 checks,
                 tx,
                 ns,
+                caller,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
@@ -517,15 +540,35 @@ impl MessagingService for MessagingApi {
 /// Serves one Receive stream: leases messages within the consumer's limits and
 /// sends them; sleeps until new messages, acks, due retries or expiring leases.
 /// `slot` holds the stream's place under the per-group and per-client limits.
-async fn push_loop(
-    broker: Arc<Broker>,
+/// What a Receive stream's loop serves.
+struct PushStream {
     sub: Arc<Subscription>,
     consumer: u64,
     limits: ReceiveLimits,
-    tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
+    /// Its place under the stream limits, given back when the loop ends.
     slot: StreamSlot,
+    /// Whose stream it is (consume quota).
+    caller: Caller,
+}
+
+/// Body bytes of deliveries (what consume quotas count).
+fn delivered_bytes(deliveries: &[Delivery]) -> u64 {
+    deliveries.iter().map(|d| d.record.body.len() as u64).sum()
+}
+
+async fn push_loop(
+    broker: Arc<Broker>,
+    stream: PushStream,
+    tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
     ns: Namespace,
 ) {
+    let PushStream {
+        sub,
+        consumer,
+        limits,
+        slot,
+        caller,
+    } = stream;
     let mut arrivals = broker.store().subscribe();
     let mut stop = broker.shutdown_signal();
     // A replica that starts following its master ends its consumers' streams.
@@ -551,6 +594,7 @@ async fn push_loop(
             }
         };
         if !batch.is_empty() {
+            let wait = caller.delivery_wait(delivered_bytes(&batch));
             // One response per lease round: fewer frames and writes per message.
             let response = pb::ReceiveResponse {
                 messages: batch
@@ -560,6 +604,12 @@ async fn push_loop(
             };
             if tx.send(Ok(response)).await.is_err() {
                 break; // the client went away
+            }
+            // Over the consume quota: nothing more until it is paid off.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = tx.closed() => break,
+                _ = stop.wait_for(|s| *s) => break,
             }
             continue;
         }
@@ -590,6 +640,7 @@ async fn check_loop(
     mut checks: mpsc::Receiver<TransactionCheck>,
     tx: mpsc::Sender<Result<pb::TransactionCheck, Status>>,
     ns: Namespace,
+    caller: Caller,
 ) {
     let mut stop = broker.shutdown_signal();
     loop {
@@ -599,6 +650,12 @@ async fn check_loop(
             _ = stop.wait_for(|s| *s) => None,
         };
         let Some(c) = check else { break };
+        // A group's checkers see only the topics they may publish to (a
+        // group name can be shared by producers of several topics).
+        if !caller.may(Action::Publish, Resource::Topic(&c.message.record.topic)) {
+            tracing::warn!(target: "dduomq::audit", group, user = caller.name(), "a transaction check of a topic the checker may not publish to was not sent to it");
+            continue;
+        }
         let msg = pb::TransactionCheck {
             transaction_id: c.transaction_id,
             message: Some(ns.message(convert::message(c.message))),

@@ -41,9 +41,18 @@ pub const MAX_CONCURRENT_RECEIVES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SessionKey {
-    client_id: String,
+    client: ClientRef,
     group: String,
     topic: String,
+}
+
+/// A client as its user names it: the same client id under two users is two
+/// clients, so no user can end or keep alive another's consumers by naming
+/// its id ("" is the user when authentication is off).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientRef {
+    pub owner: String,
+    pub id: String,
 }
 
 /// One client's consumer on one group and topic.
@@ -111,7 +120,7 @@ enum Leaving {
 #[derive(Debug)]
 pub struct Clients {
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
-    telemetry: Mutex<HashMap<String, usize>>,
+    telemetry: Mutex<HashMap<ClientRef, usize>>,
     streams: Arc<ReceiveStreams>,
 }
 
@@ -124,19 +133,19 @@ impl Clients {
         })
     }
 
-    /// The consumer of `client_id` on `group` and `topic`, opened on first use
+    /// The consumer of `client` on `group` and `topic`, opened on first use
     /// (concurrent first receives share one); one opened with another filter
     /// is closed and replaced.
     pub async fn consumer(
         &self,
         broker: &Broker,
-        client_id: &str,
+        client: &ClientRef,
         group: &str,
         topic: &str,
         filter: FilterSpec,
     ) -> Result<Arc<Session>> {
         let key = SessionKey {
-            client_id: client_id.to_string(),
+            client: client.clone(),
             group: group.to_string(),
             topic: topic.to_string(),
         };
@@ -170,11 +179,11 @@ impl Clients {
     }
 
     fn open(&self, broker: &Broker, key: &SessionKey, filter: FilterSpec) -> Result<Arc<Session>> {
-        let slot = self.streams.open(&key.group, &key.client_id)?;
+        let slot = self.streams.open(&key.group, &key.client.id)?;
         let stream = broker.open_receive(
             &key.group,
             &key.topic,
-            &key.client_id,
+            &key.client.id,
             ConsumeMode::Clustering,
             &filter,
             String::new(),
@@ -191,10 +200,10 @@ impl Clients {
         }))
     }
 
-    /// Closes every consumer of `client_id`, which said it terminates: what
-    /// it held is redelivered now.
-    pub async fn close_client(&self, broker: &Broker, client_id: &str) {
-        let gone = self.remove(|k, _| k.client_id == client_id);
+    /// Closes every consumer of `client`, which said it terminates: what it
+    /// held is redelivered now.
+    pub async fn close_client(&self, broker: &Broker, client: &ClientRef) {
+        let gone = self.remove(|k, _| k.client == *client);
         for s in gone {
             end(broker, &s, Leaving::Terminated).await;
         }
@@ -212,21 +221,17 @@ impl Clients {
             .collect()
     }
 
-    pub fn telemetry_opened(&self, client_id: &str) {
-        *self
-            .telemetry
-            .lock()
-            .entry(client_id.to_string())
-            .or_default() += 1;
+    pub fn telemetry_opened(&self, client: &ClientRef) {
+        *self.telemetry.lock().entry(client.clone()).or_default() += 1;
     }
 
     /// Records a Telemetry stream's end.
-    pub fn telemetry_closed(&self, client_id: &str) {
+    pub fn telemetry_closed(&self, client: &ClientRef) {
         let mut open = self.telemetry.lock();
-        if let Some(n) = open.get_mut(client_id) {
+        if let Some(n) = open.get_mut(client) {
             *n -= 1;
             if *n == 0 {
-                open.remove(client_id);
+                open.remove(client);
             }
         }
     }
@@ -249,7 +254,7 @@ impl Clients {
                 self.sessions
                     .lock()
                     .iter()
-                    .filter(|(k, _)| live.contains_key(&k.client_id))
+                    .filter(|(k, _)| live.contains_key(&k.client))
                     .filter_map(|(_, s)| match s.renew_ms.load(Ordering::Relaxed) {
                         0 => None,
                         // Renewed at least a third of the default ahead of the
@@ -265,8 +270,7 @@ impl Clients {
                 let live = self.telemetry.lock();
                 self.remove(|k, s| {
                     let idle = s.last_used.lock().elapsed();
-                    idle > IDLE
-                        || (!live.contains_key(&k.client_id) && idle > IDLE_WITHOUT_TELEMETRY)
+                    idle > IDLE || (!live.contains_key(&k.client) && idle > IDLE_WITHOUT_TELEMETRY)
                 })
             };
             for s in idle {

@@ -56,6 +56,8 @@ impl RocketMqApi {
                 "no new message",
             ))],
             Ok(messages) => {
+                let bytes = messages.iter().map(|m| m.body.len() as u64).sum();
+                scope.caller.pace_delivery(bytes).await;
                 let handed_over = message::timestamp(crate::store::now_millis());
                 messages
                     .into_iter()
@@ -73,7 +75,7 @@ impl RocketMqApi {
         scope: &mut Scope,
         r: rmq::ReceiveMessageRequest,
     ) -> Result<Vec<rmq::Message>, Refusal> {
-        let client_id = scope.client_id()?.to_string();
+        let client = scope.client()?;
         let group = scope.group(r.group.as_ref(), &[Action::Subscribe])?;
         let queue = r.message_queue.as_ref();
         let topic = scope.topic(queue.and_then(|q| q.topic.as_ref()), &[Action::Subscribe])?;
@@ -93,7 +95,7 @@ impl RocketMqApi {
         }
         let session = self
             .clients
-            .consumer(&self.broker, &client_id, &group, &topic, filter)
+            .consumer(&self.broker, &client, &group, &topic, filter)
             .await?;
         let Some(_waiting) = session.begin_receive() else {
             return Err(Refusal::Coded(

@@ -100,6 +100,7 @@ impl RocketMqApi {
             }
             sends.push(send);
         }
+        scope.caller.pace_send(inflated as u64).await?;
         let ids: Vec<String> = sends.iter().map(|s| s.client_message_id.clone()).collect();
         let receipts = self.broker.send(sends).await?;
         Ok(receipts
@@ -473,13 +474,13 @@ impl MessagingService for RocketMqApi {
     ) -> Result<Response<rmq::NotifyClientTerminationResponse>, Status> {
         answer(self, "rocketmq.NotifyClientTermination", async move {
             let status = match scope_of(&req) {
-                Ok(scope) if !scope.client_id.is_empty() => {
-                    self.clients
-                        .close_client(&self.broker, &scope.client_id)
-                        .await;
-                    ok()
-                }
-                Ok(scope) => refusal(&scope.ns, scope.client_id().unwrap_err()),
+                Ok(scope) => match scope.client() {
+                    Ok(client) => {
+                        self.clients.close_client(&self.broker, &client).await;
+                        ok()
+                    }
+                    Err(e) => refusal(&scope.ns, e),
+                },
                 Err(status) => status,
             };
             rmq::NotifyClientTerminationResponse { status }

@@ -7,6 +7,7 @@ use dduomq_proto::Namespace;
 use dduomq_proto::rocketmq::v2 as rmq;
 use tonic::metadata::MetadataMap;
 
+use super::clients::ClientRef;
 use crate::auth::{Action, Caller, Resource};
 use crate::grpc::namespace::Names;
 use crate::messaging::error::BrokerError;
@@ -47,6 +48,15 @@ impl Scope {
             ns: namespace(&header(NAMESPACE_HEADER))?,
             client_id,
             caller,
+        })
+    }
+
+    /// The client as its user names it (requests that hold state per
+    /// client need its id).
+    pub fn client(&self) -> Result<ClientRef, BrokerError> {
+        Ok(ClientRef {
+            owner: self.caller.name().to_string(),
+            id: self.client_id()?.to_string(),
         })
     }
 

@@ -59,6 +59,8 @@ impl RocketMqApi {
                 next_offset,
                 refusal,
             }) => {
+                let bytes = messages.iter().map(|m| m.body.len() as u64).sum();
+                scope.caller.pace_delivery(bytes).await;
                 let first = match refusal {
                     Some(refused) => Some(refused),
                     None if messages.is_empty() => {

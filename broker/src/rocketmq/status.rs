@@ -94,7 +94,8 @@ pub fn code_of(reason: Reason) -> Code {
         | Reason::TooManyGroups
         | Reason::TooManyStreams
         | Reason::DuplicateInFlight
-        | Reason::TransactionInProgress => Code::TooManyRequests,
+        | Reason::TransactionInProgress
+        | Reason::QuotaExceeded => Code::TooManyRequests,
         Reason::NotMaster | Reason::MasterTakingOver | Reason::BrokerDraining => {
             Code::HaNotAvailable
         }

@@ -13,10 +13,11 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::RocketMqApi;
+use super::clients::ClientRef;
 use super::message::{self, duration_ms, transaction_group};
 use super::names::Scope;
 use super::status::{ok, refusal};
-use crate::auth::Action;
+use crate::auth::{Action, Resource};
 use crate::messaging::error::BrokerError;
 use crate::messaging::groups::ConsumeMode;
 use crate::messaging::staged::TransactionCheck;
@@ -43,8 +44,11 @@ impl RocketMqApi {
         mut inbound: Streaming<rmq::TelemetryCommand>,
         tx: Outbound,
     ) {
-        let client_id = scope.client_id.clone();
-        self.clients.telemetry_opened(&client_id);
+        let client = ClientRef {
+            owner: scope.caller.name().to_string(),
+            id: scope.client_id.clone(),
+        };
+        self.clients.telemetry_opened(&client);
         let mut checkers: Vec<(String, u64)> = Vec::new();
         let mut stop = self.broker.shutdown_signal();
         loop {
@@ -76,7 +80,7 @@ impl RocketMqApi {
             self.broker.remove_checker(&group, id);
         }
         // The client's consumers stay: it may reconnect (see `clients.rs`).
-        self.clients.telemetry_closed(&client_id);
+        self.clients.telemetry_closed(&client);
     }
 
     /// The settings a client is to use; a producer's checkers are registered.
@@ -108,8 +112,13 @@ impl RocketMqApi {
                     p.topics.len(),
                     MAX_PUBLISHED_TOPICS,
                 )?;
-                for topic in &p.topics {
-                    let stored = scope.topic(Some(topic), &[Action::Publish])?;
+                // Every topic checked before any checker is registered.
+                let stored = p
+                    .topics
+                    .iter()
+                    .map(|topic| scope.topic(Some(topic), &[Action::Publish]))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for stored in stored {
                     if self.broker.topic_type(&stored).ok() == Some(MessageType::Transaction) {
                         self.check_transactions(&scope, &stored, checkers, tx);
                     }
@@ -211,6 +220,13 @@ async fn forward_checks(
     let host = broker.config().advertised_address();
     let mut stop = broker.shutdown_signal();
     while let Some(check) = checks.recv().await {
+        // The group (named after a topic) may hold transactions of other
+        // topics, sent through our own API: only the checker's are its.
+        let topic = &check.message.record.topic;
+        if !scope.caller.may(Action::Publish, Resource::Topic(topic)) {
+            tracing::warn!(target: "dduomq::audit", user = scope.caller.name(), "a transaction check of a topic the checker may not publish to was not sent to it");
+            continue;
+        }
         let command = match message::to_rmq(
             &scope,
             check.message,

@@ -67,12 +67,4 @@ impl TlsConfig {
         }
         Ok(())
     }
-
-    /// The contents of every file the server configuration is built from.
-    pub(super) fn read_files(&self) -> Vec<Option<Vec<u8>>> {
-        [&self.cert_file, &self.key_file, &self.client_ca_file]
-            .iter()
-            .map(|p| std::fs::read(p).ok())
-            .collect()
-    }
 }

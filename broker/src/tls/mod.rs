@@ -56,11 +56,30 @@ struct Current {
 }
 
 impl Current {
-    fn build(config: &TlsConfig) -> Result<Current, TlsError> {
+    fn build(config: &TlsConfig, files: &Files) -> Result<Current, TlsError> {
         Ok(Current {
-            grpc: Arc::new(build(config, config.client_auth)?),
-            http: Arc::new(build(config, ClientAuth::None)?),
+            grpc: Arc::new(build(config, files, config.client_auth)?),
+            http: Arc::new(build(config, files, ClientAuth::None)?),
         })
+    }
+}
+
+/// The contents of the files a configuration is built from, read once.
+#[derive(Debug, PartialEq, Eq)]
+struct Files {
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Files {
+    fn read(config: &TlsConfig) -> Files {
+        let read = |p: &std::path::Path| std::fs::read(p).ok();
+        Files {
+            cert: read(&config.cert_file),
+            key: read(&config.key_file),
+            client_ca: read(&config.client_ca_file),
+        }
     }
 }
 
@@ -70,15 +89,16 @@ pub struct TlsServer {
     config: TlsConfig,
     current: RwLock<Current>,
     /// The files' contents the current configuration was built from.
-    seen: Mutex<Vec<Option<Vec<u8>>>>,
+    seen: Mutex<Files>,
 }
 
 impl TlsServer {
     /// Loads the certificate, key and client CA of `config`.
     pub fn open(config: &TlsConfig) -> Result<Arc<TlsServer>, TlsError> {
+        let files = Files::read(config);
         let server = TlsServer {
-            current: RwLock::new(Current::build(config)?),
-            seen: Mutex::new(config.read_files()),
+            current: RwLock::new(Current::build(config, &files)?),
+            seen: Mutex::new(files),
             config: config.clone(),
         };
         Ok(Arc::new(server))
@@ -97,11 +117,11 @@ impl TlsServer {
     /// load (a key written before its certificate, say) leaves the current
     /// one, and is tried again at the next check.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let now = self.config.read_files();
+        let now = Files::read(&self.config);
         if *self.seen.lock() == now {
             return Ok(false);
         }
-        let rebuilt = Current::build(&self.config)?;
+        let rebuilt = Current::build(&self.config, &now)?;
         *self.current.write() = rebuilt;
         *self.seen.lock() = now;
         tracing::info!(cert = %self.config.cert_file.display(), "TLS certificate reloaded");
@@ -138,9 +158,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build(config: &TlsConfig, client_auth: ClientAuth) -> Result<ServerConfig, TlsError> {
-    let certs = certificates(&config.cert_file)?;
-    let key = private_key(&config.key_file)?;
+fn build(
+    config: &TlsConfig,
+    files: &Files,
+    client_auth: ClientAuth,
+) -> Result<ServerConfig, TlsError> {
+    let certs = certificates(&config.cert_file, files.cert.as_deref())?;
+    let key = private_key(&config.key_file, files.key.as_deref())?;
     let rustls_error = |source| TlsError::Rustls {
         path: config.cert_file.display().to_string(),
         source,
@@ -153,7 +177,7 @@ fn build(config: &TlsConfig, client_auth: ClientAuth) -> Result<ServerConfig, Tl
         ClientAuth::Optional | ClientAuth::Required => {
             let path = config.client_ca_file.display().to_string();
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(&config.client_ca_file)? {
+            for cert in certificates(&config.client_ca_file, files.client_ca.as_deref())? {
                 roots.add(cert).map_err(|source| TlsError::Rustls {
                     path: path.clone(),
                     source,
@@ -177,14 +201,15 @@ fn build(config: &TlsConfig, client_auth: ClientAuth) -> Result<ServerConfig, Tl
     Ok(server)
 }
 
-/// The certificates of a PEM file, in order.
-pub fn certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of the PEM file at `path` (its contents, `None` when it
+/// could not be read), in order.
+fn certificates(
+    path: &std::path::Path,
+    contents: Option<&[u8]>,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let shown = path.display().to_string();
-    let text = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&text)
+    let text = contents.ok_or_else(|| unreadable(path))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(text)
         .collect::<Result<_, _>>()
         .map_err(|_| TlsError::Empty {
             path: shown.clone(),
@@ -199,16 +224,26 @@ pub fn certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
-fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+fn private_key(
+    path: &std::path::Path,
+    contents: Option<&[u8]>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     let shown = path.display().to_string();
-    let text = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    PrivateKeyDer::from_pem_slice(&text).map_err(|_| TlsError::Empty {
+    let text = contents.ok_or_else(|| unreadable(path))?;
+    PrivateKeyDer::from_pem_slice(text).map_err(|_| TlsError::Empty {
         path: shown,
         what: "private key",
     })
+}
+
+/// A file that could not be read, with the reason read again.
+fn unreadable(path: &std::path::Path) -> TlsError {
+    TlsError::Read {
+        path: path.display().to_string(),
+        source: std::fs::read(path)
+            .err()
+            .unwrap_or_else(|| std::io::Error::other("it changed while it was read")),
+    }
 }
 
 /// The common name of a verified client certificate (its first CN).
