@@ -10,8 +10,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -131,7 +131,7 @@ pub struct Activity {
     last_request_end_ms: AtomicU64,
     /// The place of the connection's first user among that user's
     /// connections (quotas), held until the connection closes.
-    user_place: OnceLock<ConnectionPlace>,
+    user_place: parking_lot::Mutex<Option<ConnectionPlace>>,
 }
 
 impl Activity {
@@ -141,7 +141,7 @@ impl Activity {
             open_requests: AtomicUsize::new(0),
             last_read_ms: AtomicU64::new(0),
             last_request_end_ms: AtomicU64::new(0),
-            user_place: OnceLock::new(),
+            user_place: parking_lot::Mutex::new(None),
         }
     }
 
@@ -278,7 +278,7 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     /// See `Activity::user_place`.
-    pub fn user_place(&self) -> &OnceLock<ConnectionPlace> {
+    pub fn user_place(&self) -> &parking_lot::Mutex<Option<ConnectionPlace>> {
         &self.activity.user_place
     }
 }

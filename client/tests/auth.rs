@@ -9,7 +9,6 @@ mod users;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -17,8 +16,7 @@ use dduomq_client::proto as pb;
 use dduomq_client::{
     Admin, ClientError, Credentials, Message, ProducerBuilder, PushConsumerBuilder, Reason,
 };
-use dduomq_testkit::{Broker, eventually, http_get, sibling_binary};
-use parking_lot::Mutex;
+use dduomq_testkit::{Broker, bodies_received, eventually, http_get, sibling_binary};
 use users::{ADMIN, BROKER, CONSUMER, EVERYONE, NOBODY, PUBLISHER, Secrets, TestUser};
 
 fn admin_of(b: &Broker, user: Option<Credentials>) -> Admin {
@@ -119,25 +117,9 @@ async fn signed_users_publish_and_consume_only_what_they_are_granted() {
             "{user:?} {group} {topic}"
         );
     }
-    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let sink = got.clone();
-    let consumer = PushConsumerBuilder::new(&b.grpc, "billing", "orders")
-        .credentials(CONSUMER.credentials())
-        .start(move |m| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().push(m.body.to_vec());
-                Ok::<(), String>(())
-            }
-        })
-        .await
-        .expect("the consumer may consume orders as billing");
-    eventually(Duration::from_secs(20), "every message", async || {
-        (got.lock().len() >= sent.len()).then_some(())
-    })
-    .await;
-    consumer.shutdown().await;
-    let got = got.lock().clone();
+    let consumer =
+        PushConsumerBuilder::new(&b.grpc, "billing", "orders").credentials(CONSUMER.credentials());
+    let got = bodies_received(consumer, sent.len(), Duration::from_secs(20)).await;
     assert_eq!(got.len(), sent.len(), "a message delivered twice");
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), sent);
 
@@ -403,33 +385,18 @@ async fn quotas_shape_a_users_bytes_and_bound_its_connections() {
         .expect_err("more than 30 s of the rate");
     assert_eq!(reason(&huge), Reason::QuotaExceeded);
 
-    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let sink = got.clone();
     let started = std::time::Instant::now();
-    let consumer = PushConsumerBuilder::new(&b.grpc, "metered", "metered")
-        .credentials(METERED.credentials())
-        .start(move |m| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().push(m.body.to_vec());
-                Ok::<(), String>(())
-            }
-        })
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(30), "every message", async || {
-        (got.lock().len() >= sent.len()).then_some(())
-    })
-    .await;
+    let consumer =
+        PushConsumerBuilder::new(&b.grpc, "metered", "metered").credentials(METERED.credentials());
+    let got = bodies_received(consumer, sent.len(), Duration::from_secs(30)).await;
     let took = started.elapsed();
-    consumer.shutdown().await;
     // Rounds of at most a second's worth, each paid for before the next:
     // the first two come at once, the other 60 KB take 3 s.
     assert!(
         took >= Duration::from_millis(2500),
         "100 KB consumed in {took:?}"
     );
-    assert_eq!(got.lock().iter().cloned().collect::<BTreeSet<_>>(), sent);
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), sent);
     for direction in ["produce", "consume"] {
         let sample = format!("dduomq_quota_throttled_seconds_total{{direction=\"{direction}\"}}");
         assert!(b.metric(&sample).is_some_and(|s| s > 0.5), "{sample}");

@@ -1,14 +1,12 @@
 //! Compression: the SDK zstd-compresses large bodies, the broker stores them
 //! compressed, consumers receive the original bytes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use dduomq_client::Reason;
 use dduomq_client::proto as pb;
 use dduomq_client::{Admin, Message, ProducerBuilder, PushConsumerBuilder};
-use dduomq_testkit::{Broker, eventually};
-use parking_lot::Mutex;
+use dduomq_testkit::{Broker, bodies_received};
 use rand::RngCore;
 
 fn compressible(i: usize) -> Vec<u8> {
@@ -57,24 +55,8 @@ async fn large_bodies_are_stored_compressed_and_delivered_exactly() {
     );
     assert!(stored < (raw / 3) as u64, "{stored} of {raw} bytes stored");
 
-    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let sink = got.clone();
-    let consumer = PushConsumerBuilder::new(&b.grpc, "readers", "docs")
-        .start(move |m| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().push(m.body.to_vec());
-                Ok::<(), String>(())
-            }
-        })
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(20), "every message", async || {
-        (got.lock().len() == sent.len()).then_some(())
-    })
-    .await;
-    consumer.shutdown().await;
-    let mut got = got.lock().clone();
+    let consumer = PushConsumerBuilder::new(&b.grpc, "readers", "docs");
+    let mut got = bodies_received(consumer, sent.len(), Duration::from_secs(20)).await;
     got.sort();
     sent.sort();
     assert!(got == sent, "bodies differ after the round trip");

@@ -4,6 +4,7 @@
 //! report of timings; the official RocketMQ clients' scenario programs.
 
 mod broker;
+mod consume;
 mod eventually;
 mod fs;
 mod ledger;
@@ -14,6 +15,7 @@ pub mod rocketmq;
 pub use broker::{
     Broker, Options, create_topics, free_port, http_get, https_get, sibling_binary, stored,
 };
+pub use consume::bodies_received;
 pub use eventually::{eventually, eventually_every};
 pub use fs::copy_dir;
 pub use ledger::{FailedSend, Ledger, all_acked_consumed, body_of, broker_of, index_of};

@@ -18,7 +18,7 @@ pub mod rules;
 pub mod sealed;
 pub mod users;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dduomq_proto::Reason;
@@ -119,37 +119,53 @@ impl Caller {
         Err(self.auth.refused(err, self.name()))
     }
 
-    /// How long a request moving `bytes` in `direction` waits under the
-    /// user's quota (refused, audited and counted when too long).
-    fn throttle(&self, direction: Direction, bytes: u64) -> Result<Duration, AuthError> {
+    /// Waits before a send of `bytes` under the user's produce rate; refused
+    /// (audited and counted) when the wait would be too long.
+    pub async fn pace_send(&self, bytes: u64) -> Result<(), AuthError> {
         let Who::User { meter, .. } = &self.who else {
-            return Ok(Duration::ZERO);
+            return Ok(());
         };
         let wait = meter
-            .throttle(direction, bytes)
+            .throttle_send(bytes)
             .map_err(|e| self.auth.refused(AuthError::Quota(e), self.name()))?;
-        if let Some(m) = &self.auth.metrics
-            && !wait.is_zero()
-        {
+        self.waited(Direction::Produce, wait).await;
+        Ok(())
+    }
+
+    /// How long a consumer waits before it is given more, under the user's
+    /// consume rate.
+    pub fn delivery_debt(&self) -> Duration {
+        match &self.who {
+            Who::User { meter, .. } => meter.consume_debt(),
+            Who::Anyone => Duration::ZERO,
+        }
+    }
+
+    /// Waits out [`Caller::delivery_debt`] (before a one-shot receive or pull
+    /// reads anything).
+    pub async fn pace_delivery(&self) {
+        self.waited(Direction::Consume, self.delivery_debt()).await;
+    }
+
+    /// Counts `bytes` delivered to the user against its consume rate.
+    pub fn charge_delivery(&self, bytes: u64) {
+        if let Who::User { meter, .. } = &self.who {
+            meter.charge_delivery(bytes);
+        }
+    }
+
+    /// Sleeps `wait` (nothing when zero: a zero sleep still waits for the
+    /// timer's next tick) and counts it.
+    pub async fn waited(&self, direction: Direction, wait: Duration) {
+        if wait.is_zero() {
+            return;
+        }
+        if let Some(m) = &self.auth.metrics {
             m.quota_throttled_seconds
                 .with_label_values(&[direction.label()])
                 .inc_by(wait.as_secs_f64());
         }
-        Ok(wait)
-    }
-
-    /// Waits before a send of `bytes` under the user's produce rate.
-    pub async fn pace_send(&self, bytes: u64) -> Result<(), AuthError> {
-        let wait = self.throttle(Direction::Produce, bytes)?;
         tokio::time::sleep(wait).await;
-        Ok(())
-    }
-
-    /// How long a consumer waits for more after `bytes` were delivered to it,
-    /// under the user's consume rate (deliveries are never refused).
-    pub fn delivery_wait(&self, bytes: u64) -> Duration {
-        self.throttle(Direction::Consume, bytes)
-            .unwrap_or(Duration::ZERO)
     }
 
     /// The bytes a consumer stream may hold leased at once: `max`, or one
@@ -162,27 +178,32 @@ impl Caller {
         }
     }
 
-    /// Waits out [`Caller::delivery_wait`] (before answering a one-shot
-    /// receive or pull).
-    pub async fn pace_delivery(&self, bytes: u64) {
-        tokio::time::sleep(self.delivery_wait(bytes)).await;
-    }
-
     /// Counts the connection a request came on among the user's (the first
     /// user of a connection holds its place until it closes).
-    pub fn hold_connection(&self, place: &OnceLock<ConnectionPlace>) -> Result<(), AuthError> {
+    pub fn hold_connection(
+        &self,
+        place: &parking_lot::Mutex<Option<ConnectionPlace>>,
+    ) -> Result<(), AuthError> {
         let Who::User { meter, .. } = &self.who else {
             return Ok(());
         };
-        if place.get().is_some() {
-            return Ok(());
+        // Held across the check: a connection's concurrent first requests
+        // take one place between them.
+        let mut place = place.lock();
+        if place.is_none() {
+            let held = meter
+                .connect()
+                .map_err(|e| self.auth.refused(AuthError::Quota(e), self.name()))?;
+            *place = Some(held);
         }
-        let held = meter
-            .connect()
-            .map_err(|e| self.auth.refused(AuthError::Quota(e), self.name()))?;
-        // Another request of the connection may have taken it meanwhile.
-        let _ = place.set(held);
         Ok(())
+    }
+
+    /// Which topics' transaction checks this caller's checkers are shown:
+    /// those it may publish to.
+    pub fn sees_topic(&self) -> crate::messaging::staged::SeesTopic {
+        let caller = self.clone();
+        Arc::new(move |topic| caller.may(Action::Publish, Resource::Topic(topic)))
     }
 
     /// Logs and counts an admin action this caller was allowed (nothing when

@@ -2,11 +2,11 @@
 //! rates, and a number of connections.
 //!
 //! A rate is a bucket that holds at most one second of bytes and may go into
-//! debt: a request takes its bytes at once and waits until the debt is paid
-//! off (sends wait before they are stored; consumers before their next
-//! messages), so a user's traffic is shaped to its rate rather than refused. A
-//! send that would wait longer than [`MAX_THROTTLE`] is refused with
-//! `QUOTA_EXCEEDED` (a batch larger than 30 seconds of the user's rate).
+//! debt. A send takes its bytes and waits until the debt is paid off before
+//! it is stored; one that would wait longer than [`MAX_THROTTLE`] (its bytes
+//! and the debt of sends before it) is refused with `QUOTA_EXCEEDED`. A
+//! consumer is given nothing while the user is in debt, and what it is given
+//! is charged after: so traffic is shaped to the rate rather than refused.
 //! The meters of a user outlive reloads of the users file.
 
 use std::collections::HashMap;
@@ -82,25 +82,36 @@ impl Bucket {
         }
     }
 
-    /// Takes `bytes` at `rate`; how long the taker waits, or `None` when that
-    /// would pass `max_wait` (then nothing is taken).
+    fn refill(&mut self, rate: f64, now: Instant) {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+    }
+
+    /// How long until the debt is paid off.
+    fn debt(&mut self, rate: u64, now: Instant) -> Duration {
+        let rate = rate.max(1) as f64;
+        self.refill(rate, now);
+        Duration::from_secs_f64((-self.tokens).max(0.0) / rate)
+    }
+
+    /// Takes `bytes` at `rate`: how long the taker waits; when that would be
+    /// more than `max_wait`, nothing is taken and the wait is the error.
     fn take(
         &mut self,
         bytes: u64,
         rate: u64,
         now: Instant,
         max_wait: Duration,
-    ) -> Option<Duration> {
+    ) -> Result<Duration, Duration> {
         let rate = rate.max(1) as f64;
-        let refilled = self.tokens + now.duration_since(self.at).as_secs_f64() * rate;
-        let after = refilled.min(rate) - bytes as f64;
+        self.refill(rate, now);
+        let after = self.tokens - bytes as f64;
         let wait = Duration::from_secs_f64((-after).max(0.0) / rate);
         if wait > max_wait {
-            return None;
+            return Err(wait);
         }
         self.tokens = after;
-        self.at = now;
-        Some(wait)
+        Ok(wait)
     }
 }
 
@@ -123,31 +134,40 @@ impl Meter {
         }
     }
 
-    /// How long a request moving `bytes` in `direction` waits. Sends that
-    /// would wait more than [`MAX_THROTTLE`] are refused; deliveries, already
-    /// made when they are counted, only hold up the consumer's next ones.
-    pub fn throttle(&self, direction: Direction, bytes: u64) -> Result<Duration, QuotaError> {
-        let limits = *self.limits.lock();
-        let (rate, bucket, max_wait) = match direction {
-            Direction::Produce => (limits.produce_bytes_per_second, &self.produce, MAX_THROTTLE),
-            Direction::Consume => (
-                limits.consume_bytes_per_second,
-                &self.consume,
-                Duration::MAX,
-            ),
-        };
-        let Some(rate) = rate else {
+    /// How long a send of `bytes` waits before it is stored; refused when
+    /// more than [`MAX_THROTTLE`] (its bytes and the debt before them).
+    pub fn throttle_send(&self, bytes: u64) -> Result<Duration, QuotaError> {
+        let Some(rate) = self.limits.lock().produce_bytes_per_second else {
             return Ok(Duration::ZERO);
         };
-        bucket
+        self.produce
             .lock()
-            .take(bytes, rate, Instant::now(), max_wait)
-            .ok_or_else(|| QuotaError::Rate {
-                direction,
+            .take(bytes, rate, Instant::now(), MAX_THROTTLE)
+            .map_err(|wait| QuotaError::Rate {
+                direction: Direction::Produce,
                 bytes,
                 rate,
-                wait: Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64),
+                wait,
             })
+    }
+
+    /// How long a consumer waits before it is given more: until what it
+    /// was given is paid for.
+    pub fn consume_debt(&self) -> Duration {
+        match self.limits.lock().consume_bytes_per_second {
+            Some(rate) => self.consume.lock().debt(rate, Instant::now()),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Counts `bytes` delivered to the user (paid for before its next ones).
+    pub fn charge_delivery(&self, bytes: u64) {
+        if let Some(rate) = self.limits.lock().consume_bytes_per_second {
+            let _ = self
+                .consume
+                .lock()
+                .take(bytes, rate, Instant::now(), Duration::MAX);
+        }
     }
 
     /// The consume rate, if the user has one.
@@ -189,11 +209,20 @@ impl Meters {
     /// The meter of `user`, with `limits` from the current users file.
     pub fn of(&self, user: &str, limits: Quotas) -> Arc<Meter> {
         let mut by_user = self.by_user.lock();
-        let meter = by_user
-            .entry(user.to_string())
-            .or_insert_with(|| Arc::new(Meter::new(limits)));
-        *meter.limits.lock() = limits;
-        meter.clone()
+        let meter = match by_user.get(user) {
+            Some(meter) => meter.clone(),
+            None => by_user
+                .entry(user.to_string())
+                .or_insert_with(|| Arc::new(Meter::new(limits)))
+                .clone(),
+        };
+        drop(by_user);
+        let mut current = meter.limits.lock();
+        if *current != limits {
+            *current = limits;
+        }
+        drop(current);
+        meter
     }
 }
 
@@ -201,55 +230,74 @@ impl Meters {
 mod tests {
     use super::*;
 
+    fn bucket(tokens: f64, at: Instant) -> Bucket {
+        Bucket { tokens, at }
+    }
+
     #[test]
     fn a_rate_shapes_traffic_to_itself_with_a_second_of_burst() {
         let start = Instant::now();
-        let mut bucket = Bucket {
-            tokens: 1000.0,
-            at: start,
-        };
+        let mut b = bucket(f64::INFINITY, start);
         // A second's worth at once, then debt.
+        assert_eq!(b.take(1000, 1000, start, MAX_THROTTLE), Ok(Duration::ZERO));
         assert_eq!(
-            bucket.take(1000, 1000, start, MAX_THROTTLE),
-            Some(Duration::ZERO)
+            b.take(500, 1000, start, MAX_THROTTLE),
+            Ok(Duration::from_millis(500))
         );
-        assert_eq!(
-            bucket.take(500, 1000, start, MAX_THROTTLE),
-            Some(Duration::from_millis(500))
-        );
+        assert_eq!(b.debt(1000, start), Duration::from_millis(500));
         // Half a second later the debt is paid; the next 1000 wait a second.
         let later = start + Duration::from_millis(500);
+        assert_eq!(b.debt(1000, later), Duration::ZERO);
         assert_eq!(
-            bucket.take(1000, 1000, later, MAX_THROTTLE),
-            Some(Duration::from_secs(1))
+            b.take(1000, 1000, later, MAX_THROTTLE),
+            Ok(Duration::from_secs(1))
         );
         // Idle time refills at most one second's worth.
         let much_later = later + Duration::from_secs(100);
         assert_eq!(
-            bucket.take(1000, 1000, much_later, MAX_THROTTLE),
-            Some(Duration::ZERO)
+            b.take(1000, 1000, much_later, MAX_THROTTLE),
+            Ok(Duration::ZERO)
         );
-        let one_byte = bucket.take(1, 1000, much_later, MAX_THROTTLE).unwrap();
+        let one_byte = b.take(1, 1000, much_later, MAX_THROTTLE).unwrap();
         assert_eq!(one_byte.as_micros(), 1000);
     }
 
     #[test]
     fn more_than_the_longest_throttle_is_refused_and_takes_nothing() {
         let start = Instant::now();
-        let mut bucket = Bucket {
-            tokens: 0.0,
-            at: start,
-        };
-        assert_eq!(bucket.take(31_000, 1000, start, MAX_THROTTLE), None);
-        assert!(bucket.take(31_000, 1000, start, Duration::MAX).is_some());
-        let mut bucket = Bucket {
-            tokens: 0.0,
-            at: start,
-        };
+        let mut b = bucket(0.0, start);
         assert_eq!(
-            bucket.take(1000, 1000, start, MAX_THROTTLE),
-            Some(Duration::from_secs(1))
+            b.take(31_000, 1000, start, MAX_THROTTLE),
+            Err(Duration::from_secs(31))
         );
+        assert_eq!(
+            b.take(1000, 1000, start, MAX_THROTTLE),
+            Ok(Duration::from_secs(1))
+        );
+        // The debt of earlier sends counts too.
+        assert_eq!(
+            b.take(29_500, 1000, start, MAX_THROTTLE),
+            Err(Duration::from_millis(30_500))
+        );
+    }
+
+    #[test]
+    fn deliveries_are_charged_after_and_paid_before_the_next() {
+        let meter = Meter::new(Quotas {
+            consume_bytes_per_second: Some(1000),
+            ..Quotas::default()
+        });
+        assert_eq!(meter.consume_debt(), Duration::ZERO);
+        meter.charge_delivery(3000);
+        let debt = meter.consume_debt();
+        assert!(
+            debt > Duration::from_millis(1900) && debt <= Duration::from_secs(2),
+            "{debt:?}"
+        );
+        let free = Meter::new(Quotas::default());
+        free.charge_delivery(u64::MAX);
+        assert_eq!(free.consume_debt(), Duration::ZERO);
+        assert_eq!(free.throttle_send(u64::MAX), Ok(Duration::ZERO));
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub const MAX_NAME_LEN: usize = 128;
 /// One user as the broker checks it: secret keys opened, grants parsed.
 pub struct User {
     pub name: String,
+    /// The first key listed: the one the user signs with itself (the
+    /// brokers' own user).
+    pub primary_access_key: String,
     pub grants: Vec<Grant>,
     pub quotas: Quotas,
 }
@@ -83,20 +86,17 @@ impl Users {
         self.by_access_key.get(access_key)
     }
 
-    /// The first access key of the user `name` with its secret (the broker's
-    /// own user signs its requests to other brokers with it).
+    /// The primary access key of the user `name` with its secret (the
+    /// brokers' own user signs its requests to other brokers with it). A
+    /// rotation adds the new key beside it, lets every broker load it, and
+    /// only then makes it the primary one.
     pub fn credentials_of(&self, name: &str) -> Option<dduomq_proto::Credentials> {
-        let mut keys: Vec<_> = self
-            .by_access_key
-            .iter()
-            .filter(|(_, k)| k.user.name == name)
-            .collect();
-        keys.sort_by_key(|(access_key, _)| *access_key);
-        keys.first()
-            .map(|(access_key, k)| dduomq_proto::Credentials {
-                access_key: access_key.to_string(),
-                secret_key: k.secret_key.clone(),
-            })
+        let access_key = &self.by_name.get(name)?.primary_access_key;
+        let key = self.by_access_key.get(access_key)?;
+        Some(dduomq_proto::Credentials {
+            access_key: access_key.clone(),
+            secret_key: key.secret_key.clone(),
+        })
     }
 }
 
@@ -225,6 +225,7 @@ fn parse_text(text: &str, key: &SealingKey) -> Result<Users, UsersError> {
         }
         let user = Arc::new(User {
             name: name.clone(),
+            primary_access_key: keys[0].access_key.clone(),
             grants: entry.grants,
             quotas: entry.quotas,
         });

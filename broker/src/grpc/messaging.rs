@@ -1,6 +1,5 @@
-//! `MessagingService`: translates requests to the messaging layer. Each Receive
-//! stream gets its own task, which ends when the client disconnects or the broker
-//! shuts down; its unacked leases are then released for redelivery.
+//! `MessagingService`: translates requests to the messaging layer. Its server
+//! streams are served by tasks of their own (`stream_tasks.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,36 +12,36 @@ use tonic::{Request, Response, Status};
 
 use super::access;
 use super::namespace::{self, Names};
-use super::receive_streams::{ReceiveStreams, StreamSlot};
+use super::receive_streams::ReceiveStreams;
 use super::status::invalid;
+use super::stream_tasks::{LEASE_BATCH, PushStream, check_loop, delivered_bytes, push_loop};
 use super::{convert, observed};
-use crate::auth::{Action, Caller, Resource, policy};
+use crate::auth::{Action, Resource, policy};
 use crate::messaging::error::BrokerError;
 use crate::messaging::limits;
 use crate::messaging::membership::MemberKind;
-use crate::messaging::push::subscription::Subscription;
-use crate::messaging::staged::{Resolution, TransactionCheck};
+use crate::messaging::staged::Resolution;
 use crate::messaging::{
-    AssignedQueue, Broker, Claim, Delivery, LeaseEnd, LeaseRound, NackOutcome, PullSpec,
-    ReceiveLimits, ReceiveStream, RouteAnswer, Schedule, SendMessage,
+    AssignedQueue, Broker, Claim, LeaseEnd, NackOutcome, PullSpec, ReceiveLimits, ReceiveStream,
+    RouteAnswer, Schedule, SendMessage,
 };
-use dduomq_proto::Namespace;
 
 /// Leased messages one stream may hold when the consumer sets no limit.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
 const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// Messages leased per round of a stream's loop.
-const LEASE_BATCH: usize = 64;
 /// Most messages one Pull returns, whatever the client asks for.
 const MAX_PULL_MESSAGES: usize = 1024;
-/// Longest a stream sleeps before it re-checks leases and retries.
-const MAX_IDLE: Duration = Duration::from_secs(1);
 
 /// The gRPC face of the messaging layer.
 #[derive(Debug, Clone)]
 pub struct MessagingApi {
     pub broker: Arc<Broker>,
     pub streams: Arc<ReceiveStreams>,
+}
+
+/// A (producer) group as a resource.
+fn group(name: &str) -> Resource<'_> {
+    Resource::Group(name)
 }
 
 #[tonic::async_trait]
@@ -312,6 +311,8 @@ impl MessagingService for MessagingApi {
             access::consume(&caller, &ns, &r.group, &r.topic)?;
             let filter =
                 convert::filter(r.filter_type, &r.filter_expression).map_err(|e| ns.refusal(e))?;
+            // Nothing while the user's consume quota is in debt.
+            caller.pace_delivery().await;
             let pulled = self
                 .broker
                 .pull(PullSpec {
@@ -334,9 +335,7 @@ impl MessagingService for MessagingApi {
                 })
                 .await
                 .map_err(|e| ns.refusal(e))?;
-            caller
-                .pace_delivery(delivered_bytes(&pulled.deliveries))
-                .await;
+            caller.charge_delivery(delivered_bytes(&pulled.deliveries));
             Ok(Response::new(pb::PullResponse {
                 messages: pulled
                     .deliveries
@@ -469,12 +468,7 @@ impl MessagingService for MessagingApi {
                 .group("producer_group", &r.producer_group)
                 .map_err(|e| ns.refusal(e))?;
             access::require(&caller, &ns, Action::Publish, Resource::Topic(&r.topic))?;
-            access::require(
-                &caller,
-                &ns,
-                Action::Publish,
-                Resource::Group(&r.producer_group),
-            )?;
+            access::require(&caller, &ns, Action::Publish, group(&r.producer_group))?;
             let resolution = match pb::TransactionResolution::try_from(r.resolution)
                 .unwrap_or(pb::TransactionResolution::Unspecified)
             {
@@ -506,15 +500,10 @@ impl MessagingService for MessagingApi {
             r.producer_group = ns
                 .group("producer_group", &r.producer_group)
                 .map_err(|e| ns.refusal(e))?;
-            access::require(
-                &caller,
-                &ns,
-                Action::Publish,
-                Resource::Group(&r.producer_group),
-            )?;
+            access::require(&caller, &ns, Action::Publish, group(&r.producer_group))?;
             let (id, checks) = self
                 .broker
-                .add_checker(&r.producer_group, &r.client_id)
+                .add_checker(&r.producer_group, &r.client_id, caller.sees_topic())
                 .map_err(|e| ns.refusal(e))?;
             let (tx, rx) = mpsc::channel(LEASE_BATCH);
             tracing::info!(
@@ -529,142 +518,9 @@ impl MessagingService for MessagingApi {
                 checks,
                 tx,
                 ns,
-                caller,
             ));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
         .await
     }
-}
-
-/// Serves one Receive stream: leases messages within the consumer's limits and
-/// sends them; sleeps until new messages, acks, due retries or expiring leases.
-/// `slot` holds the stream's place under the per-group and per-client limits.
-/// What a Receive stream's loop serves.
-struct PushStream {
-    sub: Arc<Subscription>,
-    consumer: u64,
-    limits: ReceiveLimits,
-    /// Its place under the stream limits, given back when the loop ends.
-    slot: StreamSlot,
-    /// Whose stream it is (consume quota).
-    caller: Caller,
-}
-
-/// Body bytes of deliveries (what consume quotas count).
-fn delivered_bytes(deliveries: &[Delivery]) -> u64 {
-    deliveries.iter().map(|d| d.record.body.len() as u64).sum()
-}
-
-async fn push_loop(
-    broker: Arc<Broker>,
-    stream: PushStream,
-    tx: mpsc::Sender<Result<pb::ReceiveResponse, Status>>,
-    ns: Namespace,
-) {
-    let PushStream {
-        sub,
-        consumer,
-        limits,
-        slot,
-        caller,
-    } = stream;
-    let mut arrivals = broker.store().subscribe();
-    let mut stop = broker.shutdown_signal();
-    // A replica that starts following its master ends its consumers' streams.
-    let mut following = broker
-        .replication()
-        .map(|r| r.watch_streaming_from_master());
-    loop {
-        // Yield now and then even when there is always work, so a busy stream
-        // never keeps the consumers it woke from running on this worker.
-        tokio::task::coop::consume_budget().await;
-        let notified = sub.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        arrivals.borrow_and_update();
-        let LeaseRound {
-            deliveries: batch,
-            wake_at: wake,
-        } = match broker.lease(&sub, consumer, limits, LEASE_BATCH).await {
-            Ok(round) => round,
-            Err(e) => {
-                let _ = tx.send(Err(ns.refusal(e))).await;
-                break;
-            }
-        };
-        if !batch.is_empty() {
-            let wait = caller.delivery_wait(delivered_bytes(&batch));
-            // One response per lease round: fewer frames and writes per message.
-            let response = pb::ReceiveResponse {
-                messages: batch
-                    .into_iter()
-                    .map(|d| ns.message(convert::message(d)))
-                    .collect(),
-            };
-            if tx.send(Ok(response)).await.is_err() {
-                break; // the client went away
-            }
-            // Over the consume quota: nothing more until it is paid off.
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = tx.closed() => break,
-                _ = stop.wait_for(|s| *s) => break,
-            }
-            continue;
-        }
-        let idle = LeaseRound::idle(wake, MAX_IDLE);
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = arrivals.changed() => {}
-            _ = tokio::time::sleep(idle) => {}
-            _ = tx.closed() => break,
-            _ = stop.wait_for(|s| *s) => break,
-            // The next lease round refuses it.
-            _ = async { following.as_mut()?.wait_for(|f| *f).await.ok() }, if following.is_some() => {}
-        }
-    }
-    broker.close_receive(&sub, consumer).await;
-    drop(slot);
-    if let Some(m) = broker.metrics() {
-        m.grpc_streams.dec();
-    }
-}
-
-/// Serves one TransactionChecks stream: forwards the broker's checks until the
-/// checker disconnects or the broker shuts down, then unregisters it.
-async fn check_loop(
-    broker: Arc<Broker>,
-    group: String,
-    id: u64,
-    mut checks: mpsc::Receiver<TransactionCheck>,
-    tx: mpsc::Sender<Result<pb::TransactionCheck, Status>>,
-    ns: Namespace,
-    caller: Caller,
-) {
-    let mut stop = broker.shutdown_signal();
-    loop {
-        let check = tokio::select! {
-            check = checks.recv() => check,
-            _ = tx.closed() => None,
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        let Some(c) = check else { break };
-        // A group's checkers see only the topics they may publish to (a
-        // group name can be shared by producers of several topics).
-        if !caller.may(Action::Publish, Resource::Topic(&c.message.record.topic)) {
-            tracing::warn!(target: "dduomq::audit", group, user = caller.name(), "a transaction check of a topic the checker may not publish to was not sent to it");
-            continue;
-        }
-        let msg = pb::TransactionCheck {
-            transaction_id: c.transaction_id,
-            message: Some(ns.message(convert::message(c.message))),
-            check_attempt: c.attempt,
-        };
-        if tx.send(Ok(msg)).await.is_err() {
-            break;
-        }
-    }
-    broker.remove_checker(&group, id);
-    tracing::info!(group, "transaction checker disconnected");
 }

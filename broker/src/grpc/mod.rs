@@ -11,6 +11,7 @@ pub(crate) mod namespace;
 pub(crate) mod receive_streams;
 mod replication;
 pub mod status;
+mod stream_tasks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use dduomq_proto::v1::admin_service_server::AdminServiceServer;
 use dduomq_proto::v1::messaging_service_server::MessagingServiceServer;
 use dduomq_proto::v1::replication_service_server::ReplicationServiceServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic::{Code, Response, Status};
 use tower_layer::{Identity, Stack};
@@ -190,6 +192,7 @@ fn admitted(
         tls.clone(),
         Served::Grpc,
     )
+    .map(Ok)
 }
 
 /// Runs one request in a tracing span and records its status and duration.

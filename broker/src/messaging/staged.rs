@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -182,8 +183,24 @@ impl State {
     }
 }
 
-/// A connected checker stream of a producer group: its id and its queue.
-type Checker = (u64, mpsc::Sender<TransactionCheck>);
+/// Which topics' transactions a checker may be shown (a check carries its
+/// message): those its user may publish to.
+pub type SeesTopic = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A connected checker stream of a producer group.
+struct Checker {
+    id: u64,
+    queue: mpsc::Sender<TransactionCheck>,
+    sees: SeesTopic,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Staged messages of one broker.
 #[derive(Debug)]
@@ -453,8 +470,13 @@ impl Staged {
         (checks, expired)
     }
 
-    /// Registers a checker stream of a producer group.
-    pub fn add_checker(&self, group: &str) -> (u64, mpsc::Receiver<TransactionCheck>) {
+    /// Registers a checker stream of a producer group, shown the checks of
+    /// the topics it `sees`.
+    pub fn add_checker(
+        &self,
+        group: &str,
+        sees: SeesTopic,
+    ) -> (u64, mpsc::Receiver<TransactionCheck>) {
         let (tx, rx) = mpsc::channel(1024);
         let id = self
             .next_checker
@@ -463,33 +485,42 @@ impl Staged {
             .lock()
             .entry(group.to_string())
             .or_default()
-            .push((id, tx));
+            .push(Checker {
+                id,
+                queue: tx,
+                sees,
+            });
         (id, rx)
     }
 
     pub fn remove_checker(&self, group: &str, id: u64) {
         let mut checkers = self.checkers.lock();
         if let Some(list) = checkers.get_mut(group) {
-            list.retain(|(i, _)| *i != id);
+            list.retain(|c| c.id != id);
             if list.is_empty() {
                 checkers.remove(group);
             }
         }
     }
 
-    /// Hands a check to one of the group's checkers (round robin); false when
-    /// none is online or all are full.
+    /// Hands a check to one of the group's checkers that may see its topic
+    /// (round robin); false when none is online or all are full.
     pub fn send_check(&self, group: &str, check: TransactionCheck) -> bool {
         let checkers = self.checkers.lock();
-        let Some(list) = checkers.get(group).filter(|l| !l.is_empty()) else {
+        let topic = check.message.record.topic.as_str();
+        let Some(list) = checkers.get(group) else {
             return false;
         };
+        let eligible: Vec<&Checker> = list.iter().filter(|c| (c.sees)(topic)).collect();
+        if eligible.is_empty() {
+            return false;
+        }
         let start = self
             .next_checker
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
-        (0..list.len()).any(|i| {
-            list[(start + i) % list.len()]
-                .1
+        (0..eligible.len()).any(|i| {
+            eligible[(start + i) % eligible.len()]
+                .queue
                 .try_send(check.clone())
                 .is_ok()
         })

@@ -213,17 +213,19 @@ impl Broker {
         }
     }
 
-    /// Registers a checker of a producer group; checks arrive on the receiver
-    /// until [`Broker::remove_checker`].
+    /// Registers a checker of a producer group, shown the checks of the
+    /// topics it `sees`; checks arrive on the receiver until
+    /// [`Broker::remove_checker`].
     pub fn add_checker(
         &self,
         group: &str,
         client_id: &str,
+        sees: super::staged::SeesTopic,
     ) -> Result<(u64, tokio::sync::mpsc::Receiver<TransactionCheck>)> {
         use super::limits;
         limits::check_group_name("producer_group", group)?;
         limits::check_id("client_id", client_id, limits::MAX_CLIENT_ID_LEN, true)?;
-        Ok(self.staged.add_checker(group))
+        Ok(self.staged.add_checker(group, sees))
     }
 
     /// Unregisters a transaction checker stream of a producer group.

@@ -50,6 +50,7 @@ impl RocketMqApi {
         let status = |s: Option<rmq::Status>| rmq::ReceiveMessageResponse {
             content: s.map(Content::Status),
         };
+        scope.caller.pace_delivery().await;
         match self.receive_messages(&mut scope, r).await {
             Ok(messages) if messages.is_empty() => vec![status(status::status(
                 rmq::Code::MessageNotFound,
@@ -57,7 +58,7 @@ impl RocketMqApi {
             ))],
             Ok(messages) => {
                 let bytes = messages.iter().map(|m| m.body.len() as u64).sum();
-                scope.caller.pace_delivery(bytes).await;
+                scope.caller.charge_delivery(bytes);
                 let handed_over = message::timestamp(crate::store::now_millis());
                 messages
                     .into_iter()

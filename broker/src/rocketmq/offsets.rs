@@ -53,6 +53,7 @@ impl RocketMqApi {
             content: s.map(Content::Status),
         };
         let asked = r.offset;
+        scope.caller.pace_delivery().await;
         match self.pull_messages(&mut scope, r).await {
             Ok(PullAnswer {
                 messages,
@@ -60,7 +61,7 @@ impl RocketMqApi {
                 refusal,
             }) => {
                 let bytes = messages.iter().map(|m| m.body.len() as u64).sum();
-                scope.caller.pace_delivery(bytes).await;
+                scope.caller.charge_delivery(bytes);
                 let first = match refusal {
                     Some(refused) => Some(refused),
                     None if messages.is_empty() => {

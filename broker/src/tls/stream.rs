@@ -93,7 +93,7 @@ pub fn secured(
     incoming: impl Stream<Item = Connection> + Send + 'static,
     tls: Option<Arc<TlsServer>>,
     served: Served,
-) -> impl Stream<Item = std::io::Result<MaybeTls>> + Send + 'static {
+) -> impl Stream<Item = MaybeTls> + Send + 'static {
     let (ready, taken) = mpsc::channel(READY_BACKLOG);
     tokio::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
@@ -136,12 +136,12 @@ pub fn secured(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(taken).map(Ok)
+    tokio_stream::wrappers::ReceiverStream::new(taken)
 }
 
 /// The HTTP listener's connections, [`secured`].
 pub struct SecuredHttp {
-    taken: Pin<Box<dyn Stream<Item = std::io::Result<MaybeTls>> + Send>>,
+    taken: Pin<Box<dyn Stream<Item = MaybeTls> + Send>>,
     local_addr: std::net::SocketAddr,
 }
 
@@ -171,19 +171,17 @@ impl axum::serve::Listener for SecuredHttp {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (MaybeTls, std::net::SocketAddr) {
-        loop {
-            match self.taken.next().await {
-                Some(Ok(conn)) => {
-                    let addr = conn
-                        .connect_info()
-                        .tcp
-                        .remote_addr
-                        .unwrap_or(self.local_addr);
-                    return (conn, addr);
-                }
-                Some(Err(_)) => continue,
-                None => std::future::pending::<()>().await,
+        match self.taken.next().await {
+            Some(conn) => {
+                let addr = conn
+                    .connect_info()
+                    .tcp
+                    .remote_addr
+                    .unwrap_or(self.local_addr);
+                (conn, addr)
             }
+            // The accept task ended: only at shutdown, which ends the server.
+            None => std::future::pending().await,
         }
     }
 

@@ -479,7 +479,11 @@ pub async fn end_transaction(
 /// A checker stream of a producer group.
 pub fn add_checker(broker: &Broker, producer_group: &str) -> mpsc::Receiver<TransactionCheck> {
     broker
-        .add_checker(producer_group, "checker")
+        .add_checker(
+            producer_group,
+            "checker",
+            std::sync::Arc::new(|_: &str| true),
+        )
         .expect("checker registered")
         .1
 }
