@@ -110,10 +110,14 @@ impl Caller {
         if actions.iter().any(|&a| self.may(a, resource)) {
             return Ok(());
         }
-        let actions: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+        let names: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+        let actions = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        };
         let err = AuthError::Denied {
             user: self.name().to_string(),
-            actions: actions.join(" or "),
+            actions,
             resource: resource.to_string(),
         };
         Err(self.auth.refused(err, self.name()))

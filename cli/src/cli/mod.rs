@@ -43,22 +43,11 @@ pub struct Cli {
     )]
     pub namespace: String,
     /// Access key to sign requests with (brokers with authentication on).
-    #[arg(
-        long,
-        global = true,
-        env = "DDUOMQ_ACCESS_KEY",
-        requires = "secret_key"
-    )]
+    #[arg(long, global = true, env = "DDUOMQ_ACCESS_KEY")]
     pub access_key: Option<String>,
     /// Secret key of the access key; prefer the environment variable, which
     /// stays out of the shell history and the process list.
-    #[arg(
-        long,
-        global = true,
-        env = "DDUOMQ_SECRET_KEY",
-        hide_env_values = true,
-        requires = "access_key"
-    )]
+    #[arg(long, global = true, env = "DDUOMQ_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
     /// Dial the broker over TLS, verifying it with the system's roots (or
     /// --ca-file).
@@ -68,10 +57,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "DDUOMQ_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
     /// A client certificate (PEM) for mutual TLS; implies --tls; needs --key-file.
-    #[arg(long, global = true, env = "DDUOMQ_CERT_FILE", requires = "key_file")]
+    #[arg(long, global = true, env = "DDUOMQ_CERT_FILE")]
     pub cert_file: Option<std::path::PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "DDUOMQ_KEY_FILE", requires = "cert_file")]
+    #[arg(long, global = true, env = "DDUOMQ_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(
@@ -134,25 +123,31 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.format;
-    let tls = (cli.tls || cli.ca_file.is_some() || cli.cert_file.is_some())
-        .then(|| {
-            TlsOptions::from_files(
-                cli.ca_file.as_deref(),
-                cli.cert_file.as_deref().zip(cli.key_file.as_deref()),
-            )
-        })
+    // clap's `requires` does not see global arguments given before the
+    // subcommand, so the pairs are checked here.
+    let identity = match (cli.cert_file.as_deref(), cli.key_file.as_deref()) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => anyhow::bail!("--cert-file and --key-file go together"),
+    };
+    let tls = (cli.tls || cli.ca_file.is_some() || identity.is_some())
+        .then(|| TlsOptions::from_files(cli.ca_file.as_deref(), identity))
         .transpose()?;
+    let credentials = match (cli.access_key, cli.secret_key) {
+        (Some(access_key), Some(secret_key)) => Some(Credentials {
+            access_key,
+            secret_key,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "--access-key and its secret key (DDUOMQ_SECRET_KEY or --secret-key) go together"
+        ),
+    };
     let target = Target {
         server: cli.server,
         access: Access {
             namespace: cli.namespace,
-            credentials: cli
-                .access_key
-                .zip(cli.secret_key)
-                .map(|(access_key, secret_key)| Credentials {
-                    access_key,
-                    secret_key,
-                }),
+            credentials,
             tls,
         },
     };
