@@ -79,7 +79,7 @@ bench:
 # cargo-fuzz`); not part of `make test`. New inputs go to fuzz/work/, so the
 # committed seeds in fuzz/corpus/ (which `make test` replays) stay as they are.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS = filter
+FUZZ_TARGETS = filter record auth
 fuzz:
 	for target in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/work/$$target && \

@@ -11,6 +11,8 @@
 //! admin actions are logged (target `dduomq::audit`) and counted.
 
 mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod layer;
 pub mod policy;
 pub mod quota;

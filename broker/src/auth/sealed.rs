@@ -60,10 +60,11 @@ impl SealingKey {
             path: shown.clone(),
             source,
         })?;
-        SealingKey::parse(text.trim()).ok_or(SealError::BadKey { path: shown })
+        SealingKey::from_text(text.trim()).ok_or(SealError::BadKey { path: shown })
     }
 
-    fn parse(text: &str) -> Option<SealingKey> {
+    /// A key from its text: 64 hex digits, or the base64 of 32 bytes.
+    pub fn from_text(text: &str) -> Option<SealingKey> {
         let bytes = match text.len() {
             64 => hex::decode(text).ok()?,
             _ => STANDARD.decode(text).ok()?,
@@ -123,7 +124,7 @@ mod tests {
     use super::*;
 
     fn key(byte: u8) -> SealingKey {
-        SealingKey::parse(&hex::encode([byte; 32])).unwrap()
+        SealingKey::from_text(&hex::encode([byte; 32])).unwrap()
     }
 
     #[test]
@@ -164,8 +165,8 @@ mod tests {
 
     #[test]
     fn keys_are_hex_or_base64_of_32_bytes() {
-        assert!(SealingKey::parse(&STANDARD.encode([7u8; 32])).is_some());
-        assert!(SealingKey::parse(&hex::encode([7u8; 31])).is_none());
-        assert!(SealingKey::parse("not a key").is_none());
+        assert!(SealingKey::from_text(&STANDARD.encode([7u8; 32])).is_some());
+        assert!(SealingKey::from_text(&hex::encode([7u8; 31])).is_none());
+        assert!(SealingKey::from_text("not a key").is_none());
     }
 }

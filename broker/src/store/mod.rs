@@ -31,6 +31,8 @@ mod epochs;
 mod error;
 mod format;
 mod frames;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod heal;
 mod identity;
 mod index;
