@@ -107,7 +107,10 @@ fn check_exchange(e: &Exchange) {
         &signed.date_time,
         e.secret_key.as_bytes()
     ));
-    if e.other_secret != e.secret_key {
+    // Secret keys are never stored with control characters (HMAC pads keys
+    // with zero bytes, so "k" and "k\0" sign alike).
+    let storable = |s: &str| super::sealed::valid_secret(s);
+    if e.other_secret != e.secret_key && storable(&e.secret_key) && storable(&e.other_secret) {
         assert!(!signature::verify(
             &claim,
             &signed.date_time,

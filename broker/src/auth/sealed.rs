@@ -48,7 +48,7 @@ pub enum SealError {
         "the secret does not open with this key (another key, or sealed for another access key)"
     )]
     WrongKey,
-    #[error("a secret key must be 1 to {MAX_SECRET_LEN} bytes of UTF-8")]
+    #[error("a secret key must be 1 to {MAX_SECRET_LEN} bytes of UTF-8 without control characters")]
     BadSecret,
 }
 
@@ -75,7 +75,7 @@ impl SealingKey {
 
     /// Seals `secret` for the user with `access_key`.
     pub fn seal(&self, access_key: &str, secret: &str) -> Result<String, SealError> {
-        if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+        if !valid_secret(secret) {
             return Err(SealError::BadSecret);
         }
         let nonce: [u8; NONCE_LEN] = rand::random();
@@ -114,9 +114,15 @@ impl SealingKey {
             .map_err(|_| SealError::WrongKey)?;
         String::from_utf8(secret)
             .ok()
-            .filter(|s| !s.is_empty() && s.len() <= MAX_SECRET_LEN)
+            .filter(|s| valid_secret(s))
             .ok_or(SealError::BadSecret)
     }
+}
+
+/// Whether `secret` may be a secret key. No control characters: HMAC pads a
+/// key with zero bytes, so "k" and "k\0" would sign alike.
+pub fn valid_secret(secret: &str) -> bool {
+    !secret.is_empty() && secret.len() <= MAX_SECRET_LEN && !secret.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -161,6 +167,7 @@ mod tests {
             );
         }
         assert!(matches!(key(1).seal("a", ""), Err(SealError::BadSecret)));
+        assert!(matches!(key(1).seal("a", "k\0"), Err(SealError::BadSecret)));
     }
 
     #[test]
