@@ -7,6 +7,8 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod filter;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod grpc;
 pub mod http;
 pub mod messaging;

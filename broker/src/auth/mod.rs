@@ -312,7 +312,9 @@ impl Auth {
             config: config.clone(),
             seen: parking_lot::Mutex::new(None),
         };
-        let users = source.load()?;
+        let users = source
+            .load_if_changed()?
+            .expect("nothing was loaded before, so the file counts as changed");
         Ok(Arc::new(Auth {
             enabled: true,
             max_clock_skew: config.max_clock_skew,
@@ -362,10 +364,9 @@ impl Auth {
         let Some(source) = &self.source else {
             return Ok(false);
         };
-        if !source.changed() {
+        let Some(users) = source.load_if_changed()? else {
             return Ok(false);
-        }
-        let users = source.load()?;
+        };
         *self.users.write() = Arc::new(users);
         tracing::info!(target: "dduomq::audit", file = %source.config.users_file.display(), "users file reloaded");
         Ok(true)
@@ -451,15 +452,19 @@ impl Auth {
 }
 
 impl UsersSource {
-    /// Loads the file, and remembers the bytes it loaded (also when they do
-    /// not load, so they are not re-read and re-logged every interval).
-    fn load(&self) -> Result<Users, StartError> {
+    /// Loads the file unless its bytes are those loaded last (`None` then).
+    /// The bytes are remembered even when they do not load, so they are not
+    /// re-parsed and re-logged every interval until they change again.
+    fn load_if_changed(&self) -> Result<Option<Users>, StartError> {
         let path = &self.config.users_file;
         let failed = |source| StartError::Users {
             path: path.display().to_string(),
             source,
         };
         let bytes = users::read(path).map_err(failed)?;
+        if self.seen.lock().as_deref() == Some(bytes.as_slice()) {
+            return Ok(None);
+        }
         let loaded = users::parse(&bytes, &self.key).map_err(failed);
         *self.seen.lock() = Some(bytes);
         let users = loaded?;
@@ -468,12 +473,7 @@ impl UsersSource {
         if !own.is_empty() && users.credentials_of(own).is_none() {
             return Err(StartError::UnknownBrokerUser(own.clone()));
         }
-        Ok(users)
-    }
-
-    fn changed(&self) -> bool {
-        let now = std::fs::read(&self.config.users_file).ok();
-        *self.seen.lock() != now
+        Ok(Some(users))
     }
 }
 

@@ -562,15 +562,6 @@ mod tests {
     /// The committed seed corpus of the fuzz target, replayed.
     #[test]
     fn the_fuzz_corpus_replays_cleanly() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/filter");
-        let mut replayed = 0;
-        for entry in std::fs::read_dir(dir).expect("the seed corpus") {
-            let path = entry.expect("a corpus entry").path();
-            let seed = std::fs::read(&path).expect("a seed");
-            std::panic::catch_unwind(|| check_filter_input(&seed))
-                .unwrap_or_else(|_| panic!("the seed {} fails", path.display()));
-            replayed += 1;
-        }
-        assert!(replayed >= 24, "only {replayed} seeds in {dir}");
+        crate::fuzz_corpus::replay("filter", 24, check_filter_input);
     }
 }

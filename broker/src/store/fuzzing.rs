@@ -115,15 +115,6 @@ mod tests {
     /// The committed seed corpus of the fuzz target, replayed.
     #[test]
     fn the_fuzz_corpus_replays_cleanly() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/record");
-        let mut replayed = 0;
-        for entry in std::fs::read_dir(dir).expect("the seed corpus") {
-            let path = entry.expect("a corpus entry").path();
-            let seed = std::fs::read(&path).expect("a seed");
-            std::panic::catch_unwind(|| check_record_input(&seed))
-                .unwrap_or_else(|_| panic!("the seed {} fails", path.display()));
-            replayed += 1;
-        }
-        assert!(replayed >= 4, "only {replayed} seeds in {dir}");
+        crate::fuzz_corpus::replay("record", 4, check_record_input);
     }
 }
